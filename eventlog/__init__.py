@@ -1,0 +1,62 @@
+"""eventlog: a durable, checksum-chained, term-fenced write-ahead log on LMDB.
+
+It knows nothing of models: an entry is ``(index, term, op, payload, time)`` where
+`op` names a mutation and `payload` is msgpack with tensors as an extension type. The
+byte layout is in ``FORMAT.md`` beside this file (format version 1).
+
+    log = eventlog.EventLog.open("runs/exp1/log", durability="group")
+    i = log.append("sgd_step", {"batch": ids, "lr": 0.1})
+    log.wait_durable(i)
+    for entry in log.entries(start=1):
+        ...
+
+Durability modes, and exactly what a crash can lose:
+
+- ``sync``: `append` returns only after LMDB's commit fdatasynced it. A process crash
+  or power loss loses nothing that `append` returned; `durable_index == last_index`.
+- ``group``: `append` returns at once. A background flusher commits the waiting
+  entries in one fsynced transaction, at most `group_window` seconds (default 2 ms)
+  after the oldest of them arrived. A crash (process or power) loses exactly the entries
+  after `durable_index`, never one at or before it; `wait_durable(i)`/`flush()` block
+  until i is safe. A failed flush (EIO, ENOSPC) poisons the log: the unflushed entries
+  are reported lost and every later call raises LogPoisonedError (no silent retry:
+  after a failed fsync the kernel may have dropped the dirty pages).
+- ``os``: `append` returns after committing to the OS page cache without fsync. A
+  process crash (SIGKILL, OOM) loses nothing; a power loss or kernel crash loses the
+  entries after `durable_index`, which a background sync advances every
+  `os_sync_interval` seconds (default 1 s).
+
+Operational facts (LMDB):
+
+- Map size: LMDB needs a maximum size up front. The log starts with `map_size`
+  (default 256 MiB of address space, not disk) and doubles it whenever a write hits
+  MapFullError; readers in other processes adopt the new size automatically.
+- Readers: `open()` runs `reader_check()` to free reader slots of killed processes, and
+  every read holds its transaction for one batch of at most 1024 entries, so readers in
+  other processes (audit tools) never keep the writer's old pages alive for long.
+- fork: never use an open log across fork(); open it again in the child. A log used
+  from another pid raises LogError, and a child's inherited copy of the writer lock is
+  closed at fork so it cannot outlive the parent's.
+- One writer: a second writer gets LockedError at once. `takeover=True` starts a new
+  term without the lock; the old writer is then fenced (FencedError, writes nothing).
+- Network filesystems (NFS, SMB, sshfs, ...) are refused: LMDB is unsafe there.
+"""
+
+from .errors import (
+    CompactedError,
+    CorruptEntryError,
+    FencedError,
+    FormatError,
+    LockedError,
+    LogError,
+    LogPoisonedError,
+)
+from .log import FORMAT_VERSION, EventLog
+from .record import Entry, EntryHeader
+from .report import Damage, VerifyReport
+
+__all__ = [
+    "EventLog", "Entry", "EntryHeader", "VerifyReport", "Damage", "FORMAT_VERSION",
+    "LogError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",
+    "LogPoisonedError", "FormatError",
+]

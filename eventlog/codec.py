@@ -1,0 +1,188 @@
+"""Payload codec: msgpack plus one extension type for tensors (layout in FORMAT.md).
+
+torch is imported lazily, the first time a tensor is encoded or decoded, so tools that
+only read headers never pay for importing it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import struct
+import sys
+from typing import Any
+
+import msgpack
+
+TENSOR_EXT = 1
+TENSOR_CODEC_VERSION = 1
+MAX_NDIM = 32
+
+# dtype code -> torch dtype attribute name. Stable and append-only: a code, once
+# written to a log, must keep meaning the same dtype forever.
+_DTYPE_NAMES = {
+    1: "float32", 2: "float64", 3: "float16", 4: "bfloat16",
+    5: "uint8", 6: "int8", 7: "int16", 8: "int32", 9: "int64", 10: "bool",
+    11: "complex64", 12: "complex128", 13: "complex32",
+    14: "uint16", 15: "uint32", 16: "uint64",
+    17: "float8_e4m3fn", 18: "float8_e5m2", 19: "float8_e4m3fnuz", 20: "float8_e5m2fnuz",
+    21: "float8_e8m0fnu",
+}
+
+_SHAPE_DIM = struct.Struct(">Q")
+
+if sys.byteorder != "little":  # pragma: no cover - no big-endian torch builds in use
+    raise ImportError("eventlog stores tensors little-endian and supports little-endian hosts only")
+
+
+class _DtypeTables:
+    """The dtype tables, built on first use so importing eventlog does not import torch."""
+
+    torch = None
+    code_of: dict = {}
+    dtype_of: dict = {}
+
+    @classmethod
+    def load(cls):
+        if cls.torch is None:
+            import torch
+
+            for code, name in _DTYPE_NAMES.items():
+                dtype = getattr(torch, name, None)
+                if dtype is not None:
+                    cls.code_of[dtype] = code
+                    cls.dtype_of[code] = dtype
+            cls.torch = torch
+        return cls.torch
+
+
+def _is_tensor(obj: Any) -> bool:
+    # Checking the class name first keeps the no-tensor path free of a torch import.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+def encode_tensor(t) -> bytes:
+    """The ext-1 body for tensor `t` (any device, layout-strided, any supported dtype).
+
+    Raises TypeError for sparse/quantized tensors or an unsupported dtype.
+    """
+    torch = _DtypeTables.load()
+    if t.layout != torch.strided:
+        raise TypeError(f"tensor layout {t.layout} is not supported; only strided (dense) tensors")
+    code = _DtypeTables.code_of.get(t.dtype)
+    if code is None:
+        raise TypeError(f"tensor dtype {t.dtype} is not supported by the log codec")
+    if t.ndim > MAX_NDIM:
+        raise TypeError(f"tensor has {t.ndim} dimensions; at most {MAX_NDIM} are supported")
+    flat = t.detach().resolve_conj().resolve_neg().to("cpu").contiguous()
+    # One copy straight out of the tensor's memory: no numpy dependency, and it works
+    # for dtypes numpy lacks (bfloat16, float8).
+    raw = ctypes.string_at(flat.data_ptr(), flat.numel() * flat.element_size()) if flat.numel() else b""
+    head = bytes((TENSOR_CODEC_VERSION, code, t.ndim)) + b"".join(_SHAPE_DIM.pack(d) for d in t.shape)
+    return head + raw
+
+
+def decode_tensor(body: bytes):
+    """A fresh, writable CPU tensor from an ext-1 body. ValueError names what is malformed."""
+    torch = _DtypeTables.load()
+    if len(body) < 3:
+        raise ValueError("tensor ext is shorter than its 3-byte header")
+    version, code, ndim = body[0], body[1], body[2]
+    if version != TENSOR_CODEC_VERSION:
+        raise ValueError(f"tensor codec version {version} is unknown")
+    dtype = _DtypeTables.dtype_of.get(code)
+    if dtype is None:
+        raise ValueError(f"tensor dtype code {code} is unknown")
+    if ndim > MAX_NDIM:
+        raise ValueError(f"tensor ndim {ndim} exceeds {MAX_NDIM}")
+    data_at = 3 + 8 * ndim
+    if len(body) < data_at:
+        raise ValueError("tensor ext is shorter than its shape")
+    shape = [_SHAPE_DIM.unpack_from(body, 3 + 8 * k)[0] for k in range(ndim)]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    expected = math.prod(shape) * itemsize
+    if expected != len(body) - data_at:
+        # Checked before allocating: a hostile shape cannot make us allocate more than
+        # the value actually holds.
+        raise ValueError(f"tensor of shape {shape} and dtype {dtype} needs {expected} bytes, ext holds {len(body) - data_at}")
+    if expected == 0:
+        return torch.empty(shape, dtype=dtype)
+    buf = bytearray(memoryview(body)[data_at:])
+    return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(shape)
+
+
+def _default(obj: Any):
+    if _is_tensor(obj):
+        return msgpack.ExtType(TENSOR_EXT, encode_tensor(obj))
+    item = getattr(obj, "item", None)
+    if item is not None and type(obj).__module__ == "numpy":
+        return obj.item()  # numpy scalars: exact as Python int/float/bool
+    raise TypeError(f"cannot encode object of type {type(obj).__name__}")
+
+
+def _ext_hook(code: int, data: bytes):
+    if code == TENSOR_EXT:
+        return decode_tensor(data)
+    raise ValueError(f"unknown msgpack ext type {code}")
+
+
+def encode_payload(payload: Any) -> bytes:
+    """msgpack bytes for `payload`.
+
+    Raises TypeError (or ValueError/OverflowError) naming the path of the first value
+    that cannot be encoded, e.g. ``payload['batch'][3]: ...``.
+    """
+    try:
+        return msgpack.packb(payload, default=_default, use_bin_type=True, datetime=False)
+    except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
+        path, reason = _find_unencodable(payload, "payload", depth=0)
+        raise TypeError(f"{path}: {reason}" if path else f"payload cannot be encoded: {exc}") from None
+
+
+def decode_payload(data: bytes) -> Any:
+    """The value `encode_payload` encoded. ValueError (or msgpack's errors) if malformed."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook, use_list=True)
+
+
+_SCALARS = (type(None), bool, float, str, bytes, bytearray)
+
+
+def _find_unencodable(obj: Any, path: str, depth: int) -> tuple[str, str]:
+    """(path, reason) of the first part of `obj` msgpack cannot encode, or ("", "")."""
+    if depth > 500:
+        return path, "nesting is deeper than 500 levels"
+    if isinstance(obj, _SCALARS):
+        if isinstance(obj, str):
+            try:
+                obj.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return path, f"string is not valid UTF-8 ({exc.reason})"
+        return "", ""
+    if isinstance(obj, int):
+        if not -(2**63) <= obj < 2**64:
+            return path, f"integer {obj} does not fit in 64 bits"
+        return "", ""
+    if _is_tensor(obj):
+        try:
+            encode_tensor(obj)
+        except TypeError as exc:
+            return path, str(exc)
+        return "", ""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int, bytes, float, type(None))):
+                return f"{path}[{key!r}]", f"map key of type {type(key).__name__} cannot be stored (str, int or bytes keys)"
+            found = _find_unencodable(value, f"{path}[{key!r}]", depth + 1)
+            if found[0]:
+                return found
+        return "", ""
+    if isinstance(obj, (list, tuple)):
+        for k, value in enumerate(obj):
+            found = _find_unencodable(value, f"{path}[{k}]", depth + 1)
+            if found[0]:
+                return found
+        return "", ""
+    if type(obj).__module__ == "numpy" and hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        return "", ""
+    return path, f"object of type {type(obj).__qualname__} cannot be stored in the log (only msgpack values and tensors; pickle is never used)"

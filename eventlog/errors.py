@@ -1,0 +1,47 @@
+"""Named errors of the event log. Each is raised in exactly the situation its docstring says."""
+
+
+class LogError(Exception):
+    """Base class of every error the event log raises on purpose."""
+
+
+class CorruptEntryError(LogError):
+    """A stored entry failed its checksum, its chain link or its framing; `index` names it."""
+
+    def __init__(self, index: int, reason: str):
+        self.index = index
+        self.reason = reason
+        super().__init__(f"log entry {index} is corrupt: {reason}")
+
+
+class CompactedError(LogError, IndexError):
+    """The requested index was removed by compaction (it is below the first retained index)."""
+
+    def __init__(self, index: int, first_index: int):
+        self.index = index
+        self.first_index = first_index
+        super().__init__(f"log index {index} is compacted; the first retained index is {first_index}")
+
+
+class FencedError(LogError):
+    """This writer's term is no longer the log's current term: another writer took over."""
+
+    def __init__(self, own_term: int, current_term: int):
+        self.own_term = own_term
+        self.current_term = current_term
+        super().__init__(
+            f"writer of term {own_term} is fenced: the log's current term is {current_term} "
+            "(another writer took over); nothing was written"
+        )
+
+
+class LockedError(LogError):
+    """Another live process holds the log's writer lock."""
+
+
+class LogPoisonedError(LogError):
+    """An earlier write or sync failed, so the log refuses all further work until reopened."""
+
+
+class FormatError(LogError):
+    """The path is not an event log, or was written by a newer, unknown format version."""

@@ -1,0 +1,820 @@
+"""EventLog: the durable, term-fenced, checksum-chained write-ahead log on LMDB."""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import lmdb
+
+from . import record
+from .codec import encode_payload
+from .durability import DURABILITY_MODES, GroupFlusher, PeriodicSyncer
+from .errors import (
+    CompactedError,
+    CorruptEntryError,
+    FencedError,
+    FormatError,
+    LogError,
+    LogPoisonedError,
+)
+from .locking import WriterLock, refuse_network_filesystem
+from .report import Damage, VerifyReport
+
+FORMAT_VERSION = 1
+DEFAULT_MAP_SIZE = 256 * 2**20
+READ_BATCH = 1024  # entries per read transaction: readers never pin pages for long
+
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+_META_FORMAT, _META_TERM = b"format", b"term"
+_META_FIRST, _META_BTERM, _META_BSUM = b"first_index", b"boundary_term", b"boundary_checksum"
+
+
+class _TxnGate:
+    """Shared/exclusive gate around LMDB transactions of this process.
+
+    LMDB forbids `set_mapsize` while any transaction of the process is open; growing the
+    map takes the gate exclusively, every transaction takes it shared.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._active = 0
+        self._exclusive = False
+
+    def __enter__(self):
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._active += 1
+
+    def __exit__(self, *exc):
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+
+    def run_exclusive(self, fn):
+        with self._cond:
+            while self._exclusive or self._active:
+                self._cond.wait()
+            self._exclusive = True
+        try:
+            return fn()
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class EventLog:
+    """An append-only log of (index, term, op, payload, time) entries. See the package docs.
+
+    Indexes start at 1 and are contiguous. ``first_index`` is the oldest retained entry
+    (1 until compaction), ``last_index`` the newest appended (0 for an empty,
+    never-compacted log; ``first_index - 1`` whenever the log holds no entries), and
+    ``durable_index`` the newest entry that survives a power loss.
+
+    A writer is safe to use from several threads. Never use a log across ``fork()``:
+    open it again in the child (a call from another pid raises LogError).
+    """
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        durability: str = "sync",
+        readonly: bool = False,
+        *,
+        map_size: int = DEFAULT_MAP_SIZE,
+        group_window: float = 0.002,
+        group_max_batch: int = 8192,
+        os_sync_interval: float = 1.0,
+        takeover: bool = False,
+    ) -> "EventLog":
+        """Open (creating if needed, unless readonly) the log at directory `path`.
+
+        - readonly=True: never creates, takes no lock, bumps no term; works beside a live
+          writer in another process. A missing or foreign path raises FormatError.
+        - A writer takes the exclusive writer lock (LockedError at once if another process
+          holds it) and persists ``term = previous term + 1`` in the transaction that reads
+          it; every entry it appends carries that term.
+        - takeover=True skips the lock for a writer whose holder is hung: the new term
+          fences the old writer, whose next write raises FencedError and writes nothing.
+        - durability is "sync", "group" or "os" (see the package docs for what each loses).
+        - map_size is the initial LMDB map; it doubles whenever it fills.
+        - A path on a network filesystem, a non-log directory or file, or a log of a
+          newer format version raises LogError/FormatError naming it.
+        """
+        if durability not in DURABILITY_MODES:
+            raise ValueError(f"durability must be one of {sorted(DURABILITY_MODES)}, got {durability!r}")
+        return cls(Path(path), durability, readonly, map_size, group_window, group_max_batch,
+                   os_sync_interval, takeover)
+
+    def __init__(self, path, durability, readonly, map_size, group_window, group_max_batch,
+                 os_sync_interval, takeover):
+        self._path = path
+        self._durability = durability
+        self._readonly = readonly
+        self._pid = os.getpid()
+        self._gate = _TxnGate()
+        self._state = threading.RLock()  # guards the index/checksum bookkeeping below
+        self._writing = threading.Lock()  # one LMDB write transaction at a time
+        self._durable_cond = threading.Condition(self._state)
+        self._poison: BaseException | None = None
+        self._fenced: FencedError | None = None
+        self._closed = False
+        self._lock: WriterLock | None = None
+        self._background = None
+        self._unflushed: list[tuple[int, bytes]] = []  # group mode: appended, not yet committed
+        self._tail_damage: CorruptEntryError | None = None
+
+        _check_path(path, readonly)
+        if not readonly:
+            path.mkdir(parents=True, exist_ok=True)
+            if not takeover:
+                self._lock = WriterLock(path)
+                self._lock.acquire()
+        try:
+            self._env = lmdb.open(
+                str(path), subdir=True, max_dbs=2, map_size=map_size, readonly=readonly,
+                sync=durability != "os", metasync=True, lock=True, readahead=False,
+                meminit=False, max_spare_txns=2,
+            )
+            self._env.reader_check()  # clear reader slots left by killed processes
+            if readonly:
+                self._open_readonly()
+            else:
+                self._open_writer()
+        except BaseException:
+            if getattr(self, "_env", None) is not None:
+                self._env.close()
+            if self._lock is not None:
+                self._lock.release()
+            raise
+        if not readonly:
+            if durability == "group":
+                self._background = GroupFlusher(self, group_window, group_max_batch)
+            elif durability == "os":
+                self._background = PeriodicSyncer(self, os_sync_interval)
+
+    def _open_readonly(self):
+        try:
+            self._entries_db = self._env.open_db(b"entries", create=False)
+            self._meta_db = self._env.open_db(b"meta", create=False)
+        except lmdb.NotFoundError:
+            raise FormatError(f"{self._path} is not an event log (no entries/meta databases)") from None
+        with self._read_txn() as txn:
+            self._check_format(txn)
+            self._term = _u64(txn.get(_META_TERM, db=self._meta_db))
+
+    def _open_writer(self):
+        self._entries_db = self._env.open_db(b"entries")
+        self._meta_db = self._env.open_db(b"meta")
+        with self._env.begin(write=True) as txn:
+            if txn.get(_META_FORMAT, db=self._meta_db) is None:
+                if txn.stat(self._entries_db)["entries"]:
+                    raise FormatError(f"{self._path} has entries but no format record; not an event log")
+                txn.put(_META_FORMAT, _U32.pack(FORMAT_VERSION), db=self._meta_db)
+                for name in (_META_TERM, _META_BTERM, _META_BSUM):
+                    txn.put(name, _U64.pack(0), db=self._meta_db)
+                txn.put(_META_FIRST, _U64.pack(1), db=self._meta_db)
+            self._check_format(txn)
+            self._term = _u64(txn.get(_META_TERM, db=self._meta_db)) + 1
+            txn.put(_META_TERM, _U64.pack(self._term), db=self._meta_db)
+            first, last, bterm, bsum = self._bounds(txn)
+            self._first_index, self._last_index = first, last
+            self._committed_index = self._durable_index = last
+            if last >= first:
+                value = txn.get(record.key(last), db=self._entries_db)
+                try:
+                    self._last_checksum = record.stored_checksum(last, value)
+                except CorruptEntryError as exc:
+                    # Appending would chain onto garbage; refuse until the operator
+                    # truncates the damaged tail (truncate_after) or restores the log.
+                    self._tail_damage = exc
+                    self._last_checksum = 0
+            else:
+                self._last_checksum = bsum
+        if self._durability == "os":
+            self._env.sync(True)  # the term bump must not be lost behind later entries
+
+    def _check_format(self, txn):
+        raw = txn.get(_META_FORMAT, db=self._meta_db)
+        if raw is None or len(raw) != 4:
+            raise FormatError(f"{self._path} is not an event log (no format record)")
+        version = _U32.unpack(raw)[0]
+        if version > FORMAT_VERSION:
+            raise FormatError(
+                f"{self._path} has log format version {version}; this eventlog reads up to {FORMAT_VERSION}. Upgrade eventlog."
+            )
+
+    def _bounds(self, txn) -> tuple[int, int, int, int]:
+        """(first_index, last_index, boundary term, boundary checksum) as committed."""
+        first = _u64(txn.get(_META_FIRST, db=self._meta_db))
+        bterm = _u64(txn.get(_META_BTERM, db=self._meta_db))
+        bsum = _u64(txn.get(_META_BSUM, db=self._meta_db))
+        cursor = txn.cursor(db=self._entries_db)
+        last = record.index_of(cursor.key()) if cursor.last() else first - 1
+        return first, last, bterm, bsum
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def path(self) -> Path:
+        """The log's directory."""
+        return self._path
+
+    @property
+    def durability(self) -> str:
+        """"sync", "group" or "os"."""
+        return self._durability
+
+    @property
+    def readonly(self) -> bool:
+        return self._readonly
+
+    @property
+    def term(self) -> int:
+        """A writer's own term; for a readonly log, the current term stored in the log."""
+        self._check_open()
+        if self._readonly:
+            with self._read_txn() as txn:
+                return _u64(txn.get(_META_TERM, db=self._meta_db))
+        return self._term
+
+    @property
+    def first_index(self) -> int:
+        """Index of the oldest retained entry; last_index + 1 when the log holds none."""
+        self._check_open()
+        if self._readonly:
+            with self._read_txn() as txn:
+                return self._bounds(txn)[0]
+        return self._first_index
+
+    @property
+    def last_index(self) -> int:
+        """Index of the newest appended entry; first_index - 1 when the log holds none."""
+        self._check_open()
+        if self._readonly:
+            with self._read_txn() as txn:
+                return self._bounds(txn)[1]
+        return self._last_index
+
+    @property
+    def durable_index(self) -> int:
+        """Newest index that survives a power loss (all entries up to it do too).
+
+        For a readonly log: the newest committed index (whether the writer has synced it
+        cannot be seen from outside the writer).
+        """
+        self._check_open()
+        if self._readonly:
+            return self.last_index
+        return self._durable_index
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, op: str, payload: Any = None) -> int:
+        """Append one entry; return its index (last_index + 1).
+
+        - sync: returns once the entry is durable.
+        - group: returns at once; the entry becomes durable within the commit window
+          (``wait_durable(index)`` blocks for it).
+        - os: returns once the entry is committed to the OS page cache.
+        - A payload that cannot be encoded raises TypeError naming its path; nothing is
+          appended. FencedError, LogPoisonedError, LogError as documented.
+        """
+        return self.append_many([(op, payload)]).start
+
+    def append_many(self, items: Iterable[tuple[str, Any]]) -> range:
+        """Append several entries in one transaction; return their range of indexes.
+
+        All or nothing: if any payload fails to encode, TypeError names its position and
+        path and nothing is appended. An empty iterable returns an empty range at
+        last_index + 1. Durability as for `append`.
+        """
+        encoded = []
+        for position, (op, payload) in enumerate(items):
+            op_bytes = record.check_op(op)
+            try:
+                payload_bytes = encode_payload(payload)
+            except TypeError as exc:
+                raise TypeError(f"item {position} ({op!r}): {exc}") from None
+            if len(payload_bytes) > record.MAX_PAYLOAD_LEN:
+                raise ValueError(f"item {position} ({op!r}): payload of {len(payload_bytes)} bytes exceeds 4 GiB")
+            encoded.append((op_bytes, payload_bytes))
+        self._check_writable()
+        if self._durability == "group":
+            return self._append_group(encoded)
+        with self._writing, self._state:
+            self._check_writable()
+            framed, last_checksum = self._frame(encoded)
+            if framed:
+                self._write_txn(lambda txn: self._put_all(txn, framed))
+                self._last_index = self._committed_index = framed[-1][0]
+                self._last_checksum = last_checksum
+                if self._durability == "sync":
+                    self._durable_index = self._last_index
+            return range(self._last_index + 1 - len(framed), self._last_index + 1)
+
+    def _frame(self, encoded) -> tuple[list[tuple[int, bytes]], int]:
+        now = time.time_ns()
+        checksum = self._last_checksum
+        framed = []
+        index = self._last_index
+        for op_bytes, payload_bytes in encoded:
+            index += 1
+            value, checksum = record.frame(index, self._term, op_bytes, payload_bytes, now, checksum)
+            framed.append((index, value))
+        return framed, checksum
+
+    def _append_group(self, encoded) -> range:
+        with self._state:
+            self._check_writable()
+            framed, last_checksum = self._frame(encoded)
+            self._unflushed.extend(framed)
+            self._last_index += len(framed)
+            self._last_checksum = last_checksum
+            appended = range(self._last_index + 1 - len(framed), self._last_index + 1)
+        if framed:
+            self._background.wake()
+        return appended
+
+    def _put_all(self, txn, framed):
+        cursor = txn.cursor(db=self._entries_db)
+        for index, value in framed:
+            if not cursor.put(record.key(index), value, append=True):
+                raise LogError(f"index {index} already exists; the log changed under this writer")
+
+    def _commit_batch(self, batch: list[tuple[int, bytes]]) -> None:
+        """Group mode: commit `batch` (a prefix of the unflushed entries) durably."""
+        with self._writing:
+            self._write_txn(lambda txn: self._put_all(txn, batch))
+        with self._state:
+            del self._unflushed[: len(batch)]
+            self._committed_index = self._durable_index = batch[-1][0]
+            self._durable_cond.notify_all()
+
+    def _write_txn(self, body) -> None:
+        """Run `body(txn)` in a fenced write transaction, growing the map when it fills.
+
+        Any other LMDB failure poisons the log: after a failed write or fsync we cannot
+        know what reached the disk, so nothing is retried silently.
+        """
+        while True:
+            try:
+                with self._gate:
+                    txn = self._env.begin(write=True, db=self._entries_db)
+                    try:
+                        current = _u64(txn.get(_META_TERM, db=self._meta_db))
+                        if current != self._term:
+                            self._fenced = FencedError(self._term, current)
+                            raise self._fenced
+                        body(txn)
+                        txn.commit()
+                    except BaseException:
+                        txn.abort()
+                        raise
+                return
+            except lmdb.MapFullError:
+                self._grow_map()
+            except lmdb.MapResizedError:
+                self._gate.run_exclusive(lambda: self._env.set_mapsize(0))
+            except lmdb.Error as exc:
+                self._set_poison(exc)
+                raise LogPoisonedError(f"write to {self._path} failed; the log is poisoned: {exc}") from exc
+
+    def _grow_map(self) -> None:
+        def grow():
+            size = self._env.info()["map_size"]
+            self._env.set_mapsize(size * 2)
+
+        self._gate.run_exclusive(grow)
+
+    def _set_poison(self, exc: BaseException) -> None:
+        with self._state:
+            if self._poison is None:
+                self._poison = exc
+            self._durable_cond.notify_all()
+
+    def wait_durable(self, index: int, timeout: float | None = None) -> None:
+        """Block until entry `index` (and all before it) survives a power loss.
+
+        Returns at once for index <= durable_index (0 and compacted indexes included).
+        IndexError if index > last_index (it would never become durable);
+        LogPoisonedError if the flush that would cover it failed; TimeoutError after
+        `timeout` seconds.
+        """
+        self._check_open()
+        if self._readonly:
+            raise LogError("wait_durable needs the writer; this log is open readonly")
+        with self._state:
+            if index > self._last_index:
+                raise IndexError(f"index {index} is beyond last_index {self._last_index}")
+            if index <= self._durable_index:
+                return
+        if self._durability == "os":
+            self._background.sync_now()
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._state:
+            while self._durable_index < index:
+                self._raise_if_poisoned()
+                if self._closed:
+                    raise LogError(f"{self._path} was closed before index {index} became durable")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"index {index} not durable after {timeout} s")
+                self._durable_cond.wait(remaining)
+
+    def flush(self) -> int:
+        """Make every appended entry durable; return durable_index (== last_index)."""
+        self._check_open()
+        if self._readonly:
+            return self.last_index
+        last = self._last_index
+        if last > self._durable_index:
+            self.wait_durable(last)
+        return self._durable_index
+
+    def truncate_after(self, index: int) -> None:
+        """Drop every entry after `index` (a conflicting or poisoned suffix), durably.
+
+        No-op when index == last_index. CompactedError if index < first_index - 1;
+        IndexError if index > last_index. The next append gets index + 1 and chains
+        from entry `index` (or from the compaction boundary).
+        """
+        self._check_writable(allow_tail_damage=True)
+        self.flush()
+        with self._writing, self._state:
+            if index < self._first_index - 1:
+                raise CompactedError(index, self._first_index)
+            if index > self._last_index:
+                raise IndexError(f"truncate_after({index}): last_index is {self._last_index}")
+            if index == self._last_index and self._tail_damage is None:
+                return
+            old_last = self._last_index
+            checksum = [0]
+
+            def drop_suffix(txn):
+                for i in range(index + 1, old_last + 1):
+                    txn.delete(record.key(i), db=self._entries_db)
+                if index >= self._first_index:
+                    checksum[0] = record.stored_checksum(index, txn.get(record.key(index), db=self._entries_db))
+                else:
+                    checksum[0] = _u64(txn.get(_META_BSUM, db=self._meta_db))
+
+            self._write_txn(drop_suffix)
+            self._last_index = self._committed_index = index
+            self._durable_index = min(self._durable_index, index)
+            self._last_checksum = checksum[0]
+            self._tail_damage = None
+            if self._durability == "os":
+                self._env.sync(True)
+
+    def compact_through(self, index: int) -> None:
+        """Drop every entry up to and including `index` (a snapshot covers them), durably.
+
+        No-op when index < first_index (already compacted). IndexError if index >
+        last_index. Afterwards first_index == index + 1 and term_at(index) still answers
+        from the kept boundary; compacting through last_index leaves an empty log whose
+        next append is index + 1.
+        """
+        self._check_writable()
+        self.flush()
+        with self._writing, self._state:
+            if index < self._first_index:
+                return
+            if index > self._last_index:
+                raise IndexError(f"compact_through({index}): last_index is {self._last_index}")
+            first = self._first_index
+
+            def drop_prefix(txn):
+                value = txn.get(record.key(index), db=self._entries_db)
+                _, _, term, _, checksum, _ = record.parse_header(index, value)
+                for i in range(first, index + 1):
+                    txn.delete(record.key(i), db=self._entries_db)
+                txn.put(_META_FIRST, _U64.pack(index + 1), db=self._meta_db)
+                txn.put(_META_BTERM, _U64.pack(term), db=self._meta_db)
+                txn.put(_META_BSUM, _U64.pack(checksum), db=self._meta_db)
+
+            self._write_txn(drop_prefix)
+            self._first_index = index + 1
+            if self._durability == "os":
+                self._env.sync(True)
+
+    # ------------------------------------------------------------------ reading
+
+    def entry(self, index: int) -> record.Entry:
+        """The verified entry at `index`.
+
+        CompactedError if index < first_index; IndexError if index < 1 or index >
+        last_index; CorruptEntryError(index) if its bytes or chain link are damaged.
+        """
+        for found in self._iter_raw(index, index + 1, strict=True):
+            return record.decode_entry(*found)
+        raise IndexError(f"log index {index} is beyond last_index {self.last_index}")
+
+    def entries(self, start: int | None = None, stop: int | None = None) -> Iterator[record.Entry]:
+        """Verified entries with index in [start, stop), in order.
+
+        start defaults to first_index; stop defaults to last_index + 1 as of the call and
+        is clamped to it. CompactedError if start < first_index. Each batch is read in
+        its own short read transaction, so a slow consumer never pins the writer's pages.
+        Raises CorruptEntryError(index) at the first damaged entry.
+        """
+        for found in self._iter_raw(start, stop, strict=False):
+            yield record.decode_entry(*found)
+
+    def headers(self, start: int | None = None, stop: int | None = None, *, verify: bool = True
+                ) -> Iterator[record.EntryHeader]:
+        """Like `entries` but yields EntryHeader without decoding payloads (fast audit scans).
+
+        verify=False skips the checksum (framing is still checked).
+        """
+        for index, value, seed in self._iter_raw(start, stop, strict=False):
+            yield record.decode_header(index, value, seed if verify else None)
+
+    def term_at(self, index: int) -> int:
+        """Term of entry `index`, valid for first_index - 1 .. last_index.
+
+        index == first_index - 1 answers from the compaction boundary (0 for index 0).
+        CompactedError below that; IndexError above last_index.
+        """
+        self._check_open()
+        with self._state:
+            pending = self._pending_value(index)
+        if pending is not None:
+            return record.parse_header(index, pending)[2]
+        with self._read_txn() as txn:
+            first, last, bterm, _ = self._bounds(txn)
+            last = max(last, self._last_index) if not self._readonly else last
+            if index == first - 1:
+                return bterm
+            if index < first - 1:
+                raise CompactedError(index, first)
+            if index > last:
+                raise IndexError(f"term_at({index}): last_index is {last}")
+            value = txn.get(record.key(index), db=self._entries_db)
+            if value is None:
+                raise CorruptEntryError(index, "entry is missing from the log")
+            return record.parse_header(index, value)[2]
+
+    def _pending_value(self, index):
+        if self._readonly or index <= self._committed_index or index > self._last_index:
+            return None
+        return self._unflushed[index - self._committed_index - 1][1]
+
+    def _iter_raw(self, start, stop, strict):
+        """Yield (index, raw value, seed checksum) for [start, stop), batch by batch."""
+        self._check_open()
+        with self._read_txn() as txn:
+            first, last, _, _ = self._bounds(txn)
+        if not self._readonly:
+            last = self._last_index
+        lo = first if start is None else start
+        hi = last + 1 if stop is None else min(stop, last + 1)
+        if lo < first:
+            raise CompactedError(lo, first)
+        if strict and (lo < 1 or lo > last):
+            raise IndexError(f"log index {lo} is out of range {first}..{last}")
+        index = lo
+        while index < hi:
+            batch, seed = self._read_batch(index, min(hi, index + READ_BATCH))
+            if not batch:
+                return  # truncated concurrently by the writer
+            for i, value in batch:
+                yield i, value, seed
+                seed = record.stored_checksum(i, value)
+            index = batch[-1][0] + 1
+
+    def _read_batch(self, lo, hi) -> tuple[list[tuple[int, bytes]], int]:
+        """Raw values of [lo, hi) and the checksum that seeds lo, from one read transaction
+        (or from the unflushed group-commit buffer for entries not yet committed)."""
+        batch: list[tuple[int, bytes]] = []
+        with self._read_txn() as txn:
+            first, _, _, bsum = self._bounds(txn)
+            if lo < first:
+                raise CompactedError(lo, first)
+            if lo == first:
+                seed = bsum
+            else:
+                prev = txn.get(record.key(lo - 1), db=self._entries_db)
+                seed = record.stored_checksum(lo - 1, prev) if prev is not None else None
+            cursor = txn.cursor(db=self._entries_db)
+            if cursor.set_key(record.key(lo)):
+                for raw_key, value in cursor:
+                    index = record.index_of(raw_key)
+                    if index >= hi:
+                        break
+                    if index != lo + len(batch):
+                        raise CorruptEntryError(lo + len(batch), "entry is missing from the log")
+                    batch.append((index, bytes(value)))
+        if not self._readonly and len(batch) < hi - lo:
+            with self._state:
+                for index in range(lo + len(batch), hi):
+                    pending = self._pending_value(index)
+                    if pending is None:
+                        break
+                    if seed is None and index == lo:
+                        seed = 0
+                    batch.append((index, pending))
+        if batch and seed is None:
+            with self._state:
+                prev = self._pending_value(lo - 1)
+            if prev is None:
+                raise CorruptEntryError(lo - 1, "entry is missing from the log")
+            seed = record.stored_checksum(lo - 1, prev)
+        return batch, seed
+
+    def _read_txn(self):
+        return _ReadTxn(self)
+
+    # ------------------------------------------------------------------ verification
+
+    def verify(self) -> VerifyReport:
+        """Check every entry's framing and checksum, the chain, contiguity and terms.
+
+        Never raises on damage: every problem is a `Damage(index, reason)` in the report.
+        Entries still in the group-commit buffer are flushed first (a writer's view).
+        """
+        self._check_open()
+        if not self._readonly and self._poison is None:
+            self.flush()
+        with self._read_txn() as txn:
+            first, last, bterm, bsum = self._bounds(txn)
+            current = _u64(txn.get(_META_TERM, db=self._meta_db))
+        report = VerifyReport(str(self._path), first, last, current, bterm)
+        seed, prev_term, expected = bsum, bterm, first
+        while expected <= last:
+            with self._read_txn() as txn:
+                cursor = txn.cursor(db=self._entries_db)
+                rows = []
+                if cursor.set_range(record.key(expected)):
+                    for raw_key, value in cursor:
+                        rows.append((record.index_of(raw_key), bytes(value)))
+                        if len(rows) >= READ_BATCH:
+                            break
+            if not rows:
+                report.damaged.append(Damage(expected, f"entries {expected}..{last} are missing"))
+                break
+            for index, value in rows:
+                if index != expected:
+                    report.damaged.append(Damage(expected, f"entries {expected}..{index - 1} are missing"))
+                    seed = None
+                seed, prev_term = self._verify_one(report, index, value, seed, prev_term)
+                expected = index + 1
+        return report
+
+    def _verify_one(self, report, index, value, seed, prev_term):
+        report.checked += 1
+        try:
+            op_len, payload_len, term, _, checksum, _ = record.parse_header(index, value)
+        except CorruptEntryError as exc:
+            report.damaged.append(Damage(index, exc.reason))
+            return None, prev_term  # the next entry's link cannot be checked
+        report.payload_bytes += payload_len
+        if seed is not None:
+            try:
+                record.verify_value(index, value, seed)
+            except CorruptEntryError as exc:
+                report.damaged.append(Damage(index, exc.reason))
+        if term < prev_term:
+            report.damaged.append(Damage(index, f"term {term} is lower than the previous entry's term {prev_term}"))
+        elif term > report.current_term:
+            report.damaged.append(Damage(index, f"term {term} is above the log's current term {report.current_term}"))
+        if not report.terms or report.terms[-1][0] != term:
+            report.terms.append((term, index))
+        return checksum, max(term, prev_term)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Flush (group mode), sync (os mode), stop background threads, release the lock.
+
+        Idempotent. In group mode a failed final flush raises LogPoisonedError after
+        releasing everything; entries it covered were never acknowledged as durable.
+        """
+        if self._closed or os.getpid() != self._pid:
+            return
+        error = None
+        try:
+            if self._background is not None:
+                self._background.stop()
+            if not self._readonly and self._poison is None and self._fenced is None:
+                if self._durability == "os":
+                    self._env.sync(True)
+        except BaseException as exc:  # still release the environment and the lock
+            error = exc
+        finally:
+            with self._state:
+                self._closed = True
+                self._durable_cond.notify_all()
+            self._env.close()
+            if self._lock is not None:
+                self._lock.release()
+        if error is not None:
+            raise error
+        if self._poison is not None and self._unflushed:
+            raise LogPoisonedError(
+                f"{self._path}: {len(self._unflushed)} appended entries were never made durable: {self._poison}"
+            )
+
+    def __enter__(self) -> "EventLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("readonly" if self._readonly else f"term {self._term}, {self._durability}")
+        return f"<EventLog {self._path} {state}>"
+
+    # ------------------------------------------------------------------ guards
+
+    def _check_open(self) -> None:
+        if os.getpid() != self._pid:
+            raise LogError(
+                f"EventLog {self._path} was opened in pid {self._pid} and used in pid {os.getpid()}; "
+                "LMDB environments must not cross fork(): open the log again in the child"
+            )
+        if self._closed:
+            raise LogError(f"EventLog {self._path} is closed")
+
+    def _raise_if_poisoned(self) -> None:
+        if self._poison is not None:
+            raise LogPoisonedError(
+                f"{self._path} is poisoned by an earlier failed write ({self._poison}); "
+                "reopen it to recover the durable prefix"
+            ) from self._poison
+
+    def _check_writable(self, allow_tail_damage: bool = False) -> None:
+        self._check_open()
+        if self._readonly:
+            raise LogError(f"{self._path} is open readonly")
+        self._raise_if_poisoned()
+        if self._fenced is not None:
+            raise FencedError(self._fenced.own_term, self._fenced.current_term)
+        if self._tail_damage is not None and not allow_tail_damage:
+            raise LogError(
+                f"{self._path}: the last entry is damaged ({self._tail_damage}); appending would chain "
+                f"onto it. Inspect with verify() and drop it with truncate_after({self._tail_damage.index - 1})"
+            )
+
+
+class _ReadTxn:
+    """A short read transaction under the map-resize gate; adopts a map grown elsewhere."""
+
+    def __init__(self, log: EventLog):
+        self._log = log
+        self._txn = None
+
+    def __enter__(self):
+        log = self._log
+        log._gate.__enter__()
+        while True:
+            try:
+                self._txn = log._env.begin(buffers=True)
+                return self._txn
+            except lmdb.MapResizedError:
+                # Another process grew the map: adopt its size (needs the gate exclusively).
+                log._gate.__exit__()
+                log._gate.run_exclusive(lambda: log._env.set_mapsize(0))
+                log._gate.__enter__()
+            except BaseException:
+                log._gate.__exit__()
+                raise
+
+    def __exit__(self, *exc):
+        try:
+            self._txn.abort()
+        finally:
+            self._log._gate.__exit__()
+
+
+def _check_path(path: Path, readonly: bool) -> None:
+    existing = path if path.exists() else next((p for p in path.parents if p.exists()), Path("/"))
+    refuse_network_filesystem(existing)
+    if path.exists() and not path.is_dir():
+        raise FormatError(f"{path} is a file, not an event log directory")
+    if path.is_dir():
+        has_data = (path / "data.mdb").exists()
+        if not has_data and readonly:
+            raise FormatError(f"{path} is not an event log (no data.mdb)")
+        if not has_data and any(p.name not in ("lock.mdb", "writer.lock") for p in path.iterdir()):
+            raise FormatError(f"{path} is a non-empty directory that is not an event log; refusing to write into it")
+    elif readonly:
+        raise FormatError(f"{path} does not exist")
+
+
+def _u64(raw) -> int:
+    if raw is None or len(raw) != 8:
+        raise FormatError("event log metadata is missing or damaged")
+    return _U64.unpack(raw)[0]

@@ -1,0 +1,145 @@
+"""Entry framing: the fixed header, the chained checksum, and the Entry values readers get.
+
+Layout and checksum definition are in FORMAT.md; this module is their only implementation.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, NamedTuple
+
+import xxhash
+
+from .codec import decode_payload
+from .errors import CorruptEntryError
+
+ENTRY_VERSION = 1
+HEADER = struct.Struct(">BBHIQQQ")  # version, flags, op_len, payload_len, term, time_ns, checksum
+HEADER_SIZE = HEADER.size  # 32
+CHECKSUM_AT = 24
+MAX_OP_LEN = 1024
+MAX_PAYLOAD_LEN = 2**32 - 1
+KEY = struct.Struct(">Q")
+
+_xxh3_64 = xxhash.xxh3_64_intdigest
+
+
+class EntryHeader(NamedTuple):
+    """An entry's fixed header and op, read without decoding its payload."""
+
+    index: int
+    term: int
+    time_ns: int
+    checksum: int
+    op: str
+    payload_size: int
+
+
+class Entry(NamedTuple):
+    """One log entry with its decoded payload. Tensors in the payload are fresh CPU tensors."""
+
+    index: int
+    term: int
+    op: str
+    payload: Any
+    time_ns: int
+    checksum: int
+
+    @property
+    def time(self) -> float:
+        """Append time in seconds since the Unix epoch."""
+        return self.time_ns / 1e9
+
+
+def key(index: int) -> bytes:
+    return KEY.pack(index)
+
+
+def index_of(key_bytes: bytes) -> int:
+    return KEY.unpack(key_bytes)[0]
+
+
+def frame(index: int, term: int, op_bytes: bytes, payload: bytes, time_ns: int, prev_checksum: int) -> tuple[bytes, int]:
+    """(value bytes, checksum) of the entry at `index`, chained from `prev_checksum`."""
+    head = HEADER.pack(ENTRY_VERSION, 0, len(op_bytes), len(payload), term, time_ns, 0)
+    body = head[:CHECKSUM_AT] + op_bytes + payload
+    checksum = _xxh3_64(KEY.pack(index) + body, prev_checksum)
+    return head[:CHECKSUM_AT] + KEY.pack(checksum) + op_bytes + payload, checksum
+
+
+def check_op(op: str) -> bytes:
+    """The UTF-8 bytes of a valid op name; ValueError/TypeError naming what is wrong."""
+    if not isinstance(op, str):
+        raise TypeError(f"op must be a str, got {type(op).__name__}")
+    op_bytes = op.encode("utf-8")
+    if not 1 <= len(op_bytes) <= MAX_OP_LEN:
+        raise ValueError(f"op name must be 1..{MAX_OP_LEN} bytes of UTF-8, got {len(op_bytes)}")
+    return op_bytes
+
+
+def parse_header(index: int, value) -> tuple[int, int, int, int, int, int]:
+    """(op_len, payload_len, term, time_ns, checksum, stored length) of a raw value.
+
+    Raises CorruptEntryError when the framing itself is inconsistent.
+    """
+    if len(value) < HEADER_SIZE:
+        raise CorruptEntryError(index, f"value is {len(value)} bytes, shorter than the {HEADER_SIZE}-byte header")
+    version, flags, op_len, payload_len, term, time_ns, checksum = HEADER.unpack_from(value)
+    if version != ENTRY_VERSION:
+        raise CorruptEntryError(index, f"unknown entry version {version}")
+    if flags != 0:
+        raise CorruptEntryError(index, f"unknown flags {flags:#x}")
+    if len(value) != HEADER_SIZE + op_len + payload_len:
+        raise CorruptEntryError(
+            index, f"value is {len(value)} bytes but its header declares {HEADER_SIZE + op_len + payload_len}"
+        )
+    return op_len, payload_len, term, time_ns, checksum, len(value)
+
+
+def verify_value(index: int, value, prev_checksum: int) -> tuple[int, int, int, int, int]:
+    """Check framing and the chained checksum of a raw value.
+
+    Returns (op_len, payload_len, term, time_ns, checksum); raises CorruptEntryError.
+    """
+    op_len, payload_len, term, time_ns, checksum, _ = parse_header(index, value)
+    mv = memoryview(value)
+    hasher = xxhash.xxh3_64(KEY.pack(index), seed=prev_checksum)
+    hasher.update(mv[:CHECKSUM_AT])
+    hasher.update(mv[HEADER_SIZE:])
+    if hasher.intdigest() != checksum:
+        raise CorruptEntryError(index, "checksum mismatch (the entry or the one before it was altered)")
+    return op_len, payload_len, term, time_ns, checksum
+
+
+def stored_checksum(index: int, value) -> int:
+    """The checksum field of a raw value, after a framing check."""
+    return parse_header(index, value)[4]
+
+
+def decode_header(index: int, value, prev_checksum: int | None) -> EntryHeader:
+    """Header of a raw value; checksum-verified unless `prev_checksum` is None."""
+    if prev_checksum is None:
+        op_len, payload_len, term, time_ns, checksum, _ = parse_header(index, value)
+    else:
+        op_len, payload_len, term, time_ns, checksum = verify_value(index, value, prev_checksum)
+    op = _op_text(index, value, op_len)
+    return EntryHeader(index, term, time_ns, checksum, op, payload_len)
+
+
+def decode_entry(index: int, value, prev_checksum: int) -> Entry:
+    """A verified, decoded Entry from a raw value; CorruptEntryError if anything is off."""
+    op_len, payload_len, term, time_ns, checksum = verify_value(index, value, prev_checksum)
+    op = _op_text(index, value, op_len)
+    start = HEADER_SIZE + op_len
+    try:
+        payload = decode_payload(bytes(value[start:]))
+    except Exception as exc:  # msgpack raises several unrelated types on malformed input
+        raise CorruptEntryError(index, f"payload does not decode: {exc}") from exc
+    return Entry(index, term, op, payload, time_ns, checksum)
+
+
+def _op_text(index: int, value, op_len: int) -> str:
+    try:
+        return bytes(value[HEADER_SIZE : HEADER_SIZE + op_len]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptEntryError(index, "op name is not UTF-8") from exc
