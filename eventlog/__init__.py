@@ -34,9 +34,13 @@ Operational facts (LMDB):
 - Readers: `open()` runs `reader_check()` to free reader slots of killed processes, and
   every read holds its transaction for one batch of at most 1024 entries, so readers in
   other processes (audit tools) never keep the writer's old pages alive for long.
-- fork: never use an open log across fork(); open it again in the child. A log used
-  from another pid raises LogError, and a child's inherited copy of the writer lock is
-  closed at fork so it cannot outlive the parent's.
+- fork: never use an open log across fork(). A log used from another pid raises
+  LogError, and a child's inherited copy of the writer lock is closed at fork so it
+  cannot outlive the parent's. A child that needs the log opens it itself; py-lmdb
+  refuses to reopen, in a forked child, an environment its parent holds open, so start
+  such children with multiprocessing's "spawn"/"forkserver" method or as subprocesses.
+- One process, one environment: several EventLog objects on one directory in one
+  process (a writer and readonly readers) share a single LMDB handle, as LMDB requires.
 - One writer: a second writer gets LockedError at once. `takeover=True` starts a new
   term without the lock; the old writer is then fenced (FencedError, writes nothing).
 - Network filesystems (NFS, SMB, sshfs, ...) are refused: LMDB is unsafe there.

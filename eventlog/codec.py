@@ -134,10 +134,31 @@ def encode_payload(payload: Any) -> bytes:
     that cannot be encoded, e.g. ``payload['batch'][3]: ...``.
     """
     try:
+        _check_map_keys(payload, 0)
         return msgpack.packb(payload, default=_default, use_bin_type=True, datetime=False)
-    except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
+    except (TypeError, ValueError, OverflowError, UnicodeEncodeError, RecursionError) as exc:
         path, reason = _find_unencodable(payload, "payload", depth=0)
         raise TypeError(f"{path}: {reason}" if path else f"payload cannot be encoded: {exc}") from None
+
+
+_KEY_TYPES = (str, int, bytes, float, type(None))
+
+
+def _check_map_keys(obj: Any, depth: int) -> None:
+    # msgpack would encode a tuple key as an array, which decodes as an unhashable list:
+    # an entry that could be written but never read back. Refuse such keys up front.
+    if depth > 500:
+        raise ValueError("nesting is deeper than 500 levels")
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, _KEY_TYPES):
+                raise TypeError("map key")
+            if isinstance(value, (dict, list, tuple)):
+                _check_map_keys(value, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            if isinstance(value, (dict, list, tuple)):
+                _check_map_keys(value, depth + 1)
 
 
 def decode_payload(data: bytes) -> Any:
@@ -171,7 +192,7 @@ def _find_unencodable(obj: Any, path: str, depth: int) -> tuple[str, str]:
         return "", ""
     if isinstance(obj, dict):
         for key, value in obj.items():
-            if not isinstance(key, (str, int, bytes, float, type(None))):
+            if not isinstance(key, _KEY_TYPES):
                 return f"{path}[{key!r}]", f"map key of type {type(key).__name__} cannot be stored (str, int or bytes keys)"
             found = _find_unencodable(value, f"{path}[{key!r}]", depth + 1)
             if found[0]:

@@ -22,6 +22,7 @@ from .errors import (
     LogError,
     LogPoisonedError,
 )
+from .environment import ReadTxn, SharedEnv
 from .locking import WriterLock, refuse_network_filesystem
 from .report import Damage, VerifyReport
 
@@ -33,42 +34,6 @@ _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _META_FORMAT, _META_TERM = b"format", b"term"
 _META_FIRST, _META_BTERM, _META_BSUM = b"first_index", b"boundary_term", b"boundary_checksum"
-
-
-class _TxnGate:
-    """Shared/exclusive gate around LMDB transactions of this process.
-
-    LMDB forbids `set_mapsize` while any transaction of the process is open; growing the
-    map takes the gate exclusively, every transaction takes it shared.
-    """
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._active = 0
-        self._exclusive = False
-
-    def __enter__(self):
-        with self._cond:
-            while self._exclusive:
-                self._cond.wait()
-            self._active += 1
-
-    def __exit__(self, *exc):
-        with self._cond:
-            self._active -= 1
-            self._cond.notify_all()
-
-    def run_exclusive(self, fn):
-        with self._cond:
-            while self._exclusive or self._active:
-                self._cond.wait()
-            self._exclusive = True
-        try:
-            return fn()
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
 
 
 class EventLog:
@@ -123,7 +88,6 @@ class EventLog:
         self._durability = durability
         self._readonly = readonly
         self._pid = os.getpid()
-        self._gate = _TxnGate()
         self._state = threading.RLock()  # guards the index/checksum bookkeeping below
         self._writing = threading.Lock()  # one LMDB write transaction at a time
         self._durable_cond = threading.Condition(self._state)
@@ -142,19 +106,15 @@ class EventLog:
                 self._lock = WriterLock(path)
                 self._lock.acquire()
         try:
-            self._env = lmdb.open(
-                str(path), subdir=True, max_dbs=2, map_size=map_size, readonly=readonly,
-                sync=durability != "os", metasync=True, lock=True, readahead=False,
-                meminit=False, max_spare_txns=2,
-            )
-            self._env.reader_check()  # clear reader slots left by killed processes
+            self._shared = SharedEnv.acquire(path, readonly, map_size, durability)
+            self._env, self._gate = self._shared.env, self._shared.gate
             if readonly:
                 self._open_readonly()
             else:
                 self._open_writer()
         except BaseException:
-            if getattr(self, "_env", None) is not None:
-                self._env.close()
+            if getattr(self, "_shared", None) is not None:
+                self._shared.release()
             if self._lock is not None:
                 self._lock.release()
             raise
@@ -623,8 +583,6 @@ class EventLog:
                     pending = self._pending_value(index)
                     if pending is None:
                         break
-                    if seed is None and index == lo:
-                        seed = 0
                     batch.append((index, pending))
         if batch and seed is None:
             with self._state:
@@ -635,7 +593,7 @@ class EventLog:
         return batch, seed
 
     def _read_txn(self):
-        return _ReadTxn(self)
+        return ReadTxn(self._env, self._gate)
 
     # ------------------------------------------------------------------ verification
 
@@ -717,7 +675,7 @@ class EventLog:
             with self._state:
                 self._closed = True
                 self._durable_cond.notify_all()
-            self._env.close()
+            self._shared.release()
             if self._lock is not None:
                 self._lock.release()
         if error is not None:
@@ -767,36 +725,6 @@ class EventLog:
                 f"{self._path}: the last entry is damaged ({self._tail_damage}); appending would chain "
                 f"onto it. Inspect with verify() and drop it with truncate_after({self._tail_damage.index - 1})"
             )
-
-
-class _ReadTxn:
-    """A short read transaction under the map-resize gate; adopts a map grown elsewhere."""
-
-    def __init__(self, log: EventLog):
-        self._log = log
-        self._txn = None
-
-    def __enter__(self):
-        log = self._log
-        log._gate.__enter__()
-        while True:
-            try:
-                self._txn = log._env.begin(buffers=True)
-                return self._txn
-            except lmdb.MapResizedError:
-                # Another process grew the map: adopt its size (needs the gate exclusively).
-                log._gate.__exit__()
-                log._gate.run_exclusive(lambda: log._env.set_mapsize(0))
-                log._gate.__enter__()
-            except BaseException:
-                log._gate.__exit__()
-                raise
-
-    def __exit__(self, *exc):
-        try:
-            self._txn.abort()
-        finally:
-            self._log._gate.__exit__()
 
 
 def _check_path(path: Path, readonly: bool) -> None:

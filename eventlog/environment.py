@@ -1,0 +1,144 @@
+"""Process-level handling of LMDB environments: one shared handle per log directory,
+the gate that keeps map resizes away from open transactions, and short read transactions."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import lmdb
+
+from .errors import LogError
+
+
+class TxnGate:
+    """Shared/exclusive gate around LMDB transactions of this process.
+
+    LMDB forbids `set_mapsize` while any transaction of the process is open; growing the
+    map takes the gate exclusively, every transaction takes it shared.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._active = 0
+        self._exclusive = False
+
+    def __enter__(self):
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._active += 1
+
+    def __exit__(self, *exc):
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+
+    def run_exclusive(self, fn):
+        with self._cond:
+            while self._exclusive or self._active:
+                self._cond.wait()
+            self._exclusive = True
+        try:
+            return fn()
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class SharedEnv:
+    """One LMDB environment per log directory per process, shared by every EventLog on it.
+
+    LMDB forbids opening the same environment twice in one process (its locks are per
+    process), so a reader and a writer of one log in one process share the handle, and
+    its map-resize gate. The registry is keyed by the directory's (device, inode) and
+    emptied in a forked child, which must open its own.
+    """
+
+    _registry: dict = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, key, env, readonly):
+        self.key, self.env, self.readonly = key, env, readonly
+        self.gate = TxnGate()
+        self.refs = 0
+
+    @classmethod
+    def acquire(cls, path: Path, readonly: bool, map_size: int, durability: str) -> "SharedEnv":
+        stat = path.stat()
+        key = (stat.st_dev, stat.st_ino)
+        with cls._registry_lock:
+            shared = cls._registry.get(key)
+            if shared is None:
+                try:
+                    env = lmdb.open(
+                        str(path), subdir=True, max_dbs=2, map_size=map_size, readonly=readonly,
+                        sync=durability != "os", metasync=True, lock=True, readahead=False,
+                        meminit=False, max_spare_txns=2,
+                    )
+                except lmdb.Error as exc:
+                    if "already open in this process" not in str(exc):
+                        raise
+                    # py-lmdb remembers environments opened before a fork(); a forked
+                    # child cannot open them again.
+                    raise LogError(
+                        f"{path} is held open by this process's parent across fork(); open logs in a "
+                        "child started with the 'spawn' or 'forkserver' method, or in a subprocess"
+                    ) from exc
+                env.reader_check()  # free reader slots left by killed processes
+                shared = cls._registry[key] = cls(key, env, readonly)
+            elif shared.readonly and not readonly:
+                raise LogError(
+                    f"{path} is open readonly in this process; close those readers before opening it for writing"
+                )
+            shared.refs += 1
+            return shared
+
+    def release(self) -> None:
+        with self._registry_lock:
+            self.refs -= 1
+            if self.refs == 0:
+                del self._registry[self.key]
+                self.env.close()
+
+    @classmethod
+    def forget_after_fork(cls) -> None:
+        cls._registry = {}
+        cls._registry_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=SharedEnv.forget_after_fork)
+
+
+class ReadTxn:
+    """A short read transaction under the map-resize gate; adopts a map grown elsewhere."""
+
+    def __init__(self, env, gate: TxnGate):
+        self._env, self._gate = env, gate
+        self._txn = None
+
+    def __enter__(self):
+        gate = self._gate
+        gate.__enter__()
+        while True:
+            try:
+                self._txn = self._env.begin(buffers=True)
+                return self._txn
+            except lmdb.MapResizedError:
+                # Another process grew the map: adopt its size (needs the gate exclusively).
+                gate.__exit__()
+                gate.run_exclusive(lambda: self._env.set_mapsize(0))
+                gate.__enter__()
+            except BaseException:
+                gate.__exit__()
+                raise
+
+    def __exit__(self, *exc):
+        try:
+            self._txn.abort()
+        finally:
+            self._gate.__exit__()
+
+

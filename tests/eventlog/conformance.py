@@ -1,0 +1,242 @@
+"""The event-log contract, written once. Every durability mode subclasses LogContract.
+
+Edge cases first, in the spirit of hashicorp/raft's log store tests: empty log, index
+0, the compaction boundary's term, truncate then append, compact everything.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eventlog import CompactedError, EventLog, LogError
+
+
+class LogContract:
+    durability: str = "sync"
+
+    @pytest.fixture
+    def path(self, tmp_path):
+        return tmp_path / "log"
+
+    @pytest.fixture
+    def log(self, path):
+        with EventLog.open(path, durability=self.durability) as log:
+            yield log
+
+    def reopen(self, log):
+        path = log.path
+        log.close()
+        return EventLog.open(path, durability=self.durability)
+
+    # --- the empty log -------------------------------------------------------
+
+    def test_empty_log_bounds(self, log):
+        assert (log.first_index, log.last_index, log.durable_index) == (1, 0, 0)
+        assert log.term == 1
+        assert list(log.entries()) == []
+        assert list(log.headers()) == []
+
+    def test_index_zero_is_the_boundary(self, log):
+        assert log.term_at(0) == 0
+        with pytest.raises(IndexError):
+            log.entry(0)
+        with pytest.raises(IndexError):
+            log.term_at(1)
+
+    def test_entry_past_the_end(self, log):
+        log.append("a", 1)
+        with pytest.raises(IndexError):
+            log.entry(2)
+
+    def test_wait_durable_past_the_end_raises(self, log):
+        with pytest.raises(IndexError):
+            log.wait_durable(1)
+        log.wait_durable(0)  # nothing to wait for
+
+    def test_empty_append_many(self, log):
+        assert log.append_many([]) == range(1, 1)
+        assert log.last_index == 0
+
+    # --- appending and reading -----------------------------------------------
+
+    def test_append_returns_contiguous_indexes(self, log):
+        assert log.append("a", 1) == 1
+        assert log.append_many([("b", 2), ("c", 3)]) == range(2, 4)
+        assert log.append("d", None) == 4
+        log.flush()
+        assert [(e.index, e.op, e.payload) for e in log.entries()] == [
+            (1, "a", 1), (2, "b", 2), (3, "c", 3), (4, "d", None)]
+
+    def test_entries_range_is_half_open(self, log):
+        log.append_many([("op", i) for i in range(10)])
+        assert [e.payload for e in log.entries(3, 6)] == [2, 3, 4]
+        assert [e.index for e in log.entries(8)] == [8, 9, 10]
+        assert [e.index for e in log.entries(9, 100)] == [9, 10]  # stop is clamped
+        assert list(log.entries(5, 5)) == []
+
+    def test_reads_span_many_read_batches(self, log):
+        n = 2500  # more than two READ_BATCHes
+        log.append_many([("op", i) for i in range(n)])
+        assert [e.payload for e in log.entries()] == list(range(n))
+        assert [h.index for h in log.headers(1000, 2100)] == list(range(1000, 2100))
+
+    def test_headers_match_entries(self, log):
+        log.append("first", {"x": b"123"})
+        log.append("second", [1, 2, 3])
+        for header, entry in zip(log.headers(), log.entries()):
+            assert (header.index, header.term, header.op, header.checksum, header.time_ns) == (
+                entry.index, entry.term, entry.op, entry.checksum, entry.time_ns)
+            assert header.payload_size > 0
+
+    def test_payload_round_trip(self, log):
+        payload = {
+            "ints": [0, -1, 2**63 - 1, -(2**63), 2**64 - 1], "float": 0.1, "bool": True, "none": None,
+            "str": "ünïcode", "bytes": b"\x00\xff", "nested": {"a": [{"b": [1.5]}]}, 7: "int key",
+            "tensor": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+        }
+        index = log.append("p", payload)
+        got = log.entry(index).payload
+        tensor = got.pop("tensor")
+        expected = dict(payload)
+        assert torch.equal(tensor, expected.pop("tensor"))
+        assert got == expected
+
+    def test_entry_time_is_wall_clock(self, log):
+        import time
+
+        before = time.time_ns()
+        index = log.append("t", None)
+        assert before <= log.entry(index).time_ns <= time.time_ns()
+
+    def test_unencodable_payload_appends_nothing(self, log):
+        log.append("ok", 1)
+        with pytest.raises(TypeError, match=r"payload\['batch'\]\[1\]"):
+            log.append("bad", {"batch": [1, object()]})
+        with pytest.raises(TypeError, match="item 1"):
+            log.append_many([("ok", 2), ("bad", {1: {2: set()}})])
+        assert log.last_index == 1
+        assert [e.payload for e in self.reopen(log).entries()] == [1]
+
+    def test_bad_op_names(self, log):
+        with pytest.raises(ValueError):
+            log.append("", 1)
+        with pytest.raises(TypeError):
+            log.append(3, 1)
+        assert log.last_index == 0
+
+    # --- durability ------------------------------------------------------------
+
+    def test_flush_makes_everything_durable(self, log):
+        log.append_many([("op", i) for i in range(100)])
+        assert log.flush() == 100
+        assert log.durable_index == 100
+        log.wait_durable(100)
+
+    def test_reopen_keeps_entries_and_bumps_term(self, log):
+        log.append("a", 1)
+        log = self.reopen(log)
+        try:
+            assert log.term == 2
+            assert log.append("b", 2) == 2
+            assert [(e.term, e.payload) for e in log.entries()] == [(1, 1), (2, 2)]
+            assert log.term_at(1) == 1 and log.term_at(2) == 2
+        finally:
+            log.close()
+
+    # --- truncation ------------------------------------------------------------
+
+    def test_truncate_then_append(self, log):
+        log.append_many([("op", i) for i in range(5)])
+        log.truncate_after(3)
+        assert log.last_index == 3
+        assert log.append("new", "x") == 4
+        assert [e.payload for e in log.entries()] == [0, 1, 2, "x"]
+        assert log.verify().ok
+        log = self.reopen(log)
+        try:
+            assert [e.payload for e in log.entries()] == [0, 1, 2, "x"]
+            assert log.verify().ok
+        finally:
+            log.close()
+
+    def test_truncate_everything(self, log):
+        log.append_many([("op", i) for i in range(3)])
+        log.truncate_after(0)
+        assert (log.first_index, log.last_index) == (1, 0)
+        assert log.append("again", 1) == 1
+        assert log.verify().ok
+
+    def test_truncate_at_last_is_a_noop_and_past_it_an_error(self, log):
+        log.append("a", 1)
+        log.truncate_after(1)
+        assert log.last_index == 1
+        with pytest.raises(IndexError):
+            log.truncate_after(2)
+
+    # --- compaction ------------------------------------------------------------
+
+    def test_compaction_keeps_the_boundary_term(self, log):
+        log.append_many([("op", i) for i in range(5)])
+        log.compact_through(3)
+        assert (log.first_index, log.last_index) == (4, 5)
+        assert log.term_at(3) == 1  # the boundary answers
+        with pytest.raises(CompactedError):
+            log.term_at(2)
+        with pytest.raises(CompactedError):
+            log.entry(3)
+        with pytest.raises(CompactedError):
+            list(log.entries(2))
+        assert [e.payload for e in log.entries()] == [3, 4]
+        assert log.verify().ok
+
+    def test_compact_everything_then_append(self, log):
+        log.append_many([("op", i) for i in range(4)])
+        log.compact_through(4)
+        assert (log.first_index, log.last_index) == (5, 4)
+        assert list(log.entries()) == []
+        assert log.append("next", "n") == 5
+        assert log.entry(5).payload == "n"  # chained from the boundary checksum
+        log = self.reopen(log)
+        try:
+            assert (log.first_index, log.last_index) == (5, 5)
+            assert log.verify().ok
+            assert log.term_at(4) == 1
+        finally:
+            log.close()
+
+    def test_compact_is_idempotent_and_bounded(self, log):
+        log.append_many([("op", i) for i in range(4)])
+        log.compact_through(2)
+        log.compact_through(1)  # already compacted: no-op
+        assert log.first_index == 3
+        with pytest.raises(IndexError):
+            log.compact_through(5)
+        with pytest.raises(CompactedError):
+            log.truncate_after(1)
+        log.truncate_after(2)  # truncating back to the boundary empties the log
+        assert (log.first_index, log.last_index) == (3, 2)
+        assert log.append("x", 0) == 3
+        assert log.verify().ok
+
+    # --- verify and lifecycle ---------------------------------------------------
+
+    def test_verify_reports_terms(self, log):
+        log.append("a", 1)
+        log = self.reopen(log)
+        try:
+            log.append("b", 2)
+            log.append("c", 3)
+            report = log.verify()
+            assert report.ok and report.checked == 3
+            assert report.terms == [(1, 1), (2, 2)]
+        finally:
+            log.close()
+
+    def test_closed_log_refuses_calls(self, log):
+        log.close()
+        log.close()  # idempotent
+        with pytest.raises(LogError, match="closed"):
+            log.append("a", 1)
+        with pytest.raises(LogError, match="closed"):
+            _ = log.last_index
