@@ -1,0 +1,51 @@
+"""replay: event-sourced PyTorch state. Every mutation is a logged op; recovery replays it bit-exactly.
+
+    import replay
+    ops = replay.Ops()
+
+    @ops.op
+    def sgd_step(state, *, ids, seed, lr): ...     # mutates state in place, pure in (state, payload)
+
+    with replay.Journal.open("runs/exp1", state={"model": m, "optim": opt, "data": cursor},
+                             ops=ops, snapshot=replay.Every(entries=1000, seconds=600)) as journal:
+        print(journal.recovery)                     # which snapshot, how many entries replayed
+        journal.apply("sgd_step", ids=cursor.peek(32), seed=step, lr=0.1)
+
+Guarantees (DESIGN.md §5): an entry is in the log before its effect is visible and
+``flush()`` makes every applied entry durable; a snapshot at i holds exactly entries
+1..i and never commits beyond the durable index; recovery loads the newest verified
+snapshot and replays every later entry once, in order, to the same bytes; the log is
+compacted only through the oldest retained snapshot; unknown ops, rejected payloads,
+checksum failures, version mismatches and divergences stop recovery naming the index;
+a handler that raises in a live apply leaves no entry and no half-mutated state behind.
+
+The on-disk entry envelope is documented in ``replay/envelope.py``.
+"""
+
+from .data import DataCursor
+from .determinism import state_digest
+from .errors import (
+    DivergenceError,
+    EnvelopeError,
+    HandlerError,
+    JournalClosedError,
+    JournalPoisonedError,
+    PayloadRejectedError,
+    RecoveryError,
+    ReplayError,
+    UnknownOpError,
+    VersionMismatchError,
+)
+from .journal import Journal
+from .operator import truncate
+from .ops import Ops, OpSpec
+from .policies import Every
+from .recovery import RecoveryReport
+from .rng import seeded_generator
+
+__all__ = [
+    "Journal", "Ops", "OpSpec", "Every", "RecoveryReport", "DataCursor", "seeded_generator",
+    "state_digest", "truncate",
+    "ReplayError", "UnknownOpError", "PayloadRejectedError", "HandlerError", "VersionMismatchError",
+    "EnvelopeError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "JournalClosedError",
+]

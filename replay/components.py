@@ -1,0 +1,147 @@
+"""State components: what a journal's state may hold, how it is captured and restored in place.
+
+A journal's state is a str-keyed mapping of components:
+
+- objects with ``state_dict()``/``load_state_dict()`` (modules, optimizers, schedulers,
+  DataCursor, user objects): restored with ``load_state_dict``, which for modules copies
+  into the existing parameters and for optimizers keeps their parameter references;
+- bare tensors: restored with ``copy_``, so the tensor object and its device stay;
+- plain dicts (nested, tensor or msgpack leaves): restored in place, so other references
+  to the dict (and to tensors in it of unchanged shape and dtype) stay valid.
+
+Restoring in place is the point: code holding a reference to a parameter, an optimizer
+or a counter dict keeps seeing the live state after recovery or a rollback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Iterator
+
+import torch
+
+STATE_DICT, TENSOR, DICT = "state_dict", "tensor", "dict"
+
+
+def kind_of(name: str, component: Any) -> str:
+    """The component kind of `component`; TypeError naming `name` if it is none of the three."""
+    if isinstance(component, torch.Tensor):
+        return TENSOR
+    if callable(getattr(component, "state_dict", None)) and callable(getattr(component, "load_state_dict", None)):
+        return STATE_DICT
+    if isinstance(component, dict):
+        return DICT
+    raise TypeError(
+        f"state component {name!r} ({type(component).__name__}) is not a tensor, a plain dict, "
+        "or an object with state_dict()/load_state_dict()"
+    )
+
+
+def check_state(state: Any) -> dict[str, str]:
+    """{name: kind} of a journal state; TypeError if it is not a str-keyed mapping of components."""
+    if not isinstance(state, Mapping) or not state:
+        raise TypeError("state must be a non-empty mapping of name -> component")
+    kinds = {}
+    for name, component in state.items():
+        if not isinstance(name, str):
+            raise TypeError(f"state component names must be str, got {name!r}")
+        kinds[name] = kind_of(name, component)
+    return kinds
+
+
+def capture(state: Mapping[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
+    """A nested tree of the live state for a snapshot: {name: state_dict() | tensor | dict}.
+
+    Tensors in the tree alias the live ones; the snapshot store stages (copies) them.
+    """
+    tree = {}
+    for name, component in state.items():
+        tree[name] = component.state_dict() if kinds[name] == STATE_DICT else component
+    return tree
+
+
+def restore(state: Mapping[str, Any], kinds: dict[str, str], tree: Mapping[str, Any]) -> None:
+    """Load `tree` (as `capture` produced it, tensors anywhere) into the live state, in place.
+
+    A component missing from the tree, or a tree entry naming no component, raises
+    KeyError before anything is changed: a snapshot of a different state layout must
+    not be half-applied.
+    """
+    missing, extra = set(state) - set(tree), set(tree) - set(state)
+    if missing or extra:
+        raise KeyError(f"snapshot components {sorted(tree)} do not match the journal's state {sorted(state)}")
+    with torch.no_grad():
+        for name, component in state.items():
+            saved = tree[name]
+            kind = kinds[name]
+            if kind == STATE_DICT:
+                component.load_state_dict(saved)
+            elif kind == TENSOR:
+                if tuple(saved.shape) != tuple(component.shape):
+                    raise ValueError(f"component {name!r}: snapshot shape {tuple(saved.shape)} != live {tuple(component.shape)}")
+                component.copy_(saved)
+            else:
+                _restore_dict(component, saved, default_device(state))
+
+
+def _restore_dict(live: dict, saved: Mapping, device: torch.device) -> None:
+    for key in [k for k in live if k not in saved]:
+        del live[key]
+    for key, value in saved.items():
+        current = live.get(key)
+        if (isinstance(current, torch.Tensor) and isinstance(value, torch.Tensor)
+                and current.shape == value.shape and current.dtype == value.dtype):
+            current.copy_(value)
+            value = current
+        elif isinstance(current, dict) and isinstance(value, Mapping):
+            _restore_dict(current, value, device)
+            value = current
+        elif isinstance(value, torch.Tensor):
+            value = value.to(current.device if isinstance(current, torch.Tensor) else device)
+        # Re-inserting every key keeps the saved insertion order, so iteration over the
+        # restored dict (and anything computed from it) matches the run that wrote it.
+        live.pop(key, None)
+        live[key] = value
+
+
+def default_device(state: Mapping[str, Any]) -> torch.device:
+    """Device of the first tensor found in the state (components in order); cpu if none."""
+    for _, leaf in leaves(state):
+        if isinstance(leaf, torch.Tensor):
+            return leaf.device
+    return torch.device("cpu")
+
+
+def leaves(tree: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    """(path, leaf) pairs of a nested state, mappings in sorted key order, state_dict objects expanded.
+
+    Sorting keys makes the order a function of the content, not of insertion history,
+    which a restored dict or a reloaded state_dict may not share with the original run.
+    """
+    if isinstance(tree, torch.Tensor):
+        yield path, tree
+    elif isinstance(tree, Mapping):
+        for key in sorted(tree, key=lambda k: (type(k).__name__, str(k))):
+            yield from leaves(tree[key], path + (key,))
+    elif isinstance(tree, (list, tuple)):
+        for position, item in enumerate(tree):
+            yield from leaves(item, path + (position,))
+    elif callable(getattr(tree, "state_dict", None)):
+        yield from leaves(tree.state_dict(), path)
+    else:
+        yield path, tree
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """`obj` with every tensor in it (through dicts, lists, tuples) moved to `device`."""
+    if isinstance(obj, torch.Tensor):
+        if obj.device == device:
+            return obj
+        # Host-to-device copies may be asynchronous (stream-ordered before any use);
+        # device-to-host copies must not be, or the host could read unfinished bytes.
+        return obj.to(device, non_blocking=obj.device.type == "cpu" and device.type == "cuda")
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj

@@ -1,0 +1,50 @@
+"""The on-disk envelope of a replay entry (format version 1), and the engine's own ops.
+
+Every entry a Journal appends is an ordinary eventlog entry:
+
+    op      = the registered op name (UTF-8, as the user registered it)
+    payload = {"v": <int op version>, "p": <the op's keyword payload, a str-keyed map>}
+
+so the fixed eventlog header (term, time, checksum, op) still answers "what happened"
+without decoding payloads, and the version travels with every entry: replaying an
+entry whose ``v`` differs from the registered handler's version needs an upcaster.
+
+Op names beginning with ``replay.`` are reserved for the engine's own entries:
+
+    replay.digest    {"v": 1, "p": {"digest": <signed int64>}}
+        The state fingerprint (replay.determinism.state_digest) after every entry
+        before it. Replay recomputes and compares; a mismatch is DivergenceError.
+    replay.truncate  {"v": 1, "p": {"after": i, "dropped": [[index, op], ...], "reason": str}}
+        An audit record left by the operator's replay.truncate(); replay skips it.
+
+Neither changes the state, and both count as applied entries (journal.index covers them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import EnvelopeError
+
+ENVELOPE_VERSION = 1
+RESERVED_PREFIX = "replay."
+DIGEST_OP = "replay.digest"
+TRUNCATE_OP = "replay.truncate"
+ENGINE_OPS = frozenset({DIGEST_OP, TRUNCATE_OP})
+
+
+def wrap(version: int, payload: dict[str, Any]) -> dict[str, Any]:
+    """The envelope stored as an entry's payload."""
+    return {"v": version, "p": payload}
+
+
+def unwrap(index: int, op: str, stored: Any) -> tuple[int, dict[str, Any]]:
+    """(version, payload) of a decoded entry payload; EnvelopeError naming index and op if malformed."""
+    if not isinstance(stored, dict) or set(stored) != {"v", "p"}:
+        raise EnvelopeError(index, op, "payload is not a {'v': version, 'p': payload} map")
+    version, payload = stored["v"], stored["p"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise EnvelopeError(index, op, f"version {version!r} is not a positive integer")
+    if not isinstance(payload, dict) or not all(isinstance(k, str) for k in payload):
+        raise EnvelopeError(index, op, "op payload is not a map with str keys")
+    return version, payload

@@ -1,0 +1,95 @@
+"""Named errors of the replay engine. Each is raised in exactly the situation its docstring says.
+
+Checksum failures are not wrapped: they surface as eventlog's ``CorruptEntryError``,
+whose ``index`` names the damaged entry (the op of a damaged entry cannot be trusted).
+"""
+
+from __future__ import annotations
+
+
+class ReplayError(Exception):
+    """Base class of every error the replay engine raises on purpose."""
+
+
+class UnknownOpError(ReplayError):
+    """An op name has no registered handler (at apply time, or in an entry being replayed)."""
+
+    def __init__(self, op: str, index: int | None = None):
+        self.op = op
+        self.index = index
+        where = f"log entry {index}: " if index is not None else ""
+        super().__init__(f"{where}op {op!r} has no registered handler; register it with the journal's Ops")
+
+
+class PayloadRejectedError(ReplayError, ValueError):
+    """A payload failed its op's declared validation or signature check; nothing was appended."""
+
+    def __init__(self, op: str, reason: str, index: int | None = None):
+        self.op = op
+        self.reason = reason
+        self.index = index
+        where = f"log entry {index}: " if index is not None else ""
+        super().__init__(f"{where}payload of op {op!r} rejected: {reason}")
+
+
+class HandlerError(ReplayError):
+    """A handler raised while replaying entry `index`; the original exception is the __cause__."""
+
+    def __init__(self, index: int, op: str, cause: BaseException):
+        self.index = index
+        self.op = op
+        super().__init__(
+            f"log entry {index} (op {op!r}) failed during replay: {type(cause).__name__}: {cause}. "
+            f"If this entry is a poison entry left by a crash, remove it with replay.truncate(path, after={index - 1})"
+        )
+
+
+class VersionMismatchError(ReplayError):
+    """An entry's op version differs from the registered handler's and no upcaster bridges the gap."""
+
+    def __init__(self, index: int, op: str, entry_version: int, handler_version: int):
+        self.index = index
+        self.op = op
+        self.entry_version = entry_version
+        self.handler_version = handler_version
+        super().__init__(
+            f"log entry {index}: op {op!r} was written at version {entry_version} but the registered "
+            f"handler is version {handler_version}; register an upcaster from version {entry_version}"
+            if entry_version < handler_version else
+            f"log entry {index}: op {op!r} was written at version {entry_version}, newer than the "
+            f"registered handler's version {handler_version}; run newer code"
+        )
+
+
+class EnvelopeError(ReplayError):
+    """A (checksum-valid) entry does not hold a replay envelope, so it was not written by a Journal."""
+
+    def __init__(self, index: int, op: str, reason: str):
+        self.index = index
+        self.op = op
+        super().__init__(f"log entry {index} (op {op!r}) is not a replay entry: {reason}")
+
+
+class DivergenceError(ReplayError):
+    """Replay recomputed a state digest that differs from the digest entry at `index`."""
+
+    def __init__(self, index: int, expected: int, actual: int):
+        self.index = index
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"log entry {index}: state digest {actual:#018x} differs from the recorded {expected:#018x}; "
+            "some handler before it is not deterministic (global RNG, unordered iteration, nondeterministic kernels?)"
+        )
+
+
+class RecoveryError(ReplayError):
+    """The snapshots and the log cannot be combined into a state (a gap, or a snapshot ahead of the log)."""
+
+
+class JournalPoisonedError(ReplayError):
+    """The log failed a write or sync, or a rollback failed, so the journal refuses all further work."""
+
+
+class JournalClosedError(ReplayError):
+    """The journal was used after close()."""

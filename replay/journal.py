@@ -1,0 +1,348 @@
+"""Journal: the event-sourced state a user touches — apply ops write-ahead, snapshot, recover.
+
+One directory holds everything::
+
+    DIR/log/         the eventlog (every applied op, in order, checksum-chained)
+    DIR/snapshots/   the snapshot store (each snapshot's meta records its last applied index)
+
+A Journal is used from one thread at a time and never across fork().
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import snapshots
+import torch
+from eventlog import EventLog, LogPoisonedError
+
+from . import components
+from .determinism import DeterministicGuard, state_digest
+from .envelope import DIGEST_OP, wrap
+from .errors import JournalClosedError, JournalPoisonedError, ReplayError
+from .ops import Ops
+from .policies import Every, PolicyClock
+from .recovery import RecoveryReport, Replayer, recover, snapshot_meta
+
+DEFAULT_POLICY = Every(entries=1000, seconds=600)
+
+
+class Journal:
+    """Event-sourced state: ``apply`` appends an op to the log, then applies it to the live state.
+
+    Open with `Journal.open`; see its contract. Attributes: ``state`` (the components),
+    ``ops``, ``log`` (the EventLog), ``snapshots`` (the SnapshotStore), ``recovery``
+    (RecoveryReport of the open), ``index`` (last applied entry).
+    """
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        *,
+        state: Mapping[str, Any],
+        ops: Ops,
+        snapshot: Every = DEFAULT_POLICY,
+        durability: str = "group",
+        deterministic: bool = False,
+        digest_every: int | None = None,
+        keep_last: int = 3,
+        keep_log: bool = False,
+        async_snapshots: bool = True,
+        progress: bool | None = None,
+        device=None,
+        takeover: bool = False,
+    ) -> "Journal":
+        """Open (creating if needed) the journal at directory `path` and recover `state` in place.
+
+        - A new directory: `state` as given is the initial state; it is snapshotted at
+          index 0 before open returns, so replays never depend on how it was built.
+        - An existing one: the newest snapshot that verifies is loaded into the live
+          components in place (damaged newer ones are skipped and reported), then every
+          later entry is replayed through `ops`, once each, in order. Errors name the
+          failing index: UnknownOpError, VersionMismatchError, HandlerError,
+          DivergenceError, eventlog.CorruptEntryError, RecoveryError. Nothing is skipped.
+        - state: str -> component (state_dict object, tensor or plain dict); TypeError otherwise.
+        - snapshot: the Every policy; async_snapshots=False makes policy snapshots block.
+        - durability: the eventlog mode ("group" by default: apply overlaps the fsync).
+        - deterministic=True: torch.use_deterministic_algorithms(True) while open (warns
+          about CUBLAS_WORKSPACE_CONFIG on CUDA).
+        - digest_every=N: after every user entry whose index is a multiple of N, append a
+          digest entry that replay re-checks.
+        - keep_last: snapshots retained; keep_log=True never compacts the log (audit).
+        - device: where payload tensors go before a handler sees them (default: the
+          device of the first tensor in the state).
+        - progress: a replay progress bar (None: only for long replays on a TTY).
+        - takeover: passed to EventLog.open (fence a hung writer).
+        """
+        if digest_every is not None and (not isinstance(digest_every, int) or digest_every < 1):
+            raise ValueError(f"digest_every must be a positive int or None, got {digest_every!r}")
+        if not isinstance(snapshot, Every):
+            raise TypeError(f"snapshot must be a replay.Every policy, got {type(snapshot).__name__}")
+        kinds = components.check_state(state)
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        journal = cls.__new__(cls)
+        journal._init(root, state, kinds, ops, snapshot, digest_every, keep_log, async_snapshots, device)
+        journal._guard = None
+        try:
+            if deterministic:
+                journal._guard = DeterministicGuard(any(
+                    isinstance(t, torch.Tensor) and t.is_cuda for _, t in components.leaves(state)))
+            journal.log = EventLog.open(root / "log", durability=durability, takeover=takeover)
+            journal.snapshots = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last)
+            journal._recover(progress)
+        except BaseException:
+            journal._release()
+            raise
+        return journal
+
+    def _init(self, root, state, kinds, ops, policy, digest_every, keep_log, async_snapshots, device):
+        self.path = root
+        self.state = state
+        self.ops = ops
+        self._kinds = kinds
+        self._device = torch.device(device) if device is not None else components.default_device(state)
+        self._replayer = Replayer(ops, state, self._device)
+        self._clock = PolicyClock(policy)
+        self._digest_every = digest_every
+        self._keep_log = keep_log
+        self._async = async_snapshots
+        self._pending = None  # the in-flight snapshot: (index, handle)
+        self._poison: BaseException | None = None
+        self._closed = False
+        self._index = 0
+        self.log = None
+        self.snapshots = None
+        self.recovery = RecoveryReport()
+        self.last_snapshot_error: BaseException | None = None
+
+    def _recover(self, progress) -> None:
+        self.recovery = recover(self.log, self.snapshots, self.state, self._kinds, self._replayer, progress=progress)
+        self._index = self.recovery.replayed.stop - 1 if len(self.recovery.replayed) else self.recovery.snapshot_index
+        self._clock.add(len(self.recovery.replayed), 0, self.recovery.replay_seconds)
+        if self.recovery.snapshot is None and self.log.last_index == 0:
+            # The initial state is the base every replay starts from; persisting it means
+            # a user who builds it differently next time (another random init) still
+            # recovers the same bytes.
+            self._start_snapshot(blocking=True)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def index(self) -> int:
+        """Index of the last applied entry (0 before the first; digest entries count)."""
+        return self._index
+
+    @property
+    def durable_index(self) -> int:
+        """Newest index that survives a power loss (see eventlog's durability modes)."""
+        self._check_usable()
+        return self.log.durable_index
+
+    @property
+    def device(self):
+        """Where payload tensors are moved before a handler sees them."""
+        return self._device
+
+    # ------------------------------------------------------------------ applying
+
+    def apply(self, op: str, /, **payload: Any) -> int:
+        """Append `op(**payload)` to the log, then apply it to the live state; return its index.
+
+        - Before appending: UnknownOpError for an unregistered op, PayloadRejectedError
+          when the payload does not bind to the handler's signature or the op's validator
+          rejects it; TypeError when the log cannot encode it. Nothing is appended then.
+        - The handler gets the payload with its tensors on the journal's device, as replay
+          will give it (sequences come back from the log as lists, so accept either).
+        - A handler that raises: the entry is removed from the log, the state is rolled
+          back to the previous index (newest snapshot + replay), then the handler's
+          exception is re-raised unchanged. If that cleanup fails, JournalPoisonedError.
+        - In group mode this returns before the entry is durable; `flush()` waits.
+        - JournalPoisonedError once the log has failed a write; JournalClosedError after close.
+        """
+        self._check_usable()
+        spec = self.ops.check_payload(op, payload)
+        self._collect_snapshot(block=False)
+        index = self._guarded(self.log.append, op, wrap(spec.version, payload))
+        started = time.perf_counter()
+        try:
+            spec.handler(self.state, **components.to_device(payload, self._device))
+        except BaseException as exc:
+            self._roll_back(index, exc)
+            raise
+        self._index = index
+        self._clock.add(1, self._payload_bytes(index), time.perf_counter() - started)
+        if self._digest_every is not None and index % self._digest_every == 0:
+            self._append_digest()
+        if self._clock.due() and self._pending is None:
+            self._start_snapshot(blocking=not self._async)
+        return index
+
+    def _append_digest(self) -> None:
+        started = time.perf_counter()
+        digest = state_digest(self.state)
+        self._index = self._guarded(self.log.append, DIGEST_OP, wrap(1, {"digest": digest}))
+        self._clock.add(1, self._payload_bytes(self._index), time.perf_counter() - started)
+
+    def _payload_bytes(self, index: int) -> int:
+        if not self._clock.needs_log_bytes:
+            return 0
+        return sum(h.payload_size for h in self.log.headers(index, index + 1, verify=False))
+
+    def _roll_back(self, index: int, cause: BaseException) -> None:
+        """Undo entry `index` whose handler raised: drop it from the log, rebuild the state at index - 1."""
+        try:
+            self.log.truncate_after(index - 1)
+            self._collect_snapshot(block=True)
+            replayer_report = recover(self.log, self.snapshots, self.state, self._kinds, self._replayer,
+                                      stop=index, progress=False)
+        except BaseException as exc:
+            self._poison = exc
+            raise JournalPoisonedError(
+                f"{self.path}: the handler of entry {index} raised ({type(cause).__name__}: {cause}) and rolling "
+                f"back failed ({type(exc).__name__}: {exc}); the live state is not trustworthy. Reopen the journal."
+            ) from exc
+        assert (replayer_report.replayed.stop - 1 if len(replayer_report.replayed)
+                else replayer_report.snapshot_index) == index - 1
+
+    # ------------------------------------------------------------------ durability and snapshots
+
+    def flush(self) -> int:
+        """Block until every applied entry is durable; return the durable index (== index)."""
+        self._check_usable()
+        self._guarded(self.log.flush)
+        self._collect_snapshot(block=False)
+        return self.log.durable_index
+
+    def snapshot(self, *, wait: bool = False):
+        """Snapshot the state at the current index; return its pending handle (``.result()`` -> SnapshotInfo).
+
+        A snapshot still in flight is waited for first. The entries it covers are made
+        durable before it is staged, so it never commits beyond the durable index. With
+        wait=True (or async_snapshots=False) this returns the committed SnapshotInfo.
+        After a commit, old snapshots are pruned and (unless keep_log) the log is
+        compacted through the oldest one retained.
+        """
+        self._check_usable()
+        self._collect_snapshot(block=True)
+        handle = self._start_snapshot(blocking=wait or not self._async)
+        return handle
+
+    def _start_snapshot(self, blocking: bool):
+        index = self._index
+        # Invariant 2: the manifest must not commit beyond the durable index, and the
+        # store commits on its own threads, so durability comes first. In group mode this
+        # waits for at most one group commit.
+        self._guarded(self.log.wait_durable, index)
+        tree = components.capture(self.state, self._kinds)
+        term = self.log.term_at(index)
+        self._clock.reset()
+        if blocking:
+            info = self.snapshots.save(tree, index=index, term=term, meta=snapshot_meta(index))
+            self._after_commit(info)
+            return info
+        handle = self.snapshots.save_async(tree, index=index, term=term, meta=snapshot_meta(index))
+        self._pending = (index, handle)
+        return handle
+
+    def _collect_snapshot(self, block: bool) -> None:
+        """Finish the in-flight snapshot if it is done (or, with block, once it is)."""
+        if self._pending is None:
+            return
+        index, handle = self._pending
+        if not block and not _is_done(handle):
+            return
+        self._pending = None
+        try:
+            info = handle.result()
+        except Exception as exc:
+            # The log still holds every entry, so recovery stays correct (only longer);
+            # the failure is reported, and the next policy snapshot tries again.
+            self.last_snapshot_error = exc
+            warnings.warn(f"{self.path}: snapshot at index {index} failed: {exc}", RuntimeWarning, stacklevel=3)
+            return
+        self._after_commit(info)
+
+    def _after_commit(self, info) -> None:
+        self.snapshots.prune()
+        if self._keep_log:
+            return
+        retained = self.snapshots.list()
+        if retained:
+            oldest = min(i.index for i in retained)
+            if oldest >= self.log.first_index:
+                # Invariant 4: compact only through the oldest retained snapshot, so a
+                # damaged newer snapshot can still be bypassed by replaying further.
+                self._guarded(self.log.compact_through, oldest)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Wait for an in-flight snapshot, make every entry durable, release log and store. Idempotent.
+
+        Closing a poisoned journal releases everything and raises nothing new.
+        """
+        if self._closed:
+            return
+        try:
+            if self._poison is None:
+                self._collect_snapshot(block=True)
+                self._guarded(self.log.flush)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._closed = True
+        errors = []
+        for resource in (self.snapshots, self.log):
+            try:
+                if resource is not None and hasattr(resource, "close"):
+                    resource.close()
+            except Exception as exc:
+                errors.append(exc)
+        if self._guard is not None:
+            self._guard.release()
+        if errors and self._poison is None:
+            raise errors[0]
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("poisoned" if self._poison else f"index {self._index}")
+        return f"<Journal {self.path} {state}>"
+
+    # ------------------------------------------------------------------ guards
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise JournalClosedError(f"journal {self.path} is closed")
+        if self._poison is not None:
+            raise JournalPoisonedError(
+                f"journal {self.path} refuses further work: {type(self._poison).__name__}: {self._poison}. "
+                "Reopen it to recover the durable prefix."
+            ) from self._poison
+
+    def _guarded(self, call, *args):
+        """Run a log call; a poisoned log poisons the journal (nothing may be retried)."""
+        try:
+            return call(*args)
+        except LogPoisonedError as exc:
+            self._poison = exc
+            raise JournalPoisonedError(f"journal {self.path}: the log failed a write or sync: {exc}") from exc
+
+
+def _is_done(handle) -> bool:
+    done = getattr(handle, "done", None)
+    return bool(done()) if callable(done) else True
+
+
+__all__ = ["Journal", "ReplayError"]

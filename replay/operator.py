@@ -1,0 +1,64 @@
+"""Operator commands on a journal directory that is not open: removing a poison entry.
+
+A handler that raised during a live apply is cleaned up by the journal itself. If the
+process died before that cleanup, recovery stops at the entry with HandlerError naming
+it; removing it is an explicit operator decision, made with `truncate`, and recorded
+both in the log (a ``replay.truncate`` audit entry) and on the ``replay`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import snapshots
+from eventlog import EventLog
+
+from .envelope import TRUNCATE_OP, wrap
+from .errors import RecoveryError
+
+logger = logging.getLogger("replay")
+
+
+def truncate(path: str | os.PathLike, *, after: int, reason: str = "") -> list[tuple[int, str]]:
+    """Drop every log entry after index `after` from the closed journal at `path`; return the dropped (index, op).
+
+    - No-op (returns []) when `after` is the last index; nothing is logged then.
+    - eventlog.LockedError if a journal (or any writer) has the log open.
+    - RecoveryError, dropping nothing, if a snapshot covers an entry after `after`
+      (its state includes effects of entries being dropped); eventlog.CompactedError if
+      `after` is below the compaction boundary; IndexError if beyond the last entry.
+    - Damaged entries after `after` are dropped too (their op is reported as "?").
+    - Appends a ``replay.truncate`` audit entry recording what was dropped and why, and
+      logs a warning on the ``replay`` logger.
+    """
+    root = Path(path)
+    with EventLog.open(root / "log", durability="sync") as log:
+        if after == log.last_index:
+            return []
+        if after > log.last_index:
+            raise IndexError(f"truncate(after={after}): the log's last entry is {log.last_index}")
+        store_path = root / "snapshots"
+        if store_path.exists():
+            store = snapshots.SnapshotStore(store_path)
+            try:
+                ahead = sorted(i.index for i in store.list() if i.index > after)
+            finally:
+                if hasattr(store, "close"):
+                    store.close()
+            if ahead:
+                raise RecoveryError(
+                    f"cannot truncate after {after}: snapshot(s) at {ahead} include later entries; remove them first")
+        dropped = []
+        try:
+            for header in log.headers(after + 1, verify=False):
+                dropped.append((header.index, header.op))
+        except Exception:  # a damaged tail is often why the operator is here
+            known = dropped[-1][0] if dropped else after
+            dropped.extend((i, "?") for i in range(known + 1, log.last_index + 1))
+        log.truncate_after(after)
+        log.append(TRUNCATE_OP, wrap(1, {"after": after, "dropped": [list(d) for d in dropped], "reason": reason}))
+    logger.warning("replay.truncate %s: dropped entries %s after index %d (reason: %s)",
+                   root, dropped, after, reason or "not given")
+    return dropped

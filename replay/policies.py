@@ -1,0 +1,76 @@
+"""Snapshot policies: when the journal takes a snapshot so that recovery stays short.
+
+A snapshot bounds recovery to "load it, then replay what came after". `Every` fires
+when any one of its bounds is reached since the last snapshot was started.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Every:
+    """Snapshot when any bound is reached since the last snapshot (None disables a bound).
+
+    - entries: applied entries (engine digest entries included);
+    - seconds: wall-clock seconds;
+    - log_bytes: payload bytes appended to the log;
+    - replay_seconds: estimated replay time, the sum of the measured apply cost of every
+      entry since the snapshot (replay runs the same handlers on the same payloads).
+
+    ``Every()`` with no bound never snapshots on its own (only ``journal.snapshot()``).
+    """
+
+    entries: int | None = None
+    seconds: float | None = None
+    log_bytes: int | None = None
+    replay_seconds: float | None = None
+
+    def __post_init__(self):
+        for name in ("entries", "seconds", "log_bytes", "replay_seconds"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"Every({name}=...) must be positive or None, got {value!r}")
+
+
+NEVER = Every()
+
+
+class PolicyClock:
+    """What has accumulated since the last snapshot, measured against an `Every` policy."""
+
+    def __init__(self, policy: Every):
+        self.policy = policy
+        self.reset()
+
+    def reset(self) -> None:
+        """Start counting afresh (a snapshot was just started)."""
+        self.entries = 0
+        self.log_bytes = 0
+        self.replay_seconds = 0.0
+        self.started = time.monotonic()
+
+    def add(self, entries: int = 1, log_bytes: int = 0, apply_seconds: float = 0.0) -> None:
+        """Account for entries applied since the last check."""
+        self.entries += entries
+        self.log_bytes += log_bytes
+        self.replay_seconds += apply_seconds
+
+    def due(self) -> bool:
+        """True when any bound of the policy has been reached (never with no entries to cover)."""
+        p = self.policy
+        if self.entries == 0:
+            return False
+        return bool(
+            (p.entries is not None and self.entries >= p.entries)
+            or (p.seconds is not None and time.monotonic() - self.started >= p.seconds)
+            or (p.log_bytes is not None and self.log_bytes >= p.log_bytes)
+            or (p.replay_seconds is not None and self.replay_seconds >= p.replay_seconds)
+        )
+
+    @property
+    def needs_log_bytes(self) -> bool:
+        """Whether measuring appended bytes is worth its cost (only a log_bytes bound uses it)."""
+        return self.policy.log_bytes is not None

@@ -1,0 +1,85 @@
+"""Read-ahead for replay: a background thread decodes entries and moves their tensors while handlers run."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Iterator, NamedTuple
+
+import torch
+
+from .components import to_device
+from .envelope import ENGINE_OPS, unwrap
+
+_DONE = object()
+
+
+class Prepared(NamedTuple):
+    """An entry ready to apply: payload unwrapped and its tensors already on the state's device."""
+
+    index: int
+    term: int
+    op: str
+    version: int
+    payload: dict[str, Any]
+    payload_size: int
+
+
+class ReadAhead:
+    """Iterate Prepared entries of `log` in [start, stop), decoded up to `depth` entries ahead.
+
+    Errors (CorruptEntryError, EnvelopeError, ...) are raised by the iterator at the
+    position of the entry that caused them, never earlier and never dropped. Closing
+    (or leaving the `with` block) stops the thread.
+    """
+
+    def __init__(self, log, start: int, stop: int, device: torch.device, depth: int = 64):
+        self._log = log
+        self._start, self._stop = start, stop
+        self._device = device
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="replay-readahead", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stopping.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for entry in self._log.entries(self._start, self._stop):
+                version, payload = unwrap(entry.index, entry.op, entry.payload)
+                if entry.op not in ENGINE_OPS:
+                    payload = to_device(payload, self._device)
+                prepared = Prepared(entry.index, entry.term, entry.op, version, payload, 0)
+                if not self._put(prepared):
+                    return
+            self._put(_DONE)
+        except BaseException as exc:  # handed to the consumer at this position
+            self._put(exc)
+
+    def __iter__(self) -> Iterator[Prepared]:
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop the reader thread and wait for it. Idempotent."""
+        self._stopping.set()
+        self._thread.join()
+
+    def __enter__(self) -> "ReadAhead":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,166 @@
+"""Recovery: newest verified snapshot into the live state, then every later entry, once, in order.
+
+Used by `Journal.open` (recover after a restart) and by a live `apply` whose handler
+raised (roll the half-mutated state back to the last applied index). Both paths run the
+same code, which is what makes a rollback trustworthy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from .components import restore
+from .determinism import state_digest
+from .envelope import DIGEST_OP, TRUNCATE_OP
+from .errors import DivergenceError, HandlerError, RecoveryError
+from .ops import Ops
+from .progress import ReplayProgress
+from .readahead import ReadAhead
+
+SNAPSHOT_META_KEY = "replay"
+SNAPSHOT_FORMAT = 1
+
+
+@dataclass
+class RecoveryReport:
+    """How a journal reached its state when it opened.
+
+    snapshot: the SnapshotInfo loaded, or None (replayed from the initial state given to
+    open). snapshot_index: its index (0 without one). replayed: range of entry indexes
+    replayed ([lo, hi), empty if none). damaged_snapshots: (snapshot, reason) for each
+    newer snapshot that failed verification and was skipped.
+    """
+
+    snapshot: Any = None
+    snapshot_index: int = 0
+    replayed: range = range(1, 1)
+    digests_checked: int = 0
+    load_seconds: float = 0.0
+    replay_seconds: float = 0.0
+    damaged_snapshots: list[tuple[Any, str]] = field(default_factory=list)
+
+    @property
+    def entries_replayed(self) -> int:
+        return len(self.replayed)
+
+    @property
+    def seconds(self) -> float:
+        return self.load_seconds + self.replay_seconds
+
+    def __str__(self) -> str:
+        source = f"snapshot at index {self.snapshot_index}" if self.snapshot is not None else "the initial state"
+        damaged = f", skipped {len(self.damaged_snapshots)} damaged snapshot(s)" if self.damaged_snapshots else ""
+        return (f"recovered from {source}, replayed {self.entries_replayed} entries "
+                f"in {self.seconds:.3f} s{damaged}")
+
+
+def snapshot_meta(index: int) -> dict:
+    """The meta stored with every journal snapshot: the index of the last applied entry."""
+    return {SNAPSHOT_META_KEY: {"format": SNAPSHOT_FORMAT, "index": index}}
+
+
+def load_newest_snapshot(store, state: Mapping[str, Any], kinds: dict[str, str], report: RecoveryReport):
+    """Load the newest snapshot that verifies into `state`, in place; record skipped damaged ones.
+
+    Returns its info, or None when no snapshot loads. A snapshot is loaded completely
+    (every chunk verified) before anything of the live state changes.
+    """
+    from snapshots.errors import SnapshotError
+
+    started = time.perf_counter()
+    for info in sorted(store.list(), key=lambda i: (i.index, i.term), reverse=True):
+        try:
+            tree = store.load(info, map_location="cpu")
+        except SnapshotError as exc:
+            report.damaged_snapshots.append((info, str(exc)))
+            continue
+        meta = (info.meta or {}).get(SNAPSHOT_META_KEY) if isinstance(info.meta, dict) else None
+        if not meta or meta.get("index") != info.index:
+            raise RecoveryError(f"snapshot {info.index}-{info.term} was not written by a replay Journal (meta {info.meta!r})")
+        restore(state, kinds, tree)
+        report.snapshot, report.snapshot_index = info, info.index
+        report.load_seconds = time.perf_counter() - started
+        return info
+    report.load_seconds = time.perf_counter() - started
+    return None
+
+
+class Replayer:
+    """Applies log entries to the live state through the registered handlers."""
+
+    def __init__(self, ops: Ops, state: Mapping[str, Any], device: torch.device):
+        self.ops = ops
+        self.state = state
+        self.device = device
+
+    def apply(self, prepared) -> bool:
+        """Apply one Prepared entry. True if it was a digest that was checked.
+
+        UnknownOpError / VersionMismatchError / HandlerError / DivergenceError name the index.
+        """
+        if prepared.op == DIGEST_OP:
+            expected = prepared.payload["digest"]
+            actual = state_digest(self.state)
+            if actual != expected:
+                raise DivergenceError(prepared.index, expected & ((1 << 64) - 1), actual & ((1 << 64) - 1))
+            return True
+        if prepared.op == TRUNCATE_OP:
+            return False  # an operator's audit record: the truncation itself already happened
+        spec, payload = self.ops.upcast(prepared.index, prepared.op, prepared.version, prepared.payload)
+        try:
+            spec.handler(self.state, **payload)
+        except Exception as exc:
+            raise HandlerError(prepared.index, prepared.op, exc) from exc
+        return False
+
+    def run(self, log, start: int, stop: int, report: RecoveryReport, progress: bool | None = None) -> None:
+        """Apply every entry in [start, stop) in order, recording the range and time in `report`.
+
+        On any error, entries before the failing one have been applied, and the error
+        names the failing index; nothing is skipped.
+        """
+        started = time.perf_counter()
+        applied = start
+        try:
+            with ReplayProgress(stop - start, progress) as bar, ReadAhead(log, start, stop, self.device) as entries:
+                for prepared in entries:
+                    if prepared.index != applied:
+                        raise RecoveryError(f"log entry {applied} is missing (the next entry read is {prepared.index})")
+                    report.digests_checked += self.apply(prepared)
+                    applied += 1
+                    bar.advance()
+            if applied != stop:
+                raise RecoveryError(f"log entries {applied}..{stop - 1} disappeared during replay")
+        finally:
+            report.replayed = range(start, applied)
+            report.replay_seconds += time.perf_counter() - started
+
+
+def recover(log, store, state: Mapping[str, Any], kinds: dict[str, str], replayer: Replayer,
+            stop: int | None = None, progress: bool | None = None) -> RecoveryReport:
+    """Bring `state` to log entry `stop - 1` (default: the last entry): newest verified snapshot, then replay.
+
+    Without a loadable snapshot, replay starts from the state as given, which is only
+    possible while the log still starts at entry 1. RecoveryError when the snapshot and
+    the log do not meet (the log was compacted past the snapshot, or the snapshot is
+    ahead of the log).
+    """
+    report = RecoveryReport()
+    stop = log.last_index + 1 if stop is None else stop
+    info = load_newest_snapshot(store, state, kinds, report)
+    base = 0 if info is None else info.index
+    first = log.first_index
+    if base < first - 1:
+        what = f"the newest loadable snapshot is at index {base}" if info is not None else "no snapshot loads"
+        damaged = f" ({len(report.damaged_snapshots)} damaged snapshot(s) skipped)" if report.damaged_snapshots else ""
+        raise RecoveryError(f"cannot recover: the log starts at entry {first} but {what}{damaged}")
+    if base >= stop:
+        if base > log.last_index:
+            raise RecoveryError(f"snapshot at index {base} is ahead of the log's last entry {log.last_index}")
+        raise RecoveryError(f"snapshot at index {base} is newer than the requested index {stop - 1}")
+    replayer.run(log, base + 1, stop, report, progress)
+    return report

@@ -1,0 +1,8 @@
+import pytest
+
+import snapshots
+
+if not hasattr(snapshots, "SnapshotStore"):  # the real store has not landed yet
+    from .fakestore import FakeSnapshotStore
+
+    snapshots.SnapshotStore = FakeSnapshotStore
