@@ -112,17 +112,23 @@ class EventLog:
                 self._open_readonly()
             else:
                 self._open_writer()
+        except lmdb.Error as exc:
+            self._release_after_failed_open()
+            raise LogError(f"cannot open {path}: {exc}") from exc
         except BaseException:
-            if getattr(self, "_shared", None) is not None:
-                self._shared.release()
-            if self._lock is not None:
-                self._lock.release()
+            self._release_after_failed_open()
             raise
         if not readonly:
             if durability == "group":
                 self._background = GroupFlusher(self, group_window, group_max_batch)
             elif durability == "os":
                 self._background = PeriodicSyncer(self, os_sync_interval)
+
+    def _release_after_failed_open(self):
+        if getattr(self, "_shared", None) is not None:
+            self._shared.release()
+        if self._lock is not None:
+            self._lock.release()
 
     def _open_readonly(self):
         try:
