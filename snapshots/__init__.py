@@ -1,0 +1,49 @@
+"""snapshots: content-addressed, compressed, verified snapshots of nested PyTorch state.
+
+A snapshot captures a state (mappings, lists and tuples whose leaves are tensors of any
+dtype and device, or msgpack scalars) at a log index and term. Tensors are cut into
+chunks named by the xxh3-128 of their bytes, byte-grouped and zstd-compressed, and
+stored once, so a snapshot writes only the chunks that changed since any snapshot
+still in the store. A manifest, committed last by atomic rename, names them all.
+Loading checks every chunk's hash; `latest()` skips damaged snapshots and reports them.
+
+The on-disk format is described in FORMAT.md, next to this file (read it first).
+
+    store = snapshots.SnapshotStore("runs/exp1/snapshots", keep_last=3)
+    info = store.save(state, index=1200, term=3)            # durable on return
+    pending = store.save_async(state, index=2400, term=3)   # returns once staged
+    pending.result()                                         # -> SnapshotInfo
+    info = store.latest()                                    # newest that verifies
+    state = store.load(info, map_location="cpu")             # fresh tensors
+    store.load_into(info, live_state)                        # in place
+    store.verify(info); store.prune(); store.close()
+
+No pickle is used anywhere: manifests are msgpack, tensors raw bytes.
+"""
+
+from .errors import (
+    CorruptSnapshotError,
+    SnapshotError,
+    SnapshotNotFoundError,
+    StateMismatchError,
+    StoreClosedError,
+    StoreLockedError,
+    UnsupportedPlatformError,
+)
+from .store import PendingSnapshot, Problem, PruneReport, SnapshotInfo, SnapshotStore, VerifyReport
+
+__all__ = [
+    "SnapshotStore",
+    "SnapshotInfo",
+    "PendingSnapshot",
+    "VerifyReport",
+    "Problem",
+    "PruneReport",
+    "SnapshotError",
+    "CorruptSnapshotError",
+    "SnapshotNotFoundError",
+    "StateMismatchError",
+    "StoreLockedError",
+    "StoreClosedError",
+    "UnsupportedPlatformError",
+]

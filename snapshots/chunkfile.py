@@ -1,0 +1,184 @@
+"""Chunk files: byte grouping, zstd, the raw flag, and hash-checked bounded decoding.
+
+The byte layout is in FORMAT.md ("Chunk file"). A `ChunkCodec` is shared by the worker
+threads of one store; zstd contexts are not thread-safe, so each thread gets its own.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+
+import torch
+import xxhash
+import zstandard
+
+from .tensorbytes import buffer
+
+MAGIC = b"SNPC"
+VERSION = 1
+HEADER = struct.Struct("<4sBBBBQ")
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+MAX_RAW_LEN = 1 << 30
+# A chunk is stored raw unless compression saves at least 1/RAW_UNLESS_SAVES of it.
+RAW_UNLESS_SAVES = 32
+
+
+class ChunkDecodeError(Exception):
+    """A chunk file failed a check; the message says which (caught and re-raised by the
+    store as CorruptSnapshotError with the snapshot's name)."""
+
+
+def chunk_id(raw: torch.Tensor) -> str:
+    """xxh3-128 of a chunk's raw bytes (a flat uint8 CPU tensor) as 32 hex digits."""
+    return xxhash.xxh3_128_hexdigest(buffer(raw))
+
+
+def group(raw: torch.Tensor, width: int, out: torch.Tensor) -> torch.Tensor:
+    """Write byte `j` of every `width`-byte element of `raw` into the j-th run of `out`."""
+    rows = out.view(width, -1)
+    elements = raw.view(-1, width)
+    for j in range(width):
+        # One strided copy per byte position is several times faster than .t().contiguous().
+        rows[j].copy_(elements[:, j])
+    return out
+
+
+def ungroup(grouped: torch.Tensor, width: int, out: torch.Tensor) -> torch.Tensor:
+    """Invert `group`: interleave the `width` runs of `grouped` back into `out`."""
+    rows = grouped.view(width, -1)
+    elements = out.view(-1, width)
+    for j in range(width):
+        elements[:, j].copy_(rows[j])
+    return out
+
+
+class ChunkCodec:
+    """Encodes and decodes chunk files with per-thread zstd contexts.
+
+    `level` is the zstd level. At level 1 and below, byte-grouped float chunks use tuned
+    parameters (tiny hash table, long minimum match): grouped float bytes have few
+    repeats, so nearly all the gain is entropy coding, and searching for matches only
+    costs time (measured: ratio 0.34 vs 0.37 on bf16 exponent bytes, at twice the speed).
+    """
+
+    def __init__(self, level: int = 1):
+        self.level = level
+        self._local = threading.local()
+        self._float_params = (
+            zstandard.ZstdCompressionParameters(
+                window_log=20, hash_log=8, chain_log=8, search_log=1, min_match=7,
+                target_length=0, strategy=zstandard.STRATEGY_FAST,
+            )
+            if level <= 1
+            else None
+        )
+
+    def _compressor(self, grouped: bool) -> zstandard.ZstdCompressor:
+        key = "grouped" if grouped and self._float_params is not None else "plain"
+        cctx = getattr(self._local, key, None)
+        if cctx is None:
+            if key == "grouped":
+                cctx = zstandard.ZstdCompressor(compression_params=self._float_params)
+            else:
+                cctx = zstandard.ZstdCompressor(level=self.level)
+            setattr(self._local, key, cctx)
+        return cctx
+
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        dctx = getattr(self._local, "dctx", None)
+        if dctx is None:
+            dctx = self._local.dctx = zstandard.ZstdDecompressor()
+        return dctx
+
+    def _scratch(self, n: int) -> torch.Tensor:
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None or scratch.numel() < n:
+            scratch = self._local.scratch = torch.empty(n, dtype=torch.uint8)
+        return scratch[:n]
+
+    def encode(self, raw: torch.Tensor, width: int) -> list:
+        """The chunk file for `raw` (flat uint8) as a list of buffers: header, payload."""
+        n = raw.numel()
+        if n > MAX_RAW_LEN:
+            raise ValueError(f"chunk of {n} bytes exceeds the format's limit of {MAX_RAW_LEN}")
+        if width > 1 and n % width:
+            width = 1
+        source = group(raw, width, self._scratch(n)) if width > 1 else raw
+        compressed = self._compressor(width > 1).compress(buffer(source))
+        if len(compressed) > n - n // RAW_UNLESS_SAVES:
+            return [HEADER.pack(MAGIC, VERSION, CODEC_RAW, 1, 0, n), buffer(raw)]
+        return [HEADER.pack(MAGIC, VERSION, CODEC_ZSTD, width, 0, n), compressed]
+
+    def read(self, path: str, raw_len: int, stored_len: int, out: torch.Tensor) -> None:
+        """Decode the chunk file at `path` into `out` (flat uint8 of `raw_len` bytes).
+
+        Raises ChunkDecodeError on any mismatch (size, header, frame size, length) and
+        FileNotFoundError if the file is missing. Never decompresses past `raw_len`.
+        The caller checks the hash of `out`.
+        """
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if size != stored_len:
+                raise ChunkDecodeError(f"file is {size} bytes, manifest says {stored_len}")
+            header = os.pread(fd, HEADER.size, 0)
+            if len(header) != HEADER.size:
+                raise ChunkDecodeError("shorter than its header")
+            magic, version, codec, width, _, n = HEADER.unpack(header)
+            if magic != MAGIC or version != VERSION:
+                raise ChunkDecodeError(f"bad magic or version {magic!r}/{version}")
+            if n != raw_len:
+                raise ChunkDecodeError(f"header says {n} raw bytes, manifest says {raw_len}")
+            payload_len = size - HEADER.size
+            if codec == CODEC_RAW:
+                if width != 1 or payload_len != n:
+                    raise ChunkDecodeError("raw chunk with grouping or wrong payload length")
+                _pread_exact(fd, buffer(out), HEADER.size)
+            elif codec == CODEC_ZSTD:
+                if width < 1 or n % width:
+                    raise ChunkDecodeError(f"group width {width} does not divide {n}")
+                payload = bytearray(payload_len)
+                _pread_exact(fd, memoryview(payload), HEADER.size)
+                self._decompress(payload, n, width, out)
+            else:
+                raise ChunkDecodeError(f"unknown codec {codec}")
+        finally:
+            os.close(fd)
+
+    def _decompress(self, payload: bytearray, n: int, width: int, out: torch.Tensor) -> None:
+        try:
+            declared = zstandard.frame_content_size(payload)
+        except zstandard.ZstdError as e:
+            raise ChunkDecodeError(f"bad zstd frame header: {e}") from None
+        if declared != n:
+            # Checked first: decompress() would trust a frame's declared size over any bound.
+            raise ChunkDecodeError(f"zstd frame declares {declared} bytes, expected {n}")
+        target = self._scratch(n) if width > 1 else out
+        view = buffer(target)
+        try:
+            reader = self._decompressor().stream_reader(payload, read_across_frames=False)
+            got = 0
+            while got < n:
+                k = reader.readinto(view[got:])
+                if k == 0:
+                    break
+                got += k
+            extra = reader.read(1) if got == n else b""
+        except zstandard.ZstdError as e:
+            raise ChunkDecodeError(f"zstd: {e}") from None
+        if got != n or extra:
+            raise ChunkDecodeError(f"decompressed to {'more' if extra else got} bytes, expected {n}")
+        if width > 1:
+            ungroup(target, width, out)
+
+
+def _pread_exact(fd: int, view: memoryview, offset: int) -> None:
+    got = 0
+    while got < len(view):
+        k = os.preadv(fd, [view[got:]], offset + got)
+        if k == 0:
+            raise ChunkDecodeError("file ended early")
+        got += k

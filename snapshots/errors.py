@@ -1,0 +1,48 @@
+"""Errors raised by the snapshot store, one sentence each on when."""
+
+from __future__ import annotations
+
+
+class SnapshotError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class SnapshotNotFoundError(SnapshotError, LookupError):
+    """Raised when a snapshot is asked for by id but no committed manifest has that name
+    (never saved, or deleted by `prune`)."""
+
+
+class CorruptSnapshotError(SnapshotError):
+    """Raised when loading a snapshot whose manifest or one of whose chunks fails a check
+    (checksum, schema, length, hash); `manifest` names the snapshot and `chunk` the
+    chunk id (None when the manifest itself is bad)."""
+
+    def __init__(self, manifest: str, chunk: str | None, reason: str):
+        self.manifest = manifest
+        self.chunk = chunk
+        self.reason = reason
+        where = f"chunk {chunk} of snapshot {manifest}" if chunk else f"manifest of snapshot {manifest}"
+        super().__init__(f"{where} is corrupt: {reason}")
+
+
+class StateMismatchError(SnapshotError, ValueError):
+    """Raised by `load_into` when the live state cannot take the snapshot in place (missing
+    key, wrong container, tensor dtype or shape differs); `key` is the key path."""
+
+    def __init__(self, key: str, reason: str):
+        self.key = key
+        self.reason = reason
+        super().__init__(f"state mismatch at {key}: {reason}")
+
+
+class StoreLockedError(SnapshotError):
+    """Raised by the first write (`save`, `save_async`, `prune`) of a store whose
+    directory another open store, in this or another process, holds for writing."""
+
+
+class StoreClosedError(SnapshotError):
+    """Raised by any call on a store after `close()`."""
+
+
+class UnsupportedPlatformError(SnapshotError):
+    """Raised when opening a store on a host whose byte order is not little-endian."""

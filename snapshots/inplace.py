@@ -1,0 +1,121 @@
+"""Restoring a snapshot into a live state in place (`SnapshotStore.load_into`).
+
+The whole plan is checked before anything is touched, so a mismatch leaves the live
+state as it was. Rules, by what the snapshot holds at a key path:
+
+- a tensor: the live value must be a tensor of the same dtype and shape (any device);
+  its bytes are replaced with `copy_`, so references to it (an optimizer's to a
+  parameter) stay valid;
+- a subtree without tensors (plain values, lists of them, ...): the value is assigned
+  into the live mapping or list, replacing what was there; inside a tuple, which cannot
+  be assigned into, it must already be equal;
+- a mapping holding tensors: the live value must be a mutable mapping; keys the
+  snapshot has are restored as above, live keys it lacks are deleted unless they hold
+  tensors (then the states do not match);
+- a list or tuple holding tensors: the live value must be a list or tuple of the same
+  length, restored element by element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from . import tree
+from .errors import StateMismatchError
+from .manifest import TensorRecord
+from .tensorbytes import DTYPES
+
+
+@dataclass
+class RestorePlan:
+    copies: list[tuple[torch.Tensor, int]] = field(default_factory=list)  # (live tensor, tensor no)
+    assigns: list[tuple[Any, Any, list]] = field(default_factory=list)  # (container, key, node)
+    deletes: list[tuple[MutableMapping, Any]] = field(default_factory=list)
+
+    def apply(self, tensor: Callable[[int], torch.Tensor]) -> None:
+        """Execute the plan; `tensor(i)` gives loaded, verified tensor leaf i."""
+        with torch.no_grad():
+            for live, i in self.copies:
+                live.copy_(tensor(i))
+        for container, key, node in self.assigns:
+            container[key] = tree.build(node, tensor)
+        for mapping, key in self.deletes:
+            del mapping[key]
+
+
+def plan_restore(node: list, live: Any, records: tuple[TensorRecord, ...]) -> RestorePlan:
+    """Check that `live` can take the snapshot described by `node` in place and return
+    the plan; raise StateMismatchError naming the first key path that cannot."""
+    plan = RestorePlan()
+    _visit(node, live, (), records, plan)
+    return plan
+
+
+def _mismatch(path: tree.KeyPath, reason: str) -> StateMismatchError:
+    return StateMismatchError(tree.format_path(path), reason)
+
+
+def _contains_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, dict):
+        return any(_contains_tensor(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_contains_tensor(v) for v in value)
+    return False
+
+
+def _visit(node: list, live: Any, path: tree.KeyPath, records, plan: RestorePlan) -> None:
+    tag, payload = node
+    if tag == "x":
+        record = records[payload]
+        if not isinstance(live, torch.Tensor):
+            raise _mismatch(path, f"snapshot has a tensor, live state has {type(live).__name__}")
+        dtype = DTYPES[record.dtype]
+        if live.dtype != dtype:
+            raise _mismatch(path, f"dtype {live.dtype} in the live state, {dtype} in the snapshot")
+        if tuple(live.shape) != record.shape:
+            raise _mismatch(path, f"shape {tuple(live.shape)} in the live state, {record.shape} in the snapshot")
+        plan.copies.append((live, payload))
+        return
+    if tag == "l" and isinstance(live, list) and not tree.has_tensors(node):
+        plan.assigns.append((live, slice(None), node))  # a list of plain values: replace its items
+        return
+    if tag in ("v", "t", "l") and not tree.has_tensors(node):
+        if tree.build(node, lambda i: None) != live:
+            raise _mismatch(path, "cannot replace a value in place here (the root or inside a tuple)")
+        return
+    if tag in ("d", "o"):
+        if not isinstance(live, MutableMapping):
+            raise _mismatch(path, f"snapshot has a mapping, live state has {type(live).__name__}")
+        keys = set()
+        for key, child in payload:
+            keys.add(key)
+            _visit_child(child, live, key, key in live, path + (key,), records, plan, assignable=True)
+        for key in list(live.keys()):
+            if key not in keys:
+                if _contains_tensor(live[key]):
+                    raise _mismatch(path + (key,), "live state has tensors the snapshot lacks")
+                plan.deletes.append((live, key))
+        return
+    # "l" or "t"
+    kind = list if tag == "l" else tuple
+    if not isinstance(live, kind):
+        raise _mismatch(path, f"snapshot has a {kind.__name__}, live state has {type(live).__name__}")
+    if len(live) != len(payload):
+        raise _mismatch(path, f"length {len(live)} in the live state, {len(payload)} in the snapshot")
+    for i, child in enumerate(payload):
+        _visit_child(child, live, i, True, path + (i,), records, plan, assignable=(kind is list))
+
+
+def _visit_child(child, container, key, present, path, records, plan, assignable) -> None:
+    if assignable and not tree.has_tensors(child):
+        plan.assigns.append((container, key, child))
+        return
+    if not present:
+        raise _mismatch(path, "missing from the live state")
+    _visit(child, container[key], path, records, plan)

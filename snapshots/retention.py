@@ -1,0 +1,35 @@
+"""Which snapshots `prune` keeps: a pure function of names, so it is easy to test."""
+
+from __future__ import annotations
+
+SnapshotKey = tuple[int, int]  # (index, term)
+
+
+def to_delete(
+    snapshots: list[SnapshotKey],
+    newest_verified: SnapshotKey | None,
+    keep_last: int,
+    keep_every: int | None,
+) -> list[SnapshotKey]:
+    """The snapshots retention lets `prune` delete, oldest first.
+
+    Edge cases first: nothing is deleted when no snapshot verified; the newest verified
+    snapshot and everything newer than it (even damaged ones, kept for inspection) are
+    never deleted, so a deletion always follows a newer snapshot that committed and
+    verified. Besides those, the `keep_last` newest snapshots are kept and, with
+    `keep_every=M`, the oldest snapshot of each index window [k*M, (k+1)*M) (so a
+    snapshot every M entries survives even when snapshots are not taken at multiples
+    of M).
+    """
+    if newest_verified is None:
+        return []
+    ordered = sorted(snapshots)
+    keep = {s for s in ordered if s >= newest_verified}
+    if keep_last > 0:
+        keep.update(ordered[-keep_last:])
+    if keep_every:
+        first_in_window: dict[int, SnapshotKey] = {}
+        for s in ordered:
+            first_in_window.setdefault(s[0] // keep_every, s)
+        keep.update(first_in_window.values())
+    return [s for s in ordered if s not in keep]
