@@ -32,7 +32,8 @@ class RecoveryReport:
     snapshot: the SnapshotInfo loaded, or None (replayed from the initial state given to
     open). snapshot_index: its index (0 without one). replayed: range of entry indexes
     replayed ([lo, hi), empty if none). damaged_snapshots: (snapshot, reason) for each
-    newer snapshot that failed verification and was skipped.
+    newer snapshot that failed verification and was skipped (its manifest id and the
+    verify report's text).
     """
 
     snapshot: Any = None
@@ -67,26 +68,20 @@ def load_newest_snapshot(store, state: Mapping[str, Any], kinds: dict[str, str],
     """Load the newest snapshot that verifies into `state`, in place; record skipped damaged ones.
 
     Returns its info, or None when no snapshot loads. A snapshot is loaded completely
-    (every chunk verified) before anything of the live state changes.
+    (every chunk verified, each read once) before anything of the live state changes.
     """
-    from snapshots.errors import SnapshotError
-
     started = time.perf_counter()
-    for info in sorted(store.list(), key=lambda i: (i.index, i.term), reverse=True):
-        try:
-            tree = store.load(info, map_location="cpu")
-        except SnapshotError as exc:
-            report.damaged_snapshots.append((info, str(exc)))
-            continue
-        meta = (info.meta or {}).get(SNAPSHOT_META_KEY) if isinstance(info.meta, dict) else None
+    info, tree, skipped = store.load_latest(map_location="cpu")
+    report.damaged_snapshots = [(r.manifest_id, str(r)) for r in skipped]
+    if info is not None:
+        meta = info.meta.get(SNAPSHOT_META_KEY) if isinstance(info.meta, dict) else None
         if not meta or meta.get("index") != info.index:
-            raise RecoveryError(f"snapshot {info.index}-{info.term} was not written by a replay Journal (meta {info.meta!r})")
+            raise RecoveryError(
+                f"snapshot {info.manifest_id} was not written by a replay Journal (meta {info.meta!r})")
         restore(state, kinds, tree)
         report.snapshot, report.snapshot_index = info, info.index
-        report.load_seconds = time.perf_counter() - started
-        return info
     report.load_seconds = time.perf_counter() - started
-    return None
+    return info
 
 
 class Replayer:

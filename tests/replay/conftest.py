@@ -1,8 +1,6 @@
-import pytest
-
 import snapshots
 
-if not hasattr(snapshots, "SnapshotStore"):  # the real store has not landed yet
-    from .fakestore import FakeSnapshotStore
+if not hasattr(snapshots, "SnapshotStore"):  # until snapshots/__init__.py exports its store
+    from snapshots.store import SnapshotStore
 
-    snapshots.SnapshotStore = FakeSnapshotStore
+    snapshots.SnapshotStore = SnapshotStore

@@ -34,7 +34,7 @@ def snapshot_file(root: Path, info) -> Path:
     manifests = Path(root) / "snapshots" / "manifests"
     if manifests.is_dir():
         return manifests / f"{info.index}-{info.term}"
-    return Path(root) / "snapshots" / info.name
+    raise AssertionError("the snapshot store has no manifests directory")
 
 
 def damage_snapshot(root: Path, info) -> None:

@@ -1,0 +1,104 @@
+"""Recovery beyond the invariants: damaged snapshots, poisoned logs, closed journals, reports."""
+
+from __future__ import annotations
+
+import pytest
+
+import replay
+
+from .harness import damage_snapshot, open_journal
+from .models import assert_same, fingerprint, make_ops, make_state
+
+
+def test_corrupt_newest_snapshot_falls_back_to_the_previous_and_replays_further(tmp_path):
+    state, ops = make_state(), make_ops()
+    with open_journal(tmp_path, state, ops, snapshot=replay.Every(entries=6), keep_last=3,
+                      async_snapshots=False) as journal:
+        for s in range(10):
+            journal.apply("train_step", ids=state["data"].peek(4), seed=s)
+            journal.apply("add", row=s % 4, value=1.5)
+        infos = journal.snapshots.list()
+        last = journal.index
+    newest, previous = infos[-1], infos[-2]
+    assert newest.index > previous.index >= 1
+    damage_snapshot(tmp_path, newest)
+    again = make_state(seed=42)
+    with open_journal(tmp_path, again, ops) as journal:
+        report = journal.recovery
+        assert report.snapshot_index == previous.index
+        assert report.replayed == range(previous.index + 1, last + 1)
+        assert [name for name, _ in report.damaged_snapshots] == [newest.manifest_id]
+        assert "damaged" in str(report)
+        assert_same(again, state)
+
+
+def test_no_loadable_snapshot_after_compaction_is_a_recovery_error(tmp_path):
+    state, ops = make_state(), make_ops()
+    with open_journal(tmp_path, state, ops, snapshot=replay.Every(entries=3), keep_last=1,
+                      async_snapshots=False) as journal:
+        for i in range(7):
+            journal.apply("add", row=0, value=1.0)
+        infos = journal.snapshots.list()
+        assert journal.log.first_index > 1
+    for info in infos:
+        damage_snapshot(tmp_path, info)
+    with pytest.raises(replay.RecoveryError, match="log starts at entry"):
+        open_journal(tmp_path, make_state(), ops)
+
+
+def test_poisoned_log_makes_the_journal_refuse_further_work(tmp_path):
+    state, ops = make_state(), make_ops()
+    journal = open_journal(tmp_path, state, ops, durability="group")
+    journal.apply("add", row=0, value=1.0)
+    journal.flush()
+    # What the group flusher does when an fsync fails (eventlog's own fault tests inject
+    # the EIO with strace; here only the journal's reaction is under test).
+    journal.log._set_poison(OSError(5, "Input/output error"))
+    with pytest.raises(replay.JournalPoisonedError):
+        journal.apply("add", row=0, value=1.0)
+    for call in (lambda: journal.apply("add", row=0, value=1.0), journal.flush, journal.snapshot):
+        with pytest.raises(replay.JournalPoisonedError, match="refuses further work"):
+            call()
+    journal.close()  # releases everything without raising anew
+    again = make_state(seed=1)
+    with open_journal(tmp_path, again, ops) as reopened:
+        assert reopened.index == 1 and again["counters"]["total"] == 1
+
+
+def test_closed_journal_refuses_work_and_close_is_idempotent(tmp_path):
+    journal = open_journal(tmp_path, make_state(), make_ops())
+    journal.close()
+    journal.close()
+    with pytest.raises(replay.JournalClosedError):
+        journal.apply("add", row=0, value=1.0)
+
+
+def test_new_journal_snapshots_its_initial_state_so_replay_does_not_depend_on_init(tmp_path):
+    state, ops = make_state(seed=123), make_ops()
+    with open_journal(tmp_path, state, ops, snapshot=replay.Every(), keep_log=True) as journal:
+        assert [i.index for i in journal.snapshots.list()] == [0]
+        for s in range(3):
+            journal.apply("train_step", ids=state["data"].peek(4), seed=s)
+    again = make_state(seed=999)  # a different random init must not matter
+    with open_journal(tmp_path, again, ops) as journal:
+        assert journal.recovery.snapshot_index == 0 and journal.recovery.entries_replayed == 3
+        assert_same(again, state)
+
+
+def test_wrong_state_layout_is_refused_before_anything_changes(tmp_path):
+    ops = make_ops()
+    with open_journal(tmp_path, make_state(), ops):
+        pass
+    other = make_state()
+    del other["table"]
+    before = fingerprint(other)
+    with pytest.raises(KeyError, match="do not match"):
+        open_journal(tmp_path, other, ops)
+    assert_same(other, before)
+
+
+def test_state_must_be_a_mapping_of_components(tmp_path):
+    with pytest.raises(TypeError):
+        open_journal(tmp_path, {"x": object()}, make_ops())
+    with pytest.raises(TypeError):
+        open_journal(tmp_path, [1, 2], make_ops())
