@@ -19,10 +19,12 @@ from .tensorbytes import buffer
 MAGIC = b"SNPC"
 VERSION = 1
 HEADER = struct.Struct("<4sBBBBQ")
-CODEC_RAW = 0
-CODEC_ZSTD = 1
+STREAM = struct.Struct("<B3xI")  # per stream: codec, stored length
+CODEC_RAW = 0  # chunk: payload is the raw bytes; stream: stored as is
+CODEC_STREAMS = 1  # chunk: byte-group streams, each raw or zstd, after a stream table
+CODEC_ZSTD = 1  # stream: one zstd frame
 MAX_RAW_LEN = 1 << 30
-# A chunk is stored raw unless compression saves at least 1/RAW_UNLESS_SAVES of it.
+# A stream is stored raw unless compression saves at least 1/RAW_UNLESS_SAVES of it.
 RAW_UNLESS_SAVES = 32
 
 
@@ -100,17 +102,29 @@ class ChunkCodec:
         return scratch[:n]
 
     def encode(self, raw: torch.Tensor, width: int) -> list:
-        """The chunk file for `raw` (flat uint8) as a list of buffers: header, payload."""
+        """The chunk file for `raw` (flat uint8) as a list of buffers to write in order."""
         n = raw.numel()
         if n > MAX_RAW_LEN:
             raise ValueError(f"chunk of {n} bytes exceeds the format's limit of {MAX_RAW_LEN}")
         if width > 1 and n % width:
             width = 1
-        source = group(raw, width, self._scratch(n)) if width > 1 else raw
-        compressed = self._compressor(width > 1).compress(buffer(source))
-        if len(compressed) > n - n // RAW_UNLESS_SAVES:
+        grouped = group(raw, width, self._scratch(n)) if width > 1 else raw
+        size = n // width
+        cctx = self._compressor(width > 1)
+        table, payloads, any_compressed = [], [], False
+        for j in range(width):
+            stream = buffer(grouped[j * size:(j + 1) * size])
+            compressed = cctx.compress(stream)
+            if len(compressed) > size - size // RAW_UNLESS_SAVES:
+                table.append(STREAM.pack(CODEC_RAW, size))
+                payloads.append(stream)
+            else:
+                table.append(STREAM.pack(CODEC_ZSTD, len(compressed)))
+                payloads.append(compressed)
+                any_compressed = True
+        if not any_compressed:
             return [HEADER.pack(MAGIC, VERSION, CODEC_RAW, 1, 0, n), buffer(raw)]
-        return [HEADER.pack(MAGIC, VERSION, CODEC_ZSTD, width, 0, n), compressed]
+        return [HEADER.pack(MAGIC, VERSION, CODEC_STREAMS, width, 0, n), b"".join(table), *payloads]
 
     def read(self, path: str, raw_len: int, stored_len: int, out: torch.Tensor) -> None:
         """Decode the chunk file at `path` into `out` (flat uint8 of `raw_len` bytes).
@@ -132,23 +146,48 @@ class ChunkCodec:
                 raise ChunkDecodeError(f"bad magic or version {magic!r}/{version}")
             if n != raw_len:
                 raise ChunkDecodeError(f"header says {n} raw bytes, manifest says {raw_len}")
-            payload_len = size - HEADER.size
             if codec == CODEC_RAW:
-                if width != 1 or payload_len != n:
+                if width != 1 or size - HEADER.size != n:
                     raise ChunkDecodeError("raw chunk with grouping or wrong payload length")
                 _pread_exact(fd, buffer(out), HEADER.size)
-            elif codec == CODEC_ZSTD:
-                if width < 1 or n % width:
-                    raise ChunkDecodeError(f"group width {width} does not divide {n}")
-                payload = bytearray(payload_len)
-                _pread_exact(fd, memoryview(payload), HEADER.size)
-                self._decompress(payload, n, width, out)
+            elif codec == CODEC_STREAMS:
+                self._read_streams(fd, size, n, width, out)
             else:
                 raise ChunkDecodeError(f"unknown codec {codec}")
         finally:
             os.close(fd)
 
-    def _decompress(self, payload: bytearray, n: int, width: int, out: torch.Tensor) -> None:
+    def _read_streams(self, fd: int, size: int, n: int, width: int, out: torch.Tensor) -> None:
+        if width < 1 or n % width:
+            raise ChunkDecodeError(f"group width {width} does not divide {n}")
+        table_len = STREAM.size * width
+        table = os.pread(fd, table_len, HEADER.size)
+        if len(table) != table_len:
+            raise ChunkDecodeError("stream table cut short")
+        streams = [STREAM.unpack_from(table, j * STREAM.size) for j in range(width)]
+        if HEADER.size + table_len + sum(length for _, length in streams) != size:
+            raise ChunkDecodeError("stream lengths do not add up to the file size")
+        stream_len = n // width
+        target = self._scratch(n) if width > 1 else out
+        offset = HEADER.size + table_len
+        for j, (codec, length) in enumerate(streams):
+            view = buffer(target[j * stream_len:(j + 1) * stream_len])
+            if codec == CODEC_RAW:
+                if length != stream_len:
+                    raise ChunkDecodeError(f"raw stream {j} is {length} bytes, expected {stream_len}")
+                _pread_exact(fd, view, offset)
+            elif codec == CODEC_ZSTD:
+                payload = bytearray(length)
+                _pread_exact(fd, memoryview(payload), offset)
+                self._decompress(payload, view)
+            else:
+                raise ChunkDecodeError(f"unknown stream codec {codec}")
+            offset += length
+        if width > 1:
+            ungroup(target, width, out)
+
+    def _decompress(self, payload: bytearray, view: memoryview) -> None:
+        n = len(view)
         try:
             declared = zstandard.frame_content_size(payload)
         except zstandard.ZstdError as e:
@@ -156,8 +195,6 @@ class ChunkCodec:
         if declared != n:
             # Checked first: decompress() would trust a frame's declared size over any bound.
             raise ChunkDecodeError(f"zstd frame declares {declared} bytes, expected {n}")
-        target = self._scratch(n) if width > 1 else out
-        view = buffer(target)
         try:
             reader = self._decompressor().stream_reader(payload, read_across_frames=False)
             got = 0
@@ -171,8 +208,6 @@ class ChunkCodec:
             raise ChunkDecodeError(f"zstd: {e}") from None
         if got != n or extra:
             raise ChunkDecodeError(f"decompressed to {'more' if extra else got} bytes, expected {n}")
-        if width > 1:
-            ungroup(target, width, out)
 
 
 def _pread_exact(fd: int, view: memoryview, offset: int) -> None:
