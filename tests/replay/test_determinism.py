@@ -1,0 +1,75 @@
+"""Digests catch divergence; the digest itself is exact, bit- and order-sensitive; the guard."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import replay
+from replay.determinism import tensor_digest
+
+from .harness import open_journal
+from .models import make_ops, make_state
+
+
+def test_handler_reading_global_rng_is_caught_by_digests(tmp_path):
+    ops = make_ops()
+
+    @ops.op
+    def noisy(state, *, row):
+        state["table"][row] += torch.rand(())  # global RNG: not in the payload, not replayable
+
+    state = make_state()
+    with open_journal(tmp_path, state, ops, digest_every=4, snapshot=replay.Every(), keep_log=True) as journal:
+        for i in range(8):
+            journal.apply("noisy", row=i % 4)
+        digests = [h.index for h in journal.log.headers() if h.op == "replay.digest"]
+    assert digests and digests[0] == 5
+    again = make_state()  # (make_state reseeds the global RNG, so reseed after it)
+    torch.manual_seed(12345)  # a different global RNG state on "restart"
+    with pytest.raises(replay.DivergenceError) as err:
+        open_journal(tmp_path, again, ops)
+    assert err.value.index == digests[0]
+    assert err.value.expected != err.value.actual
+
+
+def test_deterministic_handlers_pass_their_digests(tmp_path):
+    state, ops = make_state(), make_ops()
+    with open_journal(tmp_path, state, ops, digest_every=3, snapshot=replay.Every(), keep_log=True) as journal:
+        for s in range(6):
+            journal.apply("train_step", ids=state["data"].peek(4), seed=s)
+    with open_journal(tmp_path, make_state(seed=3), ops) as journal:
+        assert journal.recovery.digests_checked == 2
+
+
+def test_tensor_digest_is_exact_and_sensitive_to_every_bit_and_to_order():
+    torch.manual_seed(0)
+    x = torch.randn(257)
+    base = tensor_digest(x)
+    assert tensor_digest(x.clone()) == base
+    raw = x.view(torch.int32)
+    for word in (0, 100, 256):
+        for bit in (0, 17, 31):
+            y = raw.clone()
+            y[word] ^= 1 << bit if bit < 31 else -(1 << 31)
+            assert tensor_digest(y.view(torch.float32)) != base
+    assert tensor_digest(x.flip(0)) != base
+    assert tensor_digest(x[1:]) != tensor_digest(x[:-1])
+    for dtype in (torch.bfloat16, torch.float16, torch.int8, torch.bool, torch.float64):
+        t = torch.ones(5, dtype=dtype)
+        assert tensor_digest(t) == tensor_digest(t.clone())
+
+
+def test_state_digest_covers_non_tensor_leaves_and_component_order_insensitivity():
+    a = {"t": torch.zeros(3), "d": {"step": 1, "lr": 0.1}}
+    b = {"d": {"lr": 0.1, "step": 1}, "t": torch.zeros(3)}
+    assert replay.state_digest(a) == replay.state_digest(b)
+    b["d"]["step"] = 2
+    assert replay.state_digest(a) != replay.state_digest(b)
+
+
+def test_deterministic_guard_turns_on_and_restores(tmp_path):
+    assert not torch.are_deterministic_algorithms_enabled()
+    with open_journal(tmp_path, make_state(), make_ops(), deterministic=True):
+        assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.are_deterministic_algorithms_enabled()
