@@ -372,12 +372,12 @@ class SnapshotStore:
         skipped on the way, newest first). Every chunk of the returned snapshot is read
         and hash-checked; to load it too in one pass, use `load_latest`."""
         self._check_open()
-        return self._latest_verified(trust_known=False)
+        return self._latest_verified()
 
-    def _latest_verified(self, trust_known: bool):
+    def _latest_verified(self):
         skipped = []
         for name in reversed(self._manifest_names()):
-            report, manifest = self._verify(name, trust_known)
+            report, manifest = self._verify(name)
             if report.ok:
                 return SnapshotInfo._from_manifest(manifest), skipped
             if manifest is None and report.problems[0].reason == _MISSING:
@@ -399,7 +399,7 @@ class SnapshotStore:
             except SnapshotNotFoundError:
                 continue
             except CorruptSnapshotError:
-                skipped.append(self._verify(name, trust_known=False)[0])
+                skipped.append(self._verify(name)[0])
                 continue
             return SnapshotInfo._from_manifest(manifest), _build(manifest, tensors, map_location), skipped
         return None, None, skipped
@@ -434,9 +434,9 @@ class SnapshotStore:
         name = info.manifest_id if isinstance(info, SnapshotInfo) else str(info)
         if parse_manifest_name(name) is None:
             return VerifyReport(name, False, 0, 0, (Problem(None, "not a manifest name"),))
-        return self._verify(name, trust_known=False)[0]
+        return self._verify(name)[0]
 
-    def _verify(self, name: str, trust_known: bool) -> tuple[VerifyReport, Manifest | None]:
+    def _verify(self, name: str) -> tuple[VerifyReport, Manifest | None]:
         with self._reading():
             try:
                 manifest = self._read_manifest(name)
@@ -447,12 +447,6 @@ class SnapshotStore:
 
             def check(ref: ChunkRef) -> Problem | None:
                 try:
-                    with self._lock:
-                        known = trust_known and ref.id in self._known_good
-                    if known:
-                        size = _file_size(self._layout.chunk_path(ref.id))
-                        if size == ref.stored_len:
-                            return None
                     self._read_chunk(name, ref, torch.empty(ref.raw_len, dtype=torch.uint8))
                     return None
                 except CorruptSnapshotError as e:
@@ -539,16 +533,16 @@ class SnapshotStore:
         chunk no remaining manifest names and every temp file a crashed writer left.
 
         Runs on the commit thread, so it waits for saves in flight and never sweeps their
-        chunks. Chunks this process wrote or verified since it opened the store are
-        trusted by the verification step (size checked, not re-read). Deletion waits for
-        readers in other processes to finish their current load or verify."""
+        chunks. The verification reads every chunk of the newest snapshot back (damage
+        after a write is what it is for); deletion waits for readers in other processes to
+        finish their current load or verify."""
         self._check_open()
         self._ensure_writer()
         return self._committer.submit(self._prune).result()
 
     def _prune(self) -> PruneReport:
         names = self._manifest_names()
-        newest, skipped = self._latest_verified(trust_known=True)
+        newest, skipped = self._latest_verified()
         newest_key = (newest.index, newest.term) if newest else None
         doomed = {manifest_name(*k) for k in retention.to_delete(
             [parse_manifest_name(n) for n in names], newest_key, self.keep_last, self.keep_every)}
