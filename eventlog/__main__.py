@@ -15,6 +15,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 from .log import EventLog
@@ -31,6 +32,7 @@ _KILLED_WRITER = textwrap.dedent("""
 
 
 def demo(directory: Path, entries: int) -> int:
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # torch warns without numpy
     import torch
 
     path = directory / "demo-log"

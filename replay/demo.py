@@ -214,7 +214,7 @@ def run_with_kills(args, directory: Path, rng: random.Random) -> tuple[list[dict
                 else:
                     finished = message["done"]
             elif target is not None and int(line.split()[1]) >= target:
-                time.sleep(rng.uniform(0, 0.01))  # land anywhere: mid-apply, mid-flush, mid-snapshot
+                time.sleep(rng.uniform(0, 0.003))  # land anywhere: mid-apply, mid-flush, mid-snapshot
                 os.kill(child.pid, signal.SIGKILL)
                 killed_at.append(target)
                 break
@@ -277,7 +277,7 @@ def _bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _report(args, reference_seconds, journal_seconds, recoveries, killed_at, finished, audit, mismatched):
-    unit = "steps" if args.task == "train" else "batches"
+    unit, singular = ("steps", "step") if args.task == "train" else ("batches", "batch")
     total = args.steps if args.task == "train" else NUM_SAMPLES // args.batch
     lines = [
         ("task", f"{args.task} on {args.device}, {total} {unit} of {args.batch} samples, durability={args.durability}"),
@@ -287,7 +287,7 @@ def _report(args, reference_seconds, journal_seconds, recoveries, killed_at, fin
     ]
     for n, r in enumerate(recoveries[1:], 1):
         lines.append((f"recovery {n}", f"snapshot at index {r['snapshot_index']}, replayed {r['replayed']} entries "
-                                       f"in {r['seconds'] * 1000:.1f} ms, resumed at {unit[:-1]} {r['step']}"
+                                       f"in {r['seconds'] * 1000:.1f} ms, resumed at {singular} {r['step']}"
                       + (f", {r['damaged_snapshots']} damaged snapshot(s) skipped" if r["damaged_snapshots"] else "")))
     for s in finished["snapshots"]:
         lines.append((f"snapshot @ {s['index']}", f"{s['bytes_logical'] / 1024:.0f} KiB logical, "
