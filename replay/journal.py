@@ -113,6 +113,7 @@ class Journal:
         self._keep_log = keep_log
         self._async = async_snapshots
         self._pending = None  # the in-flight snapshot: (index, handle)
+        self._snapshot_index = -1  # index of the newest snapshot started by this journal
         self._poison: BaseException | None = None
         self._closed = False
         self._index = 0
@@ -124,6 +125,8 @@ class Journal:
     def _recover(self, progress) -> None:
         self.recovery = recover(self.log, self.snapshots, self.state, self._kinds, self._replayer, progress=progress)
         self._index = self.recovery.replayed.stop - 1 if len(self.recovery.replayed) else self.recovery.snapshot_index
+        if self.recovery.snapshot is not None:
+            self._snapshot_index = self.recovery.snapshot_index
         self._clock.add(len(self.recovery.replayed), 0, self.recovery.replay_seconds)
         if self.recovery.snapshot is None and self.log.last_index == 0:
             # The initial state is the base every replay starts from; persisting it means
@@ -199,16 +202,13 @@ class Journal:
         try:
             self.log.truncate_after(index - 1)
             self._collect_snapshot(block=True)
-            replayer_report = recover(self.log, self.snapshots, self.state, self._kinds, self._replayer,
-                                      stop=index, progress=False)
+            recover(self.log, self.snapshots, self.state, self._kinds, self._replayer, stop=index, progress=False)
         except BaseException as exc:
             self._poison = exc
             raise JournalPoisonedError(
                 f"{self.path}: the handler of entry {index} raised ({type(cause).__name__}: {cause}) and rolling "
                 f"back failed ({type(exc).__name__}: {exc}); the live state is not trustworthy. Reopen the journal."
             ) from exc
-        assert (replayer_report.replayed.stop - 1 if len(replayer_report.replayed)
-                else replayer_report.snapshot_index) == index - 1
 
     # ------------------------------------------------------------------ durability and snapshots
 
@@ -222,7 +222,9 @@ class Journal:
     def snapshot(self, *, wait: bool = False):
         """Snapshot the state at the current index; return its pending handle (``.result()`` -> SnapshotInfo).
 
-        A snapshot still in flight is waited for first. The entries it covers are made
+        A snapshot still in flight is waited for first. If this journal already
+        snapshotted the current index, the newest snapshot's info is returned and nothing
+        is written. The entries it covers are made
         durable before it is staged, so it never commits beyond the durable index. With
         wait=True (or async_snapshots=False) this returns the committed SnapshotInfo.
         After a commit, old snapshots are pruned and (unless keep_log) the log is
@@ -230,8 +232,11 @@ class Journal:
         """
         self._check_usable()
         self._collect_snapshot(block=True)
-        handle = self._start_snapshot(blocking=wait or not self._async)
-        return handle
+        if self._snapshot_index == self._index:
+            newest = self.snapshots.list()
+            if newest and newest[-1].index == self._index:
+                return newest[-1]
+        return self._start_snapshot(blocking=wait or not self._async)
 
     def _start_snapshot(self, blocking: bool):
         index = self._index
@@ -242,6 +247,7 @@ class Journal:
         tree = components.capture(self.state, self._kinds)
         term = self.log.term_at(index)
         self._clock.reset()
+        self._snapshot_index = index
         if blocking:
             info = self.snapshots.save(tree, index=index, term=term, meta=snapshot_meta(index))
             self._after_commit(info)
@@ -282,16 +288,20 @@ class Journal:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def close(self) -> None:
+    def close(self, *, snapshot: bool = False) -> None:
         """Wait for an in-flight snapshot, make every entry durable, release log and store. Idempotent.
 
-        Closing a poisoned journal releases everything and raises nothing new.
+        snapshot=True first takes a (blocking) snapshot at the current index unless one
+        exists, so the next open replays nothing. Closing a poisoned journal releases
+        everything and raises nothing new.
         """
         if self._closed:
             return
         try:
             if self._poison is None:
                 self._collect_snapshot(block=True)
+                if snapshot and self._snapshot_index != self._index:
+                    self._start_snapshot(blocking=True)
                 self._guarded(self.log.flush)
         finally:
             self._release()

@@ -22,7 +22,6 @@ class Prepared(NamedTuple):
     op: str
     version: int
     payload: dict[str, Any]
-    payload_size: int
 
 
 class ReadAhead:
@@ -57,7 +56,7 @@ class ReadAhead:
                 version, payload = unwrap(entry.index, entry.op, entry.payload)
                 if entry.op not in ENGINE_OPS:
                     payload = to_device(payload, self._device)
-                prepared = Prepared(entry.index, entry.term, entry.op, version, payload, 0)
+                prepared = Prepared(entry.index, entry.term, entry.op, version, payload)
                 if not self._put(prepared):
                     return
             self._put(_DONE)

@@ -102,3 +102,38 @@ def test_state_must_be_a_mapping_of_components(tmp_path):
         open_journal(tmp_path, {"x": object()}, make_ops())
     with pytest.raises(TypeError):
         open_journal(tmp_path, [1, 2], make_ops())
+
+
+def test_close_with_snapshot_makes_the_next_open_replay_nothing(tmp_path):
+    state, ops = make_state(), make_ops()
+    with open_journal(tmp_path, state, ops, snapshot=replay.Every()) as journal:
+        for i in range(5):
+            journal.apply("add", row=i % 4, value=1.0)
+        first = journal.snapshot(wait=True)
+        assert journal.snapshot() == first  # nothing new to snapshot
+        journal.apply("add", row=0, value=2.0)
+        journal.close(snapshot=True)
+    again = make_state(seed=4)
+    with open_journal(tmp_path, again, ops) as journal:
+        assert journal.recovery.snapshot_index == 6 and journal.recovery.entries_replayed == 0
+        assert_same(again, state)
+
+
+def test_payload_tensors_reach_handlers_on_the_state_device_live_and_in_replay(tmp_path):
+    ops = make_ops()
+    seen = []
+
+    @ops.op
+    def put(state, *, rows, values):
+        seen.append((type(rows).__name__, values.device))
+        state["table"][rows] = values
+
+    import torch
+
+    state = make_state()
+    with open_journal(tmp_path, state, ops, snapshot=replay.Every(), keep_log=True) as journal:
+        journal.apply("put", rows=[0, 2], values=torch.ones(2, 4))
+    again = make_state()
+    with open_journal(tmp_path, again, ops):
+        assert_same(again, state)
+    assert seen == [("list", state["table"].device)] * 2
