@@ -1,8 +1,10 @@
-"""``python -m replay``: the command line of the replay engine.
+"""``replay`` / ``python -m replay``: the command line of the replay engine.
 
 Subcommands:
-  demo    train (or run inference) under a Journal, kill -9 it repeatedly, resume,
-          and check the result is bit-identical to an uninterrupted run.
+  demo        train (or run inference) under a Journal, kill -9 it repeatedly, resume,
+              and check the result is bit-identical to an uninterrupted run (replay/demo.py).
+  log, show, verify, stats, tail, snapshots, prune, state, diff, truncate
+              the audit CLI (replay/cli/): read a journal without disturbing its writer.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="replay", description="event-sourced PyTorch state")
-    sub = parser.add_subparsers(dest="command", required=True)
-
     from . import demo
+    from .cli import main as cli
 
+    parser = argparse.ArgumentParser(prog="replay", description="event-sourced PyTorch state",
+                                     parents=[cli.common_options(with_json=False)])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo.add_arguments(sub.add_parser("demo", help="kill -9 a training run repeatedly and prove a bit-exact resume"))
+    cli.register(sub)
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo.main(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    return cli.run(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,19 @@
+"""The audit CLI: read a journal (or a bare event log) without disturbing a live writer.
+
+One module per subcommand (or close group); each has ``add_parser(sub, parents)``, which
+registers its arguments and sets ``run(args, out) -> exit status``. Support modules:
+`source` (opening readonly), `output` (JSON lines / rich / plain), `entries` (listing
+rows), `summary` (payload and tensor summaries), `args` (index and time checks),
+`userspec` (importing --ops/--state), `pointintime` (rebuilding the state at an index),
+`errors` (exit statuses). Dispatch and error reporting live in `main`.
+
+Readers never write: the log is opened readonly (no lock, no term bump, short read
+transactions). `prune` and `truncate` are the only commands that change anything, and
+both refuse to run beside a live writer.
+"""
+
+from __future__ import annotations
+
+from . import diff, log, retention, show, state, stats, tail, truncate, verify
+
+COMMANDS = (log, show, verify, stats, tail, retention, state, diff, truncate)

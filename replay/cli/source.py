@@ -1,0 +1,93 @@
+"""Opening what the user pointed at, readonly: a journal directory (log/ + snapshots/) or a bare log.
+
+Nothing here writes: the log is opened with ``readonly=True`` (no lock, no term bump, short
+read transactions), and a SnapshotStore only reads until someone calls save or prune.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import snapshots
+from eventlog import EventLog, FormatError
+
+from .errors import CliError
+
+WRITER_LOCK = "writer.lock"  # eventlog/FORMAT.md: flock-held by the single writer
+
+
+@dataclass
+class Source:
+    """An opened journal: `log` (readonly EventLog), `store` (SnapshotStore or None for a bare log)."""
+
+    root: Path
+    log: EventLog
+    store: snapshots.SnapshotStore | None
+
+    @property
+    def log_path(self) -> Path:
+        return self.log.path
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+        self.log.close()
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def log_dir(path: str | os.PathLike) -> Path:
+    """The log directory of `path`: ``path/log`` for a journal, `path` itself for a bare log.
+
+    CliError when `path` is neither (missing, a file, a directory without data.mdb).
+    """
+    root = Path(path)
+    if not root.exists():
+        raise CliError(f"{root} does not exist")
+    if (root / "log" / "data.mdb").is_file():
+        return root / "log"
+    if (root / "data.mdb").is_file():
+        return root
+    raise CliError(f"{root} is not a journal (no log/data.mdb) or an event log (no data.mdb)")
+
+
+def open_source(path: str | os.PathLike) -> Source:
+    """Open the journal or bare log at `path` readonly; CliError if it is neither.
+
+    A journal gets its SnapshotStore (a journal without snapshots/ simply has none); a
+    bare log gets store None.
+    """
+    root = Path(path)
+    directory = log_dir(root)
+    try:
+        log = EventLog.open(directory, readonly=True)
+    except FormatError as exc:
+        raise CliError(f"{path} is not a journal: {exc}") from exc
+    store = snapshots.SnapshotStore(root / "snapshots", workers=4) if directory != root else None
+    return Source(root, log, store)
+
+
+def writer_pid(log_directory: Path) -> str | None:
+    """The pid text of the live writer holding the log's writer lock, None when no writer holds it.
+
+    Probes the flock with a shared, non-blocking request on a fresh descriptor, which never
+    blocks or disturbs the writer (eventlog/FORMAT.md documents the lock file).
+    """
+    try:
+        fd = os.open(log_directory / WRITER_LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+    finally:
+        os.close(fd)  # also drops our probe lock if we got it
+    return None

@@ -1,0 +1,112 @@
+"""`replay stats DIR`: entries, bytes, ops histogram, terms (each restart), snapshots, and an
+estimate of how long recovery would replay from the newest snapshot.
+
+The estimate uses only what the log records: the writer's median time between
+consecutive entries of one term, times the entries after the newest snapshot. It is the
+pace the run wrote at (forward, backward and data loading included), so replay, which
+skips waiting for data, is usually no slower.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections import Counter
+
+from .entries import rows as entry_rows
+from .errors import EXIT_DAMAGE, EXIT_OK
+from .output import Column, Output, human_bytes
+from .retention import SNAPSHOT_COLUMNS, snapshot_rows
+from .source import open_source
+from .summary import iso_time, local_time
+
+HELP = "entries, bytes, ops histogram, terms, snapshots, estimated replay time"
+HEADER_BYTES = 32  # eventlog/FORMAT.md: the fixed entry header
+
+
+def add_parser(sub, parents) -> None:
+    p = sub.add_parser("stats", parents=parents, help=HELP, description=HELP)
+    p.add_argument("dir", help="journal directory (or a bare event log)")
+    p.set_defaults(run=run)
+
+
+def run(args, out: Output) -> int:
+    with open_source(args.dir) as src:
+        log = src.log
+        first, last = log.first_index, log.last_index
+        counts, op_bytes = Counter(), Counter()
+        terms: dict[int, dict] = {}
+        gaps: list[int] = []
+        previous = None
+        damaged = []
+        payload_total = header_total = 0
+        for row in entry_rows(log, None, None, summaries=False):
+            if row.damaged is not None:
+                damaged.append(row.index)
+                previous = None
+                continue
+            counts[row.op] += 1
+            op_bytes[row.op] += row.payload_bytes
+            payload_total += row.payload_bytes
+            header_total += HEADER_BYTES + len(row.op.encode())
+            term = terms.setdefault(row.term, {"term": row.term, "first_index": row.index,
+                                               "time_ns": row.time_ns, "entries": 0})
+            term["entries"] += 1
+            if previous is not None and previous.term == row.term and row.time_ns >= previous.time_ns:
+                gaps.append(row.time_ns - previous.time_ns)
+            previous = row
+        snaps = snapshot_rows(src.store) if src.store is not None else []
+    data_file = src.log_path / "data.mdb"
+    summary = {"section": "log", "path": str(src.log_path), "first_index": first, "last_index": last,
+               "entries": sum(counts.values()), "payload_bytes": payload_total, "header_bytes": header_total,
+               "file_bytes": os.path.getsize(data_file), "damaged": damaged}
+    estimate = _estimate(snaps, last, gaps)
+    if out.as_json:
+        out.record(summary)
+        for op, n in counts.most_common():
+            out.record({"section": "op", "op": op, "count": n, "payload_bytes": op_bytes[op]})
+        for term in terms.values():
+            out.record({"section": "term", **term, "time": iso_time(term["time_ns"])})
+        for snap in snaps:
+            out.record({"section": "snapshot", **snap})
+        out.record({"section": "estimate", **estimate})
+        return EXIT_DAMAGE if damaged else EXIT_OK
+
+    out.line(f"log {src.log_path}: entries {first}..{last} ({summary['entries']} readable), "
+             f"{human_bytes(payload_total)} payload + {human_bytes(header_total)} headers, "
+             f"{human_bytes(summary['file_bytes'])} on disk (data.mdb, includes free pages)")
+    if damaged:
+        out.line(f"damaged entries: {', '.join(map(str, damaged))} (run `replay verify`)", style="bold red")
+    total = sum(counts.values()) or 1
+    out.table([Column("op", "op"), Column("count", "entries", right=True),
+               Column("share", "share", lambda s: f"{s:.1%}", right=True),
+               Column("payload_bytes", "payload", human_bytes, right=True)],
+              [{"op": op, "count": n, "share": n / total, "payload_bytes": op_bytes[op]} for op, n in counts.most_common()],
+              title="ops")
+    out.table([Column("term", "term", right=True), Column("first_index", "first index", right=True),
+               Column("time_ns", "started", local_time), Column("entries", "entries", right=True)],
+              list(terms.values()), title="terms (each is a writer start)")
+    if snaps:
+        out.table(SNAPSHOT_COLUMNS, snaps, title="snapshots")
+    elif src.store is not None:
+        out.line("snapshots: none")
+    out.line(estimate["text"])
+    return EXIT_DAMAGE if damaged else EXIT_OK
+
+
+def _estimate(snaps: list[dict], last: int, gaps: list[int]) -> dict:
+    base = max((s["index"] for s in snaps), default=0)
+    pending = max(last - base, 0)
+    per_entry = statistics.median(gaps) / 1e9 if gaps else None
+    seconds = pending * per_entry if per_entry is not None else None
+    source = f"snapshot at index {base}" if snaps else "the start of the log"
+    if seconds is None:
+        text = f"replay from {source}: {pending} entries (no timing to estimate from)"
+    else:
+        text = (f"estimated replay from {source}: {pending} entries, ~{_duration(seconds)} "
+                f"(at the writer's median {per_entry * 1e3:.2f} ms per entry)")
+    return {"from_index": base, "entries": pending, "seconds_per_entry": per_entry, "seconds": seconds, "text": text}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.1f} s"
