@@ -13,13 +13,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-import snapshots  # noqa: E402
-
-if not hasattr(snapshots, "SnapshotStore"):  # until snapshots/__init__.py exports its store
-    from snapshots.store import SnapshotStore
-
-    snapshots.SnapshotStore = SnapshotStore
-
 import replay  # noqa: E402
 from tests.replay.models import fingerprint, make_ops, make_state  # noqa: E402
 
