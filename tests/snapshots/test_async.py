@@ -1,0 +1,149 @@
+"""save_async: staging is race-free, buffers are reused, errors surface in result()."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import torch
+
+import snapshots
+import snapshots.store as store_module
+
+from .conftest import assert_same, small_model_and_optimizer
+
+
+def _clone(state):
+    if isinstance(state, torch.Tensor):
+        return state.clone()
+    if isinstance(state, dict):
+        return type(state)((k, _clone(v)) for k, v in state.items())
+    if isinstance(state, (list, tuple)):
+        return type(state)(_clone(v) for v in state)
+    return state
+
+
+def _state(n=6, numel=64 * 1024):
+    g = torch.Generator().manual_seed(0)
+    return {
+        "w": [torch.randn(numel, generator=g) for _ in range(n)],
+        "bf": torch.randn(256, 256, generator=g).to(torch.bfloat16),
+        "t": torch.randn(300, 200, generator=g).t(),  # non-contiguous
+        "step": 0,
+    }
+
+
+def test_mutating_live_tensors_right_after_save_async_does_not_leak(open_store):
+    store = open_store(chunk_size=16 * 1024)
+    state = _state()
+    expected, pending = [], []
+    for i in range(4):
+        expected.append(_clone(state))
+        pending.append(store.save_async(state, index=i + 1, term=1))
+        # Mutate at once, while the background threads hash and write.
+        for w in state["w"]:
+            w.add_(1.0)
+        state["bf"].zero_()
+        state["t"].mul_(-1)
+        state["w"][0].resize_(10)  # even reallocating a live tensor must not matter
+        state["w"][0] = torch.randn(64 * 1024)
+        state["step"] += 1
+    for p, exp in zip(pending, expected):
+        info = p.result(timeout=60)
+        assert p.done()
+        assert_same(store.load(info), exp)
+
+
+def test_model_and_optimizer_stepping_during_save_async(open_store):
+    store = open_store(chunk_size=8 * 1024)
+    model, optim = small_model_and_optimizer()
+    state = {"model": model.state_dict(), "optim": optim.state_dict()}
+    expected = _clone(state)
+    pending = store.save_async(state, index=1, term=1)
+    for _ in range(3):  # optimizer steps update the same tensors in place
+        optim.zero_grad()
+        model(torch.randint(0, 50, (4, 5))).square().mean().backward()
+        optim.step()
+    back = store.load(pending.result())
+    assert_same(back["model"], expected["model"])
+    assert_same(back["optim"], expected["optim"])
+
+
+def test_staging_buffers_are_reused_across_saves(open_store):
+    store = open_store()
+    state = _state(n=2)
+    for i in range(5):
+        store.save_async(state, index=i, term=1).result()
+    assert store._stager.arenas_allocated == 1
+    store.save(state, index=9, term=1)  # contiguous CPU tensors are not copied by save()
+    assert store._stager.arenas_allocated == 1
+
+
+def test_write_errors_surface_in_result_and_commit_nothing(open_store, monkeypatch):
+    store = open_store()
+    store.save({"a": torch.zeros(10)}, index=1, term=1)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module, "write_durably", full_disk)
+    pending = store.save_async({"a": torch.randn(5000)}, index=2, term=1)
+    with pytest.raises(OSError) as e:
+        pending.result(timeout=60)
+    assert e.value.errno == errno.ENOSPC
+    assert isinstance(pending.exception(), OSError)
+    with pytest.raises(OSError):
+        store.save({"a": torch.randn(5000)}, index=3, term=1)
+    monkeypatch.undo()
+    assert [i.manifest_id for i in store.list()] == ["1-1"]
+    assert store.save({"a": torch.ones(3)}, index=4, term=1).index == 4  # still usable
+
+
+def test_bad_input_raises_in_the_caller(store):
+    with pytest.raises(TypeError, match=r"\['x'\]"):
+        store.save_async({"x": object()}, index=1, term=1)
+    with pytest.raises(ValueError):
+        store.save_async({}, index=-1, term=1)
+    with pytest.raises(ValueError):
+        store.save({}, index=1, term=True)
+
+
+def test_close_waits_for_pending_saves_and_then_refuses(open_store, tmp_path):
+    store = open_store()
+    pending = [store.save_async(_state(n=2), index=i, term=1) for i in range(3)]
+    store.close()
+    assert all(p.done() and p.exception() is None for p in pending)
+    with pytest.raises(snapshots.StoreClosedError):
+        store.save({}, index=9, term=1)
+    with pytest.raises(snapshots.StoreClosedError):
+        store.latest()
+    store.close()  # idempotent
+    with snapshots.SnapshotStore(tmp_path / "snap") as reopened:
+        assert [i.index for i in reopened.list()] == [0, 1, 2]
+
+
+def test_one_writer_per_directory(open_store, tmp_path):
+    first = open_store()
+    first.save({}, index=1, term=1)
+    second = open_store()
+    assert [i.index for i in second.list()] == [1]  # reading needs no lock
+    with pytest.raises(snapshots.StoreLockedError):
+        second.save({}, index=2, term=1)
+    first.close()
+    assert second.save({}, index=2, term=1).index == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_staging_is_fenced_against_later_in_place_updates(open_store):
+    store = open_store(chunk_size=1 << 20)
+    state = {f"w{i}": torch.randn(1 << 20, device="cuda") for i in range(8)}
+    expected = {k: v.cpu() for k, v in state.items()}
+    pending = store.save_async(state, index=1, term=1)
+    for v in state.values():  # enqueued right after, on the current stream
+        v.mul_(3).add_(1)
+    info = pending.result()
+    assert_same(store.load(info), expected)
+    back = store.load(info, map_location="cuda")
+    assert all(t.is_cuda for t in back.values())
+    store.load_into(info, state)
+    assert_same({k: v.cpu() for k, v in state.items()}, expected)
