@@ -98,6 +98,7 @@ class EventLog:
         self._background = None
         self._unflushed: list[tuple[int, bytes]] = []  # group mode: appended, not yet committed
         self._tail_damage: CorruptEntryError | None = None
+        self._bytes_appended = 0
 
         _check_path(path, readonly)
         if not readonly:
@@ -245,6 +246,15 @@ class EventLog:
             return self.last_index
         return self._durable_index
 
+    @property
+    def bytes_appended(self) -> int:
+        """Stored bytes (header + op + payload) this writer has appended since it opened; 0 for readers.
+
+        Truncated entries are not subtracted: it counts work written, for policies such as
+        "snapshot every N bytes of log".
+        """
+        return self._bytes_appended
+
     # ------------------------------------------------------------------ writing
 
     def append(self, op: str, payload: Any = None) -> int:
@@ -299,6 +309,7 @@ class EventLog:
             index += 1
             value, checksum = record.frame(index, self._term, op_bytes, payload_bytes, now, checksum)
             framed.append((index, value))
+            self._bytes_appended += len(value)
         return framed, checksum
 
     def _append_group(self, encoded) -> range:

@@ -117,6 +117,7 @@ class Journal:
         self._poison: BaseException | None = None
         self._closed = False
         self._index = 0
+        self._bytes_counted = 0
         self.log = None
         self.snapshots = None
         self.recovery = RecoveryReport()
@@ -193,9 +194,10 @@ class Journal:
         self._clock.add(1, self._payload_bytes(self._index), time.perf_counter() - started)
 
     def _payload_bytes(self, index: int) -> int:
-        if not self._clock.needs_log_bytes:
-            return 0
-        return sum(h.payload_size for h in self.log.headers(index, index + 1, verify=False))
+        """Log bytes appended since the last call (entry `index` included), for the log_bytes policy."""
+        total = self.log.bytes_appended
+        grown, self._bytes_counted = total - self._bytes_counted, total
+        return grown
 
     def _roll_back(self, index: int, cause: BaseException) -> None:
         """Undo entry `index` whose handler raised: drop it from the log, rebuild the state at index - 1."""

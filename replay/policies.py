@@ -16,7 +16,7 @@ class Every:
 
     - entries: applied entries (engine digest entries included);
     - seconds: wall-clock seconds;
-    - log_bytes: payload bytes appended to the log;
+    - log_bytes: bytes appended to the log (each entry's header, op name and payload);
     - replay_seconds: estimated replay time, the sum of the measured apply cost of every
       entry since the snapshot (replay runs the same handlers on the same payloads).
 

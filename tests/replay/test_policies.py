@@ -34,7 +34,8 @@ def test_log_bytes_counts_appended_payload_bytes(tmp_path):
                       keep_log=True, async_snapshots=False) as journal:
         for i in range(12):
             journal.apply("add", row=i % 4, value=float(i))
-        sizes = {h.index: h.payload_size for h in journal.log.headers()}
+        # Stored bytes of each entry: the 32-byte header, the op name and the payload.
+        sizes = {h.index: 32 + len(h.op.encode()) + h.payload_size for h in journal.log.headers()}
         indexes = _snapshot_indexes(journal)
     expected, total = [0], 0
     for index in sorted(sizes):
