@@ -16,7 +16,7 @@ from .errors import EXIT_OK
 from .output import Column, Output
 from .pointintime import rebuild, tensors_by_name
 from .source import open_source
-from .state import add_user_code_options
+from .state import add_user_code_options, warn_factory_base
 from .summary import tensor_label
 from .userspec import load_ops, load_state
 
@@ -50,6 +50,7 @@ def run(args, out: Output) -> int:
     progress = False if out.as_json else None
     with open_source(args.dir) as src:
         rebuilt = rebuild(src, lo, ops, state, kinds, progress=progress)
+        warn_factory_base(rebuilt)
         tensors, values = tensors_by_name(rebuilt.state)
         before = ({n: t.detach().clone() for n, t in tensors.items()}, dict(values))
         if hi > lo:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from .args import index_arg
@@ -37,6 +38,15 @@ def add_parser(sub, parents) -> None:
     p.set_defaults(run=run)
 
 
+def warn_factory_base(rebuilt) -> None:
+    """Say so when no snapshot was usable: the result is right only if the factory rebuilds
+    the run's exact initial state (the journal snapshotted it at index 0; that one is pruned)."""
+    if rebuilt.base is None:
+        print(f"replay: warning: no retained snapshot at or before index {rebuilt.index}; replayed from the "
+              "--state factory's state, which is right only if it builds the run's exact initial state",
+              file=sys.stderr)
+
+
 def run(args, out: Output) -> int:
     from safetensors.torch import save_file
 
@@ -45,6 +55,7 @@ def run(args, out: Output) -> int:
     with open_source(args.dir) as src:
         rebuilt = rebuild(src, args.at, ops, state, kinds, progress=False if out.as_json else None)
         term = src.log.term_at(args.at)
+    warn_factory_base(rebuilt)
     tensors, values = tensors_by_name(rebuilt.state)
     export = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
     metadata = {

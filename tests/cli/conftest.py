@@ -1,0 +1,38 @@
+"""Journals written by the library, and a `cli` helper that runs `python -m replay` as a user would."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli import tinyjob
+
+ROOT = Path(__file__).resolve().parents[2]
+OPS = ["--ops", "tests.cli.tinyjob:ops", "--state", "tests.cli.tinyjob:make_state"]
+
+
+def cli(*args, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `python -m replay ARGS` from the repository root (so --ops can import tests.cli.tinyjob)."""
+    return subprocess.run([sys.executable, "-m", "replay", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def journal_master(tmp_path_factory) -> Path:
+    """35 entries in two terms (25, then a restart and 10 more); snapshots every 10, the last 3 kept."""
+    path = tmp_path_factory.mktemp("journal") / "run"
+    tinyjob.write(path, 25)
+    tinyjob.write(path, 10, start=25)
+    return path
+
+
+@pytest.fixture
+def journal(journal_master, tmp_path) -> Path:
+    """A private copy of the journal, free to damage or prune."""
+    copy = tmp_path / "run"
+    shutil.copytree(journal_master, copy)
+    return copy
