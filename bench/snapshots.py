@@ -1,0 +1,338 @@
+"""Snapshot store vs torch.save, safetensors and torch.distributed.checkpoint.
+
+    python -m bench snapshots [--mb 256] [--dir DIR] [--chunk-mb 4] [--level 1] [--out PATH]
+
+One process, one state, every peer in the same run. The state is transformer-like:
+bf16 weight matrices, fp32 weight matrices (as master weights) and their fp32 Adam
+moments, plus the small fp32 norms, biases and step counters a model carries. Values
+are drawn like trained tensors rather than uniformly random bytes: weights normal with
+std 0.02, first moments normal with std 1e-4, second moments the square of a normal
+with std 1e-4 (positive, small). Random normal data is the hard case for compression:
+real checkpoints usually compress a little better.
+
+Every save is made durable (fsync) before its clock stops, as ours is. Loads read from
+the page cache for every peer alike (this benchmark does not drop caches). Results go
+to bench/results/snapshots.json. Benchmarks are not tests: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import snapshots
+
+RESULTS = Path(__file__).parent / "results" / "snapshots.json"
+D_MODEL = 512
+# One block of matrices: qkv, attention out, mlp in, mlp out = 12 * d^2 elements.
+BLOCK = [(3 * D_MODEL, D_MODEL), (D_MODEL, D_MODEL), (4 * D_MODEL, D_MODEL), (D_MODEL, 4 * D_MODEL)]
+
+
+def build_state(mb: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    block_elems = sum(a * b for a, b in BLOCK)
+    per_bf16_block = block_elems * 2
+    per_fp32_block = block_elems * 4 * 3  # weights + exp_avg + exp_avg_sq
+    target = mb << 20
+    n32 = max(1, round(target * 0.55 / per_fp32_block))
+    n16 = max(1, round((target - n32 * per_fp32_block) / per_bf16_block))
+
+    def normal(shape, std):
+        return torch.randn(shape, generator=g).mul_(std)
+
+    model, master, optim_state = {}, {}, {}
+    for i in range(n16):
+        for j, shape in enumerate(BLOCK):
+            model[f"layers.{i}.w{j}"] = normal(shape, 0.02).to(torch.bfloat16)
+        model[f"layers.{i}.norm.weight"] = 1 + normal((D_MODEL,), 0.01)
+        model[f"layers.{i}.norm.bias"] = normal((D_MODEL,), 0.01)
+        model[f"layers.{i}.mlp.bias"] = normal((4 * D_MODEL,), 0.01)
+    for i in range(n32):
+        for j, shape in enumerate(BLOCK):
+            key = f"master.{i}.w{j}"
+            master[key] = normal(shape, 0.02)
+            optim_state[key] = {
+                "step": torch.tensor(1000.0),
+                "exp_avg": normal(shape, 1e-4),
+                "exp_avg_sq": normal(shape, 1e-4).square_(),
+            }
+    return {"model": model, "master": master, "optim": {"state": optim_state, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999)}]}}
+
+
+def tensors_of(state, prefix=""):
+    if isinstance(state, torch.Tensor):
+        yield prefix, state
+    elif isinstance(state, dict):
+        for k, v in state.items():
+            yield from tensors_of(v, f"{prefix}.{k}" if prefix else str(k))
+
+
+def classes(state) -> dict[str, dict]:
+    """The state's tensors split by kind, for per-dtype compression ratios."""
+    out = {"bf16 weights": {}, "fp32 weights": {}, "fp32 adam moments": {}}
+    for key, t in tensors_of(state):
+        if t.dtype == torch.bfloat16:
+            out["bf16 weights"][key] = t
+        elif "exp_avg" in key:
+            out["fp32 adam moments"][key] = t
+        elif t.dim() == 2:
+            out["fp32 weights"][key] = t
+    return out
+
+
+def fsync_path(path: str) -> None:
+    if os.path.isdir(path):
+        for root, _, files in os.walk(path):
+            for f in files:
+                fd = os.open(os.path.join(root, f), os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+            fd = os.open(root, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+    else:
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        fd = os.open(os.path.dirname(path), os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+
+def disk_bytes(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+REPEAT = 3
+
+
+def timed(fn, setup=None, repeat=None):
+    """Best of `repeat` runs (other processes share this machine: the minimum is the
+    least disturbed run); `setup()` runs untimed before each."""
+    best, out = float("inf"), None
+    for _ in range(repeat or REPEAT):
+        if setup is not None:
+            setup()
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench snapshots", description=__doc__.split("\n\n")[0])
+    p.add_argument("--mb", type=int, default=256, help="approximate state size in MiB (default 256)")
+    p.add_argument("--dir", default=None, help="scratch directory (default: a temp dir, removed after)")
+    p.add_argument("--chunk-mb", type=float, default=4, help="snapshot chunk size in MiB")
+    p.add_argument("--level", type=int, default=1, help="zstd level")
+    p.add_argument("--change", type=float, default=0.02, help="fraction of tensors changed for the incremental save")
+    p.add_argument("--out", default=str(RESULTS), help="JSON results path")
+    p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is reported")
+    args = p.parse_args(argv)
+    global REPEAT
+    REPEAT = max(1, args.repeat)
+
+    scratch = args.dir or tempfile.mkdtemp(prefix="bench-snapshots-")
+    os.makedirs(scratch, exist_ok=True)
+    try:
+        results = run(args, scratch)
+    finally:
+        if args.dir is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    report(results)
+    print(f"\nwrote {out}")
+    return 0
+
+
+def run(args, scratch: str) -> dict:
+    print(f"building a ~{args.mb} MiB transformer-like state ...", flush=True)
+    state = build_state(args.mb)
+    flat = {k: t for k, t in tensors_of(state)}
+    logical = sum(t.numel() * t.element_size() for t in flat.values())
+    rows: dict[str, dict] = {}
+
+    def record(name, kind, seconds, nbytes=None, extra=None):
+        rows[name] = {"kind": kind, "seconds": seconds, "mib_per_s": logical / seconds / 2**20, "bytes_on_disk": nbytes, **(extra or {})}
+        print(f"  {name:<34} {seconds:8.3f} s", flush=True)
+
+    # -- peers: save -----------------------------------------------------------------
+    path = os.path.join(scratch, "torch.pt")
+
+    def torch_save():
+        with open(path, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_path(os.path.dirname(path))
+
+    t, _ = timed(torch_save)
+    record("torch.save + fsync", "save", t, disk_bytes(path))
+
+    st_path = os.path.join(scratch, "model.safetensors")
+    try:
+        from safetensors.torch import load_file, save_file
+
+        def st_save():
+            save_file(flat, st_path)
+            fsync_path(st_path)
+
+        t, _ = timed(st_save)
+        record("safetensors save_file + fsync", "save", t, disk_bytes(st_path))
+    except ImportError:
+        load_file = None
+        print("  safetensors not installed: skipped (pip install '.[bench]')")
+
+    dcp_dir = os.path.join(scratch, "dcp")
+    import torch.distributed.checkpoint as dcp
+
+    t, _ = timed(lambda: dcp.save(state, storage_writer=dcp.FileSystemWriter(dcp_dir, sync_files=True), no_dist=True),
+                 setup=lambda: shutil.rmtree(dcp_dir, ignore_errors=True))
+    record("torch.distributed.checkpoint.save", "save", t, disk_bytes(dcp_dir))
+
+    # -- ours: save ------------------------------------------------------------------
+    store_dir = os.path.join(scratch, "store")
+    chunk = int(args.chunk_mb * 2**20) // 64 * 64
+    stores = []
+
+    def fresh_store():  # a full save needs an empty store, or it would deduplicate
+        for s in stores:
+            s.close()
+        shutil.rmtree(store_dir, ignore_errors=True)
+        stores[:] = [snapshots.SnapshotStore(store_dir, chunk_size=chunk, level=args.level, keep_last=10)]
+
+    t, full = timed(lambda: stores[0].save(state, index=1, term=1), setup=fresh_store)
+    store = stores[0]
+    record("ours: save (full)", "save", t, full.bytes_written, {"bytes_written": full.bytes_written})
+
+    keys = sorted(flat)
+    step = max(1, round(1 / args.change))
+    changed = keys[::step]
+    changed_bytes = sum(flat[k].numel() * flat[k].element_size() for k in changed)
+    for k in changed:
+        flat[k].add_(flat[k].abs().mean().to(flat[k].dtype) * 0.01)  # in place: state sees it
+    t, inc = timed(lambda: store.save(state, index=2, term=1), repeat=1)
+    record(f"ours: save (incremental, {len(changed)}/{len(keys)} tensors)", "save", t, inc.bytes_written,
+           {"bytes_written": inc.bytes_written, "tensors_changed": len(changed), "tensors": len(keys),
+            "changed_logical_bytes": changed_bytes, "written_vs_full": inc.bytes_written / full.bytes_written})
+
+    for k in changed:
+        flat[k].mul_(1.001)
+    store.save_async(state, index=3, term=1).result()  # warm the staging arena, as steady state
+    for k in changed:
+        flat[k].mul_(1.001)
+    t0 = time.perf_counter()
+    pending = store.save_async(state, index=4, term=1)
+    blocked = time.perf_counter() - t0
+    pending.result()
+    total = time.perf_counter() - t0
+    rows["ours: save_async (caller blocked)"] = {"kind": "save", "seconds": blocked, "mib_per_s": logical / blocked / 2**20,
+                                                 "bytes_on_disk": None, "total_seconds": total}
+    print(f"  {'ours: save_async (caller blocked)':<34} {blocked:8.3f} s (commit after {total:.3f} s)", flush=True)
+
+    # -- loads ---------------------------------------------------------------------------
+    t, _ = timed(lambda: torch.load(path, weights_only=True))
+    record("torch.load", "load", t)
+    if load_file is not None:
+        # load_file maps the file lazily; copying out reads every byte, as the others do.
+        t, _ = timed(lambda: {k: torch.empty_like(v).copy_(v) for k, v in load_file(st_path).items()})
+        record("safetensors load_file + copy", "load", t)
+    template = build_state(args.mb, seed=1)
+    t, _ = timed(lambda: dcp.load(template, storage_reader=dcp.FileSystemReader(dcp_dir), no_dist=True))
+    record("torch.distributed.checkpoint.load", "load", t)
+    t, _ = timed(lambda: store.load(full))
+    record("ours: load", "load", t)
+    t, _ = timed(lambda: store.load_into(full, template))
+    record("ours: load_into (in place)", "load", t)
+    t, _ = timed(lambda: store.verify(full))
+    record("ours: verify", "load", t)
+    store.close()
+
+    # -- compression by kind ---------------------------------------------------------------
+    ratios = {}
+    for name, part in classes(build_state(args.mb)).items():
+        d = os.path.join(scratch, "ratio-" + name.replace(" ", "-"))
+        with snapshots.SnapshotStore(d, chunk_size=chunk, level=args.level) as s:
+            info = s.save(part, index=1, term=1)
+        ratios[name] = {"logical": info.bytes_logical, "stored": info.bytes_stored, "ratio": info.bytes_stored / info.bytes_logical}
+        shutil.rmtree(d)
+
+    return {
+        "benchmark": "snapshots",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__},
+        "config": {"mb": args.mb, "logical_bytes": logical, "tensors": len(flat), "chunk_size": chunk, "level": args.level,
+                   "workers": store.workers, "repeat": REPEAT,
+                   "values": "trained-like normals: weights std 0.02, exp_avg std 1e-4, exp_avg_sq = N(0,1e-4)^2"},
+        "rows": rows,
+        "compression": ratios,
+        "ratios": derived(rows, full.bytes_written),
+    }
+
+
+def derived(rows: dict, full_bytes: int) -> dict:
+    ours_save = rows["ours: save (full)"]["seconds"]
+    ours_load = rows["ours: load"]["seconds"]
+    out = {}
+    for name, row in rows.items():
+        if name.startswith("ours"):
+            continue
+        mine = ours_save if row["kind"] == "save" else ours_load
+        out[f"ours vs {name} (speed)"] = row["seconds"] / mine
+        if row.get("bytes_on_disk"):
+            out[f"ours vs {name} (bytes on disk)"] = full_bytes / row["bytes_on_disk"]
+    sync = rows["ours: save (full)"]["seconds"]
+    out["save_async blocked / sync save"] = rows["ours: save_async (caller blocked)"]["seconds"] / sync
+    inc = [r for n, r in rows.items() if n.startswith("ours: save (incremental")][0]
+    out["incremental written / full written"] = inc["written_vs_full"]
+    return out
+
+
+def report(results: dict) -> None:
+    rows = results["rows"]
+    logical = results["config"]["logical_bytes"]
+    header = ["", "seconds", "MiB/s", "on disk (MiB)", "disk/logical"]
+    table = []
+    for name, r in rows.items():
+        disk = r.get("bytes_on_disk")
+        table.append([name, f"{r['seconds']:.3f}", f"{r['mib_per_s']:.0f}",
+                      f"{disk / 2**20:.1f}" if disk else "", f"{disk / logical:.3f}" if disk else ""])
+    comp = [[k, f"{v['logical'] / 2**20:.1f}", f"{v['stored'] / 2**20:.1f}", f"{v['ratio']:.3f}"] for k, v in results["compression"].items()]
+    ratio_rows = [[k, f"{v:.3f}"] for k, v in results["ratios"].items()]
+    title = f"{logical / 2**20:.0f} MiB state, {results['config']['tensors']} tensors, {results['machine']['cpus']} CPUs"
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        for cols, body, name in ((header, table, title), (["kind", "logical MiB", "stored MiB", "stored/logical"], comp, "compression by kind"),
+                                 (["ratio", "value"], ratio_rows, "ratios (>1 means ours is faster/smaller)")):
+            t = Table(title=name)
+            for c in cols:
+                t.add_column(c, justify="left" if c in ("", "kind", "ratio") else "right")
+            for row in body:
+                t.add_row(*row)
+            console.print(t)
+    except ImportError:
+        for cols, body in ((header, table), (["kind", "logical", "stored", "ratio"], comp), (["ratio", "value"], ratio_rows)):
+            print(" | ".join(cols))
+            for row in body:
+                print(" | ".join(row))
+    print(results["config"]["values"])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
