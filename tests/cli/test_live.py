@@ -1,0 +1,67 @@
+"""`tail -f` beside a live writer, and the commands that change a journal (`truncate`, `prune`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import eventlog
+from replay.envelope import wrap
+from tests.cli import tinyjob
+from tests.cli.conftest import ROOT, cli
+
+WRITER_STEPS = 60
+
+
+def test_tail_follow_prints_every_entry_a_live_writer_appends(tmp_path):
+    path = tmp_path / "live"
+    writer = subprocess.Popen([sys.executable, "-m", "tests.cli.tinyjob", path, "--steps", str(WRITER_STEPS),
+                               "--delay", "0.1"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    tail = None
+    try:
+        writer.stdout.readline()  # the journal exists and holds its first entry
+        tail = subprocess.Popen([sys.executable, "-m", "replay", "tail", path, "-f", "-n", "0", "--json",
+                                 "--interval", "0.05"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        seen = [json.loads(tail.stdout.readline())["index"]]
+        # While the writer runs, operator commands refuse rather than fight it.
+        refused = cli("truncate", path, "--after", 1)
+        assert refused.returncode == 2 and "open for writing by process" in refused.stderr
+        deadline = time.monotonic() + 60
+        while seen[-1] < WRITER_STEPS and time.monotonic() < deadline:
+            seen.append(json.loads(tail.stdout.readline())["index"])
+        assert writer.wait(timeout=60) == 0  # the writer was never disturbed
+        assert seen == list(range(seen[0], WRITER_STEPS + 1))  # in order, none missed, none twice
+        assert len(seen) >= 5  # tail started while the writer still had entries to append
+    finally:
+        for proc in (tail, writer):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_truncate_removes_a_poison_entry_and_records_it_in_the_log(tmp_path):
+    path = tmp_path / "poisoned"
+    tinyjob.write(path, 5)
+    # A handler raised and the process died before the journal could clean up: the entry stays.
+    with eventlog.EventLog.open(path / "log") as log:
+        assert log.append("boom", wrap(1, {"row": 0})) == 6
+    dry = cli("truncate", path, "--after", 5, "--dry-run")
+    assert dry.returncode == 0 and "would drop 1 entries after 5" in dry.stdout and "boom" in dry.stdout
+    result = cli("truncate", path, "--after", 5, "--reason", "poison from a crash")
+    assert result.returncode == 0, result.stderr
+    assert "dropped 1 entries after 5: 6 (boom)" in result.stdout
+    assert "replay.truncate" in result.stderr  # the operator's act is logged, not silent
+    with eventlog.EventLog.open(path / "log", readonly=True) as log:
+        audit = log.entry(log.last_index)
+    assert audit.op == "replay.truncate"
+    assert audit.payload["p"] == {"after": 5, "dropped": [[6, "boom"]], "reason": "poison from a crash"}
+
+
+def test_prune_applies_retention_and_keeps_the_newest_snapshot(journal):
+    result = cli("prune", journal, "--keep-last", 1, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["deleted"] == ["10-1", "20-1"] and report["kept"] == ["30-2"] and report["chunks_deleted"] == 2
+    assert sorted(p.name for p in (journal / "snapshots" / "manifests").iterdir()) == ["30-2"]
