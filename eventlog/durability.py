@@ -17,7 +17,7 @@ class GroupFlusher:
 
     An entry waits at most `window` seconds (measured from the oldest unflushed entry)
     before the commit that covers it starts; a batch starts early once `max_batch`
-    entries are waiting. Entries arriving while a commit runs form the next batch, so
+    entries are waiting, or at once when a thread blocks in `wait_durable`/`flush`. Entries arriving while a commit runs form the next batch, so
     under load the batch grows with the fsync latency (natural group commit). A failed
     commit poisons the log and the thread stops: nothing is retried.
     """
@@ -27,19 +27,18 @@ class GroupFlusher:
             raise ValueError("group_window must be >= 0 and group_max_batch >= 1")
         self._log = log
         self._window = window
-        self._max_batch = max_batch
+        self.max_batch = max_batch
         self._work = threading.Condition(log._state)
         self._stopping = False
         self._oldest_at: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"eventlog-flusher:{log.path}", daemon=True)
         self._thread.start()
 
-    def wake(self) -> None:
-        """Tell the flusher new entries are waiting (called after an append)."""
-        with self._work:
-            if self._oldest_at is None:
-                self._oldest_at = time.monotonic()
-            self._work.notify()
+    def notify_locked(self) -> None:
+        """Tell the flusher entries or durability waiters are waiting; caller holds the log's state lock."""
+        if self._oldest_at is None:
+            self._oldest_at = time.monotonic()
+        self._work.notify()
 
     def stop(self) -> None:
         """Commit whatever is still waiting, then end the thread. Idempotent."""
@@ -56,11 +55,13 @@ class GroupFlusher:
                     self._work.wait()
                 if log._poison is not None or (self._stopping and not log._unflushed):
                     return
-                if not self._stopping and len(log._unflushed) < self._max_batch and self._oldest_at is not None:
+                while (not self._stopping and not log._durable_waiters and self._oldest_at is not None
+                       and len(log._unflushed) < self.max_batch):
                     linger = self._window - (time.monotonic() - self._oldest_at)
-                    if linger > 0:
-                        self._work.wait(linger)  # an early wake-up just commits sooner
-                batch = log._unflushed[: self._max_batch]
+                    if linger <= 0:
+                        break
+                    self._work.wait(linger)  # woken by appends and by waiters; re-check
+                batch = log._unflushed[: self.max_batch]
                 self._oldest_at = time.monotonic() if len(log._unflushed) > len(batch) else None
             if not batch:
                 continue

@@ -29,6 +29,7 @@ from .report import Damage, VerifyReport
 FORMAT_VERSION = 1
 DEFAULT_MAP_SIZE = 256 * 2**20
 READ_BATCH = 1024  # entries per read transaction: readers never pin pages for long
+READ_BATCH_BYTES = 4 * 2**20  # ... and at most this many bytes copied out of the map
 
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
@@ -99,6 +100,7 @@ class EventLog:
         self._unflushed: list[tuple[int, bytes]] = []  # group mode: appended, not yet committed
         self._tail_damage: CorruptEntryError | None = None
         self._bytes_appended = 0
+        self._durable_waiters = 0  # threads blocked in wait_durable (group mode)
 
         _check_path(path, readonly)
         if not readonly:
@@ -267,7 +269,25 @@ class EventLog:
         - A payload that cannot be encoded raises TypeError naming its path; nothing is
           appended. FencedError, LogPoisonedError, LogError as documented.
         """
-        return self.append_many([(op, payload)]).start
+        if self._durability != "group":
+            return self.append_many([(op, payload)]).start
+        # The group-mode hot path: one entry, no batch bookkeeping. Under one GIL the
+        # producer's per-entry cost is what the flusher competes with.
+        op_bytes = record.check_op(op)
+        payload_bytes = encode_payload(payload)
+        if len(payload_bytes) > record.MAX_PAYLOAD_LEN:
+            raise ValueError(f"{op!r}: payload of {len(payload_bytes)} bytes exceeds 4 GiB")
+        with self._state:
+            self._check_writable()
+            index = self._last_index + 1
+            value, self._last_checksum = record.frame(
+                index, self._term, op_bytes, payload_bytes, time.time_ns(), self._last_checksum)
+            self._bytes_appended += len(value)
+            self._unflushed.append((index, value))
+            self._last_index = index
+            if len(self._unflushed) == 1 or len(self._unflushed) >= self._background.max_batch:
+                self._background.notify_locked()  # otherwise the flusher is already due to run
+        return index
 
     def append_many(self, items: Iterable[tuple[str, Any]]) -> range:
         """Append several entries in one transaction; return their range of indexes.
@@ -319,16 +339,18 @@ class EventLog:
             self._unflushed.extend(framed)
             self._last_index += len(framed)
             self._last_checksum = last_checksum
-            appended = range(self._last_index + 1 - len(framed), self._last_index + 1)
-        if framed:
-            self._background.wake()
-        return appended
+            if framed:
+                self._background.notify_locked()
+            return range(self._last_index + 1 - len(framed), self._last_index + 1)
 
     def _put_all(self, txn, framed):
+        # putmulti keeps the whole batch in C: faster, and fewer points where the GIL can
+        # switch away from the flusher in the middle of a commit.
         cursor = txn.cursor(db=self._entries_db)
-        for index, value in framed:
-            if not cursor.put(record.key(index), value, append=True):
-                raise LogError(f"index {index} already exists; the log changed under this writer")
+        consumed, added = cursor.putmulti(((record.key(i), v) for i, v in framed), append=True)
+        if added != len(framed):
+            raise LogError(f"indexes {framed[0][0]}..{framed[-1][0]} collide with existing entries; "
+                           "the log changed under this writer")
 
     def _commit_batch(self, batch: list[tuple[int, bytes]]) -> None:
         """Group mode: commit `batch` (a prefix of the unflushed entries) durably."""
@@ -402,14 +424,22 @@ class EventLog:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._state:
-            while self._durable_index < index:
-                self._raise_if_poisoned()
-                if self._closed:
-                    raise LogError(f"{self._path} was closed before index {index} became durable")
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"index {index} not durable after {timeout} s")
-                self._durable_cond.wait(remaining)
+            # Someone is blocked on durability: the flusher stops lingering for more
+            # entries and commits now (the window only helps callers who do not wait).
+            self._durable_waiters += 1
+            if self._durability == "group":
+                self._background.notify_locked()
+            try:
+                while self._durable_index < index:
+                    self._raise_if_poisoned()
+                    if self._closed:
+                        raise LogError(f"{self._path} was closed before index {index} became durable")
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(f"index {index} not durable after {timeout} s")
+                    self._durable_cond.wait(remaining)
+            finally:
+                self._durable_waiters -= 1
 
     def flush(self) -> int:
         """Make every appended entry durable; return durable_index (== last_index)."""
@@ -495,8 +525,8 @@ class EventLog:
         CompactedError if index < first_index; IndexError if index < 1 or index >
         last_index; CorruptEntryError(index) if its bytes or chain link are damaged.
         """
-        for found in self._iter_raw(index, index + 1, strict=True):
-            return record.decode_entry(*found)
+        for found in self._iter_decoded(index, index + 1, _decode_entry, strict=True):
+            return found
         raise IndexError(f"log index {index} is beyond last_index {self.last_index}")
 
     def entries(self, start: int | None = None, stop: int | None = None) -> Iterator[record.Entry]:
@@ -507,17 +537,18 @@ class EventLog:
         its own short read transaction, so a slow consumer never pins the writer's pages.
         Raises CorruptEntryError(index) at the first damaged entry.
         """
-        for found in self._iter_raw(start, stop, strict=False):
-            yield record.decode_entry(*found)
+        return self._iter_decoded(start, stop, _decode_entry)
 
     def headers(self, start: int | None = None, stop: int | None = None, *, verify: bool = True
                 ) -> Iterator[record.EntryHeader]:
         """Like `entries` but yields EntryHeader without decoding payloads (fast audit scans).
 
-        verify=False skips the checksum (framing is still checked).
+        verify=False skips the checksum and copies only each entry's header and op out of
+        the map (framing is still checked), so it costs the same for any payload size.
         """
-        for index, value, seed in self._iter_raw(start, stop, strict=False):
-            yield record.decode_header(index, value, seed if verify else None)
+        if verify:
+            return self._iter_decoded(start, stop, _decode_header)
+        return self._iter_decoded(start, stop, _decode_header_unverified, head_only=True)
 
     def term_at(self, index: int) -> int:
         """Term of entry `index`, valid for first_index - 1 .. last_index.
@@ -549,8 +580,11 @@ class EventLog:
             return None
         return self._unflushed[index - self._committed_index - 1][1]
 
-    def _iter_raw(self, start, stop, strict):
-        """Yield (index, raw value, seed checksum) for [start, stop), batch by batch."""
+    def _iter_decoded(self, start, stop, decode, *, strict=False, head_only=False):
+        """Yield decode(index, value, stored length, seed) for [start, stop), batch by batch.
+
+        `decode` returns (item, checksum); each checksum seeds the next entry's check.
+        """
         self._check_open()
         with self._read_txn() as txn:
             first, last, _, _ = self._bounds(txn)
@@ -558,24 +592,34 @@ class EventLog:
             last = self._last_index
         lo = first if start is None else start
         hi = last + 1 if stop is None else min(stop, last + 1)
+        if strict and lo < 1:
+            raise IndexError(f"log index {lo} is out of range {first}..{last}")
         if lo < first:
             raise CompactedError(lo, first)
-        if strict and (lo < 1 or lo > last):
+        if strict and lo > last:
             raise IndexError(f"log index {lo} is out of range {first}..{last}")
+        return self._generate(lo, hi, decode, head_only)
+
+    def _generate(self, lo, hi, decode, head_only):
         index = lo
         while index < hi:
-            batch, seed = self._read_batch(index, min(hi, index + READ_BATCH))
+            batch, seed = self._read_batch(index, min(hi, index + READ_BATCH), head_only)
             if not batch:
                 return  # truncated concurrently by the writer
-            for i, value in batch:
-                yield i, value, seed
-                seed = record.stored_checksum(i, value)
+            for i, value, length in batch:
+                item, seed = decode(i, value, length, seed)
+                yield item
             index = batch[-1][0] + 1
 
-    def _read_batch(self, lo, hi) -> tuple[list[tuple[int, bytes]], int]:
-        """Raw values of [lo, hi) and the checksum that seeds lo, from one read transaction
-        (or from the unflushed group-commit buffer for entries not yet committed)."""
-        batch: list[tuple[int, bytes]] = []
+    def _read_batch(self, lo, hi, head_only=False) -> tuple[list[tuple[int, bytes, int]], int | None]:
+        """(index, value, stored length) for [lo, hi) and the checksum that seeds lo, from one
+        read transaction (or from the group-commit buffer for entries not yet committed).
+
+        A batch also ends after READ_BATCH_BYTES of values. head_only copies just the
+        header and op of each value (the payload stays in the map).
+        """
+        batch: list[tuple[int, bytes, int]] = []
+        copied = 0
         with self._read_txn() as txn:
             first, _, _, bsum = self._bounds(txn)
             if lo < first:
@@ -589,18 +633,20 @@ class EventLog:
             if cursor.set_key(record.key(lo)):
                 for raw_key, value in cursor:
                     index = record.index_of(raw_key)
-                    if index >= hi:
+                    if index >= hi or copied >= READ_BATCH_BYTES:
                         break
                     if index != lo + len(batch):
                         raise CorruptEntryError(lo + len(batch), "entry is missing from the log")
-                    batch.append((index, bytes(value)))
-        if not self._readonly and len(batch) < hi - lo:
+                    copy = bytes(value[: record.head_length(value)]) if head_only else bytes(value)
+                    copied += len(copy)
+                    batch.append((index, copy, len(value)))
+        if not self._readonly and len(batch) < hi - lo and copied < READ_BATCH_BYTES:
             with self._state:
                 for index in range(lo + len(batch), hi):
                     pending = self._pending_value(index)
                     if pending is None:
                         break
-                    batch.append((index, pending))
+                    batch.append((index, pending, len(pending)))
         if batch and seed is None:
             with self._state:
                 prev = self._pending_value(lo - 1)
@@ -763,3 +809,18 @@ def _u64(raw) -> int:
     if raw is None or len(raw) != 8:
         raise FormatError("event log metadata is missing or damaged")
     return _U64.unpack(raw)[0]
+
+
+def _decode_entry(index, value, length, seed):
+    entry = record.decode_entry(index, value, seed)
+    return entry, entry.checksum
+
+
+def _decode_header(index, value, length, seed):
+    header = record.decode_header(index, value, seed)
+    return header, header.checksum
+
+
+def _decode_header_unverified(index, head, length, seed):
+    header = record.decode_head(index, head, length)
+    return header, header.checksum

@@ -82,18 +82,23 @@ def parse_header(index: int, value) -> tuple[int, int, int, int, int, int]:
 
     Raises CorruptEntryError when the framing itself is inconsistent.
     """
-    if len(value) < HEADER_SIZE:
-        raise CorruptEntryError(index, f"value is {len(value)} bytes, shorter than the {HEADER_SIZE}-byte header")
-    version, flags, op_len, payload_len, term, time_ns, checksum = HEADER.unpack_from(value)
+    return _unpack_framed(index, value, len(value))
+
+
+def _unpack_framed(index: int, head, stored_length: int) -> tuple[int, int, int, int, int, int]:
+    """Unpack the header at the start of `head` and check it against the stored length."""
+    if len(head) < HEADER_SIZE:
+        raise CorruptEntryError(index, f"value is {stored_length} bytes, shorter than the {HEADER_SIZE}-byte header")
+    version, flags, op_len, payload_len, term, time_ns, checksum = HEADER.unpack_from(head)
     if version != ENTRY_VERSION:
         raise CorruptEntryError(index, f"unknown entry version {version}")
     if flags != 0:
         raise CorruptEntryError(index, f"unknown flags {flags:#x}")
-    if len(value) != HEADER_SIZE + op_len + payload_len:
+    if stored_length != HEADER_SIZE + op_len + payload_len:
         raise CorruptEntryError(
-            index, f"value is {len(value)} bytes but its header declares {HEADER_SIZE + op_len + payload_len}"
+            index, f"value is {stored_length} bytes but its header declares {HEADER_SIZE + op_len + payload_len}"
         )
-    return op_len, payload_len, term, time_ns, checksum, len(value)
+    return op_len, payload_len, term, time_ns, checksum, stored_length
 
 
 def verify_value(index: int, value, prev_checksum: int) -> tuple[int, int, int, int, int]:
@@ -124,6 +129,22 @@ def decode_header(index: int, value, prev_checksum: int | None) -> EntryHeader:
         op_len, payload_len, term, time_ns, checksum = verify_value(index, value, prev_checksum)
     op = _op_text(index, value, op_len)
     return EntryHeader(index, term, time_ns, checksum, op, payload_len)
+
+
+def head_length(value) -> int:
+    """Bytes of a raw value up to the end of its op (the whole value if it is too short)."""
+    if len(value) < HEADER_SIZE:
+        return len(value)
+    return HEADER_SIZE + int.from_bytes(value[2:4], "big")
+
+
+def decode_head(index: int, head, stored_length: int) -> EntryHeader:
+    """Header of an entry from its first `head_length` bytes and its full stored length.
+
+    Framing is checked against `stored_length`; the checksum is not (the payload is not here).
+    """
+    op_len, payload_len, term, time_ns, checksum, _ = _unpack_framed(index, head, stored_length)
+    return EntryHeader(index, term, time_ns, checksum, _op_text(index, head, op_len), payload_len)
 
 
 def decode_entry(index: int, value, prev_checksum: int) -> Entry:

@@ -69,6 +69,7 @@ def test_reader_in_another_process_survives_map_growth(tmp_path):
 HOLDER = """
 import sys, lmdb
 env = lmdb.open(sys.argv[1], readonly=True, max_dbs=2)
+print("ready", flush=True)
 for line in sys.stdin:  # each line asks for the reader table
     print(repr(env.readers()), flush=True)
 """
@@ -82,6 +83,7 @@ def test_stale_reader_slots_are_cleared_on_open(tmp_path):
         log.append("a", 1)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "ready"  # open before the reader, so it never resets the table
     reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys, time, lmdb
         env = lmdb.open(sys.argv[1], readonly=True, max_dbs=2)
