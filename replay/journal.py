@@ -20,7 +20,7 @@ import snapshots
 import torch
 from eventlog import EventLog, LogPoisonedError
 
-from . import components
+from . import components, failpoints
 from .determinism import DeterministicGuard, state_digest
 from .envelope import DIGEST_OP, wrap
 from .errors import JournalClosedError, JournalPoisonedError, ReplayError
@@ -94,7 +94,8 @@ class Journal:
                 journal._guard = DeterministicGuard(any(
                     isinstance(t, torch.Tensor) and t.is_cuda for _, t in components.leaves(state)))
             journal.log = EventLog.open(root / "log", durability=durability, takeover=takeover)
-            journal.snapshots = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last)
+            journal.snapshots = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last,
+                                                        failpoint=failpoints.hit)
             journal._recover(progress)
         except BaseException:
             journal._release()
@@ -277,6 +278,8 @@ class Journal:
         self._after_commit(info)
 
     def _after_commit(self, info) -> None:
+        """Prune, then compact the log. Failpoints (replay.failpoints): journal.before_compact,
+        journal.after_compact; a crash between them leaves a longer log, never a shorter one."""
         self.snapshots.prune()
         if self._keep_log:
             return
@@ -286,7 +289,9 @@ class Journal:
             if oldest >= self.log.first_index:
                 # Invariant 4: compact only through the oldest retained snapshot, so a
                 # damaged newer snapshot can still be bypassed by replaying further.
+                failpoints.hit("journal.before_compact")
                 self._guarded(self.log.compact_through, oldest)
+                failpoints.hit("journal.after_compact")
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -16,6 +16,7 @@ import torch
 from .components import restore
 from .determinism import state_digest
 from .envelope import DIGEST_OP, TRUNCATE_OP
+from . import failpoints
 from .errors import DivergenceError, HandlerError, RecoveryError
 from .ops import Ops
 from .progress import ReplayProgress
@@ -116,10 +117,12 @@ class Replayer:
         """Apply every entry in [start, stop) in order, recording the range and time in `report`.
 
         On any error, entries before the failing one have been applied, and the error
-        names the failing index; nothing is skipped.
+        names the failing index; nothing is skipped. Failpoint recovery.mid_replay is hit
+        once half of at least two entries are applied.
         """
         started = time.perf_counter()
         applied = start
+        midway = start + (stop - start) // 2 if stop - start >= 2 else None
         try:
             with ReplayProgress(stop - start, progress) as bar, ReadAhead(log, start, stop, self.device) as entries:
                 for prepared in entries:
@@ -128,6 +131,8 @@ class Replayer:
                     report.digests_checked += self.apply(prepared)
                     applied += 1
                     bar.advance()
+                    if applied == midway:
+                        failpoints.hit("recovery.mid_replay")
             if applied != stop:
                 raise RecoveryError(f"log entries {applied}..{stop - 1} disappeared during replay")
         finally:
@@ -142,11 +147,13 @@ def recover(log, store, state: Mapping[str, Any], kinds: dict[str, str], replaye
     Without a loadable snapshot, replay starts from the state as given, which is only
     possible while the log still starts at entry 1. RecoveryError when the snapshot and
     the log do not meet (the log was compacted past the snapshot, or the snapshot is
-    ahead of the log).
+    ahead of the log). Failpoint recovery.after_snapshot_load is hit once the snapshot is
+    in the live state (also when none loaded), before any entry is replayed.
     """
     report = RecoveryReport()
     stop = log.last_index + 1 if stop is None else stop
     info = load_newest_snapshot(store, state, kinds, report)
+    failpoints.hit("recovery.after_snapshot_load")
     base = 0 if info is None else info.index
     first = log.first_index
     if base < first - 1:

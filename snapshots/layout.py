@@ -73,9 +73,13 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_durably(directory: str, name: str, parts: list) -> int:
+def write_durably(directory: str, name: str, parts: list, failpoint=None, what: str = "chunk") -> int:
     """Write `parts` (buffers) to directory/name via a temp file: write, fsync, rename.
-    The caller fsyncs `directory` afterwards (batched). Returns the bytes written."""
+    The caller fsyncs `directory` afterwards (batched). Returns the bytes written.
+
+    `failpoint`, if given, is called with ``snapshot.before_<what>_fsync`` once the bytes
+    are written and ``snapshot.before_<what>_rename`` once they are fsynced (crash tests;
+    see SnapshotStore's `failpoint`)."""
     tmp = os.path.join(directory, temp_name(name))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -86,7 +90,11 @@ def write_durably(directory: str, name: str, parts: list) -> int:
                 k = os.write(fd, view)
                 total += k
                 view = view[k:]
+        if failpoint is not None:
+            failpoint(f"snapshot.before_{what}_fsync")
         os.fsync(fd)
+        if failpoint is not None:
+            failpoint(f"snapshot.before_{what}_rename")
     except BaseException:
         os.close(fd)
         _unlink_quietly(tmp)

@@ -168,6 +168,16 @@ class SnapshotStore:
     `level` the zstd level; `workers` the size of the worker pool (default: twice the
     CPU count, at least 4, as workers also wait on fsync). The store directory is created
     by the first save; reading a missing directory finds no snapshots.
+
+    `failpoint` (crash testing only): a callable the store calls with a point's name at
+    each step of the commit protocol and of prune, on whichever thread reaches it:
+    ``snapshot.before_chunk_fsync``, ``snapshot.before_chunk_rename`` (every new chunk),
+    ``snapshot.before_manifest_fsync``, ``snapshot.before_manifest_rename``,
+    ``snapshot.after_manifest_rename`` (before manifests/ is fsynced),
+    ``snapshot.prune.before_delete`` (retention decided, nothing deleted) and
+    ``snapshot.prune.before_sweep`` (old manifests deleted, chunks not yet swept). It may
+    kill the process or raise (a raise fails that save or prune like an I/O error would).
+    None (the default) calls nothing. replay's Journal passes `replay.failpoints.hit`.
     """
 
     def __init__(
@@ -178,6 +188,7 @@ class SnapshotStore:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         level: int = 1,
         workers: int | None = None,
+        failpoint: Callable[[str], None] | None = None,
     ):
         if sys.byteorder != "little":
             raise UnsupportedPlatformError("snapshot stores need a little-endian host")
@@ -202,6 +213,7 @@ class SnapshotStore:
         self._known_good: set[str] = set()  # chunk ids written or verified by this process
         self._synced_dirs: set[str] = set()
         self._closed = False
+        self._failpoint = failpoint or _no_failpoint
 
     # -- writing ---------------------------------------------------------------------
 
@@ -290,7 +302,8 @@ class SnapshotStore:
             if sized == manifest:
                 break
             manifest, data = sized, sized.encode()
-        write_durably(self._layout.manifests, manifest.name, [data])
+        write_durably(self._layout.manifests, manifest.name, [data], self._failpoint, "manifest")
+        self._failpoint("snapshot.after_manifest_rename")
         fsync_dir(self._layout.manifests)
         return SnapshotInfo._from_manifest(manifest)
 
@@ -308,7 +321,7 @@ class SnapshotStore:
         if size is not None and (trusted or self._chunk_is_intact(cid, n, size)):
             return _StoredChunk(cid, n, size, 0, None)
         # New, or an existing file that fails its check: (re)write it; rename replaces it.
-        written = write_durably(self._layout.chunk_dir(cid), cid, self._codec.encode(raw, pc.width))
+        written = write_durably(self._layout.chunk_dir(cid), cid, self._codec.encode(raw, pc.width), self._failpoint, "chunk")
         with self._lock:
             self._known_good.add(cid)
         return _StoredChunk(cid, n, written, written, self._layout.chunk_dir(cid))
@@ -550,6 +563,7 @@ class SnapshotStore:
         lock = FileLock(self._layout.readers_file)
         lock.acquire(exclusive=True)
         try:
+            self._failpoint("snapshot.prune.before_delete")
             for name in sorted(doomed):
                 _unlink(self._layout.manifest_path(name))
             temps = [n for n in os.listdir(self._layout.manifests) if n.startswith(TMP_PREFIX)]
@@ -557,6 +571,7 @@ class SnapshotStore:
                 _unlink(self._layout.manifest_path(name))
             if doomed or temps:
                 fsync_dir(self._layout.manifests)
+            self._failpoint("snapshot.prune.before_sweep")
             marked, unreadable = set(), None
             for name in kept:
                 try:
@@ -626,6 +641,10 @@ class SnapshotStore:
 
 
 _MISSING = "manifest is missing"
+
+
+def _no_failpoint(name: str) -> None:
+    return None
 _UNREADABLE = (CorruptSnapshotError, SnapshotNotFoundError)
 
 

@@ -1,0 +1,94 @@
+"""Failpoints: crash or fail the process at named points of the commit, compaction and recovery paths.
+
+Set ``REPLAY_FAILPOINTS`` to a comma-separated list of ``name=action`` before the
+process reaches the point::
+
+    REPLAY_FAILPOINTS=snapshot.before_manifest_rename=kill python train.py
+    REPLAY_FAILPOINTS=journal.before_compact=raise,recovery.mid_replay=kill ...
+
+Actions: ``kill`` SIGKILLs the process (no cleanup, no flush: a crash), after writing
+``failpoint <name>: kill`` to stderr so a test can tell the point was reached;
+``raise`` raises FailpointError(name) in the thread that reached it. A name that is not
+in the spec costs one dict lookup. The spec is parsed once per distinct value of the
+variable (so a forked child or a test that changes it sees its own value).
+
+The named points (each is where a crash is most likely to expose a missing fsync or a
+wrong ordering); every one of them must recover to either the old snapshot plus the
+full log or the new snapshot plus the log after it:
+
+    snapshot.before_chunk_fsync      a new chunk's bytes are written to its temp file
+    snapshot.before_chunk_rename     ... fsynced, not yet renamed to its name
+    snapshot.before_manifest_fsync   the manifest's bytes are written to its temp file
+    snapshot.before_manifest_rename  ... fsynced, not yet renamed: the snapshot does not exist
+    snapshot.after_manifest_rename   renamed, manifests/ not yet fsynced
+    snapshot.prune.before_delete     prune verified the newest snapshot, deleted nothing yet
+    snapshot.prune.before_sweep      old manifests deleted, chunks not yet swept
+    journal.before_compact           a snapshot committed and was pruned; log not compacted
+    journal.after_compact            log compacted through the oldest retained snapshot
+    recovery.after_snapshot_load     the newest verified snapshot is in the live state
+    recovery.mid_replay              half of the entries to replay are applied (at least 2 to replay)
+
+`snapshots` never imports `replay`: the Journal hands `hit` to its SnapshotStore as the
+store's `failpoint` hook.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+
+ENV = "REPLAY_FAILPOINTS"
+ACTIONS = ("kill", "raise")
+POINTS = (
+    "snapshot.before_chunk_fsync",
+    "snapshot.before_chunk_rename",
+    "snapshot.before_manifest_fsync",
+    "snapshot.before_manifest_rename",
+    "snapshot.after_manifest_rename",
+    "snapshot.prune.before_delete",
+    "snapshot.prune.before_sweep",
+    "journal.before_compact",
+    "journal.after_compact",
+    "recovery.after_snapshot_load",
+    "recovery.mid_replay",
+)
+
+
+class FailpointError(RuntimeError):
+    """Raised at a failpoint whose action is ``raise``; `name` is the point."""
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"failpoint {name} fired ({ENV})")
+
+
+def parse(spec: str) -> dict[str, str]:
+    """{point: action} of a ``REPLAY_FAILPOINTS`` value; ValueError naming a malformed
+    item, an unknown point or an unknown action ("" gives {})."""
+    points = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, action = item.partition("=")
+        if not sep or action not in ACTIONS:
+            raise ValueError(f"{ENV}: {item!r} is not 'name=kill' or 'name=raise'")
+        if name not in POINTS:
+            raise ValueError(f"{ENV}: unknown failpoint {name!r}; known: {', '.join(POINTS)}")
+        points[name] = action
+    return points
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(spec: str) -> dict[str, str]:
+    return parse(spec)
+
+
+def hit(name: str) -> None:
+    """Reach failpoint `name`: nothing unless ``REPLAY_FAILPOINTS`` names it, else its action."""
+    action = _parsed(os.environ.get(ENV, "")).get(name)
+    if action == "kill":
+        sys.stderr.write(f"failpoint {name}: kill\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "raise":
+        raise FailpointError(name)
