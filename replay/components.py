@@ -143,5 +143,12 @@ def to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, dict):
         return {k: to_device(v, device) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
+        # Payloads often carry long lists of sample ids: leave containers without
+        # tensors untouched instead of rebuilding them element by element.
+        if not any(isinstance(v, _CONTAINERS) for v in obj):
+            return obj
         return type(obj)(to_device(v, device) for v in obj)
     return obj
+
+
+_CONTAINERS = (torch.Tensor, dict, list, tuple)
