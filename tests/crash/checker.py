@@ -327,6 +327,39 @@ def run_forked(fn: Callable, *args, kill_after: float | None = None, kill_on: Ca
     return run
 
 
+def popen_child(argv: list[str], strace: str | None = None, inject: str | None = None, preexec=None):
+    """Start `python tests/crash/child.py ARGV... FD` (under strace with `-e inject=INJECT`
+    when given; the traced program is sys.executable itself, never a wrapper). Returns
+    (Popen, read end of the report pipe); finish it with `finish_child`."""
+    import subprocess
+
+    r, w = os.pipe()
+    cmd = [sys.executable, str(ROOT / "tests" / "crash" / "child.py"), argv[0], argv[1], str(w), *argv[2:]]
+    if strace is not None:
+        cmd = [strace, "-f", "-qq", "-o", "/dev/null", "-e", f"inject={inject}", *cmd]
+    proc = subprocess.Popen(cmd, pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=preexec)
+    os.close(w)
+    return proc, r
+
+
+def finish_child(proc, r, timeout: float = 180) -> Run:
+    run = Run()
+    data = bytearray()
+    while chunk := os.read(r, 1 << 16):
+        data += chunk
+    os.close(r)
+    run.stderr = proc.stderr.read()
+    proc.stderr.close()
+    run.status = proc.wait(timeout)
+    run.messages = frames(bytes(data))
+    return run
+
+
+def run_child(argv: list[str], strace: str | None = None, inject: str | None = None, preexec=None) -> Run:
+    return finish_child(*popen_child(argv, strace, inject, preexec))
+
+
 # ----------------------------------------------------------------- the checks
 
 
@@ -406,12 +439,35 @@ def log_payload(index: int) -> dict:
     return {"i": index, "blob": bytes([index % 251]) * (index % 900)}
 
 
+def log_writer(path, mode: str, out_fd: int, count: int | None = None) -> None:
+    """Append `log_payload` entries to the EventLog at `path` (None: until killed), acking
+    each (term, index) once it is durable; errors are reported, then re-raised."""
+    from eventlog import EventLog
+
+    try:
+        with EventLog.open(path, durability=mode) as log:
+            send(out_fd, ("recovered", log.last_index))
+            n = 0
+            while count is None or n < count:
+                i = log.append("step", log_payload(log.last_index + 1))
+                if mode != "sync":
+                    log.wait_durable(i)
+                send(out_fd, ("ack", log.term, i))
+                n += 1
+        send(out_fd, ("done", i if count else 0))
+    except BaseException as exc:
+        send(out_fd, ("error", type(exc).__name__, str(exc), _causes(exc)))
+        raise
+
+
 def check_log(path, acks: list[tuple[int, int]], tally: Tally | None = None) -> int:
     """(a)-(c) for a bare EventLog after a fault, read in this process: every acked
     (term, index) present with its payload, chain sound, contiguous. Returns last_index."""
     from eventlog import EventLog
 
     lost = 0
+    if not acks and not os.path.exists(os.path.join(path, "data.mdb")):
+        return 0  # killed while creating the log, before anything was acknowledged
     with EventLog.open(path, readonly=True) as log:
         report = log.verify()
         assert report.ok, str(report)

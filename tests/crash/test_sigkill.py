@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from .checker import Tally, check_journal, check_log, journal_writer, recovered_in_fresh_process, run_forked
+from .checker import Tally, check_journal, check_log, journal_writer, log_writer, recovered_in_fresh_process, run_forked
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_sigkill]
 
@@ -41,20 +41,6 @@ def test_journal_sigkilled_at_random_moments(tmp_path, durability):
     check_journal(recovered_in_fresh_process(root, durability=durability), acks, tally)
     tally.report()
     assert len(acks) > 5 * JOURNAL_KILLS // 2 and interrupted_recoveries >= 3, (len(acks), interrupted_recoveries)
-
-
-def log_writer(path, mode, out_fd):
-    from eventlog import EventLog
-
-    from .checker import log_payload, send
-
-    with EventLog.open(path, durability=mode) as log:
-        send(out_fd, ("recovered", log.last_index))
-        while True:
-            i = log.append("step", log_payload(log.last_index + 1))
-            if mode == "group":
-                log.wait_durable(i)
-            send(out_fd, ("ack", log.term, i))
 
 
 @pytest.mark.parametrize("mode", ["sync", "group"])
