@@ -463,11 +463,16 @@ def log_writer(path, mode: str, out_fd: int, count: int | None = None) -> None:
 def check_log(path, acks: list[tuple[int, int]], tally: Tally | None = None) -> int:
     """(a)-(c) for a bare EventLog after a fault, read in this process: every acked
     (term, index) present with its payload, chain sound, contiguous. Returns last_index."""
-    from eventlog import EventLog
+    from eventlog import EventLog, LogError
 
     lost = 0
-    if not acks and not os.path.exists(os.path.join(path, "data.mdb")):
-        return 0  # killed while creating the log, before anything was acknowledged
+    if not acks:
+        # Killed while creating the log, before anything was acknowledged: a reader may
+        # refuse the half-made directory (the next writer completes it), never more.
+        try:
+            EventLog.open(path, readonly=True).close()
+        except LogError:
+            return 0
     with EventLog.open(path, readonly=True) as log:
         report = log.verify()
         assert report.ok, str(report)
