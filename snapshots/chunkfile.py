@@ -52,16 +52,19 @@ def chunk_id(raw: torch.Tensor) -> str:
 _SHIFT_TYPES = {2: torch.int16, 4: torch.int32}
 
 
-def group(raw: torch.Tensor, width: int, out: torch.Tensor) -> torch.Tensor:
-    """Write byte `j` of every `width`-byte element of `raw` into the j-th run of `out`."""
+def group(raw: torch.Tensor, width: int, out: torch.Tensor, tmp: torch.Tensor | None = None) -> torch.Tensor:
+    """Write byte `j` of every `width`-byte element of `raw` into the j-th run of `out`.
+    `tmp`, if given, is scratch space of at least `raw`'s size (else one is allocated)."""
     rows = out.view(width, -1)
     if width in _SHIFT_TYPES:
         # Byte j of a little-endian integer is (x >> 8j) narrowed to uint8 (a narrowing copy
         # keeps the low byte), which torch vectorizes: 2-3x faster than strided byte copies.
         words = raw.view(_SHIFT_TYPES[width])
+        shifted = (tmp[:raw.numel()] if tmp is not None else torch.empty_like(raw)).view(words.dtype)
         rows[0].copy_(words)
         for j in range(1, width):
-            rows[j].copy_(words >> (8 * j))
+            torch.bitwise_right_shift(words, 8 * j, out=shifted)
+            rows[j].copy_(shifted)
         return out
     elements = raw.view(-1, width)
     for j in range(width):
@@ -141,7 +144,7 @@ class ChunkCodec:
             raise ValueError(f"chunk of {n} bytes exceeds the format's limit of {MAX_RAW_LEN}")
         if width > 1 and n % width:
             width = 1
-        grouped = group(raw, width, self._scratch(n)) if width > 1 else raw
+        grouped = group(raw, width, self._scratch(n), self._scratch(n, "shift")) if width > 1 else raw
         size = n // width
         cctx = self._compressor(width > 1)
         table, payloads, any_compressed = [], [], False

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 import msgpack
 import torch
 
-from . import chunking, inplace, retention, tree
+from . import chunking, inplace, retention, threads, tree
 from .chunkfile import ChunkCodec, ChunkDecodeError, chunk_id
 from .errors import (
     CorruptSnapshotError,
@@ -35,7 +35,7 @@ from .errors import (
     StoreClosedError,
     UnsupportedPlatformError,
 )
-from .layout import TMP_PREFIX, FileLock, StoreLayout, acquire_writer_lock, fsync_dir, write_durably
+from .layout import TMP_PREFIX, FileLock, PendingWrite, StoreLayout, acquire_writer_lock, fsync_dir, start_durable_write, write_durably
 from .manifest import ChunkRef, Manifest, ManifestDecodeError, TensorRecord, is_chunk_id, manifest_name, parse_manifest_name
 from .staging import Staged, Stager
 from .tensorbytes import DTYPE_NAMES, DTYPES, byte_view, group_width
@@ -158,6 +158,7 @@ class _StoredChunk:
     stored_len: int | None  # None: the same bytes appear earlier in this save
     written: int
     new_in: str | None  # directory that got a new name
+    pending: PendingWrite | None = None  # written, not yet fsynced and renamed
 
 
 class SnapshotStore:
@@ -206,7 +207,7 @@ class SnapshotStore:
         self._layout = StoreLayout(self.path)
         self._codec = ChunkCodec(level)
         self._stager = Stager()
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="snapshots-io")
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="snapshots-io", initializer=threads.worker_init)
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="snapshots-commit")
         self._lock = Lock()  # guards the fields below
         self._writer_lock: FileLock | None = None
@@ -268,6 +269,16 @@ class SnapshotStore:
             stored = self._parallel(lambda pc: self._store_chunk(pc, claims), planned)
         finally:
             job.staged.release()
+        # Every new chunk is written (and on its way to the disk): fsync and name them all.
+        new = [s for s in stored if s.pending is not None]
+        try:
+            self._parallel(lambda s: s.pending.finish(), new)
+        except BaseException:
+            for s in new:
+                s.pending.discard()
+            raise
+        with self._lock:
+            self._known_good.update(s.id for s in new)
 
         table: dict[str, int] = {}
         sizes = {s.id: s.stored_len for s in stored if s.stored_len is not None}
@@ -321,10 +332,8 @@ class SnapshotStore:
         if size is not None and (trusted or self._chunk_is_intact(cid, n, size)):
             return _StoredChunk(cid, n, size, 0, None)
         # New, or an existing file that fails its check: (re)write it; rename replaces it.
-        written = write_durably(self._layout.chunk_dir(cid), cid, self._codec.encode(raw, pc.width), self._failpoint, "chunk")
-        with self._lock:
-            self._known_good.add(cid)
-        return _StoredChunk(cid, n, written, written, self._layout.chunk_dir(cid))
+        pending = start_durable_write(self._layout.chunk_dir(cid), cid, self._codec.encode(raw, pc.width), self._failpoint, "chunk")
+        return _StoredChunk(cid, n, pending.written, pending.written, self._layout.chunk_dir(cid), pending)
 
     def _chunk_is_intact(self, cid: str, raw_len: int, size: int) -> bool:
         try:
