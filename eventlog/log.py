@@ -496,12 +496,15 @@ class EventLog:
         """
         self._check_writable()
         self.flush()
-        with self._writing, self._state:
-            if index < self._first_index:
-                return
-            if index > self._last_index:
-                raise IndexError(f"compact_through({index}): last_index is {self._last_index}")
-            first = self._first_index
+        # Only the write lock is held through the transaction: group-mode appends (which
+        # take the state lock alone) go on while a background thread compacts.
+        with self._writing:
+            with self._state:
+                if index < self._first_index:
+                    return
+                if index > self._last_index:
+                    raise IndexError(f"compact_through({index}): last_index is {self._last_index}")
+                first = self._first_index
 
             def drop_prefix(txn):
                 value = txn.get(record.key(index), db=self._entries_db)
@@ -513,7 +516,8 @@ class EventLog:
                 txn.put(_META_BSUM, _U64.pack(checksum), db=self._meta_db)
 
             self._write_txn(drop_prefix)
-            self._first_index = index + 1
+            with self._state:
+                self._first_index = index + 1
             if self._durability == "os":
                 self._env.sync(True)
 
@@ -799,6 +803,11 @@ def _check_path(path: Path, readonly: bool) -> None:
         has_data = (path / "data.mdb").exists()
         if not has_data and readonly:
             raise FormatError(f"{path} is not an event log (no data.mdb)")
+        if has_data and readonly and (path / "data.mdb").stat().st_size == 0:
+            # The creating writer died before LMDB's first commit: nothing was ever
+            # acknowledged, and opening it for writing initialises it.
+            raise FormatError(f"{path} is an event log whose creation never completed (empty data.mdb); "
+                              "it holds no entries")
         if not has_data and any(p.name not in ("lock.mdb", "writer.lock") for p in path.iterdir()):
             raise FormatError(f"{path} is a non-empty directory that is not an event log; refusing to write into it")
     elif readonly:

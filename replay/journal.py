@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -113,7 +114,8 @@ class Journal:
         self._digest_every = digest_every
         self._keep_log = keep_log
         self._async = async_snapshots
-        self._pending = None  # the in-flight snapshot: (index, handle)
+        self._pending = None  # the in-flight snapshot: (index, future of its commit + prune + compaction)
+        self._follow_up: ThreadPoolExecutor | None = None
         self._snapshot_index = -1  # index of the newest snapshot started by this journal
         self._poison: BaseException | None = None
         self._closed = False
@@ -185,8 +187,20 @@ class Journal:
         if self._digest_every is not None and index % self._digest_every == 0:
             self._append_digest()
         if self._clock.due() and self._pending is None:
-            self._start_snapshot(blocking=not self._async)
+            self._policy_snapshot()
         return index
+
+    def _policy_snapshot(self) -> None:
+        """A snapshot the policy asked for. Its failure never fails the apply that triggered
+        it (that entry is applied and logged; a caller retrying it would apply it twice):
+        the error goes to `last_snapshot_error` and a RuntimeWarning, and recovery stays
+        correct, only longer, because the log still holds every entry."""
+        try:
+            self._start_snapshot(blocking=not self._async)
+        except JournalPoisonedError:
+            raise
+        except Exception as exc:
+            self._report_snapshot_failure(self._index, exc)
 
     def _append_digest(self) -> None:
         started = time.perf_counter()
@@ -256,26 +270,42 @@ class Journal:
             self._after_commit(info)
             return info
         handle = self.snapshots.save_async(tree, index=index, term=term, meta=snapshot_meta(index))
-        self._pending = (index, handle)
+        # Waiting for the commit, then pruning (which re-reads the new snapshot) and
+        # compacting, happens on the follow-up thread: none of it may stall apply().
+        follow_up = self._follow_up_thread().submit(self._finish_snapshot, handle)
+        self._pending = (index, follow_up)
         return handle
+
+    def _follow_up_thread(self) -> ThreadPoolExecutor:
+        if self._follow_up is None:
+            self._follow_up = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-snapshot")
+        return self._follow_up
+
+    def _finish_snapshot(self, handle):
+        info = handle.result()
+        self._after_commit(info)
+        return info
 
     def _collect_snapshot(self, block: bool) -> None:
         """Finish the in-flight snapshot if it is done (or, with block, once it is)."""
         if self._pending is None:
             return
-        index, handle = self._pending
-        if not block and not _is_done(handle):
+        index, follow_up = self._pending
+        if not block and not follow_up.done():
             return
         self._pending = None
         try:
-            info = handle.result()
+            follow_up.result()
+        except JournalPoisonedError:
+            raise
         except Exception as exc:
-            # The log still holds every entry, so recovery stays correct (only longer);
-            # the failure is reported, and the next policy snapshot tries again.
-            self.last_snapshot_error = exc
-            warnings.warn(f"{self.path}: snapshot at index {index} failed: {exc}", RuntimeWarning, stacklevel=3)
-            return
-        self._after_commit(info)
+            self._report_snapshot_failure(index, exc)
+
+    def _report_snapshot_failure(self, index: int, exc: BaseException) -> None:
+        # The log still holds every entry, so recovery stays correct (only longer);
+        # the failure is reported, and the next policy snapshot tries again.
+        self.last_snapshot_error = exc
+        warnings.warn(f"{self.path}: snapshot at index {index} failed: {exc}", RuntimeWarning, stacklevel=4)
 
     def _after_commit(self, info) -> None:
         """Prune, then compact the log. Failpoints (replay.failpoints): journal.before_compact,
@@ -315,6 +345,8 @@ class Journal:
 
     def _release(self) -> None:
         self._closed = True
+        if self._follow_up is not None:
+            self._follow_up.shutdown(wait=True)
         errors = []
         for resource in (self.snapshots, self.log):
             try:

@@ -205,6 +205,9 @@ def journal_writer(root, out_fd: int, steps: int | None = None, flush_every: int
         journal.close()
         for ack in pending:  # close flushed them
             send(out_fd, ("ack",) + ack)
+        if journal.last_snapshot_error is not None:
+            error = journal.last_snapshot_error
+            send(out_fd, ("snapshot_error", type(error).__name__, str(error)))
         send(out_fd, ("done", journal.index))
     except BaseException as exc:
         send(out_fd, ("error", type(exc).__name__, str(exc), _causes(exc)))
@@ -250,6 +253,10 @@ class Run:
     @property
     def errors(self) -> list[tuple]:
         return [m[1:] for m in self.messages if m[0] == "error"]
+
+    @property
+    def snapshot_errors(self) -> list[tuple]:
+        return [m[1:] for m in self.messages if m[0] == "snapshot_error"]
 
     @property
     def done(self) -> bool:
