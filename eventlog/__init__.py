@@ -31,7 +31,9 @@ Operational facts (LMDB):
 - Map size: LMDB needs a maximum size up front. The log starts with `map_size`
   (default 256 MiB of address space, not disk) and doubles it whenever a write hits
   MapFullError; readers in other processes adopt the new size automatically.
-- Readers: `open()` runs `reader_check()` to free reader slots of killed processes, and
+- Readers: `open()`, `compact_through()` and `truncate_after()` run `reader_check()` to
+  free reader slots of killed processes (whose pinned pages would otherwise never be
+  reused, so the file would keep growing), and
   every read holds its transaction for one batch of at most 1024 entries, so readers in
   other processes (audit tools) never keep the writer's old pages alive for long.
 - fork: never use an open log across fork(). A log used from another pid raises

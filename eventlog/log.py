@@ -144,6 +144,13 @@ class EventLog:
             self._term = _u64(txn.get(_META_TERM, db=self._meta_db))
 
     def _open_writer(self):
+        while True:
+            try:
+                return self._open_writer_once()
+            except lmdb.MapFullError:  # even a tiny initial map must not stop an open
+                self._grow_map()
+
+    def _open_writer_once(self):
         self._entries_db = self._env.open_db(b"entries")
         self._meta_db = self._env.open_db(b"meta")
         with self._env.begin(write=True) as txn:
@@ -460,6 +467,7 @@ class EventLog:
         """
         self._check_writable(allow_tail_damage=True)
         self.flush()
+        self._env.reader_check()  # as in compact_through: free the slots of dead readers
         with self._writing, self._state:
             if index < self._first_index - 1:
                 raise CompactedError(index, self._first_index)
@@ -496,6 +504,9 @@ class EventLog:
         """
         self._check_writable()
         self.flush()
+        # A reader killed inside a read transaction keeps its slot, and the old pages it
+        # pinned can never be reused: the file would grow for as long as this writer runs.
+        self._env.reader_check()
         # Only the write lock is held through the transaction: group-mode appends (which
         # take the state lock alone) go on while a background thread compacts.
         with self._writing:
