@@ -155,7 +155,7 @@ def decode_entry(index: int, value, prev_checksum: int) -> Entry:
     try:
         payload = decode_payload(bytes(value[start:]))
     except Exception as exc:  # msgpack raises several unrelated types on malformed input
-        raise CorruptEntryError(index, f"payload does not decode: {exc}") from exc
+        raise CorruptEntryError(index, f"payload does not decode: {type(exc).__name__}: {exc}") from exc
     return Entry(index, term, op, payload, time_ns, checksum)
 
 

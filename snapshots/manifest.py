@@ -117,7 +117,7 @@ class Manifest:
         try:
             doc = msgpack.unpackb(body, raw=False, strict_map_key=False)
         except Exception as e:  # msgpack raises several unrelated types on bad input
-            raise ManifestDecodeError(f"undecodable body: {e}") from None
+            raise ManifestDecodeError(f"undecodable body: {type(e).__name__}: {e}") from None
         try:
             return cls._from_doc(name, doc)
         except (KeyError, TypeError, ValueError) as e:
