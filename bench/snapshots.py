@@ -11,17 +11,26 @@ with std 1e-4 (positive, small). Random normal data is the hard case for compres
 real checkpoints usually compress a little better.
 
 Every save is made durable (fsync) before its clock stops, as ours is. Loads read from
-the page cache for every peer alike (this benchmark does not drop caches). Results go
-to bench/results/snapshots.json. Benchmarks are not tests: nothing here asserts.
+the page cache for every peer alike (this benchmark does not drop caches), into fresh
+memory: before each timed load the previous result is dropped and freed memory handed
+back to the OS (malloc_trim), as a restarting process has none to reuse.
+
+Other processes share the machine, so the peers are timed interleaved: each round runs
+every save (then every load) once, in the same order, and a row reports the median over
+`--repeat` rounds (its best and every run are in the JSON); ratios compare medians.
+Results go to bench/results/snapshots.json. Benchmarks are not tests: nothing here
+asserts.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -114,20 +123,36 @@ def disk_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
-REPEAT = 3
+REPEAT = _DEFAULT_REPEAT = 5
 
 
-def timed(fn, setup=None, repeat=None):
-    """Best of `repeat` runs (other processes share this machine: the minimum is the
-    least disturbed run); `setup()` runs untimed before each."""
-    best, out = float("inf"), None
-    for _ in range(repeat or REPEAT):
-        if setup is not None:
-            setup()
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+def _load_malloc_trim():
+    try:
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    fn.argtypes, fn.restype = (ctypes.c_size_t,), ctypes.c_int
+    return lambda: fn(0)
+
+
+malloc_trim = _load_malloc_trim()
+
+
+def interleaved(cases: list, rounds: int) -> dict[str, list[float]]:
+    """Time each `(name, fn, setup)` once per round, in order, for `rounds` rounds:
+    machine load then hits every case alike. `setup()` runs untimed before each call;
+    each result is dropped (and freed memory returned to the OS) before the next call."""
+    times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+    for _ in range(rounds):
+        for name, fn, setup in cases:
+            if setup is not None:
+                setup()
+            malloc_trim()
+            t = time.perf_counter()
+            out = fn()
+            times[name].append(time.perf_counter() - t)
+            del out
+    return times
 
 
 def main(argv: list[str]) -> int:
@@ -138,7 +163,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--level", type=int, default=1, help="zstd level")
     p.add_argument("--change", type=float, default=0.02, help="fraction of tensors changed for the incremental save")
     p.add_argument("--out", default=str(RESULTS), help="JSON results path")
-    p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is reported")
+    p.add_argument("--repeat", type=int, default=_DEFAULT_REPEAT, help=f"interleaved rounds; rows report the median (default {_DEFAULT_REPEAT})")
     args = p.parse_args(argv)
     global REPEAT
     REPEAT = max(1, args.repeat)
@@ -165,11 +190,14 @@ def run(args, scratch: str) -> dict:
     logical = sum(t.numel() * t.element_size() for t in flat.values())
     rows: dict[str, dict] = {}
 
-    def record(name, kind, seconds, nbytes=None, extra=None):
-        rows[name] = {"kind": kind, "seconds": seconds, "mib_per_s": logical / seconds / 2**20, "bytes_on_disk": nbytes, **(extra or {})}
-        print(f"  {name:<34} {seconds:8.3f} s", flush=True)
+    def record(name, kind, runs, nbytes=None, extra=None):
+        runs = runs if isinstance(runs, list) else [runs]
+        seconds = statistics.median(runs)
+        rows[name] = {"kind": kind, "seconds": seconds, "mib_per_s": logical / seconds / 2**20, "bytes_on_disk": nbytes,
+                      "best_seconds": min(runs), "runs": runs, **(extra or {})}
+        print(f"  {name:<34} {seconds:8.3f} s (median of {len(runs)}; best {min(runs):.3f})", flush=True)
 
-    # -- peers: save -----------------------------------------------------------------
+    # -- saves, interleaved: peers and our full save -----------------------------------
     path = os.path.join(scratch, "torch.pt")
 
     def torch_save():
@@ -179,44 +207,58 @@ def run(args, scratch: str) -> dict:
             os.fsync(f.fileno())
         fsync_path(os.path.dirname(path))
 
-    t, _ = timed(torch_save)
-    record("torch.save + fsync", "save", t, disk_bytes(path))
-
     st_path = os.path.join(scratch, "model.safetensors")
     try:
         from safetensors.torch import load_file, save_file
-
-        def st_save():
-            save_file(flat, st_path)
-            fsync_path(st_path)
-
-        t, _ = timed(st_save)
-        record("safetensors save_file + fsync", "save", t, disk_bytes(st_path))
     except ImportError:
-        load_file = None
+        load_file = save_file = None
         print("  safetensors not installed: skipped (pip install '.[bench]')")
+
+    def st_save():
+        save_file(flat, st_path)
+        fsync_path(st_path)
 
     dcp_dir = os.path.join(scratch, "dcp")
     import torch.distributed.checkpoint as dcp
 
-    t, _ = timed(lambda: dcp.save(state, storage_writer=dcp.FileSystemWriter(dcp_dir, sync_files=True), no_dist=True),
-                 setup=lambda: shutil.rmtree(dcp_dir, ignore_errors=True))
-    record("torch.distributed.checkpoint.save", "save", t, disk_bytes(dcp_dir))
-
-    # -- ours: save ------------------------------------------------------------------
     store_dir = os.path.join(scratch, "store")
     chunk = int(args.chunk_mb * 2**20) // 64 * 64
-    stores = []
+    stores, infos = [], []
 
-    def fresh_store():  # a full save needs an empty store, or it would deduplicate
+    def fresh_store():
+        # A full save needs an empty store, or it would deduplicate. The store is opened
+        # by a tiny save first: creating its 256 chunk directories happens once per store,
+        # not per save. The deletes are synced out, as for DCP's directory.
         for s in stores:
             s.close()
         shutil.rmtree(store_dir, ignore_errors=True)
         stores[:] = [snapshots.SnapshotStore(store_dir, chunk_size=chunk, level=args.level, keep_last=10)]
+        stores[0].save({"opened": True}, index=0, term=0)
+        os.sync()
 
-    t, full = timed(lambda: stores[0].save(state, index=1, term=1), setup=fresh_store)
-    store = stores[0]
-    record("ours: save (full)", "save", t, full.bytes_written, {"bytes_written": full.bytes_written})
+    def fresh_dcp_dir():
+        shutil.rmtree(dcp_dir, ignore_errors=True)
+        os.sync()
+
+    def ours_save():
+        infos[:] = [stores[0].save(state, index=1, term=1)]
+
+    saves = [("torch.save + fsync", torch_save, None)]
+    if save_file is not None:
+        saves.append(("safetensors save_file + fsync", st_save, None))
+    saves += [
+        ("torch.distributed.checkpoint.save",
+         lambda: dcp.save(state, storage_writer=dcp.FileSystemWriter(dcp_dir, sync_files=True), no_dist=True),
+         fresh_dcp_dir),
+        ("ours: save (full)", ours_save, fresh_store),
+    ]
+    times = interleaved(saves, REPEAT)
+    store, full = stores[0], infos[0]
+    record("torch.save + fsync", "save", times["torch.save + fsync"], disk_bytes(path))
+    if save_file is not None:
+        record("safetensors save_file + fsync", "save", times["safetensors save_file + fsync"], disk_bytes(st_path))
+    record("torch.distributed.checkpoint.save", "save", times["torch.distributed.checkpoint.save"], disk_bytes(dcp_dir))
+    record("ours: save (full)", "save", times["ours: save (full)"], full.bytes_written, {"bytes_written": full.bytes_written})
 
     keys = sorted(flat)
     step = max(1, round(1 / args.change))
@@ -224,7 +266,9 @@ def run(args, scratch: str) -> dict:
     changed_bytes = sum(flat[k].numel() * flat[k].element_size() for k in changed)
     for k in changed:
         flat[k].add_(flat[k].abs().mean().to(flat[k].dtype) * 0.01)  # in place: state sees it
-    t, inc = timed(lambda: store.save(state, index=2, term=1), repeat=1)
+    t0 = time.perf_counter()
+    inc = store.save(state, index=2, term=1)
+    t = time.perf_counter() - t0
     record(f"ours: save (incremental, {len(changed)}/{len(keys)} tensors)", "save", t, inc.bytes_written,
            {"bytes_written": inc.bytes_written, "tensors_changed": len(changed), "tensors": len(keys),
             "changed_logical_bytes": changed_bytes, "written_vs_full": inc.bytes_written / full.bytes_written})
@@ -232,33 +276,36 @@ def run(args, scratch: str) -> dict:
     for k in changed:
         flat[k].mul_(1.001)
     store.save_async(state, index=3, term=1).result()  # warm the staging arena, as steady state
-    for k in changed:
-        flat[k].mul_(1.001)
-    t0 = time.perf_counter()
-    pending = store.save_async(state, index=4, term=1)
-    blocked = time.perf_counter() - t0
-    pending.result()
-    total = time.perf_counter() - t0
+    blocked_runs, total_runs = [], []
+    for i in range(REPEAT):
+        for k in changed:
+            flat[k].mul_(1.001)
+        t0 = time.perf_counter()
+        pending = store.save_async(state, index=4 + i, term=1)
+        blocked_runs.append(time.perf_counter() - t0)
+        pending.result()
+        total_runs.append(time.perf_counter() - t0)
+    blocked, total = statistics.median(blocked_runs), statistics.median(total_runs)
     rows["ours: save_async (caller blocked)"] = {"kind": "save", "seconds": blocked, "mib_per_s": logical / blocked / 2**20,
-                                                 "bytes_on_disk": None, "total_seconds": total}
-    print(f"  {'ours: save_async (caller blocked)':<34} {blocked:8.3f} s (commit after {total:.3f} s)", flush=True)
+                                                 "bytes_on_disk": None, "total_seconds": total, "best_seconds": min(blocked_runs),
+                                                 "runs": blocked_runs, "total_runs": total_runs}
+    print(f"  {'ours: save_async (caller blocked)':<34} {blocked:8.3f} s (median of {len(blocked_runs)}; commit after {total:.3f} s)", flush=True)
 
-    # -- loads ---------------------------------------------------------------------------
-    t, _ = timed(lambda: torch.load(path, weights_only=True))
-    record("torch.load", "load", t)
+    # -- loads, interleaved ---------------------------------------------------------------
+    template = build_state(args.mb, seed=1)
+    loads = [("torch.load", lambda: torch.load(path, weights_only=True))]
     if load_file is not None:
         # load_file maps the file lazily; copying out reads every byte, as the others do.
-        t, _ = timed(lambda: {k: torch.empty_like(v).copy_(v) for k, v in load_file(st_path).items()})
-        record("safetensors load_file + copy", "load", t)
-    template = build_state(args.mb, seed=1)
-    t, _ = timed(lambda: dcp.load(template, storage_reader=dcp.FileSystemReader(dcp_dir), no_dist=True))
-    record("torch.distributed.checkpoint.load", "load", t)
-    t, _ = timed(lambda: store.load(full))
-    record("ours: load", "load", t)
-    t, _ = timed(lambda: store.load_into(full, template))
-    record("ours: load_into (in place)", "load", t)
-    t, _ = timed(lambda: store.verify(full))
-    record("ours: verify", "load", t)
+        loads.append(("safetensors load_file + copy", lambda: {k: torch.empty_like(v).copy_(v) for k, v in load_file(st_path).items()}))
+    loads += [
+        ("torch.distributed.checkpoint.load", lambda: dcp.load(template, storage_reader=dcp.FileSystemReader(dcp_dir), no_dist=True)),
+        ("ours: load", lambda: store.load(full)),
+        ("ours: load_into (in place)", lambda: store.load_into(full, template)),
+        ("ours: verify", lambda: store.verify(full)),
+    ]
+    times = interleaved([(name, fn, None) for name, fn in loads], REPEAT)
+    for name, _ in loads:
+        record(name, "load", times[name])
     store.close()
 
     # -- compression by kind ---------------------------------------------------------------
@@ -275,7 +322,7 @@ def run(args, scratch: str) -> dict:
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__},
         "config": {"mb": args.mb, "logical_bytes": logical, "tensors": len(flat), "chunk_size": chunk, "level": args.level,
-                   "workers": store.workers, "repeat": REPEAT,
+                   "workers": store.workers, "repeat": REPEAT, "timing": "median of interleaved rounds, loads into fresh memory",
                    "values": "trained-like normals: weights std 0.02, exp_avg std 1e-4, exp_avg_sq = N(0,1e-4)^2"},
         "rows": rows,
         "compression": ratios,
