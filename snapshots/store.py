@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 import msgpack
 import torch
 
-from . import chunking, inplace, retention, threads, tree
+from . import chunking, inplace, retention, tree
 from .chunkfile import ChunkCodec, ChunkDecodeError, chunk_id
 from .errors import (
     CorruptSnapshotError,
@@ -207,7 +207,7 @@ class SnapshotStore:
         self._layout = StoreLayout(self.path)
         self._codec = ChunkCodec(level)
         self._stager = Stager()
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="snapshots-io", initializer=threads.worker_init)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="snapshots-io")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="snapshots-commit")
         self._lock = Lock()  # guards the fields below
         self._writer_lock: FileLock | None = None
