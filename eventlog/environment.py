@@ -103,10 +103,15 @@ class SharedEnv:
                 del self._registry[self.key]
                 self.env.close()
 
+    # Bumped in every forked child: a log compares it with the value it was opened under,
+    # which is cheaper than asking the kernel for the pid on every append.
+    generation = 0
+
     @classmethod
     def forget_after_fork(cls) -> None:
         cls._registry = {}
         cls._registry_lock = threading.Lock()
+        cls.generation += 1
 
 
 os.register_at_fork(after_in_child=SharedEnv.forget_after_fork)

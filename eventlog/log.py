@@ -89,6 +89,8 @@ class EventLog:
         self._durability = durability
         self._readonly = readonly
         self._pid = os.getpid()
+        self._generation = SharedEnv.generation
+        self._usable = False  # True while appends need no checks: open, writable, healthy
         self._state = threading.RLock()  # guards the index/checksum bookkeeping below
         self._writing = threading.Lock()  # one LMDB write transaction at a time
         self._durable_cond = threading.Condition(self._state)
@@ -121,6 +123,7 @@ class EventLog:
         except BaseException:
             self._release_after_failed_open()
             raise
+        self._refresh_usable()
         if not readonly:
             if durability == "group":
                 self._background = GroupFlusher(self, group_window, group_max_batch)
@@ -285,7 +288,8 @@ class EventLog:
         if len(payload_bytes) > record.MAX_PAYLOAD_LEN:
             raise ValueError(f"{op!r}: payload of {len(payload_bytes)} bytes exceeds 4 GiB")
         with self._state:
-            self._check_writable()
+            if not self._usable or self._generation != SharedEnv.generation:
+                self._check_writable()
             index = self._last_index + 1
             value, self._last_checksum = record.frame(
                 index, self._term, op_bytes, payload_bytes, time.time_ns(), self._last_checksum)
@@ -382,6 +386,7 @@ class EventLog:
                         current = _u64(txn.get(_META_TERM, db=self._meta_db))
                         if current != self._term:
                             self._fenced = FencedError(self._term, current)
+                            self._usable = False
                             raise self._fenced
                         body(txn)
                         txn.commit()
@@ -408,6 +413,7 @@ class EventLog:
         with self._state:
             if self._poison is None:
                 self._poison = exc
+            self._refresh_usable()
             self._durable_cond.notify_all()
 
     def wait_durable(self, index: int, timeout: float | None = None) -> None:
@@ -491,6 +497,7 @@ class EventLog:
             self._durable_index = min(self._durable_index, index)
             self._last_checksum = checksum[0]
             self._tail_damage = None
+            self._refresh_usable()
             if self._durability == "os":
                 self._env.sync(True)
 
@@ -752,6 +759,7 @@ class EventLog:
         finally:
             with self._state:
                 self._closed = True
+                self._usable = False
                 self._durable_cond.notify_all()
             self._shared.release()
             if self._lock is not None:
@@ -775,8 +783,13 @@ class EventLog:
 
     # ------------------------------------------------------------------ guards
 
+    def _refresh_usable(self) -> None:
+        """Recompute the one flag the append fast path checks; call after any state change it covers."""
+        self._usable = not (self._closed or self._readonly or self._poison is not None
+                            or self._fenced is not None or self._tail_damage is not None)
+
     def _check_open(self) -> None:
-        if os.getpid() != self._pid:
+        if self._generation != SharedEnv.generation:
             raise LogError(
                 f"EventLog {self._path} was opened in pid {self._pid} and used in pid {os.getpid()}; "
                 "LMDB environments must not cross fork(): open the log again in the child"

@@ -20,6 +20,8 @@ CHECKSUM_AT = 24
 MAX_OP_LEN = 1024
 MAX_PAYLOAD_LEN = 2**32 - 1
 KEY = struct.Struct(">Q")
+# What the checksum covers ahead of op and payload: the index, then the header up to the checksum.
+_HASHED_HEAD = struct.Struct(">QBBHIQQ")
 
 _xxh3_64 = xxhash.xxh3_64_intdigest
 
@@ -61,19 +63,28 @@ def index_of(key_bytes: bytes) -> int:
 
 def frame(index: int, term: int, op_bytes: bytes, payload: bytes, time_ns: int, prev_checksum: int) -> tuple[bytes, int]:
     """(value bytes, checksum) of the entry at `index`, chained from `prev_checksum`."""
-    head = HEADER.pack(ENTRY_VERSION, 0, len(op_bytes), len(payload), term, time_ns, 0)
-    body = head[:CHECKSUM_AT] + op_bytes + payload
-    checksum = _xxh3_64(KEY.pack(index) + body, prev_checksum)
-    return head[:CHECKSUM_AT] + KEY.pack(checksum) + op_bytes + payload, checksum
+    head = _HASHED_HEAD.pack(index, ENTRY_VERSION, 0, len(op_bytes), len(payload), term, time_ns)
+    tail = op_bytes + payload
+    checksum = _xxh3_64(head + tail, prev_checksum)
+    return b"".join((head[8:], KEY.pack(checksum), tail)), checksum
+
+
+_OP_CACHE: dict[str, bytes] = {}  # op names are few and hot; bounded below
+_OP_CACHE_LIMIT = 4096
 
 
 def check_op(op: str) -> bytes:
     """The UTF-8 bytes of a valid op name; ValueError/TypeError naming what is wrong."""
+    cached = _OP_CACHE.get(op) if type(op) is str else None
+    if cached is not None:
+        return cached
     if not isinstance(op, str):
         raise TypeError(f"op must be a str, got {type(op).__name__}")
     op_bytes = op.encode("utf-8")
     if not 1 <= len(op_bytes) <= MAX_OP_LEN:
         raise ValueError(f"op name must be 1..{MAX_OP_LEN} bytes of UTF-8, got {len(op_bytes)}")
+    if len(_OP_CACHE) < _OP_CACHE_LIMIT:
+        _OP_CACHE[op] = op_bytes
     return op_bytes
 
 
