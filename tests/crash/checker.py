@@ -16,7 +16,8 @@ checker asserts:
       the workload's, contiguous;
   (d) an error the writer saw names the fault (`assert_error_names`).
 
-Messages are pickled frames with a 4-byte length prefix; a frame cut short by a kill is
+Messages are frames in the log's own payload codec (msgpack plus tensors, never pickle)
+with a 4-byte length prefix; a frame cut short by a kill is
 ignored (it was never completely reported). torch is imported lazily so that children
 running only `eventlog` start in 0.1 s.
 """
@@ -24,7 +25,6 @@ running only `eventlog` start in 0.1 s.
 from __future__ import annotations
 
 import os
-import pickle
 import select
 import signal
 import struct
@@ -34,6 +34,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from eventlog.codec import decode_payload, encode_payload
 
 ROOT = Path(__file__).resolve().parents[2]
 WIDTH, ROWS = 256, 32
@@ -108,18 +110,15 @@ def reference(steps: int) -> dict:
 
 
 def fingerprint(state) -> dict:
-    """{key path: (dtype, shape, raw bytes) or plain value}: equal iff the states are bit-identical."""
-    import torch
-    from replay.components import leaves
+    """replay.testing.fingerprint in a form the frames carry unchanged: key paths joined
+    with "/", tuples as lists (equal iff the states are bit-identical)."""
+    from replay.testing import fingerprint as kit_fingerprint
 
-    out = {}
-    for path, leaf in leaves(state):
-        if isinstance(leaf, torch.Tensor):
-            t = leaf.detach().cpu().contiguous()
-            out[path] = (str(t.dtype), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        else:
-            out[path] = leaf
-    return out
+    return {"/".join(map(str, path)): _as_lists(value) for path, value in kit_fingerprint(state).items()}
+
+
+def _as_lists(value):
+    return [_as_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 # ----------------------------------------------------------------- framing
@@ -127,7 +126,7 @@ def fingerprint(state) -> dict:
 
 def send(fd: int, message: Any) -> None:
     """One frame, written with one write (atomic for small frames; a cut frame is dropped by `frames`)."""
-    data = pickle.dumps(message)
+    data = encode_payload(message)
     os.write(fd, struct.pack("<I", len(data)) + data)
 
 
@@ -137,7 +136,7 @@ def frames(data: bytes) -> list:
         (n,) = struct.unpack_from("<I", data, at)
         if at + 4 + n > len(data):
             break
-        out.append(pickle.loads(data[at + 4:at + 4 + n]))
+        out.append(tuple(decode_payload(data[at + 4:at + 4 + n])))  # arrays decode as lists
         at += 4 + n
     return out
 
@@ -248,7 +247,7 @@ class Run:
 
     @property
     def acks(self) -> list[tuple[int, int, int]]:
-        return [m[1:] for m in self.messages if m[0] == "ack"]
+        return [tuple(m[1:]) for m in self.messages if m[0] == "ack"]
 
     @property
     def errors(self) -> list[tuple]:
