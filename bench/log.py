@@ -32,15 +32,10 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime as _dt
-import json
 import os
-import platform
 import pstats
-import shutil
 import sqlite3
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -54,8 +49,9 @@ import xxhash
 from eventlog import EventLog
 from eventlog.codec import encode_payload
 
+from ._common import REPO, Workdir, finish, fmt, machine_info, ms, pct
+
 RESULTS = Path(__file__).parent / "results" / "log.json"
-REPO = Path(__file__).resolve().parent.parent
 KEY = struct.Struct(">Q")
 OP = "put"
 SIZES = (256, 64 * 1024)
@@ -70,25 +66,12 @@ pc = time.perf_counter
 # ---------------------------------------------------------------------- helpers
 
 
-def pct(values, q):
-    """Nearest-rank percentile of `values` (q in 0..100); None for no values."""
-    if not values:
-        return None
-    s = sorted(values)
-    k = min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))
-    return s[k]
-
-
 def lat_stats(seconds):
     return {
         "p50_us": round(pct(seconds, 50) * 1e6, 1),
         "p99_us": round(pct(seconds, 99) * 1e6, 1),
         "mean_us": round(sum(seconds) / len(seconds) * 1e6, 1),
     }
-
-
-def ms(seconds):
-    return round(seconds * 1e3, 3)
 
 
 def make_payload(size, kind="bytes"):
@@ -133,24 +116,6 @@ def _txnid(log):
         return log._env.info()["last_txnid"]
     except Exception:  # private attribute; the bench must not depend on it
         return None
-
-
-class Workdir:
-    """A fresh directory per measurement, removed right after it."""
-
-    def __init__(self, root):
-        self.root = Path(tempfile.mkdtemp(prefix="bench-log-", dir=root))
-        self._n = 0
-
-    def new(self, name):
-        self._n += 1
-        return self.root / f"{self._n:02d}-{name}"
-
-    def drop(self, path):
-        shutil.rmtree(path, ignore_errors=True) if Path(path).is_dir() else Path(path).unlink(missing_ok=True)
-
-    def close(self):
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- peers
@@ -600,58 +565,6 @@ def profile_sync(work, size, n):
 # ---------------------------------------------------------------------- machine
 
 
-def filesystem_of(path):
-    real = os.path.realpath(path)
-    best, fstype, dev = "", "unknown", ""
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                parts = line.split()
-                mnt = parts[1].replace("\\040", " ")
-                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
-                    best, fstype, dev = mnt, parts[2], parts[0]
-    except OSError:
-        pass
-    return {"mount": best, "type": fstype, "device": dev}
-
-
-def machine_info(bench_dir):
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    try:
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "eventlog"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-    except OSError:
-        dirty = ""
-    return {
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "lmdb": f"py-lmdb {lmdb.__version__}, liblmdb {'.'.join(map(str, lmdb.version()))}",
-        "sqlite": sqlite3.sqlite_version,
-        "msgpack": ".".join(map(str, msgpack.version)),
-        "xxhash": xxhash.VERSION,
-        "filesystem": filesystem_of(bench_dir),
-        "bench_dir": str(bench_dir),
-        "git_commit": commit,
-        "eventlog_uncommitted_changes": dirty.splitlines(),
-    }
-
-
 # ---------------------------------------------------------------------- report
 
 
@@ -685,18 +598,6 @@ def evaluate(results):
     return [{"name": n, "value": v, "target": t, "ratio_to_target": q, "met": m} for n, v, t, q, m in rows]
 
 
-def _fmt(v):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if v >= 1000:
-            return f"{v:,.0f}"
-        return f"{v:.3g}" if v < 10 else f"{v:.1f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
-
-
 def table_rows(results):
     sizes = list(results["sizes"].values())
     header = ["measurement"] + [s["label"] for s in sizes]
@@ -705,7 +606,7 @@ def table_rows(results):
         vals = []
         for s in sizes:
             try:
-                vals.append(_fmt(getter(s)))
+                vals.append(fmt(getter(s)))
             except (KeyError, TypeError, IndexError, ZeroDivisionError):
                 vals.append("-")
         return [name] + vals
@@ -784,7 +685,7 @@ def print_report(results):
         for h in ("target", "value", "wanted", "value/target", "met"):
             tt.add_column(h)
         for x in targets:
-            tt.add_row(x["name"], _fmt(x["value"]), x["target"], _fmt(x["ratio_to_target"]),
+            tt.add_row(x["name"], fmt(x["value"]), x["target"], fmt(x["ratio_to_target"]),
                        "[green]yes[/]" if x["met"] else "[red]NO[/]")
         console.print(tt)
     else:
@@ -798,13 +699,13 @@ def print_report(results):
         nw = max(len(x["name"]) for x in targets)
         print(f"{'target'.ljust(nw)}  {'value':>10}  {'wanted':>8}  {'v/target':>8}  met")
         for x in targets:
-            print(f"{x['name'].ljust(nw)}  {_fmt(x['value']):>10}  {x['target']:>8}  {_fmt(x['ratio_to_target']):>8}  "
+            print(f"{x['name'].ljust(nw)}  {fmt(x['value']):>10}  {x['target']:>8}  {fmt(x['ratio_to_target']):>8}  "
                   f"{'yes' if x['met'] else 'NO'}")
     m = results["machine"]
     print(f"\nload average at start/end: {m['loadavg_at_start'][0]} / {m.get('loadavg_at_end', ['?'])[0]} "
           "(other processes on this machine share its 2 cores and its disk)")
     print(f"{m['cpu_count']} CPUs ({m['cpu_model']}), Python {m['python']}, {m['lmdb']}, SQLite {m['sqlite']}, "
-          f"{m['filesystem']['type']} at {m['filesystem']['mount']}, {m['date']}")
+          f"{m['filesystem']}, {m['date']}")
 
 
 # ---------------------------------------------------------------------- main
@@ -847,11 +748,13 @@ def main(argv) -> int:
     root = args.dir or default_dir()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     threads = [int(t) for t in args.threads.split(",") if t]
-    work = Workdir(root)
+    work = Workdir(root, "bench-log-")
     say = (lambda *a: print(*a, file=sys.stderr, flush=True))
     results = {
         "benchmark": "log",
-        "machine": machine_info(work.root),
+        "machine": machine_info(
+            work.root, ("eventlog",), lmdb=f"py-lmdb {lmdb.__version__}, liblmdb {'.'.join(map(str, lmdb.version()))}",
+            sqlite=sqlite3.sqlite_version, msgpack=".".join(map(str, msgpack.version)), xxhash=xxhash.VERSION),
         "config": {
             "n_sync": args.n, "n_group": args.group_n, "n_scan": args.scan_n, "threads": threads,
             "rounds": args.rounds or "n/100", "quick": args.quick, "op": OP,
@@ -908,11 +811,8 @@ def main(argv) -> int:
             results["profile_sync_256"] = profile_sync(work, 256, max(200, args.n // 4))
     finally:
         work.close()
-    results["elapsed_s"] = round(pc() - t_start, 1)
-    results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["targets"] = evaluate(results)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    finish(results, args.json, t_start, pc())
     print_report(results)
     say(f"wrote {args.json} ({results['elapsed_s']} s)")
     return 0

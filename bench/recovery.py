@@ -36,18 +36,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime as _dt
 import gc
 import io
-import json
 import os
-import platform
 import pstats
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,8 +50,9 @@ import torch
 import replay
 from replay.envelope import unwrap
 
+from ._common import REPO, Workdir, finish, fmt, machine_info, ms, pct
+
 RESULTS = Path(__file__).parent / "results" / "recovery.json"
-REPO = Path(__file__).resolve().parent.parent
 OVERHEAD_TARGET = 0.03  # journal / plain - 1 at 50 ms steps, group mode
 
 EMB_ROWS, EMB_DIM, ROWS_PER_OP = 50_000, 64, 4
@@ -68,17 +63,6 @@ say = (lambda *a: print(*a, file=sys.stderr, flush=True))
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def pct(values, q):
-    """Nearest-rank percentile of `values` (q in 0..100)."""
-    s = sorted(values)
-    k = min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))
-    return s[k]
-
-
-def ms(seconds):
-    return round(seconds * 1e3, 3)
 
 
 def bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -110,26 +94,6 @@ def same_state(a: dict, b: dict) -> bool:
 
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-class Workdir:
-    """Fresh directories under REPO/.bench-tmp, removed on close."""
-
-    def __init__(self, base: Path):
-        base.mkdir(parents=True, exist_ok=True)
-        self.root = Path(tempfile.mkdtemp(prefix="bench-recovery-", dir=base))
-        self._n = 0
-
-    def new(self, name):
-        self._n += 1
-        return self.root / f"{self._n:03d}-{name}"
-
-    @staticmethod
-    def drop(path):
-        shutil.rmtree(path, ignore_errors=True)
-
-    def close(self):
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def fsync_save(obj, path: Path) -> None:
@@ -721,54 +685,6 @@ def profile_replay(work: Workdir, n: int):
 # ---------------------------------------------------------------------- machine and report
 
 
-def machine_info(bench_dir):
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    fs = {"mount": "", "type": "unknown"}
-    try:
-        real = os.path.realpath(bench_dir)
-        with open("/proc/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if (real == parts[1] or real.startswith(parts[1].rstrip("/") + "/")) and len(parts[1]) > len(fs["mount"]):
-                    fs = {"mount": parts[1], "type": parts[2]}
-    except OSError:
-        pass
-    git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    return {
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "filesystem": fs,
-        "git_commit": git("rev-parse", "HEAD"),
-        "uncommitted_in_engine": git("status", "--porcelain", "--", "eventlog", "snapshots", "replay").splitlines(),
-    }
-
-
-def _fmt(v):
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "NO"
-    if isinstance(v, float):
-        return f"{v:,.0f}" if v >= 1000 else (f"{v:.3g}" if v < 10 else f"{v:.1f}")
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
-
-
 def tables(results):
     out = []
     for key, title, unit in (("rows", "recovery: update_rows on Embedding(50k, 64) fp32", "op"),
@@ -779,11 +695,11 @@ def tables(results):
         rows = []
         for p in r["points"]:
             t = p["torch_save"]
-            rows.append([_fmt(p["entries_since_snapshot"]), _fmt(p["recover_open_ms"]), _fmt(p["snapshot_load_ms"]),
-                         _fmt(p["replay_ms"]), _fmt(p["replay_ops_per_s"]), _fmt(t["load_ms"]),
-                         _fmt(p["recover_over_torch_load"]),
+            rows.append([fmt(p["entries_since_snapshot"]), fmt(p["recover_open_ms"]), fmt(p["snapshot_load_ms"]),
+                         fmt(p["replay_ms"]), fmt(p["replay_ops_per_s"]), fmt(t["load_ms"]),
+                         fmt(p["recover_over_torch_load"]),
                          f"{t['entries_lost']:,} {unit}s = {t['work_lost_s']:.3g} s",
-                         _fmt(p["bit_identical_to_live"])])
+                         fmt(p["bit_identical_to_live"])])
         note = (f"{r['describe']}; plain {unit} (no journal) {r['plain_us_per_op']:.1f} us, live journal.apply "
                 f"{r['live_apply_us_per_op']:.1f} us; torch.save+fsync {r['points'][0]['torch_save']['save_fsync_ms']:.1f} ms "
                 f"({r['points'][0]['torch_save']['file_bytes'] / 2**20:.1f} MiB)")
@@ -796,7 +712,7 @@ def tables(results):
         for arm in ARMS:
             a = o["arms"][arm]
             rows.append([f"{o['target_step_ms']:g} ms (w{o['width']})" if arm == "plain" else "", arm,
-                         _fmt(a["median_ms"]), _fmt(a["mean_ms"]), _fmt(a["p99_ms"]), _fmt(a["max_ms"]),
+                         fmt(a["median_ms"]), fmt(a["mean_ms"]), fmt(a["p99_ms"]), fmt(a["max_ms"]),
                          pc_(a, "overhead_median_pct"), pc_(a, "overhead_mean_pct"),
                          pc_(a, "in_step_overhead_median_pct"), pc_(a, "in_step_overhead_mean_pct"),
                          pc_(a, "overhead_cpu_main_median_pct"), pc_(a, "overhead_cpu_process_mean_pct"),
@@ -830,7 +746,7 @@ def print_report(results):
         for h in ("target", "value", "wanted", "met"):
             tt.add_column(h)
         for x in targets:
-            tt.add_row(x["name"], _fmt(x["value"]), x["target"], "[green]yes[/]" if x["met"] else "[red]NO[/]")
+            tt.add_row(x["name"], fmt(x["value"]), x["target"], "[green]yes[/]" if x["met"] else "[red]NO[/]")
         console.print(tt)
     else:
         for title, header, rows, note in tables(results):
@@ -844,12 +760,12 @@ def print_report(results):
             print(f"({note})")
         print("\ntargets")
         for x in targets:
-            print(f"  {x['name']}: {_fmt(x['value'])} (wanted {x['target']}) {'met' if x['met'] else 'NOT MET'}")
+            print(f"  {x['name']}: {fmt(x['value'])} (wanted {x['target']}) {'met' if x['met'] else 'NOT MET'}")
     m = results["machine"]
     print(f"\nload average at start/end: {m['loadavg_at_start'][0]} / {m.get('loadavg_at_end', ['?'])[0]} "
           f"(the machine's {m['cpu_count']} cores are shared with other processes)")
     print(f"{m['cpu_count']} CPUs ({m['cpu_model']}), Python {m['python']}, torch {m['torch']}, "
-          f"{m['filesystem']['type']} at {m['filesystem']['mount']}, {m['date']}")
+          f"{m['filesystem']}, {m['date']}")
 
 
 def evaluate(results):
@@ -909,8 +825,8 @@ def parse_args(argv):
 def main(argv) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    work = Workdir(args.dir)
-    results = {"benchmark": "recovery", "machine": machine_info(work.root), "config": {
+    work = Workdir(args.dir, "bench-recovery-")
+    results = {"benchmark": "recovery", "machine": machine_info(work.root, ("eventlog", "snapshots", "replay"), torch=torch.__version__, torch_threads=torch.get_num_threads()), "config": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     t0 = pc()
     try:
@@ -962,11 +878,8 @@ def main(argv) -> int:
             results["profile_load"] = profile_load(work)
     finally:
         work.close()
-    results["elapsed_s"] = round(pc() - t0, 1)
-    results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["targets"] = evaluate(results)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    finish(results, args.json, t0, pc())
     print_report(results)
     say(f"wrote {args.json} ({results['elapsed_s']} s)")
     return 0
