@@ -57,12 +57,13 @@ from .errors import (
     LogError,
     LogPoisonedError,
 )
+from .locking import writer_pid
 from .log import FORMAT_VERSION, EventLog
 from .record import Entry, EntryHeader
 from .report import Damage, VerifyReport
 
 __all__ = [
-    "EventLog", "Entry", "EntryHeader", "VerifyReport", "Damage", "FORMAT_VERSION",
+    "EventLog", "writer_pid", "Entry", "EntryHeader", "VerifyReport", "Damage", "FORMAT_VERSION",
     "LogError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",
     "LogPoisonedError", "FormatError",
 ]

@@ -72,6 +72,25 @@ class WriterLock:
             self._fd = None
 
 
+def writer_pid(directory: Path) -> str | None:
+    """The pid (as text) of the live process holding the log's writer lock; None when none does.
+
+    Probes with a shared, non-blocking flock on a fresh descriptor: it never blocks and
+    never disturbs the writer. A lock file left by a dead writer is not held, so it reads None.
+    """
+    try:
+        fd = os.open(Path(directory) / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+    finally:
+        os.close(fd)  # also drops the probe's own lock if it got one
+    return None
+
+
 def filesystem_type(path: Path) -> str:
     """The fstype of the mount holding `path` (which must exist), or "" if unknown."""
     target = os.path.realpath(path)

@@ -608,10 +608,12 @@ class EventLog:
         `decode` returns (item, checksum); each checksum seeds the next entry's check.
         """
         self._check_open()
-        with self._read_txn() as txn:
-            first, last, _, _ = self._bounds(txn)
-        if not self._readonly:
-            last = self._last_index
+        if self._readonly:  # another process may have appended or compacted: ask the log
+            with self._read_txn() as txn:
+                first, last, _, _ = self._bounds(txn)
+        else:  # the writer's own bounds, no transaction needed
+            with self._state:
+                first, last = self._first_index, self._last_index
         lo = first if start is None else start
         hi = last + 1 if stop is None else min(stop, last + 1)
         if strict and lo < 1:

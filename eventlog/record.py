@@ -135,9 +135,8 @@ def stored_checksum(index: int, value) -> int:
 def decode_header(index: int, value, prev_checksum: int | None) -> EntryHeader:
     """Header of a raw value; checksum-verified unless `prev_checksum` is None."""
     if prev_checksum is None:
-        op_len, payload_len, term, time_ns, checksum, _ = parse_header(index, value)
-    else:
-        op_len, payload_len, term, time_ns, checksum = verify_value(index, value, prev_checksum)
+        return decode_head(index, value, len(value))
+    op_len, payload_len, term, time_ns, checksum = verify_value(index, value, prev_checksum)
     op = _op_text(index, value, op_len)
     return EntryHeader(index, term, time_ns, checksum, op, payload_len)
 

@@ -8,10 +8,12 @@ snapshot fail.
 
 from __future__ import annotations
 
+from eventlog import writer_pid
+
 from .errors import CliError, EXIT_OK
 from .manifests import manifest_ids
 from .output import Column, Output, human_bytes
-from .source import log_dir, open_source, writer_pid
+from .source import log_dir, open_source
 from .summary import iso_time, local_time
 
 LIST_HELP = "list snapshots: index, term, size, compression ratio, incremental bytes"

@@ -6,7 +6,6 @@ read transactions), and a SnapshotStore only reads until someone calls save or p
 
 from __future__ import annotations
 
-import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,6 @@ from eventlog import EventLog, FormatError
 
 from .errors import CliError
 
-WRITER_LOCK = "writer.lock"  # eventlog/FORMAT.md: flock-held by the single writer
 
 
 @dataclass
@@ -72,22 +70,3 @@ def open_source(path: str | os.PathLike) -> Source:
         raise CliError(f"{path} is not a journal: {exc}") from exc
     store = snapshots.SnapshotStore(root / "snapshots", workers=4) if directory != root else None
     return Source(root, log, store)
-
-
-def writer_pid(log_directory: Path) -> str | None:
-    """The pid text of the live writer holding the log's writer lock, None when no writer holds it.
-
-    Probes the flock with a shared, non-blocking request on a fresh descriptor, which never
-    blocks or disturbs the writer (eventlog/FORMAT.md documents the lock file).
-    """
-    try:
-        fd = os.open(log_directory / WRITER_LOCK, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-    finally:
-        os.close(fd)  # also drops our probe lock if we got it
-    return None

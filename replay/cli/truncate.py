@@ -10,12 +10,13 @@ logs a warning. `--dry-run` shows what would go without changing anything.
 from __future__ import annotations
 
 import replay
+from eventlog import writer_pid
 
 from .args import check_entry_index, index_arg
 from .entries import print_row, rows
 from .errors import CliError, EXIT_OK
 from .output import Output
-from .source import log_dir, open_source, writer_pid
+from .source import log_dir, open_source
 
 HELP = "drop every entry after I (a poison entry left by a crash); logged in the log itself"
 

@@ -354,3 +354,14 @@ def test_a_damaged_last_entry_blocks_appends_until_truncated(tmp_path):
         log.truncate_after(3)
         assert log.append("next", 5) == 4
         assert log.verify().ok
+
+
+def test_writer_pid_names_the_live_writer_only(tmp_path):
+    from eventlog import writer_pid
+
+    path = tmp_path / "log"
+    assert writer_pid(path) is None  # no log at all
+    with EventLog.open(path):
+        probe = run_child("import sys; from eventlog import writer_pid; print(writer_pid(sys.argv[1]))", path)
+        assert probe.stdout.strip() == str(os.getpid())
+    assert writer_pid(path) is None  # the lock file stays, but nobody holds it
