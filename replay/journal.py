@@ -183,7 +183,7 @@ class Journal:
             self._roll_back(index, exc)
             raise
         self._index = index
-        self._clock.add(1, self._payload_bytes(index), time.perf_counter() - started)
+        self._clock.add(1, self._log_bytes_since_last_count(), time.perf_counter() - started)
         if self._digest_every is not None and index % self._digest_every == 0:
             self._append_digest()
         if self._clock.due() and self._pending is None:
@@ -206,9 +206,9 @@ class Journal:
         started = time.perf_counter()
         digest = state_digest(self.state)
         self._index = self._guarded(self.log.append, DIGEST_OP, wrap(1, {"digest": digest}))
-        self._clock.add(1, self._payload_bytes(self._index), time.perf_counter() - started)
+        self._clock.add(1, self._log_bytes_since_last_count(), time.perf_counter() - started)
 
-    def _payload_bytes(self, index: int) -> int:
+    def _log_bytes_since_last_count(self) -> int:
         """Log bytes appended since the last call (entry `index` included), for the log_bytes policy."""
         total = self.log.bytes_appended
         grown, self._bytes_counted = total - self._bytes_counted, total
