@@ -209,7 +209,7 @@ class Journal:
         self._clock.add(1, self._log_bytes_since_last_count(), time.perf_counter() - started)
 
     def _log_bytes_since_last_count(self) -> int:
-        """Log bytes appended since the last call (entry `index` included), for the log_bytes policy."""
+        """Log bytes appended since the last call (the entry just appended included), for the log_bytes policy."""
         total = self.log.bytes_appended
         grown, self._bytes_counted = total - self._bytes_counted, total
         return grown
