@@ -51,11 +51,13 @@ Operational facts (LMDB):
 from .errors import (
     CompactedError,
     CorruptEntryError,
+    DamagedLogError,
     FencedError,
     FormatError,
     LockedError,
     LogError,
     LogPoisonedError,
+    TruncatedError,
 )
 from .locking import writer_pid
 from .log import FORMAT_VERSION, EventLog
@@ -65,5 +67,5 @@ from .report import Damage, VerifyReport
 __all__ = [
     "EventLog", "writer_pid", "Entry", "EntryHeader", "VerifyReport", "Damage", "FORMAT_VERSION",
     "LogError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",
-    "LogPoisonedError", "FormatError",
+    "LogPoisonedError", "FormatError", "TruncatedError", "DamagedLogError",
 ]

@@ -61,12 +61,12 @@ class GroupFlusher:
                     if linger <= 0:
                         break
                     self._work.wait(linger)  # woken by appends and by waiters; re-check
-                batch = log._unflushed[: self.max_batch]
-                self._oldest_at = time.monotonic() if len(log._unflushed) > len(batch) else None
-            if not batch:
-                continue
+                waiting = len(log._unflushed)
+                self._oldest_at = time.monotonic() if waiting > self.max_batch else None
             try:
-                log._commit_batch(batch)
+                # The log takes the batch itself, under its write lock, so a concurrent
+                # truncate_after can never drop entries this commit is writing.
+                log._commit_pending(self.max_batch)
             except BaseException as exc:  # poison: every later call raises, waiters wake
                 log._set_poison(exc)
                 return

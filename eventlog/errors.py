@@ -35,12 +35,28 @@ class FencedError(LogError):
         )
 
 
+class TruncatedError(LogError):
+    """The entry a caller waited on was removed by truncate_after before it became durable."""
+
+    def __init__(self, index: int, truncated_to: int):
+        self.index = index
+        self.truncated_to = truncated_to
+        super().__init__(
+            f"log entry {index} was removed by truncate_after({truncated_to}) before it became durable; "
+            "it never will"
+        )
+
+
 class LockedError(LogError):
     """Another live process holds the log's writer lock."""
 
 
 class LogPoisonedError(LogError):
     """An earlier write or sync failed, so the log refuses all further work until reopened."""
+
+
+class DamagedLogError(LogError):
+    """The log's files are damaged as a whole (e.g. data.mdb cut short, or its page structure corrupt); names the file."""
 
 
 class FormatError(LogError):

@@ -21,6 +21,7 @@ from .errors import (
     FormatError,
     LogError,
     LogPoisonedError,
+    TruncatedError,
 )
 from .environment import ReadTxn, SharedEnv
 from .locking import WriterLock, refuse_network_filesystem
@@ -102,7 +103,8 @@ class EventLog:
         self._unflushed: list[tuple[int, bytes]] = []  # group mode: appended, not yet committed
         self._tail_damage: CorruptEntryError | None = None
         self._bytes_appended = 0
-        self._durable_waiters = 0  # threads blocked in wait_durable (group mode)
+        self._durable_waiters = 0  # threads blocked in wait_durable/flush (group mode)
+        self._waiters: set[_Waiter] = set()  # wait_durable callers, told when truncation removes their entry
 
         _check_path(path, readonly)
         if not readonly:
@@ -363,10 +365,23 @@ class EventLog:
             raise LogError(f"indexes {framed[0][0]}..{framed[-1][0]} collide with existing entries; "
                            "the log changed under this writer")
 
-    def _commit_batch(self, batch: list[tuple[int, bytes]]) -> None:
-        """Group mode: commit `batch` (a prefix of the unflushed entries) durably."""
+    def _commit_pending(self, max_batch: int) -> None:
+        """Group mode: commit the oldest (at most `max_batch`) unflushed entries durably.
+
+        The batch is taken from the buffer while holding the write lock, so a
+        `truncate_after` (which takes the same lock) runs wholly before or wholly after
+        this commit: it can never drop entries from the buffer while a batch holding
+        them is on its way to the disk.
+        """
         with self._writing:
-            self._write_txn(lambda txn: self._put_all(txn, batch))
+            with self._state:
+                batch = self._unflushed[:max_batch]
+            if batch:
+                self._commit_batch(batch)
+
+    def _commit_batch(self, batch: list[tuple[int, bytes]]) -> None:
+        """Commit `batch` (a prefix of the unflushed entries); the caller holds the write lock."""
+        self._write_txn(lambda txn: self._put_all(txn, batch))
         with self._state:
             del self._unflushed[: len(batch)]
             self._committed_index = self._durable_index = batch[-1][0]
@@ -421,8 +436,10 @@ class EventLog:
 
         Returns at once for index <= durable_index (0 and compacted indexes included).
         IndexError if index > last_index (it would never become durable);
-        LogPoisonedError if the flush that would cover it failed; TimeoutError after
-        `timeout` seconds.
+        TruncatedError if `truncate_after` removes entry `index` while this waits (it
+        never will become durable; a later entry may reuse its index, which is not the
+        entry waited for); LogPoisonedError if the flush that would cover it failed;
+        TimeoutError after `timeout` seconds.
         """
         self._check_open()
         if self._readonly:
@@ -435,33 +452,51 @@ class EventLog:
         if self._durability == "os":
             self._background.sync_now()
             return
+        waiter = _Waiter(index)
+        self._block_until(lambda: self._durable_index >= index, waiter, timeout)
+
+    def _block_until(self, durable_enough, waiter: "_Waiter | None", timeout: float | None) -> None:
+        """Wait (group mode) until durable_enough() holds under the state lock."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._state:
             # Someone is blocked on durability: the flusher stops lingering for more
             # entries and commits now (the window only helps callers who do not wait).
             self._durable_waiters += 1
+            if waiter is not None:
+                self._waiters.add(waiter)
             if self._durability == "group":
                 self._background.notify_locked()
             try:
-                while self._durable_index < index:
+                while not durable_enough():
+                    if waiter is not None and waiter.truncated_to is not None:
+                        raise TruncatedError(waiter.index, waiter.truncated_to)
                     self._raise_if_poisoned()
                     if self._closed:
-                        raise LogError(f"{self._path} was closed before index {index} became durable")
+                        raise LogError(f"{self._path} was closed before the entries waited for became durable")
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
-                        raise TimeoutError(f"index {index} not durable after {timeout} s")
+                        raise TimeoutError(f"entries not durable after {timeout} s")
                     self._durable_cond.wait(remaining)
             finally:
                 self._durable_waiters -= 1
+                self._waiters.discard(waiter)
 
     def flush(self) -> int:
-        """Make every appended entry durable; return durable_index (== last_index)."""
+        """Make every appended entry durable; return durable_index (== last_index).
+
+        Entries that `truncate_after` removes while this waits no longer count as
+        appended: the wait ends once everything still in the log is durable.
+        """
         self._check_open()
         if self._readonly:
             return self.last_index
-        last = self._last_index
-        if last > self._durable_index:
-            self.wait_durable(last)
+        with self._state:
+            if self._durable_index >= self._last_index:
+                return self._durable_index
+        if self._durability == "os":
+            self._background.sync_now()
+        else:
+            self._block_until(lambda: self._durable_index >= self._last_index, None, None)
         return self._durable_index
 
     def truncate_after(self, index: int) -> None:
@@ -470,10 +505,15 @@ class EventLog:
         No-op when index == last_index. CompactedError if index < first_index - 1;
         IndexError if index > last_index. The next append gets index + 1 and chains
         from entry `index` (or from the compaction boundary).
+
+        Group mode: dropped entries that were never committed leave the buffer without
+        being written (a crash can never find them durable); committed ones are deleted
+        in one durable transaction. Threads waiting in `wait_durable` for a dropped entry
+        get TruncatedError.
         """
         self._check_writable(allow_tail_damage=True)
-        self.flush()
         self._env.reader_check()  # as in compact_through: free the slots of dead readers
+        # The write lock first: no group commit is in flight while the suffix is decided.
         with self._writing, self._state:
             if index < self._first_index - 1:
                 raise CompactedError(index, self._first_index)
@@ -481,25 +521,56 @@ class EventLog:
                 raise IndexError(f"truncate_after({index}): last_index is {self._last_index}")
             if index == self._last_index and self._tail_damage is None:
                 return
-            old_last = self._last_index
-            checksum = [0]
-
-            def drop_suffix(txn):
-                for i in range(index + 1, old_last + 1):
-                    txn.delete(record.key(i), db=self._entries_db)
-                if index >= self._first_index:
-                    checksum[0] = record.stored_checksum(index, txn.get(record.key(index), db=self._entries_db))
-                else:
-                    checksum[0] = _u64(txn.get(_META_BSUM, db=self._meta_db))
-
-            self._write_txn(drop_suffix)
-            self._last_index = self._committed_index = index
+            committed = self._committed_index
+            if index >= committed:
+                # Everything dropped is still in the buffer: forget it, write nothing.
+                checksum = (record.stored_checksum(index, self._pending_value(index)) if index > committed
+                            else self._last_checksum_at_commit(index))
+                del self._unflushed[index - committed:]
+            else:
+                del self._unflushed[:]
+                checksum = self._delete_committed_after(index, committed)
+            self._last_index = index
+            self._committed_index = min(committed, index)
             self._durable_index = min(self._durable_index, index)
-            self._last_checksum = checksum[0]
+            self._last_checksum = checksum
             self._tail_damage = None
             self._refresh_usable()
+            for waiter in self._waiters:
+                if waiter.index > index:
+                    waiter.truncated_to = index
+            self._durable_cond.notify_all()
             if self._durability == "os":
                 self._env.sync(True)
+
+    def _last_checksum_at_commit(self, index: int) -> int:
+        """Checksum of committed entry `index` (or of the compaction boundary below first_index)."""
+        checksum = [0]
+
+        def read(txn):
+            if index >= self._first_index:
+                checksum[0] = record.stored_checksum(index, txn.get(record.key(index), db=self._entries_db))
+            else:
+                checksum[0] = _u64(txn.get(_META_BSUM, db=self._meta_db))
+
+        with self._read_txn() as txn:
+            read(txn)
+        return checksum[0]
+
+    def _delete_committed_after(self, index: int, committed: int) -> int:
+        """Delete committed entries index+1..committed in one transaction; return entry index's checksum."""
+        checksum = [0]
+
+        def drop_suffix(txn):
+            for i in range(index + 1, committed + 1):
+                txn.delete(record.key(i), db=self._entries_db)
+            if index >= self._first_index:
+                checksum[0] = record.stored_checksum(index, txn.get(record.key(index), db=self._entries_db))
+            else:
+                checksum[0] = _u64(txn.get(_META_BSUM, db=self._meta_db))
+
+        self._write_txn(drop_suffix)
+        return checksum[0]
 
     def compact_through(self, index: int) -> None:
         """Drop every entry up to and including `index` (a snapshot covers them), durably.
@@ -510,7 +581,13 @@ class EventLog:
         next append is index + 1.
         """
         self._check_writable()
-        self.flush()
+        # Only the entries it drops must be committed (they are read from LMDB below);
+        # waiting for the whole log would wait on entries a concurrent truncate_after
+        # may be removing.
+        with self._state:
+            needed = min(index, self._last_index)
+        if needed >= self._first_index:
+            self.wait_durable(needed)
         # A reader killed inside a read transaction keeps its slot, and the old pages it
         # pinned can never be reused: the file would grow for as long as this writer runs.
         self._env.reader_check()
@@ -818,6 +895,16 @@ class EventLog:
                 f"{self._path}: the last entry is damaged ({self._tail_damage}); appending would chain "
                 f"onto it. Inspect with verify() and drop it with truncate_after({self._tail_damage.index - 1})"
             )
+
+
+class _Waiter:
+    """A thread in wait_durable(index); truncate_after sets truncated_to when it drops the entry."""
+
+    __slots__ = ("index", "truncated_to")
+
+    def __init__(self, index: int):
+        self.index = index
+        self.truncated_to: int | None = None
 
 
 def _check_path(path: Path, readonly: bool) -> None:

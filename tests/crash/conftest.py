@@ -26,6 +26,12 @@ ROWS = {
     "fault_failpoint": "row 7: REPLAY_FAILPOINTS kill/raise at named commit, compaction, recovery points",
     "fault_stale_reader": "row 8: readers SIGKILLed holding read transactions; zombie writer fenced",
     "fault_hostile": "row 9: hostile logs and snapshots: clear errors, bounded memory, nothing outside touched",
+    "fault_race": "row 10: races: rollback vs snapshot follow-up, group flush vs truncation, live readers, second threads, takeover",
+    "fault_power_loss": "row 11: power loss: crash images (file at a sync point + subsets of later writes), directory fsyncs",
+    "fault_short_file": "row 12: a data.mdb cut short or structurally damaged: reported as damage, never a signal or traceback",
+    "fault_divergence": "row 13: live and replay see the same bytes; mismatched state layouts and foreign histories refused",
+    "fault_hostile_files": "row 14: FIFOs, devices, symlinks, huge and amplifying files in the snapshot store",
+    "fault_audit": "row 15: audit path: atomic truncation record, rewrites seen by tail -f, escaped output, exit codes",
 }
 
 STRACE = shutil.which("strace")
