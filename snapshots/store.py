@@ -398,41 +398,95 @@ class SnapshotStore:
 
     def _latest_verified(self):
         skipped = []
-        for name in reversed(self._manifest_names()):
-            report, manifest = self._verify(name)
-            if report.ok:
-                return SnapshotInfo._from_manifest(manifest), skipped
-            if manifest is None and report.problems[0].reason == _MISSING:
-                continue  # deleted by a prune since the directory listing: not damage
-            skipped.append(report)
+        with self._reading():
+            for name in self._newest_first():
+                report, manifest = self._verify(name)
+                if report.ok:
+                    return SnapshotInfo._from_manifest(manifest), skipped
+                if manifest is None and report.problems[0].reason == _MISSING:
+                    continue  # renamed over meanwhile: _newest_first lists again
+                skipped.append(report)
         return None, skipped
 
-    def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[SnapshotInfo | None, Any, list[VerifyReport]]:
+    def _newest_first(self):
+        """Manifest names, newest first, for a caller holding the shared reader lock.
+
+        A prune deletes manifests only under the exclusive lock, so none listed here can
+        vanish before the caller is done with it; the listing must be taken under the
+        lock, though, or a prune between the listing and the lock could delete every
+        listed name while a newer one exists ("no snapshot" with snapshots present). As
+        a second line, a name that vanishes anyway (a store written without the lock)
+        makes the walk list again, skipping names already seen, until a listing has no
+        name that vanished."""
+        seen: set[str] = set()
+        while True:
+            fresh = [n for n in reversed(self._manifest_names()) if n not in seen]
+            if not fresh:
+                return
+            for name in fresh:
+                seen.add(name)
+                yield name
+            if all(os.path.lexists(self._layout.manifest_path(n)) for n in fresh):
+                return
+
+    def load_latest(
+        self,
+        map_location: str | torch.device = "cpu",
+        *,
+        accept: Callable[[SnapshotInfo], str | None] | None = None,
+        like: Any = None,
+    ) -> tuple[SnapshotInfo | None, Any, list[VerifyReport]]:
         """(info, state, skipped): `load` of the newest snapshot that loads, reading each
-        chunk once. Damaged snapshots are skipped and their reports returned (newest
-        first); (None, None, skipped) when none loads."""
+        chunk once; (None, None, skipped) when none loads (or the store is empty).
+
+        Skipped snapshots (newest first) are reported as VerifyReports with `ok` false:
+        damaged ones, and those `accept` refuses. `accept(info)` is called for each
+        candidate, newest first, once its manifest has been read and before any chunk is:
+        a returned string is the reason to skip it (the report's problem, on the
+        manifest), None accepts it. It runs while this reader holds the store's shared
+        lock (a prune waits to delete), so it should be quick; what it raises propagates.
+
+        `like` (a live state: mappings, lists, tuples of tensors and plain values, e.g. the
+        state `load_into` would restore into) makes the layout checked before any tensor
+        is allocated: the snapshot must have a tensor of the same dtype and shape at every
+        key path where `like` has one and nowhere else (devices may differ), else
+        StateMismatchError names the key path and both layouts. A mismatch is not damage:
+        it raises at the first accepted snapshot instead of falling back to an older one.
+        """
         self._check_open()
-        skipped = []
-        for name in reversed(self._manifest_names()):
-            try:
-                with self._reading():
+        skipped: list[VerifyReport] = []
+        with self._reading():
+            for name in self._newest_first():
+                try:
                     manifest = self._read_manifest(name)
+                    info = SnapshotInfo._from_manifest(manifest)
+                    reason = accept(info) if accept is not None else None
+                    if reason is not None:
+                        skipped.append(VerifyReport(name, False, 0, 0, (Problem(None, str(reason)),)))
+                        continue
+                    if like is not None:
+                        inplace.check_layout(manifest.tree, manifest.tensors, like)
                     tensors = self._read_tensors(manifest)
-            except SnapshotNotFoundError:
-                continue
-            except CorruptSnapshotError:
-                skipped.append(self._verify(name)[0])
-                continue
-            return SnapshotInfo._from_manifest(manifest), _build(manifest, tensors, map_location), skipped
+                except SnapshotNotFoundError:
+                    continue  # re-saved under the same name meanwhile; _newest_first relists
+                except CorruptSnapshotError as e:
+                    report = self._verify(name)[0]
+                    skipped.append(report if not report.ok else _report_of(e))
+                    continue
+                return info, _build(manifest, tensors, map_location), skipped
         return None, None, skipped
 
-    def load(self, info: SnapshotInfo | str, map_location: str | torch.device = "cpu") -> Any:
+    def load(self, info: SnapshotInfo | str, map_location: str | torch.device = "cpu", *, like: Any = None) -> Any:
         """The saved state with fresh tensors on `map_location` (a device), containers and
         values as FORMAT.md's tree table says. Every chunk is hash-checked before any of it
-        is returned. Raises SnapshotNotFoundError or CorruptSnapshotError."""
+        is returned. Raises SnapshotNotFoundError or CorruptSnapshotError. With `like`,
+        the tensor layout is checked against it first, as in `load_latest`
+        (StateMismatchError, nothing allocated)."""
         self._check_open()
         with self._reading():
             manifest = self._read_manifest(self._name_of(info))
+            if like is not None:
+                inplace.check_layout(manifest.tree, manifest.tensors, like)
             tensors = self._read_tensors(manifest)
         return _build(manifest, tensors, map_location)
 
@@ -650,6 +704,10 @@ class SnapshotStore:
 
 
 _MISSING = "manifest is missing"
+
+
+def _report_of(error: CorruptSnapshotError) -> VerifyReport:
+    return VerifyReport(error.manifest, False, 0, 0, (Problem(error.chunk, error.reason),))
 
 
 def _no_failpoint(name: str) -> None:

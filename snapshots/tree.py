@@ -89,6 +89,32 @@ def has_tensors(node: list) -> bool:
     return False
 
 
+def tensor_paths(node: list, path: KeyPath = ()):
+    """(key path, tensor position) for every tensor leaf of a (validated) node, in order."""
+    tag, payload = node
+    if tag == "x":
+        yield path, payload
+    elif tag in ("l", "t"):
+        for i, child in enumerate(payload):
+            yield from tensor_paths(child, path + (i,))
+    elif tag in ("d", "o"):
+        for key, child in payload:
+            yield from tensor_paths(child, path + (key,))
+
+
+def live_tensors(value: Any, path: KeyPath = ()):
+    """(key path, tensor) for every tensor in a live state, walking mappings, lists and
+    tuples like `flatten`; any other value is a plain leaf and is skipped, not refused."""
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, child in value.items():
+            yield from live_tensors(child, path + (key,))
+    elif isinstance(value, (list, tuple)):
+        for i, child in enumerate(value):
+            yield from live_tensors(child, path + (i,))
+
+
 def validate(node: Any, n_tensors: int, depth: int = 0) -> None:
     """Raise ValueError unless `node` is a well-formed tree whose tensor references are
     each in [0, n_tensors)."""
