@@ -26,6 +26,12 @@ Durability modes, and exactly what a crash can lose:
   entries after `durable_index`, which a background sync advances every
   `os_sync_interval` seconds (default 1 s).
 
+Encoding once: ``encode_payload(payload) -> bytes`` is the payload codec the log uses
+(TypeError naming the path of the first value it cannot encode) and
+``decode_payload(bytes)`` its inverse. ``append(op, encoded=encode_payload(p))`` stores
+those exact bytes without encoding again, so a caller can give its consumer
+``decode_payload(encoded)`` -- exactly what a later reader of the entry decodes.
+
 Operational facts (LMDB):
 
 - Map size: LMDB needs a maximum size up front. The log starts with `map_size`
@@ -59,13 +65,14 @@ from .errors import (
     LogPoisonedError,
     TruncatedError,
 )
+from .codec import decode_payload, encode_payload
 from .locking import writer_pid
 from .log import FORMAT_VERSION, EventLog
 from .record import Entry, EntryHeader
 from .report import Damage, VerifyReport
 
 __all__ = [
-    "EventLog", "writer_pid", "Entry", "EntryHeader", "VerifyReport", "Damage", "FORMAT_VERSION",
+    "EventLog", "writer_pid", "encode_payload", "decode_payload", "Entry", "EntryHeader", "VerifyReport", "Damage", "FORMAT_VERSION",
     "LogError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",
     "LogPoisonedError", "FormatError", "TruncatedError", "DamagedLogError",
 ]

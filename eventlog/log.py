@@ -271,7 +271,7 @@ class EventLog:
 
     # ------------------------------------------------------------------ writing
 
-    def append(self, op: str, payload: Any = None) -> int:
+    def append(self, op: str, payload: Any = None, *, encoded: bytes | None = None) -> int:
         """Append one entry; return its index (last_index + 1).
 
         - sync: returns once the entry is durable.
@@ -280,15 +280,22 @@ class EventLog:
         - os: returns once the entry is committed to the OS page cache.
         - A payload that cannot be encoded raises TypeError naming its path; nothing is
           appended. FencedError, LogPoisonedError, LogError as documented.
+        - encoded: the payload already encoded by `eventlog.encode_payload` (then
+          `payload` must be None, else ValueError). The bytes are stored as given and
+          not decoded again, so a caller can encode once, hand
+          ``decode_payload(encoded)`` to its consumer and know replay decodes the very
+          same bytes. Bytes that did not come from encode_payload make an entry whose
+          payload fails to decode on read (CorruptEntryError); a non-bytes value raises
+          TypeError.
         """
-        if self._durability != "group":
-            return self.append_many([(op, payload)]).start
-        # The group-mode hot path: one entry, no batch bookkeeping. Under one GIL the
-        # producer's per-entry cost is what the flusher competes with.
         op_bytes = record.check_op(op)
-        payload_bytes = encode_payload(payload)
+        payload_bytes = encode_payload(payload) if encoded is None else _given_encoding(payload, encoded)
         if len(payload_bytes) > record.MAX_PAYLOAD_LEN:
             raise ValueError(f"{op!r}: payload of {len(payload_bytes)} bytes exceeds 4 GiB")
+        if self._durability != "group":
+            return self._append_encoded([(op_bytes, payload_bytes)]).start
+        # The group-mode hot path: one entry, no batch bookkeeping. Under one GIL the
+        # producer's per-entry cost is what the flusher competes with.
         with self._state:
             if not self._usable or self._generation != SharedEnv.generation:
                 self._check_writable()
@@ -319,6 +326,10 @@ class EventLog:
             if len(payload_bytes) > record.MAX_PAYLOAD_LEN:
                 raise ValueError(f"item {position} ({op!r}): payload of {len(payload_bytes)} bytes exceeds 4 GiB")
             encoded.append((op_bytes, payload_bytes))
+        return self._append_encoded(encoded)
+
+    def _append_encoded(self, encoded: list[tuple[bytes, bytes]]) -> range:
+        """Append checked (op bytes, payload bytes) pairs in one transaction; see append_many."""
         self._check_writable()
         if self._durability == "group":
             return self._append_group(encoded)
@@ -706,11 +717,19 @@ class EventLog:
         while index < hi:
             batch, seed = self._read_batch(index, min(hi, index + READ_BATCH), head_only)
             if not batch:
+                if not self._readonly and self._still_appended(index):
+                    # The group flusher committed `index` between the LMDB read (it was
+                    # not there yet) and the buffer read (it had left): read it again.
+                    continue
                 return  # truncated concurrently by the writer
             for i, value, length in batch:
                 item, seed = decode(i, value, length, seed)
                 yield item
             index = batch[-1][0] + 1
+
+    def _still_appended(self, index: int) -> bool:
+        with self._state:
+            return index <= self._last_index
 
     def _read_batch(self, lo, hi, head_only=False) -> tuple[list[tuple[int, bytes, int]], int | None]:
         """(index, value, stored length) for [lo, hi) and the checksum that seeds lo, from one
@@ -905,6 +924,15 @@ class _Waiter:
     def __init__(self, index: int):
         self.index = index
         self.truncated_to: int | None = None
+
+
+def _given_encoding(payload: Any, encoded: Any) -> bytes:
+    """The `encoded=` argument of append, checked for the contract it can check cheaply."""
+    if payload is not None:
+        raise ValueError("append: pass either payload or encoded=, not both")
+    if type(encoded) is not bytes:
+        raise TypeError(f"append: encoded= must be the bytes encode_payload returned, got {type(encoded).__name__}")
+    return encoded
 
 
 def _check_path(path: Path, readonly: bool) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eventlog import CompactedError, EventLog, LogError
+from eventlog import CompactedError, CorruptEntryError, EventLog, LogError, decode_payload, encode_payload
 
 
 class LogContract:
@@ -67,6 +67,37 @@ class LogContract:
         log.flush()
         assert [(e.index, e.op, e.payload) for e in log.entries()] == [
             (1, "a", 1), (2, "b", 2), (3, "c", 3), (4, "d", None)]
+
+    # --- appending bytes encoded once -----------------------------------------
+
+    def test_append_encoded_stores_exactly_those_bytes(self, log):
+        payload = {"lr": 0.1, "ids": [1, 2, 3], "w": torch.arange(4, dtype=torch.bfloat16)}
+        raw = encode_payload(payload)
+        assert log.append("step", encoded=raw) == 1
+        assert log.append("step", payload) == 2
+        log.flush()
+        first, second = log.entries()
+        assert first.payload.keys() == second.payload.keys() == payload.keys()
+        assert torch.equal(first.payload["w"], payload["w"]) and first.payload["ids"] == [1, 2, 3]
+        # the stored payload is the given bytes, byte for byte: both entries decode alike
+        assert repr(decode_payload(raw)) == repr(first.payload) == repr(second.payload)
+
+    def test_append_encoded_refuses_both_or_non_bytes(self, log):
+        with pytest.raises(ValueError, match="either payload or encoded"):
+            log.append("a", 1, encoded=encode_payload(1))
+        with pytest.raises(TypeError, match="encoded= must be the bytes"):
+            log.append("a", encoded=bytearray(encode_payload(1)))
+        assert log.last_index == 0
+
+    def test_append_encoded_garbage_is_a_corrupt_entry_on_read(self, log):
+        log.append("a", encoded=b"\xc1")  # 0xc1 is never valid msgpack
+        log.flush()
+        with pytest.raises(CorruptEntryError, match="payload does not decode"):
+            log.entry(1)
+
+    def test_encode_payload_names_the_path(self):
+        with pytest.raises(TypeError, match=r"payload\['x'\]\[1\]"):
+            encode_payload({"x": [1, object()]})
 
     def test_entries_range_is_half_open(self, log):
         log.append_many([("op", i) for i in range(10)])
