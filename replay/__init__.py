@@ -28,6 +28,7 @@ from .errors import (
     DivergenceError,
     EnvelopeError,
     HandlerError,
+    ConcurrentUseError,
     JournalClosedError,
     JournalPoisonedError,
     PayloadRejectedError,
@@ -47,5 +48,5 @@ __all__ = [
     "Journal", "Ops", "OpSpec", "Every", "RecoveryReport", "DataCursor", "seeded_generator",
     "state_digest", "truncate",
     "ReplayError", "UnknownOpError", "PayloadRejectedError", "HandlerError", "VersionMismatchError",
-    "EnvelopeError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "JournalClosedError",
+    "EnvelopeError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "JournalClosedError", "ConcurrentUseError",
 ]

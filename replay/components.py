@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any, Iterator
 
 import torch
+from snapshots import StateMismatchError
 
 STATE_DICT, TENSOR, DICT = "state_dict", "tensor", "dict"
 
@@ -82,6 +83,42 @@ def restore(state: Mapping[str, Any], kinds: dict[str, str], tree: Mapping[str, 
                 component.copy_(saved)
             else:
                 _restore_dict(component, saved, default_device(state))
+
+
+def check_layout(state: Mapping[str, Any], kinds: dict[str, str], tree: Mapping[str, Any]) -> None:
+    """Refuse a saved tree whose layout the live state cannot take without a silent change.
+
+    StateMismatchError (naming the key path and both layouts) when the components differ,
+    a tensor component differs in dtype or shape, or a tensor inside a state_dict
+    component (a module parameter, an optimizer moment) exists on both sides with another
+    dtype or shape: ``load_state_dict`` would cast it silently, and replay after a cast is
+    not the run that wrote the log. Tensors on one side only (an optimizer before its
+    first step has no moments yet) and plain-dict leaves (replaced, not copied into, by
+    `restore`) are not compared.
+    """
+    missing, extra = sorted(set(state) - set(tree)), sorted(set(tree) - set(state))
+    if missing or extra:
+        key = (missing or extra)[0]
+        raise StateMismatchError(
+            repr(key), f"snapshot components {sorted(tree)} do not match the journal's state {sorted(state)}")
+    for name, component in state.items():
+        if kinds[name] == TENSOR:
+            _check_tensor((name,), tree[name], component)
+        elif kinds[name] == STATE_DICT:
+            saved = dict(leaves(tree[name], (name,)))
+            for path, live in leaves(component.state_dict(), (name,)):
+                if isinstance(live, torch.Tensor) and path in saved:
+                    _check_tensor(path, saved[path], live)
+
+
+def _check_tensor(path: tuple, saved: Any, live: torch.Tensor) -> None:
+    where = "".join(f"[{p!r}]" for p in path)
+    if not isinstance(saved, torch.Tensor):
+        raise StateMismatchError(where, f"the snapshot holds a {type(saved).__name__}, the live state a tensor")
+    if saved.dtype != live.dtype or tuple(saved.shape) != tuple(live.shape):
+        raise StateMismatchError(
+            where, f"snapshot has {saved.dtype} {tuple(saved.shape)}, the live state {live.dtype} {tuple(live.shape)}; "
+            "reopen with the state layout the journal was written with")
 
 
 def _restore_dict(live: dict, saved: Mapping, device: torch.device) -> None:

@@ -91,5 +91,14 @@ class JournalPoisonedError(ReplayError):
     """The log failed a write or sync, or a rollback failed, so the journal refuses all further work."""
 
 
+class ConcurrentUseError(ReplayError):
+    """A second thread called into a Journal while another thread was inside a call; nothing was done."""
+
+    def __init__(self, what: str, holder: str | None, caller: str):
+        super().__init__(
+            f"thread {caller!r} called Journal.{what} while thread {holder or '?'} is inside the journal; "
+            "a Journal is used from one thread at a time (hand it over only between calls)")
+
+
 class JournalClosedError(ReplayError):
     """The journal was used after close()."""

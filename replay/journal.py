@@ -10,7 +10,9 @@ A Journal is used from one thread at a time and never across fork().
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 import warnings
@@ -19,15 +21,16 @@ from typing import Any, Mapping
 
 import snapshots
 import torch
-from eventlog import EventLog, LogPoisonedError
+import eventlog
+from eventlog import EventLog, FormatError, LockedError, LogPoisonedError, decode_payload, encode_payload
 
 from . import components, failpoints
 from .determinism import DeterministicGuard, state_digest
-from .envelope import DIGEST_OP, wrap
-from .errors import JournalClosedError, JournalPoisonedError, ReplayError
+from .envelope import DIGEST_OP, unwrap, wrap
+from .errors import ConcurrentUseError, JournalClosedError, JournalPoisonedError, RecoveryError, ReplayError
 from .ops import Ops
 from .policies import Every, PolicyClock
-from .recovery import RecoveryReport, Replayer, recover, snapshot_meta
+from .recovery import RecoveryReport, Replayer, log_checksum_at, preflight, recover, snapshot_meta
 
 DEFAULT_POLICY = Every(entries=1000, seconds=600)
 
@@ -86,6 +89,7 @@ class Journal:
             raise TypeError(f"snapshot must be a replay.Every policy, got {type(snapshot).__name__}")
         kinds = components.check_state(state)
         root = Path(path)
+        refuse_to_reinitialise(root)
         root.mkdir(parents=True, exist_ok=True)
         journal = cls.__new__(cls)
         journal._init(root, state, kinds, ops, snapshot, digest_every, keep_log, async_snapshots, device)
@@ -94,10 +98,14 @@ class Journal:
             if deterministic:
                 journal._guard = DeterministicGuard(any(
                     isinstance(t, torch.Tensor) and t.is_cuda for _, t in components.leaves(state)))
-            journal.log = EventLog.open(root / "log", durability=durability, takeover=takeover)
             journal.snapshots = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last,
                                                         failpoint=failpoints.hit)
-            journal._recover(progress)
+            # Everything that can be refused (a live writer, a snapshot the state cannot
+            # take, an unknown op) is checked before the log's term is bumped: a failed
+            # open must leave the journal as it found it.
+            loaded = journal._preflight(takeover)
+            journal.log = EventLog.open(root / "log", durability=durability, takeover=takeover)
+            journal._recover(progress, loaded)
         except BaseException:
             journal._release()
             raise
@@ -121,13 +129,28 @@ class Journal:
         self._closed = False
         self._index = 0
         self._bytes_counted = 0
+        self._busy = threading.Lock()  # held by the thread inside a public call
+        self._busy_thread: str | None = None
         self.log = None
         self.snapshots = None
         self.recovery = RecoveryReport()
         self.last_snapshot_error: BaseException | None = None
 
-    def _recover(self, progress) -> None:
-        self.recovery = recover(self.log, self.snapshots, self.state, self._kinds, self._replayer, progress=progress)
+    def _preflight(self, takeover: bool) -> RecoveryReport | None:
+        """Recovery's checks against a readonly view of an existing log; None for a new journal."""
+        log_dir = self.path / "log"
+        if not takeover and eventlog.writer_pid(log_dir) is not None:
+            raise LockedError(f"{log_dir} is held by a live writer (pid {eventlog.writer_pid(log_dir)})")
+        try:
+            reader = EventLog.open(log_dir, readonly=True)
+        except FormatError:
+            return None  # no log yet, or its creation never completed: nothing was ever written
+        with reader:
+            return preflight(reader, self.snapshots, self.state, self._kinds, self.ops)
+
+    def _recover(self, progress, loaded: RecoveryReport | None) -> None:
+        self.recovery = recover(self.log, self.snapshots, self.state, self._kinds, self._replayer,
+                                progress=progress, loaded=loaded)
         self._index = self.recovery.replayed.stop - 1 if len(self.recovery.replayed) else self.recovery.snapshot_index
         if self.recovery.snapshot is not None:
             self._snapshot_index = self.recovery.snapshot_index
@@ -172,13 +195,22 @@ class Journal:
         - In group mode this returns before the entry is durable; `flush()` waits.
         - JournalPoisonedError once the log has failed a write; JournalClosedError after close.
         """
+        with self._entered("apply"):
+            return self._apply(op, payload)
+
+    def _apply(self, op: str, payload: dict) -> int:
         self._check_usable()
         spec = self.ops.check_payload(op, payload)
+        # The handler gets what the log will give replay, decoded from the very bytes
+        # appended: a numpy float32 arrives as the float replay reads, a payload tensor
+        # is a fresh one (never an alias of the caller's reused buffer), a tuple a list.
+        encoded = encode_payload(wrap(spec.version, payload))
+        replayed = unwrap(self._index + 1, op, decode_payload(encoded))[1]
         self._collect_snapshot(block=False)
-        index = self._guarded(self.log.append, op, wrap(spec.version, payload))
+        index = self._guarded(self._append_encoded, op, encoded)
         started = time.perf_counter()
         try:
-            spec.handler(self.state, **components.to_device(payload, self._device))
+            spec.handler(self.state, **components.to_device(replayed, self._device))
         except BaseException as exc:
             self._roll_back(index, exc)
             raise
@@ -189,6 +221,9 @@ class Journal:
         if self._clock.due() and self._pending is None:
             self._policy_snapshot()
         return index
+
+    def _append_encoded(self, op: str, encoded: bytes) -> int:
+        return self.log.append(op, encoded=encoded)
 
     def _policy_snapshot(self) -> None:
         """A snapshot the policy asked for. Its failure never fails the apply that triggered
@@ -231,6 +266,10 @@ class Journal:
 
     def flush(self) -> int:
         """Block until every applied entry is durable; return the durable index (== index)."""
+        with self._entered("flush"):
+            return self._flush()
+
+    def _flush(self) -> int:
         self._check_usable()
         self._guarded(self.log.flush)
         self._collect_snapshot(block=False)
@@ -247,6 +286,10 @@ class Journal:
         After a commit, old snapshots are pruned and (unless keep_log) the log is
         compacted through the oldest one retained.
         """
+        with self._entered("snapshot"):
+            return self._snapshot(wait)
+
+    def _snapshot(self, wait: bool):
         self._check_usable()
         self._collect_snapshot(block=True)
         if self._snapshot_index == self._index:
@@ -263,13 +306,14 @@ class Journal:
         self._guarded(self.log.wait_durable, index)
         tree = components.capture(self.state, self._kinds)
         term = self.log.term_at(index)
+        meta = snapshot_meta(index, log_checksum_at(self.log, index))
         self._clock.reset()
         self._snapshot_index = index
         if blocking:
-            info = self.snapshots.save(tree, index=index, term=term, meta=snapshot_meta(index))
+            info = self.snapshots.save(tree, index=index, term=term, meta=meta)
             self._after_commit(info)
             return info
-        handle = self.snapshots.save_async(tree, index=index, term=term, meta=snapshot_meta(index))
+        handle = self.snapshots.save_async(tree, index=index, term=term, meta=meta)
         # Waiting for the commit, then pruning (which re-reads the new snapshot) and
         # compacting, happens on the follow-up thread: none of it may stall apply().
         follow_up = self._follow_up_thread().submit(self._finish_snapshot, handle)
@@ -334,6 +378,12 @@ class Journal:
         """
         if self._closed:
             return
+        with self._entered("close"):
+            self._close(snapshot)
+
+    def _close(self, snapshot: bool) -> None:
+        if self._closed:
+            return
         try:
             if self._poison is None:
                 self._collect_snapshot(block=True)
@@ -380,6 +430,20 @@ class Journal:
                 "Reopen it to recover the durable prefix."
             ) from self._poison
 
+    @contextlib.contextmanager
+    def _entered(self, what: str):
+        """Refuse a second thread while one is inside a public call (a Journal is used from
+        one thread at a time: two overlapping applies would apply in another order than
+        the log's, and nothing would ever notice)."""
+        if not self._busy.acquire(blocking=False):
+            raise ConcurrentUseError(what, self._busy_thread, threading.current_thread().name)
+        self._busy_thread = f"{threading.current_thread().name} ({what})"
+        try:
+            yield
+        finally:
+            self._busy_thread = None
+            self._busy.release()
+
     def _guarded(self, call, *args):
         """Run a log call; a poisoned log poisons the journal (nothing may be retried)."""
         try:
@@ -389,9 +453,23 @@ class Journal:
             raise JournalPoisonedError(f"journal {self.path}: the log failed a write or sync: {exc}") from exc
 
 
-def _is_done(handle) -> bool:
-    done = getattr(handle, "done", None)
-    return bool(done()) if callable(done) else True
+def refuse_to_reinitialise(root: Path) -> None:
+    """RecoveryError when `root` holds snapshots but its log is missing or empty.
+
+    Opening would create a fresh log and start over from the initial state, silently
+    discarding every entry of the run; a log lost this way is damage to report, not a
+    journal to re-create.
+    """
+    manifests = root / "snapshots" / "manifests"
+    if not manifests.is_dir() or not any(manifests.iterdir()):
+        return
+    data = root / "log" / "data.mdb"
+    size = data.stat().st_size if data.exists() else None
+    if size is None or size == 0:
+        what = "missing" if size is None else "empty (0 bytes)"
+        raise RecoveryError(
+            f"{root} holds snapshots but its log {data} is {what}: the journal is damaged. Restore the log "
+            "from a backup; opening it would start a new log and lose every entry")
 
 
 __all__ = ["Journal", "ReplayError"]

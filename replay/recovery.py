@@ -13,11 +13,11 @@ from typing import Any, Mapping
 
 import torch
 
-from .components import restore
+from .components import check_layout, restore
 from .determinism import state_digest
-from .envelope import DIGEST_OP, TRUNCATE_OP
+from .envelope import DIGEST_OP, ENGINE_OPS, TRUNCATE_OP
 from . import failpoints
-from .errors import DivergenceError, HandlerError, RecoveryError
+from .errors import DivergenceError, HandlerError, RecoveryError, UnknownOpError
 from .ops import Ops
 from .progress import ReplayProgress
 from .readahead import ReadAhead
@@ -60,25 +60,75 @@ class RecoveryReport:
                 f"in {self.seconds:.3f} s{damaged}")
 
 
-def snapshot_meta(index: int) -> dict:
-    """The meta stored with every journal snapshot: the index of the last applied entry."""
-    return {SNAPSHOT_META_KEY: {"format": SNAPSHOT_FORMAT, "index": index}}
+def snapshot_meta(index: int, log_checksum: int | None) -> dict:
+    """The meta stored with every journal snapshot.
+
+    ``index`` is the last applied entry. ``log_checksum`` is the log's chained checksum
+    at that index (the entry's own checksum, or the compaction boundary's): two runs that
+    share a term (sibling runs, a log truncated and rewritten) differ there, so recovery
+    can tell a snapshot of this log's history from one of another. Snapshots written
+    before the field existed lack it; for them only the term is compared.
+    """
+    meta = {"format": SNAPSHOT_FORMAT, "index": index}
+    if log_checksum is not None:
+        meta["log_checksum"] = log_checksum
+    return {SNAPSHOT_META_KEY: meta}
 
 
-def load_newest_snapshot(store, state: Mapping[str, Any], kinds: dict[str, str], report: RecoveryReport):
-    """Load the newest snapshot that verifies into `state`, in place; record skipped damaged ones.
+def history_mismatch(log, info) -> str | None:
+    """Why snapshot `info` is not a state of `log`'s history, or None if it may be.
 
-    Returns its info, or None when no snapshot loads. A snapshot is loaded completely
-    (every chunk verified, each read once) before anything of the live state changes.
+    It is one when the log's term at the snapshot's index equals the snapshot's term and
+    the log's chained checksum there equals the one the snapshot recorded. Indexes the log
+    cannot answer for (compacted past, or beyond its end) return None: recovery reports
+    those as a gap or a snapshot ahead of the log, which no older snapshot can fix by
+    being skipped silently.
+    """
+    index = info.index
+    if index == 0 or index > log.last_index or index < log.first_index - 1:
+        return None
+    term = log.term_at(index)
+    if term != info.term:
+        return (f"snapshot of term {info.term} at index {index}, but the log's entry {index} has term {term}: "
+                "the snapshot belongs to another history")
+    meta = info.meta.get(SNAPSHOT_META_KEY) if isinstance(info.meta, dict) else None
+    recorded = meta.get("log_checksum") if isinstance(meta, dict) else None
+    if recorded is None:
+        return None
+    actual = log_checksum_at(log, index)
+    if actual is not None and actual != recorded:
+        return (f"snapshot at index {index} recorded log checksum {recorded:#018x}, but the log has "
+                f"{actual:#018x} there: the snapshot belongs to another history")
+    return None
+
+
+def log_checksum_at(log, index: int) -> int | None:
+    """The log's chained checksum of entry `index`; None when the log no longer holds the entry."""
+    if index < log.first_index or index > log.last_index:
+        return None
+    for header in log.headers(index, index + 1):
+        return header.checksum
+    return None
+
+
+def load_newest_snapshot(store, log, state: Mapping[str, Any], kinds: dict[str, str], report: RecoveryReport):
+    """Load the newest usable snapshot into `state`, in place; record the skipped ones.
+
+    Usable: it verifies and belongs to `log`'s history (`history_mismatch`). A damaged or
+    foreign snapshot is skipped and recorded in report.damaged_snapshots; its layout is
+    never checked. The chosen snapshot's layout must match the live state
+    (components.check_layout: StateMismatchError naming the path, before anything of the
+    live state changes). Returns its info, or None when no snapshot loads.
     """
     started = time.perf_counter()
-    info, tree, skipped = store.load_latest(map_location="cpu")
+    info, tree, skipped = store.load_latest(map_location="cpu", accept=lambda i: history_mismatch(log, i))
     report.damaged_snapshots = [(r.manifest_id, str(r)) for r in skipped]
     if info is not None:
         meta = info.meta.get(SNAPSHOT_META_KEY) if isinstance(info.meta, dict) else None
         if not meta or meta.get("index") != info.index:
             raise RecoveryError(
                 f"snapshot {info.manifest_id} was not written by a replay Journal (meta {info.meta!r})")
+        check_layout(state, kinds, tree)
         restore(state, kinds, tree)
         report.snapshot, report.snapshot_index = info, info.index
     report.load_seconds = time.perf_counter() - started
@@ -141,18 +191,26 @@ class Replayer:
 
 
 def recover(log, store, state: Mapping[str, Any], kinds: dict[str, str], replayer: Replayer,
-            stop: int | None = None, progress: bool | None = None) -> RecoveryReport:
-    """Bring `state` to log entry `stop - 1` (default: the last entry): newest verified snapshot, then replay.
+            stop: int | None = None, progress: bool | None = None, loaded=None) -> RecoveryReport:
+    """Bring `state` to log entry `stop - 1` (default: the last entry): newest usable snapshot, then replay.
 
     Without a loadable snapshot, replay starts from the state as given, which is only
     possible while the log still starts at entry 1. RecoveryError when the snapshot and
     the log do not meet (the log was compacted past the snapshot, or the snapshot is
     ahead of the log). Failpoint recovery.after_snapshot_load is hit once the snapshot is
     in the live state (also when none loaded), before any entry is replayed.
+
+    `loaded`: a RecoveryReport of a snapshot already loaded into `state` (by
+    `preflight` against a readonly view of the same log); it is reused when it still
+    belongs to `log`'s history, so the snapshot is not read twice.
     """
-    report = RecoveryReport()
+    if loaded is not None and (loaded.snapshot is None or history_mismatch(log, loaded.snapshot) is None):
+        report = loaded
+        info = loaded.snapshot
+    else:
+        report = RecoveryReport()
+        info = load_newest_snapshot(store, log, state, kinds, report)
     stop = log.last_index + 1 if stop is None else stop
-    info = load_newest_snapshot(store, state, kinds, report)
     failpoints.hit("recovery.after_snapshot_load")
     base = 0 if info is None else info.index
     first = log.first_index
@@ -165,4 +223,23 @@ def recover(log, store, state: Mapping[str, Any], kinds: dict[str, str], replaye
             raise RecoveryError(f"snapshot at index {base} is ahead of the log's last entry {log.last_index}")
         raise RecoveryError(f"snapshot at index {base} is newer than the requested index {stop - 1}")
     replayer.run(log, base + 1, stop, report, progress)
+    return report
+
+
+def preflight(log, store, state: Mapping[str, Any], kinds: dict[str, str], ops: Ops) -> RecoveryReport:
+    """Everything recovery can check before the caller becomes the log's writer.
+
+    With `log` open readonly: load the newest usable snapshot into `state` (its layout
+    checked first: StateMismatchError), and check that every op the log holds after it is
+    registered (UnknownOpError naming the index), from the entries' headers alone. Raises
+    what `recover` would, so a journal that cannot be opened is refused before its term is
+    bumped. Returns the report to hand to `recover(..., loaded=...)`.
+    """
+    report = RecoveryReport()
+    info = load_newest_snapshot(store, log, state, kinds, report)
+    base = 0 if info is None else info.index
+    start = max(base + 1, log.first_index)
+    for header in log.headers(start, verify=False):
+        if header.op not in ENGINE_OPS and header.op not in ops:
+            raise UnknownOpError(header.op, header.index)
     return report

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import replay
+from snapshots import StateMismatchError
 
 from .harness import damage_snapshot, open_journal
 from .models import assert_same, fingerprint, make_ops, make_state
@@ -92,7 +93,7 @@ def test_wrong_state_layout_is_refused_before_anything_changes(tmp_path):
     other = make_state()
     del other["table"]
     before = fingerprint(other)
-    with pytest.raises(KeyError, match="do not match"):
+    with pytest.raises(StateMismatchError, match="do not match"):
         open_journal(tmp_path, other, ops)
     assert_same(other, before)
 
