@@ -1,7 +1,9 @@
 """Parsing, dispatch and error reporting of ``replay`` / ``python -m replay``.
 
-Errors the user can act on (bad paths, indexes, specs; damage) are one line on stderr
-and a non-zero exit status (cli.errors); ``--debug`` shows the traceback instead.
+Every failure ends as one line on stderr and an exit status (cli.errors says which is
+which): ``replay CMD: error: ...`` for bad input, ``replay CMD: damaged: FILE: ...`` for
+damage, ``replay CMD: internal error: ...`` for a bug; ``--debug`` adds the traceback.
+Warnings and log records on stderr go through the same `printable` rule as stdout.
 """
 
 from __future__ import annotations
@@ -10,17 +12,17 @@ import argparse
 import logging
 import sys
 import traceback
+import warnings
+from pathlib import Path
 
 import snapshots
-from eventlog import CorruptEntryError, LogError
-from replay.errors import DivergenceError, HandlerError, ReplayError
+from eventlog import LogError
+from replay.errors import HandlerError, ReplayError
 
 from . import COMMANDS
-from .errors import EXIT_BAD_INPUT, EXIT_DAMAGE, CliError
-from .output import Output
-
-# Damage is exit 1 (as `verify` reports it); every other failure is bad input, exit 2.
-_DAMAGE = (CorruptEntryError, snapshots.CorruptSnapshotError, DivergenceError)
+from .errors import EXIT_DAMAGE, EXIT_INTERNAL, CliError, exit_status
+from .output import Output, printable
+from .source import log_dir
 
 
 def common_options(with_json: bool) -> argparse.ArgumentParser:
@@ -43,31 +45,66 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    """Run the parsed subcommand; turn expected errors into one line and an exit status."""
+    """Run the parsed subcommand; turn every error into one line and an exit status."""
     debug = getattr(args, "debug", False)
-    # `truncate` and the engine report on the `replay` logger; show warnings on stderr.
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+    _log_to_stderr()
     out = Output(as_json=getattr(args, "json", False))
     try:
-        return args.run(args, out)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.run(args, out)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         sys.stderr.close()  # `replay log DIR | head`: the reader left; not an error
         return 0
-    except (CliError, LogError, snapshots.SnapshotError, ReplayError, IndexError, KeyError, ValueError,
-            TypeError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the command boundary: every failure gets a verdict
         if debug:
             traceback.print_exc()
-        status = exc.status if isinstance(exc, CliError) else EXIT_DAMAGE if isinstance(exc, _DAMAGE) else EXIT_BAD_INPUT
-        print(f"replay {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        status = exit_status(exc)
+        print(f"replay {args.command}: {_one_line(exc, status, args)}", file=sys.stderr)
         return status
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, status: int, args) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, HandlerError) and exc.__cause__ is not None:
-        return text
-    if not isinstance(exc, (CliError, LogError, snapshots.SnapshotError, ReplayError)):
+    if not (isinstance(exc, HandlerError) and exc.__cause__ is not None) and \
+            not isinstance(exc, (CliError, LogError, snapshots.SnapshotError, ReplayError)):
         text = f"{type(exc).__name__}: {text}"
-    return text
+    if status == EXIT_DAMAGE:
+        where = _damaged_file(exc, args)
+        text = f"damaged: {where}: {text}" if where and where not in text else f"damaged: {text}"
+    elif status == EXIT_INTERNAL:
+        text = f"internal error: {text}" + ("" if getattr(args, "debug", False) else " (--debug shows the traceback)")
+    else:
+        text = f"error: {text}"
+    return printable(text)
+
+
+def _damaged_file(exc: BaseException, args) -> str | None:
+    """The file a damage report is about: the log's data.mdb unless it is a snapshot's."""
+    if isinstance(exc, (snapshots.SnapshotError, ReplayError)) or not getattr(args, "dir", None):
+        return None  # snapshot errors name their snapshot; a divergence is not a file's damage
+    try:
+        return str(log_dir(args.dir) / "data.mdb")
+    except CliError:
+        return str(Path(args.dir))
+
+
+def _log_to_stderr() -> None:
+    """`truncate` and the engine report on the `replay` logger: show warnings on stderr, escaped."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PrintableFormatter("%(name)s: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])  # no-op if already configured
+
+
+class _PrintableFormatter(logging.Formatter):
+    """A log record's message goes through `printable`: it may quote op names and paths."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a snapshot's failed follow-up, a skipped damaged snapshot) as one escaped line."""
+    print(f"replay: {category.__name__}: {printable(message)}", file=sys.stderr if file is None else file)

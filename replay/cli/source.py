@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import snapshots
-from eventlog import EventLog, FormatError
+from eventlog import EventLog
 
 from .errors import CliError
-
 
 
 @dataclass
@@ -60,13 +59,15 @@ def open_source(path: str | os.PathLike) -> Source:
     """Open the journal or bare log at `path` readonly; CliError if it is neither.
 
     A journal gets its SnapshotStore (a journal without snapshots/ simply has none); a
-    bare log gets store None.
+    bare log gets store None. Once `path` holds a data.mdb, whatever keeps it from opening
+    (FormatError, DamagedLogError, LMDB's own errors) propagates as damage (cli.errors).
     """
     root = Path(path)
     directory = log_dir(root)
+    log = EventLog.open(directory, readonly=True)
     try:
-        log = EventLog.open(directory, readonly=True)
-    except FormatError as exc:
-        raise CliError(f"{path} is not a journal: {exc}") from exc
-    store = snapshots.SnapshotStore(root / "snapshots", workers=4) if directory != root else None
+        store = snapshots.SnapshotStore(root / "snapshots", workers=4) if directory != root else None
+    except BaseException:
+        log.close()
+        raise
     return Source(root, log, store)

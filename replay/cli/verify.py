@@ -4,6 +4,19 @@ boundary, every snapshot's chunks, and whether snapshots and log still meet.
 Exit 0 only when everything is sound; 1 on any damage, each damaged index, snapshot and
 chunk named. Everything is read-only: the log through eventlog's `verify()` in short read
 transactions, snapshots through `SnapshotStore.verify` (hash-checks every chunk).
+
+A log that cannot be read at all (cut short, structurally corrupt, a damaged meta record)
+is one damage finding naming the file; the snapshots are still verified and the verdict
+still printed.
+
+Beside a live writer, only real damage is reported. The writer commits snapshots, prunes
+old ones and then compacts the log through the oldest it kept, so a listing taken before
+a verification can name snapshots that are gone by the time they are read. Hence:
+snapshots are listed again until every listed one has been verified, one whose manifest
+has vanished was pruned (said so, not damage), and whether snapshots and log meet is
+judged with the log's first index read *before* the listing and its last index read
+*after* it. The writer's invariant (the log is compacted only through a retained
+snapshot; a snapshot is never ahead of the log) then holds between the two reads.
 """
 
 from __future__ import annotations
@@ -11,14 +24,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pathlib import Path
+
+import snapshots
 from eventlog import EventLog, LogError
 
 from replay.recovery import SNAPSHOT_META_KEY
 
-from .errors import EXIT_DAMAGE, EXIT_OK
+from .errors import EXIT_DAMAGE, EXIT_OK, is_damage
 from .manifests import index_term, manifest_ids
 from .output import Output, human_bytes
-from .source import open_source
+from .source import log_dir
+
+# Rounds of "list again, verify what is new" before giving up on a writer that commits
+# snapshots faster than they can be verified (what is left is said to be unchecked).
+_LISTING_ROUNDS = 8
 
 HELP = "check every checksum, the chain, terms, compaction boundary and snapshot chunks (exit 1 on damage)"
 
@@ -40,41 +60,74 @@ class Findings:
     def ok(self, record: dict[str, Any], text: str) -> None:
         self._emit({**record, "ok": True}, text, "green")
 
-    def damaged(self, record: dict[str, Any], text: str) -> None:
+    def damaged(self, record: dict[str, Any], text: str, *details: str) -> None:
         self.problems += 1
-        self._emit({**record, "ok": False}, text, "bold red")
+        self._emit({**record, "ok": False}, text, "bold red", details)
 
     def info(self, record: dict[str, Any], text: str) -> None:
         self._emit(record, text, None)
 
-    def _emit(self, record, text, style) -> None:
+    def _emit(self, record, text, style, details=()) -> None:
         if self.out.as_json:
             self.out.record(record)
-        else:
-            self.out.line(text, style=style)
+            return
+        for line in (text, *details):
+            self.out.line(line, style=style)
 
 
 def run(args, out: Output) -> int:
     found = Findings(out)
-    with open_source(args.dir) as src:
-        sound_snapshots = _verify_log_and_snapshots(src, found)
-        if src.store is not None:
-            _check_journal(src.log, sound_snapshots, found)
+    root = Path(args.dir)
+    directory = log_dir(root)  # a path that is not a journal is bad input (exit 2), not damage
+    log = _open_log(directory, found)
+    try:
+        first = _verify_log(log, found) if log is not None else None
+        if directory != root:
+            store = snapshots.SnapshotStore(root / "snapshots", workers=4)
+            try:
+                sound = _verify_snapshots(store, found)
+            finally:
+                store.close()
+            if first is not None:
+                _guard(found, directory, lambda: _check_journal(log, first, sound, found))
+    finally:
+        if log is not None:
+            log.close()
     verdict = "sound" if not found.problems else f"DAMAGED: {found.problems} problem(s)"
     record = {"check": "verdict", "ok": not found.problems, "problems": found.problems}
-    if found.problems:
-        found._emit(record, f"verdict: {verdict}", "bold red")
-    else:
-        found._emit(record, f"verdict: {verdict}", "bold green")
+    found._emit(record, f"verdict: {verdict}", "bold red" if found.problems else "bold green")
     return EXIT_DAMAGE if found.problems else EXIT_OK
 
 
-def _verify_log_and_snapshots(src, found: Findings) -> list:
-    report = src.log.verify()
-    found.info({"check": "log", "path": str(src.log_path), "first_index": report.first_index,
+def _open_log(directory: Path, found: Findings) -> EventLog | None:
+    """The log opened readonly, or None after reporting why it cannot be (damage only)."""
+    return _guard(found, directory, lambda: EventLog.open(directory, readonly=True))
+
+
+def _guard(found: Findings, directory: Path, read):
+    """read(); damage it raises becomes one finding naming the log file (None is returned).
+    Anything else (bad input, a bug) propagates to the command boundary."""
+    try:
+        return read()
+    except Exception as exc:  # noqa: BLE001 - classified just below
+        if not is_damage(exc):
+            raise
+        path = directory / "data.mdb"
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        found.damaged({"check": "log", "path": str(path), "reason": reason}, f"log {path}: DAMAGED: {reason}")
+        return None
+
+
+def _verify_log(log: EventLog, found: Findings) -> int | None:
+    """Report the log's verification; return its first index as read now (None on damage)."""
+    report = _guard(found, log.path, log.verify)
+    if report is None:
+        return None
+    path = log.path
+    found.info({"check": "log", "path": str(path), "first_index": report.first_index,
                 "last_index": report.last_index, "entries_checked": report.checked,
                 "payload_bytes": report.payload_bytes, "current_term": report.current_term},
-               f"log {src.log_path}: entries {report.first_index}..{report.last_index}, {report.checked} checked "
+               f"log {path}: entries {report.first_index}..{report.last_index}, {report.checked} checked "
                f"({human_bytes(report.payload_bytes)} of payload), current term {report.current_term}")
     terms = ", ".join(f"{t} from {i}" for t, i in report.terms) or "none"
     found.info({"check": "terms", "terms": [{"term": t, "first_index": i} for t, i in report.terms]},
@@ -92,39 +145,55 @@ def _verify_log_and_snapshots(src, found: Findings) -> list:
     if report.ok:
         found.ok({"check": "chain", "entries": report.checked},
                  f"  checksums and chain: ok ({report.checked} entries)")
-    if src.store is None:
-        return []
-    return _verify_snapshots(src, found)
+    # Read before the snapshots are listed: see the module doc.
+    return _guard(found, path, lambda: log.first_index)
 
 
-def _verify_snapshots(src, found: Findings) -> list:
-    """Verify every snapshot; return (snapshot id, meta) of the sound ones."""
-    ids = manifest_ids(src.store.path)
-    metas = {info.manifest_id: info.meta for info in src.store.list()}
+def _verify_snapshots(store: snapshots.SnapshotStore, found: Findings) -> list:
+    """Verify every snapshot; return (snapshot id, meta) of the sound ones still in the store."""
+    reports: dict[str, Any] = {}
+    metas: dict[str, Any] = {}
+    present: set[str] = set()
+    with found.out.progress(len(manifest_ids(store.path)), "verifying snapshots") as advance:
+        for _ in range(_LISTING_ROUNDS):
+            for sid in manifest_ids(store.path):
+                if sid not in reports:
+                    reports[sid] = store.verify(sid)
+                    advance(1)
+            metas = {info.manifest_id: info.meta for info in store.list()}
+            present = set(manifest_ids(store.path))  # after list(): a name here was readable by it
+            if present <= reports.keys():
+                break
     sound = []
-    with found.out.progress(len(ids), "verifying snapshots") as advance:
-        for sid in ids:
-            report = src.store.verify(sid)
-            advance(1)
-            if report.ok:
-                sound.append((sid, metas.get(sid)))
-                found.ok({"check": "snapshot", "id": sid, "chunks": report.chunks_checked,
-                          "bytes": report.bytes_checked},
-                         f"snapshot {sid}: ok ({report.chunks_checked} chunks, {human_bytes(report.bytes_checked)})")
-                continue
+    for sid in sorted(present | reports.keys(), key=index_term):
+        report = reports.get(sid)
+        if sid not in present:
+            found.info({"check": "snapshot", "id": sid, "pruned": True},
+                       f"snapshot {sid}: pruned by the writer while verify ran (not counted)")
+        elif report is None:
+            found.info({"check": "snapshot", "id": sid, "unchecked": True},
+                       f"snapshot {sid}: committed while verify ran (not checked)")
+        elif report.ok:
+            sound.append((sid, metas.get(sid)))
+            found.ok({"check": "snapshot", "id": sid, "chunks": report.chunks_checked,
+                      "bytes": report.bytes_checked},
+                     f"snapshot {sid}: ok ({report.chunks_checked} chunks, {human_bytes(report.bytes_checked)})")
+        else:
             problems = [{"chunk": p.chunk, "reason": p.reason} for p in report.problems]
-            details = "".join(f"\n  DAMAGED {'chunk ' + p.chunk if p.chunk else 'manifest'}: {p.reason}"
-                              for p in report.problems)
-            found.damaged({"check": "snapshot", "id": sid, "problems": problems}, f"snapshot {sid}: DAMAGED{details}")
-    if not ids:
+            found.damaged({"check": "snapshot", "id": sid, "problems": problems}, f"snapshot {sid}: DAMAGED",
+                          *(f"  DAMAGED {'chunk ' + p.chunk if p.chunk else 'manifest'}: {p.reason}"
+                            for p in report.problems))
+    if not present and not reports:
         found.info({"check": "snapshots", "count": 0}, "snapshots: none")
     return sound
 
 
-def _check_journal(log: EventLog, sound: list, found: Findings) -> None:
+def _check_journal(log: EventLog, first: int, sound: list, found: Findings) -> None:
     """Snapshots and log must meet: a sound snapshot covers the compaction boundary, none is
-    ahead of the log, each carries the term the log has at its index, each was written by a Journal."""
-    first, last = log.first_index, log.last_index
+    ahead of the log, each carries the term the log has at its index, each was written by a Journal.
+
+    `first` was read before the snapshots were listed; `last` is read now, after."""
+    last = log.last_index
     for sid, meta in sound:
         index, term = index_term(sid)
         replay_meta = meta.get(SNAPSHOT_META_KEY) if isinstance(meta, dict) else None
@@ -138,7 +207,7 @@ def _check_journal(log: EventLog, sound: list, found: Findings) -> None:
             try:
                 log_term = log.term_at(index)
             except LogError:
-                continue  # the entry itself is damaged: already reported with the log
+                continue  # compacted since `first` was read, or damaged: already reported with the log
             if log_term != term:
                 found.damaged({"check": "snapshot_term", "id": sid, "log_term": log_term},
                               f"snapshot {sid}: DAMAGED: the log has term {log_term} at index {index}; "
