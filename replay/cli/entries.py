@@ -27,11 +27,13 @@ class Row:
     payload_bytes: int | None = None
     summary: str = ""
     damaged: str | None = None
+    checksum: int | None = None  # the entry's stored chained checksum (None when damaged)
 
     def as_record(self) -> dict[str, Any]:
         record = {"index": self.index, "term": self.term, "op": self.op, "payload_bytes": self.payload_bytes,
                   "time": iso_time(self.time_ns) if self.time_ns is not None else None,
-                  "time_ns": self.time_ns, "summary": self.summary}
+                  "time_ns": self.time_ns, "summary": self.summary,
+                  "checksum": f"{self.checksum:016x}" if self.checksum is not None else None}
         if self.damaged is not None:
             record["damaged"] = self.damaged
         return record
@@ -45,7 +47,9 @@ def rows(log: EventLog, start: int | None, stop: int | None, keep: HeaderFilter 
     """Rows for entries in [start, stop) whose verified header passes `keep`; damaged entries always.
 
     Headers are scanned in short read transactions; a kept entry's payload is then read
-    and decoded in one more (`entry(i)`), so filters never decode what they skip.
+    and decoded in one more (`entry(i)`), so filters never decode what they skip. If the
+    writer removed or replaced the entry between the two reads (a rollback), the listing
+    ends there: its header and payload would come from two different histories.
     """
     lo = start
     while True:
@@ -57,14 +61,18 @@ def rows(log: EventLog, start: int | None, stop: int | None, keep: HeaderFilter 
                 summary = ""
                 if summaries:
                     try:
-                        summary = one_line(log.entry(header.index).payload)
+                        entry = log.entry(header.index)
                     except CorruptEntryError as exc:
                         yield Row(header.index, header.term, header.time_ns, header.op, header.payload_size,
                                   damaged=exc.reason)
                         continue
                     except IndexError:
                         return  # truncated by the writer since the header was read
-                yield Row(header.index, header.term, header.time_ns, header.op, header.payload_size, summary)
+                    if entry.checksum != header.checksum:
+                        return  # replaced by the writer since the header was read
+                    summary = one_line(entry.payload)
+                yield Row(header.index, header.term, header.time_ns, header.op, header.payload_size, summary,
+                          checksum=header.checksum)
             return
         except CorruptEntryError as exc:
             yield Row(exc.index, damaged=exc.reason)
