@@ -10,6 +10,7 @@ from pathlib import Path
 import lmdb
 
 from .errors import LogError
+from .lmdbfile import STRUCTURAL_ERRORS, check_data_file, damaged
 
 
 class TxnGate:
@@ -72,12 +73,16 @@ class SharedEnv:
         with cls._registry_lock:
             shared = cls._registry.get(key)
             if shared is None:
+                # Before LMDB maps the file: a file cut short would be a SIGBUS later.
+                check_data_file(path)
                 try:
                     env = lmdb.open(
                         str(path), subdir=True, max_dbs=2, map_size=map_size, readonly=readonly,
                         sync=durability != "os", metasync=True, lock=True, readahead=False,
                         meminit=False, max_spare_txns=2,
                     )
+                except STRUCTURAL_ERRORS as exc:
+                    raise damaged(path, exc) from exc
                 except lmdb.Error as exc:
                     if "already open in this process" not in str(exc):
                         raise
@@ -118,10 +123,14 @@ os.register_at_fork(after_in_child=SharedEnv.forget_after_fork)
 
 
 class ReadTxn:
-    """A short read transaction under the map-resize gate; adopts a map grown elsewhere."""
+    """A short read transaction under the map-resize gate; adopts a map grown elsewhere.
 
-    def __init__(self, env, gate: TxnGate):
-        self._env, self._gate = env, gate
+    LMDB's and struct's errors about damaged pages raised inside it leave as
+    DamagedLogError naming the log's data file (`path`).
+    """
+
+    def __init__(self, env, gate: TxnGate, path: Path):
+        self._env, self._gate, self._path = env, gate, path
         self._txn = None
 
     def __enter__(self):
@@ -136,14 +145,19 @@ class ReadTxn:
                 gate.__exit__()
                 gate.run_exclusive(lambda: self._env.set_mapsize(0))
                 gate.__enter__()
+            except STRUCTURAL_ERRORS as exc:
+                gate.__exit__()
+                raise damaged(self._path, exc) from exc
             except BaseException:
                 gate.__exit__()
                 raise
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         try:
             self._txn.abort()
         finally:
             self._gate.__exit__()
+        if exc_type is not None and issubclass(exc_type, STRUCTURAL_ERRORS):
+            raise damaged(self._path, exc) from exc
 
 

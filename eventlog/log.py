@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import threading
@@ -17,6 +18,7 @@ from .durability import DURABILITY_MODES, GroupFlusher, PeriodicSyncer
 from .errors import (
     CompactedError,
     CorruptEntryError,
+    DamagedLogError,
     FencedError,
     FormatError,
     LogError,
@@ -24,12 +26,14 @@ from .errors import (
     TruncatedError,
 )
 from .environment import ReadTxn, SharedEnv
+from .lmdbfile import STRUCTURAL_ERRORS, check_data_file, damaged
 from .locking import WriterLock, refuse_network_filesystem
 from .report import Damage, VerifyReport
 
 FORMAT_VERSION = 1
 DEFAULT_MAP_SIZE = 256 * 2**20
 READ_BATCH = 1024  # entries per read transaction: readers never pin pages for long
+VERIFY_ATTEMPTS = 3  # verify walks; the last holds one read transaction (see verify)
 READ_BATCH_BYTES = 4 * 2**20  # ... and at most this many bytes copied out of the map
 
 _U64 = struct.Struct(">Q")
@@ -119,6 +123,9 @@ class EventLog:
                 self._open_readonly()
             else:
                 self._open_writer()
+        except STRUCTURAL_ERRORS as exc:
+            self._release_after_failed_open()
+            raise damaged(path, exc) from exc
         except lmdb.Error as exc:
             self._release_after_failed_open()
             raise LogError(f"cannot open {path}: {exc}") from exc
@@ -146,7 +153,7 @@ class EventLog:
             raise FormatError(f"{self._path} is not an event log (no entries/meta databases)") from None
         with self._read_txn() as txn:
             self._check_format(txn)
-            self._term = _u64(txn.get(_META_TERM, db=self._meta_db))
+            self._term = self._meta_u64(txn, _META_TERM)
 
     def _open_writer(self):
         while True:
@@ -167,7 +174,7 @@ class EventLog:
                     txn.put(name, _U64.pack(0), db=self._meta_db)
                 txn.put(_META_FIRST, _U64.pack(1), db=self._meta_db)
             self._check_format(txn)
-            self._term = _u64(txn.get(_META_TERM, db=self._meta_db)) + 1
+            self._term = self._meta_u64(txn, _META_TERM) + 1
             txn.put(_META_TERM, _U64.pack(self._term), db=self._meta_db)
             first, last, bterm, bsum = self._bounds(txn)
             self._first_index, self._last_index = first, last
@@ -196,11 +203,17 @@ class EventLog:
                 f"{self._path} has log format version {version}; this eventlog reads up to {FORMAT_VERSION}. Upgrade eventlog."
             )
 
+    def _meta_u64(self, txn, name: bytes) -> int:
+        raw = txn.get(name, db=self._meta_db)
+        if raw is None or len(raw) != 8:
+            raise DamagedLogError(f"{self._path}: the log's metadata record {name.decode()!r} is missing or damaged")
+        return _U64.unpack(raw)[0]
+
     def _bounds(self, txn) -> tuple[int, int, int, int]:
         """(first_index, last_index, boundary term, boundary checksum) as committed."""
-        first = _u64(txn.get(_META_FIRST, db=self._meta_db))
-        bterm = _u64(txn.get(_META_BTERM, db=self._meta_db))
-        bsum = _u64(txn.get(_META_BSUM, db=self._meta_db))
+        first = self._meta_u64(txn, _META_FIRST)
+        bterm = self._meta_u64(txn, _META_BTERM)
+        bsum = self._meta_u64(txn, _META_BSUM)
         cursor = txn.cursor(db=self._entries_db)
         last = record.index_of(cursor.key()) if cursor.last() else first - 1
         return first, last, bterm, bsum
@@ -227,7 +240,7 @@ class EventLog:
         self._check_open()
         if self._readonly:
             with self._read_txn() as txn:
-                return _u64(txn.get(_META_TERM, db=self._meta_db))
+                return self._meta_u64(txn, _META_TERM)
         return self._term
 
     @property
@@ -409,7 +422,7 @@ class EventLog:
                 with self._gate:
                     txn = self._env.begin(write=True, db=self._entries_db)
                     try:
-                        current = _u64(txn.get(_META_TERM, db=self._meta_db))
+                        current = self._meta_u64(txn, _META_TERM)
                         if current != self._term:
                             self._fenced = FencedError(self._term, current)
                             self._usable = False
@@ -562,7 +575,7 @@ class EventLog:
             if index >= self._first_index:
                 checksum[0] = record.stored_checksum(index, txn.get(record.key(index), db=self._entries_db))
             else:
-                checksum[0] = _u64(txn.get(_META_BSUM, db=self._meta_db))
+                checksum[0] = self._meta_u64(txn, _META_BSUM)
 
         with self._read_txn() as txn:
             read(txn)
@@ -578,7 +591,7 @@ class EventLog:
             if index >= self._first_index:
                 checksum[0] = record.stored_checksum(index, txn.get(record.key(index), db=self._entries_db))
             else:
-                checksum[0] = _u64(txn.get(_META_BSUM, db=self._meta_db))
+                checksum[0] = self._meta_u64(txn, _META_BSUM)
 
         self._write_txn(drop_suffix)
         return checksum[0]
@@ -723,6 +736,8 @@ class EventLog:
                     continue
                 return  # truncated concurrently by the writer
             for i, value, length in batch:
+                if isinstance(value, CorruptEntryError):
+                    raise value
                 item, seed = decode(i, value, length, seed)
                 yield item
             index = batch[-1][0] + 1
@@ -757,7 +772,10 @@ class EventLog:
                         break
                     if index != lo + len(batch):
                         raise CorruptEntryError(lo + len(batch), "entry is missing from the log")
-                    copy = bytes(value[: record.head_length(value)]) if head_only else bytes(value)
+                    copy = _copy_framed(index, value, head_only)
+                    if isinstance(copy, CorruptEntryError):
+                        batch.append((index, copy, len(value)))  # raised when the reader gets there
+                        break
                     copied += len(copy)
                     batch.append((index, copy, len(value)))
         if not self._readonly and len(batch) < hi - lo and copied < READ_BATCH_BYTES:
@@ -776,47 +794,101 @@ class EventLog:
         return batch, seed
 
     def _read_txn(self):
-        return ReadTxn(self._env, self._gate)
+        return ReadTxn(self._env, self._gate, self._path)
 
     # ------------------------------------------------------------------ verification
 
     def verify(self) -> VerifyReport:
         """Check every entry's framing and checksum, the chain, contiguity and terms.
 
-        Never raises on damage: every problem is a `Damage(index, reason)` in the report.
+        Never raises on damage: every problem is a `Damage(index, reason)` in the report
+        (index 0 for damage to the file as a whole, such as a damaged page structure).
         Entries still in the group-commit buffer are flushed first (a writer's view).
+
+        Beside a live writer (another process, or this writer's own threads) it reports
+        only real damage: the entries first_index..last_index as of the call are read in
+        short batches, and each batch re-reads the bounds. Entries compacted between two
+        batches are skipped (the walk continues from the new boundary, whose checksum
+        seeds the chain); entries truncated away shorten the walk. If the entry before a
+        batch is no longer the one the walk checked (truncated and re-appended), the walk
+        starts again, and on the last of `VERIFY_ATTEMPTS` tries holds one read
+        transaction throughout, which sees one consistent log.
         """
         self._check_open()
-        if not self._readonly and self._poison is None:
+        if not self._readonly and self._poison is None and self._fenced is None:
             self.flush()
-        with self._read_txn() as txn:
-            first, last, bterm, bsum = self._bounds(txn)
-            current = _u64(txn.get(_META_TERM, db=self._meta_db))
-        report = VerifyReport(str(self._path), first, last, current, bterm)
-        seed, prev_term, expected = bsum, bterm, first
-        while expected <= last:
-            with self._read_txn() as txn:
-                cursor = txn.cursor(db=self._entries_db)
-                rows = []
-                if cursor.set_range(record.key(expected)):
-                    for raw_key, value in cursor:
-                        rows.append((record.index_of(raw_key), bytes(value)))
-                        if len(rows) >= READ_BATCH:
-                            break
-            if not rows:
-                report.damaged.append(Damage(expected, f"entries {expected}..{last} are missing"))
-                break
-            for index, value in rows:
-                if index != expected:
-                    report.damaged.append(Damage(expected, f"entries {expected}..{index - 1} are missing"))
-                    seed = None
-                seed, prev_term = self._verify_one(report, index, value, seed, prev_term)
-                expected = index + 1
-        return report
+        for attempt in range(VERIFY_ATTEMPTS):
+            try:
+                check_data_file(self._path)  # cut short since it was opened: touching the map would be a SIGBUS
+                with self._read_txn() as txn:
+                    first, last, bterm, _ = self._bounds(txn)
+                    current = self._meta_u64(txn, _META_TERM)
+            except DamagedLogError as exc:
+                report = VerifyReport(str(self._path), 0, 0, 0, 0)
+                report.damaged.append(Damage(0, str(exc)))
+                return report
+            report = VerifyReport(str(self._path), first, last, current, bterm)
+            try:
+                self._verify_walk(report, last, one_txn=attempt == VERIFY_ATTEMPTS - 1)
+                return report
+            except _Rewritten:
+                continue
+            except DamagedLogError as exc:
+                report.damaged.append(Damage(0, str(exc)))
+                return report
+        raise AssertionError("unreachable: the last attempt holds one transaction")  # pragma: no cover
+
+    def _verify_walk(self, report: VerifyReport, stop_at: int, one_txn: bool) -> None:
+        """Verify entries up to `stop_at` into `report`, batch by batch (see verify)."""
+        expected = seed = prev_term = None
+        with (self._read_txn() if one_txn else contextlib.nullcontext()) as held:
+            while True:
+                with (contextlib.nullcontext(held) if one_txn else self._read_txn()) as txn:
+                    first, last, bterm, bsum = self._bounds(txn)
+                    if expected is None or expected < first:
+                        # The start, or a compaction since the last batch: what it dropped
+                        # cannot be damage; the new boundary seeds the chain.
+                        report.first_index = max(report.first_index, first)
+                        expected, seed, prev_term = first, bsum, max(bterm, prev_term or 0)
+                    elif seed is not None and expected > first and not self._still_checked(txn, expected - 1, seed):
+                        raise _Rewritten()
+                    stop = min(stop_at, last)  # a truncation since the last batch shortens the walk
+                    report.last_index = min(report.last_index, max(stop, first - 1))
+                    if expected > stop:
+                        return
+                    rows = []
+                    cursor = txn.cursor(db=self._entries_db)
+                    if cursor.set_range(record.key(expected)):
+                        for raw_key, value in cursor:
+                            index = record.index_of(raw_key)
+                            if index > stop:
+                                break
+                            rows.append((index, _copy_framed(index, value)))
+                            if len(rows) >= READ_BATCH:
+                                break
+                if not rows:
+                    report.damaged.append(Damage(expected, f"entries {expected}..{stop} are missing"))
+                    return
+                for index, value in rows:
+                    if index != expected:
+                        report.damaged.append(Damage(expected, f"entries {expected}..{index - 1} are missing"))
+                        seed = None
+                    seed, prev_term = self._verify_one(report, index, value, seed, prev_term)
+                    expected = index + 1
+
+    def _still_checked(self, txn, index: int, checksum: int) -> bool:
+        """Whether entry `index` in `txn` is still the entry whose stored checksum the walk saw."""
+        value = txn.get(record.key(index), db=self._entries_db)
+        try:
+            return value is not None and record.stored_checksum(index, value) == checksum
+        except CorruptEntryError:
+            return False
 
     def _verify_one(self, report, index, value, seed, prev_term):
         report.checked += 1
         try:
+            if isinstance(value, CorruptEntryError):
+                raise value
             op_len, payload_len, term, _, checksum, _ = record.parse_header(index, value)
         except CorruptEntryError as exc:
             report.damaged.append(Damage(index, exc.reason))
@@ -916,6 +988,25 @@ class EventLog:
             )
 
 
+class _Rewritten(Exception):
+    """verify: the log was truncated and re-appended under the walk; it starts again."""
+
+
+def _copy_framed(index: int, value, head_only: bool = False) -> bytes | CorruptEntryError:
+    """A copy of a stored value (of its header and op only if head_only) whose framing
+    checks out, else the CorruptEntryError.
+
+    The framing is checked on the value's header before anything else is copied: a
+    damaged LMDB node can claim a length that runs past the end of the file, and copying
+    it would touch unmapped pages (SIGBUS) or allocate without bound.
+    """
+    try:
+        record.parse_header(index, value)
+    except CorruptEntryError as exc:
+        return exc
+    return bytes(value[: record.head_length(value)]) if head_only else bytes(value)
+
+
 class _Waiter:
     """A thread in wait_durable(index); truncate_after sets truncated_to when it drops the entry."""
 
@@ -953,12 +1044,6 @@ def _check_path(path: Path, readonly: bool) -> None:
             raise FormatError(f"{path} is a non-empty directory that is not an event log; refusing to write into it")
     elif readonly:
         raise FormatError(f"{path} does not exist")
-
-
-def _u64(raw) -> int:
-    if raw is None or len(raw) != 8:
-        raise FormatError("event log metadata is missing or damaged")
-    return _U64.unpack(raw)[0]
 
 
 def _decode_entry(index, value, length, seed):
