@@ -2,12 +2,17 @@
 
 Run as a script it writes a journal, as a user's training loop would:
 
-    python -m tests.cli.tinyjob DIR --steps N [--delay S] [--snapshot-every K] [--keep-last K]
+    python -m tests.cli.tinyjob DIR --steps N [--delay S] [--snapshot-every K] [--keep-last K] [--go FILE]
+
+With --go, the job applies its first step, then waits (journal open, writer lock held)
+until FILE exists before the rest: a test can start readers beside a writer that is
+certainly still running, however slowly the machine starts them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -54,7 +59,7 @@ def payload(i: int) -> tuple[str, dict]:
 
 
 def write(path, steps: int, delay: float = 0.0, snapshot_every: int = 10, keep_last: int = 3,
-          keep_log: bool = True, start: int = 0, durability: str = "sync") -> None:
+          keep_log: bool = True, start: int = 0, durability: str = "sync", go: str | None = None) -> None:
     with replay.Journal.open(path, state=make_state(), ops=ops, snapshot=replay.Every(entries=snapshot_every),
                              keep_last=keep_last, keep_log=keep_log, async_snapshots=False,
                              durability=durability) as journal:
@@ -65,6 +70,8 @@ def write(path, steps: int, delay: float = 0.0, snapshot_every: int = 10, keep_l
                 journal.flush()
                 print(journal.index, flush=True)
                 time.sleep(delay)
+            while go is not None and i == start and not os.path.exists(go):
+                time.sleep(0.02)
 
 
 def main(argv=None) -> int:
@@ -76,8 +83,9 @@ def main(argv=None) -> int:
     p.add_argument("--snapshot-every", type=int, default=10)
     p.add_argument("--keep-last", type=int, default=3)
     p.add_argument("--compact", action="store_true")
+    p.add_argument("--go", metavar="FILE", help="after the first step, wait until FILE exists")
     a = p.parse_args(argv)
-    write(a.dir, a.steps, a.delay, a.snapshot_every, a.keep_last, keep_log=not a.compact, start=a.start)
+    write(a.dir, a.steps, a.delay, a.snapshot_every, a.keep_last, keep_log=not a.compact, start=a.start, go=a.go)
     return 0
 
 
