@@ -14,6 +14,7 @@ import torch
 import xxhash
 import zstandard
 
+from .safefile import UnsafeFileError, open_regular
 from .tensorbytes import buffer
 
 MAGIC = b"SNPC"
@@ -165,13 +166,16 @@ class ChunkCodec:
     def read(self, path: str, raw_len: int, stored_len: int, out: torch.Tensor) -> None:
         """Decode the chunk file at `path` into `out` (flat uint8 of `raw_len` bytes).
 
-        Raises ChunkDecodeError on any mismatch (size, header, frame size, length) and
-        FileNotFoundError if the file is missing. Never decompresses past `raw_len`.
-        The caller checks the hash of `out`.
+        Raises ChunkDecodeError on any mismatch (size, header, frame size, length) or if
+        the file is not a regular file (a symlink, FIFO or device: never followed, waited
+        on or read), and FileNotFoundError if the file is missing. Never reads more than
+        `stored_len` bytes nor decompresses past `raw_len`. The caller checks the hash.
         """
-        fd = os.open(path, os.O_RDONLY)
         try:
-            size = os.fstat(fd).st_size
+            fd, size = open_regular(path, stored_len)
+        except UnsafeFileError as e:
+            raise ChunkDecodeError(f"chunk file {e}") from None
+        try:
             if size != stored_len:
                 raise ChunkDecodeError(f"file is {size} bytes, manifest says {stored_len}")
             header = os.pread(fd, HEADER.size, 0)

@@ -6,6 +6,7 @@ whole schema, so code holding a `Manifest` may trust every index and chunk id in
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ import msgpack
 import xxhash
 
 from . import tree
-from .chunkfile import MAX_RAW_LEN
+from .chunkfile import HEADER as CHUNK_HEADER
+from .chunkfile import MAX_RAW_LEN, STREAM
 from .tensorbytes import DTYPES
 
 MAGIC = b"SNPMANIF"
@@ -24,6 +26,13 @@ HEADER = struct.Struct("<8sII16s")
 _NAME = re.compile(r"^([0-9]+)-([0-9]+)$")
 _CHUNK_ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_INT = 2**63 - 1
+# The largest manifest file a reader reads (and a writer writes): about a million 4 MiB
+# chunks, several TiB of state. Bounding it bounds what a hostile manifest file (a
+# sparse 64 GiB file, a symlink to /dev/zero) can make a reader read or decode.
+MAX_MANIFEST_BYTES = 64 << 20
+# A chunk file is its header, at most 255 stream-table entries and at most its raw
+# bytes (a stream that would not shrink is stored raw), so this bounds stored_len.
+_MAX_OVERHEAD = CHUNK_HEADER.size + 255 * STREAM.size
 
 
 class ManifestDecodeError(Exception):
@@ -125,50 +134,90 @@ class Manifest:
 
     @classmethod
     def _from_doc(cls, name: str, doc: Any) -> "Manifest":
+        # Every field is checked for type and range here and a failure names the field:
+        # a hostile value (created=inf, term=2**64-1, a float where an int belongs) is
+        # damage, never a traceback later nor a snapshot that verifies.
         _check(isinstance(doc, dict), "body is not a map")
-        _check(doc["format"] == VERSION, "body format differs from header")
+        unknown = sorted(map(repr, set(doc) - _FIELDS))
+        _check(not unknown, f"unknown field(s) {', '.join(unknown)[:200]}")
+        missing = sorted(_FIELDS - set(doc))
+        _check(not missing, f"missing field(s) {', '.join(missing)}")
+        _check(type(doc["format"]) is int and doc["format"] == VERSION, f"field 'format': {doc['format']!r:.40} is not {VERSION}")
         index, term = doc["index"], doc["term"]
-        _check(_is_count(index) and _is_count(term), "index/term not ints >= 0")
-        _check(parse_manifest_name(name) == (index, term), f"index/term {index}-{term} differ from name {name}")
+        _check(_is_count(index), f"field 'index': {index!r:.40} is not an int in [0, 2**63)")
+        _check(_is_count(term), f"field 'term': {term!r:.40} is not an int in [0, 2**63)")
+        _check(parse_manifest_name(name) == (index, term), f"fields index/term {index}-{term} differ from name {name}")
         created = doc["created"]
-        _check(isinstance(created, (int, float)) and not isinstance(created, bool), "created not a number")
+        _check(type(created) in (int, float) and math.isfinite(created) and 0 <= created < 2**53,
+               f"field 'created': {created!r:.40} is not a finite time >= 0")
+        _check(_is_plain(doc["meta"]), "field 'meta': holds a msgpack extension type or nests too deep")
 
         chunks = []
-        for entry in doc["chunks"]:
-            _check(isinstance(entry, list) and len(entry) == 3, "chunk entry is not [id, raw_len, stored_len]")
+        _check(isinstance(doc["chunks"], list), "field 'chunks' is not an array")
+        for k, entry in enumerate(doc["chunks"]):
+            where = f"chunks[{k}]"
+            _check(isinstance(entry, list) and len(entry) == 3, f"{where} is not [id, raw_len, stored_len]")
             cid, raw_len, stored_len = entry
-            _check(is_chunk_id(cid), f"malformed chunk id {cid!r}")
-            _check(_is_count(raw_len) and 0 < raw_len <= MAX_RAW_LEN, f"chunk raw_len {raw_len!r}")
-            _check(_is_count(stored_len), f"chunk stored_len {stored_len!r}")
+            _check(is_chunk_id(cid), f"{where}.id: malformed chunk id {cid!r:.80}")
+            _check(_is_count(raw_len) and 0 < raw_len <= MAX_RAW_LEN, f"{where}.raw_len: {raw_len!r:.40} not in [1, {MAX_RAW_LEN}]")
+            _check(_is_count(stored_len) and CHUNK_HEADER.size <= stored_len <= raw_len + _MAX_OVERHEAD,
+                   f"{where}.stored_len: {stored_len!r:.40} impossible for raw_len {raw_len}")
             chunks.append(ChunkRef(cid, raw_len, stored_len))
-        _check(len({c.id for c in chunks}) == len(chunks), "a chunk is listed twice")
+        _check(len({c.id for c in chunks}) == len(chunks), "field 'chunks': a chunk is listed twice")
 
         tensors = []
-        for entry in doc["tensors"]:
-            _check(isinstance(entry, list) and len(entry) == 3, "tensor entry is not [dtype, shape, segs]")
+        _check(isinstance(doc["tensors"], list), "field 'tensors' is not an array")
+        for k, entry in enumerate(doc["tensors"]):
+            where = f"tensors[{k}]"
+            _check(isinstance(entry, list) and len(entry) == 3, f"{where} is not [dtype, shape, segs]")
             dtype, shape, segs = entry
-            _check(dtype in DTYPES, f"unsupported dtype {dtype!r}")
-            _check(isinstance(shape, list) and all(_is_count(d) for d in shape), f"bad shape {shape!r}")
-            _check(isinstance(segs, list), "segments not a list")
+            _check(isinstance(dtype, str) and dtype in DTYPES, f"{where}.dtype: unsupported dtype {dtype!r:.40}")
+            _check(isinstance(shape, list) and len(shape) <= _MAX_DIMS and all(_is_count(d) for d in shape),
+                   f"{where}.shape: bad shape {shape!r:.80}")
+            _check(math.prod(max(d, 1) for d in shape) <= _MAX_NUMEL, f"{where}.shape: {shape!r:.80} too large")
+            _check(isinstance(segs, list), f"{where}.segments is not an array")
             segments = []
             for seg in segs:
-                _check(isinstance(seg, list) and len(seg) == 3 and all(_is_count(x) for x in seg), f"bad segment {seg!r}")
+                _check(isinstance(seg, list) and len(seg) == 3 and all(_is_count(x) for x in seg), f"{where}: bad segment {seg!r:.80}")
                 chunk_no, offset, length = seg
-                _check(chunk_no < len(chunks), f"segment names chunk #{chunk_no} of {len(chunks)}")
-                _check(length > 0 and offset + length <= chunks[chunk_no].raw_len, f"segment {seg} outside its chunk")
+                _check(chunk_no < len(chunks), f"{where}: segment names chunk #{chunk_no} of {len(chunks)}")
+                _check(length > 0 and offset + length <= chunks[chunk_no].raw_len,
+                       f"{where}: segment {seg} reads past its chunk's {chunks[chunk_no].raw_len} bytes")
                 segments.append((chunk_no, offset, length))
             record = TensorRecord(dtype, tuple(shape), tuple(segments))
-            _check(sum(s[2] for s in segments) == record.nbytes, f"segments do not cover {record.nbytes} bytes")
+            _check(sum(s[2] for s in segments) == record.nbytes,
+                   f"{where}: segments hold {sum(s[2] for s in segments)} bytes, {dtype} {shape} needs {record.nbytes}")
             tensors.append(record)
 
         tree.validate(doc["tree"], len(tensors))
         sizes = doc["bytes"]
-        _check(isinstance(sizes, dict) and all(_is_count(sizes[k]) for k in ("logical", "written", "stored")), "bad bytes map")
+        _check(isinstance(sizes, dict) and set(sizes) == {"logical", "written", "stored"}, "field 'bytes' is not a map of logical, written, stored")
+        for key in ("logical", "written", "stored"):
+            _check(_is_count(sizes[key]), f"field 'bytes.{key}': {sizes[key]!r:.40} is not an int in [0, 2**63)")
+        logical = sum(t.nbytes for t in tensors)
+        _check(sizes["logical"] == logical, f"field 'bytes.logical': {sizes['logical']} but the tensors hold {logical} bytes")
         return cls(
             index=index, term=term, created=float(created), meta=doc["meta"], tree=doc["tree"],
             tensors=tuple(tensors), chunks=tuple(chunks), bytes_logical=sizes["logical"],
             bytes_written=sizes["written"], bytes_stored=sizes["stored"],
         )
+
+
+_FIELDS = frozenset({"format", "index", "term", "created", "meta", "tree", "tensors", "chunks", "bytes"})
+_MAX_DIMS = 64
+_MAX_NUMEL = 2**62  # torch computes strides in int64; with zero dims counted as 1
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """Whether a decoded msgpack value holds only nil, bool, int, float, str, bytes,
+    arrays and maps (no extension types such as msgpack's Timestamp), nested <= 256 deep."""
+    if depth > 256:
+        return False
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(_is_plain(k, depth + 1) and _is_plain(v, depth + 1) for k, v in value.items())
+    return value is None or type(value) in (bool, int, float, str, bytes)
 
 
 def _is_count(value: object) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 import time
 from collections import defaultdict
@@ -36,7 +37,8 @@ from .errors import (
     UnsupportedPlatformError,
 )
 from .layout import TMP_PREFIX, FileLock, PendingWrite, StoreLayout, acquire_writer_lock, fsync_dir, start_durable_write, write_durably
-from .manifest import ChunkRef, Manifest, ManifestDecodeError, TensorRecord, is_chunk_id, manifest_name, parse_manifest_name
+from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, ManifestDecodeError, TensorRecord, is_chunk_id, manifest_name, parse_manifest_name
+from .safefile import UnsafeFileError, read_regular
 from .staging import Staged, Stager
 from .tensorbytes import DTYPE_NAMES, DTYPES, byte_view, group_width
 
@@ -313,6 +315,9 @@ class SnapshotStore:
             if sized == manifest:
                 break
             manifest, data = sized, sized.encode()
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ValueError(f"manifest of {len(data)} bytes exceeds the format's {MAX_MANIFEST_BYTES} "
+                             f"({len(chunks)} chunks): save with a larger chunk_size")
         write_durably(self._layout.manifests, manifest.name, [data], self._failpoint, "manifest")
         self._failpoint("snapshot.after_manifest_rename")
         fsync_dir(self._layout.manifests)
@@ -527,8 +532,8 @@ class SnapshotStore:
                     return None
                 except CorruptSnapshotError as e:
                     return Problem(ref.id, e.reason)
-                except OSError as e:
-                    return Problem(ref.id, f"unreadable: {e}")
+                except (MemoryError, RuntimeError) as e:  # a 1 GiB scratch under a memory cap
+                    return Problem(ref.id, f"cannot allocate {ref.raw_len} bytes to check it: {e}")
 
             problems = tuple(p for p in self._parallel(check, manifest.chunks) if p is not None)
         report = VerifyReport(name, not problems, len(manifest.chunks), sum(c.raw_len for c in manifest.chunks), problems)
@@ -555,10 +560,13 @@ class SnapshotStore:
 
     def _read_manifest(self, name: str) -> Manifest:
         try:
-            with open(self._layout.manifest_path(name), "rb") as f:
-                data = f.read()
+            data = read_regular(self._layout.manifest_path(name), MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             raise SnapshotNotFoundError(f"no snapshot {name} in {self.path}") from None
+        except UnsafeFileError as e:
+            raise CorruptSnapshotError(name, None, f"manifest file {e}") from None
+        except OSError as e:
+            raise CorruptSnapshotError(name, None, f"manifest file unreadable: {e}") from None
         try:
             return Manifest.decode(name, data)
         except ManifestDecodeError as e:
@@ -571,13 +579,29 @@ class SnapshotStore:
             raise CorruptSnapshotError(name, ref.id, "chunk file is missing") from None
         except ChunkDecodeError as e:
             raise CorruptSnapshotError(name, ref.id, str(e)) from None
+        except OSError as e:
+            raise CorruptSnapshotError(name, ref.id, f"chunk file unreadable: {e}") from None
         if chunk_id(out) != ref.id:
             raise CorruptSnapshotError(name, ref.id, "content hash mismatch")
         with self._lock:
             self._known_good.add(ref.id)
 
     def _read_tensors(self, manifest: Manifest) -> list[torch.Tensor]:
-        """Fresh CPU tensors for every tensor record, each chunk read once, in parallel."""
+        """Fresh CPU tensors for every tensor record, each chunk read once, in parallel.
+
+        The manifest's sizes are consistent (decode checked them), but they may still
+        describe more memory than this process can have: a chunk may be referenced by
+        many segments (equal content is stored once, so a 64 GiB zero tensor is a few KB
+        on disk, honestly). A failed allocation (MemoryError, or torch's RuntimeError)
+        is reported as CorruptSnapshotError, so `load_latest` skips the snapshot like
+        damage; callers that know the state's layout pass `like` to refuse it earlier."""
+        try:
+            return self._read_tensors_into(manifest)
+        except (MemoryError, RuntimeError) as e:
+            raise CorruptSnapshotError(
+                manifest.name, None, f"cannot allocate its {manifest.bytes_logical} bytes of tensors: {e}"[:500]) from None
+
+    def _read_tensors_into(self, manifest: Manifest) -> list[torch.Tensor]:
         outs = [torch.empty(r.shape, dtype=DTYPES[r.dtype]) for r in manifest.tensors]
         raws = [byte_view(o) for o in outs]
         uses: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
@@ -735,10 +759,13 @@ def _check_leaf(path: tree.KeyPath, t: torch.Tensor) -> None:
 
 
 def _file_size(path: str) -> int | None:
+    """The size of the regular file at `path`; None if there is none (a symlink or FIFO in
+    its place is then replaced by the rename of a freshly written chunk)."""
     try:
-        return os.stat(path).st_size
+        st = os.lstat(path)
     except FileNotFoundError:
         return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def _unlink(path: str) -> int | None:

@@ -1,0 +1,72 @@
+"""Opening files of a store that anyone may have replaced: no symlinks, FIFOs or devices.
+
+Every file a reader opens (a manifest, a chunk) goes through `open_regular`: the final
+path component is opened with O_NOFOLLOW (a symlink is refused, never followed), with
+O_NONBLOCK (a FIFO opens at once instead of waiting for a writer that never comes) and
+O_CLOEXEC; the descriptor is then checked with fstat to be a regular file no larger than
+the caller's bound, before a single byte is read. The check is on the descriptor, so
+nothing can be swapped in between the check and the reads.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"),
+)
+
+
+class UnsafeFileError(Exception):
+    """A store file is not a regular file (symlink, FIFO, device, directory, socket) or is
+    larger than the bound its reader allows; the message says which."""
+
+
+def open_regular(path: str, limit: int) -> tuple[int, int]:
+    """(descriptor, size) of the regular file at `path`, at most `limit` bytes long.
+
+    FileNotFoundError if nothing is there; UnsafeFileError for a symlink (even to a
+    regular file), anything that is not a regular file, or a larger file (a sparse 64 GiB
+    file is refused by its size, unread). Other OSErrors (EIO, EACCES) propagate."""
+    try:
+        fd = os.open(path, _FLAGS)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafeFileError("is a symbolic link (never followed inside a store)") from None
+        if e.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise UnsafeFileError(f"is not a regular file ({os.strerror(e.errno)})") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+            raise UnsafeFileError(f"is {kind}, not a regular file")
+        if st.st_size > limit:
+            raise UnsafeFileError(f"is {st.st_size} bytes, more than the {limit} allowed")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def read_regular(path: str, limit: int) -> bytes:
+    """The whole content of the regular file at `path` (see `open_regular`), read through
+    the checked descriptor; a file that grows past `limit` while read is refused too."""
+    fd, size = open_regular(path, limit)
+    try:
+        parts, total = [], 0
+        while True:
+            part = os.read(fd, min(limit + 1 - total, max(size - total, 1 << 16)))
+            if not part:
+                break
+            parts.append(part)
+            total += len(part)
+            if total > limit:
+                raise UnsafeFileError(f"grew past the {limit} bytes allowed while read")
+        return b"".join(parts)
+    finally:
+        os.close(fd)

@@ -1,0 +1,182 @@
+"""Row 14: FIFOs, devices, symlinks, huge and amplifying files in the snapshot store
+(issue 10 items 14, 15, 17 and the manifest-value part of 21).
+
+Every hostile file is a damaged snapshot: readers never follow a symlink, wait on a
+FIFO or read a device or a sparse giant; latest()/load_latest() skip it and fall back
+to the older snapshot, verify() reports it, and prune never deletes through it. Each
+load runs in a forked child with a memory cap and a deadline, so a hang or an
+unbounded read fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import shutil
+import stat
+import subprocess
+import sys
+
+import msgpack
+import pytest
+import torch
+import xxhash
+
+import snapshots
+from snapshots.manifest import MAX_MANIFEST_BYTES
+
+from .checker import journal_writer, recovered_in_fresh_process, run_forked, send
+
+pytestmark = [pytest.mark.crash, pytest.mark.fault_hostile_files]
+
+GiB = 1 << 30
+
+
+def _cap_memory(extra: int) -> None:
+    """RLIMIT_AS = what the (forked, torch-loaded) child maps now + `extra` bytes."""
+    with open("/proc/self/status") as f:
+        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + extra, resource.RLIM_INFINITY))
+
+
+def _good_state():
+    return {"w": torch.arange(2048, dtype=torch.float32), "step": 1}
+
+
+def _bad_state():
+    return {"w": torch.arange(2048, dtype=torch.float32) * 3, "step": 2}
+
+
+@pytest.fixture
+def scene(tmp_path):
+    """A store with a good snapshot (10-1) and a newer one (20-1) to be made hostile; the
+    path of 20-1's manifest and of a chunk only 20-1 uses."""
+    root = str(tmp_path / "snap")
+    with snapshots.SnapshotStore(root, chunk_size=4096, workers=2) as store:
+        good = store.save(_good_state(), index=10, term=1)
+        bad = store.save(_bad_state(), index=20, term=1)
+        good_ids = {c.id for c in store._read_manifest(good.manifest_id).chunks}
+        only = [c.id for c in store._read_manifest(bad.manifest_id).chunks if c.id not in good_ids][0]
+    return {
+        "root": root,
+        "manifest": os.path.join(root, "manifests", bad.manifest_id),
+        "chunk": os.path.join(root, "chunks", only[:2], only),
+        "outside": str(tmp_path / "outside"),
+    }
+
+
+def _fifo(path, outside):
+    os.unlink(path)
+    os.mkfifo(path)
+
+
+def _dev_zero(path, outside):
+    os.unlink(path)
+    os.symlink("/dev/zero", path)
+
+
+def _symlink_out(path, outside):
+    """A symlink to an outside copy of the very same (valid) bytes: refused all the same."""
+    os.makedirs(outside, exist_ok=True)
+    target = os.path.join(outside, os.path.basename(path))
+    shutil.move(path, target)
+    os.symlink(target, path)
+
+
+def _directory(path, outside):
+    os.unlink(path)
+    os.mkdir(path)
+    with open(os.path.join(path, "x"), "wb") as f:
+        f.write(b"x")
+
+
+def _sparse(path, outside):
+    os.unlink(path)
+    with open(path, "wb") as f:
+        f.truncate(64 * GiB)
+
+
+def _device(path, outside):
+    os.unlink(path)
+    try:
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # the /dev/zero device
+    except PermissionError:
+        pytest.skip("mknod is not permitted here (only the device-node kind is skipped)")
+
+
+KINDS = {
+    "fifo": (_fifo, "FIFO"),
+    "dev_zero_symlink": (_dev_zero, "symbolic link"),
+    "symlink_outside": (_symlink_out, "symbolic link"),
+    "directory": (_directory, "directory"),
+    "sparse_64GiB": (_sparse, "bytes, more than"),
+    "device_node": (_device, "character device"),
+}
+
+
+def _load_everything(root, bad_id, out_fd):
+    _cap_memory(1 * GiB)
+    with snapshots.SnapshotStore(root, workers=2) as store:
+        info, state, skipped = store.load_latest()
+        latest = store.latest()
+        report = store.verify(bad_id)
+        send(out_fd, ("result", info.index if info else None, state["step"] if state else None,
+                      float(state["w"].sum()) if state else None, [str(r) for r in skipped],
+                      latest.index if latest else None, report.ok, str(report),
+                      [i.index for i in store.list()]))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("target", ["manifest", "chunk"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_hostile_file_is_a_skipped_damaged_snapshot(scene, kind, target):
+    make, words = KINDS[kind]
+    make(scene[target], scene["outside"])
+    outside_before = _tree_bytes(scene["outside"])
+    run = run_forked(_load_everything, scene["root"], "20-1", timeout=60)
+    assert os.WIFEXITED(run.status) and run.status == 0, f"hung or died: status {run.status}: {run.stderr_tail()}"
+    (_, index, step, total, skipped, latest, ok, report, listed), = [m for m in run.messages if m[0] == "result"]
+    assert (index, step, total, latest) == (10, 1, float(_good_state()["w"].sum()), 10)
+    assert len(skipped) == 1 and "20-1" in skipped[0] and words in skipped[0], skipped
+    assert not ok and words in report, report
+    assert listed == ([10] if target == "manifest" else [10, 20])  # list() reads manifests only
+    assert _tree_bytes(scene["outside"]) == outside_before  # nothing outside was touched
+
+
+def _tree_bytes(root):
+    out = {}
+    for directory, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(directory, name), "rb") as f:
+                out[os.path.join(directory, name)] = xxhash.xxh3_64_hexdigest(f.read())
+    return out
+
+
+def test_a_writer_refuses_a_manifest_readers_would_refuse(tmp_path, monkeypatch):
+    monkeypatch.setattr("snapshots.store.MAX_MANIFEST_BYTES", 2048)
+    with snapshots.SnapshotStore(tmp_path / "s", chunk_size=64, workers=2) as store:
+        with pytest.raises(ValueError, match="larger chunk_size"):
+            store.save({"w": torch.randn(4096)}, index=1, term=1)
+        assert store.list() == []
+    assert MAX_MANIFEST_BYTES == 64 << 20  # the bound FORMAT.md states
+
+
+@pytest.mark.timeout(200)
+def test_journal_recovery_and_replay_verify_skip_a_fifo_manifest(tmp_path):
+    """The symptom as reported: a FIFO manifest hung Journal.open and `replay verify`."""
+    root = str(tmp_path / "j")
+    run = run_forked(journal_writer, root, steps=20, timeout=120)
+    assert run.done, run.stderr_tail()
+    manifests = os.path.join(root, "snapshots", "manifests")
+    names = sorted((n for n in os.listdir(manifests) if not n.startswith(".")), key=lambda n: int(n.split("-")[0]))
+    assert len(names) >= 2, names
+    newest = os.path.join(manifests, names[-1])
+    os.unlink(newest)
+    os.mkfifo(newest)
+    summary = recovered_in_fresh_process(root)
+    assert summary["steps"] == 20
+    cli = subprocess.run([sys.executable, "-m", "replay", "verify", root], capture_output=True, timeout=60,
+                         text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert cli.returncode == 1, (cli.returncode, cli.stdout[-2000:], cli.stderr[-2000:])
+    assert "FIFO" in cli.stdout + cli.stderr and "Traceback" not in cli.stderr
