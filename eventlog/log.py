@@ -523,18 +523,31 @@ class EventLog:
             self._block_until(lambda: self._durable_index >= self._last_index, None, None)
         return self._durable_index
 
-    def truncate_after(self, index: int) -> None:
+    def truncate_after(self, index: int, *, then_append: tuple[str, Any] | None = None) -> int | None:
         """Drop every entry after `index` (a conflicting or poisoned suffix), durably.
 
-        No-op when index == last_index. CompactedError if index < first_index - 1;
-        IndexError if index > last_index. The next append gets index + 1 and chains
-        from entry `index` (or from the compaction boundary).
+        No-op when index == last_index (and then_append is None). CompactedError if
+        index < first_index - 1; IndexError if index > last_index. The next append gets
+        index + 1 and chains from entry `index` (or from the compaction boundary).
+
+        then_append=(op, payload): append that entry as index + 1 in the same
+        transaction as the drop, and return index + 1 (None otherwise). A crash then
+        leaves either the log untouched or both the drop and the entry (an operator's
+        audit record can never be lost while the drop survives). The payload is encoded
+        before anything is dropped: TypeError naming its path drops nothing.
 
         Group mode: dropped entries that were never committed leave the buffer without
         being written (a crash can never find them durable); committed ones are deleted
         in one durable transaction. Threads waiting in `wait_durable` for a dropped entry
-        get TruncatedError.
+        get TruncatedError. A then_append entry is durable on return in sync mode, as
+        any append otherwise.
         """
+        extra = None
+        if then_append is not None:
+            op, payload = then_append
+            extra = (record.check_op(op), encode_payload(payload))
+            if len(extra[1]) > record.MAX_PAYLOAD_LEN:
+                raise ValueError(f"{op!r}: payload of {len(extra[1])} bytes exceeds 4 GiB")
         self._check_writable(allow_tail_damage=True)
         self._env.reader_check()  # as in compact_through: free the slots of dead readers
         # The write lock first: no group commit is in flight while the suffix is decided.
@@ -543,17 +556,22 @@ class EventLog:
                 raise CompactedError(index, self._first_index)
             if index > self._last_index:
                 raise IndexError(f"truncate_after({index}): last_index is {self._last_index}")
-            if index == self._last_index and self._tail_damage is None:
-                return
+            if index == self._last_index and self._tail_damage is None and extra is None:
+                return None
             committed = self._committed_index
-            if index >= committed:
-                # Everything dropped is still in the buffer: forget it, write nothing.
-                checksum = (record.stored_checksum(index, self._pending_value(index)) if index > committed
-                            else self._last_checksum_at_commit(index))
-                del self._unflushed[index - committed:]
+            if index > committed:
+                checksum = record.stored_checksum(index, self._pending_value(index))
             else:
-                del self._unflushed[:]
-                checksum = self._delete_committed_after(index, committed)
+                checksum = self._last_checksum_at_commit(index)
+            framed = []
+            if extra is not None:
+                value, after_checksum = record.frame(index + 1, self._term, *extra, time.time_ns(), checksum)
+                framed = [(index + 1, value)]
+            buffered = self._durability == "group" and index >= committed
+            if index < committed or (framed and not buffered):
+                # One transaction: the committed suffix goes and the new entry comes together.
+                self._write_txn(lambda txn: self._replace_committed_after(txn, index, committed, framed))
+            del self._unflushed[max(0, index - committed):]
             self._last_index = index
             self._committed_index = min(committed, index)
             self._durable_index = min(self._durable_index, index)
@@ -563,38 +581,35 @@ class EventLog:
             for waiter in self._waiters:
                 if waiter.index > index:
                     waiter.truncated_to = index
+            if framed:
+                self._bytes_appended += len(framed[0][1])
+                self._last_index, self._last_checksum = index + 1, after_checksum
+                if buffered:
+                    self._unflushed.append(framed[0])
+                    self._background.notify_locked()
+                else:
+                    self._committed_index = index + 1
+                    if self._durability != "os":
+                        self._durable_index = index + 1
             self._durable_cond.notify_all()
             if self._durability == "os":
                 self._env.sync(True)
+                self._durable_index = self._committed_index
+            return index + 1 if framed else None
 
     def _last_checksum_at_commit(self, index: int) -> int:
         """Checksum of committed entry `index` (or of the compaction boundary below first_index)."""
-        checksum = [0]
-
-        def read(txn):
-            if index >= self._first_index:
-                checksum[0] = record.stored_checksum(index, txn.get(record.key(index), db=self._entries_db))
-            else:
-                checksum[0] = self._meta_u64(txn, _META_BSUM)
-
         with self._read_txn() as txn:
-            read(txn)
-        return checksum[0]
-
-    def _delete_committed_after(self, index: int, committed: int) -> int:
-        """Delete committed entries index+1..committed in one transaction; return entry index's checksum."""
-        checksum = [0]
-
-        def drop_suffix(txn):
-            for i in range(index + 1, committed + 1):
-                txn.delete(record.key(i), db=self._entries_db)
             if index >= self._first_index:
-                checksum[0] = record.stored_checksum(index, txn.get(record.key(index), db=self._entries_db))
-            else:
-                checksum[0] = self._meta_u64(txn, _META_BSUM)
+                return record.stored_checksum(index, txn.get(record.key(index), db=self._entries_db))
+            return self._meta_u64(txn, _META_BSUM)
 
-        self._write_txn(drop_suffix)
-        return checksum[0]
+    def _replace_committed_after(self, txn, index: int, committed: int, framed) -> None:
+        """In `txn`: delete committed entries index+1..committed, then put `framed`."""
+        for i in range(index + 1, committed + 1):
+            txn.delete(record.key(i), db=self._entries_db)
+        if framed:
+            self._put_all(txn, framed)
 
     def compact_through(self, index: int) -> None:
         """Drop every entry up to and including `index` (a snapshot covers them), durably.

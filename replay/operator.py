@@ -30,8 +30,9 @@ def truncate(path: str | os.PathLike, *, after: int, reason: str = "") -> list[t
       (its state includes effects of entries being dropped); eventlog.CompactedError if
       `after` is below the compaction boundary; IndexError if beyond the last entry.
     - Damaged entries after `after` are dropped too (their op is reported as "?").
-    - Appends a ``replay.truncate`` audit entry recording what was dropped and why, and
-      logs a warning on the ``replay`` logger.
+    - Appends a ``replay.truncate`` audit entry recording what was dropped and why in the
+      same log transaction as the drop (a crash keeps both or neither), and logs a warning
+      on the ``replay`` logger.
     """
     root = Path(path)
     with EventLog.open(root / "log", durability="sync") as log:
@@ -57,8 +58,9 @@ def truncate(path: str | os.PathLike, *, after: int, reason: str = "") -> list[t
         except Exception:  # a damaged tail is often why the operator is here
             known = dropped[-1][0] if dropped else after
             dropped.extend((i, "?") for i in range(known + 1, log.last_index + 1))
-        log.truncate_after(after)
-        log.append(TRUNCATE_OP, wrap(1, {"after": after, "dropped": [list(d) for d in dropped], "reason": reason}))
+        # One transaction: a crash leaves either nothing changed or the drop and its audit record.
+        audit = wrap(1, {"after": after, "dropped": [list(d) for d in dropped], "reason": reason})
+        log.truncate_after(after, then_append=(TRUNCATE_OP, audit))
     logger.warning("replay.truncate %s: dropped entries %s after index %d (reason: %s)",
                    root, dropped, after, reason or "not given")
     return dropped

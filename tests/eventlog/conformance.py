@@ -99,6 +99,25 @@ class LogContract:
         with pytest.raises(TypeError, match=r"payload\['x'\]\[1\]"):
             encode_payload({"x": [1, object()]})
 
+    def test_truncate_then_append_is_one_step(self, log):
+        log.append_many([("op", i) for i in range(5)])
+        log.flush()
+        log.append("buffered", 5)  # still in the group buffer in group mode
+        assert log.truncate_after(3, then_append=("audit", {"dropped": [4, 5, 6]})) == 4
+        log.flush()
+        assert [(e.index, e.op) for e in log.entries()] == [(1, "op"), (2, "op"), (3, "op"), (4, "audit")]
+        assert log.append("next", None) == 5
+        log.flush()
+        assert log.verify().ok
+        with pytest.raises(TypeError, match="payload"):
+            log.truncate_after(2, then_append=("audit", object()))
+        assert log.last_index == 5  # an unencodable record drops nothing
+        assert log.truncate_after(5, then_append=("audit", 1)) == 6  # nothing to drop: still appends
+        log = self.reopen(log)
+        assert [e.op for e in log.entries()] == ["op", "op", "op", "audit", "next", "audit"]
+        assert log.verify().ok
+        log.close()
+
     def test_entries_range_is_half_open(self, log):
         log.append_many([("op", i) for i in range(10)])
         assert [e.payload for e in log.entries(3, 6)] == [2, 3, 4]

@@ -1,0 +1,67 @@
+"""Row 15 (audit path): `replay truncate` drops entries and writes its audit record in one
+transaction. The operator command runs in a child SIGKILLed by strace at its 1st, 2nd,
+... fdatasync (and, separately, pwrite64) until a run completes; after every kill the log holds either the
+original entries untouched or the truncation together with its `replay.truncate` record.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from eventlog import EventLog
+from replay.envelope import TRUNCATE_OP
+
+pytestmark = [pytest.mark.crash, pytest.mark.fault_audit]
+
+ENTRIES, AFTER = 12, 8
+
+OPERATOR = textwrap.dedent("""
+    import sys
+    from replay.operator import truncate
+    print(truncate(sys.argv[1], after=int(sys.argv[2]), reason="poison entry"), flush=True)
+""")
+
+
+def _state(root):
+    with EventLog.open(root / "log", readonly=True) as log:
+        assert log.verify().ok
+        return [(e.index, e.op, e.payload) for e in log.entries()]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("syscall", ["fdatasync", "pwrite64"])
+def test_killed_truncate_keeps_both_or_neither(strace, tmp_path, syscall):
+    source = tmp_path / "source"
+    with EventLog.open(source / "log", durability="sync") as log:
+        log.append_many([("step", {"n": n}) for n in range(ENTRIES)])
+    original = _state(source)
+    outcomes = {"untouched": 0, "truncated with record": 0}
+    for when in range(1, 40):
+        root = tmp_path / f"run{syscall}{when}"
+        shutil.copytree(source, root)
+        cmd = [strace, "-f", "-qq", "-o", "/dev/null", "-e", f"inject={syscall}:signal=KILL:when={when}",
+               sys.executable, "-c", OPERATOR, str(root), str(AFTER)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        after = _state(root)
+        if after == original:
+            outcomes["untouched"] += 1
+        else:
+            assert after[:AFTER] == original[:AFTER], f"kill at {syscall} {when}: kept entries changed"
+            assert len(after) == AFTER + 1, f"kill at {syscall} {when}: dropped entries without their record: {after}"
+            index, op, payload = after[AFTER]
+            assert (index, op) == (AFTER + 1, TRUNCATE_OP), after[AFTER]
+            assert payload["p"]["after"] == AFTER and [d[0] for d in payload["p"]["dropped"]] == list(
+                range(AFTER + 1, ENTRIES + 1))
+            outcomes["truncated with record"] += 1
+        shutil.rmtree(root)
+        if proc.returncode == 0:  # the command finished: every sync point before it was tried
+            break
+    else:
+        pytest.fail(f"the truncate command never completed under {syscall} kills")
+    print(f"row 15 truncate: {when - 1} kills at every {syscall} of `replay truncate` + 1 completed run: {outcomes}")
+    assert outcomes["truncated with record"] >= 1
