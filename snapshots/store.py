@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import sys
 import time
@@ -109,7 +110,9 @@ class VerifyReport:
 class PruneReport:
     """What `prune` did. `skipped` holds the reports of damaged snapshots it passed over
     while looking for the newest verified one; `sweep_skipped` says why no chunk was
-    deleted, if none could safely be (a retained manifest was unreadable)."""
+    deleted, if none could safely be (a retained manifest was unreadable); `damage` names
+    what the sweep refused to enter or delete (a chunk directory that is a symbolic link,
+    an entry that is not a regular file), each left untouched."""
 
     deleted: tuple[str, ...]
     kept: tuple[str, ...]
@@ -118,6 +121,7 @@ class PruneReport:
     temp_files_deleted: int
     skipped: tuple[VerifyReport, ...]
     sweep_skipped: str | None = None
+    damage: tuple[str, ...] = ()
 
 
 class PendingSnapshot:
@@ -646,6 +650,9 @@ class SnapshotStore:
         newest_key = (newest.index, newest.term) if newest else None
         doomed = {manifest_name(*k) for k in retention.to_delete(
             [parse_manifest_name(n) for n in names], newest_key, self.keep_last, self.keep_every)}
+        damage = _not_a_directory(self._layout.manifests, "manifests/")
+        if damage:  # a link to elsewhere: deleting "old manifests" there would delete others' files
+            doomed = set()
         kept = [n for n in names if n not in doomed]
         lock = FileLock(self._layout.readers_file)
         lock.acquire(exclusive=True)
@@ -653,7 +660,7 @@ class SnapshotStore:
             self._failpoint("snapshot.prune.before_delete")
             for name in sorted(doomed):
                 _unlink(self._layout.manifest_path(name))
-            temps = [n for n in os.listdir(self._layout.manifests) if n.startswith(TMP_PREFIX)]
+            temps = [] if damage else [n for n in os.listdir(self._layout.manifests) if n.startswith(TMP_PREFIX)]
             for name in temps:
                 _unlink(self._layout.manifest_path(name))
             if doomed or temps:
@@ -665,36 +672,80 @@ class SnapshotStore:
                     marked.update(c.id for c in self._read_manifest(name).chunks)
                 except _UNREADABLE as e:
                     unreadable = f"manifest {name} is unreadable ({e}); no chunk was deleted"
-            swept = self._sweep_chunks(marked, sweep_chunks=unreadable is None)
+            swept = self._sweep_chunks(marked, sweep_chunks=unreadable is None and not damage)
+            damage += swept[3]
         finally:
             lock.release()
         if unreadable:
             log.warning("prune: %s", unreadable)
+        for problem in damage:
+            log.warning("prune: %s", problem)
         return PruneReport(
             deleted=tuple(n for n in names if n in doomed), kept=tuple(kept), chunks_deleted=swept[0],
             bytes_freed=swept[1], temp_files_deleted=len(temps) + swept[2], skipped=tuple(skipped),
-            sweep_skipped=unreadable,
+            sweep_skipped=unreadable, damage=tuple(damage),
         )
 
-    def _sweep_chunks(self, marked: set[str], sweep_chunks: bool) -> tuple[int, int, int]:
+    def _sweep_chunks(self, marked: set[str], sweep_chunks: bool) -> tuple[int, int, int, list[str]]:
+        """Delete unmarked chunks (if `sweep_chunks`) and temp files under chunks/:
+        (chunks deleted, bytes freed, temp files deleted, damage found).
+
+        Never follows a symbolic link: chunks/ and each fan-out directory are opened with
+        O_NOFOLLOW and everything below is addressed relative to those descriptors, so a
+        link (or a directory renamed into a link meanwhile) cannot lead a deletion out of
+        the store. A fan-out directory that is a link or not a directory is reported, not
+        entered; an entry that would be deleted but is not a regular file is reported
+        and left alone."""
         deleted = freed = temps = 0
-        for sub in sorted(os.listdir(self._layout.chunks)):
-            directory = os.path.join(self._layout.chunks, sub)
-            changed = False
-            for name in os.listdir(directory):
-                path = os.path.join(directory, name)
-                if name.startswith(TMP_PREFIX):
-                    temps += _unlink(path) is not None
-                    changed = True
-                elif sweep_chunks and is_chunk_id(name) and name not in marked:
-                    size = _unlink(path)
-                    if size is not None:
-                        deleted, freed, changed = deleted + 1, freed + size, True
-                    with self._lock:
-                        self._known_good.discard(name)
-            if changed:
-                fsync_dir(directory)
-        return deleted, freed, temps
+        damage: list[str] = []
+        try:
+            top = os.open(self._layout.chunks, _DIR_FLAGS)
+        except FileNotFoundError:
+            return 0, 0, 0, damage
+        except OSError as e:
+            return 0, 0, 0, [f"chunks/ is not a directory of this store ({e.strerror}); nothing swept there"]
+        try:
+            with os.scandir(top) as listing:
+                subs = sorted((e for e in listing if _FANOUT.match(e.name)), key=lambda e: e.name)
+            for sub in subs:
+                if not sub.is_dir(follow_symlinks=False):
+                    kind = "a symbolic link" if sub.is_symlink() else "not a directory"
+                    damage.append(f"chunks/{sub.name} is {kind}; not entered")
+                    continue
+                try:
+                    fd = os.open(sub.name, _DIR_FLAGS, dir_fd=top)
+                except OSError as e:
+                    damage.append(f"chunks/{sub.name} cannot be opened as a directory ({e.strerror}); not entered")
+                    continue
+                try:
+                    changed = False
+                    with os.scandir(fd) as listing:
+                        entries = list(listing)
+                    for entry in entries:
+                        name = entry.name
+                        temp = name.startswith(TMP_PREFIX)
+                        if not (temp or (sweep_chunks and is_chunk_id(name) and name not in marked)):
+                            continue
+                        if not entry.is_file(follow_symlinks=False):
+                            damage.append(f"chunks/{sub.name}/{name} is not a regular file; left alone")
+                            continue
+                        size = _unlink(name, dir_fd=fd)
+                        if size is None:
+                            continue
+                        changed = True
+                        if temp:
+                            temps += 1
+                        else:
+                            deleted, freed = deleted + 1, freed + size
+                            with self._lock:
+                                self._known_good.discard(name)
+                    if changed:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(top)
+        return deleted, freed, temps, damage
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -768,11 +819,27 @@ def _file_size(path: str) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
-def _unlink(path: str) -> int | None:
-    """Delete a file; its size, or None if it was already gone."""
+def _unlink(path: str, dir_fd: int | None = None) -> int | None:
+    """Delete a directory entry (a link is deleted, not followed); its size, or None if it
+    was already gone."""
     try:
-        size = os.stat(path).st_size
-        os.unlink(path)
+        size = os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_size
+        os.unlink(path, dir_fd=dir_fd)
         return size
     except FileNotFoundError:
         return None
+
+
+def _not_a_directory(path: str, what: str) -> list[str]:
+    """[a damage report] if `path` exists but is a symbolic link or not a directory."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return []
+    if stat.S_ISDIR(mode):
+        return []
+    return [f"{what} is {'a symbolic link' if stat.S_ISLNK(mode) else 'not a directory'}; nothing deleted there"]
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FANOUT = re.compile(r"^[0-9a-f]{2}$")

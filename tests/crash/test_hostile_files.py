@@ -180,3 +180,62 @@ def test_journal_recovery_and_replay_verify_skip_a_fifo_manifest(tmp_path):
                          text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert cli.returncode == 1, (cli.returncode, cli.stdout[-2000:], cli.stderr[-2000:])
     assert "FIFO" in cli.stdout + cli.stderr and "Traceback" not in cli.stderr
+
+
+# ------------------------------------------------------------------ item 17: prune
+
+
+def _prune_in_child(root, out_fd):
+    with snapshots.SnapshotStore(root, keep_last=1, workers=2) as store:
+        report = store.prune()
+        info, state, _ = store.load_latest()
+        send(out_fd, ("pruned", list(report.deleted), report.chunks_deleted, list(report.damage),
+                      info.index, float(state["w"].sum())))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("link", ["fanout_dir", "chunk_entry", "chunks_dir", "manifests_dir"])
+def test_prune_never_deletes_through_a_symlink(tmp_path, link):
+    """chunks/ab (or a chunk, or chunks/, or manifests/) is a symlink to an outside
+    directory holding files named like chunks, temp files and manifests: prune deletes
+    none of them, reports the link as damage, and the store still loads."""
+    root = str(tmp_path / "snap")
+    with snapshots.SnapshotStore(root, chunk_size=4096, workers=2) as store:
+        for i in range(1, 4):  # three snapshots of different tensors: the two old ones are prunable
+            store.save({"w": torch.full((2048,), float(i)), "step": i}, index=i, term=1)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    bait = ["ab" + "0" * 30, "ab" + "f" * 30, ".tmp.ab" + "1" * 30 + ".1.x", "1-1", ".tmp.2-1.1.x"]
+    for name in bait:
+        (outside / name).write_bytes(b"not yours")
+    chunks = os.path.join(root, "chunks")
+    if link == "fanout_dir":
+        shutil.rmtree(os.path.join(chunks, "ab"))
+        os.symlink(outside, os.path.join(chunks, "ab"))
+        expect = "chunks/ab is a symbolic link"
+    elif link == "chunk_entry":
+        os.symlink(outside / bait[0], os.path.join(chunks, "ab", bait[0]))
+        expect = f"chunks/ab/{bait[0]} is not a regular file"
+    elif link == "chunks_dir":
+        os.rename(chunks, str(outside / "real_chunks"))  # the chunks stay readable through the link
+        os.symlink(outside / "real_chunks", chunks)
+        expect = "chunks/ is not a directory of this store"
+    else:
+        manifests = os.path.join(root, "manifests")
+        os.rename(manifests, str(outside / "real_manifests"))
+        os.symlink(outside / "real_manifests", manifests)
+        expect = "manifests/ is a symbolic link"
+    before = _tree_bytes(str(outside))
+    run = run_forked(_prune_in_child, root, timeout=60)
+    assert run.status == 0, run.stderr_tail()
+    (_, deleted, chunks_deleted, damage, index, total), = [m for m in run.messages if m[0] == "pruned"]
+    assert any(expect in d for d in damage), damage
+    assert (index, total) == (3, 3.0 * 2048)
+    after = _tree_bytes(str(outside))
+    if link in ("fanout_dir", "chunk_entry"):
+        assert after == before  # every bait file, byte for byte
+        assert deleted == ["1-1", "2-1"] and chunks_deleted >= 2  # the rest of the store was pruned
+    else:
+        # The store's own files live behind the link: nothing of them nor of the bait is deleted.
+        assert {k: v for k, v in after.items() if k in before} == before and len(after) == len(before)
+        assert chunks_deleted == 0
