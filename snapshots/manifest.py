@@ -213,9 +213,9 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
     arrays and maps (no extension types such as msgpack's Timestamp), nested <= 256 deep."""
     if depth > 256:
         return False
-    if isinstance(value, (list, tuple)):
+    if type(value) is list:  # exact types: msgpack's ExtType is a tuple subclass
         return all(_is_plain(v, depth + 1) for v in value)
-    if isinstance(value, dict):
+    if type(value) is dict:
         return all(_is_plain(k, depth + 1) and _is_plain(v, depth + 1) for k, v in value.items())
     return value is None or type(value) in (bool, int, float, str, bytes)
 

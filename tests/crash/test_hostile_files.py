@@ -239,3 +239,76 @@ def test_prune_never_deletes_through_a_symlink(tmp_path, link):
         # The store's own files live behind the link: nothing of them nor of the bait is deleted.
         assert {k: v for k, v in after.items() if k in before} == before and len(after) == len(before)
         assert chunks_deleted == 0
+
+
+# ------------------------------------------------------- item 21: hostile manifest values
+
+
+def _read_doc(path):
+    with open(path, "rb") as f:
+        return msgpack.unpackb(f.read()[32:], raw=False, strict_map_key=False)
+
+
+def _write_doc(path, doc):
+    raw = msgpack.packb(doc, use_bin_type=True)
+    with open(path, "wb") as f:
+        f.write(b"SNPMANIF" + (1).to_bytes(4, "little") + bytes(4) + xxhash.xxh3_128_digest(raw) + raw)
+
+
+def _set(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def change(doc):
+        target = doc
+        for k in keys[:-1]:
+            target = target[k]
+        target[keys[-1]] = value
+    return change
+
+
+HOSTILE_VALUES = {
+    "created_inf": (_set("created", math.inf), "field 'created'"),
+    "created_nan": (_set("created", math.nan), "field 'created'"),
+    "created_negative": (_set("created", -1.0), "field 'created'"),
+    "created_string": (_set("created", "yesterday"), "field 'created'"),
+    "term_2_64": (_set("term", 2**64 - 1), "field 'term'"),
+    "index_negative": (_set("index", -1), "field 'index'"),
+    "index_float": (_set("index", 20.0), "field 'index'"),
+    "format_true": (_set("format", True), "field 'format'"),
+    "meta_ext_type": (_set("meta", msgpack.ExtType(5, b"x")), "field 'meta'"),
+    "meta_timestamp": (_set("meta", {"t": msgpack.Timestamp(1, 0)}), "field 'meta'"),
+    "bytes_logical_lies": (_set("bytes", "logical", 1), "field 'bytes.logical'"),
+    "bytes_written_negative": (_set("bytes", "written", -5), "field 'bytes.written'"),
+    "bytes_stored_float": (_set("bytes", "stored", 1.5), "field 'bytes.stored'"),
+    "bytes_not_a_map": (_set("bytes", [1, 2, 3]), "field 'bytes'"),
+    "unknown_field": (_set("evil", 1), "unknown field"),
+    "missing_field": (lambda doc: doc.pop("tree"), "missing field"),
+    "chunks_not_array": (_set("chunks", {"a": 1}), "field 'chunks'"),
+    "stored_len_huge": (_set("chunks", 0, 2, 2**40), "chunks[0].stored_len"),
+    "stored_len_tiny": (_set("chunks", 0, 2, 3), "chunks[0].stored_len"),
+    "dtype_unhashable": (_set("tensors", 0, 0, ["float32"]), "tensors[0].dtype"),
+    "shape_float": (_set("tensors", 0, 1, [2048.0]), "tensors[0].shape"),
+    "shape_overflows": (_set("tensors", 0, 1, [2**40, 2**40, 0]), "tensors[0].shape"),
+    "segment_past_chunk": (lambda doc: doc["tensors"][0][2][0].__setitem__(1, doc["chunks"][0][1]), "reads past"),
+    "segments_short": (_set("tensors", 0, 1, [4096]), "segments hold"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_VALUES))
+def test_hostile_manifest_value_is_damage_naming_the_field(scene, case):
+    change, words = HOSTILE_VALUES[case]
+    doc = _read_doc(scene["manifest"])
+    change(doc)
+    path = scene["manifest"]
+    if case == "term_2_64":  # the name must agree, or the name check would fire first
+        os.unlink(path)
+        path = os.path.join(os.path.dirname(path), f"20-{2**64 - 1}")
+    _write_doc(path, doc)
+    name = os.path.basename(path)
+    with snapshots.SnapshotStore(scene["root"], workers=2) as store:
+        report = store.verify(name)
+        assert not report.ok and words in str(report), str(report)
+        info, state, skipped = store.load_latest()
+        assert info.index == 10 and state["step"] == 1
+        assert len(skipped) == 1 and words in str(skipped[0]) and name in str(skipped[0]), skipped
+        assert [i.index for i in store.list()] == [10]
