@@ -34,7 +34,9 @@ GiB = 1 << 30
 
 
 def _cap_memory(extra: int) -> None:
-    """RLIMIT_AS = what the (forked, torch-loaded) child maps now + `extra` bytes."""
+    """RLIMIT_AS = what the (forked, torch-loaded) child maps now + `extra` bytes. Also
+    one torch thread: the parent's OpenMP pool does not survive the fork."""
+    torch.set_num_threads(1)
     with open("/proc/self/status") as f:
         vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
     resource.setrlimit(resource.RLIMIT_AS, (vm + extra, resource.RLIM_INFINITY))
@@ -186,6 +188,7 @@ def test_journal_recovery_and_replay_verify_skip_a_fifo_manifest(tmp_path):
 
 
 def _prune_in_child(root, out_fd):
+    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive the fork
     with snapshots.SnapshotStore(root, keep_last=1, workers=2) as store:
         report = store.prune()
         info, state, _ = store.load_latest()
@@ -312,3 +315,49 @@ def test_hostile_manifest_value_is_damage_naming_the_field(scene, case):
         assert info.index == 10 and state["step"] == 1
         assert len(skipped) == 1 and words in str(skipped[0]) and name in str(skipped[0]), skipped
         assert [i.index for i in store.list()] == [10]
+
+
+# ------------------------------------------------------------ item 15: amplification
+
+MiB = 1 << 20
+
+
+def _amplify_child(root, out_fd):
+    _cap_memory(1 * GiB)  # the amplifying snapshot declares 64 GiB
+    with snapshots.SnapshotStore(root, workers=2) as store:
+        info, state, skipped = store.load_latest()
+        try:
+            store.load_latest(like={"z": torch.zeros(16 * MiB, dtype=torch.uint8)})
+            mismatch = None
+        except snapshots.StateMismatchError as e:
+            mismatch = [e.key, str(e)]
+        report = store.verify("20-1")
+        send(out_fd, ("result", info.index, int(state["z"].sum()), state["z"].numel(), [str(r) for r in skipped],
+                      mismatch, report.ok, report.chunks_checked, report.bytes_checked))
+
+
+@pytest.mark.timeout(120)
+def test_amplifying_manifest_is_refused_before_or_at_allocation(tmp_path):
+    """One honest 16 MiB zero chunk referenced 4096 times by a manifest declaring a
+    64 GiB tensor (a few KB on disk). Under a 1 GiB address-space cap: load_latest skips
+    it as damage (allocation failure, no traceback) and loads the older snapshot; with
+    `like` the layout is refused before allocating; verify reads the one chunk once."""
+    root = str(tmp_path / "snap")
+    with snapshots.SnapshotStore(root, chunk_size=16 * MiB, workers=2) as store:
+        store.save({"z": torch.zeros(16 * MiB, dtype=torch.uint8)}, index=15, term=1)
+    path15 = os.path.join(root, "manifests", "15-1")
+    doc = _read_doc(path15)
+    declared = 4096 * 16 * MiB
+    doc.update(index=20, tensors=[["uint8", [declared], [[0, 0, 16 * MiB]] * 4096]])
+    doc["bytes"]["logical"] = declared
+    _write_doc(os.path.join(root, "manifests", "20-1"), doc)
+    assert os.path.getsize(os.path.join(root, "manifests", "20-1")) < 64 * 1024
+    run = run_forked(_amplify_child, root, timeout=90)
+    assert run.status == 0, run.stderr_tail()
+    (_, index, total, numel, skipped, mismatch, ok, chunks_checked, bytes_checked), = run.messages
+    assert (index, total, numel) == (15, 0, 16 * MiB)
+    assert len(skipped) == 1 and "20-1" in skipped[0] and "cannot allocate" in skipped[0], skipped
+    assert mismatch is not None and mismatch[0] == "['z']" and str(declared) in mismatch[1], mismatch
+    # Sound by the format (equal content is stored once: this is what an honest save of a
+    # 64 GiB zero tensor with 16 MiB chunks writes), and checked reading 16 MiB, not 64 GiB.
+    assert ok and (chunks_checked, bytes_checked) == (1, 16 * MiB)
