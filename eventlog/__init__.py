@@ -50,7 +50,11 @@ Operational facts (LMDB):
 - One process, one environment: several EventLog objects on one directory in one
   process (a writer and readonly readers) share a single LMDB handle, as LMDB requires.
 - One writer: a second writer gets LockedError at once. `takeover=True` starts a new
-  term without the lock; the old writer is then fenced (FencedError, writes nothing).
+  term without waiting for a hung writer's lock; the old writer is then fenced
+  (FencedError, writes nothing, drops its lock), and the takeover writer takes the lock
+  as soon as it is free. Until then it holds ``takeover.lock``, so a plain open gets
+  LockedError and `writer_pid` names the takeover writer throughout. A fenced writer
+  must stop: reopening it for writing would fence the live writer in turn.
 - Network filesystems (NFS, SMB, sshfs, ...) are refused: LMDB is unsafe there.
 """
 

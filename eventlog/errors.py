@@ -30,8 +30,9 @@ class FencedError(LogError):
         self.own_term = own_term
         self.current_term = current_term
         super().__init__(
-            f"writer of term {own_term} is fenced: the log's current term is {current_term} "
-            "(another writer took over); nothing was written"
+            f"writer of term {own_term} is fenced: the log's current term is {current_term} because "
+            "another writer took over; nothing was written. Stop this process's writes; do not reopen the "
+            "log for writing while that writer lives (that would fence it in turn)"
         )
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import threading
 import weakref
 from pathlib import Path
 
 from .errors import LockedError, LogError
 
 LOCK_NAME = "writer.lock"
+TAKEOVER_NAME = "takeover.lock"
 
 # LMDB's locking and mmap coherence assume every process sees one kernel's page cache.
 NETWORK_FILESYSTEMS = {
@@ -21,7 +24,7 @@ NETWORK_FILESYSTEMS = {
 # Lock files held by this process. Kept so that a forked child closes its inherited
 # copies: flock locks belong to the open file description, so a child that kept the
 # descriptor would keep the parent's lock alive after the parent died.
-_held_locks: "weakref.WeakSet[WriterLock]" = weakref.WeakSet()
+_held_locks: "weakref.WeakSet[FileLock]" = weakref.WeakSet()
 
 
 def _close_inherited_locks() -> None:
@@ -32,29 +35,32 @@ def _close_inherited_locks() -> None:
 os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
-class WriterLock:
-    """An exclusive, non-blocking flock on ``<log>/writer.lock`` holding the owner's pid."""
+class FileLock:
+    """An exclusive, non-blocking flock on one file of the log directory, holding the owner's pid."""
 
-    def __init__(self, directory: Path):
-        self.path = directory / LOCK_NAME
+    def __init__(self, path: Path):
+        self.path = path
         self._fd: int | None = None
 
-    def acquire(self) -> None:
-        """Take the lock at once or raise LockedError naming the holder's pid."""
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free and write this pid into it; False if another holds it."""
+        if self._fd is not None:
+            return True
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise LockedError(
-                f"{self.path.parent} is open for writing by another process (pid {holder}); "
-                "open it readonly, or pass takeover=True if that writer is hung and must be fenced"
-            ) from None
+            return False
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
         _held_locks.add(self)
+        return True
 
     def release(self) -> None:
         """Drop the lock; a no-op when not held."""
@@ -72,14 +78,84 @@ class WriterLock:
             self._fd = None
 
 
-def writer_pid(directory: Path) -> str | None:
-    """The pid (as text) of the live process holding the log's writer lock; None when none does.
+class WriterLock:
+    """The single-writer lock of a log: ``writer.lock``, and ``takeover.lock`` for a takeover.
+
+    A plain writer takes ``writer.lock`` (LockedError at once if another process holds
+    it) and then checks that no takeover writer is alive (``takeover.lock`` not held),
+    since a takeover writer may be waiting for the hung holder to exit.
+
+    A takeover writer (``acquire(takeover=True)``) never waits: it holds
+    ``takeover.lock`` at once and claims ``writer.lock`` as soon as it is free. A
+    background thread tries every `CLAIM_INTERVAL` seconds until it holds it, then drops
+    ``takeover.lock``. So while the takeover writer lives, some lock file always names it:
+    a plain open gets LockedError, and `writer_pid` reports it.
+    """
+
+    CLAIM_INTERVAL = 0.02
+
+    def __init__(self, directory: Path):
+        self.path = directory / LOCK_NAME
+        self._writer = FileLock(self.path)
+        self._takeover = FileLock(directory / TAKEOVER_NAME)
+        self._stop = threading.Event()
+        self._claimer: threading.Thread | None = None
+
+    def acquire(self, takeover: bool = False) -> None:
+        """Take the lock (see the class docstring); LockedError naming the holder's pid."""
+        if takeover:
+            self._takeover.try_acquire()
+            if not self._claim():
+                self._claimer = threading.Thread(target=self._keep_claiming, daemon=True,
+                                                 name=f"eventlog-lock-claim:{self.path.parent}")
+                self._claimer.start()
+            return
+        if not self._writer.try_acquire():
+            holder = _holder(self._takeover.path) or _holder(self.path) or "unknown"
+            raise LockedError(
+                f"{self.path.parent} is open for writing by another process (pid {holder}); "
+                "open it readonly, or pass takeover=True if that writer is hung and must be fenced"
+            )
+        taker = _holder(self._takeover.path)
+        if taker is not None:
+            self._writer.release()
+            raise LockedError(
+                f"{self.path.parent} was taken over by process {taker}, which is still writing; "
+                "open it readonly (opening it for writing would fence that writer)"
+            )
+
+    def _claim(self) -> bool:
+        if not self._writer.try_acquire():
+            return False
+        self._takeover.release()  # writer.lock names this process from now on
+        return True
+
+    def _keep_claiming(self) -> None:
+        while not self._stop.wait(self.CLAIM_INTERVAL):
+            try:
+                if self._claim():
+                    return
+                self._takeover.try_acquire()  # an earlier takeover writer may have exited
+            except OSError:
+                return  # the directory went away; nothing left to claim
+
+    def release(self) -> None:
+        """Drop every lock held and stop claiming; a no-op when none is held."""
+        self._stop.set()
+        if self._claimer is not None and self._claimer is not threading.current_thread():
+            self._claimer.join()
+        self._writer.release()
+        self._takeover.release()
+
+
+def _holder(path: Path) -> str | None:
+    """The pid (as text) written in lock file `path` if a live process holds it, else None.
 
     Probes with a shared, non-blocking flock on a fresh descriptor: it never blocks and
-    never disturbs the writer. A lock file left by a dead writer is not held, so it reads None.
+    never disturbs the holder. A file left by a dead process is not held, so it reads None.
     """
     try:
-        fd = os.open(Path(directory) / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
@@ -89,6 +165,16 @@ def writer_pid(directory: Path) -> str | None:
     finally:
         os.close(fd)  # also drops the probe's own lock if it got one
     return None
+
+
+def writer_pid(directory: Path) -> str | None:
+    """The pid (as text) of the live writer of the log; None when none is alive.
+
+    A live takeover writer is the writer even while a hung, fenced one still holds
+    ``writer.lock``; otherwise the holder of ``writer.lock``.
+    """
+    directory = Path(directory)
+    return _holder(directory / TAKEOVER_NAME) or _holder(directory / LOCK_NAME)
 
 
 def filesystem_type(path: Path) -> str:
@@ -118,3 +204,40 @@ def refuse_network_filesystem(path: Path) -> None:
             f"{path} is on a network filesystem ({fstype}); LMDB's locks and memory map are "
             "not coherent across machines there. Put the log on a local disk."
         )
+
+
+# Free space below which an EIO on a write or fsync is reported as a full disk: ext4 and
+# xfs with delayed allocation report ENOSPC at writeback as EIO from fsync.
+NEARLY_FULL_BYTES = 16 * 2**20
+
+
+def describe_write_failure(path: Path, exc: BaseException) -> str:
+    """Text for a failed write or sync of the log at `path`; says so when the disk is full.
+
+    The disk counts as full when the error is ENOSPC, or when it is EIO and statvfs
+    shows less than NEARLY_FULL_BYTES free for unprivileged writers.
+    """
+    text = str(exc)
+    code = getattr(exc, "errno", None)
+    no_space = code == errno.ENOSPC or os.strerror(errno.ENOSPC) in text
+    io_error = code == errno.EIO or os.strerror(errno.EIO) in text
+    if not (no_space or io_error):
+        return text
+    try:
+        stat = os.statvfs(path)
+        free = stat.f_bavail * stat.f_frsize
+    except OSError:
+        free = None
+    if no_space or (free is not None and free < NEARLY_FULL_BYTES):
+        shown = "an unknown number of" if free is None else f"{free}"
+        return f"the disk is full: the filesystem holding {path} has {shown} bytes free ({text})"
+    return text
+
+
+def fsync_directory(path: Path) -> None:
+    """fsync directory `path`, so the names created in it survive a power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

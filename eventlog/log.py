@@ -27,7 +27,7 @@ from .errors import (
 )
 from .environment import ReadTxn, SharedEnv
 from .lmdbfile import STRUCTURAL_ERRORS, check_data_file, damaged
-from .locking import WriterLock, refuse_network_filesystem
+from .locking import WriterLock, describe_write_failure, fsync_directory, refuse_network_filesystem
 from .report import Damage, VerifyReport
 
 FORMAT_VERSION = 1
@@ -76,8 +76,11 @@ class EventLog:
         - A writer takes the exclusive writer lock (LockedError at once if another process
           holds it) and persists ``term = previous term + 1`` in the transaction that reads
           it; every entry it appends carries that term.
-        - takeover=True skips the lock for a writer whose holder is hung: the new term
-          fences the old writer, whose next write raises FencedError and writes nothing.
+        - takeover=True fences a hung writer instead of waiting for its lock: the new term
+          fences the old writer, whose next write raises FencedError, writes nothing and
+          drops its lock. The takeover writer holds ``takeover.lock`` at once and claims
+          ``writer.lock`` as soon as it is free (see locking.WriterLock), so while it
+          lives a plain open gets LockedError and `eventlog.writer_pid` names it.
         - durability is "sync", "group" or "os" (see the package docs for what each loses).
         - map_size is the initial LMDB map; it doubles whenever it fills.
         - A path on a network filesystem, a non-log directory or file, or a log of a
@@ -100,6 +103,7 @@ class EventLog:
         self._writing = threading.Lock()  # one LMDB write transaction at a time
         self._durable_cond = threading.Condition(self._state)
         self._poison: BaseException | None = None
+        self._poison_note = ""  # the poison's description for messages (says when the disk is full)
         self._fenced: FencedError | None = None
         self._closed = False
         self._lock: WriterLock | None = None
@@ -111,11 +115,13 @@ class EventLog:
         self._waiters: set[_Waiter] = set()  # wait_durable callers, told when truncation removes their entry
 
         _check_path(path, readonly)
+        created = []  # directories this open creates, outermost first
         if not readonly:
+            created = [p for p in (*reversed(path.parents), path) if not p.exists()]
+            creating = created or not (path / "data.mdb").exists()
             path.mkdir(parents=True, exist_ok=True)
-            if not takeover:
-                self._lock = WriterLock(path)
-                self._lock.acquire()
+            self._lock = WriterLock(path)
+            self._lock.acquire(takeover=takeover)
         try:
             self._shared = SharedEnv.acquire(path, readonly, map_size, durability)
             self._env, self._gate = self._shared.env, self._shared.gate
@@ -133,11 +139,23 @@ class EventLog:
             self._release_after_failed_open()
             raise
         self._refresh_usable()
+        if not readonly and creating:
+            self._fsync_new_names(created)
         if not readonly:
             if durability == "group":
                 self._background = GroupFlusher(self, group_window, group_max_batch)
             elif durability == "os":
                 self._background = PeriodicSyncer(self, os_sync_interval)
+
+    def _fsync_new_names(self, created: list[Path]) -> None:
+        """Make data.mdb, lock files and created directories survive a power loss.
+
+        LMDB fsyncs the file's contents, never the directory entry naming it: after a
+        power loss a freshly created log could vanish along with acknowledged entries.
+        The log directory and every directory holding a name this open created are fsynced.
+        """
+        for directory in {self._path, self._path.parent, *(p.parent for p in created)}:
+            fsync_directory(directory)
 
     def _release_after_failed_open(self):
         if getattr(self, "_shared", None) is not None:
@@ -426,6 +444,8 @@ class EventLog:
                         if current != self._term:
                             self._fenced = FencedError(self._term, current)
                             self._usable = False
+                            # No longer the writer: let the takeover writer hold the lock now.
+                            self._lock.release()
                             raise self._fenced
                         body(txn)
                         txn.commit()
@@ -439,7 +459,7 @@ class EventLog:
                 self._gate.run_exclusive(lambda: self._env.set_mapsize(0))
             except lmdb.Error as exc:
                 self._set_poison(exc)
-                raise LogPoisonedError(f"write to {self._path} failed; the log is poisoned: {exc}") from exc
+                raise LogPoisonedError(f"write to {self._path} failed; the log is poisoned: {self._poison_note}") from exc
 
     def _grow_map(self) -> None:
         def grow():
@@ -452,6 +472,7 @@ class EventLog:
         with self._state:
             if self._poison is None:
                 self._poison = exc
+                self._poison_note = describe_write_failure(self._path, exc)
             self._refresh_usable()
             self._durable_cond.notify_all()
 
@@ -951,9 +972,11 @@ class EventLog:
                 self._lock.release()
         if error is not None:
             raise error
+        if self._fenced is not None and self._unflushed:
+            raise FencedError(self._fenced.own_term, self._fenced.current_term)
         if self._poison is not None and self._unflushed:
             raise LogPoisonedError(
-                f"{self._path}: {len(self._unflushed)} appended entries were never made durable: {self._poison}"
+                f"{self._path}: {len(self._unflushed)} appended entries were never made durable: {self._poison_note}"
             )
 
     def __enter__(self) -> "EventLog":
@@ -983,9 +1006,12 @@ class EventLog:
             raise LogError(f"EventLog {self._path} is closed")
 
     def _raise_if_poisoned(self) -> None:
+        if self._fenced is not None:
+            # Fenced is not poisoned: reopening would fence the live writer in turn.
+            raise FencedError(self._fenced.own_term, self._fenced.current_term)
         if self._poison is not None:
             raise LogPoisonedError(
-                f"{self._path} is poisoned by an earlier failed write ({self._poison}); "
+                f"{self._path} is poisoned by an earlier failed write ({self._poison_note}); "
                 "reopen it to recover the durable prefix"
             ) from self._poison
 
@@ -1055,7 +1081,7 @@ def _check_path(path: Path, readonly: bool) -> None:
             # acknowledged, and opening it for writing initialises it.
             raise FormatError(f"{path} is an event log whose creation never completed (empty data.mdb); "
                               "it holds no entries")
-        if not has_data and any(p.name not in ("lock.mdb", "writer.lock") for p in path.iterdir()):
+        if not has_data and any(p.name not in ("lock.mdb", "writer.lock", "takeover.lock") for p in path.iterdir()):
             raise FormatError(f"{path} is a non-empty directory that is not an event log; refusing to write into it")
     elif readonly:
         raise FormatError(f"{path} does not exist")
