@@ -21,10 +21,19 @@ Durability modes, and exactly what a crash can lose:
   until i is safe. A failed flush (EIO, ENOSPC) poisons the log: the unflushed entries
   are reported lost and every later call raises LogPoisonedError (no silent retry:
   after a failed fsync the kernel may have dropped the dirty pages).
-- ``os``: `append` returns after committing to the OS page cache without fsync. A
-  process crash (SIGKILL, OOM) loses nothing; a power loss or kernel crash loses the
-  entries after `durable_index`, which a background sync advances every
-  `os_sync_interval` seconds (default 1 s).
+- ``os``: `append` returns after LMDB's commit fdatasynced the entry's data pages but
+  not the meta page that makes them current (LMDB's MDB_NOMETASYNC): one fsync per
+  commit instead of sync's two. A process crash (SIGKILL, OOM) loses nothing; a power
+  loss or kernel crash can lose the newest commit(s) after `durable_index`, which
+  trails `last_index` by one commit (each commit's fdatasync also flushes the previous
+  commit's meta page) and which a background sync catches up every `os_sync_interval`
+  seconds (default 1 s). Why not MDB_NOSYNC (no fsync at all): LMDB keeps two meta
+  pages and a commit overwrites the older one, so two unsynced commits after a sync
+  overwrite both; a power loss then leaves metas on disk whose pages never got there,
+  and entries that were durable are lost or unreadable. Only writing data pages to disk
+  before the meta page that names them (an fdatasync between them) keeps a durable
+  tree, and LMDB never reuses the pages of the two newest trees, so the durable one is
+  intact whichever of the two metas survives.
 
 Encoding once: ``encode_payload(payload) -> bytes`` is the payload codec the log uses
 (TypeError naming the path of the first value it cannot encode) and

@@ -78,7 +78,7 @@ class SharedEnv:
                 try:
                     env = lmdb.open(
                         str(path), subdir=True, max_dbs=2, map_size=map_size, readonly=readonly,
-                        sync=durability != "os", metasync=True, lock=True, readahead=False,
+                        sync=True, metasync=durability != "os", lock=True, readahead=False,
                         meminit=False, max_spare_txns=2,
                     )
                 except STRUCTURAL_ERRORS as exc:

@@ -368,11 +368,14 @@ class EventLog:
             self._check_writable()
             framed, last_checksum = self._frame(encoded)
             if framed:
+                synced_before = self._committed_index
                 self._write_txn(lambda txn: self._put_all(txn, framed))
                 self._last_index = self._committed_index = framed[-1][0]
                 self._last_checksum = last_checksum
                 if self._durability == "sync":
                     self._durable_index = self._last_index
+                else:  # os: this commit's fdatasync also flushed the previous commit's meta page
+                    self._durable_index = max(self._durable_index, synced_before)
             return range(self._last_index + 1 - len(framed), self._last_index + 1)
 
     def _frame(self, encoded) -> tuple[list[tuple[int, bytes]], int]:
