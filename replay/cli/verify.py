@@ -12,11 +12,15 @@ still printed.
 Beside a live writer, only real damage is reported. The writer commits snapshots, prunes
 old ones and then compacts the log through the oldest it kept, so a listing taken before
 a verification can name snapshots that are gone by the time they are read. Hence:
-snapshots are listed again until every listed one has been verified, one whose manifest
-has vanished was pruned (said so, not damage), and whether snapshots and log meet is
-judged with the log's first index read *before* the listing and its last index read
-*after* it. The writer's invariant (the log is compacted only through a retained
-snapshot; a snapshot is never ahead of the log) then holds between the two reads.
+snapshots are listed again until every listed one has been verified (a few rounds at
+most: a writer may commit faster than a slow reader verifies), one whose manifest has
+vanished was pruned (said so, not damage), one committed after the last round is said
+to be unchecked, and whether snapshots and log meet is judged with the log's first index
+read *before* the listing and its last index read *after* it, counting unchecked
+snapshots as possibly sound. The writer's invariant (the log is compacted only through
+a retained snapshot; a snapshot is never ahead of the log) then holds between the two
+reads, so a journal is called unrecoverable only when every snapshot that could cover
+its compaction boundary was verified and found damaged.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from .source import log_dir
 
 # Rounds of "list again, verify what is new" before giving up on a writer that commits
 # snapshots faster than they can be verified (what is left is said to be unchecked).
-_LISTING_ROUNDS = 8
+_LISTING_ROUNDS = 3
 
 HELP = "check every checksum, the chain, terms, compaction boundary and snapshot chunks (exit 1 on damage)"
 
@@ -85,11 +89,11 @@ def run(args, out: Output) -> int:
         if directory != root:
             store = snapshots.SnapshotStore(root / "snapshots", workers=4)
             try:
-                sound = _verify_snapshots(store, found)
+                sound, unchecked = _verify_snapshots(store, found)
             finally:
                 store.close()
             if first is not None:
-                _guard(found, directory, lambda: _check_journal(log, first, sound, found))
+                _guard(found, directory, lambda: _check_journal(log, first, sound, unchecked, found))
     finally:
         if log is not None:
             log.close()
@@ -149,8 +153,9 @@ def _verify_log(log: EventLog, found: Findings) -> int | None:
     return _guard(found, path, lambda: log.first_index)
 
 
-def _verify_snapshots(store: snapshots.SnapshotStore, found: Findings) -> list:
-    """Verify every snapshot; return (snapshot id, meta) of the sound ones still in the store."""
+def _verify_snapshots(store: snapshots.SnapshotStore, found: Findings) -> tuple[list, list]:
+    """Verify every snapshot; return ([(id, meta) of the sound ones still in the store],
+    [ids committed too late to be checked])."""
     reports: dict[str, Any] = {}
     metas: dict[str, Any] = {}
     present: set[str] = set()
@@ -164,13 +169,14 @@ def _verify_snapshots(store: snapshots.SnapshotStore, found: Findings) -> list:
             present = set(manifest_ids(store.path))  # after list(): a name here was readable by it
             if present <= reports.keys():
                 break
-    sound = []
+    sound, unchecked = [], []
     for sid in sorted(present | reports.keys(), key=index_term):
         report = reports.get(sid)
         if sid not in present:
             found.info({"check": "snapshot", "id": sid, "pruned": True},
                        f"snapshot {sid}: pruned by the writer while verify ran (not counted)")
         elif report is None:
+            unchecked.append(sid)
             found.info({"check": "snapshot", "id": sid, "unchecked": True},
                        f"snapshot {sid}: committed while verify ran (not checked)")
         elif report.ok:
@@ -185,14 +191,15 @@ def _verify_snapshots(store: snapshots.SnapshotStore, found: Findings) -> list:
                             for p in report.problems))
     if not present and not reports:
         found.info({"check": "snapshots", "count": 0}, "snapshots: none")
-    return sound
+    return sound, unchecked
 
 
-def _check_journal(log: EventLog, first: int, sound: list, found: Findings) -> None:
+def _check_journal(log: EventLog, first: int, sound: list, unchecked: list, found: Findings) -> None:
     """Snapshots and log must meet: a sound snapshot covers the compaction boundary, none is
     ahead of the log, each carries the term the log has at its index, each was written by a Journal.
 
-    `first` was read before the snapshots were listed; `last` is read now, after."""
+    `first` was read before the snapshots were listed; `last` is read now, after. An
+    unchecked snapshot (committed during the run) may be the one that covers."""
     last = log.last_index
     for sid, meta in sound:
         index, term = index_term(sid)
@@ -212,7 +219,8 @@ def _check_journal(log: EventLog, first: int, sound: list, found: Findings) -> N
                 found.damaged({"check": "snapshot_term", "id": sid, "log_term": log_term},
                               f"snapshot {sid}: DAMAGED: the log has term {log_term} at index {index}; "
                               "the snapshot belongs to another history")
-    if first > 1 and not any(first - 1 <= index_term(sid)[0] <= last for sid, _ in sound):
+    candidates = [sid for sid, _ in sound] + unchecked
+    if first > 1 and not any(first - 1 <= index_term(sid)[0] <= last for sid in candidates):
         found.damaged({"check": "recoverable", "first_index": first,
                        "reason": "no sound snapshot covers the compaction boundary"},
                       f"journal: DAMAGED: the log was compacted through {first - 1} but no sound snapshot "
