@@ -1,7 +1,8 @@
-"""Row 15 (audit path): `replay truncate` drops entries and writes its audit record in one
+"""Row 15 (audit path). Item 18: `replay truncate` drops entries and writes its audit record in one
 transaction. The operator command runs in a child SIGKILLed by strace at its 1st, 2nd,
 ... fdatasync (and, separately, pwrite64) until a run completes; after every kill the log holds either the
 original entries untouched or the truncation together with its `replay.truncate` record.
+Item 21 (first part): a full disk in group mode is reported as a full disk.
 """
 
 from __future__ import annotations
@@ -65,3 +66,33 @@ def test_killed_truncate_keeps_both_or_neither(strace, tmp_path, syscall):
         pytest.fail(f"the truncate command never completed under {syscall} kills")
     print(f"row 15 truncate: {when - 1} kills at every {syscall} of `replay truncate` + 1 completed run: {outcomes}")
     assert outcomes["truncated with record"] >= 1
+
+
+DISK_FULL_WRITER = textwrap.dedent("""
+    import sys
+    from eventlog import EventLog, LogError
+    with EventLog.open(sys.argv[1], durability="group") as log:
+        for n in range(30):
+            try:
+                log.wait_durable(log.append("step", {"n": n}))
+            except LogError as exc:
+                print("ERROR", type(exc).__name__, exc, flush=True)
+                break
+""")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("fault", ["pwrite64:error=ENOSPC:when=6", "fdatasync:error=ENOSPC:when=5",
+                                   "pwrite64:error=ENOSPC:when=9+"])
+def test_disk_full_in_group_mode_says_the_disk_is_full(strace, tmp_path, fault):
+    """Item 21: ENOSPC injected into a group-mode flush: the poisoned log's error says the
+    disk is full, naming the log's path and the free bytes (not "Input/output error")."""
+    path = tmp_path / "log"
+    EventLog.open(path).close()
+    proc = subprocess.run([strace, "-f", "-qq", "-o", "/dev/null", "-e", f"inject={fault}",
+                           sys.executable, "-c", DISK_FULL_WRITER, str(path)], capture_output=True, text=True,
+                          timeout=100)
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR")]
+    assert errors, f"{fault} never hit: {proc.stdout} {proc.stderr[-2000:]}"
+    assert "LogPoisonedError" in errors[0] and "the disk is full" in errors[0], errors[0]
+    assert str(path) in errors[0] and "bytes free" in errors[0], errors[0]

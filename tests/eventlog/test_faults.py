@@ -81,3 +81,18 @@ def test_faults_were_actually_injected(tmp_path):
     EventLog.open(path).close()
     result = run_writer(path, "group", "fdatasync:error=EIO:when=3+")
     assert "LogPoisonedError" in result.stdout or "OPEN-FAILED" in result.stdout, result.stdout
+
+
+def test_eio_on_a_nearly_full_filesystem_is_reported_as_disk_full(tmp_path, monkeypatch):
+    """ext4/xfs report ENOSPC found at writeback as EIO from fsync: with statvfs showing
+    the filesystem (nearly) full, the message says the disk is full; otherwise it is EIO."""
+    import errno
+    from types import SimpleNamespace
+
+    from eventlog.locking import describe_write_failure
+
+    eio = OSError(errno.EIO, os.strerror(errno.EIO))
+    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_bavail=10, f_frsize=4096))
+    assert describe_write_failure(tmp_path, eio).startswith(f"the disk is full: the filesystem holding {tmp_path} has 40960 bytes free")
+    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_bavail=10**9, f_frsize=4096))
+    assert describe_write_failure(tmp_path, eio) == str(eio)
