@@ -85,6 +85,13 @@ def restore(state: Mapping[str, Any], kinds: dict[str, str], tree: Mapping[str, 
                 _restore_dict(component, saved, default_device(state))
 
 
+def layout_template(state: Mapping[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
+    """The live tensors whose layout a snapshot must share: tensor components and the
+    tensors of state_dict components (plain dicts may legitimately change shape)."""
+    return {name: (component.state_dict() if kinds[name] == STATE_DICT else component)
+            for name, component in state.items() if kinds[name] != DICT}
+
+
 def check_layout(state: Mapping[str, Any], kinds: dict[str, str], tree: Mapping[str, Any]) -> None:
     """Refuse a saved tree whose layout the live state cannot take without a silent change.
 
@@ -114,11 +121,10 @@ def check_layout(state: Mapping[str, Any], kinds: dict[str, str], tree: Mapping[
 def _check_tensor(path: tuple, saved: Any, live: torch.Tensor) -> None:
     where = "".join(f"[{p!r}]" for p in path)
     if not isinstance(saved, torch.Tensor):
-        raise StateMismatchError(where, f"the snapshot holds a {type(saved).__name__}, the live state a tensor")
+        raise StateMismatchError(where, f"live state has a tensor, snapshot has a {type(saved).__name__}")
     if saved.dtype != live.dtype or tuple(saved.shape) != tuple(live.shape):
         raise StateMismatchError(
-            where, f"snapshot has {saved.dtype} {tuple(saved.shape)}, the live state {live.dtype} {tuple(live.shape)}; "
-            "reopen with the state layout the journal was written with")
+            where, f"live state has {live.dtype} {tuple(live.shape)}, snapshot has {saved.dtype} {tuple(saved.shape)}")
 
 
 def _restore_dict(live: dict, saved: Mapping, device: torch.device) -> None:

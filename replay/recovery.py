@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .components import check_layout, restore
+from .components import check_layout, layout_template, restore
 from .determinism import state_digest
 from .envelope import DIGEST_OP, ENGINE_OPS, TRUNCATE_OP
 from . import failpoints
@@ -121,7 +121,11 @@ def load_newest_snapshot(store, log, state: Mapping[str, Any], kinds: dict[str, 
     live state changes). Returns its info, or None when no snapshot loads.
     """
     started = time.perf_counter()
-    info, tree, skipped = store.load_latest(map_location="cpu", accept=lambda i: history_mismatch(log, i))
+    # The layout of tensors both sides hold is checked from the manifest before anything
+    # is allocated (a snapshot declaring a huge tensor where the live state holds a small
+    # one is refused, not loaded); check_layout below covers the rest after loading.
+    info, tree, skipped = store.load_latest(map_location="cpu", accept=lambda i: history_mismatch(log, i),
+                                            like=layout_template(state, kinds), strict=False)
     report.damaged_snapshots = [(r.manifest_id, str(r)) for r in skipped]
     if info is not None:
         meta = info.meta.get(SNAPSHOT_META_KEY) if isinstance(info.meta, dict) else None

@@ -55,22 +55,26 @@ def plan_restore(node: list, live: Any, records: tuple[TensorRecord, ...]) -> Re
     return plan
 
 
-def check_layout(node: list, records: tuple[TensorRecord, ...], like: Any) -> None:
+def check_layout(node: list, records: tuple[TensorRecord, ...], like: Any, *, strict: bool = True) -> None:
     """Raise StateMismatchError unless `like` holds, at exactly the key paths where the
     snapshot has tensors, tensors of the snapshot's dtype and shape (devices may differ),
-    and no tensor at any other key path. Only the manifest is consulted, so this runs
-    before anything is allocated. Containers and plain values are not compared."""
+    and no tensor at any other key path. strict=False compares only the key paths where
+    both hold a tensor. Only the manifest is consulted, so this runs before anything is
+    allocated. Containers and plain values are not compared."""
     live = dict(tree.live_tensors(like))
     for path, i in tree.tensor_paths(node):
         record = records[i]
         saved = f"{DTYPES[record.dtype]} {record.shape}"
         tensor = live.pop(path, None)
         if tensor is None:
+            if not strict:
+                continue
             raise _mismatch(path, f"snapshot has a tensor {saved}, live state has none")
         if tensor.dtype != DTYPES[record.dtype] or tuple(tensor.shape) != record.shape:
             raise _mismatch(path, f"live state has {tensor.dtype} {tuple(tensor.shape)}, snapshot has {saved}")
     for path, tensor in live.items():
-        raise _mismatch(path, f"live state has a tensor {tensor.dtype} {tuple(tensor.shape)}, snapshot has none")
+        if strict:
+            raise _mismatch(path, f"live state has a tensor {tensor.dtype} {tuple(tensor.shape)}, snapshot has none")
 
 
 def _mismatch(path: tree.KeyPath, reason: str) -> StateMismatchError:

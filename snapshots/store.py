@@ -444,6 +444,7 @@ class SnapshotStore:
         *,
         accept: Callable[[SnapshotInfo], str | None] | None = None,
         like: Any = None,
+        strict: bool = True,
     ) -> tuple[SnapshotInfo | None, Any, list[VerifyReport]]:
         """(info, state, skipped): `load` of the newest snapshot that loads, reading each
         chunk once; (None, None, skipped) when none loads (or the store is empty).
@@ -461,6 +462,8 @@ class SnapshotStore:
         key path where `like` has one and nowhere else (devices may differ), else
         StateMismatchError names the key path and both layouts. A mismatch is not damage:
         it raises at the first accepted snapshot instead of falling back to an older one.
+        strict=False compares only the key paths where both hold a tensor (a live
+        optimizer before its first step has no moments yet; the snapshot's are fine).
         """
         self._check_open()
         skipped: list[VerifyReport] = []
@@ -474,7 +477,7 @@ class SnapshotStore:
                         skipped.append(VerifyReport(name, False, 0, 0, (Problem(None, str(reason)),)))
                         continue
                     if like is not None:
-                        inplace.check_layout(manifest.tree, manifest.tensors, like)
+                        inplace.check_layout(manifest.tree, manifest.tensors, like, strict=strict)
                     tensors = self._read_tensors(manifest)
                 except SnapshotNotFoundError:
                     continue  # re-saved under the same name meanwhile; _newest_first relists
@@ -485,17 +488,18 @@ class SnapshotStore:
                 return info, _build(manifest, tensors, map_location), skipped
         return None, None, skipped
 
-    def load(self, info: SnapshotInfo | str, map_location: str | torch.device = "cpu", *, like: Any = None) -> Any:
+    def load(self, info: SnapshotInfo | str, map_location: str | torch.device = "cpu", *, like: Any = None,
+             strict: bool = True) -> Any:
         """The saved state with fresh tensors on `map_location` (a device), containers and
         values as FORMAT.md's tree table says. Every chunk is hash-checked before any of it
         is returned. Raises SnapshotNotFoundError or CorruptSnapshotError. With `like`,
-        the tensor layout is checked against it first, as in `load_latest`
-        (StateMismatchError, nothing allocated)."""
+        the tensor layout is checked against it first, as in `load_latest` (`strict` as
+        there; StateMismatchError, nothing allocated)."""
         self._check_open()
         with self._reading():
             manifest = self._read_manifest(self._name_of(info))
             if like is not None:
-                inplace.check_layout(manifest.tree, manifest.tensors, like)
+                inplace.check_layout(manifest.tree, manifest.tensors, like, strict=strict)
             tensors = self._read_tensors(manifest)
         return _build(manifest, tensors, map_location)
 

@@ -120,3 +120,18 @@ def test_like_mismatch_is_not_skipped_as_damage(three):
 def test_accept_and_like_on_an_empty_store(tmp_path):
     with snapshots.SnapshotStore(tmp_path / "none") as store:
         assert store.load_latest(accept=lambda i: None, like={"w": torch.zeros(1)}) == (None, None, [])
+
+
+def test_like_not_strict_compares_only_shared_paths(three, monkeypatch):
+    """strict=False: paths on one side only pass (a fresh optimizer has no moments yet);
+    a shared path of another dtype is still refused before anything is allocated."""
+    store, _ = three
+    live = _state(0)
+    live["model"].pop("b")
+    live["extra"] = torch.zeros(1)
+    info, state, _ = store.load_latest(like=live, strict=False)
+    assert info.index == 30 and "b" in state["model"]
+    live["model"]["w"] = live["model"]["w"].to(torch.bfloat16)
+    monkeypatch.setattr(store, "_read_tensors", lambda m: pytest.fail("allocated before the layout check"))
+    with pytest.raises(StateMismatchError, match=r"\['model'\]\['w'\]"):
+        store.load_latest(like=live, strict=False)
