@@ -46,21 +46,36 @@ def test_log_bytes_counts_appended_payload_bytes(tmp_path):
     assert len(expected) > 2 and indexes == expected
 
 
-def test_replay_seconds_uses_measured_apply_cost(tmp_path):
+class _HandlerClock:
+    """Stands in for the journal's `time` module: perf_counter advances only when a handler
+    says it spent time, so the policy sees exact apply costs however loaded the machine is."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_replay_seconds_uses_measured_apply_cost(tmp_path, monkeypatch):
+    import replay.journal
+
+    clock = _HandlerClock()
+    monkeypatch.setattr(replay.journal, "time", clock)
     ops = make_ops()
 
     @ops.op
     def slow(state, *, ms):
-        time.sleep(ms / 1000)
+        clock.now += ms / 1000
 
     with open_journal(tmp_path, make_state(), ops, snapshot=replay.Every(replay_seconds=0.05), keep_last=10,
                       keep_log=True, async_snapshots=False) as journal:
         for _ in range(5):
-            journal.apply("add", row=0, value=1.0)  # cheap: no snapshot
+            journal.apply("add", row=0, value=1.0)  # costs nothing on this clock: no snapshot
         assert _snapshot_indexes(journal) == [0]
         for _ in range(3):
             journal.apply("slow", ms=30)
-        assert _snapshot_indexes(journal) == [0, 7]
+        assert _snapshot_indexes(journal) == [0, 7]  # 30 + 30 ms reach 50 ms at index 7; 8 alone does not
 
 
 def test_every_validates_bounds():
