@@ -30,12 +30,13 @@ from .errors import (
     StoreLockedError,
     UnsupportedPlatformError,
 )
-from .store import PendingSnapshot, Problem, PruneReport, SnapshotInfo, SnapshotStore, VerifyReport
+from .store import ManifestEntry, PendingSnapshot, Problem, PruneReport, SnapshotInfo, SnapshotStore, VerifyReport
 
 __all__ = [
     "SnapshotStore",
     "SnapshotInfo",
     "PendingSnapshot",
+    "ManifestEntry",
     "VerifyReport",
     "Problem",
     "PruneReport",

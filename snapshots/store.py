@@ -107,6 +107,26 @@ class VerifyReport:
 
 
 @dataclass(frozen=True)
+class ManifestEntry:
+    """One committed manifest name in a store, whether or not the file reads back.
+
+    `index` and `term` are parsed from the name (FORMAT.md, "Directory layout");
+    `info` is the snapshot's info when the manifest passes its own checks, else None and
+    `unreadable` says why (checksum, schema, a symlink or FIFO in its place, ...)."""
+
+    name: str
+    index: int
+    term: int
+    info: SnapshotInfo | None
+    unreadable: str | None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """(index, term): the order snapshots sort in."""
+        return (self.index, self.term)
+
+
+@dataclass(frozen=True)
 class PruneReport:
     """What `prune` did. `skipped` holds the reports of damaged snapshots it passed over
     while looking for the newest verified one; `sweep_skipped` says why no chunk was
@@ -389,6 +409,26 @@ class SnapshotStore:
             except CorruptSnapshotError as e:
                 log.warning("%s", e)
         return infos
+
+    def manifests(self) -> list[ManifestEntry]:
+        """Every committed manifest name, oldest to newest by (index, term), each with its
+        info or, when it does not read back, why (`list` leaves those out). Chunks are not
+        checked (use `verify`). Names that are not manifest names (temp files, strangers)
+        are not listed; a manifest pruned while this runs is left out. [] for a missing
+        store. Taken under the shared reader lock, so a prune cannot delete in between."""
+        self._check_open()
+        entries = []
+        with self._reading():
+            for name in self._manifest_names():
+                index, term = parse_manifest_name(name)
+                try:
+                    info, why = SnapshotInfo._from_manifest(self._read_manifest(name)), None
+                except SnapshotNotFoundError:
+                    continue
+                except CorruptSnapshotError as e:
+                    info, why = None, e.reason
+                entries.append(ManifestEntry(name, index, term, info, why))
+        return entries
 
     def latest(self) -> SnapshotInfo | None:
         """The newest snapshot that verifies, None if none does. Damaged ones are skipped
