@@ -2,7 +2,8 @@
 
 It knows nothing of models: an entry is ``(index, term, op, payload, time)`` where
 `op` names a mutation and `payload` is msgpack with tensors as an extension type. The
-byte layout is in ``FORMAT.md`` beside this file (format version 1).
+byte layout is in ``FORMAT.md`` beside this file (format version 1); every entry starts
+with a fixed header of ``HEADER_SIZE`` (32) bytes, then its op name and payload.
 
     log = eventlog.EventLog.open("runs/exp1/log", durability="group")
     i = log.append("sgd_step", {"batch": ids, "lr": 0.1})
@@ -81,11 +82,12 @@ from .errors import (
 from .codec import decode_payload, encode_payload
 from .locking import writer_pid
 from .log import FORMAT_VERSION, EventLog
-from .record import Entry, EntryHeader
+from .record import HEADER_SIZE, Entry, EntryHeader
 from .report import Damage, VerifyReport
 
 __all__ = [
     "EventLog", "writer_pid", "encode_payload", "decode_payload", "Entry", "EntryHeader", "VerifyReport", "Damage", "FORMAT_VERSION",
+    "HEADER_SIZE",
     "LogError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",
     "LogPoisonedError", "FormatError", "TruncatedError", "DamagedLogError",
 ]

@@ -737,6 +737,25 @@ class EventLog:
                 raise CorruptEntryError(index, "entry is missing from the log")
             return record.parse_header(index, value)[2]
 
+    def checksum_at(self, index: int) -> int:
+        """Chained checksum of entry `index`, valid for first_index - 1 .. last_index.
+
+        index == first_index - 1 answers from the compaction boundary (0 for index 0, the
+        seed of the first entry ever written). CompactedError below that; IndexError
+        above last_index; CorruptEntryError(index) if the entry's bytes or its link to
+        the entry before it are damaged (the checksum is verified, as `headers` does).
+        """
+        self._check_open()
+        with self._read_txn() as txn:
+            first, _, _, bsum = self._bounds(txn)
+        if index == first - 1:
+            return bsum
+        if index < first - 1:
+            raise CompactedError(index, first)
+        for header in self._iter_decoded(index, index + 1, _decode_header, strict=True):
+            return header.checksum
+        raise IndexError(f"checksum_at({index}): last_index is {self.last_index}")
+
     def _pending_value(self, index):
         if self._readonly or index <= self._committed_index or index > self._last_index:
             return None

@@ -15,7 +15,7 @@ from .errors import CorruptEntryError
 
 ENTRY_VERSION = 1
 HEADER = struct.Struct(">BBHIQQQ")  # version, flags, op_len, payload_len, term, time_ns, checksum
-HEADER_SIZE = HEADER.size  # 32
+HEADER_SIZE = HEADER.size  # 32: the fixed entry header of FORMAT.md, exported as eventlog.HEADER_SIZE
 CHECKSUM_AT = 24
 MAX_OP_LEN = 1024
 MAX_PAYLOAD_LEN = 2**32 - 1

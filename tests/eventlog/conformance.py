@@ -194,6 +194,44 @@ class LogContract:
         finally:
             log.close()
 
+    def test_checksum_at_follows_the_chain_and_the_boundary(self, log):
+        assert log.checksum_at(0) == 0  # the seed of the first entry ever written
+        with pytest.raises(IndexError):
+            log.checksum_at(1)
+        log.append_many([("op", i) for i in range(5)])
+        log.append("buffered", 5)  # still in the group buffer in group mode
+        expected = {h.index: h.checksum for h in log.headers()}
+        assert [log.checksum_at(i) for i in range(1, 7)] == [expected[i] for i in range(1, 7)]
+        assert len(set(expected.values())) == 6
+        with pytest.raises(IndexError):
+            log.checksum_at(7)
+        log.compact_through(3)
+        assert log.checksum_at(3) == expected[3]  # the boundary answers
+        assert log.checksum_at(4) == expected[4]
+        with pytest.raises(CompactedError):
+            log.checksum_at(2)
+        with pytest.raises(CompactedError):
+            log.checksum_at(0)
+        log = self.reopen(log)
+        try:
+            assert [log.checksum_at(i) for i in (3, 4, 6)] == [expected[3], expected[4], expected[6]]
+            with EventLog.open(log.path, readonly=True) as reader:
+                assert [reader.checksum_at(i) for i in (3, 6)] == [expected[3], expected[6]]
+                with pytest.raises(IndexError):
+                    reader.checksum_at(7)
+        finally:
+            log.close()
+
+    def test_header_size_is_the_fixed_header(self, log):
+        import eventlog
+
+        index = log.append("abc", b"xy")
+        log.flush()
+        header = log.entry(index)
+        assert eventlog.HEADER_SIZE == 32
+        assert log.bytes_appended == eventlog.HEADER_SIZE + len("abc") + len(encode_payload(b"xy"))
+        assert header.op == "abc"
+
     # --- truncation ------------------------------------------------------------
 
     def test_truncate_then_append(self, log):
