@@ -50,8 +50,14 @@ def rows(log: EventLog, start: int | None, stop: int | None, keep: HeaderFilter 
     and decoded in one more (`entry(i)`), so filters never decode what they skip. If the
     writer removed or replaced the entry between the two reads (a rollback), the listing
     ends there: its header and payload would come from two different histories.
+
+    A scan that ends before the log's last index is read once more from where it
+    stopped (a live rollback ends a scan the same way); if it still cannot go on, the
+    entries from there to the last index are missing (a damaged key), and one damaged row
+    says so instead of a listing that silently looks complete.
     """
     lo = start
+    retried_at = None
     while True:
         try:
             for header in log.headers(lo, stop):
@@ -73,10 +79,18 @@ def rows(log: EventLog, start: int | None, stop: int | None, keep: HeaderFilter 
                     summary = one_line(entry.payload)
                 yield Row(header.index, header.term, header.time_ns, header.op, header.payload_size, summary,
                           checksum=header.checksum)
-            return
         except CorruptEntryError as exc:
             yield Row(exc.index, damaged=exc.reason)
             lo = max(exc.index, lo if lo is not None else 0) + 1
+            continue
+        expected = lo if lo is not None else log.first_index
+        end = log.last_index + 1 if stop is None else min(stop, log.last_index + 1)
+        if expected >= end:
+            return
+        if retried_at == expected:
+            yield Row(expected, damaged=f"entries {expected}..{end - 1} are missing from the log")
+            return
+        retried_at, lo = expected, expected
 
 
 def print_row(out: Output, row: Row) -> None:

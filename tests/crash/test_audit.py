@@ -267,6 +267,33 @@ def test_a_cut_or_bit_flipped_data_file_gets_a_verdict_never_a_signal(long_maste
             assert len(ran.err.splitlines()) == 1 and "damaged: " in ran.err, ran
 
 
+MISKEYED = 163
+
+
+def test_a_flipped_entry_key_is_reported_not_a_listing_that_ends_early(long_master, tmp_path):
+    """A bit flip in an entry's key puts it out of order: the scan cannot reach it or
+    anything after it. The listing used to end there with exit 0, looking complete."""
+    journal = tmp_path / "run"
+    shutil.copytree(long_master, journal)
+    data_file = journal / "log" / "data.mdb"
+    data = bytearray(data_file.read_bytes())
+    key = struct.pack(">Q", MISKEYED)
+    hits = [i for i in range(len(data) - 7) if data[i:i + 8] == key]
+    assert hits  # the key is stored big-endian in its leaf page (and in stale copies)
+    for at in hits:
+        data[at + 5] ^= 0x01  # 163 -> 65699: past the end, out of order in its page
+    data_file.write_bytes(bytes(data))
+    listing = cli("log", journal, "--json")
+    assert listing.status == 1, listing
+    rows = [json.loads(line) for line in listing.out.splitlines()]
+    assert [r["index"] for r in rows] == list(range(1, MISKEYED + 1))
+    assert rows[-1]["damaged"] == f"entries {MISKEYED}..300 are missing from the log"
+    stats = cli("stats", journal, "--json")
+    assert stats.status == 1 and json.loads(stats.out.splitlines()[0])["damaged"] == [MISKEYED], stats
+    verify = cli("verify", journal)
+    assert verify.status == 1 and f"DAMAGED entry {MISKEYED}" in verify.out, verify
+
+
 # ------------------------------------------------------------ item 19: tail -f rewrites
 
 BOOM_GATE = "boom-gate"
