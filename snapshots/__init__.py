@@ -26,8 +26,8 @@ from .errors import (
     SnapshotError,
     SnapshotNotFoundError,
     StateMismatchError,
-    StoreClosedError,
-    StoreLockedError,
+    ClosedError,
+    LockedError,
     UnsupportedPlatformError,
 )
 from .store import ManifestEntry, PendingSnapshot, Problem, PruneReport, SnapshotInfo, SnapshotStore, VerifyReport
@@ -44,7 +44,7 @@ __all__ = [
     "CorruptSnapshotError",
     "SnapshotNotFoundError",
     "StateMismatchError",
-    "StoreLockedError",
-    "StoreClosedError",
+    "LockedError",
+    "ClosedError",
     "UnsupportedPlatformError",
 ]

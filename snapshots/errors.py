@@ -35,13 +35,13 @@ class StateMismatchError(SnapshotError, ValueError):
         super().__init__(f"state mismatch at {key}: {reason}")
 
 
-class StoreLockedError(SnapshotError):
-    """Raised by the first write (`save`, `save_async`, `prune`) of a store whose
-    directory another open store, in this or another process, holds for writing."""
+class LockedError(SnapshotError):
+    """Raised when another live process (or another open store in this one) holds the
+    store's writer lock, by the first write (`save`, `save_async`, `prune`)."""
 
 
-class StoreClosedError(SnapshotError):
-    """Raised by any call on a store after `close()`."""
+class ClosedError(SnapshotError):
+    """Raised when a store is used after `close()`."""
 
 
 class UnsupportedPlatformError(SnapshotError):

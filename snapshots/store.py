@@ -6,7 +6,7 @@ hash, compress, write and read chunks in parallel. So within a process a prune n
 runs while a save is in flight, and two saves never race on a chunk.
 
 Processes: one process at a time may write a store directory (`LOCK`, taken by the first
-save or prune, held until close; a second writer gets StoreLockedError). Any number of
+save or prune, held until close; a second writer gets LockedError). Any number of
 processes may read while it writes: loads and verifies hold a shared flock on `READERS`,
 and prune deletes files only while holding it exclusively, so a reader never sees a
 snapshot's chunks vanish under it. A store must not be used across fork().
@@ -34,10 +34,12 @@ from .chunkfile import ChunkCodec, ChunkDecodeError, chunk_id
 from .errors import (
     CorruptSnapshotError,
     SnapshotNotFoundError,
-    StoreClosedError,
+    ClosedError,
     UnsupportedPlatformError,
 )
-from .layout import TMP_PREFIX, FileLock, PendingWrite, StoreLayout, acquire_writer_lock, fsync_dir, start_durable_write, write_durably
+from .durable import TMP_PREFIX, PendingWrite, fsync_dir, start_durable_write, write_durably
+from .locks import FileLock, acquire_writer_lock
+from .paths import StoreLayout
 from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, ManifestDecodeError, TensorRecord, is_chunk_id, manifest_name, parse_manifest_name
 from .safefile import UnsafeFileError, read_regular
 from .staging import Staged, Stager
@@ -283,7 +285,7 @@ class SnapshotStore:
         with self._lock:
             if self._writer_lock is None:
                 os.makedirs(self.path, exist_ok=True)
-                self._writer_lock = acquire_writer_lock(self._layout)
+                self._writer_lock = acquire_writer_lock(self._layout.lock_file, self._layout.root)
                 self._layout.create()
 
     def _commit(self, job: _SaveJob) -> SnapshotInfo:
@@ -795,7 +797,7 @@ class SnapshotStore:
 
     def close(self) -> None:
         """Wait for saves in flight, stop the threads, release the writer lock. Idempotent;
-        every later call raises StoreClosedError."""
+        every later call raises ClosedError."""
         with self._lock:
             if self._closed:
                 return
@@ -816,7 +818,7 @@ class SnapshotStore:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreClosedError(f"snapshot store {self.path} is closed")
+            raise ClosedError(f"snapshot store {self.path} is closed")
 
     def __repr__(self) -> str:
         return f"SnapshotStore({self.path!r}, keep_last={self.keep_last}, keep_every={self.keep_every})"

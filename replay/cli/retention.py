@@ -108,7 +108,7 @@ def run_prune(args, out: Output) -> int:
                                     keep_every=args.keep_every, workers=4)
     try:
         report = store.prune()
-    except snapshots.StoreLockedError as exc:
+    except snapshots.LockedError as exc:
         raise CliError(f"{exc}; close the journal first") from exc
     finally:
         store.close()

@@ -113,9 +113,9 @@ def test_close_waits_for_pending_saves_and_then_refuses(open_store, tmp_path):
     pending = [store.save_async(_state(n=2), index=i, term=1) for i in range(3)]
     store.close()
     assert all(p.done() and p.exception() is None for p in pending)
-    with pytest.raises(snapshots.StoreClosedError):
+    with pytest.raises(snapshots.ClosedError):
         store.save({}, index=9, term=1)
-    with pytest.raises(snapshots.StoreClosedError):
+    with pytest.raises(snapshots.ClosedError):
         store.latest()
     store.close()  # idempotent
     with snapshots.SnapshotStore(tmp_path / "snap") as reopened:
@@ -127,7 +127,7 @@ def test_one_writer_per_directory(open_store, tmp_path):
     first.save({}, index=1, term=1)
     second = open_store()
     assert [i.index for i in second.list()] == [1]  # reading needs no lock
-    with pytest.raises(snapshots.StoreLockedError):
+    with pytest.raises(snapshots.LockedError):
         second.save({}, index=2, term=1)
     first.close()
     assert second.save({}, index=2, term=1).index == 2

@@ -1,65 +1,17 @@
-"""Where things live in a store directory, and the durable-write primitives.
+"""Durable writes: write a temp file, fsync it, rename it to its name, fsync the directory.
 
-Paths are built only from validated names (`is_chunk_id`, `manifest_name`), so nothing
-read from a manifest can address a file outside the store.
+The temp names (`temp_name`) are never valid chunk or manifest names, so readers ignore
+a write a crash cut short and the next prune deletes it.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
-import fcntl
 import os
 import secrets
 import sys
 
-from .errors import StoreLockedError
-from .manifest import is_chunk_id
-
 TMP_PREFIX = ".tmp."
-
-
-class StoreLayout:
-    """The files of one store directory (FORMAT.md, "Directory layout")."""
-
-    def __init__(self, root: str):
-        self.root = os.path.abspath(root)
-        self.chunks = os.path.join(self.root, "chunks")
-        self.manifests = os.path.join(self.root, "manifests")
-        self.lock_file = os.path.join(self.root, "LOCK")
-        self.readers_file = os.path.join(self.root, "READERS")
-
-    def chunk_dir(self, cid: str) -> str:
-        return os.path.join(self.chunks, cid[:2])
-
-    def chunk_path(self, cid: str) -> str:
-        if not is_chunk_id(cid):
-            raise ValueError(f"not a chunk id: {cid!r}")
-        return os.path.join(self.chunks, cid[:2], cid)
-
-    def manifest_path(self, name: str) -> str:
-        return os.path.join(self.manifests, name)
-
-    def create(self) -> None:
-        """Create every directory (the 256 chunk fan-out directories included) and make
-        their names durable. Idempotent."""
-        made = False
-        for path in (self.root, self.chunks, self.manifests):
-            made |= _mkdir(path)
-        fanout = [format(i, "02x") for i in range(256)]
-        made_chunk_dirs = [_mkdir(os.path.join(self.chunks, d)) for d in fanout]
-        if made or any(made_chunk_dirs):
-            fsync_dir(self.chunks)
-            fsync_dir(self.root)
-            fsync_dir(os.path.dirname(self.root))
-
-
-def _mkdir(path: str) -> bool:
-    try:
-        os.mkdir(path)
-        return True
-    except FileExistsError:
-        return False
 
 
 def temp_name(final_name: str) -> str:
@@ -186,50 +138,3 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-class FileLock:
-    """An flock on a file, opened (and created) on acquire. flock locks belong to the open
-    file, so two FileLocks on one path exclude each other even within one process, and
-    the kernel releases them when a process dies."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self, exclusive: bool, blocking: bool = True) -> bool:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:
-            return False  # no store directory yet: nothing to protect
-        except PermissionError:
-            fd = os.open(self.path, os.O_RDONLY)  # a read-only store: flock works on any fd
-        op = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if blocking else fcntl.LOCK_NB)
-        try:
-            fcntl.flock(fd, op)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return False
-            raise
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the only descriptor drops the flock
-            self._fd = None
-
-    def __enter__(self) -> "FileLock":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def acquire_writer_lock(layout: StoreLayout) -> FileLock:
-    """Take the store's LOCK exclusively or raise StoreLockedError at once."""
-    lock = FileLock(layout.lock_file)
-    if not lock.acquire(exclusive=True, blocking=False):
-        raise StoreLockedError(f"{layout.root} is held for writing by another open store")
-    return lock
