@@ -11,7 +11,7 @@
         print(journal.recovery)                     # which snapshot, how many entries replayed
         journal.apply("sgd_step", ids=cursor.peek(32), seed=step, lr=0.1)
 
-Guarantees (DESIGN.md §5): an entry is in the log before its effect is visible and
+Guarantees (numbered in replay/INVARIANTS.md): an entry is in the log before its effect is visible and
 ``flush()`` makes every applied entry durable; a snapshot at i holds exactly entries
 1..i and never commits beyond the durable index; recovery loads the newest verified
 snapshot and replays every later entry once, in order, to the same bytes; the log is
@@ -29,7 +29,7 @@ from .errors import (
     EnvelopeError,
     HandlerError,
     ConcurrentUseError,
-    JournalClosedError,
+    ClosedError,
     JournalPoisonedError,
     PayloadRejectedError,
     RecoveryError,
@@ -48,5 +48,5 @@ __all__ = [
     "Journal", "Ops", "OpSpec", "Every", "RecoveryReport", "DataCursor", "seeded_generator",
     "state_digest", "truncate",
     "ReplayError", "UnknownOpError", "PayloadRejectedError", "HandlerError", "VersionMismatchError",
-    "EnvelopeError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "JournalClosedError", "ConcurrentUseError",
+    "EnvelopeError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "ClosedError", "ConcurrentUseError",
 ]

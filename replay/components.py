@@ -65,12 +65,10 @@ def restore(state: Mapping[str, Any], kinds: dict[str, str], tree: Mapping[str, 
     """Load `tree` (as `capture` produced it, tensors anywhere) into the live state, in place.
 
     A component missing from the tree, or a tree entry naming no component, raises
-    KeyError before anything is changed: a snapshot of a different state layout must
-    not be half-applied.
+    StateMismatchError before anything is changed: a snapshot of a different state
+    layout must not be half-applied (`check_layout` refuses those, and more, first).
     """
-    missing, extra = set(state) - set(tree), set(tree) - set(state)
-    if missing or extra:
-        raise KeyError(f"snapshot components {sorted(tree)} do not match the journal's state {sorted(state)}")
+    _check_components(state, tree)
     with torch.no_grad():
         for name, component in state.items():
             saved = tree[name]
@@ -78,8 +76,7 @@ def restore(state: Mapping[str, Any], kinds: dict[str, str], tree: Mapping[str, 
             if kind == STATE_DICT:
                 component.load_state_dict(saved)
             elif kind == TENSOR:
-                if tuple(saved.shape) != tuple(component.shape):
-                    raise ValueError(f"component {name!r}: snapshot shape {tuple(saved.shape)} != live {tuple(component.shape)}")
+                _check_tensor((name,), saved, component)
                 component.copy_(saved)
             else:
                 _restore_dict(component, saved, default_device(state))
@@ -103,11 +100,7 @@ def check_layout(state: Mapping[str, Any], kinds: dict[str, str], tree: Mapping[
     first step has no moments yet) and plain-dict leaves (replaced, not copied into, by
     `restore`) are not compared.
     """
-    missing, extra = sorted(set(state) - set(tree)), sorted(set(tree) - set(state))
-    if missing or extra:
-        key = (missing or extra)[0]
-        raise StateMismatchError(
-            repr(key), f"snapshot components {sorted(tree)} do not match the journal's state {sorted(state)}")
+    _check_components(state, tree)
     for name, component in state.items():
         if kinds[name] == TENSOR:
             _check_tensor((name,), tree[name], component)
@@ -116,6 +109,14 @@ def check_layout(state: Mapping[str, Any], kinds: dict[str, str], tree: Mapping[
             for path, live in leaves(component.state_dict(), (name,)):
                 if isinstance(live, torch.Tensor) and path in saved:
                     _check_tensor(path, saved[path], live)
+
+
+def _check_components(state: Mapping[str, Any], tree: Mapping[str, Any]) -> None:
+    missing, extra = sorted(set(state) - set(tree)), sorted(set(tree) - set(state))
+    if missing or extra:
+        key = (missing or extra)[0]
+        raise StateMismatchError(
+            repr(key), f"snapshot components {sorted(tree)} do not match the journal's state {sorted(state)}")
 
 
 def _check_tensor(path: tuple, saved: Any, live: torch.Tensor) -> None:

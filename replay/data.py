@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import torch
+from snapshots import StateMismatchError
 
 from .rng import seeded_generator
 
@@ -85,10 +86,12 @@ class DataCursor:
                 "epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a position; ValueError if the saved cursor had another dataset size, seed or shuffle."""
+        """Restore a position; snapshots.StateMismatchError (a ValueError) if the saved cursor
+        had another dataset size, seed or shuffle."""
         for key in ("num_samples", "seed", "shuffle"):
             if state[key] != getattr(self, key):
-                raise ValueError(f"DataCursor {key} is {getattr(self, key)!r} but the saved cursor had {state[key]!r}")
+                raise StateMismatchError(
+                    f"DataCursor.{key}", f"the live cursor has {getattr(self, key)!r}, the saved one {state[key]!r}")
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
 

@@ -26,7 +26,6 @@ from typing import Any
 
 from .errors import EnvelopeError
 
-ENVELOPE_VERSION = 1
 RESERVED_PREFIX = "replay."
 DIGEST_OP = "replay.digest"
 TRUNCATE_OP = "replay.truncate"

@@ -100,5 +100,5 @@ class ConcurrentUseError(ReplayError):
             "a Journal is used from one thread at a time (hand it over only between calls)")
 
 
-class JournalClosedError(ReplayError):
-    """The journal was used after close()."""
+class ClosedError(ReplayError):
+    """The object was used after close()."""

@@ -27,7 +27,7 @@ from eventlog import EventLog, FormatError, LockedError, LogPoisonedError, decod
 from . import components, failpoints
 from .determinism import DeterministicGuard, state_digest
 from .envelope import DIGEST_OP, unwrap, wrap
-from .errors import ConcurrentUseError, JournalClosedError, JournalPoisonedError, RecoveryError, ReplayError
+from .errors import ConcurrentUseError, ClosedError, JournalPoisonedError, RecoveryError, ReplayError
 from .ops import Ops
 from .policies import Every, PolicyClock
 from .recovery import RecoveryReport, Replayer, log_checksum_at, preflight, recover, snapshot_meta
@@ -193,7 +193,7 @@ class Journal:
           back to the previous index (newest snapshot + replay), then the handler's
           exception is re-raised unchanged. If that cleanup fails, JournalPoisonedError.
         - In group mode this returns before the entry is durable; `flush()` waits.
-        - JournalPoisonedError once the log has failed a write; JournalClosedError after close.
+        - JournalPoisonedError once the log has failed a write; ClosedError after close.
         """
         with self._entered("apply"):
             return self._apply(op, payload)
@@ -423,7 +423,7 @@ class Journal:
 
     def _check_usable(self) -> None:
         if self._closed:
-            raise JournalClosedError(f"journal {self.path} is closed")
+            raise ClosedError(f"journal {self.path} is closed")
         if self._poison is not None:
             raise JournalPoisonedError(
                 f"journal {self.path} refuses further work: {type(self._poison).__name__}: {self._poison}. "

@@ -46,8 +46,7 @@ def truncate(path: str | os.PathLike, *, after: int, reason: str = "") -> list[t
             try:
                 ahead = sorted(i.index for i in store.list() if i.index > after)
             finally:
-                if hasattr(store, "close"):
-                    store.close()
+                store.close()
             if ahead:
                 raise RecoveryError(
                     f"cannot truncate after {after}: snapshot(s) at {ahead} include later entries; remove them first")

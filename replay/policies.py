@@ -35,8 +35,6 @@ class Every:
                 raise ValueError(f"Every({name}=...) must be positive or None, got {value!r}")
 
 
-NEVER = Every()
-
 
 class PolicyClock:
     """What has accumulated since the last snapshot, measured against an `Every` policy."""
@@ -69,8 +67,3 @@ class PolicyClock:
             or (p.log_bytes is not None and self.log_bytes >= p.log_bytes)
             or (p.replay_seconds is not None and self.replay_seconds >= p.replay_seconds)
         )
-
-    @property
-    def needs_log_bytes(self) -> bool:
-        """Whether measuring appended bytes is worth its cost (only a log_bytes bound uses it)."""
-        return self.policy.log_bytes is not None

@@ -53,13 +53,3 @@ def check_entry_index(log: EventLog, index: int) -> None:
     if index > last:
         raise CliError(f"log index {index} is past the end: the last entry is {last}")
 
-
-def check_state_index(log: EventLog, index: int) -> None:
-    """CliError unless the state after `index` can exist: 0 <= index <= last_index.
-
-    (Whether it can still be rebuilt, given compaction and snapshots, is decided by the
-    reconstruction itself.)
-    """
-    last = log.last_index
-    if index > last:
-        raise CliError(f"log index {index} is past the end: the last entry is {last}")

@@ -1,4 +1,4 @@
-"""`replay truncate DIR --after I`: the operator command of DESIGN §5 invariant 6.
+"""`replay truncate DIR --after I`: the operator command of replay/INVARIANTS.md invariant 6.
 
 Removes a poison entry (a handler that raised, whose process died before the journal
 could clean up) and everything after it, through `replay.truncate`: it takes the

@@ -1,7 +1,7 @@
 """The one checker every fault-matrix test uses (ALICE's "acknowledged means present").
 
 A writer child reports every acknowledged entry over a pipe: for a Journal, each
-(term, index, steps) once `flush()` returned (DESIGN.md §5 invariant 1: flush makes every
+(term, index, steps) once `flush()` returned (replay/INVARIANTS.md invariant 1: flush makes every
 applied entry durable); for a bare EventLog, each (term, index) once `append` (sync) or
 `wait_durable` returned. After the fault, a recovery runs in a fresh process and the
 checker asserts:

@@ -1,4 +1,4 @@
-"""The fault matrix (issue 6): one marker per row, so a row can be selected (`pytest -m fault_sigkill`).
+"""The fault matrix (README.md, "The project's fault matrix"): one marker per row, so a row can be selected (`pytest -m fault_sigkill`).
 
 Every test here also carries the project-wide `crash` marker. strace is required where
 `CI` is set: a fault test must never silently skip in CI.

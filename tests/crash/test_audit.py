@@ -1,6 +1,6 @@
 """Row 15 (audit path, CLI side): damage of any kind is a verdict and exit 1, never a
 signal or a traceback; `tail -f` reports rewrites; user data cannot drive the terminal;
-`verify` beside a live writer reports only real damage (issue 10 items 3, 9, 10, 19, 20, 21).
+`verify` beside a live writer reports only real damage (replay/INVARIANTS.md invariant 4).
 
 CLI runs are forked from this process (torch and the packages are already imported, so a
 run costs ~0.1 s instead of several) and call the same `main` as ``python -m replay``,

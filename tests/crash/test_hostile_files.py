@@ -1,5 +1,5 @@
 """Row 14: FIFOs, devices, symlinks, huge and amplifying files in the snapshot store
-(issue 10 items 14, 15, 17 and the manifest-value part of 21).
+(snapshots/FORMAT.md: what bounds a read, what a load may allocate).
 
 Every hostile file is a damaged snapshot: readers never follow a symlink, wait on a
 FIFO or read a device or a sparse giant; latest()/load_latest() skip it and fall back
@@ -58,8 +58,8 @@ def scene(tmp_path):
     with snapshots.SnapshotStore(root, chunk_size=4096, workers=2) as store:
         good = store.save(_good_state(), index=10, term=1)
         bad = store.save(_bad_state(), index=20, term=1)
-        good_ids = {c.id for c in store._read_manifest(good.manifest_id).chunks}
-        only = [c.id for c in store._read_manifest(bad.manifest_id).chunks if c.id not in good_ids][0]
+        good_ids = {c.id for c in store._reader.read_manifest(good.manifest_id).chunks}
+        only = [c.id for c in store._reader.read_manifest(bad.manifest_id).chunks if c.id not in good_ids][0]
     return {
         "root": root,
         "manifest": os.path.join(root, "manifests", bad.manifest_id),
@@ -121,7 +121,7 @@ def _load_everything(root, bad_id, out_fd):
     _cap_memory(1 * GiB)
     with snapshots.SnapshotStore(root, workers=2) as store:
         info, state, skipped = store.load_latest()
-        latest = store.latest()
+        latest, _ = store.latest_verified()
         report = store.verify(bad_id)
         send(out_fd, ("result", info.index if info else None, state["step"] if state else None,
                       float(state["w"].sum()) if state else None, [str(r) for r in skipped],
@@ -156,7 +156,7 @@ def _tree_bytes(root):
 
 
 def test_a_writer_refuses_a_manifest_readers_would_refuse(tmp_path, monkeypatch):
-    monkeypatch.setattr("snapshots.store.MAX_MANIFEST_BYTES", 2048)
+    monkeypatch.setattr("snapshots.commit.MAX_MANIFEST_BYTES", 2048)
     with snapshots.SnapshotStore(tmp_path / "s", chunk_size=64, workers=2) as store:
         with pytest.raises(ValueError, match="larger chunk_size"):
             store.save({"w": torch.randn(4096)}, index=1, term=1)

@@ -1,5 +1,5 @@
 """Row 10 (snapshot store): a reader never concludes "no snapshot" while one exists
-(issue 10 item 4).
+(snapshots/FORMAT.md: READERS, the shared lock a listing is taken under).
 
 A writer process saves and prunes in a loop with keep_last=1, so every manifest a
 reader lists is deleted soon after a newer one commits. A reader process, run under

@@ -1,4 +1,4 @@
-"""DESIGN.md §5 invariants 1-6, one test (or more) each."""
+"""replay/INVARIANTS.md invariants 1-6, one test (or more) each."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def test_poisoned_log_makes_the_journal_refuse_further_work(tmp_path):
     journal.flush()
     # What the group flusher does when an fsync fails (eventlog's own fault tests inject
     # the EIO with strace; here only the journal's reaction is under test).
-    journal.log._set_poison(OSError(5, "Input/output error"))
+    journal.log._writer.poison(OSError(5, "Input/output error"))
     with pytest.raises(replay.JournalPoisonedError):
         journal.apply("add", row=0, value=1.0)
     for call in (lambda: journal.apply("add", row=0, value=1.0), journal.flush, journal.snapshot):
@@ -70,7 +70,7 @@ def test_closed_journal_refuses_work_and_close_is_idempotent(tmp_path):
     journal = open_journal(tmp_path, make_state(), make_ops())
     journal.close()
     journal.close()
-    with pytest.raises(replay.JournalClosedError):
+    with pytest.raises(replay.ClosedError):
         journal.apply("add", row=0, value=1.0)
 
 
