@@ -69,6 +69,7 @@ Operational facts (LMDB):
 """
 
 from .errors import (
+    ClosedError,
     CompactedError,
     CorruptEntryError,
     DamagedLogError,
@@ -81,13 +82,14 @@ from .errors import (
 )
 from .codec import decode_payload, encode_payload
 from .locking import writer_pid
-from .log import FORMAT_VERSION, EventLog
+from .log import EventLog
+from .meta import FORMAT_VERSION
 from .record import HEADER_SIZE, Entry, EntryHeader
-from .report import Damage, VerifyReport
+from .verification import Damage, VerifyReport
 
 __all__ = [
     "EventLog", "writer_pid", "encode_payload", "decode_payload", "Entry", "EntryHeader", "VerifyReport", "Damage", "FORMAT_VERSION",
     "HEADER_SIZE",
-    "LogError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",
+    "LogError", "ClosedError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",
     "LogPoisonedError", "FormatError", "TruncatedError", "DamagedLogError",
 ]

@@ -62,7 +62,7 @@ def demo(directory: Path, entries: int) -> int:
         rows.append(("reopened", f"term {log.term}", f"entries {log.first_index}..{log.last_index}"))
         rows.append(("full-decode scan", f"{count} entries", f"{scan:,.0f} entries/s"))
         rows.append(("terms (term, first index)", str(report.terms), ""))
-        rows.append(("verify", "sound" if report.ok else f"{len(report.damaged)} damaged", ""))
+        rows.append(("verify", "sound" if report.ok else f"{len(report.damage)} damaged", ""))
         rows.append(("acknowledged entries present", "yes" if present else "NO", ""))
     _print_table(rows)
     return 0 if report.ok and present else 1

@@ -57,7 +57,8 @@ class _DtypeTables:
 
 
 def _is_tensor(obj: Any) -> bool:
-    # Checking the class name first keeps the no-tensor path free of a torch import.
+    # Only looked up, never imported: if torch is not loaded yet, obj cannot be a tensor,
+    # so payloads without tensors never pay for importing torch.
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(obj, torch.Tensor)
 

@@ -122,6 +122,15 @@ class SharedEnv:
 os.register_at_fork(after_in_child=SharedEnv.forget_after_fork)
 
 
+def check_same_process(path: Path, pid: int, generation: int) -> None:
+    """LogError unless the caller is the process (not a forked child) that opened log `path`."""
+    if generation != SharedEnv.generation:
+        raise LogError(
+            f"EventLog {path} was opened in pid {pid} and used in pid {os.getpid()}; "
+            "LMDB environments must not cross fork(): open the log again in the child"
+        )
+
+
 class ReadTxn:
     """A short read transaction under the map-resize gate; adopts a map grown elsewhere.
 

@@ -48,6 +48,10 @@ class TruncatedError(LogError):
         )
 
 
+class ClosedError(LogError):
+    """The object was used after close()."""
+
+
 class LockedError(LogError):
     """Another live process holds the log's writer lock."""
 

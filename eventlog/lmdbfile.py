@@ -74,8 +74,7 @@ def check_data_file(directory: Path) -> None:
                 "it was cut short")
         second = os.pread(fd, _META_SPAN, page_size)
         _meta_fields(file, 1, second, size)
-        metas = [_TAIL.unpack_from(raw, _PAGE_HEADER + 120) for raw in (first, second)]
-        last_page, txn_id = metas[0] if metas[0][1] >= metas[1][1] else metas[1]
+        last_page, txn_id = _newest(first, second)
         needed = (last_page + 1) * page_size
         if last_page >= (_MAX_MAP // page_size) or size < needed:
             raise DamagedLogError(
@@ -97,3 +96,21 @@ def _meta_fields(file: Path, number: int, raw: bytes, size: int) -> tuple[int, i
     if map_size > _MAX_MAP:
         raise DamagedLogError(f"{file}: LMDB meta page {number} declares a map of {map_size} bytes; it is damaged")
     return magic, version, map_size, page_size
+
+
+def _newest(first: bytes, second: bytes) -> tuple[int, int]:
+    """(last page number, transaction id) of the meta page LMDB uses: the higher txn id."""
+    metas = [_TAIL.unpack_from(raw, _PAGE_HEADER + 120) for raw in (first, second)]
+    return metas[0] if metas[0][1] >= metas[1][1] else metas[1]
+
+
+def last_txnid(directory: Path) -> int:
+    """The id of the newest transaction whose meta page reached ``directory/data.mdb``
+    (read with pread; for tools that count commits, such as benchmarks)."""
+    check_data_file(directory)
+    file = Path(directory) / "data.mdb"
+    with open(file, "rb") as f:
+        first = os.pread(f.fileno(), _META_SPAN, 0)
+        page_size = _meta_fields(file, 0, first, os.fstat(f.fileno()).st_size)[3]
+        second = os.pread(f.fileno(), _META_SPAN, page_size)
+    return _newest(first, second)[1]

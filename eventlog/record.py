@@ -132,6 +132,21 @@ def stored_checksum(index: int, value) -> int:
     return parse_header(index, value)[4]
 
 
+def copy_framed(index: int, value, head_only: bool = False) -> bytes | CorruptEntryError:
+    """A copy of a stored value (of its header and op only if head_only) whose framing
+    checks out, else the CorruptEntryError.
+
+    The framing is checked on the value's header before anything else is copied: a
+    damaged LMDB node can claim a length that runs past the end of the file, and copying
+    it would touch unmapped pages (SIGBUS) or allocate without bound.
+    """
+    try:
+        parse_header(index, value)
+    except CorruptEntryError as exc:
+        return exc
+    return bytes(value[: head_length(value)]) if head_only else bytes(value)
+
+
 def decode_header(index: int, value, prev_checksum: int | None) -> EntryHeader:
     """Header of a raw value; checksum-verified unless `prev_checksum` is None."""
     if prev_checksum is None:

@@ -317,7 +317,7 @@ class LogContract:
             log.append("c", 3)
             report = log.verify()
             assert report.ok and report.checked == 3
-            assert report.terms == [(1, 1), (2, 2)]
+            assert report.terms == ((1, 1), (2, 2))
         finally:
             log.close()
 

@@ -35,7 +35,7 @@ def test_map_grows_from_a_tiny_map(tmp_path, mode):
         for i in range(120):  # ~6 MB through a 64 KiB initial map
             log.append("blob", {"i": i, "b": blob})
         log.flush()
-        assert log._env.info()["map_size"] >= 6_000_000
+        assert log._storage.env.info()["map_size"] >= 6_000_000
         assert [e.payload["i"] for e in log.entries()] == list(range(120))
     with EventLog.open(tmp_path / "log", readonly=True) as reader:
         assert reader.last_index == 120 and reader.verify().ok
@@ -313,7 +313,7 @@ def test_bit_flip_is_a_named_corrupt_entry(tmp_path):
                 seen.append(entry.index)
         assert seen == [1, 2, 3, 4, 5]  # nothing after the damage is handed out
         report = log.verify()  # reports, never raises
-        assert not report.ok and [d.index for d in report.damaged] == [6]
+        assert not report.ok and [d.index for d in report.damage] == [6]
         assert "damaged at 6" in str(report)
 
 
@@ -324,7 +324,7 @@ def test_truncated_value_is_a_named_corrupt_entry(tmp_path):
     with EventLog.open(path, readonly=True) as log:
         with pytest.raises(CorruptEntryError, match="entry 3 .*bytes"):
             log.entry(3)
-        assert [d.index for d in log.verify().damaged] == [3]
+        assert [d.index for d in log.verify().damage] == [3]
 
 
 def test_bit_flip_in_the_data_file(tmp_path):
@@ -338,7 +338,7 @@ def test_bit_flip_in_the_data_file(tmp_path):
     data[at + 2] ^= 0x10
     (path / "data.mdb").write_bytes(bytes(data))
     with EventLog.open(path, readonly=True) as log:
-        assert [d.index for d in log.verify().damaged] == [3]
+        assert [d.index for d in log.verify().damage] == [3]
         with pytest.raises(CorruptEntryError) as raised:
             log.entry(3)
         assert raised.value.index == 3

@@ -86,9 +86,7 @@ class LogMachine(RuleBasedStateMachine):
                 self.log.entry(index)
 
     @invariant()
-    def agrees_with_model(self):
-        if not hasattr(self, "log"):
-            return
+    def agrees_with_model(self):  # invariants run only after open_log (an @initialize rule)
         assert (self.log.first_index, self.log.last_index) == (self.first, self.last)
         got = {e.index: (e.term, e.op, e.payload) for e in self.log.entries()}
         assert got == self.model

@@ -1,0 +1,213 @@
+"""Reading the log: batched, verified reads that consult the writer's tail, then storage.
+
+A read sees the log through a `View`: a readonly handle's view is the committed log,
+re-read on every call (another process writes it); a writer's view is its own
+bookkeeping plus the entries still in its tail (see writer.Writer).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Protocol
+
+from . import record
+from .errors import CompactedError, CorruptEntryError
+from .storage import Storage
+
+READ_BATCH = 1024  # entries per read transaction: readers never pin pages for long
+READ_BATCH_BYTES = 4 * 2**20  # ... and at most this many bytes copied out of the map
+
+
+class View(Protocol):
+    """What one handle sees of the log's bounds and of entries not in storage yet."""
+
+    @property
+    def term(self) -> int: ...
+    @property
+    def first_index(self) -> int: ...
+    @property
+    def last_index(self) -> int: ...
+    @property
+    def durable_index(self) -> int: ...
+    @property
+    def bytes_appended(self) -> int: ...
+
+    def pending_values(self, lo: int, hi: int) -> list[bytes]:
+        """Values of uncommitted entries lo, lo+1, ... below hi (stops at the first committed or absent)."""
+
+    def still_appended(self, index: int) -> bool:
+        """Whether this handle appended `index` and has not truncated it (a read may retry it)."""
+
+
+class CommittedView:
+    """A readonly handle's view: the committed log as of each call."""
+
+    bytes_appended = 0  # a reader appends nothing
+
+    def __init__(self, storage: Storage):
+        self._storage = storage
+
+    @property
+    def term(self) -> int:
+        with self._storage.read_txn() as txn:
+            return self._storage.current_term(txn)
+
+    @property
+    def first_index(self) -> int:
+        with self._storage.read_txn() as txn:
+            return self._storage.bounds(txn).first_index
+
+    @property
+    def last_index(self) -> int:
+        with self._storage.read_txn() as txn:
+            return self._storage.bounds(txn).last_index
+
+    @property
+    def durable_index(self) -> int:
+        # Whether the writer has synced it cannot be seen from outside the writer.
+        return self.last_index
+
+    def pending_values(self, lo: int, hi: int) -> list[bytes]:
+        return []
+
+    def still_appended(self, index: int) -> bool:
+        return False
+
+
+class Reader:
+    """Verified reads of entries and headers in short read transactions."""
+
+    def __init__(self, storage: Storage, view: View):
+        self._storage = storage
+        self._view = view
+
+    def entry(self, index: int) -> record.Entry:
+        for found in self._iter_decoded(index, index + 1, _decode_entry, strict=True):
+            return found
+        raise IndexError(f"log index {index} is beyond last_index {self._view.last_index}")
+
+    def entries(self, start: int | None, stop: int | None) -> Iterator[record.Entry]:
+        return self._iter_decoded(start, stop, _decode_entry)
+
+    def headers(self, start: int | None, stop: int | None, verify: bool) -> Iterator[record.EntryHeader]:
+        if verify:
+            return self._iter_decoded(start, stop, _decode_header)
+        return self._iter_decoded(start, stop, _decode_header_unverified, head_only=True)
+
+    def term_at(self, index: int) -> int:
+        pending = self._view.pending_values(index, index + 1)
+        if pending:
+            return record.parse_header(index, pending[0])[2]
+        with self._storage.read_txn() as txn:
+            bounds = self._storage.bounds(txn)
+            if _at_boundary(index, bounds.first_index):
+                return bounds.boundary_term
+            if index > bounds.last_index:
+                raise IndexError(f"term_at({index}): last_index is {bounds.last_index}")
+            value = self._storage.value(txn, index)
+            if value is None:
+                raise CorruptEntryError(index, "entry is missing from the log")
+            return record.parse_header(index, value)[2]
+
+    def checksum_at(self, index: int) -> int:
+        with self._storage.read_txn() as txn:
+            bounds = self._storage.bounds(txn)
+        if _at_boundary(index, bounds.first_index):
+            return bounds.boundary_checksum
+        for header in self._iter_decoded(index, index + 1, _decode_header, strict=True):
+            return header.checksum
+        raise IndexError(f"checksum_at({index}): last_index is {self._view.last_index}")
+
+    def _iter_decoded(self, start, stop, decode: Callable, *, strict=False, head_only=False):
+        """Yield decode(index, value, stored length, seed) for [start, stop), batch by batch.
+
+        `decode` returns (item, checksum); each checksum seeds the next entry's check.
+        The range is checked now; entries are read as the caller iterates.
+        """
+        first, last = self._view.first_index, self._view.last_index
+        lo = first if start is None else start
+        hi = last + 1 if stop is None else min(stop, last + 1)
+        if strict and lo < 1:
+            raise IndexError(f"log index {lo} is out of range {first}..{last}")
+        if lo < first:
+            raise CompactedError(lo, first)
+        if strict and lo > last:
+            raise IndexError(f"log index {lo} is out of range {first}..{last}")
+        return self._generate(lo, hi, decode, head_only)
+
+    def _generate(self, lo, hi, decode, head_only):
+        index = lo
+        while index < hi:
+            batch, seed = self._read_batch(index, min(hi, index + READ_BATCH), head_only)
+            if not batch:
+                if self._view.still_appended(index):
+                    # The group flusher committed `index` between the LMDB read (it was
+                    # not there yet) and the tail read (it had left): read it again.
+                    continue
+                return  # truncated concurrently by the writer
+            for i, value, length in batch:
+                if isinstance(value, CorruptEntryError):
+                    raise value
+                item, seed = decode(i, value, length, seed)
+                yield item
+            index = batch[-1][0] + 1
+
+    def _read_batch(self, lo, hi, head_only=False) -> tuple[list[tuple[int, bytes, int]], int | None]:
+        """(index, value, stored length) for [lo, hi) and the checksum that seeds lo, from one
+        read transaction (or from the writer's tail for entries not yet committed).
+
+        A batch also ends after READ_BATCH_BYTES of values. head_only copies just the
+        header and op of each value (the payload stays in the map).
+        """
+        batch: list[tuple[int, bytes, int]] = []
+        copied = 0
+        storage = self._storage
+        with storage.read_txn() as txn:
+            first, _, _, bsum = storage.bounds(txn)
+            if lo < first:
+                raise CompactedError(lo, first)
+            if lo == first:
+                seed = bsum
+            else:
+                prev = storage.value(txn, lo - 1)
+                seed = record.stored_checksum(lo - 1, prev) if prev is not None else None
+            for index, value in storage.values_from(txn, lo, exact=True):
+                if index >= hi or copied >= READ_BATCH_BYTES:
+                    break
+                if index != lo + len(batch):
+                    raise CorruptEntryError(lo + len(batch), "entry is missing from the log")
+                copy = record.copy_framed(index, value, head_only)
+                batch.append((index, copy, len(value)))
+                if isinstance(copy, CorruptEntryError):
+                    break  # raised when the reader gets there
+                copied += len(copy)
+        if len(batch) < hi - lo and copied < READ_BATCH_BYTES:
+            start = lo + len(batch)
+            batch.extend((i, value, len(value)) for i, value in enumerate(self._view.pending_values(start, hi), start))
+        if batch and seed is None:
+            prev = self._view.pending_values(lo - 1, lo)
+            if not prev:
+                raise CorruptEntryError(lo - 1, "entry is missing from the log")
+            seed = record.stored_checksum(lo - 1, prev[0])
+        return batch, seed
+
+
+def _at_boundary(index: int, first_index: int) -> bool:
+    """Whether `index` is the compaction boundary (first_index - 1); CompactedError below it."""
+    if index < first_index - 1:
+        raise CompactedError(index, first_index)
+    return index == first_index - 1
+
+
+def _decode_entry(index, value, length, seed):
+    entry = record.decode_entry(index, value, seed)
+    return entry, entry.checksum
+
+
+def _decode_header(index, value, length, seed):
+    header = record.decode_header(index, value, seed)
+    return header, header.checksum
+
+
+def _decode_header_unverified(index, head, length, seed):
+    header = record.decode_head(index, head, length)
+    return header, header.checksum

@@ -1,0 +1,185 @@
+"""The committed log: the ``entries`` and ``meta`` databases of one LMDB environment.
+
+Storage holds no writer state. Reads are short transactions (`read_txn`); a write is
+one transaction through `write`, which re-reads the current term first (fencing) and
+grows the map when it fills. The writer decides what a failed write means.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import lmdb
+
+from . import meta, record
+from .environment import ReadTxn, SharedEnv
+from .errors import CorruptEntryError, FencedError, FormatError, LogError
+from .meta import Bounds
+
+
+class Storage:
+    """One log directory's LMDB environment and its two databases, shared per process (SharedEnv)."""
+
+    def __init__(self, path: Path, readonly: bool, map_size: int, durability: str):
+        """Open the environment and its databases; a writer creates them (see `meta.initialise`).
+
+        FormatError if a readonly open finds no event log databases. The caller releases
+        the storage (`release`) if anything after this fails.
+        """
+        self.path = path
+        self._shared = SharedEnv.acquire(path, readonly, map_size, durability)
+        self.env, self._gate = self._shared.env, self._shared.gate
+        try:
+            if readonly:
+                try:
+                    self._entries_db = self.env.open_db(b"entries", create=False)
+                    self._meta_db = self.env.open_db(b"meta", create=False)
+                except lmdb.NotFoundError:
+                    raise FormatError(f"{path} is not an event log (no entries/meta databases)") from None
+                with self.read_txn() as txn:
+                    meta.check_format(txn, self._meta_db, path)
+                    self.current_term(txn)  # a damaged term record is damage at open
+            else:
+                self._with_map_growth(self._open_databases)
+        except BaseException:
+            self._shared.release()
+            raise
+
+    def _open_databases(self) -> None:
+        self._entries_db = self.env.open_db(b"entries")
+        self._meta_db = self.env.open_db(b"meta")
+
+    def release(self) -> None:
+        """Drop this handle's share of the environment (closed with the last one)."""
+        self._shared.release()
+
+    # ------------------------------------------------------------------ reading
+
+    def read_txn(self) -> ReadTxn:
+        """A short read transaction (context manager) that adopts a map grown elsewhere."""
+        return ReadTxn(self.env, self._gate, self.path)
+
+    def bounds(self, txn) -> Bounds:
+        """(first_index, last_index, boundary term, boundary checksum) as committed in `txn`."""
+        return meta.read_bounds(txn, self._meta_db, self._entries_db, self.path)
+
+    def current_term(self, txn) -> int:
+        """The log's current term (the newest writer's) in `txn`."""
+        return meta.read_u64(txn, self._meta_db, meta.TERM, self.path)
+
+    def value(self, txn, index: int):
+        """The raw stored value of entry `index` in `txn` (a buffer into the map), or None."""
+        return txn.get(record.key(index), db=self._entries_db)
+
+    def checksum_in(self, txn, index: int) -> int:
+        """Stored checksum of committed entry `index`, or the boundary's for index first_index - 1.
+
+        CorruptEntryError if the entry is missing or its framing is damaged.
+        """
+        bounds = self.bounds(txn)
+        if index == bounds.first_index - 1:
+            return bounds.boundary_checksum
+        value = self.value(txn, index)
+        if value is None:
+            raise CorruptEntryError(index, "entry is missing from the log")
+        return record.stored_checksum(index, value)
+
+    def values_from(self, txn, start: int, *, exact: bool = False) -> Iterator[tuple[int, object]]:
+        """(index, raw value) in key order from `start` (from the next key present unless `exact`)."""
+        cursor = txn.cursor(db=self._entries_db)
+        found = cursor.set_key(record.key(start)) if exact else cursor.set_range(record.key(start))
+        if found:
+            for raw_key, value in cursor:
+                yield record.index_of(raw_key), value
+
+    # ------------------------------------------------------------------ writing
+
+    def start_term(self) -> tuple[int, Bounds, int, CorruptEntryError | None]:
+        """Writer open: initialise a new log, check its format and store term + 1, in one transaction.
+
+        Returns (the new term, the bounds, the checksum the next entry chains from, and
+        the CorruptEntryError of a last entry whose framing is damaged, else None).
+        """
+        def body():
+            with self.env.begin(write=True) as txn:
+                meta.initialise(txn, self._meta_db, self._entries_db, self.path)
+                meta.check_format(txn, self._meta_db, self.path)
+                term = self.current_term(txn) + 1
+                meta.write_term(txn, self._meta_db, term)
+                bounds = self.bounds(txn)
+                if bounds.last_index < bounds.first_index:
+                    return term, bounds, bounds.boundary_checksum, None
+                try:
+                    return term, bounds, self.checksum_in(txn, bounds.last_index), None
+                except CorruptEntryError as exc:
+                    return term, bounds, 0, exc
+
+        return self._with_map_growth(body)
+
+    def write(self, term: int, body: Callable[[object], None]) -> None:
+        """Run `body(txn)` in one write transaction and commit it, if `term` is still current.
+
+        FencedError (nothing written) if another writer's term is current. A full map is
+        grown and the transaction run again; any other LMDB error propagates (the
+        caller cannot know what reached the disk).
+        """
+        while True:
+            try:
+                with self._gate:
+                    txn = self.env.begin(write=True, db=self._entries_db)
+                    try:
+                        current = self.current_term(txn)
+                        if current != term:
+                            raise FencedError(term, current)
+                        body(txn)
+                        txn.commit()
+                    except BaseException:
+                        txn.abort()
+                        raise
+                return
+            except lmdb.MapFullError:
+                self.grow_map()
+            except lmdb.MapResizedError:
+                self._gate.run_exclusive(lambda: self.env.set_mapsize(0))
+
+    def put_all(self, txn, framed: list[tuple[int, bytes]]) -> None:
+        """In `txn`: append framed (index, value) pairs after the last key."""
+        # putmulti keeps the whole batch in C: faster, and fewer points where the GIL can
+        # switch away from the flusher in the middle of a commit.
+        cursor = txn.cursor(db=self._entries_db)
+        consumed, added = cursor.putmulti(((record.key(i), v) for i, v in framed), append=True)
+        if added != len(framed):
+            raise LogError(f"indexes {framed[0][0]}..{framed[-1][0]} collide with existing entries; "
+                           "the log changed under this writer")
+
+    def delete_range(self, txn, lo: int, hi: int) -> None:
+        """In `txn`: delete entries [lo, hi)."""
+        for i in range(lo, hi):
+            txn.delete(record.key(i), db=self._entries_db)
+
+    def drop_prefix(self, txn, first: int, through: int) -> None:
+        """In `txn`: delete entries first..through and make `through` the compaction boundary."""
+        value = self.value(txn, through)
+        _, _, term, _, checksum, _ = record.parse_header(through, value)
+        self.delete_range(txn, first, through + 1)
+        meta.write_boundary(txn, self._meta_db, through + 1, term, checksum)
+
+    def grow_map(self) -> None:
+        """Double the map (waits until no transaction of this process is open)."""
+        self._gate.run_exclusive(lambda: self.env.set_mapsize(self.env.info()["map_size"] * 2))
+
+    def sync(self) -> None:
+        """fsync the environment (os mode: makes every committed transaction durable)."""
+        self.env.sync(True)
+
+    def reader_check(self) -> None:
+        """Free the reader slots of dead processes, whose pinned pages could never be reused."""
+        self.env.reader_check()
+
+    def _with_map_growth(self, fn):
+        while True:
+            try:
+                return fn()
+            except lmdb.MapFullError:  # even a tiny initial map must not stop an open
+                self.grow_map()

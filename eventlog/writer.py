@@ -1,0 +1,340 @@
+"""The one writer of a log: frames entries, commits them, truncates and compacts.
+
+Threads: any thread may append, wait, truncate and compact. `committing` serialises
+LMDB write transactions (commits, truncation, compaction); the writer's bookkeeping
+(first index, last checksum, health) and the tail are guarded by the tail's lock. In
+group mode the flusher thread commits the tail; in os mode a syncer thread fsyncs
+(durability.py). Both drive this class through its `Committer` methods only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import lmdb
+
+from . import record
+from .codec import encode_payload
+from .durability import GroupFlusher, PeriodicSyncer
+from .environment import SharedEnv, check_same_process
+from .errors import CompactedError, FencedError
+from .health import WriterHealth
+from .locking import WriterLock
+from .storage import Storage
+from .tail import Tail, Waiter
+
+
+class Writer:
+    """A writer's state and its write paths. EventLog states each public contract."""
+
+    def __init__(self, storage: Storage, lock: WriterLock, durability: str, pid: int,
+                 on_commit: Callable[[range], None] | None):
+        self._storage = storage
+        self._lock = lock
+        self._durability = durability
+        self._pid = pid
+        self._on_commit = on_commit
+        self._generation = SharedEnv.generation
+        self.term, bounds, self._last_checksum, damage = storage.start_term()
+        self._first_index = bounds.first_index
+        self.tail = Tail(bounds.last_index)
+        self._state = self.tail.lock
+        self.committing = threading.Lock()  # one LMDB write transaction at a time
+        self.health = WriterHealth(storage.path, damage)
+        self.bytes_appended = 0  # stored bytes framed since open; truncation does not subtract
+        self._background: GroupFlusher | PeriodicSyncer | None = None
+        if durability == "os":
+            storage.sync()  # the term bump must not be lost behind later entries
+
+    def start_background(self, group_window: float, group_max_batch: int, os_sync_interval: float) -> None:
+        """Start the group flusher or the os syncer (none in sync mode)."""
+        name = str(self._storage.path)
+        if self._durability == "group":
+            self._background = GroupFlusher(self, self.tail, group_window, group_max_batch, name)
+        elif self._durability == "os":
+            self._background = PeriodicSyncer(self, self.tail, os_sync_interval, name)
+
+    # ------------------------------------------------------------------ the view readers see
+
+    @property
+    def first_index(self) -> int:
+        return self._first_index
+
+    @property
+    def last_index(self) -> int:
+        return self.tail.last_index
+
+    @property
+    def durable_index(self) -> int:
+        return self.tail.durable_index
+
+    def pending_values(self, lo: int, hi: int) -> list[bytes]:
+        return self.tail.values(lo, hi)
+
+    def still_appended(self, index: int) -> bool:
+        with self._state:
+            return index <= self.tail.last_index
+
+    # ------------------------------------------------------------------ appending
+
+    def append_one(self, op_bytes: bytes, payload_bytes: bytes) -> int:
+        """Append one checked entry; return its index."""
+        if self._durability != "group":
+            return self.append_encoded([(op_bytes, payload_bytes)]).start
+        # The group-mode hot path: one entry, no batch bookkeeping. Under one GIL the
+        # producer's per-entry cost is what the flusher competes with.
+        with self._state:
+            if not self.health.usable or self._generation != SharedEnv.generation:
+                self.check_writable()
+            tail = self.tail
+            index = tail.last_index + 1
+            value, self._last_checksum = record.frame(
+                index, self.term, op_bytes, payload_bytes, time.time_ns(), self._last_checksum)
+            self.bytes_appended += len(value)
+            tail.append_one(index, value)
+            if tail.pending == 1 or tail.pending >= self._background.max_batch:
+                self._background.notify_locked()  # otherwise the flusher is already due to run
+        return index
+
+    def append_encoded(self, encoded: list[tuple[bytes, bytes]]) -> range:
+        """Append checked (op bytes, payload bytes) pairs in one transaction (or one tail extension)."""
+        self.check_writable()
+        tail = self.tail
+        if self._durability == "group":
+            with self._state:
+                self.check_writable()
+                framed, self._last_checksum = self._frame(encoded)
+                tail.append(framed)
+                if framed:
+                    self._background.notify_locked()
+                return range(tail.last_index + 1 - len(framed), tail.last_index + 1)
+        with self.committing, self._state:
+            self.check_writable()
+            framed, last_checksum = self._frame(encoded)
+            if framed:
+                synced_before = tail.committed_index
+                self._write(lambda txn: self._storage.put_all(txn, framed))
+                self._last_checksum = last_checksum
+                tail.mark_committed(framed[-1][0], durable=self._durability == "sync")
+                # os: this commit's fdatasync also flushed the previous commit's meta page
+                tail.mark_durable(synced_before)
+            return range(tail.last_index + 1 - len(framed), tail.last_index + 1)
+
+    def _frame(self, encoded) -> tuple[list[tuple[int, bytes]], int]:
+        now = time.time_ns()
+        checksum = self._last_checksum
+        framed = []
+        index = self.tail.last_index
+        for op_bytes, payload_bytes in encoded:
+            index += 1
+            value, checksum = record.frame(index, self.term, op_bytes, payload_bytes, now, checksum)
+            framed.append((index, value))
+            self.bytes_appended += len(value)
+        return framed, checksum
+
+    def _write(self, body) -> None:
+        """One fenced write transaction. A fenced writer drops its lock; any LMDB failure
+        poisons the log: after a failed write or fsync we cannot know what reached the
+        disk, so nothing is retried silently."""
+        try:
+            self._storage.write(self.term, body)
+        except FencedError as exc:
+            self.health.fence(exc)
+            self._lock.release()  # no longer the writer: let the takeover writer hold the lock now
+            raise
+        except lmdb.Error as exc:
+            self.poison(exc)
+            raise self.health.write_failed(exc) from exc
+
+    # ------------------------------------------------------------------ Committer (durability.py)
+
+    def commit_pending(self, max_batch: int) -> None:
+        """Group mode: commit the oldest (at most `max_batch`) tail entries durably.
+
+        The batch is taken from the tail while holding `committing`, so a truncation
+        (which takes it too) runs wholly before or wholly after this commit: it can
+        never drop entries from the tail while a batch holding them is on its way to the disk.
+        """
+        with self.committing:
+            batch = self.tail.take(max_batch)
+            if batch:
+                self._write(lambda txn: self._storage.put_all(txn, batch))
+                self.tail.mark_committed(batch[-1][0], durable=True)
+                if self._on_commit is not None:
+                    self._on_commit(range(batch[0][0], batch[-1][0] + 1))
+
+    def sync(self) -> None:
+        """os mode: fsync the environment."""
+        self._storage.sync()
+
+    def poison(self, exc: BaseException) -> None:
+        """A write or sync failed with `exc`: every later call raises; waiters wake."""
+        with self._state:
+            self.health.set_poison(exc)
+            self.tail.wake_all()
+
+    def raise_if_failed(self) -> None:
+        self.health.raise_if_failed()
+
+    @property
+    def failed(self) -> bool:
+        return self.health.failed
+
+    # ------------------------------------------------------------------ durability
+
+    def wait_durable(self, index: int, timeout: float | None) -> None:
+        tail = self.tail
+        with self._state:
+            if index > tail.last_index:
+                raise IndexError(f"index {index} is beyond last_index {tail.last_index}")
+            if index <= tail.durable_index:
+                return
+        if self._durability == "os":
+            self._background.sync_now()
+            return
+        tail.wait_until(lambda: tail.durable_index >= index, waiter=Waiter(index), timeout=timeout,
+                        check=self.health.raise_if_waiting_is_futile, nudge=self._nudge)
+
+    def flush(self) -> int:
+        tail = self.tail
+        with self._state:
+            if tail.durable_index >= tail.last_index:
+                return tail.durable_index
+        if self._durability == "os":
+            self._background.sync_now()
+        else:
+            tail.wait_until(lambda: tail.durable_index >= tail.last_index, waiter=None, timeout=None,
+                            check=self.health.raise_if_waiting_is_futile, nudge=self._nudge)
+        return tail.durable_index
+
+    def _nudge(self) -> None:
+        # Someone is blocked on durability: the flusher stops lingering for more entries
+        # and commits now (the window only helps callers who do not wait).
+        if self._durability == "group":
+            self._background.notify_locked()
+
+    # ------------------------------------------------------------------ rewriting
+
+    def truncate_after(self, index: int, then_append: tuple[str, Any] | None) -> int | None:
+        """Drop entries after `index`, then append `then_append` (op, payload) in the same transaction."""
+        extra = _encoded_extra(then_append)
+        self.check_writable(allow_tail_damage=True)
+        self._storage.reader_check()  # as in compact_through: free the slots of dead readers
+        tail = self.tail
+        # The commit lock first: no group commit is in flight while the suffix is decided.
+        with self.committing, self._state:
+            if index < self._first_index - 1:
+                raise CompactedError(index, self._first_index)
+            if index > tail.last_index:
+                raise IndexError(f"truncate_after({index}): last_index is {tail.last_index}")
+            if index == tail.last_index and self.health.tail_damage is None and extra is None:
+                return None
+            committed = tail.committed_index
+            if index > committed:
+                checksum = record.stored_checksum(index, tail.value(index))
+            else:
+                with self._storage.read_txn() as txn:
+                    checksum = self._storage.checksum_in(txn, index)
+            framed = []
+            if extra is not None:
+                value, after_checksum = record.frame(index + 1, self.term, *extra, time.time_ns(), checksum)
+                framed = [(index + 1, value)]
+            buffered = self._durability == "group" and index >= committed
+            if index < committed or (framed and not buffered):
+                # One transaction: the committed suffix goes and the new entry comes together.
+                self._write(lambda txn: self._replace_after(txn, index, committed, framed))
+            tail.drop_after(index)
+            self._last_checksum = checksum
+            self.health.clear_tail_damage()
+            if framed:
+                self.bytes_appended += len(framed[0][1])
+                self._last_checksum = after_checksum
+                if buffered:
+                    tail.append(framed)
+                    self._background.notify_locked()
+                else:
+                    tail.mark_committed(index + 1, durable=self._durability != "os")
+            if self._durability == "os":
+                self._storage.sync()
+                tail.mark_durable(tail.committed_index)
+            return index + 1 if framed else None
+
+    def _replace_after(self, txn, index: int, committed: int, framed) -> None:
+        """In `txn`: delete committed entries index+1..committed, then put `framed`."""
+        self._storage.delete_range(txn, index + 1, committed + 1)
+        if framed:
+            self._storage.put_all(txn, framed)
+
+    def compact_through(self, index: int) -> None:
+        self.check_writable()
+        # Only the entries it drops must be committed (they are read from storage);
+        # waiting for the whole log would wait on entries a concurrent truncation may be removing.
+        with self._state:
+            needed = min(index, self.tail.last_index)
+        if needed >= self._first_index:
+            self.wait_durable(needed, None)
+        # A reader killed inside a read transaction keeps its slot, and the old pages it
+        # pinned can never be reused: the file would grow for as long as this writer runs.
+        self._storage.reader_check()
+        # Only the commit lock is held through the transaction: group-mode appends (which
+        # take the state lock alone) go on while a background thread compacts.
+        with self.committing:
+            with self._state:
+                if index < self._first_index:
+                    return
+                if index > self.tail.last_index:
+                    raise IndexError(f"compact_through({index}): last_index is {self.tail.last_index}")
+                first = self._first_index
+            self._write(lambda txn: self._storage.drop_prefix(txn, first, index))
+            with self._state:
+                self._first_index = index + 1
+            if self._durability == "os":
+                self._storage.sync()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def check_writable(self, allow_tail_damage: bool = False) -> None:
+        """The error this writer's next write would get, if any (another process, closed, failed, damaged tail)."""
+        check_same_process(self._storage.path, self._pid, self._generation)
+        self.health.check_writable(allow_tail_damage)
+
+    def close(self) -> BaseException | None:
+        """Commit or sync what is waiting, stop the background thread; return (not raise) what failed.
+
+        Afterwards every call and every waiter gets ClosedError; the caller releases
+        storage and the lock, then raises `lost_entries()` if it is not None.
+        """
+        error = None
+        try:
+            if self._background is not None:
+                self._background.stop()
+            if not self.health.failed and self._durability == "os":
+                self._storage.sync()
+        except BaseException as exc:  # the caller still releases the environment and the lock
+            error = exc
+        finally:
+            with self._state:
+                self.health.close()
+                self.tail.wake_all()
+        return error
+
+    def lost_entries(self):
+        """The error for appended entries a failure kept from the disk, or None."""
+        return self.health.lost_entries(self.tail.pending)
+
+    def describe(self) -> str:
+        return f"term {self.term}, {self._durability}"
+
+
+
+def _encoded_extra(then_append: tuple[str, Any] | None) -> tuple[bytes, bytes] | None:
+    """truncate_after's then_append=(op, payload), checked and encoded (before anything is dropped)."""
+    if then_append is None:
+        return None
+    op, payload = then_append
+    extra = (record.check_op(op), encode_payload(payload))
+    if len(extra[1]) > record.MAX_PAYLOAD_LEN:
+        raise ValueError(f"{op!r}: payload of {len(extra[1])} bytes exceeds 4 GiB")
+    return extra
