@@ -29,7 +29,7 @@ _held_locks: "weakref.WeakSet[FileLock]" = weakref.WeakSet()
 
 def _close_inherited_locks() -> None:
     for lock in list(_held_locks):
-        lock._forget_after_fork()
+        lock.forget_after_fork()
 
 
 os.register_at_fork(after_in_child=_close_inherited_locks)
@@ -72,7 +72,8 @@ class FileLock:
             finally:
                 os.close(fd)
 
-    def _forget_after_fork(self) -> None:
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the inherited descriptor without unlocking the parent's lock."""
         if self._fd is not None:
             os.close(self._fd)  # closes the child's copy only; the parent keeps its lock
             self._fd = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eventlog import CompactedError, CorruptEntryError, EventLog, LogError, decode_payload, encode_payload
+from eventlog import ClosedError, CompactedError, CorruptEntryError, EventLog, LogError, decode_payload, encode_payload
 
 
 class LogContract:
@@ -328,3 +328,9 @@ class LogContract:
             log.append("a", 1)
         with pytest.raises(LogError, match="closed"):
             _ = log.last_index
+        for call in (lambda: log.append("a", 1), lambda: log.append_many([("a", 1)]), log.flush,
+                     lambda: log.entry(1), lambda: list(log.entries()), lambda: log.term_at(0),
+                     lambda: log.checksum_at(0), log.verify, lambda: log.truncate_after(0),
+                     lambda: log.compact_through(0), lambda: log.wait_durable(0)):
+            with pytest.raises(ClosedError, match="closed"):
+                call()

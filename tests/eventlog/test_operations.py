@@ -365,3 +365,24 @@ def test_writer_pid_names_the_live_writer_only(tmp_path):
         probe = run_child("import sys; from eventlog import writer_pid; print(writer_pid(sys.argv[1]))", path)
         assert probe.stdout.strip() == str(os.getpid())
     assert writer_pid(path) is None  # the lock file stays, but nobody holds it
+
+
+# --- observing group commits ---------------------------------------------------------
+
+
+def test_on_commit_reports_each_group_commit_once_it_is_durable(tmp_path):
+    """The hook bench/log.py observes group commits through: contiguous ranges covering
+    every appended entry, each already durable when reported."""
+    seen = []
+    log = EventLog.open(tmp_path / "log", durability="group", group_max_batch=7,
+                        on_commit=lambda r: seen.append((r, log.durable_index)))
+    with log:
+        for i in range(50):
+            log.append("op", i)
+            if i % 9 == 0:
+                log.flush()
+        log.flush()
+    ranges = [r for r, _ in seen]
+    assert [i for r in ranges for i in r] == list(range(1, 51))
+    assert all(len(r) <= 7 for r in ranges) and len(ranges) >= 50 // 7
+    assert all(durable >= r[-1] for r, durable in seen)
