@@ -5,7 +5,8 @@ dtype and device, or msgpack scalars) at a log index and term. Tensors are cut i
 chunks named by the xxh3-128 of their bytes, byte-grouped and zstd-compressed, and
 stored once, so a snapshot writes only the chunks that changed since any snapshot
 still in the store. A manifest, committed last by atomic rename, names them all.
-Loading checks every chunk's hash; `latest()` skips damaged snapshots and reports them.
+Loading checks every chunk's hash; `load_latest()` and `latest_verified()` skip damaged
+snapshots and report them.
 
 The on-disk format is described in FORMAT.md, next to this file (read it first).
 
@@ -13,24 +14,27 @@ The on-disk format is described in FORMAT.md, next to this file (read it first).
     info = store.save(state, index=1200, term=3)            # durable on return
     pending = store.save_async(state, index=2400, term=3)   # returns once staged
     pending.result()                                         # -> SnapshotInfo
-    info = store.latest()                                    # newest that verifies
+    info, skipped = store.latest_verified()                  # newest that verifies
+    info, state, skipped = store.load_latest()               # newest that loads
     state = store.load(info, map_location="cpu")             # fresh tensors
     store.load_into(info, live_state)                        # in place
     store.verify(info); store.prune(); store.close()
+    store.manifests()                  # every manifest name, with why one does not read
 
 No pickle is used anywhere: manifests are msgpack, tensors raw bytes.
 """
 
 from .errors import (
+    ClosedError,
     CorruptSnapshotError,
+    LockedError,
     SnapshotError,
     SnapshotNotFoundError,
     StateMismatchError,
-    ClosedError,
-    LockedError,
     UnsupportedPlatformError,
 )
-from .store import ManifestEntry, PendingSnapshot, Problem, PruneReport, SnapshotInfo, SnapshotStore, VerifyReport
+from .reports import Damage, ManifestEntry, PruneReport, SnapshotInfo, VerifyReport
+from .store import PendingSnapshot, SnapshotStore
 
 __all__ = [
     "SnapshotStore",
@@ -38,7 +42,7 @@ __all__ = [
     "PendingSnapshot",
     "ManifestEntry",
     "VerifyReport",
-    "Problem",
+    "Damage",
     "PruneReport",
     "SnapshotError",
     "CorruptSnapshotError",

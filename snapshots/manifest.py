@@ -22,6 +22,11 @@ from .tensorbytes import DTYPES
 
 MAGIC = b"SNPMANIF"
 VERSION = 1
+# The value of the body's `counts` field: `bytes.written` and `bytes.stored` count the
+# chunk files only, and a reader adds the manifest file's own size. Manifests without the
+# field (older writers) counted the manifest in, which made the writer re-encode until
+# its size stopped changing (FORMAT.md, "Manifest file").
+COUNTS_CHUNKS = "chunks"
 HEADER = struct.Struct("<8sII16s")
 _NAME = re.compile(r"^([0-9]+)-([0-9]+)$")
 _CHUNK_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -86,8 +91,9 @@ class Manifest:
     tensors: tuple[TensorRecord, ...]
     chunks: tuple[ChunkRef, ...]
     bytes_logical: int
-    bytes_written: int
-    bytes_stored: int
+    chunk_bytes_written: int  # new chunk files the save wrote (not the manifest)
+    chunk_bytes_stored: int  # every chunk file it uses (not the manifest)
+    file_size: int = 0  # of the manifest file: set by decode, and by the writer once encoded
 
     @property
     def name(self) -> str:
@@ -104,7 +110,8 @@ class Manifest:
                 "tree": self.tree,
                 "tensors": [[t.dtype, list(t.shape), [list(s) for s in t.segments]] for t in self.tensors],
                 "chunks": [[c.id, c.raw_len, c.stored_len] for c in self.chunks],
-                "bytes": {"logical": self.bytes_logical, "written": self.bytes_written, "stored": self.bytes_stored},
+                "bytes": {"logical": self.bytes_logical, "written": self.chunk_bytes_written, "stored": self.chunk_bytes_stored},
+                "counts": COUNTS_CHUNKS,
             },
             use_bin_type=True,
         )
@@ -128,18 +135,20 @@ class Manifest:
         except Exception as e:  # msgpack raises several unrelated types on bad input
             raise ManifestDecodeError(f"undecodable body: {type(e).__name__}: {e}") from None
         try:
-            return cls._from_doc(name, doc)
+            return cls._from_doc(name, doc, len(data))
         except (KeyError, TypeError, ValueError) as e:
             raise ManifestDecodeError(f"bad schema: {e}") from None
 
     @classmethod
-    def _from_doc(cls, name: str, doc: Any) -> "Manifest":
+    def _from_doc(cls, name: str, doc: Any, file_size: int) -> "Manifest":
         # Every field is checked for type and range here and a failure names the field:
         # a hostile value (created=inf, term=2**64-1, a float where an int belongs) is
         # damage, never a traceback later nor a snapshot that verifies.
         _check(isinstance(doc, dict), "body is not a map")
-        unknown = sorted(map(repr, set(doc) - _FIELDS))
+        unknown = sorted(map(repr, set(doc) - _FIELDS - _OPTIONAL))
         _check(not unknown, f"unknown field(s) {', '.join(unknown)[:200]}")
+        counts = doc.get("counts")
+        _check(counts in (None, COUNTS_CHUNKS), f"field 'counts': {counts!r:.40} is not {COUNTS_CHUNKS!r}")
         missing = sorted(_FIELDS - set(doc))
         _check(not missing, f"missing field(s) {', '.join(missing)}")
         _check(type(doc["format"]) is int and doc["format"] == VERSION, f"field 'format': {doc['format']!r:.40} is not {VERSION}")
@@ -196,14 +205,18 @@ class Manifest:
             _check(_is_count(sizes[key]), f"field 'bytes.{key}': {sizes[key]!r:.40} is not an int in [0, 2**63)")
         logical = sum(t.nbytes for t in tensors)
         _check(sizes["logical"] == logical, f"field 'bytes.logical': {sizes['logical']} but the tensors hold {logical} bytes")
+        written, stored = sizes["written"], sizes["stored"]
+        if counts is None:  # an older writer counted this file in: keep the chunks' share
+            written, stored = max(0, written - file_size), max(0, stored - file_size)
         return cls(
             index=index, term=term, created=float(created), meta=doc["meta"], tree=doc["tree"],
             tensors=tuple(tensors), chunks=tuple(chunks), bytes_logical=sizes["logical"],
-            bytes_written=sizes["written"], bytes_stored=sizes["stored"],
+            chunk_bytes_written=written, chunk_bytes_stored=stored, file_size=file_size,
         )
 
 
 _FIELDS = frozenset({"format", "index", "term", "created", "meta", "tree", "tensors", "chunks", "bytes"})
+_OPTIONAL = frozenset({"counts"})
 _MAX_DIMS = 64
 _MAX_NUMEL = 2**62  # torch computes strides in int64; with zero dims counted as 1
 

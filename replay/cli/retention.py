@@ -82,7 +82,7 @@ def run_list(args, out: Output) -> int:
                     if "status" not in row:
                         report = src.store.verify(row["id"])
                         row["status"] = "ok" if report.ok else "DAMAGED: " + "; ".join(
-                            f"{p.chunk or 'manifest'}: {p.reason}" for p in report.problems)
+                            f"{p.chunk or 'manifest'}: {p.reason}" for p in report.damage)
                     advance(1)
         if args.verify or any("status" in r for r in rows):
             columns.append(Column("status", "status", lambda s: s or "-"))

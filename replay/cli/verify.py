@@ -143,7 +143,7 @@ def _verify_log(log: EventLog, found: Findings) -> int | None:
         boundary = "  compaction boundary: none (the log starts at entry 1)"
     found.info({"check": "boundary", "compacted_through": report.first_index - 1,
                 "boundary_term": report.boundary_term}, boundary)
-    for damage in report.damaged:
+    for damage in report.damage:
         found.damaged({"check": "entry", "index": damage.index, "reason": damage.reason},
                       f"  DAMAGED entry {damage.index}: {damage.reason}")
     if report.ok:
@@ -185,10 +185,10 @@ def _verify_snapshots(store: snapshots.SnapshotStore, found: Findings) -> tuple[
                       "bytes": report.bytes_checked},
                      f"snapshot {sid}: ok ({report.chunks_checked} chunks, {human_bytes(report.bytes_checked)})")
         else:
-            problems = [{"chunk": p.chunk, "reason": p.reason} for p in report.problems]
+            problems = [{"chunk": p.chunk, "reason": p.reason} for p in report.damage]
             found.damaged({"check": "snapshot", "id": sid, "problems": problems}, f"snapshot {sid}: DAMAGED",
                           *(f"  DAMAGED {'chunk ' + p.chunk if p.chunk else 'manifest'}: {p.reason}"
-                            for p in report.problems))
+                            for p in report.damage))
     if not present and not reports:
         found.info({"check": "snapshots", "count": 0}, "snapshots: none")
     return sound, unchecked

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import snapshots
-import snapshots.store as store_module
+import snapshots.commit as commit_module
 
 from .conftest import assert_same, small_model_and_optimizer
 
@@ -86,7 +86,7 @@ def test_write_errors_surface_in_result_and_commit_nothing(open_store, monkeypat
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_module, "write_durably", full_disk)
+    monkeypatch.setattr(commit_module, "write_durably", full_disk)
     pending = store.save_async({"a": torch.randn(5000)}, index=2, term=1)
     with pytest.raises(OSError) as e:
         pending.result(timeout=60)
@@ -116,7 +116,7 @@ def test_close_waits_for_pending_saves_and_then_refuses(open_store, tmp_path):
     with pytest.raises(snapshots.ClosedError):
         store.save({}, index=9, term=1)
     with pytest.raises(snapshots.ClosedError):
-        store.latest()
+        store.latest_verified()
     store.close()  # idempotent
     with snapshots.SnapshotStore(tmp_path / "snap") as reopened:
         assert [i.index for i in reopened.list()] == [0, 1, 2]

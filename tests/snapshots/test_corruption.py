@@ -1,4 +1,4 @@
-"""Damage to a committed snapshot is detected, reported, never loaded, and latest()
+"""Damage to a committed snapshot is detected, reported, never loaded, and latest_verified()
 falls back to the previous good snapshot.
 
 Conformance style: every `Damage` below is run through the same contract
@@ -45,8 +45,8 @@ def scene(open_store, tmp_path) -> Scene:
     good = store.save(state, index=10, term=1)
     newer = {"w": state["w"] * 2, "step": 2}
     bad = store.save(newer, index=20, term=1)
-    good_ids = {c.id for c in store._read_manifest(good.manifest_id).chunks}
-    bad_ids = [c.id for c in store._read_manifest(bad.manifest_id).chunks if c.id not in good_ids]
+    good_ids = {c.id for c in store._reader.read_manifest(good.manifest_id).chunks}
+    bad_ids = [c.id for c in store._reader.read_manifest(bad.manifest_id).chunks if c.id not in good_ids]
     root = str(tmp_path / "snap")
     return Scene(store, root, good, bad, state, os.path.join(root, "chunks", bad_ids[0][:2], bad_ids[0]))
 
@@ -103,11 +103,11 @@ def test_damage_is_detected_and_latest_falls_back(scene, open_store, damage):
     # A fresh store (as after a restart) must see it; so must the one that wrote it.
     for store in (open_store(scene.root), scene.store):
         report = store.verify(scene.bad)
-        assert not report.ok and report.problems
+        assert not report.ok and report.damage
         if damage.target == "chunk":
-            assert report.problems[0].chunk == os.path.basename(scene.bad_only_chunk)
+            assert report.damage[0].chunk == os.path.basename(scene.bad_only_chunk)
         else:
-            assert report.problems[0].chunk is None
+            assert report.damage[0].chunk is None
         with pytest.raises(snapshots.CorruptSnapshotError) as e:
             store.load(scene.bad)
         assert e.value.manifest == scene.bad.manifest_id
@@ -116,7 +116,7 @@ def test_damage_is_detected_and_latest_falls_back(scene, open_store, damage):
         info, skipped = store.latest_verified()
         assert info.manifest_id == scene.good.manifest_id
         assert [r.manifest_id for r in skipped] == [scene.bad.manifest_id]
-        assert store.latest().manifest_id == scene.good.manifest_id
+        assert store.latest_verified()[0].manifest_id == scene.good.manifest_id
 
         info, state, skipped = store.load_latest()
         assert info.manifest_id == scene.good.manifest_id
@@ -135,7 +135,7 @@ def test_prune_never_deletes_the_fallback_while_the_newest_is_damaged(scene):
     report = scene.store.prune()
     assert report.deleted == ()
     assert [r.manifest_id for r in report.skipped] == [scene.bad.manifest_id]
-    assert scene.store.latest().manifest_id == scene.good.manifest_id
+    assert scene.store.latest_verified()[0].manifest_id == scene.good.manifest_id
     assert_same(scene.store.load(scene.good), scene.good_state)
 
 
@@ -148,7 +148,7 @@ def test_a_new_save_heals_a_damaged_shared_chunk(scene, open_store):
     state["step"] = 2
     healed = store.save(state, index=30, term=1)
     assert store.verify(healed).ok
-    assert store.latest().manifest_id == healed.manifest_id
+    assert store.latest_verified()[0].manifest_id == healed.manifest_id
 
 
 def test_leftover_temp_manifest_is_ignored_and_pruned(scene):
@@ -158,7 +158,7 @@ def test_leftover_temp_manifest_is_ignored_and_pruned(scene):
     with open(tmp, "wb") as f:
         f.write(data[: len(data) // 2])  # a save killed mid-manifest
     assert [i.manifest_id for i in scene.store.list()] == [scene.good.manifest_id, scene.bad.manifest_id]
-    assert scene.store.latest().manifest_id == scene.bad.manifest_id
+    assert scene.store.latest_verified()[0].manifest_id == scene.bad.manifest_id
     report = scene.store.prune()
     assert report.temp_files_deleted == 1 and not os.path.exists(tmp)
 
@@ -173,7 +173,7 @@ def test_leftover_temp_chunk_is_ignored_and_pruned(scene):
 
 def _write_manifest(scene: Scene, **changes) -> str:
     """Rewrite the bad snapshot's manifest with `changes`, with a valid checksum."""
-    m = scene.store._read_manifest(scene.bad.manifest_id)
+    m = scene.store._reader.read_manifest(scene.bad.manifest_id)
     fields = {f: getattr(m, f) for f in m.__dataclass_fields__}
     fields.update(changes)
     data = Manifest(**fields).encode()
@@ -187,19 +187,19 @@ def _write_manifest(scene: Scene, **changes) -> str:
     ["../../../../etc/passwd", "0" * 31, "0" * 33, "G" * 32, "AB" * 16, "/" + "0" * 31, "00/" + "0" * 29],
 )
 def test_hostile_chunk_ids_are_rejected_before_any_path_is_built(scene, chunk_id):
-    m = scene.store._read_manifest(scene.bad.manifest_id)
+    m = scene.store._reader.read_manifest(scene.bad.manifest_id)
     chunks = (ChunkRef(chunk_id, m.chunks[0].raw_len, m.chunks[0].stored_len),) + m.chunks[1:]
     _write_manifest(scene, chunks=chunks)
     report = scene.store.verify(scene.bad)
-    assert not report.ok and "chunk id" in report.problems[0].reason
+    assert not report.ok and "chunk id" in report.damage[0].reason
     with pytest.raises(snapshots.CorruptSnapshotError):
         scene.store.load(scene.bad)
-    assert scene.store.latest().manifest_id == scene.good.manifest_id
+    assert scene.store.latest_verified()[0].manifest_id == scene.good.manifest_id
 
 
 @pytest.mark.parametrize("change", ["segment-outside-chunk", "wrong-dtype", "tensor-ref", "name-mismatch"])
 def test_schema_violations_with_a_valid_checksum_are_corruption(scene, change):
-    m = scene.store._read_manifest(scene.bad.manifest_id)
+    m = scene.store._reader.read_manifest(scene.bad.manifest_id)
     if change == "segment-outside-chunk":
         t = m.tensors[0]
         c, off, n = t.segments[0]
@@ -212,7 +212,7 @@ def test_schema_violations_with_a_valid_checksum_are_corruption(scene, change):
     else:
         _write_manifest(scene, index=21)
     assert not scene.store.verify(scene.bad).ok
-    assert scene.store.latest().manifest_id == scene.good.manifest_id
+    assert scene.store.latest_verified()[0].manifest_id == scene.good.manifest_id
 
 
 def _replace_chunk(scene: Scene, payload_frame: bytes, n: int) -> None:
@@ -221,7 +221,7 @@ def _replace_chunk(scene: Scene, payload_frame: bytes, n: int) -> None:
     data = HEADER.pack(MAGIC, VERSION, CODEC_STREAMS, 1, 0, n) + STREAM.pack(CODEC_ZSTD, len(payload_frame)) + payload_frame
     with open(scene.bad_only_chunk, "wb") as f:
         f.write(data)
-    m = scene.store._read_manifest(scene.bad.manifest_id)
+    m = scene.store._reader.read_manifest(scene.bad.manifest_id)
     cid = os.path.basename(scene.bad_only_chunk)
     _write_manifest(scene, chunks=tuple(ChunkRef(c.id, c.raw_len, len(data)) if c.id == cid else c for c in m.chunks))
 
@@ -229,14 +229,14 @@ def _replace_chunk(scene: Scene, payload_frame: bytes, n: int) -> None:
 @pytest.mark.parametrize("declares_size", [True, False])
 def test_a_chunk_never_decompresses_past_its_declared_size(scene, declares_size):
     cid = os.path.basename(scene.bad_only_chunk)
-    n = next(c.raw_len for c in scene.store._read_manifest(scene.bad.manifest_id).chunks if c.id == cid)
+    n = next(c.raw_len for c in scene.store._reader.read_manifest(scene.bad.manifest_id).chunks if c.id == cid)
     bomb = zstandard.ZstdCompressor(level=1, write_content_size=declares_size).compress(b"\0" * (64 << 20))
     _replace_chunk(scene, bomb, n)
     report = scene.store.verify(scene.bad)
     assert not report.ok
-    reason = report.problems[0].reason
+    reason = report.damage[0].reason
     assert ("declares" in reason) if declares_size else ("more" in reason or "declares" in reason)
-    assert scene.store.latest().manifest_id == scene.good.manifest_id
+    assert scene.store.latest_verified()[0].manifest_id == scene.good.manifest_id
 
 
 def test_missing_and_malformed_ids(store):
@@ -246,5 +246,5 @@ def test_missing_and_malformed_ids(store):
         store.load("../etc")
     assert not store.verify("5-1").ok
     assert not store.verify("../x").ok
-    assert store.latest() is None and store.list() == []
+    assert store.latest_verified() == (None, []) and store.list() == []
     assert store.load_latest() == (None, None, [])

@@ -43,8 +43,8 @@ def test_accept_skips_refused_snapshots_newest_first_and_reports_them(three):
 def test_accept_is_called_before_any_chunk_is_read(three, monkeypatch):
     store, _ = three
     reads = []
-    original = store._read_chunk
-    monkeypatch.setattr(store, "_read_chunk", lambda *a: (reads.append(a[1].id), original(*a))[1])
+    original = store._reader.read_chunk
+    monkeypatch.setattr(store._reader, "read_chunk", lambda *a: (reads.append(a[1].id), original(*a))[1])
     info, state, skipped = store.load_latest(accept=lambda info: "no")
     assert (info, state, len(skipped)) == (None, None, 3)
     assert reads == []
@@ -86,7 +86,7 @@ def test_like_mismatch_names_the_path_and_both_layouts_before_allocating(three, 
     store, infos = three
     live = _state(0)
     change(live)
-    monkeypatch.setattr(store, "_read_tensors", lambda m: pytest.fail("allocated before the layout check"))
+    monkeypatch.setattr(store._reader, "read_tensors", lambda m: pytest.fail("allocated before the layout check"))
     with pytest.raises(StateMismatchError) as raised:
         store.load_latest(like=live)
     assert raised.value.key == path
@@ -132,6 +132,6 @@ def test_like_not_strict_compares_only_shared_paths(three, monkeypatch):
     info, state, _ = store.load_latest(like=live, strict=False)
     assert info.index == 30 and "b" in state["model"]
     live["model"]["w"] = live["model"]["w"].to(torch.bfloat16)
-    monkeypatch.setattr(store, "_read_tensors", lambda m: pytest.fail("allocated before the layout check"))
+    monkeypatch.setattr(store._reader, "read_tensors", lambda m: pytest.fail("allocated before the layout check"))
     with pytest.raises(StateMismatchError, match=r"\['model'\]\['w'\]"):
         store.load_latest(like=live, strict=False)

@@ -1,0 +1,184 @@
+"""Prune: apply retention, then sweep the chunks and temp files nothing names any more.
+
+Runs on the store's commit thread (so never beside a save of this process), deletes
+only while holding the READERS lock exclusively (so never under a reader of any
+process), and never follows a symbolic link inside the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import retention
+from .durable import TMP_PREFIX, fsync_dir
+from .errors import CorruptSnapshotError, SnapshotNotFoundError
+from .known import KnownFiles
+from .locks import FileLock
+from .manifest import is_chunk_id, manifest_name, parse_manifest_name
+from .reading import StoreReader
+from .reports import PruneReport
+
+log = logging.getLogger(__name__)
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FANOUT = re.compile(r"^[0-9a-f]{2}$")
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How many snapshots prune keeps (see `retention.to_delete`)."""
+
+    keep_last: int
+    keep_every: int | None
+
+
+def prune(reader: StoreReader, known: KnownFiles, keep: Retention, failpoint: Callable[[str], None]) -> PruneReport:
+    """Find the newest snapshot that verifies, delete the manifests retention allows
+    (never that one or anything newer), then every chunk no remaining manifest names and
+    every temp file a crashed writer left. A retained manifest that does not read back
+    stops the chunk sweep (its chunks cannot be told apart); a manifests/ that is a link
+    or not a directory stops every deletion there."""
+    layout = reader.layout
+    names = reader.manifest_names()
+    newest, skipped = reader.newest_verified()
+    newest_key = (newest.index, newest.term) if newest else None
+    doomed = {manifest_name(*k) for k in retention.to_delete(
+        [parse_manifest_name(n) for n in names], newest_key, keep.keep_last, keep.keep_every)}
+    damage = _not_a_directory(layout.manifests, "manifests/")
+    if damage:  # a link to elsewhere: deleting "old manifests" there would delete others' files
+        doomed = set()
+    kept = [n for n in names if n not in doomed]
+    lock = FileLock(layout.readers_file)
+    lock.acquire(exclusive=True)
+    try:
+        failpoint("snapshot.prune.before_delete")
+        for name in sorted(doomed):
+            _unlink(layout.manifest_path(name))
+        temps = [] if damage else [n for n in os.listdir(layout.manifests) if n.startswith(TMP_PREFIX)]
+        for name in temps:
+            _unlink(layout.manifest_path(name))
+        if doomed or temps:
+            fsync_dir(layout.manifests)
+        failpoint("snapshot.prune.before_sweep")
+        marked, unreadable = set(), None
+        for name in kept:
+            try:
+                marked.update(c.id for c in reader.read_manifest(name).chunks)
+            except (CorruptSnapshotError, SnapshotNotFoundError) as e:
+                unreadable = f"manifest {name} is unreadable ({e}); no chunk was deleted"
+        swept = sweep_chunks(layout.chunks, known, marked, sweep_chunks=unreadable is None and not damage)
+        damage += swept.damage
+    finally:
+        lock.release()
+    if unreadable:
+        log.warning("prune: %s", unreadable)
+    for problem in damage:
+        log.warning("prune: %s", problem)
+    return PruneReport(
+        deleted=tuple(n for n in names if n in doomed), kept=tuple(kept), chunks_deleted=swept.chunks_deleted,
+        bytes_freed=swept.bytes_freed, temp_files_deleted=len(temps) + swept.temp_files_deleted,
+        skipped=tuple(skipped), sweep_skipped=unreadable, damage=tuple(damage),
+    )
+
+
+@dataclass
+class Swept:
+    """What `sweep_chunks` deleted, and what it refused to enter or delete."""
+
+    chunks_deleted: int = 0
+    bytes_freed: int = 0
+    temp_files_deleted: int = 0
+    damage: list[str] = field(default_factory=list)
+
+
+def sweep_chunks(chunks_dir: str, known: KnownFiles, marked: set[str], sweep_chunks: bool) -> Swept:
+    """Delete unmarked chunks (if `sweep_chunks`) and temp files under `chunks_dir`.
+
+    Never follows a symbolic link: chunks/ and each fan-out directory are opened with
+    O_NOFOLLOW and everything below is addressed relative to those descriptors, so a
+    link (or a directory renamed into a link meanwhile) cannot lead a deletion out of
+    the store. A fan-out directory that is a link or not a directory is reported, not
+    entered; an entry that would be deleted but is not a regular file is reported
+    and left alone."""
+    out = Swept()
+    try:
+        top = os.open(chunks_dir, _DIR_FLAGS)
+    except FileNotFoundError:
+        return out
+    except OSError as e:
+        out.damage.append(f"chunks/ is not a directory of this store ({e.strerror}); nothing swept there")
+        return out
+    try:
+        with os.scandir(top) as listing:
+            subs = sorted((e for e in listing if _FANOUT.match(e.name)), key=lambda e: e.name)
+        for sub in subs:
+            if not sub.is_dir(follow_symlinks=False):
+                kind = "a symbolic link" if sub.is_symlink() else "not a directory"
+                out.damage.append(f"chunks/{sub.name} is {kind}; not entered")
+                continue
+            try:
+                fd = os.open(sub.name, _DIR_FLAGS, dir_fd=top)
+            except OSError as e:
+                out.damage.append(f"chunks/{sub.name} cannot be opened as a directory ({e.strerror}); not entered")
+                continue
+            try:
+                _sweep_fanout(fd, sub.name, known, marked, sweep_chunks, out)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(top)
+    return out
+
+
+def _sweep_fanout(fd: int, sub: str, known: KnownFiles, marked: set[str], sweep_chunks: bool, out: Swept) -> None:
+    """Sweep one fan-out directory, open as `fd`; fsync it if anything was deleted."""
+    changed = False
+    with os.scandir(fd) as listing:
+        entries = list(listing)
+    for entry in entries:
+        name = entry.name
+        temp = name.startswith(TMP_PREFIX)
+        if not (temp or (sweep_chunks and is_chunk_id(name) and name not in marked)):
+            continue
+        if not entry.is_file(follow_symlinks=False):
+            out.damage.append(f"chunks/{sub}/{name} is not a regular file; left alone")
+            continue
+        size = _unlink(name, dir_fd=fd)
+        if size is None:
+            continue
+        changed = True
+        if temp:
+            out.temp_files_deleted += 1
+        else:
+            out.chunks_deleted += 1
+            out.bytes_freed += size
+            known.forget(name)
+    if changed:
+        os.fsync(fd)
+
+
+def _unlink(path: str, dir_fd: int | None = None) -> int | None:
+    """Delete a directory entry (a link is deleted, not followed); its size, or None if it
+    was already gone."""
+    try:
+        size = os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_size
+        os.unlink(path, dir_fd=dir_fd)
+        return size
+    except FileNotFoundError:
+        return None
+
+
+def _not_a_directory(path: str, what: str) -> list[str]:
+    """[a damage report] if `path` exists but is a symbolic link or not a directory."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return []
+    if stat.S_ISDIR(mode):
+        return []
+    return [f"{what} is {'a symbolic link' if stat.S_ISLNK(mode) else 'not a directory'}; nothing deleted there"]

@@ -1,0 +1,240 @@
+"""Reading a store: manifests, chunks, tensors, verification and the newest good snapshot.
+
+Everything read is checked (FORMAT.md, "What readers check" and "Hostile files"): a
+manifest or chunk that fails is CorruptSnapshotError naming the snapshot and chunk,
+never a traceback, a hang or an unbounded allocation. Absence is a different outcome,
+SnapshotNotFoundError: the walks below skip a name that vanished, and report one that
+is damaged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from typing import Any, Callable, Iterator
+
+import torch
+
+from . import inplace
+from .chunkfile import ChunkCodec, ChunkDecodeError, chunk_id
+from .errors import CorruptSnapshotError, SnapshotNotFoundError
+from .known import KnownFiles
+from .locks import FileLock
+from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, ManifestDecodeError, parse_manifest_name
+from .paths import StoreLayout
+from .pool import WorkerPool
+from .reports import Damage, SnapshotInfo, VerifyReport
+from .safefile import UnsafeFileError, read_regular
+from .tensorbytes import DTYPES, byte_view
+
+log = logging.getLogger(__name__)
+
+# A snapshot `accept` refuses, and why (None accepts it): see `StoreReader.load_newest`.
+Accept = Callable[[SnapshotInfo], "str | None"]
+
+
+class StoreReader:
+    """The read side of one store directory. Callers hold `shared_lock()` around anything
+    that must not see files deleted under it (prune deletes only under the exclusive lock).
+    """
+
+    def __init__(self, layout: StoreLayout, codec: ChunkCodec, pool: WorkerPool, known: KnownFiles):
+        self.layout = layout
+        self._codec = codec
+        self._pool = pool
+        self._known = known
+
+    def shared_lock(self) -> FileLock:
+        """The store's READERS lock, held shared; release it (or use `with`) when done."""
+        lock = FileLock(self.layout.readers_file)
+        lock.acquire(exclusive=False)
+        return lock
+
+    # -- names -----------------------------------------------------------------------
+
+    def manifest_names(self) -> list[str]:
+        """Valid manifest names, oldest to newest by (index, term); [] for a missing store."""
+        try:
+            names = os.listdir(self.layout.manifests)
+        except FileNotFoundError:
+            return []
+        keyed = [(key, n) for n in names if (key := parse_manifest_name(n)) is not None]
+        return [n for _, n in sorted(keyed)]
+
+    def newest_first(self) -> Iterator[str]:
+        """Manifest names, newest first, for a caller holding the shared lock.
+
+        A prune deletes manifests only under the exclusive lock, so none listed here can
+        vanish before the caller is done with it; the listing must be taken under the
+        lock, though, or a prune between the listing and the lock could delete every
+        listed name while a newer one exists ("no snapshot" with snapshots present). As
+        a second line, a name that vanishes anyway (a store written without the lock)
+        makes the walk list again, skipping names already seen, until a listing has no
+        name that vanished."""
+        seen: set[str] = set()
+        while True:
+            fresh = [n for n in reversed(self.manifest_names()) if n not in seen]
+            if not fresh:
+                return
+            for name in fresh:
+                seen.add(name)
+                yield name
+            if all(os.path.lexists(self.layout.manifest_path(n)) for n in fresh):
+                return
+
+    # -- files -----------------------------------------------------------------------
+
+    def read_manifest(self, name: str) -> Manifest:
+        """The checked manifest `name`. SnapshotNotFoundError if there is none;
+        CorruptSnapshotError if it is not a regular file, too large, unreadable or fails
+        a check (the reason names the field)."""
+        try:
+            data = read_regular(self.layout.manifest_path(name), MAX_MANIFEST_BYTES)
+        except FileNotFoundError:
+            raise SnapshotNotFoundError(f"no snapshot {name} in {self.layout.root}") from None
+        except UnsafeFileError as e:
+            raise CorruptSnapshotError(name, None, f"manifest file {e}") from None
+        except OSError as e:
+            raise CorruptSnapshotError(name, None, f"manifest file unreadable: {e}") from None
+        try:
+            return Manifest.decode(name, data)
+        except ManifestDecodeError as e:
+            raise CorruptSnapshotError(name, None, str(e)) from None
+
+    def read_chunk(self, name: str, ref: ChunkRef, out: torch.Tensor) -> None:
+        """Decode chunk `ref` of snapshot `name` into `out` (ref.raw_len uint8) and check
+        its hash; CorruptSnapshotError names what failed, even a missing file."""
+        try:
+            self._codec.read(self.layout.chunk_path(ref.id), ref.raw_len, ref.stored_len, out)
+        except FileNotFoundError:
+            raise CorruptSnapshotError(name, ref.id, "chunk file is missing") from None
+        except ChunkDecodeError as e:
+            raise CorruptSnapshotError(name, ref.id, str(e)) from None
+        except OSError as e:
+            raise CorruptSnapshotError(name, ref.id, f"chunk file unreadable: {e}") from None
+        if chunk_id(out) != ref.id:
+            raise CorruptSnapshotError(name, ref.id, "content hash mismatch")
+        self._known.add_good([ref.id])
+
+    def chunk_is_intact(self, cid: str, raw_len: int, size: int) -> bool:
+        """Whether the existing chunk file `cid` decodes to its id (a writer reuses it
+        only then; a damaged one is rewritten)."""
+        try:
+            self.read_chunk("<dedup check>", ChunkRef(cid, raw_len, size), torch.empty(raw_len, dtype=torch.uint8))
+            return True
+        except (CorruptSnapshotError, OSError):
+            log.warning("chunk %s exists but is damaged; rewriting it", cid)
+            return False
+
+    def read_tensors(self, manifest: Manifest) -> list[torch.Tensor]:
+        """Fresh CPU tensors for every tensor record, each chunk read once, in parallel.
+
+        The manifest's sizes are consistent (decode checked them), but they may still
+        describe more memory than this process can have: a chunk may be referenced by
+        many segments (equal content is stored once, so a 64 GiB zero tensor is a few KB
+        on disk, honestly). A failed allocation (MemoryError, or torch's RuntimeError)
+        is reported as CorruptSnapshotError, so `load_newest` skips the snapshot like
+        damage; callers that know the state's layout pass `like` to refuse it earlier."""
+        try:
+            return self._read_tensors(manifest)
+        except (MemoryError, RuntimeError) as e:
+            raise CorruptSnapshotError(
+                manifest.name, None, f"cannot allocate its {manifest.bytes_logical} bytes of tensors: {e}"[:500]) from None
+
+    def _read_tensors(self, manifest: Manifest) -> list[torch.Tensor]:
+        outs = [torch.empty(r.shape, dtype=DTYPES[r.dtype]) for r in manifest.tensors]
+        raws = [byte_view(o) for o in outs]
+        uses: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
+        for t, record in enumerate(manifest.tensors):
+            at = 0
+            for c, off, n in record.segments:
+                uses[c].append((off, n, t, at))
+                at += n
+
+        def fill(c: int) -> None:
+            ref, targets = manifest.chunks[c], uses[c]
+            off, n, t, at = targets[0]
+            if len(targets) == 1 and off == 0 and n == ref.raw_len:
+                self.read_chunk(manifest.name, ref, raws[t][at:at + n])  # straight into the tensor
+                return
+            scratch = torch.empty(ref.raw_len, dtype=torch.uint8)
+            self.read_chunk(manifest.name, ref, scratch)
+            for off, n, t, at in targets:
+                raws[t][at:at + n].copy_(scratch[off:off + n])
+
+        self._pool.map_all(fill, sorted(uses))
+        return outs
+
+    # -- checks and walks ------------------------------------------------------------
+
+    def verify(self, name: str) -> tuple[VerifyReport, Manifest | None]:
+        """(report, the manifest if every check passed, else None) for snapshot `name`.
+        Damage is reported, never raised; SnapshotNotFoundError if no manifest has that
+        name (absence is not damage: the walks skip it)."""
+        with self.shared_lock():
+            try:
+                manifest = self.read_manifest(name)
+            except CorruptSnapshotError as e:
+                return VerifyReport.of_manifest(name, e.reason), None
+
+            def check(ref: ChunkRef) -> Damage | None:
+                try:
+                    self.read_chunk(name, ref, torch.empty(ref.raw_len, dtype=torch.uint8))
+                    return None
+                except CorruptSnapshotError as e:
+                    return Damage(ref.id, e.reason)
+                except (MemoryError, RuntimeError) as e:  # a 1 GiB scratch under a memory cap
+                    return Damage(ref.id, f"cannot allocate {ref.raw_len} bytes to check it: {e}")
+
+            damage = tuple(d for d in self._pool.map_all(check, manifest.chunks) if d is not None)
+        report = VerifyReport(name, len(manifest.chunks), sum(c.raw_len for c in manifest.chunks), damage)
+        return report, (None if damage else manifest)
+
+    def newest_verified(self) -> tuple[SnapshotInfo | None, list[VerifyReport]]:
+        """(newest snapshot whose every chunk verifies or None, reports of the newer
+        damaged ones passed over, newest first)."""
+        skipped = []
+        with self.shared_lock():
+            for name in self.newest_first():
+                try:
+                    report, manifest = self.verify(name)
+                except SnapshotNotFoundError:
+                    continue  # renamed over meanwhile: newest_first lists again
+                if manifest is not None:
+                    return SnapshotInfo.from_manifest(manifest), skipped
+                skipped.append(report)
+        return None, skipped
+
+    def load_newest(self, accept: Accept | None, like: Any, strict: bool
+                    ) -> tuple[Manifest | None, list[torch.Tensor], list[VerifyReport]]:
+        """(manifest, its tensors, skipped) of the newest snapshot that `accept` takes and
+        that loads; (None, [], skipped) when none does. See SnapshotStore.load_latest."""
+        skipped: list[VerifyReport] = []
+        with self.shared_lock():
+            for name in self.newest_first():
+                try:
+                    manifest = self.read_manifest(name)
+                    reason = accept(SnapshotInfo.from_manifest(manifest)) if accept is not None else None
+                    if reason is not None:
+                        skipped.append(VerifyReport.of_manifest(name, str(reason)))
+                        continue
+                    if like is not None:
+                        inplace.check_layout(manifest.tree, manifest.tensors, like, strict=strict)
+                    return manifest, self.read_tensors(manifest), skipped
+                except SnapshotNotFoundError:
+                    continue  # re-saved under the same name meanwhile; newest_first relists
+                except CorruptSnapshotError as e:
+                    skipped.append(self._damage_report(name, e))
+        return None, [], skipped
+
+    def _damage_report(self, name: str, error: CorruptSnapshotError) -> VerifyReport:
+        """The full report of a snapshot that failed to load (every damaged chunk, not only
+        the first one hit); the error itself where a re-check does not see it."""
+        try:
+            report = self.verify(name)[0]
+        except SnapshotNotFoundError:
+            report = None
+        if report is not None and not report.ok:
+            return report
+        return VerifyReport(error.manifest, 0, 0, (Damage(error.chunk, error.reason),))
