@@ -18,8 +18,8 @@ The on-disk format is described in FORMAT.md, next to this file (read it first).
     info, state, skipped = store.load_latest()               # newest that loads
     state = store.load(info, map_location="cpu")             # fresh tensors
     store.load_into(info, live_state)                        # in place
-    store.verify(info); store.prune(); store.close()
     store.manifests()                  # every manifest name, with why one does not read
+    store.verify(info); store.prune(); store.close()
 
 No pickle is used anywhere: manifests are msgpack, tensors raw bytes.
 """

@@ -35,7 +35,7 @@ class Staged:
     views: list[torch.Tensor]
     arena: torch.Tensor | None
     events: list = field(default_factory=list)
-    _stager: "Stager | None" = None
+    stager: "Stager | None" = None  # gets the arena back on release
 
     def wait(self) -> None:
         for event in self.events:
@@ -44,10 +44,10 @@ class Staged:
 
     def release(self) -> None:
         """Give the arena back for reuse; the views must not be used afterwards."""
-        if self._stager is not None and self.arena is not None:
-            self._stager._give_back(self.arena)
+        if self.stager is not None and self.arena is not None:
+            self.stager.give_back(self.arena)
         self.arena = None
-        self._stager = None
+        self.stager = None
 
 
 def _zero_copy_ok(t: torch.Tensor) -> bool:
@@ -91,7 +91,7 @@ class Stager:
                 # copy_ resolves strides, conj and neg bits, and other devices (via host).
                 dst.copy_(t)
         events = self._copy_from_cuda(cuda_copies) if cuda_copies else []
-        return Staged(views=views, arena=arena, events=events, _stager=self)
+        return Staged(views=views, arena=arena, events=events, stager=self)
 
     def _copy_from_cuda(self, copies: list[tuple[torch.Tensor, torch.Tensor]]) -> list:
         by_device: dict = {}
@@ -124,7 +124,8 @@ class Stager:
         self.arenas_allocated += 1
         return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
 
-    def _give_back(self, arena: torch.Tensor) -> None:
+    def give_back(self, arena: torch.Tensor) -> None:
+        """Keep `arena` for a later save (the largest few are kept)."""
         with self._lock:
             self._free.append(arena)
             self._free.sort(key=lambda a: a.numel(), reverse=True)

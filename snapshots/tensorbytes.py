@@ -40,13 +40,6 @@ def byte_view(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1).view(torch.uint8)
 
 
-def typed_view(raw: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    """A flat uint8 tensor reinterpreted as `dtype` with `shape` (sharing its memory)."""
-    if raw.numel() == 0:
-        return torch.empty(shape, dtype=dtype)
-    return raw.view(dtype).view(shape)
-
-
 def buffer(raw: torch.Tensor) -> memoryview:
     """A writable memoryview over a contiguous uint8 CPU tensor, without copying."""
     n = raw.numel()
