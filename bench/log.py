@@ -46,8 +46,7 @@ import lmdb
 import msgpack
 import xxhash
 
-from eventlog import EventLog
-from eventlog.codec import encode_payload
+from eventlog import HEADER_SIZE, EventLog, encode_payload
 from eventlog.lmdbfile import last_txnid
 
 from ._common import REPO, Workdir, finish, fmt, machine_info, ms, pct
@@ -86,7 +85,7 @@ def make_payload(size, kind="bytes"):
 
 def framed_value_size(payload):
     """Bytes our log stores for one entry of `payload` (header + op + msgpack)."""
-    return 32 + len(OP) + len(encode_payload(payload))
+    return HEADER_SIZE + len(OP) + len(encode_payload(payload))
 
 
 class CountingLog:
@@ -509,8 +508,9 @@ def bench_scan(work, size, n, kind="bytes", passes=3):
                 with env.begin() as txn:
                     seed = 0
                     for k, v in txn.cursor(db=db):
-                        seed = xxhash.xxh3_64_intdigest(k + v[:24] + v[32:], seed)
-                        msgpack.unpackb(v[35:], raw=False)
+                        # the checksum covers the value without its checksum field (bytes 24..32)
+                        seed = xxhash.xxh3_64_intdigest(k + v[:24] + v[HEADER_SIZE:], seed)
+                        msgpack.unpackb(v[HEADER_SIZE + len(OP):], raw=False)
                 el = pc() - t0
                 best_min = el if best_min is None else min(best_min, el)
         env.close()

@@ -147,10 +147,8 @@ def copy_framed(index: int, value, head_only: bool = False) -> bytes | CorruptEn
     return bytes(value[: head_length(value)]) if head_only else bytes(value)
 
 
-def decode_header(index: int, value, prev_checksum: int | None) -> EntryHeader:
-    """Header of a raw value; checksum-verified unless `prev_checksum` is None."""
-    if prev_checksum is None:
-        return decode_head(index, value, len(value))
+def decode_header(index: int, value, prev_checksum: int) -> EntryHeader:
+    """Checksum-verified header of a raw value; CorruptEntryError if anything is off."""
     op_len, payload_len, term, time_ns, checksum = verify_value(index, value, prev_checksum)
     op = _op_text(index, value, op_len)
     return EntryHeader(index, term, time_ns, checksum, op, payload_len)
