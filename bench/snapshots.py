@@ -26,10 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
-import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -39,6 +36,8 @@ from pathlib import Path
 import torch
 
 import snapshots
+
+from ._common import Workdir, finish, machine_info
 
 RESULTS = Path(__file__).parent / "results" / "snapshots.json"
 D_MODEL = 512
@@ -123,7 +122,7 @@ def disk_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
-REPEAT = _DEFAULT_REPEAT = 5
+DEFAULT_REPEAT = 5
 
 
 def _load_malloc_trim():
@@ -158,32 +157,30 @@ def interleaved(cases: list, rounds: int) -> dict[str, list[float]]:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench snapshots", description=__doc__.split("\n\n")[0])
     p.add_argument("--mb", type=int, default=256, help="approximate state size in MiB (default 256)")
-    p.add_argument("--dir", default=None, help="scratch directory (default: a temp dir, removed after)")
+    p.add_argument("--dir", default=None, help="where the scratch directory goes (default: the system temp dir); removed after")
     p.add_argument("--chunk-mb", type=float, default=4, help="snapshot chunk size in MiB")
     p.add_argument("--level", type=int, default=1, help="zstd level")
     p.add_argument("--change", type=float, default=0.02, help="fraction of tensors changed for the incremental save")
     p.add_argument("--out", default=str(RESULTS), help="JSON results path")
-    p.add_argument("--repeat", type=int, default=_DEFAULT_REPEAT, help=f"interleaved rounds; rows report the median (default {_DEFAULT_REPEAT})")
+    p.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help=f"interleaved rounds; rows report the median (default {DEFAULT_REPEAT})")
     args = p.parse_args(argv)
-    global REPEAT
-    REPEAT = max(1, args.repeat)
+    args.repeat = max(1, args.repeat)
 
-    scratch = args.dir or tempfile.mkdtemp(prefix="bench-snapshots-")
-    os.makedirs(scratch, exist_ok=True)
+    started = time.perf_counter()
+    work = Workdir(args.dir or tempfile.gettempdir(), "bench-snapshots-")
     try:
-        results = run(args, scratch)
+        machine = machine_info(work.root, ("snapshots",), torch=torch.__version__)
+        results = {**run(args, work), "machine": machine}
     finally:
-        if args.dir is None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        work.close()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    finish(results, out, started, time.perf_counter())
     report(results)
     print(f"\nwrote {out}")
     return 0
 
 
-def run(args, scratch: str) -> dict:
+def run(args, work: Workdir) -> dict:
     print(f"building a ~{args.mb} MiB transformer-like state ...", flush=True)
     state = build_state(args.mb)
     flat = {k: t for k, t in tensors_of(state)}
@@ -198,7 +195,7 @@ def run(args, scratch: str) -> dict:
         print(f"  {name:<34} {seconds:8.3f} s (median of {len(runs)}; best {min(runs):.3f})", flush=True)
 
     # -- saves, interleaved: peers and our full save -----------------------------------
-    path = os.path.join(scratch, "torch.pt")
+    path = str(work.new("torch.pt"))
 
     def torch_save():
         with open(path, "wb") as f:
@@ -207,7 +204,7 @@ def run(args, scratch: str) -> dict:
             os.fsync(f.fileno())
         fsync_path(os.path.dirname(path))
 
-    st_path = os.path.join(scratch, "model.safetensors")
+    st_path = str(work.new("model.safetensors"))
     try:
         from safetensors.torch import load_file, save_file
     except ImportError:
@@ -218,10 +215,10 @@ def run(args, scratch: str) -> dict:
         save_file(flat, st_path)
         fsync_path(st_path)
 
-    dcp_dir = os.path.join(scratch, "dcp")
+    dcp_dir = str(work.new("dcp"))
     import torch.distributed.checkpoint as dcp
 
-    store_dir = os.path.join(scratch, "store")
+    store_dir = str(work.new("store"))
     chunk = int(args.chunk_mb * 2**20) // 64 * 64
     stores, infos = [], []
 
@@ -231,13 +228,13 @@ def run(args, scratch: str) -> dict:
         # not per save. The deletes are synced out, as for DCP's directory.
         for s in stores:
             s.close()
-        shutil.rmtree(store_dir, ignore_errors=True)
+        work.drop(store_dir)
         stores[:] = [snapshots.SnapshotStore(store_dir, chunk_size=chunk, level=args.level, keep_last=10)]
         stores[0].save({"opened": True}, index=0, term=0)
         os.sync()
 
     def fresh_dcp_dir():
-        shutil.rmtree(dcp_dir, ignore_errors=True)
+        work.drop(dcp_dir)
         os.sync()
 
     def ours_save():
@@ -252,7 +249,7 @@ def run(args, scratch: str) -> dict:
          fresh_dcp_dir),
         ("ours: save (full)", ours_save, fresh_store),
     ]
-    times = interleaved(saves, REPEAT)
+    times = interleaved(saves, args.repeat)
     store, full = stores[0], infos[0]
     record("torch.save + fsync", "save", times["torch.save + fsync"], disk_bytes(path))
     if save_file is not None:
@@ -277,7 +274,7 @@ def run(args, scratch: str) -> dict:
         flat[k].mul_(1.001)
     store.save_async(state, index=3, term=1).result()  # warm the staging arena, as steady state
     blocked_runs, total_runs = [], []
-    for i in range(REPEAT):
+    for i in range(args.repeat):
         for k in changed:
             flat[k].mul_(1.001)
         t0 = time.perf_counter()
@@ -303,7 +300,7 @@ def run(args, scratch: str) -> dict:
         ("ours: load_into (in place)", lambda: store.load_into(full, template)),
         ("ours: verify", lambda: store.verify(full)),
     ]
-    times = interleaved([(name, fn, None) for name, fn in loads], REPEAT)
+    times = interleaved([(name, fn, None) for name, fn in loads], args.repeat)
     for name, _ in loads:
         record(name, "load", times[name])
     store.close()
@@ -311,18 +308,17 @@ def run(args, scratch: str) -> dict:
     # -- compression by kind ---------------------------------------------------------------
     ratios = {}
     for name, part in classes(build_state(args.mb)).items():
-        d = os.path.join(scratch, "ratio-" + name.replace(" ", "-"))
+        d = work.new("ratio-" + name.replace(" ", "-"))
         with snapshots.SnapshotStore(d, chunk_size=chunk, level=args.level) as s:
             info = s.save(part, index=1, term=1)
         ratios[name] = {"logical": info.bytes_logical, "stored": info.bytes_stored, "ratio": info.bytes_stored / info.bytes_logical}
-        shutil.rmtree(d)
+        work.drop(d)
 
     return {
         "benchmark": "snapshots",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__},
         "config": {"mb": args.mb, "logical_bytes": logical, "tensors": len(flat), "chunk_size": chunk, "level": args.level,
-                   "workers": store.workers, "repeat": REPEAT, "timing": "median of interleaved rounds, loads into fresh memory",
+                   "workers": store.workers, "repeat": args.repeat, "timing": "median of interleaved rounds, loads into fresh memory",
                    "values": "trained-like normals: weights std 0.02, exp_avg std 1e-4, exp_avg_sq = N(0,1e-4)^2"},
         "rows": rows,
         "compression": ratios,
@@ -359,7 +355,7 @@ def report(results: dict) -> None:
                       f"{disk / 2**20:.1f}" if disk else "", f"{disk / logical:.3f}" if disk else ""])
     comp = [[k, f"{v['logical'] / 2**20:.1f}", f"{v['stored'] / 2**20:.1f}", f"{v['ratio']:.3f}"] for k, v in results["compression"].items()]
     ratio_rows = [[k, f"{v:.3f}"] for k, v in results["ratios"].items()]
-    title = f"{logical / 2**20:.0f} MiB state, {results['config']['tensors']} tensors, {results['machine']['cpus']} CPUs"
+    title = f"{logical / 2**20:.0f} MiB state, {results['config']['tensors']} tensors, {results['machine']['cpu_count']} CPUs"
     try:
         from rich.console import Console
         from rich.table import Table
