@@ -36,21 +36,13 @@ class StoreContract:
         return store.save(state, **kw)
 
     @pytest.fixture
-    def open_store(self, tmp_path):
-        opened = []
-
-        def make(**over):
-            store = snapshots.SnapshotStore(tmp_path / "store", **{**self.options, **over})
-            opened.append(store)
-            return store
-
-        yield make
-        for store in opened:
-            store.close()
+    def make_store(self, open_store):
+        """make_store(**over) -> a store in one directory with this configuration's options."""
+        return lambda **over: open_store(**{**self.options, **over})
 
     @pytest.fixture
-    def store(self, open_store):
-        return open_store()
+    def store(self, make_store):
+        return make_store()
 
     # --- nothing there ---------------------------------------------------------------
 
@@ -180,8 +172,8 @@ class StoreContract:
 
     # --- retention and lifecycle -------------------------------------------------------------
 
-    def test_prune_keeps_the_newest_and_sweeps_unreferenced_chunks(self, open_store):
-        store = open_store(keep_last=2)
+    def test_prune_keeps_the_newest_and_sweeps_unreferenced_chunks(self, make_store):
+        store = make_store(keep_last=2)
         for index in range(1, 6):
             self.save(store, _state(index), index=index, term=1)
         report = store.prune()
@@ -193,8 +185,8 @@ class StoreContract:
             assert store.verify(info).ok
             assert_same(store.load(info), _state(info.index))
 
-    def test_one_writer_per_directory(self, open_store):
-        first, second = open_store(), open_store()
+    def test_one_writer_per_directory(self, make_store):
+        first, second = make_store(), make_store()
         self.save(first, _state(1), index=1, term=1)
         assert [i.index for i in second.list()] == [1]  # reading needs no lock
         with pytest.raises(snapshots.LockedError):
