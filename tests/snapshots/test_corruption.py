@@ -45,10 +45,16 @@ def scene(open_store, tmp_path) -> Scene:
     good = store.save(state, index=10, term=1)
     newer = {"w": state["w"] * 2, "step": 2}
     bad = store.save(newer, index=20, term=1)
-    good_ids = {c.id for c in store._reader.read_manifest(good.manifest_id).chunks}
-    bad_ids = [c.id for c in store._reader.read_manifest(bad.manifest_id).chunks if c.id not in good_ids]
     root = str(tmp_path / "snap")
+    good_ids = {c.id for c in _manifest(root, good.manifest_id).chunks}
+    bad_ids = [c.id for c in _manifest(root, bad.manifest_id).chunks if c.id not in good_ids]
     return Scene(store, root, good, bad, state, os.path.join(root, "chunks", bad_ids[0][:2], bad_ids[0]))
+
+
+def _manifest(root: str, name: str) -> Manifest:
+    """The manifest `name` as decoded from its file (the format's one reading rule)."""
+    with open(os.path.join(root, "manifests", name), "rb") as f:
+        return Manifest.decode(name, f.read())
 
 
 def _truncate(at: Callable[[int], int]):
@@ -173,7 +179,7 @@ def test_leftover_temp_chunk_is_ignored_and_pruned(scene):
 
 def _write_manifest(scene: Scene, **changes) -> str:
     """Rewrite the bad snapshot's manifest with `changes`, with a valid checksum."""
-    m = scene.store._reader.read_manifest(scene.bad.manifest_id)
+    m = _manifest(scene.root, scene.bad.manifest_id)
     fields = {f: getattr(m, f) for f in m.__dataclass_fields__}
     fields.update(changes)
     data = Manifest(**fields).encode()
@@ -187,7 +193,7 @@ def _write_manifest(scene: Scene, **changes) -> str:
     ["../../../../etc/passwd", "0" * 31, "0" * 33, "G" * 32, "AB" * 16, "/" + "0" * 31, "00/" + "0" * 29],
 )
 def test_hostile_chunk_ids_are_rejected_before_any_path_is_built(scene, chunk_id):
-    m = scene.store._reader.read_manifest(scene.bad.manifest_id)
+    m = _manifest(scene.root, scene.bad.manifest_id)
     chunks = (ChunkRef(chunk_id, m.chunks[0].raw_len, m.chunks[0].stored_len),) + m.chunks[1:]
     _write_manifest(scene, chunks=chunks)
     report = scene.store.verify(scene.bad)
@@ -199,7 +205,7 @@ def test_hostile_chunk_ids_are_rejected_before_any_path_is_built(scene, chunk_id
 
 @pytest.mark.parametrize("change", ["segment-outside-chunk", "wrong-dtype", "tensor-ref", "name-mismatch"])
 def test_schema_violations_with_a_valid_checksum_are_corruption(scene, change):
-    m = scene.store._reader.read_manifest(scene.bad.manifest_id)
+    m = _manifest(scene.root, scene.bad.manifest_id)
     if change == "segment-outside-chunk":
         t = m.tensors[0]
         c, off, n = t.segments[0]
@@ -221,7 +227,7 @@ def _replace_chunk(scene: Scene, payload_frame: bytes, n: int) -> None:
     data = HEADER.pack(MAGIC, VERSION, CODEC_STREAMS, 1, 0, n) + STREAM.pack(CODEC_ZSTD, len(payload_frame)) + payload_frame
     with open(scene.bad_only_chunk, "wb") as f:
         f.write(data)
-    m = scene.store._reader.read_manifest(scene.bad.manifest_id)
+    m = _manifest(scene.root, scene.bad.manifest_id)
     cid = os.path.basename(scene.bad_only_chunk)
     _write_manifest(scene, chunks=tuple(ChunkRef(c.id, c.raw_len, len(data)) if c.id == cid else c for c in m.chunks))
 
@@ -229,7 +235,7 @@ def _replace_chunk(scene: Scene, payload_frame: bytes, n: int) -> None:
 @pytest.mark.parametrize("declares_size", [True, False])
 def test_a_chunk_never_decompresses_past_its_declared_size(scene, declares_size):
     cid = os.path.basename(scene.bad_only_chunk)
-    n = next(c.raw_len for c in scene.store._reader.read_manifest(scene.bad.manifest_id).chunks if c.id == cid)
+    n = next(c.raw_len for c in _manifest(scene.root, scene.bad.manifest_id).chunks if c.id == cid)
     bomb = zstandard.ZstdCompressor(level=1, write_content_size=declares_size).compress(b"\0" * (64 << 20))
     _replace_chunk(scene, bomb, n)
     report = scene.store.verify(scene.bad)
