@@ -80,8 +80,8 @@ class WriterHealth:
                 f"onto it. Inspect with verify() and drop it with truncate_after({self.tail_damage.index - 1})"
             )
 
-    def write_failed(self, exc: BaseException) -> LogPoisonedError:
-        """The error for a write that failed with `exc` (after set_poison)."""
+    def write_failed(self) -> LogPoisonedError:
+        """The error for the write that just poisoned the log (after set_poison)."""
         return LogPoisonedError(f"write to {self._path} failed; the log is poisoned: {self._poison_note}")
 
     def lost_entries(self, count: int) -> LogError | None:

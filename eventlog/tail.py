@@ -93,7 +93,7 @@ class Tail:
             self._entries.extend(framed)
 
     def append_one(self, index: int, value: bytes) -> None:
-        """`append` for one entry: the group-mode hot path."""
+        """`append` for one entry, by a caller that holds `lock` (the group-mode hot path)."""
         self._entries.append((index, value))
 
     def take(self, max_batch: int) -> list[tuple[int, bytes]]:

@@ -27,7 +27,17 @@ from .tail import Tail, Waiter
 
 
 class Writer:
-    """A writer's state and its write paths. EventLog states each public contract."""
+    """A writer's state and its write paths. EventLog states each public contract.
+
+    Call sequence:
+    1. ``Writer(...)`` on the opening thread stores term + 1 (storage.start_term).
+    2. ``start_background(...)`` starts the group flusher or os syncer thread.
+    3. Any thread: append_one / append_encoded / wait_durable / flush / truncate_after /
+       compact_through. The worker thread: commit_pending (group) or sync (os), and
+       poison when either fails.
+    4. ``close()`` once, on the closing thread: the worker commits what waits and ends;
+       then ``lost_entries()`` says what a failure kept from the disk.
+    """
 
     def __init__(self, storage: Storage, lock: WriterLock, durability: str, pid: int,
                  on_commit: Callable[[range], None] | None):
@@ -146,7 +156,7 @@ class Writer:
             raise
         except lmdb.Error as exc:
             self.poison(exc)
-            raise self.health.write_failed(exc) from exc
+            raise self.health.write_failed() from exc
 
     # ------------------------------------------------------------------ Committer (durability.py)
 
