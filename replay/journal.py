@@ -5,7 +5,10 @@ One directory holds everything::
     DIR/log/         the eventlog (every applied op, in order, checksum-chained)
     DIR/snapshots/   the snapshot store (each snapshot's meta records its last applied index)
 
-A Journal is used from one thread at a time and never across fork().
+A Journal is used from one thread at a time and never across fork(). Its snapshots are
+taken by a `Snapshotter` (replay/snapshotter.py), whose follow-up thread commits, prunes
+and compacts while training goes on. The numbered invariants cited here are in
+replay/INVARIANTS.md.
 """
 
 from __future__ import annotations
@@ -14,23 +17,23 @@ import contextlib
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-import warnings
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Mapping
 
 import snapshots
 import torch
-import eventlog
-from eventlog import EventLog, FormatError, LockedError, LogPoisonedError, decode_payload, encode_payload
+from eventlog import EventLog, FormatError, LogPoisonedError, decode_payload, encode_payload
 
 from . import components, failpoints
 from .determinism import DeterministicGuard, state_digest
 from .envelope import DIGEST_OP, unwrap, wrap
-from .errors import ConcurrentUseError, ClosedError, JournalPoisonedError, RecoveryError, ReplayError
+from .errors import ClosedError, ConcurrentUseError, JournalPoisonedError, RecoveryError, ReplayError
+from .operator import refuse_live_writer
 from .ops import Ops
 from .policies import Every, PolicyClock
-from .recovery import RecoveryReport, Replayer, log_checksum_at, preflight, recover, snapshot_meta
+from .recovery import RecoveryReport, Replayer
+from .snapshotter import Snapshotter, done
 
 DEFAULT_POLICY = Every(entries=1000, seconds=600)
 
@@ -40,7 +43,7 @@ class Journal:
 
     Open with `Journal.open`; see its contract. Attributes: ``state`` (the components),
     ``ops``, ``log`` (the EventLog), ``snapshots`` (the SnapshotStore), ``recovery``
-    (RecoveryReport of the open), ``index`` (last applied entry).
+    (RecoveryReport of the open), ``index`` (last applied entry), ``last_snapshot_error``.
     """
 
     @classmethod
@@ -63,25 +66,51 @@ class Journal:
     ) -> "Journal":
         """Open (creating if needed) the journal at directory `path` and recover `state` in place.
 
-        - A new directory: `state` as given is the initial state; it is snapshotted at
-          index 0 before open returns, so replays never depend on how it was built.
-        - An existing one: the newest snapshot that verifies is loaded into the live
-          components in place (damaged newer ones are skipped and reported), then every
-          later entry is replayed through `ops`, once each, in order. Errors name the
-          failing index: UnknownOpError, VersionMismatchError, HandlerError,
-          DivergenceError, eventlog.CorruptEntryError, RecoveryError. Nothing is skipped.
-        - state: str -> component (state_dict object, tensor or plain dict); TypeError otherwise.
-        - snapshot: the Every policy; async_snapshots=False makes policy snapshots block.
-        - durability: the eventlog mode ("group" by default: apply overlaps the fsync).
-        - deterministic=True: torch.use_deterministic_algorithms(True) while open (warns
-          about CUBLAS_WORKSPACE_CONFIG on CUDA).
-        - digest_every=N: after every user entry whose index is a multiple of N, append a
-          digest entry that replay re-checks.
-        - keep_last: snapshots retained; keep_log=True never compacts the log (audit).
-        - device: where payload tensors go before a handler sees them (default: the
-          device of the first tensor in the state).
-        - progress: a replay progress bar (None: only for long replays on a TTY).
-        - takeover: passed to EventLog.open (fence a hung writer).
+        Args:
+            path: the journal directory (created with its parents when missing).
+            state: str -> component (a state_dict object, a tensor or a plain dict); the
+                live objects are restored in place, so references to them stay valid.
+                TypeError otherwise. For a new directory, `state` as given is the initial
+                state; it is snapshotted at index 0 before open returns, so replays never
+                depend on how it was built.
+            ops: the registered handlers (`replay.Ops`).
+            snapshot: the `Every` policy for automatic snapshots.
+            durability: the eventlog mode ("group" by default: apply overlaps the fsync).
+            deterministic: torch.use_deterministic_algorithms(True) while open (warns
+                about CUBLAS_WORKSPACE_CONFIG on CUDA).
+            digest_every: after every user entry whose index is a multiple of N, append a
+                digest entry that replay re-checks.
+            keep_last: snapshots retained.
+            keep_log: never compact the log (an audit trail of every entry).
+            async_snapshots: False makes policy snapshots block the apply that triggers them.
+            progress: a replay progress bar (None: only for long replays on a TTY).
+            device: where payload tensors go before a handler sees them (default: the
+                device of the first tensor in the state).
+            takeover: passed to EventLog.open (fence a hung writer).
+
+        Returns:
+            The open Journal. ``journal.recovery`` says which snapshot was loaded (damaged
+            newer ones are skipped and listed) and which entries were replayed, once each,
+            in order. Errors name the failing index: UnknownOpError, VersionMismatchError,
+            HandlerError, DivergenceError, eventlog.CorruptEntryError, RecoveryError;
+            nothing is skipped. A refused open leaves the directory as it found it
+            (invariant 7): eventlog.LockedError while another process writes it,
+            snapshots.StateMismatchError when the state's layout differs from the snapshot's.
+
+        Example::
+
+            >>> import tempfile, torch, replay
+            >>> ops = replay.Ops()
+            >>> @ops.op
+            ... def add(state, *, value):
+            ...     state["w"] += value
+            >>> path = tempfile.mkdtemp()
+            >>> with replay.Journal.open(path, state={"w": torch.zeros(2)}, ops=ops) as journal:
+            ...     journal.apply("add", value=1.5)
+            1
+            >>> with replay.Journal.open(path, state={"w": torch.zeros(2)}, ops=ops) as journal:
+            ...     print(journal.recovery.entries_replayed, journal.state["w"].tolist())
+            1 [1.5, 1.5]
         """
         if digest_every is not None and (not isinstance(digest_every, int) or digest_every < 1):
             raise ValueError(f"digest_every must be a positive int or None, got {digest_every!r}")
@@ -91,75 +120,58 @@ class Journal:
         root = Path(path)
         refuse_to_reinitialise(root)
         root.mkdir(parents=True, exist_ok=True)
-        journal = cls.__new__(cls)
-        journal._init(root, state, kinds, ops, snapshot, digest_every, keep_log, async_snapshots, device)
-        journal._guard = None
-        try:
+        replayer = Replayer(ops, state, torch.device(device) if device is not None else None, kinds)
+        with contextlib.ExitStack() as opened:
             if deterministic:
-                journal._guard = DeterministicGuard(any(
-                    isinstance(t, torch.Tensor) and t.is_cuda for _, t in components.leaves(state)))
-            journal.snapshots = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last,
-                                                        failpoint=failpoints.hit)
-            # Everything that can be refused (a live writer, a snapshot the state cannot
-            # take, an unknown op) is checked before the log's term is bumped: a failed
-            # open must leave the journal as it found it.
-            loaded = journal._preflight(takeover)
-            journal.log = EventLog.open(root / "log", durability=durability, takeover=takeover)
-            journal._recover(progress, loaded)
-        except BaseException:
-            journal._release()
-            raise
-        return journal
-
-    def _init(self, root, state, kinds, ops, policy, digest_every, keep_log, async_snapshots, device):
-        self.path = root
-        self.state = state
-        self.ops = ops
-        self._kinds = kinds
-        self._device = torch.device(device) if device is not None else components.default_device(state)
-        self._replayer = Replayer(ops, state, self._device)
-        self._clock = PolicyClock(policy)
-        self._digest_every = digest_every
-        self._keep_log = keep_log
-        self._async = async_snapshots
-        self._pending = None  # the in-flight snapshot: (index, future of its commit + prune + compaction)
-        self._follow_up: ThreadPoolExecutor | None = None
-        self._snapshot_index = -1  # index of the newest snapshot started by this journal
-        self._poison: BaseException | None = None
-        self._closed = False
-        self._index = 0
-        self._bytes_counted = 0
-        self._busy = threading.Lock()  # held by the thread inside a public call
-        self._busy_thread: str | None = None
-        self.log = None
-        self.snapshots = None
-        self.recovery = RecoveryReport()
-        self.last_snapshot_error: BaseException | None = None
-
-    def _preflight(self, takeover: bool) -> RecoveryReport | None:
-        """Recovery's checks against a readonly view of an existing log; None for a new journal."""
-        log_dir = self.path / "log"
-        if not takeover and eventlog.writer_pid(log_dir) is not None:
-            raise LockedError(f"{log_dir} is held by a live writer (pid {eventlog.writer_pid(log_dir)})")
-        try:
-            reader = EventLog.open(log_dir, readonly=True)
-        except FormatError:
-            return None  # no log yet, or its creation never completed: nothing was ever written
-        with reader:
-            return preflight(reader, self.snapshots, self.state, self._kinds, self.ops)
-
-    def _recover(self, progress, loaded: RecoveryReport | None) -> None:
-        self.recovery = recover(self.log, self.snapshots, self.state, self._kinds, self._replayer,
-                                progress=progress, loaded=loaded)
-        self._index = self.recovery.replayed.stop - 1 if len(self.recovery.replayed) else self.recovery.snapshot_index
-        if self.recovery.snapshot is not None:
-            self._snapshot_index = self.recovery.snapshot_index
-        self._clock.add(len(self.recovery.replayed), 0, self.recovery.replay_seconds)
-        if self.recovery.snapshot is None and self.log.last_index == 0:
+                guard = DeterministicGuard(any(isinstance(t, torch.Tensor) and t.is_cuda
+                                               for _, t in components.leaves(state)))
+                opened.callback(guard.release)
+            store = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last, failpoint=failpoints.hit)
+            opened.callback(store.close)
+            loaded = _preflight(root / "log", store, replayer, takeover)
+            log = EventLog.open(root / "log", durability=durability, takeover=takeover)
+            opened.callback(log.close)
+            recovery = replayer.recover(log, store, progress=progress, loaded=loaded)
+            journal = cls(root, replayer, log, store, recovery, opened.pop_all(), policy=snapshot,
+                          digest_every=digest_every, keep_log=keep_log, async_snapshots=async_snapshots)
+        if recovery.snapshot is None and log.last_index == 0:
             # The initial state is the base every replay starts from; persisting it means
             # a user who builds it differently next time (another random init) still
             # recovers the same bytes.
-            self._start_snapshot(blocking=True)
+            try:
+                journal._snapshotter.take(0, blocking=True)
+            except BaseException:
+                journal._release()
+                raise
+        return journal
+
+    def __init__(self, root: Path, replayer: Replayer, log: EventLog, store: snapshots.SnapshotStore,
+                 recovery: RecoveryReport, resources: contextlib.ExitStack, *, policy: Every,
+                 digest_every: int | None, keep_log: bool, async_snapshots: bool):
+        """Use `Journal.open`. Takes over the opened `log` and `store` (`resources` releases
+        them and the determinism guard) with `state` already recovered per `recovery`."""
+        self.path = root
+        self.state = replayer.state
+        self.ops = replayer.ops
+        self.log = log
+        self.snapshots = store
+        self.recovery = recovery
+        self._replayer = replayer
+        self._resources = resources
+        self._digest_every = digest_every
+        self._index = recovery.replayed.stop - 1 if len(recovery.replayed) else recovery.snapshot_index
+        self._clock = PolicyClock(policy)
+        self._clock.add(len(recovery.replayed), 0, recovery.replay_seconds)
+        self._bytes_counted = 0
+        self._snapshotter = Snapshotter(
+            root, log, store, lambda: components.capture(self.state, replayer.kinds), self._guarded,
+            keep_log=keep_log, asynchronous=async_snapshots)
+        if recovery.snapshot is not None:
+            self._snapshotter.covered = recovery.snapshot_index
+        self._poison: BaseException | None = None
+        self._closed = False
+        self._busy = threading.Lock()  # held by the thread inside a public call
+        self._busy_thread: str | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -177,23 +189,52 @@ class Journal:
     @property
     def device(self):
         """Where payload tensors are moved before a handler sees them."""
-        return self._device
+        return self._replayer.device
+
+    @property
+    def last_snapshot_error(self) -> BaseException | None:
+        """The newest snapshot failure (a policy snapshot's, or a follow-up's), None if none."""
+        return self._snapshotter.last_error
 
     # ------------------------------------------------------------------ applying
 
     def apply(self, op: str, /, **payload: Any) -> int:
         """Append `op(**payload)` to the log, then apply it to the live state; return its index.
 
-        - Before appending: UnknownOpError for an unregistered op, PayloadRejectedError
-          when the payload does not bind to the handler's signature or the op's validator
-          rejects it; TypeError when the log cannot encode it. Nothing is appended then.
-        - The handler gets the payload with its tensors on the journal's device, as replay
-          will give it (sequences come back from the log as lists, so accept either).
-        - A handler that raises: the entry is removed from the log, the state is rolled
-          back to the previous index (newest snapshot + replay), then the handler's
-          exception is re-raised unchanged. If that cleanup fails, JournalPoisonedError.
-        - In group mode this returns before the entry is durable; `flush()` waits.
-        - JournalPoisonedError once the log has failed a write; ClosedError after close.
+        Args:
+            op: a registered op name.
+            **payload: the handler's keyword arguments (tensors, msgpack values, nested
+                dicts and lists of them).
+
+        Returns:
+            The entry's index (== ``journal.index`` afterwards). In group mode the entry is
+            not yet durable; `flush()` waits.
+
+        Raises:
+            Before appending (nothing is appended): UnknownOpError for an unregistered op,
+            PayloadRejectedError when the payload does not bind to the handler's signature
+            or the op's validator rejects it, TypeError when the log cannot encode it.
+            A handler that raises: the entry is removed from the log, the state rolled back
+            to the previous index (newest snapshot + replay), then the handler's exception
+            is re-raised unchanged (invariant 6); if that cleanup fails,
+            JournalPoisonedError. JournalPoisonedError once the log has failed a write;
+            ClosedError after close; ConcurrentUseError while another thread is inside.
+
+        The handler gets the payload with its tensors on the journal's device, decoded
+        from the very bytes appended, as replay will give it (sequences come back as
+        lists, so accept either). A policy snapshot it triggers never fails it.
+
+        Example::
+
+            >>> import tempfile, torch, replay
+            >>> ops = replay.Ops()
+            >>> @ops.op
+            ... def scale(state, *, by):
+            ...     state["w"].mul_(by)
+            >>> journal = replay.Journal.open(tempfile.mkdtemp(), state={"w": torch.ones(3)}, ops=ops)
+            >>> journal.apply("scale", by=2.0), journal.state["w"].tolist()
+            (1, [2.0, 2.0, 2.0])
+            >>> journal.close()
         """
         with self._entered("apply"):
             return self._apply(op, payload)
@@ -206,11 +247,11 @@ class Journal:
         # is a fresh one (never an alias of the caller's reused buffer), a tuple a list.
         encoded = encode_payload(wrap(spec.version, payload))
         replayed = unwrap(self._index + 1, op, decode_payload(encoded))[1]
-        self._collect_snapshot(block=False)
+        self._snapshotter.collect(block=False)
         index = self._guarded(self._append_encoded, op, encoded)
         started = time.perf_counter()
         try:
-            spec.handler(self.state, **components.to_device(replayed, self._device))
+            spec.handler(self.state, **components.to_device(replayed, self.device))
         except BaseException as exc:
             self._roll_back(index, exc)
             raise
@@ -218,24 +259,13 @@ class Journal:
         self._clock.add(1, self._log_bytes_since_last_count(), time.perf_counter() - started)
         if self._digest_every is not None and index % self._digest_every == 0:
             self._append_digest()
-        if self._clock.due() and self._pending is None:
-            self._policy_snapshot()
+        if self._clock.due() and not self._snapshotter.in_flight:
+            self._clock.reset()
+            self._snapshotter.take_for_policy(self._index)
         return index
 
     def _append_encoded(self, op: str, encoded: bytes) -> int:
         return self.log.append(op, encoded=encoded)
-
-    def _policy_snapshot(self) -> None:
-        """A snapshot the policy asked for. Its failure never fails the apply that triggered
-        it (that entry is applied and logged; a caller retrying it would apply it twice):
-        the error goes to `last_snapshot_error` and a RuntimeWarning, and recovery stays
-        correct, only longer, because the log still holds every entry."""
-        try:
-            self._start_snapshot(blocking=not self._async)
-        except JournalPoisonedError:
-            raise
-        except Exception as exc:
-            self._report_snapshot_failure(self._index, exc)
 
     def _append_digest(self) -> None:
         started = time.perf_counter()
@@ -250,11 +280,14 @@ class Journal:
         return grown
 
     def _roll_back(self, index: int, cause: BaseException) -> None:
-        """Undo entry `index` whose handler raised: drop it from the log, rebuild the state at index - 1."""
+        """Undo entry `index` whose handler raised: drop it from the log, rebuild the state at index - 1.
+
+        The log is truncated first, then the in-flight snapshot is waited for (invariant 8):
+        its follow-up compacts only through snapshots, which never cover `index`."""
         try:
             self.log.truncate_after(index - 1)
-            self._collect_snapshot(block=True)
-            recover(self.log, self.snapshots, self.state, self._kinds, self._replayer, stop=index, progress=False)
+            self._snapshotter.collect(block=True)
+            self._replayer.recover(self.log, self.snapshots, at=index - 1, progress=False)
         except BaseException as exc:
             self._poison = exc
             raise JournalPoisonedError(
@@ -272,100 +305,33 @@ class Journal:
     def _flush(self) -> int:
         self._check_usable()
         self._guarded(self.log.flush)
-        self._collect_snapshot(block=False)
+        self._snapshotter.collect(block=False)
         return self.log.durable_index
 
-    def snapshot(self, *, wait: bool = False):
-        """Snapshot the state at the current index; return its pending handle (``.result()`` -> SnapshotInfo).
+    def snapshot(self, *, wait: bool = False) -> Future:
+        """Snapshot the state at the current index; return a future of its SnapshotInfo.
 
-        A snapshot still in flight is waited for first. If this journal already
-        snapshotted the current index, the newest snapshot's info is returned and nothing
-        is written. The entries it covers are made
-        durable before it is staged, so it never commits beyond the durable index. With
-        wait=True (or async_snapshots=False) this returns the committed SnapshotInfo.
-        After a commit, old snapshots are pruned and (unless keep_log) the log is
-        compacted through the oldest one retained.
+        Always a `concurrent.futures.Future` whose ``result()`` is the SnapshotInfo, once
+        the snapshot is committed, the old ones pruned and (unless keep_log) the log
+        compacted through the oldest one retained. A snapshot still in flight is waited
+        for first. If this journal already snapshotted the current index, the future
+        holds that snapshot's info and nothing is written. The entries it covers are made
+        durable before it is staged (invariant 2); the state may change as soon as this
+        returns. With wait=True (or async_snapshots=False) the future is done on return,
+        and a failure raises here instead of from ``result()``.
         """
         with self._entered("snapshot"):
             return self._snapshot(wait)
 
-    def _snapshot(self, wait: bool):
+    def _snapshot(self, wait: bool) -> Future:
         self._check_usable()
-        self._collect_snapshot(block=True)
-        if self._snapshot_index == self._index:
+        self._snapshotter.collect(block=True)
+        if self._snapshotter.covered == self._index:
             newest = self.snapshots.list()
             if newest and newest[-1].index == self._index:
-                return newest[-1]
-        return self._start_snapshot(blocking=wait or not self._async)
-
-    def _start_snapshot(self, blocking: bool):
-        index = self._index
-        # Invariant 2: the manifest must not commit beyond the durable index, and the
-        # store commits on its own threads, so durability comes first. In group mode this
-        # waits for at most one group commit.
-        self._guarded(self.log.wait_durable, index)
-        tree = components.capture(self.state, self._kinds)
-        term = self.log.term_at(index)
-        meta = snapshot_meta(index, log_checksum_at(self.log, index))
+                return done(newest[-1])
         self._clock.reset()
-        self._snapshot_index = index
-        if blocking:
-            info = self.snapshots.save(tree, index=index, term=term, meta=meta)
-            self._after_commit(info)
-            return info
-        handle = self.snapshots.save_async(tree, index=index, term=term, meta=meta)
-        # Waiting for the commit, then pruning (which re-reads the new snapshot) and
-        # compacting, happens on the follow-up thread: none of it may stall apply().
-        follow_up = self._follow_up_thread().submit(self._finish_snapshot, handle)
-        self._pending = (index, follow_up)
-        return handle
-
-    def _follow_up_thread(self) -> ThreadPoolExecutor:
-        if self._follow_up is None:
-            self._follow_up = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-snapshot")
-        return self._follow_up
-
-    def _finish_snapshot(self, handle):
-        info = handle.result()
-        self._after_commit(info)
-        return info
-
-    def _collect_snapshot(self, block: bool) -> None:
-        """Finish the in-flight snapshot if it is done (or, with block, once it is)."""
-        if self._pending is None:
-            return
-        index, follow_up = self._pending
-        if not block and not follow_up.done():
-            return
-        self._pending = None
-        try:
-            follow_up.result()
-        except JournalPoisonedError:
-            raise
-        except Exception as exc:
-            self._report_snapshot_failure(index, exc)
-
-    def _report_snapshot_failure(self, index: int, exc: BaseException) -> None:
-        # The log still holds every entry, so recovery stays correct (only longer);
-        # the failure is reported, and the next policy snapshot tries again.
-        self.last_snapshot_error = exc
-        warnings.warn(f"{self.path}: snapshot at index {index} failed: {exc}", RuntimeWarning, stacklevel=4)
-
-    def _after_commit(self, info) -> None:
-        """Prune, then compact the log. Failpoints (replay.failpoints): journal.before_compact,
-        journal.after_compact; a crash between them leaves a longer log, never a shorter one."""
-        self.snapshots.prune()
-        if self._keep_log:
-            return
-        retained = self.snapshots.list()
-        if retained:
-            oldest = min(i.index for i in retained)
-            if oldest >= self.log.first_index:
-                # Invariant 4: compact only through the oldest retained snapshot, so a
-                # damaged newer snapshot can still be bypassed by replaying further.
-                failpoints.hit("journal.before_compact")
-                self._guarded(self.log.compact_through, oldest)
-                failpoints.hit("journal.after_compact")
+        return self._snapshotter.take(self._index, blocking=wait or not self._snapshotter.asynchronous)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -386,28 +352,37 @@ class Journal:
             return
         try:
             if self._poison is None:
-                self._collect_snapshot(block=True)
-                if snapshot and self._snapshot_index != self._index:
-                    self._start_snapshot(blocking=True)
+                self._snapshotter.collect(block=True)
+                if snapshot and self._snapshotter.covered != self._index:
+                    self._snapshotter.take(self._index, blocking=True)
                 self._guarded(self.log.flush)
         finally:
             self._release()
 
+    def abandon(self) -> None:
+        """Drop the journal as a killed process would: no flush, no final snapshot. Idempotent.
+
+        Entries not yet durable may be lost, exactly as in a crash; the next open recovers
+        the durable prefix. An in-flight snapshot is let finish first (its outcome is
+        ignored): in one process its thread would otherwise race the next open's store,
+        where a real kill would have ended it. For crash tests and `replay.testing`.
+        """
+        if self._closed:
+            return
+        with self._entered("abandon"):
+            self._snapshotter.abandon()
+            self._release()
+
     def _release(self) -> None:
+        """Stop the follow-up thread, then close the store, the log and the determinism guard.
+        The first failure is raised unless the journal is already poisoned."""
         self._closed = True
-        if self._follow_up is not None:
-            self._follow_up.shutdown(wait=True)
-        errors = []
-        for resource in (self.snapshots, self.log):
-            try:
-                if resource is not None and hasattr(resource, "close"):
-                    resource.close()
-            except Exception as exc:
-                errors.append(exc)
-        if self._guard is not None:
-            self._guard.release()
-        if errors and self._poison is None:
-            raise errors[0]
+        self._snapshotter.close()
+        try:
+            self._resources.close()
+        except Exception:
+            if self._poison is None:
+                raise
 
     def __enter__(self) -> "Journal":
         return self
@@ -451,6 +426,18 @@ class Journal:
         except LogPoisonedError as exc:
             self._poison = exc
             raise JournalPoisonedError(f"journal {self.path}: the log failed a write or sync: {exc}") from exc
+
+
+def _preflight(log_dir: Path, store, replayer: Replayer, takeover: bool) -> RecoveryReport | None:
+    """Recovery's checks against a readonly view of an existing log (invariant 7); None for a new journal."""
+    if not takeover:
+        refuse_live_writer(log_dir, "close it there first, or open with takeover=True to fence a hung writer")
+    try:
+        reader = EventLog.open(log_dir, readonly=True)
+    except FormatError:
+        return None  # no log yet, or its creation never completed: nothing was ever written
+    with reader:
+        return replayer.preflight(reader, store)
 
 
 def refuse_to_reinitialise(root: Path) -> None:

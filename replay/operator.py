@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import snapshots
-from eventlog import EventLog
+from eventlog import EventLog, LockedError, writer_pid
 
 from .envelope import TRUNCATE_OP, wrap
 from .errors import RecoveryError
@@ -63,3 +63,14 @@ def truncate(path: str | os.PathLike, *, after: int, reason: str = "") -> list[t
     logger.warning("replay.truncate %s: dropped entries %s after index %d (reason: %s)",
                    root, dropped, after, reason or "not given")
     return dropped
+
+
+def refuse_live_writer(log_dir: str | os.PathLike, then: str) -> None:
+    """eventlog.LockedError, naming the process, while a live process writes the log at `log_dir`.
+
+    The one check before anything that must not run beside a writer (opening a journal
+    without takeover, pruning or truncating from outside); `then` says what to do.
+    """
+    pid = writer_pid(Path(log_dir))
+    if pid is not None:
+        raise LockedError(f"{Path(log_dir).parent} is open for writing by process {pid}; {then}")

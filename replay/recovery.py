@@ -1,8 +1,9 @@
 """Recovery: newest verified snapshot into the live state, then every later entry, once, in order.
 
-Used by `Journal.open` (recover after a restart) and by a live `apply` whose handler
-raised (roll the half-mutated state back to the last applied index). Both paths run the
-same code, which is what makes a rollback trustworthy.
+Used by `Journal.open` (recover after a restart), by a live `apply` whose handler raised
+(roll the half-mutated state back to the last applied index) and by the point-in-time
+readers (`replay.state_at`, the CLI's `state` and `diff`). Every path runs the same
+code, which is what makes a rollback and an audit trustworthy.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .components import check_layout, layout_template, restore
+from .components import check_layout, check_state, default_device, layout_template, restore
 from .determinism import state_digest
 from .envelope import DIGEST_OP, ENGINE_OPS, TRUNCATE_OP
 from . import failpoints
@@ -75,14 +76,22 @@ def snapshot_meta(index: int, log_checksum: int | None) -> dict:
     return {SNAPSHOT_META_KEY: meta}
 
 
+def journal_index(meta: Any) -> int | None:
+    """The last applied index a Journal recorded in a snapshot's meta; None when the
+    snapshot was not written by a Journal (no replay meta, or a malformed one)."""
+    recorded = meta.get(SNAPSHOT_META_KEY) if isinstance(meta, dict) else None
+    index = recorded.get("index") if isinstance(recorded, dict) else None
+    return index if isinstance(index, int) and not isinstance(index, bool) else None
+
+
 def history_mismatch(log, info) -> str | None:
     """Why snapshot `info` is not a state of `log`'s history, or None if it may be.
 
     It is one when the log's term at the snapshot's index equals the snapshot's term and
-    the log's chained checksum there equals the one the snapshot recorded. Indexes the log
-    cannot answer for (compacted past, or beyond its end) return None: recovery reports
-    those as a gap or a snapshot ahead of the log, which no older snapshot can fix by
-    being skipped silently.
+    the log's chained checksum there (the compaction boundary's, at first_index - 1)
+    equals the one the snapshot recorded. Indexes the log cannot answer for (compacted
+    past, or beyond its end) return None: recovery reports those as a gap or a snapshot
+    ahead of the log, which no older snapshot can fix by being skipped silently.
     """
     index = info.index
     if index == 0 or index > log.last_index or index < log.first_index - 1:
@@ -95,57 +104,111 @@ def history_mismatch(log, info) -> str | None:
     recorded = meta.get("log_checksum") if isinstance(meta, dict) else None
     if recorded is None:
         return None
-    actual = log_checksum_at(log, index)
-    if actual is not None and actual != recorded:
+    actual = log.checksum_at(index)
+    if actual != recorded:
         return (f"snapshot at index {index} recorded log checksum {recorded:#018x}, but the log has "
                 f"{actual:#018x} there: the snapshot belongs to another history")
     return None
 
 
-def log_checksum_at(log, index: int) -> int | None:
-    """The log's chained checksum of entry `index`; None when the log no longer holds the entry."""
-    if index < log.first_index or index > log.last_index:
-        return None
-    for header in log.headers(index, index + 1):
-        return header.checksum
-    return None
-
-
-def load_newest_snapshot(store, log, state: Mapping[str, Any], kinds: dict[str, str], report: RecoveryReport):
-    """Load the newest usable snapshot into `state`, in place; record the skipped ones.
-
-    Usable: it verifies and belongs to `log`'s history (`history_mismatch`). A damaged or
-    foreign snapshot is skipped and recorded in report.damaged_snapshots; its layout is
-    never checked. The chosen snapshot's layout must match the live state
-    (components.check_layout: StateMismatchError naming the path, before anything of the
-    live state changes). Returns its info, or None when no snapshot loads.
-    """
-    started = time.perf_counter()
-    # The layout of tensors both sides hold is checked from the manifest before anything
-    # is allocated (a snapshot declaring a huge tensor where the live state holds a small
-    # one is refused, not loaded); check_layout below covers the rest after loading.
-    info, tree, skipped = store.load_latest(map_location="cpu", accept=lambda i: history_mismatch(log, i),
-                                            like=layout_template(state, kinds), strict=False)
-    report.damaged_snapshots = [(r.manifest_id, str(r)) for r in skipped]
-    if info is not None:
-        meta = info.meta.get(SNAPSHOT_META_KEY) if isinstance(info.meta, dict) else None
-        if not meta or meta.get("index") != info.index:
-            raise RecoveryError(
-                f"snapshot {info.manifest_id} was not written by a replay Journal (meta {info.meta!r})")
-        check_layout(state, kinds, tree)
-        restore(state, kinds, tree)
-        report.snapshot, report.snapshot_index = info, info.index
-    report.load_seconds = time.perf_counter() - started
-    return info
-
-
 class Replayer:
-    """Applies log entries to the live state through the registered handlers."""
+    """Brings one live state to a log index: a snapshot loaded in place, then handlers replayed.
 
-    def __init__(self, ops: Ops, state: Mapping[str, Any], device: torch.device):
+    Holds what every recovery of that state needs (its ops, its component kinds, the
+    device payload tensors go to), so callers pass only the log and the store.
+    """
+
+    def __init__(self, ops: Ops, state: Mapping[str, Any], device: torch.device | None = None,
+                 kinds: dict[str, str] | None = None):
         self.ops = ops
         self.state = state
-        self.device = device
+        self.kinds = check_state(state) if kinds is None else kinds
+        self.device = default_device(state) if device is None else device
+
+    def recover(self, log, store, *, at: int | None = None, progress: bool | None = None,
+                loaded: RecoveryReport | None = None) -> RecoveryReport:
+        """Bring the state to log entry `at` (default: the last): newest usable snapshot at or
+        before it, then replay (invariant 3). `store` may be None (a bare log).
+
+        Without a loadable snapshot, replay starts from the state as given, which is only
+        possible while the log still starts at entry 1. RecoveryError when `at` is past
+        the log's end, or the snapshot and the log do not meet (the log was compacted past
+        every loadable snapshot, or the newest is ahead of the log). Snapshots after `at`
+        are passed over, not reported as damaged. Failpoint recovery.after_snapshot_load is
+        hit once the snapshot is in the live state (also when none loaded), before any
+        entry is replayed.
+
+        `loaded`: the report of `preflight` against a readonly view of the same log; its
+        snapshot (already in the state) is reused when it still belongs to `log`'s
+        history, so it is not read twice.
+        """
+        last = log.last_index
+        if at is not None and at > last:
+            raise RecoveryError(f"log index {at} is past the end: the last entry is {last}")
+        if loaded is not None and at is None and (
+                loaded.snapshot is None or history_mismatch(log, loaded.snapshot) is None):
+            report = loaded
+        else:
+            report = RecoveryReport()
+            self._load_newest_snapshot(store, log, report, at)
+        failpoints.hit("recovery.after_snapshot_load")
+        base, first = report.snapshot_index, log.first_index
+        stop = last + 1 if at is None else at + 1
+        if base < first - 1:
+            what = (f"the newest loadable snapshot is at index {base}" if report.snapshot is not None
+                    else "no snapshot loads")
+            if at is not None:
+                what += f" at or before index {at}"
+            damaged = f" ({len(report.damaged_snapshots)} damaged snapshot(s) skipped)" if report.damaged_snapshots else ""
+            raise RecoveryError(f"cannot recover: the log starts at entry {first} but {what}{damaged}")
+        if base > last:
+            raise RecoveryError(f"snapshot at index {base} is ahead of the log's last entry {last}")
+        self.run(log, base + 1, stop, report, progress)
+        return report
+
+    def preflight(self, log, store) -> RecoveryReport:
+        """Everything recovery can check before the caller becomes the log's writer (invariant 7).
+
+        With `log` open readonly: load the newest usable snapshot into the state (its
+        layout checked first: StateMismatchError), and check that every op the log holds
+        after it is registered (UnknownOpError naming the index), from the entries'
+        headers alone. Raises what `recover` would, so a journal that cannot be opened is
+        refused before its term is bumped. Returns the report for `recover(loaded=...)`.
+        """
+        report = RecoveryReport()
+        self._load_newest_snapshot(store, log, report, None)
+        start = max(report.snapshot_index + 1, log.first_index)
+        for header in log.headers(start, verify=False):
+            if header.op not in ENGINE_OPS and header.op not in self.ops:
+                raise UnknownOpError(header.op, header.index)
+        return report
+
+    def run(self, log, start: int, stop: int, report: RecoveryReport, progress: bool | None = None) -> None:
+        """Apply every entry in [start, stop) in order, extending report.replayed and its time.
+
+        On any error, entries before the failing one have been applied, and the error
+        names the failing index; nothing is skipped. Failpoint recovery.mid_replay is hit
+        once half of at least two entries are applied.
+        """
+        started = time.perf_counter()
+        applied = start
+        midway = start + (stop - start) // 2 if stop - start >= 2 else None
+        begun = report.replayed.start if len(report.replayed) else start
+        try:
+            with ReplayProgress(stop - start, progress) as bar, ReadAhead(log, start, stop, self.device) as entries:
+                for prepared in entries:
+                    if prepared.index != applied:
+                        raise RecoveryError(f"log entry {applied} is missing (the next entry read is {prepared.index})")
+                    report.digests_checked += self.apply(prepared)
+                    applied += 1
+                    bar.advance()
+                    if applied == midway:
+                        failpoints.hit("recovery.mid_replay")
+            if applied != stop:
+                raise RecoveryError(f"log entries {applied}..{stop - 1} disappeared during replay")
+        finally:
+            report.replayed = range(begun, applied)
+            report.replay_seconds += time.perf_counter() - started
 
     def apply(self, prepared) -> bool:
         """Apply one Prepared entry. True if it was a digest that was checked.
@@ -167,83 +230,37 @@ class Replayer:
             raise HandlerError(prepared.index, prepared.op, exc) from exc
         return False
 
-    def run(self, log, start: int, stop: int, report: RecoveryReport, progress: bool | None = None) -> None:
-        """Apply every entry in [start, stop) in order, recording the range and time in `report`.
+    def _load_newest_snapshot(self, store, log, report: RecoveryReport, at: int | None) -> None:
+        """Load the newest usable snapshot (at or before `at`) into the state, in place.
 
-        On any error, entries before the failing one have been applied, and the error
-        names the failing index; nothing is skipped. Failpoint recovery.mid_replay is hit
-        once half of at least two entries are applied.
+        Usable: it verifies and belongs to `log`'s history (`history_mismatch`). A damaged
+        or foreign snapshot is skipped and recorded in report.damaged_snapshots; one after
+        `at` is passed over silently. The chosen snapshot's layout must match the live
+        state (StateMismatchError naming the path, before anything of the state changes).
         """
         started = time.perf_counter()
-        applied = start
-        midway = start + (stop - start) // 2 if stop - start >= 2 else None
-        try:
-            with ReplayProgress(stop - start, progress) as bar, ReadAhead(log, start, stop, self.device) as entries:
-                for prepared in entries:
-                    if prepared.index != applied:
-                        raise RecoveryError(f"log entry {applied} is missing (the next entry read is {prepared.index})")
-                    report.digests_checked += self.apply(prepared)
-                    applied += 1
-                    bar.advance()
-                    if applied == midway:
-                        failpoints.hit("recovery.mid_replay")
-            if applied != stop:
-                raise RecoveryError(f"log entries {applied}..{stop - 1} disappeared during replay")
-        finally:
-            report.replayed = range(start, applied)
-            report.replay_seconds += time.perf_counter() - started
+        later: set[str] = set()
 
+        def accept(info) -> str | None:
+            if at is not None and info.index > at:
+                later.add(info.manifest_id)
+                return f"after index {at}"
+            return history_mismatch(log, info)
 
-def recover(log, store, state: Mapping[str, Any], kinds: dict[str, str], replayer: Replayer,
-            stop: int | None = None, progress: bool | None = None, loaded=None) -> RecoveryReport:
-    """Bring `state` to log entry `stop - 1` (default: the last entry): newest usable snapshot, then replay.
-
-    Without a loadable snapshot, replay starts from the state as given, which is only
-    possible while the log still starts at entry 1. RecoveryError when the snapshot and
-    the log do not meet (the log was compacted past the snapshot, or the snapshot is
-    ahead of the log). Failpoint recovery.after_snapshot_load is hit once the snapshot is
-    in the live state (also when none loaded), before any entry is replayed.
-
-    `loaded`: a RecoveryReport of a snapshot already loaded into `state` (by
-    `preflight` against a readonly view of the same log); it is reused when it still
-    belongs to `log`'s history, so the snapshot is not read twice.
-    """
-    if loaded is not None and (loaded.snapshot is None or history_mismatch(log, loaded.snapshot) is None):
-        report = loaded
-        info = loaded.snapshot
-    else:
-        report = RecoveryReport()
-        info = load_newest_snapshot(store, log, state, kinds, report)
-    stop = log.last_index + 1 if stop is None else stop
-    failpoints.hit("recovery.after_snapshot_load")
-    base = 0 if info is None else info.index
-    first = log.first_index
-    if base < first - 1:
-        what = f"the newest loadable snapshot is at index {base}" if info is not None else "no snapshot loads"
-        damaged = f" ({len(report.damaged_snapshots)} damaged snapshot(s) skipped)" if report.damaged_snapshots else ""
-        raise RecoveryError(f"cannot recover: the log starts at entry {first} but {what}{damaged}")
-    if base >= stop:
-        if base > log.last_index:
-            raise RecoveryError(f"snapshot at index {base} is ahead of the log's last entry {log.last_index}")
-        raise RecoveryError(f"snapshot at index {base} is newer than the requested index {stop - 1}")
-    replayer.run(log, base + 1, stop, report, progress)
-    return report
-
-
-def preflight(log, store, state: Mapping[str, Any], kinds: dict[str, str], ops: Ops) -> RecoveryReport:
-    """Everything recovery can check before the caller becomes the log's writer.
-
-    With `log` open readonly: load the newest usable snapshot into `state` (its layout
-    checked first: StateMismatchError), and check that every op the log holds after it is
-    registered (UnknownOpError naming the index), from the entries' headers alone. Raises
-    what `recover` would, so a journal that cannot be opened is refused before its term is
-    bumped. Returns the report to hand to `recover(..., loaded=...)`.
-    """
-    report = RecoveryReport()
-    info = load_newest_snapshot(store, log, state, kinds, report)
-    base = 0 if info is None else info.index
-    start = max(base + 1, log.first_index)
-    for header in log.headers(start, verify=False):
-        if header.op not in ENGINE_OPS and header.op not in ops:
-            raise UnknownOpError(header.op, header.index)
-    return report
+        if store is None:
+            info, tree, skipped = None, None, []
+        else:
+            # The layout of tensors both sides hold is checked from the manifest before
+            # anything is allocated (a snapshot declaring a huge tensor where the live state
+            # holds a small one is refused, not loaded); check_layout covers the rest.
+            info, tree, skipped = store.load_latest(map_location="cpu", accept=accept,
+                                                    like=layout_template(self.state, self.kinds), strict=False)
+        report.damaged_snapshots = [(r.manifest_id, str(r)) for r in skipped if r.manifest_id not in later]
+        if info is not None:
+            if journal_index(info.meta) != info.index:
+                raise RecoveryError(
+                    f"snapshot {info.manifest_id} was not written by a replay Journal (meta {info.meta!r})")
+            check_layout(self.state, self.kinds, tree)
+            restore(self.state, self.kinds, tree)
+            report.snapshot, report.snapshot_index = info, info.index
+        report.load_seconds = time.perf_counter() - started

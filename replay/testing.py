@@ -120,16 +120,6 @@ class RecoveryMachine(RuleBasedStateMachine):
         options = {"snapshot": Every(entries=5), "keep_last": 2, "durability": "group", **self.journal_options}
         return Journal.open(os.path.join(self.dir, "journal"), state=self.state_factory(), ops=self.ops, **options)
 
-    def _crash(self) -> None:
-        """Drop the journal as a killed process would: no flush, no final snapshot."""
-        pending = self.journal._pending
-        if pending is not None:  # in one process its thread would race the next open's store
-            try:
-                pending[1].result()
-            except Exception:
-                pass
-        self.journal._release()
-
     def _fold(self, op: str, payload: dict) -> None:
         self.ops.spec(op).handler(self.reference, **payload)
 
@@ -145,7 +135,7 @@ class RecoveryMachine(RuleBasedStateMachine):
 
     @rule()
     def crash_and_reopen(self):
-        self._crash()
+        self.journal.abandon()
         self.journal = self._open()
 
     @rule()
@@ -203,7 +193,7 @@ class RecoveryMachine(RuleBasedStateMachine):
     def teardown(self):
         try:
             if self.journal is not None:
-                self._crash()
+                self.journal.abandon()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -10,18 +10,8 @@ from replay.envelope import wrap
 
 
 def crash(journal: replay.Journal) -> None:
-    """Abandon `journal` as a killed process would: no final flush or snapshot, resources dropped.
-
-    An in-flight async snapshot is allowed to finish first: in one process its thread
-    would otherwise race the next open's store (a real crash kills that thread).
-    """
-    pending = journal._pending
-    if pending is not None:
-        try:
-            pending[1].result()
-        except Exception:
-            pass
-    journal._release()
+    """Abandon `journal` as a killed process would (`Journal.abandon`)."""
+    journal.abandon()
 
 
 def open_journal(path, state, ops, **options) -> replay.Journal:

@@ -110,8 +110,8 @@ def test_close_with_snapshot_makes_the_next_open_replay_nothing(tmp_path):
     with open_journal(tmp_path, state, ops, snapshot=replay.Every()) as journal:
         for i in range(5):
             journal.apply("add", row=i % 4, value=1.0)
-        first = journal.snapshot(wait=True)
-        assert journal.snapshot() == first  # nothing new to snapshot
+        first = journal.snapshot(wait=True).result()
+        assert journal.snapshot().result() == first  # nothing new to snapshot: the same type, done
         journal.apply("add", row=0, value=2.0)
         journal.close(snapshot=True)
     again = make_state(seed=4)

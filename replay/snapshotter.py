@@ -1,0 +1,158 @@
+"""Snapshotter: a journal's snapshots from staging to compaction, off the training thread.
+
+The Journal decides *when* (its policy, an explicit `snapshot()`, `close(snapshot=True)`);
+this type decides *how*, and owns the one follow-up thread and the one snapshot in flight.
+"""
+
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from . import failpoints
+from .errors import JournalPoisonedError
+from .recovery import snapshot_meta
+
+
+class Snapshotter:
+    """Takes a journal's snapshots; at most one is in flight.
+
+    Call sequence, on the training thread unless said otherwise:
+
+    1. `take(index, blocking)`: the entries through `index` are made durable (a snapshot
+       never commits beyond the durable index, invariant 2), the live state is captured
+       and staged into the store. Blocking: committed, pruned and compacted before it
+       returns. Otherwise the commit, the prune and the compaction run on the follow-up
+       thread (2), and `take` returns as soon as the state is staged.
+    2. Follow-up thread: wait for the store's commit, prune, then compact the log through
+       the oldest retained snapshot (invariant 4). It never waits on the training thread,
+       so `collect(block=True)` from the training thread cannot deadlock.
+    3. `collect(block)`: finish the in-flight snapshot if it is done (block=False, before
+       each apply) or once it is (block=True). A failure is reported, never raised
+       (`last_error`, a RuntimeWarning; invariant 8), except JournalPoisonedError.
+    4. `close()` waits for the follow-up thread and stops it; `abandon()` lets an
+       in-flight snapshot finish, ignoring its outcome, as a killed process's store
+       thread would have been cut off (in one process it would race the next open).
+
+    `guarded(call, *args)` runs a log call and turns LogPoisonedError into the journal's
+    JournalPoisonedError; every log write here goes through it.
+    """
+
+    def __init__(self, path: Path, log, store, capture: Callable[[], Any], guarded: Callable, *,
+                 keep_log: bool, asynchronous: bool):
+        self._path = path
+        self._log = log
+        self._store = store
+        self._capture = capture
+        self._guarded = guarded
+        self._keep_log = keep_log
+        self.asynchronous = asynchronous  # False: policy snapshots block the apply that triggers them
+        self._pending: tuple[int, Future] | None = None
+        self._follow_up: ThreadPoolExecutor | None = None
+        self.covered = -1  # index of the newest snapshot this journal started (or recovered from)
+        self.last_error: BaseException | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether a snapshot was started and not yet collected."""
+        return self._pending is not None
+
+    def take(self, index: int, blocking: bool) -> Future:
+        """Snapshot the live state at `index`; a future of its SnapshotInfo (done when blocking).
+
+        Blocking, errors raise here; otherwise from the future's `result()` (and are
+        reported by the next `collect`). The state may change as soon as this returns.
+        """
+        self._guarded(self._log.wait_durable, index)
+        tree = self._capture()
+        term = self._log.term_at(index)
+        meta = snapshot_meta(index, self._log.checksum_at(index))
+        self.covered = index
+        if blocking:
+            info = self._store.save(tree, index=index, term=term, meta=meta)
+            self._after_commit()
+            return done(info)
+        handle = self._store.save_async(tree, index=index, term=term, meta=meta)
+        follow_up = self._follow_up_thread().submit(self._finish, handle)
+        self._pending = (index, follow_up)
+        return follow_up
+
+    def take_for_policy(self, index: int) -> None:
+        """`take` for a snapshot the policy asked for: its failure never fails the apply that
+        triggered it (that entry is applied and logged; a caller retrying it would apply it
+        twice). The log still holds every entry, so recovery stays correct, only longer."""
+        try:
+            self.take(index, blocking=not self.asynchronous)
+        except JournalPoisonedError:
+            raise
+        except Exception as exc:
+            self._report(index, exc)
+
+    def collect(self, block: bool) -> None:
+        """Finish the in-flight snapshot if it is done (or, with block, once it is)."""
+        if self._pending is None:
+            return
+        index, follow_up = self._pending
+        if not block and not follow_up.done():
+            return
+        self._pending = None
+        try:
+            follow_up.result()
+        except JournalPoisonedError:
+            raise
+        except Exception as exc:
+            self._report(index, exc)
+
+    def close(self) -> None:
+        """Wait for the follow-up thread to finish its work, then stop it. Idempotent."""
+        if self._follow_up is not None:
+            self._follow_up.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """Let the in-flight snapshot finish, ignoring how; then `close`."""
+        if self._pending is not None:
+            try:
+                self._pending[1].result()
+            except Exception:  # noqa: BLE001 - a killed process never learns the outcome
+                pass
+            self._pending = None
+        self.close()
+
+    def _follow_up_thread(self) -> ThreadPoolExecutor:
+        if self._follow_up is None:
+            self._follow_up = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-snapshot")
+        return self._follow_up
+
+    def _finish(self, handle):
+        info = handle.result()
+        self._after_commit()
+        return info
+
+    def _report(self, index: int, exc: BaseException) -> None:
+        # The next policy snapshot tries again.
+        self.last_error = exc
+        warnings.warn(f"{self._path}: snapshot at index {index} failed: {exc}", RuntimeWarning, stacklevel=4)
+
+    def _after_commit(self) -> None:
+        """Prune, then compact the log. Failpoints (replay.failpoints): journal.before_compact,
+        journal.after_compact; a crash between them leaves a longer log, never a shorter one."""
+        self._store.prune()
+        if self._keep_log:
+            return
+        retained = self._store.list()
+        if retained:
+            oldest = min(i.index for i in retained)
+            if oldest >= self._log.first_index:
+                # Invariant 4: a damaged newer snapshot can still be bypassed by replaying further.
+                failpoints.hit("journal.before_compact")
+                self._guarded(self._log.compact_through, oldest)
+                failpoints.hit("journal.after_compact")
+
+
+def done(value) -> Future:
+    """A future that already holds `value`."""
+    future: Future = Future()
+    future.set_result(value)
+    return future
