@@ -152,6 +152,6 @@ def test_flipped_byte_in_a_committed_entry_stops_recovery_naming_it(tmp_path, ba
     assert run.errors[0][0] == "CorruptEntryError" and str(target) in run.errors[0][1], run.errors
     with EventLog.open(log_dir, readonly=True) as log:
         report = log.verify()
-        assert not report.ok and report.damaged[0].index == target, str(report)
+        assert not report.ok and report.damage[0].index == target, str(report)
         assert log.last_index == target + 2  # the reopen appended nothing after the damage
     print(f"\nMATRIX 6 latent log corruption: runs=1 acked={len(acks)} lost=0 diverged=0 (recovery refused at {target})")

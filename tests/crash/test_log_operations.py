@@ -59,7 +59,7 @@ def test_map_growth_under_load_with_a_live_reader(tmp_path, mode):
                 acknowledged.append(index)
         log.flush()
         out, err = reader.communicate(timeout=180)
-        grown_to = log._env.info()["map_size"]
+        grown_to = log._storage.env.info()["map_size"]
     assert reader.returncode == 0, err
     assert out.split() == ["300", "True"], out
     assert grown_to >= 8 * 2**20
@@ -184,6 +184,6 @@ def test_header_lengths_that_lie_are_framing_errors(tmp_path, declared):
         with pytest.raises(CorruptEntryError, match="declares") as raised:
             log.entry(2)
         assert raised.value.index == 2
-        assert [d.index for d in log.verify().damaged] == [2]
+        assert [d.index for d in log.verify().damage] == [2]
         with pytest.raises(CorruptEntryError):
             list(log.headers(verify=False))

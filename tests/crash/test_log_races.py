@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-import eventlog.log
+import eventlog.verification
 from eventlog import EventLog, LockedError, writer_pid
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_race]
@@ -48,7 +48,7 @@ def test_verify_beside_a_compacting_truncating_writer_reports_no_phantom_damage(
     path = tmp_path / "log"
     with EventLog.open(path) as log:
         log.append_many([("seed", {"k": k}) for k in range(300)])
-    monkeypatch.setattr(eventlog.log, "READ_BATCH", 4)  # many batches: many windows for the race
+    monkeypatch.setattr(eventlog.verification, "READ_BATCH", 4)  # many batches: many windows for the race
     writer = subprocess.Popen([sys.executable, "-c", CHURN, str(path), "400", mode],
                               stdout=subprocess.PIPE, text=True)
     try:

@@ -93,10 +93,10 @@ def test_a_waiter_on_a_truncated_entry_is_told_instead_of_hanging(tmp_path):
         outcome = []
         # Hold the flusher off (a commit in flight takes the same lock) so the waiter is
         # still waiting when the entry goes.
-        with log._writing:
+        with log._writer.committing:
             waiter = threading.Thread(target=lambda: outcome.append(_wait(log, doomed)))
             waiter.start()
-            while not log._durable_waiters:
+            while not log._writer.tail.blocked:
                 threading.Event().wait(0.001)
         log.truncate_after(doomed - 1)
         waiter.join(10)
@@ -120,10 +120,10 @@ def test_flush_beside_truncation_returns_once_the_remaining_log_is_durable(tmp_p
     with EventLog.open(tmp_path / "log", durability="group", group_window=30.0) as log:
         for i in range(5):
             log.append("e", i)
-        with log._writing:
+        with log._writer.committing:
             flusher = threading.Thread(target=log.flush)
             flusher.start()
-            while not log._durable_waiters:
+            while not log._writer.tail.blocked:
                 threading.Event().wait(0.001)
         log.truncate_after(2)
         flusher.join(10)

@@ -77,7 +77,7 @@ def probe(path, out_fd):
 
 
 def _report(report):
-    return [report.ok, report.first_index, report.last_index, report.checked, [d.reason for d in report.damaged]]
+    return [report.ok, report.first_index, report.last_index, report.checked, [d.reason for d in report.damage]]
 
 
 def check_probe(run, label, entries, *, intact=False):
