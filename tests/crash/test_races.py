@@ -89,22 +89,24 @@ def test_a_waiter_on_a_truncated_entry_is_told_instead_of_hanging(tmp_path):
     with EventLog.open(tmp_path / "log", durability="group", group_window=30.0) as log:
         log.append("kept", 1)
         log.flush()
+        # No flusher from here on, so the doomed entry stays uncommitted however the
+        # threads are scheduled: the waiter is still waiting when the entry goes.
+        log._writer._background.stop()
         doomed = log.append("doomed", 2)
         outcome = []
-        # Hold the flusher off (a commit in flight takes the same lock) so the waiter is
-        # still waiting when the entry goes.
-        with log._writer.committing:
-            waiter = threading.Thread(target=lambda: outcome.append(_wait(log, doomed)))
-            waiter.start()
-            while not log._writer.tail.blocked:
-                threading.Event().wait(0.001)
+        waiter = threading.Thread(target=lambda: outcome.append(_wait(log, doomed)))
+        waiter.start()
+        while not log._writer.tail.blocked:
+            threading.Event().wait(0.001)
         log.truncate_after(doomed - 1)
         waiter.join(10)
         assert not waiter.is_alive(), "wait_durable still waits for an entry that no longer exists"
         assert isinstance(outcome[0], TruncatedError) and outcome[0].index == doomed
         assert log.flush() == doomed - 1
-        # The index is reused by a new entry, which is durable like any other.
+    # The index is reused by a new entry, which is durable like any other.
+    with EventLog.open(tmp_path / "log", durability="group") as log:
         assert log.append("next", 3) == doomed and log.flush() == doomed
+        assert [e.op for e in log.entries()] == ["kept", "next"]
 
 
 def _wait(log, index):
