@@ -19,9 +19,13 @@ compacted only through the oldest retained snapshot; unknown ops, rejected paylo
 checksum failures, version mismatches and divergences stop recovery naming the index;
 a handler that raises in a live apply leaves no entry and no half-mutated state behind.
 
-The on-disk entry envelope is documented in ``replay/envelope.py``.
+Read-only audits (safe beside a live writer): ``replay.verify_journal(path)`` checks the log,
+every snapshot and whether they meet; ``replay.state_at(path, ops, state, index)`` rebuilds
+the state right after any retained entry. The on-disk entry envelope is documented in
+``replay/envelope.py``.
 """
 
+from .audit import JournalReport, state_at, verify_journal
 from .data import DataCursor
 from .determinism import state_digest
 from .errors import (
@@ -46,7 +50,7 @@ from .rng import seeded_generator
 
 __all__ = [
     "Journal", "Ops", "OpSpec", "Every", "RecoveryReport", "DataCursor", "seeded_generator",
-    "state_digest", "truncate",
+    "state_digest", "truncate", "verify_journal", "JournalReport", "state_at",
     "ReplayError", "UnknownOpError", "PayloadRejectedError", "HandlerError", "VersionMismatchError",
     "EnvelopeError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "ClosedError", "ConcurrentUseError",
 ]

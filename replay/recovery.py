@@ -155,11 +155,12 @@ class Replayer:
         base, first = report.snapshot_index, log.first_index
         stop = last + 1 if at is None else at + 1
         if base < first - 1:
+            damaged = f" ({len(report.damaged_snapshots)} damaged snapshot(s) skipped)" if report.damaged_snapshots else ""
+            if at is not None:
+                raise RecoveryError(f"log index {at} is compacted: the log starts at entry {first} and no sound "
+                                    f"snapshot at index {first - 1}..{at} exists to start from{damaged}")
             what = (f"the newest loadable snapshot is at index {base}" if report.snapshot is not None
                     else "no snapshot loads")
-            if at is not None:
-                what += f" at or before index {at}"
-            damaged = f" ({len(report.damaged_snapshots)} damaged snapshot(s) skipped)" if report.damaged_snapshots else ""
             raise RecoveryError(f"cannot recover: the log starts at entry {first} but {what}{damaged}")
         if base > last:
             raise RecoveryError(f"snapshot at index {base} is ahead of the log's last entry {last}")

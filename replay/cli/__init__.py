@@ -4,7 +4,7 @@ One module per subcommand (or close group); each has ``add_parser(sub, parents)`
 registers its arguments and sets ``run(args, out) -> exit status``. Support modules:
 `source` (opening readonly), `output` (JSON lines / rich / plain), `entries` (listing
 rows), `summary` (payload and tensor summaries), `args` (index and time checks),
-`userspec` (importing --ops/--state), `pointintime` (rebuilding the state at an index),
+`userspec` (importing --ops/--state),
 `errors` (exit statuses). Dispatch and error reporting live in `main`.
 
 Readers never write: the log is opened readonly (no lock, no term bump, short read

@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 
+from replay.recovery import Replayer
+
 from .args import index_arg
 from .errors import EXIT_OK
 from .output import Column, Output
-from .pointintime import rebuild, tensors_by_name
 from .source import open_source
-from .state import add_user_code_options, warn_factory_base
+from .state import add_user_code_options, base_name, rebuild, tensors_by_name
 from .summary import tensor_label
 from .userspec import load_ops, load_state
 
@@ -50,12 +51,11 @@ def run(args, out: Output) -> int:
     progress = False if out.as_json else None
     with open_source(args.dir) as src:
         rebuilt = rebuild(src, lo, ops, state, kinds, progress=progress)
-        warn_factory_base(rebuilt)
-        tensors, values = tensors_by_name(rebuilt.state)
+        tensors, values = tensors_by_name(state)
         before = ({n: t.detach().clone() for n, t in tensors.items()}, dict(values))
         if hi > lo:
-            rebuilt.advance(src.log, hi, progress)
-        after = tensors_by_name(rebuilt.state)
+            Replayer(ops, state, kinds=kinds).run(src.log, lo + 1, hi + 1, rebuilt, progress)
+        after = tensors_by_name(state)
     if args.i > args.j:
         before, after = after, before  # report the change from I to J, as asked
     rows = compare(before, after)
@@ -63,7 +63,7 @@ def run(args, out: Output) -> int:
     if not out.as_json:
         changed = sum(r["status"] != "unchanged" for r in rows)
         out.line(f"{changed} of {len(rows)} state entries changed between index {args.i} and {args.j} "
-                 f"(base: {rebuilt.base.manifest_id if rebuilt.base is not None else 'factory state'})")
+                 f"(base: {base_name(rebuilt) or 'factory state'})")
     if shown or out.as_json:
         out.table(COLUMNS, shown)
     return EXIT_OK

@@ -12,7 +12,9 @@ from typing import Any, Callable, Iterator
 
 from eventlog import CorruptEntryError, EventLog
 
-from .output import Output, human_bytes
+from replay.audit import human_bytes
+
+from .output import Output
 from .summary import iso_time, local_time, one_line
 
 

@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TextIO
 
+from replay.progress import rich_bar
+
 
 @dataclass(frozen=True)
 class Column:
@@ -44,7 +46,7 @@ class Output:
     def __init__(self, as_json: bool = False, stream: TextIO | None = None):
         self.as_json = as_json
         self.stream = stream if stream is not None else sys.stdout
-        self.tty = _isatty(self.stream)
+        self.tty = isatty(self.stream)
         self._console = None
         if self.tty and not as_json:
             from rich.console import Console
@@ -106,13 +108,10 @@ class Output:
     @contextmanager
     def progress(self, total: int, description: str) -> Iterator[Callable[[int], None]]:
         """Yield `advance(n)`; draws a rich bar on stderr when it is a terminal, nothing otherwise."""
-        if self.as_json or not _isatty(sys.stderr) or total <= 0:
+        if self.as_json or not isatty(sys.stderr) or total <= 0:
             yield lambda n=1: None
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        with Progress(description, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      transient=True) as bar:
+        with rich_bar(description) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(task, n)
 
@@ -150,7 +149,8 @@ def _json_escape(ch: str) -> str:
     return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
-def _isatty(stream) -> bool:
+def isatty(stream) -> bool:
+    """Whether `stream` is a terminal (False for closed or fake streams)."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
@@ -163,15 +163,3 @@ def _json_default(value):
     if isinstance(value, (set, frozenset, tuple, range)):
         return list(value)
     return str(value)
-
-
-def human_bytes(n: int | None) -> str:
-    """1536 -> '1.5 KiB'; None -> '-'."""
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"

@@ -8,11 +8,12 @@ snapshot fail.
 
 from __future__ import annotations
 
-from eventlog import writer_pid
+from replay.operator import refuse_live_writer
 
 from .errors import CliError, EXIT_OK
-from .manifests import manifest_ids
-from .output import Column, Output, human_bytes
+from replay.audit import human_bytes
+
+from .output import Column, Output
 from .source import log_dir, open_source
 from .summary import iso_time, local_time
 
@@ -48,33 +49,30 @@ def add_parser(sub, parents) -> None:
     p.set_defaults(run=run_prune)
 
 
+def snapshot_row(info) -> dict:
+    """One snapshot's record, with its compression ratio."""
+    return {
+        "id": info.manifest_id, "index": info.index, "term": info.term,
+        "created": int(info.created * 1e9), "created_iso": iso_time(int(info.created * 1e9)),
+        "tensors": info.tensors, "chunks": info.chunks, "bytes_logical": info.bytes_logical,
+        "bytes_stored": info.bytes_stored, "bytes_written": info.bytes_written,
+        "ratio": info.bytes_logical / info.bytes_stored if info.bytes_stored else None,
+    }
+
+
 def snapshot_rows(store) -> list[dict]:
-    """One record per readable snapshot (SnapshotStore.list), with its compression ratio."""
-    rows = []
-    for info in store.list():
-        chunks_stored = info.bytes_stored
-        rows.append({
-            "id": info.manifest_id, "index": info.index, "term": info.term,
-            "created": int(info.created * 1e9), "created_iso": iso_time(int(info.created * 1e9)),
-            "tensors": info.tensors, "chunks": info.chunks, "bytes_logical": info.bytes_logical,
-            "bytes_stored": chunks_stored, "bytes_written": info.bytes_written,
-            "ratio": info.bytes_logical / chunks_stored if chunks_stored else None,
-        })
-    return rows
+    """One record per readable snapshot (SnapshotStore.list)."""
+    return [snapshot_row(info) for info in store.list()]
 
 
 def run_list(args, out: Output) -> int:
     with open_source(args.dir) as src:
         if src.store is None:
             raise CliError(f"{args.dir} is a bare event log; it has no snapshots")
-        rows = snapshot_rows(src.store)
-        listed = {r["id"] for r in rows}
-        # Manifests that no longer read back are not in list(); an audit must still show them.
-        for sid in manifest_ids(src.store.path):
-            if sid not in listed:
-                index, term = (int(x) for x in sid.split("-"))
-                rows.append({"id": sid, "index": index, "term": term, "status": "manifest unreadable"})
-        rows.sort(key=lambda r: (r["index"], r["term"]))
+        # Manifests that no longer read back are listed too: an audit must show them.
+        rows = [snapshot_row(entry.info) if entry.info is not None else
+                {"id": entry.name, "index": entry.index, "term": entry.term, "status": "manifest unreadable"}
+                for entry in src.store.manifests()]
         columns = list(SNAPSHOT_COLUMNS)
         if args.verify:
             with out.progress(len(rows), "verifying") as advance:
@@ -100,10 +98,7 @@ def run_prune(args, out: Output) -> int:
     directory = log_dir(args.dir)
     if directory.name != "log":
         raise CliError(f"{args.dir} is a bare event log; it has no snapshots to prune")
-    pid = writer_pid(directory)
-    if pid is not None:
-        raise CliError(f"{args.dir} is open for writing by process {pid}; the journal prunes its own snapshots. "
-                       "Close it first")
+    refuse_live_writer(directory, "the journal prunes its own snapshots. Close it first")
     store = snapshots.SnapshotStore(directory.parent / "snapshots", keep_last=args.keep_last,
                                     keep_every=args.keep_every, workers=4)
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import snapshots
 from eventlog import EventLog
+from replay.audit import locate
 
 from .errors import CliError
 
@@ -45,14 +46,10 @@ def log_dir(path: str | os.PathLike) -> Path:
 
     CliError when `path` is neither (missing, a file, a directory without data.mdb).
     """
-    root = Path(path)
-    if not root.exists():
-        raise CliError(f"{root} does not exist")
-    if (root / "log" / "data.mdb").is_file():
-        return root / "log"
-    if (root / "data.mdb").is_file():
-        return root
-    raise CliError(f"{root} is not a journal (no log/data.mdb) or an event log (no data.mdb)")
+    try:
+        return locate(path)[0]
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from None
 
 
 def open_source(path: str | os.PathLike) -> Source:

@@ -1,6 +1,7 @@
 """`replay state DIR --at INDEX --ops M:A --state M:F --out FILE.safetensors`: point-in-time export.
 
-Rebuilds the state right after entry INDEX (pointintime) and writes every tensor to a
+Rebuilds the state right after entry INDEX (the engine's own recovery, `at=INDEX`: the
+newest usable snapshot at or before it, then replay) and writes every tensor to a
 safetensors file under its dotted name; non-tensor leaves (counters, learning rates)
 and where the state came from go into the file's metadata. The file is written to a
 temporary name and renamed, so a failed export never leaves a partial file.
@@ -12,11 +13,18 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from replay import components
+from replay.recovery import RecoveryReport, Replayer
 
 from .args import index_arg
 from .errors import EXIT_OK
-from .output import Output, human_bytes
-from .pointintime import rebuild, tensors_by_name
+from replay.audit import human_bytes
+
+from .output import Output
 from .source import open_source
 from .userspec import load_ops, load_state
 
@@ -38,13 +46,38 @@ def add_parser(sub, parents) -> None:
     p.set_defaults(run=run)
 
 
-def warn_factory_base(rebuilt) -> None:
-    """Say so when no snapshot was usable: the result is right only if the factory rebuilds
-    the run's exact initial state (the journal snapshotted it at index 0; that one is pruned)."""
-    if rebuilt.base is None:
-        print(f"replay: warning: no retained snapshot at or before index {rebuilt.index}; replayed from the "
+def rebuild(src, index: int, ops, state, kinds, progress: bool | None) -> RecoveryReport:
+    """`state` (fresh, from the factory) brought to exactly entry `index` by the engine's
+    recovery; warns when no snapshot was usable: the result is right only if the factory
+    rebuilds the run's exact initial state (the journal snapshotted it at index 0; that
+    one is pruned)."""
+    report = Replayer(ops, state, kinds=kinds).recover(src.log, src.store, at=index, progress=progress)
+    if report.snapshot is None:
+        print(f"replay: warning: no retained snapshot at or before index {index}; replayed from the "
               "--state factory's state, which is right only if it builds the run's exact initial state",
               file=sys.stderr)
+    return report
+
+
+def base_name(report: RecoveryReport) -> str | None:
+    """The manifest id of the snapshot a rebuild started from; None for the factory's state."""
+    return report.snapshot.manifest_id if report.snapshot is not None else None
+
+
+def tensors_by_name(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """({dotted name: tensor}, {dotted name: other leaf}) of a state; state_dict objects expanded.
+
+    Names join the key path with dots ("model.0.weight", "optim.state.0.exp_avg").
+    ValueError if two paths flatten to the same name (a key that itself contains a dot).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    values: dict[str, Any] = {}
+    for path, leaf in components.leaves(state):
+        name = ".".join(str(part) for part in path)
+        if name in tensors or name in values:
+            raise ValueError(f"two state entries flatten to the same name {name!r}")
+        (tensors if isinstance(leaf, torch.Tensor) else values)[name] = leaf
+    return tensors, values
 
 
 def run(args, out: Output) -> int:
@@ -55,12 +88,11 @@ def run(args, out: Output) -> int:
     with open_source(args.dir) as src:
         rebuilt = rebuild(src, args.at, ops, state, kinds, progress=False if out.as_json else None)
         term = src.log.term_at(args.at)
-    warn_factory_base(rebuilt)
-    tensors, values = tensors_by_name(rebuilt.state)
+    tensors, values = tensors_by_name(state)
     export = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
     metadata = {
         "replay.index": str(args.at), "replay.term": str(term),
-        "replay.snapshot": rebuilt.base.manifest_id if rebuilt.base is not None else "",
+        "replay.snapshot": base_name(rebuilt) or "",
         "replay.values": json.dumps(values, default=repr, sort_keys=True),
     }
     target = Path(args.out)
@@ -71,11 +103,14 @@ def run(args, out: Output) -> int:
     finally:
         temp.unlink(missing_ok=True)
     size = sum(t.numel() * t.element_size() for t in export.values())
+    skipped = [f"{sid} ({reason})" for sid, reason in rebuilt.damaged_snapshots]
     if out.as_json:
         out.record({"index": args.at, "term": term, "snapshot": metadata["replay.snapshot"] or None,
                     "replayed": [rebuilt.replayed.start, rebuilt.replayed.stop] if len(rebuilt.replayed) else [],
-                    "skipped_snapshots": rebuilt.skipped, "tensors": len(export), "bytes": size, "out": str(target)})
+                    "skipped_snapshots": skipped, "tensors": len(export), "bytes": size, "out": str(target)})
     else:
-        out.line(rebuilt.describe())
+        source = f"snapshot {base_name(rebuilt)}" if rebuilt.snapshot is not None else "the --state factory's initial state"
+        out.line(f"state at index {args.at}: from {source}, replayed {len(rebuilt.replayed)} entries"
+                 + (f"; skipped damaged snapshot(s) {', '.join(skipped)}" if skipped else ""))
         out.line(f"wrote {len(export)} tensors ({human_bytes(size)}) to {target}")
     return EXIT_OK

@@ -13,15 +13,18 @@ import os
 import statistics
 from collections import Counter
 
+from eventlog import HEADER_SIZE
+
 from .entries import rows as entry_rows
 from .errors import EXIT_DAMAGE, EXIT_OK
-from .output import Column, Output, human_bytes
+from replay.audit import human_bytes
+
+from .output import Column, Output
 from .retention import SNAPSHOT_COLUMNS, snapshot_rows
 from .source import open_source
 from .summary import iso_time, local_time
 
 HELP = "entries, bytes, ops histogram, terms, snapshots, estimated replay time"
-HEADER_BYTES = 32  # eventlog/FORMAT.md: the fixed entry header
 
 
 def add_parser(sub, parents) -> None:
@@ -48,7 +51,7 @@ def run(args, out: Output) -> int:
             counts[row.op] += 1
             op_bytes[row.op] += row.payload_bytes
             payload_total += row.payload_bytes
-            header_total += HEADER_BYTES + len(row.op.encode())
+            header_total += HEADER_SIZE + len(row.op.encode())
             term = terms.setdefault(row.term, {"term": row.term, "first_index": row.index,
                                                "time_ns": row.time_ns, "entries": 0})
             term["entries"] += 1

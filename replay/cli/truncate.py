@@ -10,7 +10,7 @@ logs a warning. `--dry-run` shows what would go without changing anything.
 from __future__ import annotations
 
 import replay
-from eventlog import writer_pid
+from replay.operator import refuse_live_writer
 
 from .args import check_entry_index, index_arg
 from .entries import print_row, rows
@@ -34,9 +34,7 @@ def run(args, out: Output) -> int:
     directory = log_dir(args.dir)
     if directory.name != "log":
         raise CliError(f"{args.dir} is a bare event log, not a journal; truncate works on journals")
-    pid = writer_pid(directory)
-    if pid is not None:
-        raise CliError(f"{args.dir} is open for writing by process {pid}; close the journal first")
+    refuse_live_writer(directory, "close the journal first")
     with open_source(args.dir) as src:
         if args.after != src.log.first_index - 1:
             check_entry_index(src.log, args.after)
