@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 import replay
+from replay.determinism import fingerprint
 from replay.envelope import unwrap
 
 from ._common import REPO, Workdir, finish, fmt, machine_info, ms, pct
@@ -66,8 +67,7 @@ say = (lambda *a: print(*a, file=sys.stderr, flush=True))
 
 
 def bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
-        a.detach().reshape(-1).view(torch.uint8), b.detach().reshape(-1).view(torch.uint8))
+    return fingerprint({"t": a}) == fingerprint({"t": b})
 
 
 def tensors_of(obj, prefix=""):

@@ -34,6 +34,21 @@ _CHUNK = 1 << 22  # words per step: bounds the temporary weight vector to 32 MiB
 CUBLAS_SETTINGS = (":4096:8", ":16:8")
 
 
+def fingerprint(state: Any) -> dict:
+    """{key path: (dtype, shape, raw bytes) for tensors, the value otherwise}; equal iff the
+    two states are bit-identical (NaN payloads compare by bits). The one exact comparison of
+    states (replay.testing, the tests, the demo and the benchmarks use it); `state_digest`
+    is its cheap, on-device summary."""
+    out = {}
+    for path, leaf in leaves(state):
+        if isinstance(leaf, torch.Tensor):
+            t = leaf.detach().cpu().contiguous()
+            out[path] = (str(t.dtype), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            out[path] = list(leaf) if isinstance(leaf, tuple) else leaf
+    return out
+
+
 def _signed(value: int) -> int:
     value &= _MASK
     return value - (1 << 64) if value >= 1 << 63 else value

@@ -55,24 +55,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from .components import leaves
+from .determinism import fingerprint
 from .journal import Journal
 from .ops import Ops
 from .policies import Every
 
 __all__ = ["RecoveryMachine", "recovery_machine", "assert_states_equal", "fingerprint", "op_calls"]
-
-
-def fingerprint(state: Any) -> dict:
-    """{key path: (dtype, shape, raw bytes) for tensors, the value otherwise}; == iff bit-identical."""
-    out = {}
-    for path, leaf in leaves(state):
-        if isinstance(leaf, torch.Tensor):
-            t = leaf.detach().cpu().contiguous()
-            out[path] = (str(t.dtype), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        else:
-            out[path] = list(leaf) if isinstance(leaf, tuple) else leaf
-    return out
 
 
 def assert_states_equal(actual: Any, expected: Any, what: str = "state") -> None:

@@ -110,9 +110,9 @@ def reference(steps: int) -> dict:
 
 
 def fingerprint(state) -> dict:
-    """replay.testing.fingerprint in a form the frames carry unchanged: key paths joined
+    """replay.determinism.fingerprint in a form the frames carry unchanged: key paths joined
     with "/", tuples as lists (equal iff the states are bit-identical)."""
-    from replay.testing import fingerprint as kit_fingerprint
+    from replay.determinism import fingerprint as kit_fingerprint
 
     return {"/".join(map(str, path)): _as_lists(value) for path, value in kit_fingerprint(state).items()}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import replay
+from replay.determinism import fingerprint
 
 FEATURES, CLASSES, SAMPLES = 8, 3, 64
 
@@ -58,29 +59,13 @@ def make_ops(xs=None, ys=None) -> replay.Ops:
     return ops
 
 
-def fingerprint(state) -> dict:
-    """Bitwise-comparable copy of everything in the state: {path: bytes tensor or plain value}."""
-    from replay.components import leaves
-
-    out = {}
-    for path, leaf in leaves(state):
-        if isinstance(leaf, torch.Tensor):
-            out[path] = (str(leaf.dtype), tuple(leaf.shape), leaf.detach().reshape(-1).view(torch.uint8).clone())
-        else:
-            out[path] = list(leaf) if isinstance(leaf, tuple) else leaf
-    return out
-
-
 def assert_same(a, b):
     """Assert two states (or fingerprints) are bit-identical, naming the first differing leaf."""
     fa = a if _is_fingerprint(a) else fingerprint(a)
     fb = b if _is_fingerprint(b) else fingerprint(b)
     assert fa.keys() == fb.keys()
     for key in fa:
-        if isinstance(fa[key], tuple):
-            assert fa[key][:2] == fb[key][:2] and torch.equal(fa[key][2], fb[key][2]), key
-        else:
-            assert fa[key] == fb[key], key
+        assert fa[key] == fb[key], key
 
 
 def _is_fingerprint(x) -> bool:
