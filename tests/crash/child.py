@@ -3,7 +3,7 @@
     python tests/crash/child.py journal ROOT FD [STEPS [OPTIONS_JSON]]
     python tests/crash/child.py log PATH FD MODE COUNT
 
-Reports over file descriptor FD in the checker's frames (see checker.py). Imports torch
+Reports over file descriptor FD in the checker's frames (see tests/crash/checker/framing.py). Imports torch
 only for the journal writer, so a bare-log child starts in 0.1 s.
 """
 
