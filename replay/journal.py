@@ -121,19 +121,11 @@ class Journal:
         refuse_to_reinitialise(root)
         root.mkdir(parents=True, exist_ok=True)
         replayer = Replayer(ops, state, torch.device(device) if device is not None else None, kinds)
-        with contextlib.ExitStack() as opened:
-            if deterministic:
-                guard = DeterministicGuard(any(isinstance(t, torch.Tensor) and t.is_cuda
-                                               for _, t in components.leaves(state)))
-                opened.callback(guard.release)
-            store = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last, failpoint=failpoints.hit)
-            opened.callback(store.close)
-            loaded = _preflight(root / "log", store, replayer, takeover)
-            log = EventLog.open(root / "log", durability=durability, takeover=takeover)
-            opened.callback(log.close)
-            recovery = replayer.recover(log, store, progress=progress, loaded=loaded)
-            journal = cls(root, replayer, log, store, recovery, opened.pop_all(), policy=snapshot,
-                          digest_every=digest_every, keep_log=keep_log, async_snapshots=async_snapshots)
+        log, store, recovery, resources = _open_and_recover(root, replayer, keep_last=keep_last, durability=durability,
+                                                            takeover=takeover, deterministic=deterministic,
+                                                            progress=progress)
+        journal = cls(root, replayer, log, store, recovery, resources, policy=snapshot,
+                      digest_every=digest_every, keep_log=keep_log, async_snapshots=async_snapshots)
         if recovery.snapshot is None and log.last_index == 0:
             # The initial state is the base every replay starts from; persisting it means
             # a user who builds it differently next time (another random init) still
@@ -426,6 +418,25 @@ class Journal:
         except LogPoisonedError as exc:
             self._poison = exc
             raise JournalPoisonedError(f"journal {self.path}: the log failed a write or sync: {exc}") from exc
+
+
+def _open_and_recover(root: Path, replayer: Replayer, *, keep_last: int, durability: str, takeover: bool,
+                      deterministic: bool, progress: bool | None):
+    """(log, store, recovery report, the ExitStack that releases them): the store opened,
+    the preflight passed, the log opened as writer, the state recovered. On any failure
+    everything opened so far is released and the error raised."""
+    with contextlib.ExitStack() as opened:
+        if deterministic:
+            guard = DeterministicGuard(any(isinstance(t, torch.Tensor) and t.is_cuda
+                                           for _, t in components.leaves(replayer.state)))
+            opened.callback(guard.release)
+        store = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last, failpoint=failpoints.hit)
+        opened.callback(store.close)
+        loaded = _preflight(root / "log", store, replayer, takeover)
+        log = EventLog.open(root / "log", durability=durability, takeover=takeover)
+        opened.callback(log.close)
+        recovery = replayer.recover(log, store, progress=progress, loaded=loaded)
+        return log, store, recovery, opened.pop_all()
 
 
 def _preflight(log_dir: Path, store, replayer: Replayer, takeover: bool) -> RecoveryReport | None:
