@@ -9,10 +9,9 @@ snapshot fail.
 from __future__ import annotations
 
 from replay.operator import refuse_live_writer
-
-from .errors import CliError, EXIT_OK
 from replay.audit import human_bytes
 
+from .errors import CliError, EXIT_OK
 from .output import Column, Output
 from .source import log_dir, open_source
 from .summary import iso_time, local_time

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from eventlog import CorruptEntryError
 
-from .args import check_entry_index, index_arg
-from .errors import EXIT_DAMAGE, EXIT_OK
 from replay.audit import human_bytes
 
+from .args import check_entry_index, index_arg
+from .errors import EXIT_DAMAGE, EXIT_OK
 from .output import Output
 from .source import open_source
 from .summary import iso_time, local_time, split_envelope, tensor_label, tensor_stats, to_jsonable

@@ -19,11 +19,10 @@ import torch
 
 from replay import components
 from replay.recovery import RecoveryReport, Replayer
+from replay.audit import human_bytes
 
 from .args import index_arg
 from .errors import EXIT_OK
-from replay.audit import human_bytes
-
 from .output import Output
 from .source import open_source
 from .userspec import load_ops, load_state

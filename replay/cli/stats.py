@@ -15,10 +15,10 @@ from collections import Counter
 
 from eventlog import HEADER_SIZE
 
-from .entries import rows as entry_rows
-from .errors import EXIT_DAMAGE, EXIT_OK
 from replay.audit import human_bytes
 
+from .entries import rows as entry_rows
+from .errors import EXIT_DAMAGE, EXIT_OK
 from .output import Column, Output
 from .retention import SNAPSHOT_COLUMNS, snapshot_rows
 from .source import open_source
