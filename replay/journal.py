@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -28,12 +27,13 @@ from eventlog import EventLog, FormatError, LogPoisonedError, decode_payload, en
 from . import components, failpoints
 from .determinism import DeterministicGuard, state_digest
 from .envelope import DIGEST_OP, unwrap, wrap
-from .errors import ClosedError, ConcurrentUseError, JournalPoisonedError, RecoveryError, ReplayError
+from .errors import ClosedError, JournalPoisonedError, RecoveryError, ReplayError
 from .operator import refuse_live_writer
 from .ops import Ops
 from .policies import Every, PolicyClock
 from .recovery import RecoveryReport, Replayer
 from .snapshotter import Snapshotter, done
+from .threadguard import OneThreadAtATime
 
 DEFAULT_POLICY = Every(entries=1000, seconds=600)
 
@@ -162,8 +162,7 @@ class Journal:
             self._snapshotter.covered = recovery.snapshot_index
         self._poison: BaseException | None = None
         self._closed = False
-        self._busy = threading.Lock()  # held by the thread inside a public call
-        self._busy_thread: str | None = None
+        self._one_thread = OneThreadAtATime()
 
     # ------------------------------------------------------------------ properties
 
@@ -228,7 +227,7 @@ class Journal:
             (1, [2.0, 2.0, 2.0])
             >>> journal.close()
         """
-        with self._entered("apply"):
+        with self._one_thread.entered("apply"):
             return self._apply(op, payload)
 
     def _apply(self, op: str, payload: dict) -> int:
@@ -291,7 +290,7 @@ class Journal:
 
     def flush(self) -> int:
         """Block until every applied entry is durable; return the durable index (== index)."""
-        with self._entered("flush"):
+        with self._one_thread.entered("flush"):
             return self._flush()
 
     def _flush(self) -> int:
@@ -312,7 +311,7 @@ class Journal:
         returns. With wait=True (or async_snapshots=False) the future is done on return,
         and a failure raises here instead of from ``result()``.
         """
-        with self._entered("snapshot"):
+        with self._one_thread.entered("snapshot"):
             return self._snapshot(wait)
 
     def _snapshot(self, wait: bool) -> Future:
@@ -336,7 +335,7 @@ class Journal:
         """
         if self._closed:
             return
-        with self._entered("close"):
+        with self._one_thread.entered("close"):
             self._close(snapshot)
 
     def _close(self, snapshot: bool) -> None:
@@ -361,7 +360,7 @@ class Journal:
         """
         if self._closed:
             return
-        with self._entered("abandon"):
+        with self._one_thread.entered("abandon"):
             self._snapshotter.abandon()
             self._release()
 
@@ -396,20 +395,6 @@ class Journal:
                 f"journal {self.path} refuses further work: {type(self._poison).__name__}: {self._poison}. "
                 "Reopen it to recover the durable prefix."
             ) from self._poison
-
-    @contextlib.contextmanager
-    def _entered(self, what: str):
-        """Refuse a second thread while one is inside a public call (a Journal is used from
-        one thread at a time: two overlapping applies would apply in another order than
-        the log's, and nothing would ever notice)."""
-        if not self._busy.acquire(blocking=False):
-            raise ConcurrentUseError(what, self._busy_thread, threading.current_thread().name)
-        self._busy_thread = f"{threading.current_thread().name} ({what})"
-        try:
-            yield
-        finally:
-            self._busy_thread = None
-            self._busy.release()
 
     def _guarded(self, call, *args):
         """Run a log call; a poisoned log poisons the journal (nothing may be retried)."""
