@@ -6,12 +6,11 @@ import logging
 
 import lmdb
 import pytest
-import torch
 
 import replay
 from eventlog import CorruptEntryError, EventLog
 
-from .harness import append_raw, crash, open_journal
+from .harness import append_raw, open_journal
 from .models import assert_same, fingerprint, make_ops, make_state
 
 
