@@ -32,6 +32,9 @@ ROWS = {
     "fault_divergence": "row 13: live and replay see the same bytes; mismatched state layouts and foreign histories refused",
     "fault_hostile_files": "row 14: FIFOs, devices, symlinks, huge and amplifying files in the snapshot store",
     "fault_audit": "row 15: audit path: atomic truncation record, rewrites seen by tail -f, escaped output, exit codes",
+    "fault_archive": "row 16: tiered log: kills and damage while compaction seals archive segments; nothing acknowledged is lost",
+    "fault_preemption": "row 17: SIGTERM/SIGUSR1 at random moments: the apply finishes, a snapshot lands, the next open replays nothing",
+    "fault_dataloader": "row 18: a multi-worker DataLoader under a journal, SIGKILLed: the resumed run is bit-identical",
 }
 
 STRACE = shutil.which("strace")
