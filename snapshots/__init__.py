@@ -17,7 +17,9 @@ The on-disk format is described in FORMAT.md, next to this file (read it first).
     info, skipped = store.latest_verified()                  # newest that verifies
     info, state, skipped = store.load_latest()               # newest that loads
     state = store.load(info, map_location="cpu")             # fresh tensors
+    model = store.load(info, only=("model",))["model"]       # one component: only its chunks read
     store.load_into(info, live_state)                        # in place
+    store.load_into(info, {"model": m.state_dict()}, strict=False)  # the components both have
     store.manifests()                  # every manifest name, with why one does not read
     store.verify(info); store.prune(); store.close()
 
@@ -26,6 +28,7 @@ No pickle is used anywhere: manifests are msgpack, tensors raw bytes.
 
 from .errors import (
     ClosedError,
+    ComponentNotFoundError,
     CorruptSnapshotError,
     LockedError,
     SnapshotError,
@@ -46,6 +49,7 @@ __all__ = [
     "PruneReport",
     "SnapshotError",
     "CorruptSnapshotError",
+    "ComponentNotFoundError",
     "SnapshotNotFoundError",
     "StateMismatchError",
     "LockedError",

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import chunking
+from . import chunking, tree
 from .chunkfile import ChunkCodec, chunk_id
 from .durable import PendingWrite, fsync_dir, start_durable_write, write_durably
 from .known import KnownFiles
@@ -80,7 +80,7 @@ def commit(w: ChunkWriter, job: SaveJob) -> SnapshotInfo:
     """Steps 1 to 6 for `job`; the snapshot's info once its manifest is durable."""
     try:
         views = wait_for_staging(job)
-        stored, segments = store_chunks(w, views, job.dtypes)
+        stored, segments = store_chunks(w, views, job.dtypes, component_groups(job.node))
         logical = sum(v.numel() for v in views)
     finally:
         job.staged.release()
@@ -101,10 +101,23 @@ def wait_for_staging(job: SaveJob) -> list[torch.Tensor]:
     return job.staged.views
 
 
-def store_chunks(w: ChunkWriter, views: list[torch.Tensor], dtypes: list[torch.dtype]
+def component_groups(node: list) -> list:
+    """Each tensor's pack group (`chunking`): the position of its top-level component when
+    that is a container under a mapping root, else None (bare tensors pack together)."""
+    groups: list = []
+    tag, payload = node
+    if tag not in ("d", "o"):
+        return [None] * sum(1 for _ in tree.tensor_paths(node))
+    for position, (_, child) in enumerate(payload):
+        group = position if child[0] != "x" else None
+        groups.extend(group for _ in tree.tensor_paths(child))
+    return groups
+
+
+def store_chunks(w: ChunkWriter, views: list[torch.Tensor], dtypes: list[torch.dtype], groups: list | None = None
                  ) -> tuple[list[StoredChunk], list]:
     """Step 2: (a StoredChunk per planned chunk, each tensor's segments over them)."""
-    planned, segments = chunking.plan(views, [group_width(d) for d in dtypes], w.chunk_size)
+    planned, segments = chunking.plan(views, [group_width(d) for d in dtypes], w.chunk_size, groups)
     claims = _Claims()
     return w.pool.map_all(lambda pc: _store_chunk(w, pc, claims), planned), segments
 

@@ -35,6 +35,19 @@ class StateMismatchError(SnapshotError, ValueError):
         super().__init__(f"state mismatch at {key}: {reason}")
 
 
+class ComponentNotFoundError(SnapshotError, LookupError):
+    """Raised by `load` / `load_into` with `only=` when a selector names nothing in the
+    snapshot; `selector` is it and `available` the snapshot's top-level components."""
+
+    def __init__(self, selector: str, available: list[str]):
+        self.selector = selector
+        self.available = available
+        super().__init__(f"{selector!r} is not in the snapshot (its components: {', '.join(available) or 'none'})")
+
+    def __str__(self) -> str:  # LookupError's str() would quote the whole message
+        return self.args[0]
+
+
 class LockedError(SnapshotError):
     """Raised when another live process (or another open store in this one) holds the
     store's writer lock, by the first write (`save`, `save_async`, `prune`)."""

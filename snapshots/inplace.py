@@ -14,6 +14,10 @@ state as it was. Rules, by what the snapshot holds at a key path:
   tensors (then the states do not match);
 - a list or tuple holding tensors: the live value must be a list or tuple of the same
   length, restored element by element.
+
+A restore of part of a snapshot (`selection`) passes the key paths of the mappings that
+lost keys to the selection as `partial`: there, live keys the selection lacks are left
+as they are (neither deleted nor refused), since they were not asked for.
 """
 
 from __future__ import annotations
@@ -47,21 +51,25 @@ class RestorePlan:
             del mapping[key]
 
 
-def plan_restore(node: list, live: Any, records: tuple[TensorRecord, ...]) -> RestorePlan:
+def plan_restore(node: list, live: Any, records: tuple[TensorRecord, ...],
+                 partial: frozenset = frozenset()) -> RestorePlan:
     """Check that `live` can take the snapshot described by `node` in place and return
-    the plan; raise StateMismatchError naming the first key path that cannot."""
+    the plan; raise StateMismatchError naming the first key path that cannot. `partial`:
+    key paths of mappings pruned by a selection (module doc)."""
     plan = RestorePlan()
-    _visit(node, live, (), records, plan)
+    _visit(node, live, (), records, plan, partial)
     return plan
 
 
-def check_layout(node: list, records: tuple[TensorRecord, ...], like: Any, *, strict: bool = True) -> None:
+def check_layout(node: list, records: tuple[TensorRecord, ...], like: Any, *, strict: bool = True,
+                 within: Callable[[tree.KeyPath], bool] | None = None) -> None:
     """Raise StateMismatchError unless `like` holds, at exactly the key paths where the
     snapshot has tensors, tensors of the snapshot's dtype and shape (devices may differ),
     and no tensor at any other key path. strict=False compares only the key paths where
     both hold a tensor. Only the manifest is consulted, so this runs before anything is
-    allocated. Containers and plain values are not compared."""
-    live = dict(tree.live_tensors(like))
+    allocated. Containers and plain values are not compared. `within` (a selection's
+    `covers`) limits the live tensors considered to the selected key paths."""
+    live = {path: t for path, t in tree.live_tensors(like) if within is None or within(path)}
     for path, i in tree.tensor_paths(node):
         record = records[i]
         saved = f"{DTYPES[record.dtype]} {record.shape}"
@@ -91,7 +99,7 @@ def _contains_tensor(value: Any) -> bool:
     return False
 
 
-def _visit(node: list, live: Any, path: tree.KeyPath, records, plan: RestorePlan) -> None:
+def _visit(node: list, live: Any, path: tree.KeyPath, records, plan: RestorePlan, partial: frozenset) -> None:
     tag, payload = node
     if tag == "x":
         record = records[payload]
@@ -117,7 +125,9 @@ def _visit(node: list, live: Any, path: tree.KeyPath, records, plan: RestorePlan
         keys = set()
         for key, child in payload:
             keys.add(key)
-            _visit_child(child, live, key, key in live, path + (key,), records, plan, assignable=True)
+            _visit_child(child, live, key, key in live, path + (key,), records, plan, partial, assignable=True)
+        if path in partial:
+            return  # keys outside the selection stay as they are
         for key in list(live.keys()):
             if key not in keys:
                 if _contains_tensor(live[key]):
@@ -131,13 +141,13 @@ def _visit(node: list, live: Any, path: tree.KeyPath, records, plan: RestorePlan
     if len(live) != len(payload):
         raise _mismatch(path, f"length {len(live)} in the live state, {len(payload)} in the snapshot")
     for i, child in enumerate(payload):
-        _visit_child(child, live, i, True, path + (i,), records, plan, assignable=(kind is list))
+        _visit_child(child, live, i, True, path + (i,), records, plan, partial, assignable=(kind is list))
 
 
-def _visit_child(child, container, key, present, path, records, plan, assignable) -> None:
+def _visit_child(child, container, key, present, path, records, plan, partial, assignable) -> None:
     if assignable and not tree.has_tensors(child):
         plan.assigns.append((container, key, child))
         return
     if not present:
         raise _mismatch(path, "missing from the live state")
-    _visit(child, container[key], path, records, plan)
+    _visit(child, container[key], path, records, plan, partial)

@@ -127,8 +127,9 @@ class StoreReader:
             log.warning("chunk %s exists but is damaged; rewriting it", cid)
             return False
 
-    def read_tensors(self, manifest: Manifest) -> list[torch.Tensor]:
-        """Fresh CPU tensors for every tensor record, each chunk read once, in parallel.
+    def read_tensors(self, manifest: Manifest, only: frozenset[int] | None = None) -> list[torch.Tensor | None]:
+        """Fresh CPU tensors for every tensor record (or only the positions in `only`, the
+        others None), each chunk those need read once, in parallel; no other chunk is read.
 
         The manifest's sizes are consistent (decode checked them), but they may still
         describe more memory than this process can have: a chunk may be referenced by
@@ -137,16 +138,21 @@ class StoreReader:
         is reported as CorruptSnapshotError, so `load_newest` skips the snapshot like
         damage; callers that know the state's layout pass `like` to refuse it earlier."""
         try:
-            return self._read_tensors(manifest)
+            return self._read_tensors(manifest, only)
         except (MemoryError, RuntimeError) as e:
+            wanted = range(len(manifest.tensors)) if only is None else only
+            size = sum(manifest.tensors[i].nbytes for i in wanted)
             raise CorruptSnapshotError(
-                manifest.name, None, f"cannot allocate its {manifest.bytes_logical} bytes of tensors: {e}"[:500]) from None
+                manifest.name, None, f"cannot allocate its {size} bytes of tensors: {e}"[:500]) from None
 
-    def _read_tensors(self, manifest: Manifest) -> list[torch.Tensor]:
-        outs = [torch.empty(r.shape, dtype=DTYPES[r.dtype]) for r in manifest.tensors]
-        raws = [byte_view(o) for o in outs]
+    def _read_tensors(self, manifest: Manifest, only: frozenset[int] | None) -> list[torch.Tensor | None]:
+        outs = [torch.empty(r.shape, dtype=DTYPES[r.dtype]) if only is None or t in only else None
+                for t, r in enumerate(manifest.tensors)]
+        raws = [byte_view(o) if o is not None else None for o in outs]
         uses: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
         for t, record in enumerate(manifest.tensors):
+            if outs[t] is None:
+                continue
             at = 0
             for c, off, n in record.segments:
                 uses[c].append((off, n, t, at))

@@ -18,12 +18,12 @@ import os
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from threading import Lock
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import msgpack
 import torch
 
-from . import inplace, tree
+from . import inplace, selection, tree
 from .chunkfile import ChunkCodec
 from .commit import ChunkWriter, SaveJob, commit
 from .errors import ClosedError, CorruptSnapshotError, SnapshotNotFoundError, UnsupportedPlatformError
@@ -276,33 +276,66 @@ class SnapshotStore:
         manifest, tensors, skipped = self._reader.load_newest(accept, like, strict)
         if manifest is None:
             return None, None, skipped
-        return SnapshotInfo.from_manifest(manifest), _build(manifest, tensors, map_location), skipped
+        return SnapshotInfo.from_manifest(manifest), _build(manifest.tree, tensors, map_location), skipped
 
     def load(self, info: SnapshotInfo | str, map_location: str | torch.device = "cpu", *, like: Any = None,
-             strict: bool = True) -> Any:
+             strict: bool = True, only: Iterable[str] | str | None = None) -> Any:
         """The saved state with fresh tensors on `map_location` (a device), containers and
-        values as FORMAT.md's tree table says. Every chunk is hash-checked before any of it
-        is returned. Raises SnapshotNotFoundError or CorruptSnapshotError. With `like`,
-        the tensor layout is checked against it first, as in `load_latest` (`strict` as
-        there; StateMismatchError, nothing allocated)."""
+        values as FORMAT.md's tree table says. Every chunk read is hash-checked before any
+        of it is returned. Raises SnapshotNotFoundError or CorruptSnapshotError. With
+        `like`, the tensor layout is checked against it first, as in `load_latest`
+        (`strict` as there; StateMismatchError, nothing allocated).
+
+        `only` (selectors, `selection`: top-level component names such as ``"model"`` or
+        dotted prefixes such as ``"model.encoder"``; None for everything): the state holds
+        only the chosen subtrees under their own key paths, and only the chunks their
+        tensors use are read and decompressed (small tensors of neighbouring components
+        may share a pack, which is then read too), so damage elsewhere in the snapshot
+        does not stop it. ComponentNotFoundError names a selector that matches nothing;
+        `like` is then compared only inside the selection.
+        """
         self._check_open()
         with self._reader.shared_lock():
             manifest = self._reader.read_manifest(_name_of(info))
+            chosen = _selection(manifest, only)
             if like is not None:
-                inplace.check_layout(manifest.tree, manifest.tensors, like, strict=strict)
-            tensors = self._reader.read_tensors(manifest)
-        return _build(manifest, tensors, map_location)
+                inplace.check_layout(chosen.node, manifest.tensors, like, strict=strict,
+                                     within=chosen.covers if only is not None else None)
+            tensors = self._reader.read_tensors(manifest, chosen.tensors if only is not None else None)
+        return _build(chosen.node, tensors, map_location)
 
-    def load_into(self, info: SnapshotInfo | str, live: Any) -> SnapshotInfo:
+    def load_into(self, info: SnapshotInfo | str, live: Any, *, strict: bool = True,
+                  only: Iterable[str] | str | None = None) -> SnapshotInfo:
         """Restore the snapshot into `live` in place, by the rules in `inplace` (tensors
         copied with copy_, so references stay valid; plain values assigned). Everything is
         checked first: on StateMismatchError (naming the key path) or CorruptSnapshotError
-        the live state is untouched. Returns the snapshot's info."""
+        the live state is untouched. Returns the snapshot's info.
+
+        Which part is restored, edge cases first:
+
+        - `only` (selectors, as in `load`): exactly the chosen subtrees, each of which the
+          live state must be able to take; everything else in `live` is untouched.
+          ComponentNotFoundError names a selector the snapshot lacks.
+        - strict=False (and no `only`): the top-level components that both the snapshot
+          and the live mapping have; components on one side only are left alone (not
+          read, not touched). Inside a restored component the rules stay strict: a
+          dtype or shape difference is StateMismatchError naming the path. No component
+          in common is StateMismatchError too.
+        - strict=True (the default): the whole snapshot; the live state must match it.
+
+        Only the chunks of the restored tensors are read and decompressed.
+        """
         self._check_open()
         with self._reader.shared_lock():
             manifest = self._reader.read_manifest(_name_of(info))
-            plan = inplace.plan_restore(manifest.tree, live, manifest.tensors)
-            tensors = self._reader.read_tensors(manifest)
+            if only is not None:
+                chosen = selection.select(manifest.tree, only)
+            elif not strict:
+                chosen = selection.common(manifest.tree, live)
+            else:
+                chosen = selection.everything(manifest.tree, len(manifest.tensors))
+            plan = inplace.plan_restore(chosen.node, live, manifest.tensors, chosen.partial)
+            tensors = self._reader.read_tensors(manifest, chosen.tensors)
         plan.apply(tensors.__getitem__)
         return SnapshotInfo.from_manifest(manifest)
 
@@ -377,11 +410,17 @@ def _name_of(info: SnapshotInfo | str) -> str:
     return name
 
 
-def _build(manifest: Manifest, tensors: list[torch.Tensor], map_location) -> Any:
+def _selection(manifest: Manifest, only) -> selection.Selected:
+    if only is None:
+        return selection.everything(manifest.tree, len(manifest.tensors))
+    return selection.select(manifest.tree, only)
+
+
+def _build(node: list, tensors: list[torch.Tensor | None], map_location) -> Any:
     device = torch.device(map_location)
     if device.type != "cpu":
-        tensors = [t.to(device) for t in tensors]
-    return tree.build(manifest.tree, tensors.__getitem__)
+        tensors = [t.to(device) if t is not None else None for t in tensors]
+    return tree.build(node, tensors.__getitem__)
 
 
 def _check_leaf(path: tree.KeyPath, t: torch.Tensor) -> None:

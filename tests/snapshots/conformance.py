@@ -128,6 +128,65 @@ class StoreContract:
         state["layer0"]["w"].add_(1)
         assert_same(store.load(info), _state(1))
 
+    # --- part of a snapshot (only=, strict=False) ------------------------------------------
+
+    def test_load_only_a_component_needs_only_its_chunks(self, store):
+        info = self.save(store, _state(1), index=1, term=1)
+        _damage(_chunk_only(store, "1-1", "layer2", besides="layer0"))
+        with pytest.raises(snapshots.CorruptSnapshotError):
+            store.load(info)  # the damage is real ...
+        part = store.load(info, only=("layer0",))  # ... and outside the component asked for
+        assert list(part) == ["layer0"] and type(part) is OrderedDict
+        assert_same(part["layer0"], _state(1)["layer0"])
+        live = _state(3)
+        untouched = {k: live[k] for k in ("layer1", "layer2", "opt")}
+        store.load_into(info, live, only="layer0")
+        assert_same(live["layer0"], _state(1)["layer0"])
+        assert all(live[k] is v for k, v in untouched.items()) and live["step"] == 3
+
+    def test_load_only_dotted_prefixes_and_values(self, store):
+        info = self.save(store, _state(1), index=1, term=1)
+        part = store.load(info, only=["layer1.w", "step", "opt"])
+        expected = _state(1)
+        assert list(part) == ["layer1", "step", "opt"] and list(part["layer1"]) == ["w"]
+        assert_same(part["layer1"]["w"], expected["layer1"]["w"])
+        assert part["step"] == 1
+        assert_same(part["opt"], expected["opt"])
+
+    def test_load_only_names_what_the_snapshot_lacks(self, store):
+        info = self.save(store, _state(1), index=1, term=1)
+        with pytest.raises(snapshots.ComponentNotFoundError, match="'layer9'.*layer0, layer1") as e:
+            store.load(info, only=("layer0", "layer9"))
+        assert e.value.selector == "layer9"
+        with pytest.raises(snapshots.ComponentNotFoundError, match="'layer0.x'"):
+            store.load_into(info, _state(1), only="layer0.x")
+        with pytest.raises(ValueError, match="inside a list"):
+            store.load(info, only="opt.0")
+        with pytest.raises(ValueError):
+            store.load(info, only=())
+
+    def test_load_into_non_strict_restores_the_components_both_have(self, store):
+        info = self.save(store, _state(1), index=1, term=1)
+        other = {"w": torch.zeros(5)}
+        live = {"layer1": _state(2)["layer1"], "extra": other}
+        w = live["layer1"]["w"]
+        with pytest.raises(snapshots.StateMismatchError, match="missing from the live state"):
+            store.load_into(info, live)  # strict: the snapshot has components live lacks
+        assert store.load_into(info, live, strict=False) == info
+        assert live["layer1"]["w"] is w and live["extra"] is other and torch.equal(other["w"], torch.zeros(5))
+        assert_same(live["layer1"], _state(1)["layer1"])
+
+    def test_load_into_non_strict_refuses_a_layout_mismatch_inside_a_component(self, store):
+        info = self.save(store, _state(1), index=1, term=1)
+        before = _state(2)["layer0"]
+        live = {"layer0": {"w": before["w"].clone(), "b": before["b"].to(torch.int64)}}
+        with pytest.raises(snapshots.StateMismatchError) as e:
+            store.load_into(info, live, strict=False)
+        assert e.value.key == "['layer0']['b']" and "int32" in str(e.value)
+        assert torch.equal(live["layer0"]["w"], before["w"])  # checked before anything is copied
+        with pytest.raises(snapshots.StateMismatchError, match="no component in common"):
+            store.load_into(info, {"other": torch.zeros(1)}, strict=False)
+
     # --- damage ----------------------------------------------------------------------------
 
     def test_damaged_newest_is_skipped_and_reported(self, store):
@@ -223,6 +282,27 @@ def _chunk_files(root) -> dict[str, int]:
         for name in files:
             out[name] = os.path.getsize(os.path.join(directory, name))
     return out
+
+
+def _damage(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.seek(20)
+        byte = f.read(1)
+        f.seek(20)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _chunk_only(store, name: str, component: str, besides: str) -> str:
+    """The path of a chunk that `component`'s tensors use and `besides`'s do not."""
+    from snapshots import tree
+
+    with open(os.path.join(store.path, "manifests", name), "rb") as f:
+        m = Manifest.decode(name, f.read())
+    used: dict[str, set[str]] = {}
+    for path, i in tree.tensor_paths(m.tree):
+        used.setdefault(path[0], set()).update(m.chunks[c].id for c, _, _ in m.tensors[i].segments)
+    cid = sorted(used[component] - used[besides])[0]
+    return os.path.join(store.path, "chunks", cid[:2], cid)
 
 
 def _own_chunks(store, name: str, other: str) -> str:
