@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
+from collections import Counter
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Mapping
@@ -107,7 +109,6 @@ class Journal:
             >>> path = tempfile.mkdtemp()
             >>> with replay.Journal.open(path, state={"w": torch.zeros(2)}, ops=ops) as journal:
             ...     journal.apply("add", value=1.5)
-            1
             >>> with replay.Journal.open(path, state={"w": torch.zeros(2)}, ops=ops) as journal:
             ...     print(journal.recovery.entries_replayed, journal.state["w"].tolist())
             1 [1.5, 1.5]
@@ -126,6 +127,10 @@ class Journal:
                                                             progress=progress)
         journal = cls(root, replayer, log, store, recovery, resources, policy=snapshot,
                       digest_every=digest_every, keep_log=keep_log, async_snapshots=async_snapshots)
+        if recovery.uncounted:
+            warnings.warn(f"{root}: {recovery.uncounted} entries under a snapshot that predates step counts are no "
+                          "longer in the log; journal.count() counts them as user entries (replay.counting)",
+                          RuntimeWarning, stacklevel=2)
         if recovery.snapshot is None and log.last_index == 0:
             # The initial state is the base every replay starts from; persisting it means
             # a user who builds it differently next time (another random init) still
@@ -155,9 +160,11 @@ class Journal:
         self._clock = PolicyClock(policy)
         self._clock.add(len(recovery.replayed), 0, recovery.replay_seconds)
         self._bytes_counted = 0
+        self._counts = Counter(recovery.counts)
+        self._uncounted = recovery.uncounted
         self._snapshotter = Snapshotter(
             root, log, store, lambda: components.capture(self.state, replayer.kinds), self._guarded,
-            keep_log=keep_log, asynchronous=async_snapshots)
+            keep_log=keep_log, asynchronous=async_snapshots, counts=lambda: self._counts)
         if recovery.snapshot is not None:
             self._snapshotter.covered = recovery.snapshot_index
         self._poison: BaseException | None = None
@@ -168,8 +175,24 @@ class Journal:
 
     @property
     def index(self) -> int:
-        """Index of the last applied entry (0 before the first; digest entries count)."""
+        """Index of the last applied log entry (0 before the first). Engine entries (digests,
+        truncation records) have indexes too: count steps with `count()`, not this."""
         return self._index
+
+    def count(self, op: str | None = None) -> int:
+        """User entries applied so far: overall (op=None) or of op `op` (0 for an op never applied).
+
+        Engine entries (digests, truncation records: every ``replay.``-prefixed op) never
+        count, so ``for step in range(journal.count(), N)`` runs exactly the N - count
+        missing steps after any number of resumes, with ``digest_every`` on or off. A
+        handler that raised (its entry dropped, invariant 6) does not count. Survives
+        recovery: snapshots record the counts, replay adds the entries it applies
+        (replay.counting, including how a journal whose old snapshots predate them is
+        counted).
+        """
+        if op is None:
+            return sum(self._counts.values()) + self._uncounted
+        return self._counts.get(op, 0)
 
     @property
     def durable_index(self) -> int:
@@ -189,22 +212,31 @@ class Journal:
 
     # ------------------------------------------------------------------ applying
 
-    def apply(self, op: str, /, **payload: Any) -> int:
-        """Append `op(**payload)` to the log, then apply it to the live state; return its index.
+    def apply(self, op: str, /, *, inputs: Any = None, **payload: Any) -> Any:
+        """Append `op(**payload)` to the log, then apply it to the live state; return the handler's result.
 
         Args:
             op: a registered op name.
+            inputs: unlogged data for a handler with an ``inputs`` parameter (a prefetched
+                batch). None: the op's registered ``rebuild(**payload)`` makes them, as
+                replay will, or the handler is called without ``inputs``. Never logged, so
+                they must be a pure function of the payload (replay.ops' module doc);
+                ``digest_every`` catches a live batch that differs from the rebuilt one.
             **payload: the handler's keyword arguments (tensors, msgpack values, nested
-                dicts and lists of them).
+                dicts and lists of them); ``inputs`` is not a payload key.
 
         Returns:
-            The entry's index (== ``journal.index`` afterwards). In group mode the entry is
-            not yet durable; `flush()` waits.
+            Whatever the handler returns (a loss, metrics; None for most handlers). The
+            entry's index is ``journal.index`` afterwards, unless a digest entry followed
+            it (``digest_every``), then it is ``journal.index - 1``. In group mode the
+            entry is not yet durable; `flush()` waits.
 
         Raises:
             Before appending (nothing is appended): UnknownOpError for an unregistered op,
-            PayloadRejectedError when the payload does not bind to the handler's signature
-            or the op's validator rejects it, TypeError when the log cannot encode it.
+            TypeError (naming the op) for ``inputs=`` to a handler without an ``inputs``
+            parameter, PayloadRejectedError when the payload does not bind to the
+            handler's signature or the op's validator rejects it, TypeError when the log
+            cannot encode it; whatever the op's inputs rebuild raises.
             A handler that raises: the entry is removed from the log, the state rolled back
             to the previous index (newest snapshot + replay), then the handler's exception
             is re-raised unchanged (invariant 6); if that cleanup fails,
@@ -222,38 +254,44 @@ class Journal:
             >>> @ops.op
             ... def scale(state, *, by):
             ...     state["w"].mul_(by)
+            ...     return state["w"].sum().item()
             >>> journal = replay.Journal.open(tempfile.mkdtemp(), state={"w": torch.ones(3)}, ops=ops)
-            >>> journal.apply("scale", by=2.0), journal.state["w"].tolist()
-            (1, [2.0, 2.0, 2.0])
+            >>> journal.apply("scale", by=2.0), journal.index, journal.state["w"].tolist()
+            (6.0, 1, [2.0, 2.0, 2.0])
             >>> journal.close()
         """
         with self._one_thread.entered("apply"):
-            return self._apply(op, payload)
+            return self._apply(op, inputs, payload)
 
-    def _apply(self, op: str, payload: dict) -> int:
+    def _apply(self, op: str, inputs: Any, payload: dict) -> Any:
         self._check_usable()
         spec = self.ops.check_payload(op, payload)
+        if inputs is not None and not spec.takes_inputs:
+            raise TypeError(f"op {op!r}: inputs= was given but its handler has no 'inputs' parameter "
+                            "(inputs are handed to the handler, never logged)")
         # The handler gets what the log will give replay, decoded from the very bytes
         # appended: a numpy float32 arrives as the float replay reads, a payload tensor
         # is a fresh one (never an alias of the caller's reused buffer), a tuple a list.
         encoded = encode_payload(wrap(spec.version, payload))
-        replayed = unwrap(self._index + 1, op, decode_payload(encoded))[1]
+        replayed = components.to_device(unwrap(self._index + 1, op, decode_payload(encoded))[1], self.device)
+        inputs = spec.inputs_for(replayed, inputs)  # before appending: a failing rebuild leaves no entry
         self._snapshotter.collect(block=False)
         index = self._guarded(self._append_encoded, op, encoded)
         started = time.perf_counter()
         try:
-            spec.handler(self.state, **components.to_device(replayed, self.device))
+            result = spec.call(self.state, replayed, inputs)
         except BaseException as exc:
             self._roll_back(index, exc)
             raise
         self._index = index
+        self._counts[op] += 1
         self._clock.add(1, self._log_bytes_since_last_count(), time.perf_counter() - started)
         if self._digest_every is not None and index % self._digest_every == 0:
             self._append_digest()
         if self._clock.due() and not self._snapshotter.in_flight:
             self._clock.reset()
             self._snapshotter.take_for_policy(self._index)
-        return index
+        return result
 
     def _append_encoded(self, op: str, encoded: bytes) -> int:
         return self.log.append(op, encoded=encoded)

@@ -3,6 +3,22 @@
 A handler is ``fn(state, **payload)``: it mutates the journal's state in place and must
 be pure in (state, payload) — seeds and sample ids come from the payload, never from
 global RNG or the clock — so replaying the entry reproduces the same bytes.
+
+Inputs. A handler may also take a keyword ``inputs``: data it needs that is *not* logged
+(a prefetched DataLoader batch, a tokenised text), because it is large and can be
+rebuilt. Registered with ``@ops.op(inputs=rebuild)``, ``rebuild(**payload)`` (the
+decoded payload, tensors on the journal's device, exactly as replay sees it) produces
+them whenever they are not handed over: on replay, and on a live ``apply`` given no
+``inputs=``. A live ``apply(op, inputs=batch, ...)`` hands the handler ``batch`` instead.
+
+Design choice: the log holds only the payload, so inputs are safe only when they are a
+pure function of the payload (the sample ids, the seed of the augmentation): replay
+rebuilds them from it and the state comes out the same bytes. If a live batch differs
+from what ``rebuild`` makes of the same payload (an unseeded augmentation, a dataset
+edited in between), replay silently computes something else; digest entries
+(``Journal.open(digest_every=N)``) are what catch it, as a DivergenceError at the first
+digest after the mismatch. The name ``inputs`` is therefore reserved: it is never a
+payload key (refused before anything is appended, and in a logged entry).
 """
 
 from __future__ import annotations
@@ -17,17 +33,41 @@ from .errors import PayloadRejectedError, UnknownOpError, VersionMismatchError
 Handler = Callable[..., Any]
 Validator = Callable[[dict], Any]
 Upcaster = Callable[[dict], dict]
+Rebuild = Callable[..., Any]
+
+INPUTS = "inputs"  # the reserved keyword: handed to handlers, never logged
 
 
 @dataclass(frozen=True)
 class OpSpec:
-    """One registered op: its name, current version, handler and optional payload validator."""
+    """One registered op: its name, current version, handler, optional payload validator and
+    optional `rebuild` of its unlogged inputs (see the module doc)."""
 
     name: str
     version: int
     handler: Handler
     validate: Validator | None = None
     signature: inspect.Signature | None = field(default=None, compare=False)
+    rebuild: Rebuild | None = None
+
+    @property
+    def takes_inputs(self) -> bool:
+        """Whether the handler accepts the ``inputs`` keyword (a parameter of that name, or **kwargs).
+        Unknown (no introspectable signature) counts as yes."""
+        return self.signature is None or _accepts(self.signature, INPUTS)
+
+    def inputs_for(self, payload: dict, given: Any = None) -> Any:
+        """The inputs a call with `payload` gets: `given` when not None, else ``rebuild(**payload)``
+        when the op has one, else None (the handler is called without ``inputs``)."""
+        if given is not None or self.rebuild is None:
+            return given
+        return self.rebuild(**payload)
+
+    def call(self, state: Any, payload: dict, inputs: Any = None) -> Any:
+        """Run the handler on `state`; ``inputs=`` is passed only when not None. Returns what it returns."""
+        if inputs is None:
+            return self.handler(state, **payload)
+        return self.handler(state, **payload, inputs=inputs)
 
 
 class Ops:
@@ -42,17 +82,35 @@ class Ops:
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
 
     def op(self, fn: Handler | None = None, *, name: str | None = None, version: int = 1,
-           validate: Validator | None = None):
+           validate: Validator | None = None, inputs: Rebuild | None = None):
         """Register `fn` as the handler of op `name` (default: fn.__name__) at `version` (>= 1).
 
         `validate(payload)` runs before the entry is appended and must be cheap; it
         rejects a payload by raising (any exception) or returning False, and then nothing
         is appended. The payload is also bound against fn's signature before appending,
         so a missing or unexpected keyword never reaches the log. Returns fn unchanged.
+
+        `inputs`: ``rebuild(**payload)`` producing the handler's unlogged ``inputs`` on
+        replay and on a live apply given none; it must be a pure function of the payload
+        (module doc). ValueError when fn cannot take an ``inputs`` keyword although
+        `inputs` is given, or requires one (no default) although no `inputs` rebuild is
+        given: replay could never call it. TypeError when `inputs` is not callable.
         """
+        if inputs is not None and not callable(inputs):
+            raise TypeError(f"inputs= must be a callable rebuild(**payload), got {type(inputs).__name__}")
+
         def register(handler: Handler) -> Handler:
             op_name = handler.__name__ if name is None else name
-            self._add(OpSpec(op_name, version, handler, validate, _signature(handler)))
+            signature = _signature(handler)
+            if signature is not None:
+                if inputs is not None and not _accepts(signature, INPUTS):
+                    raise ValueError(f"op {op_name!r}: inputs= is given but the handler has no {INPUTS!r} "
+                                     "keyword parameter to receive them")
+                if inputs is None and _requires(signature, INPUTS):
+                    raise ValueError(f"op {op_name!r}: the handler requires {INPUTS!r} (a reserved keyword, never "
+                                     "logged) but no inputs= rebuild is registered, so replay could not call it; "
+                                     "register @ops.op(inputs=rebuild) or give the parameter a default")
+            self._add(OpSpec(op_name, version, handler, validate, signature, inputs))
             return handler
 
         return register if fn is None else register(fn)
@@ -89,12 +147,18 @@ class Ops:
     def check_payload(self, name: str, payload: dict) -> OpSpec:
         """Reject a payload before it is appended: unknown op, signature mismatch, validator veto.
 
-        Returns the op's spec. Raises UnknownOpError or PayloadRejectedError; never appends.
+        Returns the op's spec. Raises UnknownOpError or PayloadRejectedError (also for a
+        payload key named ``inputs``, which is reserved); never appends.
         """
         spec = self.spec(name)
+        if INPUTS in payload:
+            raise PayloadRejectedError(name, f"{INPUTS!r} is reserved for unlogged inputs and cannot be a payload key")
         if spec.signature is not None:
             try:
-                spec.signature.bind(None, **payload)
+                if spec.takes_inputs and _has_parameter(spec.signature, INPUTS):
+                    spec.signature.bind(None, **payload, inputs=None)
+                else:
+                    spec.signature.bind(None, **payload)
             except TypeError as exc:
                 raise PayloadRejectedError(name, str(exc)) from None
         if spec.validate is not None:
@@ -135,6 +199,22 @@ class Ops:
         if spec.name in self._specs:
             raise ValueError(f"op {spec.name!r} is already registered")
         self._specs[spec.name] = spec
+
+
+def _has_parameter(signature: inspect.Signature, name: str) -> bool:
+    parameter = signature.parameters.get(name)
+    return parameter is not None and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                        inspect.Parameter.KEYWORD_ONLY)
+
+
+def _accepts(signature: inspect.Signature, name: str) -> bool:
+    """Whether a call may pass keyword `name` (a parameter of that name, or **kwargs)."""
+    return _has_parameter(signature, name) or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+
+
+def _requires(signature: inspect.Signature, name: str) -> bool:
+    return _has_parameter(signature, name) and signature.parameters[name].default is inspect.Parameter.empty
 
 
 def _signature(handler: Handler) -> inspect.Signature | None:

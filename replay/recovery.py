@@ -15,16 +15,17 @@ from typing import Any, Mapping
 import torch
 
 from .components import check_layout, check_state, default_device, layout_template, restore
+from .counting import counts_from_log, is_user_op, recorded_counts
 from .determinism import state_digest
 from .envelope import DIGEST_OP, ENGINE_OPS, TRUNCATE_OP
 from . import failpoints
-from .errors import DivergenceError, HandlerError, RecoveryError, UnknownOpError
-from .ops import Ops
+from .errors import DivergenceError, HandlerError, PayloadRejectedError, RecoveryError, UnknownOpError
+from .ops import INPUTS, Ops
 from .progress import ReplayProgress
 from .readahead import ReadAhead
 
 SNAPSHOT_META_KEY = "replay"
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: "counts" added (1 lacks it; replay.counting rebuilds it from the log)
 
 
 @dataclass
@@ -35,7 +36,12 @@ class RecoveryReport:
     open). snapshot_index: its index (0 without one). replayed: range of entry indexes
     replayed ([lo, hi), empty if none). damaged_snapshots: (snapshot, reason) for each
     newer snapshot that failed verification and was skipped (its manifest id and the
-    verify report's text).
+    verify report's text). counts: op -> user entries applied through the recovered
+    index (the snapshot's recorded counts plus the replayed entries; replay.counting).
+    uncounted: entries the log no longer holds under a snapshot that predates counts,
+    counted as user entries overall only. environment: differences between the
+    environment the journal was created in and this one (replay.environment; empty when
+    none, or not checked).
     """
 
     snapshot: Any = None
@@ -45,10 +51,18 @@ class RecoveryReport:
     load_seconds: float = 0.0
     replay_seconds: float = 0.0
     damaged_snapshots: list[tuple[Any, str]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    uncounted: int = 0
+    environment: list[str] = field(default_factory=list)
 
     @property
     def entries_replayed(self) -> int:
         return len(self.replayed)
+
+    @property
+    def user_entries(self) -> int:
+        """User entries applied through the recovered index (what ``Journal.count()`` starts from)."""
+        return sum(self.counts.values()) + self.uncounted
 
     @property
     def seconds(self) -> float:
@@ -61,10 +75,11 @@ class RecoveryReport:
                 f"in {self.seconds:.3f} s{damaged}")
 
 
-def snapshot_meta(index: int, log_checksum: int | None) -> dict:
+def snapshot_meta(index: int, log_checksum: int | None, counts: Mapping[str, int] | None = None) -> dict:
     """The meta stored with every journal snapshot.
 
-    ``index`` is the last applied entry. ``log_checksum`` is the log's chained checksum
+    ``index`` is the last applied entry. ``counts`` maps each op to the user entries
+    applied through it (format 2; replay.counting). ``log_checksum`` is the log's chained checksum
     at that index (the entry's own checksum, or the compaction boundary's): two runs that
     share a term (sibling runs, a log truncated and rewritten) differ there, so recovery
     can tell a snapshot of this log's history from one of another. Snapshots written
@@ -73,6 +88,8 @@ def snapshot_meta(index: int, log_checksum: int | None) -> dict:
     meta = {"format": SNAPSHOT_FORMAT, "index": index}
     if log_checksum is not None:
         meta["log_checksum"] = log_checksum
+    if counts is not None:
+        meta["counts"] = {op: n for op, n in counts.items() if n}
     return {SNAPSHOT_META_KEY: meta}
 
 
@@ -201,6 +218,8 @@ class Replayer:
                     if prepared.index != applied:
                         raise RecoveryError(f"log entry {applied} is missing (the next entry read is {prepared.index})")
                     report.digests_checked += self.apply(prepared)
+                    if is_user_op(prepared.op):
+                        report.counts[prepared.op] = report.counts.get(prepared.op, 0) + 1
                     applied += 1
                     bar.advance()
                     if applied == midway:
@@ -225,8 +244,13 @@ class Replayer:
         if prepared.op == TRUNCATE_OP:
             return False  # an operator's audit record: the truncation itself already happened
         spec, payload = self.ops.upcast(prepared.index, prepared.op, prepared.version, prepared.payload)
+        if INPUTS in payload:
+            raise PayloadRejectedError(prepared.op, f"{INPUTS!r} is reserved for unlogged inputs but the entry "
+                                       "logs it as a payload key", prepared.index)
         try:
-            spec.handler(self.state, **payload)
+            # Unlogged inputs are rebuilt from the payload (replay.ops): a rebuild that
+            # fails is as much this entry's failure as the handler's own.
+            spec.call(self.state, payload, spec.inputs_for(payload))
         except Exception as exc:
             raise HandlerError(prepared.index, prepared.op, exc) from exc
         return False
@@ -264,4 +288,9 @@ class Replayer:
             check_layout(self.state, self.kinds, tree)
             restore(self.state, self.kinds, tree)
             report.snapshot, report.snapshot_index = info, info.index
+            counts = recorded_counts(info.meta.get(SNAPSHOT_META_KEY))
+            if counts is None:
+                counted, report.uncounted = counts_from_log(log, info.index)
+                counts = dict(counted)
+            report.counts = counts
         report.load_seconds = time.perf_counter() - started

@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from . import failpoints
 from .errors import JournalPoisonedError
@@ -41,11 +41,12 @@ class Snapshotter:
     """
 
     def __init__(self, path: Path, log, store, capture: Callable[[], Any], guarded: Callable, *,
-                 keep_log: bool, asynchronous: bool):
+                 keep_log: bool, asynchronous: bool, counts: Callable[[], Mapping[str, int]] = dict):
         self._path = path
         self._log = log
         self._store = store
         self._capture = capture
+        self._counts = counts  # the user-entry counts at the index being snapshotted (replay.counting)
         self._guarded = guarded
         self._keep_log = keep_log
         self.asynchronous = asynchronous  # False: policy snapshots block the apply that triggers them
@@ -68,7 +69,7 @@ class Snapshotter:
         self._guarded(self._log.wait_durable, index)
         tree = self._capture()
         term = self._log.term_at(index)
-        meta = snapshot_meta(index, self._log.checksum_at(index))
+        meta = snapshot_meta(index, self._log.checksum_at(index), self._counts())
         self.covered = index
         if blocking:
             info = self._store.save(tree, index=index, term=term, meta=meta)

@@ -109,7 +109,8 @@ class RecoveryMachine(RuleBasedStateMachine):
         return Journal.open(os.path.join(self.dir, "journal"), state=self.state_factory(), ops=self.ops, **options)
 
     def _fold(self, op: str, payload: dict) -> None:
-        self.ops.spec(op).handler(self.reference, **payload)
+        spec = self.ops.spec(op)
+        spec.call(self.reference, payload, spec.inputs_for(payload))  # unlogged inputs rebuilt, as replay does
 
     @rule(data=st.data())
     def apply(self, data):

@@ -53,7 +53,8 @@ def test_validator_false_or_raising_rejects_before_append():
 def test_version_mismatch_without_upcaster_names_index_and_op(tmp_path):
     with open_journal(tmp_path, make_state(), _counter_ops(version=1)) as journal:
         journal.apply("bump", by=2)
-        index = journal.apply("bump", by=3)
+        journal.apply("bump", by=3)
+        index = journal.index
     with pytest.raises(replay.VersionMismatchError) as err:
         open_journal(tmp_path, make_state(), _counter_ops(version=2))
     assert err.value.index == index - 1 and err.value.op == "bump"

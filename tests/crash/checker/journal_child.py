@@ -56,7 +56,8 @@ def journal_writer(root, out_fd: int, steps: int | None = None, flush_every: int
         while steps is None or done < steps:
             step = state["counters"]["steps"]
             op, payload = payload_for(step)
-            index = journal.apply(op, **payload)
+            index = journal.index + 1  # the entry's own index (a digest entry may follow it)
+            journal.apply(op, **payload)
             pending.append((journal.log.term_at(index), index, step + 1))
             done += 1
             if len(pending) >= flush_every:

@@ -1,0 +1,56 @@
+"""How many user entries a journal has applied, overall and per op (``Journal.count``).
+
+A user's loop counts its own steps, not log indexes: digest entries, truncation records
+(every ``replay.``-prefixed op) share the index space but are not steps, so a loop over
+``range(journal.index, N)`` would skip steps after a resume. The count survives
+recovery because every snapshot records it in its meta (``counts``: op -> user entries
+through the snapshot's index) and replay counts the entries it applies on top.
+
+Design choice for snapshots written before the field existed: their counts are rebuilt
+from the log's headers through the snapshot's index, across the archive. Entries the
+log no longer holds (deleted by a version-1 compaction or a retention policy) cannot be
+told apart; they are counted as user entries in the overall count only (``uncounted``
+in the recovery report, and a warning), which is what ``journal.index`` said of them
+before. The next snapshot records exact counts again from then on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterable
+
+from .envelope import RESERVED_PREFIX
+
+
+def is_user_op(op: str) -> bool:
+    """Whether entries of `op` count as user steps (the engine's ``replay.`` ops never do)."""
+    return not op.startswith(RESERVED_PREFIX)
+
+
+def recorded_counts(meta: Any) -> dict[str, int] | None:
+    """The per-op counts a snapshot's replay meta recorded; None when absent or malformed
+    (then they are rebuilt from the log, as for a snapshot that predates them)."""
+    counts = meta.get("counts") if isinstance(meta, dict) else None
+    if not isinstance(counts, dict):
+        return None
+    for op, n in counts.items():
+        if not isinstance(op, str) or not is_user_op(op) or type(n) is not int or n < 0:
+            return None
+    return dict(counts)
+
+
+def count_ops(ops: Iterable[str]) -> Counter:
+    """Per-op counts of the user ops among `ops`."""
+    return Counter(op for op in ops if is_user_op(op))
+
+
+def counts_from_log(log, through: int) -> tuple[Counter, int]:
+    """(per-op user counts of entries first_index..through, entries below first_index).
+
+    Read from the headers alone (no payload is decoded). The second number is how many
+    entries the log no longer holds and so cannot be classified."""
+    first = log.first_index
+    if through < first:
+        return Counter(), max(0, through)
+    counts = count_ops(h.op for h in log.headers(first, through + 1, verify=False))
+    return counts, first - 1
