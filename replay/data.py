@@ -5,6 +5,10 @@ the entry's payload, and the handler `consume`s exactly them. Because the cursor
 of the journal state, a replay advances it exactly as the run did, and a step whose ids
 are not the next ones (a step applied twice, or out of order) is refused instead of
 silently consuming a sample twice.
+
+To keep a torch DataLoader (workers, prefetch, collate_fn), let `replay.loader.JournaledLoader`
+plan its batches from the cursor: the loop then logs each batch's ids and the handler
+consumes them, as here.
 """
 
 from __future__ import annotations
@@ -21,15 +25,27 @@ class DataCursor:
     """Position in an endless sequence of epochs, each a seeded permutation of range(num_samples).
 
     Epoch e's order is ``randperm(num_samples)`` from ``seeded_generator(seed, e)``
-    (``range(num_samples)`` when shuffle=False). A batch may straddle an epoch boundary.
+    (``range(num_samples)`` when shuffle=False); the epoch serves the first
+    `epoch_length` ids of it (default: all). A batch may straddle an epoch boundary.
+
+    ``epoch_length`` is how a ``drop_last`` loader stays exactly-once: with batches of B,
+    ``epoch_length = num_samples // B * B`` makes every epoch whole batches, and the
+    (num_samples % B) ids at the end of each epoch's permutation are never served (a
+    different remainder each epoch when shuffling, as DataLoader's drop_last drops).
+    It is part of the cursor's identity: a snapshot of another epoch_length is refused.
     """
 
-    def __init__(self, num_samples: int, seed: int = 0, *, shuffle: bool = True):
-        if not isinstance(num_samples, int) or num_samples < 1:
+    def __init__(self, num_samples: int, seed: int = 0, *, shuffle: bool = True, epoch_length: int | None = None):
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        if epoch_length is None:
+            epoch_length = num_samples
+        if not isinstance(epoch_length, int) or isinstance(epoch_length, bool) or not 1 <= epoch_length <= num_samples:
+            raise ValueError(f"epoch_length must be an int in [1, num_samples={num_samples}], got {epoch_length!r}")
         self.num_samples = num_samples
         self.seed = seed
         self.shuffle = shuffle
+        self.epoch_length = epoch_length
         self.epoch = 0
         self.position = 0  # samples of the current epoch already consumed
         self._order_epoch = -1
@@ -38,7 +54,7 @@ class DataCursor:
     @property
     def consumed(self) -> int:
         """Samples consumed since the start, over all epochs."""
-        return self.epoch * self.num_samples + self.position
+        return self.epoch * self.epoch_length + self.position
 
     def peek(self, n: int) -> list[int]:
         """The next `n` sample ids, without consuming them. n == 0 gives []; n < 0 is ValueError."""
@@ -46,10 +62,10 @@ class DataCursor:
             raise ValueError(f"n must be >= 0, got {n}")
         ids, epoch, position = [], self.epoch, self.position
         while len(ids) < n:
-            take = min(n - len(ids), self.num_samples - position)
+            take = min(n - len(ids), self.epoch_length - position)
             ids.extend(self._epoch_order(epoch)[position:position + take])
             position += take
-            if position == self.num_samples:
+            if position == self.epoch_length:
                 epoch, position = epoch + 1, 0
         return ids
 
@@ -67,8 +83,8 @@ class DataCursor:
                 f"but the next samples are {expected[:8]}...; a step was applied twice or out of order"
             )
         total = self.position + len(ids)
-        self.epoch += total // self.num_samples
-        self.position = total % self.num_samples
+        self.epoch += total // self.epoch_length
+        self.position = total % self.epoch_length
 
     def _epoch_order(self, epoch: int) -> list[int]:
         if epoch != self._order_epoch:
@@ -81,19 +97,29 @@ class DataCursor:
         return self._order
 
     def state_dict(self) -> dict[str, Any]:
-        """The cursor's position and configuration (plain ints and bools)."""
-        return {"num_samples": self.num_samples, "seed": self.seed, "shuffle": self.shuffle,
-                "epoch": self.epoch, "position": self.position}
+        """The cursor's position and configuration (plain ints and bools).
+
+        ``epoch_length`` is included only when it is not num_samples, so the snapshots of
+        cursors without one keep the layout they always had."""
+        state = {"num_samples": self.num_samples, "seed": self.seed, "shuffle": self.shuffle,
+                 "epoch": self.epoch, "position": self.position}
+        if self.epoch_length != self.num_samples:
+            state["epoch_length"] = self.epoch_length
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a position; snapshots.StateMismatchError (a ValueError) if the saved cursor
-        had another dataset size, seed or shuffle."""
-        for key in ("num_samples", "seed", "shuffle"):
-            if state[key] != getattr(self, key):
+        had another dataset size, seed, shuffle or epoch_length."""
+        saved = dict(state)
+        saved.setdefault("epoch_length", saved["num_samples"])
+        for key in ("num_samples", "seed", "shuffle", "epoch_length"):
+            if saved[key] != getattr(self, key):
                 raise StateMismatchError(
-                    f"DataCursor.{key}", f"the live cursor has {getattr(self, key)!r}, the saved one {state[key]!r}")
+                    f"DataCursor.{key}", f"the live cursor has {getattr(self, key)!r}, the saved one {saved[key]!r}")
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
 
     def __repr__(self) -> str:
-        return f"DataCursor(num_samples={self.num_samples}, seed={self.seed}, epoch={self.epoch}, position={self.position})"
+        length = "" if self.epoch_length == self.num_samples else f", epoch_length={self.epoch_length}"
+        return (f"DataCursor(num_samples={self.num_samples}, seed={self.seed}{length}, epoch={self.epoch}, "
+                f"position={self.position})")
