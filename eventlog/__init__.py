@@ -2,8 +2,19 @@
 
 It knows nothing of models: an entry is ``(index, term, op, payload, time)`` where
 `op` names a mutation and `payload` is msgpack with tensors as an extension type. The
-byte layout is in ``FORMAT.md`` beside this file (format version 1); every entry starts
+byte layout is in ``FORMAT.md`` beside this file (format version 2); every entry starts
 with a fixed header of ``HEADER_SIZE`` (32) bytes, then its op name and payload.
+
+The log is tiered. `compact_through(i)` (called once a snapshot covers entries <= i)
+moves those entries out of LMDB into sealed, zstd-compressed, checksummed archive
+segments under ``<log>/archive/``, durably, before LMDB drops them; every read
+(`entry`, `entries`, `headers`, `term_at`, `checksum_at`, `verify`) sees archive and
+LMDB as one log. ``first_index`` is the oldest readable entry, ``live_first_index`` the
+oldest still in LMDB. History is deleted only by an explicit retention choice:
+``EventLog.open(path, archive=eventlog.Archive(keep_bytes=..., keep_seconds=...))``
+deletes whole oldest segments at compaction time, and ``archive=None`` makes
+compaction delete entries outright (format version 1's behaviour); only then do reads
+raise CompactedError.
 
     log = eventlog.EventLog.open("runs/exp1/log", durability="group")
     i = log.append("sgd_step", {"batch": ids, "lr": 0.1})
@@ -80,6 +91,8 @@ from .errors import (
     CompactedError,
     CorruptEntryError,
     DamagedLogError,
+    DamagedSegmentError,
+    SealedError,
     FencedError,
     FormatError,
     LockedError,
@@ -87,6 +100,7 @@ from .errors import (
     LogPoisonedError,
     TruncatedError,
 )
+from .archive import Archive
 from .codec import decode_payload, encode_payload
 from .locking import writer_pid
 from .log import EventLog
@@ -95,8 +109,8 @@ from .record import HEADER_SIZE, Entry, EntryHeader
 from .verification import Damage, VerifyReport
 
 __all__ = [
-    "EventLog", "writer_pid", "encode_payload", "decode_payload", "Entry", "EntryHeader", "VerifyReport", "Damage", "FORMAT_VERSION",
+    "EventLog", "Archive", "writer_pid", "encode_payload", "decode_payload", "Entry", "EntryHeader", "VerifyReport", "Damage", "FORMAT_VERSION",
     "HEADER_SIZE",
     "LogError", "ClosedError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",
-    "LogPoisonedError", "FormatError", "TruncatedError", "DamagedLogError",
+    "LogPoisonedError", "FormatError", "TruncatedError", "DamagedLogError", "DamagedSegmentError", "SealedError",
 ]

@@ -23,6 +23,27 @@ class CompactedError(LogError, IndexError):
         super().__init__(f"log index {index} is compacted; the first retained index is {first_index}")
 
 
+class DamagedSegmentError(CorruptEntryError):
+    """Entry `index` lives in the archive and its sealed segment is damaged or missing; names the file and its range."""
+
+    def __init__(self, index: int, path: str, first: int, last: int, reason: str):
+        self.path = path
+        self.first = first
+        self.last = last
+        super().__init__(index, f"archive segment {path} (entries {first}..{last}): {reason}")
+
+
+class SealedError(CompactedError):
+    """truncate_after would remove entries already sealed in the archive; sealed history is never rewritten."""
+
+    def __init__(self, index: int, live_first_index: int):
+        LogError.__init__(self, f"cannot truncate after {index}: entries {index + 1}..{live_first_index - 1} are "
+                                "sealed in the log's archive (only entries from live_first_index "
+                                f"{live_first_index} on can be truncated)")
+        self.index = index
+        self.first_index = live_first_index
+
+
 class FencedError(LogError):
     """This writer's term is no longer the log's current term: another writer took over."""
 

@@ -20,6 +20,7 @@ from .environment import SharedEnv, check_same_process
 from .errors import ClosedError, FormatError, LogError
 from .lmdbfile import STRUCTURAL_ERRORS, damaged
 from .locking import WriterLock, fsync_directory, refuse_network_filesystem
+from .archive import Archive, check_policy
 from .reader import CommittedView, Reader, View
 from .storage import Storage
 from .verification import VerifyReport
@@ -55,6 +56,7 @@ class EventLog:
         os_sync_interval: float = 1.0,
         takeover: bool = False,
         on_commit: Callable[[range], None] | None = None,
+        archive: Archive | None = Archive(),
     ) -> "EventLog":
         """Open (creating if needed, unless readonly) the log at directory `path`.
 
@@ -75,13 +77,19 @@ class EventLog:
         - on_commit: group mode, called on the flusher thread with the range of indexes
           each batch commit has just made durable (for metrics and benchmarks; it must
           return quickly and must not call the log).
+        - archive: where `compact_through` puts the entries it drops. An `Archive` (the
+          default keeps everything) seals them into immutable segments under
+          ``path/archive/`` first, and they stay readable; None deletes them (format
+          version 1's behaviour). TypeError for anything else. Readers always read
+          whatever archive the log has; the policy only matters to a writer.
         """
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {sorted(DURABILITY_MODES)}, got {durability!r}")
+        archive = check_policy(archive)
         return cls(Path(path), durability, readonly, map_size, takeover, on_commit,
-                   (group_window, group_max_batch, os_sync_interval))
+                   (group_window, group_max_batch, os_sync_interval), archive)
 
-    def __init__(self, path, durability, readonly, map_size, takeover, on_commit, background):
+    def __init__(self, path, durability, readonly, map_size, takeover, on_commit, background, archive=Archive()):
         self._path = path
         self._durability = durability
         self._pid = os.getpid()
@@ -102,7 +110,7 @@ class EventLog:
         try:
             self._storage = Storage(path, readonly, map_size, durability)
             if not readonly:
-                self._writer = Writer(self._storage, self._lock, durability, self._pid, on_commit)
+                self._writer = Writer(self._storage, self._lock, durability, self._pid, on_commit, archive)
                 if creating:
                     _fsync_new_names(path, created)
                 self._writer.start_background(*background)
@@ -150,9 +158,20 @@ class EventLog:
 
     @property
     def first_index(self) -> int:
-        """Index of the oldest retained entry; last_index + 1 when the log holds none."""
+        """Index of the oldest readable entry, archived or live; last_index + 1 when the log holds none.
+
+        It moves only when history is really deleted: by a compaction with archive=None or
+        by the archive's retention policy.
+        """
         self._check_open()
         return self._view.first_index
+
+    @property
+    def live_first_index(self) -> int:
+        """Index of the oldest entry still in LMDB (entries first_index..live_first_index - 1
+        are sealed in the archive); last_index + 1 when LMDB holds none."""
+        self._check_open()
+        return self._view.live_first_index
 
     @property
     def last_index(self) -> int:
@@ -253,7 +272,9 @@ class EventLog:
         """Drop every entry after `index` (a conflicting or poisoned suffix), durably.
 
         No-op when index == last_index (and then_append is None). CompactedError if
-        index < first_index - 1; IndexError if index > last_index. The next append gets
+        index < first_index - 1; SealedError (a CompactedError) if index <
+        live_first_index - 1 (sealed history is never rewritten); IndexError if index >
+        last_index. The next append gets
         index + 1 and chains from entry `index` (or from the compaction boundary).
 
         then_append=(op, payload): append that entry as index + 1 in the same
@@ -271,12 +292,16 @@ class EventLog:
         return self._writing().truncate_after(index, then_append)
 
     def compact_through(self, index: int) -> None:
-        """Drop every entry up to and including `index` (a snapshot covers them), durably.
+        """Move every entry up to and including `index` out of LMDB (a snapshot covers them), durably.
 
-        No-op when index < first_index (already compacted). IndexError if index >
-        last_index. Afterwards first_index == index + 1 and term_at(index) still answers
-        from the kept boundary; compacting through last_index leaves an empty log whose
-        next append is index + 1.
+        No-op when index < live_first_index (already compacted). IndexError if index >
+        last_index. Afterwards live_first_index == index + 1. With an archive (the
+        default) the entries are first sealed into durable segments and stay readable
+        (`entry`, `entries`, `term_at`, `verify` see them); the archive's retention may
+        then delete whole oldest segments, moving first_index. With archive=None they are
+        deleted: first_index == index + 1 and term_at(index) still answers from the kept
+        boundary. Compacting through last_index leaves LMDB empty; the next append is
+        index + 1. A crash at any point loses nothing (FORMAT.md, "Sealing").
         """
         self._writing().compact_through(index)
 
@@ -286,7 +311,8 @@ class EventLog:
         """The verified entry at `index`.
 
         CompactedError if index < first_index; IndexError if index < 1 or index >
-        last_index; CorruptEntryError(index) if its bytes or chain link are damaged.
+        last_index; CorruptEntryError(index) if its bytes or chain link are damaged
+        (DamagedSegmentError, naming the file, if its archive segment is damaged or missing).
         """
         self._check_open()
         return self._reader.entry(index)

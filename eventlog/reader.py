@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Callable, Iterator, Protocol
 
 from . import record
-from .errors import CompactedError, CorruptEntryError
+from .archive import ArchiveDir
+from .errors import CompactedError, CorruptEntryError, DamagedSegmentError
 from .storage import Storage
 
 READ_BATCH = 1024  # entries per read transaction: readers never pin pages for long
@@ -24,6 +25,8 @@ class View(Protocol):
     def term(self) -> int: ...
     @property
     def first_index(self) -> int: ...
+    @property
+    def live_first_index(self) -> int: ...
     @property
     def last_index(self) -> int: ...
     @property
@@ -54,6 +57,11 @@ class CommittedView:
     @property
     def first_index(self) -> int:
         with self._storage.read_txn() as txn:
+            return self._storage.bounds(txn).archive_first
+
+    @property
+    def live_first_index(self) -> int:
+        with self._storage.read_txn() as txn:
             return self._storage.bounds(txn).first_index
 
     @property
@@ -74,11 +82,13 @@ class CommittedView:
 
 
 class Reader:
-    """Verified reads of entries and headers in short read transactions."""
+    """Verified reads of entries and headers in short read transactions, across the archive
+    (entries below live_first_index) and LMDB, as one log."""
 
     def __init__(self, storage: Storage, view: View):
         self._storage = storage
         self._view = view
+        self._archive = ArchiveDir(storage.path)
 
     def entry(self, index: int) -> record.Entry:
         for found in self._iter_decoded(index, index + 1, _decode_entry, strict=True):
@@ -99,23 +109,45 @@ class Reader:
             return record.parse_header(index, pending[0])[2]
         with self._storage.read_txn() as txn:
             bounds = self._storage.bounds(txn)
-            if _at_boundary(index, bounds.first_index):
-                return bounds.boundary_term
-            if index > bounds.last_index:
-                raise IndexError(f"term_at({index}): last_index is {bounds.last_index}")
-            value = self._storage.value(txn, index)
-            if value is None:
-                raise CorruptEntryError(index, "entry is missing from the log")
-            return record.parse_header(index, value)[2]
+            if index >= bounds.first_index:
+                if index > bounds.last_index:
+                    raise IndexError(f"term_at({index}): last_index is {bounds.last_index}")
+                value = self._storage.value(txn, index)
+                if value is None:
+                    raise CorruptEntryError(index, "entry is missing from the log")
+                return record.parse_header(index, value)[2]
+        if index == bounds.first_index - 1:
+            return bounds.boundary_term
+        if _at_boundary(index, bounds.archive_first):
+            return bounds.archive_boundary_term
+        loaded = self._archived(index, bounds)
+        return record.parse_header(index, loaded.values[index - loaded.first])[2]
 
     def checksum_at(self, index: int) -> int:
         with self._storage.read_txn() as txn:
             bounds = self._storage.bounds(txn)
-        if _at_boundary(index, bounds.first_index):
+        if index == bounds.first_index - 1:
             return bounds.boundary_checksum
+        if _at_boundary(index, bounds.archive_first):
+            return bounds.archive_boundary_checksum
         for header in self._iter_decoded(index, index + 1, _decode_header, strict=True):
             return header.checksum
         raise IndexError(f"checksum_at({index}): last_index is {self._view.last_index}")
+
+    def _archived(self, index: int, bounds):
+        """The checked segment holding archived entry `index` (archive_first <= index < live first).
+
+        A segment that vanished (retention deleted it since `bounds` were read) is
+        CompactedError once the committed bounds say so; otherwise damage.
+        """
+        try:
+            return self._archive.load(index, bounds.archive_first, bounds.first_index)
+        except DamagedSegmentError:
+            with self._storage.read_txn() as txn:
+                now = self._storage.bounds(txn)
+            if index < now.archive_first:
+                raise CompactedError(index, now.archive_first) from None
+            raise
 
     def _iter_decoded(self, start, stop, decode: Callable, *, strict=False, head_only=False):
         """Yield decode(index, value, stored length, seed) for [start, stop), batch by batch.
@@ -162,24 +194,29 @@ class Reader:
         copied = 0
         storage = self._storage
         with storage.read_txn() as txn:
-            first, _, _, bsum = storage.bounds(txn)
+            bounds = storage.bounds(txn)
+            first, bsum = bounds.first_index, bounds.boundary_checksum
             if lo < first:
-                raise CompactedError(lo, first)
-            if lo == first:
-                seed = bsum
+                archived = True
             else:
-                prev = storage.value(txn, lo - 1)
-                seed = record.stored_checksum(lo - 1, prev) if prev is not None else None
-            for index, value in storage.values_from(txn, lo, exact=True):
-                if index >= hi or copied >= READ_BATCH_BYTES:
-                    break
-                if index != lo + len(batch):
-                    raise CorruptEntryError(lo + len(batch), "entry is missing from the log")
-                copy = record.copy_framed(index, value, head_only)
-                batch.append((index, copy, len(value)))
-                if isinstance(copy, CorruptEntryError):
-                    break  # raised when the reader gets there
-                copied += len(copy)
+                archived = False
+                if lo == first:
+                    seed = bsum
+                else:
+                    prev = storage.value(txn, lo - 1)
+                    seed = record.stored_checksum(lo - 1, prev) if prev is not None else None
+                for index, value in storage.values_from(txn, lo, exact=True):
+                    if index >= hi or copied >= READ_BATCH_BYTES:
+                        break
+                    if index != lo + len(batch):
+                        raise CorruptEntryError(lo + len(batch), "entry is missing from the log")
+                    copy = record.copy_framed(index, value, head_only)
+                    batch.append((index, copy, len(value)))
+                    if isinstance(copy, CorruptEntryError):
+                        break  # raised when the reader gets there
+                    copied += len(copy)
+        if archived:
+            return self._archived_batch(lo, min(hi, first), bounds)
         if len(batch) < hi - lo and copied < READ_BATCH_BYTES:
             start = lo + len(batch)
             batch.extend((i, value, len(value)) for i, value in enumerate(self._view.pending_values(start, hi), start))
@@ -189,6 +226,17 @@ class Reader:
                 raise CorruptEntryError(lo - 1, "entry is missing from the log")
             seed = record.stored_checksum(lo - 1, prev[0])
         return batch, seed
+
+
+    def _archived_batch(self, lo: int, hi: int, bounds) -> tuple[list[tuple[int, object, int]], int]:
+        """Archived entries [lo, hi) from the one segment holding lo (at most READ_BATCH) and lo's seed."""
+        if lo < bounds.archive_first:
+            raise CompactedError(lo, bounds.archive_first)
+        loaded = self._archived(lo, bounds)
+        stop = min(hi, loaded.last + 1, lo + READ_BATCH)
+        values = loaded.values
+        batch = [(i, values[i - loaded.first], len(values[i - loaded.first])) for i in range(lo, stop)]
+        return batch, loaded.seed(lo)
 
 
 def _at_boundary(index: int, first_index: int) -> bool:

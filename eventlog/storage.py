@@ -18,6 +18,10 @@ from .errors import CorruptEntryError, FencedError, FormatError, LogError
 from .meta import Bounds
 
 
+class PrefixChanged(Exception):
+    """The entry a compaction sealed is no longer in LMDB as sealed (truncated and re-appended meanwhile)."""
+
+
 class Storage:
     """One log directory's LMDB environment and its two databases, shared per process (SharedEnv)."""
 
@@ -85,6 +89,18 @@ class Storage:
             raise CorruptEntryError(index, "entry is missing from the log")
         return record.stored_checksum(index, value)
 
+    def term_and_checksum(self, index: int) -> tuple[int | None, int | None]:
+        """(term, stored checksum) of committed entry `index` in LMDB, (None, None) if it is not there.
+
+        CorruptEntryError if its framing is damaged.
+        """
+        with self.read_txn() as txn:
+            value = self.value(txn, index)
+            if value is None:
+                return None, None
+            _, _, term, _, checksum, _ = record.parse_header(index, value)
+            return term, checksum
+
     def values_from(self, txn, start: int, *, exact: bool = False) -> Iterator[tuple[int, object]]:
         """(index, raw value) in key order from `start` (from the next key present unless `exact`)."""
         cursor = txn.cursor(db=self._entries_db)
@@ -105,6 +121,7 @@ class Storage:
             with self.env.begin(write=True) as txn:
                 meta.initialise(txn, self._meta_db, self._entries_db, self.path)
                 meta.check_format(txn, self._meta_db, self.path)
+                meta.upgrade(txn, self._meta_db, self.path)
                 term = self.current_term(txn) + 1
                 meta.write_term(txn, self._meta_db, term)
                 bounds = self.bounds(txn)
@@ -158,12 +175,26 @@ class Storage:
         for i in range(lo, hi):
             txn.delete(record.key(i), db=self._entries_db)
 
-    def drop_prefix(self, txn, first: int, through: int) -> None:
-        """In `txn`: delete entries first..through and make `through` the compaction boundary."""
+    def drop_prefix(self, txn, first: int, through: int, sealed_checksum: int | None = None,
+                    archive: tuple[int, int, int] | None = None) -> tuple[int, int]:
+        """In `txn`: delete entries first..through and make `through` the live boundary.
+
+        sealed_checksum: the stored checksum of entry `through` as it was sealed into the
+        archive; PrefixChanged (nothing deleted) if entry `through` is no longer that
+        entry. archive: (archive_first, its boundary term, checksum) to record, or None
+        to leave the archive boundary as it is. Returns (term, checksum) of `through`.
+        """
         value = self.value(txn, through)
+        if value is None:
+            raise PrefixChanged(through)
         _, _, term, _, checksum, _ = record.parse_header(through, value)
+        if sealed_checksum is not None and checksum != sealed_checksum:
+            raise PrefixChanged(through)
         self.delete_range(txn, first, through + 1)
         meta.write_boundary(txn, self._meta_db, through + 1, term, checksum)
+        if archive is not None:
+            meta.write_archive_boundary(txn, self._meta_db, *archive)
+        return term, checksum
 
     def grow_map(self) -> None:
         """Double the map (waits until no transaction of this process is open)."""

@@ -19,10 +19,12 @@ from . import record
 from .codec import encode_payload
 from .durability import GroupFlusher, PeriodicSyncer
 from .environment import SharedEnv, check_same_process
-from .errors import CompactedError, FencedError
+from .archive import Archive
+from .errors import CompactedError, FencedError, SealedError
 from .health import WriterHealth
 from .locking import WriterLock
-from .storage import Storage
+from .sealing import ArchiveBoundary, Sealer
+from .storage import PrefixChanged, Storage
 from .tail import Tail, Waiter
 
 
@@ -40,7 +42,7 @@ class Writer:
     """
 
     def __init__(self, storage: Storage, lock: WriterLock, durability: str, pid: int,
-                 on_commit: Callable[[range], None] | None):
+                 on_commit: Callable[[range], None] | None, archive: Archive | None = Archive()):
         self._storage = storage
         self._lock = lock
         self._durability = durability
@@ -48,13 +50,17 @@ class Writer:
         self._on_commit = on_commit
         self._generation = SharedEnv.generation
         self.term, bounds, self._last_checksum, damage = storage.start_term()
-        self._first_index = bounds.first_index
+        self._first_index = bounds.first_index  # live: the first entry in LMDB
+        self._archive_first = bounds.archive_first  # the first readable entry
         self.tail = Tail(bounds.last_index)
         self._state = self.tail.lock
         self.committing = threading.Lock()  # one LMDB write transaction at a time
         self.health = WriterHealth(storage.path, damage)
         self.bytes_appended = 0  # stored bytes framed since open; truncation does not subtract
         self._background: GroupFlusher | PeriodicSyncer | None = None
+        self._compacting = threading.Lock()  # one compaction (seal, drop, retention) at a time
+        self._sealer = Sealer(storage, archive)
+        self._sealer.clean(bounds)  # what a crash inside a compaction left behind
         if durability == "os":
             storage.sync()  # the term bump must not be lost behind later entries
 
@@ -70,6 +76,10 @@ class Writer:
 
     @property
     def first_index(self) -> int:
+        return self._archive_first
+
+    @property
+    def live_first_index(self) -> int:
         return self._first_index
 
     @property
@@ -235,8 +245,10 @@ class Writer:
         tail = self.tail
         # The commit lock first: no group commit is in flight while the suffix is decided.
         with self.committing, self._state:
+            if index < self._archive_first - 1:
+                raise CompactedError(index, self._archive_first)
             if index < self._first_index - 1:
-                raise CompactedError(index, self._first_index)
+                raise SealedError(index, self._first_index)
             if index > tail.last_index:
                 raise IndexError(f"truncate_after({index}): last_index is {tail.last_index}")
             if index == tail.last_index and self.health.tail_damage is None and extra is None:
@@ -278,6 +290,8 @@ class Writer:
             self._storage.put_all(txn, framed)
 
     def compact_through(self, index: int) -> None:
+        """Seal entries live_first..index into the archive (unless archive=None), then drop
+        them from LMDB and apply retention, in the order FORMAT.md ("Sealing") gives."""
         self.check_writable()
         # Only the entries it drops must be committed (they are read from storage);
         # waiting for the whole log would wait on entries a concurrent truncation may be removing.
@@ -288,20 +302,54 @@ class Writer:
         # A reader killed inside a read transaction keeps its slot, and the old pages it
         # pinned can never be reused: the file would grow for as long as this writer runs.
         self._storage.reader_check()
+        with self._compacting:
+            while not self._compact_once(index):
+                pass  # entry `index` was rewritten under the seal: seal again
+
+    def _compact_once(self, index: int) -> bool:
+        """One attempt; False if a concurrent truncation rewrote the entries being sealed."""
+        with self._state:
+            if index < self._first_index:
+                return True
+            if index > self.tail.last_index:
+                raise IndexError(f"compact_through({index}): last_index is {self.tail.last_index}")
+            first = self._first_index
+        with self._storage.read_txn() as txn:
+            bounds = self._storage.bounds(txn)
+        sealer = self._sealer
+        sealed = None
+        if sealer.policy is not None:
+            sealer.clean(bounds)
+            # Sealing reads committed entries and writes files: only the compaction lock is
+            # held, so appends and group commits go on meanwhile.
+            sealed = sealer.seal(first, index, bounds.boundary_term, bounds.boundary_checksum)
+        empty_archive = bounds.archive_first == bounds.first_index
         # Only the commit lock is held through the transaction: group-mode appends (which
         # take the state lock alone) go on while a background thread compacts.
         with self.committing:
-            with self._state:
-                if index < self._first_index:
-                    return
-                if index > self.tail.last_index:
-                    raise IndexError(f"compact_through({index}): last_index is {self.tail.last_index}")
-                first = self._first_index
-            self._write(lambda txn: self._storage.drop_prefix(txn, first, index))
+            # Under the commit lock nothing commits between this read and the drop below.
+            through_term, through_checksum = self._storage.term_and_checksum(index)
+            if sealed is not None and through_checksum != sealed.last_checksum:
+                sealer.remove(sealed.names)
+                return False
+            new_archive, doomed = sealer.retention(bounds, index, through_term, through_checksum)
+            if new_archive is None and empty_archive and sealed is not None:
+                new_archive = ArchiveBoundary(first, bounds.boundary_term, bounds.boundary_checksum)
+            try:
+                self._write(lambda txn: self._storage.drop_prefix(
+                    txn, first, index, sealed.last_checksum if sealed else None, new_archive))
+            except PrefixChanged:
+                if sealed is not None:
+                    sealer.remove(sealed.names)
+                return False
             with self._state:
                 self._first_index = index + 1
+                if new_archive is not None:
+                    self._archive_first = new_archive.first
             if self._durability == "os":
                 self._storage.sync()
+        sealer.remove(doomed)  # only now that the new archive boundary is durable
+        return True
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -1,4 +1,6 @@
-"""The event-log contract, written once. Every durability mode subclasses LogContract.
+"""The event-log contract, written once. Every durability mode, with an archive (the
+default: compaction seals history) and without one (archive=None: compaction deletes),
+subclasses LogContract.
 
 Edge cases first, in the spirit of hashicorp/raft's log store tests: empty log, index
 0, the compaction boundary's term, truncate then append, compact everything.
@@ -9,11 +11,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eventlog import ClosedError, CompactedError, CorruptEntryError, EventLog, LogError, decode_payload, encode_payload
+from eventlog import (
+    Archive, ClosedError, CompactedError, CorruptEntryError, EventLog, LogError, SealedError, decode_payload,
+    encode_payload,
+)
 
 
 class LogContract:
     durability: str = "sync"
+    archive: Archive | None = Archive()
+
+    @property
+    def archived(self) -> bool:
+        """Whether compaction keeps history readable (an archive) or deletes it (archive=None)."""
+        return self.archive is not None
 
     @pytest.fixture
     def path(self, tmp_path):
@@ -21,13 +32,13 @@ class LogContract:
 
     @pytest.fixture
     def log(self, path):
-        with EventLog.open(path, durability=self.durability) as log:
+        with EventLog.open(path, durability=self.durability, archive=self.archive) as log:
             yield log
 
     def reopen(self, log):
         path = log.path
         log.close()
-        return EventLog.open(path, durability=self.durability)
+        return EventLog.open(path, durability=self.durability, archive=self.archive)
 
     # --- the empty log -------------------------------------------------------
 
@@ -208,10 +219,13 @@ class LogContract:
         log.compact_through(3)
         assert log.checksum_at(3) == expected[3]  # the boundary answers
         assert log.checksum_at(4) == expected[4]
-        with pytest.raises(CompactedError):
-            log.checksum_at(2)
-        with pytest.raises(CompactedError):
-            log.checksum_at(0)
+        if self.archived:  # sealed entries answer from their segment, index 0 from the archive's boundary
+            assert [log.checksum_at(i) for i in (0, 1, 2)] == [0, expected[1], expected[2]]
+        else:
+            with pytest.raises(CompactedError):
+                log.checksum_at(2)
+            with pytest.raises(CompactedError):
+                log.checksum_at(0)
         log = self.reopen(log)
         try:
             assert [log.checksum_at(i) for i in (3, 4, 6)] == [expected[3], expected[4], expected[6]]
@@ -267,28 +281,39 @@ class LogContract:
     def test_compaction_keeps_the_boundary_term(self, log):
         log.append_many([("op", i) for i in range(5)])
         log.compact_through(3)
-        assert (log.first_index, log.last_index) == (4, 5)
+        assert (log.live_first_index, log.last_index) == (4, 5)
         assert log.term_at(3) == 1  # the boundary answers
-        with pytest.raises(CompactedError):
-            log.term_at(2)
-        with pytest.raises(CompactedError):
-            log.entry(3)
-        with pytest.raises(CompactedError):
-            list(log.entries(2))
-        assert [e.payload for e in log.entries()] == [3, 4]
+        if self.archived:  # nothing was deleted: every read goes on across the archive
+            assert log.first_index == 1
+            assert log.term_at(2) == 1 and log.term_at(0) == 0
+            assert log.entry(3).payload == 2
+            assert [e.payload for e in log.entries(2)] == [1, 2, 3, 4]
+            assert [e.payload for e in log.entries()] == [0, 1, 2, 3, 4]
+        else:
+            assert log.first_index == 4
+            with pytest.raises(CompactedError):
+                log.term_at(2)
+            with pytest.raises(CompactedError):
+                log.entry(3)
+            with pytest.raises(CompactedError):
+                list(log.entries(2))
+            assert [e.payload for e in log.entries()] == [3, 4]
         assert log.verify().ok
 
     def test_compact_everything_then_append(self, log):
         log.append_many([("op", i) for i in range(4)])
         log.compact_through(4)
-        assert (log.first_index, log.last_index) == (5, 4)
-        assert list(log.entries()) == []
+        first = 1 if self.archived else 5
+        assert (log.first_index, log.live_first_index, log.last_index) == (first, 5, 4)
+        assert [e.payload for e in log.entries()] == ([0, 1, 2, 3] if self.archived else [])
         assert log.append("next", "n") == 5
         assert log.entry(5).payload == "n"  # chained from the boundary checksum
         log = self.reopen(log)
         try:
-            assert (log.first_index, log.last_index) == (5, 5)
-            assert log.verify().ok
+            assert (log.first_index, log.live_first_index, log.last_index) == (first, 5, 5)
+            report = log.verify()
+            assert report.ok and report.checked == 6 - first
+            assert (report.first_index, report.live_first_index) == (first, 5)
             assert log.term_at(4) == 1
         finally:
             log.close()
@@ -297,15 +322,62 @@ class LogContract:
         log.append_many([("op", i) for i in range(4)])
         log.compact_through(2)
         log.compact_through(1)  # already compacted: no-op
-        assert log.first_index == 3
+        assert log.live_first_index == 3
+        assert log.first_index == (1 if self.archived else 3)
         with pytest.raises(IndexError):
             log.compact_through(5)
-        with pytest.raises(CompactedError):
-            log.truncate_after(1)
-        log.truncate_after(2)  # truncating back to the boundary empties the log
-        assert (log.first_index, log.last_index) == (3, 2)
+        with pytest.raises(SealedError if self.archived else CompactedError):
+            log.truncate_after(1)  # sealed history is never rewritten; deleted history is gone
+        log.truncate_after(2)  # truncating back to the boundary empties LMDB
+        assert (log.live_first_index, log.last_index) == (3, 2)
         assert log.append("x", 0) == 3
+        assert [(e.op, e.payload) for e in log.entries()] == ([("op", 0), ("op", 1)] if self.archived else []) + [("x", 0)]
         assert log.verify().ok
+
+    def test_compaction_in_steps_reads_as_one_log(self, log):
+        n = 2600  # more than two read batches, compacted in three steps of unequal size
+        log.append_many([("op", i) for i in range(n)])
+        headers = {h.index: h for h in log.headers()}
+        for through in (700, 701, 2100):
+            log.compact_through(through)
+        first = 1 if self.archived else 2101
+        assert (log.first_index, log.live_first_index, log.last_index) == (first, 2101, n)
+        assert [e.payload for e in log.entries()] == list(range(first - 1, n))
+        if self.archived:  # a range across two segments
+            assert [e.payload for e in log.entries(700, 703)] == [699, 700, 701]
+        else:
+            with pytest.raises(CompactedError):
+                list(log.entries(700, 703))
+        assert [h.checksum for h in log.headers(first)] == [headers[i].checksum for i in range(first, n + 1)]
+        assert [h.index for h in log.headers(first, verify=False)] == list(range(first, n + 1))
+        for index in sorted({first, 700, 701, 702, 2100, 2101, n} & set(range(first, n + 1))):
+            assert log.entry(index).checksum == headers[index].checksum
+            assert log.term_at(index) == 1 and log.checksum_at(index) == headers[index].checksum
+        report = log.verify()
+        assert report.ok and report.checked == n - first + 1
+        assert report.segments == (3 if self.archived else 0)
+        with EventLog.open(log.path, readonly=True) as reader:  # another handle reads the same log
+            assert (reader.first_index, reader.live_first_index) == (first, 2101)
+            assert [e.payload for e in reader.entries()] == list(range(first - 1, n))
+
+    def test_terms_of_compacted_entries(self, log):
+        log.append("a", 1)
+        log = self.reopen(log)
+        log.append_many([("b", 2), ("c", 3)])
+        log = self.reopen(log)
+        try:
+            log.append("d", 4)
+            log.compact_through(3)
+            report = log.verify()
+            assert report.ok
+            # replay stats shows each writer start from these: archived terms stay answerable
+            assert report.terms == (((1, 1), (2, 2), (3, 4)) if self.archived else ((3, 4),))
+            assert [log.term_at(i) for i in range(3, 5)] == [2, 3]
+            if self.archived:
+                assert [log.term_at(i) for i in range(0, 5)] == [0, 1, 2, 2, 3]
+                assert [h.term for h in log.headers()] == [1, 2, 2, 3]
+        finally:
+            log.close()
 
     # --- verify and lifecycle ---------------------------------------------------
 

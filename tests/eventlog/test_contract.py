@@ -1,4 +1,5 @@
-"""Runs the shared log contract against every durability mode."""
+"""Runs the shared log contract against every durability mode, with the default archive
+(compaction seals history) and with archive=None (compaction deletes it)."""
 
 from .conformance import LogContract
 
@@ -13,3 +14,18 @@ class TestGroupLog(LogContract):
 
 class TestOsLog(LogContract):
     durability = "os"
+
+
+class TestSyncLogNoArchive(LogContract):
+    durability = "sync"
+    archive = None
+
+
+class TestGroupLogNoArchive(LogContract):
+    durability = "group"
+    archive = None
+
+
+class TestOsLogNoArchive(LogContract):
+    durability = "os"
+    archive = None

@@ -269,10 +269,10 @@ def test_a_newer_format_version_is_refused(tmp_path):
     EventLog.open(path).close()
     env = lmdb.open(str(path), max_dbs=2)
     with env.begin(write=True, db=env.open_db(b"meta")) as txn:
-        txn.put(b"format", struct.pack(">I", 2))
+        txn.put(b"format", struct.pack(">I", 3))
     env.close()
     for readonly in (False, True):
-        with pytest.raises(FormatError, match="format version 2"):
+        with pytest.raises(FormatError, match="format version 3"):
             EventLog.open(path, readonly=readonly)
 
 

@@ -1,0 +1,119 @@
+"""The archive tier: the retention policy users pass, and reading sealed segments.
+
+`Archive` is the policy (`EventLog.open(..., archive=Archive(...))`); `ArchiveDir` is one
+handle's view of ``<log>/archive/``: the listing of segment names (listed again whenever
+an index is not found, since a compaction may have sealed it since) and the most
+recently read segment. Writing is in sealing.py. The rules are in FORMAT.md, "The archive".
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import segment
+from .errors import DamagedSegmentError
+from .segment import Segment, SegmentDamage, SegmentName
+
+ARCHIVE_DIR = "archive"
+
+
+@dataclass(frozen=True)
+class Archive:
+    """How long sealed history is kept. ``Archive()`` keeps everything (the default).
+
+    - keep_bytes: after a compaction, the oldest whole segments are deleted while the
+      archive's files total more than this many bytes (None: no limit).
+    - keep_seconds: ... while the oldest segment's newest entry is older than this
+      (None: no limit).
+    Only whole segments wholly below the compaction point are deleted, oldest first;
+    `first_index` moves to the first entry kept. ``archive=None`` keeps nothing.
+    """
+
+    keep_bytes: int | None = None
+    keep_seconds: float | None = None
+
+    def __post_init__(self):
+        kb = self.keep_bytes
+        if kb is not None and (isinstance(kb, bool) or not isinstance(kb, int) or kb < 0):
+            raise ValueError(f"Archive.keep_bytes must be None or an integer >= 0, got {kb!r}")
+        ks = self.keep_seconds
+        if ks is not None and (isinstance(ks, bool) or not isinstance(ks, (int, float))
+                               or not math.isfinite(ks) or ks < 0):
+            raise ValueError(f"Archive.keep_seconds must be None or a finite number >= 0, got {ks!r}")
+
+    @property
+    def keeps_everything(self) -> bool:
+        return self.keep_bytes is None and self.keep_seconds is None
+
+
+def check_policy(archive) -> Archive | None:
+    """`EventLog.open`'s archive= argument, checked: an Archive or None."""
+    if archive is not None and not isinstance(archive, Archive):
+        raise TypeError(f"archive must be an eventlog.Archive or None, got {type(archive).__name__}")
+    return archive
+
+
+def list_segments(directory: Path) -> list[SegmentName]:
+    """Every segment name in `directory`, in index order ([] when it does not exist)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in map(segment.parse_name, names) if n is not None)
+
+
+class ArchiveDir:
+    """One handle's reads of a log's archive: the listing and the last segment read.
+
+    Used from any thread of its handle; the listing and the cached segment are replaced
+    whole (one assignment each), never mutated.
+    """
+
+    def __init__(self, log_path: Path):
+        self.directory = Path(log_path) / ARCHIVE_DIR
+        self._listing: list[SegmentName] = []
+        self._cached: Segment | None = None
+
+    def find(self, index: int, relist: bool) -> SegmentName | None:
+        """The segment whose range holds `index` (the newest-starting one if several do), or None."""
+        if relist:
+            self._listing = list_segments(self.directory)
+        listing = self._listing
+        at = bisect.bisect_right(listing, SegmentName(index, 2**64)) - 1
+        # Segments do not overlap except after a crash (FORMAT.md): a few steps back suffice.
+        for name in reversed(listing[max(0, at - 3):at + 1]):
+            if name.first <= index <= name.last:
+                return name
+        return None
+
+    def load(self, index: int, archive_first: int, live_first: int) -> Segment:
+        """The checked segment holding entry `index` (archive_first <= index < live_first).
+
+        DamagedSegmentError naming the file and range if it fails a check, or naming the
+        archive directory if no segment holds `index` even after listing again.
+        """
+        cached = self._cached
+        if cached is not None and cached.first <= index <= cached.last:
+            return cached
+        for relist in (False, True):
+            name = self.find(index, relist)
+            if name is None:
+                continue
+            path = self.directory / name.name
+            try:
+                loaded = segment.read_segment(path, name)
+            except FileNotFoundError:
+                continue  # removed since the listing: list again
+            except SegmentDamage as exc:
+                raise DamagedSegmentError(index, str(path), name.first, name.last, str(exc)) from None
+            except OSError as exc:
+                raise DamagedSegmentError(index, str(path), name.first, name.last,
+                                          f"cannot be read ({exc.strerror or exc})") from None
+            self._cached = loaded
+            return loaded
+        raise DamagedSegmentError(index, str(self.directory), archive_first, live_first - 1,
+                                  f"no segment holds entry {index}: a segment file is missing")

@@ -1,0 +1,173 @@
+"""The writer's side of the archive: sealing compacted entries, retention, and cleaning up.
+
+Used only by the writer, under its compaction lock (one compaction at a time), in the
+order FORMAT.md ("The archive", Sealing) numbers: `clean`, `seal`, then the writer's
+drop transaction carrying `retention`'s new archive boundary, then `remove`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from . import record, segment
+from .archive import ARCHIVE_DIR, Archive, list_segments
+from .errors import CorruptEntryError
+from .locking import fsync_directory
+from .meta import Bounds
+from .segment import SegmentDamage, SegmentName
+from .storage import Storage
+
+READ_BATCH = 1024  # entries per read transaction while sealing: the writer's pages are never pinned long
+READ_BATCH_BYTES = 4 * 2**20
+
+
+class ArchiveBoundary(NamedTuple):
+    """What the drop transaction records as the oldest readable entry and the entry before it."""
+
+    first: int
+    term: int
+    checksum: int
+
+
+class Sealed(NamedTuple):
+    """The segments one compaction wrote, and the stored checksum of the last entry they hold."""
+
+    names: list[SegmentName]
+    last_checksum: int
+
+
+class Sealer:
+    """Seals entries of one log into ``<log>/archive/`` and applies the retention policy."""
+
+    def __init__(self, storage: Storage, policy: Archive | None):
+        self._storage = storage
+        self.policy = policy
+        self.directory = storage.path / ARCHIVE_DIR
+        self._headers: dict[SegmentName, tuple[int, int]] = {}  # name -> (last_time_ns, file size)
+
+    def clean(self, bounds: Bounds) -> None:
+        """Remove temp files, segments whose entries are all still live (a crash before the
+        drop), and segments wholly below archive_first (a crash before their unlink)."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(".") and name.endswith(segment.TEMP_SUFFIX):
+                _unlink(self.directory / name)
+        for name in list_segments(self.directory):
+            if name.first >= bounds.first_index or name.last < bounds.archive_first:
+                _unlink(self.directory / name.name)
+                self._headers.pop(name, None)
+
+    def seal(self, first: int, through: int, prev_term: int, prev_checksum: int) -> Sealed:
+        """Write entries first..through (committed, in LMDB) as durable segments.
+
+        Each segment is fsynced under a temp name and renamed; the directory is fsynced
+        once at the end (and the log directory when the archive directory is new), so
+        every name returned survives a power loss. CorruptEntryError if an entry's
+        framing is damaged or one is missing: nothing damaged is sealed.
+        """
+        if not self.directory.is_dir():
+            self.directory.mkdir(exist_ok=True)
+            fsync_directory(self._storage.path)
+        names: list[SegmentName] = []
+        pending: list[bytes] = []
+        pending_bytes = 0
+        start = first
+        index = first
+        checksum = prev_checksum
+        while index <= through:
+            for value in self._read(index, through):
+                if pending and pending_bytes + len(value) + segment.LENGTH.size > segment.TARGET_RAW:
+                    names.append(segment.write_segment(self.directory, start, pending, prev_term, prev_checksum))
+                    prev_term = record.parse_header(index - 1, pending[-1])[2]
+                    prev_checksum = checksum
+                    pending, pending_bytes, start = [], 0, index
+                pending.append(value)
+                pending_bytes += len(value) + segment.LENGTH.size
+                checksum = record.stored_checksum(index, value)
+                index += 1
+        if pending:
+            names.append(segment.write_segment(self.directory, start, pending, prev_term, prev_checksum))
+        fsync_directory(self.directory)
+        return Sealed(names, checksum)
+
+    def _read(self, lo: int, through: int) -> list[bytes]:
+        """Copies of the stored values lo.. (one short read transaction's worth), framing checked."""
+        out, copied = [], 0
+        storage = self._storage
+        with storage.read_txn() as txn:
+            for index, value in storage.values_from(txn, lo, exact=True):
+                if index > through or len(out) >= READ_BATCH or copied >= READ_BATCH_BYTES:
+                    break
+                if index != lo + len(out):
+                    break
+                copy = record.copy_framed(index, value)
+                if isinstance(copy, CorruptEntryError):
+                    raise copy
+                out.append(copy)
+                copied += len(copy)
+        if not out:
+            raise CorruptEntryError(lo, "entry is missing from the log; it cannot be sealed")
+        return out
+
+    def retention(self, bounds: Bounds, through: int, through_term: int, through_checksum: int
+                  ) -> tuple[ArchiveBoundary | None, list[SegmentName]]:
+        """The archive boundary after compacting through `through` and the segments to remove after the drop.
+
+        None as the boundary means "unchanged". archive=None removes every segment and
+        the boundary becomes the new live boundary. A policy deletes oldest whole
+        segments below through + 1 (FORMAT.md); if the first kept segment fails its
+        checks, nothing is deleted (its header would give the new boundary).
+        """
+        listing = list_segments(self.directory)
+        if self.policy is None:
+            return ArchiveBoundary(through + 1, through_term, through_checksum), listing
+        if self.policy.keeps_everything:
+            return None, []
+        segments = [n for n in listing if n.first >= bounds.archive_first and n.last <= through]
+        info = []
+        for name in segments:
+            if name not in self._headers:
+                try:
+                    self._headers[name] = segment.read_header(self.directory / name.name, name)
+                except (SegmentDamage, OSError):
+                    return None, []  # decide nothing on a header that cannot be read
+            info.append(self._headers[name])
+        total = sum(size for _, size in info)
+        cutoff = None
+        if self.policy.keep_seconds is not None:
+            cutoff = time.time_ns() - int(self.policy.keep_seconds * 1e9)
+        doomed = 0
+        while doomed < len(segments) and (
+                (self.policy.keep_bytes is not None and total > self.policy.keep_bytes)
+                or (cutoff is not None and info[doomed][0] < cutoff)):
+            total -= info[doomed][1]
+            doomed += 1
+        if doomed == 0:
+            return None, []
+        if doomed == len(segments):
+            return ArchiveBoundary(through + 1, through_term, through_checksum), segments
+        kept = segments[doomed]
+        try:
+            first_kept = segment.read_segment(self.directory / kept.name, kept)
+        except (SegmentDamage, OSError):
+            return None, []
+        return ArchiveBoundary(kept.first, first_kept.prev_term, first_kept.prev_checksum), segments[:doomed]
+
+    def remove(self, names: list[SegmentName]) -> None:
+        """Unlink segments the committed archive boundary no longer covers (or a failed compaction's)."""
+        for name in names:
+            _unlink(self.directory / name.name)
+            self._headers.pop(name, None)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
