@@ -113,7 +113,7 @@ def load_state(path: str | os.PathLike, into: Mapping[str, Any], at: int | None 
                                  "(0 is the initial state)")
         store = snapshots.SnapshotStore(store_dir, workers=4)
         try:
-            exact, skipped, nearest = _exact_snapshot(log, store, index)
+            exact, skipped, nearest = snapshots_at(log, store, index)
             for info in exact:
                 try:
                     tree = store.load(info, only=tuple(wanted), like=_layout(into, wanted), strict=False)
@@ -174,21 +174,29 @@ def _components(into: Any) -> dict[str, str]:
         raise LoadStateError(f"into= must map component names to live components: {exc}") from None
 
 
-def _exact_snapshot(log, store, index: int) -> tuple[list, list[tuple[str, str]], int | None]:
-    """(candidates exactly at `index` that belong to the log's history, newest term first;
-    (id, reason) of those refused; index of the newest snapshot before `index` or None)."""
+def snapshots_at(log, store, index: int) -> tuple[list, list[tuple[str, str]], int | None]:
+    """(infos of the snapshots exactly at `index` that a Journal wrote for the log's
+    history, newest term first; (id, reason) of those refused; the index of the newest
+    snapshot before `index`, or None). Manifests only: chunks are checked when read."""
     exact, refused, nearest = [], [], None
     for info in store.list():
         if info.index < index:
             nearest = info.index
         elif info.index == index:
-            reason = ("not written by a replay Journal" if journal_index(info.meta) != info.index
-                      else history_mismatch(log, info))
+            reason = refusal(log, info)
             if reason is None:
                 exact.append(info)
             else:
                 refused.append((info.manifest_id, reason))
     return exact[::-1], refused, nearest
+
+
+def refusal(log, info) -> str | None:
+    """Why snapshot `info` is not a state of `log`'s run (not a Journal's, another
+    history), or None when it is one."""
+    if journal_index(info.meta) != info.index:
+        return "not written by a replay Journal"
+    return history_mismatch(log, info)
 
 
 def _layout(into: Mapping[str, Any], kinds: dict[str, str]) -> dict[str, Any]:

@@ -194,7 +194,8 @@ class StoreReader:
                     return Damage(ref.id, f"cannot allocate {ref.raw_len} bytes to check it: {e}")
 
             damage = tuple(d for d in self._pool.map_all(check, manifest.chunks) if d is not None)
-        report = VerifyReport(name, len(manifest.chunks), sum(c.raw_len for c in manifest.chunks), damage)
+        report = VerifyReport(name, len(manifest.chunks), sum(c.raw_len for c in manifest.chunks), damage,
+                              SnapshotInfo.from_manifest(manifest))
         return report, (None if damage else manifest)
 
     def newest_verified(self) -> tuple[SnapshotInfo | None, list[VerifyReport]]:

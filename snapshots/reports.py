@@ -1,6 +1,20 @@
 """What the store hands back: snapshot infos, listings and the reports of verify and prune.
 
 Every type here is a frozen value: nothing a caller holds changes under it.
+
+Size vocabulary (one set of words wherever a snapshot's size is shown: SnapshotInfo,
+VerifyReport, and the `replay snapshots`, `replay stats` and `replay verify` commands):
+
+- **logical**: the bytes of its tensors (elements x item size, summed), before
+  deduplication and compression: what loading it allocates;
+- **stored**: the on-disk bytes of every chunk file it uses plus its manifest file;
+  a chunk shared with other snapshots counts in each (deleting this snapshot alone
+  frees at most this much);
+- **written**: the stored bytes this snapshot added when it was saved: its new chunk
+  files and its manifest (an unchanged state costs only the manifest).
+
+A verification also reads each distinct chunk once; how many raw bytes that was is
+`VerifyReport.bytes_checked`, a measure of work, not a size of the snapshot.
 """
 
 from __future__ import annotations
@@ -41,6 +55,10 @@ class SnapshotInfo:
             manifest_id=m.name, meta=m.meta, tensors=len(m.tensors), chunks=len(m.chunks),
         )
 
+    def sizes(self) -> dict[str, int]:
+        """{"logical", "stored", "written"}: the three sizes, in the module doc's words."""
+        return {"logical": self.bytes_logical, "stored": self.bytes_stored, "written": self.bytes_written}
+
 
 @dataclass(frozen=True)
 class Damage:
@@ -55,12 +73,17 @@ class Damage:
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """The outcome of checking one snapshot: `ok` (and truth) iff `damage` is empty."""
+    """The outcome of checking one snapshot: `ok` (and truth) iff `damage` is empty.
+
+    `chunks_checked` distinct chunks were read, `bytes_checked` raw bytes of them (work
+    done, not a size: module doc); `info` is the snapshot's info (its sizes in the
+    module doc's words) when its manifest read back, else None."""
 
     manifest_id: str
     chunks_checked: int
     bytes_checked: int
     damage: tuple[Damage, ...]
+    info: SnapshotInfo | None = None
 
     @property
     def ok(self) -> bool:
@@ -71,7 +94,8 @@ class VerifyReport:
 
     def __str__(self) -> str:
         if self.ok:
-            return f"snapshot {self.manifest_id}: ok ({self.chunks_checked} chunks, {self.bytes_checked} bytes)"
+            sizes = "" if self.info is None else "; " + ", ".join(f"{k} {n} B" for k, n in self.info.sizes().items())
+            return f"snapshot {self.manifest_id}: ok ({self.chunks_checked} chunks checked{sizes})"
         return f"snapshot {self.manifest_id}: damaged: {'; '.join(map(str, self.damage))}"
 
     @classmethod

@@ -14,6 +14,6 @@ both refuse to run beside a live writer.
 
 from __future__ import annotations
 
-from . import diff, log, retention, show, state, stats, tail, truncate, verify
+from . import diff, export, log, retention, show, state, stats, tail, truncate, verify
 
-COMMANDS = (log, show, verify, stats, tail, retention, state, diff, truncate)
+COMMANDS = (log, show, verify, stats, tail, retention, state, diff, export, truncate)

@@ -3,10 +3,14 @@
 The state is rebuilt at min(I, J), copied, then replayed on to max(I, J): one
 reconstruction, every entry in between applied once. Per tensor: how many elements
 differ, the largest absolute change and the L2 norm of the change (in float64).
+`--only PREFIX` (repeatable) keeps the names equal to a prefix or under it
+(``model`` keeps ``model.0.weight``; dotted names as `replay state` writes them);
+`--top K` lists the K largest changes by norm, largest first.
 """
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import torch
@@ -14,7 +18,7 @@ import torch
 from replay.recovery import Replayer
 
 from .args import index_arg
-from .errors import EXIT_OK
+from .errors import EXIT_OK, CliError
 from .output import Column, Output
 from .source import open_source
 from .state import add_user_code_options, base_name, rebuild, tensors_by_name
@@ -41,12 +45,15 @@ def add_parser(sub, parents) -> None:
     p.add_argument("j", type=index_arg, metavar="J", help="... compared with the state right after entry J")
     add_user_code_options(p)
     p.add_argument("--all", action="store_true", help="list unchanged tensors too")
+    p.add_argument("--only", action="append", metavar="PREFIX", type=prefix_arg,
+                   help="only names equal to PREFIX or under it (repeatable, or comma separated)")
+    p.add_argument("--top", type=top_arg, metavar="K", help="the K largest changes by norm, largest first")
     p.set_defaults(run=run)
 
 
 def run(args, out: Output) -> int:
-    ops = load_ops(args.ops)
-    state, kinds = load_state(args.state)
+    ops = load_ops(args.ops, args.import_timeout)
+    state, kinds = load_state(args.state, args.import_timeout)
     lo, hi = sorted((args.i, args.j))
     progress = False if out.as_json else None
     with open_source(args.dir) as src:
@@ -58,8 +65,13 @@ def run(args, out: Output) -> int:
         after = tensors_by_name(state)
     if args.i > args.j:
         before, after = after, before  # report the change from I to J, as asked
-    rows = compare(before, after)
+    prefixes = [p for group in args.only or () for p in group]
+    rows = [r for r in compare(before, after) if not prefixes or under(r["name"], prefixes)]
+    if prefixes and not rows:
+        raise CliError(f"--only {', '.join(prefixes)}: no state entry has that name or lies under it")
     shown = rows if args.all else [r for r in rows if r["status"] != "unchanged"]
+    if args.top is not None:
+        shown = sorted(shown, key=lambda r: -1.0 if r["norm"] is None else r["norm"], reverse=True)[:args.top]
     if not out.as_json:
         changed = sum(r["status"] != "unchanged" for r in rows)
         out.line(f"{changed} of {len(rows)} state entries changed between index {args.i} and {args.j} "
@@ -67,6 +79,30 @@ def run(args, out: Output) -> int:
     if shown or out.as_json:
         out.table(COLUMNS, shown)
     return EXIT_OK
+
+
+def prefix_arg(text: str) -> list[str]:
+    """argparse type: one or more comma-separated dotted prefixes."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(parts) or any(p.startswith(".") or p.endswith(".") for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a dotted name prefix (e.g. model or model.encoder)")
+    return parts
+
+
+def top_arg(text: str) -> int:
+    """argparse type: K >= 1."""
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"--top takes a count >= 1, got {text!r}")
+    return k
+
+
+def under(name: str, prefixes: list[str]) -> bool:
+    """Whether a dotted name equals one of `prefixes` or lies under it."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def compare(before, after) -> list[dict[str, Any]]:

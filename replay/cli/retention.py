@@ -16,7 +16,10 @@ from .output import Column, Output
 from .source import log_dir, open_source
 from .summary import iso_time, local_time
 
-LIST_HELP = "list snapshots: index, term, size, compression ratio, incremental bytes"
+LIST_HELP = "list snapshots: index, term, sizes (logical, stored, written), compression ratio"
+SIZES_NOTE = ("Sizes: logical = bytes of the tensors before deduplication and compression; stored = on-disk "
+              "bytes of the chunk files it uses plus its manifest (shared chunks count in each snapshot); "
+              "written = stored bytes this snapshot added when saved.")
 PRUNE_HELP = "delete snapshots beyond the retention and chunks no snapshot uses"
 
 SNAPSHOT_COLUMNS = [
@@ -34,8 +37,7 @@ SNAPSHOT_COLUMNS = [
 
 
 def add_parser(sub, parents) -> None:
-    p = sub.add_parser("snapshots", parents=parents, help=LIST_HELP, description=LIST_HELP +
-                       ". 'written' is what the save that made it wrote (its incremental cost).")
+    p = sub.add_parser("snapshots", parents=parents, help=LIST_HELP, description=LIST_HELP + ". " + SIZES_NOTE)
     p.add_argument("dir", help="journal directory")
     p.add_argument("--verify", action="store_true", help="also hash-check every chunk of each snapshot")
     p.set_defaults(run=run_list)
@@ -46,6 +48,11 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--keep-last", type=int, default=3, metavar="K", help="snapshots to keep (default 3, the Journal's default)")
     p.add_argument("--keep-every", type=int, metavar="M", help="also keep every snapshot whose index is a multiple of M")
     p.set_defaults(run=run_prune)
+
+
+def size_words(info) -> str:
+    """'logical 259.9 KiB, stored 140.5 KiB, written 12.0 KiB': the three sizes, one vocabulary."""
+    return ", ".join(f"{word} {human_bytes(n)}" for word, n in info.sizes().items())
 
 
 def snapshot_row(info) -> dict:

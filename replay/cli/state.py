@@ -25,15 +25,19 @@ from .args import index_arg
 from .errors import EXIT_OK
 from .output import Output
 from .source import open_source
-from .userspec import load_ops, load_state
+from .userspec import USER_CODE_NOTE, add_import_timeout, load_ops, load_state
 
 HELP = "rebuild the state at an index (snapshot + replay) and export its tensors to safetensors"
 
 
-def add_user_code_options(p) -> None:
-    p.add_argument("--ops", required=True, metavar="MODULE:ATTR", help="the journal's replay.Ops (or a function returning it)")
-    p.add_argument("--state", required=True, metavar="MODULE:FACTORY",
+def add_user_code_options(p, required: bool = True) -> None:
+    """--ops, --state and --import-timeout; the user-code note goes into the command's help."""
+    p.add_argument("--ops", required=required, metavar="MODULE:ATTR",
+                   help="the journal's replay.Ops (or a function returning it)")
+    p.add_argument("--state", required=required, metavar="MODULE:FACTORY",
                    help="a function returning a fresh state of the journal's layout")
+    add_import_timeout(p)
+    p.epilog = USER_CODE_NOTE
 
 
 def add_parser(sub, parents) -> None:
@@ -79,37 +83,43 @@ def tensors_by_name(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], 
     return tensors, values
 
 
-def run(args, out: Output) -> int:
+def write_safetensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> int:
+    """Write `tensors` (CPU copies are made) to `path` through a temporary name and a
+    rename, so a failure leaves no partial file; returns the tensor bytes written."""
     from safetensors.torch import save_file
 
-    ops = load_ops(args.ops)
-    state, kinds = load_state(args.state)
-    with open_source(args.dir) as src:
-        rebuilt = rebuild(src, args.at, ops, state, kinds, progress=False if out.as_json else None)
-        term = src.log.term_at(args.at)
-    tensors, values = tensors_by_name(state)
     export = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-    metadata = {
-        "replay.index": str(args.at), "replay.term": str(term),
-        "replay.snapshot": base_name(rebuilt) or "",
-        "replay.values": json.dumps(values, default=repr, sort_keys=True),
-    }
-    target = Path(args.out)
+    target = Path(path)
     temp = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
         save_file(export, str(temp), metadata=metadata)
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
-    size = sum(t.numel() * t.element_size() for t in export.values())
+    return sum(t.numel() * t.element_size() for t in export.values())
+
+
+def run(args, out: Output) -> int:
+    ops = load_ops(args.ops, args.import_timeout)
+    state, kinds = load_state(args.state, args.import_timeout)
+    with open_source(args.dir) as src:
+        rebuilt = rebuild(src, args.at, ops, state, kinds, progress=False if out.as_json else None)
+        term = src.log.term_at(args.at)
+    tensors, values = tensors_by_name(state)
+    metadata = {
+        "replay.index": str(args.at), "replay.term": str(term),
+        "replay.snapshot": base_name(rebuilt) or "",
+        "replay.values": json.dumps(values, default=repr, sort_keys=True),
+    }
+    size = write_safetensors(args.out, tensors, metadata)
     skipped = [f"{sid} ({reason})" for sid, reason in rebuilt.damaged_snapshots]
     if out.as_json:
         out.record({"index": args.at, "term": term, "snapshot": metadata["replay.snapshot"] or None,
                     "replayed": [rebuilt.replayed.start, rebuilt.replayed.stop] if len(rebuilt.replayed) else [],
-                    "skipped_snapshots": skipped, "tensors": len(export), "bytes": size, "out": str(target)})
+                    "skipped_snapshots": skipped, "tensors": len(tensors), "bytes": size, "out": str(args.out)})
     else:
         source = f"snapshot {base_name(rebuilt)}" if rebuilt.snapshot is not None else "the --state factory's initial state"
         out.line(f"state at index {args.at}: from {source}, replayed {len(rebuilt.replayed)} entries"
                  + (f"; skipped damaged snapshot(s) {', '.join(skipped)}" if skipped else ""))
-        out.line(f"wrote {len(export)} tensors ({human_bytes(size)}) to {target}")
+        out.line(f"wrote {len(tensors)} tensors ({human_bytes(size)}) to {args.out}")
     return EXIT_OK

@@ -1,10 +1,12 @@
 """`replay stats DIR`: entries, bytes, ops histogram, terms (each restart), snapshots, and an
-estimate of how long recovery would replay from the newest snapshot.
+estimate of how long recovery would replay from the newest sound snapshot.
 
 The estimate uses only what the log records: the writer's median time between
-consecutive entries of one term, times the entries after the newest snapshot. It is the
-pace the run wrote at (forward, backward and data loading included), so replay, which
-skips waiting for data, is usually no slower.
+consecutive entries of one term, times the entries after the newest snapshot that
+verifies (the one recovery would load; damaged newer ones are named and passed over,
+which is why this reads that snapshot's chunks). It is the pace the run wrote at
+(forward, backward and data loading included), so replay, which skips waiting for data,
+is usually no slower. Snapshot sizes use the vocabulary of `replay snapshots`.
 """
 
 from __future__ import annotations
@@ -59,11 +61,12 @@ def run(args, out: Output) -> int:
                 gaps.append(row.time_ns - previous.time_ns)
             previous = row
         snaps = snapshot_rows(src.store) if src.store is not None else []
+        sound, damaged_snaps = src.store.latest_verified() if src.store is not None else (None, [])
     data_file = src.log_path / "data.mdb"
     summary = {"section": "log", "path": str(src.log_path), "first_index": first, "last_index": last,
                "entries": sum(counts.values()), "payload_bytes": payload_total, "header_bytes": header_total,
                "file_bytes": os.path.getsize(data_file), "damaged": damaged}
-    estimate = _estimate(snaps, last, gaps)
+    estimate = _estimate(sound, [r.manifest_id for r in damaged_snaps], bool(snaps), last, gaps)
     if out.as_json:
         out.record(summary)
         for op, n in counts.most_common():
@@ -97,18 +100,27 @@ def run(args, out: Output) -> int:
     return EXIT_DAMAGE if damaged else EXIT_OK
 
 
-def _estimate(snaps: list[dict], last: int, gaps: list[int]) -> dict:
-    base = max((s["index"] for s in snaps), default=0)
+def _estimate(sound, damaged: list[str], any_snapshot: bool, last: int, gaps: list[int]) -> dict:
+    """The replay estimate from `sound` (the newest snapshot that verifies, or None),
+    naming the damaged newer snapshots passed over."""
+    base = sound.index if sound is not None else 0
     pending = max(last - base, 0)
     per_entry = statistics.median(gaps) / 1e9 if gaps else None
     seconds = pending * per_entry if per_entry is not None else None
-    source = f"snapshot at index {base}" if snaps else "the start of the log"
+    if sound is not None:
+        source = f"snapshot {sound.manifest_id} (index {base})"
+    else:
+        source = "the start of the log" + (" (no snapshot verifies)" if any_snapshot else "")
+    if damaged:
+        source += f", passing over damaged snapshot(s) {', '.join(damaged)}"
     if seconds is None:
         text = f"replay from {source}: {pending} entries (no timing to estimate from)"
     else:
         text = (f"estimated replay from {source}: {pending} entries, ~{_duration(seconds)} "
                 f"(at the writer's median {per_entry * 1e3:.2f} ms per entry)")
-    return {"from_index": base, "entries": pending, "seconds_per_entry": per_entry, "seconds": seconds, "text": text}
+    return {"from_index": base, "from_snapshot": sound.manifest_id if sound is not None else None,
+            "damaged_snapshots": damaged, "entries": pending, "seconds_per_entry": per_entry, "seconds": seconds,
+            "text": text}
 
 
 def _duration(seconds: float) -> str:
