@@ -167,7 +167,8 @@ class Sealer:
 
 
 def _unlink(path: Path) -> None:
+    """Remove a segment or temp file; a directory in its place is left for verify to report."""
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
         pass
