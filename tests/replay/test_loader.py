@@ -283,3 +283,32 @@ def test_cursor_epoch_length_is_part_of_its_identity_and_old_snapshots_still_loa
     for bad in (0, 11, 2.0, True):
         with pytest.raises(ValueError, match="epoch_length"):
             DataCursor(10, epoch_length=bad)
+
+
+def test_a_batch_keeps_its_type_and_start_through_pin_memorys_mapping_path():
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    batch = Batch([3, 1], 77, {"x": "not a tensor", "n": 2}, start=40)
+    pinned = pin_memory(batch)  # DataLoader's pin_memory thread runs this on every batch
+    assert type(pinned) is Batch and pinned.start == 40 and pinned.payload == {"ids": [3, 1], "seed": 77}
+    assert pinned.inputs == batch.inputs
+
+
+def test_persistent_workers_replan_from_the_cursor_on_every_pass():
+    cursor, reference = DataCursor(SAMPLES, seed=5), DataCursor(SAMPLES, seed=5)
+    loader = JournaledLoader(Augmented(), cursor, batch_size=4, collate_fn=collate, num_workers=2,
+                             persistent_workers=True)
+    for batch in loader:  # a pass abandoned after two batches (its prefetched ones are dropped)
+        cursor.consume(batch.ids)
+        reference.consume(batch.ids)
+        if cursor.position == 8:
+            break
+    seen = []
+    for _ in range(2):  # the rest of epoch 0, then all of epoch 1: the same workers, planned anew
+        for batch in loader:
+            assert batch.ids == reference.peek(len(batch.ids))
+            assert bits(loader.rebuild(**batch.payload)) == bits(batch.inputs)
+            cursor.consume(batch.ids)
+            reference.consume(batch.ids)
+            seen.append(len(batch.ids))
+    assert seen == [4, 4, 4, 2] + [4, 4, 4, 4, 4, 2] and (cursor.epoch, cursor.position) == (2, 0)
