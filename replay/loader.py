@@ -77,7 +77,8 @@ from torch.utils.data import DataLoader, default_collate
 from .data import DataCursor
 from .rng import derive_seed, seeded_rng
 
-BUILD_SALT = 0x6C6F6164  # the batch is built under seeded_rng(seed, BUILD_SALT): a stream the handler's seeded_rng(seed) does not share
+# A batch is built under seeded_rng(seed, BUILD_SALT): a stream the handler's seeded_rng(seed) does not share.
+BUILD_SALT = 0x6C6F6164
 
 _OWN_OPTIONS = ("sampler", "batch_sampler", "shuffle", "batch_size", "drop_last")
 
@@ -284,6 +285,7 @@ def _stale_message(batch: Batch, cursor: DataCursor) -> str:
         why = ("the previous batch was not consumed: its apply failed or was skipped, or its handler did not "
                "call consume(ids)")
     else:
-        why = "the cursor is already past it: the loader was iterated before the journal recovered, or the cursor moved elsewhere"
+        why = ("the cursor is already past it: the loader was iterated before the journal recovered, or the cursor "
+               "moved elsewhere")
     return (f"the loader's next batch starts at sample {batch.start} (ids {batch.ids[:8]}...), but the cursor has "
             f"consumed {cursor.consumed} ({cursor!r}): {why}. Iterate the loader again to continue from the cursor.")

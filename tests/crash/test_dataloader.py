@@ -121,7 +121,7 @@ def trainer(root, out_fd: int, plain: bool = False, detach_workers: str | None =
 
 
 def _detach(out_fd: int, pids: str, worker_id: int) -> None:
-    """In a worker: record the pid in `pids`; close every descriptor of the report and stderr pipes, stderr to /dev/null."""
+    """In a worker: record the pid in `pids`; close the report and stderr pipes (stderr to /dev/null)."""
     with open(pids, "a") as f:
         f.write(f"{os.getpid()}\n")
     pipes = {os.fstat(out_fd).st_ino, os.fstat(2).st_ino}

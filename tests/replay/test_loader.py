@@ -1,4 +1,4 @@
-"""JournaledLoader: a standard DataLoader under a Journal; the order is the cursor's, replay rebuilds batches bit for bit."""
+"""JournaledLoader: a DataLoader under a Journal; the order is the cursor's, replay rebuilds batches bit for bit."""
 
 from __future__ import annotations
 
