@@ -38,7 +38,7 @@ def add_parser(sub, parents) -> None:
 def run(args, out: Output) -> int:
     with open_source(args.dir) as src:
         log = src.log
-        first, last = log.first_index, log.last_index
+        first, last, live_first = log.first_index, log.last_index, log.live_first_index
         counts, op_bytes = Counter(), Counter()
         terms: dict[int, dict] = {}
         gaps: list[int] = []
@@ -63,7 +63,8 @@ def run(args, out: Output) -> int:
         snaps = snapshot_rows(src.store) if src.store is not None else []
         sound, damaged_snaps = src.store.latest_verified() if src.store is not None else (None, [])
     data_file = src.log_path / "data.mdb"
-    summary = {"section": "log", "path": str(src.log_path), "first_index": first, "last_index": last,
+    summary = {"section": "log", "path": str(src.log_path), "first_index": first, "live_first_index": live_first,
+               "last_index": last,
                "entries": sum(counts.values()), "payload_bytes": payload_total, "header_bytes": header_total,
                "file_bytes": os.path.getsize(data_file), "damaged": damaged}
     estimate = _estimate(sound, [r.manifest_id for r in damaged_snaps], bool(snaps), last, gaps)
@@ -81,6 +82,8 @@ def run(args, out: Output) -> int:
     out.line(f"log {src.log_path}: entries {first}..{last} ({summary['entries']} readable), "
              f"{human_bytes(payload_total)} payload + {human_bytes(header_total)} headers, "
              f"{human_bytes(summary['file_bytes'])} on disk (data.mdb, includes free pages)")
+    if live_first > first:
+        out.line(f"entries {first}..{live_first - 1} archived (sealed segments; compaction moved them out of LMDB)")
     if damaged:
         out.line(f"damaged entries: {', '.join(map(str, damaged))} (run `replay verify`)", style="bold red")
     total = sum(counts.values()) or 1

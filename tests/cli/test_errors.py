@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import pytest
 
+from eventlog import EventLog
 from tests.cli import tinyjob
 from tests.cli.conftest import OPS, cli
 
 
 @pytest.fixture(scope="module")
 def compacted(tmp_path_factory):
-    """A journal whose log was compacted through its only retained snapshot (index 20)."""
+    """A journal whose history through its only retained snapshot (index 20) was deleted:
+    compacted with no archive (the default archive would keep it readable)."""
     path = tmp_path_factory.mktemp("compacted") / "run"
-    tinyjob.write(path, 25, keep_last=1, keep_log=False)
+    tinyjob.write(path, 25, keep_last=1)
+    with EventLog.open(path / "log", archive=None) as log:
+        log.compact_through(20)
     return path
+
+
+def test_archived_history_reads_as_the_log(tmp_path):
+    """Compaction into the default archive deletes nothing: the CLI reads across it."""
+    path = tmp_path / "run"
+    tinyjob.write(path, 25, keep_last=1, keep_log=False)
+    with EventLog.open(path / "log", readonly=True) as log:
+        assert log.first_index == 1 and log.live_first_index == 21  # sealed 1..20, live 21..25
+    shown = cli("show", path, 5)
+    assert shown.returncode == 0 and "entry 5" in shown.stdout, shown.stderr
+    assert len(cli("log", path).stdout.splitlines()) == 25
+    stats = cli("stats", path)
+    assert "entries 1..25" in stats.stdout and "entries 1..20 archived" in stats.stdout
 
 
 def one_line_error(result, *fragments: str) -> None:

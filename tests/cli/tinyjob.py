@@ -12,6 +12,7 @@ certainly still running, however slowly the machine starts them.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -59,10 +60,16 @@ def payload(i: int) -> tuple[str, dict]:
 
 
 def write(path, steps: int, delay: float = 0.0, snapshot_every: int = 10, keep_last: int = 3,
-          keep_log: bool = True, start: int = 0, durability: str = "sync", go: str | None = None) -> None:
+          keep_log: bool = True, start: int = 0, durability: str = "sync", go: str | None = None,
+          snapshot_on_close: bool = False) -> None:
+    """Apply ops start..start+steps-1 under a journal at `path`. Closing adds no snapshot
+    unless asked (the CLI tests pin the layout: snapshots every `snapshot_every` only)."""
+    options = {}
+    if "snapshot_on_close" in inspect.signature(replay.Journal.open).parameters:
+        options["snapshot_on_close"] = snapshot_on_close
     with replay.Journal.open(path, state=make_state(), ops=ops, snapshot=replay.Every(entries=snapshot_every),
                              keep_last=keep_last, keep_log=keep_log, async_snapshots=False,
-                             durability=durability) as journal:
+                             durability=durability, **options) as journal:
         for i in range(start, start + steps):
             op, kwargs = payload(i)
             journal.apply(op, **kwargs)
