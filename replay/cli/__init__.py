@@ -4,11 +4,13 @@ One module per subcommand (or close group); each has ``add_parser(sub, parents)`
 registers its arguments and sets ``run(args, out) -> exit status``. Support modules:
 `source` (opening readonly), `output` (JSON lines / rich / plain), `entries` (listing
 rows), `summary` (payload and tensor summaries), `args` (index and time checks),
-`userspec` (importing --ops/--state),
+`userspec` (importing --ops/--state, refusing a module that runs a script when imported),
 `errors` (exit statuses). Dispatch and error reporting live in `main`.
 
 Readers never write: the log is opened readonly (no lock, no term bump, short read
-transactions). `prune` and `truncate` are the only commands that change anything, and
+transactions). `export` writes only its --out file, and at a snapshot's index imports no
+user code. Snapshot sizes are said in one vocabulary everywhere (logical, stored,
+written: snapshots/reports.py). `prune` and `truncate` are the only commands that change anything, and
 both refuse to run beside a live writer.
 """
 
