@@ -77,24 +77,26 @@ class Sealer:
         names: list[SegmentName] = []
         pending: list[bytes] = []
         pending_bytes = 0
-        start = first
         index = first
-        checksum = prev_checksum
         while index <= through:
             for value in self._read(index, through):
                 if pending and pending_bytes + len(value) + segment.LENGTH.size > segment.TARGET_RAW:
-                    names.append(segment.write_segment(self.directory, start, pending, prev_term, prev_checksum))
-                    prev_term = record.parse_header(index - 1, pending[-1])[2]
-                    prev_checksum = checksum
-                    pending, pending_bytes, start = [], 0, index
+                    prev_term, prev_checksum = self._flush(names, index - len(pending), pending, prev_term, prev_checksum)
+                    pending, pending_bytes = [], 0
                 pending.append(value)
                 pending_bytes += len(value) + segment.LENGTH.size
-                checksum = record.stored_checksum(index, value)
                 index += 1
         if pending:
-            names.append(segment.write_segment(self.directory, start, pending, prev_term, prev_checksum))
+            prev_term, prev_checksum = self._flush(names, index - len(pending), pending, prev_term, prev_checksum)
         fsync_directory(self.directory)
-        return Sealed(names, checksum)
+        return Sealed(names, prev_checksum)
+
+    def _flush(self, names: list, start: int, pending: list, prev_term: int, prev_checksum: int) -> tuple[int, int]:
+        """Seal `pending` as entries start..; return (term, checksum) of its last entry, the next seed."""
+        names.append(segment.write_segment(self.directory, start, pending, prev_term, prev_checksum))
+        last = start + len(pending) - 1
+        _, _, term, _, checksum, _ = record.parse_header(last, pending[-1])
+        return term, checksum
 
     def _read(self, lo: int, through: int) -> list[bytes]:
         """Copies of the stored values lo.. (one short read transaction's worth), framing checked."""
