@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import segment
-from .errors import DamagedSegmentError
+from . import record, segment
+from .errors import DamagedSegmentError, LogError
 from .segment import Segment, SegmentDamage, SegmentName
 
 ARCHIVE_DIR = "archive"
@@ -77,6 +77,14 @@ class ArchiveDir:
         self.directory = Path(log_path) / ARCHIVE_DIR
         self._listing: list[SegmentName] = []
         self._cached: Segment | None = None
+        self._before: tuple[int, int] | None = None  # (last index, its checksum) of the segment read before
+
+    def checksum_before(self, first: int) -> int | None:
+        """The checksum of entry first - 1 if the segment read before the current one ended
+        there (a sequential scan), else None. Sealed entries never change, so it is still
+        the checksum the segment starting at `first` must chain from."""
+        before = self._before
+        return before[1] if before is not None and before[0] == first - 1 else None
 
     def find(self, index: int, relist: bool) -> SegmentName | None:
         """The segment whose range holds `index` (the newest-starting one if several do), or None."""
@@ -113,6 +121,11 @@ class ArchiveDir:
             except OSError as exc:
                 raise DamagedSegmentError(index, str(path), name.first, name.last,
                                           f"cannot be read ({exc.strerror or exc})") from None
+            if cached is not None:
+                try:
+                    self._before = (cached.last, record.stored_checksum(cached.last, cached.values[-1]))
+                except LogError:
+                    self._before = None
             self._cached = loaded
             return loaded
         raise DamagedSegmentError(index, str(self.directory), archive_first, live_first - 1,

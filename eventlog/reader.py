@@ -236,7 +236,13 @@ class Reader:
         stop = min(hi, loaded.last + 1, lo + READ_BATCH)
         values = loaded.values
         batch = [(i, values[i - loaded.first], len(values[i - loaded.first])) for i in range(lo, stop)]
-        return batch, loaded.seed(lo)
+        seed = None
+        if lo == loaded.first:
+            # Chain the segment to what precedes it rather than trusting its own header, where
+            # that is known without another read: the archive's boundary, or the segment read
+            # just before (a scan). A self-consistent segment of another log then fails here.
+            seed = bounds.archive_boundary_checksum if lo == bounds.archive_first else self._archive.checksum_before(lo)
+        return batch, loaded.seed(lo) if seed is None else seed
 
 
 def _at_boundary(index: int, first_index: int) -> bool:

@@ -31,7 +31,7 @@ import pytest
 import xxhash
 import zstandard
 
-from eventlog import DamagedSegmentError, EventLog, LogError, reader as reader_module, segment
+from eventlog import CorruptEntryError, DamagedSegmentError, EventLog, LogError, reader as reader_module, segment
 from eventlog.archive import list_segments
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_archive]
@@ -262,6 +262,38 @@ def test_a_damaged_segment_is_reported_naming_the_file_and_range(master, tmp_pat
     assert len(report.damage) == 1, report.damage  # the entries after it still chain from their own seeds
     assert report.checked == 60 - (victim.last - victim.first + 1)
     assert peak < 48 * 2**20, f"reading the damaged segment allocated {peak} bytes"
+
+
+@pytest.mark.timeout(60)
+def test_a_self_consistent_segment_of_another_log_breaks_the_chain(master, tmp_path):
+    """A segment swapped for another log's (same range, valid checksum, its own entries
+    chained among themselves) is caught where it meets the entries before it."""
+    import shutil
+
+    source, names = master
+    path, other = tmp_path / "log", tmp_path / "other"
+    shutil.copytree(source, path, ignore=shutil.ignore_patterns("lock.mdb", "*.lock"))
+    with EventLog.open(other) as log:  # same ranges, different entries (another term and time)
+        log.append("first", 0)
+        log.append_many([("step", payload(i)) for i in range(2, 61)])
+        for name in names:
+            saved = segment.TARGET_RAW
+            segment.TARGET_RAW = 10**9
+            try:
+                log.compact_through(name.last)
+            finally:
+                segment.TARGET_RAW = saved
+    for victim in (names[0], names[len(names) // 2]):
+        copy = tmp_path / f"log-{victim.first}"
+        shutil.copytree(path, copy)
+        shutil.copy(other / "archive" / victim.name, copy / "archive" / victim.name)
+        # A foreign first segment chains from 0 like ours: it shows where the next one starts.
+        caught = victim.first if victim.first > 1 else victim.last + 1
+        with EventLog.open(copy, readonly=True) as log:
+            with pytest.raises(CorruptEntryError, match=f"log entry {caught} is corrupt: checksum mismatch"):
+                list(log.entries())
+            report = log.verify()
+        assert [d.index for d in report.damage][:1] == [caught], report.damage
 
 
 # ------------------------------------------------------------------ a reader across the archive, live
