@@ -12,7 +12,7 @@ import struct
 import lmdb
 import pytest
 
-from eventlog import Archive, CompactedError, EventLog, FORMAT_VERSION, segment
+from eventlog import Archive, CompactedError, EventLog, FORMAT_VERSION, LogError, segment
 from eventlog import sealing, writer as writer_module
 from eventlog.archive import list_segments
 
@@ -243,3 +243,54 @@ def test_a_version_1_log_reads_and_a_writer_upgrades_it(tmp_path):
         with pytest.raises(CompactedError):
             log.entry(3)
         assert log.term_at(3) == 1 and log.verify().ok
+
+
+def test_a_truncation_while_entries_are_sealed_makes_the_compaction_seal_again(tmp_path, monkeypatch):
+    """Sealing holds only the compaction lock: a truncation may rewrite the entries being
+    sealed. The drop notices (entry `through` is not the sealed one), removes the stale
+    segments and seals again; nothing stale is ever archived."""
+    path = tmp_path / "log"
+    log = EventLog.open(path)
+    _fill(log, 10)
+    real_seal = sealing.Sealer.seal
+    calls = []
+
+    def seal_then_rewrite(self, first, through, prev_term, prev_checksum):
+        sealed = real_seal(self, first, through, prev_term, prev_checksum)
+        if not calls:  # the first attempt: entries 6.. are rewritten under it
+            log.truncate_after(5)
+            log.append_many([("rewritten", {"i": i}) for i in range(6, 11)])
+        calls.append(sealed.names)
+        return sealed
+
+    monkeypatch.setattr(sealing.Sealer, "seal", seal_then_rewrite)
+    try:
+        log.compact_through(8)
+        assert len(calls) == 2, "the stale seal was not detected"
+        assert (log.first_index, log.live_first_index) == (1, 9)
+        assert [e.op for e in log.entries()] == ["step"] * 5 + ["rewritten"] * 5
+        assert _segments(path) == calls[1]
+        assert log.verify().ok
+    finally:
+        log.close()
+
+
+@pytest.mark.parametrize("record_name, value", [
+    (b"archive_first", b"garbage"), (b"archive_boundary_checksum", b""), (b"archive_first", struct.pack(">Q", 99)),
+])
+def test_a_damaged_archive_record_is_damage_naming_it(tmp_path, record_name, value):
+    path = tmp_path / "log"
+    with EventLog.open(path) as log:
+        _fill(log, 10)
+        log.compact_through(5)
+    env = lmdb.open(str(path), max_dbs=2)
+    with env.begin(write=True, db=env.open_db(b"meta")) as txn:
+        txn.put(record_name, value)
+    env.close()
+    with EventLog.open(path, readonly=True) as reader:
+        report = reader.verify()
+        assert not report.ok and report.damage[0].index == 0
+        expected = "archive starts at 99" if value == struct.pack(">Q", 99) else record_name.decode()
+        assert expected in report.damage[0].reason, report.damage[0].reason
+        with pytest.raises(LogError, match=expected):
+            list(reader.entries())
