@@ -3,8 +3,8 @@
 One training loop (a small MLP with dropout, AdamW, batches of 64 augmented 3x32x32
 samples, a collate_fn, 2 DataLoader workers), three ways:
 
-- ``plain``: ``torch.utils.data.DataLoader(shuffle=True, persistent_workers=True)``, epoch
-  after epoch, the step called directly,
+- ``plain``: ``torch.utils.data.DataLoader`` with a RandomSampler over as many epochs as
+  the steps need (one pass, so the workers start once), the step called directly,
   dropout from the global RNG (what a user writes without this library);
 - ``loader``: `replay.loader.JournaledLoader` (order from a DataCursor, batches built
   under ``seeded_rng`` on one intra-op thread) and the same step called directly, with
@@ -13,7 +13,8 @@ samples, a collate_fn, 2 DataLoader workers), three ways:
   group durability (the default snapshot policy; the journal's share on top).
 
 Steady-state steps/s is timed from the first batch's arrival (the workers' start is
-reported apart, as ``startup_s``). Rounds are interleaved and the median reported. The
+reported apart, as ``startup_s``). CPU time per step, of the main process and of the
+workers, is reported beside it: on a shared machine it is the steadier figure. Rounds are interleaved and the median reported. The
 main process runs one intra-op thread (``--threads``): on 2 cores beside 2 busy
 workers, a second OpenMP thread only spins (a step took 5x longer with it here).
 
@@ -23,6 +24,8 @@ Run: ``python -m bench dataloader [--steps N] [--rounds R]``. Results: bench/res
 from __future__ import annotations
 
 import argparse
+import gc
+import resource
 import statistics
 import sys
 import time
@@ -80,7 +83,9 @@ def _step(model, optim, x, y):
 
 
 def _timed(batches, step, steps: int) -> dict:
-    started = time.perf_counter()
+    """Run `steps` steps; wall time from the first batch on, and CPU time of this process and of
+    the workers (counted once the exhausted iterator has joined them)."""
+    started, cpu, workers = time.perf_counter(), time.process_time(), _children_cpu()
     first = None
     for n, batch in enumerate(batches):
         step(batch)
@@ -89,20 +94,33 @@ def _timed(batches, step, steps: int) -> dict:
         if n + 1 == steps:
             break
     ended = time.perf_counter()
-    return {"startup_s": round(first - started, 3), "steps_per_s": round((steps - 1) / (ended - first), 2)}
+    main_cpu = time.process_time() - cpu
+    batches.close()  # releases the DataLoader iterator, which joins its workers
+    gc.collect()
+    return {"startup_s": round(first - started, 3), "steps_per_s": round((steps - 1) / (ended - first), 2),
+            "main_cpu_ms_per_step": round(main_cpu / steps * 1e3, 3),
+            "worker_cpu_ms_per_step": round((_children_cpu() - workers) / steps * 1e3, 3)}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _plain(steps: int) -> dict:
     model, optim = _model()
-    loader = torch.utils.data.DataLoader(Images(), batch_size=BATCH, shuffle=True, collate_fn=collate,
-                                         num_workers=WORKERS, generator=torch.Generator().manual_seed(0),
-                                         persistent_workers=True)  # no worker restart per epoch, as the endless loader
+    images = Images()
+    # One pass of as many shuffled epochs as the steps need: no worker restart per epoch,
+    # as with the endless JournaledLoader.
+    sampler = torch.utils.data.RandomSampler(images, num_samples=steps * BATCH,
+                                             generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(images, batch_size=BATCH, sampler=sampler, collate_fn=collate,
+                                         num_workers=WORKERS, generator=torch.Generator().manual_seed(0))
 
-    def endless():
-        while True:
-            yield from loader
+    def batches():
+        yield from loader
 
-    return _timed(endless(), lambda b: _step(model, optim, *b), steps)
+    return _timed(batches(), lambda b: _step(model, optim, *b), steps)
 
 
 def _journaled_parts():
@@ -123,7 +141,7 @@ def _journaled_parts():
 def _loader(steps: int) -> dict:
     state, loader, ops = _journaled_parts()
     handler = ops.spec("train_step").handler
-    return _timed(iter(loader), lambda batch: handler(state, **batch), steps)
+    return _timed(iter(loader), lambda batch: handler(state, **batch), steps)  # iter() is a generator
 
 
 def _journaled(work: Workdir, steps: int) -> dict:
@@ -134,8 +152,8 @@ def _journaled(work: Workdir, steps: int) -> dict:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench dataloader", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="steps per measurement (default 300)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    parser.add_argument("--steps", type=int, default=150, help="steps per measurement (default 150)")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds; the median is reported (default 6)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of the main process (default 1)")
     parser.add_argument("--dir", default="/tmp/bench-dataloader")
     args = parser.parse_args(argv)
@@ -152,19 +170,22 @@ def main(argv: list[str]) -> int:
             for mode in MODES[r % 3:] + MODES[:r % 3]:  # rotate the order: no mode always runs first
                 rounds[mode].append(_journaled(work, args.steps) if mode == "journaled"
                                     else (_plain if mode == "plain" else _loader)(args.steps))
+        keys = ("steps_per_s", "startup_s", "main_cpu_ms_per_step", "worker_cpu_ms_per_step")
         for mode, runs in rounds.items():
-            results["modes"][mode] = {
-                "steps_per_s": statistics.median(r["steps_per_s"] for r in runs),
-                "startup_s": statistics.median(r["startup_s"] for r in runs),
-                "rounds_steps_per_s": [r["steps_per_s"] for r in runs],
-            }
-        plain = results["modes"]["plain"]["steps_per_s"]
+            results["modes"][mode] = {key: statistics.median(r[key] for r in runs) for key in keys}
+            results["modes"][mode]["rounds_steps_per_s"] = [r["steps_per_s"] for r in runs]
+        plain = results["modes"]["plain"]
         for mode in MODES:
-            results["modes"][mode]["ratio_to_plain"] = round(results["modes"][mode]["steps_per_s"] / plain, 3)
-        print(f"{'mode':<10} {'steps/s':>9} {'vs plain':>9} {'startup s':>10}   rounds")
+            row = results["modes"][mode]
+            row["ratio_to_plain"] = round(row["steps_per_s"] / plain["steps_per_s"], 3)
+            row["cpu_ratio_to_plain"] = round((row["main_cpu_ms_per_step"] + row["worker_cpu_ms_per_step"])
+                                              / (plain["main_cpu_ms_per_step"] + plain["worker_cpu_ms_per_step"]), 3)
+        print(f"{'mode':<10} {'steps/s':>9} {'vs plain':>9} {'main cpu ms':>12} {'worker cpu ms':>14} "
+              f"{'cpu vs plain':>13} {'startup s':>10}   rounds (steps/s)")
         for mode, row in results["modes"].items():
-            print(f"{mode:<10} {fmt(row['steps_per_s']):>9} {row['ratio_to_plain']:>9.3f} {fmt(row['startup_s']):>10}"
-                  f"   {row['rounds_steps_per_s']}")
+            print(f"{mode:<10} {fmt(row['steps_per_s']):>9} {row['ratio_to_plain']:>9.3f} "
+                  f"{fmt(row['main_cpu_ms_per_step']):>12} {fmt(row['worker_cpu_ms_per_step']):>14} "
+                  f"{row['cpu_ratio_to_plain']:>13.3f} {fmt(row['startup_s']):>10}   {row['rounds_steps_per_s']}")
     finally:
         work.close()
     finish(results, REPO / "bench" / "results" / "dataloader.json", started, time.time())
