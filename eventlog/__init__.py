@@ -100,7 +100,7 @@ from .errors import (
     LogPoisonedError,
     TruncatedError,
 )
-from .archive import Archive
+from .archive import Archive, SegmentInfo
 from .codec import decode_payload, encode_payload
 from .locking import writer_pid
 from .log import EventLog
@@ -109,7 +109,7 @@ from .record import HEADER_SIZE, Entry, EntryHeader
 from .verification import Damage, VerifyReport
 
 __all__ = [
-    "EventLog", "Archive", "writer_pid", "encode_payload", "decode_payload", "Entry", "EntryHeader", "VerifyReport", "Damage", "FORMAT_VERSION",
+    "EventLog", "Archive", "SegmentInfo", "writer_pid", "encode_payload", "decode_payload", "Entry", "EntryHeader", "VerifyReport", "Damage", "FORMAT_VERSION",
     "HEADER_SIZE",
     "LogError", "ClosedError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",
     "LogPoisonedError", "FormatError", "TruncatedError", "DamagedLogError", "DamagedSegmentError", "SealedError",

@@ -13,6 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from . import record, segment
 from .errors import DamagedSegmentError, LogError
@@ -55,6 +56,30 @@ def check_policy(archive) -> Archive | None:
     if archive is not None and not isinstance(archive, Archive):
         raise TypeError(f"archive must be an eventlog.Archive or None, got {type(archive).__name__}")
     return archive
+
+
+class SegmentInfo(NamedTuple):
+    """One sealed segment file as listed: its path, its entries first..last and its size on disk."""
+
+    path: Path
+    first: int
+    last: int
+    size: int
+
+
+def segment_infos(directory: Path, first: int, live_first: int) -> list[SegmentInfo]:
+    """The segments holding entries first..live_first - 1, in index order (leftovers of a
+    crash, outside that range, are not listed); a file that vanished meanwhile is skipped."""
+    out = []
+    for name in list_segments(directory):
+        if name.last < first or name.first >= live_first:
+            continue
+        try:
+            size = os.lstat(directory / name.name).st_size
+        except FileNotFoundError:
+            continue
+        out.append(SegmentInfo(directory / name.name, name.first, name.last, size))
+    return out
 
 
 def list_segments(directory: Path) -> list[SegmentName]:

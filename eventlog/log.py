@@ -20,7 +20,7 @@ from .environment import SharedEnv, check_same_process
 from .errors import ClosedError, FormatError, LogError
 from .lmdbfile import STRUCTURAL_ERRORS, damaged
 from .locking import WriterLock, fsync_directory, refuse_network_filesystem
-from .archive import Archive, check_policy
+from .archive import ARCHIVE_DIR, Archive, SegmentInfo, check_policy, segment_infos
 from .reader import CommittedView, Reader, View
 from .storage import Storage
 from .verification import VerifyReport
@@ -357,6 +357,14 @@ class EventLog:
         """
         self._check_open()
         return self._reader.checksum_at(index)
+
+    def segments(self) -> list[SegmentInfo]:
+        """The archive's sealed segments holding entries first_index..live_first_index - 1, in
+        index order: (path, first, last, size on disk). [] without an archive. For reports
+        (sizes, counts); reads never need it. Segments are listed, not verified (`verify` does).
+        """
+        self._check_open()
+        return segment_infos(self._path / ARCHIVE_DIR, self.first_index, self.live_first_index)
 
     def verify(self) -> VerifyReport:
         """Check every entry's framing and checksum, the chain, contiguity and terms.

@@ -294,3 +294,19 @@ def test_a_damaged_archive_record_is_damage_naming_it(tmp_path, record_name, val
         assert expected in report.damage[0].reason, report.damage[0].reason
         with pytest.raises(LogError, match=expected):
             list(reader.entries())
+
+
+def test_segments_lists_the_archive_for_reports(tmp_path, small_segments):
+    path = tmp_path / "log"
+    with EventLog.open(path) as log:
+        assert log.segments() == []
+        _fill(log, 30)
+        log.compact_through(20)
+        listed = log.segments()
+        assert [(s.first, s.last) for s in listed] == [(n.first, n.last) for n in _segments(path)]
+        assert listed[0].first == 1 and listed[-1].last == 20
+        assert all(s.size == s.path.stat().st_size > segment.HEADER_SIZE for s in listed)
+        (path / "archive" / segment.SegmentName(21, 25).name).write_bytes(b"leftover")  # still live: not listed
+        assert log.segments() == listed
+    with EventLog.open(path, readonly=True) as reader:
+        assert reader.segments() == listed
