@@ -63,6 +63,35 @@ class Sealer:
                 _unlink(self.directory / name.name)
                 self._headers.pop(name, None)
 
+    def prepare(self, bounds: Bounds, through: int) -> Sealed | None:
+        """Steps 1-2 of a compaction through `through`: clean up, then seal the live entries
+        up to it (None with archive=None: nothing is sealed)."""
+        if self.policy is None:
+            return None
+        self.clean(bounds)
+        return self.seal(bounds.first_index, through, bounds.boundary_term, bounds.boundary_checksum)
+
+    def decide(self, bounds: Bounds, through: int, sealed: Sealed | None, through_entry: tuple
+               ) -> tuple[ArchiveBoundary | None, list[SegmentName]] | None:
+        """Under the writer's commit lock, given (term, checksum) of entry `through` in LMDB now:
+        None if it is not the entry sealed (a truncation rewrote it: the stale segments are
+        removed, the caller seals again); else the archive boundary the drop records (None:
+        unchanged) and the segments to remove once it is durable."""
+        term, checksum = through_entry
+        if sealed is not None and checksum != sealed.last_checksum:
+            self.discard(sealed)
+            return None
+        boundary, doomed = self.retention(bounds, through, term, checksum)
+        if boundary is None and sealed is not None and bounds.archive_first == bounds.first_index:
+            # The archive was empty: it now starts with the first entry sealed.
+            boundary = ArchiveBoundary(bounds.first_index, bounds.boundary_term, bounds.boundary_checksum)
+        return boundary, doomed
+
+    def discard(self, sealed: Sealed | None) -> None:
+        """Remove the segments of a compaction that did not drop its entries."""
+        if sealed is not None:
+            self.remove(sealed.names)
+
     def seal(self, first: int, through: int, prev_term: int, prev_checksum: int) -> Sealed:
         """Write entries first..through (committed, in LMDB) as durable segments.
 

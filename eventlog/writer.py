@@ -23,7 +23,7 @@ from .archive import Archive
 from .errors import CompactedError, FencedError, SealedError
 from .health import WriterHealth
 from .locking import WriterLock
-from .sealing import ArchiveBoundary, Sealer
+from .sealing import Sealer
 from .storage import PrefixChanged, Storage
 from .tail import Tail, Waiter
 
@@ -316,31 +316,22 @@ class Writer:
             first = self._first_index
         with self._storage.read_txn() as txn:
             bounds = self._storage.bounds(txn)
-        sealer = self._sealer
-        sealed = None
-        if sealer.policy is not None:
-            sealer.clean(bounds)
-            # Sealing reads committed entries and writes files: only the compaction lock is
-            # held, so appends and group commits go on meanwhile.
-            sealed = sealer.seal(first, index, bounds.boundary_term, bounds.boundary_checksum)
-        empty_archive = bounds.archive_first == bounds.first_index
+        # Sealing reads committed entries and writes files under the compaction lock only:
+        # appends and group commits go on meanwhile.
+        sealed = self._sealer.prepare(bounds, index)
         # Only the commit lock is held through the transaction: group-mode appends (which
         # take the state lock alone) go on while a background thread compacts.
         with self.committing:
             # Under the commit lock nothing commits between this read and the drop below.
-            through_term, through_checksum = self._storage.term_and_checksum(index)
-            if sealed is not None and through_checksum != sealed.last_checksum:
-                sealer.remove(sealed.names)
+            decided = self._sealer.decide(bounds, index, sealed, self._storage.term_and_checksum(index))
+            if decided is None:
                 return False
-            new_archive, doomed = sealer.retention(bounds, index, through_term, through_checksum)
-            if new_archive is None and empty_archive and sealed is not None:
-                new_archive = ArchiveBoundary(first, bounds.boundary_term, bounds.boundary_checksum)
+            new_archive, doomed = decided
             try:
                 self._write(lambda txn: self._storage.drop_prefix(
                     txn, first, index, sealed.last_checksum if sealed else None, new_archive))
             except PrefixChanged:
-                if sealed is not None:
-                    sealer.remove(sealed.names)
+                self._sealer.discard(sealed)
                 return False
             with self._state:
                 self._first_index = index + 1
@@ -348,7 +339,7 @@ class Writer:
                     self._archive_first = new_archive.first
             if self._durability == "os":
                 self._storage.sync()
-        sealer.remove(doomed)  # only now that the new archive boundary is durable
+        self._sealer.remove(doomed)  # only now that the new archive boundary is durable
         return True
 
     # ------------------------------------------------------------------ lifecycle
