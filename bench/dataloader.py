@@ -172,7 +172,7 @@ def main(argv: list[str]) -> int:
                                     else (_plain if mode == "plain" else _loader)(args.steps))
         keys = ("steps_per_s", "startup_s", "main_cpu_ms_per_step", "worker_cpu_ms_per_step")
         for mode, runs in rounds.items():
-            results["modes"][mode] = {key: statistics.median(r[key] for r in runs) for key in keys}
+            results["modes"][mode] = {key: round(statistics.median(r[key] for r in runs), 3) for key in keys}
             results["modes"][mode]["rounds_steps_per_s"] = [r["steps_per_s"] for r in runs]
         plain = results["modes"]["plain"]
         for mode in MODES:
