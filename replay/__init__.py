@@ -14,8 +14,9 @@
 Guarantees (numbered in replay/INVARIANTS.md): an entry is in the log before its effect is visible and
 ``flush()`` makes every applied entry durable; a snapshot at i holds exactly entries
 1..i and never commits beyond the durable index; recovery loads the newest verified
-snapshot and replays every later entry once, in order, to the same bytes; the log is
-compacted only through the oldest retained snapshot; unknown ops, rejected payloads,
+snapshot and replays every later entry once, in order, to the same bytes; compaction
+never deletes the entries a fallback to an older snapshot needs (they move to the log's
+archive, or stay); unknown ops, rejected payloads,
 checksum failures, version mismatches and divergences stop recovery naming the index;
 a handler that raises in a live apply leaves no entry and no half-mutated state behind.
 

@@ -199,12 +199,19 @@ def _verify_log(log: EventLog, found: _Findings) -> int | None:
     terms = ", ".join(f"{t} from {i}" for t, i in report.terms) or "none"
     found.add({"check": "terms", "terms": [{"term": t, "first_index": i} for t, i in report.terms]},
               f"  terms: {terms}")
+    # Two boundaries since the tiered log: entries below first_index were deleted (by a
+    # compaction without an archive, or the archive's retention) and cannot be read;
+    # first_index..live_first_index - 1 are sealed in the archive and read like the rest.
+    live = max(report.live_first_index, report.first_index)
     if report.first_index > 1:
-        boundary = (f"  compaction boundary: entries through {report.first_index - 1} compacted "
+        boundary = (f"  compaction boundary: entries through {report.first_index - 1} deleted "
                     f"(boundary term {report.boundary_term}, its checksum seeds entry {report.first_index})")
     else:
-        boundary = "  compaction boundary: none (the log starts at entry 1)"
-    found.add({"check": "boundary", "compacted_through": report.first_index - 1,
+        boundary = "  compaction boundary: none deleted (the log starts at entry 1)"
+    if live > report.first_index:
+        boundary += (f"; entries {report.first_index}..{live - 1} archived in {report.segments} sealed "
+                     f"segment(s), LMDB holds {live}..{report.last_index}")
+    found.add({"check": "boundary", "compacted_through": report.first_index - 1, "archived_through": live - 1,
                "boundary_term": report.boundary_term}, boundary)
     for damage in report.damage:
         found.add({"check": "entry", "index": damage.index, "reason": damage.reason},
@@ -267,6 +274,10 @@ def _verify_snapshots(store, found: _Findings, progress: bool | None) -> tuple[l
 def _check_meeting(log: EventLog, first: int, sound: list, unchecked: list, found: _Findings) -> None:
     """Invariant 4: a sound snapshot covers the compaction boundary, none is ahead of the
     log, each carries the term the log has at its index, each was written by a Journal.
+
+    The boundary is what was really deleted (`first`, the first *readable* entry): entries
+    LMDB dropped into the archive are still readable, so a snapshot anywhere from
+    first - 1 on can start recovery.
 
     `first` was read before the snapshots were listed; `last` is read now, after. An
     unchecked snapshot (committed during the run) may be the one that covers."""

@@ -71,15 +71,33 @@ class EnvelopeError(ReplayError):
 
 
 class DivergenceError(ReplayError):
-    """Replay recomputed a state digest that differs from the digest entry at `index`."""
+    """Replay recomputed a state digest that differs from the digest entry at `index`.
 
-    def __init__(self, index: int, expected: int, actual: int):
+    A digest checks only the entries before it: the state after `last_good` (the previous
+    digest that matched, or the snapshot replay started from) was right, and some entry
+    in ``last_good + 1 .. index - 1`` replayed differently from the live run. Entries
+    after `index` are not checked by it (the next digest does). Recover by fixing the
+    handler's nondeterminism, then dropping the unverifiable entries with
+    ``replay truncate DIR --after <last_good>`` (``replay.truncate(path, after=last_good)``);
+    a loop written with ``journal.count()`` redoes those steps.
+    """
+
+    def __init__(self, index: int, expected: int, actual: int, last_good: int | None = None):
         self.index = index
         self.expected = expected
         self.actual = actual
+        self.last_good = last_good
+        if last_good is None:
+            todo = "fix the handler's nondeterminism, then truncate the log after the last good index"
+        else:
+            todo = (f"the state was last verified at index {last_good}, so one of entries {last_good + 1}..{index - 1} "
+                    f"replayed differently. Fix the handler's nondeterminism, then run "
+                    f"`replay truncate DIR --after {last_good}` (replay.truncate(path, after={last_good})) to drop "
+                    "the entries that cannot be replayed; a loop over range(journal.count(), N) redoes them")
         super().__init__(
             f"log entry {index}: state digest {actual:#018x} differs from the recorded {expected:#018x}; "
-            "some handler before it is not deterministic (global RNG, unordered iteration, nondeterministic kernels?)"
+            f"some handler before it is not deterministic (global RNG, unordered iteration, nondeterministic "
+            f"kernels, inputs= that differ from their rebuild?). {todo}"
         )
 
 

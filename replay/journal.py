@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import snapshots
 import torch
-from eventlog import EventLog, FormatError, LogPoisonedError, decode_payload, encode_payload
+from eventlog import Archive, EventLog, FormatError, LogPoisonedError, decode_payload, encode_payload
 
 from . import components, failpoints
 from .determinism import DeterministicGuard, state_digest
@@ -65,6 +65,8 @@ class Journal:
         progress: bool | None = None,
         device=None,
         takeover: bool = False,
+        snapshot_on_close: bool = True,
+        archive: Archive | None = Archive(),
     ) -> "Journal":
         """Open (creating if needed) the journal at directory `path` and recover `state` in place.
 
@@ -83,12 +85,21 @@ class Journal:
             digest_every: after every user entry whose index is a multiple of N, append a
                 digest entry that replay re-checks.
             keep_last: snapshots retained.
-            keep_log: never compact the log (an audit trail of every entry).
+            keep_log: never compact the log: every entry stays in LMDB.
+            archive: where compaction moves the log's entries (passed to EventLog.open).
+                An `eventlog.Archive` (the default keeps everything): the log is compacted
+                through the newest snapshot, its history sealed into archive segments that
+                recovery and every reader still read, so a damaged newest snapshot is passed
+                over by replaying archived entries. None: compaction deletes entries, so it
+                goes only through the oldest retained snapshot (invariant 4).
             async_snapshots: False makes policy snapshots block the apply that triggers them.
             progress: a replay progress bar (None: only for long replays on a TTY).
             device: where payload tensors go before a handler sees them (default: the
                 device of the first tensor in the state).
             takeover: passed to EventLog.open (fence a hung writer).
+            snapshot_on_close: `close()` snapshots the last index (incremental; skipped when
+                a snapshot exists there), so a run's final state is a snapshot and the next
+                open replays nothing. `abandon()` never does.
 
         Returns:
             The open Journal. ``journal.recovery`` says which snapshot was loaded (damaged
@@ -124,9 +135,10 @@ class Journal:
         replayer = Replayer(ops, state, torch.device(device) if device is not None else None, kinds)
         log, store, recovery, resources = _open_and_recover(root, replayer, keep_last=keep_last, durability=durability,
                                                             takeover=takeover, deterministic=deterministic,
-                                                            progress=progress)
+                                                            progress=progress, archive=archive)
         journal = cls(root, replayer, log, store, recovery, resources, policy=snapshot,
-                      digest_every=digest_every, keep_log=keep_log, async_snapshots=async_snapshots)
+                      digest_every=digest_every, keep_log=keep_log, async_snapshots=async_snapshots,
+                      snapshot_on_close=snapshot_on_close, archived=archive is not None)
         if recovery.uncounted:
             warnings.warn(f"{root}: {recovery.uncounted} entries under a snapshot that predates step counts are no "
                           "longer in the log; journal.count() counts them as user entries (replay.counting)",
@@ -144,7 +156,8 @@ class Journal:
 
     def __init__(self, root: Path, replayer: Replayer, log: EventLog, store: snapshots.SnapshotStore,
                  recovery: RecoveryReport, resources: contextlib.ExitStack, *, policy: Every,
-                 digest_every: int | None, keep_log: bool, async_snapshots: bool):
+                 digest_every: int | None, keep_log: bool, async_snapshots: bool, snapshot_on_close: bool = True,
+                 archived: bool = True):
         """Use `Journal.open`. Takes over the opened `log` and `store` (`resources` releases
         them and the determinism guard) with `state` already recovered per `recovery`."""
         self.path = root
@@ -156,6 +169,7 @@ class Journal:
         self._replayer = replayer
         self._resources = resources
         self._digest_every = digest_every
+        self._snapshot_on_close = snapshot_on_close
         self._index = recovery.replayed.stop - 1 if len(recovery.replayed) else recovery.snapshot_index
         self._clock = PolicyClock(policy)
         self._clock.add(len(recovery.replayed), 0, recovery.replay_seconds)
@@ -164,7 +178,7 @@ class Journal:
         self._uncounted = recovery.uncounted
         self._snapshotter = Snapshotter(
             root, log, store, lambda: components.capture(self.state, replayer.kinds), self._guarded,
-            keep_log=keep_log, asynchronous=async_snapshots, counts=lambda: self._counts)
+            keep_log=keep_log, asynchronous=async_snapshots, counts=lambda: self._counts, archived=archived)
         if recovery.snapshot is not None:
             self._snapshotter.covered = recovery.snapshot_index
         self._poison: BaseException | None = None
@@ -342,7 +356,8 @@ class Journal:
 
         Always a `concurrent.futures.Future` whose ``result()`` is the SnapshotInfo, once
         the snapshot is committed, the old ones pruned and (unless keep_log) the log
-        compacted through the oldest one retained. A snapshot still in flight is waited
+        compacted (invariant 4: into the archive through the newest snapshot, or without
+        an archive through the oldest one retained). A snapshot still in flight is waited
         for first. If this journal already snapshotted the current index, the future
         holds that snapshot's info and nothing is written. The entries it covers are made
         durable before it is staged (invariant 2); the state may change as soon as this
@@ -355,35 +370,51 @@ class Journal:
     def _snapshot(self, wait: bool) -> Future:
         self._check_usable()
         self._snapshotter.collect(block=True)
-        if self._snapshotter.covered == self._index:
-            newest = self.snapshots.list()
-            if newest and newest[-1].index == self._index:
-                return done(newest[-1])
+        existing = self._snapshot_at_index()
+        if existing is not None:
+            return done(existing)
         self._clock.reset()
         return self._snapshotter.take(self._index, blocking=wait or not self._snapshotter.asynchronous)
 
+    def _snapshot_at_index(self):
+        """The committed snapshot this journal took (or recovered from) at the current index, or None."""
+        if self._snapshotter.covered == self._index:
+            newest = self.snapshots.list()
+            if newest and newest[-1].index == self._index:
+                return newest[-1]
+        return None
+
     # ------------------------------------------------------------------ lifecycle
 
-    def close(self, *, snapshot: bool = False) -> None:
-        """Wait for an in-flight snapshot, make every entry durable, release log and store. Idempotent.
+    def close(self, *, snapshot: bool | None = None) -> None:
+        """Wait for an in-flight snapshot, snapshot the last index, make every entry durable,
+        release log and store. Idempotent.
 
-        snapshot=True first takes a (blocking) snapshot at the current index unless one
-        exists, so the next open replays nothing. Closing a poisoned journal releases
-        everything and raises nothing new.
+        snapshot=None follows ``Journal.open(snapshot_on_close=...)`` (True by default):
+        a blocking snapshot at the current index, skipped when one already exists there,
+        so the run's final state is a snapshot and the next open replays nothing. It is
+        incremental (unchanged chunks are not written again). Its failure is reported
+        (``last_snapshot_error``, a RuntimeWarning) and close goes on: the log holds every
+        entry. snapshot=True takes it whatever the option says and raises its failure
+        (after releasing everything); snapshot=False skips it. Closing a poisoned
+        journal releases everything, snapshots nothing and raises nothing new.
         """
         if self._closed:
             return
         with self._one_thread.entered("close"):
             self._close(snapshot)
 
-    def _close(self, snapshot: bool) -> None:
+    def _close(self, snapshot: bool | None) -> None:
         if self._closed:
             return
         try:
             if self._poison is None:
                 self._snapshotter.collect(block=True)
-                if snapshot and self._snapshotter.covered != self._index:
-                    self._snapshotter.take(self._index, blocking=True)
+                if (self._snapshot_on_close if snapshot is None else snapshot) and self._snapshot_at_index() is None:
+                    if snapshot:
+                        self._snapshotter.take(self._index, blocking=True)
+                    else:
+                        self._snapshotter.take_for_policy(self._index, blocking=True)
                 self._guarded(self.log.flush)
         finally:
             self._release()
@@ -444,7 +475,7 @@ class Journal:
 
 
 def _open_and_recover(root: Path, replayer: Replayer, *, keep_last: int, durability: str, takeover: bool,
-                      deterministic: bool, progress: bool | None):
+                      deterministic: bool, progress: bool | None, archive: Archive | None):
     """(log, store, recovery report, the ExitStack that releases them): the store opened,
     the preflight passed, the log opened as writer, the state recovered. On any failure
     everything opened so far is released and the error raised."""
@@ -456,7 +487,7 @@ def _open_and_recover(root: Path, replayer: Replayer, *, keep_last: int, durabil
         store = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last, failpoint=failpoints.hit)
         opened.callback(store.close)
         loaded = _preflight(root / "log", store, replayer, takeover)
-        log = EventLog.open(root / "log", durability=durability, takeover=takeover)
+        log = EventLog.open(root / "log", durability=durability, takeover=takeover, archive=archive)
         opened.callback(log.close)
         recovery = replayer.recover(log, store, progress=progress, loaded=loaded)
         return log, store, recovery, opened.pop_all()

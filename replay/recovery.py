@@ -212,12 +212,15 @@ class Replayer:
         applied = start
         midway = start + (stop - start) // 2 if stop - start >= 2 else None
         begun = report.replayed.start if len(report.replayed) else start
+        last_good = start - 1  # the state there is trusted: a snapshot, or entries already replayed
         try:
             with ReplayProgress(stop - start, progress) as bar, ReadAhead(log, start, stop, self.device) as entries:
                 for prepared in entries:
                     if prepared.index != applied:
                         raise RecoveryError(f"log entry {applied} is missing (the next entry read is {prepared.index})")
-                    report.digests_checked += self.apply(prepared)
+                    if self.apply(prepared, last_good):
+                        report.digests_checked += 1
+                        last_good = prepared.index
                     if is_user_op(prepared.op):
                         report.counts[prepared.op] = report.counts.get(prepared.op, 0) + 1
                     applied += 1
@@ -230,16 +233,17 @@ class Replayer:
             report.replayed = range(begun, applied)
             report.replay_seconds += time.perf_counter() - started
 
-    def apply(self, prepared) -> bool:
+    def apply(self, prepared, last_good: int | None = None) -> bool:
         """Apply one Prepared entry. True if it was a digest that was checked.
 
-        UnknownOpError / VersionMismatchError / HandlerError / DivergenceError name the index.
+        UnknownOpError / VersionMismatchError / HandlerError / DivergenceError name the index;
+        `last_good` (the newest index whose state is known right) goes into a DivergenceError.
         """
         if prepared.op == DIGEST_OP:
             expected = prepared.payload["digest"]
             actual = state_digest(self.state)
             if actual != expected:
-                raise DivergenceError(prepared.index, expected & ((1 << 64) - 1), actual & ((1 << 64) - 1))
+                raise DivergenceError(prepared.index, expected & ((1 << 64) - 1), actual & ((1 << 64) - 1), last_good)
             return True
         if prepared.op == TRUNCATE_OP:
             return False  # an operator's audit record: the truncation itself already happened

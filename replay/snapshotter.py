@@ -1,6 +1,6 @@
 """Snapshotter: a journal's snapshots from staging to compaction, off the training thread.
 
-The Journal decides *when* (its policy, an explicit `snapshot()`, `close(snapshot=True)`);
+The Journal decides *when* (its policy, an explicit `snapshot()`, `close()`, a preemption);
 this type decides *how*, and owns the one follow-up thread and the one snapshot in flight.
 """
 
@@ -27,7 +27,7 @@ class Snapshotter:
        returns. Otherwise the commit, the prune and the compaction run on the follow-up
        thread (2), and `take` returns as soon as the state is staged.
     2. Follow-up thread: wait for the store's commit, prune, then compact the log through
-       the oldest retained snapshot (invariant 4). It never waits on the training thread,
+       the newest snapshot with an archive, the oldest retained without (invariant 4). It never waits on the training thread,
        so `collect(block=True)` from the training thread cannot deadlock.
     3. `collect(block)`: finish the in-flight snapshot if it is done (block=False, before
        each apply) or once it is (block=True). A failure is reported, never raised
@@ -41,7 +41,8 @@ class Snapshotter:
     """
 
     def __init__(self, path: Path, log, store, capture: Callable[[], Any], guarded: Callable, *,
-                 keep_log: bool, asynchronous: bool, counts: Callable[[], Mapping[str, int]] = dict):
+                 keep_log: bool, asynchronous: bool, counts: Callable[[], Mapping[str, int]] = dict,
+                 archived: bool = True):
         self._path = path
         self._log = log
         self._store = store
@@ -49,6 +50,7 @@ class Snapshotter:
         self._counts = counts  # the user-entry counts at the index being snapshotted (replay.counting)
         self._guarded = guarded
         self._keep_log = keep_log
+        self._archived = archived  # the log archives what it compacts (else compaction deletes)
         self.asynchronous = asynchronous  # False: policy snapshots block the apply that triggers them
         self._pending: tuple[int, Future] | None = None
         self._follow_up: ThreadPoolExecutor | None = None
@@ -80,12 +82,14 @@ class Snapshotter:
         self._pending = (index, follow_up)
         return follow_up
 
-    def take_for_policy(self, index: int) -> None:
-        """`take` for a snapshot the policy asked for: its failure never fails the apply that
-        triggered it (that entry is applied and logged; a caller retrying it would apply it
-        twice). The log still holds every entry, so recovery stays correct, only longer."""
+    def take_for_policy(self, index: int, blocking: bool | None = None) -> None:
+        """`take` for a snapshot the policy (or a default closing snapshot) asked for: its
+        failure never fails the apply that triggered it (that entry is applied and logged; a
+        caller retrying it would apply it twice). The log still holds every entry, so
+        recovery stays correct, only longer. blocking=None: unless the journal's snapshots
+        are asynchronous."""
         try:
-            self.take(index, blocking=not self.asynchronous)
+            self.take(index, blocking=not self.asynchronous if blocking is None else blocking)
         except JournalPoisonedError:
             raise
         except Exception as exc:
@@ -137,18 +141,24 @@ class Snapshotter:
         warnings.warn(f"{self._path}: snapshot at index {index} failed: {exc}", RuntimeWarning, stacklevel=4)
 
     def _after_commit(self) -> None:
-        """Prune, then compact the log. Failpoints (replay.failpoints): journal.before_compact,
-        journal.after_compact; a crash between them leaves a longer log, never a shorter one."""
+        """Prune, then compact the log (invariant 4). Failpoints (replay.failpoints):
+        journal.before_compact, journal.after_compact; a crash between them leaves a longer
+        LMDB log, never a shorter history.
+
+        With an archive, LMDB is compacted through the newest snapshot: the entries move
+        into sealed archive segments and stay readable, so a damaged newest snapshot is
+        still passed over by replaying them from an older one. Without (compaction
+        deletes), only through the oldest retained snapshot, which keeps that way back
+        in LMDB itself."""
         self._store.prune()
         if self._keep_log:
             return
         retained = self._store.list()
         if retained:
-            oldest = min(i.index for i in retained)
-            if oldest >= self._log.first_index:
-                # Invariant 4: a damaged newer snapshot can still be bypassed by replaying further.
+            through = max(i.index for i in retained) if self._archived else min(i.index for i in retained)
+            if through >= self._log.live_first_index:
                 failpoints.hit("journal.before_compact")
-                self._guarded(self._log.compact_through, oldest)
+                self._guarded(self._log.compact_through, through)
                 failpoints.hit("journal.after_compact")
 
 

@@ -32,7 +32,9 @@ def main(root, steps, mode, out):
         with replay.Journal.open(root, state=state, ops=ops, snapshot=replay.Every(entries=15),
                                  durability="group", digest_every=10) as journal:
             print(f"recovered {journal.recovery.entries_replayed}", flush=True)
-            while (step := state["counters"]["steps"]) < steps:
+            # The README idiom: count() skips the digest entries digest_every interleaves.
+            for step in range(journal.count(), steps):
+                assert step == state["counters"]["steps"], (step, state["counters"])
                 journal.apply("train_step", ids=state["data"].peek(BATCH), seed=step)
                 print(f"applied {step}", flush=True)
     torch.save(fingerprint(state), out)

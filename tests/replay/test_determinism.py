@@ -20,7 +20,8 @@ def test_handler_reading_global_rng_is_caught_by_digests(tmp_path):
         state["table"][row] += torch.rand(())  # global RNG: not in the payload, not replayable
 
     state = make_state()
-    with open_journal(tmp_path, state, ops, digest_every=4, snapshot=replay.Every(), keep_log=True) as journal:
+    with open_journal(tmp_path, state, ops, digest_every=4, snapshot=replay.Every(), keep_log=True,
+                      snapshot_on_close=False) as journal:  # no closing snapshot: the reopen replays
         for i in range(8):
             journal.apply("noisy", row=i % 4)
         digests = [h.index for h in journal.log.headers() if h.op == "replay.digest"]
@@ -33,9 +34,44 @@ def test_handler_reading_global_rng_is_caught_by_digests(tmp_path):
     assert err.value.expected != err.value.actual
 
 
+def test_divergence_error_names_the_last_good_index_and_the_truncate_that_recovers(tmp_path):
+    """A digest checks only the entries before it: the error says which range is suspect and
+    what to run; after the fix and that truncate, the journal opens and the loop redoes the steps."""
+    ops = make_ops()
+    broken = [False]
+
+    @ops.op
+    def step(state, *, row, seed):
+        extra = torch.rand(()) if broken[0] else 0.0  # the nondeterminism the user must fix
+        state["table"][row] += torch.randint(0, 100, (), generator=replay.seeded_generator(seed)) + extra
+
+    with open_journal(tmp_path, make_state(), ops, digest_every=3, snapshot=replay.Every(),
+                      snapshot_on_close=False) as journal:
+        for s in range(4):  # entries 1, 2, 3, (digest 4), 5: all deterministic
+            journal.apply("step", row=s % 4, seed=s)
+        broken[0] = True
+        for s in range(4, 8):  # 6, (digest 7): the first diverging digest; 8, 9, (digest 10), 11
+            journal.apply("step", row=s % 4, seed=s)
+        assert journal.count() == 8
+    broken[0] = False
+    with pytest.raises(replay.DivergenceError) as err:
+        open_journal(tmp_path, make_state(), ops)
+    assert (err.value.index, err.value.last_good) == (7, 4)
+    message = str(err.value)
+    assert "verified at index 4" in message and "5..6" in message
+    assert "replay truncate DIR --after 4" in message and "replay.truncate(path, after=4)" in message
+    replay.truncate(tmp_path, after=err.value.last_good, reason="divergence")
+    with open_journal(tmp_path, make_state(), ops, digest_every=3) as journal:
+        assert journal.count() == 3 and journal.recovery.digests_checked == 1
+        for s in range(journal.count(), 8):
+            journal.apply("step", row=s % 4, seed=s)
+        assert journal.count() == 8
+
+
 def test_deterministic_handlers_pass_their_digests(tmp_path):
     state, ops = make_state(), make_ops()
-    with open_journal(tmp_path, state, ops, digest_every=3, snapshot=replay.Every(), keep_log=True) as journal:
+    with open_journal(tmp_path, state, ops, digest_every=3, snapshot=replay.Every(), keep_log=True,
+                      snapshot_on_close=False) as journal:
         for s in range(6):
             journal.apply("train_step", ids=state["data"].peek(4), seed=s)
     with open_journal(tmp_path, make_state(seed=3), ops) as journal:

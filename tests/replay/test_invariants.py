@@ -93,7 +93,8 @@ def test_recovery_replays_every_later_entry_once_to_the_same_bytes_and_is_idempo
 
 def test_crash_during_recovery_then_recover_again_gives_the_same_state(tmp_path):
     state, ops = make_state(), make_ops()
-    with open_journal(tmp_path, state, ops, snapshot=replay.Every(), keep_log=True) as journal:
+    with open_journal(tmp_path, state, ops, snapshot=replay.Every(), keep_log=True,
+                      snapshot_on_close=False) as journal:  # recovery must replay the entries
         _train(journal, state, 6)
     expected = fingerprint(state)
 
@@ -138,16 +139,29 @@ def test_optimizer_references_and_plain_dict_identity_survive_recovery(tmp_path)
 # ---------------------------------------------------------------- invariant 4: compaction
 
 
-def test_log_is_compacted_only_through_the_oldest_retained_snapshot(tmp_path):
+def test_without_an_archive_the_log_is_compacted_only_through_the_oldest_retained_snapshot(tmp_path):
     state, ops = make_state(), make_ops()
     with open_journal(tmp_path, state, ops, snapshot=replay.Every(entries=5), keep_last=2,
-                      async_snapshots=False) as journal:
+                      async_snapshots=False, archive=None) as journal:  # compaction deletes
         for i in range(40):
             journal.apply("add", row=i % 4, value=1.0)
             retained = [s.index for s in journal.snapshots.list()]
             assert journal.log.first_index - 1 <= min(retained)
         assert len(retained) == 2
         assert journal.log.first_index - 1 == min(retained) > 0
+
+
+def test_with_an_archive_lmdb_is_compacted_through_the_newest_snapshot_and_history_stays_readable(tmp_path):
+    state, ops = make_state(), make_ops()
+    with open_journal(tmp_path, state, ops, snapshot=replay.Every(entries=5), keep_last=2,
+                      async_snapshots=False) as journal:  # the default archive keeps everything
+        for i in range(40):
+            journal.apply("add", row=i % 4, value=1.0)
+            retained = [s.index for s in journal.snapshots.list()]
+            assert journal.log.live_first_index - 1 <= max(retained)
+        assert journal.log.live_first_index - 1 == max(retained) == 40
+        assert journal.log.first_index == 1  # nothing deleted: every entry is read from the archive
+        assert [e.index for e in journal.log.entries()] == list(range(1, 41))
 
 
 def test_keep_log_never_compacts(tmp_path):
@@ -164,7 +178,8 @@ def test_keep_log_never_compacts(tmp_path):
 
 def _written(tmp_path):
     state, ops = make_state(), make_ops()
-    with open_journal(tmp_path, state, ops, snapshot=replay.Every(), keep_log=True) as journal:
+    with open_journal(tmp_path, state, ops, snapshot=replay.Every(), keep_log=True,
+                      snapshot_on_close=False) as journal:  # recovery must replay the entries
         for i in range(6):
             journal.apply("add", row=i % 4, value=1.0)
     return ops

@@ -51,8 +51,8 @@ def test_validator_false_or_raising_rejects_before_append():
 
 
 def test_version_mismatch_without_upcaster_names_index_and_op(tmp_path):
-    with open_journal(tmp_path, make_state(), _counter_ops(version=1)) as journal:
-        journal.apply("bump", by=2)
+    with open_journal(tmp_path, make_state(), _counter_ops(version=1), snapshot_on_close=False) as journal:
+        journal.apply("bump", by=2)  # (no closing snapshot: the reopen replays these entries)
         journal.apply("bump", by=3)
         index = journal.index
     with pytest.raises(replay.VersionMismatchError) as err:
@@ -63,7 +63,8 @@ def test_version_mismatch_without_upcaster_names_index_and_op(tmp_path):
 
 
 def test_upcasters_chain_old_entries_to_the_handler_version(tmp_path):
-    with open_journal(tmp_path, make_state(), _counter_ops(version=1), keep_log=True) as journal:
+    with open_journal(tmp_path, make_state(), _counter_ops(version=1), keep_log=True,
+                      snapshot_on_close=False) as journal:  # the reopen replays (upcasts) these entries
         journal.apply("bump", by=2)
         journal.apply("bump", by=3)
     ops = replay.Ops()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import replay
@@ -14,7 +16,7 @@ from .models import assert_same, fingerprint, make_ops, make_state
 def test_corrupt_newest_snapshot_falls_back_to_the_previous_and_replays_further(tmp_path):
     state, ops = make_state(), make_ops()
     with open_journal(tmp_path, state, ops, snapshot=replay.Every(entries=6), keep_last=3,
-                      async_snapshots=False) as journal:
+                      async_snapshots=False, snapshot_on_close=False) as journal:  # only the policy's snapshots
         for s in range(10):
             journal.apply("train_step", ids=state["data"].peek(4), seed=s)
             journal.apply("add", row=s % 4, value=1.5)
@@ -33,10 +35,10 @@ def test_corrupt_newest_snapshot_falls_back_to_the_previous_and_replays_further(
         assert_same(again, state)
 
 
-def test_no_loadable_snapshot_after_compaction_is_a_recovery_error(tmp_path):
+def test_no_loadable_snapshot_after_a_deleting_compaction_is_a_recovery_error(tmp_path):
     state, ops = make_state(), make_ops()
-    with open_journal(tmp_path, state, ops, snapshot=replay.Every(entries=3), keep_last=1,
-                      async_snapshots=False) as journal:
+    with open_journal(tmp_path, state, ops, snapshot=replay.Every(entries=3), keep_last=1, archive=None,
+                      async_snapshots=False, snapshot_on_close=False) as journal:  # only the policy's snapshots
         for i in range(7):
             journal.apply("add", row=0, value=1.0)
         infos = journal.snapshots.list()
@@ -76,7 +78,8 @@ def test_closed_journal_refuses_work_and_close_is_idempotent(tmp_path):
 
 def test_new_journal_snapshots_its_initial_state_so_replay_does_not_depend_on_init(tmp_path):
     state, ops = make_state(seed=123), make_ops()
-    with open_journal(tmp_path, state, ops, snapshot=replay.Every(), keep_log=True) as journal:
+    with open_journal(tmp_path, state, ops, snapshot=replay.Every(), keep_log=True,
+                      snapshot_on_close=False) as journal:  # recovery must replay the entries
         assert [i.index for i in journal.snapshots.list()] == [0]
         for s in range(3):
             journal.apply("train_step", ids=state["data"].peek(4), seed=s)
@@ -132,9 +135,51 @@ def test_payload_tensors_reach_handlers_on_the_state_device_live_and_in_replay(t
     import torch
 
     state = make_state()
-    with open_journal(tmp_path, state, ops, snapshot=replay.Every(), keep_log=True) as journal:
+    with open_journal(tmp_path, state, ops, snapshot=replay.Every(), keep_log=True,
+                      snapshot_on_close=False) as journal:  # recovery must replay the entry
         journal.apply("put", rows=[0, 2], values=torch.ones(2, 4))
     again = make_state()
     with open_journal(tmp_path, again, ops):
         assert_same(again, state)
     assert seen == [("list", state["table"].device)] * 2
+
+
+def _chunk_files(root):
+    return {p for p in (root / "snapshots" / "chunks").rglob("*") if p.is_file()}
+
+
+def test_damaged_newest_snapshot_after_lmdb_compaction_falls_back_to_an_older_one_through_the_archive(tmp_path):
+    """With the (default) archive, LMDB is compacted through the newest snapshot; damage to
+    one of that snapshot's chunks is passed over by loading the older snapshot and replaying
+    the entries between them from the archive, to the same bytes."""
+    state, ops = make_state(), make_ops()
+    with open_journal(tmp_path, state, ops, snapshot=replay.Every(), keep_last=3) as journal:
+        for s in range(6):
+            journal.apply("train_step", ids=state["data"].peek(4), seed=s)
+        older = journal.snapshot(wait=True).result()
+        before = _chunk_files(tmp_path)
+        for s in range(6, 12):
+            journal.apply("train_step", ids=state["data"].peek(4), seed=s)
+            journal.apply("add", row=s % 4, value=0.5)
+        newest = journal.snapshot(wait=True).result()
+        for s in range(12, 14):
+            journal.apply("train_step", ids=state["data"].peek(4), seed=s)
+        journal.flush()
+        assert journal.log.live_first_index == newest.index + 1 and journal.log.first_index == 1
+        last = journal.index
+        journal.abandon()  # no closing snapshot: the newest stays the one at newest.index
+    only_newest = sorted(_chunk_files(tmp_path) - before)
+    assert only_newest and older.index < newest.index
+    chunk = only_newest[0]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    os.chmod(chunk, 0o644)
+    chunk.write_bytes(bytes(data))
+    again = make_state(seed=77)
+    with open_journal(tmp_path, again, ops, keep_last=3) as journal:
+        report = journal.recovery
+        assert report.snapshot_index == older.index
+        assert [name for name, _ in report.damaged_snapshots] == [newest.manifest_id]
+        assert report.replayed == range(older.index + 1, last + 1)  # older.index + 1 .. newest.index from the archive
+        assert journal.count() == 20
+    assert_same(again, state)
