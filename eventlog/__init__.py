@@ -14,7 +14,7 @@ oldest still in LMDB. History is deleted only by an explicit retention choice:
 ``EventLog.open(path, archive=eventlog.Archive(keep_bytes=..., keep_seconds=...))``
 deletes whole oldest segments at compaction time, and ``archive=None`` makes
 compaction delete entries outright (format version 1's behaviour); only then do reads
-raise CompactedError.
+raise CompactedError. ``log.segments()`` lists the sealed segments (for reports).
 
     log = eventlog.EventLog.open("runs/exp1/log", durability="group")
     i = log.append("sgd_step", {"batch": ids, "lr": 0.1})
