@@ -29,8 +29,11 @@ the state right after any retained entry. The on-disk entry envelope is document
 from .audit import JournalReport, state_at, verify_journal
 from .data import DataCursor
 from .determinism import state_digest
+from . import environment
 from .errors import (
     DivergenceError,
+    EnvironmentMismatchError,
+    PreemptedError,
     EnvelopeError,
     HandlerError,
     ConcurrentUseError,
@@ -46,12 +49,14 @@ from .journal import Journal
 from .operator import truncate
 from .ops import Ops, OpSpec
 from .policies import Every
+from .preemption import Preemption
 from .recovery import RecoveryReport
 from .rng import seeded_generator
 
 __all__ = [
-    "Journal", "Ops", "OpSpec", "Every", "RecoveryReport", "DataCursor", "seeded_generator",
+    "Journal", "Ops", "OpSpec", "Every", "Preemption", "environment", "RecoveryReport", "DataCursor", "seeded_generator",
     "state_digest", "truncate", "verify_journal", "JournalReport", "state_at",
     "ReplayError", "UnknownOpError", "PayloadRejectedError", "HandlerError", "VersionMismatchError",
     "EnvelopeError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "ClosedError", "ConcurrentUseError",
+    "PreemptedError", "EnvironmentMismatchError",
 ]

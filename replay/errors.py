@@ -120,3 +120,26 @@ class ConcurrentUseError(ReplayError):
 
 class ClosedError(ReplayError):
     """The object was used after close()."""
+
+
+class PreemptedError(ReplayError):
+    """A preemption signal stopped the journal (``Preemption(then="raise")``): it was closed
+    cleanly, with a snapshot at its last index; `signum` is the signal. Raised from an
+    apply, that apply completed first (its entry is applied and durable)."""
+
+    def __init__(self, signum: int, where: str = "journal"):
+        self.signum = int(signum)
+        super().__init__(f"{where}: preempted by signal {self.signum}; the journal was snapshotted and closed, "
+                         "so the next open replays nothing")
+
+
+class EnvironmentMismatchError(ReplayError):
+    """``environment="strict"`` and the journal was created in another environment (torch,
+    device, CUDA, determinism flags...); nothing was written. `differences` lists them."""
+
+    def __init__(self, path, differences: list[str]):
+        self.path = path
+        self.differences = list(differences)
+        listed = "; ".join(self.differences)
+        super().__init__(f"{path}: created in another environment, and replay across it may not be bit-exact: "
+                         f"{listed}. Open with environment=\"warn\" to recover anyway")

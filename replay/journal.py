@@ -24,15 +24,16 @@ from typing import Any, Mapping
 
 import snapshots
 import torch
-from eventlog import Archive, EventLog, FormatError, LogPoisonedError, decode_payload, encode_payload
+from eventlog import Archive, EventLog, LogPoisonedError, decode_payload, encode_payload
 
-from . import components, failpoints
-from .determinism import DeterministicGuard, state_digest
+from . import components
+from .determinism import state_digest
 from .envelope import DIGEST_OP, unwrap, wrap
-from .errors import ClosedError, JournalPoisonedError, RecoveryError, ReplayError
-from .operator import refuse_live_writer
+from .errors import ClosedError, JournalPoisonedError, ReplayError
+from .opening import check_options, open_and_recover, refuse_to_reinitialise
 from .ops import Ops
 from .policies import Every, PolicyClock
+from .preemption import Preemption, PreemptionHandler
 from .recovery import RecoveryReport, Replayer
 from .snapshotter import Snapshotter, done
 from .threadguard import OneThreadAtATime
@@ -67,6 +68,8 @@ class Journal:
         takeover: bool = False,
         snapshot_on_close: bool = True,
         archive: Archive | None = Archive(),
+        preemption: Preemption | None = None,
+        environment: str = "warn",
     ) -> "Journal":
         """Open (creating if needed) the journal at directory `path` and recover `state` in place.
 
@@ -92,6 +95,15 @@ class Journal:
                 recovery and every reader still read, so a damaged newest snapshot is passed
                 over by replaying archived entries. None: compaction deletes entries, so it
                 goes only through the oldest retained snapshot (invariant 4).
+            preemption: a `replay.Preemption` catches SIGTERM/SIGUSR1: the apply in progress
+                finishes, then snapshot, flush, close, and exit (status 128 + signum) or
+                raise PreemptedError, within its grace period (replay/preemption.py). Only
+                from the main thread (ValueError otherwise); the previous handlers come
+                back on close. None (default): signals are left alone.
+            environment: the journal records its environment when created
+                (replay.environment); on recovery, "warn" puts the differences in
+                ``journal.recovery.environment`` and warns, "strict" refuses with
+                EnvironmentMismatchError before anything is written, "ignore" skips it.
             async_snapshots: False makes policy snapshots block the apply that triggers them.
             progress: a replay progress bar (None: only for long replays on a TTY).
             device: where payload tensors go before a handler sees them (default: the
@@ -108,7 +120,8 @@ class Journal:
             HandlerError, DivergenceError, eventlog.CorruptEntryError, RecoveryError;
             nothing is skipped. A refused open leaves the directory as it found it
             (invariant 7): eventlog.LockedError while another process writes it,
-            snapshots.StateMismatchError when the state's layout differs from the snapshot's.
+            snapshots.StateMismatchError when the state's layout differs from the snapshot's,
+            EnvironmentMismatchError / environment.EnvironmentFileError (strict only).
 
         Example::
 
@@ -124,18 +137,16 @@ class Journal:
             ...     print(journal.recovery.entries_replayed, journal.state["w"].tolist())
             1 [1.5, 1.5]
         """
-        if digest_every is not None and (not isinstance(digest_every, int) or digest_every < 1):
-            raise ValueError(f"digest_every must be a positive int or None, got {digest_every!r}")
-        if not isinstance(snapshot, Every):
-            raise TypeError(f"snapshot must be a replay.Every policy, got {type(snapshot).__name__}")
+        check_options(snapshot=snapshot, digest_every=digest_every, preemption=preemption,
+                      environment_policy=environment)
         kinds = components.check_state(state)
         root = Path(path)
         refuse_to_reinitialise(root)
         root.mkdir(parents=True, exist_ok=True)
         replayer = Replayer(ops, state, torch.device(device) if device is not None else None, kinds)
-        log, store, recovery, resources = _open_and_recover(root, replayer, keep_last=keep_last, durability=durability,
-                                                            takeover=takeover, deterministic=deterministic,
-                                                            progress=progress, archive=archive)
+        log, store, recovery, resources = open_and_recover(
+            root, replayer, keep_last=keep_last, durability=durability, takeover=takeover,
+            deterministic=deterministic, progress=progress, archive=archive, environment_policy=environment)
         journal = cls(root, replayer, log, store, recovery, resources, policy=snapshot,
                       digest_every=digest_every, keep_log=keep_log, async_snapshots=async_snapshots,
                       snapshot_on_close=snapshot_on_close, archived=archive is not None)
@@ -143,15 +154,19 @@ class Journal:
             warnings.warn(f"{root}: {recovery.uncounted} entries under a snapshot that predates step counts are no "
                           "longer in the log; journal.count() counts them as user entries (replay.counting)",
                           RuntimeWarning, stacklevel=2)
-        if recovery.snapshot is None and log.last_index == 0:
-            # The initial state is the base every replay starts from; persisting it means
-            # a user who builds it differently next time (another random init) still
-            # recovers the same bytes.
-            try:
+        try:
+            if recovery.snapshot is None and log.last_index == 0:
+                # The initial state is the base every replay starts from; persisting it means
+                # a user who builds it differently next time (another random init) still
+                # recovers the same bytes.
                 journal._snapshotter.take(0, blocking=True)
-            except BaseException:
-                journal._release()
-                raise
+            if preemption is not None:
+                journal._preemption = PreemptionHandler(preemption, journal._stop_for_preemption,
+                                                        journal._one_thread.busy, str(root))
+                journal._preemption.install()
+        except BaseException:
+            journal._release()
+            raise
         return journal
 
     def __init__(self, root: Path, replayer: Replayer, log: EventLog, store: snapshots.SnapshotStore,
@@ -184,6 +199,7 @@ class Journal:
         self._poison: BaseException | None = None
         self._closed = False
         self._one_thread = OneThreadAtATime()
+        self._preemption: PreemptionHandler | None = None  # installed by open when asked for
 
     # ------------------------------------------------------------------ properties
 
@@ -274,7 +290,7 @@ class Journal:
             (6.0, 1, [2.0, 2.0, 2.0])
             >>> journal.close()
         """
-        with self._one_thread.entered("apply"):
+        with self._entered("apply"):
             return self._apply(op, inputs, payload)
 
     def _apply(self, op: str, inputs: Any, payload: dict) -> Any:
@@ -342,7 +358,7 @@ class Journal:
 
     def flush(self) -> int:
         """Block until every applied entry is durable; return the durable index (== index)."""
-        with self._one_thread.entered("flush"):
+        with self._entered("flush"):
             return self._flush()
 
     def _flush(self) -> int:
@@ -364,7 +380,7 @@ class Journal:
         returns. With wait=True (or async_snapshots=False) the future is done on return,
         and a failure raises here instead of from ``result()``.
         """
-        with self._one_thread.entered("snapshot"):
+        with self._entered("snapshot"):
             return self._snapshot(wait)
 
     def _snapshot(self, wait: bool) -> Future:
@@ -401,23 +417,28 @@ class Journal:
         """
         if self._closed:
             return
-        with self._one_thread.entered("close"):
-            self._close(snapshot)
+        with self._entered("close"):
+            self._close(snapshot, strict=snapshot is True)
 
-    def _close(self, snapshot: bool | None) -> None:
+    def _close(self, snapshot: bool | None, strict: bool) -> None:
+        """`strict`: a failing snapshot raises (after the release) instead of being reported."""
         if self._closed:
             return
         try:
             if self._poison is None:
                 self._snapshotter.collect(block=True)
                 if (self._snapshot_on_close if snapshot is None else snapshot) and self._snapshot_at_index() is None:
-                    if snapshot:
+                    if strict:
                         self._snapshotter.take(self._index, blocking=True)
                     else:
                         self._snapshotter.take_for_policy(self._index, blocking=True)
                 self._guarded(self.log.flush)
         finally:
             self._release()
+
+    def _stop_for_preemption(self) -> None:
+        """A preemption signal's clean stop (replay/preemption.py): snapshot the last index, flush, release."""
+        self._close(True, strict=False)
 
     def abandon(self) -> None:
         """Drop the journal as a killed process would: no flush, no final snapshot. Idempotent.
@@ -437,6 +458,8 @@ class Journal:
         """Stop the follow-up thread, then close the store, the log and the determinism guard.
         The first failure is raised unless the journal is already poisoned."""
         self._closed = True
+        if self._preemption is not None:
+            self._preemption.closed()  # the previous signal handlers come back
         self._snapshotter.close()
         try:
             self._resources.close()
@@ -456,6 +479,17 @@ class Journal:
 
     # ------------------------------------------------------------------ guards
 
+    @contextlib.contextmanager
+    def _entered(self, what: str):
+        """One thread at a time; when the call returns (or raises), a preemption signal that
+        arrived during it stops the journal (replay/preemption.py)."""
+        try:
+            with self._one_thread.entered(what):
+                yield
+        finally:
+            if self._preemption is not None:
+                self._preemption.after_call()
+
     def _check_usable(self) -> None:
         if self._closed:
             raise ClosedError(f"journal {self.path} is closed")
@@ -472,56 +506,6 @@ class Journal:
         except LogPoisonedError as exc:
             self._poison = exc
             raise JournalPoisonedError(f"journal {self.path}: the log failed a write or sync: {exc}") from exc
-
-
-def _open_and_recover(root: Path, replayer: Replayer, *, keep_last: int, durability: str, takeover: bool,
-                      deterministic: bool, progress: bool | None, archive: Archive | None):
-    """(log, store, recovery report, the ExitStack that releases them): the store opened,
-    the preflight passed, the log opened as writer, the state recovered. On any failure
-    everything opened so far is released and the error raised."""
-    with contextlib.ExitStack() as opened:
-        if deterministic:
-            guard = DeterministicGuard(any(isinstance(t, torch.Tensor) and t.is_cuda
-                                           for _, t in components.leaves(replayer.state)))
-            opened.callback(guard.release)
-        store = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last, failpoint=failpoints.hit)
-        opened.callback(store.close)
-        loaded = _preflight(root / "log", store, replayer, takeover)
-        log = EventLog.open(root / "log", durability=durability, takeover=takeover, archive=archive)
-        opened.callback(log.close)
-        recovery = replayer.recover(log, store, progress=progress, loaded=loaded)
-        return log, store, recovery, opened.pop_all()
-
-
-def _preflight(log_dir: Path, store, replayer: Replayer, takeover: bool) -> RecoveryReport | None:
-    """Recovery's checks against a readonly view of an existing log (invariant 7); None for a new journal."""
-    if not takeover:
-        refuse_live_writer(log_dir, "close it there first, or open with takeover=True to fence a hung writer")
-    try:
-        reader = EventLog.open(log_dir, readonly=True)
-    except FormatError:
-        return None  # no log yet, or its creation never completed: nothing was ever written
-    with reader:
-        return replayer.preflight(reader, store)
-
-
-def refuse_to_reinitialise(root: Path) -> None:
-    """RecoveryError when `root` holds snapshots but its log is missing or empty.
-
-    Opening would create a fresh log and start over from the initial state, silently
-    discarding every entry of the run; a log lost this way is damage to report, not a
-    journal to re-create.
-    """
-    manifests = root / "snapshots" / "manifests"
-    if not manifests.is_dir() or not any(manifests.iterdir()):
-        return
-    data = root / "log" / "data.mdb"
-    size = data.stat().st_size if data.exists() else None
-    if size is None or size == 0:
-        what = "missing" if size is None else "empty (0 bytes)"
-        raise RecoveryError(
-            f"{root} holds snapshots but its log {data} is {what}: the journal is damaged. Restore the log "
-            "from a backup; opening it would start a new log and lose every entry")
 
 
 __all__ = ["Journal", "ReplayError"]

@@ -21,6 +21,10 @@ class OneThreadAtATime:
         self._lock = threading.Lock()
         self._holder: str | None = None
 
+    def busy(self) -> bool:
+        """Whether some thread is inside a guarded call right now (a preemption signal waits for it)."""
+        return self._lock.locked()
+
     @contextlib.contextmanager
     def entered(self, what: str):
         """Run the body as the one thread inside; ConcurrentUseError (naming both threads) otherwise."""

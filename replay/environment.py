@@ -1,0 +1,189 @@
+"""The environment a journal was created in, and how the current one differs.
+
+Bit-exact replay holds for the same kernels on the same inputs: a torch upgrade, another
+GPU model, another CUDA/cuDNN, another CPU instruction set, determinism flags switched
+off, or a different thread count can change the low bits of a float result, and a
+replay across such a change may diverge (digests catch it where they are on). So a
+journal records, when it is created, a small fingerprint in ``DIR/environment.json``::
+
+    {"format": 1, "replay": "0.1.0", "torch": "2.3.1", "python": "3.11.9",
+     "device_type": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "cpu_capability": "AVX512",
+     "cuda": "12.1", "cudnn": 8902, "deterministic_algorithms": true,
+     "deterministic_warn_only": false, "cudnn_deterministic": true, "cudnn_benchmark": false,
+     "cublas_workspace_config": ":4096:8", "threads": 8}
+
+(a flat JSON object of strings, numbers, booleans and nulls; readers ignore keys they do
+not know). It is written durably (temp file, fsync, rename, directory fsync) before the
+journal's first entry, and read back defensively: at most `MAX_BYTES`, a regular file,
+strict UTF-8 JSON (no NaN, no duplicate keys), one flat object; anything else is
+`EnvironmentFileError` naming the path, never a traceback from deep inside a parser.
+
+On recovery, ``Journal.open(environment=...)`` compares it with the current fingerprint:
+"warn" (default) lists the differences in ``journal.recovery.environment`` and warns;
+"strict" refuses with EnvironmentMismatchError before anything is written (like the
+preflight of invariant 7); "ignore" reads nothing. A journal created before this file
+existed has none, and nothing is compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import stat
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ReplayError
+
+FILE = "environment.json"
+FORMAT = 1
+MAX_BYTES = 64 * 1024  # a fingerprint is a few hundred bytes; a bigger file is not one
+MAX_STRING = 512
+POLICIES = ("warn", "strict", "ignore")
+_ORDER = ("replay", "torch", "python", "device_type", "device_name", "cpu_capability", "cuda", "cudnn",
+          "deterministic_algorithms", "deterministic_warn_only", "cudnn_deterministic", "cudnn_benchmark",
+          "cublas_workspace_config", "threads")
+
+
+class EnvironmentFileError(ReplayError):
+    """A journal's environment.json is unreadable or is not a fingerprint (damaged or hostile); names the path."""
+
+
+def fingerprint(device: torch.device | str | None = None) -> dict[str, Any]:
+    """The current environment (module doc), for computations on `device` (default: CPU)."""
+    device = torch.device(device if device is not None else "cpu")
+    cudnn = torch.backends.cudnn
+    if device.type == "cuda" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.machine() or None
+    return {
+        "format": FORMAT,
+        "replay": _library_version(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device_type": device.type,
+        "device_name": name,
+        "cpu_capability": _cpu_capability(),
+        "cuda": torch.version.cuda,
+        "cudnn": cudnn.version() if cudnn.is_available() else None,
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "cudnn_deterministic": bool(cudnn.deterministic),
+        "cudnn_benchmark": bool(cudnn.benchmark),
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def recorded(root: str | os.PathLike) -> dict[str, Any] | None:
+    """The fingerprint the journal at `root` recorded when it was created; None when it has none.
+
+    EnvironmentFileError (naming the file) when the file is not a regular file, is larger
+    than MAX_BYTES, is not strict UTF-8 JSON, or is not one flat object of scalars with a
+    supported ``format``.
+    """
+    path = Path(root) / FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise EnvironmentFileError(f"{path}: cannot be opened as a file: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise EnvironmentFileError(f"{path}: is not a regular file")
+        data = b""
+        while len(data) <= MAX_BYTES:
+            chunk = os.read(fd, MAX_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError as exc:
+        raise EnvironmentFileError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        raise EnvironmentFileError(f"{path}: larger than {MAX_BYTES} bytes, not an environment fingerprint")
+    return _parse(path, data)
+
+
+def differences(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """One line per field whose value differs ("torch: 2.3.1 when created, 2.4.0 now"),
+    known fields first in a fixed order; [] when `recorded` is None (nothing to compare)."""
+    if recorded is None:
+        return []
+    keys = [k for k in _ORDER if k in recorded or k in current]
+    keys += sorted((recorded.keys() | current.keys()) - set(_ORDER) - {"format"})
+    return [f"{key}: {_show(recorded.get(key))} when created, {_show(current.get(key))} now"
+            for key in keys if recorded.get(key) != current.get(key)]
+
+
+def record(root: str | os.PathLike, current: dict[str, Any]) -> None:
+    """Write `current` as the journal's fingerprint durably: temp file, fsync, rename, directory fsync."""
+    root = Path(root)
+    path = root / FILE
+    temp = root / f".{FILE}.{os.getpid()}.tmp"
+    data = json.dumps(current, sort_keys=True, allow_nan=False).encode()
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    directory = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _parse(path: Path, data: bytes) -> dict[str, Any]:
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a key appears twice")
+        return dict(pairs)
+
+    def no_constants(name):
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        doc = json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise EnvironmentFileError(f"{path}: not a JSON environment fingerprint ({exc})") from None
+    if not isinstance(doc, dict):
+        raise EnvironmentFileError(f"{path}: not a JSON object but {type(doc).__name__}")
+    for key, value in doc.items():
+        if isinstance(value, str) and len(value) > MAX_STRING:
+            raise EnvironmentFileError(f"{path}: field {key[:40]!r} is longer than {MAX_STRING} characters")
+        if not (value is None or isinstance(value, (str, bool, int, float))):
+            raise EnvironmentFileError(f"{path}: field {key[:40]!r} is a {type(value).__name__}, not a scalar")
+    if doc.get("format") != FORMAT or isinstance(doc.get("format"), bool):
+        raise EnvironmentFileError(f"{path}: field 'format' is {str(doc.get('format'))[:40]!r}, not {FORMAT}")
+    return doc
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is None else str(value)
+
+
+def _library_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch-eventlog")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_capability() -> str | None:
+    # The CPU kernels torch dispatches to (AVX2, AVX512...): different ones can round differently.
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        return None

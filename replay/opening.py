@@ -1,0 +1,123 @@
+"""Opening a journal: everything `Journal.open` checks and opens before the Journal exists.
+
+In order: the options are checked, a directory whose log was lost is refused, the
+determinism guard is set, the environment the journal was created in is compared with
+this one (replay.environment), the snapshot store is opened, recovery's preflight runs
+against a readonly view of the log (invariant 7: whatever can be refused is refused
+before the term is bumped), the log is opened as the writer and the state recovered.
+On any failure everything opened so far is released and the error raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+
+import snapshots
+import torch
+from eventlog import Archive, EventLog, FormatError
+
+from . import components, environment, failpoints
+from .determinism import DeterministicGuard
+from .errors import EnvironmentMismatchError, RecoveryError
+from .operator import refuse_live_writer
+from .policies import Every
+from .preemption import Preemption, check_installable
+from .recovery import RecoveryReport, Replayer
+
+
+def check_options(*, snapshot, digest_every, preemption, environment_policy) -> None:
+    """ValueError / TypeError for an option Journal.open cannot take, before anything is touched."""
+    if digest_every is not None and (not isinstance(digest_every, int) or digest_every < 1):
+        raise ValueError(f"digest_every must be a positive int or None, got {digest_every!r}")
+    if not isinstance(snapshot, Every):
+        raise TypeError(f"snapshot must be a replay.Every policy, got {type(snapshot).__name__}")
+    if preemption is not None:
+        if not isinstance(preemption, Preemption):
+            raise TypeError(f"preemption must be a replay.Preemption or None, got {type(preemption).__name__}")
+        check_installable()
+    if environment_policy not in environment.POLICIES:
+        raise ValueError(f"environment must be one of {environment.POLICIES}, got {environment_policy!r}")
+
+
+def open_and_recover(root: Path, replayer: Replayer, *, keep_last: int, durability: str, takeover: bool,
+                     deterministic: bool, progress: bool | None, archive: Archive | None, environment_policy: str):
+    """(log, store, recovery report, the ExitStack that releases them): the store opened,
+    the environment compared, the preflight passed, the log opened as writer, the state
+    recovered; a new journal's environment recorded. On any failure everything opened so
+    far is released and the error raised."""
+    with contextlib.ExitStack() as opened:
+        if deterministic:
+            guard = DeterministicGuard(any(isinstance(t, torch.Tensor) and t.is_cuda
+                                           for _, t in components.leaves(replayer.state)))
+            opened.callback(guard.release)
+        current = environment.fingerprint(replayer.device)  # after the guard: its flags are part of it
+        changed, created = compare_environment(root, current, environment_policy)
+        store = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last, failpoint=failpoints.hit)
+        opened.callback(store.close)
+        loaded = _preflight(root / "log", store, replayer, takeover)
+        log = EventLog.open(root / "log", durability=durability, takeover=takeover, archive=archive)
+        opened.callback(log.close)
+        if created is None and log.last_index == 0:
+            # A new journal (or one whose creation never got past its first entry): its
+            # environment is this one, recorded before any entry depends on it.
+            environment.record(root, current)
+        recovery = replayer.recover(log, store, progress=progress, loaded=loaded)
+        recovery.environment = changed
+        return log, store, recovery, opened.pop_all()
+
+
+def compare_environment(root: Path, current: dict, policy: str) -> tuple[list[str], dict | None]:
+    """(differences, the recorded fingerprint or None) for the journal at `root`.
+
+    "ignore" reads nothing. "strict": EnvironmentMismatchError on any difference, and the
+    EnvironmentFileError of a damaged file. "warn": the differences (a damaged file is
+    one line) and a RuntimeWarning. No recorded fingerprint: nothing to compare."""
+    if policy == "ignore":
+        return [], None
+    try:
+        created = environment.recorded(root)
+    except environment.EnvironmentFileError as exc:
+        if policy == "strict":
+            raise
+        changed, created = [f"environment.json: {exc}"], {}
+    else:
+        changed = environment.differences(created, current)
+    if changed and policy == "strict":
+        raise EnvironmentMismatchError(root, changed)
+    if changed:
+        warnings.warn(f"{root}: replaying in another environment than the journal was created in may not be "
+                      f"bit-exact: {'; '.join(changed)}", RuntimeWarning, stacklevel=4)
+    return changed, created
+
+
+def _preflight(log_dir: Path, store, replayer: Replayer, takeover: bool) -> RecoveryReport | None:
+    """Recovery's checks against a readonly view of an existing log (invariant 7); None for a new journal."""
+    if not takeover:
+        refuse_live_writer(log_dir, "close it there first, or open with takeover=True to fence a hung writer")
+    try:
+        reader = EventLog.open(log_dir, readonly=True)
+    except FormatError:
+        return None  # no log yet, or its creation never completed: nothing was ever written
+    with reader:
+        return replayer.preflight(reader, store)
+
+
+def refuse_to_reinitialise(root: Path) -> None:
+    """RecoveryError when `root` holds snapshots but its log is missing or empty.
+
+    Opening would create a fresh log and start over from the initial state, silently
+    discarding every entry of the run; a log lost this way is damage to report, not a
+    journal to re-create.
+    """
+    manifests = root / "snapshots" / "manifests"
+    if not manifests.is_dir() or not any(manifests.iterdir()):
+        return
+    data = root / "log" / "data.mdb"
+    size = data.stat().st_size if data.exists() else None
+    if size is None or size == 0:
+        what = "missing" if size is None else "empty (0 bytes)"
+        raise RecoveryError(
+            f"{root} holds snapshots but its log {data} is {what}: the journal is damaged. Restore the log "
+            "from a backup; opening it would start a new log and lose every entry")
