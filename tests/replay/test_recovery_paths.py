@@ -101,6 +101,32 @@ def test_wrong_state_layout_is_refused_before_anything_changes(tmp_path):
     assert_same(other, before)
 
 
+def test_opening_a_source_run_with_a_model_only_state_refuses_before_bumping_its_term(tmp_path):
+    """Issue 12 section 5: fine-tuning from another run must not change that run. Opening it
+    with only the model (a subset of its components) is refused by the preflight (invariant 7),
+    against a readonly view: the term, the log and the snapshots stay as they were."""
+    from eventlog import EventLog
+
+    state, ops = make_state(), make_ops()
+    with open_journal(tmp_path, state, ops) as journal:
+        for s in range(3):
+            journal.apply("train_step", ids=state["data"].peek(4), seed=s)
+    with EventLog.open(tmp_path / "log", readonly=True) as log:
+        term, last = log.term, log.last_index
+    files = sorted((p.relative_to(tmp_path), p.stat().st_size) for p in tmp_path.rglob("*")
+                   if p.is_file() and p.suffix != ".lock")
+    model_only = {"model": make_state(seed=4)["model"]}
+    before = fingerprint(model_only)
+    with pytest.raises(StateMismatchError) as err:
+        open_journal(tmp_path, model_only, ops)
+    assert "optim" in str(err.value)
+    with EventLog.open(tmp_path / "log", readonly=True) as log:
+        assert (log.term, log.last_index) == (term, last)
+    assert sorted((p.relative_to(tmp_path), p.stat().st_size) for p in tmp_path.rglob("*")
+                  if p.is_file() and p.suffix != ".lock") == files
+    assert_same(model_only, before)
+
+
 def test_state_must_be_a_mapping_of_components(tmp_path):
     with pytest.raises(TypeError):
         open_journal(tmp_path, {"x": object()}, make_ops())
