@@ -3,6 +3,13 @@
 flock locks belong to the open file description, so two FileLocks on one path exclude
 each other even within one process, and the kernel drops them when a process dies: a
 crashed writer never leaves a store locked.
+
+For the same reason a forked child must not keep a copy of a held descriptor: a
+DataLoader worker forked by a trainer would otherwise keep the store locked after the
+trainer was killed, until the orphaned worker exits. Held locks are registered and a
+child closes its copies right after fork (the parent's lock is untouched: an flock
+lives until the last descriptor of its open file is closed); O_CLOEXEC does the same
+for exec'ed children.
 """
 
 from __future__ import annotations
@@ -10,8 +17,20 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import weakref
 
 from .errors import LockedError
+
+# Locks this process holds, so that a forked child can close its inherited copies.
+_held_locks: "weakref.WeakSet[FileLock]" = weakref.WeakSet()
+
+
+def _close_inherited_locks() -> None:
+    for lock in list(_held_locks):
+        lock.forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class FileLock:
@@ -25,11 +44,11 @@ class FileLock:
 
     def acquire(self, exclusive: bool, blocking: bool = True) -> bool:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except FileNotFoundError:
             return False  # no store directory yet: nothing to protect
         except PermissionError:
-            fd = os.open(self.path, os.O_RDONLY)  # a read-only store: flock works on any fd
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # a read-only store: flock works on any fd
         op = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if blocking else fcntl.LOCK_NB)
         try:
             fcntl.flock(fd, op)
@@ -39,11 +58,19 @@ class FileLock:
                 return False
             raise
         self._fd = fd
+        _held_locks.add(self)
         return True
 
     def release(self) -> None:
         if self._fd is not None:
+            _held_locks.discard(self)
             os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close the inherited descriptor; the parent keeps its lock."""
+        if self._fd is not None:
+            os.close(self._fd)
             self._fd = None
 
     def __enter__(self) -> "FileLock":
