@@ -28,7 +28,10 @@ def truncate(path: str | os.PathLike, *, after: int, reason: str = "") -> list[t
     - eventlog.LockedError if a journal (or any writer) has the log open.
     - RecoveryError, dropping nothing, if a snapshot covers an entry after `after`
       (its state includes effects of entries being dropped); eventlog.CompactedError if
-      `after` is below the compaction boundary; IndexError if beyond the last entry.
+      `after` is below the compaction boundary, and its subclass eventlog.SealedError
+      if entries after `after` are sealed in the log's archive (archived history is
+      never rewritten; they are always covered by a snapshot, which is refused first
+      unless it was removed); IndexError if beyond the last entry.
     - Damaged entries after `after` are dropped too (their op is reported as "?").
     - Appends a ``replay.truncate`` audit entry recording what was dropped and why in the
       same log transaction as the drop (a crash keeps both or neither), and logs a warning

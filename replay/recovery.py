@@ -71,8 +71,9 @@ class RecoveryReport:
     def __str__(self) -> str:
         source = f"snapshot at index {self.snapshot_index}" if self.snapshot is not None else "the initial state"
         damaged = f", skipped {len(self.damaged_snapshots)} damaged snapshot(s)" if self.damaged_snapshots else ""
+        changed = f", environment differs in {len(self.environment)} field(s)" if self.environment else ""
         return (f"recovered from {source}, replayed {self.entries_replayed} entries "
-                f"in {self.seconds:.3f} s{damaged}")
+                f"in {self.seconds:.3f} s{damaged}{changed}")
 
 
 def snapshot_meta(index: int, log_checksum: int | None, counts: Mapping[str, int] | None = None) -> dict:
