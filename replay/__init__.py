@@ -45,16 +45,21 @@ from .errors import (
     UnknownOpError,
     VersionMismatchError,
 )
+from .history import JournalEntry, entries
 from .journal import Journal
+from .loader import Batch, JournaledLoader, StaleBatchError
+from .loadstate import LoadedState, LoadStateError, ReplayNeededError, load_state
 from .operator import truncate
 from .ops import Ops, OpSpec
 from .policies import Every
 from .preemption import Preemption
 from .recovery import RecoveryReport
-from .rng import seeded_generator
+from .rng import seeded_generator, seeded_rng
 
 __all__ = [
     "Journal", "Ops", "OpSpec", "Every", "Preemption", "environment", "RecoveryReport", "DataCursor", "seeded_generator",
+    "seeded_rng", "JournaledLoader", "Batch", "StaleBatchError", "load_state", "LoadedState", "LoadStateError",
+    "ReplayNeededError", "entries", "JournalEntry",
     "state_digest", "truncate", "verify_journal", "JournalReport", "state_at",
     "ReplayError", "UnknownOpError", "PayloadRejectedError", "HandlerError", "VersionMismatchError",
     "EnvelopeError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "ClosedError", "ConcurrentUseError",
