@@ -17,6 +17,7 @@ from collections import Counter
 
 from eventlog import HEADER_SIZE
 
+from replay import environment
 from replay.audit import human_bytes
 
 from .entries import rows as entry_rows
@@ -26,7 +27,7 @@ from .retention import SNAPSHOT_COLUMNS, snapshot_rows
 from .source import open_source
 from .summary import iso_time, local_time
 
-HELP = "entries, bytes, ops histogram, terms, snapshots, estimated replay time"
+HELP = "entries, bytes, ops histogram, terms, snapshots, recorded environment, estimated replay time"
 
 
 def add_parser(sub, parents) -> None:
@@ -68,6 +69,8 @@ def run(args, out: Output) -> int:
                "entries": sum(counts.values()), "payload_bytes": payload_total, "header_bytes": header_total,
                "file_bytes": os.path.getsize(data_file), "damaged": damaged}
     estimate = _estimate(sound, [r.manifest_id for r in damaged_snaps], bool(snaps), last, gaps)
+    env = _environment(src.root) if src.store is not None else None
+    status = EXIT_DAMAGE if damaged or (env is not None and env["damaged"]) else EXIT_OK
     if out.as_json:
         out.record(summary)
         for op, n in counts.most_common():
@@ -76,8 +79,10 @@ def run(args, out: Output) -> int:
             out.record({"section": "term", **term, "time": iso_time(term["time_ns"])})
         for snap in snaps:
             out.record({"section": "snapshot", **snap})
+        if env is not None:
+            out.record({"section": "environment", **env})
         out.record({"section": "estimate", **estimate})
-        return EXIT_DAMAGE if damaged else EXIT_OK
+        return status
 
     out.line(f"log {src.log_path}: entries {first}..{last} ({summary['entries']} readable), "
              f"{human_bytes(payload_total)} payload + {human_bytes(header_total)} headers, "
@@ -99,8 +104,10 @@ def run(args, out: Output) -> int:
         out.table(SNAPSHOT_COLUMNS, snaps, title="snapshots")
     elif src.store is not None:
         out.line("snapshots: none")
+    if env is not None:
+        _show_environment(env, out)
     out.line(estimate["text"])
-    return EXIT_DAMAGE if damaged else EXIT_OK
+    return status
 
 
 def _estimate(sound, damaged: list[str], any_snapshot: bool, last: int, gaps: list[int]) -> dict:
@@ -124,6 +131,42 @@ def _estimate(sound, damaged: list[str], any_snapshot: bool, last: int, gaps: li
     return {"from_index": base, "from_snapshot": sound.manifest_id if sound is not None else None,
             "damaged_snapshots": damaged, "entries": pending, "seconds_per_entry": per_entry, "seconds": seconds,
             "text": text}
+
+
+def _environment(root) -> dict:
+    """The fingerprint the journal recorded when it was created, and where this machine differs
+    (replay here may not be bit-exact there); a damaged or hostile file is reported as damage."""
+    try:
+        recorded = environment.recorded(root)
+    except environment.EnvironmentFileError as exc:
+        return {"recorded": None, "damaged": str(exc), "differs_here": []}
+    if recorded is None:
+        return {"recorded": None, "damaged": None, "differs_here": []}
+    device = "cuda" if recorded.get("device_type") == "cuda" and _cuda_available() else "cpu"
+    return {"recorded": recorded, "damaged": None,
+            "differs_here": environment.differences(recorded, environment.fingerprint(device))}
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _show_environment(env: dict, out: Output) -> None:
+    if env["damaged"]:
+        out.line(f"environment: DAMAGED: {env['damaged']}", style="bold red")
+        return
+    if env["recorded"] is None:
+        out.line("environment: none recorded (a journal created before fingerprints were kept)")
+        return
+    fields = ", ".join(f"{key}={value}" for key, value in env["recorded"].items() if key != "format")
+    out.line(f"environment when created: {fields}")
+    if env["differs_here"]:
+        out.line("differs on this machine (replay here may not be bit-exact): " + "; ".join(env["differs_here"]),
+                 style="yellow")
+    else:
+        out.line("this machine matches it")
 
 
 def _duration(seconds: float) -> str:
