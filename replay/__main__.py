@@ -3,7 +3,7 @@
 Subcommands:
   demo        train (or run inference) under a Journal, kill -9 it repeatedly, resume,
               and check the result is bit-identical to an uninterrupted run (replay/demo.py).
-  log, show, verify, stats, tail, snapshots, prune, state, diff, truncate
+  log, show, verify, stats, tail, snapshots, prune, state, diff, export, truncate
               the audit CLI (replay/cli/): read a journal without disturbing its writer.
 """
 
