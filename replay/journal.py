@@ -134,8 +134,8 @@ class Journal:
             >>> with replay.Journal.open(path, state={"w": torch.zeros(2)}, ops=ops) as journal:
             ...     journal.apply("add", value=1.5)
             >>> with replay.Journal.open(path, state={"w": torch.zeros(2)}, ops=ops) as journal:
-            ...     print(journal.recovery.entries_replayed, journal.state["w"].tolist())
-            1 [1.5, 1.5]
+            ...     print(journal.recovery.snapshot_index, journal.count(), journal.state["w"].tolist())
+            1 1 [1.5, 1.5]
         """
         check_options(snapshot=snapshot, digest_every=digest_every, preemption=preemption,
                       environment_policy=environment)

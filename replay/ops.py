@@ -10,6 +10,8 @@ rebuilt. Registered with ``@ops.op(inputs=rebuild)``, ``rebuild(**payload)`` (th
 decoded payload, tensors on the journal's device, exactly as replay sees it) produces
 them whenever they are not handed over: on replay, and on a live ``apply`` given no
 ``inputs=``. A live ``apply(op, inputs=batch, ...)`` hands the handler ``batch`` instead.
+A handler whose ``inputs`` parameter has a default and whose op has no rebuild is called
+without ``inputs`` on replay, so it must then compute the same thing from the payload.
 
 Design choice: the log holds only the payload, so inputs are safe only when they are a
 pure function of the payload (the sample ids, the seed of the augmentation): replay
