@@ -209,8 +209,9 @@ def _verify_log(log: EventLog, found: _Findings) -> int | None:
     else:
         boundary = "  compaction boundary: none deleted (the log starts at entry 1)"
     if live > report.first_index:
+        held = f"LMDB holds {live}..{report.last_index}" if live <= report.last_index else "LMDB holds none"
         boundary += (f"; entries {report.first_index}..{live - 1} archived in {report.segments} sealed "
-                     f"segment(s), LMDB holds {live}..{report.last_index}")
+                     f"segment(s), {held}")
     found.add({"check": "boundary", "compacted_through": report.first_index - 1, "archived_through": live - 1,
                "boundary_term": report.boundary_term}, boundary)
     for damage in report.damage:
