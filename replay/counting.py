@@ -44,6 +44,26 @@ def count_ops(ops: Iterable[str]) -> Counter:
     return Counter(op for op in ops if is_user_op(op))
 
 
+class StepCounter:
+    """A journal's running counts: user entries per op, plus those counted overall only."""
+
+    def __init__(self, counts: dict[str, int], uncounted: int = 0):
+        self._counts = Counter(counts)
+        self._uncounted = uncounted
+
+    def add(self, op: str) -> None:
+        """One more applied entry of user op `op`."""
+        self._counts[op] += 1
+
+    def count(self, op: str | None = None) -> int:
+        """All user entries (op=None, the uncounted ones included) or those of `op`."""
+        return sum(self._counts.values()) + self._uncounted if op is None else self._counts.get(op, 0)
+
+    def by_op(self) -> dict[str, int]:
+        """op -> count, as a snapshot's meta records it."""
+        return dict(self._counts)
+
+
 def counts_from_log(log, through: int) -> tuple[Counter, int]:
     """(per-op user counts of entries first_index..through, entries below first_index).
 

@@ -17,7 +17,6 @@ import contextlib
 import os
 import time
 import warnings
-from collections import Counter
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,6 +27,7 @@ from eventlog import Archive, EventLog, LogPoisonedError, decode_payload, encode
 
 from . import components
 from .determinism import state_digest
+from .counting import StepCounter
 from .envelope import DIGEST_OP, unwrap, wrap
 from .errors import ClosedError, JournalPoisonedError, ReplayError
 from .opening import check_options, open_and_recover, refuse_to_reinitialise
@@ -188,12 +188,10 @@ class Journal:
         self._index = recovery.replayed.stop - 1 if len(recovery.replayed) else recovery.snapshot_index
         self._clock = PolicyClock(policy)
         self._clock.add(len(recovery.replayed), 0, recovery.replay_seconds)
-        self._bytes_counted = 0
-        self._counts = Counter(recovery.counts)
-        self._uncounted = recovery.uncounted
+        self._steps = StepCounter(recovery.counts, recovery.uncounted)
         self._snapshotter = Snapshotter(
             root, log, store, lambda: components.capture(self.state, replayer.kinds), self._guarded,
-            keep_log=keep_log, asynchronous=async_snapshots, counts=lambda: self._counts, archived=archived)
+            keep_log=keep_log, asynchronous=async_snapshots, counts=self._steps.by_op, archived=archived)
         if recovery.snapshot is not None:
             self._snapshotter.covered = recovery.snapshot_index
         self._poison: BaseException | None = None
@@ -220,9 +218,7 @@ class Journal:
         (replay.counting, including how a journal whose old snapshots predate them is
         counted).
         """
-        if op is None:
-            return sum(self._counts.values()) + self._uncounted
-        return self._counts.get(op, 0)
+        return self._steps.count(op)
 
     @property
     def durable_index(self) -> int:
@@ -314,8 +310,8 @@ class Journal:
             self._roll_back(index, exc)
             raise
         self._index = index
-        self._counts[op] += 1
-        self._clock.add(1, self._log_bytes_since_last_count(), time.perf_counter() - started)
+        self._steps.add(op)
+        self._clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
         if self._digest_every is not None and index % self._digest_every == 0:
             self._append_digest()
         if self._clock.due() and not self._snapshotter.in_flight:
@@ -330,13 +326,7 @@ class Journal:
         started = time.perf_counter()
         digest = state_digest(self.state)
         self._index = self._guarded(self.log.append, DIGEST_OP, wrap(1, {"digest": digest}))
-        self._clock.add(1, self._log_bytes_since_last_count(), time.perf_counter() - started)
-
-    def _log_bytes_since_last_count(self) -> int:
-        """Log bytes appended since the last call (the entry just appended included), for the log_bytes policy."""
-        total = self.log.bytes_appended
-        grown, self._bytes_counted = total - self._bytes_counted, total
-        return grown
+        self._clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
 
     def _roll_back(self, index: int, cause: BaseException) -> None:
         """Undo entry `index` whose handler raised: drop it from the log, rebuild the state at index - 1.

@@ -41,6 +41,7 @@ class PolicyClock:
 
     def __init__(self, policy: Every):
         self.policy = policy
+        self._bytes_seen = 0  # the log's running total of appended bytes at the last add_entry
         self.reset()
 
     def reset(self) -> None:
@@ -55,6 +56,12 @@ class PolicyClock:
         self.entries += entries
         self.log_bytes += log_bytes
         self.replay_seconds += apply_seconds
+
+    def add_entry(self, bytes_appended: int, apply_seconds: float) -> None:
+        """Account for one appended entry, given the log's running total of appended bytes
+        (what grew since the previous call is this entry's share)."""
+        grown, self._bytes_seen = bytes_appended - self._bytes_seen, bytes_appended
+        self.add(1, grown, apply_seconds)
 
     def due(self) -> bool:
         """True when any bound of the policy has been reached (never with no entries to cover)."""
