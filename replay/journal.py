@@ -87,7 +87,8 @@ class Journal:
                 about CUBLAS_WORKSPACE_CONFIG on CUDA).
             digest_every: after every user entry whose index is a multiple of N, append a
                 digest entry that replay re-checks.
-            keep_last: snapshots retained.
+            keep_last: snapshots retained (plus the oldest, the initial state, while the
+                log keeps its history: with an archive or keep_log).
             keep_log: never compact the log: every entry stays in LMDB.
             archive: where compaction moves the log's entries (passed to EventLog.open).
                 An `eventlog.Archive` (the default keeps everything): the log is compacted
@@ -146,7 +147,8 @@ class Journal:
         replayer = Replayer(ops, state, torch.device(device) if device is not None else None, kinds)
         log, store, recovery, resources = open_and_recover(
             root, replayer, keep_last=keep_last, durability=durability, takeover=takeover,
-            deterministic=deterministic, progress=progress, archive=archive, environment_policy=environment)
+            deterministic=deterministic, progress=progress, archive=archive, environment_policy=environment,
+            keep_log=keep_log)
         journal = cls(root, replayer, log, store, recovery, resources, policy=snapshot,
                       digest_every=digest_every, keep_log=keep_log, async_snapshots=async_snapshots,
                       snapshot_on_close=snapshot_on_close, archived=archive is not None)

@@ -42,7 +42,8 @@ def check_options(*, snapshot, digest_every, preemption, environment_policy) -> 
 
 
 def open_and_recover(root: Path, replayer: Replayer, *, keep_last: int, durability: str, takeover: bool,
-                     deterministic: bool, progress: bool | None, archive: Archive | None, environment_policy: str):
+                     deterministic: bool, progress: bool | None, archive: Archive | None, environment_policy: str,
+                     keep_log: bool = False):
     """(log, store, recovery report, the ExitStack that releases them): the store opened,
     the environment compared, the preflight passed, the log opened as writer, the state
     recovered; a new journal's environment recorded. On any failure everything opened so
@@ -54,7 +55,11 @@ def open_and_recover(root: Path, replayer: Replayer, *, keep_last: int, durabili
             opened.callback(guard.release)
         current = environment.fingerprint(replayer.device)  # after the guard: its flags are part of it
         changed, created = compare_environment(root, current, environment_policy)
-        store = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last, failpoint=failpoints.hit)
+        # A log that keeps its history (archived, or never compacted) can replay from the
+        # initial snapshot when every newer one is damaged, and recovery never replays onto
+        # a state built anew: so retention keeps that oldest snapshot too.
+        store = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last, failpoint=failpoints.hit,
+                                        keep_oldest=archive is not None or keep_log)
         opened.callback(store.close)
         loaded = _preflight(root / "log", store, replayer, takeover)
         log = EventLog.open(root / "log", durability=durability, takeover=takeover, archive=archive)

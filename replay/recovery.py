@@ -148,8 +148,11 @@ class Replayer:
         """Bring the state to log entry `at` (default: the last): newest usable snapshot at or
         before it, then replay (invariant 3). `store` may be None (a bare log).
 
-        Without a loadable snapshot, replay starts from the state as given, which is only
-        possible while the log still starts at entry 1. RecoveryError when `at` is past
+        A journal's store always holds its initial state (index 0) before the first entry,
+        so with a store and entries to replay, no loadable snapshot at all is RecoveryError
+        rather than a replay onto the state as given (which may have been built
+        differently); only a bare log (store None) replays from the state as given.
+        RecoveryError when `at` is past
         the log's end, or the snapshot and the log do not meet (the log was compacted past
         every loadable snapshot, or the newest is ahead of the log). Snapshots after `at`
         are passed over, not reported as damaged. Failpoint recovery.after_snapshot_load is
@@ -182,6 +185,16 @@ class Replayer:
             raise RecoveryError(f"cannot recover: the log starts at entry {first} but {what}{damaged}")
         if base > last:
             raise RecoveryError(f"snapshot at index {base} is ahead of the log's last entry {last}")
+        if report.snapshot is None and store is not None and stop > 1:
+            # A journal snapshots its initial state (index 0) before its first entry, so
+            # every replay starts from stored bytes. Replaying onto the state the caller
+            # passed instead would silently give other bytes whenever it was built
+            # differently (another random init): refuse, naming what was passed over.
+            damaged = (f"; passed over as damaged or foreign: "
+                       f"{', '.join(sid for sid, _ in report.damaged_snapshots)}") if report.damaged_snapshots else ""
+            raise RecoveryError(f"cannot recover: the log holds entries 1..{last} but no snapshot loads, and the "
+                                f"initial state's snapshot (index 0) is gone or damaged{damaged}; replaying onto the "
+                                "state passed in would not reproduce the run")
         self.run(log, base + 1, stop, report, progress)
         return report
 

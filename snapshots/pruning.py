@@ -35,6 +35,7 @@ class Retention:
 
     keep_last: int
     keep_every: int | None
+    keep_oldest: bool = False
 
 
 def prune(reader: StoreReader, known: KnownFiles, keep: Retention, failpoint: Callable[[str], None]) -> PruneReport:
@@ -48,7 +49,8 @@ def prune(reader: StoreReader, known: KnownFiles, keep: Retention, failpoint: Ca
     newest, skipped = reader.newest_verified()
     newest_key = (newest.index, newest.term) if newest else None
     doomed = {manifest_name(*k) for k in retention.to_delete(
-        [parse_manifest_name(n) for n in names], newest_key, keep.keep_last, keep.keep_every)}
+        [parse_manifest_name(n) for n in names], newest_key, keep.keep_last, keep.keep_every,
+        keep.keep_oldest)}
     damage = _not_a_directory(layout.manifests, "manifests/")
     if damage:  # a link to elsewhere: deleting "old manifests" there would delete others' files
         doomed = set()

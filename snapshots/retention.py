@@ -10,6 +10,7 @@ def to_delete(
     newest_verified: SnapshotKey | None,
     keep_last: int,
     keep_every: int | None,
+    keep_oldest: bool = False,
 ) -> list[SnapshotKey]:
     """The snapshots retention lets `prune` delete, oldest first.
 
@@ -19,7 +20,9 @@ def to_delete(
     verified. Besides those, the `keep_last` newest snapshots are kept and, with
     `keep_every=M`, the oldest snapshot of each index window [k*M, (k+1)*M) (so a
     snapshot every M entries survives even when snapshots are not taken at multiples
-    of M).
+    of M). With `keep_oldest`, the oldest snapshot is kept too: the base a log that still
+    holds its whole history (an archive, or a log never compacted) replays from when
+    every newer snapshot is damaged.
     """
     if newest_verified is None:
         return []
@@ -27,6 +30,8 @@ def to_delete(
     keep = {s for s in ordered if s >= newest_verified}
     if keep_last > 0:
         keep.update(ordered[-keep_last:])
+    if keep_oldest and ordered:
+        keep.add(ordered[0])
     if keep_every:
         first_in_window: dict[int, SnapshotKey] = {}
         for s in ordered:

@@ -72,7 +72,9 @@ class SnapshotStore:
     Args:
         path: the store directory, created by the first save (a missing one reads as
             empty).
-        keep_last, keep_every: the retention `prune()` applies (`retention.to_delete`).
+        keep_last, keep_every, keep_oldest: the retention `prune()` applies
+            (`retention.to_delete`); keep_oldest also keeps the oldest snapshot, the base
+            of a log that still holds its whole history.
         chunk_size: how tensors are cut, a positive multiple of 64 bytes.
         level: the zstd level.
         workers: threads that hash, compress, write and read chunks (default: twice the
@@ -127,6 +129,7 @@ class SnapshotStore:
         keep_last: int = 3,
         keep_every: int | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        keep_oldest: bool = False,
         level: int = 1,
         workers: int | None = None,
         failpoint: Callable[[str], None] | None = None,
@@ -142,6 +145,7 @@ class SnapshotStore:
         self.path = os.fspath(path)
         self.keep_last = keep_last
         self.keep_every = keep_every
+        self.keep_oldest = keep_oldest
         self.chunk_size = chunk_size
         self.workers = workers or max(4, 2 * (os.cpu_count() or 2))
         self._layout = StoreLayout(self.path)
@@ -365,7 +369,7 @@ class SnapshotStore:
         finish their current load or verify."""
         self._check_open()
         self._ensure_writer()
-        keep = Retention(self.keep_last, self.keep_every)
+        keep = Retention(self.keep_last, self.keep_every, self.keep_oldest)
         return self._committer.submit(prune, self._reader, self._known, keep, self._failpoint).result()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -396,7 +400,8 @@ class SnapshotStore:
             raise ClosedError(f"snapshot store {self.path} is closed")
 
     def __repr__(self) -> str:
-        return f"SnapshotStore({self.path!r}, keep_last={self.keep_last}, keep_every={self.keep_every})"
+        return (f"SnapshotStore({self.path!r}, keep_last={self.keep_last}, keep_every={self.keep_every}, "
+                f"keep_oldest={self.keep_oldest})")
 
 
 def _no_failpoint(name: str) -> None:

@@ -105,8 +105,12 @@ def run_prune(args, out: Output) -> int:
     if directory.name != "log":
         raise CliError(f"{args.dir} is a bare event log; it has no snapshots to prune")
     refuse_live_writer(directory, "the journal prunes its own snapshots. Close it first")
+    from eventlog import EventLog
+
+    with EventLog.open(directory, readonly=True) as log:
+        whole_history = log.first_index == 1  # the oldest snapshot is still the base of a full replay
     store = snapshots.SnapshotStore(directory.parent / "snapshots", keep_last=args.keep_last,
-                                    keep_every=args.keep_every, workers=4)
+                                    keep_every=args.keep_every, keep_oldest=whole_history, workers=4)
     try:
         report = store.prune()
     except snapshots.LockedError as exc:

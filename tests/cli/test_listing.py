@@ -61,7 +61,7 @@ def test_stats_counts_ops_terms_snapshots_and_estimates_replay(journal_master):
     assert {r["op"]: r["count"] for r in by_section["op"]} == {
         op: sum(1 for o in OP_OF.values() if o == op) for op in set(OP_OF.values())}
     assert [(t["term"], t["first_index"], t["entries"]) for t in by_section["term"]] == [(1, 1, 25), (2, 26, 10)]
-    assert [s["id"] for s in by_section["snapshot"]] == ["10-1", "20-1", "30-2"]
+    assert [s["id"] for s in by_section["snapshot"]] == ["0-0", "10-1", "20-1", "30-2"]  # 0-0: the base of the history
     (estimate,) = by_section["estimate"]
     assert estimate["from_index"] == 30 and estimate["entries"] == ENTRIES - 30
 
@@ -70,7 +70,8 @@ def test_snapshots_lists_sizes_and_ratios(journal_master):
     result = cli("snapshots", journal_master, "--json", "--verify")
     assert result.returncode == 0, result.stderr
     rows = records(result.stdout)
-    assert [(r["index"], r["term"], r["status"]) for r in rows] == [(10, 1, "ok"), (20, 1, "ok"), (30, 2, "ok")]
+    assert [(r["index"], r["term"], r["status"]) for r in rows] == [(0, 0, "ok"), (10, 1, "ok"), (20, 1, "ok"),
+                                                                      (30, 2, "ok")]
     for r in rows:
         assert r["bytes_logical"] == 4 * (12 + 3 + 12)  # weight, bias, table as float32
         assert r["ratio"] == r["bytes_logical"] / r["bytes_stored"]

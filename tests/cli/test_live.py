@@ -62,11 +62,14 @@ def test_truncate_removes_a_poison_entry_and_records_it_in_the_log(tmp_path):
 
 def test_prune_applies_retention_and_keeps_the_newest_snapshot(journal):
     manifests = journal / "snapshots" / "manifests"
-    chunks = {n: {c.id for c in Manifest.decode(n, (manifests / n).read_bytes()).chunks} for n in ("10-1", "20-1", "30-2")}
-    only_old = (chunks["10-1"] | chunks["20-1"]) - chunks["30-2"]  # each snapshot's model and table packs
+    names = ("0-0", "10-1", "20-1", "30-2")
+    chunks = {n: {c.id for c in Manifest.decode(n, (manifests / n).read_bytes()).chunks} for n in names}
+    # each snapshot's model and table packs; the initial snapshot 0-0 stays (the log still
+    # starts at entry 1, and a full replay starts from it)
+    only_old = (chunks["10-1"] | chunks["20-1"]) - chunks["30-2"] - chunks["0-0"]
     result = cli("prune", journal, "--keep-last", 1, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["deleted"] == ["10-1", "20-1"] and report["kept"] == ["30-2"]
+    assert report["deleted"] == ["10-1", "20-1"] and report["kept"] == ["0-0", "30-2"]
     assert report["chunks_deleted"] == len(only_old) == 4
-    assert sorted(p.name for p in (journal / "snapshots" / "manifests").iterdir()) == ["30-2"]
+    assert sorted(p.name for p in (journal / "snapshots" / "manifests").iterdir()) == ["0-0", "30-2"]

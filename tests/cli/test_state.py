@@ -46,14 +46,24 @@ def test_state_at_an_index_between_snapshots_is_bit_identical_to_the_reference(j
     assert json.loads(meta["replay.values"]) == {"counters.steps": reference(23)["counters"]["steps"]}
 
 
-def test_state_before_every_retained_snapshot_replays_from_the_factory_with_a_warning(journal_master, tmp_path):
+def test_state_before_the_later_snapshots_replays_from_the_initial_snapshot(journal_master, tmp_path):
     out = tmp_path / "at5.safetensors"
     result = cli("state", journal_master, "--at", 5, *OPS, "--out", out)
     assert result.returncode == 0, result.stderr
-    assert "warning: no retained snapshot at or before index 5" in result.stderr
+    assert "from snapshot 0-0, replayed 5 entries" in result.stdout
     tensors, _ = load(out)
     for name, t in reference_tensors(5).items():
         assert torch.equal(tensors[name], t), name
+
+
+def test_state_without_any_usable_snapshot_is_refused_not_guessed_from_the_factory(journal, tmp_path):
+    # Retention keeps the initial snapshot; without it, the --state factory's values would
+    # be the base of the replay, right only if it rebuilt the run's exact initial state.
+    (journal / "snapshots" / "manifests" / "0-0").unlink()
+    result = cli("state", journal, "--at", 5, *OPS, "--out", tmp_path / "at5.safetensors")
+    assert result.returncode != 0, (result.stdout, result.stderr)
+    assert "no snapshot loads" in result.stderr and "index 0" in result.stderr
+    assert not (tmp_path / "at5.safetensors").exists()
 
 
 def test_diff_lists_exactly_the_changed_tensors_with_the_size_of_the_change(journal_master):

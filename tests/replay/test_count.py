@@ -86,7 +86,8 @@ def test_count_is_per_op_and_ignores_engine_entries_and_dropped_handlers(tmp_pat
         assert journal.count("replay.digest") == 0 and journal.index == 11  # 6 user entries, 5 digests
     # Drop the digest after 'note' (a replay.truncate record takes its index), then recount from the log.
     for name in (tmp_path / "snapshots" / "manifests").iterdir():
-        name.unlink()
+        if name.name != "0-0":  # the initial state stays: replay starts from stored bytes, never from _state()
+            name.unlink()
     replay.truncate(tmp_path, after=10, reason="test")
     with replay.Journal.open(tmp_path, state=_state(), ops=ops) as journal:
         assert journal.recovery.entries_replayed == 11 and journal.index == 11
