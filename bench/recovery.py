@@ -220,7 +220,7 @@ def bench_recovery(work: Workdir, label: str, make_job, op: str, counts, repeats
         path = work.new(f"{label}-{n}")
         live = make_job()
         started = pc()
-        journal = replay.Journal.open(path, state=live.state, ops=live.ops, snapshot=replay.Every(), progress=False)
+        journal = replay.Journal.open(path, state=live.state, ops=live.ops, snapshot=replay.Every(), progress=False, snapshot_on_close=False)
         open_fresh = pc() - started
         started = pc()
         for i in range(n):
@@ -236,7 +236,7 @@ def bench_recovery(work: Workdir, label: str, make_job, op: str, counts, repeats
             fresh = make_job(init=1 + r)  # another init: recovery must overwrite all of it
             gc.collect()
             started = pc()
-            journal = replay.Journal.open(path, state=fresh.state, ops=fresh.ops, snapshot=replay.Every(), progress=False)
+            journal = replay.Journal.open(path, state=fresh.state, ops=fresh.ops, snapshot=replay.Every(), progress=False, snapshot_on_close=False)
             open_s = pc() - started
             report = journal.recovery
             assert report.entries_replayed == n, (report, n)
@@ -616,12 +616,12 @@ def profile_load(work: Workdir, repeats: int = 5):
     """cProfile of recovering 0 entries (snapshot load + restore) of the embedding state."""
     live = RowsJob()
     path = work.new("profile-load")
-    replay.Journal.open(path, state=live.state, ops=live.ops, snapshot=replay.Every(), progress=False).close()
+    replay.Journal.open(path, state=live.state, ops=live.ops, snapshot=replay.Every(), progress=False, snapshot_on_close=False).close()
     prof = cProfile.Profile()
     for r in range(repeats):
         fresh = RowsJob(init=r + 1)
         prof.enable()
-        replay.Journal.open(path, state=fresh.state, ops=fresh.ops, snapshot=replay.Every(), progress=False).close()
+        replay.Journal.open(path, state=fresh.state, ops=fresh.ops, snapshot=replay.Every(), progress=False, snapshot_on_close=False).close()
         prof.disable()
     work.drop(path)
     st = pstats.Stats(prof, stream=io.StringIO())
@@ -639,7 +639,7 @@ def profile_replay(work: Workdir, n: int):
     """Replay of `n` update_rows entries, decomposed: log scan + decode, handlers alone, full replay."""
     live = RowsJob()
     path = work.new("profile-replay")
-    journal = replay.Journal.open(path, state=live.state, ops=live.ops, snapshot=replay.Every(), progress=False)
+    journal = replay.Journal.open(path, state=live.state, ops=live.ops, snapshot=replay.Every(), progress=False, snapshot_on_close=False)
     for i in range(n):
         journal.apply("update_rows", **live.payload(i))
     journal.close()
@@ -671,7 +671,7 @@ def profile_replay(work: Workdir, n: int):
     fresh = RowsJob(init=3)
     prof = cProfile.Profile()
     prof.enable()
-    journal = replay.Journal.open(path, state=fresh.state, ops=fresh.ops, snapshot=replay.Every(), progress=False)
+    journal = replay.Journal.open(path, state=fresh.state, ops=fresh.ops, snapshot=replay.Every(), progress=False, snapshot_on_close=False)
     prof.disable()
     rep = journal.recovery
     journal.close()
