@@ -7,28 +7,13 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 import replay
 from eventlog import EventLog
 from replay import environment
+from tests.replay.test_environment import _open  # the same one-tensor journal the unit tests open
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_hostile_files]
-
-
-def _ops():
-    ops = replay.Ops()
-
-    @ops.op
-    def add(state, *, value):
-        state["w"] += value
-
-    return ops
-
-
-def _open(path, **options):
-    return replay.Journal.open(path, state={"w": torch.zeros(2)}, ops=_ops(), snapshot=replay.Every(),
-                               snapshot_on_close=False, **options)
 
 
 def _fifo(path):
