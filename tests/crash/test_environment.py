@@ -8,7 +8,6 @@ import os
 
 import pytest
 
-import replay
 from eventlog import EventLog
 from replay import environment
 from tests.replay.test_environment import _open  # the same one-tensor journal the unit tests open
