@@ -15,10 +15,17 @@ pytestmark = pytest.mark.timeout(60)
 def test_a_forked_child_does_not_keep_the_writer_lock(tmp_path):
     store = snapshots.SnapshotStore(tmp_path / "store")
     store.save({"w": torch.zeros(2)}, index=1, term=1)
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child outlives the parent's hold on the store, as an orphaned worker would
+        os.write(ready_w, b"x")  # the at-fork handlers have run by the time the child runs code
         time.sleep(3)
         os._exit(0)
+    # Until the child is scheduled it still holds the inherited descriptor (fork copies
+    # them all); the claim is about a child that has started, as a DataLoader worker has.
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"x"
+    os.close(ready_r)
     try:
         store.close()
         again = snapshots.SnapshotStore(tmp_path / "store")  # LockedError if the child kept the flock
