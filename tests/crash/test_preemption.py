@@ -111,7 +111,7 @@ def _recovered(root):
 def test_sigterm_or_sigusr1_at_random_moments_exits_as_documented_and_the_next_open_replays_nothing(tmp_path):
     rng = random.Random(1717)
     root = tmp_path / "journal"
-    runs, outcomes = 12, []
+    runs, outcomes = 8, []
     for run in range(runs):
         signum = rng.choice([signal.SIGTERM, signal.SIGUSR1])
         then = "raise" if run % 4 == 3 else "exit"
