@@ -21,6 +21,21 @@ def cli(*args, timeout: float = 60) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+@pytest.fixture
+def cli_here(capsys):
+    """cli_here(*args) -> (exit status, stdout, stderr) of `replay ARGS` run in this process:
+    for tests that run many commands (no interpreter and torch import per call)."""
+    from replay.__main__ import main
+
+    def run(*args):
+        capsys.readouterr()
+        status = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def journal_master(tmp_path_factory) -> Path:
     """35 entries in two terms (25, then a restart and 10 more); snapshots every 10, the last 3 kept."""

@@ -87,14 +87,9 @@ def test_another_index_needs_ops_and_says_so_then_replays(journal_master, tmp_pa
     assert torch.equal(model.weight, reference(23)["model"].weight)
 
 
-def test_prefix_selection_and_names_that_are_not_there(journal_master, tmp_path, capsys):
-    from replay.__main__ import main
-
-    def cli(*args):  # in this process: five commands, no torch import each
-        capsys.readouterr()
-        status = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, status, out, err)
+def test_prefix_selection_and_names_that_are_not_there(journal_master, tmp_path, cli_here):
+    def cli(*args):  # in this process: five commands
+        return subprocess.CompletedProcess(args, *cli_here(*args))
 
     at = snapshot_indexes(journal_master)[-1]
     result = cli("export", journal_master, "--at", at, "--only", "model.bias", "--out", tmp_path / "b.st")

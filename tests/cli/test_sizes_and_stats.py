@@ -9,7 +9,6 @@ import os
 import pytest
 
 import snapshots
-from replay.__main__ import main
 from replay.audit import human_bytes
 from snapshots.manifest import Manifest
 from tests.cli.conftest import OPS
@@ -18,16 +17,8 @@ SIZES = ("bytes_logical", "bytes_stored", "bytes_written")
 
 
 @pytest.fixture
-def cli(capsys):
-    """cli(*args) -> (exit status, stdout, stderr), in this process (these tests run many commands)."""
-
-    def run(*args):
-        capsys.readouterr()
-        status = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
+def cli(cli_here):
+    return cli_here  # these tests run many commands
 
 
 def records(stdout: str) -> list[dict]:

@@ -8,20 +8,10 @@ import os
 
 import pytest
 
-from replay.__main__ import main
-
 
 @pytest.fixture
-def cli(capsys):
-    """cli(*args) -> (exit status, stdout, stderr) of `replay ARGS`, in this process (no torch import per call)."""
-
-    def run(*args):
-        capsys.readouterr()
-        status = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
+def cli(cli_here):
+    return cli_here
 
 
 def stats_json(cli, path) -> tuple[int, dict]:
