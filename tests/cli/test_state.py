@@ -12,13 +12,7 @@ from tests.cli import tinyjob
 from tests.cli.conftest import OPS, cli
 
 
-def reference(index: int) -> dict:
-    """The state after entry `index`, by applying the job's ops in a plain loop (no journal)."""
-    state = tinyjob.make_state()
-    for i in range(index):
-        op, payload = tinyjob.payload(i)
-        getattr(tinyjob, op)(state, **payload)
-    return state
+reference = tinyjob.reference
 
 
 def reference_tensors(index: int) -> dict[str, torch.Tensor]:

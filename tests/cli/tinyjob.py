@@ -59,6 +59,15 @@ def payload(i: int) -> tuple[str, dict]:
     return "step", {"x": torch.randn(4, generator=g), "lr": 0.01}
 
 
+def reference(index: int) -> dict:
+    """The state after entry `index`, by applying the ops in a plain loop (no journal)."""
+    state = make_state()
+    for i in range(index):
+        op, kwargs = payload(i)
+        globals()[op](state, **kwargs)
+    return state
+
+
 def write(path, steps: int, delay: float = 0.0, snapshot_every: int = 10, keep_last: int = 3,
           keep_log: bool = True, start: int = 0, durability: str = "sync", go: str | None = None,
           snapshot_on_close: bool = False) -> None:

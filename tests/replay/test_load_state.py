@@ -24,13 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(120)
 
 
-def reference(index: int) -> dict:
-    """The job's state after entry `index`, by a plain loop over its ops (no journal)."""
-    state = tinyjob.make_state()
-    for i in range(index):
-        op, payload = tinyjob.payload(i)
-        getattr(tinyjob, op)(state, **payload)
-    return state
+reference = tinyjob.reference
 
 
 def fresh_model() -> torch.nn.Linear:
