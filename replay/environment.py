@@ -27,15 +27,14 @@ existed has none, and nothing is compared.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import stat
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import jsonfile
 from .errors import ReplayError
 
 FILE = "environment.json"
@@ -88,27 +87,14 @@ def recorded(root: str | os.PathLike) -> dict[str, Any] | None:
     """
     path = Path(root) / FILE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise EnvironmentFileError(f"{path}: cannot be opened as a file: {exc.strerror or exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise EnvironmentFileError(f"{path}: is not a regular file")
-        data = b""
-        while len(data) <= MAX_BYTES:
-            chunk = os.read(fd, MAX_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except OSError as exc:
-        raise EnvironmentFileError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_BYTES:
-        raise EnvironmentFileError(f"{path}: larger than {MAX_BYTES} bytes, not an environment fingerprint")
-    return _parse(path, data)
+        doc = jsonfile.read_small(path, MAX_BYTES)
+    except jsonfile.JsonFileError as exc:
+        if str(exc).startswith("not JSON"):
+            raise EnvironmentFileError(f"{path}: not a JSON environment fingerprint ({str(exc)[10:-1]})") from None
+        if str(exc).startswith("larger than"):
+            raise EnvironmentFileError(f"{path}: {exc}, not an environment fingerprint") from None
+        raise EnvironmentFileError(f"{path}: {exc}") from None
+    return None if doc is None else _check(path, doc)
 
 
 def differences(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
@@ -124,38 +110,10 @@ def differences(recorded: dict[str, Any] | None, current: dict[str, Any]) -> lis
 
 def record(root: str | os.PathLike, current: dict[str, Any]) -> None:
     """Write `current` as the journal's fingerprint durably: temp file, fsync, rename, directory fsync."""
-    root = Path(root)
-    path = root / FILE
-    temp = root / f".{FILE}.{os.getpid()}.tmp"
-    data = json.dumps(current, sort_keys=True, allow_nan=False).encode()
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-    directory = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    jsonfile.write_durably(Path(root) / FILE, current)
 
 
-def _parse(path: Path, data: bytes) -> dict[str, Any]:
-    def no_duplicates(pairs):
-        keys = [k for k, _ in pairs]
-        if len(set(keys)) != len(keys):
-            raise ValueError("a key appears twice")
-        return dict(pairs)
-
-    def no_constants(name):
-        raise ValueError(f"{name} is not JSON")
-
-    try:
-        doc = json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise EnvironmentFileError(f"{path}: not a JSON environment fingerprint ({exc})") from None
+def _check(path: Path, doc: Any) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise EnvironmentFileError(f"{path}: not a JSON object but {type(doc).__name__}")
     for key, value in doc.items():

@@ -1,0 +1,173 @@
+"""What a multi-rank journal keeps on disk, version 1.
+
+::
+
+    DIR/
+      rank-<r>/        one per rank: an ordinary single-process journal directory
+                       (log/, snapshots/, environment.json) with its single-writer rules
+          rank.json    {"format": 1, "rank": r, "world_size": N}
+                       written once, durably, before the rank's first entry
+      group/           written by rank 0 only, for audits; recovery never reads it
+          snapshots/<index, 20 digits>.json
+                       {"format": 1, "index": i, "world_size": N, "time": unix seconds,
+                        "manifests": [snapshot manifest id on rank 0, on rank 1, ...]}
+                       written durably once every rank has committed its snapshot at i;
+                       removed once rank 0's retention no longer keeps that snapshot
+
+DIR may be a node-local disk, so a rank never reads another rank's directory: what the
+ranks must agree on they agree through collectives (replay.ranks.collectives). The
+records here exist so that an operator (``replay verify DIR``) can see which snapshots
+were complete across ranks, and so that a rank directory opened with the wrong world
+size is refused. Every file is read back as untrusted input (replay.jsonfile).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import jsonfile
+from ..errors import ReplayError
+
+FORMAT = 1
+RANK_FILE = "rank.json"
+GROUP_DIR = "group"
+RECORD_LIMIT = 64 * 1024  # a record names one manifest per rank: kilobytes, never more
+_RANK_DIR = re.compile(r"rank-(0|[1-9][0-9]{0,5})")
+_RECORD = re.compile(r"([0-9]{20})\.json")
+
+
+class RankRecordError(ReplayError):
+    """A multi-rank record (rank.json, a global snapshot record) is damaged or hostile; names the path."""
+
+
+@dataclass(frozen=True)
+class GlobalRecord:
+    """Rank 0's record that every rank committed its snapshot at `index`."""
+
+    index: int
+    world_size: int
+    manifests: tuple[str, ...]  # manifest id on each rank, by rank
+    time: float
+    path: Path
+
+
+def rank_dir(root: str | os.PathLike, rank: int) -> Path:
+    """The directory of rank `rank`'s journal under `root`."""
+    return Path(root) / f"rank-{rank}"
+
+
+def ranks_on_disk(root: str | os.PathLike) -> list[int]:
+    """Sorted ranks whose ``rank-<r>`` directory exists under `root` ([] for none, or no `root`)."""
+    try:
+        names = os.listdir(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(int(m.group(1)) for n in names if (m := _RANK_DIR.fullmatch(n)) and (Path(root) / n).is_dir())
+
+
+def is_multirank(root: str | os.PathLike) -> bool:
+    """Whether `root` is a multi-rank journal directory (it holds at least one rank directory)."""
+    return bool(ranks_on_disk(root))
+
+
+def write_rank_record(rank_root: str | os.PathLike, rank: int, world_size: int) -> None:
+    """Record durably that `rank_root` is rank `rank` of a group of `world_size`."""
+    jsonfile.write_durably(Path(rank_root) / RANK_FILE, {"format": FORMAT, "rank": rank, "world_size": world_size})
+
+
+def read_rank_record(rank_root: str | os.PathLike) -> dict | None:
+    """{"rank": r, "world_size": N} recorded in `rank_root`; None when it has no record.
+
+    RankRecordError naming the file when it is not a regular file, too large, not strict
+    JSON, or lacks a non-negative int rank below a positive int world_size."""
+    path = Path(rank_root) / RANK_FILE
+    doc = _read(path)
+    if doc is None:
+        return None
+    rank, world = doc.get("rank"), doc.get("world_size")
+    if not (_is_int(rank) and _is_int(world) and 0 <= rank < world):
+        raise RankRecordError(f"{path}: rank {rank!r} and world_size {world!r} are not a rank of a group")
+    return {"rank": rank, "world_size": world}
+
+
+def write_global_record(root: str | os.PathLike, index: int, manifests: list[str]) -> Path:
+    """Record durably that every rank committed its snapshot at `index` (`manifests`, by rank)."""
+    directory = Path(root) / GROUP_DIR / "snapshots"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{index:020d}.json"
+    jsonfile.write_durably(path, {"format": FORMAT, "index": index, "world_size": len(manifests),
+                                  "manifests": list(manifests), "time": time.time()})
+    return path
+
+
+def remove_global_records(root: str | os.PathLike, keep: set[int]) -> None:
+    """Delete the global records of snapshots whose index is not in `keep` (missing ones are fine)."""
+    directory = Path(root) / GROUP_DIR / "snapshots"
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name in names:
+        m = _RECORD.fullmatch(name)
+        if m and int(m.group(1)) not in keep:
+            try:
+                os.unlink(directory / name)
+            except FileNotFoundError:
+                pass
+
+
+def read_global_records(root: str | os.PathLike) -> tuple[list[GlobalRecord], list[tuple[Path, str]]]:
+    """(records oldest first, damaged files as (path, reason)) under ``root/group/snapshots``.
+
+    Files whose names are not ``<20 digits>.json`` are ignored (temp files of a crashed
+    write). A record is damaged when it is unreadable (replay.jsonfile), its fields are
+    missing or mistyped, or its index does not match its name."""
+    directory = Path(root) / GROUP_DIR / "snapshots"
+    try:
+        names = sorted(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return [], []
+    records, damaged = [], []
+    for name in names:
+        m = _RECORD.fullmatch(name)
+        if not m:
+            continue
+        path = directory / name
+        try:
+            doc = _read(path)
+            records.append(_record(path, int(m.group(1)), doc))
+        except RankRecordError as exc:
+            damaged.append((path, str(exc).removeprefix(f"{path}: ")))
+    return records, damaged
+
+
+def _record(path: Path, named: int, doc) -> GlobalRecord:
+    index, world, manifests, when = (doc.get(k) for k in ("index", "world_size", "manifests", "time"))
+    if index != named or not _is_int(index):
+        raise RankRecordError(f"{path}: index {index!r} does not match the file name")
+    if not (_is_int(world) and world > 0 and isinstance(manifests, list) and len(manifests) == world
+            and all(isinstance(m, str) and len(m) < 64 for m in manifests)):
+        raise RankRecordError(f"{path}: world_size {world!r} and manifests are not one manifest id per rank")
+    if not isinstance(when, (int, float)) or isinstance(when, bool):
+        raise RankRecordError(f"{path}: time {when!r} is not a number")
+    return GlobalRecord(index, world, tuple(manifests), float(when), path)
+
+
+def _read(path: Path):
+    try:
+        doc = jsonfile.read_small(path, RECORD_LIMIT)
+    except jsonfile.JsonFileError as exc:
+        raise RankRecordError(f"{path}: {exc}") from None
+    if doc is None:
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or isinstance(doc.get("format"), bool):
+        raise RankRecordError(f"{path}: not a format-{FORMAT} multi-rank record")
+    return doc
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
