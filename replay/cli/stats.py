@@ -7,6 +7,10 @@ verifies (the one recovery would load; damaged newer ones are named and passed o
 which is why this reads that snapshot's chunks). It is the pace the run wrote at
 (forward, backward and data loading included), so replay, which skips waiting for data,
 is usually no slower. Snapshot sizes use the vocabulary of `replay snapshots`.
+
+A multi-rank journal DIR gets a row per rank and the global picture: the recorded world
+size, the cut, entries above it, the common snapshot, rank 0's global records
+(cli.multirank); ``--rank R`` gives rank R's full stats as above.
 """
 
 from __future__ import annotations
@@ -22,22 +26,28 @@ from replay.audit import human_bytes
 
 from .entries import rows as entry_rows
 from .errors import EXIT_DAMAGE, EXIT_OK
+from .multirank import add_rank_option, rank_path, run_stats
 from .output import Column, Output
 from .retention import SNAPSHOT_COLUMNS, snapshot_rows
 from .source import open_source
 from .summary import iso_time, local_time
 
-HELP = "entries, bytes, ops histogram, terms, snapshots, recorded environment, estimated replay time"
+HELP = ("entries, bytes, ops histogram, terms, snapshots, recorded environment, estimated replay time "
+        "(a multi-rank journal: per rank, the cut, the common snapshot, the global records)")
 
 
 def add_parser(sub, parents) -> None:
     p = sub.add_parser("stats", parents=parents, help=HELP, description=HELP)
-    p.add_argument("dir", help="journal directory (or a bare event log)")
+    p.add_argument("dir", help="journal directory, multi-rank journal directory (rank-<r>/...) or bare event log")
+    add_rank_option(p)
     p.set_defaults(run=run)
 
 
 def run(args, out: Output) -> int:
-    with open_source(args.dir) as src:
+    path = rank_path(args)
+    if path is None:
+        return run_stats(args, out)
+    with open_source(path) as src:
         log = src.log
         first, last, live_first = log.first_index, log.last_index, log.live_first_index
         counts, op_bytes = Counter(), Counter()
