@@ -34,6 +34,9 @@ from .errors import (
     DivergenceError,
     EnvironmentMismatchError,
     PreemptedError,
+    RankDivergenceError,
+    RankFailureError,
+    WorldSizeError,
     EnvelopeError,
     HandlerError,
     ConcurrentUseError,
@@ -63,5 +66,5 @@ __all__ = [
     "state_digest", "truncate", "verify_journal", "JournalReport", "state_at",
     "ReplayError", "UnknownOpError", "PayloadRejectedError", "HandlerError", "VersionMismatchError",
     "EnvelopeError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "ClosedError", "ConcurrentUseError",
-    "PreemptedError", "EnvironmentMismatchError",
+    "PreemptedError", "EnvironmentMismatchError", "RankFailureError", "WorldSizeError", "RankDivergenceError",
 ]

@@ -143,3 +143,41 @@ class EnvironmentMismatchError(ReplayError):
         listed = "; ".join(self.differences)
         super().__init__(f"{path}: created in another environment, and replay across it may not be bit-exact: "
                          f"{listed}. Open with environment=\"warn\" to recover anyway")
+
+
+class RankFailureError(ReplayError):
+    """A multi-rank journal could not go on: another rank failed (its error is quoted), or a
+    collective on the journal's process group failed (a peer died or timed out)."""
+
+
+class WorldSizeError(ReplayError):
+    """A multi-rank journal was opened by a group of another size than the one that created it."""
+
+    def __init__(self, path, recorded: int, current: int):
+        self.path = path
+        self.recorded = recorded
+        self.current = current
+        super().__init__(f"{path} was created by a group of {recorded} ranks but this group has {current}; "
+                         f"open it with {recorded} ranks (changing the world size, resharding, is not supported)")
+
+
+class RankDivergenceError(DivergenceError):
+    """Components replicated on every rank (DDP parameters) differ across ranks at digest entry `index`."""
+
+    def __init__(self, index: int, components: list[str], digests: list[int]):
+        groups: dict[int, list[int]] = {}
+        for rank, digest in enumerate(digests):
+            groups.setdefault(digest, []).append(rank)
+        majority = max(groups.values(), key=len)
+        self.index = index
+        self.components = list(components)
+        self.digests = list(digests)
+        self.ranks = [r for r in range(len(digests)) if r not in majority]
+        self.expected = digests[majority[0]] & ((1 << 64) - 1)
+        self.actual = digests[self.ranks[0]] & ((1 << 64) - 1)
+        self.last_good = None
+        shown = ", ".join(f"rank {r}: {d & ((1 << 64) - 1):#018x}" for r, d in enumerate(digests))
+        ReplayError.__init__(
+            self, f"log entry {index}: replicated components {self.components} differ across ranks: rank(s) "
+                  f"{self.ranks} differ from the rest ({shown}); some handler does not update them alike on every "
+                  "rank (a rank-dependent update, an unsynchronised buffer, a skipped collective)")

@@ -28,6 +28,14 @@ full log or the new snapshot plus the log after it:
     recovery.after_snapshot_load     the newest verified snapshot is in the live state
     recovery.mid_replay              half of the entries to replay are applied (at least 2 to replay)
 
+Multi-rank journals (replay.ranks) add three; the others above fire on each rank:
+
+    group.before_global_record       rank 0: every rank committed a snapshot, its global record not yet written
+    group.after_exchange             recovery: the cut and the common snapshots agreed, nothing changed yet
+    group.after_cut_truncate         recovery: this rank's log truncated to the cut, no snapshot loaded yet
+
+A test targets one rank by setting ``REPLAY_FAILPOINTS`` in that rank's environment only.
+
 `snapshots` never imports `replay`: the Journal hands `hit` to its SnapshotStore as the
 store's `failpoint` hook.
 """
@@ -53,6 +61,9 @@ POINTS = (
     "journal.after_compact",
     "recovery.after_snapshot_load",
     "recovery.mid_replay",
+    "group.before_global_record",
+    "group.after_exchange",
+    "group.after_cut_truncate",
 )
 
 

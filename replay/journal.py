@@ -29,12 +29,15 @@ from . import components
 from .determinism import state_digest
 from .counting import StepCounter
 from .envelope import DIGEST_OP, unwrap, wrap
-from .errors import ClosedError, JournalPoisonedError, ReplayError
+from .errors import ClosedError, JournalPoisonedError, RankFailureError, ReplayError
 from .opening import check_options, open_and_recover, refuse_to_reinitialise
 from .ops import Ops
 from .policies import Every, PolicyClock
 from .preemption import Preemption, PreemptionHandler
 from .recovery import RecoveryReport, Replayer
+from .ranks import layout as ranks_layout
+from .ranks.collectives import Collectives
+from .ranks.coordinator import Coordinator, join, replicated_components
 from .snapshotter import Snapshotter, done
 from .threadguard import OneThreadAtATime
 
@@ -70,6 +73,8 @@ class Journal:
         archive: Archive | None = Archive(),
         preemption: Preemption | None = None,
         environment: str = "warn",
+        group=None,
+        replicated: list[str] | None = None,
     ) -> "Journal":
         """Open (creating if needed) the journal at directory `path` and recover `state` in place.
 
@@ -113,6 +118,20 @@ class Journal:
             snapshot_on_close: `close()` snapshots the last index (incremental; skipped when
                 a snapshot exists there), so a run's final state is a snapshot and the next
                 open replays nothing. `abandon()` never does.
+            group: None (default), a single-process journal. A torch.distributed process
+                group (e.g. ``torch.distributed.group.WORLD``): a multi-rank journal
+                (replay.ranks). Every rank calls open, apply, flush, snapshot and close in
+                the same order with the same ops (SPMD), its payloads its own; each rank
+                owns ``path/rank-<r>/`` and never reads another rank's files. Open recovers
+                the group to a common cut and replays in lockstep (replay/ranks/recovery.py)
+                and returns on every rank once all have opened; ``flush()`` returns the
+                global durable index. WorldSizeError when `path` was created by a group of
+                another size; RankFailureError when another rank failed to open (its error
+                is quoted) or a peer died. Not with `preemption` (ValueError).
+            replicated: names of components identical on every rank; DDP modules are
+                included automatically. With ``digest_every``, their digest is compared
+                across ranks at each digest entry, live and on replay
+                (RankDivergenceError, a DivergenceError, naming the ranks that differ).
 
         Returns:
             The open Journal. ``journal.recovery`` says which snapshot was loaded (damaged
@@ -142,16 +161,29 @@ class Journal:
                       environment_policy=environment)
         kinds = components.check_state(state)
         root = Path(path)
+        ranks = None
+        if group is None:
+            ranks_layout.refuse_single_process(root)
+        else:
+            if preemption is not None:
+                raise ValueError("preemption= is not supported with group= (the ranks would stop at different calls)")
+            ranks = Collectives(group)
+            replicated = replicated_components(state, replicated)
+            root = join(ranks, root)
         refuse_to_reinitialise(root)
         root.mkdir(parents=True, exist_ok=True)
         replayer = Replayer(ops, state, torch.device(device) if device is not None else None, kinds)
         log, store, recovery, resources = open_and_recover(
             root, replayer, keep_last=keep_last, durability=durability, takeover=takeover,
             deterministic=deterministic, progress=progress, archive=archive, environment_policy=environment,
-            keep_log=keep_log)
+            keep_log=keep_log, ranks=ranks)
         journal = cls(root, replayer, log, store, recovery, resources, policy=snapshot,
                       digest_every=digest_every, keep_log=keep_log, async_snapshots=async_snapshots,
                       snapshot_on_close=snapshot_on_close, archived=archive is not None)
+        if ranks is not None:
+            journal._group = Coordinator(ranks, Path(path), state, replicated, snapshot, journal._snapshotter,
+                                         store, recovery.snapshot_index if recovery.snapshot is not None else None)
+            replayer.on_digest = journal._group.check_replicated
         if recovery.uncounted:
             warnings.warn(f"{root}: {recovery.uncounted} entries under a snapshot that predates step counts are no "
                           "longer in the log; journal.count() counts them as user entries (replay.counting)",
@@ -166,9 +198,17 @@ class Journal:
                 journal._preemption = PreemptionHandler(preemption, journal._stop_for_preemption,
                                                         journal._one_thread.busy, str(root))
                 journal._preemption.install()
-        except BaseException:
+        except BaseException as exc:
             journal._release()
+            if ranks is not None and isinstance(exc, Exception):
+                ranks.agree(exc, "opening the journal")  # the others raise too; this re-raises exc
             raise
+        if ranks is not None:
+            try:
+                ranks.agree(None, "opening the journal")  # no rank applies before every rank has opened
+            except BaseException:
+                journal._release()
+                raise
         return journal
 
     def __init__(self, root: Path, replayer: Replayer, log: EventLog, store: snapshots.SnapshotStore,
@@ -196,6 +236,8 @@ class Journal:
             keep_log=keep_log, asynchronous=async_snapshots, counts=self._steps.by_op, archived=archived)
         if recovery.snapshot is not None:
             self._snapshotter.covered = recovery.snapshot_index
+            self._snapshotter.committed = (recovery.snapshot.index, recovery.snapshot.term)
+        self._group: Coordinator | None = None  # a multi-rank journal's agreements (set by open)
         self._poison: BaseException | None = None
         self._closed = False
         self._one_thread = OneThreadAtATime()
@@ -223,8 +265,19 @@ class Journal:
         return self._steps.count(op)
 
     @property
+    def rank(self) -> int:
+        """This process's rank in the journal's group (0 for a single-process journal)."""
+        return 0 if self._group is None else self._group.ranks.rank
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks writing the journal (1 for a single-process journal)."""
+        return 1 if self._group is None else self._group.ranks.size
+
+    @property
     def durable_index(self) -> int:
-        """Newest index that survives a power loss (see eventlog's durability modes)."""
+        """Newest index of this rank's log that survives a power loss (see eventlog's durability
+        modes); a multi-rank journal's global one is what `flush()` returns."""
         self._check_usable()
         return self.log.durable_index
 
@@ -316,8 +369,16 @@ class Journal:
         self._clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
         if self._digest_every is not None and index % self._digest_every == 0:
             self._append_digest()
-        if self._clock.due() and not self._snapshotter.in_flight:
+        if self._group is None:
+            if self._clock.due() and not self._snapshotter.in_flight:
+                self._clock.reset()
+                self._snapshotter.take_for_policy(self._index)
+        elif self._collective(self._group.snapshot_due, self._clock.due()):
+            # Every rank takes it: the previous one is finished first (whether it is still in
+            # flight differs between ranks), and confirmed across ranks on the way.
             self._clock.reset()
+            self._snapshotter.collect(block=True)
+            self._collective(self._group.confirm)
             self._snapshotter.take_for_policy(self._index)
         return result
 
@@ -329,6 +390,8 @@ class Journal:
         digest = state_digest(self.state)
         self._index = self._guarded(self.log.append, DIGEST_OP, wrap(1, {"digest": digest}))
         self._clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
+        if self._group is not None:
+            self._collective(self._group.check_replicated, self._index)
 
     def _roll_back(self, index: int, cause: BaseException) -> None:
         """Undo entry `index` whose handler raised: drop it from the log, rebuild the state at index - 1.
@@ -349,7 +412,12 @@ class Journal:
     # ------------------------------------------------------------------ durability and snapshots
 
     def flush(self) -> int:
-        """Block until every applied entry is durable; return the durable index (== index)."""
+        """Block until every applied entry is durable; return the durable index (== index).
+
+        Multi-rank: every rank's entries through its index are durable, and the value
+        returned is the global durable index, the newest index durable on every rank (the
+        same on every rank once each has flushed: what acknowledged means there). It also
+        confirms, across ranks, the newest snapshot every rank has committed."""
         with self._entered("flush"):
             return self._flush()
 
@@ -357,7 +425,18 @@ class Journal:
         self._check_usable()
         self._guarded(self.log.flush)
         self._snapshotter.collect(block=False)
+        if self._group is not None:
+            return self._collective(self._group.flush, self.log.durable_index)
         return self.log.durable_index
+
+    def _collective(self, call, *args):
+        """Run a multi-rank agreement; a failed collective (a dead peer) poisons the journal:
+        the group is broken, and only a reopen of every rank recovers."""
+        try:
+            return call(*args)
+        except RankFailureError as exc:
+            self._poison = exc
+            raise
 
     def snapshot(self, *, wait: bool = False) -> Future:
         """Snapshot the state at the current index; return a future of its SnapshotInfo.
@@ -378,6 +457,8 @@ class Journal:
     def _snapshot(self, wait: bool) -> Future:
         self._check_usable()
         self._snapshotter.collect(block=True)
+        if self._group is not None:
+            self._collective(self._group.confirm)
         existing = self._snapshot_at_index()
         if existing is not None:
             return done(existing)
@@ -406,14 +487,21 @@ class Journal:
         entry. snapshot=True takes it whatever the option says and raises its failure
         (after releasing everything); snapshot=False skips it. Closing a poisoned
         journal releases everything, snapshots nothing and raises nothing new.
+
+        Multi-rank: a collective call like the others (every rank closes), which confirms
+        the final snapshot across ranks; RankFailureError (after releasing everything)
+        when a peer is gone. Leaving a ``with`` block on an exception closes this rank
+        alone, with no collective: the other ranks may be anywhere.
         """
         if self._closed:
             return
         with self._entered("close"):
             self._close(snapshot, strict=snapshot is True)
 
-    def _close(self, snapshot: bool | None, strict: bool) -> None:
-        """`strict`: a failing snapshot raises (after the release) instead of being reported."""
+    def _close(self, snapshot: bool | None, strict: bool, together: bool = True) -> None:
+        """`strict`: a failing snapshot raises (after the release) instead of being reported.
+        `together`: a multi-rank journal confirms its final snapshot with the other ranks
+        (False when an exception is unwinding: the others may be anywhere)."""
         if self._closed:
             return
         try:
@@ -425,6 +513,8 @@ class Journal:
                     else:
                         self._snapshotter.take_for_policy(self._index, blocking=True)
                 self._guarded(self.log.flush)
+                if self._group is not None and together:
+                    self._collective(self._group.flush, self.log.durable_index)
         finally:
             self._release()
 
@@ -462,7 +552,15 @@ class Journal:
     def __enter__(self) -> "Journal":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, value, traceback) -> None:
+        if self._closed:
+            return
+        if kind is not None and self._group is not None:
+            # The other ranks may be anywhere (in a collective of their own, or dead):
+            # close locally, with no collective that could pair with the wrong one.
+            with self._entered("close"):
+                self._close(None, strict=False, together=False)
+            return
         self.close()
 
     def __repr__(self) -> str:

@@ -24,6 +24,7 @@ from .errors import EnvironmentMismatchError, RecoveryError
 from .operator import refuse_live_writer
 from .policies import Every
 from .preemption import Preemption, check_installable
+from .ranks.recovery import recover as group_recover
 from .recovery import RecoveryReport, Replayer
 
 
@@ -43,34 +44,68 @@ def check_options(*, snapshot, digest_every, preemption, environment_policy) -> 
 
 def open_and_recover(root: Path, replayer: Replayer, *, keep_last: int, durability: str, takeover: bool,
                      deterministic: bool, progress: bool | None, archive: Archive | None, environment_policy: str,
-                     keep_log: bool = False):
+                     keep_log: bool = False, ranks=None):
     """(log, store, recovery report, the ExitStack that releases them): the store opened,
     the environment compared, the preflight passed, the log opened as writer, the state
     recovered; a new journal's environment recorded. On any failure everything opened so
-    far is released and the error raised."""
+    far is released and the error raised.
+
+    `ranks` (replay.ranks.collectives.Collectives): `root` is this rank's directory of a
+    multi-rank journal. Every rank learns whether any rank failed to open (all raise),
+    and recovery is the group's (replay.ranks.recovery): no preflight snapshot load, as
+    the snapshot to load is only known once the ranks have exchanged what they hold."""
     with contextlib.ExitStack() as opened:
-        if deterministic:
-            guard = DeterministicGuard(any(isinstance(t, torch.Tensor) and t.is_cuda
-                                           for _, t in components.leaves(replayer.state)))
-            opened.callback(guard.release)
-        current = environment.fingerprint(replayer.device)  # after the guard: its flags are part of it
-        changed, created = compare_environment(root, current, environment_policy)
-        # A log that keeps its history (archived, or never compacted) can replay from the
-        # initial snapshot when every newer one is damaged, and recovery never replays onto
-        # a state built anew: so retention keeps that oldest snapshot too.
-        store = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last, failpoint=failpoints.hit,
-                                        keep_oldest=archive is not None or keep_log)
-        opened.callback(store.close)
-        loaded = _preflight(root / "log", store, replayer, takeover)
-        log = EventLog.open(root / "log", durability=durability, takeover=takeover, archive=archive)
-        opened.callback(log.close)
-        if created is None and log.last_index == 0:
-            # A new journal (or one whose creation never got past its first entry): its
-            # environment is this one, recorded before any entry depends on it.
-            environment.record(root, current)
-        recovery = replayer.recover(log, store, progress=progress, loaded=loaded)
+        if ranks is None:
+            log, store, loaded, changed = _open_parts(opened, root, replayer, keep_last=keep_last,
+                                                      durability=durability, takeover=takeover,
+                                                      deterministic=deterministic, archive=archive,
+                                                      environment_policy=environment_policy, keep_log=keep_log)
+            recovery = replayer.recover(log, store, progress=progress, loaded=loaded)
+        else:
+            error = None
+            try:
+                log, store, _, changed = _open_parts(opened, root, replayer, keep_last=keep_last,
+                                                     durability=durability, takeover=takeover,
+                                                     deterministic=deterministic, archive=archive,
+                                                     environment_policy=environment_policy, keep_log=keep_log,
+                                                     preflight=False)
+            except Exception as exc:  # noqa: BLE001 - the other ranks must not wait for this one
+                error = exc
+            ranks.agree(error, "opening the rank's log and snapshots")
+            recovery = group_recover(ranks, replayer, log, store, progress)
         recovery.environment = changed
         return log, store, recovery, opened.pop_all()
+
+
+def _open_parts(opened: contextlib.ExitStack, root: Path, replayer: Replayer, *, keep_last: int, durability: str,
+                takeover: bool, deterministic: bool, archive: Archive | None, environment_policy: str,
+                keep_log: bool, preflight: bool = True):
+    """(log, store, the preflight's report or None, environment differences), each registered on `opened`."""
+    if deterministic:
+        guard = DeterministicGuard(any(isinstance(t, torch.Tensor) and t.is_cuda
+                                       for _, t in components.leaves(replayer.state)))
+        opened.callback(guard.release)
+    current = environment.fingerprint(replayer.device)  # after the guard: its flags are part of it
+    changed, created = compare_environment(root, current, environment_policy)
+    # A log that keeps its history (archived, or never compacted) can replay from the
+    # initial snapshot when every newer one is damaged, and recovery never replays onto
+    # a state built anew: so retention keeps that oldest snapshot too.
+    store = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last, failpoint=failpoints.hit,
+                                    keep_oldest=archive is not None or keep_log)
+    opened.callback(store.close)
+    if preflight:
+        loaded = _preflight(root / "log", store, replayer, takeover)
+    else:
+        loaded = None
+        if not takeover:
+            refuse_live_writer(root / "log", "close it there first, or open with takeover=True to fence a hung writer")
+    log = EventLog.open(root / "log", durability=durability, takeover=takeover, archive=archive)
+    opened.callback(log.close)
+    if created is None and log.last_index == 0:
+        # A new journal (or one whose creation never got past its first entry): its
+        # environment is this one, recorded before any entry depends on it.
+        environment.record(root, current)
+    return log, store, loaded, changed
 
 
 def compare_environment(root: Path, current: dict, policy: str) -> tuple[list[str], dict | None]:

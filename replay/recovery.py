@@ -41,11 +41,15 @@ class RecoveryReport:
     uncounted: entries the log no longer holds under a snapshot that predates counts,
     counted as user entries overall only. environment: differences between the
     environment the journal was created in and this one (replay.environment; empty when
-    none, or not checked).
+    none, or not checked). cut: a multi-rank journal's recovery cut (the newest index
+    durable on every rank; replay.ranks.recovery), None for a single-rank journal.
+    truncated: (index, op) of this rank's entries above the cut, dropped by recovery.
     """
 
     snapshot: Any = None
     snapshot_index: int = 0
+    cut: int | None = None
+    truncated: list[tuple[int, str]] = field(default_factory=list)
     replayed: range = range(1, 1)
     digests_checked: int = 0
     load_seconds: float = 0.0
@@ -142,6 +146,9 @@ class Replayer:
         self.state = state
         self.kinds = check_state(state) if kinds is None else kinds
         self.device = default_device(state) if device is None else device
+        # Called with the index after each digest entry that matched (a multi-rank journal
+        # compares its replicated components across ranks there: replay.ranks.coordinator).
+        self.on_digest = None
 
     def recover(self, log, store, *, at: int | None = None, progress: bool | None = None,
                 loaded: RecoveryReport | None = None) -> RecoveryReport:
@@ -258,6 +265,8 @@ class Replayer:
             actual = state_digest(self.state)
             if actual != expected:
                 raise DivergenceError(prepared.index, expected & ((1 << 64) - 1), actual & ((1 << 64) - 1), last_good)
+            if self.on_digest is not None:
+                self.on_digest(prepared.index)
             return True
         if prepared.op == TRUNCATE_OP:
             return False  # an operator's audit record: the truncation itself already happened
@@ -300,15 +309,28 @@ class Replayer:
                                                     like=layout_template(self.state, self.kinds), strict=False)
         report.damaged_snapshots = [(r.manifest_id, str(r)) for r in skipped if r.manifest_id not in later]
         if info is not None:
-            if journal_index(info.meta) != info.index:
-                raise RecoveryError(
-                    f"snapshot {info.manifest_id} was not written by a replay Journal (meta {info.meta!r})")
-            check_layout(self.state, self.kinds, tree)
-            restore(self.state, self.kinds, tree)
-            report.snapshot, report.snapshot_index = info, info.index
-            counts = recorded_counts(info.meta.get(SNAPSHOT_META_KEY))
-            if counts is None:
-                counted, report.uncounted = counts_from_log(log, info.index)
-                counts = dict(counted)
-            report.counts = counts
+            self.install(info, tree, log, report)
         report.load_seconds = time.perf_counter() - started
+
+    def load_snapshot(self, store, log, info, report: RecoveryReport) -> None:
+        """Load snapshot `info` into the state, in place, verified (every chunk's hash), and
+        record it in `report`. The errors of `store.load` (a damaged snapshot:
+        snapshots.CorruptSnapshotError...) and StateMismatchError leave the state as it was."""
+        started = time.perf_counter()
+        tree = store.load(info, map_location="cpu", like=layout_template(self.state, self.kinds), strict=False)
+        self.install(info, tree, log, report)
+        report.load_seconds += time.perf_counter() - started
+
+    def install(self, info, tree, log, report: RecoveryReport) -> None:
+        """Restore a loaded snapshot `tree` into the state and record it (and its counts) in `report`."""
+        if journal_index(info.meta) != info.index:
+            raise RecoveryError(
+                f"snapshot {info.manifest_id} was not written by a replay Journal (meta {info.meta!r})")
+        check_layout(self.state, self.kinds, tree)
+        restore(self.state, self.kinds, tree)
+        report.snapshot, report.snapshot_index = info, info.index
+        counts = recorded_counts(info.meta.get(SNAPSHOT_META_KEY))
+        if counts is None:
+            counted, report.uncounted = counts_from_log(log, info.index)
+            counts = dict(counted)
+        report.counts = counts

@@ -27,7 +27,9 @@ class Snapshotter:
        returns. Otherwise the commit, the prune and the compaction run on the follow-up
        thread (2), and `take` returns as soon as the state is staged.
     2. Follow-up thread: wait for the store's commit, prune, then compact the log through
-       the newest snapshot with an archive, the oldest retained without (invariant 4). It never waits on the training thread,
+       the newest snapshot with an archive, the oldest retained without (invariant 4), and
+       never past `protected` (a multi-rank journal's newest snapshot committed on every
+       rank, which retention also keeps). It never waits on the training thread,
        so `collect(block=True)` from the training thread cannot deadlock.
     3. `collect(block)`: finish the in-flight snapshot if it is done (block=False, before
        each apply) or once it is (block=True). A failure is reported, never raised
@@ -55,6 +57,12 @@ class Snapshotter:
         self._pending: tuple[int, Future] | None = None
         self._follow_up: ThreadPoolExecutor | None = None
         self.covered = -1  # index of the newest snapshot this journal started (or recovered from)
+        # (index, term) of the newest snapshot this journal committed (or recovered from);
+        # a multi-rank journal confirms it across ranks (replay.ranks.coordinator).
+        self.committed: tuple[int, int] | None = None
+        # A multi-rank journal's newest snapshot committed on every rank: retention keeps
+        # it and compaction never goes past it (None: no such bound, a single-rank journal).
+        self.protected: int | None = None
         self.last_error: BaseException | None = None
 
     @property
@@ -75,6 +83,7 @@ class Snapshotter:
         self.covered = index
         if blocking:
             info = self._store.save(tree, index=index, term=term, meta=meta)
+            self.committed = (info.index, info.term)
             self._after_commit()
             return done(info)
         handle = self._store.save_async(tree, index=index, term=term, meta=meta)
@@ -132,6 +141,7 @@ class Snapshotter:
 
     def _finish(self, handle):
         info = handle.result()
+        self.committed = (info.index, info.term)
         self._after_commit()
         return info
 
@@ -150,12 +160,15 @@ class Snapshotter:
         still passed over by replaying them from an older one. Without (compaction
         deletes), only through the oldest retained snapshot, which keeps that way back
         in LMDB itself."""
-        self._store.prune()
+        protected = self.protected
+        self._store.prune(protect=() if protected is None else (protected,))
         if self._keep_log:
             return
         retained = self._store.list()
         if retained:
             through = max(i.index for i in retained) if self._archived else min(i.index for i in retained)
+            if protected is not None:
+                through = min(through, protected)
             if through >= self._log.live_first_index:
                 failpoints.hit("journal.before_compact")
                 self._guarded(self._log.compact_through, through)

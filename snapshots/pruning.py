@@ -36,6 +36,7 @@ class Retention:
     keep_last: int
     keep_every: int | None
     keep_oldest: bool = False
+    protect: frozenset[int] = frozenset()  # indexes never deleted
 
 
 def prune(reader: StoreReader, known: KnownFiles, keep: Retention, failpoint: Callable[[str], None]) -> PruneReport:
@@ -50,7 +51,7 @@ def prune(reader: StoreReader, known: KnownFiles, keep: Retention, failpoint: Ca
     newest_key = (newest.index, newest.term) if newest else None
     doomed = {manifest_name(*k) for k in retention.to_delete(
         [parse_manifest_name(n) for n in names], newest_key, keep.keep_last, keep.keep_every,
-        keep.keep_oldest)}
+        keep.keep_oldest, keep.protect)}
     damage = _not_a_directory(layout.manifests, "manifests/")
     if damage:  # a link to elsewhere: deleting "old manifests" there would delete others' files
         doomed = set()
@@ -86,6 +87,23 @@ def prune(reader: StoreReader, known: KnownFiles, keep: Retention, failpoint: Ca
         bytes_freed=swept.bytes_freed, temp_files_deleted=len(temps) + swept.temp_files_deleted,
         skipped=tuple(skipped), sweep_skipped=unreadable, damage=tuple(damage),
     )
+
+
+def discard_after(reader: StoreReader, index: int) -> list[str]:
+    """Unlink every manifest whose index is above `index` (oldest first), then fsync manifests/."""
+    layout = reader.layout
+    doomed = [n for n in reader.manifest_names() if parse_manifest_name(n)[0] > index]
+    if not doomed or _not_a_directory(layout.manifests, "manifests/"):
+        return []
+    lock = FileLock(layout.readers_file)
+    lock.acquire(exclusive=True)
+    try:
+        for name in doomed:
+            _unlink(layout.manifest_path(name))
+        fsync_dir(layout.manifests)
+    finally:
+        lock.release()
+    return doomed
 
 
 @dataclass

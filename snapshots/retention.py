@@ -11,6 +11,7 @@ def to_delete(
     keep_last: int,
     keep_every: int | None,
     keep_oldest: bool = False,
+    protect: frozenset[int] = frozenset(),
 ) -> list[SnapshotKey]:
     """The snapshots retention lets `prune` delete, oldest first.
 
@@ -22,7 +23,8 @@ def to_delete(
     snapshot every M entries survives even when snapshots are not taken at multiples
     of M). With `keep_oldest`, the oldest snapshot is kept too: the base a log that still
     holds its whole history (an archive, or a log never compacted) replays from when
-    every newer snapshot is damaged.
+    every newer snapshot is damaged. Snapshots whose index is in `protect` are kept
+    (a multi-rank journal protects the newest snapshot every rank committed).
     """
     if newest_verified is None:
         return []
@@ -30,6 +32,7 @@ def to_delete(
     keep = {s for s in ordered if s >= newest_verified}
     if keep_last > 0:
         keep.update(ordered[-keep_last:])
+    keep.update(s for s in ordered if s[0] in protect)
     if keep_oldest and ordered:
         keep.add(ordered[0])
     if keep_every:

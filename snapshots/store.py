@@ -32,7 +32,7 @@ from .locks import FileLock, acquire_writer_lock
 from .manifest import Manifest, parse_manifest_name
 from .paths import StoreLayout
 from .pool import WorkerPool
-from .pruning import Retention, prune
+from .pruning import discard_after, Retention, prune
 from .reading import Accept, StoreReader
 from .reports import ManifestEntry, PruneReport, SnapshotInfo, VerifyReport
 from .staging import Stager
@@ -358,8 +358,8 @@ class SnapshotStore:
 
     # -- retention -------------------------------------------------------------------
 
-    def prune(self) -> PruneReport:
-        """Apply retention: find the newest snapshot that verifies, delete the snapshots
+    def prune(self, *, protect: Iterable[int] = ()) -> PruneReport:
+        """Apply retention (snapshots at the indexes in `protect` are kept too): find the newest snapshot that verifies, delete the snapshots
         `retention.to_delete` allows (never that one or anything newer), then delete every
         chunk no remaining manifest names and every temp file a crashed writer left.
 
@@ -369,8 +369,19 @@ class SnapshotStore:
         finish their current load or verify."""
         self._check_open()
         self._ensure_writer()
-        keep = Retention(self.keep_last, self.keep_every, self.keep_oldest)
+        keep = Retention(self.keep_last, self.keep_every, self.keep_oldest, frozenset(protect))
         return self._committer.submit(prune, self._reader, self._known, keep, self._failpoint).result()
+
+    def discard_after(self, index: int) -> list[str]:
+        """Delete every snapshot whose index is greater than `index`; return their manifest ids.
+
+        [] when there are none. For a log rolled back below them (a multi-rank journal's
+        recovery truncates each rank to the common cut): such a snapshot holds effects of
+        entries that no longer exist. The manifests are removed durably; their chunks go
+        at the next `prune`. Waits for saves in flight and for readers in other processes."""
+        self._check_open()
+        self._ensure_writer()
+        return self._committer.submit(discard_after, self._reader, index).result()
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import jsonfile
-from ..errors import ReplayError
+from ..errors import RecoveryError, ReplayError
 
 FORMAT = 1
 RANK_FILE = "rank.json"
@@ -72,6 +72,18 @@ def ranks_on_disk(root: str | os.PathLike) -> list[int]:
 def is_multirank(root: str | os.PathLike) -> bool:
     """Whether `root` is a multi-rank journal directory (it holds at least one rank directory)."""
     return bool(ranks_on_disk(root))
+
+
+def refuse_single_process(root: str | os.PathLike) -> None:
+    """RecoveryError when `root` is a multi-rank journal or one rank's directory of one:
+    a single process writing it would break the alignment of the ranks' logs."""
+    root = Path(root)
+    if is_multirank(root):
+        raise RecoveryError(f"{root} is a multi-rank journal (ranks {ranks_on_disk(root)}): open it with group= "
+                            "on every rank of a process group of its size")
+    if (root / RANK_FILE).exists():
+        raise RecoveryError(f"{root} is one rank's directory of a multi-rank journal ({root / RANK_FILE}): open "
+                            f"{root.parent} with group= on every rank (read it with replay.entries or the CLI)")
 
 
 def write_rank_record(rank_root: str | os.PathLike, rank: int, world_size: int) -> None:

@@ -1,0 +1,151 @@
+"""The live side of a multi-rank journal: joining the group's directory, and what the ranks agree on while running.
+
+`join` runs first in every rank's `Journal.open`: it checks, through one collective,
+that the directory was created by a group of this size and that no rank lost its
+directory, before anything is written. `Coordinator` then serves the open journal:
+
+- `flush` turns each rank's durable index into the global one (the minimum), which is
+  what "acknowledged" means for a multi-rank journal;
+- `snapshot_due` makes the policy's decision identical on every rank: a policy bounded
+  only by entries decides by index alone (no collective); a bound on seconds, log bytes
+  or replay time is decided per rank and OR-ed across ranks (one small collective per
+  apply);
+- `confirm` learns, piggybacked on flush and on snapshot decisions, which snapshot every
+  rank has committed: that one is protected (retention keeps it, compaction stops at it)
+  and rank 0 writes its global record (replay.ranks.layout) for audits;
+- `check_replicated` compares the digest of the replicated components (DDP modules, or
+  those named in ``replicated=``) across ranks at digest entries, live and on replay.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .. import failpoints
+from ..determinism import state_digest
+from ..errors import RankDivergenceError, RecoveryError, WorldSizeError
+from ..policies import Every
+from . import layout
+from .collectives import Collectives
+
+
+def join(ranks: Collectives, root: Path) -> Path:
+    """This rank's directory under the multi-rank journal `root`, after checking with every rank.
+
+    Raises the same error on every rank, before anything is written: WorldSizeError when
+    a rank's rank.json records another world size (or another rank); RecoveryError when
+    `root` is a single-process journal, or some ranks hold a journal and others none (a
+    rank's directory was lost: starting it over would break the cut); RankFailureError
+    for a rank that could not read its record. A new rank directory gets its rank.json
+    once every rank has agreed.
+    """
+    mine = layout.rank_dir(root, ranks.rank)
+    error, recorded, has_log = None, None, False
+    try:
+        if (root / "log").exists():
+            raise RecoveryError(f"{root} is a single-process journal (it holds log/); open it without group=")
+        record = layout.read_rank_record(mine)
+        if record is not None and record["rank"] != ranks.rank:
+            raise WorldSizeError(mine, record["world_size"], ranks.size)
+        recorded = record["world_size"] if record else None
+        data = mine / "log" / "data.mdb"
+        has_log = data.exists() and data.stat().st_size > 0
+    except Exception as exc:  # noqa: BLE001 - every rank must hear of it before any collective it would miss
+        error = exc
+    ranks.agree(error, "opening the journal directory")
+    rows = ranks.gather([recorded or 0, int(has_log)], "opening the journal directory")
+    sizes = sorted({row[0] for row in rows if row[0]})
+    if any(size != ranks.size for size in sizes):
+        raise WorldSizeError(root, next(s for s in sizes if s != ranks.size), ranks.size)
+    with_log = [rank for rank, row in enumerate(rows) if row[1]]
+    if with_log and len(with_log) != ranks.size:
+        lost = [rank for rank in range(ranks.size) if rank not in with_log]
+        raise RecoveryError(f"{root}: rank(s) {lost} have no journal (no log under rank-<r>/) while rank(s) "
+                            f"{with_log} do: a rank's directory was lost or is on another disk; restore it "
+                            "(starting that rank over would lose the run)")
+    mine.mkdir(parents=True, exist_ok=True)
+    if recorded is None:
+        layout.write_rank_record(mine, ranks.rank, ranks.size)
+    return mine
+
+
+def replicated_components(state: Mapping[str, Any], names: Iterable[str] | None) -> list[str]:
+    """The components compared across ranks: `names` (ValueError for one not in the state),
+    plus every DistributedDataParallel module; sorted."""
+    chosen = set(names or ())
+    unknown = sorted(chosen - set(state))
+    if unknown:
+        raise ValueError(f"replicated= names {unknown}, which are not components of the state {sorted(state)}")
+    try:
+        from torch.nn.parallel import DistributedDataParallel
+    except ImportError:  # pragma: no cover - torch without distributed support
+        DistributedDataParallel = ()
+    chosen.update(name for name, component in state.items() if isinstance(component, DistributedDataParallel))
+    return sorted(chosen)
+
+
+class Coordinator:
+    """One rank's share of a multi-rank journal's live agreements (module doc)."""
+
+    def __init__(self, ranks: Collectives, root: Path, state: Mapping[str, Any], replicated: list[str],
+                 policy: Every, snapshotter, store, confirmed: int | None):
+        self.ranks = ranks
+        self.root = root  # the group's directory (rank 0 writes its records there)
+        self._state = state
+        self.replicated = replicated
+        self._by_index_only = policy.seconds is None and policy.log_bytes is None and policy.replay_seconds is None
+        self._snapshotter = snapshotter
+        self._store = store
+        self.confirmed = confirmed  # newest snapshot index every rank committed (None: none yet)
+        snapshotter.protected = confirmed
+
+    def flush(self, local_durable: int) -> int:
+        """The global durable index (the minimum of every rank's `local_durable`); confirms snapshots on the way."""
+        rows = self.ranks.gather([local_durable, *self._committed()], "flush")
+        self._confirm(rows)
+        return min(row[0] for row in rows)
+
+    def confirm(self) -> None:
+        """Learn which snapshot every rank has committed (protect it; rank 0 records it)."""
+        self._confirm(self.ranks.gather([0, *self._committed()], "confirming snapshots"))
+
+    def snapshot_due(self, due_here: bool) -> bool:
+        """The policy's decision, identical on every rank."""
+        if self._by_index_only:
+            return due_here
+        return any(row[0] for row in self.ranks.gather([int(due_here)], "the snapshot policy"))
+
+    def check_replicated(self, index: int) -> None:
+        """RankDivergenceError on every rank when the replicated components differ across ranks."""
+        if not self.replicated:
+            return
+        digest = state_digest({name: self._state[name] for name in self.replicated})
+        digests = [row[0] for row in self.ranks.gather([digest], f"the digest at index {index}")]
+        if len(set(digests)) > 1:
+            raise RankDivergenceError(index, self.replicated, digests)
+
+    def _committed(self) -> tuple[int, int]:
+        committed = self._snapshotter.committed
+        return committed if committed is not None else (-1, -1)
+
+    def _confirm(self, rows: list[list[int]]) -> None:
+        indexes = {row[1] for row in rows}
+        if len(indexes) != 1:
+            return  # some rank lacks the newest snapshot (a failed save): the older one stays protected
+        index = indexes.pop()
+        if index < 0 or (self.confirmed is not None and index <= self.confirmed):
+            return
+        self.confirmed = index
+        self._snapshotter.protected = index
+        if self.ranks.rank == 0:
+            failpoints.hit("group.before_global_record")
+            try:
+                layout.write_global_record(self.root, index, [f"{index}-{row[2]}" for row in rows])
+                layout.remove_global_records(self.root, keep={info.index for info in self._store.list()} | {index})
+            except OSError as exc:
+                # An audit record: recovery never reads it, so failing to write it must not
+                # stop rank 0 alone (the others would wait for it in the next collective).
+                warnings.warn(f"{self.root}: could not write the global record of snapshot {index}: {exc}",
+                              RuntimeWarning, stacklevel=3)

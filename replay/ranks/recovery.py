@@ -1,0 +1,133 @@
+"""Multi-rank recovery: agree on a cut and a common snapshot through collectives, then replay in lockstep.
+
+Every open of a multi-rank journal runs this on every rank, after the rank's own log
+is open as writer and its store is open (replay.opening). The steps, each ended by a
+collective so every rank takes the same branch:
+
+1. Exchange. Each rank's last index, not counting a trailing ``replay.truncate``
+   record (that record is this protocol's own, see 3), gives the cut: the minimum.
+   Every entry at or below it is on every rank; above it, some rank lacks it, so it was
+   never acknowledged (``journal.flush()`` returns that same minimum). Each rank also
+   lists the snapshot indexes it holds of this history at or below the cut; their
+   intersection is the common set. Failpoint group.after_exchange.
+2. Snapshots above the cut are deleted on every rank (their state includes entries
+   about to be dropped).
+3. Truncation, only if some rank has anything above the cut: every rank drops its
+   entries above the cut and appends one ``replay.truncate`` audit record at cut + 1
+   in the same log transaction (eventlog's ``truncate_after(then_append=)``), so the
+   ranks' indexes stay aligned. A rank whose log already ends with exactly that record
+   (a previous recovery crashed on another rank) keeps it. This is why a trailing audit
+   record does not count in step 1: a rank that wrote it before a crash and a rank that
+   never got to it still agree on the same cut the next time, and converge. Failpoint
+   group.after_cut_truncate.
+4. Load: the newest common index is loaded on every rank (verified chunk by chunk); if
+   it fails on any rank, every rank moves to the next older common index. No common
+   index loads: RecoveryError on every rank (a journal with empty logs needs none: it
+   is new, or its first open crashed before every rank took its initial snapshot, and
+   it starts again from the state given to open).
+5. Replay from there to the end of the log on every rank, in lockstep: the logs hold
+   the same ops at the same indexes (SPMD), so handlers that run collectives (DDP's
+   gradient all-reduce) meet the same peers in the same order.
+
+A crash anywhere in this, on any rank, followed by another restart, converges to the
+same state: steps 1-3 only ever bring the logs closer to the cut, and 4-5 change only
+memory.
+"""
+
+from __future__ import annotations
+
+from ..envelope import TRUNCATE_OP, unwrap, wrap
+from ..errors import RecoveryError
+from .. import failpoints
+from ..recovery import RecoveryReport, Replayer, history_mismatch
+from .collectives import Collectives
+
+REASON = ("multi-rank recovery: entries above the cut (the newest index on every rank) were never acknowledged "
+          "by every rank")
+
+
+def recover(ranks: Collectives, replayer: Replayer, log, store, progress: bool | None) -> RecoveryReport:
+    """Bring this rank's state to the group's cut (module doc); the report says how.
+
+    Raises on every rank alike: RecoveryError when no common snapshot loads (and entries
+    need one), RankFailureError when another rank failed a step, the replay errors
+    (naming the index) when a handler fails, a digest differs, or an op is unknown.
+    """
+    report = RecoveryReport()
+    error = None
+    try:
+        ends_with_record = _ends_with_cut_record(log)
+        last = log.last_index - (1 if ends_with_record is not None else 0)
+        mine = sorted({info.index for info in store.list() if history_mismatch(log, info) is None
+                       and info.index <= last})
+    except Exception as exc:  # noqa: BLE001 - every rank must learn of it (agree), then it is raised here
+        error = exc
+    ranks.agree(error, "recovery's exchange")
+    exchanged = ranks.gather([last, log.last_index], "recovery's exchange")
+    lasts, tops = [row[0] for row in exchanged], [row[1] for row in exchanged]
+    cut = min(lasts)
+    report.cut = cut
+    held = ranks.gather_lists([i for i in mine if i <= cut], "recovery's exchange")
+    common = sorted(set.intersection(*(set(h) for h in held)), reverse=True)
+    failpoints.hit("group.after_exchange")
+
+    error = None
+    try:
+        store.discard_after(cut)
+        if max(tops) > cut and not (log.last_index == cut + 1 and ends_with_record == cut):
+            report.truncated = _dropped(log, cut)
+            audit = wrap(1, {"after": cut, "dropped": [list(d) for d in report.truncated], "reason": REASON})
+            log.truncate_after(cut, then_append=(TRUNCATE_OP, audit))
+    except Exception as exc:  # noqa: BLE001
+        error = exc
+    ranks.agree(error, "recovery's truncation to the cut")
+    failpoints.hit("group.after_cut_truncate")
+
+    base = _load_common(ranks, replayer, log, store, common, report)
+    if base is None and log.last_index > 0:
+        # (With nothing in any log, no snapshot is needed: the journal is new, or its
+        # first open crashed before every rank had snapshotted its initial state.)
+        raise RecoveryError(f"rank {ranks.rank}: no snapshot index at or below the cut {cut} loads on every rank "
+                            f"(held: {_show_held(held)}; damaged here: {[d for d, _ in report.damaged_snapshots]})")
+    failpoints.hit("recovery.after_snapshot_load")
+    replayer.run(log, (base or 0) + 1, log.last_index + 1, report, progress)
+    return report
+
+
+def _ends_with_cut_record(log) -> int | None:
+    """The `after` of the log's last entry if it is a ``replay.truncate`` record, else None."""
+    if log.last_index < log.first_index:
+        return None
+    entry = log.entry(log.last_index)
+    if entry.op != TRUNCATE_OP:
+        return None
+    after = unwrap(entry.index, entry.op, entry.payload)[1].get("after")
+    return after if isinstance(after, int) and after == log.last_index - 1 else None
+
+
+def _dropped(log, cut: int) -> list[tuple[int, str]]:
+    return [(header.index, header.op) for header in log.headers(cut + 1, verify=False)]
+
+
+def _load_common(ranks: Collectives, replayer: Replayer, log, store, common: list[int],
+                 report: RecoveryReport) -> int | None:
+    """Load the newest common index that loads on every rank; None when there is none."""
+    by_index = {}
+    for info in store.list():
+        if history_mismatch(log, info) is None:
+            by_index[info.index] = info  # the newest term at an index wins (list is oldest first)
+    for index in common:
+        failure = None
+        try:
+            replayer.load_snapshot(store, log, by_index[index], report)
+        except Exception as exc:  # noqa: BLE001 - a damaged snapshot: every rank moves on together
+            failure = exc
+            report.damaged_snapshots.append((by_index[index].manifest_id, f"{type(exc).__name__}: {exc}"))
+        loaded = ranks.gather([0 if failure else 1], f"loading the common snapshot at index {index}")
+        if all(row[0] for row in loaded):
+            return index
+    return None
+
+
+def _show_held(held: list[list[int]]) -> str:
+    return "; ".join(f"rank {rank}: {indexes[-3:] if indexes else 'none'}" for rank, indexes in enumerate(held))
