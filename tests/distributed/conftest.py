@@ -1,0 +1,37 @@
+"""Fixtures for the multi-rank tests: a launcher per test and the uninterrupted reference runs.
+
+Every test here runs real rank processes (gloo over 127.0.0.1) from tests/distributed/harness.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from . import workload
+from .checks import load_states
+from .harness import Launcher
+
+
+class References:
+    """Uninterrupted plain-DDP runs (no journal), one per (world_size, steps), computed once per session."""
+
+    def __init__(self, root):
+        self.root = root
+        self.cache: dict[tuple[int, int], list] = {}
+
+    def get(self, world_size: int, steps: int) -> list:
+        key = (world_size, steps)
+        if key not in self.cache:
+            out = self.root / f"ref-{world_size}-{steps}"
+            out.mkdir()
+            with Launcher(world_size, out / "logs") as launcher:
+                gen = launcher.run(workload.train, (str(out / "unused"), {"steps": steps, "out": str(out),
+                                                                          "journal": False}))
+            assert gen.clean, gen.describe()
+            self.cache[key] = load_states(out, world_size)
+        return self.cache[key]
+
+
+@pytest.fixture(scope="session")
+def references(tmp_path_factory):
+    return References(tmp_path_factory.mktemp("references"))

@@ -1,0 +1,133 @@
+"""A real DDP workload for the multi-rank tests: Linear/ReLU/Linear under DistributedDataParallel, Adam, gloo.
+
+`train(rank, world_size, root, options)` is a rank's whole program (the `Launcher`
+target): build the model (from the init seed in `options`; a restart uses another one,
+which recovery must overwrite), wrap it in DDP, open the multi-rank journal at `root`
+(or none: `journal=False` is the plain reference loop), train to `steps`, and write the
+final state's tensors to ``<out>/rank-<r>.safetensors`` with a JSON summary beside it.
+
+Each step is one `train_step` entry whose payload holds this rank's own sample ids and
+noise seed (every rank trains on different data; DDP's all-reduce makes the parameters
+equal). The step counter is a state component, so a resumed run goes on from the
+recovered step. Every flush's returned global index is appended to
+``<out>/acks-rank-<r>.txt`` ("generation index step" per line), and every open's
+recovery to ``<out>/opens-rank-<r>.jsonl``, for the no-acknowledged-entry-lost check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+SAMPLES, FEATURES, HIDDEN, CLASSES, BATCH = 256, 16, 96, 4, 8
+
+
+def dataset() -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed synthetic data set (the same on every rank and every run)."""
+    g = torch.Generator().manual_seed(1234)
+    return torch.randn(SAMPLES, FEATURES, generator=g), torch.randint(0, CLASSES, (SAMPLES,), generator=g)
+
+
+def payload(step: int, rank: int) -> dict:
+    """Step `step`'s payload on `rank`: its own sample ids and noise seed."""
+    g = torch.Generator().manual_seed(100003 * step + rank)
+    return {"ids": torch.randperm(SAMPLES, generator=g)[:BATCH].tolist(), "seed": 7919 * step + 31 * rank + 5}
+
+
+def build(init: int):
+    """(state, ops) on the current process group; `init` seeds the model's initialisation."""
+    import replay
+
+    torch.manual_seed(init)
+    model = torch.nn.Sequential(torch.nn.Linear(FEATURES, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, CLASSES))
+    ddp = DistributedDataParallel(model)  # broadcasts rank 0's parameters: replicas start equal
+    optim = torch.optim.Adam(ddp.parameters(), lr=1e-2)
+    state = {"model": ddp, "optim": optim, "progress": {"step": 0}}
+    x, y = dataset()
+    ops = replay.Ops()
+
+    @ops.op
+    def train_step(state, *, ids, seed):
+        g = torch.Generator().manual_seed(seed)
+        inputs = x[ids] + 0.05 * torch.randn(len(ids), FEATURES, generator=g)
+        loss = torch.nn.functional.cross_entropy(state["model"](inputs), y[ids])
+        state["optim"].zero_grad()
+        loss.backward()  # DDP's gradient all-reduce: a collective in the handler
+        state["optim"].step()
+        state["progress"]["step"] += 1
+        return loss.item()
+
+    return state, ops
+
+
+def tensors(state) -> dict[str, torch.Tensor]:
+    """Every tensor of the state by name (model parameters and buffers, Adam's moments and steps, the step)."""
+    out = {f"model.{k}": v.detach().clone().contiguous() for k, v in state["model"].state_dict().items()}
+    for pid, entry in state["optim"].state_dict()["state"].items():
+        for name, value in entry.items():
+            value = value if torch.is_tensor(value) else torch.tensor(value)
+            out[f"optim.{pid}.{name}"] = value.detach().clone().contiguous()
+    out["progress.step"] = torch.tensor([state["progress"]["step"]], dtype=torch.int64)
+    return out
+
+
+def write_result(out: Path, rank: int, state, summary: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors(state), str(out / f"rank-{rank}.safetensors"))
+    (out / f"rank-{rank}.json").write_text(json.dumps(summary))
+
+
+def _append(path: Path, line: str) -> None:
+    """One write(2) on O_APPEND: a SIGKILL leaves the line whole or absent."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def train(rank: int, world_size: int, root: str, options: dict) -> None:
+    """A rank's program (see the module doc). Options: steps, out, init (model seed),
+    journal (bool), generation, snapshot_every, keep_last, digest_every, die_at_step
+    (this rank SIGKILLs itself right after applying that step, before its flush),
+    journal_options (more Journal.open keywords)."""
+    import replay
+
+    torch.use_deterministic_algorithms(True)
+    out = Path(options["out"])
+    state, ops = build(options.get("init", 0))
+    steps, die_at = options["steps"], options.get("die_at_step")
+    generation = options.get("generation", 0)
+    if not options.get("journal", True):
+        handler = ops.spec("train_step").handler
+        for step in range(steps):
+            handler(state, **payload(step, rank))
+        write_result(out, rank, state, {"step": steps})
+        return
+    journal_options = dict(snapshot=replay.Every(entries=options.get("snapshot_every", 5)),
+                           keep_last=options.get("keep_last", 2), digest_every=options.get("digest_every"))
+    journal_options.update(options.get("journal_options", {}))
+    with replay.Journal.open(root, state=state, ops=ops, group=dist.group.WORLD, **journal_options) as journal:
+        recovery = journal.recovery
+        _append(out / f"opens-rank-{rank}.jsonl", json.dumps({
+            "generation": generation, "index": journal.index, "step": state["progress"]["step"],
+            "cut": getattr(recovery, "cut", None), "truncated": getattr(recovery, "truncated", None),
+            "snapshot": getattr(recovery, "snapshot_index", None),
+            "damaged": len(getattr(recovery, "damaged_snapshots", [])), "text": str(recovery)[:2000]}) + "\n")
+        while state["progress"]["step"] < steps:
+            step = state["progress"]["step"]
+            journal.apply("train_step", **payload(step, rank))
+            if die_at is not None and step == die_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            acked = journal.flush()
+            _append(out / f"acks-rank-{rank}.txt", f"{generation} {acked} {journal.index} {step}\n")
+        summary = {"index": journal.index, "step": state["progress"]["step"], "world_size": journal.world_size,
+                   "rank": journal.rank}
+    write_result(out, rank, state, summary)
