@@ -70,11 +70,12 @@ def write_group_records(root: Path, world: int) -> list[int]:
 
 def write_group(root: Path, world: int, steps: int = 25, longer: dict[int, int] | None = None) -> Path:
     """A sound multi-rank journal of `world` ranks with `steps` entries each (snapshots every
-    10, so at 0, 10, 20); `longer` = {rank: extra entries} appended after the records, as a
-    rank that got ahead of the others before a crash."""
+    10, so at 0, 10, 20); `longer` = {rank: extra entries} appended by a second writer term
+    (no snapshot), as a rank that got ahead of the others before a crash. The records come
+    last: a single-process Journal refuses a directory that holds a rank.json."""
     for r in range(world):
         write_rank(root, r, steps)
-    write_group_records(root, world)
     for r, extra in (longer or {}).items():
         write_rank(root, r, extra, start=steps, snapshot_every=10 ** 6)
+    write_group_records(root, world)
     return root
