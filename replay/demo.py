@@ -335,19 +335,36 @@ def _report(args, reference_seconds, journal_seconds, recoveries, killed_at, fin
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=["train", "inference"], default="train")
-    parser.add_argument("--steps", type=int, default=2000, help="training steps (train task)")
-    parser.add_argument("--kills", type=int, default=5, help="how many times to SIGKILL the worker")
+    parser.add_argument("--steps", type=int, help="training steps (train task; default 2000, 240 with --ranks)")
+    parser.add_argument("--kills", type=int, help="how many times to SIGKILL a worker (default 5, 3 with --ranks)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--snapshot-every", type=int, default=500, help="entries between snapshots")
+    parser.add_argument("--snapshot-every", type=int, help="entries between snapshots (default 500, 40 with --ranks)")
     parser.add_argument("--durability", choices=["sync", "group", "os"], default="group")
-    parser.add_argument("--digest-every", type=int, default=250, help="entries between state digests")
+    parser.add_argument("--digest-every", type=int,
+                        help="entries between state digests (default 250, 20 with --ranks)")
     parser.add_argument("--dir", help="journal directory (default: a temporary one)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    from . import demo_ranks  # it builds on this module's job: imported once this one is
+
+    demo_ranks.add_arguments(parser)
+
+
+SINGLE_PROCESS_DEFAULTS = {"steps": 2000, "kills": 5, "snapshot_every": 500, "digest_every": 250}
 
 
 def main(args) -> int:
+    if args.ranks:
+        from . import demo_ranks
+
+        if args.task != "train":
+            print("replay demo: --ranks runs the train task only", file=sys.stderr)
+            return 2
+        return demo_ranks.demo(args)
+    for name, value in SINGLE_PROCESS_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.worker:
         torch.set_num_threads(1)
         return worker(args)
