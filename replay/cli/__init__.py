@@ -5,7 +5,9 @@ registers its arguments and sets ``run(args, out) -> exit status``. Support modu
 `source` (opening readonly), `output` (JSON lines / rich / plain), `entries` (listing
 rows), `summary` (payload and tensor summaries), `args` (index and time checks),
 `userspec` (importing --ops/--state, refusing a module that runs a script when imported),
-`errors` (exit statuses). Dispatch and error reporting live in `main`.
+`errors` (exit statuses), `multirank` (`log`, `stats` and `verify` of a multi-rank journal
+directory: every rank and the group, from replay.ranks.audit). Dispatch and error
+reporting live in `main`.
 
 Readers never write: the log is opened readonly (no lock, no term bump, short read
 transactions). `export` writes only its --out file, and at a snapshot's index imports no

@@ -156,7 +156,7 @@ def run_stats(args, out: Output) -> int:
         return EXIT_OK if report.ok else EXIT_DAMAGE
     out.line(f"multi-rank journal {report.root}: {_world_words(report)}")
     out.table(RANK_COLUMNS, [v.as_record(report.cut) for v in report.ranks], title="ranks")
-    for _, line in _picture(report):
+    for _, line, _ in _picture(report):
         out.line(line)
     if report.records:
         out.table([Column("index", "index", right=True), Column("world_size", "world", right=True),
@@ -183,7 +183,9 @@ def group_record(report: audit.MultiRankReport) -> dict:
             "passed_over": [{"index": i, "rank": r, "id": name, "reason": why}
                             for i, r, name, why in report.passed_over],
             "ops_compared": list(report.compared) if report.compared else None,
-            "global_records": [r.index for r in report.records], "problems": len(report.problems)}
+            "global_records": [r.index for r in report.records],
+            "pruned": [{"index": i, "rank": r, "id": name} for i, r, name in report.pruned],
+            "problems": len(report.problems)}
 
 
 def _global_record(record: layout.GlobalRecord) -> dict:
@@ -197,25 +199,36 @@ def _world_words(report: audit.MultiRankReport) -> str:
     return f"world size {world}; directories {ranks}"
 
 
-def _picture(report: audit.MultiRankReport) -> list[tuple[str, str]]:
-    """(check, line) for the cut, what lies above it, the common snapshot and the newer
-    candidates passed over on the way to it."""
+def _picture(report: audit.MultiRankReport) -> list[tuple[str, str, dict]]:
+    """(check, line, fields) for the cut, what lies above it, the common snapshot, the newer
+    candidates passed over on the way to it, and manifests retention pruned under older
+    global records."""
+    group = group_record(report)
+    lines = []
     if report.cut is None:
-        return [("cut", "cut: unknown (some rank's log cannot be read)")]
-    above = [f"rank {v.rank} holds {v.above(report.cut)} ({report.cut + 1}..{v.last_index})"
-             for v in report.ranks if v.above(report.cut)]
-    lines = [("cut", f"cut: {report.cut} (the newest index every rank holds; a recovery keeps entries through it)"),
-             ("above_cut", "entries above the cut (never acknowledged; a recovery drops them): "
-              + ("; ".join(above) if above else "none"))]
-    if report.common is not None:
-        index, names = report.common
-        lines.append(("common_snapshot", f"common snapshot: index {index} ("
-                      + ", ".join(f"rank {v.rank} {n}" for v, n in zip(report.ranks, names))
-                      + "): a recovery loads it and replays to the cut"))
+        lines.append(("cut", "cut: unknown (some rank's log cannot be read)", {"cut": None}))
     else:
-        lines.append(("common_snapshot", "common snapshot: none (a recovery replays every rank from entry 1)"))
-    lines.extend(("passed_over", f"  passed over index {index}: rank {r} snapshot {name}: {why}")
+        above = [f"rank {v.rank} holds {v.above(report.cut)} ({report.cut + 1}..{v.last_index})"
+                 for v in report.ranks if v.above(report.cut)]
+        lines.append(("cut", f"cut: {report.cut} (the newest index every rank holds; a recovery keeps entries "
+                      "through it)", {"cut": report.cut}))
+        lines.append(("above_cut", "entries above the cut (never acknowledged; a recovery drops them): "
+                      + ("; ".join(above) if above else "none"), {"above_cut": group["above_cut"]}))
+        common = {"index": group["common_snapshot"], "manifests": group["common_manifests"]}
+        if report.common is not None:
+            index, names = report.common
+            lines.append(("common_snapshot", f"common snapshot: index {index} ("
+                          + ", ".join(f"rank {v.rank} {n}" for v, n in zip(report.ranks, names))
+                          + "): a recovery loads it and replays to the cut", common))
+        else:
+            lines.append(("common_snapshot", "common snapshot: none (a recovery replays every rank from entry 1)",
+                          common))
+    lines.extend(("passed_over", f"  passed over index {index}: rank {r} snapshot {name}: {why}",
+                  {"index": index, "rank": r, "id": name, "reason": why})
                  for index, r, name, why in report.passed_over)
+    lines.extend(("pruned", f"global record {index}: manifest {name} on rank {r} was pruned by that rank's "
+                  "retention (rank 0 drops the record at its next snapshot)", {"index": index, "rank": r, "id": name})
+                 for index, r, name in report.pruned)
     return lines
 
 
@@ -264,17 +277,13 @@ def _cross_rank(report: audit.MultiRankReport):
         lo, hi = report.compared
         yield ({"check": "ops", "ok": True, "first_index": lo, "last_index": hi},
                f"ops: identical on every rank at indexes {lo}..{hi}", True)
-    for (check, line), passed in zip(_picture(report), [*([None] * 3), *report.passed_over]):
-        record = {"check": check, "text": line}
-        if check == "cut":
-            record.update(cut=report.cut, above_cut=group["above_cut"])
-        elif check == "common_snapshot":
-            record.update(ok="common_snapshot" not in failed, index=group["common_snapshot"],
-                          manifests=group["common_manifests"])
-        elif check == "passed_over":
-            record.update(zip(("index", "rank", "id", "reason"), passed))
+    for check, line, fields in _picture(report):
+        record = {"check": check, "text": line, **fields}
+        if check == "common_snapshot":
+            record["ok"] = "common_snapshot" not in failed
         yield record, line, record.get("ok", False)
     if "global_record" not in failed:
         indexes = ", ".join(map(str, group["global_records"])) or "none"
         yield ({"check": "global_records", "ok": True, "indexes": group["global_records"]},
-               f"global records: {indexes}; each names a readable manifest at its index on every rank", True)
+               f"global records: {indexes}; each names a readable manifest at its index on every rank"
+               + (" (but the pruned ones above)" if report.pruned else ""), True)

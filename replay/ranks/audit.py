@@ -12,7 +12,8 @@ DIR` say about the group as a whole. A pure reader, safe beside live writers.
    same op on every rank; a mismatch names the index and each rank's op);
 3. its snapshot manifests (names and manifests only) and rank 0's global records: each
    record must name, on every rank, a manifest that exists, reads back and is at the
-   record's index.
+   record's index (an older record may outlive a manifest the rank's retention pruned:
+   said, not damage).
 
 Then the global picture, as recovery (replay/ranks/recovery.py) would decide it: the
 cut is the minimum last index over ranks (entries above it on a rank were never
@@ -110,7 +111,9 @@ class MultiRankReport:
     `world_size` is the size every rank.json agrees on (None when they disagree or none
     reads); `cut` None when some rank's log cannot be read; `common` is (index, manifest id
     per rank) or None; `passed_over` lists (index, rank, manifest id, reason) for newer
-    candidates that were not sound on some rank."""
+    candidates that were not sound on some rank; `pruned` the manifests older global
+    records name that the rank's retention has removed (not damage: see
+    `_check_global_records`)."""
 
     root: Path
     world_size: int | None
@@ -119,6 +122,7 @@ class MultiRankReport:
     common: tuple[int, tuple[str, ...]] | None
     passed_over: tuple[tuple[int, int, str, str], ...]
     records: tuple[layout.GlobalRecord, ...]
+    pruned: tuple[tuple[int, int, str], ...]  # (record index, rank, manifest id) retention already removed
     problems: tuple[Problem, ...]
     compared: tuple[int, int] | None  # [lo, hi] inclusive: the index range whose ops were compared
 
@@ -157,9 +161,10 @@ def multirank_report(root: str | os.PathLike, *, sound: Soundness | None = None)
         for log in logs.values():
             if log is not None:
                 log.close()
-    records = _check_global_records(root, views, world, problems)
-    return MultiRankReport(root, world, tuple(views), cut, common, tuple(passed), tuple(records), tuple(problems),
-                           compared)
+    pruned: list[tuple[int, int, str]] = []
+    records = _check_global_records(root, views, world, problems, pruned)
+    return MultiRankReport(root, world, tuple(views), cut, common, tuple(passed), tuple(records), tuple(pruned),
+                           tuple(problems), compared)
 
 
 def _check_records(views: list[RankView], problems: list[Problem]) -> int | None:
@@ -367,13 +372,22 @@ def _usable(view: RankView, log: EventLog, snaps: list[SnapshotView], sound: Sou
 
 
 def _check_global_records(root: Path, views: list[RankView], world: int | None,
-                          problems: list[Problem]) -> list[layout.GlobalRecord]:
+                          problems: list[Problem], pruned: list) -> list[layout.GlobalRecord]:
     """Rank 0's records: each sound, of the group's world size, and naming on every rank a
-    manifest that exists, reads back and is at the record's index."""
+    manifest that exists, reads back and is at the record's index.
+
+    A manifest missing under an older record is retention's doing when the rank holds a
+    newer snapshot: each rank prunes on its own, and rank 0 drops the records of indexes it
+    no longer keeps only at its next snapshot confirmation (so a crash can leave one
+    behind). Those go to `pruned` as (index, rank, manifest id), not damage. The newest
+    record's snapshot is protected from retention on every rank, so its missing manifest is
+    damage, as is any damaged one."""
     records, damaged = layout.read_global_records(root)
     for path, reason in damaged:
         problems.append(Problem("global_record", f"{path}: {reason}", path=str(path)))
     by_rank = {v.rank: {s.name: s for s in v.snapshots} for v in views}
+    newest_held = {v.rank: max((s.index for s in v.snapshots), default=-1) for v in views}
+    newest_record = max((r.index for r in records), default=None)
     for record in records:
         where = str(record.path)
         if world is not None and record.world_size != world:
@@ -384,6 +398,9 @@ def _check_global_records(root: Path, views: list[RankView], world: int | None,
             if held is None:
                 continue  # the missing rank directory is its own problem
             snap = held.get(name)
+            if snap is None and record.index < newest_record and newest_held[r] > record.index:
+                pruned.append((record.index, r, name))
+                continue
             if snap is None:
                 why = "which is missing"
             elif snap.info is None:

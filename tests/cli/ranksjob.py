@@ -79,3 +79,42 @@ def write_group(root: Path, world: int, steps: int = 25, longer: dict[int, int] 
         write_rank(root, r, extra, start=steps, snapshot_every=10 ** 6)
     write_group_records(root, world)
     return root
+
+
+def run_rank(root: Path, rank: int, world: int, port: int, steps: int) -> None:
+    """One rank of a real multi-rank journal: gloo on 127.0.0.1, `Journal.open(group=WORLD)`,
+    `steps` ops (this rank's payloads), snapshots every 10, a clean close."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        with replay.Journal.open(root, state=tinyjob.make_state(), ops=tinyjob.ops, group=dist.group.WORLD,
+                                 snapshot=replay.Every(entries=10), keep_last=3, keep_log=True,
+                                 async_snapshots=False) as journal:
+            for i in range(steps):
+                op, kwargs = payload(i, rank)
+                journal.apply(op, **kwargs)
+            journal.flush()
+    finally:
+        dist.destroy_process_group()
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="one rank of a real multi-rank journal (gloo, 127.0.0.1)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--rank", type=int, required=True)
+    p.add_argument("--world", type=int, required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--steps", type=int, default=25)
+    a = p.parse_args(argv)
+    run_rank(a.dir, a.rank, a.world, a.port, a.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -231,12 +231,30 @@ def test_ops_differ_across_ranks(cli_here, tmp_path):
 
 
 def test_global_record_names_a_missing_manifest(cli_here, two_ranks):
-    (layout.rank_dir(two_ranks, 1) / "snapshots" / "manifests" / "10-1").unlink()
+    """The newest record's snapshot is protected from retention on every rank: a manifest
+    missing under it is damage (and the common snapshot falls back)."""
+    (layout.rank_dir(two_ranks, 1) / "snapshots" / "manifests" / "20-1").unlink()
     status, out, err = cli_here("verify", two_ranks)
     assert status == 1 and clean(err)
-    record = two_ranks / layout.GROUP_DIR / "snapshots" / f"{10:020d}.json"
-    assert f"DAMAGED: {record}: the snapshot at index 10 names manifest 10-1 on rank 1, which is missing" in out
-    assert "common snapshot: index 20" in out  # the newer common snapshot is untouched
+    record = two_ranks / layout.GROUP_DIR / "snapshots" / f"{20:020d}.json"
+    assert f"DAMAGED: {record}: the snapshot at index 20 names manifest 20-1 on rank 1, which is missing" in out
+    assert "common snapshot: index 10 (rank 0 10-1, rank 1 10-1)" in out
+    status, out, err = cli_here("verify", two_ranks, "--json")
+    (problem,) = [r for r in records(out) if r.get("check") == "global_record"]
+    assert (problem["rank"], problem["index"], problem["path"]) == (1, 20, str(record))
+
+
+def test_older_global_record_outliving_a_pruned_manifest_is_not_damage(cli_here, two_ranks):
+    """Each rank prunes on its own and rank 0 drops records only at its next confirmation:
+    an older record naming a manifest the rank pruned (it holds newer ones) is said, not damage."""
+    (layout.rank_dir(two_ranks, 1) / "snapshots" / "manifests" / "10-1").unlink()
+    status, out, err = cli_here("verify", two_ranks)
+    assert status == 0 and clean(err), out + err
+    assert "global record 10: manifest 10-1 on rank 1 was pruned by that rank's retention" in out
+    assert "common snapshot: index 20" in out
+    status, out, err = cli_here("stats", two_ranks, "--json")
+    (group,) = section(records(out), "group")
+    assert status == 0 and group["pruned"] == [{"index": 10, "rank": 1, "id": "10-1"}]
 
 
 def test_global_record_names_a_damaged_manifest(cli_here, two_ranks):
