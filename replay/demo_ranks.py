@@ -49,7 +49,7 @@ from .policies import Every
 from .rng import seeded_generator
 
 TAG = "replay-demo"  # every worker message is a JSON object carrying this key
-DEFAULTS = {"steps": 240, "kills": 3, "snapshot_every": 40, "digest_every": 20}
+DEFAULTS = {"steps": 200, "kills": 3, "snapshot_every": 40, "digest_every": 20}
 REPLICATED = ("model.", "optim.")  # state keys identical on every rank (data order is per rank)
 
 
@@ -143,6 +143,7 @@ def worker(args) -> int:
         rank = dist.get_rank()
         emit("started")
         job = RankJob(args.seed, rank, device, args.batch)
+        emit("opening")
         started = time.perf_counter()
         with Journal.open(args.dir, state=job.state, ops=job.ops, group=dist.group.WORLD,
                           snapshot=Every(entries=args.snapshot_every), digest_every=args.digest_every,
@@ -186,6 +187,7 @@ class Generation:
 
     number: int
     pids: dict[int, int] = field(default_factory=dict)          # rank -> worker pid
+    opening: set[int] = field(default_factory=set)              # ranks that began opening the journal
     recovered: dict[int, dict] = field(default_factory=dict)    # rank -> its recovery message
     done: dict[int, dict] = field(default_factory=dict)         # rank -> its final message
     last_step: int = 0
@@ -204,12 +206,16 @@ def agent_children(agent_pid: int) -> set[int]:
 
 
 def plan_kills(args, rng: random.Random) -> list[tuple[str, float]]:
-    """One kill per generation but the last: ("step", target step) or ("open", seconds after the group started)."""
-    steps = sorted(rng.sample(range(1, args.steps), min(args.kills, args.steps - 1)))
+    """One kill per generation but the last: ("step", target step) or ("open", seconds after every rank began
+    opening the journal: recovery takes a few hundred ms here, so the kill often lands in it)."""
+    kills = min(args.kills, args.steps - 1)
+    # One target in each of `kills` equal stretches of the run: spread out, and still random.
+    bounds = [1 + k * (args.steps - 1) // kills for k in range(kills + 1)]
+    steps = [rng.randrange(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
     plan = []
     for n, target in enumerate(steps):
         if n > 0 and rng.random() < 1 / 3:
-            plan.append(("open", rng.uniform(0.0, 0.4)))  # lands while the group opens: often mid-recovery
+            plan.append(("open", rng.uniform(0.0, 0.3)))
         else:
             plan.append(("step", target))
     return plan
@@ -223,6 +229,7 @@ def run_with_kills(args, directory: Path, results: Path, rng: random.Random, std
                "--dir", str(directory), "--results", str(results), *_worker_flags(args)]
     generations: dict[int, Generation] = {}
     other: list[str] = []
+    launched = time.perf_counter()
     agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1, env=env)
     try:
         for line in agent.stdout:
@@ -230,10 +237,14 @@ def run_with_kills(args, directory: Path, results: Path, rng: random.Random, std
             if message is None:
                 other.append(line.rstrip())
                 continue
+            if os.environ.get("REPLAY_DEMO_TRACE"):
+                print(f"{time.perf_counter() - launched:7.2f} s  {line.rstrip()[:160]}", file=sys.stderr)
             gen = generations.setdefault(message["restart"], Generation(message["restart"]))
             event, rank = message[TAG], message["rank"]
             if event == "started":
                 gen.pids[rank] = message["pid"]
+            elif event == "opening":
+                gen.opening.add(rank)
             elif event == "recovered":
                 gen.recovered[rank] = message
             elif event == "done":
@@ -243,7 +254,7 @@ def run_with_kills(args, directory: Path, results: Path, rng: random.Random, std
             if gen.kill is not None or gen.number >= len(plan) or len(gen.pids) < args.ranks:
                 continue
             kind, at = plan[gen.number]
-            if kind == "open" and event == "started":
+            if kind == "open" and event == "opening" and len(gen.opening) == args.ranks:
                 time.sleep(at)
                 _kill(agent.pid, gen, rng, args.ranks)
             elif kind == "step" and event == "step" and message["step"] >= at:
@@ -254,7 +265,7 @@ def run_with_kills(args, directory: Path, results: Path, rng: random.Random, std
         status = agent.wait()
     for gen in generations.values():
         if gen.kill is not None:
-            gen.kill["phase"] = "after recovery" if gen.kill["rank"] in gen.recovered else "during open/recovery"
+            gen.kill["phase"] = "after recovery" if gen.kill["rank"] in gen.recovered else "during recovery"
     return [generations[n] for n in sorted(generations)], status, other
 
 
@@ -343,7 +354,7 @@ def _report(args, generations, kills, seconds, versus_reference, across_ranks, t
     final = generations[-1].done
     backend = "nccl" if args.device == "cuda" else "gloo"
     killed = ", ".join(f"rank {k['rank']} " + (f"after step {k['after_step']}" if k["phase"] == "after recovery"
-                                               else "during open/recovery") for k in kills)
+                                               else "during recovery") for k in kills)
     lines = [
         ("task", f"DDP training on {args.device} ({backend}), {args.ranks} ranks under torchrun, {args.steps} steps "
                  f"of {args.batch} samples per rank"),
@@ -353,7 +364,7 @@ def _report(args, generations, kills, seconds, versus_reference, across_ranks, t
     ]
     for gen in generations[1:]:
         if not gen.recovered:
-            lines.append((f"restart {gen.number}", "killed before any rank finished opening"))
+            lines.append((f"restart {gen.number}", "killed during recovery, before any rank finished it"))
             continue
         some = next(iter(gen.recovered.values()))
         truncated = {r: m["truncated"] for r, m in sorted(gen.recovered.items()) if m["truncated"]}
