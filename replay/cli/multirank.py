@@ -62,7 +62,7 @@ def run_log(args, out: Output, keep) -> int:
     log cannot be opened or a listed entry is damaged; the other ranks are still listed."""
     root = Path(args.dir)
     logs: dict[int, EventLog] = {}
-    status = EXIT_OK
+    unreadable: dict[int, str] = {}
     try:
         for r in layout.ranks_on_disk(root):
             try:
@@ -71,14 +71,16 @@ def run_log(args, out: Output, keep) -> int:
             except Exception as exc:  # noqa: BLE001 - damage is shown in place, the rest is not ours to hide
                 if not (isinstance(exc, FileNotFoundError) or is_damage(exc)):
                     raise
-                status = EXIT_DAMAGE
-                _damaged_rank(out, r, f"{layout.rank_dir(root, r)}: {' '.join(str(exc).split())}")
+                unreadable[r] = f"{layout.rank_dir(root, r)}: {' '.join(str(exc).split())}"
+        status = EXIT_DAMAGE if unreadable else EXIT_OK
         lasts = [log.last_index for log in logs.values()]
-        cut = min(lasts) if lasts and len(logs) == len(layout.ranks_on_disk(root)) else None
+        cut = min(lasts) if lasts and not unreadable else None
         if not out.as_json:
             ranks = ", ".join(map(str, logs)) or "none readable"
             out.line(f"multi-rank journal {root}: ranks {ranks}; cut {cut if cut is not None else 'unknown'}"
                      " (entries above it are marked: a recovery drops them)")
+        for r, reason in unreadable.items():
+            _damaged_rank(out, r, reason)
         if args.start == 0:
             raise CliError("index 0 names no entry (indexes start at 1)")
         if args.end is not None and args.start is not None and args.end < args.start:
@@ -284,6 +286,9 @@ def _cross_rank(report: audit.MultiRankReport):
         yield record, line, record.get("ok", False)
     if "global_record" not in failed:
         indexes = ", ".join(map(str, group["global_records"])) or "none"
-        yield ({"check": "global_records", "ok": True, "indexes": group["global_records"]},
-               f"global records: {indexes}; each names a readable manifest at its index on every rank"
+        every = [v.rank for v in report.ranks] == list(report.records_checked_on)
+        on = "every rank" if every else "rank(s) " + (", ".join(map(str, report.records_checked_on)) or "none")
+        yield ({"check": "global_records", "ok": True, "indexes": group["global_records"],
+                "ranks_checked": list(report.records_checked_on)},
+               f"global records: {indexes}; each names a readable manifest at its index on {on}"
                + (" (but the pruned ones above)" if report.pruned else ""), True)

@@ -123,6 +123,7 @@ class MultiRankReport:
     passed_over: tuple[tuple[int, int, str, str], ...]
     records: tuple[layout.GlobalRecord, ...]
     pruned: tuple[tuple[int, int, str], ...]  # (record index, rank, manifest id) retention already removed
+    records_checked_on: tuple[int, ...]  # the ranks whose manifests the records were checked against
     problems: tuple[Problem, ...]
     compared: tuple[int, int] | None  # [lo, hi] inclusive: the index range whose ops were compared
 
@@ -163,8 +164,9 @@ def multirank_report(root: str | os.PathLike, *, sound: Soundness | None = None)
                 log.close()
     pruned: list[tuple[int, int, str]] = []
     records = _check_global_records(root, views, world, problems, pruned)
+    checked_on = tuple(v.rank for v in views if _has_store(v))
     return MultiRankReport(root, world, tuple(views), cut, common, tuple(passed), tuple(records), tuple(pruned),
-                           tuple(problems), compared)
+                           checked_on, tuple(problems), compared)
 
 
 def _check_records(views: list[RankView], problems: list[Problem]) -> int | None:
@@ -273,7 +275,9 @@ def _scan(views: list[RankView], logs: dict, problems: list[Problem]) -> tuple[i
     if count > len(mismatches):
         problems.append(Problem("ops", f"{count - len(mismatches)} more indexes in {lo}..{hi} hold different "
                                 "ops across ranks"))
-    return (lo, hi) if readable and lo <= hi else None
+    # Claimed as compared only when every rank's log was read (a mismatch among the readable
+    # ones is still a problem above).
+    return (lo, hi) if len(readable) == len(views) and lo <= hi else None
 
 
 def _headers(log: EventLog, view: RankView):
@@ -385,7 +389,8 @@ def _check_global_records(root: Path, views: list[RankView], world: int | None,
     records, damaged = layout.read_global_records(root)
     for path, reason in damaged:
         problems.append(Problem("global_record", f"{path}: {reason}", path=str(path)))
-    by_rank = {v.rank: {s.name: s for s in v.snapshots} for v in views}
+    # A rank directory that is not a journal at all is its own problem: not one per record.
+    by_rank = {v.rank: {s.name: s for s in v.snapshots} for v in views if _has_store(v)}
     newest_held = {v.rank: max((s.index for s in v.snapshots), default=-1) for v in views}
     newest_record = max((r.index for r in records), default=None)
     for record in records:
@@ -396,7 +401,7 @@ def _check_global_records(root: Path, views: list[RankView], world: int | None,
         for r, name in enumerate(record.manifests):
             held = by_rank.get(r)
             if held is None:
-                continue  # the missing rank directory is its own problem
+                continue  # a missing rank directory, or one without a snapshot store: its own problem
             snap = held.get(name)
             if snap is None and record.index < newest_record and newest_held[r] > record.index:
                 pruned.append((record.index, r, name))
@@ -412,6 +417,10 @@ def _check_global_records(root: Path, views: list[RankView], world: int | None,
             problems.append(Problem("global_record", f"{record.path}: the snapshot at index {record.index} names "
                                     f"manifest {name} on rank {r}, {why}", r, where, record.index))
     return records
+
+
+def _has_store(view: RankView) -> bool:
+    return (view.path / "snapshots").is_dir()
 
 
 def _text(exc: BaseException) -> str:

@@ -304,3 +304,21 @@ def test_damaged_rank_log(cli_here, two_ranks):
         assert "rank 1" in out and str(layout.rank_dir(two_ranks, 1)) in out, (command, out)
     status, out, err = cli_here("log", two_ranks, "--json")
     assert sum(1 for r in records(out) if r.get("rank") == 0 and "damaged" not in r) == 25  # rank 0 still listed
+
+
+def test_rank_directory_that_is_not_a_journal(cli_here, two_ranks):
+    """A rank directory holding only its rank.json (a crash while the group was created):
+    one problem naming it, not one per global record; the cut is unknown, not invented."""
+    rank1 = layout.rank_dir(two_ranks, 1)
+    shutil.rmtree(rank1 / "log")
+    shutil.rmtree(rank1 / "snapshots")
+    status, out, err = cli_here("verify", two_ranks)
+    assert status == 1 and clean(err)
+    assert [line for line in out.splitlines() if line.startswith("DAMAGED")] == \
+        [f"DAMAGED: rank 1: {rank1} is not a journal (no log/data.mdb) or an event log (no data.mdb)"]
+    assert "cut: unknown" in out and "ops: identical" not in out
+    assert "each names a readable manifest at its index on rank(s) 0" in out
+    status, out, err = cli_here("log", two_ranks, "--json")
+    rows = records(out)
+    assert status == 1 and clean(err) and rows[0]["rank"] == 1 and "is not a journal" in rows[0]["damaged"]
+    assert len(rows) == 1 + 25
