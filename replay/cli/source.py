@@ -13,6 +13,7 @@ from pathlib import Path
 import snapshots
 from eventlog import EventLog
 from replay.audit import locate
+from replay.ranks import layout
 
 from .errors import CliError
 
@@ -44,11 +45,17 @@ class Source:
 def log_dir(path: str | os.PathLike) -> Path:
     """The log directory of `path`: ``path/log`` for a journal, `path` itself for a bare log.
 
-    CliError when `path` is neither (missing, a file, a directory without data.mdb).
+    CliError when `path` is neither (missing, a file, a directory without data.mdb); for a
+    multi-rank journal directory it names a rank's directory to use instead.
     """
     try:
         return locate(path)[0]
     except FileNotFoundError as exc:
+        if layout.is_multirank(path):
+            # `log`, `stats` and `verify` read the group; every other command reads one rank.
+            ranks = layout.ranks_on_disk(path)
+            raise CliError(f"{path} is a multi-rank journal (ranks {', '.join(map(str, ranks))}): this command works on "
+                           f"one rank's journal, e.g. {layout.rank_dir(path, ranks[0])}") from None
         raise CliError(str(exc)) from None
 
 

@@ -322,3 +322,11 @@ def test_rank_directory_that_is_not_a_journal(cli_here, two_ranks):
     rows = records(out)
     assert status == 1 and clean(err) and rows[0]["rank"] == 1 and "is not a journal" in rows[0]["damaged"]
     assert len(rows) == 1 + 25
+
+
+@pytest.mark.parametrize("command", [("show", "3"), ("tail",), ("snapshots",), ("prune",)])
+def test_single_journal_commands_name_a_rank_directory(cli_here, two_ranks, command):
+    status, out, err = cli_here(command[0], two_ranks, *command[1:])
+    assert status == 2 and clean(err)
+    assert f"is a multi-rank journal (ranks 0, 1): this command works on one rank's journal, e.g. " \
+           f"{layout.rank_dir(two_ranks, 0)}" in err
