@@ -197,7 +197,9 @@ def _global_record(record: layout.GlobalRecord) -> dict:
 
 def _world_words(report: audit.MultiRankReport) -> str:
     ranks = ", ".join(f"rank-{v.rank}" for v in report.ranks)
-    world = report.world_size if report.world_size is not None else "unknown (the rank records disagree or are unreadable)"
+    world = report.world_size
+    if world is None:
+        world = "unknown (the rank records disagree or are unreadable)"
     return f"world size {world}; directories {ranks}"
 
 

@@ -54,8 +54,8 @@ def log_dir(path: str | os.PathLike) -> Path:
         if layout.is_multirank(path):
             # `log`, `stats` and `verify` read the group; every other command reads one rank.
             ranks = layout.ranks_on_disk(path)
-            raise CliError(f"{path} is a multi-rank journal (ranks {', '.join(map(str, ranks))}): this command works on "
-                           f"one rank's journal, e.g. {layout.rank_dir(path, ranks[0])}") from None
+            raise CliError(f"{path} is a multi-rank journal (ranks {', '.join(map(str, ranks))}): this command works "
+                           f"on one rank's journal, e.g. {layout.rank_dir(path, ranks[0])}") from None
         raise CliError(str(exc)) from None
 
 
