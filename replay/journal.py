@@ -14,6 +14,7 @@ replay/INVARIANTS.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 import warnings
@@ -37,7 +38,7 @@ from .preemption import Preemption, PreemptionHandler
 from .recovery import RecoveryReport, Replayer
 from .ranks import layout as ranks_layout
 from .ranks.collectives import Collectives
-from .ranks.coordinator import Coordinator, join, replicated_components
+from .ranks.coordinator import Coordinator, compare_replicated, join, replicated_components
 from .snapshotter import Snapshotter, done
 from .threadguard import OneThreadAtATime
 
@@ -173,6 +174,8 @@ class Journal:
         refuse_to_reinitialise(root)
         root.mkdir(parents=True, exist_ok=True)
         replayer = Replayer(ops, state, torch.device(device) if device is not None else None, kinds)
+        if ranks is not None:  # replay checks them too (invariant 13)
+            replayer.on_digest = functools.partial(compare_replicated, ranks, state, replicated)
         log, store, recovery, resources = open_and_recover(
             root, replayer, keep_last=keep_last, durability=durability, takeover=takeover,
             deterministic=deterministic, progress=progress, archive=archive, environment_policy=environment,
@@ -183,7 +186,7 @@ class Journal:
         if ranks is not None:
             journal._group = Coordinator(ranks, Path(path), state, replicated, snapshot, journal._snapshotter,
                                          store, recovery.snapshot_index if recovery.snapshot is not None else None)
-            replayer.on_digest = journal._group.check_replicated
+            replayer.on_digest = journal._group.check_replicated  # a rollback's replay: a test can wrap it
         if recovery.uncounted:
             warnings.warn(f"{root}: {recovery.uncounted} entries under a snapshot that predates step counts are no "
                           "longer in the log; journal.count() counts them as user entries (replay.counting)",

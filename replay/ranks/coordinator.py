@@ -19,6 +19,7 @@ directory, before anything is written. `Coordinator` then serves the open journa
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -41,6 +42,7 @@ def join(ranks: Collectives, root: Path) -> Path:
     for a rank that could not read its record. A new rank directory gets its rank.json
     once every rank has agreed.
     """
+    warn_about_shared_store()
     mine = layout.rank_dir(root, ranks.rank)
     error, recorded, has_log = None, None, False
     try:
@@ -71,6 +73,20 @@ def join(ranks: Collectives, root: Path) -> Path:
     return mine
 
 
+def warn_about_shared_store() -> None:
+    """Warn when running under torchrun without TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1.
+
+    With the default c10d rendezvous on this torch, the workers of a group the elastic
+    agent restarts can be given the dead group's gloo addresses and hang after
+    "connectFullMesh failed ... Connection refused" (pytorch/pytorch#135712), which
+    happens before any code of ours runs in the restarted worker. The first, healthy
+    start is where we can still say so."""
+    if os.environ.get("TORCHELASTIC_RUN_ID") and os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1":
+        warnings.warn("running under torchrun without TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: after a rank dies, the "
+                      "restarted group may hang in init_process_group reading the dead group's addresses "
+                      "(pytorch/pytorch#135712); set it in torchrun's environment", RuntimeWarning, stacklevel=4)
+
+
 def replicated_components(state: Mapping[str, Any], names: Iterable[str] | None) -> list[str]:
     """The components compared across ranks: `names` (ValueError for one not in the state),
     plus every DistributedDataParallel module; sorted."""
@@ -84,6 +100,17 @@ def replicated_components(state: Mapping[str, Any], names: Iterable[str] | None)
         DistributedDataParallel = ()
     chosen.update(name for name, component in state.items() if isinstance(component, DistributedDataParallel))
     return sorted(chosen)
+
+
+def compare_replicated(ranks: Collectives, state: Mapping[str, Any], replicated: list[str], index: int) -> None:
+    """RankDivergenceError on every rank when the digests of the `replicated` components of
+    `state` differ across ranks (at digest entry `index`); nothing to do without any."""
+    if not replicated:
+        return
+    digest = state_digest({name: state[name] for name in replicated})
+    digests = [row[0] for row in ranks.gather([digest], f"the digest at index {index}")]
+    if len(set(digests)) > 1:
+        raise RankDivergenceError(index, replicated, digests)
 
 
 class Coordinator:
@@ -119,12 +146,7 @@ class Coordinator:
 
     def check_replicated(self, index: int) -> None:
         """RankDivergenceError on every rank when the replicated components differ across ranks."""
-        if not self.replicated:
-            return
-        digest = state_digest({name: self._state[name] for name in self.replicated})
-        digests = [row[0] for row in self.ranks.gather([digest], f"the digest at index {index}")]
-        if len(set(digests)) > 1:
-            raise RankDivergenceError(index, self.replicated, digests)
+        compare_replicated(self.ranks, self._state, self.replicated, index)
 
     def _committed(self) -> tuple[int, int]:
         committed = self._snapshotter.committed
