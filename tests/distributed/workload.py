@@ -10,7 +10,7 @@ Each step is one `train_step` entry whose payload holds this rank's own sample i
 noise seed (every rank trains on different data; DDP's all-reduce makes the parameters
 equal). The step counter is a state component, so a resumed run goes on from the
 recovered step. Every flush's returned global index is appended to
-``<out>/acks-rank-<r>.txt`` ("generation index step" per line), and every open's
+``<out>/acks-rank-<r>.txt`` ("generation acknowledged-index entry-index step" per line), and every open's
 recovery to ``<out>/opens-rank-<r>.jsonl``, for the no-acknowledged-entry-lost check.
 """
 
@@ -40,13 +40,24 @@ def payload(step: int, rank: int) -> dict:
     return {"ids": torch.randperm(SAMPLES, generator=g)[:BATCH].tolist(), "seed": 7919 * step + 31 * rank + 5}
 
 
-def build(init: int):
-    """(state, ops) on the current process group; `init` seeds the model's initialisation."""
+# One bucket per parameter, on the first iteration and after DDP's bucket rebuild alike.
+# DDP's default buckets differ between its first iteration (one bucket of every
+# parameter) and the rest (rebuilt in gradient-ready order); gloo's ring all-reduce sums
+# each element in an order set by its offset in the bucket, so with 3+ ranks a restarted
+# DDP (first iteration again) adds in another order than the uninterrupted run did and
+# the bytes differ (2 ranks: a + b = b + a, unaffected). test_ddp_baseline shows both.
+EXACT_BUCKETS = {"bucket_cap_mb_list": [1e-6]}
+
+
+def build(init: int, ddp_options: dict | None = None):
+    """(state, ops) on the current process group; `init` seeds the model's initialisation;
+    `ddp_options`: DistributedDataParallel keywords (default EXACT_BUCKETS)."""
     import replay
 
     torch.manual_seed(init)
     model = torch.nn.Sequential(torch.nn.Linear(FEATURES, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, CLASSES))
-    ddp = DistributedDataParallel(model)  # broadcasts rank 0's parameters: replicas start equal
+    ddp = DistributedDataParallel(model, **(EXACT_BUCKETS if ddp_options is None else ddp_options))
+    # (the constructor broadcasts rank 0's parameters: replicas start equal)
     optim = torch.optim.Adam(ddp.parameters(), lr=1e-2)
     state = {"model": ddp, "optim": optim, "progress": {"step": 0}}
     x, y = dataset()
@@ -95,14 +106,15 @@ def _append(path: Path, line: str) -> None:
 
 def train(rank: int, world_size: int, root: str, options: dict) -> None:
     """A rank's program (see the module doc). Options: steps, out, init (model seed),
-    journal (bool), generation, snapshot_every, keep_last, digest_every, die_at_step
-    (this rank SIGKILLs itself right after applying that step, before its flush),
+    journal (bool), ddp (DDP keywords), generation, snapshot_every, keep_last, digest_every, die_at_step
+    (SIGKILL itself right after applying that step, before its flush; only rank die_rank
+    if given),
     journal_options (more Journal.open keywords)."""
     import replay
 
     torch.use_deterministic_algorithms(True)
     out = Path(options["out"])
-    state, ops = build(options.get("init", 0))
+    state, ops = build(options.get("init", 0), options.get("ddp"))
     steps, die_at = options["steps"], options.get("die_at_step")
     generation = options.get("generation", 0)
     if not options.get("journal", True):
@@ -123,11 +135,12 @@ def train(rank: int, world_size: int, root: str, options: dict) -> None:
             "damaged": len(getattr(recovery, "damaged_snapshots", [])), "text": str(recovery)[:2000]}) + "\n")
         while state["progress"]["step"] < steps:
             step = state["progress"]["step"]
+            index = journal.index + 1  # the entry's index (journal.index may be a digest after it)
             journal.apply("train_step", **payload(step, rank))
-            if die_at is not None and step == die_at:
+            if step == die_at and rank == options.get("die_rank", rank):
                 os.kill(os.getpid(), signal.SIGKILL)
             acked = journal.flush()
-            _append(out / f"acks-rank-{rank}.txt", f"{generation} {acked} {journal.index} {step}\n")
+            _append(out / f"acks-rank-{rank}.txt", f"{generation} {acked} {index} {step}\n")
         summary = {"index": journal.index, "step": state["progress"]["step"], "world_size": journal.world_size,
                    "rank": journal.rank}
     write_result(out, rank, state, summary)
