@@ -324,7 +324,9 @@ class Journal:
             A handler that raises: the entry is removed from the log, the state rolled back
             to the previous index (newest snapshot + replay), then the handler's exception
             is re-raised unchanged (invariant 6); if that cleanup fails,
-            JournalPoisonedError. JournalPoisonedError once the log has failed a write;
+            JournalPoisonedError. Multi-rank, the entry is removed but the state is not
+            rolled back (that replay needs every rank): the journal refuses further work
+            and every rank reopens. JournalPoisonedError once the log has failed a write;
             ClosedError after close; ConcurrentUseError while another thread is inside.
 
         The handler gets the payload with its tensors on the journal's device, decoded
@@ -400,10 +402,19 @@ class Journal:
         """Undo entry `index` whose handler raised: drop it from the log, rebuild the state at index - 1.
 
         The log is truncated first, then the in-flight snapshot is waited for (invariant 8):
-        its follow-up compacts only through snapshots, which never cover `index`."""
+        its follow-up compacts only through snapshots, which never cover `index`.
+
+        Multi-rank: the entry is dropped, but the state is not rebuilt here: its replay
+        needs the other ranks in lockstep (DDP's collectives), and they are elsewhere (or
+        a dead peer is why the handler raised). The journal is poisoned instead, and the
+        handler's exception re-raised; reopening every rank recovers the group, whose cut
+        no longer includes `index` (invariant 11)."""
         try:
             self.log.truncate_after(index - 1)
             self._snapshotter.collect(block=True)
+            if self._group is not None:
+                self._poison = cause
+                return
             self._replayer.recover(self.log, self.snapshots, at=index - 1, progress=False)
         except BaseException as exc:
             self._poison = exc

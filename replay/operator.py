@@ -16,6 +16,7 @@ import snapshots
 from eventlog import EventLog, LockedError, writer_pid
 
 from .envelope import TRUNCATE_OP, wrap
+from .ranks.layout import RANK_FILE
 from .errors import RecoveryError
 
 logger = logging.getLogger("replay")
@@ -33,11 +34,17 @@ def truncate(path: str | os.PathLike, *, after: int, reason: str = "") -> list[t
       never rewritten; they are always covered by a snapshot, which is refused first
       unless it was removed); IndexError if beyond the last entry.
     - Damaged entries after `after` are dropped too (their op is reported as "?").
+    - RecoveryError, dropping nothing, for one rank's directory of a multi-rank journal
+      (its logs must stay aligned; a multi-rank journal's recovery truncates every rank
+      to the common cut by itself).
     - Appends a ``replay.truncate`` audit entry recording what was dropped and why in the
       same log transaction as the drop (a crash keeps both or neither), and logs a warning
       on the ``replay`` logger.
     """
     root = Path(path)
+    if (root / RANK_FILE).exists():
+        raise RecoveryError(f"{root} is one rank's directory of a multi-rank journal: truncating it alone would "
+                            "misalign the ranks' logs; reopen the group (its recovery truncates every rank to the cut)")
     with EventLog.open(root / "log", durability="sync") as log:
         if after == log.last_index:
             return []

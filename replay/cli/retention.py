@@ -9,6 +9,7 @@ snapshot fail.
 from __future__ import annotations
 
 from replay.operator import refuse_live_writer
+from replay.ranks.layout import RANK_FILE
 from replay.audit import human_bytes
 
 from .errors import CliError, EXIT_OK
@@ -105,6 +106,10 @@ def run_prune(args, out: Output) -> int:
     if directory.name != "log":
         raise CliError(f"{args.dir} is a bare event log; it has no snapshots to prune")
     refuse_live_writer(directory, "the journal prunes its own snapshots. Close it first")
+    if (directory.parent / RANK_FILE).exists():
+        # Pruning one rank alone can delete the snapshot every rank holds in common.
+        raise CliError(f"{directory.parent} is one rank of a multi-rank journal: its snapshots are pruned by the "
+                       "journal itself, which keeps the one every rank holds")
     from eventlog import EventLog
 
     with EventLog.open(directory, readonly=True) as log:

@@ -14,6 +14,7 @@ collectives on the group, never through a file or a service of ours:
 - coordinator.py   the live run: the global durable index, identical snapshot
                    decisions, confirming snapshots every rank committed, and the
                    cross-rank digest of replicated components
+- audit.py         the cross-rank audit ``replay log/stats/verify DIR`` print (read-only)
 
 The protocol and its invariants are in replay/INVARIANTS.md (section "Multi-rank").
 """

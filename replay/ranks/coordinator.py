@@ -24,6 +24,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from eventlog import EventLog, FormatError
+
 from .. import failpoints
 from ..determinism import state_digest
 from ..errors import RankDivergenceError, RecoveryError, WorldSizeError
@@ -44,7 +46,7 @@ def join(ranks: Collectives, root: Path) -> Path:
     """
     warn_about_shared_store()
     mine = layout.rank_dir(root, ranks.rank)
-    error, recorded, has_log = None, None, False
+    error, recorded, entries, snapshotted = None, None, False, False
     try:
         if (root / "log").exists():
             raise RecoveryError(f"{root} is a single-process journal (it holds log/); open it without group=")
@@ -52,21 +54,26 @@ def join(ranks: Collectives, root: Path) -> Path:
         if record is not None and record["rank"] != ranks.rank:
             raise WorldSizeError(mine, record["world_size"], ranks.size)
         recorded = record["world_size"] if record else None
-        data = mine / "log" / "data.mdb"
-        has_log = data.exists() and data.stat().st_size > 0
+        entries = _holds_entries(mine / "log")
+        manifests = mine / "snapshots" / "manifests"
+        snapshotted = manifests.is_dir() and any(manifests.iterdir())
     except Exception as exc:  # noqa: BLE001 - every rank must hear of it before any collective it would miss
         error = exc
     ranks.agree(error, "opening the journal directory")
-    rows = ranks.gather([recorded or 0, int(has_log)], "opening the journal directory")
+    rows = ranks.gather([recorded or 0, int(entries), int(snapshotted)], "opening the journal directory")
     sizes = sorted({row[0] for row in rows if row[0]})
     if any(size != ranks.size for size in sizes):
         raise WorldSizeError(root, next(s for s in sizes if s != ranks.size), ranks.size)
-    with_log = [rank for rank, row in enumerate(rows) if row[1]]
-    if with_log and len(with_log) != ranks.size:
-        lost = [rank for rank in range(ranks.size) if rank not in with_log]
-        raise RecoveryError(f"{root}: rank(s) {lost} have no journal (no log under rank-<r>/) while rank(s) "
-                            f"{with_log} do: a rank's directory was lost or is on another disk; restore it "
-                            "(starting that rank over would lose the run)")
+    # A rank with neither entries nor snapshots beside a rank with entries lost its
+    # directory: its empty log would make the cut 0 and every other rank drop its whole
+    # history. (A rank killed inside the first open has no entries anywhere to lose, and
+    # one killed before its first entry still holds its initial snapshot.)
+    holding = [rank for rank, row in enumerate(rows) if row[1]]
+    lost = [rank for rank, row in enumerate(rows) if not row[1] and not row[2]]
+    if holding and lost:
+        raise RecoveryError(f"{root}: rank(s) {lost} hold no journal (no entries, no snapshots under rank-<r>/) "
+                            f"while rank(s) {holding} hold entries: a rank's directory was lost or is on another "
+                            "disk; restore it (starting that rank over would make every rank drop its history)")
     mine.mkdir(parents=True, exist_ok=True)
     if recorded is None:
         layout.write_rank_record(mine, ranks.rank, ranks.size)
@@ -111,6 +118,18 @@ def compare_replicated(ranks: Collectives, state: Mapping[str, Any], replicated:
     digests = [row[0] for row in ranks.gather([digest], f"the digest at index {index}")]
     if len(set(digests)) > 1:
         raise RankDivergenceError(index, replicated, digests)
+
+
+def _holds_entries(log_dir: Path) -> bool:
+    """Whether the log at `log_dir` exists and has ever held an entry (read only)."""
+    data = log_dir / "data.mdb"
+    if not data.exists() or data.stat().st_size == 0:
+        return False
+    try:
+        with EventLog.open(log_dir, readonly=True) as log:
+            return log.last_index >= 1
+    except FormatError:  # its creation never completed: nothing was ever written
+        return False
 
 
 class Coordinator:

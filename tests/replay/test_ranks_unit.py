@@ -226,3 +226,28 @@ def test_collectives_need_an_initialised_group():
         Collectives(None)
 
 
+
+
+def test_operator_commands_refuse_one_rank_of_a_multirank_journal(tmp_path, group):
+    with replay.Journal.open(tmp_path, state=make_state(), ops=make_ops(), group=group) as journal:
+        train(journal, 3)
+    rank0 = tmp_path / "rank-0"
+    with pytest.raises(replay.RecoveryError, match="misalign"):
+        replay.truncate(rank0, after=1)
+    from replay.__main__ import main
+
+    assert main(["prune", str(rank0), "--keep-last", "1"]) == 2
+    assert [e.index for e in replay.entries(rank0)] == [1, 2, 3]
+
+
+def test_an_empty_rank_beside_a_rank_without_entries_is_not_lost(tmp_path, group):
+    """A rank killed inside the first open leaves no log; with no entries anywhere, the
+    restart creates it (the lost-directory refusal is only for ranks beside entries)."""
+    replay.Journal.open(tmp_path, state=make_state(), ops=make_ops(), group=group).close()
+    import shutil
+
+    shutil.rmtree(tmp_path / "rank-0" / "log")
+    shutil.rmtree(tmp_path / "rank-0" / "snapshots")
+    with replay.Journal.open(tmp_path, state=make_state(), ops=make_ops(), group=group) as journal:
+        train(journal, 2)
+        assert journal.flush() == 2
