@@ -72,7 +72,12 @@ class RankJob:
         self.x, self.y = synthetic_dataset(seed, device)
         self.net = MLP().to(device)
         ids = [device.index] if device.type == "cuda" else None
-        self.model = DistributedDataParallel(self.net, device_ids=ids, process_group=dist.group.WORLD)
+        # find_unused_parameters=True keeps DDP's gradient buckets as built here: without it DDP
+        # rebuilds them after a process's first backward, so a group that resumes from a
+        # snapshot (replaying its first step with the initial layout) sums gradients in
+        # another order than the run that wrote the log; with 3+ ranks that changes bits.
+        self.model = DistributedDataParallel(self.net, device_ids=ids, process_group=dist.group.WORLD,
+                                             find_unused_parameters=True)
         self.optim = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.01)
         self.data = DataCursor(NUM_SAMPLES, seed * 1009 + rank)
         self.state = {"model": self.model, "optim": self.optim, "data": self.data}
