@@ -13,20 +13,20 @@ from .harness import Launcher
 
 
 class References:
-    """Uninterrupted plain-DDP runs (no journal), one per (world_size, steps), computed once per session."""
+    """Uninterrupted plain runs (no journal), one per (world_size, steps, workload options), computed once per session."""
 
     def __init__(self, root):
         self.root = root
-        self.cache: dict[tuple[int, int], list] = {}
+        self.cache: dict[tuple, list] = {}
 
-    def get(self, world_size: int, steps: int) -> list:
-        key = (world_size, steps)
+    def get(self, world_size: int, steps: int, **options) -> list:
+        key = (world_size, steps, tuple(sorted(options.items())))
         if key not in self.cache:
-            out = self.root / f"ref-{world_size}-{steps}"
+            out = self.root / f"ref-{world_size}-{steps}-{len(self.cache)}"
             out.mkdir()
             with Launcher(world_size, out / "logs") as launcher:
                 gen = launcher.run(workload.train, (str(out / "unused"), {"steps": steps, "out": str(out),
-                                                                          "journal": False}))
+                                                                          "journal": False, **options}))
             assert gen.clean, gen.describe()
             self.cache[key] = load_states(out, world_size)
         return self.cache[key]

@@ -36,7 +36,8 @@ import torch.distributed as dist
 # Imported by the fork server before any rank is forked from it ("__main__" first, as
 # multiprocessing does by default: a rank then skips re-running the main module).
 # DistributedDataParallel's constructor imports torch._dynamo (~2 s) on first use.
-PRELOAD = ["__main__", "torch", "torch.distributed", "torch.nn.parallel", "torch._dynamo", "safetensors.torch",
+PRELOAD = ["__main__", "torch", "torch.distributed", "torch.nn.parallel", "torch._dynamo", "torch.distributed.fsdp",
+           "torch.distributed.device_mesh", "safetensors.torch",
            "replay", "tests.distributed.workload"]
 # The environment every rank runs under (see issue 13: a restarted torchrun group must not
 # share the dead group's rendezvous store).

@@ -6,8 +6,9 @@
 - A journal created by 2 ranks, opened by 3: WorldSizeError on every rank, naming both
   sizes, before anything is written (every file's bytes are unchanged); 2 ranks then
   open it and finish as if nothing happened.
-- A rank SIGKILLed inside the group's very first open, before its log exists (a known
-  core bug: the restart refuses the journal as if a rank's directory were lost).
+- A rank SIGKILLed inside the group's very first open, before its log exists: the
+  restart opens the journal and trains to the same bytes (before 88c7f4e it refused the
+  journal as if a rank's directory were lost).
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ def test_one_ranks_damaged_newest_snapshot_moves_every_rank_to_the_older_common_
 
 
 def tree(root: Path) -> dict[str, str]:
+    """Every file's digest, except LMDB's lock.mdb: its reader table changes under any reader (a
+    read-only look at the log, as join's check for entries is) and holds no data."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "lock.mdb"}
 
 
 def test_another_world_size_is_refused_on_every_rank_naming_both_and_changes_nothing(tmp_path, references):
@@ -81,11 +84,6 @@ def test_another_world_size_is_refused_on_every_rank_naming_both_and_changes_not
     print(f"\n3 ranks refused ({gen.exits[0].message}); 2 ranks went on: {counts}")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "core bug: replay.ranks.coordinator.join counts a rank as 'has a journal' when its log/data.mdb is non-empty, "
-    "which an LMDB is from its creation on; a rank killed inside the first open, before its log exists, then makes "
-    "every restart refuse the journal with RecoveryError 'rank(s) [0] have no journal', though no entry was ever "
-    "written"))
 def test_a_rank_killed_in_the_first_open_before_its_log_exists_does_not_block_the_restart(tmp_path, references):
     with Scenario(tmp_path, 2, STEPS) as scenario:
         assert scenario.run(steps=0).clean  # both ranks created the journal, no entry
@@ -95,5 +93,10 @@ def test_a_rank_killed_in_the_first_open_before_its_log_exists_does_not_block_th
         for name in ("log", "snapshots", "environment.json"):
             path = rank0 / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        scenario.finish(tries=1)
-        scenario.check(references.get(2, STEPS))
+        # Nothing was acknowledged, so the restart starts over from the state it is given
+        # (here the reference's init: rank 1's initial snapshot is not common to both).
+        gen = scenario.run(init=0)
+        assert gen.clean, gen.describe()
+        counts = scenario.check(references.get(2, STEPS))
+        assert [scenario.opens(rank)[-1]["index"] for rank in range(2)] == [0, 0]
+    print(f"\nrestart after a first open cut short on rank 0: {counts}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -77,8 +78,79 @@ def build(init: int, ddp_options: dict | None = None):
     return state, ops
 
 
+class Shards:
+    """A state component: this rank's shards of an FSDP2 model and of its Adam state, as plain tensors.
+
+    The journal snapshots what state_dict returns (this rank's local shards: each rank
+    its own) and load_state_dict copies into them in place, so the DTensors FSDP and
+    the optimizer hold keep their storage. Adam's state is created up front (the values
+    its first step would create), so every snapshot has the same layout.
+    """
+
+    def __init__(self, model: torch.nn.Module, optim: torch.optim.Adam):
+        self.model, self.optim = model, optim
+        for p in model.parameters():
+            optim.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                              "exp_avg_sq": torch.zeros_like(p)}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {f"model.{k}": _local(v) for k, v in self.model.state_dict().items()}
+        for i, p in enumerate(self.model.parameters()):
+            for name, value in self.optim.state[p].items():
+                out[f"optim.{i}.{name}"] = _local(value)
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        with torch.no_grad():
+            for name, target in self.state_dict().items():
+                target.copy_(state_dict[name])
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def build_fsdp(init: int):
+    """(state, ops) like `build`, the model sharded with FSDP2 (fully_shard per layer) over the group."""
+    import replay
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(init)
+    model = torch.nn.Sequential(torch.nn.Linear(FEATURES, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, CLASSES))
+    # Each rank's init differs after a restart; FSDP shards what each rank holds, so
+    # start from rank 0's (as DDP does) to make the first generation's state the reference's.
+    for p in model.parameters():
+        dist.broadcast(p.data, 0)
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for layer in (model[0], model[2]):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    optim = torch.optim.Adam(model.parameters(), lr=1e-2)
+    state = {"model": Shards(model, optim), "progress": {"step": 0}}
+    x, y = dataset()
+    ops = replay.Ops()
+
+    @ops.op
+    def train_step(state, *, ids, seed):
+        g = torch.Generator().manual_seed(seed)
+        inputs = x[ids] + 0.05 * torch.randn(len(ids), FEATURES, generator=g)
+        loss = torch.nn.functional.cross_entropy(model(inputs), y[ids])
+        optim.zero_grad()
+        loss.backward()  # FSDP's reduce-scatter of the gradients: collectives in the handler
+        optim.step()
+        state["progress"]["step"] += 1
+        return loss.item()
+
+    return state, ops
+
+
 def tensors(state) -> dict[str, torch.Tensor]:
     """Every tensor of the state by name (model parameters and buffers, Adam's moments and steps, the step)."""
+    if isinstance(state["model"], Shards):
+        out = {k: v.detach().clone().contiguous() for k, v in state["model"].state_dict().items()}
+        out["progress.step"] = torch.tensor([state["progress"]["step"]], dtype=torch.int64)
+        return out
     out = {f"model.{k}": v.detach().clone().contiguous() for k, v in state["model"].state_dict().items()}
     for pid, entry in state["optim"].state_dict()["state"].items():
         for name, value in entry.items():
@@ -106,7 +178,7 @@ def _append(path: Path, line: str) -> None:
 
 def train(rank: int, world_size: int, root: str, options: dict) -> None:
     """A rank's program (see the module doc). Options: steps, out, init (model seed),
-    journal (bool), ddp (DDP keywords), generation, snapshot_every, keep_last, digest_every, die_at_step
+    journal (bool), ddp (DDP keywords), fsdp (bool: FSDP2 instead of DDP), generation, snapshot_every, keep_last, digest_every, die_at_step
     (SIGKILL itself right after applying that step, before its flush; only rank die_rank
     if given),
     journal_options (more Journal.open keywords)."""
@@ -114,7 +186,10 @@ def train(rank: int, world_size: int, root: str, options: dict) -> None:
 
     torch.use_deterministic_algorithms(True)
     out = Path(options["out"])
-    state, ops = build(options.get("init", 0), options.get("ddp"))
+    if options.get("fsdp"):
+        state, ops = build_fsdp(options.get("init", 0))
+    else:
+        state, ops = build(options.get("init", 0), options.get("ddp"))
     steps, die_at = options["steps"], options.get("die_at_step")
     generation = options.get("generation", 0)
     if not options.get("journal", True):
@@ -126,13 +201,15 @@ def train(rank: int, world_size: int, root: str, options: dict) -> None:
     journal_options = dict(snapshot=replay.Every(entries=options.get("snapshot_every", 5)),
                            keep_last=options.get("keep_last", 2), digest_every=options.get("digest_every"))
     journal_options.update(options.get("journal_options", {}))
+    opening = time.monotonic()
     with replay.Journal.open(root, state=state, ops=ops, group=dist.group.WORLD, **journal_options) as journal:
         recovery = journal.recovery
         _append(out / f"opens-rank-{rank}.jsonl", json.dumps({
             "generation": generation, "index": journal.index, "step": state["progress"]["step"],
             "cut": getattr(recovery, "cut", None), "truncated": getattr(recovery, "truncated", None),
             "snapshot": getattr(recovery, "snapshot_index", None),
-            "damaged": len(getattr(recovery, "damaged_snapshots", [])), "text": str(recovery)[:2000]}) + "\n")
+            "damaged": len(getattr(recovery, "damaged_snapshots", [])),
+            "seconds": round(time.monotonic() - opening, 3), "text": str(recovery)[:2000]}) + "\n")
         while state["progress"]["step"] < steps:
             step = state["progress"]["step"]
             index = journal.index + 1  # the entry's index (journal.index may be a digest after it)
