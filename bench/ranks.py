@@ -126,12 +126,12 @@ def task_reopen(rank, root, group, cfg) -> dict:
 
     table = Table(cfg["rows"], rank)
     _barrier(group)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     journal = _open(table, root, group, rank, snapshot=replay.Every(entries=10**9), snapshot_on_close=False)
-    opened = time.perf_counter() - started
+    opened, cpu = time.perf_counter() - started, time.process_time() - cpu
     r = journal.recovery
     journal.close()
-    return {"open_s": opened, "recovery_s": r.seconds, "load_s": r.load_seconds, "replay_s": r.replay_seconds,
+    return {"open_s": opened, "open_cpu_s": cpu, "recovery_s": r.seconds, "load_s": r.load_seconds, "replay_s": r.replay_seconds,
             "replayed": len(r.replayed), "index": journal.index}
 
 
@@ -145,12 +145,13 @@ def task_apply(rank, root, group, cfg) -> dict:
     for i in range(cfg["warmup"]):
         journal.apply("update_rows", **table.payload(i))
     _barrier(group)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for i in range(cfg["warmup"], cfg["warmup"] + cfg["applies"]):
         journal.apply("update_rows", **table.payload(i))
     per_apply = (time.perf_counter() - started) / cfg["applies"]
+    cpu_per_apply = (time.process_time() - cpu) / cfg["applies"]
     journal.close()
-    return {"apply_s": per_apply}
+    return {"apply_s": per_apply, "apply_cpu_s": cpu_per_apply}
 
 
 TASKS = {"work": task_work, "fill": task_fill, "reopen": task_reopen, "apply": task_apply}
@@ -248,18 +249,19 @@ def part_recovery(ctx, work: Workdir, cfg: dict, worlds: list[int], repeats: int
             rows = run_group(ctx, "reopen", world, multi, root, cfg)
             if len({row["index"] for row in rows}) != 1:
                 raise RuntimeError(f"ranks recovered to different indexes: {[row['index'] for row in rows]}")
-            runs.append({"open_s": max(r["open_s"] for r in rows), "recovery_s": max(r["recovery_s"] for r in rows),
+            runs.append({"open_s": max(r["open_s"] for r in rows), "open_cpu_s": max(r["open_cpu_s"] for r in rows), "recovery_s": max(r["recovery_s"] for r in rows),
                          "load_s": max(r["load_s"] for r in rows), "replay_s": max(r["replay_s"] for r in rows),
                          "replayed": rows[0]["replayed"]})
             work.drop(root)
         point = {"ranks": world, **{k: round(statistics.median(run[k] for run in runs), 4)
-                                    for k in ("open_s", "recovery_s", "load_s", "replay_s")},
+                                    for k in ("open_s", "open_cpu_s", "recovery_s", "load_s", "replay_s")},
                  "entries_replayed": runs[0]["replayed"]}
         points.append(point)
     base = points[0]
     for point in points:
         point["open_ratio_vs_1"] = round(point["open_s"] / base["open_s"], 2)
         point["recovery_ratio_vs_1"] = round(point["recovery_s"] / base["recovery_s"], 2)
+        point["open_cpu_ratio_vs_1"] = round(point["open_cpu_s"] / base["open_cpu_s"], 2)
     return {"entries": cfg["entries"], "points": points}
 
 
@@ -267,15 +269,20 @@ def part_apply(ctx, work: Workdir, cfg: dict, repeats: int) -> dict:
     out = {}
     for policy in ("seconds", "entries"):
         per = {"multi": [], "single": []}
+        cpu = {"multi": [], "single": []}
         for n in range(repeats):
             for arm in _order(n):
                 root = work.new(f"apply-{policy}-{arm}")
                 rows = run_group(ctx, "apply", 2, arm == "multi", root, {**cfg, "policy": policy})
                 per[arm].append(statistics.mean(r["apply_s"] for r in rows))
+                cpu[arm].append(statistics.mean(r["apply_cpu_s"] for r in rows))
                 work.drop(root)
         single, multi = statistics.median(per["single"]), statistics.median(per["multi"])
+        single_cpu, multi_cpu = statistics.median(cpu["single"]), statistics.median(cpu["multi"])
         out[policy] = {"single_us": round(single * 1e6, 1), "multi_us": round(multi * 1e6, 1),
-                       "ratio": round(multi / single, 2), "collective_per_apply": policy == "seconds"}
+                       "ratio": round(multi / single, 2), "single_cpu_us": round(single_cpu * 1e6, 1),
+                       "multi_cpu_us": round(multi_cpu * 1e6, 1), "cpu_ratio": round(multi_cpu / single_cpu, 2),
+                       "collective_per_apply": policy == "seconds"}
     return out
 
 
@@ -345,17 +352,21 @@ def _print_cut(c: dict) -> None:
 
 def _print_recovery(rec: dict) -> None:
     print(f"\nrecovery of {rec['entries']} entries per rank after the snapshot (slowest rank, median)")
-    print(f"{'ranks':>6} {'open s':>8} {'recovery s':>11} {'load s':>8} {'replay s':>9} {'open x':>7} {'recovery x':>11}")
+    print(f"{'ranks':>6} {'open s':>8} {'recovery s':>11} {'load s':>8} {'replay s':>9} {'open x':>7} "
+          f"{'recovery x':>11} {'open cpu s':>11} {'cpu x':>6}")
     for p in rec["points"]:
         print(f"{p['ranks']:>6} {fmt(p['open_s']):>8} {fmt(p['recovery_s']):>11} {fmt(p['load_s']):>8} "
-              f"{fmt(p['replay_s']):>9} {fmt(p['open_ratio_vs_1']):>7} {fmt(p['recovery_ratio_vs_1']):>11}")
+              f"{fmt(p['replay_s']):>9} {fmt(p['open_ratio_vs_1']):>7} {fmt(p['recovery_ratio_vs_1']):>11} "
+              f"{fmt(p['open_cpu_s']):>11} {fmt(p['open_cpu_ratio_vs_1']):>6}")
 
 
 def _print_apply(apply: dict) -> None:
-    print(f"\n{'apply, 2 processes':<28} {'single us':>10} {'multi us':>9} {'ratio':>6}")
+    print(f"\n{'apply, 2 processes':<28} {'single us':>10} {'multi us':>9} {'ratio':>6} {'single cpu us':>14} "
+          f"{'multi cpu us':>13} {'cpu ratio':>10}")
     for policy, row in apply.items():
         label = "Every(seconds=): a gather" if policy == "seconds" else "Every(entries=): none"
-        print(f"{label:<28} {fmt(row['single_us']):>10} {fmt(row['multi_us']):>9} {fmt(row['ratio']):>6}")
+        print(f"{label:<28} {fmt(row['single_us']):>10} {fmt(row['multi_us']):>9} {fmt(row['ratio']):>6} "
+              f"{fmt(row['single_cpu_us']):>14} {fmt(row['multi_cpu_us']):>13} {fmt(row['cpu_ratio']):>10}")
 
 
 if __name__ == "__main__":
