@@ -51,3 +51,17 @@ def test_a_kill_at_each_protocol_step_recovers_to_a_consistent_cut(tmp_path, ref
     after = [records[-1] for records in opens]
     assert after[0]["index"] == after[1]["index"] and after[0]["snapshot"] == after[1]["snapshot"], after
     print(f"\n{point} on rank {armed}: {counts}")
+
+
+@pytest.mark.timeout(90)
+def test_ddp_default_buckets_with_3_ranks_are_caught_by_the_digest_on_replay(tmp_path):
+    """DDP's default buckets make a restarted 3-rank DDP sum in another order
+    (test_ddp_baseline); replaying such a log must stop at the first digest with
+    DivergenceError on every rank, not recover different bytes silently."""
+    with Scenario(tmp_path, 3, STEPS, digest_every=1, ddp={}) as scenario:
+        assert scenario.run(steps=3).clean
+        scenario.run(die_at_step=8, die_rank=0)  # entries 4.. replay on the restart
+        gen = scenario.run(survivors_grace=30)
+    errors = {exit_.error for exit_ in gen.exits}
+    assert errors == {"DivergenceError"}, gen.describe()
+    print(f"\nrestart refused on every rank: {gen.exits[0].message[:160]}")

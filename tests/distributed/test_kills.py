@@ -62,3 +62,31 @@ def test_random_sigkills_of_random_ranks_end_bit_identical(tmp_path, references,
     print(f"\n{world_size} ranks, seed {seed}: {counts}")
     assert counts.kills >= kills // 2, f"seed {seed}: too few kills landed: {counts}"
     assert counts.acks >= steps // 2, counts  # the no-loss check had acknowledged entries to check
+
+
+@pytest.mark.timeout(120)
+def test_survivors_of_a_dead_peer_end_with_an_exception_and_the_restart_is_bit_identical(tmp_path, references):
+    """Torchrun's agent would terminate them; here the survivors get 30 s to end on their own.
+
+    A peer dying in a collective of the journal's (flush, confirming snapshots, recovery)
+    is RankFailureError naming the collective; in a handler's own collective (DDP's
+    all-reduce in backward) it is gloo's RuntimeError, which apply re-raises. Either way
+    every survivor leaves the with-block by the exception (closing its journal locally)
+    and exits 1; no hang, no signal. The restart then finishes bit-identical.
+    """
+    steps = 60
+    seen = set()
+    with Scenario(tmp_path, 3, steps) as scenario:
+        assert scenario.run(steps=3).clean
+        for k in range(4):
+            gen = scenario.run(kill=Kill(1 + k % 2, 0.5 + 0.15 * k), survivors_grace=30)
+            assert gen.killed is not None, gen.describe()
+            for exit_ in gen.exits:
+                if exit_.rank != gen.killed:
+                    assert exit_.exitcode == 1 and exit_.error in ("RankFailureError", "RuntimeError"), \
+                        gen.describe()
+                    assert "peer" in exit_.message or "died" in exit_.message, exit_.message
+                    seen.add(exit_.error)
+        scenario.finish()
+        counts = scenario.check(references.get(3, steps))
+    print(f"\nsurvivors saw {sorted(seen)}: {counts}")
