@@ -249,7 +249,8 @@ def part_recovery(ctx, work: Workdir, cfg: dict, worlds: list[int], repeats: int
             rows = run_group(ctx, "reopen", world, multi, root, cfg)
             if len({row["index"] for row in rows}) != 1:
                 raise RuntimeError(f"ranks recovered to different indexes: {[row['index'] for row in rows]}")
-            runs.append({"open_s": max(r["open_s"] for r in rows), "open_cpu_s": max(r["open_cpu_s"] for r in rows), "recovery_s": max(r["recovery_s"] for r in rows),
+            runs.append({"open_s": max(r["open_s"] for r in rows), "open_cpu_s": max(r["open_cpu_s"] for r in rows),
+                         "recovery_s": max(r["recovery_s"] for r in rows),
                          "load_s": max(r["load_s"] for r in rows), "replay_s": max(r["replay_s"] for r in rows),
                          "replayed": rows[0]["replayed"]})
             work.drop(root)

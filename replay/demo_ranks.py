@@ -226,7 +226,9 @@ def plan_kills(args, rng: random.Random) -> list[tuple[str, float]]:
     return plan
 
 
-def run_with_kills(args, directory: Path, results: Path, rng: random.Random, stderr) -> tuple[list[Generation], int, list[str]]:
+def run_with_kills(args, directory: Path, results: Path, rng: random.Random,
+                   stderr) -> tuple[list[Generation], int, list[str]]:
+    """Launch torchrun and kill per the plan; (the generations seen, torchrun's exit status, other output lines)."""
     plan = plan_kills(args, rng)
     env = dict(os.environ, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1", OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.ranks}",
@@ -234,7 +236,6 @@ def run_with_kills(args, directory: Path, results: Path, rng: random.Random, std
                "--dir", str(directory), "--results", str(results), *_worker_flags(args)]
     generations: dict[int, Generation] = {}
     other: list[str] = []
-    launched = time.perf_counter()
     agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1, env=env)
     try:
         for line in agent.stdout:
@@ -242,8 +243,6 @@ def run_with_kills(args, directory: Path, results: Path, rng: random.Random, std
             if message is None:
                 other.append(line.rstrip())
                 continue
-            if os.environ.get("REPLAY_DEMO_TRACE"):
-                print(f"{time.perf_counter() - launched:7.2f} s  {line.rstrip()[:160]}", file=sys.stderr)
             gen = generations.setdefault(message["restart"], Generation(message["restart"]))
             event, rank = message[TAG], message["rank"]
             if event == "started":
