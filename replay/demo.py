@@ -335,7 +335,7 @@ def _report(args, reference_seconds, journal_seconds, recoveries, killed_at, fin
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=["train", "inference"], default="train")
-    parser.add_argument("--steps", type=int, help="training steps (train task; default 2000, 240 with --ranks)")
+    parser.add_argument("--steps", type=int, help="training steps (train task; default 2000, 200 with --ranks)")
     parser.add_argument("--kills", type=int, help="how many times to SIGKILL a worker (default 5, 3 with --ranks)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
