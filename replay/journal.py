@@ -38,7 +38,8 @@ from .preemption import Preemption, PreemptionHandler
 from .recovery import RecoveryReport, Replayer
 from .ranks import layout as ranks_layout
 from .ranks.collectives import Collectives
-from .ranks.coordinator import Coordinator, compare_replicated, join, replicated_components
+from .ranks.coordinator import (Coordinator, compare_replicated, join, replicated_components,
+                                warn_about_bucket_rebuild)
 from .snapshotter import Snapshotter, done
 from .threadguard import OneThreadAtATime
 
@@ -170,6 +171,7 @@ class Journal:
                 raise ValueError("preemption= is not supported with group= (the ranks would stop at different calls)")
             ranks = Collectives(group)
             replicated = replicated_components(state, replicated)
+            warn_about_bucket_rebuild(state, ranks.size)
             root = join(ranks, root)
         refuse_to_reinitialise(root)
         root.mkdir(parents=True, exist_ok=True)
@@ -378,7 +380,7 @@ class Journal:
             if self._clock.due() and not self._snapshotter.in_flight:
                 self._clock.reset()
                 self._snapshotter.take_for_policy(self._index)
-        elif self._collective(self._group.snapshot_due, self._clock.due()):
+        elif self._collective(self._group.snapshot_due, self._clock, self._index):
             # Every rank takes it: the previous one is finished first (whether it is still in
             # flight differs between ranks), and confirmed across ranks on the way.
             self._clock.reset()

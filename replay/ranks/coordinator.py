@@ -6,10 +6,10 @@ directory, before anything is written. `Coordinator` then serves the open journa
 
 - `flush` turns each rank's durable index into the global one (the minimum), which is
   what "acknowledged" means for a multi-rank journal;
-- `snapshot_due` makes the policy's decision identical on every rank: a policy bounded
-  only by entries decides by index alone (no collective); a bound on seconds, log bytes
-  or replay time is decided per rank and OR-ed across ranks (one small collective per
-  apply);
+- `snapshot_due` makes the policy's decision identical on every rank: the entries bound
+  decides by index alone (no collective); a bound on seconds, log bytes or replay time
+  is measured per rank and OR-ed across ranks every DECIDE_EVERY indexes (one small
+  collective per that many applies);
 - `confirm` learns, piggybacked on flush and on snapshot decisions, which snapshot every
   rank has committed: that one is protected (retention keeps it, compaction stops at it)
   and rank 0 writes its global record (replay.ranks.layout) for audits;
@@ -32,6 +32,9 @@ from ..errors import RankDivergenceError, RecoveryError, WorldSizeError
 from ..policies import Every
 from . import layout
 from .collectives import Collectives
+
+
+DECIDE_EVERY = 16  # indexes between two cross-rank decisions of a time- or size-bounded snapshot policy
 
 
 def join(ranks: Collectives, root: Path) -> Path:
@@ -109,6 +112,29 @@ def replicated_components(state: Mapping[str, Any], names: Iterable[str] | None)
     return sorted(chosen)
 
 
+def warn_about_bucket_rebuild(state: Mapping[str, Any], world_size: int) -> None:
+    """Warn for each DDP module whose gradient buckets will be rebuilt, when 3+ ranks sum into them.
+
+    DDP regroups its gradient buckets after a process's first backward pass (unless
+    ``find_unused_parameters=True``). A group restarted from a snapshot replays its
+    first step with the initial buckets, where the run it replays had the rebuilt ones;
+    with three or more ranks the all-reduce then adds each gradient's terms in another
+    order, and the low bits differ (two terms add alike in either order). The digests
+    of ``digest_every`` would report it as a DivergenceError."""
+    if world_size < 3:
+        return
+    try:
+        from torch.nn.parallel import DistributedDataParallel
+    except ImportError:  # pragma: no cover
+        return
+    for name, component in state.items():
+        if isinstance(component, DistributedDataParallel) and not component.find_unused_parameters:
+            warnings.warn(f"state component {name!r} is a DistributedDataParallel that rebuilds its gradient buckets "
+                          f"after its first step; with {world_size} ranks a resumed run then sums gradients in another "
+                          "order and replay is not bit-exact. Build it with find_unused_parameters=True (its buckets "
+                          "then stay as first built)", RuntimeWarning, stacklevel=3)
+
+
 def compare_replicated(ranks: Collectives, state: Mapping[str, Any], replicated: list[str], index: int) -> None:
     """RankDivergenceError on every rank when the digests of the `replicated` components of
     `state` differ across ranks (at digest entry `index`); nothing to do without any."""
@@ -157,11 +183,21 @@ class Coordinator:
         """Learn which snapshot every rank has committed (protect it; rank 0 records it)."""
         self._confirm(self.ranks.gather([0, *self._committed()], "confirming snapshots"))
 
-    def snapshot_due(self, due_here: bool) -> bool:
-        """The policy's decision, identical on every rank."""
-        if self._by_index_only:
-            return due_here
-        return any(row[0] for row in self.ranks.gather([int(due_here)], "the snapshot policy"))
+    def snapshot_due(self, clock, index: int) -> bool:
+        """The policy's decision after entry `index`, identical on every rank.
+
+        The entries bound is decided here (every rank counts the same entries). The other
+        bounds (seconds, log bytes, replay time) are measured per rank, so they are asked
+        across ranks, OR-ed, once every `DECIDE_EVERY` indexes: one small collective per
+        that many applies instead of one per apply, at the price of firing up to that
+        many entries late."""
+        policy = clock.policy
+        if policy.entries is not None and clock.entries >= policy.entries:
+            return True
+        if self._by_index_only or index % DECIDE_EVERY:
+            return False
+        due = clock.due()
+        return any(row[0] for row in self.ranks.gather([int(due)], "the snapshot policy"))
 
     def check_replicated(self, index: int) -> None:
         """RankDivergenceError on every rank when the replicated components differ across ranks."""

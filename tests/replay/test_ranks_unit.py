@@ -175,13 +175,38 @@ def test_group_journal_resumes_bit_exactly_and_records_its_snapshots(tmp_path, g
     assert records[-1].index == max(int(m.split("-")[0]) for m in manifests)
 
 
-def test_time_bounded_policy_decides_through_the_group(tmp_path, group):
-    state = make_state()
-    with replay.Journal.open(tmp_path, state=state, ops=make_ops(), group=group,
-                             snapshot=replay.Every(log_bytes=1)) as journal:
-        train(journal, 3)
+def test_size_bounded_policy_is_decided_across_ranks_every_16_indexes(tmp_path, group, monkeypatch):
+    from replay.ranks.coordinator import DECIDE_EVERY
+
+    asked = []
+    original = Collectives.gather
+
+    def gather(self, values, what):
+        if what == "the snapshot policy":
+            asked.append(values[0])
+        return original(self, values, what)
+
+    monkeypatch.setattr(Collectives, "gather", gather)
+    with replay.Journal.open(tmp_path, state=make_state(), ops=make_ops(), group=group,
+                             snapshot=replay.Every(log_bytes=1), snapshot_on_close=False) as journal:
+        train(journal, 2 * DECIDE_EVERY + 3)
         journal.flush()
-        assert {i.index for i in journal.snapshots.list()} >= {1, 2}
+        taken = sorted(i.index for i in journal.snapshots.list())
+    assert asked == [1, 1]  # at indexes 16 and 32 only, each time due
+    assert taken[-2:] == [DECIDE_EVERY, 2 * DECIDE_EVERY]
+
+
+def test_entries_bound_decides_without_a_collective(tmp_path, group, monkeypatch):
+    asked = []
+    original = Collectives.gather
+    monkeypatch.setattr(Collectives, "gather",
+                        lambda self, values, what: (asked.append(what), original(self, values, what))[1])
+    with replay.Journal.open(tmp_path, state=make_state(), ops=make_ops(), group=group,
+                             snapshot=replay.Every(entries=5), snapshot_on_close=False) as journal:
+        asked.clear()
+        train(journal, 12)
+        assert sorted(i.index for i in journal.snapshots.list())[-2:] == [5, 10]
+    assert "the snapshot policy" not in asked
 
 
 def test_replicated_components_are_compared_at_every_digest_live_and_on_replay(tmp_path, group, monkeypatch):
