@@ -121,8 +121,10 @@ def _rank_entry(port: int, prefix: str, rank: int, world_size: int, env: dict, p
         try:
             target(rank, world_size, *args)
         finally:
-            # Without it a dead peer can turn the interpreter's exit into a SIGABRT; the
-            # launcher kills a rank that hangs here.
+            # Leave the group on every path, as a torchrun worker should. (On torch 2.13 CPU
+            # with gloo, a survivor that skipped it still exited with its own status, no
+            # SIGABRT; after a dead peer it returns at once. The launcher kills a rank that
+            # hangs here anyway.)
             dist.destroy_process_group()
     except BaseException as exc:
         traceback.print_exc()

@@ -36,7 +36,7 @@ POINTS = [
 
 
 @pytest.mark.timeout(200)
-@pytest.mark.parametrize("world_size,kills,steps", [(2, 12, 80), (3, 9, 60)])
+@pytest.mark.parametrize("world_size,kills,steps", [(2, 12, 80), (3, 9, 80)])
 def test_random_sigkills_of_random_ranks_end_bit_identical(tmp_path, references, world_size, kills, steps):
     seed = int.from_bytes(os.urandom(4), "little")
     rng = random.Random(seed)
@@ -47,13 +47,13 @@ def test_random_sigkills_of_random_ranks_end_bit_identical(tmp_path, references,
         scenario.run(die_at_step=rng.randrange(1, 8), die_rank=rng.randrange(world_size))
         while scenario.counts.kills < kills and scenario.counts.generations < 3 * kills:
             victim = rng.randrange(world_size)
-            env, after = None, rng.uniform(0.0, 0.8)  # an open takes ~0.15-0.4 s: recovery, then training
+            env, after = None, rng.uniform(0.0, 0.7)  # an open takes ~0.15-0.4 s: recovery, then training
             if rng.random() < 0.5:
                 point, armed = rng.choice(POINTS)
                 armed = victim if armed is None else armed
                 env = {armed: {"REPLAY_FAILPOINTS": f"{point}=kill"}}
                 # The timed kill is a backstop for a failpoint this generation never reaches.
-                after = rng.uniform(0.8, 1.5)
+                after = rng.uniform(0.7, 1.3)
             gen = scenario.run(kill=Kill(victim, after), env=env)
             if gen.clean:
                 break  # trained to the end before any kill landed
@@ -78,11 +78,19 @@ def test_survivors_of_a_dead_peer_end_with_an_exception_and_the_restart_is_bit_i
     seen = set()
     with Scenario(tmp_path, 3, steps) as scenario:
         assert scenario.run(steps=3).clean
-        for k in range(4):
-            gen = scenario.run(kill=Kill(1 + k % 2, 0.5 + 0.15 * k), survivors_grace=30)
-            assert gen.killed is not None, gen.describe()
+        # A victim that kills itself after a step's apply leaves the others in flush's
+        # collective; one killed 0.4 s after the group joined, mostly in recovery's
+        # collectives or replayed DDP steps. (A timed kill may come after the end: skipped.)
+        plans = [({"die_at_step": 10 * k + 8, "die_rank": 1 + k % 2}, None) for k in range(3)]
+        plans += [({}, Kill(1 + k % 2, 0.4)) for k in range(2)]
+        for options, kill in plans:
+            gen = scenario.run(kill=kill, survivors_grace=30, **options)
+            victim = options.get("die_rank", gen.killed)
+            if kill is not None and gen.clean:
+                continue
+            assert gen.exits[victim].killed, gen.describe()
             for exit_ in gen.exits:
-                if exit_.rank != gen.killed:
+                if exit_.rank != victim:
                     assert exit_.exitcode == 1 and exit_.error in ("RankFailureError", "RuntimeError"), \
                         gen.describe()
                     assert "peer" in exit_.message or "died" in exit_.message, exit_.message
