@@ -1,0 +1,425 @@
+"""Object stores a journal replicates to: one interface, a directory backend and an S3 backend.
+
+An ``ObjectStore`` is one bucket/prefix or one directory. Keys are ``"a/b/c"`` strings of
+parts made of ``[A-Za-z0-9._-]`` that do not start with ``.`` (so ``..``, ``.``, hidden
+names, empty parts and absolute paths are refused with ValueError naming the key); the
+same rule holds on every backend, so a replica's layout is portable between them.
+
+Etags: an opaque string that changes when the object's bytes change. The directory
+backend uses the xxh3-128 hex digest of the content; S3 uses the server's ETag. Both
+are content-derived for a plain put, so writing the very same bytes again keeps the
+etag: callers that fence with ``put_if_match`` (head.json) put something unique in the
+content (term, owner, time).
+
+The S3 backend imports its client library only when an ``s3://`` store is opened, so the
+optional extra (``torch-eventlog[s3]``) is needed only by those who use it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import stat
+import uuid
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import xxhash
+
+from .errors import (
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    PreconditionFailedError,
+    ReplicaDamageError,
+    ReplicaUnavailableError,
+)
+
+_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}")
+_PREFIX = re.compile(r"[A-Za-z0-9._/-]*")
+MAX_KEY = 1024
+
+
+def check_key(key: str) -> str:
+    """Return `key` if it is a valid object key; ValueError naming it otherwise.
+
+    Refused: non-strings, "", a leading or trailing "/", empty parts ("a//b"), parts that
+    start with "." (".", "..", hidden names), characters outside [A-Za-z0-9._-] and keys
+    over 1024 characters.
+    """
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY:
+        raise ValueError(f"invalid object key {key!r}: must be a non-empty string of at most {MAX_KEY} characters")
+    for part in key.split("/"):
+        if not _PART.fullmatch(part):
+            raise ValueError(f"invalid object key {key!r}: part {part!r} must match [A-Za-z0-9_-][A-Za-z0-9._-]* "
+                             "(no empty parts, no leading '/' or '.', no '..')")
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """Return `prefix` if it could begin a valid key ("" lists everything); ValueError otherwise."""
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix) or prefix.startswith("/") \
+            or "//" in prefix or any(p.startswith(".") for p in prefix.split("/")[:-1]) \
+            or prefix.split("/")[-1].startswith("."):
+        raise ValueError(f"invalid key prefix {prefix!r}: must be the beginning of a valid object key")
+    return prefix
+
+
+def content_etag(data) -> str:
+    """The directory backend's etag: xxh3-128 of the bytes, 32 hex digits."""
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+class ObjectStore:
+    """One bucket/prefix or one directory of immutable-by-default objects. Thread-safe.
+
+    Every method validates its key first (ValueError naming it) and raises
+    ReplicaUnavailableError when the store cannot be reached.
+    """
+
+    url: str
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create `key` holding `data` unless it exists: True if created, False if it existed
+        (the existing object is never overwritten, whatever it holds). A reader never sees a
+        partial object; two concurrent calls for one key: exactly one returns True."""
+        raise NotImplementedError
+
+    def put_if_match(self, key: str, data: bytes, etag: str | None) -> str:
+        """Conditional write; returns the new etag.
+
+        etag None: create only; PreconditionFailedError if `key` exists. Otherwise replace
+        only if the object's current etag equals `etag`; PreconditionFailedError if it does
+        not or if the object is missing. Of concurrent writers with the same etag at most one
+        succeeds."""
+        raise NotImplementedError
+
+    def get(self, key: str, limit: int) -> tuple[bytes, str]:
+        """(data, etag) of `key`. ObjectNotFoundError if missing; ObjectTooLargeError if it holds
+        more than `limit` bytes (never reads more than limit + 1); ReplicaDamageError if the
+        object is not a plain object (directory backend: a symlink, FIFO, device, directory)."""
+        raise NotImplementedError
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys that start with `prefix` (a plain string prefix, "" for all), sorted; [] if none.
+        Names that are not valid keys are not listed."""
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        """Remove `key`; a missing key is fine (no error)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the client; idempotent. The store may not be used afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.url!r})"
+
+
+class FileObjectStore(ObjectStore):
+    """A directory as an object store (``file:///abs/dir``), e.g. on a shared filesystem.
+
+    Layout: the object for key ``a/b/c`` is the file ``dir/a/b/c``; ``dir/.tmp/`` holds
+    objects being written and ``dir/.lock`` serialises conditional replaces (flock).
+    Creation writes a temp file, fsyncs it, then hard-links it to its name (link() fails
+    if the name exists, atomically, so a reader sees the whole object or nothing and two
+    creators cannot both win); the parent directory is fsynced after. Where the filesystem
+    has no hard links, creation falls back to rename under the lock. Replace renames over
+    the name under the lock after comparing the current content's etag. Paths are walked
+    with O_NOFOLLOW from the store's directory: a symlink or non-regular file where an
+    object or a key's directory should be is ReplicaDamageError, never followed or opened
+    for blocking I/O.
+    """
+
+    def __init__(self, directory: str | os.PathLike, url: str | None = None):
+        path = Path(directory)
+        if not path.is_absolute():
+            raise ValueError(f"file replica directory must be absolute, got {str(directory)!r}")
+        self.root = path
+        self.url = url or path.as_uri()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / ".tmp").mkdir(exist_ok=True)
+            self._root_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            raise ReplicaUnavailableError(self.url, f"cannot open directory: {e.strerror or e}") from e
+        self._closed = False
+
+    # -- paths ---------------------------------------------------------------------------
+    def _parent_fd(self, key: str, create: bool) -> tuple[int | None, str]:
+        """An fd of the directory holding `key` (caller closes it; None when it does not exist
+        and create is False) and the key's last part. Never follows a symlink."""
+        parts = key.split("/")
+        fd = os.dup(self._root_fd)
+        try:
+            for i, part in enumerate(parts[:-1]):
+                try:
+                    nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        os.close(fd)
+                        return None, parts[-1]
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass  # a concurrent writer made it
+                    nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise ReplicaDamageError(key, f"{'/'.join(parts[:i + 1])!r} is not a plain directory",
+                                                 self.url) from None
+                    raise
+                os.close(fd)
+                fd = nxt
+            return fd, parts[-1]
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _write_temp(self, data) -> str:
+        name = f"{uuid.uuid4().hex}.tmp"
+        fd = os.open(f".tmp/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=self._root_fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return name
+
+    def _drop_temp(self, name: str) -> None:
+        try:
+            os.unlink(f".tmp/{name}", dir_fd=self._root_fd)
+        except FileNotFoundError:
+            pass
+
+    def _lock(self) -> int:
+        fd = os.open(".lock", os.O_RDWR | os.O_CREAT, 0o644, dir_fd=self._root_fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def _os_error(self, key: str, e: OSError):
+        if isinstance(e, ReplicaDamageError):
+            return e
+        if e.errno in (errno.EISDIR, errno.ENOTDIR, errno.ELOOP):
+            return ReplicaDamageError(key, f"not a plain object ({e.strerror})", self.url)
+        return ReplicaUnavailableError(self.url, f"{e.strerror or e}", key)
+
+    def _check_open(self):
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+
+    # -- interface -----------------------------------------------------------------------
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        check_key(key)
+        self._check_open()
+        try:
+            return self._create(key, data)
+        except OSError as e:
+            raise self._os_error(key, e) from e
+
+    def _create(self, key: str, data) -> bool:
+        tmp = self._write_temp(data)
+        try:
+            dfd, name = self._parent_fd(key, create=True)
+            try:
+                try:
+                    os.link(f".tmp/{tmp}", name, src_dir_fd=self._root_fd, dst_dir_fd=dfd,
+                            follow_symlinks=False)
+                except FileExistsError:
+                    return False
+                except OSError as e:
+                    if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+                        raise
+                    if not self._create_locked(tmp, dfd, name):  # no hard links on this filesystem
+                        return False
+                os.fsync(dfd)
+                return True
+            finally:
+                os.close(dfd)
+        finally:
+            self._drop_temp(tmp)
+
+    def _create_locked(self, tmp: str, dfd: int, name: str) -> bool:
+        lock = self._lock()
+        try:
+            try:
+                os.lstat(name, dir_fd=dfd)
+                return False
+            except FileNotFoundError:
+                os.rename(f".tmp/{tmp}", name, src_dir_fd=self._root_fd, dst_dir_fd=dfd)
+                return True
+        finally:
+            os.close(lock)
+
+    def put_if_match(self, key: str, data: bytes, etag: str | None) -> str:
+        check_key(key)
+        self._check_open()
+        new = content_etag(data)
+        try:
+            if etag is None:
+                if not self._create(key, data):
+                    raise PreconditionFailedError(key, self.url, "the object exists (create-only write)")
+                return new
+            lock = self._lock()
+            try:
+                try:
+                    _, current = self._read(key, None)
+                except ObjectNotFoundError:
+                    raise PreconditionFailedError(key, self.url, f"the object is missing (expected etag {etag})") from None
+                if current != etag:
+                    raise PreconditionFailedError(key, self.url, f"etag is {current}, expected {etag}")
+                tmp = self._write_temp(data)
+                try:
+                    dfd, name = self._parent_fd(key, create=True)
+                    try:
+                        os.rename(f".tmp/{tmp}", name, src_dir_fd=self._root_fd, dst_dir_fd=dfd)
+                        os.fsync(dfd)
+                    finally:
+                        os.close(dfd)
+                finally:
+                    self._drop_temp(tmp)
+            finally:
+                os.close(lock)
+            return new
+        except OSError as e:
+            raise self._os_error(key, e) from e
+
+    def get(self, key: str, limit: int) -> tuple[bytes, str]:
+        check_key(key)
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        self._check_open()
+        try:
+            return self._read(key, limit)
+        except OSError as e:
+            raise self._os_error(key, e) from e
+
+    def _read(self, key: str, limit: int | None) -> tuple[bytes, str]:
+        dfd, name = self._parent_fd(key, create=False)
+        if dfd is None:
+            raise ObjectNotFoundError(key, self.url)
+        try:
+            try:
+                # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: never a symlink.
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dfd)
+            except FileNotFoundError:
+                raise ObjectNotFoundError(key, self.url) from None
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise ReplicaDamageError(key, "is a symbolic link, not an object", self.url) from None
+                raise
+        finally:
+            os.close(dfd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ReplicaDamageError(key, f"is not a regular file (mode {stat.filemode(st.st_mode)})", self.url)
+            chunks, total = [], 0
+            cap = limit + 1 if limit is not None else None
+            while cap is None or total < cap:
+                b = os.read(fd, 1 << 20 if cap is None else min(1 << 20, cap - total))
+                if not b:
+                    break
+                chunks.append(b)
+                total += len(b)
+        finally:
+            os.close(fd)
+        if limit is not None and total > limit:
+            raise ObjectTooLargeError(key, limit, self.url)
+        data = b"".join(chunks)
+        return data, content_etag(data)
+
+    def list(self, prefix: str) -> list[str]:
+        check_prefix(prefix)
+        self._check_open()
+        # Descend straight to the deepest directory the prefix names.
+        head, _, _ = prefix.rpartition("/")
+        start = self.root / head if head else self.root
+        out: list[str] = []
+        try:
+            if head and (start.is_symlink() or not start.is_dir()):
+                return []
+            self._walk(start, head + "/" if head else "", prefix, out)
+        except OSError as e:
+            raise ReplicaUnavailableError(self.url, f"cannot list {prefix!r}: {e.strerror or e}") from e
+        out.sort()
+        return out
+
+    def _walk(self, directory: Path, rel: str, prefix: str, out: list[str]) -> None:
+        with os.scandir(directory) as it:
+            for entry in it:
+                if not _PART.fullmatch(entry.name):
+                    continue  # .tmp, .lock and names no writer could have made
+                key = rel + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if key.startswith(prefix) or prefix.startswith(key + "/"):
+                        self._walk(Path(entry.path), key + "/", prefix, out)
+                elif key.startswith(prefix):
+                    out.append(key)  # symlinks and special files too: get() reports them as damage
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        self._check_open()
+        try:
+            dfd, name = self._parent_fd(key, create=False)
+            if dfd is None:
+                return
+            try:
+                os.unlink(name, dir_fd=dfd)
+                os.fsync(dfd)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            raise self._os_error(key, e) from e
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self._root_fd)
+
+
+def open_store(url: str, options: dict | None = None) -> ObjectStore:
+    """The store a replica URL names.
+
+    ``file:///abs/dir``: a FileObjectStore (the directory is created if missing; options
+    unused). ``s3://bucket/prefix``: an S3ObjectStore; options: endpoint_url, region,
+    access_key_id, secret_access_key, session_token, connect_timeout, request_timeout,
+    max_retries (see S3ObjectStore). ValueError for any other scheme, a
+    relative or remote file URL, or unknown options.
+    """
+    if isinstance(url, ObjectStore):
+        return url
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"unsupported replica URL {url!r}: a file URL must name a local absolute path (file:///dir)")
+        if parsed.query or parsed.fragment:
+            raise ValueError(f"unsupported replica URL {url!r}: a file URL takes no query or fragment")
+        path = unquote(parsed.path)
+        if not path.startswith("/"):
+            raise ValueError(f"unsupported replica URL {url!r}: the path must be absolute")
+        if options:
+            raise ValueError(f"unknown options for {url!r}: {sorted(options)} (a file replica takes none)")
+        return FileObjectStore(path, url=url)
+    if parsed.scheme == "s3":
+        return S3ObjectStore.from_url(url, options or {})
+    raise ValueError(f"unsupported replica URL {url!r}: use file:///absolute/dir or s3://bucket/prefix")
+
+
+class S3ObjectStore(ObjectStore):
+    """Placeholder until the S3 client is chosen by measurement."""
+
+    @classmethod
+    def from_url(cls, url, options):
+        raise ValueError(f"s3 replicas are not available yet: {url!r}")
