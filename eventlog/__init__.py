@@ -93,6 +93,8 @@ from .errors import (
     DamagedLogError,
     DamagedSegmentError,
     SealedError,
+    SegmentDamage,
+    SegmentRejectedError,
     FencedError,
     FormatError,
     LockedError,
@@ -106,6 +108,8 @@ from .locking import writer_pid
 from .log import EventLog
 from .meta import FORMAT_VERSION
 from .record import HEADER_SIZE, Entry, EntryHeader
+from .segment import TARGET_RAW as SEGMENT_TARGET_BYTES
+from .transfer import create_from_segments, segment_bounds
 from .verification import Damage, VerifyReport
 
 __all__ = [
@@ -113,4 +117,5 @@ __all__ = [
     "HEADER_SIZE",
     "LogError", "ClosedError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",
     "LogPoisonedError", "FormatError", "TruncatedError", "DamagedLogError", "DamagedSegmentError", "SealedError",
+    "SegmentDamage", "SegmentRejectedError", "create_from_segments", "segment_bounds", "SEGMENT_TARGET_BYTES",
 ]

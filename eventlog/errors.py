@@ -87,3 +87,20 @@ class DamagedLogError(LogError):
 
 class FormatError(LogError):
     """The path is not an event log, or was written by a newer, unknown format version."""
+
+
+class SegmentDamage(LogError):
+    """A sealed segment (a file, or bytes handed in) is not what a writer sealed; the message says how."""
+
+
+class SegmentRejectedError(SegmentDamage):
+    """create_from_segments refused segment number `position` (entries first..last, 0..0 if unreadable):
+    it is damaged, or it does not continue the segment before it (a gap, an overlap, a chain break)."""
+
+    def __init__(self, position: int, first: int, last: int, reason: str):
+        self.position = position
+        self.first = first
+        self.last = last
+        self.reason = reason
+        where = f"entries {first}..{last}" if first else "range unreadable"
+        super().__init__(f"segment {position} ({where}) refused: {reason}")

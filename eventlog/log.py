@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import lmdb
 
-from . import record, verification
+from . import record, transfer, verification
 from .codec import encode_payload
 from .durability import DURABILITY_MODES
 from .environment import SharedEnv, check_same_process
@@ -357,6 +357,34 @@ class EventLog:
         """
         self._check_open()
         return self._reader.checksum_at(index)
+
+    def sealed_range(self, first: int, last: int) -> bytes:
+        """The bytes of one sealed segment (FORMAT.md) holding entries first..last, as stored.
+
+        Edge cases first: TypeError for non-int bounds; ValueError if first > last;
+        IndexError if first < 1, or last > durable_index (an entry that could still be
+        lost is never shipped; on a readonly log durable_index is last_index);
+        CompactedError if first < first_index; ValueError if the body would exceed what
+        one segment may hold (`segment.raw_limit`: 64 MiB for several entries, one
+        maximal entry alone): split with `segment_ranges` first. CorruptEntryError
+        (DamagedSegmentError for the archive) if a stored entry is damaged or does not
+        chain. Entries are read from the archive and LMDB alike and copied byte for byte,
+        so checksums and the chain are unchanged; the header's prev_term/prev_checksum
+        are those of entry first - 1 (the compaction boundary when first == first_index).
+        Works on readonly and writer logs. Entries must not be truncated meanwhile.
+        """
+        self._check_open()
+        return transfer.sealed_range(self._reader, self._view, first, last)
+
+    def segment_ranges(self, first: int, last: int, target: int | None = None) -> list[tuple[int, int]]:
+        """Consecutive (first, last) ranges covering first..last for `sealed_range`, each body at
+        most `target` bytes (default ``eventlog.SEGMENT_TARGET_BYTES``, 16 MiB, what
+        compaction seals; capped at the 64 MiB limit) unless it is one larger entry alone.
+
+        [] if first > last; range errors as `headers`; reads headers only.
+        """
+        self._check_open()
+        return transfer.segment_ranges(self._reader, first, last, target)
 
     def segments(self) -> list[SegmentInfo]:
         """The archive's sealed segments holding entries first_index..live_first_index - 1, in

@@ -103,6 +103,14 @@ class Reader:
             return self._iter_decoded(start, stop, _decode_header)
         return self._iter_decoded(start, stop, _decode_header_unverified, head_only=True)
 
+    def stored_values(self, start: int, stop: int) -> Iterator[tuple[int, object]]:
+        """(index, stored value) for [start, stop), framing checked, as stored (for sealing copies).
+
+        Range errors as `entry`'s for `start`; checksums are left to the caller, which
+        chains them from the entry before `start`.
+        """
+        return self._iter_decoded(start, stop, _stored_value, strict=True)
+
     def term_at(self, index: int) -> int:
         pending = self._view.pending_values(index, index + 1)
         if pending:
@@ -260,6 +268,10 @@ def _decode_entry(index, value, length, seed):
 def _decode_header(index, value, length, seed):
     header = record.decode_header(index, value, seed)
     return header, header.checksum
+
+
+def _stored_value(index, value, length, seed):
+    return (index, value), record.stored_checksum(index, value)
 
 
 def _decode_header_unverified(index, head, length, seed):

@@ -18,6 +18,7 @@ import xxhash
 import zstandard
 
 from . import record
+from .errors import SegmentDamage
 from .safefile import UnsafeFileError, open_regular
 
 MAGIC = b"EVLOGSEG"
@@ -35,10 +36,6 @@ ZSTD_LEVEL = 1  # level 3 compressed log entries no better (1.63x vs 1.61x on st
 _CHUNK = 2**20
 _NAME = re.compile(r"^(\d{20})-(\d{20})\.seg$")
 TEMP_SUFFIX = ".seg.tmp"
-
-
-class SegmentDamage(Exception):
-    """A segment file is not what a writer sealed; the message says how (callers add its path and range)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -119,7 +116,12 @@ def write_segment(directory: Path, first: int, values: list, prev_term: int, pre
     what makes the new names durable.
     """
     name = SegmentName(first, first + len(values) - 1)
-    data = encode(first, values, prev_term, prev_checksum)
+    write_file(directory, name, encode(first, values, prev_term, prev_checksum))
+    return name
+
+
+def write_file(directory: Path, name: SegmentName, data) -> None:
+    """Write segment bytes `data` as `name` in `directory`: temp file, fsync, rename (the caller fsyncs `directory`)."""
     temp = directory / name.temp_name
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
@@ -130,7 +132,6 @@ def write_segment(directory: Path, first: int, values: list, prev_term: int, pre
     finally:
         os.close(fd)
     os.rename(temp, directory / name.name)
-    return name
 
 
 def read_header(path: Path, name: SegmentName) -> tuple[int, int]:
@@ -178,6 +179,32 @@ def read_segment(path: Path, name: SegmentName) -> Segment:
     return Segment(first, last, prev_term, prev_checksum, last_time, size, values)
 
 
+def decode(data) -> Segment:
+    """The segment held in `data` (bytes of a whole segment file), fully checked as `read_segment` checks a file.
+
+    The range comes from the header itself, so no name is checked. Before anything is
+    hashed or decompressed: the header, its range, and the sizes it declares within
+    the limits and matching len(data); decompression stops at `raw_size`. SegmentDamage
+    says what failed (the caller adds where the bytes came from).
+    """
+    view = memoryview(data).cast("B")
+    if len(view) < HEADER_SIZE:
+        raise SegmentDamage(f"{len(view)} bytes, shorter than the {HEADER_SIZE}-byte segment header")
+    head = bytes(view[:HEADER_SIZE])
+    first, last = HEADER.unpack(head)[4:6]
+    if not 1 <= first <= last:
+        raise SegmentDamage(f"its header names the impossible range {first}..{last}")
+    (_, _, _, _, _, _, prev_term, prev_checksum, last_time, raw_size, _, checksum) = _header(
+        head, SegmentName(first, last), len(view))
+    hasher = xxhash.xxh3_64(head[:CHECKED])
+    hasher.update(view[HEADER_SIZE:])
+    if hasher.intdigest() != checksum:
+        raise SegmentDamage("checksum mismatch (the bytes were altered or cut)")
+    body = _decompress_from(_View(view, HEADER_SIZE), raw_size)
+    values = _split(body, first, last)
+    return Segment(first, last, prev_term, prev_checksum, last_time, len(view), values)
+
+
 def _open(path: Path, name: SegmentName) -> tuple[int, int]:
     limit = HEADER_SIZE + stored_bound(raw_limit(name.first, name.last))
     try:
@@ -207,7 +234,11 @@ def _header(head: bytes, name: SegmentName, size: int) -> tuple:
 
 def _decompress(fd: int, size: int, raw_size: int) -> bytes:
     """The body, decompressed from the descriptor in bounded steps; never more than raw_size + 1 bytes."""
-    source = _Region(fd, HEADER_SIZE, size)
+    return _decompress_from(_Region(fd, HEADER_SIZE, size), raw_size)
+
+
+def _decompress_from(source, raw_size: int) -> bytes:
+    """The body read from file object `source`, decompressed in bounded steps; never more than raw_size + 1 bytes."""
     parts, total = [], 0
     try:
         with zstandard.ZstdDecompressor().stream_reader(source, read_size=_CHUNK, closefd=False) as reader:
@@ -254,6 +285,22 @@ class _Region:
         size = self._end - self._at if size is None or size < 0 else min(size, self._end - self._at)
         data = os.pread(self._fd, size, self._at) if size > 0 else b""
         self._at += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+class _View:
+    """A read-only file object over a memoryview from `start` (no copy of the compressed bytes)."""
+
+    def __init__(self, view: memoryview, start: int):
+        self._view, self._at = view, start
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._at + size)
+        data = bytes(self._view[self._at:end])
+        self._at = max(self._at, end)
         return data
 
     def readable(self) -> bool:

@@ -1,0 +1,296 @@
+"""Shipping and restoring sealed segments (FORMAT.md, "Shipping and restoring segments").
+
+`sealed_range` turns entries of a log, archived or live, into the bytes of one sealed
+segment, copied as stored; `segment_bounds` checks such bytes and says where they sit in
+a chain; `create_from_segments` builds a new log directory whose history is a run of
+them. A segment's bytes are the same whether they are a file in ``<log>/archive/`` or an
+object somewhere else, so one set of checks (segment.decode + the entry chain) covers both.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+import lmdb
+
+from . import meta, record, segment
+from .archive import ARCHIVE_DIR
+from .errors import CompactedError, CorruptEntryError, SegmentDamage, SegmentRejectedError
+from .locking import fsync_directory, refuse_network_filesystem
+from .segment import SegmentName
+
+STAGING_DIR = ".creating"  # create_from_segments builds data.mdb here, then renames it into the log
+_STAGING_MAP_SIZE = 2**20  # the new environment holds only meta records; a writer's open grows the map
+
+
+class CheckedSegment(NamedTuple):
+    """A segment whose bytes and entry chain checked out: where it sits in its log's chain."""
+
+    first: int
+    last: int
+    prev_term: int
+    prev_checksum: int
+    last_term: int
+    last_checksum: int
+
+
+def check_segment(data) -> CheckedSegment:
+    """Decode and check segment bytes: the file checks of segment.decode, then every entry's
+    framing and checksum chained from the header's prev_checksum, and terms never decreasing
+    (from prev_term on). SegmentDamage naming the entry range (when the header gives one)."""
+    try:
+        seg = segment.decode(data)
+        seed, term = seg.prev_checksum, seg.prev_term
+        for offset, value in enumerate(seg.values):
+            index = seg.first + offset
+            try:
+                _, _, entry_term, _, checksum = record.verify_value(index, value, seed)
+            except CorruptEntryError as exc:
+                raise SegmentDamage(f"entry {index}: {exc.reason}") from None
+            if entry_term < term:
+                raise SegmentDamage(f"entry {index} has term {entry_term}, lower than the term {term} before it")
+            seed, term = checksum, entry_term
+    except SegmentDamage as exc:
+        first, last = _declared_range(data)
+        where = f"segment of entries {first}..{last}" if first else "segment"
+        raise SegmentDamage(f"{where}: {exc}") from None
+    return CheckedSegment(seg.first, seg.last, seg.prev_term, seg.prev_checksum, term, seed)
+
+
+def segment_bounds(data) -> tuple[int, int, int, int]:
+    """(first, last, prev_checksum, last_checksum) of segment bytes, after checking all of them.
+
+    Edge cases first: bytes shorter than a header, a header declaring sizes beyond the
+    format's limits (refused before any allocation), a checksum mismatch, a body that
+    does not decompress to exactly its declared size, an entry whose framing, checksum
+    link or term is wrong: SegmentDamage naming the entry range (when the header gives
+    one) and what failed. prev_checksum is the chain seed of entry `first` (the checksum
+    of entry first - 1), last_checksum the checksum of entry `last`: a segment continues
+    another exactly when its first is the other's last + 1 and its prev_checksum the
+    other's last_checksum.
+    """
+    checked = check_segment(data)
+    return checked.first, checked.last, checked.prev_checksum, checked.last_checksum
+
+
+def sealed_range(reader, view, first: int, last: int) -> bytes:
+    """The bytes of one sealed segment holding entries first..last of a log (see EventLog.sealed_range)."""
+    for name, value in (("first", first), ("last", last)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"sealed_range: {name} must be an int, got {type(value).__name__}")
+    if first > last:
+        raise ValueError(f"sealed_range({first}, {last}): first is after last")
+    if first < 1:
+        raise IndexError(f"sealed_range: log index {first} is out of range (indexes start at 1)")
+    oldest, durable = view.first_index, view.durable_index
+    if first < oldest:
+        raise CompactedError(first, oldest)
+    if last > durable:
+        raise IndexError(f"sealed_range({first}, {last}): entries after durable_index {durable} "
+                         f"(last_index {view.last_index}) are not sealed: they could still be lost")
+    prev_term = reader.term_at(first - 1)
+    prev_checksum = reader.checksum_at(first - 1)
+    limit = segment.raw_limit(first, last)
+    values, total, seed = [], 0, prev_checksum
+    for index, value in reader.stored_values(first, last + 1):
+        total += segment.LENGTH.size + len(value)
+        if total > limit:
+            raise ValueError(f"sealed_range({first}, {last}): the body would exceed {limit} bytes at entry "
+                             f"{index}, more than one segment may hold; split the range (EventLog.segment_ranges)")
+        # Verified against the chain from entry first - 1, so the segment never carries damage.
+        seed = record.verify_value(index, value, seed)[4]
+        values.append(value)
+    if len(values) != last - first + 1:
+        raise IndexError(f"sealed_range({first}, {last}): entries after {first + len(values) - 1} "
+                         "were truncated meanwhile")
+    return segment.encode(first, values, prev_term, prev_checksum)
+
+
+def segment_ranges(reader, first: int, last: int, target: int | None) -> list[tuple[int, int]]:
+    """Consecutive (first, last) ranges covering first..last, each's body at most `target` bytes
+    (segment.TARGET_RAW when None) unless it is one larger entry (see EventLog.segment_ranges)."""
+    target = segment.TARGET_RAW if target is None else target
+    if isinstance(target, bool) or not isinstance(target, int) or target < 1:
+        raise ValueError(f"segment_ranges: target must be an int >= 1, got {target!r}")
+    if first > last:
+        return []
+    target = min(target, segment.MAX_RAW)
+    ranges, start, size = [], first, 0
+    for header in reader.headers(first, last + 1, False):
+        length = segment.LENGTH.size + record.HEADER_SIZE + len(header.op.encode("utf-8")) + header.payload_size
+        if header.index > start and size + length > target:
+            ranges.append((start, header.index - 1))
+            start, size = header.index, 0
+        size += length
+    ranges.append((start, last))
+    return ranges
+
+
+# ---------------------------------------------------------------------- restoring
+
+
+def create_from_segments(path, segments, *, term: int) -> None:
+    """Create a NEW log directory at `path` whose history is `segments`. See FORMAT.md.
+
+    Edge cases first:
+    - `path` holds a log (a ``data.mdb``), is a file, or is a directory holding anything
+      but the leftovers of an interrupted create_from_segments: FileExistsError, nothing
+      touched. Leftovers (a ``.creating`` directory and an ``archive/`` beside it, no
+      data.mdb) are removed and the log is created again.
+    - A network filesystem: LogError, as EventLog.open.
+    - `term` not an int >= 0: TypeError/ValueError; lower than the term of the last
+      entry: ValueError (the log would hold entries from a term after its own).
+    - An element that is not bytes-like: TypeError.
+    - A segment that fails any check of `segment_bounds` (hostile headers are refused
+      before any allocation), or that does not continue the one before it (a gap, an
+      overlap, a prev_term/prev_checksum other than the previous segment's last entry's):
+      SegmentRejectedError (a SegmentDamage) naming its position and range. Every
+      segment is checked before anything is created, so a refusal writes nothing.
+    - No segments: an empty log (first_index 1) whose term is `term`.
+    The first segment may start above 1: its prev_term and prev_checksum become the
+    log's boundary (first_index = its first, term_at/checksum_at answer at first - 1).
+    The segments are written byte for byte into ``path/archive/`` (temp, fsync, rename,
+    directory fsync), then the LMDB environment naming them the log's history is built
+    under ``path/.creating/`` and renamed into place as ``path/data.mdb`` (then the
+    directory is fsynced): a crash at any point leaves no directory that opens as a log.
+    Afterwards LMDB holds no entries (live_first_index = last + 1), the stored term is
+    `term`, and the next writer's open makes it term + 1. The caller must be the only
+    process creating `path`.
+    """
+    path = Path(path)
+    if isinstance(term, bool) or not isinstance(term, int):
+        raise TypeError(f"create_from_segments: term must be an int, got {type(term).__name__}")
+    if not 0 <= term < 2**64 - 1:
+        raise ValueError(f"create_from_segments: term must be >= 0, got {term}")
+    if isinstance(segments, (bytes, bytearray, memoryview, str)):
+        raise TypeError("create_from_segments: segments must be a list of segment bytes, not one bytes object")
+    segments = list(segments)
+    for position, data in enumerate(segments):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"create_from_segments: segment {position} is {type(data).__name__}, not bytes")
+    checked = _check_run(segments)
+    if checked and term < checked[-1].last_term:
+        raise ValueError(f"create_from_segments: term {term} is lower than the term {checked[-1].last_term} "
+                         f"of entry {checked[-1].last}, the last entry")
+    _check_target(path)
+    _build(path, segments, checked, term)
+
+
+def _check_run(segments: list) -> list[CheckedSegment]:
+    """Every segment checked, and each continuing the one before it; SegmentRejectedError otherwise."""
+    checked: list[CheckedSegment] = []
+    for position, data in enumerate(segments):
+        try:
+            this = check_segment(data)
+        except SegmentDamage as exc:
+            raise SegmentRejectedError(position, *_declared_range(data), str(exc)) from None
+        if checked:
+            prev = checked[-1]
+            reason = None
+            if this.first <= prev.last:
+                reason = f"it overlaps segment {position - 1} (entries {prev.first}..{prev.last})"
+            elif this.first > prev.last + 1:
+                reason = f"entries {prev.last + 1}..{this.first - 1} are missing after segment {position - 1}"
+            elif (this.prev_term, this.prev_checksum) != (prev.last_term, prev.last_checksum):
+                reason = (f"it chains from checksum {this.prev_checksum:016x} (term {this.prev_term}) but entry "
+                          f"{prev.last} has checksum {prev.last_checksum:016x} (term {prev.last_term}): "
+                          "a chain break (a segment of another log or history)")
+            if reason is not None:
+                raise SegmentRejectedError(position, this.first, this.last, reason)
+        checked.append(this)
+    return checked
+
+
+def _check_target(path: Path) -> None:
+    """FileExistsError unless `path` is missing, empty, or an interrupted create's leftovers (removed here)."""
+    existing = path if path.exists() else next((p for p in path.parents if p.exists()), Path("/"))
+    refuse_network_filesystem(existing)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise FileExistsError(f"{path} exists and is not a directory; create_from_segments makes a new log")
+    names = set(os.listdir(path))
+    if "data.mdb" in names:
+        raise FileExistsError(f"{path} already holds an event log (data.mdb); create_from_segments makes a new log")
+    if not names:
+        return
+    if STAGING_DIR in names and names <= {STAGING_DIR, ARCHIVE_DIR}:
+        for name in names:  # an interrupted create: nothing ever opened it as a log
+            shutil.rmtree(path / name)
+        fsync_directory(path)
+        return
+    raise FileExistsError(f"{path} is a non-empty directory ({len(names)} names); create_from_segments "
+                          "makes a new log in a missing or empty directory")
+
+
+def _build(path: Path, segments: list, checked: list[CheckedSegment], term: int) -> None:
+    """Write the archive, then the LMDB environment naming it; on any failure remove all of it."""
+    created = [p for p in (*reversed(path.parents), path) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    staging, archive, data_file = path / STAGING_DIR, path / ARCHIVE_DIR, path / "data.mdb"
+    try:
+        # The marker first: until data.mdb is renamed in, the directory is an unfinished create.
+        staging.mkdir()
+        for directory in {path, *(p.parent for p in created)}:
+            fsync_directory(directory)
+        if checked:
+            archive.mkdir()
+            for data, this in zip(segments, checked):
+                segment.write_file(archive, SegmentName(this.first, this.last), data)
+            fsync_directory(archive)
+            fsync_directory(path)
+        _write_meta(staging, path, checked, term)
+        os.rename(staging / "data.mdb", data_file)
+        fsync_directory(path)
+    except BaseException:
+        _remove_all(path, created, (data_file, staging, archive))
+        raise
+    shutil.rmtree(staging, ignore_errors=True)  # the log is complete; the marker is only clutter now
+
+
+def _write_meta(staging: Path, path: Path, checked: list[CheckedSegment], term: int) -> None:
+    """A durable LMDB environment in `staging` whose meta records name the archive as the whole log."""
+    env = lmdb.open(str(staging), subdir=True, max_dbs=2, map_size=_STAGING_MAP_SIZE, sync=True,
+                    metasync=True, lock=True, readahead=False)
+    try:
+        entries_db = env.open_db(b"entries")
+        meta_db = env.open_db(b"meta")
+        with env.begin(write=True) as txn:
+            meta.initialise(txn, meta_db, entries_db, path)
+            meta.write_term(txn, meta_db, term)
+            if checked:
+                head, tail = checked[0], checked[-1]
+                meta.write_boundary(txn, meta_db, tail.last + 1, tail.last_term, tail.last_checksum)
+                meta.write_archive_boundary(txn, meta_db, head.first, head.prev_term, head.prev_checksum)
+        env.sync(True)
+    finally:
+        env.close()
+
+
+def _remove_all(path: Path, created: list[Path], names: tuple[Path, ...]) -> None:
+    """Undo a failed create: the files it made, then the directories it created (innermost first)."""
+    for name in names:
+        if name.is_dir() and not name.is_symlink():
+            shutil.rmtree(name, ignore_errors=True)
+        else:
+            try:
+                name.unlink()
+            except FileNotFoundError:
+                pass
+    for directory in reversed(created):
+        try:
+            directory.rmdir()
+        except OSError:
+            break
+
+
+def _declared_range(data) -> tuple[int, int]:
+    """(first, last) as the header of segment bytes declares them, (0, 0) if it cannot say."""
+    try:
+        first, last = segment.HEADER.unpack_from(memoryview(data).cast("B"))[4:6]
+    except Exception:  # too short, or not a buffer: the range is simply unknown
+        return 0, 0
+    return (first, last) if 1 <= first <= last else (0, 0)
