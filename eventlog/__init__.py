@@ -16,6 +16,12 @@ deletes whole oldest segments at compaction time, and ``archive=None`` makes
 compaction delete entries outright (format version 1's behaviour); only then do reads
 raise CompactedError. ``log.segments()`` lists the sealed segments (for reports).
 
+Shipping history elsewhere: ``log.sealed_range(first, last)`` returns one sealed segment's
+bytes (entries as stored, chained from entry first - 1; split long ranges with
+``log.segment_ranges``), ``eventlog.segment_bounds(data)`` checks such bytes and says where
+they sit in the chain, and ``eventlog.create_from_segments(path, segments, term=t)`` builds
+a new log from a consecutive run of them (FORMAT.md, "Shipping and restoring segments").
+
     log = eventlog.EventLog.open("runs/exp1/log", durability="group")
     i = log.append("sgd_step", {"batch": ids, "lr": 0.1})
     log.wait_durable(i)
