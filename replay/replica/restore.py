@@ -1,0 +1,260 @@
+"""restore: a replica -> a new journal directory (FORMAT.md beside this file, "Restore").
+
+The head's history is found by walking segment keys backwards from head.json; the newest
+snapshot on it whose every object checks out is restored with the segments after it.
+Everything is built in a staging directory beside the target and renamed into place at
+the end, so an interrupted restore leaves no directory that opens as a journal.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eventlog import EventLog
+from eventlog import segment as _segment
+from eventlog.errors import SegmentDamage
+from eventlog.transfer import create_from_segments, segment_bounds
+from snapshots.chunkfile import ChunkDecodeError
+from snapshots.durable import fsync_dir
+from snapshots.manifest import MAX_MANIFEST_BYTES, ManifestDecodeError
+
+from .chain import (ENVIRONMENT_KEY, SEGMENTS, MANIFESTS, chunk_key, parse_manifest_key, parse_segment_key,
+                    walk_back)
+from .errors import ObjectNotFoundError, ObjectTooLargeError, ReplicaDamageError
+from .head import HEAD_KEY, Record, read_head, write_record
+from .snapfiles import StoreWriter, decode_manifest
+
+MAX_SEGMENT_BYTES = _segment.HEADER_SIZE + _segment.stored_bound(max(_segment.MAX_RAW, _segment.MAX_SINGLE_RAW))
+MAX_ENVIRONMENT_BYTES = 1 << 20
+
+
+@dataclass
+class RestoreReport:
+    """What `restore` did: the head it restored (index, term), the snapshot used (its
+    manifest name and index), the segments written into the log, the bytes read from the
+    replica, and why newer snapshots were skipped (one line each, naming the object)."""
+
+    url: str
+    head_index: int
+    head_term: int
+    snapshot: str
+    snapshot_index: int
+    segments: int
+    bytes: int
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        skipped = f", skipped {len(self.skipped)} snapshot(s)" if self.skipped else ""
+        return (f"restored {self.url} at index {self.head_index} (term {self.head_term}) from snapshot "
+                f"{self.snapshot} and {self.segments} segment(s), {self.bytes} bytes read{skipped}")
+
+
+def restore(url_or_store, directory, options: dict | None = None) -> RestoreReport:
+    """Restore the replica at `url_or_store` (a URL for `open_store(url, options)`, or an open
+    ObjectStore, left open) into the journal directory `directory`; a RestoreReport.
+
+    Edge cases first: `directory` holding anything but nothing (a file, a non-empty
+    directory): FileExistsError, nothing read. No head.json: ObjectNotFoundError (nothing
+    was ever shipped). A head.json that is not one, a path segment that is missing or
+    fails its checks: ReplicaDamageError naming the key (restoring less would lose
+    acknowledged entries). A snapshot whose manifest or chunk is missing, damaged or too
+    large is skipped for the next older one (`skipped`); none left: ReplicaDamageError
+    naming "manifests/". ReplicaUnavailableError when the store cannot be reached.
+    On success `directory` holds snapshots/ (the one snapshot), log/ (the segments from
+    the snapshot's to head, term = head.term), environment.json (when the replica has
+    one) and replica.json (the head's etag: the journal's shipper claims the replica
+    from that exact head, FORMAT.md "Fencing"); `Journal.open` there recovers the state
+    at head.index. A crash during restore leaves `directory` as it was (the work is in a
+    hidden sibling directory, replaced by the next restore).
+    """
+    started = time.monotonic()
+    target = Path(directory)
+    _check_target(target)
+    if isinstance(url_or_store, str):
+        from .objects import open_store
+        store, owned = open_store(url_or_store, options), True
+    else:
+        store, owned = url_or_store, False
+    try:
+        staging = target.parent / f".{target.name}.restoring"
+        if staging.exists():
+            shutil.rmtree(staging)  # an interrupted restore's work
+        staging.mkdir(parents=True)
+        try:
+            report = _Restore(store, staging).run()
+            _finish(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    finally:
+        if owned:
+            store.close()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _check_target(target: Path) -> None:
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise FileExistsError(f"{target} exists and is not a directory: restore makes a new journal directory")
+    if target.is_dir() and any(target.iterdir()):
+        raise FileExistsError(f"{target} is not empty: restore makes a new journal directory (it never "
+                              "overwrites a journal)")
+
+
+def _finish(staging: Path, target: Path) -> None:
+    fsync_dir(str(staging))
+    if target.is_dir():
+        target.rmdir()  # empty (checked); a rename replaces an empty directory, but say so plainly
+    os.rename(staging, target)
+    fsync_dir(str(target.parent))
+
+
+class _Restore:
+    """One restore into `staging`: see `restore`."""
+
+    def __init__(self, store, staging: Path):
+        self.store = store
+        self.staging = staging
+        self.bytes = 0
+        self.skipped: list[str] = []
+        self._segments: dict[str, bytes] = {}
+
+    def run(self) -> RestoreReport:
+        found = read_head(self.store)
+        if found is None:
+            raise ObjectNotFoundError(HEAD_KEY, self.store.url)
+        head, etag = found
+        self.term = head.term
+        keys = [s for s in map(parse_segment_key, self.store.list(SEGMENTS)) if s is not None]
+        path = walk_back(keys, head.index, head.checksum)
+        if head.index > 0 and not path:
+            raise ReplicaDamageError(HEAD_KEY, f"no segment ends at its index {head.index} with checksum "
+                                               f"{head.checksum:016x}", self.store.url)
+        low = path[0].first - 1 if path else head.index
+        known = {head.index: head.checksum}  # checksums the path's keys state at its boundaries
+        for seg in path:
+            known[seg.first - 1], known[seg.last] = seg.prev, seg.last_checksum
+        candidates = sorted((parsed, key) for key in self.store.list(MANIFESTS)
+                            if (parsed := parse_manifest_key(key)) is not None and low <= parsed[0] <= head.index)
+        for (index, _term), key in reversed(candidates):
+            needed = [s for s in path if s.last >= index]
+            restored = self._try(key, index, needed, known)
+            if restored is not None:
+                break
+        else:
+            raise ReplicaDamageError(MANIFESTS, "no snapshot on the head's history (indexes "
+                                                f"{low}..{head.index}) could be restored: "
+                                                + ("; ".join(self.skipped) or "there is none"), self.store.url)
+        name, data, segments = restored
+        writer = self._writer
+        writer.commit(name, data)
+        os.rename(self.staging / ".log", self.staging / "log")
+        self._environment()
+        write_record(self.staging, Record(self.store.url, None, etag))
+        return RestoreReport(self.store.url, head.index, head.term, name, index, len(segments), self.bytes,
+                             self.skipped)
+
+    def _get(self, key: str, limit: int) -> bytes:
+        try:
+            data, _ = self.store.get(key, limit)
+        except ObjectTooLargeError:
+            raise ReplicaDamageError(key, f"larger than the {limit} bytes allowed", self.store.url) from None
+        self.bytes += len(data)
+        return data
+
+    def _try(self, key: str, index: int, needed, known: dict):
+        """(manifest name, bytes, segments) once the snapshot `key` and the log from it are staged;
+        None (the reason in `skipped`) when this snapshot cannot be used."""
+        name = key[len(MANIFESTS):]
+        try:
+            try:
+                mf = decode_manifest(name, self._get(key, MAX_MANIFEST_BYTES))
+            except ObjectNotFoundError:
+                raise ReplicaDamageError(key, "vanished while the restore read it", self.store.url) from None
+            except ManifestDecodeError as exc:
+                raise ReplicaDamageError(key, f"not a manifest: {exc}", self.store.url) from None
+            if mf.log_checksum is None or mf.log_index != mf.index:
+                raise ReplicaDamageError(key, "its meta records no log index and checksum to place it on the "
+                                              "log's history", self.store.url)
+            if index in known and known[index] != mf.log_checksum:
+                self.skipped.append(f"{key}: of another history (log checksum {mf.log_checksum:016x}, the head's "
+                                    f"history has {known[index]:016x} at index {index})")
+                return None
+            segments = [self._segment(seg) for seg in needed]
+            self._stage_chunks(mf)
+            if not self._build_log(segments, mf):
+                self._writer.discard()
+                return None
+            return name, mf.data, segments
+        except ReplicaDamageError as exc:
+            if exc.key.startswith(SEGMENTS):
+                raise  # every older snapshot needs this segment too
+            if hasattr(self, "_writer_obj"):
+                self._writer.discard()
+            self.skipped.append(str(exc))
+            return None
+
+    @property
+    def _writer(self) -> StoreWriter:
+        if not hasattr(self, "_writer_obj"):
+            self._writer_obj = StoreWriter(self.staging / "snapshots")
+        return self._writer_obj
+
+    def _segment(self, seg) -> bytes:
+        if seg.key not in self._segments:
+            try:
+                data = self._get(seg.key, MAX_SEGMENT_BYTES)
+            except ObjectNotFoundError:
+                raise ReplicaDamageError(seg.key, "vanished while the restore read it", self.store.url) from None
+            try:
+                bounds = segment_bounds(data)
+            except SegmentDamage as exc:
+                raise ReplicaDamageError(seg.key, str(exc), self.store.url) from None
+            if bounds != tuple(seg):
+                raise ReplicaDamageError(seg.key, f"holds entries {bounds[0]}..{bounds[1]} chained "
+                                                  f"{bounds[2]:016x}..{bounds[3]:016x}, not what its name says",
+                                         self.store.url)
+            self._segments[seg.key] = data
+        return self._segments[seg.key]
+
+    def _stage_chunks(self, mf) -> None:
+        for ref in mf.manifest.chunks:
+            key = chunk_key(ref.id)
+            try:
+                data = self._get(key, ref.stored_len)
+                self._writer.stage_chunk(ref.id, data, ref.raw_len, ref.stored_len)
+            except ObjectNotFoundError:
+                raise ReplicaDamageError(key, f"missing (named by manifest {mf.name})", self.store.url) from None
+            except ChunkDecodeError as exc:
+                raise ReplicaDamageError(key, f"not the chunk its name says: {exc}", self.store.url) from None
+
+    def _build_log(self, segments: list[bytes], mf) -> bool:
+        """Build the log from `segments` under staging/.log and check the snapshot sits on it."""
+        log_dir = self.staging / ".log"
+        if log_dir.exists():
+            shutil.rmtree(log_dir)
+        create_from_segments(log_dir, segments, term=self.term)
+        with EventLog.open(log_dir, readonly=True) as log:
+            ok = log.checksum_at(mf.index) == mf.log_checksum if mf.index <= log.last_index else False
+        if not ok:
+            self.skipped.append(f"{MANIFESTS}{mf.name}: its log checksum {mf.log_checksum:016x} is not the "
+                                f"head's history's at index {mf.index}")
+            shutil.rmtree(log_dir)
+        return ok
+
+    def _environment(self) -> None:
+        try:
+            data = self._get(ENVIRONMENT_KEY, MAX_ENVIRONMENT_BYTES)
+        except (ObjectNotFoundError, ReplicaDamageError):
+            return  # the journal then records this machine's on its first open
+        fd = os.open(self.staging / "environment.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
