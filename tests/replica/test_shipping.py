@@ -52,6 +52,7 @@ def reference_state(n: int) -> dict:
 
 
 def assert_state(state, n: int) -> None:
+    """`state` is the reference state after `n` user entries, bit for bit."""
     expected = reference_state(n)
     for key in expected:
         assert torch.equal(state[key], expected[key]), f"{key} differs from the reference at {n}"
@@ -76,7 +77,7 @@ def ship(journal: replay.Journal, url: str, options: dict | None, *, interval: f
 
 def apply_n(journal: replay.Journal, n: int) -> None:
     for _ in range(n):
-        journal.apply("add", value=value_at(journal.index + 1))
+        journal.apply("add", value=value_at(journal.count() + 1))
 
 
 def restored_state(path) -> tuple[dict, replay.Journal]:
