@@ -168,6 +168,7 @@ class FileObjectStore(ObjectStore):
                         return None, parts[-1]
                     try:
                         os.mkdir(part, 0o755, dir_fd=fd)
+                        os.fsync(fd)  # the new directory's entry must survive as long as the object below it
                     except FileExistsError:
                         pass  # a concurrent writer made it
                     nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
@@ -341,14 +342,11 @@ class FileObjectStore(ObjectStore):
     def list(self, prefix: str) -> list[str]:
         check_prefix(prefix)
         self._check_open()
-        # Descend straight to the deepest directory the prefix names.
-        head, _, _ = prefix.rpartition("/")
-        start = self.root / head if head else self.root
         out: list[str] = []
         try:
-            if head and (start.is_symlink() or not start.is_dir()):
-                return []
-            self._walk(start, head + "/" if head else "", prefix, out)
+            # From the root, descending only into directories that can hold a match and never
+            # through a symlink (a symlinked directory on the way is not followed, so not listed).
+            self._walk(self.root, "", prefix, out)
         except OSError as e:
             raise ReplicaUnavailableError(self.url, f"cannot list {prefix!r}: {e.strerror or e}") from e
         out.sort()
@@ -390,7 +388,7 @@ class FileObjectStore(ObjectStore):
 
 
 def open_store(url: str, options: dict | None = None) -> ObjectStore:
-    """The store a replica URL names.
+    """The store a replica URL names (an ObjectStore given instead of a URL is returned as is).
 
     ``file:///abs/dir``: a FileObjectStore (the directory is created if missing; options
     unused). ``s3://bucket/prefix``: an S3ObjectStore; options: endpoint_url, region,

@@ -213,7 +213,12 @@ def test_file_symlinked_directory_is_damage(fstore, tmp_path):
     with pytest.raises(ReplicaDamageError, match="chunks"):
         fstore.put_if_absent("chunks/y", b"y")
     assert not (outside / "y").exists()
-    assert fstore.list("chunks/") == []
+    (outside / "sub").mkdir()
+    (outside / "sub" / "z").write_bytes(b"z")
+    assert fstore.list("chunks/") == [] and fstore.list("chunks/sub/") == []
+    assert fstore.list("") == ["chunks"]                           # the link itself, which get() calls damage
+    with pytest.raises(ReplicaDamageError, match="chunks"):
+        fstore.get("chunks", 100)
 
 
 @pytest.mark.timeout(10)
