@@ -6,12 +6,16 @@ of random bytes:
 
 - ``store``: ``S3ObjectStore.put_if_absent`` (obstore, a conditional PutObject with
   If-None-Match: *, key checks, error mapping): what the shipper pays per object;
-- ``obstore``: a plain ``obstore.put`` of the same bytes (no condition): the client's floor;
+- ``obstore_create``: ``obstore.put(mode="create")`` of the same bytes: the same request
+  without our wrapper (store / obstore_create is the wrapper's cost);
+- ``obstore``: a plain ``obstore.put`` of the same bytes (no condition): the client's floor
+  (obstore_create / obstore is what the condition costs the server);
 - ``boto3``: a plain ``put_object`` of the same bytes: the other client we measured when
   choosing (replay/replica/objects.py says why obstore);
 
 and, for the directory backend, ``file_store`` (``FileObjectStore.put_if_absent``: temp
-file, fsync, link, directory fsync) against ``file_plain`` (write, fsync, rename).
+file, fsync, link, directory fsync) against ``file_plain`` (write, fsync, rename, directory
+fsync: the usual durable atomic publish).
 
 Arms alternate in rotating order for R rounds of N puts each, each put to a fresh key
 (deleted after the round so the server's memory stays flat). Reported per arm: median and
@@ -99,6 +103,8 @@ def s3_arms(endpoint: str, bucket: str):
 
     return {
         "store": (store_put, store.delete),
+        "obstore_create": (lambda k, d: obstore.put(plain, k, d, mode="create", use_multipart=False),
+                           lambda k: obstore.delete(plain, k)),
         "obstore": (lambda k, d: obstore.put(plain, k, d, use_multipart=False), lambda k: obstore.delete(plain, k)),
         "boto3": (lambda k, d: client.put_object(Bucket=bucket, Key=f"boto3/{k}", Body=d),
                   lambda k: client.delete_object(Bucket=bucket, Key=f"boto3/{k}")),
@@ -123,6 +129,11 @@ def file_arms(root: Path):
         finally:
             os.close(fd)
         os.rename(tmp, plain / key)
+        dfd = os.open(plain, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     def store_put(key, data):
         assert store.put_if_absent(key, data)
@@ -165,12 +176,12 @@ def add_ratios(table: dict, arm: str, base: str) -> None:
 
 def print_report(results: dict) -> None:
     print(f"\nreplica client puts (moto {results['machine'].get('moto')}, 127.0.0.1; median of all puts)")
-    print(f"{'size':>6} {'arm':>11} {'puts':>5} {'median ms':>10} {'p90 ms':>8} {'MiB/s':>8} {'cpu ms':>7} {'ratio':>7}")
+    print(f"{'size':>6} {'arm':>14} {'puts':>5} {'median ms':>10} {'p90 ms':>8} {'MiB/s':>8} {'cpu ms':>7} {'ratio':>7}")
     for section in ("s3", "file"):
         for size, table in results[section].items():
             for arm, row in table.items():
                 ratio = next((v for k, v in row.items() if k.startswith("median_over_")), None)
-                print(f"{size:>6} {arm:>11} {row['puts']:>5} {fmt(row['median_ms']):>10} {fmt(row['p90_ms']):>8} "
+                print(f"{size:>6} {arm:>14} {row['puts']:>5} {fmt(row['median_ms']):>10} {fmt(row['p90_ms']):>8} "
                       f"{fmt(row['mib_per_s']):>8} {fmt(row['client_cpu_ms_per_put']):>7} {fmt(ratio):>7}")
 
 
@@ -191,9 +202,10 @@ def main(argv) -> int:
         "config": {"rounds": rounds, "sizes": {k: {"bytes": s, "puts_per_round": n} for k, (s, n) in sizes.items()},
                    "server": "moto.server in a child process on 127.0.0.1 (client CPU measured alone)",
                    "arms": {"store": "S3ObjectStore.put_if_absent (obstore, If-None-Match: *)",
+                            "obstore_create": "obstore.put(mode='create'), no wrapper",
                             "obstore": "plain obstore.put, no condition", "boto3": "plain boto3 put_object",
                             "file_store": "FileObjectStore.put_if_absent (temp, fsync, link, dir fsync)",
-                            "file_plain": "write, fsync, rename"}},
+                            "file_plain": "write, fsync, rename, dir fsync"}},
         "s3": {}, "file": {},
     }
     started = pc()
@@ -206,6 +218,7 @@ def main(argv) -> int:
             say(f"[s3 {name}] {n} puts x {rounds} rounds per arm")
             table = results["s3"][name] = measure(arms, size, n, rounds)
             add_ratios(table, "store", "obstore")
+            add_ratios(table, "obstore_create", "obstore")
             add_ratios(table, "boto3", "obstore")
         farms, fclose = file_arms(work.new("file"))
         closers.append(fclose)

@@ -92,7 +92,9 @@ class ObjectStore:
         etag None: create only; PreconditionFailedError if `key` exists. Otherwise replace
         only if the object's current etag equals `etag`; PreconditionFailedError if it does
         not or if the object is missing. Of concurrent writers with the same etag at most one
-        succeeds."""
+        succeeds. A write whose answer was lost (ReplicaUnavailableError, or a client retry of
+        a write that had landed, which then reads as PreconditionFailedError) may or may not
+        have happened: a caller that must know reads the object back and compares content."""
         raise NotImplementedError
 
     def get(self, key: str, limit: int) -> tuple[bytes, str]:
@@ -103,7 +105,8 @@ class ObjectStore:
 
     def list(self, prefix: str) -> list[str]:
         """Keys that start with `prefix` (a plain string prefix, "" for all), sorted; [] if none.
-        Names that are not valid keys are not listed."""
+        Names that are not valid keys are not listed (S3: a foreign key obstore cannot even
+        parse, with a "..", "." or empty part, makes the listing ReplicaDamageError naming it)."""
         raise NotImplementedError
 
     def delete(self, key: str) -> None:

@@ -11,8 +11,8 @@ file:// replica, so every test talks to a store over its real protocol; no mocke
   state in the process), for "the endpoint stops mid-upload and comes back".
 - `dead_s3_options`: options naming a port nothing listens on, with short timeouts.
 
-The s3 params skip with a reason where moto[server] is not installed; CI installs it
-(the `test` extra).
+The s3 params skip with a reason where moto[server] or obstore is not installed; CI
+installs both (the `test` and `s3` extras).
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ def replica_url(request, tmp_path):
     """(url, options) of an empty replica: a fresh directory, or a fresh bucket with a prefix."""
     if request.param == "file":
         return (tmp_path / "replica").as_uri(), {}
+    pytest.importorskip("obstore", reason="obstore is not installed (pip install 'torch-eventlog[s3]')")
     endpoint = request.getfixturevalue("s3_endpoint")
     return f"s3://{endpoint.new_bucket()}/run1", endpoint.options()
 

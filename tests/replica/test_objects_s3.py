@@ -18,6 +18,7 @@ from replay.replica import (
 )
 
 pytestmark = pytest.mark.timeout(60)
+pytest.importorskip("obstore", reason="obstore is not installed (pip install 'torch-eventlog[s3]')")
 
 
 def test_moto_server_enforces_conditional_puts(s3_endpoint, s3_bucket):
