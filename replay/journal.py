@@ -30,7 +30,9 @@ from . import components
 from .determinism import state_digest
 from .counting import StepCounter
 from .envelope import DIGEST_OP, unwrap, wrap
+from . import replication
 from .errors import ClosedError, JournalPoisonedError, RankFailureError, ReplayError
+from .replica.status import ReplicaLagError
 from .opening import check_options, open_and_recover, refuse_to_reinitialise
 from .ops import Ops
 from .policies import Every, PolicyClock
@@ -77,6 +79,10 @@ class Journal:
         environment: str = "warn",
         group=None,
         replicated: list[str] | None = None,
+        replica: str | None = None,
+        replica_options: dict | None = None,
+        ship_interval: float = 1.0,
+        max_replica_lag: float | None = None,
     ) -> "Journal":
         """Open (creating if needed) the journal at directory `path` and recover `state` in place.
 
@@ -130,6 +136,24 @@ class Journal:
                 global durable index. WorldSizeError when `path` was created by a group of
                 another size; RankFailureError when another rank failed to open (its error
                 is quoted) or a peer died. Not with `preemption` (ValueError).
+            replica: None (default), or a replica URL (``s3://bucket/prefix``,
+                ``file:///mnt/shared/run1``; replay.replica): the journal is replicated
+                there in the background (replay/replica/FORMAT.md), never blocking
+                `apply`: snapshot chunks and manifests, and the settled log as sealed
+                segments every `ship_interval` seconds. A missing or empty `path` with a
+                replica that holds a journal is first restored from it (a new machine):
+                the journal then recovers the state at the replica index and goes on
+                writing. Opening claims the replica for this writer (its term): a stale
+                writer elsewhere is fenced and ships nothing more. A multi-rank journal
+                replicates rank r under ``URL/rank-<r>``. The local journal stays the
+                source of truth: an unreachable replica only grows the lag
+                (`replica_status`).
+            replica_options: options for the replica's store (S3: endpoint_url, region,
+                access_key_id, secret_access_key, timeouts; replay.replica.objects).
+            ship_interval: seconds between shipping rounds: the loss window when the
+                machine is lost.
+            max_replica_lag: None, or seconds: `apply` raises ReplicaLagError (before
+                appending) while the replica lags more than that.
             replicated: names of components identical on every rank; DDP modules are
                 included automatically. With ``digest_every``, their digest is compared
                 across ranks at each digest entry, live and on replay
@@ -172,16 +196,33 @@ class Journal:
             ranks = Collectives(group)
             replicated = replicated_components(state, replicated)
             warn_about_bucket_rebuild(state, ranks.size)
+        replica_store, restored = None, None
+        if replica is not None:
+            replica_store = replication.open_replica(
+                replication.rank_url(replica, None if ranks is None else ranks.rank), replica_options)
+            try:
+                restored = replication.restore_if_empty(root if ranks is None else ranks_layout.rank_dir(root, ranks.rank),
+                                                        replica_store)
+            except BaseException:
+                replica_store.close()
+                raise
+        if ranks is not None:
             root = join(ranks, root)
         refuse_to_reinitialise(root)
         root.mkdir(parents=True, exist_ok=True)
         replayer = Replayer(ops, state, torch.device(device) if device is not None else None, kinds)
         if ranks is not None:  # replay checks them too (invariant 13)
             replayer.on_digest = functools.partial(compare_replicated, ranks, state, replicated)
-        log, store, recovery, resources = open_and_recover(
-            root, replayer, keep_last=keep_last, durability=durability, takeover=takeover,
-            deterministic=deterministic, progress=progress, archive=archive, environment_policy=environment,
-            keep_log=keep_log, ranks=ranks)
+        try:
+            log, store, recovery, resources = open_and_recover(
+                root, replayer, keep_last=keep_last, durability=durability, takeover=takeover,
+                deterministic=deterministic, progress=progress, archive=archive, environment_policy=environment,
+                keep_log=keep_log, ranks=ranks)
+        except BaseException:
+            if replica_store is not None:
+                replica_store.close()
+            raise
+        recovery.restored = restored
         journal = cls(root, replayer, log, store, recovery, resources, policy=snapshot,
                       digest_every=digest_every, keep_log=keep_log, async_snapshots=async_snapshots,
                       snapshot_on_close=snapshot_on_close, archived=archive is not None)
@@ -203,7 +244,13 @@ class Journal:
                 journal._preemption = PreemptionHandler(preemption, journal._stop_for_preemption,
                                                         journal._one_thread.busy, str(root))
                 journal._preemption.install()
+            if replica_store is not None:
+                store_to_ship, replica_store = replica_store, None
+                journal._shipper = replication.start_shipping(
+                    store_to_ship, root, log, store, journal._settled, interval=ship_interval, max_lag=max_replica_lag)
         except BaseException as exc:
+            if replica_store is not None:
+                replica_store.close()
             journal._release()
             if ranks is not None and isinstance(exc, Exception):
                 ranks.agree(exc, "opening the journal")  # the others raise too; this re-raises exc
@@ -243,6 +290,7 @@ class Journal:
             self._snapshotter.covered = recovery.snapshot_index
             self._snapshotter.committed = (recovery.snapshot.index, recovery.snapshot.term)
         self._group: Coordinator | None = None  # a multi-rank journal's agreements (set by open)
+        self._shipper = None  # a replica's Shipper (set by open with replica=)
         self._poison: BaseException | None = None
         self._closed = False
         self._one_thread = OneThreadAtATime()
@@ -268,6 +316,25 @@ class Journal:
         counted).
         """
         return self._steps.count(op)
+
+    @property
+    def replica_index(self) -> int | None:
+        """The newest index a restore from the replica alone reproduces the state at (None without a replica).
+
+        It trails `index` by up to ``ship_interval`` seconds of entries (and by what is not
+        yet durable); ``flush(replica=True)`` waits until it reaches the current index. It
+        may go down after the log is truncated (a rolled-back entry)."""
+        return None if self._shipper is None else self._shipper.index
+
+    @property
+    def replica_status(self):
+        """The replica's state (replay.replica.status.ReplicaStatus: index, lag in entries and
+        seconds, fenced, last error, uploads); None without a replica."""
+        return None if self._shipper is None else self._shipper.status()
+
+    def _settled(self) -> int:
+        """What may ship: applied and durable (read by the shipper's thread)."""
+        return min(self.log.durable_index, self._index)
 
     @property
     def rank(self) -> int:
@@ -353,6 +420,8 @@ class Journal:
 
     def _apply(self, op: str, inputs: Any, payload: dict) -> Any:
         self._check_usable()
+        if self._shipper is not None and isinstance(self._shipper.error, ReplicaLagError):
+            raise self._shipper.error  # max_replica_lag: refused before anything is appended
         spec = self.ops.check_payload(op, payload)
         if inputs is not None and not spec.takes_inputs:
             raise TypeError(f"op {op!r}: inputs= was given but its handler has no 'inputs' parameter "
@@ -427,15 +496,25 @@ class Journal:
 
     # ------------------------------------------------------------------ durability and snapshots
 
-    def flush(self) -> int:
+    def flush(self, *, replica: bool = False, timeout: float | None = None) -> int:
         """Block until every applied entry is durable; return the durable index (== index).
+
+        replica=True also waits (at most `timeout` seconds: TimeoutError) until the
+        replica index reaches the current index, so a restore from the replica alone
+        reproduces this state; ReplicaFencedError when another writer holds the replica,
+        ReplicaLagError past ``max_replica_lag``, ValueError without a replica.
 
         Multi-rank: every rank's entries through its index are durable, and the value
         returned is the global durable index, the newest index durable on every rank (the
         same on every rank once each has flushed: what acknowledged means there). It also
         confirms, across ranks, the newest snapshot every rank has committed."""
+        if replica and self._shipper is None:
+            raise ValueError(f"journal {self.path}: flush(replica=True) needs Journal.open(replica=...)")
         with self._entered("flush"):
-            return self._flush()
+            durable = self._flush()
+            if replica:
+                self._shipper.wait(self._index, timeout)
+            return durable
 
     def _flush(self) -> int:
         self._check_usable()
@@ -531,6 +610,8 @@ class Journal:
                 self._guarded(self.log.flush)
                 if self._group is not None and together:
                     self._collective(self._group.flush, self.log.durable_index)
+                if self._shipper is not None:
+                    self._shipper.close(replication.CLOSE_TIMEOUT)  # one last round: the final snapshot too
         finally:
             self._release()
 
@@ -558,6 +639,8 @@ class Journal:
         self._closed = True
         if self._preemption is not None:
             self._preemption.closed()  # the previous signal handlers come back
+        if self._shipper is not None:
+            self._shipper.close(1.0)  # before the log closes under it (idempotent after close's round)
         self._snapshotter.close()
         try:
             self._resources.close()

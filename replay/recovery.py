@@ -44,12 +44,15 @@ class RecoveryReport:
     none, or not checked). cut: a multi-rank journal's recovery cut (the newest index
     durable on every rank; replay.ranks.recovery), None for a single-rank journal.
     truncated: (index, op) of this rank's entries above the cut, dropped by recovery.
+    restored: the replay.replica RestoreReport when open first restored the directory
+    from its replica (a new machine), else None.
     """
 
     snapshot: Any = None
     snapshot_index: int = 0
     cut: int | None = None
     truncated: list[tuple[int, str]] = field(default_factory=list)
+    restored: Any = None
     replayed: range = range(1, 1)
     digests_checked: int = 0
     load_seconds: float = 0.0

@@ -1,0 +1,59 @@
+"""A journal's replica: restoring an empty directory from it on open, and shipping to it while open.
+
+``Journal.open(path, ..., replica=URL)`` calls `restore_if_empty` before anything else
+touches `path` (a new machine: the directory is missing or empty and the replica has a
+head, so the journal is rebuilt from the replica, then recovers as usual), and
+`start_shipping` once the journal is open. The shipping itself (what ships, in which
+order, fencing) is replay.replica.shipper's; its format is replay/replica/FORMAT.md.
+
+A multi-rank journal replicates each rank's directory under the URL's ``rank-<r>``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from .replica.errors import ObjectNotFoundError
+from .replica.objects import ObjectStore, open_store
+from .replica.restore import RestoreReport, restore
+from .replica.shipper import Shipper
+
+CLOSE_TIMEOUT = 30.0  # seconds close() lets the last shipping round run before giving up on it
+
+
+def rank_url(url: str, rank: int | None) -> str:
+    """The replica URL of rank `rank`'s directory (the URL itself for a single-process journal)."""
+    return url if rank is None else f"{url.rstrip('/')}/rank-{rank}"
+
+
+def restore_if_empty(root: Path, store: ObjectStore) -> RestoreReport | None:
+    """Restore the replica into `root` when `root` is missing or empty and the replica holds a
+    journal; the report, or None when nothing was restored (a journal is there already, or
+    the replica is new). The replica's errors (damage, unreachable) are raised: opening an
+    empty directory as a new journal while its replica cannot be read would start over."""
+    if root.is_dir() and any(root.iterdir()):
+        return None
+    if root.exists() and not root.is_dir():
+        return None  # refused later by the journal itself, naming the path
+    try:
+        return restore(store, root)
+    except ObjectNotFoundError:
+        return None  # no head.json: nothing was ever shipped, so this is a new journal
+
+
+def open_replica(url: str, options: dict | None) -> ObjectStore:
+    """The ObjectStore for `url` (replay.replica.objects.open_store: ValueError for an unsupported one)."""
+    if not isinstance(url, (str, os.PathLike)):
+        raise TypeError(f"replica must be a URL string (s3://bucket/prefix, file:///dir), got {type(url).__name__}")
+    return open_store(str(url), options)
+
+
+def start_shipping(store: ObjectStore, root: Path, log, snapshots, settled: Callable[[], int], *,
+                   interval: float, max_lag: float | None) -> Shipper:
+    """A running Shipper for the journal at `root`; it claims the replica's head.json for the
+    log's current term (a stale writer elsewhere is fenced from then on)."""
+    shipper = Shipper(store, root, log, snapshots, settled, interval=interval, term=log.term, max_lag=max_lag)
+    shipper.start()
+    return shipper
