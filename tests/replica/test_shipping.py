@@ -191,3 +191,30 @@ def test_lag_beyond_max_lag_is_an_error_and_training_goes_on(tmp_path):
     finally:
         shipper.close(timeout=10)
         journal.close()
+
+
+def test_endpoint_stopped_mid_upload_then_back_catches_up(tmp_path, stoppable_s3):
+    """The S3 endpoint goes away while entries and snapshots are being shipped: training goes
+    on, the lag is reported, nothing partial is ever restored; back, the replica catches up."""
+    bucket = stoppable_s3.new_bucket()
+    url, options = f"s3://{bucket}/run", stoppable_s3.options()
+    with shipped(tmp_path / "a", url, options) as (journal, shipper):
+        apply_n(journal, 10)
+        journal.flush()
+        shipper.wait(10, timeout=60)
+        stoppable_s3.stop()  # connections refused from now on, whatever is in flight
+        apply_n(journal, 12)  # 22: two snapshots' chunks and manifests are due too
+        journal.flush()
+        with pytest.raises(TimeoutError, match="last error"):
+            shipper.wait(22, timeout=1.5)
+        status = shipper.status()
+        assert status.index == 10 and status.lag_entries == 12 and status.last_error is not None
+        assert not status.fenced
+        stoppable_s3.start()
+        assert shipper.wait(22, timeout=60) == 22
+        assert shipper.status().last_error is None and shipper.status().lag_entries == 0
+    report = restore(url, tmp_path / "b", options)
+    assert report.head_index == 22 and report.skipped == []
+    with open_journal(tmp_path / "b") as copy:
+        assert copy.index == 22
+        assert_state(copy.state, 22)
