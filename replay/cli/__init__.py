@@ -5,7 +5,8 @@ registers its arguments and sets ``run(args, out) -> exit status``. Support modu
 `source` (opening readonly), `output` (JSON lines / rich / plain), `entries` (listing
 rows), `summary` (payload and tensor summaries), `args` (index and time checks),
 `userspec` (importing --ops/--state, refusing a module that runs a script when imported),
-`errors` (exit statuses), `multirank` (`log`, `stats` and `verify` of a multi-rank journal
+`errors` (exit statuses), `replica` (`restore URL DIR`, and `log`/`stats`/`verify`
+of a replica URL through a temporary restore), `multirank` (`log`, `stats` and `verify` of a multi-rank journal
 directory: every rank and the group, from replay.ranks.audit). Dispatch and error
 reporting live in `main`.
 
@@ -18,6 +19,6 @@ both refuse to run beside a live writer.
 
 from __future__ import annotations
 
-from . import diff, export, log, retention, show, state, stats, tail, truncate, verify
+from . import diff, export, log, replica, retention, show, state, stats, tail, truncate, verify
 
-COMMANDS = (log, show, verify, stats, tail, retention, state, diff, export, truncate)
+COMMANDS = (log, show, verify, stats, tail, retention, state, diff, export, truncate, replica)

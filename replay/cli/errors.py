@@ -49,6 +49,10 @@ def exit_status(exc: BaseException) -> int:
     """The exit status for an exception that ended a subcommand (see the module doc)."""
     if isinstance(exc, CliError):
         return exc.status
+    from replay.replica.errors import ReplicaDamageError
+
+    if isinstance(exc, ReplicaDamageError):  # a replica object that is not what a writer wrote
+        return EXIT_DAMAGE
     if is_damage(exc):
         return EXIT_DAMAGE
     if isinstance(exc, _BAD_INPUT):

@@ -19,7 +19,9 @@ import snapshots
 from eventlog import LogError
 from replay.errors import HandlerError, ReplayError
 
-from . import COMMANDS
+from . import COMMANDS, replica
+
+READS_REPLICAS = ("log", "stats", "verify")  # the commands that also read a replica URL (a temporary restore)
 from .errors import EXIT_DAMAGE, EXIT_INTERNAL, CliError, exit_status
 from .output import Output, printable
 from .source import log_dir
@@ -34,6 +36,7 @@ def common_options(with_json: bool) -> argparse.ArgumentParser:
     if with_json:
         common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                             help="one JSON object per line, for scripts")
+        replica.add_option_argument(common)
     return common
 
 
@@ -52,6 +55,12 @@ def run(args) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
+            if args.command in READS_REPLICAS:
+                with replica.local_copy(args):
+                    return args.run(args, out)
+            if replica.is_url(getattr(args, "dir", "")):
+                raise CliError(f"{args.dir} is a replica URL: `replay {args.command}` works on a journal directory "
+                               f"(restore it first: replay restore URL DIR)")
             return args.run(args, out)
     except KeyboardInterrupt:
         return 130

@@ -15,9 +15,11 @@ size, the cut, entries above it, the common snapshot, rank 0's global records
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from collections import Counter
+from pathlib import Path
 
 from eventlog import HEADER_SIZE
 
@@ -28,6 +30,7 @@ from .entries import rows as entry_rows
 from .errors import EXIT_DAMAGE, EXIT_OK
 from .multirank import add_rank_option, rank_path, run_stats
 from .output import Column, Output
+from .replica import options as replica_options
 from .retention import SNAPSHOT_COLUMNS, snapshot_rows
 from .source import open_source
 from .summary import iso_time, local_time
@@ -80,6 +83,7 @@ def run(args, out: Output) -> int:
                "file_bytes": os.path.getsize(data_file), "damaged": damaged}
     estimate = _estimate(sound, [r.manifest_id for r in damaged_snaps], bool(snaps), last, gaps)
     env = _environment(src.root) if src.store is not None else None
+    shipped = _replica(src.root, last, args) if src.store is not None else None
     status = EXIT_DAMAGE if damaged or (env is not None and env["damaged"]) else EXIT_OK
     if out.as_json:
         out.record(summary)
@@ -91,6 +95,8 @@ def run(args, out: Output) -> int:
             out.record({"section": "snapshot", **snap})
         if env is not None:
             out.record({"section": "environment", **env})
+        if shipped is not None:
+            out.record({"section": "replica", **shipped})
         out.record({"section": "estimate", **estimate})
         return status
 
@@ -116,8 +122,53 @@ def run(args, out: Output) -> int:
         out.line("snapshots: none")
     if env is not None:
         _show_environment(env, out)
+    if shipped is not None:
+        _show_replica(shipped, out)
     out.line(estimate["text"])
     return status
+
+
+def _replica(root, last: int, args) -> dict | None:
+    """Where the journal replicates (DIR/replica.json) and how far its replica's head is
+    behind the local log; None for a journal without a replica. The head is read from the
+    store (``--replica-option`` gives S3 options); an unreachable one is said, not raised."""
+    from replay.replica.head import RECORD_FILE, read_head, read_record
+    from replay.replica.objects import open_store
+
+    if not (Path(root) / RECORD_FILE).exists():
+        return None
+    try:
+        url = json.loads((Path(root) / RECORD_FILE).read_bytes()[:65536]).get("url")
+    except (OSError, ValueError, AttributeError):
+        return {"url": None, "error": f"{Path(root) / RECORD_FILE} is not a replica record"}
+    if not isinstance(url, str):
+        return {"url": None, "error": f"{Path(root) / RECORD_FILE} names no replica URL"}
+    record = read_record(Path(root), url)
+    try:
+        with open_store(url, replica_options(args)) as store:
+            found = read_head(store)
+    except Exception as exc:  # noqa: BLE001 - an unreachable or damaged replica is reported, the stats go on
+        return {"url": url, "error": f"{type(exc).__name__}: {exc}"}
+    if found is None:
+        return {"url": url, "head_index": None, "lag_entries": last, "owned": False}
+    head, etag = found
+    holder = "this" if head.owner == record.owner else ("claimed" if record.claim == etag else "another")
+    return {"url": url, "head_index": head.index, "head_term": head.term, "lag_entries": max(0, last - head.index),
+            "head_time": head.time, "writer": holder}
+
+
+def _show_replica(shipped: dict, out: Output) -> None:
+    if shipped.get("error"):
+        out.line(f"replica {shipped.get('url')}: cannot read its head: {shipped['error']}", style="bold red")
+    elif shipped["head_index"] is None:
+        out.line(f"replica {shipped['url']}: nothing shipped yet ({shipped['lag_entries']} entries behind)")
+    else:
+        owner = {"this": "this journal writes it",
+                 "claimed": "restored from it: this journal takes it over when it opens",
+                 "another": "ANOTHER writer holds it (this journal is fenced)"}[shipped["writer"]]
+        out.line(f"replica {shipped['url']}: head at index {shipped['head_index']} (term {shipped['head_term']}, "
+                 f"written {local_time(int(shipped['head_time'] * 1e9))}), {shipped['lag_entries']} entries behind "
+                 f"the local log; {owner}")
 
 
 def _estimate(sound, damaged: list[str], any_snapshot: bool, last: int, gaps: list[int]) -> dict:

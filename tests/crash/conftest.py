@@ -35,6 +35,8 @@ ROWS = {
     "fault_archive": "row 16: tiered log: kills and damage while compaction seals archive segments; nothing acknowledged is lost",
     "fault_preemption": "row 17: SIGTERM/SIGUSR1 at random moments: the apply finishes, a snapshot lands, the next open replays nothing",
     "fault_dataloader": "row 18: a multi-worker DataLoader under a journal, SIGKILLed: the resumed run is bit-identical",
+    "fault_ranks": "row 19: multi-rank journals: random ranks SIGKILLed, kills at every protocol step, damaged snapshots",
+    "fault_replica": "row 20: replicas: the writer SIGKILLed and its directory deleted; restore reproduces the replica index",
 }
 
 STRACE = shutil.which("strace")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.crash, pytest.mark.fault_sigkill, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.crash, pytest.mark.fault_replica, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
 CYCLES = 11  # per durability mode: 22 in all

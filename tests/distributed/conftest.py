@@ -12,6 +12,12 @@ from .checks import load_states
 from .harness import Launcher
 
 
+def pytest_configure(config):
+    # Row 19 of the fault matrix (tests/crash/conftest.py registers every row; this keeps
+    # `pytest tests/distributed` alone free of unknown-marker warnings).
+    config.addinivalue_line("markers", "fault_ranks: row 19: multi-rank journals under SIGKILL and failpoints")
+
+
 class References:
     """Uninterrupted plain runs (no journal), one per (world_size, steps, workload options), computed once per session."""
 

@@ -26,7 +26,7 @@ from .harness import Launcher
 from .scenario import Scenario
 from . import workload
 
-pytestmark = [pytest.mark.crash, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.crash, pytest.mark.fault_ranks, pytest.mark.timeout(90)]
 
 STEPS = 14
 

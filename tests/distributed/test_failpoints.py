@@ -18,7 +18,7 @@ import pytest
 
 from .scenario import Scenario
 
-pytestmark = [pytest.mark.crash, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.crash, pytest.mark.fault_ranks, pytest.mark.timeout(90)]
 
 STEPS = 14
 SNAPSHOT = [

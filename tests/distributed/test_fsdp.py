@@ -18,7 +18,7 @@ import pytest
 from .harness import Kill
 from .scenario import Scenario
 
-pytestmark = [pytest.mark.crash, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.crash, pytest.mark.fault_ranks, pytest.mark.timeout(150)]
 
 STEPS, KILLS = 60, 5
 

@@ -21,7 +21,7 @@ import pytest
 from .harness import Kill
 from .scenario import Scenario
 
-pytestmark = [pytest.mark.crash]
+pytestmark = [pytest.mark.crash, pytest.mark.fault_ranks]
 
 # (failpoint, rank it is armed on: None = a random one)
 POINTS = [
