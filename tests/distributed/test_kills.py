@@ -91,7 +91,7 @@ def test_survivors_of_a_dead_peer_end_with_an_exception_and_the_restart_is_bit_i
             assert gen.exits[victim].killed, gen.describe()
             for exit_ in gen.exits:
                 if exit_.rank != victim:
-                    assert exit_.exitcode == 1 and exit_.error in ("RankFailureError", "RuntimeError"), \
+                    assert exit_.exitcode == 1 and exit_.error in ("RankFailureError", "RuntimeError", "HandlerError"), \
                         gen.describe()
                     assert "peer" in exit_.message or "died" in exit_.message, exit_.message
                     seen.add(exit_.error)

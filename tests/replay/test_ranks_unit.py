@@ -188,7 +188,7 @@ def test_size_bounded_policy_is_decided_across_ranks_every_16_indexes(tmp_path, 
 
     monkeypatch.setattr(Collectives, "gather", gather)
     with replay.Journal.open(tmp_path, state=make_state(), ops=make_ops(), group=group,
-                             snapshot=replay.Every(log_bytes=1), snapshot_on_close=False) as journal:
+                             snapshot=replay.Every(log_bytes=1), snapshot_on_close=False, async_snapshots=False) as journal:
         train(journal, 2 * DECIDE_EVERY + 3)
         journal.flush()
         taken = sorted(i.index for i in journal.snapshots.list())
@@ -202,7 +202,7 @@ def test_entries_bound_decides_without_a_collective(tmp_path, group, monkeypatch
     monkeypatch.setattr(Collectives, "gather",
                         lambda self, values, what: (asked.append(what), original(self, values, what))[1])
     with replay.Journal.open(tmp_path, state=make_state(), ops=make_ops(), group=group,
-                             snapshot=replay.Every(entries=5), snapshot_on_close=False) as journal:
+                             snapshot=replay.Every(entries=5), snapshot_on_close=False, async_snapshots=False) as journal:
         asked.clear()
         train(journal, 12)
         assert sorted(i.index for i in journal.snapshots.list())[-2:] == [5, 10]
