@@ -3,8 +3,9 @@ directory deleted; a restore from the replica alone, into a new directory, holds
 entry at or below the replica index the child last reported, and the state there equals
 an uninterrupted run's, bit for bit.
 
-One child process per cycle (a subprocess: the replica thread and moto's server thread
-must not be forked). The child trains a tiny state, flushing and waiting for the replica
+One child process per cycle, forked from a fork server that has imported torch and the
+packages once (the test process itself is never forked: moto's server thread and the
+replica threads live there). The child trains a tiny state, flushing and waiting for the replica
 after every few entries, and prints the replica index each `wait` returned. Most cycles
 ship to a file:// replica; some to S3 (moto on 127.0.0.1). Fresh replica per cycle.
 """
@@ -12,12 +13,10 @@ ship to a file:// replica; some to S3 (moto on 127.0.0.1). Fresh replica per cyc
 from __future__ import annotations
 
 import json
-import os
+import multiprocessing
 import random
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,54 +24,75 @@ import pytest
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_replica, pytest.mark.timeout(300)]
 
-REPO = Path(__file__).resolve().parents[2]
 CYCLES = 11  # per durability mode: 22 in all
 
 
-def _child(directory: str, url: str, options: dict, durability: str, seed: int) -> None:
+def _child(directory: str, url: str, options: dict, durability: str, seed: int, report) -> None:
+    """Train and ship forever; `report("ready")`, then every replica index a `wait` returned."""
+    import torch
+
     from tests.replica.test_shipping import apply_n, open_journal, ship
 
+    torch.set_num_threads(1)
     rng = random.Random(seed)
     journal = open_journal(directory, every=rng.choice([3, 5, 9]), durability=durability)
     shipper = ship(journal, url, options, interval=rng.choice([0.01, 0.05, 0.2]))
-    print("ready", flush=True)
+    report("ready")
     while True:
         apply_n(journal, rng.randint(1, 4))
         if rng.random() < 0.3:
             continue  # some entries settle and ship only on the shipper's own schedule
         journal.flush()
-        print(shipper.wait(journal.index, timeout=60), flush=True)
+        report(shipper.wait(journal.index, timeout=60))
+
+
+def _forked_child(conn, *args) -> None:
+    _child(*args, report=conn.send)
+
+
+def _fork_server():
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "eventlog", "snapshots", "replay", "tests.replica.test_shipping"])
+    return context
 
 
 def _run_cycle(tmp_path: Path, cycle: int, url: str, options: dict, durability: str, rng: random.Random) -> int:
     directory = tmp_path / f"run{cycle}"
-    proc = subprocess.Popen(
-        [sys.executable, __file__, str(directory), url, json.dumps(options), durability, str(rng.randrange(1 << 30))],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+    context = _fork_server()
+    receiver, sender = context.Pipe(duplex=False)
+    proc = context.Process(target=_forked_child, args=(sender, str(directory), url, options, durability,
+                                                       rng.randrange(1 << 30)))
+    proc.start()
+    sender.close()
     reported: list[int] = []
-    ready = threading.Event()
 
-    def read():
-        for line in proc.stdout:
-            if line.strip() == "ready":
-                ready.set()
-            elif line.strip().isdigit():
-                reported.append(int(line))
-        ready.set()
+    def read_until(deadline: float) -> bool:
+        """Collect what the child sent until `deadline`; False once it is gone."""
+        while time.monotonic() < deadline:
+            if not receiver.poll(max(0.0, deadline - time.monotonic())):
+                return True
+            try:
+                message = receiver.recv()
+            except EOFError:
+                return False
+            if message == "ready":
+                return True
+            reported.append(message)
+        return True
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert ready.wait(120), "the child never started"
-    time.sleep(rng.choice([rng.uniform(0, 0.05), rng.uniform(0.05, 0.6)]))
+    assert read_until(time.monotonic() + 120) and proc.is_alive(), "the child never started"
+    read_until(time.monotonic() + rng.choice([rng.uniform(0, 0.05), rng.uniform(0.05, 0.6)]))
     proc.kill()
-    proc.wait()
-    reader.join(10)
-    stderr = proc.stderr.read()
-    assert proc.returncode == -9, stderr
+    proc.join()
+    while receiver.poll():  # what it sent before the kill
+        try:
+            reported.append(receiver.recv())
+        except EOFError:
+            break
+    receiver.close()
+    assert proc.exitcode == -9, proc.exitcode
     shutil.rmtree(directory)  # the machine is gone, and its disk with it
-    last = reported[-1] if reported else 0
-    return last
+    return reported[-1] if reported else 0
 
 
 def _check_restore(tmp_path: Path, cycle: int, url: str, options: dict, last: int) -> int:
@@ -129,5 +149,6 @@ def s3_endpoint():
     endpoint.stop()
 
 
-if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
+if __name__ == "__main__":  # by hand: python -m tests.crash.test_replica_node_loss DIR URL OPTIONS DURABILITY SEED
+    _child(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], int(sys.argv[5]),
+           report=lambda message: print(message, flush=True))
