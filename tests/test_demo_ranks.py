@@ -12,7 +12,8 @@ pytestmark = pytest.mark.crash
 
 @pytest.mark.timeout(240)
 def test_demo_ranks_survives_kills_bit_identically(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "replay", "demo", "--ranks", "2", "--dir", str(tmp_path / "journal")],
+    result = subprocess.run([sys.executable, "-m", "replay", "demo", "--ranks", "2", "--steps", "120", "--kills", "2",
+                             "--dir", str(tmp_path / "journal")],
                             capture_output=True, text=True, timeout=220)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "bit-identical: yes" in result.stdout

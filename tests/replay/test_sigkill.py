@@ -16,7 +16,7 @@ from .models import assert_same
 
 CHILD = Path(__file__).with_name("sigkill_child.py")
 STEPS = 240
-KILLS = 10
+KILLS = 5
 
 
 def _run(root, mode, out, kill_after=None):
