@@ -114,3 +114,33 @@ def test_the_original_writer_is_fenced_once_a_restore_takes_over(tmp_path, repli
             original.flush(replica=True, timeout=60)  # ...but can no longer ship
         assert original.replica_status.fenced
     original.close()
+
+
+def test_a_multirank_journal_replicates_each_rank_under_its_own_prefix(tmp_path, replica_url):
+    """World size 1 runs the group path: rank 0's directory ships under URL/rank-0 and a
+    new machine's empty directory comes back from there."""
+    import datetime
+
+    import torch.distributed as dist
+
+    url, options = replica_url
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        state = make_state()
+        with replay.Journal.open(tmp_path / "a", state=state, ops=make_ops(), group=dist.group.WORLD, replica=url,
+                                 replica_options=options, ship_interval=0.05) as journal:
+            train(journal, 7)
+            journal.flush(replica=True, timeout=60)
+        restored = make_state(seed=4)
+        with replay.Journal.open(tmp_path / "b", state=restored, ops=make_ops(), group=dist.group.WORLD,
+                                 replica=url, replica_options=options) as journal:
+            assert journal.recovery.restored is not None and journal.count() == 7
+            assert_same(restored, state)
+        assert (tmp_path / "b" / "rank-0" / "rank.json").exists()
+    finally:
+        dist.destroy_process_group()
+    from replay.replica.objects import open_store
+
+    with open_store(url, options) as store:
+        assert store.list("rank-0/head.json") == ["rank-0/head.json"] and store.list("head.json") == []
