@@ -150,8 +150,8 @@ class Journal:
                 (`replica_status`).
             replica_options: options for the replica's store (S3: endpoint_url, region,
                 access_key_id, secret_access_key, timeouts; replay.replica.objects).
-            ship_interval: seconds between shipping rounds: the loss window when the
-                machine is lost.
+            ship_interval: seconds between shipping rounds (counted from the end of one):
+                the loss window when the machine is lost is about this plus one round.
             max_replica_lag: None, or seconds: `apply` raises ReplicaLagError (before
                 appending) while the replica lags more than that.
             replicated: names of components identical on every rank; DDP modules are
