@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+# The moto endpoint fixture of tests/replica (its conftest is not visible from here).
+from tests.replica.conftest import s3_endpoint  # noqa: E402,F401
+
 pytestmark = [pytest.mark.crash, pytest.mark.fault_replica, pytest.mark.timeout(300)]
 
 CYCLES = 11  # per durability mode: 22 in all
@@ -135,18 +138,6 @@ def test_node_loss_restores_every_replicated_entry(tmp_path, durability, request
     assert len(restored) == CYCLES
     # The kills must land after real shipping, not only before the first head.
     assert sum(1 for last, _ in restored if last > 0) >= CYCLES // 2, restored
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    from tests.replica.conftest import ThreadedMotoServer, MotoEndpoint, NO_MOTO
-    if ThreadedMotoServer is None:
-        pytest.skip(NO_MOTO)
-    import logging
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    endpoint = MotoEndpoint().start()
-    yield endpoint
-    endpoint.stop()
 
 
 if __name__ == "__main__":  # by hand: python -m tests.crash.test_replica_node_loss DIR URL OPTIONS DURABILITY SEED
