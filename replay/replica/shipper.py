@@ -30,6 +30,7 @@ from snapshots.safefile import UnsafeFileError, read_regular
 from .chain import ENVIRONMENT_KEY, SegmentKey, chunk_key, manifest_key, parse_segment_key, walk_back, SEGMENTS
 from .errors import ObjectNotFoundError, PreconditionFailedError, ReplicaError, ReplicaFencedError
 from .head import HEAD_KEY, Head, Record, new_owner, read_head, read_record, take_over, write_record
+from .retention import CHUNKS, Collected, Collector, Plan
 from .snapfiles import LocalFileError, LocalStore
 from .status import ReplicaLagError, ReplicaStatus
 
@@ -37,6 +38,7 @@ BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 HEAD_EVERY = 16  # segments uploaded between two head writes while catching up a backlog
 MAX_ENVIRONMENT_BYTES = 1 << 20
+COLLECT_EVERY = 60.0  # seconds between two garbage collections (three listings and a head read each)
 
 
 class Shipper:
@@ -53,17 +55,33 @@ class Shipper:
         interval: seconds between rounds (ValueError unless > 0).
         term: the journal's log term, written into head.json.
         max_lag: None, or seconds: a replica lagging more is an error (`wait`, `error`).
+        keep_extra: manifests the replica keeps beyond what the local store retains (the
+            newest others on the head's history); 0, the default, follows the local policy.
+        collect_every: seconds between two garbage collections of the replica (the first
+            comes with the first head write); None: only when `collect` asks.
 
     Attributes: ``index`` (the replica index: a restore reproduces the state at it; may go
-    down after a local truncation, FORMAT.md), ``url``.
+    down after a local truncation, FORMAT.md), ``url``, ``collected`` (garbage-collection
+    counters, retention.Collected).
     """
 
     def __init__(self, store, root, log, snapshots, settled: Callable[[], int], *, interval: float = 1.0,
-                 term: int, max_lag: float | None = None):
+                 term: int, max_lag: float | None = None, keep_extra: int = 0,
+                 collect_every: float | None = COLLECT_EVERY):
         if not (isinstance(interval, (int, float)) and interval > 0):
             raise ValueError(f"interval must be a number of seconds > 0, got {interval!r}")
         if max_lag is not None and not (isinstance(max_lag, (int, float)) and max_lag > 0):
             raise ValueError(f"max_lag must be None or seconds > 0, got {max_lag!r}")
+        if collect_every is not None and (isinstance(collect_every, bool) or not isinstance(collect_every, (int, float))
+                                          or not collect_every >= 0):
+            raise ValueError(f"collect_every must be None or seconds >= 0, got {collect_every!r}")
+        self._collector = Collector(store, keep_extra=keep_extra)  # ValueError for a bad keep_extra
+        self._collect_every = collect_every
+        self._collect_due = 0.0  # monotonic time of the next collection
+        self._collect_asked = False
+        self._collect_error: BaseException | None = None
+        self._collections = 0  # collections finished (completed or failed): what `collect` waits for
+        self._head_writes = 0
         self.url = store.url
         self.index = 0
         self._store = store
@@ -138,6 +156,37 @@ class Shipper:
                              time.monotonic() - self._synced_as_of if behind else 0.0, self._fenced is not None,
                              self._last_error, self.error, self._uploads, self._bytes)
 
+    @property
+    def collected(self) -> Collected:
+        """Garbage-collection counters: sweeps attempted and completed, objects deleted per prefix."""
+        return self._collector.collected
+
+    def collect(self, timeout: float | None = None) -> Collected:
+        """Run one garbage collection on the shipper's thread at the end of its next round (after
+        a head write of its own) and wait for it; the counters after it.
+
+        ReplicaFencedError once fenced (nothing is deleted then); the sweep's own error when it
+        failed (it is retried by later collections); TimeoutError after `timeout` seconds;
+        RuntimeError when the thread is not running."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        before = self._collections
+        self._collect_asked = True
+        self._wake.set()
+        with self._changed:
+            while self._collections == before:
+                if self._fenced is not None:
+                    raise self._fenced
+                if self._thread is None or not self._thread.is_alive():
+                    raise RuntimeError(f"replica {self.url}: the shipper is not running")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"replica {self.url}: no garbage collection in {timeout} s (last error: "
+                                       f"{self._last_error})")
+                self._changed.wait(0.05 if remaining is None else min(remaining, 0.05))
+        if self._collect_error is not None:
+            raise self._collect_error
+        return self._collector.collected
+
     def wait(self, index: int, timeout: float | None = None) -> int:
         """Block until the replica index is >= `index` (a round is started at once); the replica index.
 
@@ -195,6 +244,7 @@ class Shipper:
 
     def _round(self) -> None:
         started = time.monotonic()
+        writes = self._head_writes
         settled = self._settled()
         if not self._claimed:
             self._claim()
@@ -210,6 +260,7 @@ class Shipper:
             self._write_head()
         if self.index >= settled:
             self._synced_as_of = started
+        self._maybe_collect(wrote=self._head_writes != writes)
 
     # ------------------------------------------------------------------ head and fencing
 
@@ -267,6 +318,7 @@ class Shipper:
             raise ReplicaFencedError(self.url, "head.json was written by another writer since this one's last "
                                                "write (a restore elsewhere took the replica over)") from None
         self._uploads += 1
+        self._head_writes += 1
         self._head_at = self._end
         self.index = index
         self._notify()
@@ -379,6 +431,7 @@ class Shipper:
                 self._last_error = f"replica {key} holds other bytes than the local manifest"
                 return
         self._manifests[mf.name] = (mf.index, mf.log_checksum)
+        self._collector.note(mf.name, mf.index, mf.log_checksum, (ref.id for ref in mf.manifest.chunks))
 
     def _put(self, key: str, data: bytes) -> bool:
         created = self._store.put_if_absent(key, data)
@@ -386,3 +439,50 @@ class Shipper:
             self._uploads += 1
             self._bytes += len(data)
         return created
+
+    # ------------------------------------------------------------------ garbage collection
+
+    def _maybe_collect(self, wrote: bool) -> None:
+        """A mark-and-sweep (retention.Collector) when one is due or asked for, and only right
+        after a head write of this round: the head it just wrote is what the marks protect, and
+        the write proved this shipper still owned the replica (the sweep re-checks that)."""
+        asked = self._collect_asked
+        due = self._collect_every is not None and time.monotonic() >= self._collect_due
+        if not (asked or due) or self._end is None or self._head_at != self._end:
+            return
+        if not wrote:
+            if not asked:
+                return  # nothing shipped: nothing new can have become garbage
+            self._write_head()  # the same end again: a fresh proof of ownership
+        self._collect_asked = False
+        self._collect_due = time.monotonic() + (self._collect_every or 0.0)
+        try:
+            self._collector.sweep(self._head_at, self._etag, set(self._local.manifest_names()),
+                                  self._local_checksum, self._forget)
+        except BaseException as exc:
+            self._collect_error = exc
+            raise
+        else:
+            self._collect_error = None
+        finally:
+            self._collections += 1
+            self._notify()
+
+    def _forget(self, plan: Plan, listed_chunks: set[str]) -> None:
+        """Before a sweep deletes: drop what this shipper believed the replica holds and the
+        sweep removes, so nothing is skipped as "already there" once it is gone."""
+        self._chunks = listed_chunks - {key[len(CHUNKS):] for key in plan.chunks}
+        for key in plan.manifests:
+            name = key.split("/", 1)[1]
+            self._manifests.pop(name, None)
+            self._refused.discard(name)  # another history's manifest under a local name: ship ours again
+        for name in plan.incomplete:
+            self._manifests.pop(name, None)  # a kept manifest missing a chunk: its chunks ship again
+        self._chain = list(plan.kept_segments)  # exactly the head's path from the floor
+
+    def _local_checksum(self, index: int) -> int | None:
+        """The local log's checksum at `index`, None when it cannot say (compacted, past its end)."""
+        try:
+            return self._log.checksum_at(index) if index <= self._log.last_index else None
+        except (CompactedError, IndexError, CorruptEntryError):
+            return None
