@@ -161,6 +161,14 @@ class Shipper:
         """Garbage-collection counters: sweeps attempted and completed, objects deleted per prefix."""
         return self._collector.collected
 
+    @property
+    def collect_error(self) -> str | None:
+        """Why the last garbage collection failed (text), None when it completed. A failed sweep
+        does not fail the round that shipped before it (shipping is what bounds the loss
+        window): it is retried by the next collection, `collect_every` seconds later."""
+        error = self._collect_error
+        return None if error is None else f"{type(error).__name__}: {error}"
+
     def collect(self, timeout: float | None = None) -> Collected:
         """Run one garbage collection on the shipper's thread at the end of its next round (after
         a head write of its own) and wait for it; the counters after it.
@@ -459,9 +467,11 @@ class Shipper:
         try:
             self._collector.sweep(self._head_at, self._etag, set(self._local.manifest_names()),
                                   self._local_checksum, self._forget)
-        except BaseException as exc:
+        except ReplicaFencedError as exc:
             self._collect_error = exc
-            raise
+            raise  # stops the shipper for good, as a refused head write does
+        except Exception as exc:  # noqa: BLE001 - the round shipped; the next collection retries the sweep
+            self._collect_error = exc
         else:
             self._collect_error = None
         finally:
