@@ -13,6 +13,10 @@ round) is retried with exponential backoff (0.05 s doubling to 2 s) while the la
 `max_lag` turns a lag beyond that many seconds into a ReplicaLagError that `wait` raises
 and `error` returns. A refused head.json write means another writer holds the replica:
 ReplicaFencedError, and the shipper stops for good (training goes on).
+
+Garbage collection (retention.py; FORMAT.md, "Retention and garbage collection") runs on
+this same thread at the end of a round that wrote head.json, at most every
+`collect_every` seconds: never concurrently with an upload, never while fenced.
 """
 
 from __future__ import annotations
