@@ -158,7 +158,8 @@ class Shipper:
         behind = settled > index
         return ReplicaStatus(self.url, index, settled, max(0, settled - index),
                              time.monotonic() - self._synced_as_of if behind else 0.0, self._fenced is not None,
-                             self._last_error, self.error, self._uploads, self._bytes)
+                             self._last_error, self.error, self._uploads, self._bytes, self.collected,
+                             self.collect_error)
 
     @property
     def collected(self) -> Collected:

@@ -28,7 +28,10 @@ class ReplicaStatus:
     the replica (0 when caught up); fenced: another writer holds the replica (shipping has
     stopped for good); last_error: the newest failure, as text (None after a round that
     succeeded); error: the exception `wait` raises (ReplicaFencedError, ReplicaLagError)
-    or None; uploads / bytes: objects and bytes this shipper has stored.
+    or None; uploads / bytes: objects and bytes this shipper has stored; collected: the
+    replica's garbage collection so far (replay.replica.retention.Collected: sweeps and the
+    manifests, segments and chunks deleted); collect_error: the last sweep's failure, as
+    text (None after one that succeeded).
     """
 
     url: str
@@ -41,3 +44,5 @@ class ReplicaStatus:
     error: BaseException | None
     uploads: int
     bytes: int
+    collected: object = None
+    collect_error: str | None = None
