@@ -57,6 +57,8 @@ from .ops import Ops, OpSpec
 from .policies import Every
 from .preemption import Preemption
 from .recovery import RecoveryReport
+from .replica.errors import ReplicaDamageError, ReplicaError, ReplicaFencedError, ReplicaUnavailableError
+from .replica.status import ReplicaLagError
 from .rng import seeded_generator, seeded_rng
 
 __all__ = [
@@ -67,4 +69,5 @@ __all__ = [
     "ReplayError", "UnknownOpError", "PayloadRejectedError", "HandlerError", "VersionMismatchError",
     "EnvelopeError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "ClosedError", "ConcurrentUseError",
     "PreemptedError", "EnvironmentMismatchError", "RankFailureError", "WorldSizeError", "RankDivergenceError",
+    "ReplicaError", "ReplicaFencedError", "ReplicaUnavailableError", "ReplicaDamageError", "ReplicaLagError",
 ]
