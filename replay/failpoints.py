@@ -46,8 +46,10 @@ import functools
 import os
 import signal
 import sys
+import threading
 
 ENV = "REPLAY_FAILPOINTS"
+_KILLING = threading.Lock()  # held by the thread that SIGKILLs the process (never released)
 ACTIONS = ("kill", "raise")
 POINTS = (
     "snapshot.before_chunk_fsync",
@@ -98,6 +100,10 @@ def hit(name: str) -> None:
     """Reach failpoint `name`: nothing unless ``REPLAY_FAILPOINTS`` names it, else its action."""
     action = _parsed(os.environ.get(ENV, "")).get(name)
     if action == "kill":
+        # Threads of one process may reach the point together (a store writes chunks on
+        # several): the first one kills, the others wait here for the signal, so the
+        # point is reported once and nothing runs past it.
+        _KILLING.acquire()
         sys.stderr.write(f"failpoint {name}: kill\n")
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
