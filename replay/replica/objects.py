@@ -17,6 +17,7 @@ optional extra (``torch-eventlog[s3]``) is needed only by those who use it.
 
 from __future__ import annotations
 
+import abc
 import errno
 import fcntl
 import os
@@ -71,7 +72,7 @@ def content_etag(data) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-class ObjectStore:
+class ObjectStore(abc.ABC):
     """One bucket/prefix or one directory of immutable-by-default objects. Thread-safe.
 
     Every method validates its key first (ValueError naming it) and raises
@@ -80,12 +81,13 @@ class ObjectStore:
 
     url: str
 
+    @abc.abstractmethod
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Create `key` holding `data` unless it exists: True if created, False if it existed
         (the existing object is never overwritten, whatever it holds). A reader never sees a
         partial object; two concurrent calls for one key: exactly one returns True."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def put_if_match(self, key: str, data: bytes, etag: str | None) -> str:
         """Conditional write; returns the new etag.
 
@@ -95,23 +97,22 @@ class ObjectStore:
         succeeds. A write whose answer was lost (ReplicaUnavailableError, or a client retry of
         a write that had landed, which then reads as PreconditionFailedError) may or may not
         have happened: a caller that must know reads the object back and compares content."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def get(self, key: str, limit: int) -> tuple[bytes, str]:
         """(data, etag) of `key`. ObjectNotFoundError if missing; ObjectTooLargeError if it holds
         more than `limit` bytes (never reads more than limit + 1); ReplicaDamageError if the
         object is not a plain object (directory backend: a symlink, FIFO, device, directory)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def list(self, prefix: str) -> list[str]:
         """Keys that start with `prefix` (a plain string prefix, "" for all), sorted; [] if none.
         Names that are not valid keys are not listed (S3: a foreign key obstore cannot even
         parse, with a "..", "." or empty part, makes the listing ReplicaDamageError naming it)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Remove `key`; a missing key is fine (no error)."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """Release the client; idempotent. The store may not be used afterwards."""

@@ -18,6 +18,7 @@ installs both (the `test` and `s3` extras).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import uuid
 
@@ -29,6 +30,9 @@ except ImportError:  # pragma: no cover - CI installs moto[server]
     ThreadedMotoServer = None
 
 NO_MOTO = "moto[server] is not installed (pip install 'moto[server]'): no local S3 endpoint"
+if os.environ.get("CI") and ThreadedMotoServer is None:
+    # CI installs the test extras: a replica test must never skip there silently.
+    raise RuntimeError(f"CI: {NO_MOTO}")
 REGION = "us-east-1"
 
 # Timeouts short enough that a dead endpoint fails a test in well under 2 s, long enough
