@@ -83,6 +83,7 @@ class Journal:
         replica_options: dict | None = None,
         ship_interval: float = 1.0,
         max_replica_lag: float | None = None,
+        replica_keep_extra: int = 0,
     ) -> "Journal":
         """Open (creating if needed) the journal at directory `path` and recover `state` in place.
 
@@ -154,6 +155,9 @@ class Journal:
                 the loss window when the machine is lost is about this plus one round.
             max_replica_lag: None, or seconds: `apply` raises ReplicaLagError (before
                 appending) while the replica lags more than that.
+            replica_keep_extra: the replica keeps the snapshots local retention keeps (and
+                the log segments a restore from them needs) plus this many older ones; the
+                rest is garbage-collected by the shipper (replay/replica/FORMAT.md).
             replicated: names of components identical on every rank; DDP modules are
                 included automatically. With ``digest_every``, their digest is compared
                 across ranks at each digest entry, live and on replay
@@ -247,7 +251,8 @@ class Journal:
             if replica_store is not None:
                 store_to_ship, replica_store = replica_store, None
                 journal._shipper = replication.start_shipping(
-                    store_to_ship, root, log, store, journal._settled, interval=ship_interval, max_lag=max_replica_lag)
+                    store_to_ship, root, log, store, journal._settled, interval=ship_interval, max_lag=max_replica_lag,
+                    keep_extra=replica_keep_extra)
         except BaseException as exc:
             if replica_store is not None:
                 replica_store.close()

@@ -51,9 +51,11 @@ def open_replica(url: str, options: dict | None) -> ObjectStore:
 
 
 def start_shipping(store: ObjectStore, root: Path, log, snapshots, settled: Callable[[], int], *,
-                   interval: float, max_lag: float | None) -> Shipper:
+                   interval: float, max_lag: float | None, keep_extra: int = 0) -> Shipper:
     """A running Shipper for the journal at `root`; it claims the replica's head.json for the
-    log's current term (a stale writer elsewhere is fenced from then on)."""
-    shipper = Shipper(store, root, log, snapshots, settled, interval=interval, term=log.term, max_lag=max_lag)
+    log's current term (a stale writer elsewhere is fenced from then on). The replica keeps
+    the snapshots the local store keeps, plus `keep_extra` older ones (replay.replica.retention)."""
+    shipper = Shipper(store, root, log, snapshots, settled, interval=interval, term=log.term, max_lag=max_lag,
+                      keep_extra=keep_extra)
     shipper.start()
     return shipper

@@ -144,3 +144,21 @@ def test_a_multirank_journal_replicates_each_rank_under_its_own_prefix(tmp_path,
 
     with open_store(url, options) as store:
         assert store.list("rank-0/head.json") == ["rank-0/head.json"] and store.list("head.json") == []
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_the_replica_keeps_what_local_retention_keeps_plus_replica_keep_extra(tmp_path, replica_url, extra):
+    from replay.replica.objects import open_store
+
+    url, options = replica_url
+    with replay.Journal.open(tmp_path / "a", state=make_state(), ops=make_ops(), replica=url, keep_last=2,
+                             replica_options=options, ship_interval=0.05, replica_keep_extra=extra,
+                             snapshot=replay.Every(entries=4), async_snapshots=False) as journal:
+        train(journal, 30)
+        journal.flush(replica=True, timeout=60)
+        collected = journal._shipper.collect(60)  # a sweep now instead of the default once a minute
+        local = {f"manifests/{info.manifest_id}" for info in journal.snapshots.list()}
+        assert journal.replica_status.collected == collected and collected.manifests > 0
+        with open_store(url, options) as store:
+            shipped = set(store.list("manifests/"))
+    assert local <= shipped and len(shipped) == len(local) + extra
