@@ -65,6 +65,20 @@ class MLP(torch.nn.Module):
         return self.out(torch.relu(self.hidden(h)))
 
 
+def train_step(state, x: torch.Tensor, y: torch.Tensor, *, ids, seed, lr) -> None:
+    """One AdamW step of the demo model on samples `ids` of (x, y), dropout seeded by `seed`
+    (the single-process and the multi-rank demo share it; under DDP, backward all-reduces)."""
+    state["data"].consume(ids)
+    index = torch.tensor(ids, device=x.device)
+    optim = state["optim"]
+    for group in optim.param_groups:
+        group["lr"] = lr
+    optim.zero_grad(set_to_none=True)
+    logits = state["model"](x[index], dropout_generator=seeded_generator(seed))
+    torch.nn.functional.cross_entropy(logits, y[index]).backward()
+    optim.step()
+
+
 @dataclass
 class Job:
     """Everything one run needs; built identically by the reference and by every worker."""
@@ -101,15 +115,7 @@ class Job:
                 "lr": 1e-3 * min(1.0, (step + 1) / 100)}
 
     def train_step(self, state, *, ids, seed, lr):
-        state["data"].consume(ids)
-        index = torch.tensor(ids, device=self.device)
-        optim = state["optim"]
-        for group in optim.param_groups:
-            group["lr"] = lr
-        optim.zero_grad(set_to_none=True)
-        logits = state["model"](self.x[index], dropout_generator=seeded_generator(seed))
-        torch.nn.functional.cross_entropy(logits, self.y[index]).backward()
-        optim.step()
+        train_step(state, self.x, self.y, ids=ids, seed=seed, lr=lr)
 
     # -- inference: one op per finished batch of samples --------------------------------
 

@@ -42,11 +42,10 @@ from pathlib import Path
 import torch
 
 from .data import DataCursor
-from .demo import NUM_SAMPLES, MLP, synthetic_dataset
+from .demo import NUM_SAMPLES, MLP, synthetic_dataset, train_step as shared_train_step
 from .determinism import fingerprint
 from .ops import Ops
 from .policies import Every
-from .rng import seeded_generator
 
 TAG = "replay-demo"  # every worker message is a JSON object carrying this key
 DEFAULTS = {"steps": 200, "kills": 3, "snapshot_every": 40, "digest_every": 20}
@@ -92,15 +91,7 @@ class RankJob:
                 "lr": 1e-3 * min(1.0, (step + 1) / 50)}
 
     def train_step(self, state, *, ids, seed, lr):
-        state["data"].consume(ids)
-        index = torch.tensor(ids, device=self.device)
-        optim = state["optim"]
-        for group in optim.param_groups:
-            group["lr"] = lr
-        optim.zero_grad(set_to_none=True)
-        logits = state["model"](self.x[index], dropout_generator=seeded_generator(seed))
-        torch.nn.functional.cross_entropy(logits, self.y[index]).backward()  # DDP all-reduces here
-        optim.step()
+        shared_train_step(state, self.x, self.y, ids=ids, seed=seed, lr=lr)  # DDP all-reduces in its backward
 
     def hashes(self) -> dict[str, str]:
         """A hash of each tensor's dtype, shape and bytes, by name: equal iff bit-identical."""
