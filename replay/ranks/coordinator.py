@@ -5,7 +5,9 @@ that the directory was created by a group of this size and that no rank lost its
 directory, before anything is written. `Coordinator` then serves the open journal:
 
 - `flush` turns each rank's durable index into the global one (the minimum), which is
-  what "acknowledged" means for a multi-rank journal;
+  what "acknowledged" means for a multi-rank journal, and records it durably in the
+  rank's own ``acknowledged.json`` before returning it (recovery never cuts below it:
+  replay/ranks/cut.py);
 - `snapshot_due` makes the policy's decision identical on every rank: the entries bound
   decides by index alone (no collective); a bound on seconds, log bytes or replay time
   is measured per rank and OR-ed across ranks every DECIDE_EVERY indexes (one small
@@ -27,6 +29,7 @@ from typing import Any, Iterable, Mapping
 from eventlog import EventLog, FormatError
 
 from .. import failpoints
+from ..opening import refuse_to_reinitialise
 from ..determinism import state_digest
 from ..errors import RankDivergenceError, RecoveryError, WorldSizeError
 from ..policies import Every
@@ -54,6 +57,9 @@ def join(ranks: Collectives, root: Path) -> Path:
         if (root / "log").exists():
             raise RecoveryError(f"{root} is a single-process journal (it holds log/); open it without group=")
         record = layout.read_rank_record(mine)
+        # Journal.open checks this again after join, on this rank alone: checked here, the
+        # other ranks hear why (not gloo's "Connection reset by peer" from a rank gone).
+        refuse_to_reinitialise(mine)
         if record is not None and record["rank"] != ranks.rank:
             raise WorldSizeError(mine, record["world_size"], ranks.size)
         recorded = record["world_size"] if record else None
@@ -172,12 +178,21 @@ class Coordinator:
         self._store = store
         self.confirmed = confirmed  # newest snapshot index every rank committed (None: none yet)
         snapshotter.protected = confirmed
+        self._rank_root = layout.rank_dir(root, ranks.rank)
+        # The highest index this rank has recorded as durable on every rank (replay/ranks/cut.py);
+        # recovery has already read and checked the record.
+        try:
+            self.acknowledged = layout.read_acknowledged(self._rank_root) or 0
+        except layout.RankRecordError:
+            self.acknowledged = 0
 
     def flush(self, local_durable: int) -> int:
         """The global durable index (the minimum of every rank's `local_durable`); confirms snapshots on the way."""
         rows = self.ranks.gather([local_durable, *self._committed()], "flush")
-        self._confirm(rows)
-        return min(row[0] for row in rows)
+        self._confirm(rows, acknowledge=False)  # the durable index is at or above a confirmed snapshot's
+        durable = min(row[0] for row in rows)
+        self._acknowledge(durable)  # before the caller hears of it: recovery never cuts below it
+        return durable
 
     def confirm(self) -> None:
         """Learn which snapshot every rank has committed (protect it; rank 0 records it)."""
@@ -207,7 +222,24 @@ class Coordinator:
         committed = self._snapshotter.committed
         return committed if committed is not None else (-1, -1)
 
-    def _confirm(self, rows: list[list[int]]) -> None:
+    def _acknowledge(self, index: int) -> None:
+        """Record durably, in this rank's own directory, that `index` is durable on every rank.
+
+        Every rank keeps the record, so a rank whose directory is put back from an older
+        copy is told apart by the others at the next open (replay/ranks/cut.py). Failing to
+        write it only warns, as for the global record: the others would otherwise wait for
+        this rank in the next collective, and any other rank's record still says it."""
+        if index <= self.acknowledged:
+            return
+        try:
+            layout.write_acknowledged(self._rank_root, index)
+        except OSError as exc:
+            warnings.warn(f"rank {self.ranks.rank}: could not record the acknowledged index {index} in "
+                          f"{self._rank_root / layout.ACK_FILE}: {exc}", RuntimeWarning, stacklevel=4)
+            return
+        self.acknowledged = index
+
+    def _confirm(self, rows: list[list[int]], acknowledge: bool = True) -> None:
         indexes = {row[1] for row in rows}
         if len(indexes) != 1:
             return  # some rank lacks the newest snapshot (a failed save): the older one stays protected
@@ -216,6 +248,8 @@ class Coordinator:
             return
         self.confirmed = index
         self._snapshotter.protected = index
+        if acknowledge:
+            self._acknowledge(index)  # every rank committed a snapshot at index: its log was durable there
         if self.ranks.rank == 0:
             failpoints.hit("group.before_global_record")
             try:

@@ -7,7 +7,13 @@
                        (log/, snapshots/, environment.json) with its single-writer rules
           rank.json    {"format": 1, "rank": r, "world_size": N}
                        written once, durably, before the rank's first entry
-      group/           written by rank 0 only, for audits; recovery never reads it
+          acknowledged.json
+                       {"format": 1, "index": a}: the highest index this rank learned
+                       was durable on every rank (a global flush's result, or a snapshot
+                       every rank committed), written durably before that flush returns;
+                       recovery refuses a cut below it (replay/ranks/cut.py)
+      group/           written by rank 0 only, for audits; recovery reads only the
+                       newest record's index (on rank 0: as an acknowledged index)
           snapshots/<index, 20 digits>.json
                        {"format": 1, "index": i, "world_size": N, "time": unix seconds,
                         "manifests": [snapshot manifest id on rank 0, on rank 1, ...]}
@@ -34,6 +40,7 @@ from ..errors import RecoveryError, ReplayError
 
 FORMAT = 1
 RANK_FILE = "rank.json"
+ACK_FILE = "acknowledged.json"
 GROUP_DIR = "group"
 RECORD_LIMIT = 64 * 1024  # a record names one manifest per rank: kilobytes, never more
 _RANK_DIR = re.compile(r"rank-(0|[1-9][0-9]{0,5})")
@@ -104,6 +111,34 @@ def read_rank_record(rank_root: str | os.PathLike) -> dict | None:
     if not (_is_int(rank) and _is_int(world) and 0 <= rank < world):
         raise RankRecordError(f"{path}: rank {rank!r} and world_size {world!r} are not a rank of a group")
     return {"rank": rank, "world_size": world}
+
+
+def write_acknowledged(rank_root: str | os.PathLike, index: int) -> None:
+    """Record durably that every rank held index `index` durably (rank_root/acknowledged.json)."""
+    jsonfile.write_durably(Path(rank_root) / ACK_FILE, {"format": FORMAT, "index": index})
+
+
+def read_acknowledged(rank_root: str | os.PathLike) -> int | None:
+    """The index `rank_root`'s acknowledged.json records; None when it has none.
+
+    RankRecordError naming the file when it is not a regular file, too large, not strict
+    JSON, or lacks a non-negative int index."""
+    path = Path(rank_root) / ACK_FILE
+    doc = _read(path)
+    if doc is None:
+        return None
+    index = doc.get("index")
+    if not (_is_int(index) and index >= 0):
+        raise RankRecordError(f"{path}: index {index!r} is not a log index")
+    return index
+
+
+def newest_global_record(root: str | os.PathLike) -> int | None:
+    """The index of the newest sound global record under ``root/group/snapshots`` (None: none).
+
+    Damaged records are skipped here: the audit (`read_global_records`) reports them."""
+    records, _ = read_global_records(root)
+    return max((r.index for r in records), default=None)
 
 
 def write_global_record(root: str | os.PathLike, index: int, manifests: list[str]) -> Path:

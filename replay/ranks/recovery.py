@@ -4,43 +4,50 @@ Every open of a multi-rank journal runs this on every rank, after the rank's own
 is open as writer and its store is open (replay.opening). The steps, each ended by a
 collective so every rank takes the same branch:
 
-1. Exchange. Each rank's last index, not counting a trailing ``replay.truncate``
-   record (that record is this protocol's own, see 3), gives the cut: the minimum.
-   Every entry at or below it is on every rank; above it, some rank lacks it, so it was
-   never acknowledged (``journal.flush()`` returns that same minimum). Each rank also
-   lists the snapshot indexes it holds of this history at or below the cut; their
-   intersection is the common set. Failpoint group.after_exchange.
-2. Snapshots above the cut are deleted on every rank (their state includes entries
-   about to be dropped).
-3. Truncation, only if some rank has anything above the cut: every rank drops its
-   entries above the cut and appends one ``replay.truncate`` audit record at cut + 1
-   in the same log transaction (eventlog's ``truncate_after(then_append=)``), so the
-   ranks' indexes stay aligned. A rank whose log already ends with exactly that record
-   (a previous recovery crashed on another rank) keeps it. This is why a trailing audit
-   record does not count in step 1: a rank that wrote it before a crash and a rank that
-   never got to it still agree on the same cut the next time, and converge. Failpoint
-   group.after_cut_truncate.
-4. Load: the newest common index is loaded on every rank (verified chunk by chunk); if
+1. Exchange. Each rank's position (replay/ranks/cut.py): its last index, not counting
+   a trailing ``replay.truncate`` record (that record is this protocol's own, see 4),
+   the boundary of its sealed history, and the highest index its own files say the
+   group acknowledged. The cut is the minimum last index: every entry at or below it is
+   on every rank; above it, some rank lacks it. Each rank also lists the snapshot
+   indexes it holds of this history at or below the cut; their intersection is the
+   common set. Failpoint group.after_exchange.
+2. Refusals, on every rank alike and before anything is changed: a rank whose log ends
+   below the acknowledged index was rolled back or lost entries (RankBehindError naming
+   it: the cut would drop what a flush returned); a rank that would have to truncate
+   into its sealed history cannot (RecoveryError naming it).
+3. Load: the newest common index is loaded on every rank (verified chunk by chunk); if
    it fails on any rank, every rank moves to the next older common index. No common
-   index loads: RecoveryError on every rank (a journal with empty logs needs none: it
-   is new, or its first open crashed before every rank took its initial snapshot, and
-   it starts again from the state given to open).
+   index loads: RecoveryError on every rank, still with nothing changed (a journal with
+   empty logs needs none: it is new, or its first open crashed before every rank took
+   its initial snapshot, and it starts again from the state given to open). Failpoint
+   recovery.after_snapshot_load.
+4. Snapshots above the cut are deleted on every rank (their state includes entries
+   about to be dropped). Truncation, only if some rank has anything above the cut:
+   every rank drops its entries above the cut and appends one ``replay.truncate`` audit
+   record at cut + 1 in the same log transaction (eventlog's
+   ``truncate_after(then_append=)``), so the ranks' indexes stay aligned. A rank whose
+   log already ends with exactly that record (a previous recovery crashed on another
+   rank) keeps it. This is why a trailing audit record does not count in step 1: a rank
+   that wrote it before a crash and a rank that never got to it still agree on the same
+   cut the next time, and converge. Failpoint group.after_cut_truncate.
 5. Replay from there to the end of the log on every rank, in lockstep: the logs hold
    the same ops at the same indexes (SPMD), so handlers that run collectives (DDP's
    gradient all-reduce) meet the same peers in the same order.
 
 A crash anywhere in this, on any rank, followed by another restart, converges to the
-same state: steps 1-3 only ever bring the logs closer to the cut, and 4-5 change only
-memory.
+same state: only step 4 writes, and it only ever brings the logs closer to the cut.
 """
 
 from __future__ import annotations
 
-from ..envelope import TRUNCATE_OP, unwrap, wrap
+from pathlib import Path
+
+from ..envelope import TRUNCATE_OP, wrap
 from ..errors import RecoveryError
 from .. import failpoints
 from ..recovery import RecoveryReport, Replayer, history_mismatch
 from .collectives import Collectives
+from .cut import Position, decide, known_acknowledged
 
 REASON = ("multi-rank recovery: entries above the cut (the newest index on every rank) were never acknowledged "
           "by every rank")
@@ -49,60 +56,59 @@ REASON = ("multi-rank recovery: entries above the cut (the newest index on every
 def recover(ranks: Collectives, replayer: Replayer, log, store, progress: bool | None) -> RecoveryReport:
     """Bring this rank's state to the group's cut (module doc); the report says how.
 
-    Raises on every rank alike: RecoveryError when no common snapshot loads (and entries
-    need one), RankFailureError when another rank failed a step, the replay errors
-    (naming the index) when a handler fails, a digest differs, or an op is unknown.
+    Raises on every rank alike, and before anything is changed: RankBehindError when a
+    rank's log ends below the acknowledged index; RecoveryError when truncating to the cut
+    would reach into a rank's sealed history, or no common snapshot loads (and entries
+    need one); RankFailureError when another rank failed a step. After the truncation
+    only the replay errors remain (naming the index: a handler fails, a digest differs,
+    an op is unknown).
     """
     report = RecoveryReport()
+    rank_root = Path(log.path).parent
     error = None
     try:
-        ends_with_record = _ends_with_cut_record(log)
-        last = log.last_index - (1 if ends_with_record is not None else 0)
+        acknowledged, source = known_acknowledged(rank_root, ranks.rank)
+        me = Position.of_log(log, acknowledged, source)
         mine = sorted({info.index for info in store.list() if history_mismatch(log, info) is None
-                       and info.index <= last})
+                       and info.index <= me.last})
     except Exception as exc:  # noqa: BLE001 - every rank must learn of it (agree), then it is raised here
         error = exc
     ranks.agree(error, "recovery's exchange")
-    exchanged = ranks.gather([last, log.last_index], "recovery's exchange")
-    lasts, tops = [row[0] for row in exchanged], [row[1] for row in exchanged]
-    cut = min(lasts)
-    report.cut = cut
-    held = ranks.gather_lists([i for i in mine if i <= cut], "recovery's exchange")
+    positions = [Position.of_row(row) for row in ranks.gather(me.row(), "recovery's exchange")]
+    cut = decide(positions)
+    report.cut = cut.index
+    held = ranks.gather_lists([i for i in mine if i <= cut.index], "recovery's exchange")
     common = sorted(set.intersection(*(set(h) for h in held)), reverse=True)
     failpoints.hit("group.after_exchange")
+    refusal = cut.refusal(rank_root.parent)
+    if refusal is not None:
+        raise refusal  # the same on every rank (decided from the same rows), nothing changed yet
+
+    # The snapshot is loaded before anything is deleted or truncated: when none loads on
+    # every rank, the open is refused with every file as it was.
+    base = _load_common(ranks, replayer, log, store, common, report)
+    if base is None and (cut.index > 0 or cut.truncates):
+        # (With nothing in any log, no snapshot is needed: the journal is new, or its
+        # first open crashed before every rank had snapshotted its initial state.)
+        raise RecoveryError(f"rank {ranks.rank}: no snapshot index at or below the cut {cut.index} loads on every "
+                            f"rank (held: {_show_held(held)}; damaged here: "
+                            f"{[d for d, _ in report.damaged_snapshots]}); nothing was changed on any rank")
+    failpoints.hit("recovery.after_snapshot_load")
 
     error = None
     try:
-        store.discard_after(cut)
-        if max(tops) > cut and not (log.last_index == cut + 1 and ends_with_record == cut):
-            report.truncated = _dropped(log, cut)
-            audit = wrap(1, {"after": cut, "dropped": [list(d) for d in report.truncated], "reason": REASON})
-            log.truncate_after(cut, then_append=(TRUNCATE_OP, audit))
+        store.discard_after(cut.index)
+        if cut.truncates_rank(me):
+            report.truncated = _dropped(log, cut.index)
+            audit = wrap(1, {"after": cut.index, "dropped": [list(d) for d in report.truncated], "reason": REASON})
+            log.truncate_after(cut.index, then_append=(TRUNCATE_OP, audit))
     except Exception as exc:  # noqa: BLE001
         error = exc
     ranks.agree(error, "recovery's truncation to the cut")
     failpoints.hit("group.after_cut_truncate")
 
-    base = _load_common(ranks, replayer, log, store, common, report)
-    if base is None and log.last_index > 0:
-        # (With nothing in any log, no snapshot is needed: the journal is new, or its
-        # first open crashed before every rank had snapshotted its initial state.)
-        raise RecoveryError(f"rank {ranks.rank}: no snapshot index at or below the cut {cut} loads on every rank "
-                            f"(held: {_show_held(held)}; damaged here: {[d for d, _ in report.damaged_snapshots]})")
-    failpoints.hit("recovery.after_snapshot_load")
     replayer.run(log, (base or 0) + 1, log.last_index + 1, report, progress)
     return report
-
-
-def _ends_with_cut_record(log) -> int | None:
-    """The `after` of the log's last entry if it is a ``replay.truncate`` record, else None."""
-    if log.last_index < log.first_index:
-        return None
-    entry = log.entry(log.last_index)
-    if entry.op != TRUNCATE_OP:
-        return None
-    after = unwrap(entry.index, entry.op, entry.payload)[1].get("after")
-    return after if isinstance(after, int) and after == log.last_index - 1 else None
 
 
 def _dropped(log, cut: int) -> list[tuple[int, str]]:
