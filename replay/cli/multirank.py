@@ -22,6 +22,7 @@ from eventlog import EventLog
 
 from replay.audit import human_bytes, is_damage, locate
 from replay.ranks import audit, layout
+from replay.ranks import cut as cut_rule
 
 from .entries import Row, rows
 from .errors import EXIT_DAMAGE, EXIT_OK, CliError
@@ -73,8 +74,7 @@ def run_log(args, out: Output, keep) -> int:
                     raise
                 unreadable[r] = f"{layout.rank_dir(root, r)}: {' '.join(str(exc).split())}"
         status = EXIT_DAMAGE if unreadable else EXIT_OK
-        lasts = [log.last_index for log in logs.values()]
-        cut = min(lasts) if lasts and not unreadable else None
+        cut = _cut(logs) if logs and not unreadable else None
         if not out.as_json:
             ranks = ", ".join(map(str, logs)) or "none readable"
             out.line(f"multi-rank journal {root}: ranks {ranks}; cut {cut if cut is not None else 'unknown'}"
@@ -94,6 +94,16 @@ def run_log(args, out: Output, keep) -> int:
         for log in logs.values():
             log.close()
     return status
+
+
+def _cut(logs: dict[int, EventLog]) -> int | None:
+    """The cut by recovery's rule (replay.ranks.cut); None when a rank's last entry cannot be read."""
+    try:
+        return min(cut_rule.counted_last(log) for log in logs.values())
+    except Exception as exc:  # noqa: BLE001 - a damaged last entry is listed as damage in place
+        if not is_damage(exc):
+            raise
+        return None
 
 
 def _ranked(rank: int, listing):
@@ -179,7 +189,7 @@ def group_record(report: audit.MultiRankReport) -> dict:
     """The global picture as one JSON-able record."""
     common = report.common
     return {"path": str(report.root), "world_size": report.world_size, "ranks": [v.rank for v in report.ranks],
-            "cut": report.cut, "common_snapshot": common[0] if common else None,
+            "cut": report.cut, "acknowledged": report.acknowledged, "common_snapshot": common[0] if common else None,
             "common_manifests": list(common[1]) if common else None,
             "above_cut": {str(v.rank): v.above(report.cut) for v in report.ranks},
             "passed_over": [{"index": i, "rank": r, "id": name, "reason": why}
@@ -216,6 +226,10 @@ def _picture(report: audit.MultiRankReport) -> list[tuple[str, str, dict]]:
                  for v in report.ranks if v.above(report.cut)]
         lines.append(("cut", f"cut: {report.cut} (the newest index every rank holds; a recovery keeps entries "
                       "through it)", {"cut": report.cut}))
+        if report.acknowledged is not None:
+            lines.append(("acknowledged", f"acknowledged: {report.acknowledged} (the highest index the ranks record "
+                          "as durable on every rank; a recovery never cuts below it)",
+                          {"acknowledged": report.acknowledged}))
         lines.append(("above_cut", "entries above the cut (never acknowledged; a recovery drops them): "
                       + ("; ".join(above) if above else "none"), {"above_cut": group["above_cut"]}))
         common = {"index": group["common_snapshot"], "manifests": group["common_manifests"]}
@@ -283,8 +297,8 @@ def _cross_rank(report: audit.MultiRankReport):
                f"ops: identical on every rank at indexes {lo}..{hi}", True)
     for check, line, fields in _picture(report):
         record = {"check": check, "text": line, **fields}
-        if check == "common_snapshot":
-            record["ok"] = "common_snapshot" not in failed
+        if check in ("common_snapshot", "acknowledged"):
+            record["ok"] = check not in failed
         yield record, line, record.get("ok", False)
     if "global_record" not in failed:
         indexes = ", ".join(map(str, group["global_records"])) or "none"

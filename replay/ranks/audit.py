@@ -15,9 +15,12 @@ DIR` say about the group as a whole. A pure reader, safe beside live writers.
    record's index (an older record may outlive a manifest the rank's retention pruned:
    said, not damage).
 
-Then the global picture, as recovery (replay/ranks/recovery.py) would decide it: the
-cut is the minimum last index over ranks (entries above it on a rank were never
-acknowledged and a recovery drops them: reported, not damage), and the common snapshot
+Then the global picture, as recovery (replay/ranks/recovery.py) would decide it, by the
+same rule (replay/ranks/cut.py): the cut is the minimum last index over ranks, a
+trailing ``replay.truncate`` record of a previous cut not counted (entries above it on a
+rank were never acknowledged and a recovery drops them: reported, not damage); a rank
+whose log ends below the index the group acknowledged, or a cut into a rank's sealed
+history, is damage (a recovery refuses the group); and the common snapshot
 is the newest index at or below the cut at which every rank holds a sound snapshot of
 its own history. Only the candidates, newest first, have their chunks read, and the
 search stops at the first index sound on every rank (the damaged newer ones are named,
@@ -41,6 +44,7 @@ from eventlog import CorruptEntryError, EventLog, LogError
 
 from ..audit import is_damage, locate
 from ..recovery import history_mismatch
+from . import cut as rank_cut
 from . import layout
 
 Soundness = Callable[[int, str], "bool | None"]  # (rank, manifest id) -> verified already? None: not known
@@ -126,6 +130,7 @@ class MultiRankReport:
     records_checked_on: tuple[int, ...]  # the ranks whose manifests the records were checked against
     problems: tuple[Problem, ...]
     compared: tuple[int, int] | None  # [lo, hi] inclusive: the index range whose ops were compared
+    acknowledged: int | None = None  # the highest index any rank records as acknowledged (replay/ranks/cut.py)
 
     @property
     def ok(self) -> bool:
@@ -154,9 +159,9 @@ def multirank_report(root: str | os.PathLike, *, sound: Soundness | None = None)
     try:
         for view in views:
             view.snapshots = _manifests(view, problems)
-        compared = _scan(views, logs, problems)
-        readable = [v.last_index for v in views if v.last_index is not None]
-        cut = min(readable) if readable and len(readable) == len(views) else None
+        decision = _decide(root, views, logs, problems)
+        cut = decision.index if decision is not None else None
+        compared = _scan(views, logs, problems, cut)
         common, passed = _common_snapshot(views, logs, cut, sound, problems) if cut is not None else (None, [])
     finally:
         for log in logs.values():
@@ -165,8 +170,40 @@ def multirank_report(root: str | os.PathLike, *, sound: Soundness | None = None)
     pruned: list[tuple[int, int, str]] = []
     records = _check_global_records(root, views, world, problems, pruned)
     checked_on = tuple(v.rank for v in views if _has_store(v))
+    acknowledged = decision.acknowledged if decision is not None and decision.acknowledged != rank_cut.NONE else None
     return MultiRankReport(root, world, tuple(views), cut, common, tuple(passed), tuple(records), tuple(pruned),
-                           checked_on, tuple(problems), compared)
+                           checked_on, tuple(problems), compared, acknowledged)
+
+
+def _decide(root: Path, views: list[RankView], logs: dict, problems: list[Problem]) -> rank_cut.Cut | None:
+    """The cut as recovery decides it (replay/ranks/cut.py), None when some rank's log cannot be
+    read. A rank behind the acknowledged index, or a cut into a rank's sealed history, is
+    damage: a recovery would refuse the group."""
+    if any(logs[v.rank] is None for v in views):
+        return None
+    positions = []
+    for view in views:
+        log = logs[view.rank]
+        try:
+            last = rank_cut.counted_last(log)
+        except Exception as exc:  # noqa: BLE001 - a damaged last entry: `verify` names it; count it as an entry
+            if not is_damage(exc):
+                raise
+            last = log.last_index
+        try:
+            acknowledged, source = rank_cut.known_acknowledged(view.path, view.rank)
+        except layout.RankRecordError as exc:
+            problems.append(Problem("acknowledged", str(exc), view.rank, str(view.path / layout.ACK_FILE)))
+            acknowledged, source = rank_cut.NONE, 0
+        positions.append(rank_cut.Position(last, log.last_index, log.live_first_index, acknowledged, source))
+    decision = rank_cut.decide(positions)
+    refusal = decision.refusal(root)
+    if refusal is not None:
+        rank, index = (decision.behind or decision.blocked)[0]
+        problems.append(Problem("acknowledged" if decision.behind else "sealed",
+                                f"a recovery refuses the group: {refusal}", rank,
+                                str(layout.rank_dir(root, rank)), index))
+    return decision
 
 
 def _check_records(views: list[RankView], problems: list[Problem]) -> int | None:
@@ -241,15 +278,18 @@ def _manifests(view: RankView, problems: list[Problem]) -> list[SnapshotView]:
         return [SnapshotView(e.name, e.index, e.term, e.info, e.unreadable) for e in store.manifests()]
 
 
-def _scan(views: list[RankView], logs: dict, problems: list[Problem]) -> tuple[int, int] | None:
+def _scan(views: list[RankView], logs: dict, problems: list[Problem], cut: int | None) -> tuple[int, int] | None:
     """One lockstep pass over every rank's headers: terms and sizes per rank, and the ops of
-    every index all ranks hold compared. Returns the compared range [lo, hi], or None."""
+    every index all ranks hold compared, up to the `cut` when it is known (a rank's trailing
+    cut record faces another rank's entry there until a recovery aligns them). Returns the
+    compared range [lo, hi], or None."""
     readable = [v for v in views if logs[v.rank] is not None]
     for view in readable:
         view.terms, view.entries, view.payload_bytes = [], 0, 0
     bounds = [(v.first_index, v.last_index) for v in readable]
     lo = max((f for f, _ in bounds), default=1)
     hi = min((last for _, last in bounds), default=0)
+    hi = min(hi, cut) if cut is not None else hi
     streams = {v.rank: _headers(logs[v.rank], v) for v in readable}
     current = {r: next(s, None) for r, s in streams.items()}
     mismatches: list[tuple[int, dict[int, str]]] = []

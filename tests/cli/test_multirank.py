@@ -330,3 +330,41 @@ def test_single_journal_commands_name_a_rank_directory(cli_here, two_ranks, comm
     assert status == 2 and clean(err)
     assert f"is a multi-rank journal (ranks 0, 1): this command works on one rank's journal, e.g. " \
            f"{layout.rank_dir(two_ranks, 0)}" in err
+
+
+# -- the cut rule shared with recovery (replay/ranks/cut.py; issue 19, item 2) ------------
+
+def test_a_trailing_cut_record_is_not_counted_in_the_cut_by_log_stats_and_verify(cli_here, two_ranks):
+    """Rank 0 ends with the replay.truncate record of a cut at 24 (a recovery that crashed on
+    the other rank before it truncated): recovery's cut is 24, not 25, and so is every
+    command's; index 25 (the record facing rank 1's entry) is not an op mismatch."""
+    from eventlog import EventLog
+    from replay.envelope import TRUNCATE_OP, wrap
+
+    with EventLog.open(layout.rank_dir(two_ranks, 0) / "log", durability="sync") as log:
+        log.truncate_after(24, then_append=(TRUNCATE_OP, wrap(1, {"after": 24, "dropped": [[25, "x"]],
+                                                                  "reason": "test"})))
+    status, out, err = cli_here("stats", two_ranks, "--json")
+    (group,) = section(records(out), "group")
+    assert status == 0 and group["cut"] == 24, out + err
+    status, out, err = cli_here("log", two_ranks)
+    assert status == 0 and "cut 24" in out.splitlines()[0], out + err
+    status, out, err = cli_here("verify", two_ranks, "--json")
+    found = records(out)
+    assert status == 0 and found[-1]["ok"], out + err
+    assert [r for r in found if r["check"] == "ops"][0]["last_index"] == 24
+
+
+def test_a_rank_behind_the_acknowledged_index_is_damage_naming_it(cli_here, two_ranks):
+    """Rank 1 records that index 28 was durable on every rank; rank 0's log ends at 25: rank 0
+    was put back from an older copy, and a recovery refuses the group."""
+    layout.write_acknowledged(layout.rank_dir(two_ranks, 1), 28)
+    status, out, err = cli_here("verify", two_ranks)
+    assert status == 1 and clean(err), out + err
+    assert f"rank 0's log ends at index 25 ({layout.rank_dir(two_ranks, 0) / 'log'}), below index 28" in out
+    assert str(layout.rank_dir(two_ranks, 1) / layout.ACK_FILE) in out
+    status, out, err = cli_here("stats", two_ranks, "--json")
+    found = records(out)
+    (problem,) = section(found, "problem")
+    assert status == 1 and (problem["check"], problem["rank"], problem["index"]) == ("acknowledged", 0, 25)
+    assert section(found, "group")[0]["acknowledged"] == 28
