@@ -276,3 +276,75 @@ def test_an_empty_rank_beside_a_rank_without_entries_is_not_lost(tmp_path, group
     with replay.Journal.open(tmp_path, state=make_state(), ops=make_ops(), group=group) as journal:
         train(journal, 2)
         assert journal.flush() == 2
+
+
+# ---------------------------------------------------------------- the cut rule (replay/ranks/cut.py)
+
+from replay.ranks import cut as rank_cut  # noqa: E402
+
+
+def positions(*rows):
+    return [rank_cut.Position(*row) for row in rows]
+
+
+def test_the_cut_is_the_minimum_counted_last_index_and_a_crash_cut_is_allowed():
+    # Rank 1 is ahead by entries no flush returned (acknowledged 8 on both): an ordinary crash cut.
+    cut = rank_cut.decide(positions((10, 10, 1, 8, 1), (12, 12, 1, 8, 1)))
+    assert (cut.index, cut.acknowledged, cut.behind, cut.blocked, cut.truncates) == (10, 8, (), (), True)
+    assert cut.refusal("DIR") is None
+    # A rank that already holds the record of this cut keeps it; the other one truncates.
+    cut = rank_cut.decide(positions((10, 11, 1, -1, 0), (12, 12, 1, -1, 0)))
+    assert cut.index == 10 and not cut.truncates_rank(rank_cut.Position(10, 11, 1))
+    assert cut.truncates_rank(rank_cut.Position(12, 12, 1))
+
+
+def test_a_rank_behind_the_acknowledged_index_is_refused_naming_it_the_index_and_the_remedy(tmp_path):
+    cut = rank_cut.decide(positions((100, 100, 90, 100, rank_cut.FROM_OWN_RECORD | rank_cut.FROM_GROUP_RECORD),
+                                    (80, 80, 70, 80, rank_cut.FROM_OWN_RECORD)))
+    assert (cut.index, cut.acknowledged, cut.behind) == (80, 100, ((1, 80),))
+    error = cut.refusal(tmp_path)
+    assert isinstance(error, rank_cut.RankBehindError) and isinstance(error, replay.RecoveryError)
+    text = str(error)
+    assert f"rank 1's log ends at index 80 ({tmp_path / 'rank-1' / 'log'}), below index 100" in text
+    assert str(tmp_path / "rank-0" / layout.ACK_FILE) in text
+    assert str(tmp_path / "group" / "snapshots" / f"{100:020d}.json") in text
+    assert "entries 81..100" in text and "Nothing was changed on any rank" in text
+    assert f"Put back a copy of {tmp_path / 'rank-1'} that holds index 100 or later" in text
+
+
+def test_a_cut_into_a_ranks_sealed_history_is_refused_before_anything_changes(tmp_path):
+    # No acknowledgement known (a journal from before the records): rank 0 sealed through 60.
+    cut = rank_cut.decide(positions((100, 100, 61, -1, 0), (40, 40, 30, -1, 0)))
+    assert (cut.index, cut.behind, cut.blocked) == (40, (), ((0, 60),))
+    text = str(cut.refusal(tmp_path))
+    assert "the cut is index 40" in text and f"rank 0's entries through 60 are sealed in its archive" in text
+    # A rank at the cut whose LMDB is empty (compacted through its last) needs no truncation.
+    assert rank_cut.decide(positions((40, 40, 41, -1, 0), (40, 40, 30, -1, 0))).blocked == ()
+
+
+def test_flush_records_the_acknowledged_index_and_a_rank_put_back_from_an_older_copy_is_refused(tmp_path, group):
+    import shutil
+
+    run = tmp_path / "run"
+    with replay.Journal.open(run, state=make_state(), ops=make_ops(), group=group) as journal:
+        train(journal, 3)
+        assert journal.flush() == 3
+        assert layout.read_acknowledged(layout.rank_dir(run, 0)) == 3
+    shutil.copytree(layout.rank_dir(run, 0), tmp_path / "copy-at-3")
+    with replay.Journal.open(run, state=make_state(), ops=make_ops(), group=group) as journal:
+        train(journal, 6)
+    assert layout.newest_global_record(run) == 6  # the closing snapshot, committed by every rank
+    shutil.rmtree(layout.rank_dir(run, 0))
+    shutil.copytree(tmp_path / "copy-at-3", layout.rank_dir(run, 0))  # its own record says 3
+    with pytest.raises(rank_cut.RankBehindError, match=r"rank 0's log ends at index 3 .*below index 6") as caught:
+        replay.Journal.open(run, state=make_state(), ops=make_ops(), group=group)
+    assert str(run / "group" / "snapshots" / f"{6:020d}.json") in str(caught.value)
+    assert [e.index for e in replay.entries(layout.rank_dir(run, 0))][-1] == 3  # nothing truncated or appended
+
+
+def test_a_damaged_acknowledged_record_refuses_the_open_naming_it(tmp_path, group):
+    replay.Journal.open(tmp_path, state=make_state(), ops=make_ops(), group=group).close()
+    (layout.rank_dir(tmp_path, 0) / layout.ACK_FILE).write_bytes(b'{"format": 1, "index": -4}')
+    with pytest.raises(layout.RankRecordError, match="is not a log index") as caught:
+        replay.Journal.open(tmp_path, state=make_state(), ops=make_ops(), group=group)
+    assert str(layout.rank_dir(tmp_path, 0) / layout.ACK_FILE) in str(caught.value)
