@@ -10,7 +10,8 @@
           acknowledged.json
                        {"format": 1, "index": a}: the highest index this rank learned
                        was durable on every rank (a global flush's result, or a snapshot
-                       every rank committed), written durably before that flush returns;
+                       every rank committed), written durably before that flush returns
+                       (64 bytes, space-padded, overwritten in place: one fdatasync);
                        recovery refuses a cut below it (replay/ranks/cut.py)
       group/           written by rank 0 only, for audits; recovery reads only the
                        newest record's index (on rank 0: as an acknowledged index)
@@ -29,8 +30,10 @@ size is refused. Every file is read back as untrusted input (replay.jsonfile).
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,7 @@ from ..errors import RecoveryError, ReplayError
 FORMAT = 1
 RANK_FILE = "rank.json"
 ACK_FILE = "acknowledged.json"
+ACK_WIDTH = 64  # bytes of acknowledged.json: fixed, so it is overwritten in place (write_acknowledged)
 GROUP_DIR = "group"
 RECORD_LIMIT = 64 * 1024  # a record names one manifest per rank: kilobytes, never more
 _RANK_DIR = re.compile(r"rank-(0|[1-9][0-9]{0,5})")
@@ -114,8 +118,47 @@ def read_rank_record(rank_root: str | os.PathLike) -> dict | None:
 
 
 def write_acknowledged(rank_root: str | os.PathLike, index: int) -> None:
-    """Record durably that every rank held index `index` durably (rank_root/acknowledged.json)."""
-    jsonfile.write_durably(Path(rank_root) / ACK_FILE, {"format": FORMAT, "index": index})
+    """Record durably that every rank held index `index` durably (rank_root/acknowledged.json).
+
+    The record is rewritten on every global flush that moves it, so it costs one
+    fdatasync: the file is created once (temp file, fsync, rename, directory fsync) at a
+    fixed width of ACK_WIDTH bytes (JSON padded with spaces), then overwritten in place.
+    Those bytes lie in the first sector of the file, which a disk writes whole, so a
+    crash leaves the old record or the new one. Anything else at the path (another
+    size, not a regular file) is replaced the first way."""
+    path = Path(rank_root) / ACK_FILE
+    data = json.dumps({"format": FORMAT, "index": index}, sort_keys=True).encode().ljust(ACK_WIDTH)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:  # missing, a link, or something a writer cannot open
+        _replace_durably(path, data)
+        return
+    try:
+        st = os.fstat(fd)
+        in_place = stat.S_ISREG(st.st_mode) and st.st_size == ACK_WIDTH
+        if in_place:
+            os.pwrite(fd, data, 0)
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    if not in_place:
+        _replace_durably(path, data)
+
+
+def _replace_durably(path: Path, data: bytes) -> None:
+    temp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def read_acknowledged(rank_root: str | os.PathLike) -> int | None:

@@ -348,3 +348,17 @@ def test_a_damaged_acknowledged_record_refuses_the_open_naming_it(tmp_path, grou
     with pytest.raises(layout.RankRecordError, match="is not a log index") as caught:
         replay.Journal.open(tmp_path, state=make_state(), ops=make_ops(), group=group)
     assert str(layout.rank_dir(tmp_path, 0) / layout.ACK_FILE) in str(caught.value)
+
+
+def test_acknowledged_record_is_overwritten_in_place_at_a_fixed_width_and_replaces_anything_else(tmp_path):
+    layout.write_acknowledged(tmp_path, 7)
+    path = tmp_path / layout.ACK_FILE
+    inode = path.stat().st_ino
+    layout.write_acknowledged(tmp_path, 12345678901234)
+    assert path.stat().st_ino == inode and path.stat().st_size == layout.ACK_WIDTH  # in place: one fdatasync
+    assert layout.read_acknowledged(tmp_path) == 12345678901234
+    path.unlink()
+    os.mkfifo(path)  # a hostile file: never opened blocking, replaced
+    layout.write_acknowledged(tmp_path, 3)
+    assert layout.read_acknowledged(tmp_path) == 3 and path.stat().st_size == layout.ACK_WIDTH
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
