@@ -36,6 +36,7 @@ from .errors import (
     PreemptedError,
     RankDivergenceError,
     RankFailureError,
+    RankBehindError,
     WorldSizeError,
     EnvelopeError,
     HandlerError,
@@ -68,6 +69,7 @@ __all__ = [
     "state_digest", "truncate", "verify_journal", "JournalReport", "state_at",
     "ReplayError", "UnknownOpError", "PayloadRejectedError", "HandlerError", "VersionMismatchError",
     "EnvelopeError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "ClosedError", "ConcurrentUseError",
-    "PreemptedError", "EnvironmentMismatchError", "RankFailureError", "WorldSizeError", "RankDivergenceError",
+    "PreemptedError", "EnvironmentMismatchError", "RankFailureError", "RankBehindError", "WorldSizeError",
+    "RankDivergenceError",
     "ReplicaError", "ReplicaFencedError", "ReplicaUnavailableError", "ReplicaDamageError", "ReplicaLagError",
 ]

@@ -161,6 +161,13 @@ class WorldSizeError(ReplayError):
                          f"open it with {recorded} ranks (changing the world size, resharding, is not supported)")
 
 
+class RankBehindError(RecoveryError):
+    """A rank's log ends below an index the group acknowledged (a flush returned it): that rank's
+    directory was put back from an older copy or lost entries. Raised on every rank by
+    recovery before anything is changed (replay/ranks/cut.py); names the rank, its last
+    index, the acknowledged index, where it is recorded and the remedy."""
+
+
 class RankDivergenceError(DivergenceError):
     """Components replicated on every rank (DDP parameters) differ across ranks at digest entry `index`."""
 

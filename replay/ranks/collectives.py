@@ -54,7 +54,8 @@ class Collectives:
             self._dist.all_gather(out, mine, group=self.group)
         except RuntimeError as exc:  # DistBackendError is one: a dead peer, a timeout
             raise RankFailureError(f"rank {self.rank}: the collective for {what} failed on the journal's process "
-                                   f"group (a peer rank died or timed out): {exc}") from exc
+                                   f"group (a peer rank died or timed out without reporting an error here: its "
+                                   f"own output says why): {exc}") from exc
         return [t.cpu().tolist() for t in out]
 
     def gather_lists(self, values: Sequence[int], what: str) -> list[list[int]]:

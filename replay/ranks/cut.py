@@ -30,17 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..envelope import TRUNCATE_OP, unwrap
-from ..errors import RecoveryError
+from ..errors import RankBehindError, RecoveryError
 from . import layout
 
 NONE = -1  # "no acknowledged index known" in an exchanged row
 FROM_OWN_RECORD, FROM_GROUP_RECORD = 1, 2  # where a rank's acknowledged index comes from (bits)
-
-
-class RankBehindError(RecoveryError):
-    """A rank's log ends below an index the group acknowledged: its directory was rolled back or
-    lost entries. Raised on every rank before anything is changed; names the rank, its last
-    index, the acknowledged index and the remedy."""
 
 
 def ends_with_cut_record(log) -> int | None:
