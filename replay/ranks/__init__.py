@@ -7,9 +7,13 @@ may be a node-local disk). Everything the ranks must agree on they agree through
 collectives on the group, never through a file or a service of ours:
 
 - layout.py        what is on disk: rank directories, each rank's record of the world
-                   size, rank 0's audit records of globally committed snapshots
+                   size and of the acknowledged index, rank 0's records of globally
+                   committed snapshots
 - collectives.py   the few collectives used (min, max, gather of small int vectors) and
                    the agreement step that turns one rank's failure into an error on all
+- cut.py           the cut rule (shared by recovery, the audit and the CLI) and when a
+                   cut is refused: a rank behind what the group acknowledged, or a
+                   truncation into a rank's sealed history
 - recovery.py      the cut, the common snapshot and the lockstep replay on every open
 - coordinator.py   the live run: the global durable index, identical snapshot
                    decisions, confirming snapshots every rank committed, and the

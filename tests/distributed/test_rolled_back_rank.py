@@ -163,3 +163,22 @@ def test_a_rank_whose_log_is_missing_is_refused_with_its_reason_on_every_rank(tm
             assert f"holds snapshots but its log {data} is missing" in exit_.message, gen.describe()
         assert "rank 1: RecoveryError" in rank0.message and "Connection reset" not in rank0.message, rank0.message
         assert not data.parent.exists()  # no rank started a new log over it
+
+
+def test_a_rank_ahead_only_by_entries_no_flush_returned_is_still_cut_and_goes_on(tmp_path, references):
+    """The ordinary crash cut beside the acknowledged records: a rank SIGKILLs itself right
+    after an apply, before its flush (the other rank may hold that entry, never
+    acknowledged); every restart recovers at or above what was acknowledged, never refuses,
+    and the run ends bit-identical with every acknowledged entry."""
+    with Scenario(tmp_path, 2, STEPS) as scenario:
+        for rank, step in ((1, 5), (0, 9), (1, 12)):
+            gen = scenario.run(die_at_step=step, die_rank=rank)
+            assert gen.exits[rank].killed, gen.describe()
+            assert not any(e.error == "RankBehindError" for e in gen.exits), gen.describe()
+            recorded = [layout.read_acknowledged(layout.rank_dir(scenario.root, r)) for r in range(2)]
+            assert max(recorded) >= step, recorded  # every step before `step` was acknowledged and recorded
+        scenario.finish()
+        counts = scenario.check(references.get(2, STEPS))
+        opens = [r for r in scenario.opens(0) if r["generation"] > 0]
+    assert len(opens) == 3 and all(r["cut"] is not None for r in opens), opens
+    print(f"\nthree kills before a flush, no refusal: {counts}")
