@@ -107,6 +107,7 @@ class Cut:
     behind: tuple[tuple[int, int], ...]  # (rank, counted last) of ranks below `acknowledged`
     truncates: bool  # some rank holds entries above the cut: every rank drops them and records it
     blocked: tuple[tuple[int, int], ...]  # (rank, sealed through) of ranks that cannot truncate to the cut
+    lagging: tuple[int, ...] = ()  # the ranks whose counted last index is the cut
 
     def truncates_rank(self, position: Position) -> bool:
         """Whether this rank's log changes: the group truncates and it does not already end at the cut's record."""
@@ -131,7 +132,8 @@ def decide(positions: list[Position]) -> Cut:
     decision = Cut(cut, acknowledged, by, behind, truncates, ())
     blocked = tuple((r, p.live_first - 1) for r, p in enumerate(positions)
                     if decision.truncates_rank(p) and cut < p.live_first - 1)
-    return Cut(cut, acknowledged, by, behind, truncates, blocked)
+    lagging = tuple(r for r, p in enumerate(positions) if p.last == cut)
+    return Cut(cut, acknowledged, by, behind, truncates, blocked, lagging)
 
 
 def _behind_text(cut: Cut, root: Path) -> str:
@@ -161,8 +163,10 @@ def _blocked_text(cut: Cut, root: Path) -> str:
     sealed = ", ".join(f"rank {r}'s entries through {through} are sealed in its archive "
                        f"({layout.rank_dir(root, r) / 'log'})" for r, through in cut.blocked)
     need = max(through for _, through in cut.blocked)
-    return (f"{root}: the cut is index {cut.index} (the newest index every rank holds), but {sealed}: sealed "
-            "history is never truncated, so a rank's log that ends below it was put back from an older copy or "
-            f"lost entries. Nothing was changed on any rank. Put back a copy of the lagging rank's directory that "
-            f"holds index {need} or later; to take the whole group back in time on purpose, put back copies of "
-            "every rank-<r>/ directory and of group/ taken at the same moment")
+    lagging = ", ".join(f"rank {r}'s ({layout.rank_dir(root, r) / 'log'})" for r in cut.lagging)
+    dirs = ", ".join(str(layout.rank_dir(root, r)) for r in cut.lagging)
+    return (f"{root}: the cut is index {cut.index}, where {lagging} log ends, but {sealed}: sealed history is "
+            "never truncated, so a log that ends below it was put back from an older copy or lost entries. "
+            f"Nothing was changed on any rank. Put back a copy of {dirs} that holds index {need} or later; to take "
+            "the whole group back in time on purpose, put back copies of every rank-<r>/ directory and of group/ "
+            "taken at the same moment")

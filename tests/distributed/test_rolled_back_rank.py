@@ -137,7 +137,8 @@ def test_without_acknowledgement_records_a_cut_into_sealed_history_is_refused_be
 
         for exit_ in gen.exits:
             assert exit_.exitcode == 1 and exit_.error == "RecoveryError", gen.describe()
-            assert f"the cut is index 4" in exit_.message, exit_.message
+            assert f"the cut is index 4, where rank 1's ({layout.rank_dir(scenario.root, 1) / 'log'}) log ends" \
+                in exit_.message, exit_.message
             assert f"rank 0's entries through {sealed} are sealed in its archive ({rank0 / 'log'})" \
                 in exit_.message, exit_.message
             assert "Nothing was changed on any rank" in exit_.message, exit_.message

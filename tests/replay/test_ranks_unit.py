@@ -317,7 +317,9 @@ def test_a_cut_into_a_ranks_sealed_history_is_refused_before_anything_changes(tm
     cut = rank_cut.decide(positions((100, 100, 61, -1, 0), (40, 40, 30, -1, 0)))
     assert (cut.index, cut.behind, cut.blocked) == (40, (), ((0, 60),))
     text = str(cut.refusal(tmp_path))
-    assert "the cut is index 40" in text and f"rank 0's entries through 60 are sealed in its archive" in text
+    assert f"the cut is index 40, where rank 1's ({tmp_path / 'rank-1' / 'log'}) log ends" in text
+    assert "rank 0's entries through 60 are sealed in its archive" in text
+    assert f"Put back a copy of {tmp_path / 'rank-1'} that holds index 60 or later" in text
     # A rank at the cut whose LMDB is empty (compacted through its last) needs no truncation.
     assert rank_cut.decide(positions((40, 40, 41, -1, 0), (40, 40, 30, -1, 0))).blocked == ()
 
