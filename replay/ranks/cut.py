@@ -143,9 +143,9 @@ def _behind_text(cut: Cut, root: Path) -> str:
     where = "; ".join(_record_paths(root, r, source, cut.acknowledged) for r, source in cut.acknowledged_by)
     dirs = ", ".join(str(layout.rank_dir(root, r)) for r, _ in cut.behind)
     return (f"{root}: {ranks}, below index {cut.acknowledged}, which the group acknowledged (a flush returned it, "
-            f"or every rank committed its snapshot there: {where}). That rank's directory was put back from an "
+            f"or every rank committed its snapshot there: {where}). Its directory was put back from an "
             f"older copy or lost entries; recovering would drop the acknowledged entries {lowest + 1}.."
-            f"{cut.acknowledged} on every rank. Nothing was changed on any rank. Put back a copy of {dirs} that "
+            f"{cut.acknowledged} from the other ranks too. Nothing was changed on any rank. Put back a copy of {dirs} that "
             f"holds index {cut.acknowledged} or later; to take the whole group back in time on purpose, put back "
             "copies of every rank-<r>/ directory and of group/ taken at the same moment")
 
