@@ -126,7 +126,8 @@ def decide(positions: list[Position]) -> Cut:
     """The cut over every rank's `Position` (by rank), and what stands in its way (module doc)."""
     cut = min(p.last for p in positions)
     acknowledged = max(p.acknowledged for p in positions)
-    by = tuple((r, p.source) for r, p in enumerate(positions) if acknowledged != NONE and p.acknowledged == acknowledged)
+    by = tuple((r, p.source) for r, p in enumerate(positions)
+               if acknowledged != NONE and p.acknowledged == acknowledged)
     behind = tuple((r, p.last) for r, p in enumerate(positions) if p.last < acknowledged)
     truncates = max(p.top for p in positions) > cut
     decision = Cut(cut, acknowledged, by, behind, truncates, ())
@@ -145,9 +146,9 @@ def _behind_text(cut: Cut, root: Path) -> str:
     return (f"{root}: {ranks}, below index {cut.acknowledged}, which the group acknowledged (a flush returned it, "
             f"or every rank committed its snapshot there: {where}). Its directory was put back from an "
             f"older copy or lost entries; recovering would drop the acknowledged entries {lowest + 1}.."
-            f"{cut.acknowledged} from the other ranks too. Nothing was changed on any rank. Put back a copy of {dirs} that "
-            f"holds index {cut.acknowledged} or later; to take the whole group back in time on purpose, put back "
-            "copies of every rank-<r>/ directory and of group/ taken at the same moment")
+            f"{cut.acknowledged} from the other ranks too. Nothing was changed on any rank. Put back a copy of "
+            f"{dirs} that holds index {cut.acknowledged} or later; to take the whole group back in time on purpose, "
+            "put back copies of every rank-<r>/ directory and of group/ taken at the same moment")
 
 
 def _record_paths(root: Path, rank: int, source: int, index: int) -> str:
