@@ -68,3 +68,32 @@ def test_torchrun_recipe_runs_with_its_command(tmp_path):
         assert f"rank {rank}: 100 steps, acknowledged through entry" in output, output
     assert "exitcode: -9" in output, output  # the crash happened, and was recovered from
     assert output.count("recovered from snapshot at index") >= 2, output
+
+
+@pytest.mark.timeout(240)
+def test_the_dataloader_recipe_is_importable_by_the_cli(tmp_path):
+    """`replay state/diff --ops recipe:make_ops --state recipe:make_state` take the recipe as
+    it is: the ops and the state factory live at module level, and replaying an index that
+    is not a snapshot rebuilds each batch from its ids and seed without the training loop."""
+    (tmp_path / "recipe.py").write_text(recipes()["dataloader"] + "\n")
+    train = ("import torch, recipe; from safetensors.torch import save_file; "
+             "recipe.train('run', 13); "
+             "save_file({k: v.contiguous() for k, v in recipe.train('other', 9).state_dict().items()}, 'at9.st')")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(README.parent), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", train], cwd=tmp_path, capture_output=True, text=True, timeout=200,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    user_code = ["--ops", "recipe:make_ops", "--state", "recipe:make_state"]
+    result = subprocess.run([sys.executable, "-m", "replay", "state", "run", "--at", "9", *user_code,
+                             "--out", "state9.st", "--json"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=200, env=env)
+    assert result.returncode == 0, result.stderr
+    from safetensors.torch import load_file
+    import torch
+
+    rebuilt, straight = load_file(str(tmp_path / "state9.st")), load_file(str(tmp_path / "at9.st"))
+    assert straight and all(torch.equal(rebuilt[f"model.{k}"], v) for k, v in straight.items())
+    result = subprocess.run([sys.executable, "-m", "replay", "diff", "run", "9", "13", *user_code, "--top", "2"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=200, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "changed between index 9 and 13" in result.stdout
