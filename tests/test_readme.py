@@ -17,6 +17,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 TAGGED_BLOCK = re.compile(r"<!-- recipe: ([a-z0-9-]+) -->\s*\n```python\n(.*?)\n```", re.S)
 TORCHRUN_BLOCK = re.compile(r"<!-- recipe-torchrun: ([a-z0-9-]+) -->\s*\n```python\n(.*?)\n```\s*\n```console\n\$ (.*?)\n```",
                             re.S)
+REQUEST_LOG = re.compile(r'"(GET|PUT|POST|HEAD|DELETE) /\S* HTTP/1\.1')
 
 
 def recipes() -> dict[str, str]:
@@ -40,6 +41,9 @@ def test_recipe_runs(tmp_path, name):
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
                             timeout=220)
     assert result.returncode == 0, f"recipe {name!r} failed:\n{result.stdout}\n{result.stderr}"
+    # What a user sees is what the recipe prints: no request log of a test server (moto's werkzeug)
+    requests = [line for line in result.stderr.splitlines() if REQUEST_LOG.search(line)]
+    assert not requests, f"recipe {name!r} floods stderr with {len(requests)} request log lines: {requests[:2]}"
 
 
 def test_the_readme_has_its_torchrun_recipe():
@@ -67,6 +71,8 @@ def test_torchrun_recipe_runs_with_its_command(tmp_path):
     for rank in (0, 1):
         assert f"rank {rank}: 100 steps, acknowledged through entry" in output, output
     assert "exitcode: -9" in output, output  # the crash happened, and was recovered from
+    # The survivor of a dead peer says so in one line: no gloo traceback ("Connection closed by peer")
+    assert "Traceback" not in output and "[rank0]:" not in output, output
     assert output.count("recovered from snapshot at index") >= 2, output
 
 
