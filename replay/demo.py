@@ -183,6 +183,7 @@ def worker(args) -> int:
             "snapshot_index": recovery.snapshot_index, "replayed": recovery.entries_replayed,
             "seconds": recovery.seconds, "digests_checked": recovery.digests_checked,
             "damaged_snapshots": len(recovery.damaged_snapshots), "step": job.step_count()}}), flush=True)
+        acknowledged = DurableSteps(job.step_count())
         while True:
             step = job.step_count()
             if job.task == "train":
@@ -194,7 +195,10 @@ def worker(args) -> int:
                 if payload is None:
                     break
                 journal.apply("record_outputs", **payload)
-            print(f"step {step + 1}", flush=True)
+            # What a kill now cannot take: with durability="group" apply returns before the
+            # background flusher commits, so a step may be printed and still be lost.
+            durable = acknowledged.update(journal.index, step + 1, journal.durable_index)
+            print(f"step {step + 1} durable {durable}", flush=True)
         journal.flush()
         snaps = journal.snapshots.list()
         print(json.dumps({"done": {"index": journal.index, "snapshots": [
@@ -203,11 +207,29 @@ def worker(args) -> int:
     return 0
 
 
+class DurableSteps:
+    """The newest step whose entry is durable, from (entry index, step) pairs as steps are
+    applied and the log's durable index (digest entries make indexes and steps differ)."""
+
+    def __init__(self, recovered_step: int):
+        self.durable = recovered_step  # what recovery read back is on disk
+        self._pending: list[tuple[int, int]] = []
+
+    def update(self, index: int, step: int, durable_index: int) -> int:
+        self._pending.append((index, step))
+        while self._pending and self._pending[0][0] <= durable_index:
+            self.durable = self._pending.pop(0)[1]
+        return self.durable
+
+
 # ----------------------------------------------------------------------------- the parent
 
 
 def run_with_kills(args, directory: Path, rng: random.Random) -> tuple[list[dict], list[int], dict]:
-    """Run workers until one finishes, SIGKILLing the first `kills` of them at random steps."""
+    """Run workers until one finishes, SIGKILLing the first `kills` of them at random steps.
+
+    Returns (recoveries, kills, the finished worker's report); each kill is the last step
+    the worker printed before it and the step it had acknowledged as durable by then."""
     total = args.steps if args.task == "train" else NUM_SAMPLES // args.batch
     kill_steps = sorted(rng.sample(range(1, total), min(args.kills, total - 1)))
     recoveries, killed_at, finished = [], [], None
@@ -225,7 +247,8 @@ def run_with_kills(args, directory: Path, rng: random.Random) -> tuple[list[dict
             elif target is not None and int(line.split()[1]) >= target:
                 time.sleep(rng.uniform(0, 0.003))  # land anywhere: mid-apply, mid-flush, mid-snapshot
                 os.kill(child.pid, signal.SIGKILL)
-                killed_at.append(target)
+                _, printed, _, durable = line.split()
+                killed_at.append({"printed": int(printed), "durable": int(durable)})
                 break
         child.stdout.close()
         if child.wait() not in (0, -signal.SIGKILL):
@@ -293,11 +316,14 @@ def demo(args) -> int:
     # The log alone must hold every output, bit for bit what the recovered state holds.
     exactly_once = audit is None or (audit.outputs_seen == audit.distinct == NUM_SAMPLES and audit.first_index == 1
                                      and _bit_equal(audit.outputs, recovered["outputs"]))
+    # A recovery must bring back at least what the killed worker had acknowledged as durable.
+    kept = all(r["step"] >= k["durable"] for r, k in zip(recoveries[1:], killed_at))
     _report(args, reference_seconds, journal_seconds, recoveries, killed_at, finished, audit, mismatched)
+    print(f"every durable step recovered: {'yes' if kept else 'no'}")
     print(f"bit-identical: {'yes' if identical else 'no'}")
     if args.task == "inference":
         print(f"every sample exactly once, every output in the log: {'yes' if exactly_once else 'no'}")
-    return 0 if identical and exactly_once else 1
+    return 0 if identical and exactly_once and kept else 1
 
 
 def _bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -309,13 +335,15 @@ def _report(args, reference_seconds, journal_seconds, recoveries, killed_at, fin
     total = args.steps if args.task == "train" else NUM_SAMPLES // args.batch
     lines = [
         ("task", f"{args.task} on {args.device}, {total} {unit} of {args.batch} samples, durability={args.durability}"),
-        ("kills", f"{len(killed_at)} (SIGKILL at {unit} {', '.join(map(str, killed_at)) or '-'})"),
+        ("kills", f"{len(killed_at)} (SIGKILL after {unit} "
+                  + (", ".join(f"{k['printed']} (durable through {k['durable']})" for k in killed_at) or "-") + ")"),
         ("uninterrupted reference", f"{reference_seconds:.2f} s (no journal)"),
         ("journaled run with kills", f"{journal_seconds:.2f} s including {len(recoveries)} process starts"),
     ]
-    for n, r in enumerate(recoveries[1:], 1):
+    for n, (r, k) in enumerate(zip(recoveries[1:], killed_at), 1):
         lines.append((f"recovery {n}", f"snapshot at index {r['snapshot_index']}, replayed {r['replayed']} entries "
                                        f"in {r['seconds'] * 1000:.1f} ms, resumed at {singular} {r['step']}"
+                                       f"{_lost_tail(args.durability, unit, r['step'], k)}"
                       + (f", {r['damaged_snapshots']} damaged snapshot(s) skipped" if r["damaged_snapshots"] else "")))
     for s in finished["snapshots"]:
         lines.append((f"snapshot @ {s['index']}", f"{s['bytes_logical'] / 1024:.0f} KiB logical, "
@@ -337,6 +365,17 @@ def _report(args, reference_seconds, journal_seconds, recoveries, killed_at, fin
     else:
         for key, value in lines:
             print(f"{key:>26}: {value}")
+
+
+def _lost_tail(durability: str, unit: str, resumed: int, kill: dict) -> str:
+    """Why a resumed run starts before the step printed last: the un-flushed tail."""
+    printed, durable = kill["printed"], kill["durable"]
+    if resumed < durable:
+        return f" (DURABLE {unit.upper()} LOST: {unit} through {durable} were acknowledged durable)"
+    if resumed >= printed:
+        return ""
+    return (f" ({printed - resumed} {unit} printed but not yet durable were lost, as durability={durability} "
+            f"allows: apply returns before the commit; flush() waits for it)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

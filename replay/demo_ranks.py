@@ -148,12 +148,14 @@ def worker(args) -> int:
             emit("recovered", cut=r.cut, truncated=len(r.truncated), snapshot_index=r.snapshot_index,
                  replayed=len(r.replayed), recovery_s=r.seconds, open_s=time.perf_counter() - started,
                  index=journal.index, step=job.step(), damaged=len(r.damaged_snapshots))
+            acknowledged_step = job.step()  # recovered: every rank holds it
             while (step := job.step()) < args.steps:
                 journal.apply("train_step", **job.payload(step))
-                if rank == 0:
-                    emit("step", step=step + 1)
                 if (step + 1) % args.flush_every == 0:
                     journal.flush()  # the global durable index: what every rank has made durable
+                    acknowledged_step = step + 1
+                if rank == 0:  # a step printed is applied; only a flushed one is acknowledged
+                    emit("step", step=step + 1, acknowledged=acknowledged_step)
             acknowledged = journal.flush()
             index, snapshots = journal.index, [s.index for s in journal.snapshots.list()]
         journaled, journal_seconds = job.hashes(), time.perf_counter() - started
@@ -187,6 +189,7 @@ class Generation:
     recovered: dict[int, dict] = field(default_factory=dict)    # rank -> its recovery message
     done: dict[int, dict] = field(default_factory=dict)         # rank -> its final message
     last_step: int = 0
+    acknowledged: int = 0                                       # the step of the last global flush
     kill: dict | None = None                                    # {"rank", "pid", "after_step", "phase"}
 
 
@@ -245,7 +248,7 @@ def run_with_kills(args, directory: Path, results: Path, rng: random.Random,
             elif event == "done":
                 gen.done[rank] = message
             elif event == "step":
-                gen.last_step = message["step"]
+                gen.last_step, gen.acknowledged = message["step"], message["acknowledged"]
             if gen.kill is not None or gen.number >= len(plan) or len(gen.pids) < args.ranks:
                 continue
             kind, at = plan[gen.number]
@@ -270,7 +273,7 @@ def _kill(agent_pid: int, gen: Generation, rng: random.Random, ranks: int) -> No
     if pid not in agent_children(agent_pid):
         raise RuntimeError(f"rank {rank}'s worker (pid {pid}) is not a child of the torchrun agent {agent_pid}")
     os.kill(pid, signal.SIGKILL)
-    gen.kill = {"rank": rank, "pid": pid, "after_step": gen.last_step}
+    gen.kill = {"rank": rank, "pid": pid, "after_step": gen.last_step, "acknowledged": gen.acknowledged}
 
 
 def _parse(line: str) -> dict | None:
@@ -348,7 +351,8 @@ def demo(args) -> int:
 def _report(args, generations, kills, seconds, versus_reference, across_ranks, tensors) -> None:
     final = generations[-1].done
     backend = "nccl" if args.device == "cuda" else "gloo"
-    killed = ", ".join(f"rank {k['rank']} " + (f"after step {k['after_step']}" if k["phase"] == "after recovery"
+    killed = ", ".join(f"rank {k['rank']} " + (f"after step {k['after_step']} (acknowledged through "
+                                               f"{k['acknowledged']})" if k["phase"] == "after recovery"
                                                else "during recovery") for k in kills)
     lines = [
         ("task", f"DDP training on {args.device} ({backend}), {args.ranks} ranks under torchrun, {args.steps} steps "
@@ -357,6 +361,7 @@ def _report(args, generations, kills, seconds, versus_reference, across_ranks, t
         ("restarts", f"{len(generations) - 1} by torchrun's elastic agent (--max-restarts={len(kills)})"),
         ("journaled run with kills", f"{seconds:.1f} s including {len(generations)} group starts and the reference"),
     ]
+    killed_in = {gen.number: gen.kill for gen in generations if gen.kill is not None}
     for gen in generations[1:]:
         if not gen.recovered:
             lines.append((f"restart {gen.number}", "killed during recovery, before any rank finished it"))
@@ -368,6 +373,7 @@ def _report(args, generations, kills, seconds, versus_reference, across_ranks, t
                 + (", ".join(f"rank {r} truncated {n}" for r, n in truncated.items()) or "nothing truncated")
                 + f"; snapshot @ {some['snapshot_index']}, replayed {some['replayed']} entries in lockstep, "
                   f"{slowest * 1000:.0f} ms; resumed at step {some['step']}"
+                + _unacknowledged_tail(some["step"], killed_in.get(gen.number - 1))
                 + ("" if len(gen.recovered) == args.ranks else f" ({len(gen.recovered)} of {args.ranks} ranks "
                                                                  "recovered before the kill)"))
         lines.append((f"restart {gen.number}", text))
@@ -382,6 +388,16 @@ def _report(args, generations, kills, seconds, versus_reference, across_ranks, t
         lines.append(("differs from reference", ", ".join(versus_reference[:8])))
     for key, value in lines:
         print(f"{key:>26}: {value}")
+
+
+def _unacknowledged_tail(resumed: int, kill: dict | None) -> str:
+    """Why a restarted group resumes before the step printed last: steps after the last flush."""
+    if kill is None or kill["phase"] != "after recovery" or resumed >= kill["after_step"]:
+        return ""
+    if resumed < kill["acknowledged"]:
+        return f" (ACKNOWLEDGED STEPS LOST: steps through {kill['acknowledged']} were acknowledged)"
+    return (f" ({kill['after_step'] - resumed} steps printed after the last acknowledged flush were dropped: "
+            "only what flush() returned is promised on every rank)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,6 +23,13 @@ On recovery, ``Journal.open(environment=...)`` compares it with the current fing
 "strict" refuses with EnvironmentMismatchError before anything is written (like the
 preflight of invariant 7); "ignore" reads nothing. A journal created before this file
 existed has none, and nothing is compared.
+
+Two kinds of field: the *machine's* (library versions, device, CPU instruction set,
+CUDA/cuDNN), which any process on a machine shares, and the *training process's own
+settings* (`PROCESS_SETTINGS`: the thread count and determinism flags its script set).
+`Journal.open` runs in the training process and compares both. A separate tool on the
+machine (`replay stats`) knows only the machine's: its own thread count and flags are
+its defaults, not the training run's, so it compares with `machine_differences`.
 """
 
 from __future__ import annotations
@@ -45,6 +52,9 @@ POLICIES = ("warn", "strict", "ignore")
 _ORDER = ("replay", "torch", "python", "device_type", "device_name", "cpu_capability", "cuda", "cudnn",
           "deterministic_algorithms", "deterministic_warn_only", "cudnn_deterministic", "cudnn_benchmark",
           "cublas_workspace_config", "threads")
+# Set by the training script (or its launcher), not by the machine: another process's values say nothing.
+PROCESS_SETTINGS = frozenset({"threads", "deterministic_algorithms", "deterministic_warn_only", "cudnn_deterministic",
+                              "cudnn_benchmark", "cublas_workspace_config"})
 
 
 class EnvironmentFileError(ReplayError):
@@ -106,6 +116,12 @@ def differences(recorded: dict[str, Any] | None, current: dict[str, Any]) -> lis
     keys += sorted((recorded.keys() | current.keys()) - set(_ORDER) - {"format"})
     return [f"{key}: {_show(recorded.get(key))} when created, {_show(current.get(key))} now"
             for key in keys if recorded.get(key) != current.get(key)]
+
+
+def machine_differences(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """`differences` less the training process's own settings (`PROCESS_SETTINGS`): what a
+    process other than the training run (a CLI) can say about replaying on this machine."""
+    return [line for line in differences(recorded, current) if line.split(":", 1)[0] not in PROCESS_SETTINGS]
 
 
 def record(root: str | os.PathLike, current: dict[str, Any]) -> None:

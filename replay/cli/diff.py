@@ -5,7 +5,10 @@ reconstruction, every entry in between applied once. Per tensor: how many elemen
 differ, the largest absolute change and the L2 norm of the change (in float64).
 `--only PREFIX` (repeatable) keeps the names equal to a prefix or under it
 (``model`` keeps ``model.0.weight``; dotted names as `replay state` writes them);
-`--top K` lists the K largest changes by norm, largest first.
+`--top K` lists the K largest changes: tensors with at least one dimension first, by the
+norm of the change, largest first; then 0-dim scalars (an optimizer's `step` counter grows
+by one per step, a larger norm than any weight's change, and is never what `--top` is
+asked for); then non-tensor values.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--all", action="store_true", help="list unchanged tensors too")
     p.add_argument("--only", action="append", metavar="PREFIX", type=prefix_arg,
                    help="only names equal to PREFIX or under it (repeatable, or comma separated)")
-    p.add_argument("--top", type=top_arg, metavar="K", help="the K largest changes by norm, largest first")
+    p.add_argument("--top", type=top_arg, metavar="K",
+                   help="the K largest changes: tensors with at least one dimension by the norm of the change, "
+                        "largest first, before 0-dim scalars (optimizer step counters), then other values")
     p.set_defaults(run=run)
 
 
@@ -71,7 +76,7 @@ def run(args, out: Output) -> int:
         raise CliError(f"--only {', '.join(prefixes)}: no state entry has that name or lies under it")
     shown = rows if args.all else [r for r in rows if r["status"] != "unchanged"]
     if args.top is not None:
-        shown = sorted(shown, key=lambda r: -1.0 if r["norm"] is None else r["norm"], reverse=True)[:args.top]
+        shown = sorted(shown, key=top_rank)[:args.top]
     if not out.as_json:
         changed = sum(r["status"] != "unchanged" for r in rows)
         out.line(f"{changed} of {len(rows)} state entries changed between index {args.i} and {args.j} "
@@ -100,6 +105,14 @@ def top_arg(text: str) -> int:
     return k
 
 
+def top_rank(row: dict[str, Any]) -> tuple[int, float]:
+    """Sort key of `--top`: tensors with a dimension (by norm, largest first), then 0-dim
+    scalars (by norm), then rows without a norm (values, added, removed, reshaped)."""
+    if row["norm"] is None:
+        return 2, 0.0
+    return (1 if row["scalar"] else 0), -row["norm"]
+
+
 def under(name: str, prefixes: list[str]) -> bool:
     """Whether a dotted name equals one of `prefixes` or lies under it."""
     return any(name == p or name.startswith(p + ".") for p in prefixes)
@@ -111,7 +124,8 @@ def compare(before, after) -> list[dict[str, Any]]:
     rows = []
     for name in sorted(set(t0) | set(t1)):
         a, b = t0.get(name), t1.get(name)
-        row = {"name": name, "kind": tensor_label(b if b is not None else a), "changed": None, "max_abs": None,
+        t = b if b is not None else a
+        row = {"name": name, "kind": tensor_label(t), "scalar": t.dim() == 0, "changed": None, "max_abs": None,
                "norm": None, "detail": None}
         if a is None or b is None:
             row["status"] = "added" if a is None else "removed"
@@ -132,6 +146,6 @@ def compare(before, after) -> list[dict[str, Any]]:
         rows.append(row)
     for name in sorted(set(v0) | set(v1)):
         a, b = v0.get(name, "<absent>"), v1.get(name, "<absent>")
-        rows.append({"name": name, "kind": "value", "status": "unchanged" if a == b else "changed", "changed": None,
+        rows.append({"name": name, "kind": "value", "scalar": True, "status": "unchanged" if a == b else "changed", "changed": None,
                      "max_abs": None, "norm": None, "detail": None if a == b else f"{a!r} -> {b!r}"})
     return rows

@@ -1,10 +1,19 @@
 """`replay export DIR [--at I] [--only NAME] --out FILE.safetensors`: plain weights for other tools.
 
 Writes the chosen components' tensors to a safetensors file that `safetensors` and
-`transformers` load directly. Names are dotted key paths ("model.0.weight"); when every
-tensor chosen lies in one component, that component's prefix is dropped ("0.weight"),
-so ``model.load_state_dict(safetensors.torch.load_file(FILE))`` and loaders in the
-style of ``from_pretrained`` take the file as it is (`--keep-prefix` keeps it).
+`transformers` load directly. Names are dotted key paths ("model.0.weight"), less the
+selected prefix, so the file loads with ``strict=True`` into the module that was chosen
+(`--keep-prefix` keeps full names):
+
+- `--only model.encoder` writes "0.weight", which
+  ``model.encoder.load_state_dict(load_file(FILE), strict=True)`` and
+  ``AutoModel.from_pretrained`` take as they are; the prefix dropped is the longest
+  dotted prefix the selectors share (`--only model.weight,model.bias` drops "model.").
+- A selector that names one tensor keeps its last part (`--only model.bias` writes "bias").
+- Without `--only`, when every tensor lies in one component, that component's name is
+  dropped ("model.0.weight" becomes "0.weight").
+- Nothing is dropped when that would leave no name (a bare tensor component such as
+  "table") or when the selectors share no prefix.
 Non-tensor leaves (an optimizer's lr, counters) and where the state came from go into
 the file's metadata (``replay.*`` keys, and ``format: pt`` as transformers expects).
 
@@ -41,8 +50,10 @@ from .state import add_user_code_options, base_name, rebuild, tensors_by_name, w
 from .userspec import load_ops, load_state
 
 HELP = "write chosen components at an index (default: the newest snapshot) as plain safetensors"
-DESCRIPTION = (HELP + ". With one component chosen, its prefix is dropped from the tensor names, so "
-               "model.load_state_dict(safetensors.torch.load_file(FILE)) takes the file as it is.")
+DESCRIPTION = (HELP + ". The selected prefix is dropped from the tensor names: --only model.encoder writes "
+               "0.weight, not model.encoder.0.weight, so model.encoder.load_state_dict(load_file(FILE), strict=True) "
+               "and from_pretrained-style loaders take the file as it is; several selectors drop the prefix they "
+               "share; without --only, a single component's name is dropped. --keep-prefix keeps full names.")
 
 
 def add_parser(sub, parents) -> None:
@@ -53,7 +64,7 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--only", action="append", type=prefix_arg, metavar="NAME",
                    help="a component or dotted prefix to export (repeatable, or comma separated; default: all)")
     p.add_argument("--keep-prefix", action="store_true",
-                   help="keep the component name in tensor names even when only one component is exported")
+                   help="keep full dotted names (by default the selected prefix, e.g. model.encoder., is dropped)")
     p.add_argument("--out", required=True, metavar="FILE.safetensors", help="where to write the tensors")
     add_user_code_options(p, required=False)
     p.epilog = ("At a snapshot's index nothing is imported. At another index, --ops and --state are needed: "
@@ -89,7 +100,7 @@ def run(args, out: Output) -> int:
                         raise snapshots.ComponentNotFoundError(s, sorted(state))
                 tensors = {n: t for n, t in tensors.items() if under(n, selectors)}
                 values = {n: v for n, v in values.items() if under(n, selectors)}
-    tensors, values, prefix = _strip(tensors, values, args.keep_prefix)
+    tensors, values, prefix = _strip(tensors, values, None if args.keep_prefix else selected_prefix(selectors, tensors))
     if not tensors:
         raise CliError(f"nothing to export: {', '.join(selectors or ['the state'])} holds no tensor")
     metadata = {"format": "pt", "replay.index": str(index), "replay.term": str(term), "replay.snapshot": source,
@@ -101,7 +112,7 @@ def run(args, out: Output) -> int:
     else:
         origin = f"snapshot {source}" if replayed == 0 and source else \
             f"{'snapshot ' + source if source else 'the --state factory'} + {replayed} replayed entries"
-        names = f" (names without the {prefix!r} prefix)" if prefix else ""
+        names = f" (names without the '{prefix}.' prefix)" if prefix else ""
         out.line(f"state at index {index} from {origin}: wrote {len(tensors)} tensors "
                  f"({human_bytes(size)}) to {args.out}{names}")
     return EXIT_OK
@@ -130,14 +141,35 @@ def _from_snapshot(src, at: int | None, selectors):
     return None
 
 
-def _strip(tensors: dict, values: dict, keep: bool) -> tuple[dict, dict, str | None]:
-    """Drop the component prefix when every tensor lies in one component (and `keep` is off)."""
-    components = {name.split(".", 1)[0] for name in tensors}
-    if keep or len(components) != 1:
+def selected_prefix(selectors: list[str] | None, tensors: dict) -> str | None:
+    """The dotted prefix an export drops from its tensor names (None: none).
+
+    With selectors: the longest dotted prefix they all share; when that names a tensor
+    itself (`--only model.bias`), its parent. Without: the one component every tensor
+    lies in. None when that prefix is empty or would leave some name empty.
+    """
+    if selectors:
+        parts = [s.split(".") for s in selectors]
+        shared = []
+        for level in zip(*parts):
+            if len(set(level)) != 1:
+                break
+            shared.append(level[0])
+        if ".".join(shared) in tensors:
+            shared = shared[:-1]
+        prefix = ".".join(shared)
+    else:
+        components = {name.split(".", 1)[0] for name in tensors}
+        prefix = components.pop() if len(components) == 1 else ""
+    if not prefix or not all(name.startswith(prefix + ".") for name in tensors):
+        return None
+    return prefix
+
+
+def _strip(tensors: dict, values: dict, prefix: str | None) -> tuple[dict, dict, str | None]:
+    """Drop `prefix` and its dot from every tensor name (and from the values under it)."""
+    if prefix is None:
         return tensors, values, None
-    (component,) = components
-    if component in tensors:  # a bare tensor component: its name is all there is
-        return tensors, values, None
-    cut = len(component) + 1
+    cut = len(prefix) + 1
     return ({n[cut:]: t for n, t in tensors.items()},
-            {(n[cut:] if n.startswith(component + ".") else n): v for n, v in values.items()}, component)
+            {(n[cut:] if n.startswith(prefix + ".") else n): v for n, v in values.items()}, prefix)

@@ -196,7 +196,8 @@ def _estimate(sound, damaged: list[str], any_snapshot: bool, last: int, gaps: li
 
 def _environment(root) -> dict:
     """The fingerprint the journal recorded when it was created, and where this machine differs
-    (replay here may not be bit-exact there); a damaged or hostile file is reported as damage."""
+    (replay here may not be bit-exact there); a damaged or hostile file is reported as damage.
+    Only the machine's fields are compared: this process's threads and flags are not the run's."""
     try:
         recorded = environment.recorded(root)
     except environment.EnvironmentFileError as exc:
@@ -205,7 +206,7 @@ def _environment(root) -> dict:
         return {"recorded": None, "damaged": None, "differs_here": []}
     device = "cuda" if recorded.get("device_type") == "cuda" and _cuda_available() else "cpu"
     return {"recorded": recorded, "damaged": None,
-            "differs_here": environment.differences(recorded, environment.fingerprint(device))}
+            "differs_here": environment.machine_differences(recorded, environment.fingerprint(device))}
 
 
 def _cuda_available() -> bool:
@@ -228,6 +229,8 @@ def _show_environment(env: dict, out: Output) -> None:
                  style="yellow")
     else:
         out.line("this machine matches it")
+    out.line("(threads and determinism flags are the training process's own: Journal.open compares those "
+             "when the run resumes)")
 
 
 def _duration(seconds: float) -> str:

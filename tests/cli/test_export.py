@@ -103,3 +103,39 @@ def test_prefix_selection_and_names_that_are_not_there(journal_master, tmp_path,
     assert values.returncode == 2 and "holds no tensor" in values.stderr
     past = cli("export", journal_master, "--at", 99, "--out", tmp_path / "p.st")
     assert past.returncode == 2 and "past the end" in past.stderr
+
+
+def test_only_a_submodule_strips_the_whole_selected_prefix_and_loads_strictly(tmp_path, cli_here):
+    from tests.cli import optimjob
+
+    journal = tmp_path / "run"
+    optimjob.write(journal, 20)
+    out = tmp_path / "encoder.safetensors"
+    status, stdout, err = cli_here("export", journal, "--only", "model.encoder", "--out", out, "--json")
+    assert status == 0, err
+    assert json.loads(stdout)["component"] == "model.encoder"
+    exported = load_file(str(out))
+    assert sorted(exported) == sorted(optimjob.Net().encoder.state_dict())  # "0.weight", not "encoder.0.weight"
+    encoder = optimjob.Net().encoder
+    encoder.load_state_dict(exported, strict=True)
+    state = optimjob.make_state()
+    for i in range(20):
+        optimjob.train(state, seed=i)
+    for name, t in state["model"].encoder.state_dict().items():
+        assert torch.equal(encoder.state_dict()[name], t), name
+
+    # --keep-prefix keeps the full dotted names; the text output says what was dropped
+    status, _, err = cli_here("export", journal, "--only", "model.encoder", "--keep-prefix", "--out", out)
+    assert status == 0, err
+    assert sorted(load_file(str(out))) == sorted(f"model.encoder.{n}" for n in encoder.state_dict())
+    status, stdout, err = cli_here("export", journal, "--only", "model.encoder", "--out", out)
+    assert status == 0 and "(names without the 'model.encoder.' prefix)" in stdout
+
+
+def test_the_help_says_which_prefix_is_dropped(cli_here, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        cli_here("export", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--only model.encoder writes 0.weight" in text
