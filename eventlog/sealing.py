@@ -20,6 +20,15 @@ from .meta import Bounds
 from .segment import SegmentDamage, SegmentName
 from .storage import Storage
 
+# Merging (FORMAT.md, "Merging"): MERGE_FANOUT neighbouring segments of one size tier are
+# rewritten as one, so a log compacted after every few entries keeps a bounded number of
+# files: at most MERGE_FANOUT - 1 per tier below the last, plus one per merged body of up to
+# TARGET_RAW bytes. Tier 0 holds files under MERGE_TIER_BASE bytes, tier t files under
+# MERGE_TIER_BASE * MERGE_FANOUT**t; each merge moves its bytes up a tier, so an entry
+# is rewritten about once per tier (5 tiers from 16 KiB to 16 MiB).
+MERGE_FANOUT = 8
+MERGE_TIER_BASE = 16 * 2**10
+
 READ_BATCH = 1024  # entries per read transaction while sealing: the writer's pages are never pinned long
 READ_BATCH_BYTES = 4 * 2**20
 
@@ -50,7 +59,9 @@ class Sealer:
 
     def clean(self, bounds: Bounds) -> None:
         """Remove temp files, segments whose entries are all still live (a crash before the
-        drop), and segments wholly below archive_first (a crash before their unlink)."""
+        drop), segments wholly below archive_first (a crash before their unlink), and
+        segments a merged segment holds (a crash between a merge's rename and its unlinks),
+        once that merged segment reads back whole."""
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
@@ -58,10 +69,58 @@ class Sealer:
         for name in names:
             if name.startswith(".") and name.endswith(segment.TEMP_SUFFIX):
                 _unlink(self.directory / name)
+        kept = []
         for name in list_segments(self.directory):
             if name.first >= bounds.first_index or name.last < bounds.archive_first:
                 _unlink(self.directory / name.name)
                 self._headers.pop(name, None)
+            else:
+                kept.append(name)
+        for outer, inner in _contained(kept):
+            try:
+                segment.read_segment(self.directory / outer.name, outer)
+            except (SegmentDamage, OSError):
+                continue  # keep the smaller copies: verify reports the damaged merged file
+            _unlink(self.directory / inner.name)
+            self._headers.pop(inner, None)
+
+    def merge(self, archive_first: int, live_first: int) -> list[SegmentName]:
+        """Rewrite the newest MERGE_FANOUT archived segments as one while they are neighbours
+        of one size tier whose bodies fit TARGET_RAW together; return the names written.
+
+        Runs after a compaction's drop, under the compaction lock. Each merge writes the
+        merged segment (temp, fsync, rename, directory fsync) before unlinking the ones it
+        replaces, so every entry is in a durable file throughout; a crash in between leaves
+        both, which read alike (same bytes, same chain) until `clean` removes the smaller.
+        Segments that do not chain into each other are left for verify to report: a merge
+        never rewrites damage into a file with a valid checksum. A no-op with archive=None.
+        """
+        written: list[SegmentName] = []
+        if self.policy is None:
+            return written
+        while True:
+            listing = [n for n in list_segments(self.directory) if archive_first <= n.first and n.last < live_first]
+            inner = {name for _, name in _contained(listing)}
+            run = [n for n in listing if n not in inner][-MERGE_FANOUT:]
+            if len(run) < MERGE_FANOUT or any(b.first != a.last + 1 for a, b in zip(run, run[1:])):
+                return written
+            try:
+                sizes = [segment.read_raw_size(self.directory / n.name, n) for n in run]
+            except (SegmentDamage, OSError):
+                return written
+            if len({size_tier(size) for _, size in sizes}) != 1 or sum(raw for raw, _ in sizes) > segment.TARGET_RAW:
+                return written
+            try:
+                loaded = [segment.read_segment(self.directory / n.name, n) for n in run]
+            except (SegmentDamage, OSError):
+                return written
+            if not _chained(loaded):
+                return written
+            values = [value for seg in loaded for value in seg.values]
+            name = segment.write_segment(self.directory, run[0].first, values, loaded[0].prev_term, loaded[0].prev_checksum)
+            fsync_directory(self.directory)
+            self.remove(run)
+            written.append(name)
 
     def prepare(self, bounds: Bounds, through: int) -> Sealed | None:
         """Steps 1-2 of a compaction through `through`: clean up, then seal the live entries
@@ -195,6 +254,37 @@ class Sealer:
         for name in names:
             _unlink(self.directory / name.name)
             self._headers.pop(name, None)
+
+
+def size_tier(file_size: int) -> int:
+    """The merge tier of a segment file of `file_size` bytes: 0 below MERGE_TIER_BASE, then one per MERGE_FANOUT x."""
+    tier, bound = 0, MERGE_TIER_BASE
+    while file_size >= bound:
+        tier, bound = tier + 1, bound * MERGE_FANOUT
+    return tier
+
+
+def _contained(names: list[SegmentName]) -> list[tuple[SegmentName, SegmentName]]:
+    """(outer, inner) for every listed segment whose range lies within another's (a merge's leftovers)."""
+    out = []
+    for inner in names:
+        for outer in names:
+            if outer != inner and outer.first <= inner.first and inner.last <= outer.last:
+                out.append((outer, inner))
+                break
+    return out
+
+
+def _chained(loaded: list) -> bool:
+    """Whether each segment starts from the last entry of the one before (term and checksum)."""
+    for before, after in zip(loaded, loaded[1:]):
+        try:
+            _, _, term, _, checksum, _ = record.parse_header(before.last, before.values[-1])
+        except CorruptEntryError:
+            return False
+        if (after.prev_term, after.prev_checksum) != (term, checksum):
+            return False
+    return True
 
 
 def _unlink(path: Path) -> None:
