@@ -13,21 +13,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import record, segment
+from . import merging
 from .archive import ARCHIVE_DIR, Archive, list_segments
 from .errors import CorruptEntryError
 from .locking import fsync_directory
 from .meta import Bounds
 from .segment import SegmentDamage, SegmentName
 from .storage import Storage
-
-# Merging (FORMAT.md, "Merging"): MERGE_FANOUT neighbouring segments of one size tier are
-# rewritten as one, so a log compacted after every few entries keeps a bounded number of
-# files: at most MERGE_FANOUT - 1 per tier below the last, plus one per merged body of up to
-# TARGET_RAW bytes. Tier 0 holds files under MERGE_TIER_BASE bytes, tier t files under
-# MERGE_TIER_BASE * MERGE_FANOUT**t; each merge moves its bytes up a tier, so an entry
-# is rewritten about once per tier (5 tiers from 16 KiB to 16 MiB).
-MERGE_FANOUT = 8
-MERGE_TIER_BASE = 16 * 2**10
 
 READ_BATCH = 1024  # entries per read transaction while sealing: the writer's pages are never pinned long
 READ_BATCH_BYTES = 4 * 2**20
@@ -85,8 +77,9 @@ class Sealer:
             self._headers.pop(inner, None)
 
     def merge(self, archive_first: int, live_first: int) -> list[SegmentName]:
-        """Rewrite the newest MERGE_FANOUT archived segments as one while they are neighbours
-        of one size tier whose bodies fit TARGET_RAW together; return the names written.
+        """Rewrite the newest MERGE_FANOUT (8) archived segments as one while `merging.newest_to_merge`
+        says so of their file sizes and their bodies fit TARGET_RAW together; return the
+        names written.
 
         Runs after a compaction's drop, under the compaction lock. Each merge writes the
         merged segment (temp, fsync, rename, directory fsync) before unlinking the ones it
@@ -101,14 +94,14 @@ class Sealer:
         while True:
             listing = [n for n in list_segments(self.directory) if archive_first <= n.first and n.last < live_first]
             inner = {name for _, name in _contained(listing)}
-            run = [n for n in listing if n not in inner][-MERGE_FANOUT:]
-            if len(run) < MERGE_FANOUT or any(b.first != a.last + 1 for a, b in zip(run, run[1:])):
+            run = [n for n in listing if n not in inner][-merging.MERGE_FANOUT:]
+            if len(run) < merging.MERGE_FANOUT or any(b.first != a.last + 1 for a, b in zip(run, run[1:])):
                 return written
             try:
                 sizes = [segment.read_raw_size(self.directory / n.name, n) for n in run]
             except (SegmentDamage, OSError):
                 return written
-            if len({size_tier(size) for _, size in sizes}) != 1 or sum(raw for raw, _ in sizes) > segment.TARGET_RAW:
+            if not merging.newest_to_merge([size for _, size in sizes]) or sum(raw for raw, _ in sizes) > segment.TARGET_RAW:
                 return written
             try:
                 loaded = [segment.read_segment(self.directory / n.name, n) for n in run]
@@ -254,14 +247,6 @@ class Sealer:
         for name in names:
             _unlink(self.directory / name.name)
             self._headers.pop(name, None)
-
-
-def size_tier(file_size: int) -> int:
-    """The merge tier of a segment file of `file_size` bytes: 0 below MERGE_TIER_BASE, then one per MERGE_FANOUT x."""
-    tier, bound = 0, MERGE_TIER_BASE
-    while file_size >= bound:
-        tier, bound = tier + 1, bound * MERGE_FANOUT
-    return tier
 
 
 def _contained(names: list[SegmentName]) -> list[tuple[SegmentName, SegmentName]]:

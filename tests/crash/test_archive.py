@@ -270,9 +270,9 @@ def test_a_self_consistent_segment_of_another_log_breaks_the_chain(master, tmp_p
     chained among themselves) is caught where it meets the entries before it."""
     import shutil
 
-    from eventlog import sealing
+    from eventlog import merging
 
-    monkeypatch.setattr(sealing, "MERGE_FANOUT", 10**9)  # the other log keeps one file per compaction
+    monkeypatch.setattr(merging, "MERGE_FANOUT", 10**9)  # the other log keeps one file per compaction
 
     source, names = master
     path, other = tmp_path / "log", tmp_path / "other"

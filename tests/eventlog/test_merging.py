@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from eventlog import Archive, EventLog, segment
-from eventlog import sealing
+from eventlog import merging, sealing
 from eventlog.archive import list_segments
 
 
@@ -31,11 +31,13 @@ def _append_and_compact(log, count: int, every: int) -> None:
             log.compact_through(index - 2)
 
 
-def _bound(total_raw: int) -> int:
-    """The documented bound: MERGE_FANOUT - 1 files per tier up to the one holding TARGET_RAW,
-    plus one file per TARGET_RAW / MERGE_FANOUT bytes of history above that."""
-    tiers = sealing.size_tier(segment.TARGET_RAW) + 1
-    return (sealing.MERGE_FANOUT - 1) * tiers + total_raw // (segment.TARGET_RAW // sealing.MERGE_FANOUT) + 1
+def _bound(compactions: int) -> int:
+    """Segments merge as a base-MERGE_FANOUT counter carries when sizes are alike: at most
+    MERGE_FANOUT - 1 files per digit."""
+    digits = 1
+    while merging.MERGE_FANOUT ** digits <= compactions:
+        digits += 1
+    return (merging.MERGE_FANOUT - 1) * digits
 
 
 def _read_all(path):
@@ -51,11 +53,9 @@ def test_frequent_compactions_keep_a_bounded_number_of_files_and_the_same_histor
     path = tmp_path / "log"
     with EventLog.open(path, durability="os") as log:
         _append_and_compact(log, 3000, every=5)
-        raw = log.bytes_appended if hasattr(log, "bytes_appended") else 3000 * 400
     names = _segments(path)
     # Without merging every compaction leaves its own file: 599 here.
-    assert len(names) <= _bound(raw), [(n.first, n.last) for n in names]
-    assert len(names) < 3000 // 5 // sealing.MERGE_FANOUT
+    assert len(names) <= _bound(3000 // 5), [(n.first, n.last) for n in names]
     assert all(b.first == a.last + 1 for a, b in zip(names, names[1:])), "segments overlap or leave a gap"
     assert names[0].first == 1
     report, entries, singles = _read_all(path)
@@ -173,3 +173,14 @@ def test_archive_none_and_retention_still_hold(tmp_path):
     total = sum(os.path.getsize(path / "archive" / n.name) for n in _segments(path))
     biggest = max(os.path.getsize(path / "archive" / n.name) for n in _segments(path))
     assert total <= 2_000 + biggest
+
+
+def test_the_merge_rule():
+    fan = merging.MERGE_FANOUT
+    assert merging.newest_to_merge([5] * (fan - 1)) == 0
+    assert merging.newest_to_merge([5] * fan) == fan
+    assert merging.newest_to_merge([10**6] + [5] * fan) == fan  # only the newest are looked at
+    assert merging.newest_to_merge([100] + [5] * (fan - 1)) == 0  # one dominates: merging would barely grow it
+    assert merging.newest_to_merge([35] + [5] * (fan - 1)) == fan
+    # Sizes that alternate between two tiers still merge (a tiered rule would stall here).
+    assert merging.newest_to_merge([3, 40] * (fan // 2)) == fan
