@@ -115,6 +115,7 @@ from .log import EventLog
 from .meta import FORMAT_VERSION
 from .record import HEADER_SIZE, Entry, EntryHeader
 from .segment import TARGET_RAW as SEGMENT_TARGET_BYTES
+from .merging import MERGE_FANOUT, newest_to_merge
 from .transfer import create_from_segments, segment_bounds
 from .verification import Damage, VerifyReport
 
@@ -123,5 +124,5 @@ __all__ = [
     "HEADER_SIZE",
     "LogError", "ClosedError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",
     "LogPoisonedError", "FormatError", "TruncatedError", "DamagedLogError", "DamagedSegmentError", "SealedError",
-    "SegmentDamage", "SegmentRejectedError", "create_from_segments", "segment_bounds", "SEGMENT_TARGET_BYTES",
+    "SegmentDamage", "SegmentRejectedError", "create_from_segments", "segment_bounds", "SEGMENT_TARGET_BYTES", "MERGE_FANOUT", "newest_to_merge",
 ]

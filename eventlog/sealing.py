@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import record, segment
+from . import merging
 from .archive import ARCHIVE_DIR, Archive, list_segments
 from .errors import CorruptEntryError
 from .locking import fsync_directory
@@ -50,7 +51,9 @@ class Sealer:
 
     def clean(self, bounds: Bounds) -> None:
         """Remove temp files, segments whose entries are all still live (a crash before the
-        drop), and segments wholly below archive_first (a crash before their unlink)."""
+        drop), segments wholly below archive_first (a crash before their unlink), and
+        segments a merged segment holds (a crash between a merge's rename and its unlinks),
+        once that merged segment reads back whole."""
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
@@ -58,10 +61,59 @@ class Sealer:
         for name in names:
             if name.startswith(".") and name.endswith(segment.TEMP_SUFFIX):
                 _unlink(self.directory / name)
+        kept = []
         for name in list_segments(self.directory):
             if name.first >= bounds.first_index or name.last < bounds.archive_first:
                 _unlink(self.directory / name.name)
                 self._headers.pop(name, None)
+            else:
+                kept.append(name)
+        for outer, inner in _contained(kept):
+            try:
+                segment.read_segment(self.directory / outer.name, outer)
+            except (SegmentDamage, OSError):
+                continue  # keep the smaller copies: verify reports the damaged merged file
+            _unlink(self.directory / inner.name)
+            self._headers.pop(inner, None)
+
+    def merge(self, archive_first: int, live_first: int) -> list[SegmentName]:
+        """Rewrite the newest MERGE_FANOUT (8) archived segments as one while `merging.newest_to_merge`
+        says so of their file sizes and their bodies fit TARGET_RAW together; return the
+        names written.
+
+        Runs after a compaction's drop, under the compaction lock. Each merge writes the
+        merged segment (temp, fsync, rename, directory fsync) before unlinking the ones it
+        replaces, so every entry is in a durable file throughout; a crash in between leaves
+        both, which read alike (same bytes, same chain) until `clean` removes the smaller.
+        Segments that do not chain into each other are left for verify to report: a merge
+        never rewrites damage into a file with a valid checksum. A no-op with archive=None.
+        """
+        written: list[SegmentName] = []
+        if self.policy is None:
+            return written
+        while True:
+            listing = [n for n in list_segments(self.directory) if archive_first <= n.first and n.last < live_first]
+            inner = {name for _, name in _contained(listing)}
+            run = [n for n in listing if n not in inner][-merging.MERGE_FANOUT:]
+            if len(run) < merging.MERGE_FANOUT or any(b.first != a.last + 1 for a, b in zip(run, run[1:])):
+                return written
+            try:
+                sizes = [segment.read_raw_size(self.directory / n.name, n) for n in run]
+            except (SegmentDamage, OSError):
+                return written
+            if not merging.newest_to_merge([size for _, size in sizes]) or sum(raw for raw, _ in sizes) > segment.TARGET_RAW:
+                return written
+            try:
+                loaded = [segment.read_segment(self.directory / n.name, n) for n in run]
+            except (SegmentDamage, OSError):
+                return written
+            if not _chained(loaded):
+                return written
+            values = [value for seg in loaded for value in seg.values]
+            name = segment.write_segment(self.directory, run[0].first, values, loaded[0].prev_term, loaded[0].prev_checksum)
+            fsync_directory(self.directory)
+            self.remove(run)
+            written.append(name)
 
     def prepare(self, bounds: Bounds, through: int) -> Sealed | None:
         """Steps 1-2 of a compaction through `through`: clean up, then seal the live entries
@@ -195,6 +247,29 @@ class Sealer:
         for name in names:
             _unlink(self.directory / name.name)
             self._headers.pop(name, None)
+
+
+def _contained(names: list[SegmentName]) -> list[tuple[SegmentName, SegmentName]]:
+    """(outer, inner) for every listed segment whose range lies within another's (a merge's leftovers)."""
+    out = []
+    for inner in names:
+        for outer in names:
+            if outer != inner and outer.first <= inner.first and inner.last <= outer.last:
+                out.append((outer, inner))
+                break
+    return out
+
+
+def _chained(loaded: list) -> bool:
+    """Whether each segment starts from the last entry of the one before (term and checksum)."""
+    for before, after in zip(loaded, loaded[1:]):
+        try:
+            _, _, term, _, checksum, _ = record.parse_header(before.last, before.values[-1])
+        except CorruptEntryError:
+            return False
+        if (after.prev_term, after.prev_checksum) != (term, checksum):
+            return False
+    return True
 
 
 def _unlink(path: Path) -> None:

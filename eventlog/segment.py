@@ -147,6 +147,19 @@ def read_header(path: Path, name: SegmentName) -> tuple[int, int]:
         os.close(fd)
 
 
+def read_raw_size(path: Path, name: SegmentName) -> tuple[int, int]:
+    """(raw body size, file size) from a segment's header, checked against its name (not its checksum).
+
+    SegmentDamage if the header is not a segment header for `name`; FileNotFoundError if it is gone.
+    """
+    fd, size = _open(path, name)
+    try:
+        fields = _header(os.pread(fd, HEADER_SIZE, 0), name, size)
+        return fields[9], size
+    finally:
+        os.close(fd)
+
+
 def read_segment(path: Path, name: SegmentName) -> Segment:
     """The segment at `path`, which its directory listing names `name`, fully checked.
 

@@ -340,6 +340,9 @@ class Writer:
             if self._durability == "os":
                 self._storage.sync()
         self._sealer.remove(doomed)  # only now that the new archive boundary is durable
+        with self._state:
+            archive_first = self._archive_first
+        self._sealer.merge(archive_first, index + 1)  # keeps the number of files bounded
         return True
 
     # ------------------------------------------------------------------ lifecycle

@@ -33,6 +33,7 @@ from snapshots.safefile import UnsafeFileError, read_regular
 
 from .chain import ENVIRONMENT_KEY, SegmentKey, chunk_key, manifest_key, parse_segment_key, walk_back, SEGMENTS
 from .errors import ObjectNotFoundError, PreconditionFailedError, ReplicaError, ReplicaFencedError
+from .merging import merge_tail
 from .head import HEAD_KEY, Head, Record, new_owner, read_head, read_record, take_over, write_record
 from .retention import CHUNKS, Collected, Collector, Plan
 from .snapfiles import LocalFileError, LocalStore
@@ -268,6 +269,7 @@ class Shipper:
         while self._end is not None and self._end[0] < settled and not self._stop.is_set():
             if not self._ship_segments(settled):
                 break  # the log changed under this round (a truncation): the next round re-checks
+            merge_tail(self._log, self._chain, self._put)  # bounds the object count (merging.py)
             self._write_head()
         if self._end is not None and self._head_at != self._end:
             self._write_head()

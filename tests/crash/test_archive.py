@@ -265,10 +265,14 @@ def test_a_damaged_segment_is_reported_naming_the_file_and_range(master, tmp_pat
 
 
 @pytest.mark.timeout(60)
-def test_a_self_consistent_segment_of_another_log_breaks_the_chain(master, tmp_path):
+def test_a_self_consistent_segment_of_another_log_breaks_the_chain(master, tmp_path, monkeypatch):
     """A segment swapped for another log's (same range, valid checksum, its own entries
     chained among themselves) is caught where it meets the entries before it."""
     import shutil
+
+    from eventlog import merging
+
+    monkeypatch.setattr(merging, "MERGE_FANOUT", 10**9)  # the other log keeps one file per compaction
 
     source, names = master
     path, other = tmp_path / "log", tmp_path / "other"
