@@ -43,6 +43,7 @@ from .ranks.collectives import Collectives
 from .ranks.coordinator import (Coordinator, compare_replicated, join, replicated_components,
                                 warn_about_bucket_rebuild)
 from .snapshotter import Snapshotter, done
+from .supervisor.link import NoSupervisor, supervised_open
 from .threadguard import OneThreadAtATime
 
 DEFAULT_POLICY = Every(entries=1000, seconds=600)
@@ -57,6 +58,7 @@ class Journal:
     """
 
     @classmethod
+    @supervised_open
     def open(
         cls,
         path: str | os.PathLike,
@@ -300,6 +302,7 @@ class Journal:
         self._closed = False
         self._one_thread = OneThreadAtATime()
         self._preemption: PreemptionHandler | None = None  # installed by open when asked for
+        self._link = NoSupervisor()  # replay run's heartbeat and crash records (set by open when supervised)
 
     # ------------------------------------------------------------------ properties
 
@@ -421,7 +424,11 @@ class Journal:
             >>> journal.close()
         """
         with self._entered("apply"):
-            return self._apply(op, inputs, payload)
+            try:
+                return self._apply(op, inputs, payload)
+            except BaseException as exc:
+                self._link.failed("applying", op, self._index + 1, exc)  # replay run's crash record
+                raise
 
     def _apply(self, op: str, inputs: Any, payload: dict) -> Any:
         self._check_usable()
@@ -439,6 +446,7 @@ class Journal:
         inputs = spec.inputs_for(replayed, inputs)  # before appending: a failing rebuild leaves no entry
         self._snapshotter.collect(block=False)
         index = self._guarded(self._append_encoded, op, encoded)
+        self._link.applying(op, index)
         started = time.perf_counter()
         try:
             result = spec.call(self.state, replayed, inputs)
@@ -446,6 +454,7 @@ class Journal:
             self._roll_back(index, exc)
             raise
         self._index = index
+        self._link.applied(index)
         self._steps.add(op)
         self._clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
         if self._digest_every is not None and index % self._digest_every == 0:
@@ -596,6 +605,7 @@ class Journal:
         if self._closed:
             return
         with self._entered("close"):
+            self._link.phase("closing", self._index)
             self._close(snapshot, strict=snapshot is True)
 
     def _close(self, snapshot: bool | None, strict: bool, together: bool = True) -> None:
@@ -642,6 +652,7 @@ class Journal:
         """Stop the follow-up thread, then close the store, the log and the determinism guard.
         The first failure is raised unless the journal is already poisoned."""
         self._closed = True
+        self._link.close()
         if self._preemption is not None:
             self._preemption.closed()  # the previous signal handlers come back
         if self._shipper is not None:

@@ -19,6 +19,7 @@ from .replica.errors import ObjectNotFoundError
 from .replica.objects import ObjectStore, open_store
 from .replica.restore import RestoreReport, restore
 from .replica.shipper import Shipper
+from .supervisor.layout import SUPERVISOR_DIR
 
 CLOSE_TIMEOUT = 30.0  # seconds close() lets the last shipping round run before giving up on it
 
@@ -33,8 +34,8 @@ def restore_if_empty(root: Path, store: ObjectStore) -> RestoreReport | None:
     journal; the report, or None when nothing was restored (a journal is there already, or
     the replica is new). The replica's errors (damage, unreachable) are raised: opening an
     empty directory as a new journal while its replica cannot be read would start over."""
-    if root.is_dir() and any(root.iterdir()):
-        return None
+    if root.is_dir() and any(p.name != SUPERVISOR_DIR for p in root.iterdir()):
+        return None  # (replay run's records alone do not make a journal)
     if root.exists() and not root.is_dir():
         return None  # refused later by the journal itself, naming the path
     try:

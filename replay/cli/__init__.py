@@ -19,6 +19,6 @@ both refuse to run beside a live writer.
 
 from __future__ import annotations
 
-from . import diff, export, log, replica, retention, show, state, stats, tail, truncate, verify
+from . import diff, export, log, replica, retention, runs, show, state, stats, tail, truncate, verify
 
-COMMANDS = (log, show, verify, stats, tail, retention, state, diff, export, truncate, replica)
+COMMANDS = (log, show, verify, stats, tail, retention, state, diff, export, truncate, replica, runs)
