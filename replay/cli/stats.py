@@ -84,6 +84,7 @@ def run(args, out: Output) -> int:
     estimate = _estimate(sound, [r.manifest_id for r in damaged_snaps], bool(snaps), last, gaps)
     env = _environment(src.root) if src.store is not None else None
     shipped = _replica(src.root, last, args) if src.store is not None else None
+    runs = _runs(src.root) if src.store is not None else None
     status = EXIT_DAMAGE if damaged or (env is not None and env["damaged"]) else EXIT_OK
     if out.as_json:
         out.record(summary)
@@ -97,6 +98,8 @@ def run(args, out: Output) -> int:
             out.record({"section": "environment", **env})
         if shipped is not None:
             out.record({"section": "replica", **shipped})
+        if runs is not None:
+            out.record({"section": "runs", **runs})
         out.record({"section": "estimate", **estimate})
         return status
 
@@ -124,8 +127,36 @@ def run(args, out: Output) -> int:
         _show_environment(env, out)
     if shipped is not None:
         _show_replica(shipped, out)
+    if runs is not None:
+        _show_runs(runs, out)
     out.line(estimate["text"])
     return status
+
+
+def _runs(root) -> dict | None:
+    """`replay run`'s attempts under root/supervisor/: the count per class and the last one (None without any)."""
+    from replay.jsonfile import JsonFileError
+    from replay.supervisor import layout
+    from replay.supervisor.records import read_attempts
+
+    try:
+        attempts, skipped = read_attempts(layout.records_dir(root))
+    except JsonFileError as exc:
+        return {"attempts": 0, "classes": {}, "last": None, "skipped": 0, "error": str(exc)}
+    if not attempts:
+        return None
+    return {"attempts": len(attempts), "classes": dict(Counter(str(a["class"]) for a in attempts)),
+            "last": attempts[-1], "skipped": skipped, "error": None}
+
+
+def _show_runs(runs: dict, out: Output) -> None:
+    if runs["error"]:
+        out.line(f"replay run attempts: cannot be read: {runs['error']}", style="bold red")
+        return
+    classes = ", ".join(f"{n} {name}" for name, n in sorted(runs["classes"].items(), key=lambda kv: -kv[1]))
+    last = runs["last"]
+    out.line(f"replay run: {runs['attempts']} attempt(s): {classes}; the last, attempt {last['attempt']}, "
+             f"{last['class']} at durable index {last['index_end']} ({last['decision']}) - `replay runs` lists them")
 
 
 def _replica(root, last: int, args) -> dict | None:

@@ -86,6 +86,9 @@ def test_a_handler_failing_at_the_same_entry_stops_with_65_after_one_confirmatio
     assert entry["op"] == "step" and entry["index"] >= 6
     assert "bad batch at seed 6" in got[-1]["message"]
     assert f"entry {entry['index']} (op 'step')" in run.stderr and "replay truncate" in run.stderr
+    stats = subprocess.run([sys.executable, "-m", "replay", "stats", str(tmp_path / "j")], capture_output=True,
+                           text=True, timeout=60, env=env(), cwd=ROOT)
+    assert "replay run: 2 attempt(s): 2 user-error" in stats.stdout, stats.stdout + stats.stderr
 
 
 def test_a_command_that_cannot_start_stops_with_78_at_once(tmp_path):
