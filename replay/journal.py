@@ -32,6 +32,7 @@ from .counting import StepCounter
 from .envelope import DIGEST_OP, unwrap, wrap
 from . import replication
 from .errors import ClosedError, JournalPoisonedError, RankFailureError, ReplayError
+from .replica.errors import ReplicaFencedError
 from .replica.status import ReplicaLagError
 from .opening import check_options, open_and_recover, refuse_to_reinitialise
 from .ops import Ops
@@ -253,6 +254,7 @@ class Journal:
                 journal._shipper = replication.start_shipping(
                     store_to_ship, root, log, store, journal._settled, interval=ship_interval, max_lag=max_replica_lag,
                     keep_extra=replica_keep_extra)
+                replication.await_claim(journal._shipper, root)  # won, or ReplicaFencedError naming the owner
         except BaseException as exc:
             if replica_store is not None:
                 replica_store.close()
@@ -425,8 +427,14 @@ class Journal:
 
     def _apply(self, op: str, inputs: Any, payload: dict) -> Any:
         self._check_usable()
-        if self._shipper is not None and isinstance(self._shipper.error, ReplicaLagError):
-            raise self._shipper.error  # max_replica_lag: refused before anything is appended
+        if self._shipper is not None:
+            refused = self._shipper.error
+            if isinstance(refused, ReplicaLagError):
+                raise refused  # max_replica_lag: refused before anything is appended
+            if isinstance(refused, ReplicaFencedError):  # never a silent fork: refused before appending
+                raise ReplicaFencedError(refused.url, f"{refused.detail}. Journal {self.path}: apply({op!r}) refused "
+                                                      f"at index {self._index}, nothing appended", owner=refused.owner,
+                                         index=refused.index, term=refused.term) from refused
         spec = self.ops.check_payload(op, payload)
         if inputs is not None and not spec.takes_inputs:
             raise TypeError(f"op {op!r}: inputs= was given but its handler has no 'inputs' parameter "
@@ -598,10 +606,13 @@ class Journal:
         with self._entered("close"):
             self._close(snapshot, strict=snapshot is True)
 
-    def _close(self, snapshot: bool | None, strict: bool, together: bool = True) -> None:
+    def _close(self, snapshot: bool | None, strict: bool, together: bool = True,
+               deadline: float | None = None, grace: float | None = None) -> None:
         """`strict`: a failing snapshot raises (after the release) instead of being reported.
         `together`: a multi-rank journal confirms its final snapshot with the other ranks
-        (False when an exception is unwinding: the others may be anywhere)."""
+        (False when an exception is unwinding: the others may be anywhere). `deadline`
+        (monotonic seconds, from a preemption's `grace`): the replica's last round gets what
+        is left of it (replication.final_round_timeout), never more."""
         if self._closed:
             return
         try:
@@ -615,14 +626,16 @@ class Journal:
                 self._guarded(self.log.flush)
                 if self._group is not None and together:
                     self._collective(self._group.flush, self.log.durable_index)
-                if self._shipper is not None:
-                    self._shipper.close(replication.CLOSE_TIMEOUT)  # one last round: the final snapshot too
+                if self._shipper is not None:  # one last round: the final snapshot too
+                    self._shipper.close(replication.final_round_timeout(deadline, grace, time.monotonic()))
         finally:
             self._release()
 
     def _stop_for_preemption(self) -> None:
         """A preemption signal's clean stop (replay/preemption.py): snapshot the last index, flush, release."""
-        self._close(True, strict=False)
+        handler = self._preemption
+        self._close(True, strict=False, deadline=handler.deadline if handler is not None else None,
+                    grace=handler.policy.grace if handler is not None else None)
 
     def abandon(self) -> None:
         """Drop the journal as a killed process would: no flush, no final snapshot. Idempotent.

@@ -12,6 +12,7 @@ A multi-rank journal replicates each rank's directory under the URL's ``rank-<r>
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +22,9 @@ from .replica.restore import RestoreReport, restore
 from .replica.shipper import Shipper
 
 CLOSE_TIMEOUT = 30.0  # seconds close() lets the last shipping round run before giving up on it
+CLAIM_TIMEOUT = 30.0  # seconds open() waits for the replica to decide the claim before going on locally
+CLOSE_RESERVE = 2.0  # at most this much of a deadline is kept for what follows the last round (release, exit)
+CLOSE_RESERVE_FRACTION = 0.2  # ... and at most this fraction of the grace it came from
 
 
 def rank_url(url: str, rank: int | None) -> str:
@@ -48,6 +52,35 @@ def open_replica(url: str, options: dict | None) -> ObjectStore:
     if not isinstance(url, (str, os.PathLike)):
         raise TypeError(f"replica must be a URL string (s3://bucket/prefix, file:///dir), got {type(url).__name__}")
     return open_store(str(url), options)
+
+
+def final_round_timeout(deadline: float | None, grace: float | None, now: float) -> float:
+    """Seconds close() lets the shipper's last round run: CLOSE_TIMEOUT without a deadline;
+    with one (a preemption's: `deadline` is the monotonic time its `grace` seconds end), what
+    is left of it less a reserve for the release and the exit (CLOSE_RESERVE, at most
+    CLOSE_RESERVE_FRACTION of the grace), never more than CLOSE_TIMEOUT and never below 0.
+    Entries the round cannot ship stay durable locally, as after any close."""
+    if deadline is None:
+        return CLOSE_TIMEOUT
+    reserve = min(CLOSE_RESERVE, CLOSE_RESERVE_FRACTION * grace) if grace is not None else CLOSE_RESERVE
+    return max(0.0, min(CLOSE_TIMEOUT, deadline - now - reserve))
+
+
+def await_claim(shipper: Shipper, root: Path, timeout: float = CLAIM_TIMEOUT) -> None:
+    """Journal.open's claim on the replica (FORMAT.md, "Fencing"), decided before open returns.
+
+    Won: returns. Lost: ReplicaFencedError naming the head's owner, term and index and this
+    copy's owner and last index, with the remedy (restore into a new directory, or open
+    without replica=). Undecided (the store failed or did not answer within `timeout`): a
+    RuntimeWarning, and the journal opens anyway, since the local journal is the source of
+    truth while it lives; the shipper retries the claim every round, and if it turns out
+    lost, `apply` raises ReplicaFencedError before appending."""
+    if shipper.wait_claimed(timeout):
+        return
+    reason = shipper.status().last_error or f"no answer in {timeout} s"
+    warnings.warn(f"journal {root}: replica {shipper.url} could not decide the claim at open ({reason}); training "
+                  "goes on locally, the claim is retried in the background, and apply raises ReplicaFencedError "
+                  "if another writer turns out to hold the replica", RuntimeWarning, stacklevel=3)
 
 
 def start_shipping(store: ObjectStore, root: Path, log, snapshots, settled: Callable[[], int], *,

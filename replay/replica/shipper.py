@@ -98,7 +98,9 @@ class Shipper:
         self._max_lag = max_lag
         self._owner: str | None = None
         self._etag: str | None = None
-        self._claimed = False
+        self._claimed = False  # the claim is done (and what follows it in the round: environment, chunk listing)
+        self._won = False  # this shipper holds head.json (created it, or rewrote it conditionally)
+        self._claim_failures = 0  # claim attempts that failed without an answer (store errors)
         self._chain: list[SegmentKey] = []  # the current chain's segments, oldest first
         self._end: tuple[int, int] | None = None  # (index, checksum) where the chain ends
         self._head_at: tuple[int, int] | None = None  # what head.json names (as this shipper wrote or read it)
@@ -126,11 +128,42 @@ class Shipper:
             self._thread = threading.Thread(target=self._run, name="replay-replica", daemon=True)
             self._thread.start()
 
+    def wait_claimed(self, timeout: float) -> bool:
+        """Block until the claim on the replica is decided (the thread's first round makes it;
+        FORMAT.md, "Fencing"), at most `timeout` seconds; whether this shipper holds head.json.
+
+        True: it does (head.json is missing and will be created with the first segment, or it
+        was rewritten, or taken over, conditionally on the etag read). ReplicaFencedError
+        (naming the head's owner, term and index and this copy's) when another writer holds
+        it. False when the store failed or did not answer in time: the thread retries the
+        claim every round (`status().last_error` says why), and `error` becomes
+        ReplicaFencedError if it turns out lost. RuntimeError when the thread is not running."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self._won:
+                if self._fenced is not None:
+                    raise self._fenced
+                if self._claim_failures:
+                    return False
+                if self._thread is None or not self._thread.is_alive():
+                    raise RuntimeError(f"replica {self.url}: the shipper is not running")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 0.05))
+        return True
+
     def close(self, timeout: float | None = None) -> None:
         """One last round (what is settled now is shipped if the store answers), then stop the
         thread, waiting at most `timeout` seconds (None: until it ends); then close the store.
         A thread still busy past the timeout is left to end on its own (it is a daemon and
-        ships nothing after its current upload). Idempotent."""
+        ships nothing after its current upload). Idempotent: a second call waits for nothing,
+        so a caller's deadline (a preemption's grace) bounds the whole close."""
+        if self._closing:
+            self._stop.set()
+            if self._thread is None or not self._thread.is_alive():
+                self._store.close()
+            return
         self._closing = True
         self._wake.set()
         if self._thread is not None:
@@ -239,6 +272,8 @@ class Shipper:
                 return  # the journal closed its log: nothing more to ship
             except Exception as exc:  # noqa: BLE001 - retried; reported in status, never raised into training
                 self._last_error = f"{type(exc).__name__}: {exc}"
+                if not self._won:
+                    self._claim_failures += 1  # `wait_claimed` stops waiting: the claim is retried
                 backoff = min(max(2 * backoff, BACKOFF_MIN), BACKOFF_MAX)
                 self._notify()
                 if final:
@@ -278,33 +313,82 @@ class Shipper:
     # ------------------------------------------------------------------ head and fencing
 
     def _claim(self) -> None:
-        """Decide, from head.json and DIR/replica.json, whether this journal may write the replica."""
+        """Decide, from head.json and DIR/replica.json, whether this journal may write the replica
+        (FORMAT.md, "Fencing"). Every decision against a present head.json ends in a conditional
+        write of it (the owner's own head rewritten with this log's term, or a restore's takeover),
+        so winning is settled here, never later by another writer's race; losing raises
+        ReplicaFencedError naming both sides."""
         record = read_record(self._root, self.url)
         current = read_head(self._store)
         if current is None:
             owner = record.owner or new_owner()
             if owner != record.owner:
                 write_record(self._root, Record(self.url, owner, None))
-            self._owner, self._etag = owner, None
+            self._owner, self._etag = owner, None  # created, create-only, with the first segment
         else:
             head, etag = current
             if head.owner == record.owner:
                 if head.term > self._term:
-                    raise ReplicaFencedError(self.url, f"head.json has term {head.term}, newer than this log's "
-                                                       f"term {self._term}")
-                self._owner, self._etag = head.owner, etag
+                    raise self._refusal(record, f"has log term {self._term}, older than head.json's: a newer "
+                                                "writer of this lineage wrote it", head)
+                renewed = Head(self._term, head.owner, head.index, head.checksum, time.time())
+                try:
+                    self._etag = self._store.put_if_match(HEAD_KEY, renewed.encode(), etag)
+                except PreconditionFailedError:
+                    raise self._refusal(record, "lost the replica while claiming it: another writer wrote "
+                                                "head.json since it was read") from None
+                self._owner = head.owner
             elif record.claim is not None and record.claim == etag:
                 owner = new_owner()
                 write_record(self._root, Record(self.url, owner, etag))  # first: a crash retries the claim
-                self._etag = take_over(self._store, self._term, owner=owner, etag=etag)
+                try:
+                    self._etag = take_over(self._store, self._term, owner=owner, etag=etag)
+                except ReplicaFencedError as exc:
+                    raise self._refusal(record, f"was restored from an earlier head.json, and its writer has "
+                                                f"written it since ({exc.detail}): that writer is still "
+                                                "shipping") from None
                 self._owner = owner
+            elif record.owner is not None:
+                raise self._refusal(record, "was taken over: a restore elsewhere claimed the replica from it", head)
+            elif record.claim is not None:
+                raise self._refusal(record, "was restored from an earlier head.json, and its writer has written it "
+                                            "since: that writer is still shipping", head)
             else:
-                raise ReplicaFencedError(self.url, f"head.json is owned by {head.owner} (term {head.term}, index "
-                                                   f"{head.index}); this journal never wrote it or was taken over")
+                raise self._refusal(record, "never wrote this replica", head)
             self._adopt_chain(head)
+        self._won = True
+        self._notify()
         self._load_environment()
         self._chunks = {k[len("chunks/"):] for k in self._store.list("chunks/")}
         self._claimed = True
+
+    def _refusal(self, record: Record, why: str, head: Head | None = None) -> ReplicaFencedError:
+        """The ReplicaFencedError of a lost claim: the head that holds the replica (read again when
+        not given), this copy's owner and last index, and the two ways on."""
+        if head is None:
+            try:
+                found = read_head(self._store)
+            except ReplicaError:
+                found = None
+            head = found[0] if found is not None else None
+        try:
+            last = self._log.last_index
+        except ClosedError:
+            last = "unknown (closed)"
+        mine = f"this copy ({self._root}, owner {record.owner or 'none recorded'}, last index {last})"
+        if head is None:
+            return ReplicaFencedError(self.url, f"head.json changed and cannot be read back; {mine} {why}. Restore "
+                                                "the replica into a new directory to go on from it, or open this "
+                                                "directory without replica= to go on from its own history")
+        ahead = f", {head.index - last} entries ahead of this copy" if isinstance(last, int) and head.index > last \
+            else ""
+        return ReplicaFencedError(
+            self.url,
+            f"head.json is owned by {head.owner} (term {head.term}, replica index {head.index}{ahead}); {mine} {why}. "
+            f"To go on from the replica's index {head.index}, restore it into a new directory (Journal.open of an "
+            f"empty directory with this replica, or `replay restore {self.url} NEWDIR`); to go on from this copy's "
+            "own history, open it without replica= (nothing of it ships then)",
+            owner=head.owner, index=head.index, term=head.term)
 
     def _adopt_chain(self, head: Head) -> None:
         """The chain head.json names, from the segment keys on the replica."""
@@ -328,8 +412,9 @@ class Shipper:
         try:
             self._etag = self._store.put_if_match(HEAD_KEY, head.encode(), self._etag)
         except PreconditionFailedError:
-            raise ReplicaFencedError(self.url, "head.json was written by another writer since this one's last "
-                                               "write (a restore elsewhere took the replica over)") from None
+            raise self._refusal(read_record(self._root, self.url),
+                                "lost the replica: another writer wrote head.json since this copy's last write "
+                                "(a restore elsewhere took it over)") from None
         self._uploads += 1
         self._head_writes += 1
         self._head_at = self._end
