@@ -145,11 +145,18 @@ class Journal:
                 segments every `ship_interval` seconds. A missing or empty `path` with a
                 replica that holds a journal is first restored from it (a new machine):
                 the journal then recovers the state at the replica index and goes on
-                writing. Opening claims the replica for this writer (its term): a stale
-                writer elsewhere is fenced and ships nothing more. A multi-rank journal
-                replicates rank r under ``URL/rank-<r>``. The local journal stays the
-                source of truth: an unreachable replica only grows the lag
-                (`replica_status`).
+                writing. Opening decides the claim on the replica before it returns
+                (FORMAT.md, "Fencing"): the journal that last wrote it, or a directory
+                just restored from its current head, takes it for this writer's term (a
+                stale writer elsewhere is fenced); anyone else gets ReplicaFencedError
+                naming the replica's owner and index and this copy's. A journal fenced
+                while open raises ReplicaFencedError from `apply` (before appending) and
+                `flush(replica=True)`. A multi-rank journal replicates rank r under
+                ``URL/rank-<r>``. The local journal stays the source of truth: an
+                unreachable replica only grows the lag (`replica_status`), and at the
+                open of an existing journal it gives a RuntimeWarning after at most
+                replication.CLAIM_TIMEOUT seconds, the claim being retried in the
+                background.
             replica_options: options for the replica's store (S3: endpoint_url, region,
                 access_key_id, secret_access_key, timeouts; replay.replica.objects).
             ship_interval: seconds between shipping rounds (counted from the end of one):
@@ -396,7 +403,10 @@ class Journal:
             TypeError (naming the op) for ``inputs=`` to a handler without an ``inputs``
             parameter, PayloadRejectedError when the payload does not bind to the
             handler's signature or the op's validator rejects it, TypeError when the log
-            cannot encode it; whatever the op's inputs rebuild raises.
+            cannot encode it; whatever the op's inputs rebuild raises; with a replica,
+            ReplicaLagError past ``max_replica_lag`` and ReplicaFencedError once another
+            writer holds the replica (every later apply too: reopen without ``replica=``,
+            or restore the replica elsewhere).
             A handler that raises: the entry is removed from the log, the state rolled back
             to the previous index (newest snapshot + replay), then the handler's exception
             is re-raised unchanged (invariant 6); if that cleanup fails,

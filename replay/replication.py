@@ -2,8 +2,10 @@
 
 ``Journal.open(path, ..., replica=URL)`` calls `restore_if_empty` before anything else
 touches `path` (a new machine: the directory is missing or empty and the replica has a
-head, so the journal is rebuilt from the replica, then recovers as usual), and
-`start_shipping` once the journal is open. The shipping itself (what ships, in which
+head, so the journal is rebuilt from the replica, then recovers as usual),
+`start_shipping` once the journal is open, and `await_claim` before open returns (the
+claim on the replica is decided there: won, or ReplicaFencedError). `close` gives the
+last shipping round `final_round_timeout`. The shipping itself (what ships, in which
 order, fencing) is replay.replica.shipper's; its format is replay/replica/FORMAT.md.
 
 A multi-rank journal replicates each rank's directory under the URL's ``rank-<r>``.
@@ -85,8 +87,9 @@ def await_claim(shipper: Shipper, root: Path, timeout: float = CLAIM_TIMEOUT) ->
 
 def start_shipping(store: ObjectStore, root: Path, log, snapshots, settled: Callable[[], int], *,
                    interval: float, max_lag: float | None, keep_extra: int = 0) -> Shipper:
-    """A running Shipper for the journal at `root`; it claims the replica's head.json for the
-    log's current term (a stale writer elsewhere is fenced from then on). The replica keeps
+    """A running Shipper for the journal at `root`; its first round claims the replica's
+    head.json for the log's current term (a stale writer elsewhere is fenced from then on;
+    `await_claim` waits for the outcome). The replica keeps
     the snapshots the local store keeps, plus `keep_extra` older ones (replay.replica.retention)."""
     shipper = Shipper(store, root, log, snapshots, settled, interval=interval, term=log.term, max_lag=max_lag,
                       keep_extra=keep_extra)

@@ -11,8 +11,14 @@ and the training thread only ever reads its counters.
 Failures: the store unreachable (ReplicaUnavailableError, or any other error of a
 round) is retried with exponential backoff (0.05 s doubling to 2 s) while the lag grows;
 `max_lag` turns a lag beyond that many seconds into a ReplicaLagError that `wait` raises
-and `error` returns. A refused head.json write means another writer holds the replica:
-ReplicaFencedError, and the shipper stops for good (training goes on).
+and `error` returns. A refused head.json write, or a claim lost at start, means another
+writer holds the replica: ReplicaFencedError, and the shipper stops for good (the Journal
+then refuses `apply`; the shipper itself never touches training).
+
+Call sequence: `Shipper(...)`, `start()` (the thread's first round makes the claim,
+FORMAT.md "Fencing"), `wait_claimed(timeout)` (Journal.open: the claim's outcome before
+it returns), then from the training thread `error` / `status` / `wait` / `collect` at
+will, and `close(timeout)` once (a second call waits for nothing).
 
 Garbage collection (retention.py; FORMAT.md, "Retention and garbage collection") runs on
 this same thread at the end of a round that wrote head.json, at most every
@@ -349,7 +355,8 @@ class Shipper:
                                                 "shipping") from None
                 self._owner = owner
             elif record.owner is not None:
-                raise self._refusal(record, "was taken over: a restore elsewhere claimed the replica from it", head)
+                raise self._refusal(record, "no longer writes it: another journal wrote head.json since (a restore "
+                                            "elsewhere took the replica over, or another run writes this URL)", head)
             elif record.claim is not None:
                 raise self._refusal(record, "was restored from an earlier head.json, and its writer has written it "
                                             "since: that writer is still shipping", head)
