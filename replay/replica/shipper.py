@@ -39,7 +39,8 @@ from snapshots.safefile import UnsafeFileError, read_regular
 
 from .chain import ENVIRONMENT_KEY, SegmentKey, chunk_key, manifest_key, parse_segment_key, walk_back, SEGMENTS
 from .errors import ObjectNotFoundError, PreconditionFailedError, ReplicaError, ReplicaFencedError
-from .head import HEAD_KEY, Head, Record, new_owner, read_head, read_record, take_over, write_record
+from .claim import claim, refusal
+from .head import HEAD_KEY, Head, read_record
 from .retention import CHUNKS, Collected, Collector, Plan
 from .snapfiles import LocalFileError, LocalStore
 from .status import ReplicaLagError, ReplicaStatus
@@ -319,83 +320,16 @@ class Shipper:
     # ------------------------------------------------------------------ head and fencing
 
     def _claim(self) -> None:
-        """Decide, from head.json and DIR/replica.json, whether this journal may write the replica
-        (FORMAT.md, "Fencing"). Every decision against a present head.json ends in a conditional
-        write of it (the owner's own head rewritten with this log's term, or a restore's takeover),
-        so winning is settled here, never later by another writer's race; losing raises
-        ReplicaFencedError naming both sides."""
-        record = read_record(self._root, self.url)
-        current = read_head(self._store)
-        if current is None:
-            owner = record.owner or new_owner()
-            if owner != record.owner:
-                write_record(self._root, Record(self.url, owner, None))
-            self._owner, self._etag = owner, None  # created, create-only, with the first segment
-        else:
-            head, etag = current
-            if head.owner == record.owner:
-                if head.term > self._term:
-                    raise self._refusal(record, f"has log term {self._term}, older than head.json's: a newer "
-                                                "writer of this lineage wrote it", head)
-                renewed = Head(self._term, head.owner, head.index, head.checksum, time.time())
-                try:
-                    self._etag = self._store.put_if_match(HEAD_KEY, renewed.encode(), etag)
-                except PreconditionFailedError:
-                    raise self._refusal(record, "lost the replica while claiming it: another writer wrote "
-                                                "head.json since it was read") from None
-                self._owner = head.owner
-            elif record.claim is not None and record.claim == etag:
-                owner = new_owner()
-                write_record(self._root, Record(self.url, owner, etag))  # first: a crash retries the claim
-                try:
-                    self._etag = take_over(self._store, self._term, owner=owner, etag=etag)
-                except ReplicaFencedError as exc:
-                    raise self._refusal(record, f"was restored from an earlier head.json, and its writer has "
-                                                f"written it since ({exc.detail}): that writer is still "
-                                                "shipping") from None
-                self._owner = owner
-            elif record.owner is not None:
-                raise self._refusal(record, "no longer writes it: another journal wrote head.json since (a restore "
-                                            "elsewhere took the replica over, or another run writes this URL)", head)
-            elif record.claim is not None:
-                raise self._refusal(record, "was restored from an earlier head.json, and its writer has written it "
-                                            "since: that writer is still shipping", head)
-            else:
-                raise self._refusal(record, "never wrote this replica", head)
-            self._adopt_chain(head)
+        """Decide whether this journal may write the replica (claim.claim; FORMAT.md, "Fencing")."""
+        claimed = claim(self._store, self._root, self._term, lambda: self._log.last_index)
+        self._owner, self._etag = claimed.owner, claimed.etag
+        if claimed.head is not None:
+            self._adopt_chain(claimed.head)
         self._won = True
         self._notify()
         self._load_environment()
         self._chunks = {k[len("chunks/"):] for k in self._store.list("chunks/")}
         self._claimed = True
-
-    def _refusal(self, record: Record, why: str, head: Head | None = None) -> ReplicaFencedError:
-        """The ReplicaFencedError of a lost claim: the head that holds the replica (read again when
-        not given), this copy's owner and last index, and the two ways on."""
-        if head is None:
-            try:
-                found = read_head(self._store)
-            except ReplicaError:
-                found = None
-            head = found[0] if found is not None else None
-        try:
-            last = self._log.last_index
-        except ClosedError:
-            last = "unknown (closed)"
-        mine = f"this copy ({self._root}, owner {record.owner or 'none recorded'}, last index {last})"
-        if head is None:
-            return ReplicaFencedError(self.url, f"head.json changed and cannot be read back; {mine} {why}. Restore "
-                                                "the replica into a new directory to go on from it, or open this "
-                                                "directory without replica= to go on from its own history")
-        ahead = f", {head.index - last} entries ahead of this copy" if isinstance(last, int) and head.index > last \
-            else ""
-        return ReplicaFencedError(
-            self.url,
-            f"head.json is owned by {head.owner} (term {head.term}, replica index {head.index}{ahead}); {mine} {why}. "
-            f"To go on from the replica's index {head.index}, restore it into a new directory (Journal.open of an "
-            f"empty directory with this replica, or `replay restore {self.url} NEWDIR`); to go on from this copy's "
-            "own history, open it without replica= (nothing of it ships then)",
-            owner=head.owner, index=head.index, term=head.term)
 
     def _adopt_chain(self, head: Head) -> None:
         """The chain head.json names, from the segment keys on the replica."""
@@ -419,9 +353,9 @@ class Shipper:
         try:
             self._etag = self._store.put_if_match(HEAD_KEY, head.encode(), self._etag)
         except PreconditionFailedError:
-            raise self._refusal(read_record(self._root, self.url),
-                                "lost the replica: another writer wrote head.json since this copy's last write "
-                                "(a restore elsewhere took it over)") from None
+            raise refusal(self._store, self._root, read_record(self._root, self.url), lambda: self._log.last_index,
+                          "lost the replica: another writer wrote head.json since this copy's last write (a restore "
+                          "elsewhere took it over)") from None
         self._uploads += 1
         self._head_writes += 1
         self._head_at = self._end
