@@ -93,3 +93,13 @@ def test_preemption_exits_within_its_grace_when_the_replica_is_unreachable(tmp_p
     with open_journal(directory) as journal:                # every acknowledged entry is durable locally
         assert journal.index >= max(acknowledged)
         assert journal.recovery.entries_replayed == 0       # the stop's snapshot at the last index committed
+
+
+def test_the_last_round_gets_what_is_left_of_a_deadline_never_more():
+    from replay.replication import CLOSE_RESERVE, CLOSE_TIMEOUT, final_round_timeout
+
+    assert final_round_timeout(None, None, now=100.0) == CLOSE_TIMEOUT          # a plain close
+    assert final_round_timeout(110.0, 10.0, now=100.0) == 10.0 - CLOSE_RESERVE  # what is left, less the reserve
+    assert final_round_timeout(102.0, 2.0, now=100.0) == pytest.approx(2.0 - 0.2 * 2.0)  # a fifth of a short grace
+    assert final_round_timeout(101.0, 30.0, now=100.0) == 0.0                   # nothing left: no wait at all
+    assert final_round_timeout(400.0, 300.0, now=100.0) == CLOSE_TIMEOUT        # a long grace: never more than a close
