@@ -261,7 +261,8 @@ class Journal:
                 journal._shipper = replication.start_shipping(
                     store_to_ship, root, log, store, journal._settled, interval=ship_interval, max_lag=max_replica_lag,
                     keep_extra=replica_keep_extra)
-                replication.await_claim(journal._shipper, root)  # won, or ReplicaFencedError naming the owner
+                replication.await_claim(journal._shipper, root, log.last_index,  # won, or ReplicaFencedError
+                                        max((i for i, _ in recovery.truncated), default=0))
         except BaseException as exc:
             if replica_store is not None:
                 replica_store.close()

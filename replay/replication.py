@@ -68,16 +68,27 @@ def final_round_timeout(deadline: float | None, grace: float | None, now: float)
     return max(0.0, min(CLOSE_TIMEOUT, deadline - now - reserve))
 
 
-def await_claim(shipper: Shipper, root: Path, timeout: float = CLAIM_TIMEOUT) -> None:
+def await_claim(shipper: Shipper, root: Path, last_index: int, cut_through: int = 0,
+                timeout: float = CLAIM_TIMEOUT) -> None:
     """Journal.open's claim on the replica (FORMAT.md, "Fencing"), decided before open returns.
 
-    Won: returns. Lost: ReplicaFencedError naming the head's owner, term and index and this
-    copy's owner and last index, with the remedy (restore into a new directory, or open
-    without replica=). Undecided (the store failed or did not answer within `timeout`): a
-    RuntimeWarning, and the journal opens anyway, since the local journal is the source of
-    truth while it lives; the shipper retries the claim every round, and if it turns out
-    lost, `apply` raises ReplicaFencedError before appending."""
+    Won: returns; with a RuntimeWarning when this same journal's head.json is ahead of
+    `last_index` (this copy's last entry) for a reason other than this open's multi-rank
+    cut (entries through `cut_through` dropped): the directory went back in time or an
+    operator truncated it, and the replica moves back to this copy's history. Lost:
+    ReplicaFencedError naming the head's owner, term and index and this copy's owner and
+    last index, with the remedy (restore into a new directory, or open without replica=).
+    Undecided (the store failed or did not answer within `timeout`): a RuntimeWarning, and
+    the journal opens anyway, since the local journal is the source of truth while it
+    lives; the shipper retries the claim every round, and if it turns out lost, `apply`
+    raises ReplicaFencedError before appending."""
     if shipper.wait_claimed(timeout):
+        head = shipper.claimed_head
+        if head is not None and head.index > max(last_index, cut_through):
+            warnings.warn(f"journal {root}: replica {shipper.url} holds this journal's entries through index "
+                          f"{head.index}, beyond its last index {last_index} here (the directory went back in time, "
+                          f"or was truncated by an operator): the replica moves back to this copy's history and "
+                          f"abandons entries {last_index + 1}..{head.index}", RuntimeWarning, stacklevel=3)
         return
     reason = shipper.status().last_error or f"no answer in {timeout} s"
     warnings.warn(f"journal {root}: replica {shipper.url} could not decide the claim at open ({reason}); training "

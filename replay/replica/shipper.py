@@ -73,7 +73,8 @@ class Shipper:
 
     Attributes: ``index`` (the replica index: a restore reproduces the state at it; may go
     down after a local truncation, FORMAT.md), ``url``, ``collected`` (garbage-collection
-    counters, retention.Collected).
+    counters, retention.Collected), ``claimed_head`` (the head.json a won claim found, None
+    before the claim or when the replica had none).
     """
 
     def __init__(self, store, root, log, snapshots, settled: Callable[[], int], *, interval: float = 1.0,
@@ -108,6 +109,7 @@ class Shipper:
         self._claimed = False  # the claim is done (and what follows it in the round: environment, chunk listing)
         self._won = False  # this shipper holds head.json (created it, or rewrote it conditionally)
         self._claim_failures = 0  # claim attempts that failed without an answer (store errors)
+        self.claimed_head: Head | None = None  # the head.json the won claim continued from (None: none yet)
         self._chain: list[SegmentKey] = []  # the current chain's segments, oldest first
         self._end: tuple[int, int] | None = None  # (index, checksum) where the chain ends
         self._head_at: tuple[int, int] | None = None  # what head.json names (as this shipper wrote or read it)
@@ -323,6 +325,7 @@ class Shipper:
         """Decide whether this journal may write the replica (claim.claim; FORMAT.md, "Fencing")."""
         claimed = claim(self._store, self._root, self._term, lambda: self._log.last_index)
         self._owner, self._etag = claimed.owner, claimed.etag
+        self.claimed_head = claimed.head
         if claimed.head is not None:
             self._adopt_chain(claimed.head)
         self._won = True

@@ -153,3 +153,25 @@ def test_a_claim_retried_after_open_that_turns_out_lost_stops_apply(tmp_path, st
         assert stale.log.last_index == last
     finally:
         stale.close()
+
+
+def test_a_directory_gone_back_in_time_warns_that_the_replica_moves_back(tmp_path, replica_url):
+    import shutil
+
+    url, options = replica_url
+    with replicated(tmp_path / "a", url, options) as a:
+        apply_n(a, 10)
+        a.flush(replica=True, timeout=60)
+    shutil.copytree(tmp_path / "a", tmp_path / "backup")     # a copy of the disk at 10 (same writer)
+    with replicated(tmp_path / "a", url, options) as a:
+        apply_n(a, 10)
+        a.flush(replica=True, timeout=60)
+    shutil.rmtree(tmp_path / "a")
+    shutil.move(tmp_path / "backup", tmp_path / "a")         # the disk goes back to 10
+    with pytest.warns(RuntimeWarning, match=r"abandons entries 11\.\.20"):
+        a = replicated(tmp_path / "a", url, options)
+    with a:
+        assert a.index == 10
+        apply_n(a, 2)
+        assert a.flush(replica=True, timeout=60) == 12     # the replica follows this copy's history
+    assert head_of(url, options)[0].index == 12
