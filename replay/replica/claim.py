@@ -54,6 +54,9 @@ def claim(store, root: Path, term: int, last_index) -> Claimed:
         try:
             return Claimed(head.owner, store.put_if_match(HEAD_KEY, renewed.encode(), etag), head)
         except PreconditionFailedError:
+            landed = _landed(store, lambda now: now == renewed)
+            if landed is not None:
+                return Claimed(head.owner, landed, head)
             raise refusal(store, root, record, last_index, "lost the replica while claiming it: another writer "
                                                            "wrote head.json since it was read") from None
     restored = ("was restored from an earlier head.json, and its writer has written it since: that writer is still "
@@ -65,6 +68,10 @@ def claim(store, root: Path, term: int, last_index) -> Claimed:
         try:
             return Claimed(owner, take_over(store, term, owner=owner, etag=etag), head)
         except ReplicaFencedError:
+            landed = _landed(store, lambda now: now.owner == owner)  # a fresh uuid: only this claim writes it
+            if landed is not None:
+                return Claimed(owner, landed, head)
+            write_record(root, record)  # the takeover did not happen: this directory is still only a restore
             raise refusal(store, root, record, last_index, restored) from None
     if record.owner is not None:
         why = ("no longer writes it: another journal wrote head.json since (a restore elsewhere took the replica "
@@ -74,6 +81,14 @@ def claim(store, root: Path, term: int, last_index) -> Claimed:
     else:
         why = "never wrote this replica"
     raise refusal(store, root, record, last_index, why, head)
+
+
+def _landed(store, ours) -> str | None:
+    """The etag of head.json when `ours(head)` says it is the write this claim just made (a
+    refused conditional write may be a client retry of one that landed: objects.ObjectStore
+    .put_if_match), else None."""
+    found = read_head(store)
+    return found[1] if found is not None and ours(found[0]) else None
 
 
 def refusal(store, root: Path, record: Record, last_index, why: str, head: Head | None = None) -> ReplicaFencedError:

@@ -175,3 +175,36 @@ def test_a_directory_gone_back_in_time_warns_that_the_replica_moves_back(tmp_pat
         apply_n(a, 2)
         assert a.flush(replica=True, timeout=60) == 12     # the replica follows this copy's history
     assert head_of(url, options)[0].index == 12
+
+
+class AnswerLost:
+    """A store whose conditional writes land and then answer "precondition failed", as a client
+    retry of a write whose first answer was lost does (ObjectStore.put_if_match)."""
+
+    def __init__(self, store):
+        self._store = store
+        self.url = store.url
+
+    def put_if_match(self, key, data, etag):
+        from replay.replica.errors import PreconditionFailedError
+
+        self._store.put_if_match(key, data, etag)
+        raise PreconditionFailedError(key, self.url, "the retry found the first attempt's write")
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+@pytest.mark.parametrize("restored", [False, True], ids=["own-head", "takeover"])
+def test_a_claim_whose_write_landed_but_answered_refused_is_won(tmp_path, restored):
+    from replay.replica.claim import claim
+    from replay.replica.head import Head, Record, write_record
+
+    url = (tmp_path / "replica").as_uri()
+    with open_store(url) as store:
+        etag = store.put_if_match("head.json", Head(3, "a" * 32, 0, 0, 1.0).encode(), None)
+        write_record(tmp_path / "dir", Record(url, None, etag) if restored else Record(url, "a" * 32, None))
+        claimed = claim(AnswerLost(store), tmp_path / "dir", 4, lambda: 0)
+        head, now = read_head(store)
+    assert claimed.etag == now and head.term == 4 and head.owner == claimed.owner
+    assert (head.owner == "a" * 32) is not restored
