@@ -208,3 +208,58 @@ def test_a_claim_whose_write_landed_but_answered_refused_is_won(tmp_path, restor
         head, now = read_head(store)
     assert claimed.etag == now and head.term == 4 and head.owner == claimed.owner
     assert (head.owner == "a" * 32) is not restored
+
+
+WRITER = """
+import json, sys
+sys.path[:0] = json.loads(sys.argv[3])
+from tests.replica.test_shipping import apply_n, open_journal
+
+journal = open_journal(sys.argv[1], replica=sys.argv[2], ship_interval=0.05)
+try:
+    while True:  # the issue's machine A: ships with flush(replica=True) every 5 steps
+        apply_n(journal, 5)
+        print("shipped", journal.flush(replica=True, timeout=60), flush=True)
+except Exception as exc:
+    print("stopped", type(exc).__name__, flush=True)
+    journal.close()
+"""
+
+
+def test_a_newcomer_beside_a_shipping_process_is_refused_or_holds_the_replica_never_opens_fenced(tmp_path):
+    """The issue's reproducer, two processes: whichever way the race goes, `Journal.open` of
+    the newcomer either raises ReplicaFencedError or returns holding head.json, and then
+    the writer it displaced stops with ReplicaFencedError."""
+    import json
+    import subprocess
+    import sys
+
+    from replay.replica.head import read_record
+
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    for round_ in range(2):
+        url = (tmp_path / f"replica{round_}").as_uri()
+        writer = subprocess.Popen([sys.executable, str(script), str(tmp_path / f"a{round_}"), url,
+                                   json.dumps(sys.path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert writer.stdout.readline().startswith("shipped"), writer.stderr.read()  # A is shipping now
+            try:
+                newcomer = replicated(tmp_path / f"b{round_}", url, {})
+            except ReplicaFencedError as exc:
+                assert f"owned by {head_of(url, {})[0].owner}" in str(exc) or "changed" in str(exc), str(exc)
+                continue
+            with newcomer:
+                head, _ = head_of(url, {})
+                assert head.owner == read_record(newcomer.path, url).owner and not newcomer.replica_status.fenced
+                for line in writer.stdout:  # A learns it at its next head write, and stops
+                    if not line.startswith("shipped"):
+                        assert line.split() == ["stopped", "ReplicaFencedError"], line
+                        break
+                else:
+                    pytest.fail(f"the displaced writer never stopped: {writer.stderr.read()}")
+                apply_n(newcomer, 5)
+                assert newcomer.flush(replica=True, timeout=60) == newcomer.index
+        finally:
+            writer.kill()
+            writer.wait()
