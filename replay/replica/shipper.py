@@ -326,10 +326,10 @@ class Shipper:
         claimed = claim(self._store, self._root, self._term, lambda: self._log.last_index)
         self._owner, self._etag = claimed.owner, claimed.etag
         self.claimed_head = claimed.head
+        self._won = True
+        self._notify()  # decided: `wait_claimed` (Journal.open) need not wait for the listings below
         if claimed.head is not None:
             self._adopt_chain(claimed.head)
-        self._won = True
-        self._notify()
         self._load_environment()
         self._chunks = {k[len("chunks/"):] for k in self._store.list("chunks/")}
         self._claimed = True
