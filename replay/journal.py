@@ -32,6 +32,7 @@ from .counting import StepCounter
 from .envelope import DIGEST_OP, unwrap, wrap
 from . import replication
 from .errors import ClosedError, JournalPoisonedError, RankFailureError, ReplayError
+from .replica.errors import ReplicaFencedError
 from .replica.status import ReplicaLagError
 from .opening import check_options, open_and_recover, refuse_to_reinitialise
 from .ops import Ops
@@ -146,11 +147,18 @@ class Journal:
                 segments every `ship_interval` seconds. A missing or empty `path` with a
                 replica that holds a journal is first restored from it (a new machine):
                 the journal then recovers the state at the replica index and goes on
-                writing. Opening claims the replica for this writer (its term): a stale
-                writer elsewhere is fenced and ships nothing more. A multi-rank journal
-                replicates rank r under ``URL/rank-<r>``. The local journal stays the
-                source of truth: an unreachable replica only grows the lag
-                (`replica_status`).
+                writing. Opening decides the claim on the replica before it returns
+                (FORMAT.md, "Fencing"): the journal that last wrote it, or a directory
+                just restored from its current head, takes it for this writer's term (a
+                stale writer elsewhere is fenced); anyone else gets ReplicaFencedError
+                naming the replica's owner and index and this copy's. A journal fenced
+                while open raises ReplicaFencedError from `apply` (before appending) and
+                `flush(replica=True)`. A multi-rank journal replicates rank r under
+                ``URL/rank-<r>``. The local journal stays the source of truth: an
+                unreachable replica only grows the lag (`replica_status`), and at the
+                open of an existing journal it gives a RuntimeWarning after at most
+                replication.CLAIM_TIMEOUT seconds, the claim being retried in the
+                background.
             replica_options: options for the replica's store (S3: endpoint_url, region,
                 access_key_id, secret_access_key, timeouts; replay.replica.objects).
             ship_interval: seconds between shipping rounds (counted from the end of one):
@@ -255,6 +263,8 @@ class Journal:
                 journal._shipper = replication.start_shipping(
                     store_to_ship, root, log, store, journal._settled, interval=ship_interval, max_lag=max_replica_lag,
                     keep_extra=replica_keep_extra)
+                replication.await_claim(journal._shipper, root, log.last_index,  # won, or ReplicaFencedError
+                                        max((i for i, _ in recovery.truncated), default=0))
         except BaseException as exc:
             if replica_store is not None:
                 replica_store.close()
@@ -397,7 +407,10 @@ class Journal:
             TypeError (naming the op) for ``inputs=`` to a handler without an ``inputs``
             parameter, PayloadRejectedError when the payload does not bind to the
             handler's signature or the op's validator rejects it, TypeError when the log
-            cannot encode it; whatever the op's inputs rebuild raises.
+            cannot encode it; whatever the op's inputs rebuild raises; with a replica,
+            ReplicaLagError past ``max_replica_lag`` and ReplicaFencedError once another
+            writer holds the replica (every later apply too: reopen without ``replica=``,
+            or restore the replica elsewhere).
             A handler that raises: the entry is removed from the log, the state rolled back
             to the previous index (newest snapshot + replay), then the handler's exception
             is re-raised unchanged (invariant 6); if that cleanup fails,
@@ -432,8 +445,14 @@ class Journal:
 
     def _apply(self, op: str, inputs: Any, payload: dict) -> Any:
         self._check_usable()
-        if self._shipper is not None and isinstance(self._shipper.error, ReplicaLagError):
-            raise self._shipper.error  # max_replica_lag: refused before anything is appended
+        if self._shipper is not None:
+            refused = self._shipper.error
+            if isinstance(refused, ReplicaLagError):
+                raise refused  # max_replica_lag: refused before anything is appended
+            if isinstance(refused, ReplicaFencedError):  # never a silent fork: refused before appending
+                raise ReplicaFencedError(refused.url, f"{refused.detail}. Journal {self.path}: apply({op!r}) refused "
+                                                      f"at index {self._index}, nothing appended", owner=refused.owner,
+                                         index=refused.index, term=refused.term) from refused
         spec = self.ops.check_payload(op, payload)
         if inputs is not None and not spec.takes_inputs:
             raise TypeError(f"op {op!r}: inputs= was given but its handler has no 'inputs' parameter "
@@ -608,10 +627,13 @@ class Journal:
             self._link.phase("closing", self._index)
             self._close(snapshot, strict=snapshot is True)
 
-    def _close(self, snapshot: bool | None, strict: bool, together: bool = True) -> None:
+    def _close(self, snapshot: bool | None, strict: bool, together: bool = True,
+               deadline: float | None = None, grace: float | None = None) -> None:
         """`strict`: a failing snapshot raises (after the release) instead of being reported.
         `together`: a multi-rank journal confirms its final snapshot with the other ranks
-        (False when an exception is unwinding: the others may be anywhere)."""
+        (False when an exception is unwinding: the others may be anywhere). `deadline`
+        (monotonic seconds, from a preemption's `grace`): the replica's last round gets what
+        is left of it (replication.final_round_timeout), never more."""
         if self._closed:
             return
         try:
@@ -625,14 +647,16 @@ class Journal:
                 self._guarded(self.log.flush)
                 if self._group is not None and together:
                     self._collective(self._group.flush, self.log.durable_index)
-                if self._shipper is not None:
-                    self._shipper.close(replication.CLOSE_TIMEOUT)  # one last round: the final snapshot too
+                if self._shipper is not None:  # one last round: the final snapshot too
+                    self._shipper.close(replication.final_round_timeout(deadline, grace, time.monotonic()))
         finally:
             self._release()
 
     def _stop_for_preemption(self) -> None:
         """A preemption signal's clean stop (replay/preemption.py): snapshot the last index, flush, release."""
-        self._close(True, strict=False)
+        handler = self._preemption
+        self._close(True, strict=False, deadline=handler.deadline if handler is not None else None,
+                    grace=handler.policy.grace if handler is not None else None)
 
     def abandon(self) -> None:
         """Drop the journal as a killed process would: no flush, no final snapshot. Idempotent.

@@ -43,6 +43,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -109,6 +110,7 @@ class PreemptionHandler:
         self._previous: dict[int, object] = {}
         self._installed = False
         self.signum: int | None = None  # the preemption signal received, once one is
+        self.deadline: float | None = None  # time.monotonic() when its grace ends (the stop must be done by then)
         self._stopped = False
         self._closed = False
         self._timer: threading.Timer | None = None
@@ -149,6 +151,7 @@ class PreemptionHandler:
             self._as_previous(signum, frame)  # closed on another thread, so still installed
             return
         self.signum = signum
+        self.deadline = time.monotonic() + self.policy.grace
         self._timer = threading.Timer(self.policy.grace, self._expired)
         self._timer.daemon = True
         self._timer.start()

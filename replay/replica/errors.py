@@ -59,11 +59,19 @@ class ReplicaUnavailableError(ReplicaError):
 
 
 class ReplicaFencedError(ReplicaError):
-    """Another writer holds the replica (a newer term claimed its head): this writer may not ship."""
+    """Another writer holds the replica (its head.json names another owner, or was written since
+    this writer's claim): this writer may not ship, and a Journal refuses to open or to apply.
 
-    def __init__(self, url: str, detail: str):
+    `owner`, `index` and `term` are those of the head.json that holds it, when known (None
+    otherwise); the message names them and this copy's own owner and last index."""
+
+    def __init__(self, url: str, detail: str, *, owner: str | None = None, index: int | None = None,
+                 term: int | None = None):
         self.url = url
         self.detail = detail
+        self.owner = owner
+        self.index = index
+        self.term = term
         super().__init__(f"replica {url} is held by another writer: {detail}")
 
 

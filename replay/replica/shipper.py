@@ -11,8 +11,14 @@ and the training thread only ever reads its counters.
 Failures: the store unreachable (ReplicaUnavailableError, or any other error of a
 round) is retried with exponential backoff (0.05 s doubling to 2 s) while the lag grows;
 `max_lag` turns a lag beyond that many seconds into a ReplicaLagError that `wait` raises
-and `error` returns. A refused head.json write means another writer holds the replica:
-ReplicaFencedError, and the shipper stops for good (training goes on).
+and `error` returns. A refused head.json write, or a claim lost at start, means another
+writer holds the replica: ReplicaFencedError, and the shipper stops for good (the Journal
+then refuses `apply`; the shipper itself never touches training).
+
+Call sequence: `Shipper(...)`, `start()` (the thread's first round makes the claim,
+FORMAT.md "Fencing"), `wait_claimed(timeout)` (Journal.open: the claim's outcome before
+it returns), then from the training thread `error` / `status` / `wait` / `collect` at
+will, and `close(timeout)` once (a second call waits for nothing).
 
 Garbage collection (retention.py; FORMAT.md, "Retention and garbage collection") runs on
 this same thread at the end of a round that wrote head.json, at most every
@@ -33,8 +39,9 @@ from snapshots.safefile import UnsafeFileError, read_regular
 
 from .chain import ENVIRONMENT_KEY, SegmentKey, chunk_key, manifest_key, parse_segment_key, walk_back, SEGMENTS
 from .errors import ObjectNotFoundError, PreconditionFailedError, ReplicaError, ReplicaFencedError
+from .claim import claim, refusal
+from .head import HEAD_KEY, Head, read_record
 from .merging import merge_tail
-from .head import HEAD_KEY, Head, Record, new_owner, read_head, read_record, take_over, write_record
 from .retention import CHUNKS, Collected, Collector, Plan
 from .snapfiles import LocalFileError, LocalStore
 from .status import ReplicaLagError, ReplicaStatus
@@ -67,7 +74,8 @@ class Shipper:
 
     Attributes: ``index`` (the replica index: a restore reproduces the state at it; may go
     down after a local truncation, FORMAT.md), ``url``, ``collected`` (garbage-collection
-    counters, retention.Collected).
+    counters, retention.Collected), ``claimed_head`` (the head.json a won claim found, None
+    before the claim or when the replica had none).
     """
 
     def __init__(self, store, root, log, snapshots, settled: Callable[[], int], *, interval: float = 1.0,
@@ -99,7 +107,10 @@ class Shipper:
         self._max_lag = max_lag
         self._owner: str | None = None
         self._etag: str | None = None
-        self._claimed = False
+        self._claimed = False  # the claim is done (and what follows it in the round: environment, chunk listing)
+        self._won = False  # this shipper holds head.json (created it, or rewrote it conditionally)
+        self._claim_failures = 0  # claim attempts that failed without an answer (store errors)
+        self.claimed_head: Head | None = None  # the head.json the won claim continued from (None: none yet)
         self._chain: list[SegmentKey] = []  # the current chain's segments, oldest first
         self._end: tuple[int, int] | None = None  # (index, checksum) where the chain ends
         self._head_at: tuple[int, int] | None = None  # what head.json names (as this shipper wrote or read it)
@@ -127,11 +138,42 @@ class Shipper:
             self._thread = threading.Thread(target=self._run, name="replay-replica", daemon=True)
             self._thread.start()
 
+    def wait_claimed(self, timeout: float) -> bool:
+        """Block until the claim on the replica is decided (the thread's first round makes it;
+        FORMAT.md, "Fencing"), at most `timeout` seconds; whether this shipper holds head.json.
+
+        True: it does (head.json is missing and will be created with the first segment, or it
+        was rewritten, or taken over, conditionally on the etag read). ReplicaFencedError
+        (naming the head's owner, term and index and this copy's) when another writer holds
+        it. False when the store failed or did not answer in time: the thread retries the
+        claim every round (`status().last_error` says why), and `error` becomes
+        ReplicaFencedError if it turns out lost. RuntimeError when the thread is not running."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self._won:
+                if self._fenced is not None:
+                    raise self._fenced
+                if self._claim_failures:
+                    return False
+                if self._thread is None or not self._thread.is_alive():
+                    raise RuntimeError(f"replica {self.url}: the shipper is not running")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 0.05))
+        return True
+
     def close(self, timeout: float | None = None) -> None:
         """One last round (what is settled now is shipped if the store answers), then stop the
         thread, waiting at most `timeout` seconds (None: until it ends); then close the store.
         A thread still busy past the timeout is left to end on its own (it is a daemon and
-        ships nothing after its current upload). Idempotent."""
+        ships nothing after its current upload). Idempotent: a second call waits for nothing,
+        so a caller's deadline (a preemption's grace) bounds the whole close."""
+        if self._closing:
+            self._stop.set()
+            if self._thread is None or not self._thread.is_alive():
+                self._store.close()
+            return
         self._closing = True
         self._wake.set()
         if self._thread is not None:
@@ -240,6 +282,8 @@ class Shipper:
                 return  # the journal closed its log: nothing more to ship
             except Exception as exc:  # noqa: BLE001 - retried; reported in status, never raised into training
                 self._last_error = f"{type(exc).__name__}: {exc}"
+                if not self._won:
+                    self._claim_failures += 1  # `wait_claimed` stops waiting: the claim is retried
                 backoff = min(max(2 * backoff, BACKOFF_MIN), BACKOFF_MAX)
                 self._notify()
                 if final:
@@ -280,30 +324,14 @@ class Shipper:
     # ------------------------------------------------------------------ head and fencing
 
     def _claim(self) -> None:
-        """Decide, from head.json and DIR/replica.json, whether this journal may write the replica."""
-        record = read_record(self._root, self.url)
-        current = read_head(self._store)
-        if current is None:
-            owner = record.owner or new_owner()
-            if owner != record.owner:
-                write_record(self._root, Record(self.url, owner, None))
-            self._owner, self._etag = owner, None
-        else:
-            head, etag = current
-            if head.owner == record.owner:
-                if head.term > self._term:
-                    raise ReplicaFencedError(self.url, f"head.json has term {head.term}, newer than this log's "
-                                                       f"term {self._term}")
-                self._owner, self._etag = head.owner, etag
-            elif record.claim is not None and record.claim == etag:
-                owner = new_owner()
-                write_record(self._root, Record(self.url, owner, etag))  # first: a crash retries the claim
-                self._etag = take_over(self._store, self._term, owner=owner, etag=etag)
-                self._owner = owner
-            else:
-                raise ReplicaFencedError(self.url, f"head.json is owned by {head.owner} (term {head.term}, index "
-                                                   f"{head.index}); this journal never wrote it or was taken over")
-            self._adopt_chain(head)
+        """Decide whether this journal may write the replica (claim.claim; FORMAT.md, "Fencing")."""
+        claimed = claim(self._store, self._root, self._term, lambda: self._log.last_index)
+        self._owner, self._etag = claimed.owner, claimed.etag
+        self.claimed_head = claimed.head
+        self._won = True
+        self._notify()  # decided: `wait_claimed` (Journal.open) need not wait for the listings below
+        if claimed.head is not None:
+            self._adopt_chain(claimed.head)
         self._load_environment()
         self._chunks = {k[len("chunks/"):] for k in self._store.list("chunks/")}
         self._claimed = True
@@ -330,8 +358,9 @@ class Shipper:
         try:
             self._etag = self._store.put_if_match(HEAD_KEY, head.encode(), self._etag)
         except PreconditionFailedError:
-            raise ReplicaFencedError(self.url, "head.json was written by another writer since this one's last "
-                                               "write (a restore elsewhere took the replica over)") from None
+            raise refusal(self._store, self._root, read_record(self._root, self.url), lambda: self._log.last_index,
+                          "lost the replica: another writer wrote head.json since this copy's last write (a restore "
+                          "elsewhere took it over)") from None
         self._uploads += 1
         self._head_writes += 1
         self._head_at = self._end
