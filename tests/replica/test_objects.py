@@ -215,7 +215,9 @@ def test_file_symlinked_directory_is_damage(fstore, tmp_path):
     assert not (outside / "y").exists()
     (outside / "sub").mkdir()
     (outside / "sub" / "z").write_bytes(b"z")
-    assert fstore.list("chunks/") == [] and fstore.list("chunks/sub/") == []
+    for prefix in ("chunks/", "chunks/sub/", "chunks/s"):           # never followed, never "no objects"
+        with pytest.raises(ReplicaDamageError, match=r"chunks is damaged: is a symbolic link .*unsafe"):
+            fstore.list(prefix)
     assert fstore.list("") == ["chunks"]                           # the link itself, which get() calls damage
     with pytest.raises(ReplicaDamageError, match="chunks"):
         fstore.get("chunks", 100)
