@@ -26,7 +26,7 @@ from snapshots.manifest import MAX_MANIFEST_BYTES, ManifestDecodeError
 
 from .chain import (ENVIRONMENT_KEY, SEGMENTS, MANIFESTS, chunk_key, parse_manifest_key, parse_segment_key,
                     walk_back)
-from .errors import ObjectNotFoundError, ObjectTooLargeError, ReplicaDamageError
+from .errors import ObjectNotFoundError, ObjectTooLargeError, ReplicaDamageError, RestoreTargetError
 from .head import HEAD_KEY, Record, read_head, write_record
 from .snapfiles import StoreWriter, decode_manifest
 
@@ -62,8 +62,14 @@ def restore(url_or_store, directory, options: dict | None = None) -> RestoreRepo
     """Restore the replica at `url_or_store` (a URL for `open_store(url, options)`, or an open
     ObjectStore, left open) into the journal directory `directory`; a RestoreReport.
 
-    Edge cases first: `directory` holding anything but nothing (a file, a non-empty
-    directory): FileExistsError, nothing read. No head.json: ObjectNotFoundError (nothing
+    Edge cases first, all checked before anything is read from the replica:
+    RestoreTargetError (a FileExistsError) naming the path and the remedy when
+    `directory` is the current directory (restore renames its work into place), the
+    filesystem root, a file or symlink, or a non-empty directory, or when its staging
+    name ``.<name>.restoring`` beside it is a file or a symlink (an interrupted restore
+    leaves only a directory there, removed and redone; anything else is left alone). A
+    URL is opened read-only: a missing directory replica is ReplicaUnavailableError
+    naming it and nothing is created. No head.json: ObjectNotFoundError (nothing
     was ever shipped). A head.json that is not one, a path segment that is missing or
     fails its checks: ReplicaDamageError naming the key (restoring less would lose
     acknowledged entries). A snapshot whose manifest or chunk is missing, damaged or too
@@ -111,25 +117,25 @@ def _check_target(directory) -> tuple[Path, Path]:
     given = str(directory)
     target = Path(os.path.abspath(directory))
     if target.parent == target:
-        raise ValueError(f"cannot restore into {given!r}: it is the filesystem root; name a new directory")
+        raise RestoreTargetError(target, f"cannot restore into {given!r}: it is the filesystem root; name a new directory")
     try:
         cwd = Path(os.getcwd())
     except FileNotFoundError:
         cwd = None
     if target == cwd:
-        raise ValueError(f"cannot restore into {given!r} ({target}), the current directory: restore builds the "
+        raise RestoreTargetError(target, f"cannot restore into {given!r} ({target}), the current directory: restore builds the "
                          f"journal beside it and renames it into place; name a new directory instead (e.g. "
                          f"{target / 'journal'}), or run from {target.parent} and name {target.name}")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise FileExistsError(f"{target} exists and is not a directory: restore makes a new journal directory "
+        raise RestoreTargetError(target, f"{target} exists and is not a directory: restore makes a new journal directory "
                               "(name a missing or empty one)")
     if target.is_dir() and any(target.iterdir()):
-        raise FileExistsError(f"{target} is not empty: restore makes a new journal directory (it never "
+        raise RestoreTargetError(target, f"{target} is not empty: restore makes a new journal directory (it never "
                               "overwrites a journal; name a missing or empty one)")
     staging = staging_dir(target)
     if staging.is_symlink() or (staging.exists() and not staging.is_dir()):
         what = "a symbolic link" if staging.is_symlink() else "not a directory"
-        raise FileExistsError(f"{staging} is {what}: restore keeps its work in progress under that name, and an "
+        raise RestoreTargetError(staging, f"{staging} is {what}: restore keeps its work in progress under that name, and an "
                               "interrupted restore leaves only a directory there, so this is not one of ours and "
                               f"is left alone; remove it (rm {staging}) or restore into another directory")
     return target, staging
