@@ -284,7 +284,8 @@ class _Restore:
             name = SegmentName(seg.first, seg.last)
             limit = _segment.HEADER_SIZE + _segment.stored_bound(_segment.raw_limit(seg.first, seg.last))
             fetch = self.staging / _FETCH
-            fetch.mkdir(exist_ok=True)
+            if not self._segments:
+                fetch.mkdir(exist_ok=True)
             path = fetch / name.name
             try:
                 with self.store.open_reader(seg.key, limit) as reader:
