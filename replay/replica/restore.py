@@ -30,7 +30,6 @@ from .errors import ObjectNotFoundError, ObjectTooLargeError, ReplicaDamageError
 from .head import HEAD_KEY, Record, read_head, write_record
 from .snapfiles import StoreWriter, decode_manifest
 
-MAX_SEGMENT_BYTES = _segment.HEADER_SIZE + _segment.stored_bound(max(_segment.MAX_RAW, _segment.MAX_SINGLE_RAW))
 MAX_ENVIRONMENT_BYTES = 1 << 20
 _FETCH = ".fetch"  # segment objects streamed to disk under the staging directory, mapped from there
 _PIECE = 1 << 20
@@ -117,27 +116,30 @@ def _check_target(directory) -> tuple[Path, Path]:
     given = str(directory)
     target = Path(os.path.abspath(directory))
     if target.parent == target:
-        raise RestoreTargetError(target, f"cannot restore into {given!r}: it is the filesystem root; name a new directory")
+        raise RestoreTargetError(target, f"cannot restore into {given!r}: it is the filesystem root; name a new "
+                                         "directory")
     try:
         cwd = Path(os.getcwd())
     except FileNotFoundError:
         cwd = None
     if target == cwd:
-        raise RestoreTargetError(target, f"cannot restore into {given!r} ({target}), the current directory: restore builds the "
-                         f"journal beside it and renames it into place; name a new directory instead (e.g. "
-                         f"{target / 'journal'}), or run from {target.parent} and name {target.name}")
+        raise RestoreTargetError(target, f"cannot restore into {given!r} ({target}), the current directory: "
+                                         "restore builds the journal beside it and renames it into place; name a "
+                                         f"new directory instead (e.g. {target / 'journal'}), or run from "
+                                         f"{target.parent} and name {target.name}")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise RestoreTargetError(target, f"{target} exists and is not a directory: restore makes a new journal directory "
-                              "(name a missing or empty one)")
+        raise RestoreTargetError(target, f"{target} exists and is not a directory: restore makes a new journal "
+                                         "directory (name a missing or empty one)")
     if target.is_dir() and any(target.iterdir()):
         raise RestoreTargetError(target, f"{target} is not empty: restore makes a new journal directory (it never "
-                              "overwrites a journal; name a missing or empty one)")
+                                         "overwrites a journal; name a missing or empty one)")
     staging = staging_dir(target)
     if staging.is_symlink() or (staging.exists() and not staging.is_dir()):
         what = "a symbolic link" if staging.is_symlink() else "not a directory"
-        raise RestoreTargetError(staging, f"{staging} is {what}: restore keeps its work in progress under that name, and an "
-                              "interrupted restore leaves only a directory there, so this is not one of ours and "
-                              f"is left alone; remove it (rm {staging}) or restore into another directory")
+        raise RestoreTargetError(staging, f"{staging} is {what}: restore keeps its work in progress under that "
+                                          "name, and an interrupted restore leaves only a directory there, so this "
+                                          f"is not one of ours and is left alone; remove it (rm {staging}) or "
+                                          "restore into another directory")
     return target, staging
 
 
