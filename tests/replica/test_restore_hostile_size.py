@@ -38,7 +38,6 @@ CHILD = r"""
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[3]), resource.RLIM_INFINITY))
 from replay.replica.restore import restore
-from replay.replica.errors import ReplicaDamageError
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     restore(sys.argv[1], sys.argv[2])
