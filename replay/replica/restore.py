@@ -61,14 +61,15 @@ def restore(url_or_store, directory, options: dict | None = None) -> RestoreRepo
     """Restore the replica at `url_or_store` (a URL for `open_store(url, options)`, or an open
     ObjectStore, left open) into the journal directory `directory`; a RestoreReport.
 
-    Edge cases first, all checked before anything is read from the replica:
+    Edge cases first, checked before anything is read from the replica:
     RestoreTargetError (a FileExistsError) naming the path and the remedy when
-    `directory` is the current directory (restore renames its work into place), the
-    filesystem root, a file or symlink, or a non-empty directory, or when its staging
-    name ``.<name>.restoring`` beside it is a file or a symlink (an interrupted restore
-    leaves only a directory there, removed and redone; anything else is left alone). A
-    URL is opened read-only: a missing directory replica is ReplicaUnavailableError
-    naming it and nothing is created. No head.json: ObjectNotFoundError (nothing
+    `directory` is the filesystem root, a file or symlink, or a non-empty directory, or
+    when its staging name ``.<name>.restoring`` beside it is a file or a symlink (an
+    interrupted restore leaves only a directory there, removed and redone; anything else
+    is left alone). The current directory (restore renames its work into place, which it
+    cannot do there): RestoreTargetError right after head.json is read, before any other
+    object. A URL is opened read-only: a missing directory replica is
+    ReplicaUnavailableError naming it, and nothing is created. No head.json: ObjectNotFoundError (nothing
     was ever shipped). A head.json that is not one, a path segment that is missing or
     fails its checks: ReplicaDamageError naming the key (restoring less would lose
     acknowledged entries). A snapshot whose manifest or chunk is missing, damaged or too
@@ -82,7 +83,7 @@ def restore(url_or_store, directory, options: dict | None = None) -> RestoreRepo
     hidden sibling directory, replaced by the next restore).
     """
     started = time.monotonic()
-    target, staging = _check_target(directory)
+    target, staging, into_cwd = _check_target(directory)
     if isinstance(url_or_store, str):
         from .objects import open_store
         store, owned = open_store(url_or_store, options, readonly=True), True
@@ -93,7 +94,7 @@ def restore(url_or_store, directory, options: dict | None = None) -> RestoreRepo
             shutil.rmtree(staging)  # an interrupted restore's work (checked: a plain directory)
         staging.mkdir(parents=True)
         try:
-            report = _Restore(store, staging).run()
+            report = _Restore(store, staging, refuse=into_cwd).run()
             _finish(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -110,9 +111,12 @@ def staging_dir(target: Path) -> Path:
     return target.parent / f".{target.name}.restoring"
 
 
-def _check_target(directory) -> tuple[Path, Path]:
-    """(target, staging), both absolute, once both are usable; an error naming the path and the
-    remedy otherwise. Checked before the replica is opened, so a bad target costs no download."""
+def _check_target(directory) -> tuple[Path, Path, RestoreTargetError | None]:
+    """(target, staging, into_cwd): both paths absolute, once both are usable; an error naming the
+    path and the remedy otherwise. Checked before the replica is opened, so a bad target costs
+    no download. `into_cwd` is the error for a target that is the current directory, raised
+    once head.json shows there is something to restore (a new replica restores nothing, and
+    ``Journal.open(".", replica=...)`` then starts a new journal there as before)."""
     given = str(directory)
     target = Path(os.path.abspath(directory))
     if target.parent == target:
@@ -122,11 +126,12 @@ def _check_target(directory) -> tuple[Path, Path]:
         cwd = Path(os.getcwd())
     except FileNotFoundError:
         cwd = None
+    into_cwd = None
     if target == cwd:
-        raise RestoreTargetError(target, f"cannot restore into {given!r} ({target}), the current directory: "
-                                         "restore builds the journal beside it and renames it into place; name a "
-                                         f"new directory instead (e.g. {target / 'journal'}), or run from "
-                                         f"{target.parent} and name {target.name}")
+        into_cwd = RestoreTargetError(target, f"cannot restore into {given!r} ({target}), the current "
+                                              "directory: restore builds the journal beside it and renames it into "
+                                              f"place; name a new directory instead (e.g. {target / 'journal'}), or "
+                                              f"run from {target.parent} and name {target.name}")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise RestoreTargetError(target, f"{target} exists and is not a directory: restore makes a new journal "
                                          "directory (name a missing or empty one)")
@@ -140,7 +145,7 @@ def _check_target(directory) -> tuple[Path, Path]:
                                           "name, and an interrupted restore leaves only a directory there, so this "
                                           f"is not one of ours and is left alone; remove it (rm {staging}) or "
                                           "restore into another directory")
-    return target, staging
+    return target, staging, into_cwd
 
 
 def _read_exactly(reader, n: int) -> bytes:
@@ -183,8 +188,9 @@ def _finish(staging: Path, target: Path) -> None:
 class _Restore:
     """One restore into `staging`: see `restore`."""
 
-    def __init__(self, store, staging: Path):
+    def __init__(self, store, staging: Path, refuse: Exception | None = None):
         self.store = store
+        self.refuse = refuse
         self.staging = staging
         self.bytes = 0
         self.skipped: list[str] = []
@@ -194,6 +200,8 @@ class _Restore:
         found = read_head(self.store)
         if found is None:
             raise ObjectNotFoundError(HEAD_KEY, self.store.url)
+        if self.refuse is not None:
+            raise self.refuse  # there is something to restore, and it could not be put in place
         head, etag = found
         self.term = head.term
         keys = [s for s in map(parse_segment_key, self.store.list(SEGMENTS)) if s is not None]

@@ -18,22 +18,22 @@ pytestmark = pytest.mark.timeout(120)
 
 
 class CountingStore(FileObjectStore):
-    """A read-only directory store that counts every read request."""
+    """A read-only directory store that records every read request (the key or prefix)."""
 
     def __init__(self, directory):
         super().__init__(directory, readonly=True)
-        self.reads = 0
+        self.reads = []
 
     def get(self, key, limit):
-        self.reads += 1
+        self.reads.append(key)
         return super().get(key, limit)
 
     def open_reader(self, key, limit):
-        self.reads += 1
+        self.reads.append(key)
         return super().open_reader(key, limit)
 
     def list(self, prefix):
-        self.reads += 1
+        self.reads.append(prefix)
         return super().list(prefix)
 
 
@@ -59,6 +59,8 @@ def replica(replica_master, tmp_path):
 
 
 def test_restore_into_the_current_directory_is_refused_before_any_download(replica, tmp_path, monkeypatch):
+    """Refused once head.json shows there is something to restore, before any other read
+    (before: the whole restore ran, then "[Errno 22] Invalid argument: '.'")."""
     here = tmp_path / "new"
     here.mkdir()
     monkeypatch.chdir(here)
@@ -68,7 +70,7 @@ def test_restore_into_the_current_directory_is_refused_before_any_download(repli
             restore(store, given)
         message = str(info.value)
         assert repr(given) in message and str(here) in message and str(here / "journal") in message
-    assert store.reads == 0
+    assert store.reads == ["head.json"] * 3
     assert list(here.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["new", "replica"]
     report = restore(store, "journal")                            # the remedy the message gives works
     assert report.head_index == 12
@@ -96,7 +98,7 @@ def test_a_leftover_staging_name_that_is_not_a_directory_is_refused_and_kept(rep
     message = str(info.value)
     assert str(staging) in message and f"rm {staging}" in message
     assert ("symbolic link" if "symlink" in leftover else "not a directory") in message
-    assert store.reads == 0
+    assert store.reads == []
     assert os.path.lexists(staging) and (elsewhere / "precious").read_bytes() == b"x"
     assert not (tmp_path / "b").exists()
 
@@ -124,6 +126,17 @@ def test_a_segments_prefix_that_is_a_symlink_or_a_file_is_damage_naming_it(repli
     assert ("is a symbolic link" if kind == "symlink" else "is not a directory") in str(info.value)
     assert "unsafe" in str(info.value) and "no segment ends" not in str(info.value)
     assert not (tmp_path / "b").exists() and not (tmp_path / ".b.restoring").exists()
+
+
+def test_a_journal_opened_in_the_current_directory_on_a_new_replica_starts_there(tmp_path, monkeypatch):
+    """Nothing to restore (no head.json): the current directory is fine, as before."""
+    (tmp_path / "replica").mkdir()
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with open_journal(".", replica=(tmp_path / "replica").as_uri(), ship_interval=0.05) as journal:
+        apply_n(journal, 3)
+        journal.flush(replica=True, timeout=60)
+    assert (tmp_path / "here" / "log").is_dir() and (tmp_path / "replica" / "head.json").is_file()
 
 
 def test_restore_from_a_missing_directory_replica_creates_nothing(tmp_path):
