@@ -226,6 +226,11 @@ def _open(path: Path, name: SegmentName) -> tuple[int, int]:
         raise SegmentDamage(f"the file {exc}") from None
 
 
+def check_header(head: bytes, name: SegmentName, size: int) -> None:
+    """SegmentDamage unless `head` is a header for `name` of a file of `size` bytes (as read_header checks)."""
+    _header(head, name, size)
+
+
 def _header(head: bytes, name: SegmentName, size: int) -> tuple:
     if len(head) < HEADER_SIZE:
         raise SegmentDamage(f"the file is {size} bytes, shorter than the {HEADER_SIZE}-byte segment header")

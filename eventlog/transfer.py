@@ -76,6 +76,15 @@ def segment_bounds(data) -> tuple[int, int, int, int]:
     return checked.first, checked.last, checked.prev_checksum, checked.last_checksum
 
 
+def check_segment_header(head: bytes, size: int, first: int, last: int) -> None:
+    """Check the first HEADER_SIZE (80) bytes of a segment object of `size` bytes that should
+    hold entries first..last, before its body is fetched: magic, version, codec, the range,
+    and sizes within the format's limits that add up to exactly `size`. SegmentDamage saying
+    what failed. This bounds what a reader must fetch by what the header and the range
+    declare; the body's checksum and entries are checked by `segment_bounds` afterwards."""
+    segment.check_header(head, SegmentName(first, last), size)
+
+
 def sealed_range(reader, view, first: int, last: int) -> bytes:
     """The bytes of one sealed segment holding entries first..last of a log (see EventLog.sealed_range)."""
     for name, value in (("first", first), ("last", last)):

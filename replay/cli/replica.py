@@ -6,7 +6,9 @@ and the log segments after it, every object verified). `log`, `stats` and `verif
 given a URL (``s3://bucket/prefix``, ``file:///dir``) restore it into a temporary
 directory, run there, and remove it: what they show is exactly what a restore would
 give. Store options (S3 endpoint, region, credentials) come from ``--replica-option
-KEY=VALUE``, repeated.
+KEY=VALUE``, repeated, and otherwise from the standard AWS_* environment variables
+(`replay.replica.s3options`). Reading a replica creates nothing at its URL, and a restore
+target is checked before anything is downloaded (`replay.replica.restore`).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ def add_parser(sub, parents) -> None:
 def add_option_argument(parser) -> None:
     """The ``--replica-option KEY=VALUE`` option every command that may read a replica takes."""
     parser.add_argument("--replica-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a replica store option (e.g. endpoint_url=http://127.0.0.1:9000, region=us-east-1); "
-                             "repeatable")
+                        help="a replica store option (e.g. endpoint_url=http://127.0.0.1:9000, region=us-east-1; "
+                             "s3fs/boto3 spellings such as key=, secret=, client_kwargs.endpoint_url= work too); "
+                             "repeatable. What is not given comes from the AWS_* environment variables")
 
 
 def options(args) -> dict:

@@ -176,7 +176,7 @@ def _replica(root, last: int, args) -> dict | None:
         return {"url": None, "error": f"{Path(root) / RECORD_FILE} names no replica URL"}
     record = read_record(Path(root), url)
     try:
-        with open_store(url, replica_options(args)) as store:
+        with open_store(url, replica_options(args), readonly=True) as store:  # a reader creates nothing
             found = read_head(store)
     except Exception as exc:  # noqa: BLE001 - an unreachable or damaged replica is reported, the stats go on
         return {"url": url, "error": f"{type(exc).__name__}: {exc}"}

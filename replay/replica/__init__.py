@@ -12,11 +12,12 @@ from .errors import (
     ReplicaError,
     ReplicaFencedError,
     ReplicaUnavailableError,
+    RestoreTargetError,
 )
-from .objects import FileObjectStore, ObjectStore, S3ObjectStore, open_store
+from .objects import FileObjectStore, ObjectReader, ObjectStore, S3ObjectStore, open_store
 
 __all__ = [
-    "FileObjectStore", "ObjectNotFoundError", "ObjectStore", "ObjectTooLargeError",
+    "FileObjectStore", "ObjectNotFoundError", "ObjectReader", "ObjectStore", "ObjectTooLargeError",
     "PreconditionFailedError", "ReplicaDamageError", "ReplicaError", "ReplicaFencedError",
-    "ReplicaUnavailableError", "S3ObjectStore", "open_store",
+    "ReplicaUnavailableError", "RestoreTargetError", "S3ObjectStore", "open_store",
 ]

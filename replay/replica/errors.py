@@ -83,3 +83,16 @@ class ReplicaDamageError(ReplicaError):
         self.url = url
         self.reason = reason
         super().__init__(f"replica object {_where(url, key)} is damaged: {reason}")
+
+
+class RestoreTargetError(ReplicaError, FileExistsError):
+    """The directory given to `restore` cannot become a new journal (the current directory, a
+    file, a non-empty directory, a leftover under the staging name that is not a restore's):
+    raised before anything is read from the replica; the message names the path and the remedy."""
+
+    def __init__(self, path, message: str):
+        self.path = str(path)
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.args[0]

@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlparse
 
 import xxhash
 
+from . import s3options
 from .errors import (
     ObjectNotFoundError,
     ObjectTooLargeError,
@@ -105,6 +106,15 @@ class ObjectStore(abc.ABC):
         object is not a plain object (directory backend: a symlink, FIFO, device, directory)."""
 
     @abc.abstractmethod
+    def open_reader(self, key: str, limit: int) -> "ObjectReader":
+        """A reader of `key`'s bytes in order, for objects too large to hold twice (segments):
+        its `size` is known before any byte is read, so a caller checks a header against it
+        and streams the rest (close it, or use it as a context manager). Errors as `get`:
+        ObjectNotFoundError if missing, ReplicaDamageError if not a plain object,
+        ObjectTooLargeError at once if `size` > `limit` (no body byte read) and from `read`
+        if more than `limit` bytes arrive (a server sending more than it declared)."""
+
+    @abc.abstractmethod
     def list(self, prefix: str) -> list[str]:
         """Keys that start with `prefix` (a plain string prefix, "" for all), sorted; [] if none.
         Names that are not valid keys are not listed (S3: a foreign key obstore cannot even
@@ -127,6 +137,28 @@ class ObjectStore(abc.ABC):
         return f"{type(self).__name__}({self.url!r})"
 
 
+class ObjectReader(abc.ABC):
+    """One object's bytes, read in order (ObjectStore.open_reader). `key`, `size` (bytes the
+    object holds, as the store states it before the body is read)."""
+
+    key: str
+    size: int
+
+    @abc.abstractmethod
+    def read(self, n: int) -> bytes:
+        """At most `n` (> 0) bytes, b"" at the end; ObjectTooLargeError past the reader's limit."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the file or connection; idempotent."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 class FileObjectStore(ObjectStore):
     """A directory as an object store (``file:///abs/dir``), e.g. on a shared filesystem.
 
@@ -142,18 +174,27 @@ class FileObjectStore(ObjectStore):
     for blocking I/O.
     """
 
-    def __init__(self, directory: str | os.PathLike, url: str | None = None):
+    def __init__(self, directory: str | os.PathLike, url: str | None = None, *, readonly: bool = False):
+        """Open the directory replica at `directory` (absolute). A writer (readonly False)
+        creates the directory and its ``.tmp/`` when missing. A reader (readonly True) creates
+        nothing: a missing directory is ReplicaUnavailableError naming it (a typo in the URL
+        must not leave a directory behind), and every write raises ValueError."""
         path = Path(directory)
         if not path.is_absolute():
             raise ValueError(f"file replica directory must be absolute, got {str(directory)!r}")
         self.root = path
         self.url = url or path.as_uri()
+        self.readonly = readonly
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            (path / ".tmp").mkdir(exist_ok=True)
+            if not readonly:
+                path.mkdir(parents=True, exist_ok=True)
+                (path / ".tmp").mkdir(exist_ok=True)
             self._root_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError as e:
+            raise ReplicaUnavailableError(self.url, f"there is no directory {str(path)!r} (nothing was ever "
+                                                    "shipped there: check the URL)") from e
         except OSError as e:
-            raise ReplicaUnavailableError(self.url, f"cannot open directory: {e.strerror or e}") from e
+            raise ReplicaUnavailableError(self.url, f"cannot open directory {str(path)!r}: {e.strerror or e}") from e
         self._closed = False
 
     # -- paths ---------------------------------------------------------------------------
@@ -218,14 +259,16 @@ class FileObjectStore(ObjectStore):
             return ReplicaDamageError(key, f"not a plain object ({e.strerror})", self.url)
         return ReplicaUnavailableError(self.url, f"{e.strerror or e}", key)
 
-    def _check_open(self):
+    def _check_open(self, write: bool = False):
         if self._closed:
             raise ValueError(f"{self!r} is closed")
+        if write and self.readonly:
+            raise ValueError(f"{self!r} was opened read-only: it writes and deletes nothing")
 
     # -- interface -----------------------------------------------------------------------
     def put_if_absent(self, key: str, data: bytes) -> bool:
         check_key(key)
-        self._check_open()
+        self._check_open(write=True)
         try:
             return self._create(key, data)
         except OSError as e:
@@ -267,7 +310,7 @@ class FileObjectStore(ObjectStore):
 
     def put_if_match(self, key: str, data: bytes, etag: str | None) -> str:
         check_key(key)
-        self._check_open()
+        self._check_open(write=True)
         new = content_etag(data)
         try:
             if etag is None:
@@ -308,7 +351,8 @@ class FileObjectStore(ObjectStore):
         except OSError as e:
             raise self._os_error(key, e) from e
 
-    def _read(self, key: str, limit: int | None) -> tuple[bytes, str]:
+    def _open_object(self, key: str) -> tuple[int, int]:
+        """(fd, size) of the regular file holding `key`; the caller closes fd."""
         dfd, name = self._parent_fd(key, create=False)
         if dfd is None:
             raise ObjectNotFoundError(key, self.url)
@@ -328,20 +372,51 @@ class FileObjectStore(ObjectStore):
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise ReplicaDamageError(key, f"is not a regular file (mode {stat.filemode(st.st_mode)})", self.url)
-            chunks, total = [], 0
-            cap = limit + 1 if limit is not None else None
-            while cap is None or total < cap:
-                b = os.read(fd, 1 << 20 if cap is None else min(1 << 20, cap - total))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st.st_size
+
+    def _read(self, key: str, limit: int | None) -> tuple[bytes, str]:
+        fd, size = self._open_object(key)
+        try:
+            if limit is not None and size > limit:
+                raise ObjectTooLargeError(key, limit, self.url)  # refused by its size, unread
+            # Reads of the size fstat gave (plus one byte, to see a file that grew since): the
+            # kernel fills the first in one call up to ~2 GiB, so the object is never joined
+            # from pieces into a second copy. Capped at limit + 1 bytes whatever the file does.
+            want = (size if limit is None else min(size, limit)) + 1
+            cap = None if limit is None else limit + 1
+            pieces, total = [], 0
+            while True:
+                n = want - total if total < want else 1 << 20
+                if cap is not None:
+                    n = min(n, cap - total)
+                b = os.read(fd, n) if n > 0 else b""
                 if not b:
                     break
-                chunks.append(b)
+                pieces.append(b)
                 total += len(b)
+            if limit is not None and total > limit:
+                raise ObjectTooLargeError(key, limit, self.url)
+            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         finally:
             os.close(fd)
-        if limit is not None and total > limit:
-            raise ObjectTooLargeError(key, limit, self.url)
-        data = b"".join(chunks)
         return data, content_etag(data)
+
+    def open_reader(self, key: str, limit: int) -> ObjectReader:
+        check_key(key)
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        self._check_open()
+        try:
+            fd, size = self._open_object(key)
+        except OSError as e:
+            raise self._os_error(key, e) from e
+        if size > limit:
+            os.close(fd)
+            raise ObjectTooLargeError(key, limit, self.url)
+        return _FileReader(self, key, fd, size, limit)
 
     def list(self, prefix: str) -> list[str]:
         check_prefix(prefix)
@@ -362,6 +437,12 @@ class FileObjectStore(ObjectStore):
                 if not _PART.fullmatch(entry.name):
                     continue  # .tmp, .lock and names no writer could have made
                 key = rel + entry.name
+                if prefix.startswith(key + "/") and not entry.is_dir(follow_symlinks=False):
+                    # A directory the listing must descend through is a symlink (or a file): never
+                    # followed, and not "no objects" either, which would hide what a writer stored.
+                    what = "a symbolic link" if entry.is_symlink() else "not a directory"
+                    raise ReplicaDamageError(key, f"is {what} where the replica's {key}/ directory belongs "
+                                                  "(unsafe: not followed)", self.url)
                 if entry.is_dir(follow_symlinks=False):
                     if key.startswith(prefix) or prefix.startswith(key + "/"):
                         self._walk(Path(entry.path), key + "/", prefix, out)
@@ -370,7 +451,7 @@ class FileObjectStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         check_key(key)
-        self._check_open()
+        self._check_open(write=True)
         try:
             dfd, name = self._parent_fd(key, create=False)
             if dfd is None:
@@ -391,14 +472,42 @@ class FileObjectStore(ObjectStore):
             os.close(self._root_fd)
 
 
-def open_store(url: str, options: dict | None = None) -> ObjectStore:
+class _FileReader(ObjectReader):
+    """An open object file, read in order with a byte cap."""
+
+    def __init__(self, store: FileObjectStore, key: str, fd: int, size: int, limit: int):
+        self._store, self.key, self._fd, self.size, self._limit, self._read = store, key, fd, size, limit, 0
+
+    def read(self, n: int) -> bytes:
+        if self._fd is None:
+            raise ValueError(f"reader of {self.key!r} is closed")
+        try:
+            data = os.read(self._fd, min(n, self._limit + 1 - self._read))
+        except OSError as e:
+            raise self._store._os_error(self.key, e) from e
+        self._read += len(data)
+        if self._read > self._limit:
+            raise ObjectTooLargeError(self.key, self._limit, self._store.url)
+        return data
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def open_store(url: str, options: dict | None = None, *, readonly: bool = False) -> ObjectStore:
     """The store a replica URL names (an ObjectStore given instead of a URL is returned as is).
 
-    ``file:///abs/dir``: a FileObjectStore (the directory is created if missing; options
-    unused). ``s3://bucket/prefix``: an S3ObjectStore; options: endpoint_url, region,
-    access_key_id, secret_access_key, session_token, connect_timeout, request_timeout,
-    max_retries (see S3ObjectStore). ValueError for any other scheme, a
-    relative or remote file URL, or unknown options.
+    ``file:///abs/dir``: a FileObjectStore (options unused): a writer's (`readonly` False)
+    directory is created if missing; a reader's (`readonly` True: restore, the CLI) is
+    never created, and a missing one is ReplicaUnavailableError naming it.
+    ``s3://bucket/prefix``: an S3ObjectStore (nothing is created on open either way);
+    options: endpoint_url, region, access_key_id, secret_access_key, session_token,
+    allow_http, connect_timeout, request_timeout, max_retries, retry_timeout, or their
+    s3fs/boto3 spellings (`replay.replica.s3options`); what is not given comes from the
+    standard AWS_* environment variables. ValueError for any other scheme, a relative or
+    remote file URL, or unknown options.
     """
     if isinstance(url, ObjectStore):
         return url
@@ -413,7 +522,7 @@ def open_store(url: str, options: dict | None = None) -> ObjectStore:
             raise ValueError(f"unsupported replica URL {url!r}: the path must be absolute")
         if options:
             raise ValueError(f"unknown options for {url!r}: {sorted(options)} (a file replica takes none)")
-        return FileObjectStore(path, url=url)
+        return FileObjectStore(path, url=url, readonly=readonly)
     if parsed.scheme == "s3":
         return S3ObjectStore.from_url(url, options or {})
     raise ValueError(f"unsupported replica URL {url!r}: use file:///absolute/dir or s3://bucket/prefix")
@@ -437,15 +546,14 @@ class S3ObjectStore(ObjectStore):
     head.json takeover) reads the object back and compares its content.
     """
 
-    OPTIONS = {"endpoint_url", "region", "access_key_id", "secret_access_key", "session_token",
-               "connect_timeout", "request_timeout", "max_retries", "retry_timeout", "allow_http"}
+    OPTIONS = s3options.OPTIONS
 
     def __init__(self, bucket: str, prefix: str = "", options: dict | None = None, url: str | None = None):
-        options = dict(options or {})
-        unknown = set(options) - self.OPTIONS
-        if unknown:
-            raise ValueError(f"unknown options for s3://{bucket}/{prefix}: {sorted(unknown)}; "
-                             f"known: {sorted(self.OPTIONS)}")
+        """Options (`replay.replica.s3options`): ours or their s3fs/boto3 spellings; whatever
+        is not given comes from the standard ``AWS_*`` environment variables. ValueError for
+        an unknown option (the message lists the accepted ones)."""
+        where = url or f"s3://{bucket}/{prefix}".rstrip("/")
+        config, client, retry = s3options.obstore_settings(options, os.environ, where)
         if prefix:
             check_key(prefix)
         try:
@@ -453,22 +561,9 @@ class S3ObjectStore(ObjectStore):
             from obstore.store import S3Store
         except ImportError as e:
             raise ImportError("s3:// replicas need the obstore package: pip install 'torch-eventlog[s3]'") from e
-        from datetime import timedelta
 
         self._ob = obstore
-        self.url = url or f"s3://{bucket}/{prefix}".rstrip("/")
-        endpoint = options.get("endpoint_url")
-        client = {"connect_timeout": timedelta(seconds=float(options.get("connect_timeout", 5.0))),
-                  "timeout": timedelta(seconds=float(options.get("request_timeout", 60.0))),
-                  "allow_http": bool(options.get("allow_http", bool(endpoint and endpoint.startswith("http://"))))}
-        retry = {"max_retries": int(options.get("max_retries", 3)),
-                 "retry_timeout": timedelta(seconds=float(options.get("retry_timeout", 30.0))),
-                 "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=2),
-                             "base": 2}}
-        config = {k: v for k, v in (("endpoint", endpoint), ("region", options.get("region")),
-                                    ("access_key_id", options.get("access_key_id")),
-                                    ("secret_access_key", options.get("secret_access_key")),
-                                    ("token", options.get("session_token"))) if v is not None}
+        self.url = where
         try:
             self._s3 = S3Store(bucket, prefix=prefix or None, client_options=client, retry_config=retry, **config)
         except obstore.exceptions.BaseError as e:
@@ -541,6 +636,21 @@ class S3ObjectStore(ObjectStore):
             raise self._error(key, e) from None
         return bytes(buf), meta["e_tag"] or ""
 
+    def open_reader(self, key: str, limit: int) -> ObjectReader:
+        check_key(key)
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        self._check_open()
+        try:
+            result = self._ob.get(self._s3, key)
+            size = result.meta["size"]
+        except (self._ob.exceptions.BaseError, OSError) as e:
+            raise self._error(key, e) from None
+        if size > limit:
+            raise ObjectTooLargeError(key, limit, self.url)  # the body is never read
+        # Small pieces: a caller checks a header from the first bytes before the body arrives.
+        return _S3Reader(self, key, size, limit, result.stream(min_chunk_size=256 << 10))
+
     def list(self, prefix: str) -> list[str]:
         check_prefix(prefix)
         self._check_open()
@@ -580,6 +690,33 @@ class S3ObjectStore(ObjectStore):
         if not self._closed:
             self._closed = True
             self._s3 = None
+
+
+class _S3Reader(ObjectReader):
+    """The body of one GET, read in order with a byte cap."""
+
+    def __init__(self, store: S3ObjectStore, key: str, size: int, limit: int, stream):
+        self._store, self.key, self.size, self._limit = store, key, size, limit
+        self._stream, self._pending, self._read = stream, memoryview(b""), 0
+
+    def read(self, n: int) -> bytes:
+        if self._stream is None:
+            raise ValueError(f"reader of {self.key!r} is closed")
+        if not self._pending:
+            try:
+                self._pending = memoryview(next(self._stream))
+            except StopIteration:
+                return b""
+            except (self._store._ob.exceptions.BaseError, OSError) as e:
+                raise self._store._error(self.key, e) from None
+            self._read += len(self._pending)
+            if self._read > self._limit:  # a server that sends more than it declared
+                raise ObjectTooLargeError(self.key, self._limit, self._store.url)
+        out, self._pending = bytes(self._pending[:n]), self._pending[n:]
+        return out
+
+    def close(self) -> None:
+        self._stream, self._pending = None, memoryview(b"")
 
 
 def _valid_key(key: str) -> bool:

@@ -8,6 +8,7 @@ the end, so an interrupted restore leaves no directory that opens as a journal.
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import time
@@ -17,19 +18,21 @@ from pathlib import Path
 from eventlog import EventLog
 from eventlog import segment as _segment
 from eventlog.errors import SegmentDamage
-from eventlog.transfer import create_from_segments, segment_bounds
+from eventlog.segment import SegmentName
+from eventlog.transfer import check_segment_header, create_from_segments, segment_bounds
 from snapshots.chunkfile import ChunkDecodeError
 from snapshots.durable import fsync_dir
 from snapshots.manifest import MAX_MANIFEST_BYTES, ManifestDecodeError
 
 from .chain import (ENVIRONMENT_KEY, SEGMENTS, MANIFESTS, chunk_key, parse_manifest_key, parse_segment_key,
                     walk_back)
-from .errors import ObjectNotFoundError, ObjectTooLargeError, ReplicaDamageError
+from .errors import ObjectNotFoundError, ObjectTooLargeError, ReplicaDamageError, RestoreTargetError
 from .head import HEAD_KEY, Record, read_head, write_record
 from .snapfiles import StoreWriter, decode_manifest
 
-MAX_SEGMENT_BYTES = _segment.HEADER_SIZE + _segment.stored_bound(max(_segment.MAX_RAW, _segment.MAX_SINGLE_RAW))
 MAX_ENVIRONMENT_BYTES = 1 << 20
+_FETCH = ".fetch"  # segment objects streamed to disk under the staging directory, mapped from there
+_PIECE = 1 << 20
 
 
 @dataclass
@@ -58,8 +61,15 @@ def restore(url_or_store, directory, options: dict | None = None) -> RestoreRepo
     """Restore the replica at `url_or_store` (a URL for `open_store(url, options)`, or an open
     ObjectStore, left open) into the journal directory `directory`; a RestoreReport.
 
-    Edge cases first: `directory` holding anything but nothing (a file, a non-empty
-    directory): FileExistsError, nothing read. No head.json: ObjectNotFoundError (nothing
+    Edge cases first, checked before anything is read from the replica:
+    RestoreTargetError (a FileExistsError) naming the path and the remedy when
+    `directory` is the filesystem root, a file or symlink, or a non-empty directory, or
+    when its staging name ``.<name>.restoring`` beside it is a file or a symlink (an
+    interrupted restore leaves only a directory there, removed and redone; anything else
+    is left alone). The current directory (restore renames its work into place, which it
+    cannot do there): RestoreTargetError right after head.json is read, before any other
+    object. A URL is opened read-only: a missing directory replica is
+    ReplicaUnavailableError naming it, and nothing is created. No head.json: ObjectNotFoundError (nothing
     was ever shipped). A head.json that is not one, a path segment that is missing or
     fails its checks: ReplicaDamageError naming the key (restoring less would lose
     acknowledged entries). A snapshot whose manifest or chunk is missing, damaged or too
@@ -73,20 +83,18 @@ def restore(url_or_store, directory, options: dict | None = None) -> RestoreRepo
     hidden sibling directory, replaced by the next restore).
     """
     started = time.monotonic()
-    target = Path(directory)
-    _check_target(target)
+    target, staging, into_cwd = _check_target(directory)
     if isinstance(url_or_store, str):
         from .objects import open_store
-        store, owned = open_store(url_or_store, options), True
+        store, owned = open_store(url_or_store, options, readonly=True), True
     else:
         store, owned = url_or_store, False
     try:
-        staging = target.parent / f".{target.name}.restoring"
         if staging.exists():
-            shutil.rmtree(staging)  # an interrupted restore's work
+            shutil.rmtree(staging)  # an interrupted restore's work (checked: a plain directory)
         staging.mkdir(parents=True)
         try:
-            report = _Restore(store, staging).run()
+            report = _Restore(store, staging, refuse=into_cwd).run()
             _finish(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -98,12 +106,75 @@ def restore(url_or_store, directory, options: dict | None = None) -> RestoreRepo
     return report
 
 
-def _check_target(target: Path) -> None:
+def staging_dir(target: Path) -> Path:
+    """Where a restore into `target` (absolute) builds its work: ``.<name>.restoring`` beside it."""
+    return target.parent / f".{target.name}.restoring"
+
+
+def _check_target(directory) -> tuple[Path, Path, RestoreTargetError | None]:
+    """(target, staging, into_cwd): both paths absolute, once both are usable; an error naming the
+    path and the remedy otherwise. Checked before the replica is opened, so a bad target costs
+    no download. `into_cwd` is the error for a target that is the current directory, raised
+    once head.json shows there is something to restore (a new replica restores nothing, and
+    ``Journal.open(".", replica=...)`` then starts a new journal there as before)."""
+    given = str(directory)
+    target = Path(os.path.abspath(directory))
+    if target.parent == target:
+        raise RestoreTargetError(target, f"cannot restore into {given!r}: it is the filesystem root; name a new "
+                                         "directory")
+    try:
+        cwd = Path(os.getcwd())
+    except FileNotFoundError:
+        cwd = None
+    into_cwd = None
+    if target == cwd:
+        into_cwd = RestoreTargetError(target, f"cannot restore into {given!r} ({target}), the current "
+                                              "directory: restore builds the journal beside it and renames it into "
+                                              f"place; name a new directory instead (e.g. {target / 'journal'}), or "
+                                              f"run from {target.parent} and name {target.name}")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise FileExistsError(f"{target} exists and is not a directory: restore makes a new journal directory")
+        raise RestoreTargetError(target, f"{target} exists and is not a directory: restore makes a new journal "
+                                         "directory (name a missing or empty one)")
     if target.is_dir() and any(target.iterdir()):
-        raise FileExistsError(f"{target} is not empty: restore makes a new journal directory (it never "
-                              "overwrites a journal)")
+        raise RestoreTargetError(target, f"{target} is not empty: restore makes a new journal directory (it never "
+                                         "overwrites a journal; name a missing or empty one)")
+    staging = staging_dir(target)
+    if staging.is_symlink() or (staging.exists() and not staging.is_dir()):
+        what = "a symbolic link" if staging.is_symlink() else "not a directory"
+        raise RestoreTargetError(staging, f"{staging} is {what}: restore keeps its work in progress under that "
+                                          "name, and an interrupted restore leaves only a directory there, so this "
+                                          f"is not one of ours and is left alone; remove it (rm {staging}) or "
+                                          "restore into another directory")
+    return target, staging, into_cwd
+
+
+def _read_exactly(reader, n: int) -> bytes:
+    """The first `n` bytes of `reader` (fewer only when the object is shorter)."""
+    parts, total = [], 0
+    while total < n:
+        part = reader.read(n - total)
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)
+
+
+def _stream_to(path: Path, head: bytes, reader) -> int:
+    """Write `head`, then the rest of `reader`, to the new file `path` in 1 MiB pieces; bytes written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        total = 0
+        piece = head
+        while piece:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view):]
+            total += len(piece)
+            piece = reader.read(_PIECE)
+    finally:
+        os.close(fd)
+    return total
 
 
 def _finish(staging: Path, target: Path) -> None:
@@ -117,17 +188,20 @@ def _finish(staging: Path, target: Path) -> None:
 class _Restore:
     """One restore into `staging`: see `restore`."""
 
-    def __init__(self, store, staging: Path):
+    def __init__(self, store, staging: Path, refuse: Exception | None = None):
         self.store = store
+        self.refuse = refuse
         self.staging = staging
         self.bytes = 0
         self.skipped: list[str] = []
-        self._segments: dict[str, bytes] = {}
+        self._segments: dict[str, memoryview] = {}
 
     def run(self) -> RestoreReport:
         found = read_head(self.store)
         if found is None:
             raise ObjectNotFoundError(HEAD_KEY, self.store.url)
+        if self.refuse is not None:
+            raise self.refuse  # there is something to restore, and it could not be put in place
         head, etag = found
         self.term = head.term
         keys = [s for s in map(parse_segment_key, self.store.list(SEGMENTS)) if s is not None]
@@ -154,9 +228,11 @@ class _Restore:
         writer = self._writer
         writer.commit(name, data)
         os.rename(self.staging / ".log", self.staging / "log")
+        count, segments, self._segments = len(segments), None, {}  # unmapped once unreferenced
+        shutil.rmtree(self.staging / _FETCH, ignore_errors=True)
         self._environment()
         write_record(self.staging, Record(self.store.url, None, etag))
-        return RestoreReport(self.store.url, head.index, head.term, name, index, len(segments), self.bytes,
+        return RestoreReport(self.store.url, head.index, head.term, name, index, count, self.bytes,
                              self.skipped)
 
     def _get(self, key: str, limit: int) -> bytes:
@@ -205,12 +281,42 @@ class _Restore:
             self._writer_obj = StoreWriter(self.staging / "snapshots")
         return self._writer_obj
 
-    def _segment(self, seg) -> bytes:
+    def _segment(self, seg) -> memoryview:
+        """The checked bytes of path segment `seg`, mapped from a file under staging/.fetch.
+
+        Never more is fetched than the segment's key and header declare: the object is
+        refused unread when larger than the most a segment of its range may be; its first
+        80 bytes are checked as a segment header for that range, declaring exactly the
+        object's size, before any of the body is read; the body is streamed to disk in
+        1 MiB pieces (no copy of the object in memory) and mapped, then checked in full
+        (`segment_bounds`: checksum, decompression bounded by the header, the entry chain)."""
         if seg.key not in self._segments:
+            name = SegmentName(seg.first, seg.last)
+            limit = _segment.HEADER_SIZE + _segment.stored_bound(_segment.raw_limit(seg.first, seg.last))
+            fetch = self.staging / _FETCH
+            if not self._segments:
+                fetch.mkdir(exist_ok=True)
+            path = fetch / name.name
             try:
-                data = self._get(seg.key, MAX_SEGMENT_BYTES)
+                with self.store.open_reader(seg.key, limit) as reader:
+                    head = _read_exactly(reader, _segment.HEADER_SIZE)
+                    try:
+                        check_segment_header(head, reader.size, seg.first, seg.last)
+                    except SegmentDamage as exc:
+                        raise ReplicaDamageError(seg.key, f"segment of entries {seg.first}..{seg.last}: {exc}",
+                                                 self.store.url) from None
+                    written = _stream_to(path, head, reader)
             except ObjectNotFoundError:
                 raise ReplicaDamageError(seg.key, "vanished while the restore read it", self.store.url) from None
+            except ObjectTooLargeError:
+                raise ReplicaDamageError(seg.key, f"larger than the {limit} bytes a segment of entries "
+                                                  f"{seg.first}..{seg.last} can hold", self.store.url) from None
+            if written != reader.size:
+                raise ReplicaDamageError(seg.key, f"{written} bytes arrived, the store stated {reader.size}",
+                                         self.store.url)
+            self.bytes += written
+            with open(path, "rb") as f:
+                data = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
             try:
                 bounds = segment_bounds(data)
             except SegmentDamage as exc:

@@ -179,6 +179,27 @@ def test_binary_content_roundtrips(store):
     assert store.get("blob", len(data)) == (data, e)
 
 
+def test_open_reader_states_the_size_first_and_streams_in_order(store):
+    data = bytes(range(256)) * 4100
+    store.put_if_absent("seg", data)
+    with store.open_reader("seg", len(data)) as reader:
+        assert reader.size == len(data) and reader.key == "seg"
+        head = reader.read(80)
+        assert head == data[:len(head)] and 0 < len(head) <= 80
+        parts = [head]
+        while part := reader.read(1 << 16):
+            assert len(part) <= 1 << 16
+            parts.append(part)
+    assert b"".join(parts) == data
+    with pytest.raises(ObjectTooLargeError, match="seg"):
+        store.open_reader("seg", len(data) - 1)                    # refused by its size, before any body byte
+    with pytest.raises(ObjectNotFoundError, match="nothere"):
+        store.open_reader("nothere", 10)
+    store.put_if_absent("empty", b"")
+    with store.open_reader("empty", 0) as reader:
+        assert reader.size == 0 and reader.read(80) == b""
+
+
 # -- file backend only -----------------------------------------------------------------
 
 @pytest.fixture
@@ -215,7 +236,9 @@ def test_file_symlinked_directory_is_damage(fstore, tmp_path):
     assert not (outside / "y").exists()
     (outside / "sub").mkdir()
     (outside / "sub" / "z").write_bytes(b"z")
-    assert fstore.list("chunks/") == [] and fstore.list("chunks/sub/") == []
+    for prefix in ("chunks/", "chunks/sub/", "chunks/s"):           # never followed, never "no objects"
+        with pytest.raises(ReplicaDamageError, match=r"chunks is damaged: is a symbolic link .*unsafe"):
+            fstore.list(prefix)
     assert fstore.list("") == ["chunks"]                           # the link itself, which get() calls damage
     with pytest.raises(ReplicaDamageError, match="chunks"):
         fstore.get("chunks", 100)
@@ -247,6 +270,29 @@ def test_file_get_reads_at_most_limit_plus_one(fstore, monkeypatch):
     with pytest.raises(ObjectTooLargeError):
         fstore.get("big", 100)
     assert sum(asked) <= 101
+
+
+def test_file_get_holds_one_copy_of_the_object(fstore):
+    """Before: 1 MiB reads joined into a second copy (peak RSS twice the object)."""
+    import json
+    import subprocess
+    import sys
+    size = 256 << 20
+    with open(fstore.root / "big", "wb") as f:
+        f.truncate(size)
+    child = ("import json, resource, sys\n"
+             "from replay.replica.objects import FileObjectStore\n"
+             "store = FileObjectStore(sys.argv[1], readonly=True)\n"
+             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+             "data, _ = store.get('big', 1 << 30)\n"
+             "print(json.dumps([len(data), before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", child, str(fstore.root)], capture_output=True, text=True,
+                          timeout=50, env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr
+    length, before, peak = json.loads(done.stdout)
+    assert length == size
+    assert (peak - before) << 10 < size * 1.4, f"peak grew {(peak - before) >> 10} MiB for a {size >> 20} MiB object"
 
 
 def test_file_partial_objects_are_never_visible(fstore):
