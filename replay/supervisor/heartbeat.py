@@ -25,10 +25,12 @@ a phase it does not know reads as "no heartbeat".
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import struct
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +71,8 @@ class Beat:
 class HeartbeatWriter:
     """The journal's side: `update` is a few memory writes into the mapped file.
 
-    Used from the journal's thread (and its preemption handler, which only reads); not
-    shared across fork (a child that inherits it writes nothing: the pid is checked)."""
+    Used from the journal's thread. Not shared across fork: a forked child (a DataLoader
+    worker) finds it disabled by an at-fork hook, so the hot path needs no pid check."""
 
     def __init__(self, path: Path):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
@@ -79,30 +81,40 @@ class HeartbeatWriter:
             self._map = mmap.mmap(fd, SIZE)
         finally:
             os.close(fd)
-        self._pid = os.getpid()
+        self._live = True
         self._sequence = 0
         self._ops: dict[str, bytes] = {}
-        _HEAD.pack_into(self._map, 0, MAGIC, VERSION, self._pid)
+        self._pack_seq = functools.partial(_SEQ.pack_into, self._map, 16)
+        self._pack_body = functools.partial(_BODY.pack_into, self._map, 24)
+        _HEAD.pack_into(self._map, 0, MAGIC, VERSION, os.getpid())
+        os.register_at_fork(after_in_child=functools.partial(_disable_in_child, weakref.ref(self)))
         self.update("opening", 0)
 
     def update(self, phase: str, index: int, op: str | None = None, done: int = 0, total: int = 0) -> None:
-        if os.getpid() != self._pid or self._map.closed:
+        if not self._live:
             return
-        buf = self._map
         self._sequence += 1
-        _SEQ.pack_into(buf, 16, self._sequence)  # odd: being written
-        _BODY.pack_into(buf, 24, _PHASE_CODE[phase], 0, index, done, total, time.monotonic_ns())
+        self._pack_seq(self._sequence)  # odd: being written
+        self._pack_body(_PHASE_CODE[phase], 0, index, done, total, time.monotonic_ns())
         if op is not None:
             encoded = self._ops.get(op)
             if encoded is None:
-                encoded = self._ops[op] = bytes([min(len(op.encode()), _OP_MAX)]) + op.encode()[:_OP_MAX]
-            buf[_OP_AT:_OP_AT + len(encoded)] = encoded
+                raw = op.encode()[:_OP_MAX]
+                encoded = self._ops[op] = bytes([len(raw)]) + raw
+            self._map[_OP_AT:_OP_AT + len(encoded)] = encoded
         self._sequence += 1
-        _SEQ.pack_into(buf, 16, self._sequence)
+        self._pack_seq(self._sequence)
 
     def close(self) -> None:
-        if os.getpid() == self._pid and not self._map.closed:
+        if self._live:
+            self._live = False
             self._map.close()
+
+
+def _disable_in_child(writer_ref) -> None:
+    writer = writer_ref()
+    if writer is not None:
+        writer._live = False  # the map is the parent's: a child never writes into it
 
 
 def read(path: Path) -> Beat | None:
