@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--backoff", type=float, default=defaults.backoff, metavar="S",
                    help=f"first delay before a restart, doubled per attempt without progress with jitter, "
                         f"capped at {defaults.backoff_cap:g} (default {defaults.backoff:g})")
+    p.add_argument("--metrics", default=None, metavar="PATH",
+                   help="write a Prometheus textfile here every few seconds (node_exporter's textfile collector; "
+                        "needs prometheus_client)")
     p.set_defaults(run=run, cmd=[])
 
 
@@ -64,4 +67,9 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"replay run: error: {exc}", file=sys.stderr)
         return 2
-    return Supervisor(args.dir, command, options).run()
+    try:
+        supervisor = Supervisor(args.dir, command, options, metrics=args.metrics)
+    except ValueError as exc:
+        print(f"replay run: error: {exc}", file=sys.stderr)
+        return 2
+    return supervisor.run()

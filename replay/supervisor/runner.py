@@ -37,6 +37,7 @@ from ..ranks import layout as ranks_layout
 from . import layout, records
 from .child import Child, dump_stacks, oom_kills
 from .heartbeat import Beat, read as read_heartbeat
+from .metrics import REFRESH as _REFRESH, MetricsFile
 from .policy import Decision, Options, Outcome, backoff_delay, classify, decide
 from .vocabulary import FailureClass
 
@@ -45,6 +46,10 @@ HANG_FLOOR = 120.0
 HANG_MULTIPLE = 20.0
 SLOW_PHASE_MULTIPLE = 10.0
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def metrics_refresh() -> float:
+    return _REFRESH
 
 
 def durable_index(journal_dir: Path) -> int:
@@ -120,7 +125,7 @@ class Supervisor:
     """``replay run DIR -- CMD``: see the module docstring for the call sequence."""
 
     def __init__(self, journal_dir: str | os.PathLike, command: list[str], options: Options = Options(),
-                 err=None, rng: random.Random | None = None):
+                 err=None, rng: random.Random | None = None, metrics: str | os.PathLike | None = None):
         if not command:
             raise ValueError("replay run: no command to run (give it after --)")
         self.journal_dir = Path(journal_dir).absolute()
@@ -133,6 +138,7 @@ class Supervisor:
         self._preempted_at: float | None = None
         self._child: Child | None = None
         self._started_wall = time.time()
+        self._metrics = MetricsFile(metrics) if metrics is not None else None  # ValueError without prometheus_client
 
     def say(self, line: str) -> None:
         print(f"replay run: {line}", file=self._err, flush=True)
@@ -165,6 +171,7 @@ class Supervisor:
             decision = decide(history, self.options)
             self._record(outcome, decision, dump)
             self._report(outcome, decision)
+            self._update_metrics(running=False, ended=outcome.failure.value, index=outcome.index_end)
             if not decision.restart:
                 return decision.status
             delay = backoff_delay(history, self.options, self._rng)
@@ -209,7 +216,7 @@ class Supervisor:
         self._started_wall = time.time()
         self.say(f"attempt {attempt}: {' '.join(self.command)} (durable index {index_start})")
         watch = _Watch(self.options)
-        hung, dump = False, None
+        hung, dump, opened_after = False, None, None
         try:
             self._child = child = Child(self.command, self._environment(attempt, last_class))
         except OSError as exc:
@@ -228,6 +235,11 @@ class Supervisor:
                 child.signal_group(signal.SIGKILL)
                 continue
             watch.observe(layout.of_attempt(self.records, "heartbeat", attempt), now)
+            if watch.opened and opened_after is None:
+                opened_after = now - started
+                self._update_metrics(running=True, recovery_seconds=opened_after, force=True)
+            else:
+                self._update_metrics(running=True)
             stale = watch.stale(now, started)
             if stale is not None and self._preempted is None and not self._progressed(watch, index_start):
                 beat, seconds = stale
@@ -256,6 +268,18 @@ class Supervisor:
                        -status if status < 0 else self._preempted if failure is FailureClass.PREEMPTED else None,
                        index_start, index_end, crash.get("op") if crash else None,
                        crash.get("index") if crash else None, message[:2000]), dump
+
+    def _update_metrics(self, *, running: bool, index: int | None = None, **kw) -> None:
+        if self._metrics is None:
+            return
+        if index is None:
+            if not kw.get("force") and time.monotonic() - self._metrics._written < metrics_refresh():
+                return  # the durable index is read only when the file is due
+            index = durable_index(self.journal_dir)
+        try:
+            self._metrics.update(index=index, running=running, **kw)
+        except OSError as exc:
+            self.say(f"cannot write --metrics {self._metrics.path}: {exc.strerror or exc}")
 
     def _progressed(self, watch: _Watch, index_start: int) -> bool:
         """Whether the durable index moved since the stale heartbeat last changed (then it is

@@ -30,7 +30,7 @@ def env() -> dict:
 
 
 def supervise(directory, *job_args, options=(), timeout=200):
-    cmd = [sys.executable, "-m", "replay", "run", str(directory), "--backoff", "0", *options, "--",
+    cmd = [sys.executable, "-m", "replay", "run", str(directory), "--backoff", "0", *map(str, options), "--",
            sys.executable, str(JOB), str(directory), *map(str, job_args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env(), cwd=ROOT)
 
@@ -55,8 +55,13 @@ def final(directory) -> str:
 
 
 def test_sigkilled_job_is_restarted_and_ends_bit_identical(tmp_path):
-    run = supervise(tmp_path / "j", 20, "--kill", "1:7", "--kill", "2:15")
+    metrics = tmp_path / "replay.prom"
+    run = supervise(tmp_path / "j", 20, "--kill", "1:7", "--kill", "2:15", options=("--metrics", metrics))
     assert run.returncode == 0, run.stderr
+    text = metrics.read_text()
+    assert 'replay_run_attempts_total{class="crashed"} 2.0' in text, text
+    assert 'replay_run_attempts_total{class="finished"} 1.0' in text and "replay_run_up 0.0" in text
+    assert "replay_run_durable_index 2" in text  # 20 steps plus digests/snapshot records: at least 20
     assert final(tmp_path / "j") == reference(20)
     got = attempts(tmp_path / "j")
     assert [a["class"] for a in got] == ["crashed", "crashed", "finished"]
