@@ -52,6 +52,7 @@ from .history import JournalEntry, entries
 from .journal import Journal
 from .loader import Batch, JournaledLoader, StaleBatchError
 from .loadstate import LoadedState, LoadStateError, ReplayNeededError, load_state
+from .forking import ForkError, ForkIndexError, ForkReport, fork
 from .operator import truncate
 from .ops import Ops, OpSpec
 from .policies import Every
@@ -65,7 +66,7 @@ __all__ = [
     "Journal", "Ops", "OpSpec", "Every", "Preemption", "environment", "RecoveryReport", "DataCursor", "seeded_generator",
     "seeded_rng", "JournaledLoader", "Batch", "StaleBatchError", "load_state", "LoadedState", "LoadStateError",
     "ReplayNeededError", "entries", "JournalEntry",
-    "state_digest", "truncate", "verify_journal", "JournalReport", "state_at",
+    "state_digest", "truncate", "fork", "ForkReport", "ForkError", "ForkIndexError", "verify_journal", "JournalReport", "state_at",
     "ReplayError", "UnknownOpError", "PayloadRejectedError", "HandlerError", "VersionMismatchError",
     "EnvelopeError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "ClosedError", "ConcurrentUseError",
     "PreemptedError", "EnvironmentMismatchError", "RankFailureError", "WorldSizeError", "RankDivergenceError",
