@@ -160,14 +160,14 @@ def _check_source(src: Path) -> None:
 
 
 def _check_target(src: Path, target: Path) -> None:
+    real_src, real_target = src.resolve(), target.resolve()
+    if real_target == real_src or real_src in real_target.parents:
+        raise ForkError(f"{target} is inside the source journal {src}: fork into a directory beside it")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise FileExistsError(f"{target} exists and is not a directory: fork makes a new journal directory")
     if target.is_dir() and any(target.iterdir()):
         raise FileExistsError(f"{target} is not empty: fork makes a new journal directory (it never "
                               "overwrites anything)")
-    real_src, real_target = src.resolve(), target.resolve()
-    if real_target == real_src or real_src in real_target.parents:
-        raise ForkError(f"{target} is inside the source journal {src}: fork into a directory beside it")
 
 
 def _finish(staging: Path, target: Path) -> None:
