@@ -44,7 +44,7 @@ def _assert_state_at(path, index):
 
 def test_fork_rolls_back_where_truncate_refuses(compacted, tmp_path, cli_here, caplog):
     status, _, err = cli_here("truncate", compacted, "--after", 23)
-    assert status == 2 and "snapshot(s) at [30]" in err
+    assert status == 2 and "snapshot(s) at [30]" in err and f"replay fork {compacted} --at 23 NEWDIR" in err
     with EventLog.open(compacted / "log", readonly=True) as log:
         term = log.term  # the refused truncate opened the log for writing: a term of its own
     status, out, err = cli_here("fork", compacted, "--at", 23, tmp_path / "new", "--reason", "bad shard at 24")
@@ -53,8 +53,8 @@ def test_fork_rolls_back_where_truncate_refuses(compacted, tmp_path, cli_here, c
         f"forked {compacted} at 23 into {tmp_path / 'new'}",
         "history: entries 1..23 of 35 (3 segment(s))",
         "snapshots: 0-0, 10-1, 20-1 (6 chunk(s) hard-linked, 0 copied)",
-        f"recorded as a replay.fork audit entry at 24 (term {term + 1}); open {tmp_path / 'new'} with the same ops to go on "
-        "from 23",
+        f"recorded as a replay.fork audit entry at 24 (term {term + 1}); open {tmp_path / 'new'} with the same ops "
+        "to go on from 23",
     ]
     assert any(r.name == "replay" and "replay.fork" in r.getMessage() and "bad shard at 24" in r.getMessage()
                for r in caplog.records)  # the warning on the replay logger

@@ -313,8 +313,8 @@ def test_forking_beside_a_live_writer(source, tmp_path, reference):
     when it started; the writer goes on undisturbed."""
     go = tmp_path / "go"
     writer = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from tests.replay.test_fork import _live_writer; _live_writer(*sys.argv[1:])",
-         str(source), str(go)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-c", "import sys; from tests.replay.test_fork import _live_writer; "
+         "_live_writer(*sys.argv[1:])", str(source), str(go)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "31"  # opened, applied entry 31, holds the lock
         assert eventlog.writer_pid(source / "log") == str(writer.pid)
