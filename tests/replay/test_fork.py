@@ -314,7 +314,8 @@ def test_forking_beside_a_live_writer(source, tmp_path, reference):
     go = tmp_path / "go"
     writer = subprocess.Popen(
         [sys.executable, "-c", "import sys; from tests.replay.test_fork import _live_writer; "
-         "_live_writer(*sys.argv[1:])", str(source), str(go)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "_live_writer(*sys.argv[1:])", str(source), str(go)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "31"  # opened, applied entry 31, holds the lock
         assert eventlog.writer_pid(source / "log") == str(writer.pid)
