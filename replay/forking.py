@@ -9,7 +9,9 @@ builds NEWDIR beside it:
   chain unchanged): whole archive segments are copied as they are, the rest (a segment
   cut at I, entries still in LMDB) is sealed with `EventLog.sealed_range`; the new log
   is made by `eventlog.create_from_segments`, so every segment is checked and must chain
-  into the one before it. Then one ``replay.fork`` audit record at I + 1 (the source's
+  into the one before it. The copies of whole source segments are then replaced by hard
+  links to the source's files where the filesystem allows (segments are immutable), so
+  a long history costs no second copy on disk. Then one ``replay.fork`` audit record at I + 1 (the source's
   path and term, I, the source's last index, the reason), in a term above every term of
   the copied history. Replay skips it, so the state at I + 1 is the state at I.
 - snapshots/: every snapshot of the source at or below I (and on the retained history)
@@ -59,6 +61,7 @@ logger = logging.getLogger("replay")
 
 CARRIED_FILES = (environment.FILE,)  # journal-level files a fork keeps (never replica.json)
 _MAX_CARRIED_BYTES = environment.MAX_BYTES
+_NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES)  # a link is refused: copy
 
 
 class ForkError(ReplayError):
@@ -74,9 +77,10 @@ class ForkIndexError(ForkError, IndexError):
 class ForkReport:
     """What `fork` made: `dest` holds entries first_index..at of `source` (copied from
     `source_term`'s log), `segments` archive segments, and the ``replay.fork`` record at
-    `fork_index` (= at + 1) in term `term`; `snapshots` the manifest names copied (oldest
-    first), `skipped` one line per snapshot at or below `at` that was not (why);
-    `linked`/`copied` how many chunk files were hard-linked or copied."""
+    `fork_index` (= at + 1) in term `term`, `segments_linked` of the segments hard-linked to
+    the source's files; `snapshots` the manifest names copied (oldest first), `skipped` one
+    line per snapshot at or below `at` that was not (why); `linked`/`copied` how many chunk
+    files were hard-linked or copied."""
 
     source: Path
     dest: Path
@@ -87,6 +91,7 @@ class ForkReport:
     term: int
     fork_index: int
     segments: int = 0
+    segments_linked: int = 0
     snapshots: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     linked: int = 0
@@ -95,9 +100,9 @@ class ForkReport:
     def __str__(self) -> str:
         skipped = f", skipped {len(self.skipped)} damaged snapshot(s)" if self.skipped else ""
         return (f"forked {self.source} at {self.at} into {self.dest}: entries {self.first_index}..{self.at} "
-                f"in {self.segments} segment(s), snapshots {', '.join(self.snapshots) or 'none'} "
-                f"({self.linked} chunk(s) linked, {self.copied} copied){skipped}; a replay.fork record at "
-                f"{self.fork_index} (term {self.term})")
+                f"in {self.segments} segment(s) ({self.segments_linked} linked), snapshots "
+                f"{', '.join(self.snapshots) or 'none'} ({self.linked} chunk(s) linked, {self.copied} copied)"
+                f"{skipped}; a replay.fork record at {self.fork_index} (term {self.term})")
 
 
 def fork(source: str | os.PathLike, *, at: int, dest: str | os.PathLike, reason: str = "") -> ForkReport:
@@ -284,6 +289,12 @@ class _Fork:
         with _MappedFiles(parts) as views:
             create_from_segments(self.staging / "log", views, term=term)
         shutil.rmtree(sealed_dir)
+        archive = self.staging / "log" / "archive"
+        copied = [path for path in parts if path.parent != sealed_dir]
+        # The source's segment files were written byte for byte: share them instead (immutable files).
+        report.segments_linked = sum(_share(path, archive / path.name) for path in copied)
+        if report.segments_linked:
+            fsync_dir(str(archive))
         record = wrap(1, {"source": str(self.src.resolve()), "source_term": term, "at": self.at,
                           "source_last_index": report.source_last_index, "reason": self.reason})
         with EventLog.open(self.staging / "log", durability="sync") as new:
@@ -383,7 +394,7 @@ def _link_or_copy(source: str, dest: str) -> bool:
         os.link(source, dest, follow_symlinks=False)
         return True
     except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+        if exc.errno not in _NO_LINK:
             raise
     temp = f"{dest}.forking"
     with open(source, "rb") as fin, open(temp, "wb") as fout:
@@ -392,6 +403,21 @@ def _link_or_copy(source: str, dest: str) -> bool:
         os.fsync(fout.fileno())
     os.rename(temp, dest)
     return False
+
+
+def _share(source: Path, dest: Path) -> bool:
+    """Replace `dest`, a copy of the immutable file `source`, with a hard link to `source`
+    (True); leave the copy (False) where the filesystem refuses links. The rename is atomic:
+    `dest` holds the same bytes throughout."""
+    temp = dest.with_name(f".{dest.name}.link")
+    try:
+        os.link(source, temp, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+        return False
+    os.rename(temp, dest)
+    return True
 
 
 def _write_file(path: Path, data: bytes) -> None:

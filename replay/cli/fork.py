@@ -34,12 +34,13 @@ def run(args, out: Output) -> int:
         out.record({"source": str(report.source), "dest": str(report.dest), "at": report.at,
                     "first_index": report.first_index, "source_last_index": report.source_last_index,
                     "source_term": report.source_term, "term": report.term, "fork_index": report.fork_index,
-                    "segments": report.segments, "snapshots": report.snapshots, "skipped": report.skipped,
+                    "segments": report.segments,
+                    "segments_linked": report.segments_linked, "snapshots": report.snapshots, "skipped": report.skipped,
                     "chunks_linked": report.linked, "chunks_copied": report.copied, "reason": args.reason})
         return EXIT_OK
     out.line(f"forked {report.source} at {report.at} into {report.dest}")
     out.line(f"history: entries {report.first_index}..{report.at} of {report.source_last_index} "
-             f"({report.segments} segment(s))")
+             f"({report.segments} segment(s), {report.segments_linked} hard-linked)")
     out.line(f"snapshots: {', '.join(report.snapshots) or 'none'} ({report.linked} chunk(s) hard-linked, "
              f"{report.copied} copied)")
     for line in report.skipped:

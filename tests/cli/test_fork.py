@@ -51,7 +51,7 @@ def test_fork_rolls_back_where_truncate_refuses(compacted, tmp_path, cli_here, c
     assert status == 0, err
     assert out.splitlines() == [
         f"forked {compacted} at 23 into {tmp_path / 'new'}",
-        "history: entries 1..23 of 35 (3 segment(s))",
+        "history: entries 1..23 of 35 (3 segment(s), 2 hard-linked)",
         "snapshots: 0-0, 10-1, 20-1 (6 chunk(s) hard-linked, 0 copied)",
         f"recorded as a replay.fork audit entry at 24 (term {term + 1}); open {tmp_path / 'new'} with the same ops "
         "to go on from 23",
@@ -79,9 +79,9 @@ def test_json_output(compacted, tmp_path, cli_here):
     assert status == 0, err
     record = json.loads(out)
     assert {k: record[k] for k in ("at", "first_index", "source_last_index", "source_term", "term", "fork_index",
-                                   "segments", "snapshots", "skipped", "chunks_copied", "reason")} == {
+                                   "segments", "segments_linked", "snapshots", "skipped", "chunks_copied", "reason")} == {
         "at": 23, "first_index": 1, "source_last_index": 35, "source_term": 2, "term": 3, "fork_index": 24,
-        "segments": 3, "snapshots": ["0-0", "10-1", "20-1"], "skipped": [], "chunks_copied": 0, "reason": "r"}
+        "segments": 3, "segments_linked": 2, "snapshots": ["0-0", "10-1", "20-1"], "skipped": [], "chunks_copied": 0, "reason": "r"}
     assert record["dest"] == str(tmp_path / "new") and record["chunks_linked"] == 6
 
 

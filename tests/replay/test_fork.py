@@ -172,7 +172,7 @@ def test_the_fork_record_names_the_source_and_its_term_in_a_higher_term(source, 
     assert history[-1].op == "replay.fork"
 
 
-def test_snapshot_chunks_are_hard_linked_on_one_filesystem_and_copied_otherwise(source, tmp_path, monkeypatch,
+def test_chunks_and_segments_are_hard_linked_on_one_filesystem_and_copied_otherwise(source, tmp_path, monkeypatch,
                                                                                   reference):
     report = replay.fork(source, at=21, dest=tmp_path / "linked")
     assert report.linked > 0 and report.copied == 0
@@ -184,9 +184,16 @@ def test_snapshot_chunks_are_hard_linked_on_one_filesystem_and_copied_otherwise(
     def no_links(*args, **kwargs):
         raise OSError(18, "Invalid cross-device link")  # EXDEV: another filesystem
 
+    # Whole archive segments (1..8, 9..16; 17..21 is cut from 17..24) are shared the same way.
+    assert report.segments == 3 and report.segments_linked == 2
+    for name in (f"{1:020d}-{8:020d}.seg", f"{9:020d}-{16:020d}.seg"):
+        assert (tmp_path / "linked" / "log" / "archive" / name).stat().st_ino == \
+            (source / "log" / "archive" / name).stat().st_ino
+
     monkeypatch.setattr(os, "link", no_links)
     report = replay.fork(source, at=21, dest=tmp_path / "copied")
-    assert report.linked == 0 and report.copied == len(chunks)
+    assert report.linked == 0 and report.copied == len(chunks) and report.segments_linked == 0
+    assert all(p.stat().st_nlink == 1 for p in (tmp_path / "copied").rglob("*") if p.is_file())
     state = make_state()
     with replay.Journal.open(tmp_path / "copied", state=state, ops=make_ops(), snapshot_on_close=False):
         pass
