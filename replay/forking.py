@@ -113,7 +113,7 @@ def fork(source: str | os.PathLike, *, at: int, dest: str | os.PathLike, reason:
       ForkError. One rank's directory of a multi-rank journal, or a multi-rank journal's
       directory: ForkError (forking a group is not supported: its ranks must stay aligned).
     - `dest` exists and is not an empty directory (a file, a symlink, anything inside):
-      FileExistsError. `dest` inside `source`, or `source` itself: ForkError.
+      FileExistsError. `dest` inside `source`, `source` itself, or the current directory: ForkError.
     - `at` outside first..last, where last is the source's last committed index and first
       the oldest index with both history and a snapshot to start from (first_index, or the
       oldest snapshot at or above first_index - 1 when the log no longer starts at 1):
@@ -131,7 +131,8 @@ def fork(source: str | os.PathLike, *, at: int, dest: str | os.PathLike, reason:
     """
     if isinstance(at, bool) or not isinstance(at, int):
         raise TypeError(f"fork: at must be an int, got {type(at).__name__}")
-    src, target = Path(source), Path(dest)
+    # Normalised ("runs/new/" and "." have a name to put the staging directory beside).
+    src, target = Path(source), Path(os.path.abspath(dest))
     _check_source(src)
     _check_target(src, target)
     staging = target.parent / f".{target.name}.forking"
@@ -165,6 +166,9 @@ def _check_source(src: Path) -> None:
 
 
 def _check_target(src: Path, target: Path) -> None:
+    if target == Path.cwd():
+        raise ForkError(f"{target} is the current directory: name a new directory for the fork (replacing the "
+                        "directory a process runs in would leave it in a deleted one)")
     real_src, real_target = src.resolve(), target.resolve()
     if real_target == real_src or real_src in real_target.parents:
         raise ForkError(f"{target} is inside the source journal {src}: fork into a directory beside it")

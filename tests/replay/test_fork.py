@@ -273,7 +273,7 @@ def test_wrong_arguments_are_refused_before_anything_is_made(source, tmp_path):
     assert not (tmp_path / "new").exists() and tree_digest(source) == before
 
 
-def test_an_existing_destination_is_never_overwritten(source, tmp_path):
+def test_an_existing_destination_is_never_overwritten(source, tmp_path, monkeypatch):
     full = tmp_path / "full"
     full.mkdir()
     (full / "keep.txt").write_text("mine")
@@ -289,8 +289,12 @@ def test_an_existing_destination_is_never_overwritten(source, tmp_path):
     assert not (tmp_path / "elsewhere").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    replay.fork(source, at=3, dest=empty)  # an empty directory is taken, as restore takes one
-    assert (empty / "log" / "data.mdb").is_file()
+    monkeypatch.chdir(empty)
+    with pytest.raises(replay.ForkError, match="is the current directory"):
+        replay.fork(source, at=3, dest=".")
+    monkeypatch.chdir(tmp_path)
+    replay.fork(source, at=3, dest="empty/")  # an empty directory is taken, as restore takes one
+    assert (empty / "log" / "data.mdb").is_file() and not (tmp_path / ".empty.forking").exists()
 
 
 def test_multi_rank_journals_are_refused(source, tmp_path):
