@@ -48,6 +48,7 @@ from pathlib import Path
 from eventlog import EventLog, create_from_segments
 from snapshots.chunkfile import ChunkCodec, ChunkDecodeError
 from snapshots.durable import fsync_dir
+from snapshots.manifest import parse_manifest_name
 from snapshots.paths import StoreLayout
 from snapshots.safefile import UnsafeFileError, read_regular
 
@@ -109,7 +110,7 @@ def fork(source: str | os.PathLike, *, at: int, dest: str | os.PathLike, reason:
     """Make `dest` a new journal whose history is `source`'s entries up to and including `at`.
 
     Edge cases first (each refusal writes nothing, and the source is never written):
-    - `at` not an int: TypeError. `source` not a journal directory (no log/data.mdb):
+    - `at` not an int, `reason` not a str: TypeError. `source` not a journal directory (no log/data.mdb):
       ForkError. One rank's directory of a multi-rank journal, or a multi-rank journal's
       directory: ForkError (forking a group is not supported: its ranks must stay aligned).
     - `dest` exists and is not an empty directory (a file, a symlink, anything inside):
@@ -131,6 +132,8 @@ def fork(source: str | os.PathLike, *, at: int, dest: str | os.PathLike, reason:
     """
     if isinstance(at, bool) or not isinstance(at, int):
         raise TypeError(f"fork: at must be an int, got {type(at).__name__}")
+    if not isinstance(reason, str):
+        raise TypeError(f"fork: reason must be a str, got {type(reason).__name__}")
     # Normalised ("runs/new/" and "." have a name to put the staging directory beside).
     src, target = Path(source), Path(os.path.abspath(dest))
     _check_source(src)
@@ -219,6 +222,7 @@ class _Fork:
         self.src, self.target, self.staging, self.log, self.at, self.reason = src, target, staging, log, at, reason
         self.store = LocalStore(src / "snapshots")
         self.codec = ChunkCodec()
+        self.damaged: list[str] = []  # manifests at or below `at` that do not decode
 
     def run(self) -> ForkReport:
         log, at = self.log, self.at
@@ -226,7 +230,7 @@ class _Fork:
         candidates = self._snapshots_on_history(first, last)
         self._check_range(first, last, candidates)
         checksum = log.checksum_at(at)
-        report = ForkReport(self.src, self.target, at, first, last, term, term + 1, at + 1)
+        report = ForkReport(self.src, self.target, at, first, last, term, term + 1, at + 1, skipped=self.damaged)
         report.segments = self._build_log(first, term, report)
         failpoints.hit("fork.after_log")
         self._copy_snapshots([m for m in candidates if m.index <= at], first, report)
@@ -248,8 +252,11 @@ class _Fork:
                 mf = self.store.read_manifest(name)
             except FileNotFoundError:
                 continue  # pruned since the listing
-            except LocalFileError:
-                continue  # damaged: reported when it would have been copied (below at), else irrelevant
+            except LocalFileError as exc:
+                index = (parse_manifest_name(name) or (-1, 0))[0]
+                if first - 1 <= index <= self.at:  # one the fork would have copied: say why it did not
+                    self.damaged.append(f"snapshot {name}: {exc}")
+                continue
             if not first - 1 <= mf.index <= last:
                 continue
             if mf.index > 0 and (self.log.term_at(mf.index) != mf.term or (
@@ -312,7 +319,7 @@ class _Fork:
 
     def _copy_snapshots(self, manifests: list, first: int, report: ForkReport) -> None:
         if not manifests:
-            return
+            return  # a history from 1 rebuilds from the initial state (else _check_range refused)
         layout = StoreLayout(str(self.staging / "snapshots"))
         layout.create()
         done: set[str] = set()
@@ -338,7 +345,7 @@ class _Fork:
         for directory in sorted(named_dirs):
             fsync_dir(directory)
         fsync_dir(layout.manifests)
-        if first > 1 and not any(m.index <= self.at for m in manifests if m.name in report.snapshots):
+        if first > 1 and not report.snapshots:
             raise ForkError(f"fork at {self.at}: every snapshot that could rebuild it is damaged, and the "
                             f"source's history starts at {first}: " + "; ".join(report.skipped))
 

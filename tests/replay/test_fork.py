@@ -219,6 +219,20 @@ def test_a_damaged_snapshot_is_skipped_for_an_older_one(source, tmp_path, refere
     assert_same(state, reference(tmp_path, 21))
 
 
+def test_a_damaged_manifest_is_skipped_and_said(source, tmp_path, reference):
+    manifest = source / "snapshots" / "manifests" / "16-1"
+    data = bytearray(manifest.read_bytes())
+    data[-3] ^= 0x40
+    os.chmod(manifest, 0o644)
+    manifest.write_bytes(bytes(data))
+    report = replay.fork(source, at=21, dest=tmp_path / "new")
+    assert report.snapshots == ["0-0", "8-1"] and len(report.skipped) == 1 and "16-1" in report.skipped[0]
+    state = make_state()
+    with replay.Journal.open(tmp_path / "new", state=state, ops=make_ops(), snapshot_on_close=False):
+        pass
+    assert_same(state, reference(tmp_path, 21))
+
+
 def test_a_log_without_its_early_history_forks_from_its_oldest_snapshot(tmp_path, reference):
     """archive=None deletes compacted entries: the log starts after the oldest kept snapshot,
     and a fork below it is refused, naming I and the range that can be forked."""
@@ -235,6 +249,11 @@ def test_a_log_without_its_early_history_forks_from_its_oldest_snapshot(tmp_path
     with replay.Journal.open(tmp_path / "new", state=state, ops=make_ops(), snapshot_on_close=False) as journal:
         assert journal.recovery.snapshot_index == 16
     assert_same(state, reference(tmp_path, 20))
+    # Snapshot 16 is the only start for 17..23: damaged, a fork there has nothing to rebuild from.
+    _damage_a_chunk_of(path, [i for i in _infos(path) if i.index == 16][0])
+    with pytest.raises(replay.ForkError, match=r"fork at 20: every snapshot that could rebuild it is damaged.*16-"):
+        replay.fork(path, at=20, dest=tmp_path / "again")
+    assert not (tmp_path / "again").exists() and not (tmp_path / ".again.forking").exists()
 
 
 def test_a_log_kept_in_lmdb_forks_too(tmp_path, reference):
@@ -264,6 +283,8 @@ def test_wrong_arguments_are_refused_before_anything_is_made(source, tmp_path):
         replay.fork(source, at=True, dest=tmp_path / "new")
     with pytest.raises(TypeError, match="at must be an int"):
         replay.fork(source, at="3", dest=tmp_path / "new")
+    with pytest.raises(TypeError, match="reason must be a str"):
+        replay.fork(source, at=3, dest=tmp_path / "new", reason=None)
     with pytest.raises(replay.ForkError, match="not a journal directory"):
         replay.fork(tmp_path / "nothing", at=3, dest=tmp_path / "new")
     with pytest.raises(replay.ForkError, match="inside the source journal"):
