@@ -391,10 +391,13 @@ class _MappedFiles:
         return self._views
 
     def __exit__(self, *exc) -> None:
-        for view in self._views:
-            view.release()
-        for mapped in self._maps:
-            mapped.close()
+        try:
+            for view in self._views:
+                view.release()
+            for mapped in self._maps:
+                mapped.close()
+        except BufferError:
+            pass  # a traceback still holds a slice of one (an error is on its way): the GC unmaps it
         self._views, self._maps = [], []
 
 

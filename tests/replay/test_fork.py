@@ -233,6 +233,32 @@ def test_a_damaged_manifest_is_skipped_and_said(source, tmp_path, reference):
     assert_same(state, reference(tmp_path, 21))
 
 
+@pytest.mark.parametrize("damaged", ["archive", "lmdb"])
+def test_damaged_history_is_never_copied(source, tmp_path, damaged):
+    """A bit flipped in a sealed segment (copied as a file) or in LMDB (sealed by the fork):
+    eventlog's damage error naming where, and nothing made."""
+    if damaged == "archive":
+        path = source / "log" / "archive" / f"{9:020d}-{16:020d}.seg"
+        os.chmod(path, 0o644)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        path.write_bytes(bytes(data))
+        expected, at = r"segment.*9\.\.16", 21
+    else:
+        import lmdb
+
+        env = lmdb.open(str(source / "log"), max_dbs=2)
+        with env.begin(write=True, db=env.open_db(b"entries")) as txn:
+            value = bytearray(txn.get((26).to_bytes(8, "big")))
+            value[-1] ^= 0x01
+            txn.put((26).to_bytes(8, "big"), bytes(value))
+        env.close()
+        expected, at = "entry 26", 27
+    with pytest.raises(eventlog.LogError, match=expected):
+        replay.fork(source, at=at, dest=tmp_path / "new")
+    assert not (tmp_path / "new").exists() and not (tmp_path / ".new.forking").exists()
+
+
 def test_a_log_without_its_early_history_forks_from_its_oldest_snapshot(tmp_path, reference):
     """archive=None deletes compacted entries: the log starts after the oldest kept snapshot,
     and a fork below it is refused, naming I and the range that can be forked."""
