@@ -391,6 +391,26 @@ def test_forking_beside_a_live_writer(source, tmp_path, reference):
         assert log.last_index == 35  # the writer went on
 
 
+def test_an_entry_rewritten_under_the_fork_is_refused(source, tmp_path, monkeypatch):
+    """A live writer that truncates entry I and writes another while the fork copies (as a
+    rolled-back apply does): the fork would hold a history the source no longer has."""
+    from replay import forking
+
+    carry = forking._Fork._carry_files
+    rewrite = ("import sys; from eventlog import EventLog\n"
+               "with EventLog.open(sys.argv[1], durability='sync') as log:\n"
+               "    log.truncate_after(26); log.append('add', {'v': 1, 'p': {'row': 0, 'value': -1.0}})")
+
+    def rewrite_then_carry(self):  # another process: this one holds the log open readonly
+        subprocess.run([sys.executable, "-c", rewrite, str(source / "log")], cwd=ROOT, check=True, timeout=120)
+        carry(self)
+
+    monkeypatch.setattr(forking._Fork, "_carry_files", rewrite_then_carry)
+    with pytest.raises(replay.ForkError, match="entry 27 was rewritten while forking"):
+        replay.fork(source, at=27, dest=tmp_path / "new")
+    assert not (tmp_path / "new").exists() and not (tmp_path / ".new.forking").exists()
+
+
 def _live_writer(path: str, go: str) -> None:
     """Open the journal, apply one entry and say its index, wait for `go`, apply 4 more."""
     import time
