@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import struct
+import sys
 
 import pytest
 
@@ -53,6 +54,7 @@ def _fork_in_child(source, dest, env: dict, kill_at: int | None, count_fd: int |
         code = 1
         try:
             os.dup2(w, 2)
+            sys.stderr = open(2, "w", closefd=False)  # pytest's capture is not fd 2: failpoints write here
             os.environ.update(env)
             calls = [0]
 
