@@ -24,6 +24,10 @@ Read-only audits (safe beside a live writer): ``replay.verify_journal(path)`` ch
 every snapshot and whether they meet; ``replay.state_at(path, ops, state, index)`` rebuilds
 the state right after any retained entry. The on-disk entry envelope is documented in
 ``replay/envelope.py``.
+
+Operator commands: ``replay.truncate(path, after=i)`` drops a poison entry at the end of
+a closed journal; ``replay.fork(path, at=i, dest=newdir)`` goes back past a snapshot by
+making a new journal whose history is the entries up to i (the source is only read).
 """
 
 from .audit import JournalReport, state_at, verify_journal
