@@ -24,6 +24,10 @@ Read-only audits (safe beside a live writer): ``replay.verify_journal(path)`` ch
 every snapshot and whether they meet; ``replay.state_at(path, ops, state, index)`` rebuilds
 the state right after any retained entry. The on-disk entry envelope is documented in
 ``replay/envelope.py``.
+
+Operator commands: ``replay.truncate(path, after=i)`` drops a poison entry at the end of
+a closed journal; ``replay.fork(path, at=i, dest=newdir)`` goes back past a snapshot by
+making a new journal whose history is the entries up to i (the source is only read).
 """
 
 from .audit import JournalReport, state_at, verify_journal
@@ -53,6 +57,7 @@ from .history import JournalEntry, entries
 from .journal import Journal
 from .loader import Batch, JournaledLoader, StaleBatchError
 from .loadstate import LoadedState, LoadStateError, ReplayNeededError, load_state
+from .forking import ForkError, ForkIndexError, ForkReport, fork
 from .operator import truncate
 from .ops import Ops, OpSpec
 from .policies import Every
@@ -66,7 +71,7 @@ __all__ = [
     "Journal", "Ops", "OpSpec", "Every", "Preemption", "environment", "RecoveryReport", "DataCursor", "seeded_generator",
     "seeded_rng", "JournaledLoader", "Batch", "StaleBatchError", "load_state", "LoadedState", "LoadStateError",
     "ReplayNeededError", "entries", "JournalEntry",
-    "state_digest", "truncate", "verify_journal", "JournalReport", "state_at",
+    "state_digest", "truncate", "fork", "ForkReport", "ForkError", "ForkIndexError", "verify_journal", "JournalReport", "state_at",
     "ReplayError", "UnknownOpError", "PayloadRejectedError", "HandlerError", "VersionMismatchError",
     "EnvelopeError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "ClosedError", "ConcurrentUseError",
     "PreemptedError", "EnvironmentMismatchError", "RankFailureError", "RankBehindError", "WorldSizeError",

@@ -16,8 +16,12 @@ Op names beginning with ``replay.`` are reserved for the engine's own entries:
         before it. Replay recomputes and compares; a mismatch is DivergenceError.
     replay.truncate  {"v": 1, "p": {"after": i, "dropped": [[index, op], ...], "reason": str}}
         An audit record left by the operator's replay.truncate(); replay skips it.
+    replay.fork      {"v": 1, "p": {"source": path, "source_term": t, "at": i, "source_last_index": n,
+                                    "reason": str}}
+        The first entry of a journal made by replay.fork(): its history is the source's
+        entries up to `at`, copied; replay skips it.
 
-Neither changes the state, and both count as applied entries (journal.index covers them).
+None of them changes the state, and all count as applied entries (journal.index covers them).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from .errors import EnvelopeError
 RESERVED_PREFIX = "replay."
 DIGEST_OP = "replay.digest"
 TRUNCATE_OP = "replay.truncate"
-ENGINE_OPS = frozenset({DIGEST_OP, TRUNCATE_OP})
+FORK_OP = "replay.fork"
+AUDIT_OPS = frozenset({TRUNCATE_OP, FORK_OP})  # operator records: no effect on the state
+ENGINE_OPS = frozenset({DIGEST_OP, *AUDIT_OPS})
 
 
 def wrap(version: int, payload: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,14 @@ full log or the new snapshot plus the log after it:
     recovery.after_snapshot_load     the newest verified snapshot is in the live state
     recovery.mid_replay              half of the entries to replay are applied (at least 2 to replay)
 
+replay.fork (replay/forking.py) adds four; before the rename the new journal exists only
+as a hidden staging directory beside NEWDIR:
+
+    fork.after_log                   the staged log holds the history and its replay.fork record
+    fork.after_snapshots             the staged snapshots and environment are durable too
+    fork.before_rename               the staging directory is fsynced, not yet renamed to NEWDIR
+    fork.after_rename                renamed to NEWDIR, its parent directory not yet fsynced
+
 Multi-rank journals (replay.ranks) add three; the others above fire on each rank:
 
     group.before_global_record       rank 0: every rank committed a snapshot, its global record not yet written
@@ -63,6 +71,10 @@ POINTS = (
     "journal.after_compact",
     "recovery.after_snapshot_load",
     "recovery.mid_replay",
+    "fork.after_log",
+    "fork.after_snapshots",
+    "fork.before_rename",
+    "fork.after_rename",
     "group.before_global_record",
     "group.after_exchange",
     "group.after_cut_truncate",

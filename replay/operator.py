@@ -59,7 +59,8 @@ def truncate(path: str | os.PathLike, *, after: int, reason: str = "") -> list[t
                 store.close()
             if ahead:
                 raise RecoveryError(
-                    f"cannot truncate after {after}: snapshot(s) at {ahead} include later entries; remove them first")
+                    f"cannot truncate after {after}: snapshot(s) at {ahead} include later entries; remove them "
+                    f"first, or roll back into a new journal: replay fork {root} --at {after} NEWDIR (replay.fork)")
         dropped = []
         try:
             for header in log.headers(after + 1, verify=False):

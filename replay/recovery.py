@@ -17,7 +17,7 @@ import torch
 from .components import check_layout, check_state, default_device, layout_template, restore
 from .counting import counts_from_log, is_user_op, recorded_counts
 from .determinism import state_digest
-from .envelope import DIGEST_OP, ENGINE_OPS, TRUNCATE_OP
+from .envelope import AUDIT_OPS, DIGEST_OP, ENGINE_OPS
 from . import failpoints
 from .errors import DivergenceError, HandlerError, PayloadRejectedError, RecoveryError, UnknownOpError
 from .ops import INPUTS, Ops
@@ -271,8 +271,8 @@ class Replayer:
             if self.on_digest is not None:
                 self.on_digest(prepared.index)
             return True
-        if prepared.op == TRUNCATE_OP:
-            return False  # an operator's audit record: the truncation itself already happened
+        if prepared.op in AUDIT_OPS:
+            return False  # an operator's audit record (truncate, fork): what it records already happened
         spec, payload = self.ops.upcast(prepared.index, prepared.op, prepared.version, prepared.payload)
         if INPUTS in payload:
             raise PayloadRejectedError(prepared.op, f"{INPUTS!r} is reserved for unlogged inputs but the entry "

@@ -30,7 +30,7 @@ def recipes() -> dict[str, str]:
 
 def test_the_readme_has_its_recipes():
     # A renamed or untagged block would silently stop being tested.
-    assert set(recipes()) >= {"quickstart", "dataloader", "fine-tune", "inference", "preemption"}
+    assert set(recipes()) >= {"quickstart", "dataloader", "fine-tune", "inference", "preemption", "fork"}
 
 
 @pytest.mark.timeout(240)

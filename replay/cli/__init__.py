@@ -13,12 +13,13 @@ reporting live in `main`.
 Readers never write: the log is opened readonly (no lock, no term bump, short read
 transactions). `export` writes only its --out file, and at a snapshot's index imports no
 user code. Snapshot sizes are said in one vocabulary everywhere (logical, stored,
-written: snapshots/reports.py). `prune` and `truncate` are the only commands that change anything, and
-both refuse to run beside a live writer.
+written: snapshots/reports.py). `prune` and `truncate` are the only commands that change a journal, and
+both refuse to run beside a live writer; `fork` only reads its source (a writer may run) and
+writes a new journal directory.
 """
 
 from __future__ import annotations
 
-from . import diff, export, log, replica, retention, runs, show, state, stats, tail, truncate, verify
+from . import diff, export, fork, log, replica, retention, runs, show, state, stats, tail, truncate, verify
 
-COMMANDS = (log, show, verify, stats, tail, retention, state, diff, export, truncate, replica, runs)
+COMMANDS = (log, show, verify, stats, tail, retention, state, diff, export, truncate, fork, replica, runs)

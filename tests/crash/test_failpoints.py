@@ -14,8 +14,9 @@ from .checker import Tally, check_journal, journal_writer, recovered_in_fresh_pr
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_failpoint]
 
-# The group.* points belong to multi-rank journals: tests/distributed/test_failpoints.py kills at each.
-WRITE_POINTS = [p for p in failpoints.POINTS if not p.startswith(("recovery.", "group."))]
+# The group.* points belong to multi-rank journals: tests/distributed/test_failpoints.py kills at each;
+# the fork.* points to replay.fork: tests/crash/test_fork.py kills at each.
+WRITE_POINTS = [p for p in failpoints.POINTS if not p.startswith(("recovery.", "group.", "fork."))]
 RECOVERY_POINTS = [p for p in failpoints.POINTS if p.startswith("recovery.")]
 
 
