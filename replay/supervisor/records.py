@@ -5,7 +5,8 @@ A crash record, ``crash-a<attempt>-p<pid>.json``, is written durably (replay.jso
 entry without parsing stderr. Fields: ``phase`` ("opening", "recovering", "applying"),
 ``op`` and ``index`` of the entry (null when none), ``type`` (the exception's qualified
 class name), ``message``, ``traceback`` (at most 32 KiB), ``oom`` (a CUDA or torch
-OutOfMemoryError), ``pid``. The journal removes it when its next apply succeeds: a job
+OutOfMemoryError), ``cascade`` (the exception says another rank is gone: not this
+process's own failure), ``pid``. The journal removes it when its next apply succeeds: a job
 that catches the exception and goes on leaves no crash.
 
 ``attempts.jsonl`` holds one JSON object per line, one per finished attempt, with
@@ -37,6 +38,22 @@ def is_oom(exc: BaseException) -> bool:
     return any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__)
 
 
+_PEER_GONE = ("by peer", "Connection reset", "Connection closed", "Broken pipe")
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether `exc` (or an exception it was raised from) says another rank is gone: the
+    cascade of a failure elsewhere (replay's RankFailureError, torch.distributed's
+    DistError, gloo's "Connection reset/closed by peer"), which the supervisor does not blame."""
+    seen = 0
+    while exc is not None and seen < 8:
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if names & {"RankFailureError", "DistError", "DistNetworkError"} or any(p in str(exc) for p in _PEER_GONE):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def write_crash(path: Path, *, phase: str, op: str | None, index: int | None, exc: BaseException) -> None:
     """Write the crash record for `exc` durably at `path` (the caller ignores OSError: a full
     disk must not hide the user's exception)."""
@@ -44,7 +61,7 @@ def write_crash(path: Path, *, phase: str, op: str | None, index: int | None, ex
     write_durably(path, {
         "phase": phase, "op": op, "index": index, "pid": os.getpid(),
         "type": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": str(exc)[:4096],
-        "traceback": text[-MAX_TRACEBACK:], "oom": is_oom(exc),
+        "traceback": text[-MAX_TRACEBACK:], "oom": is_oom(exc), "cascade": is_peer_failure(exc),
     })
 
 
@@ -64,6 +81,7 @@ def read_crash(path: Path) -> dict | None:
         if not isinstance(record.get(key), str):
             return None
     record["oom"] = record.get("oom") is True
+    record["cascade"] = record.get("cascade") is True
     return record
 
 

@@ -246,11 +246,14 @@ class Supervisor:
                 hung = True
                 where = beat.describe() if beat is not None else "before its journal opened"
                 self.say(f"attempt {attempt} hung: no heartbeat for {seconds:.0f} s while {where}")
-                if beat is not None:
-                    path = layout.dump_path(self.records, attempt, beat.pid)
-                    if dump_stacks(beat.pid, path):
-                        dump = str(path)
-                        self.say(f"stacks of every thread: {dump}")
+                written = []
+                for pid in sorted({b.pid for b, _ in watch.beats.values() if b.phase != "closed"}):
+                    path = layout.dump_path(self.records, attempt, pid)  # every journal process: every rank
+                    if dump_stacks(pid, path):
+                        written.append(str(path))
+                if written:
+                    dump = os.pathsep.join(written)
+                    self.say(f"stacks of every thread: {', '.join(written)}")
                 status = child.stop(self.options.grace)
                 break
         child.reap_group()
@@ -293,13 +296,17 @@ class Supervisor:
         return moved
 
     def _crash(self, attempt: int) -> dict | None:
-        """The first (earliest written) crash record of this attempt: the failure that started
-        it, not a peer's cascade."""
+        """The crash record that blames this attempt's failure: the earliest written that is not
+        a cascade (a rank failing because a peer died); None when every record is one (the
+        peer died without one: killed, segfaulted), so the exit decides."""
         found = []
         for path in layout.of_attempt(self.records, "crash", attempt):
             record = records.read_crash(path)
-            if record is not None:
-                found.append((path.stat().st_mtime_ns if path.exists() else 0, record))
+            if record is not None and not record["cascade"]:
+                try:
+                    found.append((path.stat().st_mtime_ns, record))
+                except OSError:
+                    continue
         return min(found, key=lambda item: item[0])[1] if found else None
 
     # ------------------------------------------------------------------ records and messages

@@ -130,3 +130,19 @@ def test_options_are_checked():
     for bad in ({"max_restarts": -1}, {"no_progress": 0}, {"grace": -1}, {"hang_timeout": 0}, {"backoff": "1"}):
         with pytest.raises(ValueError, match="--"):
             Options(**bad)
+
+
+def test_a_peers_death_is_a_cascade_not_a_failure_of_its_own():
+    from replay.errors import RankFailureError
+    from replay.supervisor.records import is_peer_failure
+
+    assert is_peer_failure(RankFailureError("rank 1 is gone"))
+    assert is_peer_failure(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]"))
+    try:
+        try:
+            raise RuntimeError("Connection reset by peer")
+        except RuntimeError as inner:
+            raise ValueError("handler failed") from inner
+    except ValueError as outer:
+        assert is_peer_failure(outer)
+    assert not is_peer_failure(ValueError("bad batch"))

@@ -1,0 +1,62 @@
+"""`replay run` supervising a 2-rank torchrun group (gloo on 127.0.0.1): one rank
+SIGKILLed, then one rank hung; the group is restarted as a whole, the hung rank's stack
+dump names the function it is stuck in, and both ranks end bit-identical to an
+uninterrupted run and to each other."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .test_run import ROOT, attempts, env
+
+pytestmark = [pytest.mark.crash, pytest.mark.timeout(400)]
+
+JOB = Path(__file__).with_name("ddp_job.py")
+STEPS = 24
+
+
+def supervise_group(directory, *job_args, options=()):
+    cmd = [sys.executable, "-m", "replay", "run", str(directory), "--backoff", "0", *map(str, options), "--",
+           sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts",
+           "0", str(JOB), str(directory), str(STEPS), *map(str, job_args)]
+    environment = {**env(), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=350, env=environment, cwd=ROOT)
+
+
+def finals(directory) -> list[str]:
+    return [json.loads((Path(directory) / f"final-rank{r}.json").read_text())["w"] for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ddp") / "clean"
+    run = supervise_group(directory)
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = finals(directory)
+    assert got[0] == got[1]
+    return got[0]
+
+
+def test_a_killed_rank_restarts_the_group_and_it_ends_bit_identical(tmp_path, uninterrupted):
+    run = supervise_group(tmp_path / "j", "--kill", "1:1:11")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert finals(tmp_path / "j") == [uninterrupted, uninterrupted]
+    got = attempts(tmp_path / "j")
+    assert [a["class"] for a in got] == ["crashed", "finished"], got
+    assert got[0]["index_end"] > 0  # the group's durable index (min over ranks) moved before the kill
+
+
+def test_a_hung_rank_is_dumped_and_the_group_restarted(tmp_path, uninterrupted):
+    run = supervise_group(tmp_path / "j", "--hang", "1:1:9", options=("--hang-timeout", "3", "--grace", "3"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert finals(tmp_path / "j") == [uninterrupted, uninterrupted]
+    got = attempts(tmp_path / "j")
+    assert [a["class"] for a in got] == ["hang", "finished"], got
+    dumps = [Path(p) for p in got[0]["dump"].split(os.pathsep)]
+    assert any("stuck_in_collective" in p.read_text() for p in dumps), [p.read_text()[:500] for p in dumps]
