@@ -66,6 +66,12 @@ class Segment:
     file_size: int
     values: tuple  # memoryviews of the stored entry values, first..last
 
+    def last_checksum(self) -> int:
+        """The stored checksum of the last entry: the seed the entry after this segment chains from.
+
+        CorruptEntryError if that entry's framing is damaged."""
+        return record.stored_checksum(self.last, self.values[-1])
+
     def seed(self, index: int) -> int:
         """The checksum entry `index` (in this segment) chains from."""
         if index == self.first:
@@ -139,10 +145,23 @@ def read_header(path: Path, name: SegmentName) -> tuple[int, int]:
 
     SegmentDamage if the header is not a segment header for `name`; FileNotFoundError if it is gone.
     """
+    fields, size = _read_fields(path, name)
+    return fields[8], size
+
+
+def read_prev_checksum(path: Path, name: SegmentName) -> int:
+    """The `prev_checksum` a segment's header declares (the seed of its first entry), from
+    its 80 header bytes alone, checked against its name (not its checksum).
+
+    SegmentDamage if the header is not a segment header for `name`; FileNotFoundError if it is gone.
+    """
+    return _read_fields(path, name)[0][7]
+
+
+def _read_fields(path: Path, name: SegmentName) -> tuple[tuple, int]:
     fd, size = _open(path, name)
     try:
-        fields = _header(os.pread(fd, HEADER_SIZE, 0), name, size)
-        return fields[8], size
+        return _header(os.pread(fd, HEADER_SIZE, 0), name, size), size
     finally:
         os.close(fd)
 

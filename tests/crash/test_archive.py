@@ -267,7 +267,9 @@ def test_a_damaged_segment_is_reported_naming_the_file_and_range(master, tmp_pat
 @pytest.mark.timeout(60)
 def test_a_self_consistent_segment_of_another_log_breaks_the_chain(master, tmp_path):
     """A segment swapped for another log's (same range, valid checksum, its own entries
-    chained among themselves) is caught where it meets the entries before it."""
+    chained among themselves) is caught where it meets the entries before it (verify) and,
+    by reads, when it is loaded: DamagedSegmentError naming it, before any of its entries
+    is handed out (tests/crash/test_forked_history.py covers forks sharing a prefix)."""
     import shutil
 
     source, names = master
@@ -290,8 +292,13 @@ def test_a_self_consistent_segment_of_another_log_breaks_the_chain(master, tmp_p
         # A foreign first segment chains from 0 like ours: it shows where the next one starts.
         caught = victim.first if victim.first > 1 else victim.last + 1
         with EventLog.open(copy, readonly=True) as log:
-            with pytest.raises(CorruptEntryError, match=f"log entry {caught} is corrupt: checksum mismatch"):
+            # the first segment chains from 0 like ours, so its end gives it away
+            index = victim.first if victim.first > 1 else victim.last
+            with pytest.raises(DamagedSegmentError, match=f"log entry {index} is corrupt: archive segment") as raised:
                 list(log.entries())
+            assert raised.value.path == str(copy / "archive" / victim.name)
+            with pytest.raises(DamagedSegmentError, match=victim.name):
+                log.entry(victim.last)
             report = log.verify()
         assert [d.index for d in report.damage][:1] == [caught], report.damage
 
