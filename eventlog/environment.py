@@ -49,6 +49,21 @@ class TxnGate:
                 self._cond.notify_all()
 
 
+def can_lock(path: Path) -> bool:
+    """Whether this process may use the log's LMDB lock file: open ``lock.mdb`` for writing,
+    or create it. A reader without that right (a log on a read-only mount, or another
+    user's) opens the environment without a lock file (LMDB's MDB_NOLOCK): it is then
+    invisible to the writer's reader table, so a live writer may reuse the pages of a
+    transaction it still has open. Reads stay short (one batch per transaction), re-read
+    the bounds in each, and check every entry's framing and chained checksum, so such a
+    page shows as an error (CorruptEntryError, DamagedLogError), never as another entry.
+    A read-only filesystem is LMDB's own case (it skips the lock file there itself)."""
+    lock_file = path / "lock.mdb"
+    if os.path.lexists(lock_file):
+        return os.access(lock_file, os.R_OK | os.W_OK, effective_ids=os.access in os.supports_effective_ids)
+    return os.access(path, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
+
+
 class SharedEnv:
     """One LMDB environment per log directory per process, shared by every EventLog on it.
 
@@ -78,8 +93,8 @@ class SharedEnv:
                 try:
                     env = lmdb.open(
                         str(path), subdir=True, max_dbs=2, map_size=map_size, readonly=readonly,
-                        sync=True, metasync=durability != "os", lock=True, readahead=False,
-                        meminit=False, max_spare_txns=2,
+                        sync=True, metasync=durability != "os", lock=not readonly or can_lock(path),
+                        readahead=False, meminit=False, max_spare_txns=2,
                     )
                 except STRUCTURAL_ERRORS as exc:
                     raise damaged(path, exc) from exc
