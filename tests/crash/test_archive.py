@@ -32,6 +32,7 @@ import xxhash
 import zstandard
 
 from eventlog import CorruptEntryError, DamagedSegmentError, EventLog, LogError, reader as reader_module, segment
+from eventlog import environment as environment_module
 from eventlog.archive import list_segments
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_archive]
@@ -363,3 +364,52 @@ def test_a_reader_in_another_process_never_sees_a_gap_while_the_writer_compacts(
     print(f"row 16 live reader: {passes} full passes ({verified} verified) over up to {out.split()[1]} entries, "
           f"{moved} passes during which a compaction moved entries into the archive")
     assert moved >= 1, "the writer never compacted during a read pass: this run tested nothing"
+
+
+# ------------------------------------------------------------------ a reader without a lock file
+
+HOLDER = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from eventlog import EventLog
+with EventLog.open(sys.argv[2]) as log:
+    log.append("step", {"i": log.last_index + 1})
+    print("ready", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_reader_without_a_lock_file_reads_only_while_no_writer_is_live(tmp_path, monkeypatch):
+    """A reader that may not write lock.mdb (issue 19 item 6) opens LMDB without a lock
+    file, so a writer cannot see it and may reuse the pages it reads, and LMDB may then
+    abort the process on an assertion (seen when such a reader ran beside the writer of
+    the test above). So it reads only while no writer is live, and otherwise raises a
+    LogError naming the writer's pid, at open and at any later read."""
+    monkeypatch.setattr(environment_module, "can_lock", lambda path: False)
+    path = tmp_path / "log"
+    with EventLog.open(path) as log:
+        log.append_many([("step", {"i": i}) for i in range(1, 11)])
+    (path / "lock.mdb").unlink()
+
+    def start_writer():
+        child = subprocess.Popen([sys.executable, "-c", HOLDER, str(ROOT), str(path)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        return child
+
+    def stop(child):
+        child.stdin.close()
+        assert child.wait(timeout=30) == 0, child.stderr.read()
+
+    with EventLog.open(path, readonly=True) as reader:  # no writer: it reads
+        assert [e.payload["i"] for e in reader.entries()] == list(range(1, 11))
+        writer = start_writer()
+        try:
+            with pytest.raises(LogError, match=rf"a writer \(pid {writer.pid}\) is live on this log.*lock\.mdb"):
+                list(reader.entries())
+            with pytest.raises(LogError, match="is live on this log"):
+                EventLog.open(tmp_path / "log", readonly=True).close()  # the same environment, shared
+        finally:
+            stop(writer)
+        assert [e.payload["i"] for e in reader.entries()] == list(range(1, 12))  # the writer has stopped
