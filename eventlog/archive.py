@@ -226,7 +226,7 @@ class ArchiveDir:
     def _body(self, name: SegmentName) -> int | None:
         """The last checksum of segment `name`, read whole and checked; None if it cannot be read."""
         try:
-            return segment.read_segment(self.directory / name.name, name).last_checksum()
+            return record.stored_checksum(name.last, segment.read_last_value(self.directory / name.name, name))
         except (SegmentDamage, OSError, LogError):
             return None
 
