@@ -147,7 +147,12 @@ def refuse_live_writer(path: Path) -> None:
     (`can_lock`), which that writer cannot see. The check costs two opens and a flock probe
     (locking.writer_pid) per read transaction; a writer that starts during one of these
     short transactions is the residual risk."""
-    pid = writer_pid(path)
+    try:
+        pid = writer_pid(path)
+    except PermissionError as exc:
+        raise LogError(f"{path}: cannot tell whether a writer is live on this log ({exc.strerror}: "
+                       f"{exc.filename}), and this process cannot write its lock file (lock.mdb) to read "
+                       "beside one safely") from None
     if pid is not None:
         raise LogError(
             f"{path}: a writer (pid {pid}) is live on this log, and this process cannot write the log's lock "
