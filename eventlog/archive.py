@@ -187,8 +187,12 @@ class ArchiveDir:
             raise self._foreign(name, loaded.first, (
                 f"its first entry chains from checksum {loaded.prev_checksum:#018x}, but the log's archive "
                 f"boundary (entry {loaded.first - 1}) has checksum {bounds.archive_boundary_checksum:#018x}"))
+        try:
+            end = loaded.last_checksum()
+        except LogError:
+            return  # its last entry's framing is damaged: CorruptEntryError when it is read
         walked = [(name, loaded.prev_checksum)]
-        current, end = name, loaded.last_checksum()
+        current = name
         while True:
             link = self._link_after(current, bounds)
             if link is None:

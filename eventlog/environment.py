@@ -78,9 +78,9 @@ class SharedEnv:
     _registry: dict = {}
     _registry_lock = threading.Lock()
 
-    def __init__(self, key, env, readonly):
+    def __init__(self, key, env, readonly, lockless=False):
         self.key, self.env, self.readonly = key, env, readonly
-        self.lockless = False  # opened without a lock file (can_lock): reads only while no writer is live
+        self.lockless = lockless  # opened without a lock file (can_lock): reads only while no writer is live
         self.gate = TxnGate()
         self.refs = 0
 
@@ -112,8 +112,7 @@ class SharedEnv:
                         "child started with the 'spawn' or 'forkserver' method, or in a subprocess"
                     ) from exc
                 env.reader_check()  # free reader slots left by killed processes
-                shared = cls._registry[key] = cls(key, env, readonly)
-                shared.lockless = not locked
+                shared = cls._registry[key] = cls(key, env, readonly, lockless=not locked)
             elif shared.readonly and not readonly:
                 raise LogError(
                     f"{path} is open readonly in this process; close those readers before opening it for writing"
