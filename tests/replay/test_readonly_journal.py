@@ -2,13 +2,13 @@
 mount, or owned by another user) can be read: `replay.load_state`, `replay.entries`,
 `replay.verify_journal` and `replay verify DIR` work without write access to anything.
 
-Tests run as root, which ignores file modes, so the reads run in a child process that
-drops to uid/gid 65534 (nobody) after importing what it needs (the interpreter lives
-under /root, which nobody cannot read): the journal's files are world-readable and
-owned by root, so nobody can create nothing there -- no ``lock.mdb`` for a log that
-never had one, no ``snapshots/READERS``, nothing in a directory. Before dropping, the
-child runs the same calls as root on a copy, so every module they import lazily is
-loaded while it still can be.
+As root (which ignores file modes) the reads run in a child process that drops to
+uid/gid 65534 (nobody) after importing what it needs (the interpreter may live under
+/root, which nobody cannot read): the journal's files are world-readable and owned by
+root, so nobody can create nothing there -- no ``lock.mdb`` for a log that never had
+one, no ``snapshots/READERS``, nothing in a directory. Before dropping, the child runs
+the same calls on a copy, so every module they import lazily is loaded while it still
+can be. As any other user, the journal is made read-only (``chmod -R a-w``) instead.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from .models import make_ops, make_state
 ROOT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another uid needs root")
 
 CHILD = r"""
 import json, os, sys
@@ -71,9 +70,10 @@ def calls(path):
 
 
 as_root = calls(warm)
-os.setgroups([])
-os.setgid(65534)
-os.setuid(65534)
+if os.geteuid() == 0:
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
 print("RESULT " + json.dumps({"root": as_root, "nobody": calls(journal)}), flush=True)
 """
 
@@ -100,15 +100,23 @@ def readonly_journal(request):
         else:  # another user's run: its writer's lock files are there, readable, not writable
             assert (path / "log" / "lock.mdb").exists()
             (path / "snapshots" / "READERS").touch()
-        for directory, dirs, files in os.walk(path):
-            os.chmod(directory, 0o755)
-            for name in files:
-                os.chmod(os.path.join(directory, name), 0o644)
         warm = base / "warm"
         shutil.copytree(path, warm)
+        # root: owned by root, readable by all, writable by none but root (the child drops
+        # to nobody); anyone else: writable by nobody at all
+        _modes(path, 0o755, 0o644) if os.geteuid() == 0 else _modes(path, 0o555, 0o444)
         yield path, warm, last
     finally:
+        if (base / "run").exists():
+            _modes(base / "run", 0o755, 0o644)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _modes(root: Path, directories: int, files: int) -> None:
+    for directory, _, names in os.walk(root, topdown=False):
+        for name in names:
+            os.chmod(os.path.join(directory, name), files)
+        os.chmod(directory, directories)
 
 
 @pytest.mark.timeout(180)
