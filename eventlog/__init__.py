@@ -90,6 +90,15 @@ Operational facts (LMDB):
   LockedError and `writer_pid` names the takeover writer throughout. A fenced writer
   must stop: reopening it for writing would fence the live writer in turn.
 - Network filesystems (NFS, SMB, sshfs, ...) are refused: LMDB is unsafe there.
+- Readers without write access (a read-only mount, another user's log): a readonly open
+  that may not write or create ``lock.mdb`` reads without a lock file and creates
+  nothing; since a writer cannot see such a reader, it reads only while no writer is live
+  and raises LogError naming the writer's pid otherwise (FORMAT.md, "Readers without
+  write access").
+- Archived history is checked as one chain: every read that loads a sealed segment
+  checks that it continues into the next segment and into LMDB's boundary, so a segment
+  of another log (a fork sharing this log's start) is DamagedSegmentError naming it
+  before any of its entries is read (FORMAT.md, "Readers").
 """
 
 from .errors import (

@@ -103,6 +103,10 @@ class ArchiveDir:
         self._listing: list[SegmentName] = []
         self._cached: Segment | None = None
         self._before: tuple[int, int] | None = None  # (last index, its checksum) of the segment read before
+        self._chained: Segment | None = None  # the segment check_chain passed last (checked once per load)
+        # Segments whose chain was followed to the live log's boundary (or as far as it can
+        # be, up to a damaged or missing segment): name -> the prev_checksum it was checked with.
+        self._anchored: dict[SegmentName, int] = {}
 
     def checksum_before(self, first: int) -> int | None:
         """The checksum of entry first - 1 if the segment read before the current one ended
@@ -155,3 +159,107 @@ class ArchiveDir:
             return loaded
         raise DamagedSegmentError(index, str(self.directory), archive_first, live_first - 1,
                                   f"no segment holds entry {index}: a segment file is missing")
+
+    def check_chain(self, loaded: Segment, bounds) -> None:
+        """DamagedSegmentError unless segment `loaded` continues this log's history (FORMAT.md,
+        "The archive", the chain across segments); `bounds` are the committed meta.Bounds.
+
+        A segment copied from another log (a fork sharing the history before it) is
+        self-consistent: its checksum and its inner chain are fine, and its first entry may
+        even chain from ours. What gives it away is where it ends. So: a segment starting at
+        `archive_first` must chain from the archive boundary, and the chain is followed
+        forward from `loaded`'s last entry, segment by segment, to the live log's boundary
+        checksum (the seed of `live_first_index`), comparing each segment's last checksum
+        with the next one's header seed. Segments followed once are remembered, so a scan
+        reads each segment's body once more at most and otherwise only the next segment's
+        80-byte header. A damaged or missing segment met on the way ends the check there
+        (it is reported when it is read).
+
+        Where a link breaks, the error names the side that does not fit: the segment after
+        the break if its own next link breaks too (one segment swapped), else the one
+        before it (a segment across the fork point) -- its file and the index where its
+        part of the chain stops.
+        """
+        if loaded is self._chained:
+            return
+        name = SegmentName(loaded.first, loaded.last)
+        if loaded.first == bounds.archive_first and loaded.prev_checksum != bounds.archive_boundary_checksum:
+            raise self._foreign(name, loaded.first, (
+                f"its first entry chains from checksum {loaded.prev_checksum:#018x}, but the log's archive "
+                f"boundary (entry {loaded.first - 1}) has checksum {bounds.archive_boundary_checksum:#018x}"))
+        try:
+            end = loaded.last_checksum()
+        except LogError:
+            return  # its last entry's framing is damaged: CorruptEntryError when it is read
+        walked = [(name, loaded.prev_checksum)]
+        current = name
+        while True:
+            link = self._link_after(current, bounds)
+            if link is None:
+                break  # a damaged or missing segment: reported when its entries are read
+            following, seed, anchored = link
+            if seed != end:
+                raise self._break(current, end, following, seed, bounds)
+            if following is None or anchored:
+                break
+            body = self._body(following)
+            if body is None:
+                break
+            current, end = following, body
+            walked.append((current, seed))
+        self._anchored = {**self._anchored, **dict(walked)}
+        self._chained = loaded
+
+    def _link_after(self, name: SegmentName, bounds) -> tuple[SegmentName | None, int, bool] | None:
+        """What the entry after segment `name` chains from: (the next segment, its header seed,
+        whether it was followed before) or (None, the live boundary checksum, True) for the
+        last sealed segment; None if the next segment is missing or its header unreadable."""
+        if name.last >= bounds.first_index - 1:
+            if name.last != bounds.first_index - 1:
+                return None
+            return None, bounds.boundary_checksum, True
+        following = self._starting_at(name.last + 1)
+        if following is None:
+            return None
+        try:
+            seed = segment.read_prev_checksum(self.directory / following.name, following)
+        except (SegmentDamage, OSError):
+            return None
+        return following, seed, self._anchored.get(following) == seed
+
+    def _body(self, name: SegmentName) -> int | None:
+        """The last checksum of segment `name`, read whole and checked; None if it cannot be read."""
+        try:
+            return record.stored_checksum(name.last, segment.read_last_value(self.directory / name.name, name))
+        except (SegmentDamage, OSError, LogError):
+            return None
+
+    def _break(self, current: SegmentName, end: int, following: SegmentName | None, seed: int,
+               bounds) -> DamagedSegmentError:
+        """The error for a chain that breaks after segment `current` (last checksum `end`)."""
+        if following is None:
+            return self._foreign(current, current.last, (
+                f"its last entry's checksum {end:#018x} is not {seed:#018x}, the checksum the live log "
+                f"(from entry {bounds.first_index}) chains from"))
+        after = self._body(following)
+        link = self._link_after(following, bounds) if after is not None else None
+        if link is not None and link[1] != after:
+            # The next segment fits on neither side: it is the stranger.
+            return self._foreign(following, following.first, (
+                f"its first entry chains from checksum {seed:#018x}, but entry {following.first - 1} (in "
+                f"{current.name}) has checksum {end:#018x}, and its last entry does not chain into what follows"))
+        return self._foreign(current, current.last, (
+            f"its last entry's checksum {end:#018x} is not {seed:#018x}, the checksum the next segment "
+            f"{following.name} chains from"))
+
+    def _starting_at(self, index: int) -> SegmentName | None:
+        for relist in (False, True):
+            found = self.find(index, relist)
+            if found is not None and found.first == index:
+                return found
+        return None
+
+    def _foreign(self, name: SegmentName, index: int, reason: str) -> DamagedSegmentError:
+        return DamagedSegmentError(index, str(self.directory / name.name), name.first, name.last,
+                                   f"{reason}: the chain breaks there, so this segment is not this log's "
+                                   "history (a copy from another log sharing its start?)")

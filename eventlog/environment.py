@@ -11,6 +11,7 @@ import lmdb
 
 from .errors import LogError
 from .lmdbfile import STRUCTURAL_ERRORS, check_data_file, damaged
+from .locking import writer_pid
 
 
 class TxnGate:
@@ -49,6 +50,22 @@ class TxnGate:
                 self._cond.notify_all()
 
 
+def can_lock(path: Path) -> bool:
+    """Whether this process may use the log's LMDB lock file: open ``lock.mdb`` for writing,
+    or create it. A reader without that right (a log on a read-only mount, or another
+    user's) opens the environment without a lock file (LMDB's MDB_NOLOCK) and so is
+    invisible to a writer's reader table: a live writer could reuse the pages of a read
+    transaction it still has open, and LMDB may then abort the process on an assertion
+    (seen in tests/crash/test_archive.py), not merely raise. So such a reader reads only
+    while no writer is live (`ReadTxn` checks at every transaction) and raises LogError
+    naming the writer otherwise. A read-only filesystem is LMDB's own case (it skips the
+    lock file there itself, and no writer can be live on it)."""
+    lock_file = path / "lock.mdb"
+    if os.path.lexists(lock_file):
+        return os.access(lock_file, os.R_OK | os.W_OK, effective_ids=os.access in os.supports_effective_ids)
+    return os.access(path, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
+
+
 class SharedEnv:
     """One LMDB environment per log directory per process, shared by every EventLog on it.
 
@@ -61,8 +78,9 @@ class SharedEnv:
     _registry: dict = {}
     _registry_lock = threading.Lock()
 
-    def __init__(self, key, env, readonly):
+    def __init__(self, key, env, readonly, lockless=False):
         self.key, self.env, self.readonly = key, env, readonly
+        self.lockless = lockless  # opened without a lock file (can_lock): reads only while no writer is live
         self.gate = TxnGate()
         self.refs = 0
 
@@ -75,11 +93,12 @@ class SharedEnv:
             if shared is None:
                 # Before LMDB maps the file: a file cut short would be a SIGBUS later.
                 check_data_file(path)
+                locked = not readonly or can_lock(path)
                 try:
                     env = lmdb.open(
                         str(path), subdir=True, max_dbs=2, map_size=map_size, readonly=readonly,
-                        sync=True, metasync=durability != "os", lock=True, readahead=False,
-                        meminit=False, max_spare_txns=2,
+                        sync=True, metasync=durability != "os", lock=locked,
+                        readahead=False, meminit=False, max_spare_txns=2,
                     )
                 except STRUCTURAL_ERRORS as exc:
                     raise damaged(path, exc) from exc
@@ -93,7 +112,7 @@ class SharedEnv:
                         "child started with the 'spawn' or 'forkserver' method, or in a subprocess"
                     ) from exc
                 env.reader_check()  # free reader slots left by killed processes
-                shared = cls._registry[key] = cls(key, env, readonly)
+                shared = cls._registry[key] = cls(key, env, readonly, lockless=not locked)
             elif shared.readonly and not readonly:
                 raise LogError(
                     f"{path} is open readonly in this process; close those readers before opening it for writing"
@@ -122,6 +141,24 @@ class SharedEnv:
 os.register_at_fork(after_in_child=SharedEnv.forget_after_fork)
 
 
+def refuse_live_writer(path: Path) -> None:
+    """LogError if a writer is live on log `path`: for a reader opened without a lock file
+    (`can_lock`), which that writer cannot see. The check costs two opens and a flock probe
+    (locking.writer_pid) per read transaction; a writer that starts during one of these
+    short transactions is the residual risk."""
+    try:
+        pid = writer_pid(path)
+    except PermissionError as exc:
+        raise LogError(f"{path}: cannot tell whether a writer is live on this log ({exc.strerror}: "
+                       f"{exc.filename}), and this process cannot write its lock file (lock.mdb) to read "
+                       "beside one safely") from None
+    if pid is not None:
+        raise LogError(
+            f"{path}: a writer (pid {pid}) is live on this log, and this process cannot write the log's lock "
+            "file (lock.mdb), so the writer cannot see this reader and may reuse the pages it reads. Read it "
+            "as a user who may write lock.mdb, or once the writer has stopped")
+
+
 def check_same_process(path: Path, pid: int, generation: int) -> None:
     """LogError unless the caller is the process (not a forked child) that opened log `path`."""
     if generation != SharedEnv.generation:
@@ -138,11 +175,14 @@ class ReadTxn:
     DamagedLogError naming the log's data file (`path`).
     """
 
-    def __init__(self, env, gate: TxnGate, path: Path):
+    def __init__(self, env, gate: TxnGate, path: Path, lockless: bool = False):
         self._env, self._gate, self._path = env, gate, path
+        self._lockless = lockless
         self._txn = None
 
     def __enter__(self):
+        if self._lockless:
+            refuse_live_writer(self._path)
         gate = self._gate
         gate.__enter__()
         while True:

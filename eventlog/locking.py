@@ -6,12 +6,17 @@ import errno
 import fcntl
 import os
 import threading
+import time
 import weakref
 from pathlib import Path
 
 from .errors import LockedError, LogError
 
 LOCK_NAME = "writer.lock"
+# A writer's lock attempt that fails is retried this often, PROBE_PAUSE s apart, so that a
+# probe holding the file shared for microseconds never makes an open fail with LockedError.
+PROBE_RETRIES = 3
+PROBE_PAUSE = 0.002
 TAKEOVER_NAME = "takeover.lock"
 
 # LMDB's locking and mmap coherence assume every process sees one kernel's page cache.
@@ -51,11 +56,17 @@ class FileLock:
         if self._fd is not None:
             return True
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
+        for attempt in range(PROBE_RETRIES + 1):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == PROBE_RETRIES:
+                    os.close(fd)
+                    return False
+                # Perhaps only a probe (`_holder`: a reader without a lock file checks at
+                # every read transaction) holding it shared for microseconds: try again.
+                time.sleep(PROBE_PAUSE)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd

@@ -60,8 +60,11 @@ class EventLog:
     ) -> "EventLog":
         """Open (creating if needed, unless readonly) the log at directory `path`.
 
-        - readonly=True: never creates, takes no lock, bumps no term; works beside a live
-          writer in another process. A missing or foreign path raises FormatError.
+        - readonly=True: never creates a log, takes no lock, bumps no term; works beside a
+          live writer in another process. A missing or foreign path raises FormatError.
+          It creates or uses LMDB's ``lock.mdb`` (its reader table) when this process may
+          write it, and otherwise reads without one (a read-only mount, another user's
+          log; see environment.can_lock for what that gives up beside a live writer).
         - A writer takes the exclusive writer lock (LockedError at once if another process
           holds it) and persists ``term = previous term + 1`` in the transaction that reads
           it; every entry it appends carries that term.

@@ -149,7 +149,9 @@ class Reader:
         CompactedError once the committed bounds say so; otherwise damage.
         """
         try:
-            return self._archive.load(index, bounds.archive_first, bounds.first_index)
+            loaded = self._archive.load(index, bounds.archive_first, bounds.first_index)
+            self._archive.check_chain(loaded, bounds)  # once per segment loaded, not per entry
+            return loaded
         except DamagedSegmentError:
             with self._storage.read_txn() as txn:
                 now = self._storage.bounds(txn)

@@ -66,6 +66,12 @@ class Segment:
     file_size: int
     values: tuple  # memoryviews of the stored entry values, first..last
 
+    def last_checksum(self) -> int:
+        """The stored checksum of the last entry: the seed the entry after this segment chains from.
+
+        CorruptEntryError if that entry's framing is damaged."""
+        return record.stored_checksum(self.last, self.values[-1])
+
     def seed(self, index: int) -> int:
         """The checksum entry `index` (in this segment) chains from."""
         if index == self.first:
@@ -139,10 +145,23 @@ def read_header(path: Path, name: SegmentName) -> tuple[int, int]:
 
     SegmentDamage if the header is not a segment header for `name`; FileNotFoundError if it is gone.
     """
+    fields, size = _read_fields(path, name)
+    return fields[8], size
+
+
+def read_prev_checksum(path: Path, name: SegmentName) -> int:
+    """The `prev_checksum` a segment's header declares (the seed of its first entry), from
+    its 80 header bytes alone, checked against its name (not its checksum).
+
+    SegmentDamage if the header is not a segment header for `name`; FileNotFoundError if it is gone.
+    """
+    return _read_fields(path, name)[0][7]
+
+
+def _read_fields(path: Path, name: SegmentName) -> tuple[tuple, int]:
     fd, size = _open(path, name)
     try:
-        fields = _header(os.pread(fd, HEADER_SIZE, 0), name, size)
-        return fields[8], size
+        return _header(os.pread(fd, HEADER_SIZE, 0), name, size), size
     finally:
         os.close(fd)
 
@@ -175,21 +194,56 @@ def read_segment(path: Path, name: SegmentName) -> Segment:
         head = os.pread(fd, HEADER_SIZE, 0)
         (_, _, _, _, first, last, prev_term, prev_checksum, last_time, raw_size, stored_size,
          checksum) = _header(head, name, size)
-        hasher = xxhash.xxh3_64(head[:CHECKED])
-        offset = HEADER_SIZE
-        while offset < size:
-            chunk = os.pread(fd, min(_CHUNK, size - offset), offset)
-            if not chunk:
-                raise SegmentDamage(f"file ended at byte {offset} while {size} were expected")
-            hasher.update(chunk)
-            offset += len(chunk)
-        if hasher.intdigest() != checksum:
-            raise SegmentDamage("checksum mismatch (the file was altered or cut)")
+        _check_sum(fd, head, size, checksum)
         body = _decompress(fd, size, raw_size)
     finally:
         os.close(fd)
     values = _split(body, first, last)
     return Segment(first, last, prev_term, prev_checksum, last_time, size, values)
+
+
+def read_last_value(path: Path, name: SegmentName):
+    """The stored value of the last entry of the segment at `path`, with every check
+    `read_segment` makes (the body must hold exactly one value per entry), but without
+    splitting out the others: what following the chain across segments needs.
+
+    SegmentDamage / FileNotFoundError as `read_segment`.
+    """
+    fd, size = _open(path, name)
+    try:
+        head = os.pread(fd, HEADER_SIZE, 0)
+        fields = _header(head, name, size)
+        _check_sum(fd, head, size, fields[11])
+        body = _decompress(fd, size, fields[9])
+    finally:
+        os.close(fd)
+    view, at, unpack = memoryview(body), 0, LENGTH.unpack_from
+    start = 0
+    for index in range(name.first, name.last + 1):
+        if at + LENGTH.size > len(view):
+            raise SegmentDamage(f"the body ends before entry {index}")
+        start = at + LENGTH.size
+        at = start + unpack(view, at)[0]
+        if at > len(view):
+            raise SegmentDamage(f"entry {index} declares {at - start} bytes, past the end of the body")
+    if at != len(view):
+        raise SegmentDamage(f"{len(view) - at} bytes follow the last entry")
+    return view[start:at]
+
+
+def _check_sum(fd: int, head: bytes, size: int, checksum: int) -> None:
+    """SegmentDamage unless the file's checksum (header up to itself, then the body, read in
+    bounded chunks) is `checksum`."""
+    hasher = xxhash.xxh3_64(head[:CHECKED])
+    offset = HEADER_SIZE
+    while offset < size:
+        chunk = os.pread(fd, min(_CHUNK, size - offset), offset)
+        if not chunk:
+            raise SegmentDamage(f"file ended at byte {offset} while {size} were expected")
+        hasher.update(chunk)
+        offset += len(chunk)
+    if hasher.intdigest() != checksum:
+        raise SegmentDamage("checksum mismatch (the file was altered or cut)")
 
 
 def decode(data) -> Segment:

@@ -62,7 +62,7 @@ class Storage:
 
     def read_txn(self) -> ReadTxn:
         """A short read transaction (context manager) that adopts a map grown elsewhere."""
-        return ReadTxn(self.env, self._gate, self.path)
+        return ReadTxn(self.env, self._gate, self.path, self._shared.lockless)
 
     def bounds(self, txn) -> Bounds:
         """(first_index, last_index, boundary term, boundary checksum) as committed in `txn`."""

@@ -43,12 +43,24 @@ class FileLock:
         self._fd: int | None = None
 
     def acquire(self, exclusive: bool, blocking: bool = True) -> bool:
+        """Take the lock; False if it is held elsewhere (blocking=False) or cannot be taken.
+
+        It cannot be taken when there is no store directory yet (nothing to protect), or
+        when the file does not exist and this process may not create it, or may not open
+        it at all (a store on a read-only mount, or another user's): a reader then goes
+        on without it. What that gives up is in the README ("Durability and operations"):
+        a pruner does not wait for it. flock works on a read-only descriptor, so a
+        READERS file that exists and is readable is still locked.
+        """
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except FileNotFoundError:
             return False  # no store directory yet: nothing to protect
         except PermissionError:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # a read-only store: flock works on any fd
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # a read-only store: flock works on any fd
+            except (FileNotFoundError, PermissionError):
+                return False  # not there and not ours to create, or not readable: no lock
         op = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if blocking else fcntl.LOCK_NB)
         try:
             fcntl.flock(fd, op)

@@ -46,7 +46,12 @@ class StoreReader:
         self._known = known
 
     def shared_lock(self) -> FileLock:
-        """The store's READERS lock, held shared; release it (or use `with`) when done."""
+        """The store's READERS lock, held shared; release it (or use `with`) when done.
+
+        Not taken (and nothing fails) when this process can neither create READERS nor
+        open it (a read-only store, see locks.FileLock.acquire): a pruner then does not
+        wait for this reader, and a snapshot pruned under it is SnapshotNotFoundError
+        (`read_chunk`), which the walks below treat as absence and list again."""
         lock = FileLock(self.layout.readers_file)
         lock.acquire(exclusive=False)
         return lock
@@ -108,6 +113,13 @@ class StoreReader:
         try:
             self._codec.read(self.layout.chunk_path(ref.id), ref.raw_len, ref.stored_len, out)
         except FileNotFoundError:
+            if parse_manifest_name(name) is not None and not os.path.lexists(self.layout.manifest_path(name)):
+                # A prune deletes a snapshot's manifest before its chunks, so this one was
+                # pruned while it was read: absence, not damage. Only a reader that could not
+                # take the READERS lock (a read-only store) can see it; the walks list again.
+                raise SnapshotNotFoundError(
+                    f"snapshot {name} in {self.layout.root} was pruned while it was being read (this reader "
+                    "could not take the store's READERS lock, which makes a pruner wait)") from None
             raise CorruptSnapshotError(name, ref.id, "chunk file is missing") from None
         except ChunkDecodeError as e:
             raise CorruptSnapshotError(name, ref.id, str(e)) from None

@@ -32,6 +32,7 @@ import xxhash
 import zstandard
 
 from eventlog import CorruptEntryError, DamagedSegmentError, EventLog, LogError, reader as reader_module, segment
+from eventlog import environment as environment_module
 from eventlog.archive import list_segments
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_archive]
@@ -267,7 +268,9 @@ def test_a_damaged_segment_is_reported_naming_the_file_and_range(master, tmp_pat
 @pytest.mark.timeout(60)
 def test_a_self_consistent_segment_of_another_log_breaks_the_chain(master, tmp_path, monkeypatch):
     """A segment swapped for another log's (same range, valid checksum, its own entries
-    chained among themselves) is caught where it meets the entries before it."""
+    chained among themselves) is caught where it meets the entries before it (verify) and,
+    by reads, when it is loaded: DamagedSegmentError naming it, before any of its entries
+    is handed out (tests/crash/test_forked_history.py covers forks sharing a prefix)."""
     import shutil
 
     from eventlog import merging
@@ -294,8 +297,13 @@ def test_a_self_consistent_segment_of_another_log_breaks_the_chain(master, tmp_p
         # A foreign first segment chains from 0 like ours: it shows where the next one starts.
         caught = victim.first if victim.first > 1 else victim.last + 1
         with EventLog.open(copy, readonly=True) as log:
-            with pytest.raises(CorruptEntryError, match=f"log entry {caught} is corrupt: checksum mismatch"):
+            # the first segment chains from 0 like ours, so its end gives it away
+            index = victim.first if victim.first > 1 else victim.last
+            with pytest.raises(DamagedSegmentError, match=f"log entry {index} is corrupt: archive segment") as raised:
                 list(log.entries())
+            assert raised.value.path == str(copy / "archive" / victim.name)
+            with pytest.raises(DamagedSegmentError, match=victim.name):
+                log.entry(victim.last)
             report = log.verify()
         assert [d.index for d in report.damage][:1] == [caught], report.damage
 
@@ -360,3 +368,52 @@ def test_a_reader_in_another_process_never_sees_a_gap_while_the_writer_compacts(
     print(f"row 16 live reader: {passes} full passes ({verified} verified) over up to {out.split()[1]} entries, "
           f"{moved} passes during which a compaction moved entries into the archive")
     assert moved >= 1, "the writer never compacted during a read pass: this run tested nothing"
+
+
+# ------------------------------------------------------------------ a reader without a lock file
+
+HOLDER = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from eventlog import EventLog
+with EventLog.open(sys.argv[2]) as log:
+    log.append("step", {"i": log.last_index + 1})
+    print("ready", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_reader_without_a_lock_file_reads_only_while_no_writer_is_live(tmp_path, monkeypatch):
+    """A reader that may not write lock.mdb (issue 19 item 6) opens LMDB without a lock
+    file, so a writer cannot see it and may reuse the pages it reads, and LMDB may then
+    abort the process on an assertion (seen when such a reader ran beside the writer of
+    the test above). So it reads only while no writer is live, and otherwise raises a
+    LogError naming the writer's pid, at open and at any later read."""
+    monkeypatch.setattr(environment_module, "can_lock", lambda path: False)
+    path = tmp_path / "log"
+    with EventLog.open(path) as log:
+        log.append_many([("step", {"i": i}) for i in range(1, 11)])
+    (path / "lock.mdb").unlink()
+
+    def start_writer():
+        child = subprocess.Popen([sys.executable, "-c", HOLDER, str(ROOT), str(path)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        return child
+
+    def stop(child):
+        child.stdin.close()
+        assert child.wait(timeout=30) == 0, child.stderr.read()
+
+    with EventLog.open(path, readonly=True) as reader:  # no writer: it reads
+        assert [e.payload["i"] for e in reader.entries()] == list(range(1, 11))
+        writer = start_writer()
+        try:
+            with pytest.raises(LogError, match=rf"a writer \(pid {writer.pid}\) is live on this log.*lock\.mdb"):
+                list(reader.entries())
+            with pytest.raises(LogError, match="is live on this log"):
+                EventLog.open(tmp_path / "log", readonly=True).close()  # the same environment, shared
+        finally:
+            stop(writer)
+        assert [e.payload["i"] for e in reader.entries()] == list(range(1, 12))  # the writer has stopped

@@ -386,3 +386,23 @@ def test_on_commit_reports_each_group_commit_once_it_is_durable(tmp_path):
     assert [i for r in ranges for i in r] == list(range(1, 51))
     assert all(len(r) <= 7 for r in ranges) and len(ranges) >= 50 // 7
     assert all(durable >= r[-1] for r, durable in seen)
+
+
+def test_a_probe_holding_the_writer_lock_shared_never_fails_a_writer_open(tmp_path, monkeypatch):
+    """`writer_pid` and readers without a lock file probe writer.lock with a brief shared
+    flock (issue 19 item 6); a writer opening in that instant tries again, not LockedError."""
+    import fcntl
+
+    from eventlog import locking
+
+    real, refused = fcntl.flock, []
+
+    def flock(fd, op):
+        if op == fcntl.LOCK_EX | fcntl.LOCK_NB and not refused:
+            refused.append(fd)
+            raise BlockingIOError(11, "Resource temporarily unavailable")  # the probe held it just then
+        return real(fd, op)
+
+    monkeypatch.setattr(locking.fcntl, "flock", flock)
+    with EventLog.open(tmp_path / "log") as log:
+        assert refused and log.append("step", 1) == 1
