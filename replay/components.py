@@ -11,6 +11,11 @@ A journal's state is a str-keyed mapping of components:
 
 Restoring in place is the point: code holding a reference to a parameter, an optimizer
 or a counter dict keeps seeing the live state after recovery or a rollback.
+
+Restoring also forgets what a cold process would not have (`forget_transient`): a
+rollback restores a snapshot into the very objects whose handler just raised, possibly
+after ``backward()``, and must replay on the state a crash and a fresh open would give
+(replay/INVARIANTS.md, invariant 15).
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ def restore(state: Mapping[str, Any], kinds: dict[str, str], tree: Mapping[str, 
     layout must not be half-applied (`check_layout` refuses those, and more, first).
     """
     _check_components(state, tree)
+    forget_transient(state, kinds)
     with torch.no_grad():
         for name, component in state.items():
             saved = tree[name]
@@ -80,6 +86,30 @@ def restore(state: Mapping[str, Any], kinds: dict[str, str], tree: Mapping[str, 
                 component.copy_(saved)
             else:
                 _restore_dict(component, saved, default_device(state))
+
+
+def forget_transient(state: Mapping[str, Any], kinds: dict[str, str]) -> None:
+    """Drop from the live state what is not in a snapshot and a fresh process lacks: gradients.
+
+    Every ``.grad`` becomes None, as in a process that has not run ``backward()`` yet:
+    the parameters of module components (``zero_grad(set_to_none=True)``), those of
+    optimizer components (a parameter may be held by an optimizer only), bare tensor
+    components and tensors in plain dicts. Without this, a handler that raised after
+    ``backward()`` leaves its gradients behind, and the replay of the rollback (or the
+    retry), whose ``backward()`` accumulates into ``.grad``, computes another step
+    whenever the loop calls ``zero_grad()`` at the end of a step rather than its start.
+    Other objects are left alone: what they hold outside their state_dict is theirs.
+    """
+    for name, component in state.items():
+        kind = kinds[name]
+        if isinstance(component, (torch.nn.Module, torch.optim.Optimizer)):
+            component.zero_grad(set_to_none=True)
+        elif kind == TENSOR:
+            component.grad = None
+        elif kind == DICT:
+            for _, leaf in leaves(component):
+                if isinstance(leaf, torch.Tensor) and leaf.grad is not None:
+                    leaf.grad = None
 
 
 def layout_template(state: Mapping[str, Any], kinds: dict[str, str]) -> dict[str, Any]:

@@ -478,7 +478,10 @@ class Journal:
         """Undo entry `index` whose handler raised: drop it from the log, rebuild the state at index - 1.
 
         The log is truncated first, then the in-flight snapshot is waited for (invariant 8):
-        its follow-up compacts only through snapshots, which never cover `index`.
+        its follow-up compacts only through snapshots, which never cover `index`. The
+        rebuild restores a snapshot, which drops the failed handler's gradients first
+        (components.forget_transient), so it replays on what a cold reopen would have
+        (invariant 15).
 
         Multi-rank: the entry is dropped, but the state is not rebuilt here: its replay
         needs the other ranks in lockstep (DDP's collectives), and they are elsewhere (or
