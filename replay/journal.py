@@ -680,12 +680,16 @@ class Journal:
     def _entered(self, what: str):
         """One thread at a time; when the call returns (or raises), a preemption signal that
         arrived during it stops the journal (replay/preemption.py)."""
+        raised = None
         try:
             with self._one_thread.entered(what):
                 yield
+        except BaseException as exc:
+            raised = exc  # stopping for a signal replaces it: after_call reports it first
+            raise
         finally:
             if self._preemption is not None:
-                self._preemption.after_call()
+                self._preemption.after_call(raised)
 
     def _check_usable(self) -> None:
         if self._closed:

@@ -60,6 +60,11 @@ Edge cases (iteration = one ``iter(loader)``):
 - Gradient accumulation: make one op take the whole accumulated batch (batch_size =
   micro-batch x steps) and split ``inputs`` inside the handler; gradients are not state,
   so accumulation across entries would not survive a snapshot.
+- Preemption: a signal sent to the whole process group (SLURM's ``scancel``, a container
+  runtime, Ctrl-C) reaches the workers too. They defer it (replay/worker_signals.py), so
+  none dies under the handler being applied; the trainer stops as `Preemption` says and
+  its DataLoader ends them. ``worker_signals=`` adds signals to the deferred ones; the
+  ``worker_init_fn`` you pass still runs, after the deferral is in place.
 - ``in_order=False``, ``sampler``, ``batch_sampler``, ``shuffle`` and ``batch_size`` belong
   to the loader and are refused as DataLoader options (TypeError / ValueError).
 """
@@ -76,6 +81,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from .data import DataCursor
 from .rng import derive_seed, seeded_rng
+from .worker_signals import DeferSignals
 
 # A batch is built under seeded_rng(seed, BUILD_SALT): a stream the handler's seeded_rng(seed) does not share.
 BUILD_SALT = 0x6C6F6164
@@ -158,6 +164,8 @@ class JournaledLoader:
         drop_last: drop each epoch's partial batch; needs a cursor whose epoch_length is a
             multiple of batch_size (module doc, edge cases).
         endless: batches run across epochs and the iteration never ends.
+        worker_signals: signals the workers defer besides SIGTERM, SIGINT, SIGUSR1 and
+            those a journal's Preemption catches (module doc, Preemption).
         **dataloader_options: passed to torch.utils.data.DataLoader (num_workers,
             pin_memory, prefetch_factor, persistent_workers, multiprocessing_context,
             worker_init_fn, timeout, generator, ...).
@@ -170,7 +178,7 @@ class JournaledLoader:
 
     def __init__(self, dataset: Any, cursor: DataCursor, batch_size: int, *, seed: int = 0,
                  collate_fn: Callable[[list], Any] | None = None, drop_last: bool = False, endless: bool = False,
-                 **dataloader_options: Any):
+                 worker_signals: Sequence[int] = (), **dataloader_options: Any):
         if not isinstance(cursor, DataCursor):
             raise TypeError(f"cursor must be a replay.DataCursor, got {type(cursor).__name__}")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -196,6 +204,9 @@ class JournaledLoader:
         # A private generator: DataLoader draws its workers' base seed from the global RNG
         # otherwise, which would shift the global stream every time iteration starts.
         dataloader_options.setdefault("generator", torch.Generator().manual_seed(derive_seed(seed, BUILD_SALT)))
+        # Workers outlive a signal sent to the whole group, so it never lands in a handler as
+        # "DataLoader worker killed by signal" (replay/worker_signals.py).
+        dataloader_options["worker_init_fn"] = DeferSignals(dataloader_options.get("worker_init_fn"), worker_signals)
         self._plan = _CursorPlan(cursor, batch_size, seed, endless)
         self.dataloader = DataLoader(_BatchSource(self.rebuild), batch_size=None, sampler=self._plan,
                                      collate_fn=_unchanged, **dataloader_options)
