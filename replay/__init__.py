@@ -60,6 +60,7 @@ from .recovery import RecoveryReport
 from .replica.errors import ReplicaDamageError, ReplicaError, ReplicaFencedError, ReplicaUnavailableError
 from .replica.status import ReplicaLagError
 from .rng import seeded_generator, seeded_rng
+from .rng_check import UnseededDrawError, UnseededDrawWarning
 
 __all__ = [
     "Journal", "Ops", "OpSpec", "Every", "Preemption", "environment", "RecoveryReport", "DataCursor", "seeded_generator",
@@ -70,4 +71,5 @@ __all__ = [
     "EnvelopeError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "ClosedError", "ConcurrentUseError",
     "PreemptedError", "EnvironmentMismatchError", "RankFailureError", "WorldSizeError", "RankDivergenceError",
     "ReplicaError", "ReplicaFencedError", "ReplicaUnavailableError", "ReplicaDamageError", "ReplicaLagError",
+    "UnseededDrawError", "UnseededDrawWarning",
 ]

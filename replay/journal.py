@@ -38,6 +38,7 @@ from .ops import Ops
 from .policies import Every, PolicyClock
 from .preemption import Preemption, PreemptionHandler
 from .recovery import RecoveryReport, Replayer
+from .rng_check import GlobalRngCheck
 from .ranks import layout as ranks_layout
 from .ranks.collectives import Collectives
 from .ranks.coordinator import (Coordinator, compare_replicated, join, replicated_components,
@@ -84,6 +85,7 @@ class Journal:
         ship_interval: float = 1.0,
         max_replica_lag: float | None = None,
         replica_keep_extra: int = 0,
+        rng_check: str = "warn",
     ) -> "Journal":
         """Open (creating if needed) the journal at directory `path` and recover `state` in place.
 
@@ -120,6 +122,10 @@ class Journal:
                 ``journal.recovery.environment`` and warns, "strict" refuses with
                 EnvironmentMismatchError before anything is written, "ignore" skips it.
             async_snapshots: False makes policy snapshots block the apply that triggers them.
+            rng_check: "warn" (default) warns once per op when a handler draws from the
+                global RNG outside seeded_rng (a resume would not be exact), "strict"
+                raises UnseededDrawError from that apply (its entry rolled back), "off"
+                skips the check; costs and what is compared: replay/rng_check.py.
             progress: a replay progress bar (None: only for long replays on a TTY).
             device: where payload tensors go before a handler sees them (default: the
                 device of the first tensor in the state).
@@ -190,6 +196,7 @@ class Journal:
         check_options(snapshot=snapshot, digest_every=digest_every, preemption=preemption,
                       environment_policy=environment)
         kinds = components.check_state(state)
+        rng = GlobalRngCheck(rng_check, str(path))  # ValueError before anything is created
         root = Path(path)
         ranks = None
         if group is None:
@@ -230,6 +237,7 @@ class Journal:
         journal = cls(root, replayer, log, store, recovery, resources, policy=snapshot,
                       digest_every=digest_every, keep_log=keep_log, async_snapshots=async_snapshots,
                       snapshot_on_close=snapshot_on_close, archived=archive is not None)
+        journal._rng_check = rng
         if ranks is not None:
             journal._group = Coordinator(ranks, Path(path), state, replicated, snapshot, journal._snapshotter,
                                          store, recovery.snapshot_index if recovery.snapshot is not None else None)
@@ -300,6 +308,7 @@ class Journal:
         self._closed = False
         self._one_thread = OneThreadAtATime()
         self._preemption: PreemptionHandler | None = None  # installed by open when asked for
+        self._rng_check = GlobalRngCheck("off")  # open sets the one asked for
 
     # ------------------------------------------------------------------ properties
 
@@ -441,7 +450,9 @@ class Journal:
         index = self._guarded(self._append_encoded, op, encoded)
         started = time.perf_counter()
         try:
+            drawn = self._rng_check.before()
             result = spec.call(self.state, replayed, inputs)
+            self._rng_check.after(op, drawn)  # strict: raises, and the entry is rolled back
         except BaseException as exc:
             self._roll_back(index, exc)
             raise
