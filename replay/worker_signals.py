@@ -23,7 +23,9 @@ The signals: SIGTERM, SIGINT, SIGUSR1, those a journal's `Preemption` catches in
 parent (inherited by a forked worker), and any the loader is given (``worker_signals=``).
 A signal that arrives while a worker is still starting, before `DeferSignals` runs, acts
 as it would without it. SIGKILL cannot be deferred: a scheduler's final SIGKILL ends
-everything, as it must.
+everything, as it must. A process a worker starts (``subprocess`` from a dataset)
+inherits the blocked signals, as every exec'd child inherits a signal mask: unblock them
+there (``preexec_fn``) if it must die of them.
 """
 
 from __future__ import annotations

@@ -101,3 +101,25 @@ def test_an_unknown_mode_is_refused_before_anything_is_created(tmp_path):
     with pytest.raises(ValueError, match="rng_check"):
         open_journal(tmp_path / "j", _state(), _ops(), rng_check="loud")
     assert not (tmp_path / "j").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_an_unseeded_draw_on_a_cuda_device_is_caught_and_a_seeded_one_is_not(tmp_path):
+    """Dropout on a CUDA tensor draws from that device's generator, not the CPU one."""
+    ops = replay.Ops()
+
+    @ops.op
+    def drop(state, *, seed, seeded):
+        x = torch.ones(64, device=state["w"].device)
+        if seeded:
+            with replay.seeded_rng(seed):  # CUDA is initialised: every device's generator is forked
+                state["w"].add_(torch.nn.functional.dropout(x, 0.5))
+        else:
+            state["w"].add_(torch.nn.functional.dropout(x, 0.5))
+
+    with open_journal(tmp_path, {"w": torch.zeros(64, device="cuda")}, ops) as journal:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            journal.apply("drop", seed=1, seeded=True)
+        with pytest.warns(replay.UnseededDrawWarning, match=r"torch \(cuda:0\)"):
+            journal.apply("drop", seed=2, seeded=False)
