@@ -180,3 +180,46 @@ def test_property_a_rollback_then_training_on_equals_an_uninterrupted_run(shape,
     _assert_equal(rolled_back, expected[fail_seed - 1], "right after the rollback")
     _assert_equal(final, expected[steps], "after training on")
     _assert_equal(reopened, expected[steps], "after a cold reopen")
+
+
+@pytest.mark.skipif(not hasattr(torch.amp, "GradScaler"), reason="torch.amp.GradScaler is torch >= 2.3")
+def test_a_rollback_after_a_grad_scalers_unscale_replays_as_a_cold_process(tmp_path):
+    """A NaN guard between ``scaler.unscale_()`` and ``scaler.step()``: the scaler remembers
+    the optimizer as unscaled until ``update()``, a fresh process does not. Without
+    forgetting it, the rollback's replay raised "unscale_() has already been called" and
+    poisoned the journal; with it, the run equals an uninterrupted one."""
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        optim = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return {"model": model, "optim": optim,
+                "scaler": torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=2)}
+
+    fail = {"at": 6}
+    ops = replay.Ops()
+
+    @ops.op
+    def step(state, *, seed):
+        model, optim, scaler = state["model"], state["optim"], state["scaler"]
+        x, y = _micro_batch(seed, 0)
+        scaler.scale(torch.nn.functional.mse_loss(model(x[:, :4]), y)).backward()
+        scaler.unscale_(optim)
+        if fail["at"] == seed:
+            fail["at"] = None
+            raise Fail("NaN guard")
+        scaler.step(optim)
+        scaler.update()
+        optim.zero_grad()
+
+    state = make()
+    with open_journal(tmp_path, state, ops, snapshot=replay.Every(entries=4)) as journal:
+        for seed in range(1, 11):
+            try:
+                journal.apply("step", seed=seed)
+            except Fail:
+                assert journal.index == seed - 1
+                journal.apply("step", seed=seed)
+    reference = make()
+    for seed in range(1, 11):
+        ops.spec("step").handler(reference, seed=seed)
+    _assert_equal(_tensors(state), _tensors(reference), "after a rollback past unscale_")
