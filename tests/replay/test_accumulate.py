@@ -61,7 +61,6 @@ def build(init: int, num_workers: int = 0):
 
 
 def test_a_batch_holds_k_micro_batches_that_rebuild_bit_identical():
-    torch.set_num_threads(1)
     cursor = replay.DataCursor(SAMPLES, seed=1)
     loader = JournaledLoader(Noisy(), cursor, batch_size=MICRO, accumulate=K, seed=6, collate_fn=collate)
     sizes = []
@@ -100,7 +99,6 @@ def _plain(steps: int):
 def test_a_crash_between_entries_resumes_bit_identical_to_an_uninterrupted_run(tmp_path, num_workers):
     """Crash after 4 steps (abandoned as a kill would), reopen with another init, train on
     to 11: the bytes of an uninterrupted run (an epoch boundary, with its short batch, included)."""
-    torch.set_num_threads(1)
     steps = 11
     state, loader, ops = build(0, num_workers)
     journal = open_journal(tmp_path, state, ops, snapshot=replay.Every(entries=3))
