@@ -66,6 +66,7 @@ from .recovery import RecoveryReport
 from .replica.errors import ReplicaDamageError, ReplicaError, ReplicaFencedError, ReplicaUnavailableError
 from .replica.status import ReplicaLagError
 from .rng import seeded_generator, seeded_rng
+from .rng_check import UnseededDrawError, UnseededDrawWarning
 
 __all__ = [
     "Journal", "Ops", "OpSpec", "Every", "Preemption", "environment", "RecoveryReport", "DataCursor", "seeded_generator",
@@ -77,4 +78,5 @@ __all__ = [
     "PreemptedError", "EnvironmentMismatchError", "RankFailureError", "RankBehindError", "WorldSizeError",
     "RankDivergenceError",
     "ReplicaError", "ReplicaFencedError", "ReplicaUnavailableError", "ReplicaDamageError", "ReplicaLagError",
+    "UnseededDrawError", "UnseededDrawWarning",
 ]

@@ -11,6 +11,11 @@ A journal's state is a str-keyed mapping of components:
 
 Restoring in place is the point: code holding a reference to a parameter, an optimizer
 or a counter dict keeps seeing the live state after recovery or a rollback.
+
+Restoring also forgets what a cold process would not have (`forget_transient`): a
+rollback restores a snapshot into the very objects whose handler just raised, possibly
+after ``backward()``, and must replay on the state a crash and a fresh open would give
+(replay/INVARIANTS.md, invariant 15).
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ def restore(state: Mapping[str, Any], kinds: dict[str, str], tree: Mapping[str, 
     layout must not be half-applied (`check_layout` refuses those, and more, first).
     """
     _check_components(state, tree)
+    forget_transient(state, kinds)
     with torch.no_grad():
         for name, component in state.items():
             saved = tree[name]
@@ -80,6 +86,51 @@ def restore(state: Mapping[str, Any], kinds: dict[str, str], tree: Mapping[str, 
                 component.copy_(saved)
             else:
                 _restore_dict(component, saved, default_device(state))
+
+
+def forget_transient(state: Mapping[str, Any], kinds: dict[str, str]) -> None:
+    """Drop from the live state what is not in a snapshot and a fresh process lacks.
+
+    - Gradients: every ``.grad`` becomes None, as in a process that has not run
+      ``backward()`` yet: the parameters of module components
+      (``zero_grad(set_to_none=True)``), those of optimizer components (a parameter may
+      be held by an optimizer only), bare tensor components and tensors in plain dicts.
+      Without this, a handler that raised after ``backward()`` leaves its gradients
+      behind, and the replay of the rollback (or the retry), whose ``backward()``
+      accumulates into ``.grad``, computes another step whenever the loop calls
+      ``zero_grad()`` at the end of a step rather than its start.
+    - A GradScaler's per-optimizer stage (``unscale_()`` or ``step()`` called since the
+      last ``update()``): a handler that raised between them (a NaN guard after
+      ``unscale_``) would make the replay's ``unscale_()`` raise. ``update(new_scale=...)``
+      is the public way to forget it; the scale it sets is the one `restore` loads next.
+
+    Other objects are left alone: what they hold outside their state_dict is theirs.
+    """
+    for name, component in state.items():
+        kind = kinds[name]
+        if isinstance(component, (torch.nn.Module, torch.optim.Optimizer)):
+            component.zero_grad(set_to_none=True)
+        elif isinstance(component, _GRAD_SCALERS):
+            _forget_scaler_stages(component)
+        elif kind == TENSOR:
+            component.grad = None
+        elif kind == DICT:
+            for _, leaf in leaves(component):
+                if isinstance(leaf, torch.Tensor) and leaf.grad is not None:
+                    leaf.grad = None
+
+
+# torch.amp.GradScaler is torch >= 2.3; torch.cuda.amp.GradScaler (its subclass there) is older.
+_GRAD_SCALERS = tuple(cls for cls in (getattr(torch.amp, "GradScaler", None), torch.cuda.amp.GradScaler) if cls)
+
+
+def _forget_scaler_stages(scaler) -> None:
+    if not scaler.is_enabled():
+        return
+    try:
+        scaler.update(new_scale=scaler.get_scale())
+    except (AssertionError, RuntimeError):
+        pass  # it never scaled in this process: it has no stage to forget
 
 
 def layout_template(state: Mapping[str, Any], kinds: dict[str, str]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from .ops import Ops
 from .policies import Every, PolicyClock
 from .preemption import Preemption, PreemptionHandler
 from .recovery import RecoveryReport, Replayer
+from .rng_check import GlobalRngCheck
 from .ranks import layout as ranks_layout
 from .ranks.collectives import Collectives
 from .ranks.coordinator import (Coordinator, compare_replicated, join, replicated_components,
@@ -87,6 +88,7 @@ class Journal:
         ship_interval: float = 1.0,
         max_replica_lag: float | None = None,
         replica_keep_extra: int = 0,
+        rng_check: str = "warn",
     ) -> "Journal":
         """Open (creating if needed) the journal at directory `path` and recover `state` in place.
 
@@ -123,6 +125,10 @@ class Journal:
                 ``journal.recovery.environment`` and warns, "strict" refuses with
                 EnvironmentMismatchError before anything is written, "ignore" skips it.
             async_snapshots: False makes policy snapshots block the apply that triggers them.
+            rng_check: "warn" (default) warns once per op when a handler draws from the
+                global RNG outside seeded_rng (a resume would not be exact), "strict"
+                raises UnseededDrawError from that apply (its entry rolled back), "off"
+                skips the check; costs and what is compared: replay/rng_check.py.
             progress: a replay progress bar (None: only for long replays on a TTY).
             device: where payload tensors go before a handler sees them (default: the
                 device of the first tensor in the state).
@@ -200,6 +206,7 @@ class Journal:
         check_options(snapshot=snapshot, digest_every=digest_every, preemption=preemption,
                       environment_policy=environment)
         kinds = components.check_state(state)
+        rng = GlobalRngCheck(rng_check, str(path))  # ValueError before anything is created
         root = Path(path)
         ranks = None
         if group is None:
@@ -240,6 +247,7 @@ class Journal:
         journal = cls(root, replayer, log, store, recovery, resources, policy=snapshot,
                       digest_every=digest_every, keep_log=keep_log, async_snapshots=async_snapshots,
                       snapshot_on_close=snapshot_on_close, archived=archive is not None)
+        journal._rng_check = rng
         if ranks is not None:
             journal._group = Coordinator(ranks, Path(path), state, replicated, snapshot, journal._snapshotter,
                                          store, recovery.snapshot_index if recovery.snapshot is not None else None)
@@ -313,6 +321,8 @@ class Journal:
         self._one_thread = OneThreadAtATime()
         self._preemption: PreemptionHandler | None = None  # installed by open when asked for
         self._link = NoSupervisor()  # replay run's heartbeat and crash records (set by open when supervised)
+        self._handler_failed = False  # whether the exception leaving apply is the handler's (or its payload's)
+        self._rng_check = GlobalRngCheck("off")  # open sets the one asked for
 
     # ------------------------------------------------------------------ properties
 
@@ -440,8 +450,12 @@ class Journal:
             try:
                 return self._apply(op, inputs, payload)
             except BaseException as exc:
-                self._link.failed("applying", op, self._index + 1, exc)  # replay run's crash record
+                # replay run's crash record: a handler that raised (or a payload it refused) is
+                # the job's own failure; a fenced replica or a failed disk is not
+                self._link.failed("applying", op, self._index + 1, exc, handler=self._handler_failed)
                 raise
+            finally:
+                self._handler_failed = False
 
     def _apply(self, op: str, inputs: Any, payload: dict) -> Any:
         self._check_usable()
@@ -453,6 +467,7 @@ class Journal:
                 raise ReplicaFencedError(refused.url, f"{refused.detail}. Journal {self.path}: apply({op!r}) refused "
                                                       f"at index {self._index}, nothing appended", owner=refused.owner,
                                          index=refused.index, term=refused.term) from refused
+        self._handler_failed = True  # until the entry is appended: a payload its op refuses
         spec = self.ops.check_payload(op, payload)
         if inputs is not None and not spec.takes_inputs:
             raise TypeError(f"op {op!r}: inputs= was given but its handler has no 'inputs' parameter "
@@ -463,13 +478,17 @@ class Journal:
         encoded = encode_payload(wrap(spec.version, payload))
         replayed = components.to_device(unwrap(self._index + 1, op, decode_payload(encoded))[1], self.device)
         inputs = spec.inputs_for(replayed, inputs)  # before appending: a failing rebuild leaves no entry
+        self._handler_failed = False
         self._snapshotter.collect(block=False)
         index = self._guarded(self._append_encoded, op, encoded)
         self._link.applying(op, index)
         started = time.perf_counter()
         try:
+            drawn = self._rng_check.before()
             result = spec.call(self.state, replayed, inputs)
+            self._rng_check.after(op, drawn)  # strict: raises, and the entry is rolled back
         except BaseException as exc:
+            self._handler_failed = True
             self._roll_back(index, exc)
             raise
         self._index = index
@@ -506,7 +525,10 @@ class Journal:
         """Undo entry `index` whose handler raised: drop it from the log, rebuild the state at index - 1.
 
         The log is truncated first, then the in-flight snapshot is waited for (invariant 8):
-        its follow-up compacts only through snapshots, which never cover `index`.
+        its follow-up compacts only through snapshots, which never cover `index`. The
+        rebuild restores a snapshot, which drops the failed handler's gradients first
+        (components.forget_transient), so it replays on what a cold reopen would have
+        (invariant 15).
 
         Multi-rank: the entry is dropped, but the state is not rebuilt here: its replay
         needs the other ranks in lockstep (DDP's collectives), and they are elsewhere (or
@@ -712,12 +734,16 @@ class Journal:
     def _entered(self, what: str):
         """One thread at a time; when the call returns (or raises), a preemption signal that
         arrived during it stops the journal (replay/preemption.py)."""
+        raised = None
         try:
             with self._one_thread.entered(what):
                 yield
+        except BaseException as exc:
+            raised = exc  # stopping for a signal replaces it: after_call reports it first
+            raise
         finally:
             if self._preemption is not None:
-                self._preemption.after_call()
+                self._preemption.after_call(raised)
 
     def _check_usable(self) -> None:
         if self._closed:

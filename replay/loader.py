@@ -57,9 +57,22 @@ Edge cases (iteration = one ``iter(loader)``):
   not applied, its apply failed, or its handler did not consume it; or the loader was
   iterated before the journal recovered), ``next`` raises `StaleBatchError`. Iterate the
   loader again to continue from the cursor.
-- Gradient accumulation: make one op take the whole accumulated batch (batch_size =
-  micro-batch x steps) and split ``inputs`` inside the handler; gradients are not state,
-  so accumulation across entries would not survive a snapshot.
+- Gradient accumulation: one journaled entry must hold every micro-batch of an optimizer
+  step, since gradients are not state (a snapshot between two micro-batches, or a
+  rollback, starts without them: replay/INVARIANTS.md, invariant 15). ``accumulate=k``
+  does that: each batch is k micro-batches of ``batch_size`` samples, ``ids`` all of
+  their ids in order (what the handler consumes), and ``inputs`` the list of the k
+  collated micro-batches; the handler runs the k ``backward()`` calls and one optimizer
+  step. Micro-batch j is built under ``seeded_rng(seed, BUILD_SALT, j)``, live and on
+  replay (the split is a function of the logged ids and ``batch_size``). At an epoch's
+  end the last batch may hold fewer micro-batches, and its last one fewer samples
+  (``len(inputs)`` says how many); ``drop_last=True`` then needs an ``epoch_length`` that
+  is a multiple of ``batch_size * k``.
+- Preemption: a signal sent to the whole process group (SLURM's ``scancel``, a container
+  runtime, Ctrl-C) reaches the workers too. They defer it (replay/worker_signals.py), so
+  none dies under the handler being applied; the trainer stops as `Preemption` says and
+  its DataLoader ends them. ``worker_signals=`` adds signals to the deferred ones; the
+  ``worker_init_fn`` you pass still runs, after the deferral is in place.
 - ``in_order=False``, ``sampler``, ``batch_sampler``, ``shuffle`` and ``batch_size`` belong
   to the loader and are refused as DataLoader options (TypeError / ValueError).
 """
@@ -76,6 +89,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from .data import DataCursor
 from .rng import derive_seed, seeded_rng
+from .worker_signals import DeferSignals
 
 # A batch is built under seeded_rng(seed, BUILD_SALT): a stream the handler's seeded_rng(seed) does not share.
 BUILD_SALT = 0x6C6F6164
@@ -124,11 +138,15 @@ class BatchBuilder:
     Register it as the op's rebuild: ``@ops.op(inputs=builder)``; it is called with the
     entry's whole payload and uses only ``ids`` and ``seed``. Picklable when the dataset
     and collate_fn are (a "spawn" or "forkserver" DataLoader context needs that).
+    `micro_batch`: None builds one collated batch; an int n builds the list of the
+    collated micro-batches of n consecutive ids each (gradient accumulation, module doc).
     """
 
-    def __init__(self, dataset: Any, collate_fn: Callable[[list], Any] | None = None):
+    def __init__(self, dataset: Any, collate_fn: Callable[[list], Any] | None = None,
+                 micro_batch: int | None = None):
         self.dataset = dataset
         self.collate_fn = default_collate if collate_fn is None else collate_fn
+        self.micro_batch = micro_batch
 
     def __call__(self, *, ids: Sequence[int] | torch.Tensor, seed: int, **_payload: Any) -> Any:
         """``build(ids, seed)``; the other payload keys (lr, ...) are ignored."""
@@ -137,12 +155,22 @@ class BatchBuilder:
     def build(self, ids: Sequence[int] | torch.Tensor, seed: int) -> Any:
         """``collate_fn([dataset[i] for i in ids])``, all of it under ``seeded_rng(seed, BUILD_SALT)``
         (torch, Python's random, and numpy's global RNG when numpy is imported) on one
-        intra-op thread. An empty ids is ValueError (no op consumes nothing)."""
+        intra-op thread. With `micro_batch` n: the list of ``collate_fn`` of each run of n
+        ids (the last may be shorter), the j-th under ``seeded_rng(seed, BUILD_SALT, j)``.
+        An empty ids is ValueError (no op consumes nothing)."""
         ids = _as_ids(ids)
         if not ids:
             raise ValueError("a batch needs at least one id")
-        with _one_intraop_thread(), seeded_rng(seed, BUILD_SALT, python=True, numpy="numpy" in sys.modules):
-            return self.collate_fn([self.dataset[i] for i in ids])
+        numpy = "numpy" in sys.modules
+        with _one_intraop_thread():
+            if self.micro_batch is None:
+                with seeded_rng(seed, BUILD_SALT, python=True, numpy=numpy):
+                    return self.collate_fn([self.dataset[i] for i in ids])
+            micro = []
+            for j, first in enumerate(range(0, len(ids), self.micro_batch)):
+                with seeded_rng(seed, BUILD_SALT, j, python=True, numpy=numpy):
+                    micro.append(self.collate_fn([self.dataset[i] for i in ids[first:first + self.micro_batch]]))
+            return micro
 
 
 class JournaledLoader:
@@ -151,13 +179,18 @@ class JournaledLoader:
     Args:
         dataset: a map-style dataset (``dataset[i]`` for the cursor's ids).
         cursor: the DataCursor that is the journal's state component (the same object).
-        batch_size: samples per batch (>= 1).
+        batch_size: samples per batch (>= 1); with `accumulate`, per micro-batch.
         seed: the loader's seed; each batch's augmentation seed is derived from it and the
             batch's position (module doc, 2).
         collate_fn: as DataLoader's (default: default_collate).
         drop_last: drop each epoch's partial batch; needs a cursor whose epoch_length is a
             multiple of batch_size (module doc, edge cases).
         endless: batches run across epochs and the iteration never ends.
+        accumulate: k >= 1 micro-batches per batch, ``inputs`` their list, for gradient
+            accumulation in one entry (module doc, edge cases); None (default): ``inputs``
+            is one collated batch.
+        worker_signals: signals the workers defer besides SIGTERM, SIGINT, SIGUSR1 and
+            those a journal's Preemption catches (module doc, Preemption).
         **dataloader_options: passed to torch.utils.data.DataLoader (num_workers,
             pin_memory, prefetch_factor, persistent_workers, multiprocessing_context,
             worker_init_fn, timeout, generator, ...).
@@ -170,12 +203,16 @@ class JournaledLoader:
 
     def __init__(self, dataset: Any, cursor: DataCursor, batch_size: int, *, seed: int = 0,
                  collate_fn: Callable[[list], Any] | None = None, drop_last: bool = False, endless: bool = False,
-                 **dataloader_options: Any):
+                 accumulate: int | None = None, worker_signals: Sequence[int] = (), **dataloader_options: Any):
         if not isinstance(cursor, DataCursor):
             raise TypeError(f"cursor must be a replay.DataCursor, got {type(cursor).__name__}")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if accumulate is not None and (not isinstance(accumulate, int) or isinstance(accumulate, bool)
+                                       or accumulate < 1):
+            raise ValueError(f"accumulate must be a positive int (micro-batches per batch) or None, got {accumulate!r}")
         derive_seed(seed)  # TypeError for a non-int seed now, not in a worker
+        group = batch_size * (accumulate or 1)  # samples per journaled batch
         owned = [name for name in _OWN_OPTIONS if name in dataloader_options]
         if owned:
             raise TypeError(f"JournaledLoader sets {owned} itself (the order is the cursor's); do not pass them")
@@ -183,20 +220,24 @@ class JournaledLoader:
             raise ValueError("in_order=False would hand batches out of the cursor's order; the journal needs it")
         if drop_last and endless:
             raise ValueError("endless batches are always full; drop_last has no meaning with endless=True")
-        if drop_last and cursor.epoch_length % batch_size:
+        if drop_last and cursor.epoch_length % group:
             raise ValueError(
                 f"drop_last=True needs a cursor whose epochs are whole batches: DataCursor({cursor.num_samples}, "
-                f"seed, epoch_length={cursor.num_samples // batch_size * batch_size}) for batch_size={batch_size} "
+                f"seed, epoch_length={cursor.num_samples // group * group}) for {group} samples per batch "
                 f"(this one has epoch_length={cursor.epoch_length}), so the dropped samples are never consumed")
         self.cursor = cursor
         self.batch_size = batch_size
         self.seed = seed
         self.endless = endless
-        self.rebuild = BatchBuilder(dataset, collate_fn)
+        self.accumulate = accumulate
+        self.rebuild = BatchBuilder(dataset, collate_fn, batch_size if accumulate is not None else None)
         # A private generator: DataLoader draws its workers' base seed from the global RNG
         # otherwise, which would shift the global stream every time iteration starts.
         dataloader_options.setdefault("generator", torch.Generator().manual_seed(derive_seed(seed, BUILD_SALT)))
-        self._plan = _CursorPlan(cursor, batch_size, seed, endless)
+        # Workers outlive a signal sent to the whole group, so it never lands in a handler as
+        # "DataLoader worker killed by signal" (replay/worker_signals.py).
+        dataloader_options["worker_init_fn"] = DeferSignals(dataloader_options.get("worker_init_fn"), worker_signals)
+        self._plan = _CursorPlan(cursor, group, seed, endless)
         self.dataloader = DataLoader(_BatchSource(self.rebuild), batch_size=None, sampler=self._plan,
                                      collate_fn=_unchanged, **dataloader_options)
 
@@ -213,7 +254,8 @@ class JournaledLoader:
         return len(self._plan)
 
     def __repr__(self) -> str:
-        return (f"JournaledLoader(batch_size={self.batch_size}, seed={self.seed}, endless={self.endless}, "
+        return (f"JournaledLoader(batch_size={self.batch_size}, accumulate={self.accumulate}, seed={self.seed}, "
+                f"endless={self.endless}, "
                 f"num_workers={self.dataloader.num_workers}, cursor={self.cursor!r})")
 
 

@@ -44,6 +44,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Callable
 
@@ -80,6 +81,20 @@ class Preemption:
     def exit_status(signum: int) -> int:
         """The status a preempted process exits with: 128 + signum (module doc)."""
         return 128 + int(signum)
+
+
+def installed_signals() -> tuple[int, ...]:
+    """The signals whose Python handler is a journal's preemption handler in this process
+    (in a forked child, e.g. a DataLoader worker: in its parent when it forked)."""
+    caught = []
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+        except (OSError, ValueError):
+            continue
+        if getattr(handler, "__func__", None) is PreemptionHandler._on_signal:
+            caught.append(signum)
+    return tuple(caught)
 
 
 def check_installable() -> None:
@@ -136,10 +151,22 @@ class PreemptionHandler:
             if signal.getsignal(signum) == self._on_signal:
                 signal.signal(signum, previous)
 
-    def after_call(self) -> None:
-        """A journal call returned: stop now if a signal came during it."""
+    def after_call(self, raised: BaseException | None = None) -> None:
+        """A journal call returned, or raised `raised`: stop now if a signal came during it.
+
+        Stopping replaces `raised` (by SystemExit or PreemptedError), so it is reported
+        on stderr first, named, with its traceback: an error that coincided with the
+        preemption (a handler's, a DataLoader's) must never vanish into a clean exit."""
         if self.signum is not None and not self._stopped:
+            if raised is not None:
+                self._report(raised)
             self._finish()
+
+    def _report(self, raised: BaseException) -> None:
+        trace = "".join(traceback.format_exception(type(raised), raised, raised.__traceback__))
+        print(f"replay: {self._where}: the journal call in progress when signal {self.signum} arrived raised "
+              f"{type(raised).__name__}: {raised}; stopping for the signal replaces that exception, which is "
+              f"not re-raised:\n{trace}", file=sys.stderr, end="", flush=True)
 
     def _on_signal(self, signum: int, frame) -> None:
         if os.getpid() != self._pid:

@@ -42,7 +42,8 @@ class NoSupervisor:
     def applied(self, index: int) -> None:
         pass
 
-    def failed(self, phase: str, op: str | None, index: int | None, exc: BaseException) -> None:
+    def failed(self, phase: str, op: str | None, index: int | None, exc: BaseException,
+               handler: bool = True) -> None:
         pass
 
     def close(self) -> None:
@@ -86,11 +87,12 @@ class SupervisorLink(NoSupervisor):
             except OSError:
                 pass
 
-    def failed(self, phase: str, op: str | None, index: int | None, exc: BaseException) -> None:
+    def failed(self, phase: str, op: str | None, index: int | None, exc: BaseException,
+               handler: bool = True) -> None:
         if os.getpid() != self._pid:
             return
         try:
-            write_crash(self._crash, phase=phase, op=op, index=index, exc=exc)
+            write_crash(self._crash, phase=phase, op=op, index=index, exc=exc, handler=handler)
             self._crash_written = True
         except (OSError, ValueError, TypeError):
             pass

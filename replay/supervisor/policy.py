@@ -86,6 +86,8 @@ def classify(*, returncode: int, preempted_by: int | None, hung: bool, crash: di
     if crash is not None:
         if crash.get("oom"):
             return FailureClass.OOM
+        if crash["phase"] == "applying" and not crash.get("handler", True):
+            return FailureClass.CRASHED  # the journal refused (a failed disk, a fenced replica): not the op's fault
         return {"recovering": FailureClass.RECOVERY_ERROR, "applying": FailureClass.USER_ERROR,
                 "opening": FailureClass.STARTUP_ERROR}[crash["phase"]]
     if returncode < 0:

@@ -6,7 +6,8 @@ entry without parsing stderr. Fields: ``phase`` ("opening", "recovering", "apply
 ``op`` and ``index`` of the entry (null when none), ``type`` (the exception's qualified
 class name), ``message``, ``traceback`` (at most 32 KiB), ``oom`` (a CUDA or torch
 OutOfMemoryError), ``cascade`` (the exception says another rank is gone: not this
-process's own failure), ``pid``. The journal removes it when its next apply succeeds: a job
+process's own failure), ``handler`` (phase applying: the handler raised or refused its
+payload, rather than the journal: a fenced replica, a failed disk), ``pid``. The journal removes it when its next apply succeeds: a job
 that catches the exception and goes on leaves no crash.
 
 ``attempts.jsonl`` holds one JSON object per line, one per finished attempt, with
@@ -54,7 +55,8 @@ def is_peer_failure(exc: BaseException) -> bool:
     return False
 
 
-def write_crash(path: Path, *, phase: str, op: str | None, index: int | None, exc: BaseException) -> None:
+def write_crash(path: Path, *, phase: str, op: str | None, index: int | None, exc: BaseException,
+                handler: bool = True) -> None:
     """Write the crash record for `exc` durably at `path` (the caller ignores OSError: a full
     disk must not hide the user's exception)."""
     text = "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
@@ -62,6 +64,7 @@ def write_crash(path: Path, *, phase: str, op: str | None, index: int | None, ex
         "phase": phase, "op": op, "index": index, "pid": os.getpid(),
         "type": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": str(exc)[:4096],
         "traceback": text[-MAX_TRACEBACK:], "oom": is_oom(exc), "cascade": is_peer_failure(exc),
+        "handler": handler,
     })
 
 
@@ -82,6 +85,7 @@ def read_crash(path: Path) -> dict | None:
             return None
     record["oom"] = record.get("oom") is True
     record["cascade"] = record.get("cascade") is True
+    record["handler"] = record.get("handler") is not False
     return record
 
 

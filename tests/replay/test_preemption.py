@@ -95,3 +95,42 @@ def test_a_signal_between_calls_stops_at_once_and_exits_with_128_plus_signum(tmp
         journal.flush()
     with _open(tmp_path) as reopened:
         assert reopened.recovery.entries_replayed == 0 and reopened.count() == 1
+
+
+def test_an_exception_replaced_by_the_stop_is_reported_on_stderr_naming_it(tmp_path, capfd):
+    """A handler that raises while a signal is pending: the stop (exit 143) replaces the
+    exception, so it is reported first, named, with its traceback, never hidden."""
+    ops = replay.Ops()
+
+    @ops.op
+    def fail(state, *, signal_me):
+        os.kill(os.getpid(), signal_me)
+        raise KeyError("the handler's own error")
+
+    journal = replay.Journal.open(tmp_path, state={"w": torch.zeros(3)}, ops=ops,
+                                  preemption=replay.Preemption(signals=(signal.SIGTERM,)))
+    with pytest.raises(SystemExit) as err:
+        journal.apply("fail", signal_me=signal.SIGTERM)
+    assert err.value.code == 143
+    stderr = capfd.readouterr().err
+    assert "KeyError" in stderr and "the handler's own error" in stderr and "signal 15" in stderr
+    assert "Traceback" in stderr and "not re-raised" in stderr
+
+
+def test_a_clean_stop_reports_nothing(tmp_path, capfd):
+    journal = _open(tmp_path, preemption=replay.Preemption(signals=(signal.SIGUSR1,), then="raise"))
+    with pytest.raises(replay.PreemptedError):
+        journal.apply("add", value=2.0, signal_me=signal.SIGUSR1)
+    assert capfd.readouterr().err == ""
+
+
+def test_installed_signals_names_those_a_journal_catches(tmp_path):
+    from replay.preemption import installed_signals
+
+    assert installed_signals() == ()
+    journal = _open(tmp_path, preemption=replay.Preemption(signals=(signal.SIGUSR2, signal.SIGTERM)))
+    try:
+        assert sorted(installed_signals()) == sorted([signal.SIGUSR2, signal.SIGTERM])
+    finally:
+        journal.close()
+    assert installed_signals() == ()

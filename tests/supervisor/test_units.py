@@ -146,3 +146,10 @@ def test_a_peers_death_is_a_cascade_not_a_failure_of_its_own():
     except ValueError as outer:
         assert is_peer_failure(outer)
     assert not is_peer_failure(ValueError("bad batch"))
+
+
+def test_an_apply_the_journal_refused_is_not_a_user_error():
+    base = dict(preempted_by=None, hung=False, opened=True, oom_killed=False)
+    crash = {"phase": "applying", "oom": False, "handler": False}
+    assert classify(returncode=1, crash=crash, **base) is C.CRASHED
+    assert classify(returncode=1, crash={**crash, "handler": True}, **base) is C.USER_ERROR

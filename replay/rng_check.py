@@ -1,0 +1,119 @@
+"""Catch a handler that draws from the global RNG outside `seeded_rng` (on by default).
+
+Replay is exact only if every random draw in a handler comes from its payload
+(replay/rng.py, the README's "Randomness: the rules"). A handler that calls dropout,
+``torch.rand`` or ``random.random()`` without ``seeded_rng`` draws from wherever the
+global generator happens to be: live and on replay those are different places, so the
+resumed run silently differs, and ``digest_every`` only notices at the next digest.
+
+The check is cheap because ``seeded_rng`` forks: after a block the global generators
+are back where they were. So if a generator's state differs after the handler from
+before it, the handler drew from it outside ``seeded_rng`` (or seeded it itself). The
+journal compares around every live apply:
+
+- torch's global CPU generator always, and each CUDA device's when CUDA is initialised
+  (a few microseconds: the CPU state is 5 KB, a CUDA one 16 bytes);
+- with ``rng_check="strict"`` also Python's ``random`` and, when numpy is imported,
+  numpy's legacy global RNG (tens of microseconds more, so not by default).
+
+``"warn"`` (default): an `UnseededDrawWarning` once per op and journal. ``"strict"``:
+`UnseededDrawError` from the apply, whose entry is then rolled back like any handler
+failure (replay/INVARIANTS.md, invariant 6). ``"off"``: nothing is compared. Replay
+itself is not checked (the live apply already was, and a log written before the check
+existed must still recover).
+
+A handler that seeds the global RNG from its payload itself (``torch.manual_seed(seed)``)
+is reproducible but still changes the generator the rest of the program draws from, and
+is reported too: wrap it in ``seeded_rng(seed)`` instead. Another thread drawing from
+the global RNG while a handler runs is reported as the handler's draw.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import warnings
+from typing import Any
+
+import torch
+
+from .errors import ReplayError
+
+MODES = ("warn", "strict", "off")
+
+
+class UnseededDrawWarning(RuntimeWarning):
+    """A handler drew from the global RNG outside seeded_rng: a replay will not draw the same numbers."""
+
+
+class UnseededDrawError(ReplayError):
+    """``rng_check="strict"``: a handler drew from the global RNG outside seeded_rng (the entry is rolled back)."""
+
+    def __init__(self, op: str, generators: list[str], where: str):
+        self.op, self.generators = op, generators
+        super().__init__(_message(op, generators, where))
+
+
+class GlobalRngCheck:
+    """Compares the global generators before and after a handler (module doc).
+
+    Call sequence, on the applying thread: ``before = check.before()``, run the handler,
+    ``check.after(op, before)``; `after` warns or raises (per `mode`) when a generator
+    moved. ValueError for a mode not in MODES.
+    """
+
+    def __init__(self, mode: str = "warn", where: str = ""):
+        if mode not in MODES:
+            raise ValueError(f"rng_check must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.where = where
+        self._warned: set[str] = set()
+
+    def before(self) -> Any:
+        """The generators' states now (None when off)."""
+        if self.mode == "off":
+            return None
+        cuda = ([(d, torch.cuda.default_generators[d].get_state()) for d in range(torch.cuda.device_count())]
+                if torch.cuda.is_initialized() else [])
+        if self.mode != "strict":
+            return torch.default_generator.get_state(), cuda, None, None
+        numpy = sys.modules.get("numpy")
+        return (torch.default_generator.get_state(), cuda, random.getstate(),
+                numpy.random.get_state() if numpy is not None else None)
+
+    def after(self, op: str, before: Any) -> None:
+        """Warn once per op (or raise UnseededDrawError when strict) if a generator moved since `before`."""
+        if before is None:
+            return
+        cpu, cuda, python, numpy_state = before
+        moved = []
+        if not torch.equal(cpu, torch.default_generator.get_state()):
+            moved.append("torch (cpu)")
+        for device, state in cuda:
+            if not torch.equal(state, torch.cuda.default_generators[device].get_state()):
+                moved.append(f"torch (cuda:{device})")
+        if python is not None and python != random.getstate():
+            moved.append("python random")
+        if numpy_state is not None and not _same_numpy(numpy_state, sys.modules["numpy"].random.get_state()):
+            moved.append("numpy.random")
+        if not moved:
+            return
+        if self.mode == "strict":
+            raise UnseededDrawError(op, moved, self.where)
+        if op not in self._warned:
+            self._warned.add(op)
+            warnings.warn(_message(op, moved, self.where) + " (reported once per op; rng_check='strict' raises)",
+                          UnseededDrawWarning, stacklevel=4)
+
+
+def _same_numpy(a: tuple, b: tuple) -> bool:
+    # (name, keys array, pos, has_gauss, cached_gaussian)
+    return a[0] == b[0] and (a[1] == b[1]).all() and a[2:] == b[2:]
+
+
+def _message(op: str, generators: list[str], where: str) -> str:
+    place = f"{where}: " if where else ""
+    return (f"{place}the handler of op {op!r} drew from the global RNG ({', '.join(generators)}) outside "
+            "replay.seeded_rng: a replay will not draw the same numbers, so a resumed run is not exact. Take the "
+            "randomness from the payload: replay.seeded_rng(seed) around the draws, or "
+            "replay.seeded_generator(seed) where the API takes generator=")

@@ -1,0 +1,77 @@
+"""DataLoader workers outlive a preemption signal sent to the whole process group.
+
+SLURM's ``scancel``, container runtimes and a terminal's Ctrl-C signal every process of
+the job's group at once: the trainer *and* its DataLoader workers. A worker that dies
+of it makes PyTorch raise ``DataLoader worker (pid N) is killed by signal`` from its
+SIGCHLD handler in the trainer's main thread, i.e. inside whatever runs there: the
+handler of the entry being applied, which a preemption must never interrupt
+(replay/INVARIANTS.md, invariant 9). So a JournaledLoader's workers run `DeferSignals`
+first (a ``worker_init_fn`` wrapper that then calls the user's own):
+
+1. In the worker's main thread (the only thread a fresh worker has), the preemption
+   signals are blocked: a signal sent to the group stays pending in the worker.
+2. A daemon thread takes them with ``sigwaitinfo``, which says who sent each one. From
+   the worker's parent (DataLoader's ``terminate()`` of a worker that does not stop at
+   shutdown, multiprocessing's at exit) it ends the worker at once with status 0, as
+   PyTorch's own worker SIGTERM handler does; from anyone else it is ignored while the
+   parent lives: the trainer stops cleanly, and its DataLoader ends the workers (the
+   shutdown sentinel; a worker whose trainer died notices within PyTorch's watchdog
+   interval, 5 s). A signal from elsewhere once the parent is gone ends the worker
+   with the signal's status (128 + signum).
+
+The signals: SIGTERM, SIGINT, SIGUSR1, those a journal's `Preemption` catches in the
+parent (inherited by a forked worker), and any the loader is given (``worker_signals=``).
+A signal that arrives while a worker is still starting, before `DeferSignals` runs, acts
+as it would without it. SIGKILL cannot be deferred: a scheduler's final SIGKILL ends
+everything, as it must. A process a worker starts (``subprocess`` from a dataset)
+inherits the blocked signals, as every exec'd child inherits a signal mask: unblock them
+there (``preexec_fn``) if it must die of them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Callable, Iterable
+
+from .preemption import installed_signals
+
+DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class DeferSignals:
+    """A DataLoader ``worker_init_fn``: defer the preemption signals (module doc), then call `init`.
+
+    Picklable when `init` is (a "spawn" or "forkserver" DataLoader context pickles it).
+    `signals`: more signals to defer than the defaults. ValueError for SIGKILL or SIGSTOP
+    (they cannot be blocked) or a number that is not a signal.
+    """
+
+    def __init__(self, init: Callable[[int], None] | None = None, signals: Iterable[int] = ()):
+        extra = tuple(signal.Signals(s) for s in signals)
+        if any(s in (signal.SIGKILL, signal.SIGSTOP) for s in extra):
+            raise ValueError("SIGKILL and SIGSTOP cannot be deferred in DataLoader workers")
+        self.init = init
+        self.signals = extra
+
+    def __call__(self, worker_id: int) -> None:
+        signals = set(DEFAULT_SIGNALS) | set(self.signals) | set(installed_signals())
+        parent = os.getppid()
+        # Blocked before the thread starts, so it inherits the mask too: only sigwaitinfo
+        # ever takes these signals in this process.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        threading.Thread(target=_answer, args=(frozenset(signals), parent), daemon=True,
+                         name="replay-worker-signals").start()
+        if self.init is not None:
+            self.init(worker_id)
+
+
+def _answer(signals: frozenset, parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo(signals)
+        if info.si_pid == parent:
+            os._exit(0)  # the DataLoader (or multiprocessing) ends its worker
+        if os.getppid() != parent:
+            os._exit(128 + info.si_signo)  # nobody left to stop us cleanly: act as the signal would
+        # Otherwise: the group's signal; the trainer stops first and ends its workers.

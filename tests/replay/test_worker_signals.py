@@ -1,0 +1,102 @@
+"""replay.worker_signals: DataLoader workers defer the preemption signals sent to the
+whole group, run the user's worker_init_fn, and still end when their parent ends them.
+(The crash row, a real trainer and os.killpg, is tests/crash/test_preemption_workers.py.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import replay
+from replay.worker_signals import DeferSignals
+
+
+class Echo(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.tensor([float(i)])
+
+
+def _mark(path: str, worker_id: int) -> None:
+    Path(path, f"init-{worker_id}").write_text(str(os.getpid()))
+
+
+def _blocked(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in text.splitlines() if line.startswith("SigBlk:")), 16)
+
+
+def _probe(path: str, worker_id: int) -> None:
+    """In a worker after DeferSignals: record the blocked-signal mask, then signal ourselves
+    as a sender other than the parent (the worker itself): it must be ignored."""
+    Path(path, f"mask-{worker_id}").write_text(str(_blocked(os.getpid())))
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_the_loader_wraps_the_users_worker_init_fn_which_still_runs(tmp_path):
+    import functools
+
+    cursor = replay.DataCursor(8, seed=0)
+    loader = replay.JournaledLoader(Echo(), cursor, batch_size=2, num_workers=2,
+                                    worker_init_fn=functools.partial(_mark, str(tmp_path)))
+    assert isinstance(loader.dataloader.worker_init_fn, DeferSignals)
+    for batch in loader:
+        cursor.consume(batch.ids)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["init-0", "init-1"]
+
+
+def test_a_worker_defers_the_preemption_signals_and_survives_one_from_elsewhere(tmp_path):
+    """SIGTERM from a sender that is not the parent (here the worker itself, as a group's
+    signal would be) is taken and ignored: the pass completes with every batch."""
+    import functools
+
+    cursor = replay.DataCursor(8, seed=0)
+    loader = replay.JournaledLoader(Echo(), cursor, batch_size=2, num_workers=2, worker_signals=[signal.SIGUSR2],
+                                    worker_init_fn=functools.partial(_probe, str(tmp_path)))
+    seen = []
+    for batch in loader:
+        cursor.consume(batch.ids)
+        seen.extend(batch.ids)
+    assert sorted(seen) == list(range(8))
+    for worker in (0, 1):
+        mask = int((tmp_path / f"mask-{worker}").read_text())
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+            assert mask >> (signum - 1) & 1, f"worker {worker} does not defer {signal.Signals(signum).name}"
+
+
+def test_the_parent_can_still_terminate_a_worker():
+    """multiprocessing's terminate() (DataLoader's shutdown of a stuck worker, and at exit)
+    is a SIGTERM from the parent: it still ends the worker, with status 0 as PyTorch's
+    own worker handler gives."""
+    import multiprocessing
+
+    ready = multiprocessing.get_context("fork").Event()
+    process = multiprocessing.get_context("fork").Process(target=_defer_then_wait, args=(ready,))
+    process.start()
+    try:
+        assert ready.wait(60)
+        process.terminate()
+        process.join(60)
+        assert process.exitcode == 0
+    finally:
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def _defer_then_wait(ready) -> None:
+    DeferSignals()(0)
+    ready.set()
+    while True:
+        signal.pause()
+
+
+def test_sigkill_cannot_be_deferred():
+    with pytest.raises(ValueError, match="SIGKILL"):
+        DeferSignals(signals=[signal.SIGKILL])
