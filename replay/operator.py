@@ -45,22 +45,15 @@ def truncate(path: str | os.PathLike, *, after: int, reason: str = "") -> list[t
     if (root / RANK_FILE).exists():
         raise RecoveryError(f"{root} is one rank's directory of a multi-rank journal: truncating it alone would "
                             "misalign the ranks' logs; reopen the group (its recovery truncates every rank to the cut)")
-    with EventLog.open(root / "log", durability="sync") as log:
-        if after == log.last_index:
+    # Checked on a readonly handle first: a refused truncate must not even bump the log's
+    # term (opening for writing does); checked again under the writer lock, which is what
+    # makes the answer final.
+    with EventLog.open(root / "log", readonly=True) as log:
+        if not _refuse(root, log, after):
             return []
-        if after > log.last_index:
-            raise IndexError(f"truncate(after={after}): the log's last entry is {log.last_index}")
-        store_path = root / "snapshots"
-        if store_path.exists():
-            store = snapshots.SnapshotStore(store_path)
-            try:
-                ahead = sorted(i.index for i in store.list() if i.index > after)
-            finally:
-                store.close()
-            if ahead:
-                raise RecoveryError(
-                    f"cannot truncate after {after}: snapshot(s) at {ahead} include later entries; remove them "
-                    f"first, or roll back into a new journal: replay fork {root} --at {after} NEWDIR (replay.fork)")
+    with EventLog.open(root / "log", durability="sync") as log:
+        if not _refuse(root, log, after):
+            return []
         dropped = []
         try:
             for header in log.headers(after + 1, verify=False):
@@ -74,6 +67,27 @@ def truncate(path: str | os.PathLike, *, after: int, reason: str = "") -> list[t
     logger.warning("replay.truncate %s: dropped entries %s after index %d (reason: %s)",
                    root, dropped, after, reason or "not given")
     return dropped
+
+
+def _refuse(root: Path, log, after: int) -> bool:
+    """Raise what `truncate` refuses (IndexError, RecoveryError for a snapshot after `after`);
+    False when there is nothing to do (`after` is the last index), else True."""
+    if after == log.last_index:
+        return False
+    if after > log.last_index:
+        raise IndexError(f"truncate(after={after}): the log's last entry is {log.last_index}")
+    store_path = root / "snapshots"
+    if store_path.exists():
+        store = snapshots.SnapshotStore(store_path)
+        try:
+            ahead = sorted(i.index for i in store.list() if i.index > after)
+        finally:
+            store.close()
+        if ahead:
+            raise RecoveryError(
+                f"cannot truncate after {after}: snapshot(s) at {ahead} include later entries; remove them "
+                f"first, or roll back into a new journal: replay fork {root} --at {after} NEWDIR (replay.fork)")
+    return True
 
 
 def refuse_live_writer(log_dir: str | os.PathLike, then: str) -> None:

@@ -278,6 +278,14 @@ def test_truncate_refuses_to_drop_entries_a_snapshot_covers(tmp_path):
                       keep_log=True) as journal:
         for i in range(7):
             journal.apply("add", row=0, value=1.0)
+    from eventlog import EventLog
+
+    def term():
+        with EventLog.open(tmp_path / "log", readonly=True) as log:
+            return log.term
+
+    before = term()
     with pytest.raises(replay.RecoveryError):
         replay.truncate(tmp_path, after=1)
     assert replay.truncate(tmp_path, after=7) == []
+    assert term() == before, "a refused (or no-op) truncate opened the log for writing: it took a term"
