@@ -46,7 +46,7 @@ def test_fork_rolls_back_where_truncate_refuses(compacted, tmp_path, cli_here, c
     status, _, err = cli_here("truncate", compacted, "--after", 23)
     assert status == 2 and "snapshot(s) at [30]" in err and f"replay fork {compacted} --at 23 NEWDIR" in err
     with EventLog.open(compacted / "log", readonly=True) as log:
-        term = log.term  # the refused truncate opened the log for writing: a term of its own
+        term = log.term  # unchanged by the refused truncate (tests/replay/test_invariants checks it)
     status, out, err = cli_here("fork", compacted, "--at", 23, tmp_path / "new", "--reason", "bad shard at 24")
     assert status == 0, err
     assert out.splitlines() == [
