@@ -41,10 +41,10 @@ from typing import Any
 
 import torch
 
-from . import jsonfile
+from . import jsonfile, layout
 from .errors import ReplayError
 
-FILE = "environment.json"
+FILE = layout.ENVIRONMENT_FILE
 FORMAT = 1
 MAX_BYTES = 64 * 1024  # a fingerprint is a few hundred bytes; a bigger file is not one
 MAX_STRING = 512
@@ -95,7 +95,7 @@ def recorded(root: str | os.PathLike) -> dict[str, Any] | None:
     than MAX_BYTES, is not strict UTF-8 JSON, or is not one flat object of scalars with a
     supported ``format``.
     """
-    path = Path(root) / FILE
+    path = layout.environment_file(root)
     try:
         doc = jsonfile.read_small(path, MAX_BYTES)
     except jsonfile.JsonFileError as exc:
@@ -126,7 +126,7 @@ def machine_differences(recorded: dict[str, Any] | None, current: dict[str, Any]
 
 def record(root: str | os.PathLike, current: dict[str, Any]) -> None:
     """Write `current` as the journal's fingerprint durably: temp file, fsync, rename, directory fsync."""
-    jsonfile.write_durably(Path(root) / FILE, current)
+    jsonfile.write_durably(layout.environment_file(root), current)
 
 
 def _check(path: Path, doc: Any) -> dict[str, Any]:

@@ -52,10 +52,9 @@ from snapshots.manifest import parse_manifest_name
 from snapshots.paths import StoreLayout
 from snapshots.safefile import UnsafeFileError, read_regular
 
-from . import environment, failpoints
+from . import environment, failpoints, layout
 from .envelope import FORK_OP, wrap
 from .errors import ReplayError
-from .ranks.layout import RANK_FILE
 from .replica.snapfiles import LocalFileError, LocalStore, check_chunk_file
 
 logger = logging.getLogger("replay")
@@ -145,7 +144,7 @@ def fork(source: str | os.PathLike, *, at: int, dest: str | os.PathLike, reason:
         shutil.rmtree(staging)  # an interrupted fork's work: never renamed, never a journal
     staging.mkdir(parents=True)
     try:
-        with EventLog.open(src / "log", readonly=True) as log, _SharedReaders(src / "snapshots"):
+        with EventLog.open(layout.log_dir(src), readonly=True) as log, _SharedReaders(layout.snapshots_dir(src)):
             report = _Fork(src, target, staging, log, at, reason).run()
             failpoints.hit("fork.before_rename")
         _finish(staging, target)
@@ -158,10 +157,10 @@ def fork(source: str | os.PathLike, *, at: int, dest: str | os.PathLike, reason:
 
 
 def _check_source(src: Path) -> None:
-    if (src / RANK_FILE).exists():
+    if layout.rank_file(src).exists():
         raise ForkError(f"{src} is one rank's directory of a multi-rank journal: forking one rank alone would "
                         "misalign the ranks' logs, and forking a multi-rank journal is not supported")
-    if not (src / "log" / "data.mdb").is_file():
+    if not layout.log_data_file(src).is_file():
         if src.is_dir() and any(p.name.startswith("rank-") and p.is_dir() for p in src.iterdir()):
             raise ForkError(f"{src} is a multi-rank journal (rank-*/ directories): forking a multi-rank "
                             "journal is not supported")
@@ -220,7 +219,7 @@ class _Fork:
 
     def __init__(self, src: Path, target: Path, staging: Path, log: EventLog, at: int, reason: str):
         self.src, self.target, self.staging, self.log, self.at, self.reason = src, target, staging, log, at, reason
-        self.store = LocalStore(src / "snapshots")
+        self.store = LocalStore(layout.snapshots_dir(src))
         self.codec = ChunkCodec()
         self.damaged: list[str] = []  # manifests at or below `at` that do not decode
 
@@ -298,9 +297,9 @@ class _Fork:
             path.write_bytes(self.log.sealed_range(lo, hi))  # one segment in memory at a time
             parts.append(path)
         with _MappedFiles(parts) as views:
-            create_from_segments(self.staging / "log", views, term=term)
+            create_from_segments(layout.log_dir(self.staging), views, term=term)
         shutil.rmtree(sealed_dir)
-        archive = self.staging / "log" / "archive"
+        archive = layout.log_dir(self.staging) / "archive"
         copied = [path for path in parts if path.parent != sealed_dir]
         # The source's segment files were written byte for byte: share them instead (immutable files).
         report.segments_linked = sum(_share(path, archive / path.name) for path in copied)
@@ -308,7 +307,7 @@ class _Fork:
             fsync_dir(str(archive))
         record = wrap(1, {"source": str(self.src.resolve()), "source_term": term, "at": self.at,
                           "source_last_index": report.source_last_index, "reason": self.reason})
-        with EventLog.open(self.staging / "log", durability="sync") as new:
+        with EventLog.open(layout.log_dir(self.staging), durability="sync") as new:
             report.term = new.term
             index = new.append(FORK_OP, record)
         if index != self.at + 1:
@@ -320,8 +319,8 @@ class _Fork:
     def _copy_snapshots(self, manifests: list, first: int, report: ForkReport) -> None:
         if not manifests:
             return  # a history from 1 rebuilds from the initial state (else _check_range refused)
-        layout = StoreLayout(str(self.staging / "snapshots"))
-        layout.create()
+        store_layout = StoreLayout(str(layout.snapshots_dir(self.staging)))
+        store_layout.create()
         done: set[str] = set()
         named_dirs: set[str] = set()
         for mf in manifests:
@@ -335,16 +334,16 @@ class _Fork:
                 continue
             for ref in refs:
                 source = os.path.join(self.store.root, "chunks", ref.id[:2], ref.id)
-                linked = _link_or_copy(source, layout.chunk_path(ref.id))
+                linked = _link_or_copy(source, store_layout.chunk_path(ref.id))
                 report.linked += linked
                 report.copied += not linked
-                named_dirs.add(layout.chunk_dir(ref.id))
+                named_dirs.add(store_layout.chunk_dir(ref.id))
                 done.add(ref.id)
-            _write_file(Path(layout.manifest_path(mf.name)), mf.data)
+            _write_file(Path(store_layout.manifest_path(mf.name)), mf.data)
             report.snapshots.append(mf.name)
         for directory in sorted(named_dirs):
             fsync_dir(directory)
-        fsync_dir(layout.manifests)
+        fsync_dir(store_layout.manifests)
         if first > 1 and not report.snapshots:
             raise ForkError(f"fork at {self.at}: every snapshot that could rebuild it is damaged, and the "
                             f"source's history starts at {first}: " + "; ".join(report.skipped))

@@ -16,7 +16,7 @@ import snapshots
 from eventlog import EventLog, LockedError, writer_pid
 
 from .envelope import TRUNCATE_OP, wrap
-from .ranks.layout import RANK_FILE
+from . import layout
 from .errors import RecoveryError
 
 logger = logging.getLogger("replay")
@@ -42,16 +42,16 @@ def truncate(path: str | os.PathLike, *, after: int, reason: str = "") -> list[t
       on the ``replay`` logger.
     """
     root = Path(path)
-    if (root / RANK_FILE).exists():
+    if layout.rank_file(root).exists():
         raise RecoveryError(f"{root} is one rank's directory of a multi-rank journal: truncating it alone would "
                             "misalign the ranks' logs; reopen the group (its recovery truncates every rank to the cut)")
     # Checked on a readonly handle first: a refused truncate must not even bump the log's
     # term (opening for writing does); checked again under the writer lock, which is what
     # makes the answer final.
-    with EventLog.open(root / "log", readonly=True) as log:
+    with EventLog.open(layout.log_dir(root), readonly=True) as log:
         if not _refuse(root, log, after):
             return []
-    with EventLog.open(root / "log", durability="sync") as log:
+    with EventLog.open(layout.log_dir(root), durability="sync") as log:
         if not _refuse(root, log, after):
             return []
         dropped = []
@@ -76,7 +76,7 @@ def _refuse(root: Path, log, after: int) -> bool:
         return False
     if after > log.last_index:
         raise IndexError(f"truncate(after={after}): the log's last entry is {log.last_index}")
-    store_path = root / "snapshots"
+    store_path = layout.snapshots_dir(root)
     if store_path.exists():
         store = snapshots.SnapshotStore(store_path)
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import snapshots
 from eventlog import LogError
+from replay import layout
 from replay.errors import HandlerError, ReplayError
 
 from . import COMMANDS, replica
@@ -95,7 +96,7 @@ def _damaged_file(exc: BaseException, args) -> str | None:
     if isinstance(exc, (snapshots.SnapshotError, ReplayError)) or not getattr(args, "dir", None):
         return None  # snapshot errors name their snapshot; a divergence is not a file's damage
     try:
-        return str(log_dir(args.dir) / "data.mdb")
+        return str(log_dir(args.dir) / layout.LOG_DATA_FILE)
     except CliError:
         return str(Path(args.dir))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import snapshots
 from eventlog import EventLog
 from replay.audit import locate
+from replay import layout as paths
 from replay.ranks import layout
 
 from .errors import CliError
@@ -70,7 +71,7 @@ def open_source(path: str | os.PathLike) -> Source:
     directory = log_dir(root)
     log = EventLog.open(directory, readonly=True)
     try:
-        store = snapshots.SnapshotStore(root / "snapshots", workers=4) if directory != root else None
+        store = snapshots.SnapshotStore(paths.snapshots_dir(root), workers=4) if directory != root else None
     except BaseException:
         log.close()
         raise

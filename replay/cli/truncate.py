@@ -10,6 +10,7 @@ logs a warning. `--dry-run` shows what would go without changing anything.
 from __future__ import annotations
 
 import replay
+from replay import layout
 from replay.operator import refuse_live_writer
 
 from .args import check_entry_index, index_arg
@@ -32,7 +33,7 @@ def add_parser(sub, parents) -> None:
 
 def run(args, out: Output) -> int:
     directory = log_dir(args.dir)
-    if directory.name != "log":
+    if directory.name != layout.LOG_DIR:
         raise CliError(f"{args.dir} is a bare event log, not a journal; truncate works on journals")
     refuse_live_writer(directory, "close the journal first")
     with open_source(args.dir) as src:

@@ -42,6 +42,7 @@ from typing import Callable
 import snapshots
 from eventlog import CorruptEntryError, EventLog, LogError
 
+from .. import layout as paths
 from ..audit import is_damage, locate
 from ..recovery import history_mismatch
 from . import cut as rank_cut
@@ -193,7 +194,7 @@ def _decide(root: Path, views: list[RankView], logs: dict, problems: list[Proble
         try:
             acknowledged, source = rank_cut.known_acknowledged(view.path, view.rank)
         except layout.RankRecordError as exc:
-            problems.append(Problem("acknowledged", str(exc), view.rank, str(view.path / layout.ACK_FILE)))
+            problems.append(Problem("acknowledged", str(exc), view.rank, str(paths.acknowledged_file(view.path))))
             acknowledged, source = rank_cut.NONE, 0
         positions.append(rank_cut.Position(last, log.last_index, log.live_first_index, acknowledged, source))
     decision = rank_cut.decide(positions)
@@ -210,7 +211,7 @@ def _check_records(views: list[RankView], problems: list[Problem]) -> int | None
     """Read each rank.json; return the world size they all agree on (None if they do not)."""
     sizes: dict[int, list[int]] = {}
     for view in views:
-        path = view.path / layout.RANK_FILE
+        path = paths.rank_file(view.path)
         try:
             record = layout.read_rank_record(view.path)
         except layout.RankRecordError as exc:
@@ -248,7 +249,7 @@ def _open_log(view: RankView, problems: list[Problem]) -> EventLog | None:
     except FileNotFoundError as exc:
         problems.append(Problem("log", f"rank {view.rank}: {exc}", view.rank, str(view.path)))
         return None
-    data = log_dir / "data.mdb"
+    data = log_dir / paths.LOG_DATA_FILE
     try:
         log = EventLog.open(log_dir, readonly=True)
     except Exception as exc:  # noqa: BLE001 - classified: damage is a finding, anything else a bug
@@ -271,7 +272,7 @@ def _open_log(view: RankView, problems: list[Problem]) -> EventLog | None:
 
 def _manifests(view: RankView, problems: list[Problem]) -> list[SnapshotView]:
     """The rank's committed manifests (names and manifests only, no chunk is read)."""
-    directory = view.path / "snapshots"
+    directory = paths.snapshots_dir(view.path)
     if not directory.is_dir():
         return []
     with snapshots.SnapshotStore(directory, workers=1) as store:
@@ -405,7 +406,7 @@ def _usable(view: RankView, log: EventLog, snaps: list[SnapshotView], sound: Sou
         verified = sound(view.rank, snap.name) if sound is not None else None
         if verified is None:
             if view.rank not in stores:
-                stores[view.rank] = snapshots.SnapshotStore(view.path / "snapshots", workers=4)
+                stores[view.rank] = snapshots.SnapshotStore(paths.snapshots_dir(view.path), workers=4)
             report = stores[view.rank].verify(snap.name)
             verified = report.ok
             why = None if report.ok else "; ".join(f"{d.chunk or 'manifest'}: {d.reason}" for d in report.damage)
@@ -460,7 +461,7 @@ def _check_global_records(root: Path, views: list[RankView], world: int | None,
 
 
 def _has_store(view: RankView) -> bool:
-    return (view.path / "snapshots").is_dir()
+    return paths.snapshots_dir(view.path).is_dir()
 
 
 def _text(exc: BaseException) -> str:

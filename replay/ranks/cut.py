@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..envelope import TRUNCATE_OP, unwrap
 from ..errors import RankBehindError, RecoveryError
+from .. import layout as paths
 from . import layout
 
 NONE = -1  # "no acknowledged index known" in an exchanged row
@@ -152,12 +153,12 @@ def _behind_text(cut: Cut, root: Path) -> str:
 
 
 def _record_paths(root: Path, rank: int, source: int, index: int) -> str:
-    paths = []
+    files = []
     if source & FROM_OWN_RECORD:
-        paths.append(str(layout.rank_dir(root, rank) / layout.ACK_FILE))
+        files.append(str(paths.acknowledged_file(paths.rank_dir(root, rank))))
     if source & FROM_GROUP_RECORD:
-        paths.append(str(Path(root) / layout.GROUP_DIR / "snapshots" / f"{index:020d}.json"))
-    return f"rank {rank} records it in {' and '.join(paths) or 'its files'}"
+        files.append(str(paths.group_snapshots_dir(root) / f"{index:020d}.json"))
+    return f"rank {rank} records it in {' and '.join(files) or 'its files'}"
 
 
 def _blocked_text(cut: Cut, root: Path) -> str:

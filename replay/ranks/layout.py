@@ -1,4 +1,4 @@
-"""What a multi-rank journal keeps on disk, version 1.
+"""What a multi-rank journal keeps on disk, version 1 (the names: replay/layout.py).
 
 ::
 
@@ -38,16 +38,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import jsonfile
+from .. import jsonfile, layout as paths
 from ..errors import RecoveryError, ReplayError
 
 FORMAT = 1
-RANK_FILE = "rank.json"
-ACK_FILE = "acknowledged.json"
+RANK_FILE = paths.RANK_FILE  # re-exported: the names live in replay/layout.py
+ACK_FILE = paths.ACK_FILE
 ACK_WIDTH = 64  # bytes of acknowledged.json: fixed, so it is overwritten in place (write_acknowledged)
-GROUP_DIR = "group"
+GROUP_DIR = paths.GROUP_DIR
 RECORD_LIMIT = 64 * 1024  # a record names one manifest per rank: kilobytes, never more
-_RANK_DIR = re.compile(r"rank-(0|[1-9][0-9]{0,5})")
 _RECORD = re.compile(r"([0-9]{20})\.json")
 
 
@@ -66,18 +65,8 @@ class GlobalRecord:
     path: Path
 
 
-def rank_dir(root: str | os.PathLike, rank: int) -> Path:
-    """The directory of rank `rank`'s journal under `root`."""
-    return Path(root) / f"rank-{rank}"
-
-
-def ranks_on_disk(root: str | os.PathLike) -> list[int]:
-    """Sorted ranks whose ``rank-<r>`` directory exists under `root` ([] for none, or no `root`)."""
-    try:
-        names = os.listdir(root)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(int(m.group(1)) for n in names if (m := _RANK_DIR.fullmatch(n)) and (Path(root) / n).is_dir())
+rank_dir = paths.rank_dir  # re-exported
+ranks_on_disk = paths.ranks_on_disk  # re-exported
 
 
 def is_multirank(root: str | os.PathLike) -> bool:
@@ -99,7 +88,7 @@ def refuse_single_process(root: str | os.PathLike) -> None:
 
 def write_rank_record(rank_root: str | os.PathLike, rank: int, world_size: int) -> None:
     """Record durably that `rank_root` is rank `rank` of a group of `world_size`."""
-    jsonfile.write_durably(Path(rank_root) / RANK_FILE, {"format": FORMAT, "rank": rank, "world_size": world_size})
+    jsonfile.write_durably(paths.rank_file(rank_root), {"format": FORMAT, "rank": rank, "world_size": world_size})
 
 
 def read_rank_record(rank_root: str | os.PathLike) -> dict | None:
@@ -107,7 +96,7 @@ def read_rank_record(rank_root: str | os.PathLike) -> dict | None:
 
     RankRecordError naming the file when it is not a regular file, too large, not strict
     JSON, or lacks a non-negative int rank below a positive int world_size."""
-    path = Path(rank_root) / RANK_FILE
+    path = paths.rank_file(rank_root)
     doc = _read(path)
     if doc is None:
         return None
@@ -126,7 +115,7 @@ def write_acknowledged(rank_root: str | os.PathLike, index: int) -> None:
     Those bytes lie in the first sector of the file, which a disk writes whole, so a
     crash leaves the old record or the new one. Anything else at the path (another
     size, not a regular file) is replaced the first way."""
-    path = Path(rank_root) / ACK_FILE
+    path = paths.acknowledged_file(rank_root)
     data = json.dumps({"format": FORMAT, "index": index}, sort_keys=True).encode().ljust(ACK_WIDTH)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -166,7 +155,7 @@ def read_acknowledged(rank_root: str | os.PathLike) -> int | None:
 
     RankRecordError naming the file when it is not a regular file, too large, not strict
     JSON, or lacks a non-negative int index."""
-    path = Path(rank_root) / ACK_FILE
+    path = paths.acknowledged_file(rank_root)
     doc = _read(path)
     if doc is None:
         return None
@@ -186,7 +175,7 @@ def newest_global_record(root: str | os.PathLike) -> int | None:
 
 def write_global_record(root: str | os.PathLike, index: int, manifests: list[str]) -> Path:
     """Record durably that every rank committed its snapshot at `index` (`manifests`, by rank)."""
-    directory = Path(root) / GROUP_DIR / "snapshots"
+    directory = paths.group_snapshots_dir(root)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{index:020d}.json"
     jsonfile.write_durably(path, {"format": FORMAT, "index": index, "world_size": len(manifests),
@@ -196,7 +185,7 @@ def write_global_record(root: str | os.PathLike, index: int, manifests: list[str
 
 def remove_global_records(root: str | os.PathLike, keep: set[int]) -> None:
     """Delete the global records of snapshots whose index is not in `keep` (missing ones are fine)."""
-    directory = Path(root) / GROUP_DIR / "snapshots"
+    directory = paths.group_snapshots_dir(root)
     try:
         names = os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):
@@ -216,7 +205,7 @@ def read_global_records(root: str | os.PathLike) -> tuple[list[GlobalRecord], li
     Files whose names are not ``<20 digits>.json`` are ignored (temp files of a crashed
     write). A record is damaged when it is unreadable (replay.jsonfile), its fields are
     missing or mistyped, or its index does not match its name."""
-    directory = Path(root) / GROUP_DIR / "snapshots"
+    directory = paths.group_snapshots_dir(root)
     try:
         names = sorted(os.listdir(directory))
     except (FileNotFoundError, NotADirectoryError):

@@ -18,7 +18,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SUPERVISOR_DIR = "supervisor"
+from .. import layout
+
+SUPERVISOR_DIR = layout.SUPERVISOR_DIR  # re-exported: the names live in replay/layout.py
 ATTEMPTS = "attempts.jsonl"
 
 ENV_JOURNAL = "REPLAY_RUN_JOURNAL"   # the journal directory the supervisor watches (absolute)
@@ -27,7 +29,7 @@ ENV_LAST_CLASS = "REPLAY_RUN_LAST_CLASS"  # the previous attempt's class ("" on 
 
 
 def records_dir(journal_dir: str | os.PathLike) -> Path:
-    return Path(journal_dir) / SUPERVISOR_DIR
+    return layout.supervisor_dir(journal_dir)
 
 
 def heartbeat_path(records: Path, attempt: int, pid: int) -> Path:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from eventlog import EventLog, LogError
 
+from .. import layout as paths
 from ..ranks import layout as ranks_layout
 from . import layout, records
 from .child import Child, dump_stacks, oom_kills
@@ -56,10 +57,11 @@ def durable_index(journal_dir: Path) -> int:
     """The journal's durable progress: its log's last index (the minimum over ranks for a
     multi-rank journal); 0 when there is no log yet or it cannot be read."""
     ranks = ranks_layout.ranks_on_disk(journal_dir)
-    logs = [ranks_layout.rank_dir(journal_dir, r) / "log" for r in ranks] if ranks else [journal_dir / "log"]
+    roots = [ranks_layout.rank_dir(journal_dir, r) for r in ranks] if ranks else [journal_dir]
     indexes = []
-    for path in logs:
-        if not (path / "data.mdb").exists():
+    for root in roots:
+        path = paths.log_dir(root)
+        if not paths.log_data_file(root).exists():
             return 0
         try:
             with EventLog.open(path, readonly=True) as log:
