@@ -16,7 +16,7 @@ import lmdb
 from . import record, transfer, verification
 from .codec import encode_payload
 from .durability import DURABILITY_MODES
-from .environment import SharedEnv, check_same_process
+from .lmdbenv import SharedEnv, check_same_process
 from .errors import ClosedError, FormatError, LogError
 from .lmdbfile import STRUCTURAL_ERRORS, damaged
 from .locking import WriterLock, fsync_directory, refuse_network_filesystem

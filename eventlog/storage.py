@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import lmdb
 
 from . import meta, record
-from .environment import ReadTxn, SharedEnv
+from .lmdbenv import ReadTxn, SharedEnv
 from .errors import CorruptEntryError, FencedError, FormatError, LogError
 from .meta import Bounds
 

@@ -18,7 +18,7 @@ import lmdb
 from . import record
 from .codec import encode_payload
 from .durability import GroupFlusher, PeriodicSyncer
-from .environment import SharedEnv, check_same_process
+from .lmdbenv import SharedEnv, check_same_process
 from .archive import Archive
 from .errors import CompactedError, FencedError, SealedError
 from .health import WriterHealth

@@ -32,7 +32,7 @@ import xxhash
 import zstandard
 
 from eventlog import CorruptEntryError, DamagedSegmentError, EventLog, LogError, reader as reader_module, segment
-from eventlog import environment as environment_module
+from eventlog import lmdbenv
 from eventlog.archive import list_segments
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_archive]
@@ -390,7 +390,7 @@ def test_a_reader_without_a_lock_file_reads_only_while_no_writer_is_live(tmp_pat
     abort the process on an assertion (seen when such a reader ran beside the writer of
     the test above). So it reads only while no writer is live, and otherwise raises a
     LogError naming the writer's pid, at open and at any later read."""
-    monkeypatch.setattr(environment_module, "can_lock", lambda path: False)
+    monkeypatch.setattr(lmdbenv, "can_lock", lambda path: False)
     path = tmp_path / "log"
     with EventLog.open(path) as log:
         log.append_many([("step", {"i": i}) for i in range(1, 11)])

@@ -1,5 +1,8 @@
 """Process-level handling of LMDB environments: one shared handle per log directory,
-the gate that keeps map resizes away from open transactions, and short read transactions."""
+the gate that keeps map resizes away from open transactions, and short read transactions.
+
+(Named after LMDB's "environment", its handle on one data file; not to be confused with
+replay/environment.py, a journal's machine fingerprint.)"""
 
 from __future__ import annotations
 
