@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from .data import DataCursor
-from .demo import NUM_SAMPLES, MLP, synthetic_dataset, train_step as shared_train_step
+from .demo_model import NUM_SAMPLES, MLP, synthetic_dataset, train_step as shared_train_step
 from .determinism import fingerprint
 from .ops import Ops
 from .policies import Every
