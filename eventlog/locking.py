@@ -1,4 +1,11 @@
-"""The single-writer lock and the filesystem checks that LMDB's correctness depends on."""
+"""The single-writer lock and the filesystem checks that LMDB's correctness depends on.
+
+Why a copy: snapshots/locks.py has its own fork-safe flock (a forked child closes its
+inherited copies of held locks) because eventlog and snapshots may not import each other
+(DESIGN §2) and the two lock different things (a pid-stamped writer lock with takeover
+here; shared/exclusive store locks there); tests/test_twin_modules.py checks the fork
+behaviour of both with one test.
+"""
 
 from __future__ import annotations
 

@@ -5,8 +5,9 @@ with O_NOFOLLOW (a symlink is refused, never followed), O_NONBLOCK (a FIFO opens
 instead of waiting for a writer that never comes) and O_CLOEXEC, and the descriptor is
 checked with fstat to be a regular file no larger than the caller's bound before a byte
 is read. The check is on the descriptor, so nothing can be swapped in between.
-(eventlog depends on no other package of the project, so this is its own small copy of
-the rule the snapshot store follows.)
+Why a copy: snapshots/safefile.py holds the same rule, and eventlog and snapshots may not
+import each other (DESIGN §2), so each keeps its own; tests/test_twin_modules.py runs one
+test over both so they cannot drift.
 """
 
 from __future__ import annotations

@@ -10,6 +10,11 @@ trainer was killed, until the orphaned worker exits. Held locks are registered a
 child closes its copies right after fork (the parent's lock is untouched: an flock
 lives until the last descriptor of its open file is closed); O_CLOEXEC does the same
 for exec'ed children.
+
+Why a copy: eventlog/locking.py has the same fork rule for its writer lock, and eventlog
+and snapshots may not import each other (DESIGN §2); the two lock different things
+(shared/exclusive store locks here; a pid-stamped writer lock with takeover there), and
+tests/test_twin_modules.py checks the fork behaviour of both with one test.
 """
 
 from __future__ import annotations

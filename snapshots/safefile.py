@@ -6,6 +6,10 @@ O_NONBLOCK (a FIFO opens at once instead of waiting for a writer that never come
 O_CLOEXEC; the descriptor is then checked with fstat to be a regular file no larger than
 the caller's bound, before a single byte is read. The check is on the descriptor, so
 nothing can be swapped in between the check and the reads.
+
+Why a copy: eventlog/safefile.py holds the same rule, and eventlog and snapshots may not
+import each other (DESIGN §2), so each keeps its own; tests/test_twin_modules.py runs one
+test over both so they cannot drift.
 """
 
 from __future__ import annotations
