@@ -4,7 +4,8 @@ Each fixture under data/ is a tarball written by tests/golden/make_fixtures.py (
 ops and state of tests/golden/recipe.py) before the architecture refactor of issue 20.
 A test unpacks one into tmp and opens it with the public API only: Journal.open,
 EventLog.open(readonly=True), SnapshotStore.load, a restore from a file:// replica
-(Journal.open(replica=)), and the multi-rank audit (`replay verify`, `replay stats`). The
+(Journal.open(replica=)), the multi-rank audit (`replay verify`, `replay stats`) and the
+2-rank directory opened by two processes over gloo (tests/golden/rankopen.py). The
 expected values below are literal (indexes, terms, tensor bytes), not recomputed from
 the code under test: a change to an on-disk format or to recovery fails here.
 """
@@ -217,3 +218,27 @@ def test_each_rank_directory_rebuilds_its_state(tmp_path, rank):
     assert state_bytes(state) == RANK_STATES[rank]
     assert_reference(state, 12, rank)
     assert json.loads((root / f"rank-{rank}" / "rank.json").read_text()) == {"format": 1, "rank": rank, "world_size": 2}
+
+
+def test_the_group_opens_at_world_size_2(tmp_path):
+    """Two processes over gloo open the fixture as a multi-rank journal and recover it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root = unpack("ranks", tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.golden.rankopen", str(root), str(r), str(port),
+                               str(tmp_path / f"rank-{r}.json")], cwd=repo, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+    outputs = [p.communicate(timeout=100)[0].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    for r in range(2):
+        found = json.loads((tmp_path / f"rank-{r}.json").read_text())
+        assert found["index"] == 12 and found["after"] == 13
+        assert (found["w"], found["h"], found["counters"]) == RANK_STATES[r]
