@@ -165,19 +165,19 @@ def _holds_entries(log_dir: Path) -> bool:
 
 
 class Coordinator:
-    """One rank's share of a multi-rank journal's live agreements (module doc)."""
+    """One rank's share of a multi-rank journal's live agreements (module doc): the multi-rank
+    `replay.group.Group`, whose contracts (and call sequence) are written there."""
 
     def __init__(self, ranks: Collectives, root: Path, state: Mapping[str, Any], replicated: list[str],
-                 policy: Every, snapshotter, store, confirmed: int | None):
+                 policy: Every, store, confirmed: int | None):
         self.ranks = ranks
         self.root = root  # the group's directory (rank 0 writes its records there)
         self._state = state
         self.replicated = replicated
         self._by_index_only = policy.seconds is None and policy.log_bytes is None and policy.replay_seconds is None
-        self._snapshotter = snapshotter
+        self._snapshotter = None  # the journal's, once attached
         self._store = store
         self.confirmed = confirmed  # newest snapshot index every rank committed (None: none yet)
-        snapshotter.protected = confirmed
         self._rank_root = layout.rank_dir(root, ranks.rank)
         # The highest index this rank has recorded as durable on every rank (replay/ranks/cut.py);
         # recovery has already read and checked the record.
@@ -185,6 +185,26 @@ class Coordinator:
             self.acknowledged = layout.read_acknowledged(self._rank_root) or 0
         except layout.RankRecordError:
             self.acknowledged = 0
+
+    @property
+    def rank(self) -> int:
+        return self.ranks.rank
+
+    @property
+    def size(self) -> int:
+        return self.ranks.size
+
+    def attach(self, snapshotter) -> None:
+        """Serve the journal whose snapshots `snapshotter` takes: the confirmed one is protected."""
+        self._snapshotter = snapshotter
+        snapshotter.protected = self.confirmed
+
+    def after_handler_error(self, index: int, cause: BaseException, rebuild) -> BaseException:
+        """The state is not rebuilt: its replay needs the other ranks in lockstep (DDP's
+        collectives), and they are elsewhere (or a dead peer is why the handler raised). The
+        journal is poisoned by `cause` instead; reopening every rank recovers the group,
+        whose cut no longer includes `index` (invariant 11)."""
+        return cause
 
     def flush(self, local_durable: int) -> int:
         """The global durable index (the minimum of every rank's `local_durable`); confirms snapshots on the way."""
