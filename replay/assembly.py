@@ -90,9 +90,9 @@ def open_journal(cls, path, *, state, ops, snapshot, durability, deterministic, 
             # recovers the same bytes.
             journal._snapshotter.take(0, blocking=True)
         if preemption is not None:
-            journal._preemption = PreemptionHandler(preemption, journal._stop_for_preemption,
-                                                    journal._one_thread.busy, str(root))
-            journal._preemption.install()
+            journal._guards.preemption = PreemptionHandler(preemption, journal._stop_for_preemption,
+                                                           journal._guards.one_thread.busy, str(root))
+            journal._guards.preemption.install()
         link.start(root, log, store, journal._settled, interval=ship_interval, max_lag=max_replica_lag,
                    keep_extra=replica_keep_extra)
         link.await_claim(root, log.last_index,  # won, or ReplicaFencedError

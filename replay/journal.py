@@ -35,22 +35,22 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import snapshots
-from eventlog import Archive, EventLog, LogPoisonedError, decode_payload, encode_payload
+from eventlog import Archive, EventLog, decode_payload, encode_payload
 
 from . import assembly, components
 from .determinism import state_digest
 from .counting import StepCounter
 from .envelope import DIGEST_OP, unwrap, wrap
-from .errors import ClosedError, JournalPoisonedError, RankFailureError, ReplayError
+from .errors import JournalPoisonedError, ReplayError
 from .group import Group
 from .ops import Ops
 from .policies import Every, PolicyClock
-from .preemption import NoPreemption, Preemption
+from .guards import Guards
+from .preemption import Preemption
 from .recovery import RecoveryReport, Replayer
 from .rng_check import GlobalRngCheck
 from .snapshotter import Snapshotter, done
 from .supervisor.link import NoSupervisor, supervised_open
-from .threadguard import OneThreadAtATime
 
 DEFAULT_POLICY = Every(entries=1000, seconds=600)
 
@@ -231,6 +231,7 @@ class Journal:
         self.snapshots = store
         self.recovery = recovery
         self._replayer = replayer
+        self._guards = Guards(root)  # closed, poisoned, one thread, preemption (replay/guards.py)
         self._resources = resources
         self._digest_every = digest_every
         self._snapshot_on_close = snapshot_on_close
@@ -239,7 +240,7 @@ class Journal:
         self._clock.add(len(recovery.replayed), 0, recovery.replay_seconds)
         self._steps = StepCounter(recovery.counts, recovery.uncounted)
         self._snapshotter = Snapshotter(
-            root, log, store, lambda: components.capture(self.state, replayer.kinds), self._guarded,
+            root, log, store, lambda: components.capture(self.state, replayer.kinds), self._guards.guarded,
             keep_log=keep_log, asynchronous=async_snapshots, counts=self._steps.by_op, archived=archived)
         if recovery.snapshot is not None:
             self._snapshotter.covered = recovery.snapshot_index
@@ -247,10 +248,6 @@ class Journal:
         self._group = group
         group.attach(self._snapshotter)
         self._replica = replica
-        self._poison: BaseException | None = None
-        self._closed = False
-        self._one_thread = OneThreadAtATime()
-        self._preemption = NoPreemption()  # a PreemptionHandler, installed by open when asked for
         self._link = NoSupervisor()  # replay run's heartbeat and crash records (set by open when supervised)
         self._handler_failed = False  # whether the exception leaving apply is the handler's (or its payload's)
         self._rng_check = GlobalRngCheck("off")  # open sets the one asked for
@@ -309,7 +306,7 @@ class Journal:
     def durable_index(self) -> int:
         """Newest index of this rank's log that survives a power loss (see eventlog's durability
         modes); a multi-rank journal's global one is what `flush()` returns."""
-        self._check_usable()
+        self._guards.check_usable()
         return self.log.durable_index
 
     @property
@@ -377,7 +374,7 @@ class Journal:
             (6.0, 1, [2.0, 2.0, 2.0])
             >>> journal.close()
         """
-        with self._entered("apply"):
+        with self._guards.entered("apply"):
             try:
                 return self._apply(op, inputs, payload)
             except BaseException as exc:
@@ -389,7 +386,7 @@ class Journal:
                 self._handler_failed = False
 
     def _apply(self, op: str, inputs: Any, payload: dict) -> Any:
-        self._check_usable()
+        self._guards.check_usable()
         self._replica.gate(self.path, op, self._index)  # lag, fenced: refused before appending
         self._handler_failed = True  # until the entry is appended: a payload its op refuses
         spec = self.ops.check_payload(op, payload)
@@ -404,7 +401,7 @@ class Journal:
         inputs = spec.inputs_for(replayed, inputs)  # before appending: a failing rebuild leaves no entry
         self._handler_failed = False
         self._snapshotter.collect(block=False)
-        index = self._guarded(self._append_encoded, op, encoded)
+        index = self._guards.guarded(self._append_encoded, op, encoded)
         self._link.applying(op, index)
         started = time.perf_counter()
         try:
@@ -421,12 +418,12 @@ class Journal:
         self._clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
         if self._digest_every is not None and index % self._digest_every == 0:
             self._append_digest()
-        if self._collective(self._group.snapshot_due, self._clock, self._index):
+        if self._guards.collective(self._group.snapshot_due, self._clock, self._index):
             # Every rank takes it: the previous one is finished first (whether it is still in
             # flight differs between ranks), and confirmed across ranks on the way.
             self._clock.reset()
             self._snapshotter.collect(block=True)
-            self._collective(self._group.confirm)
+            self._guards.collective(self._group.confirm)
             self._snapshotter.take_for_policy(self._index)
         return result
 
@@ -436,9 +433,9 @@ class Journal:
     def _append_digest(self) -> None:
         started = time.perf_counter()
         digest = state_digest(self.state)
-        self._index = self._guarded(self.log.append, DIGEST_OP, wrap(1, {"digest": digest}))
+        self._index = self._guards.guarded(self.log.append, DIGEST_OP, wrap(1, {"digest": digest}))
         self._clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
-        self._collective(self._group.check_replicated, self._index)
+        self._guards.collective(self._group.check_replicated, self._index)
 
     def _roll_back(self, index: int, cause: BaseException) -> None:
         """Undo entry `index` whose handler raised: drop it from the log, rebuild the state at index - 1.
@@ -455,10 +452,10 @@ class Journal:
         try:
             self.log.truncate_after(index - 1)
             self._snapshotter.collect(block=True)
-            self._poison = self._group.after_handler_error(index, cause, functools.partial(
+            self._guards.poison = self._group.after_handler_error(index, cause, functools.partial(
                 self._replayer.recover, self.log, self.snapshots, at=index - 1, progress=False))
         except BaseException as exc:
-            self._poison = exc
+            self._guards.poison = exc
             raise JournalPoisonedError(
                 f"{self.path}: the handler of entry {index} raised ({type(cause).__name__}: {cause}) and rolling "
                 f"back failed ({type(exc).__name__}: {exc}); the live state is not trustworthy. Reopen the journal."
@@ -480,26 +477,17 @@ class Journal:
         confirms, across ranks, the newest snapshot every rank has committed."""
         if replica:
             self._replica.check_waitable(self.path)
-        with self._entered("flush"):
+        with self._guards.entered("flush"):
             durable = self._flush()
             if replica:
                 self._replica.wait(self._index, timeout)
             return durable
 
     def _flush(self) -> int:
-        self._check_usable()
-        self._guarded(self.log.flush)
+        self._guards.check_usable()
+        self._guards.guarded(self.log.flush)
         self._snapshotter.collect(block=False)
-        return self._collective(self._group.flush, self.log.durable_index)
-
-    def _collective(self, call, *args):
-        """Run a multi-rank agreement; a failed collective (a dead peer) poisons the journal:
-        the group is broken, and only a reopen of every rank recovers."""
-        try:
-            return call(*args)
-        except RankFailureError as exc:
-            self._poison = exc
-            raise
+        return self._guards.collective(self._group.flush, self.log.durable_index)
 
     def snapshot(self, *, wait: bool = False) -> Future:
         """Snapshot the state at the current index; return a future of its SnapshotInfo.
@@ -514,13 +502,13 @@ class Journal:
         returns. With wait=True (or async_snapshots=False) the future is done on return,
         and a failure raises here instead of from ``result()``.
         """
-        with self._entered("snapshot"):
+        with self._guards.entered("snapshot"):
             return self._snapshot(wait)
 
     def _snapshot(self, wait: bool) -> Future:
-        self._check_usable()
+        self._guards.check_usable()
         self._snapshotter.collect(block=True)
-        self._collective(self._group.confirm)
+        self._guards.collective(self._group.confirm)
         existing = self._snapshot_at_index()
         if existing is not None:
             return done(existing)
@@ -555,9 +543,9 @@ class Journal:
         when a peer is gone. Leaving a ``with`` block on an exception closes this rank
         alone, with no collective: the other ranks may be anywhere.
         """
-        if self._closed:
+        if self._guards.closed:
             return
-        with self._entered("close"):
+        with self._guards.entered("close"):
             self._link.phase("closing", self._index)
             self._close(snapshot, strict=snapshot is True)
 
@@ -568,26 +556,27 @@ class Journal:
         (False when an exception is unwinding: the others may be anywhere). `deadline`
         (monotonic seconds, from a preemption's `grace`): the replica's last round gets what
         is left of it (replay.replica.link.final_round_timeout), never more."""
-        if self._closed:
+        if self._guards.closed:
             return
         try:
-            if self._poison is None:
+            if self._guards.poison is None:
                 self._snapshotter.collect(block=True)
                 if (self._snapshot_on_close if snapshot is None else snapshot) and self._snapshot_at_index() is None:
                     if strict:
                         self._snapshotter.take(self._index, blocking=True)
                     else:
                         self._snapshotter.take_for_policy(self._index, blocking=True)
-                self._guarded(self.log.flush)
+                self._guards.guarded(self.log.flush)
                 if together:
-                    self._collective(self._group.flush, self.log.durable_index)
+                    self._guards.collective(self._group.flush, self.log.durable_index)
                 self._replica.close(deadline, grace)  # one last round: the final snapshot too
         finally:
             self._release()
 
     def _stop_for_preemption(self) -> None:
         """A preemption signal's clean stop (replay/preemption.py): snapshot the last index, flush, release."""
-        self._close(True, strict=False, deadline=self._preemption.deadline, grace=self._preemption.grace)
+        preemption = self._guards.preemption
+        self._close(True, strict=False, deadline=preemption.deadline, grace=preemption.grace)
 
     def abandon(self) -> None:
         """Drop the journal as a killed process would: no flush, no final snapshot. Idempotent.
@@ -597,77 +586,44 @@ class Journal:
         ignored): in one process its thread would otherwise race the next open's store,
         where a real kill would have ended it. For crash tests and `replay.testing`.
         """
-        if self._closed:
+        if self._guards.closed:
             return
-        with self._one_thread.entered("abandon"):
+        with self._guards.one_thread.entered("abandon"):
             self._snapshotter.abandon()
             self._release()
 
     def _release(self) -> None:
         """Stop the follow-up thread, then close the store, the log and the determinism guard.
         The first failure is raised unless the journal is already poisoned."""
-        self._closed = True
+        self._guards.closed = True
         self._link.close()
-        self._preemption.closed()  # the previous signal handlers come back
+        self._guards.preemption.closed()  # the previous signal handlers come back
         self._replica.release()  # before the log closes under it (idempotent after close's round)
         self._snapshotter.close()
         try:
             self._resources.close()
         except Exception:
-            if self._poison is None:
+            if self._guards.poison is None:
                 raise
 
     def __enter__(self) -> "Journal":
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
-        if self._closed:
+        if self._guards.closed:
             return
         if kind is None:
             self.close()
             return
         # The other ranks may be anywhere (in a collective of their own, or dead): close
         # locally, with no collective that could pair with the wrong one.
-        with self._entered("close"):
+        with self._guards.entered("close"):
             self._link.phase("closing", self._index)
             self._close(None, strict=False, together=False)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("poisoned" if self._poison else f"index {self._index}")
+        state = "closed" if self._guards.closed else ("poisoned" if self._guards.poison else f"index {self._index}")
         return f"<Journal {self.path} {state}>"
-
-    # ------------------------------------------------------------------ guards
-
-    @contextlib.contextmanager
-    def _entered(self, what: str):
-        """One thread at a time; when the call returns (or raises), a preemption signal that
-        arrived during it stops the journal (replay/preemption.py)."""
-        raised = None
-        try:
-            with self._one_thread.entered(what):
-                yield
-        except BaseException as exc:
-            raised = exc  # stopping for a signal replaces it: after_call reports it first
-            raise
-        finally:
-            self._preemption.after_call(raised)
-
-    def _check_usable(self) -> None:
-        if self._closed:
-            raise ClosedError(f"journal {self.path} is closed")
-        if self._poison is not None:
-            raise JournalPoisonedError(
-                f"journal {self.path} refuses further work: {type(self._poison).__name__}: {self._poison}. "
-                "Reopen it to recover the durable prefix."
-            ) from self._poison
-
-    def _guarded(self, call, *args):
-        """Run a log call; a poisoned log poisons the journal (nothing may be retried)."""
-        try:
-            return call(*args)
-        except LogPoisonedError as exc:
-            self._poison = exc
-            raise JournalPoisonedError(f"journal {self.path}: the log failed a write or sync: {exc}") from exc
 
 
 __all__ = ["Journal", "ReplayError"]
