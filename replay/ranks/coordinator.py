@@ -100,7 +100,7 @@ def warn_about_shared_store() -> None:
     if os.environ.get("TORCHELASTIC_RUN_ID") and os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1":
         warnings.warn("running under torchrun without TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: after a rank dies, the "
                       "restarted group may hang in init_process_group reading the dead group's addresses "
-                      "(pytorch/pytorch#135712); set it in torchrun's environment", RuntimeWarning, stacklevel=4)
+                      "(pytorch/pytorch#135712); set it in torchrun's environment", RuntimeWarning, stacklevel=5)
 
 
 def replicated_components(state: Mapping[str, Any], names: Iterable[str] | None) -> list[str]:
@@ -138,7 +138,7 @@ def warn_about_bucket_rebuild(state: Mapping[str, Any], world_size: int) -> None
             warnings.warn(f"state component {name!r} is a DistributedDataParallel that rebuilds its gradient buckets "
                           f"after its first step; with {world_size} ranks a resumed run then sums gradients in another "
                           "order and replay is not bit-exact. Build it with find_unused_parameters=True (its buckets "
-                          "then stay as first built)", RuntimeWarning, stacklevel=3)
+                          "then stay as first built)", RuntimeWarning, stacklevel=4)
 
 
 def compare_replicated(ranks: Collectives, state: Mapping[str, Any], replicated: list[str], index: int) -> None:

@@ -100,12 +100,12 @@ def await_claim(shipper: Shipper, root: Path, last_index: int, cut_through: int 
             warnings.warn(f"journal {root}: replica {shipper.url} holds this journal's entries through index "
                           f"{head.index}, beyond its last index {last_index} here (the directory went back in time, "
                           f"or was truncated by an operator): the replica moves back to this copy's history and "
-                          f"abandons entries {last_index + 1}..{head.index}", RuntimeWarning, stacklevel=3)
+                          f"abandons entries {last_index + 1}..{head.index}", RuntimeWarning, stacklevel=5)
         return
     reason = shipper.status().last_error or f"no answer in {timeout} s"
     warnings.warn(f"journal {root}: replica {shipper.url} could not decide the claim at open ({reason}); training "
                   "goes on locally, the claim is retried in the background, and apply raises ReplicaFencedError "
-                  "if another writer turns out to hold the replica", RuntimeWarning, stacklevel=3)
+                  "if another writer turns out to hold the replica", RuntimeWarning, stacklevel=5)
 
 
 def start_shipping(store: ObjectStore, root: Path, log, snapshots, settled: Callable[[], int], *,
