@@ -45,11 +45,12 @@ from .errors import JournalPoisonedError, ReplayError
 from .group import Group
 from .ops import Ops
 from .policies import Every, PolicyClock
+from .cadence import Cadence
 from .guards import Guards
 from .preemption import Preemption
 from .recovery import RecoveryReport, Replayer
 from .rng_check import GlobalRngCheck
-from .snapshotter import Snapshotter, done
+from .snapshotter import Snapshotter
 from .supervisor.link import NoSupervisor, supervised_open
 
 DEFAULT_POLICY = Every(entries=1000, seconds=600)
@@ -236,8 +237,8 @@ class Journal:
         self._digest_every = digest_every
         self._snapshot_on_close = snapshot_on_close
         self._index = recovery.replayed.stop - 1 if len(recovery.replayed) else recovery.snapshot_index
-        self._clock = PolicyClock(policy)
-        self._clock.add(len(recovery.replayed), 0, recovery.replay_seconds)
+        clock = PolicyClock(policy)
+        clock.add(len(recovery.replayed), 0, recovery.replay_seconds)
         self._steps = StepCounter(recovery.counts, recovery.uncounted)
         self._snapshotter = Snapshotter(
             root, log, store, lambda: components.capture(self.state, replayer.kinds), self._guards.guarded,
@@ -247,6 +248,7 @@ class Journal:
             self._snapshotter.committed = (recovery.snapshot.index, recovery.snapshot.term)
         self._group = group
         group.attach(self._snapshotter)
+        self._cadence = Cadence(self._snapshotter, store, group, clock, self._guards.collective)
         self._replica = replica
         self._link = NoSupervisor()  # replay run's heartbeat and crash records (set by open when supervised)
         self._handler_failed = False  # whether the exception leaving apply is the handler's (or its payload's)
@@ -415,16 +417,10 @@ class Journal:
         self._index = index
         self._link.applied(index)
         self._steps.add(op)
-        self._clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
+        self._cadence.clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
         if self._digest_every is not None and index % self._digest_every == 0:
             self._append_digest()
-        if self._guards.collective(self._group.snapshot_due, self._clock, self._index):
-            # Every rank takes it: the previous one is finished first (whether it is still in
-            # flight differs between ranks), and confirmed across ranks on the way.
-            self._clock.reset()
-            self._snapshotter.collect(block=True)
-            self._guards.collective(self._group.confirm)
-            self._snapshotter.take_for_policy(self._index)
+        self._cadence.after_entry(self._index)
         return result
 
     def _append_encoded(self, op: str, encoded: bytes) -> int:
@@ -434,7 +430,7 @@ class Journal:
         started = time.perf_counter()
         digest = state_digest(self.state)
         self._index = self._guards.guarded(self.log.append, DIGEST_OP, wrap(1, {"digest": digest}))
-        self._clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
+        self._cadence.clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
         self._guards.collective(self._group.check_replicated, self._index)
 
     def _roll_back(self, index: int, cause: BaseException) -> None:
@@ -503,25 +499,8 @@ class Journal:
         and a failure raises here instead of from ``result()``.
         """
         with self._guards.entered("snapshot"):
-            return self._snapshot(wait)
-
-    def _snapshot(self, wait: bool) -> Future:
-        self._guards.check_usable()
-        self._snapshotter.collect(block=True)
-        self._guards.collective(self._group.confirm)
-        existing = self._snapshot_at_index()
-        if existing is not None:
-            return done(existing)
-        self._clock.reset()
-        return self._snapshotter.take(self._index, blocking=wait or not self._snapshotter.asynchronous)
-
-    def _snapshot_at_index(self):
-        """The committed snapshot this journal took (or recovered from) at the current index, or None."""
-        if self._snapshotter.covered == self._index:
-            newest = self.snapshots.list()
-            if newest and newest[-1].index == self._index:
-                return newest[-1]
-        return None
+            self._guards.check_usable()
+            return self._cadence.take(self._index, wait)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -560,12 +539,7 @@ class Journal:
             return
         try:
             if self._guards.poison is None:
-                self._snapshotter.collect(block=True)
-                if (self._snapshot_on_close if snapshot is None else snapshot) and self._snapshot_at_index() is None:
-                    if strict:
-                        self._snapshotter.take(self._index, blocking=True)
-                    else:
-                        self._snapshotter.take_for_policy(self._index, blocking=True)
+                self._cadence.final(self._index, self._snapshot_on_close if snapshot is None else snapshot, strict)
                 self._guards.guarded(self.log.flush)
                 if together:
                     self._guards.collective(self._group.flush, self.log.durable_index)
