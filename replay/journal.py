@@ -1,27 +1,11 @@
 """Journal: the event-sourced state a user touches — apply ops write-ahead, snapshot, recover.
 
-One directory holds everything (a multi-rank journal: one such directory per rank)::
-
-    DIR/log/               the eventlog (every applied op, in order, checksum-chained)
-    DIR/snapshots/         the snapshot store (each snapshot's meta records its last applied index)
-    DIR/environment.json   the machine and library fingerprint the journal was created in
-                           (replay.environment; compared at each open)
-    DIR/replica.json       with replica=: the term this copy last wrote the replica under
-                           (replay/replica/FORMAT.md, "Fencing")
-    DIR/supervisor/        replay run's heartbeat and crash records (replay.supervisor)
-
-A multi-rank journal (group=) holds one directory per rank beside the group's records::
-
-    DIR/rank-<r>/                    rank r's journal, laid out as above, plus:
-    DIR/rank-<r>/rank.json           its rank and the world size that created it
-    DIR/rank-<r>/acknowledged.json   the newest index this rank knows durable on every rank
-    DIR/group/                       rank 0's global records of the snapshots every rank
-                                     committed (audits only; replay.ranks.layout)
-
 A Journal is used from one thread at a time and never across fork(). Its snapshots are
 taken by a `Snapshotter` (replay/snapshotter.py), whose follow-up thread commits, prunes
-and compacts while training goes on. The numbered invariants cited here are in
-replay/INVARIANTS.md.
+and compacts while training goes on; when is decided by its `Cadence` (replay/cadence.py).
+What the ranks must agree on goes through its `Group` (replay/group.py), the replica
+through its link (replay/replica/link.py), and it is built by replay/assembly.py. The
+numbered invariants cited here are in replay/INVARIANTS.md.
 """
 
 from __future__ import annotations
@@ -38,15 +22,15 @@ import snapshots
 from eventlog import Archive, EventLog, decode_payload, encode_payload
 
 from . import assembly, components
-from .determinism import state_digest
+from .cadence import Cadence
 from .counting import StepCounter
+from .determinism import state_digest
 from .envelope import DIGEST_OP, unwrap, wrap
 from .errors import JournalPoisonedError, ReplayError
 from .group import Group
+from .guards import Guards
 from .ops import Ops
 from .policies import Every, PolicyClock
-from .cadence import Cadence
-from .guards import Guards
 from .preemption import Preemption
 from .recovery import RecoveryReport, Replayer
 from .rng_check import GlobalRngCheck
@@ -62,6 +46,25 @@ class Journal:
     Open with `Journal.open`; see its contract. Attributes: ``state`` (the components),
     ``ops``, ``log`` (the EventLog), ``snapshots`` (the SnapshotStore), ``recovery``
     (RecoveryReport of the open), ``index`` (last applied entry), ``last_snapshot_error``.
+
+    One directory holds everything (a multi-rank journal: one such directory per rank)::
+
+        DIR/log/               the eventlog (every applied op, in order, checksum-chained)
+        DIR/snapshots/         the snapshot store (each snapshot's meta records its last applied index)
+        DIR/environment.json   the machine and library fingerprint the journal was created in
+                               (replay.environment; compared at each open)
+        DIR/replica.json       with replica=: which owner this journal writes the replica as, or
+                               which head it was restored from (replay/replica/FORMAT.md, "Fencing")
+        DIR/supervisor/        replay run's heartbeat and crash records (replay.supervisor; a
+                               multi-rank journal's are in the group's directory)
+
+    A multi-rank journal (group=) holds one directory per rank beside the group's records::
+
+        DIR/rank-<r>/                    rank r's journal, laid out as above, plus:
+        DIR/rank-<r>/rank.json           its rank and the world size that created it
+        DIR/rank-<r>/acknowledged.json   the newest index this rank knows durable on every rank
+        DIR/group/                       rank 0's global records of the snapshots every rank
+                                         committed (audits only; replay.ranks.layout)
     """
 
     @classmethod

@@ -244,3 +244,22 @@ class TestCoordinator(GroupContract):
         group = self.make(tmp_path, replay.Every(entries=4), snapshotter)
         group.confirm()
         assert snapshotter.protected == 4 and group.confirmed == 4
+
+
+def test_the_journal_never_asks_which_group_replica_or_preemption_it_holds():
+    """The seam holds: journal.py imports nothing of replay.ranks or replay.replica, and never
+    checks whether it has a group, a replica or a preemption (replay/assembly.py decides)."""
+    import ast
+
+    import replay.journal
+
+    tree = ast.parse(Path(replay.journal.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):  # `from .ranks import x`, `from . import replica`
+            imported |= {node.module} if node.module else {alias.name for alias in node.names}
+    assert not {name for name in imported if name.startswith(("ranks", "replica"))}, imported
+    asked = [ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Compare)
+             and any(isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops)
+             and any(word in ast.unparse(node.left) for word in ("group", "replica", "shipper", "preemption"))]
+    assert not asked, asked
