@@ -582,7 +582,7 @@ def main(argv) -> int:
     rng = random.Random(14)
     results = {
         "benchmark": "replica",
-        "machine": machine_info(work.root, ("replay/replica", "replay/journal.py", "replay/replication.py",
+        "machine": machine_info(work.root, ("replay/replica", "replay/journal.py", "replay/assembly.py", "replay/group.py",
                                             "eventlog"), moto=moto.__version__, obstore=obstore.__version__,
                                 torch=torch.__version__),
         "config": {"quick": quick, "overhead_repeats": repeats, "overhead_steps": steps, "backlog_mib": mib,

@@ -1,14 +1,11 @@
 """Journal: the event-sourced state a user touches — apply ops write-ahead, snapshot, recover.
 
-One directory holds everything::
-
-    DIR/log/         the eventlog (every applied op, in order, checksum-chained)
-    DIR/snapshots/   the snapshot store (each snapshot's meta records its last applied index)
-
 A Journal is used from one thread at a time and never across fork(). Its snapshots are
 taken by a `Snapshotter` (replay/snapshotter.py), whose follow-up thread commits, prunes
-and compacts while training goes on. The numbered invariants cited here are in
-replay/INVARIANTS.md.
+and compacts while training goes on; when is decided by its `Cadence` (replay/cadence.py).
+What the ranks must agree on goes through its `Group` (replay/group.py), the replica
+through its link (replay/replica/link.py), and it is built by replay/assembly.py. The
+numbered invariants cited here are in replay/INVARIANTS.md.
 """
 
 from __future__ import annotations
@@ -17,36 +14,28 @@ import contextlib
 import functools
 import os
 import time
-import warnings
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Mapping
 
 import snapshots
-import torch
-from eventlog import Archive, EventLog, LogPoisonedError, decode_payload, encode_payload
+from eventlog import Archive, EventLog, decode_payload, encode_payload
 
-from . import components
-from .determinism import state_digest
+from . import assembly, components
+from .cadence import Cadence
 from .counting import StepCounter
+from .determinism import state_digest
 from .envelope import DIGEST_OP, unwrap, wrap
-from . import replication
-from .errors import ClosedError, JournalPoisonedError, RankFailureError, ReplayError
-from .replica.errors import ReplicaFencedError
-from .replica.status import ReplicaLagError
-from .opening import check_options, open_and_recover, refuse_to_reinitialise
+from .errors import JournalPoisonedError, ReplayError
+from .group import Group
+from .guards import Guards
 from .ops import Ops
 from .policies import Every, PolicyClock
-from .preemption import Preemption, PreemptionHandler
+from .preemption import Preemption
 from .recovery import RecoveryReport, Replayer
 from .rng_check import GlobalRngCheck
-from .ranks import layout as ranks_layout
-from .ranks.collectives import Collectives
-from .ranks.coordinator import (Coordinator, compare_replicated, join, replicated_components,
-                                warn_about_bucket_rebuild)
-from .snapshotter import Snapshotter, done
+from .snapshotter import Snapshotter
 from .supervisor.link import NoSupervisor, supervised_open
-from .threadguard import OneThreadAtATime
 
 DEFAULT_POLICY = Every(entries=1000, seconds=600)
 
@@ -57,6 +46,25 @@ class Journal:
     Open with `Journal.open`; see its contract. Attributes: ``state`` (the components),
     ``ops``, ``log`` (the EventLog), ``snapshots`` (the SnapshotStore), ``recovery``
     (RecoveryReport of the open), ``index`` (last applied entry), ``last_snapshot_error``.
+
+    One directory holds everything (a multi-rank journal: one such directory per rank)::
+
+        DIR/log/               the eventlog (every applied op, in order, checksum-chained)
+        DIR/snapshots/         the snapshot store (each snapshot's meta records its last applied index)
+        DIR/environment.json   the machine and library fingerprint the journal was created in
+                               (replay.environment; compared at each open)
+        DIR/replica.json       with replica=: which owner this journal writes the replica as, or
+                               which head it was restored from (replay/replica/FORMAT.md, "Fencing")
+        DIR/supervisor/        replay run's heartbeat and crash records (replay.supervisor; a
+                               multi-rank journal's are in the group's directory)
+
+    A multi-rank journal (group=) holds one directory per rank beside the group's records::
+
+        DIR/rank-<r>/                    rank r's journal, laid out as above, plus:
+        DIR/rank-<r>/rank.json           its rank and the world size that created it
+        DIR/rank-<r>/acknowledged.json   the newest index this rank knows durable on every rank
+        DIR/group/                       rank 0's global records of the snapshots every rank
+                                         committed (audits only; replay.ranks.layout)
     """
 
     @classmethod
@@ -203,97 +211,23 @@ class Journal:
             ...     print(journal.recovery.snapshot_index, journal.count(), journal.state["w"].tolist())
             1 1 [1.5, 1.5]
         """
-        check_options(snapshot=snapshot, digest_every=digest_every, preemption=preemption,
-                      environment_policy=environment)
-        kinds = components.check_state(state)
-        rng = GlobalRngCheck(rng_check, str(path))  # ValueError before anything is created
-        root = Path(path)
-        ranks = None
-        if group is None:
-            ranks_layout.refuse_single_process(root)
-        else:
-            if preemption is not None:
-                raise ValueError("preemption= is not supported with group= (the ranks would stop at different calls)")
-            ranks = Collectives(group)
-            replicated = replicated_components(state, replicated)
-            warn_about_bucket_rebuild(state, ranks.size)
-        replica_store, restored = None, None
-        if replica is not None:
-            replica_store = replication.open_replica(
-                replication.rank_url(replica, None if ranks is None else ranks.rank), replica_options)
-            try:
-                restored = replication.restore_if_empty(root if ranks is None else ranks_layout.rank_dir(root, ranks.rank),
-                                                        replica_store)
-            except BaseException:
-                replica_store.close()
-                raise
-        if ranks is not None:
-            root = join(ranks, root)
-        refuse_to_reinitialise(root)
-        root.mkdir(parents=True, exist_ok=True)
-        replayer = Replayer(ops, state, torch.device(device) if device is not None else None, kinds)
-        if ranks is not None:  # replay checks them too (invariant 13)
-            replayer.on_digest = functools.partial(compare_replicated, ranks, state, replicated)
-        try:
-            log, store, recovery, resources = open_and_recover(
-                root, replayer, keep_last=keep_last, durability=durability, takeover=takeover,
-                deterministic=deterministic, progress=progress, archive=archive, environment_policy=environment,
-                keep_log=keep_log, ranks=ranks)
-        except BaseException:
-            if replica_store is not None:
-                replica_store.close()
-            raise
-        recovery.restored = restored
-        journal = cls(root, replayer, log, store, recovery, resources, policy=snapshot,
-                      digest_every=digest_every, keep_log=keep_log, async_snapshots=async_snapshots,
-                      snapshot_on_close=snapshot_on_close, archived=archive is not None)
-        journal._rng_check = rng
-        if ranks is not None:
-            journal._group = Coordinator(ranks, Path(path), state, replicated, snapshot, journal._snapshotter,
-                                         store, recovery.snapshot_index if recovery.snapshot is not None else None)
-            replayer.on_digest = journal._group.check_replicated  # a rollback's replay: a test can wrap it
-        if recovery.uncounted:
-            warnings.warn(f"{root}: {recovery.uncounted} entries under a snapshot that predates step counts are no "
-                          "longer in the log; journal.count() counts them as user entries (replay.counting)",
-                          RuntimeWarning, stacklevel=2)
-        try:
-            if recovery.snapshot is None and log.last_index == 0:
-                # The initial state is the base every replay starts from; persisting it means
-                # a user who builds it differently next time (another random init) still
-                # recovers the same bytes.
-                journal._snapshotter.take(0, blocking=True)
-            if preemption is not None:
-                journal._preemption = PreemptionHandler(preemption, journal._stop_for_preemption,
-                                                        journal._one_thread.busy, str(root))
-                journal._preemption.install()
-            if replica_store is not None:
-                store_to_ship, replica_store = replica_store, None
-                journal._shipper = replication.start_shipping(
-                    store_to_ship, root, log, store, journal._settled, interval=ship_interval, max_lag=max_replica_lag,
-                    keep_extra=replica_keep_extra)
-                replication.await_claim(journal._shipper, root, log.last_index,  # won, or ReplicaFencedError
-                                        max((i for i, _ in recovery.truncated), default=0))
-        except BaseException as exc:
-            if replica_store is not None:
-                replica_store.close()
-            journal._release()
-            if ranks is not None and isinstance(exc, Exception):
-                ranks.agree(exc, "opening the journal")  # the others raise too; this re-raises exc
-            raise
-        if ranks is not None:
-            try:
-                ranks.agree(None, "opening the journal")  # no rank applies before every rank has opened
-            except BaseException:
-                journal._release()
-                raise
-        return journal
+        return assembly.open_journal(
+            cls, path, state=state, ops=ops, snapshot=snapshot, durability=durability, deterministic=deterministic,
+            digest_every=digest_every, keep_last=keep_last, keep_log=keep_log, async_snapshots=async_snapshots,
+            progress=progress, device=device, takeover=takeover, snapshot_on_close=snapshot_on_close,
+            archive=archive, preemption=preemption, environment=environment, group=group, replicated=replicated,
+            replica=replica, replica_options=replica_options, ship_interval=ship_interval,
+            max_replica_lag=max_replica_lag, replica_keep_extra=replica_keep_extra, rng_check=rng_check)
 
     def __init__(self, root: Path, replayer: Replayer, log: EventLog, store: snapshots.SnapshotStore,
-                 recovery: RecoveryReport, resources: contextlib.ExitStack, *, policy: Every,
-                 digest_every: int | None, keep_log: bool, async_snapshots: bool, snapshot_on_close: bool = True,
-                 archived: bool = True):
-        """Use `Journal.open`. Takes over the opened `log` and `store` (`resources` releases
-        them and the determinism guard) with `state` already recovered per `recovery`."""
+                 recovery: RecoveryReport, resources: contextlib.ExitStack, *, group: Group, replica,
+                 policy: Every, digest_every: int | None, keep_log: bool, async_snapshots: bool,
+                 snapshot_on_close: bool = True, archived: bool = True):
+        """Use `Journal.open` (replay/assembly.py builds the parts). Takes over the opened `log`
+        and `store` (`resources` releases them and the determinism guard) with `state` already
+        recovered per `recovery`; `group` (replay.group) is what the ranks agree through,
+        `replica` the replica link (replay.replica.link: a ReplicaLink or NoReplica), started
+        once the journal is built."""
         self.path = root
         self.state = replayer.state
         self.ops = replayer.ops
@@ -301,25 +235,24 @@ class Journal:
         self.snapshots = store
         self.recovery = recovery
         self._replayer = replayer
+        self._guards = Guards(root)  # closed, poisoned, one thread, preemption (replay/guards.py)
         self._resources = resources
         self._digest_every = digest_every
         self._snapshot_on_close = snapshot_on_close
         self._index = recovery.replayed.stop - 1 if len(recovery.replayed) else recovery.snapshot_index
-        self._clock = PolicyClock(policy)
-        self._clock.add(len(recovery.replayed), 0, recovery.replay_seconds)
+        clock = PolicyClock(policy)
+        clock.add(len(recovery.replayed), 0, recovery.replay_seconds)
         self._steps = StepCounter(recovery.counts, recovery.uncounted)
         self._snapshotter = Snapshotter(
-            root, log, store, lambda: components.capture(self.state, replayer.kinds), self._guarded,
+            root, log, store, lambda: components.capture(self.state, replayer.kinds), self._guards.guarded,
             keep_log=keep_log, asynchronous=async_snapshots, counts=self._steps.by_op, archived=archived)
         if recovery.snapshot is not None:
             self._snapshotter.covered = recovery.snapshot_index
             self._snapshotter.committed = (recovery.snapshot.index, recovery.snapshot.term)
-        self._group: Coordinator | None = None  # a multi-rank journal's agreements (set by open)
-        self._shipper = None  # a replica's Shipper (set by open with replica=)
-        self._poison: BaseException | None = None
-        self._closed = False
-        self._one_thread = OneThreadAtATime()
-        self._preemption: PreemptionHandler | None = None  # installed by open when asked for
+        self._group = group
+        group.attach(self._snapshotter)
+        self._cadence = Cadence(self._snapshotter, store, group, clock, self._guards.collective)
+        self._replica = replica
         self._link = NoSupervisor()  # replay run's heartbeat and crash records (set by open when supervised)
         self._handler_failed = False  # whether the exception leaving apply is the handler's (or its payload's)
         self._rng_check = GlobalRngCheck("off")  # open sets the one asked for
@@ -352,13 +285,13 @@ class Journal:
         It trails `index` by up to ``ship_interval`` seconds of entries (and by what is not
         yet durable); ``flush(replica=True)`` waits until it reaches the current index. It
         may go down after the log is truncated (a rolled-back entry)."""
-        return None if self._shipper is None else self._shipper.index
+        return self._replica.index
 
     @property
     def replica_status(self):
         """The replica's state (replay.replica.status.ReplicaStatus: index, lag in entries and
         seconds, fenced, last error, uploads); None without a replica."""
-        return None if self._shipper is None else self._shipper.status()
+        return self._replica.status()
 
     def _settled(self) -> int:
         """What may ship: applied and durable (read by the shipper's thread)."""
@@ -367,18 +300,18 @@ class Journal:
     @property
     def rank(self) -> int:
         """This process's rank in the journal's group (0 for a single-process journal)."""
-        return 0 if self._group is None else self._group.ranks.rank
+        return self._group.rank
 
     @property
     def world_size(self) -> int:
         """The number of ranks writing the journal (1 for a single-process journal)."""
-        return 1 if self._group is None else self._group.ranks.size
+        return self._group.size
 
     @property
     def durable_index(self) -> int:
         """Newest index of this rank's log that survives a power loss (see eventlog's durability
         modes); a multi-rank journal's global one is what `flush()` returns."""
-        self._check_usable()
+        self._guards.check_usable()
         return self.log.durable_index
 
     @property
@@ -446,7 +379,7 @@ class Journal:
             (6.0, 1, [2.0, 2.0, 2.0])
             >>> journal.close()
         """
-        with self._entered("apply"):
+        with self._guards.entered("apply"):
             try:
                 return self._apply(op, inputs, payload)
             except BaseException as exc:
@@ -458,15 +391,8 @@ class Journal:
                 self._handler_failed = False
 
     def _apply(self, op: str, inputs: Any, payload: dict) -> Any:
-        self._check_usable()
-        if self._shipper is not None:
-            refused = self._shipper.error
-            if isinstance(refused, ReplicaLagError):
-                raise refused  # max_replica_lag: refused before anything is appended
-            if isinstance(refused, ReplicaFencedError):  # never a silent fork: refused before appending
-                raise ReplicaFencedError(refused.url, f"{refused.detail}. Journal {self.path}: apply({op!r}) refused "
-                                                      f"at index {self._index}, nothing appended", owner=refused.owner,
-                                         index=refused.index, term=refused.term) from refused
+        self._guards.check_usable()
+        self._replica.gate(self.path, op, self._index)  # lag, fenced: refused before appending
         self._handler_failed = True  # until the entry is appended: a payload its op refuses
         spec = self.ops.check_payload(op, payload)
         if inputs is not None and not spec.takes_inputs:
@@ -480,7 +406,7 @@ class Journal:
         inputs = spec.inputs_for(replayed, inputs)  # before appending: a failing rebuild leaves no entry
         self._handler_failed = False
         self._snapshotter.collect(block=False)
-        index = self._guarded(self._append_encoded, op, encoded)
+        index = self._guards.guarded(self._append_encoded, op, encoded)
         self._link.applying(op, index)
         started = time.perf_counter()
         try:
@@ -494,20 +420,10 @@ class Journal:
         self._index = index
         self._link.applied(index)
         self._steps.add(op)
-        self._clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
+        self._cadence.clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
         if self._digest_every is not None and index % self._digest_every == 0:
             self._append_digest()
-        if self._group is None:
-            if self._clock.due() and not self._snapshotter.in_flight:
-                self._clock.reset()
-                self._snapshotter.take_for_policy(self._index)
-        elif self._collective(self._group.snapshot_due, self._clock, self._index):
-            # Every rank takes it: the previous one is finished first (whether it is still in
-            # flight differs between ranks), and confirmed across ranks on the way.
-            self._clock.reset()
-            self._snapshotter.collect(block=True)
-            self._collective(self._group.confirm)
-            self._snapshotter.take_for_policy(self._index)
+        self._cadence.after_entry(self._index)
         return result
 
     def _append_encoded(self, op: str, encoded: bytes) -> int:
@@ -516,10 +432,9 @@ class Journal:
     def _append_digest(self) -> None:
         started = time.perf_counter()
         digest = state_digest(self.state)
-        self._index = self._guarded(self.log.append, DIGEST_OP, wrap(1, {"digest": digest}))
-        self._clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
-        if self._group is not None:
-            self._collective(self._group.check_replicated, self._index)
+        self._index = self._guards.guarded(self.log.append, DIGEST_OP, wrap(1, {"digest": digest}))
+        self._cadence.clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
+        self._guards.collective(self._group.check_replicated, self._index)
 
     def _roll_back(self, index: int, cause: BaseException) -> None:
         """Undo entry `index` whose handler raised: drop it from the log, rebuild the state at index - 1.
@@ -530,20 +445,16 @@ class Journal:
         (components.forget_transient), so it replays on what a cold reopen would have
         (invariant 15).
 
-        Multi-rank: the entry is dropped, but the state is not rebuilt here: its replay
-        needs the other ranks in lockstep (DDP's collectives), and they are elsewhere (or
-        a dead peer is why the handler raised). The journal is poisoned instead, and the
-        handler's exception re-raised; reopening every rank recovers the group, whose cut
-        no longer includes `index` (invariant 11)."""
+        Whether the state is rebuilt is the group's call (Group.after_handler_error):
+        multi-rank, the entry is dropped but the journal poisoned instead, as the rebuild's
+        replay needs every rank (invariant 11); the handler's exception is re-raised."""
         try:
             self.log.truncate_after(index - 1)
             self._snapshotter.collect(block=True)
-            if self._group is not None:
-                self._poison = cause
-                return
-            self._replayer.recover(self.log, self.snapshots, at=index - 1, progress=False)
+            self._guards.poison = self._group.after_handler_error(index, cause, functools.partial(
+                self._replayer.recover, self.log, self.snapshots, at=index - 1, progress=False))
         except BaseException as exc:
-            self._poison = exc
+            self._guards.poison = exc
             raise JournalPoisonedError(
                 f"{self.path}: the handler of entry {index} raised ({type(cause).__name__}: {cause}) and rolling "
                 f"back failed ({type(exc).__name__}: {exc}); the live state is not trustworthy. Reopen the journal."
@@ -563,30 +474,19 @@ class Journal:
         returned is the global durable index, the newest index durable on every rank (the
         same on every rank once each has flushed: what acknowledged means there). It also
         confirms, across ranks, the newest snapshot every rank has committed."""
-        if replica and self._shipper is None:
-            raise ValueError(f"journal {self.path}: flush(replica=True) needs Journal.open(replica=...)")
-        with self._entered("flush"):
+        if replica:
+            self._replica.check_waitable(self.path)
+        with self._guards.entered("flush"):
             durable = self._flush()
             if replica:
-                self._shipper.wait(self._index, timeout)
+                self._replica.wait(self._index, timeout)
             return durable
 
     def _flush(self) -> int:
-        self._check_usable()
-        self._guarded(self.log.flush)
+        self._guards.check_usable()
+        self._guards.guarded(self.log.flush)
         self._snapshotter.collect(block=False)
-        if self._group is not None:
-            return self._collective(self._group.flush, self.log.durable_index)
-        return self.log.durable_index
-
-    def _collective(self, call, *args):
-        """Run a multi-rank agreement; a failed collective (a dead peer) poisons the journal:
-        the group is broken, and only a reopen of every rank recovers."""
-        try:
-            return call(*args)
-        except RankFailureError as exc:
-            self._poison = exc
-            raise
+        return self._guards.collective(self._group.flush, self.log.durable_index)
 
     def snapshot(self, *, wait: bool = False) -> Future:
         """Snapshot the state at the current index; return a future of its SnapshotInfo.
@@ -601,27 +501,9 @@ class Journal:
         returns. With wait=True (or async_snapshots=False) the future is done on return,
         and a failure raises here instead of from ``result()``.
         """
-        with self._entered("snapshot"):
-            return self._snapshot(wait)
-
-    def _snapshot(self, wait: bool) -> Future:
-        self._check_usable()
-        self._snapshotter.collect(block=True)
-        if self._group is not None:
-            self._collective(self._group.confirm)
-        existing = self._snapshot_at_index()
-        if existing is not None:
-            return done(existing)
-        self._clock.reset()
-        return self._snapshotter.take(self._index, blocking=wait or not self._snapshotter.asynchronous)
-
-    def _snapshot_at_index(self):
-        """The committed snapshot this journal took (or recovered from) at the current index, or None."""
-        if self._snapshotter.covered == self._index:
-            newest = self.snapshots.list()
-            if newest and newest[-1].index == self._index:
-                return newest[-1]
-        return None
+        with self._guards.entered("snapshot"):
+            self._guards.check_usable()
+            return self._cadence.take(self._index, wait)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -643,9 +525,9 @@ class Journal:
         when a peer is gone. Leaving a ``with`` block on an exception closes this rank
         alone, with no collective: the other ranks may be anywhere.
         """
-        if self._closed:
+        if self._guards.closed:
             return
-        with self._entered("close"):
+        with self._guards.entered("close"):
             self._link.phase("closing", self._index)
             self._close(snapshot, strict=snapshot is True)
 
@@ -655,30 +537,23 @@ class Journal:
         `together`: a multi-rank journal confirms its final snapshot with the other ranks
         (False when an exception is unwinding: the others may be anywhere). `deadline`
         (monotonic seconds, from a preemption's `grace`): the replica's last round gets what
-        is left of it (replication.final_round_timeout), never more."""
-        if self._closed:
+        is left of it (replay.replica.link.final_round_timeout), never more."""
+        if self._guards.closed:
             return
         try:
-            if self._poison is None:
-                self._snapshotter.collect(block=True)
-                if (self._snapshot_on_close if snapshot is None else snapshot) and self._snapshot_at_index() is None:
-                    if strict:
-                        self._snapshotter.take(self._index, blocking=True)
-                    else:
-                        self._snapshotter.take_for_policy(self._index, blocking=True)
-                self._guarded(self.log.flush)
-                if self._group is not None and together:
-                    self._collective(self._group.flush, self.log.durable_index)
-                if self._shipper is not None:  # one last round: the final snapshot too
-                    self._shipper.close(replication.final_round_timeout(deadline, grace, time.monotonic()))
+            if self._guards.poison is None:
+                self._cadence.final(self._index, self._snapshot_on_close if snapshot is None else snapshot, strict)
+                self._guards.guarded(self.log.flush)
+                if together:
+                    self._guards.collective(self._group.flush, self.log.durable_index)
+                self._replica.close(deadline, grace)  # one last round: the final snapshot too
         finally:
             self._release()
 
     def _stop_for_preemption(self) -> None:
         """A preemption signal's clean stop (replay/preemption.py): snapshot the last index, flush, release."""
-        handler = self._preemption
-        self._close(True, strict=False, deadline=handler.deadline if handler is not None else None,
-                    grace=handler.policy.grace if handler is not None else None)
+        preemption = self._guards.preemption
+        self._close(True, strict=False, deadline=preemption.deadline, grace=preemption.grace)
 
     def abandon(self) -> None:
         """Drop the journal as a killed process would: no flush, no final snapshot. Idempotent.
@@ -688,79 +563,44 @@ class Journal:
         ignored): in one process its thread would otherwise race the next open's store,
         where a real kill would have ended it. For crash tests and `replay.testing`.
         """
-        if self._closed:
+        if self._guards.closed:
             return
-        with self._one_thread.entered("abandon"):
+        with self._guards.one_thread.entered("abandon"):
             self._snapshotter.abandon()
             self._release()
 
     def _release(self) -> None:
         """Stop the follow-up thread, then close the store, the log and the determinism guard.
         The first failure is raised unless the journal is already poisoned."""
-        self._closed = True
+        self._guards.closed = True
         self._link.close()
-        if self._preemption is not None:
-            self._preemption.closed()  # the previous signal handlers come back
-        if self._shipper is not None:
-            self._shipper.close(1.0)  # before the log closes under it (idempotent after close's round)
+        self._guards.preemption.closed()  # the previous signal handlers come back
+        self._replica.release()  # before the log closes under it (idempotent after close's round)
         self._snapshotter.close()
         try:
             self._resources.close()
         except Exception:
-            if self._poison is None:
+            if self._guards.poison is None:
                 raise
 
     def __enter__(self) -> "Journal":
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
-        if self._closed:
+        if self._guards.closed:
             return
-        if kind is not None and self._group is not None:
-            # The other ranks may be anywhere (in a collective of their own, or dead):
-            # close locally, with no collective that could pair with the wrong one.
-            with self._entered("close"):
-                self._close(None, strict=False, together=False)
+        if kind is None:
+            self.close()
             return
-        self.close()
+        # The other ranks may be anywhere (in a collective of their own, or dead): close
+        # locally, with no collective that could pair with the wrong one.
+        with self._guards.entered("close"):
+            self._link.phase("closing", self._index)
+            self._close(None, strict=False, together=False)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("poisoned" if self._poison else f"index {self._index}")
+        state = "closed" if self._guards.closed else ("poisoned" if self._guards.poison else f"index {self._index}")
         return f"<Journal {self.path} {state}>"
-
-    # ------------------------------------------------------------------ guards
-
-    @contextlib.contextmanager
-    def _entered(self, what: str):
-        """One thread at a time; when the call returns (or raises), a preemption signal that
-        arrived during it stops the journal (replay/preemption.py)."""
-        raised = None
-        try:
-            with self._one_thread.entered(what):
-                yield
-        except BaseException as exc:
-            raised = exc  # stopping for a signal replaces it: after_call reports it first
-            raise
-        finally:
-            if self._preemption is not None:
-                self._preemption.after_call(raised)
-
-    def _check_usable(self) -> None:
-        if self._closed:
-            raise ClosedError(f"journal {self.path} is closed")
-        if self._poison is not None:
-            raise JournalPoisonedError(
-                f"journal {self.path} refuses further work: {type(self._poison).__name__}: {self._poison}. "
-                "Reopen it to recover the durable prefix."
-            ) from self._poison
-
-    def _guarded(self, call, *args):
-        """Run a log call; a poisoned log poisons the journal (nothing may be retried)."""
-        try:
-            return call(*args)
-        except LogPoisonedError as exc:
-            self._poison = exc
-            raise JournalPoisonedError(f"journal {self.path}: the log failed a write or sync: {exc}") from exc
 
 
 __all__ = ["Journal", "ReplayError"]

@@ -128,7 +128,7 @@ def compare_environment(root: Path, current: dict, policy: str) -> tuple[list[st
         raise EnvironmentMismatchError(root, changed)
     if changed:
         warnings.warn(f"{root}: replaying in another environment than the journal was created in may not be "
-                      f"bit-exact: {'; '.join(changed)}", RuntimeWarning, stacklevel=4)
+                      f"bit-exact: {'; '.join(changed)}", RuntimeWarning, stacklevel=5)
     return changed, created
 
 

@@ -130,6 +130,11 @@ class PreemptionHandler:
         self._closed = False
         self._timer: threading.Timer | None = None
 
+    @property
+    def grace(self) -> float:
+        """The policy's grace period (seconds)."""
+        return self.policy.grace
+
     def install(self) -> None:
         """Catch the policy's signals, remembering the handlers they replace. Main thread only."""
         check_installable()
@@ -221,3 +226,16 @@ class PreemptionHandler:
             signal.signal(signum, previous)
             if previous == signal.SIG_DFL:
                 os.kill(os.getpid(), signum)  # the default action, now that it is back
+
+
+class NoPreemption:
+    """The journal's preemption when none was asked for: signals are left alone, nothing stops it."""
+
+    deadline = None
+    grace = None
+
+    def after_call(self, raised: BaseException | None = None) -> None:
+        pass
+
+    def closed(self) -> None:
+        pass

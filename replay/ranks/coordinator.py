@@ -100,7 +100,7 @@ def warn_about_shared_store() -> None:
     if os.environ.get("TORCHELASTIC_RUN_ID") and os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1":
         warnings.warn("running under torchrun without TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: after a rank dies, the "
                       "restarted group may hang in init_process_group reading the dead group's addresses "
-                      "(pytorch/pytorch#135712); set it in torchrun's environment", RuntimeWarning, stacklevel=4)
+                      "(pytorch/pytorch#135712); set it in torchrun's environment", RuntimeWarning, stacklevel=5)
 
 
 def replicated_components(state: Mapping[str, Any], names: Iterable[str] | None) -> list[str]:
@@ -138,7 +138,7 @@ def warn_about_bucket_rebuild(state: Mapping[str, Any], world_size: int) -> None
             warnings.warn(f"state component {name!r} is a DistributedDataParallel that rebuilds its gradient buckets "
                           f"after its first step; with {world_size} ranks a resumed run then sums gradients in another "
                           "order and replay is not bit-exact. Build it with find_unused_parameters=True (its buckets "
-                          "then stay as first built)", RuntimeWarning, stacklevel=3)
+                          "then stay as first built)", RuntimeWarning, stacklevel=4)
 
 
 def compare_replicated(ranks: Collectives, state: Mapping[str, Any], replicated: list[str], index: int) -> None:
@@ -165,19 +165,19 @@ def _holds_entries(log_dir: Path) -> bool:
 
 
 class Coordinator:
-    """One rank's share of a multi-rank journal's live agreements (module doc)."""
+    """One rank's share of a multi-rank journal's live agreements (module doc): the multi-rank
+    `replay.group.Group`, whose contracts (and call sequence) are written there."""
 
     def __init__(self, ranks: Collectives, root: Path, state: Mapping[str, Any], replicated: list[str],
-                 policy: Every, snapshotter, store, confirmed: int | None):
+                 policy: Every, store, confirmed: int | None):
         self.ranks = ranks
         self.root = root  # the group's directory (rank 0 writes its records there)
         self._state = state
         self.replicated = replicated
         self._by_index_only = policy.seconds is None and policy.log_bytes is None and policy.replay_seconds is None
-        self._snapshotter = snapshotter
+        self._snapshotter = None  # the journal's, once attached
         self._store = store
         self.confirmed = confirmed  # newest snapshot index every rank committed (None: none yet)
-        snapshotter.protected = confirmed
         self._rank_root = layout.rank_dir(root, ranks.rank)
         # The highest index this rank has recorded as durable on every rank (replay/ranks/cut.py);
         # recovery has already read and checked the record.
@@ -185,6 +185,26 @@ class Coordinator:
             self.acknowledged = layout.read_acknowledged(self._rank_root) or 0
         except layout.RankRecordError:
             self.acknowledged = 0
+
+    @property
+    def rank(self) -> int:
+        return self.ranks.rank
+
+    @property
+    def size(self) -> int:
+        return self.ranks.size
+
+    def attach(self, snapshotter) -> None:
+        """Serve the journal whose snapshots `snapshotter` takes: the confirmed one is protected."""
+        self._snapshotter = snapshotter
+        snapshotter.protected = self.confirmed
+
+    def after_handler_error(self, index: int, cause: BaseException, rebuild) -> BaseException:
+        """The state is not rebuilt: its replay needs the other ranks in lockstep (DDP's
+        collectives), and they are elsewhere (or a dead peer is why the handler raised). The
+        journal is poisoned by `cause` instead; reopening every rank recovers the group,
+        whose cut no longer includes `index` (invariant 11)."""
+        return cause
 
     def flush(self, local_durable: int) -> int:
         """The global durable index (the minimum of every rank's `local_durable`); confirms snapshots on the way."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from replay import replication
+from replay.replica import link as replication
 from replay.replica.errors import ReplicaFencedError
 from replay.replica.head import read_head
 from replay.replica.objects import open_store

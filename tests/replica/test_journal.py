@@ -163,7 +163,7 @@ def test_the_replica_keeps_what_local_retention_keeps_plus_replica_keep_extra(tm
                              snapshot=replay.Every(entries=4), async_snapshots=False) as journal:
         train(journal, 30)
         journal.flush(replica=True, timeout=60)
-        collected = journal._shipper.collect(60)  # a sweep now instead of the default once a minute
+        collected = journal._replica.collect(60)  # a sweep now instead of the default once a minute
         local = {f"manifests/{info.manifest_id}" for info in journal.snapshots.list()}
         assert journal.replica_status.collected == collected and collected.manifests > 0
         with open_store(url, options) as store:

@@ -96,7 +96,7 @@ def test_preemption_exits_within_its_grace_when_the_replica_is_unreachable(tmp_p
 
 
 def test_the_last_round_gets_what_is_left_of_a_deadline_never_more():
-    from replay.replication import CLOSE_RESERVE, CLOSE_TIMEOUT, final_round_timeout
+    from replay.replica.link import CLOSE_RESERVE, CLOSE_TIMEOUT, final_round_timeout
 
     assert final_round_timeout(None, None, now=100.0) == CLOSE_TIMEOUT          # a plain close
     assert final_round_timeout(110.0, 10.0, now=100.0) == 10.0 - CLOSE_RESERVE  # what is left, less the reserve
