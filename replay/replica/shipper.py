@@ -35,7 +35,7 @@ from .claim import HeadOwner
 from .collecting import COLLECT_EVERY, CollectionSchedule, check_every
 from .errors import ReplicaFencedError
 from .retention import Collected, Collector
-from .rounds import HEAD_EVERY, MAX_ENVIRONMENT_BYTES, Shipping  # noqa: F401 - re-exported names
+from .rounds import Shipping
 from .status import Progress, ReplicaStatus
 
 BACKOFF_MIN = 0.05
@@ -55,7 +55,7 @@ class Shipper:
     4. T: ``wait_claimed(timeout)`` (Journal.open) waits for step 3's outcome.
     5. S, every round (every `interval` s, or at once when woken): manifests and their
        chunks, then segments through the settled index with merges, each batch of
-       HEAD_EVERY followed by a head write (HeadOwner.write); then, when due, a garbage
+       rounds.HEAD_EVERY followed by a head write (HeadOwner.write); then, when due, a garbage
        collection (CollectionSchedule, after a head write of this round). A failed round
        is retried with backoff; a fence stops S for good.
     6. T, at will: ``error`` / ``status()`` / ``index`` (plain reads), ``wait(index)`` and
