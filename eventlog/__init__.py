@@ -19,8 +19,11 @@ raise CompactedError. ``log.segments()`` lists the sealed segments (for reports)
 Shipping history elsewhere: ``log.sealed_range(first, last)`` returns one sealed segment's
 bytes (entries as stored, chained from entry first - 1; split long ranges with
 ``log.segment_ranges``), ``eventlog.segment_bounds(data)`` checks such bytes and says where
-they sit in the chain, and ``eventlog.create_from_segments(path, segments, term=t)`` builds
-a new log from a consecutive run of them (FORMAT.md, "Shipping and restoring segments").
+they sit in the chain (``eventlog.check_segment_header(head, size, first, last)`` checks the
+first ``SEGMENT_HEADER_SIZE`` bytes of one before the rest is fetched, and
+``eventlog.max_segment_size(first, last)`` caps that fetch), and
+``eventlog.create_from_segments(path, segments, term=t)`` builds a new log from a
+consecutive run of them (FORMAT.md, "Shipping and restoring segments").
 
     log = eventlog.EventLog.open("runs/exp1/log", durability="group")
     i = log.append("sgd_step", {"batch": ids, "lr": 0.1})
@@ -125,7 +128,8 @@ from .meta import FORMAT_VERSION
 from .record import HEADER_SIZE, Entry, EntryHeader
 from .segment import TARGET_RAW as SEGMENT_TARGET_BYTES
 from .merging import MERGE_FANOUT, newest_to_merge
-from .transfer import create_from_segments, segment_bounds
+from .transfer import check_segment_header, create_from_segments, max_segment_size, segment_bounds
+from .segment import HEADER_SIZE as SEGMENT_HEADER_SIZE
 from .verification import Damage, VerifyReport
 
 __all__ = [
@@ -133,5 +137,6 @@ __all__ = [
     "HEADER_SIZE",
     "LogError", "ClosedError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",
     "LogPoisonedError", "FormatError", "TruncatedError", "DamagedLogError", "DamagedSegmentError", "SealedError",
-    "SegmentDamage", "SegmentRejectedError", "create_from_segments", "segment_bounds", "SEGMENT_TARGET_BYTES", "MERGE_FANOUT", "newest_to_merge",
+    "SegmentDamage", "SegmentRejectedError", "create_from_segments", "segment_bounds",
+    "check_segment_header", "max_segment_size", "SEGMENT_HEADER_SIZE", "SEGMENT_TARGET_BYTES", "MERGE_FANOUT", "newest_to_merge",
 ]

@@ -85,6 +85,13 @@ def check_segment_header(head: bytes, size: int, first: int, last: int) -> None:
     segment.check_header(head, SegmentName(first, last), size)
 
 
+def max_segment_size(first: int, last: int) -> int:
+    """The most bytes a sealed segment of entries first..last may be, its header included: a
+    reader refuses a larger one unread (check_segment_header, segment_bounds), so a fetch
+    of such an object may be capped at this many bytes."""
+    return segment.HEADER_SIZE + segment.stored_bound(segment.raw_limit(first, last))
+
+
 def sealed_range(reader, view, first: int, last: int) -> bytes:
     """The bytes of one sealed segment holding entries first..last of a log (see EventLog.sealed_range)."""
     for name, value in (("first", first), ("last", last)):

@@ -24,11 +24,24 @@ The on-disk format is described in FORMAT.md, next to this file (read it first).
     store.verify(info); store.prune(); store.close()
 
 No pickle is used anywhere: manifests are msgpack, tensors raw bytes.
+
+Copying a store's files elsewhere and back (a replica, a fork), checked both ways, without
+its format (snapshots.transfer; the counterpart of eventlog's segment API):
+
+    files = snapshots.StoreFiles("runs/exp1/snapshots")     # lock-free, read-only
+    for name in files.manifest_names():                      # oldest first
+        mf = files.read_manifest(name)                       # ManifestFile: index, term, meta, chunks, data
+        blobs = [files.read_chunk(c.id, c.raw_len, c.stored_len) for c in mf.chunks]
+    mf = snapshots.decode_manifest(name, data)               # bytes from elsewhere, checked
+    into = snapshots.StoreImport("elsewhere/snapshots")     # put back: chunks staged and checked,
+    into.add_chunk(cid, blob, raw_len, stored_len)           # ... then the manifest written last
+    into.commit(name, data)
 """
 
 from .errors import (
     ClosedError,
     ComponentNotFoundError,
+    CorruptFileError,
     CorruptSnapshotError,
     LockedError,
     SnapshotError,
@@ -38,6 +51,8 @@ from .errors import (
 )
 from .reports import Damage, ManifestEntry, PruneReport, SnapshotInfo, VerifyReport
 from .store import PendingSnapshot, SnapshotStore
+from .transfer import (MAX_MANIFEST_BYTES, ChunkRef, ManifestFile, StoreFiles, StoreImport, check_chunk_file,
+                       decode_manifest, parse_manifest_name)
 
 __all__ = [
     "SnapshotStore",
@@ -55,4 +70,13 @@ __all__ = [
     "LockedError",
     "ClosedError",
     "UnsupportedPlatformError",
+    "CorruptFileError",
+    "StoreFiles",
+    "StoreImport",
+    "ManifestFile",
+    "ChunkRef",
+    "decode_manifest",
+    "check_chunk_file",
+    "parse_manifest_name",
+    "MAX_MANIFEST_BYTES",
 ]

@@ -59,3 +59,15 @@ class ClosedError(SnapshotError):
 
 class UnsupportedPlatformError(SnapshotError):
     """Raised when opening a store on a host whose byte order is not little-endian."""
+
+
+class CorruptFileError(CorruptSnapshotError):
+    """Raised by the transfer functions (snapshots.transfer) when one manifest or chunk file,
+    or bytes handed in as one, fails a check: `manifest` or `chunk` names it (the other is
+    None), `reason` says which check (symlink or not a regular file, size, schema, hash)."""
+
+    def __init__(self, manifest: str | None, chunk: str | None, reason: str):
+        super().__init__(manifest or "", chunk, reason)
+        self.manifest = manifest
+        where = f"chunk {chunk}" if chunk else f"manifest {manifest}"
+        self.args = (f"{where} is corrupt: {reason}",)

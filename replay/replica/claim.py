@@ -119,3 +119,64 @@ def refusal(store, root: Path, record: Record, last_index, why: str, head: Head 
         f"empty directory with this replica, or `replay restore {store.url} NEWDIR`); to go on from this copy's "
         "own history, open it without replica= (nothing of it ships then)",
         owner=head.owner, index=head.index, term=head.term)
+
+
+class HeadOwner:
+    """Claim and fencing for one shipper: whether it holds head.json, and every write of it.
+
+    `claim()` decides the claim (`claim`); from then on `write(end)` rewrites head.json
+    conditionally on the etag of this writer's last write, so a write after anyone else's
+    is refused: ReplicaFencedError (`refusal`), and the shipper stops for good. Used by the
+    shipper's thread; other threads read `won`, `claim_failures` and `claimed_head`.
+
+    Attributes: `won` (this shipper holds head.json), `claim_failures` (claim attempts that
+    ended in a store error: undecided), `claimed_head` (the head.json the won claim
+    continued from; None before it, or when the replica had none), `head_at` ((index,
+    checksum) head.json names, as written or read; None before any), `writes` (head writes)."""
+
+    def __init__(self, store, root: Path, term: int, last_index):
+        self._store = store
+        self._root = Path(root)
+        self._term = term
+        self._last_index = last_index
+        self._owner: str | None = None
+        self._etag: str | None = None
+        self.won = False
+        self.claim_failures = 0
+        self.claimed_head: Head | None = None
+        self.head_at: tuple[int, int] | None = None
+        self.writes = 0
+
+    @property
+    def etag(self) -> str | None:
+        """The etag of this writer's last head.json write (None: head.json is to be created)."""
+        return self._etag
+
+    def claim(self) -> Head | None:
+        """Decide the claim (`claim`; its errors propagate); the head it continues from, if any."""
+        claimed = claim(self._store, self._root, self._term, self._last_index)
+        self._owner, self._etag = claimed.owner, claimed.etag
+        self.claimed_head = claimed.head
+        if claimed.head is not None:
+            self.head_at = (claimed.head.index, claimed.head.checksum)
+        self.won = True
+        return claimed.head
+
+    def failed(self) -> None:
+        """Count a round that failed before the claim was won (the claim is still undecided)."""
+        if not self.won:
+            self.claim_failures += 1
+
+    def write(self, end: tuple[int, int]) -> None:
+        """Write head.json naming `end` = (index, checksum), conditionally on the last etag
+        (create-only when None). ReplicaFencedError when another writer wrote it since."""
+        index, checksum = end
+        head = Head(self._term, self._owner, index, checksum, time.time())
+        try:
+            self._etag = self._store.put_if_match(HEAD_KEY, head.encode(), self._etag)
+        except PreconditionFailedError:
+            raise refusal(self._store, self._root, read_record(self._root, self._store.url), self._last_index,
+                          "lost the replica: another writer wrote head.json since this copy's last write (a restore "
+                          "elsewhere took it over)") from None
+        self.writes += 1
+        self.head_at = end

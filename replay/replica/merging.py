@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from eventlog import CompactedError, newest_to_merge
-from eventlog.transfer import segment_bounds
+from eventlog import CompactedError, newest_to_merge, segment_bounds
 
 from .chain import SegmentKey
 from .errors import ReplicaError

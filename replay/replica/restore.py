@@ -15,20 +15,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eventlog import EventLog
-from eventlog import segment as _segment
-from eventlog.errors import SegmentDamage
-from eventlog.segment import SegmentName
-from eventlog.transfer import check_segment_header, create_from_segments, segment_bounds
-from snapshots.chunkfile import ChunkDecodeError
-from snapshots.durable import fsync_dir
-from snapshots.manifest import MAX_MANIFEST_BYTES, ManifestDecodeError
+from eventlog import (SEGMENT_HEADER_SIZE, EventLog, SegmentDamage, check_segment_header, create_from_segments,
+                      max_segment_size, segment_bounds)
+from snapshots import MAX_MANIFEST_BYTES, CorruptFileError, StoreImport
 
 from .chain import (ENVIRONMENT_KEY, SEGMENTS, MANIFESTS, chunk_key, parse_manifest_key, parse_segment_key,
                     walk_back)
 from .errors import ObjectNotFoundError, ObjectTooLargeError, ReplicaDamageError, RestoreTargetError
 from .head import HEAD_KEY, Record, read_head, write_record
-from .snapfiles import StoreWriter, decode_manifest
+from .snapfiles import decode_manifest, fsync_dir
 
 MAX_ENVIRONMENT_BYTES = 1 << 20
 _FETCH = ".fetch"  # segment objects streamed to disk under the staging directory, mapped from there
@@ -252,8 +247,8 @@ class _Restore:
                 mf = decode_manifest(name, self._get(key, MAX_MANIFEST_BYTES))
             except ObjectNotFoundError:
                 raise ReplicaDamageError(key, "vanished while the restore read it", self.store.url) from None
-            except ManifestDecodeError as exc:
-                raise ReplicaDamageError(key, f"not a manifest: {exc}", self.store.url) from None
+            except CorruptFileError as exc:
+                raise ReplicaDamageError(key, f"not a manifest: {exc.reason}", self.store.url) from None
             if mf.log_checksum is None or mf.log_index != mf.index:
                 raise ReplicaDamageError(key, "its meta records no log index and checksum to place it on the "
                                               "log's history", self.store.url)
@@ -276,9 +271,9 @@ class _Restore:
             return None
 
     @property
-    def _writer(self) -> StoreWriter:
+    def _writer(self) -> StoreImport:
         if not hasattr(self, "_writer_obj"):
-            self._writer_obj = StoreWriter(self.staging / "snapshots")
+            self._writer_obj = StoreImport(self.staging / "snapshots")
         return self._writer_obj
 
     def _segment(self, seg) -> memoryview:
@@ -291,15 +286,14 @@ class _Restore:
         1 MiB pieces (no copy of the object in memory) and mapped, then checked in full
         (`segment_bounds`: checksum, decompression bounded by the header, the entry chain)."""
         if seg.key not in self._segments:
-            name = SegmentName(seg.first, seg.last)
-            limit = _segment.HEADER_SIZE + _segment.stored_bound(_segment.raw_limit(seg.first, seg.last))
+            limit = max_segment_size(seg.first, seg.last)
             fetch = self.staging / _FETCH
             if not self._segments:
                 fetch.mkdir(exist_ok=True)
-            path = fetch / name.name
+            path = fetch / f"{seg.first:020d}-{seg.last:020d}.seg"
             try:
                 with self.store.open_reader(seg.key, limit) as reader:
-                    head = _read_exactly(reader, _segment.HEADER_SIZE)
+                    head = _read_exactly(reader, SEGMENT_HEADER_SIZE)
                     try:
                         check_segment_header(head, reader.size, seg.first, seg.last)
                     except SegmentDamage as exc:
@@ -333,11 +327,11 @@ class _Restore:
             key = chunk_key(ref.id)
             try:
                 data = self._get(key, ref.stored_len)
-                self._writer.stage_chunk(ref.id, data, ref.raw_len, ref.stored_len)
+                self._writer.add_chunk(ref.id, data, ref.raw_len, ref.stored_len)
             except ObjectNotFoundError:
                 raise ReplicaDamageError(key, f"missing (named by manifest {mf.name})", self.store.url) from None
-            except ChunkDecodeError as exc:
-                raise ReplicaDamageError(key, f"not the chunk its name says: {exc}", self.store.url) from None
+            except CorruptFileError as exc:
+                raise ReplicaDamageError(key, f"not the chunk its name says: {exc.reason}", self.store.url) from None
 
     def _build_log(self, segments: list[bytes], mf) -> bool:
         """Build the log from `segments` under staging/.log and check the snapshot sits on it."""

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from snapshots.manifest import MAX_MANIFEST_BYTES, ManifestDecodeError
+from snapshots import MAX_MANIFEST_BYTES, CorruptFileError
 
 from .chain import (CHUNKS, MANIFESTS, SEGMENTS, SegmentKey, parse_manifest_key, parse_segment_key,
                     walk_back)
@@ -218,7 +218,7 @@ class Collector:
                 mf = decode_manifest(name, data)
             except ObjectNotFoundError:
                 continue  # gone meanwhile: nothing to keep
-            except (ObjectTooLargeError, ManifestDecodeError, ReplicaDamageError):
+            except (ObjectTooLargeError, CorruptFileError, ReplicaDamageError):
                 self._infos[name] = ManifestInfo(parsed[0], None, frozenset(), damaged=True)
                 continue
             checksum = mf.log_checksum if mf.log_index == mf.index else None

@@ -1,10 +1,13 @@
-"""What a Shipper reports: `ReplicaStatus`, and the error a lag beyond its bound becomes."""
+"""Waiting and status: what a Shipper reports (`ReplicaStatus`), the error a lag beyond its
+bound becomes, and `Progress`, the state its thread shares with the threads that wait on it."""
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 
-from .errors import ReplicaError
+from .errors import ReplicaError, ReplicaFencedError
 
 
 class ReplicaLagError(ReplicaError):
@@ -46,3 +49,75 @@ class ReplicaStatus:
     bytes: int
     collected: object = None
     collect_error: str | None = None
+
+
+class Progress:
+    """What the shipper's thread has achieved, read and waited on by other threads.
+
+    The shipper's thread writes `index` (the replica index), `synced_as_of` (every entry
+    settled before this monotonic time is on the replica), `last_error`, `fenced` and the
+    upload counters, then calls `notify`; any thread reads them (single attribute reads)
+    and waits with `wait_for`. `settled()` is the newest index that may ship."""
+
+    def __init__(self, url: str, settled, max_lag: float | None):
+        self.url = url
+        self.index = 0
+        self.synced_as_of = time.monotonic()
+        self.last_error: str | None = None
+        self.fenced: ReplicaFencedError | None = None
+        self.uploads = 0
+        self.bytes = 0
+        self.settled = settled
+        self._max_lag = max_lag
+        self._changed = threading.Condition()
+
+    def uploaded(self, nbytes: int = 0) -> None:
+        """Count one object stored (`nbytes` of data; 0 for head.json, counted as an upload only)."""
+        self.uploads += 1
+        self.bytes += nbytes
+
+    def notify(self) -> None:
+        """Wake every `wait_for` to look again."""
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def error(self) -> BaseException | None:
+        """ReplicaFencedError once fenced; ReplicaLagError while the replica index trails the
+        settled index and the oldest entry not shipped has been settled more than `max_lag`
+        seconds; None otherwise (and always None without a `max_lag`). Cheap."""
+        if self.fenced is not None:
+            return self.fenced
+        if self._max_lag is None or self.index >= self.settled():
+            return None
+        lag = time.monotonic() - self.synced_as_of
+        if lag <= self._max_lag:
+            return None
+        return ReplicaLagError(self.url, lag, self._max_lag, self.index, self.settled(), self.last_error)
+
+    def wait_for(self, done, timeout: float | None, *, running, stop=lambda: False, what=lambda: "") -> bool:
+        """Block until `done()` (True) or `timeout` seconds pass (False; None: no limit).
+
+        Edge cases first, checked in this order before every wait: `stop()` may raise (a
+        fence, a lag) or return True (give up now: False); RuntimeError ("the shipper is not
+        running", then `what()`) unless `running()`. Woken by `notify`, and every 50 ms."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while not done():
+                if stop():
+                    return False
+                if not running():
+                    raise RuntimeError(f"replica {self.url}: the shipper is not running{what()}")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(0.05 if remaining is None else min(remaining, 0.05))
+        return True
+
+    def status(self, collected=None, collect_error: str | None = None) -> ReplicaStatus:
+        """A ReplicaStatus of now."""
+        index, settled = self.index, self.settled()
+        behind = settled > index
+        return ReplicaStatus(self.url, index, settled, max(0, settled - index),
+                             time.monotonic() - self.synced_as_of if behind else 0.0, self.fenced is not None,
+                             self.last_error, self.error, self.uploads, self.bytes, collected, collect_error)

@@ -1,0 +1,217 @@
+"""Shipping rounds: what one round of a shipper uploads, in order (FORMAT.md beside this file).
+
+A round ships the snapshot manifests the local store committed (their chunks first, then
+the manifest, create-only), then the settled log range as sealed segments continuing the
+replica's chain, merging the chain's newest small segments as it goes (merging.py). The
+local log is read only through its public read API (`checksum_at`, `segment_ranges`,
+`sealed_range`) and the snapshot store only as files (snapfiles.LocalStore). Head writes,
+the claim and garbage collection are the shipper's other parts (claim.py, collecting.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from eventlog import CompactedError, CorruptEntryError, segment_bounds
+
+from .chain import ENVIRONMENT_KEY, SEGMENTS, SegmentKey, chunk_key, manifest_key, parse_segment_key, walk_back
+from .errors import ObjectNotFoundError, ReplicaError
+from .head import Head
+from .merging import merge_tail
+from .retention import CHUNKS, Plan
+from .snapfiles import LocalFileError, LocalStore, read_small_file
+from .status import Progress
+
+HEAD_EVERY = 16  # segments uploaded between two head writes while catching up a backlog
+MAX_ENVIRONMENT_BYTES = 1 << 20
+
+
+class Shipping:
+    """The shipping state of one shipper, and the steps of a round. Shipper's thread only.
+
+    State: `chain` (the current chain's segments on the replica, oldest first), `end`
+    ((index, checksum) where the chain ends; None: no chain yet), and what is known to be
+    on the replica (chunk ids; manifest name -> (index, log checksum)) or never to ship
+    (local manifests damaged or off the log's history). Uploads are counted in `progress`;
+    `note(name, index, log_checksum, chunk_ids)` is told of every manifest on the replica."""
+
+    def __init__(self, store, root: Path, log, progress: Progress, note: Callable):
+        self._store = store
+        self._root = Path(root)
+        self._log = log
+        self._local = LocalStore(self._root / "snapshots")
+        self._progress = progress
+        self._note = note
+        self.chain: list[SegmentKey] = []
+        self.end: tuple[int, int] | None = None
+        self._chunks: set[str] = set()
+        self._manifests: dict[str, tuple[int, int]] = {}
+        self._refused: set[str] = set()
+
+    # ------------------------------------------------------------------ after the claim
+
+    def adopt(self, head: Head) -> bool:
+        """Take up the chain head.json names, from the segment keys on the replica; whether
+        the local log agrees with its end (then the replica index is head.index)."""
+        segments = [s for s in map(parse_segment_key, self._store.list(SEGMENTS)) if s is not None]
+        self.chain = walk_back(segments, head.index, head.checksum)
+        self.end = (head.index, head.checksum) if self.chain else None
+        return bool(self.chain) and self.agrees(*self.end)
+
+    def load_environment(self) -> None:
+        """Upload DIR/environment.json (create-only) when it is a regular file of at most 1 MiB."""
+        data = read_small_file(self._root / "environment.json", MAX_ENVIRONMENT_BYTES)
+        if data is not None:
+            self.put(ENVIRONMENT_KEY, data)
+
+    def list_chunks(self) -> None:
+        """Learn which chunks the replica holds (one listing)."""
+        self._chunks = {k[len(CHUNKS):] for k in self._store.list(CHUNKS)}
+
+    # ------------------------------------------------------------------ the log
+
+    def agrees(self, index: int, checksum: int) -> bool:
+        """Whether the local log has `checksum` at `index` (False when it cannot say)."""
+        try:
+            return index <= self._log.last_index and self._log.checksum_at(index) == checksum
+        except (CompactedError, IndexError, CorruptEntryError):
+            return False
+
+    def local_checksum(self, index: int) -> int | None:
+        """The local log's checksum at `index`, None when it cannot say (compacted, past its end)."""
+        try:
+            return self._log.checksum_at(index) if index <= self._log.last_index else None
+        except (CompactedError, IndexError, CorruptEntryError):
+            return None
+
+    def check_chain(self) -> None:
+        """Re-ship from the last agreeing segment boundary when the local log was truncated."""
+        if self.end is None or self.agrees(*self.end):
+            return
+        while self.chain:
+            seg = self.chain.pop()
+            if self.agrees(seg.first - 1, seg.prev):
+                self.end = (seg.first - 1, seg.prev)
+                if not self.chain and not self._on_path_manifest(*self.end):
+                    break
+                return
+        self.chain, self.end = [], None  # no agreeing boundary: a new chain
+
+    def _on_path_manifest(self, index: int, checksum: int) -> bool:
+        return any(v == (index, checksum) for v in self._manifests.values())
+
+    def start_chain(self, settled: int) -> None:
+        """Begin a chain at the oldest uploaded manifest on the local log's history."""
+        first = self._log.first_index
+        for index, checksum in sorted(set(self._manifests.values())):
+            if first - 1 <= index <= settled and self.agrees(index, checksum):
+                self.chain, self.end = [], (index, checksum)
+                return
+
+    def ship_segments(self, settled: int) -> int:
+        """Up to HEAD_EVERY segments of entries after the chain's end, through `settled`; how many."""
+        start, shipped = self.end[0] + 1, 0
+        for first, last in self._log.segment_ranges(start, settled)[:HEAD_EVERY]:
+            data = self._log.sealed_range(first, last)
+            got_first, got_last, prev, last_checksum = segment_bounds(data)
+            if (got_first, got_last) != (first, last):
+                raise ReplicaError(f"sealed_range({first}, {last}) returned entries {got_first}..{got_last}")
+            if prev != self.end[1]:
+                break
+            seg = SegmentKey(first, last, prev, last_checksum)
+            self.put(seg.key, data)
+            self.chain.append(seg)
+            self.end = (last, last_checksum)
+            shipped += 1
+        return shipped
+
+    def merge(self) -> None:
+        """Merge the chain's newest segments while eventlog's merge rule says so (merging.py)."""
+        merge_tail(self._log, self.chain, self.put)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def local_manifests(self) -> set[str]:
+        """The manifest names the local store retains now."""
+        return set(self._local.manifest_names())
+
+    def ship_manifests(self, settled: int) -> None:
+        """Every local manifest at or below `settled` on the log's history, its chunks first."""
+        for name in self._local.manifest_names():
+            if name in self._manifests or name in self._refused:
+                continue
+            try:
+                mf = self._local.read_manifest(name)
+            except FileNotFoundError:
+                continue  # pruned meanwhile
+            except LocalFileError as exc:
+                self._refused.add(name)
+                self._progress.last_error = str(exc)
+                continue
+            if mf.log_checksum is None or mf.index != mf.log_index:
+                self._refused.add(name)  # not a journal snapshot a restore could check against a log
+                continue
+            if mf.index > settled:
+                continue  # its entries are not settled yet: next round
+            if not self.agrees(mf.index, mf.log_checksum):
+                self._refused.add(name)  # of another history, or too old to start a chain from
+                continue
+            if self._ship_chunks(mf):
+                self._ship_manifest(mf)
+
+    def _ship_chunks(self, mf) -> bool:
+        """Every chunk of `mf` on the replica; False when one is gone or damaged locally."""
+        for ref in mf.manifest.chunks:
+            if ref.id in self._chunks:
+                continue
+            try:
+                data = self._local.read_chunk(ref.id, ref.raw_len, ref.stored_len)
+            except FileNotFoundError:
+                if not self._local.has_manifest(mf.name):
+                    return False  # pruned while read: nothing to ship
+                self._refused.add(mf.name)
+                self._progress.last_error = f"local snapshot {mf.name}: chunk {ref.id} is missing"
+                return False
+            except LocalFileError as exc:
+                self._refused.add(mf.name)
+                self._progress.last_error = f"local snapshot {mf.name}: {exc}"
+                return False
+            self.put(chunk_key(ref.id), data)
+            self._chunks.add(ref.id)
+        return True
+
+    def _ship_manifest(self, mf) -> None:
+        key = manifest_key(mf.name)
+        if not self.put(key, mf.data):
+            try:
+                existing, _ = self._store.get(key, len(mf.data))
+            except (ObjectNotFoundError, ReplicaError):
+                existing = None
+            if existing != mf.data:
+                self._refused.add(mf.name)  # another history's snapshot under the same name
+                self._progress.last_error = f"replica {key} holds other bytes than the local manifest"
+                return
+        self._manifests[mf.name] = (mf.index, mf.log_checksum)
+        self._note(mf.name, mf.index, mf.log_checksum, (ref.id for ref in mf.manifest.chunks))
+
+    def put(self, key: str, data: bytes) -> bool:
+        """Upload `data` as `key` unless the key exists (create-only); whether it was created."""
+        created = self._store.put_if_absent(key, data)
+        if created:
+            self._progress.uploaded(len(data))
+        return created
+
+    # ------------------------------------------------------------------ garbage collection
+
+    def forget(self, plan: Plan, listed_chunks: set[str]) -> None:
+        """Before a sweep deletes: drop what this shipper believed the replica holds and the
+        sweep removes, so nothing is skipped as "already there" once it is gone."""
+        self._chunks = listed_chunks - {key[len(CHUNKS):] for key in plan.chunks}
+        for key in plan.manifests:
+            name = key.split("/", 1)[1]
+            self._manifests.pop(name, None)
+            self._refused.discard(name)  # another history's manifest under a local name: ship ours again
+        for name in plan.incomplete:
+            self._manifests.pop(name, None)  # a kept manifest missing a chunk: its chunks ship again
+        self.chain = list(plan.kept_segments)  # exactly the head's path from the floor

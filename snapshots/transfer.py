@@ -1,0 +1,244 @@
+"""Shipping and restoring a store's files, byte for byte (FORMAT.md, "Commit protocol").
+
+The snapshot side of what eventlog's segment API is for the log (``log.sealed_range``,
+``eventlog.segment_bounds``, ``eventlog.create_from_segments``): a replica or a fork
+copies a store's committed files elsewhere and back without knowing their format.
+
+- Reading (`StoreFiles`): the committed manifests and chunks of a store directory, read
+  as files, without its lock (a live writer may be saving and pruning meanwhile), each
+  checked before its bytes are handed out: a manifest is read through a size-capped,
+  symlink-refusing open and decoded with its whole schema (`decode_manifest`); a chunk
+  is decoded (bounded by the sizes its manifest declares) and its raw bytes hashed
+  against its name. So a caller never ships damage.
+- Checking bytes from elsewhere: `decode_manifest(name, data)` (the counterpart of
+  ``segment_bounds``), `check_chunk_file(path, ...)` for a chunk written to a file.
+- Putting back (`StoreImport`): chunks downloaded are staged under temp names in the new
+  store, fsynced and checked, and named only at `commit`, which writes the manifest last
+  (temp name, fsync, rename, directory fsync): the store's own commit protocol, so a
+  crash anywhere leaves no manifest naming a chunk that is not durable.
+
+Damage is `CorruptFileError` (a `CorruptSnapshotError`) naming the file and the check
+that failed; a file that is simply gone (pruned meanwhile) is FileNotFoundError; other
+OSErrors (EIO, EACCES) propagate. Nothing here changes a format.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .chunkfile import ChunkCodec, ChunkDecodeError, chunk_id
+from .durable import fsync_dir
+from .errors import CorruptFileError
+from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, ManifestDecodeError, parse_manifest_name
+from .paths import StoreLayout
+from .safefile import UnsafeFileError, read_regular
+
+__all__ = ["MAX_MANIFEST_BYTES", "ChunkRef", "ManifestFile", "StoreFiles", "StoreImport", "check_chunk_file",
+           "decode_manifest", "parse_manifest_name"]
+
+
+class _ChunkFileError(CorruptFileError, ChunkDecodeError):
+    """A damaged chunk. Also a ChunkDecodeError, so callers of replay.replica.snapfiles'
+    older helper (replay.forking) keep catching it until they move to this module."""
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """One committed manifest: its file `name` (``<index>-<term>``), what it declares
+    (`index`, `term`, the caller's `meta`, the `chunks` it names, each once: id, raw and
+    stored length), and its exact bytes `data` (what ships; never re-encoded)."""
+
+    name: str
+    index: int
+    term: int
+    meta: Any
+    chunks: tuple[ChunkRef, ...]
+    data: bytes
+
+
+def decode_manifest(name: str, data: bytes) -> ManifestFile:
+    """The ManifestFile of manifest bytes `data` read as the file `name`, after checking all of them.
+
+    Edge cases first: more than MAX_MANIFEST_BYTES, shorter than a header, a wrong magic,
+    version or checksum, an undecodable body, any schema violation (a field of the wrong
+    type or out of range, a chunk id that is not 32 hex digits, a tensor pointing past
+    its chunk): CorruptFileError naming `name` and the check. A `name` that is not a
+    manifest name is CorruptFileError too. The name is not required to match the
+    declared index and term (as the store's own reader: the file name is only a key)."""
+    if parse_manifest_name(name) is None:
+        raise CorruptFileError(name, None, "not a manifest name (<index>-<term>)")
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise CorruptFileError(name, None, f"{len(data)} bytes, more than the {MAX_MANIFEST_BYTES} allowed")
+    try:
+        manifest = Manifest.decode(name, bytes(data))
+    except ManifestDecodeError as exc:
+        raise CorruptFileError(name, None, str(exc)) from None
+    return ManifestFile(name, manifest.index, manifest.term, manifest.meta, manifest.chunks, bytes(data))
+
+
+def check_chunk_file(path: str, cid: str, raw_len: int, stored_len: int) -> None:
+    """Check that the file at `path` is chunk `cid` of those sizes (as a manifest names it).
+
+    Edge cases first: nothing at `path`: FileNotFoundError. A symlink, FIFO, device or
+    directory (never followed, blocked on or read), a size other than `stored_len`, a bad
+    header, a stream that decompresses past `raw_len`, raw bytes whose xxh3-128 is not
+    `cid`: CorruptFileError naming the chunk. Reads at most `stored_len` bytes."""
+    _check_chunk(ChunkCodec(), path, cid, raw_len, stored_len)
+
+
+def _check_chunk(codec: ChunkCodec, path: str, cid: str, raw_len: int, stored_len: int) -> None:
+    out = torch.empty(raw_len, dtype=torch.uint8)
+    try:
+        codec.read(path, raw_len, stored_len, out)
+    except ChunkDecodeError as exc:
+        raise _ChunkFileError(None, cid, str(exc)) from None
+    if chunk_id(out) != cid:
+        raise _ChunkFileError(None, cid, "content hash mismatch: the raw bytes do not hash to the chunk's name")
+
+
+class StoreFiles:
+    """Read-only, lock-free access to the committed files of the store directory `path`.
+
+    Safe beside a live writer in this or another process: nothing is locked or written;
+    a manifest or chunk pruned between a listing and a read is FileNotFoundError. Each
+    object may be used from one thread at a time (it holds a decoder)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.root = os.path.abspath(path)
+        self._layout = StoreLayout(self.root)
+        self._codec = ChunkCodec()
+
+    def manifest_names(self) -> list[str]:
+        """Every committed manifest's name, oldest first by (index, term); [] when the
+        directory or its manifests/ does not exist. Temp files and other names are skipped."""
+        try:
+            names = os.listdir(self._layout.manifests)
+        except FileNotFoundError:
+            return []
+        parsed = [(parse_manifest_name(n), n) for n in names]
+        return [n for _, n in sorted(p for p in parsed if p[0] is not None)]
+
+    def read_manifest(self, name: str) -> ManifestFile:
+        """The manifest `name`, checked (`decode_manifest`). FileNotFoundError when it is not
+        there (never saved, or pruned); CorruptFileError when it is damaged or not a regular file."""
+        if parse_manifest_name(name) is None:
+            raise CorruptFileError(name, None, "not a manifest name (<index>-<term>)")
+        try:
+            data = read_regular(self._layout.manifest_path(name), MAX_MANIFEST_BYTES)
+        except UnsafeFileError as exc:
+            raise CorruptFileError(name, None, str(exc)) from None
+        return decode_manifest(name, data)
+
+    def chunk_path(self, cid: str) -> str:
+        """Where chunk `cid` lives in this store (ValueError unless 32 lowercase hex digits)."""
+        return self._layout.chunk_path(cid)
+
+    def check_chunk(self, cid: str, raw_len: int, stored_len: int) -> None:
+        """`check_chunk_file` on this store's chunk `cid` (FileNotFoundError, CorruptFileError)."""
+        _check_chunk(self._codec, self.chunk_path(cid), cid, raw_len, stored_len)
+
+    def read_chunk(self, cid: str, raw_len: int, stored_len: int) -> bytes:
+        """The stored bytes of chunk `cid` (exactly `stored_len` of them), after checking it
+        (`check_chunk`). FileNotFoundError when it is gone; CorruptFileError when damaged."""
+        path = self.chunk_path(cid)
+        _check_chunk(self._codec, path, cid, raw_len, stored_len)
+        try:
+            data = read_regular(path, stored_len)
+        except UnsafeFileError as exc:  # replaced between the check and the read
+            raise _ChunkFileError(None, cid, str(exc)) from None
+        if len(data) != stored_len:
+            raise _ChunkFileError(None, cid, f"{len(data)} bytes, its manifest says {stored_len}")
+        return data
+
+
+class StoreImport:
+    """Puts snapshots copied from elsewhere into the store directory `path` (created, with
+    its fan-out directories, if missing), by the store's commit protocol.
+
+    Call sequence: `add_chunk` for every chunk a manifest names that the store lacks
+    (each staged under a temp name, fsynced and checked), then `commit(name, data)`, or
+    `discard()` to drop what was staged. Used by one thread; the store must not be open
+    for writing meanwhile (a writer's prune would delete chunks no manifest names yet)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self._layout = StoreLayout(os.fspath(path))
+        self._layout.create()
+        self._codec = ChunkCodec()
+        self._staged: list[tuple[str, str]] = []  # (temp path, final path)
+
+    def add_chunk(self, cid: str, data: bytes, raw_len: int, stored_len: int) -> None:
+        """Stage `data` as chunk `cid`: written beside its final name, fsynced, then checked.
+
+        Edge cases first: `cid` not a chunk id: ValueError. `data` not `stored_len` bytes, or
+        not decoding to `raw_len` bytes hashing to `cid`: CorruptFileError, and nothing is
+        left behind. Nothing is named (visible to readers) before `commit`."""
+        final = self._layout.chunk_path(cid)
+        if len(data) != stored_len:
+            raise _ChunkFileError(None, cid, f"{len(data)} bytes, the manifest says {stored_len}")
+        temp = os.path.join(self._layout.chunk_dir(cid), f".tmp.{cid}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _check_chunk(self._codec, temp, cid, raw_len, stored_len)
+        except BaseException:
+            _unlink(temp)
+            raise
+        self._staged.append((temp, final))
+
+    def discard(self) -> None:
+        """Remove every staged chunk (none is named yet). Idempotent."""
+        for temp, _ in self._staged:
+            _unlink(temp)
+        self._staged.clear()
+
+    def commit(self, name: str, data: bytes) -> ManifestFile:
+        """Name the staged chunks and make their names durable, then write the manifest `name`
+        (bytes `data`, exactly) durably: temp name, fsync, rename, directory fsync; its ManifestFile.
+
+        Edge cases first: `data` not a manifest (`decode_manifest`): CorruptFileError, and
+        nothing is named. A chunk the manifest names that is neither staged nor already in
+        the store: CorruptFileError naming it, and the manifest is not written (the staged
+        chunks are named: harmless, a prune removes what no manifest names)."""
+        manifest = decode_manifest(name, data)
+        directories = set()
+        for temp, final in self._staged:
+            os.rename(temp, final)
+            directories.add(os.path.dirname(final))
+        for directory in sorted(directories):
+            fsync_dir(directory)
+        self._staged.clear()
+        for ref in manifest.chunks:
+            if not os.path.exists(self._layout.chunk_path(ref.id)):
+                raise CorruptFileError(name, None, f"names chunk {ref.id}, which is neither staged nor in the store")
+        temp = os.path.join(self._layout.manifests, f".tmp.{name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, manifest.data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, self._layout.manifest_path(name))
+        fsync_dir(self._layout.manifests)
+        return manifest
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
