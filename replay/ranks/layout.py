@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import jsonfile
-from ..errors import RecoveryError, ReplayError
+from ..errors import DamageError, RecoveryError, ReplayError
 
 FORMAT = 1
 RANK_FILE = "rank.json"
@@ -51,7 +51,7 @@ _RANK_DIR = re.compile(r"rank-(0|[1-9][0-9]{0,5})")
 _RECORD = re.compile(r"([0-9]{20})\.json")
 
 
-class RankRecordError(ReplayError):
+class RankRecordError(ReplayError, DamageError):
     """A multi-rank record (rank.json, a global snapshot record) is damaged or hostile; names the path."""
 
 
