@@ -35,7 +35,8 @@ class PassedOver:
 def recovery_snapshot(log, store) -> tuple[object | None, list[PassedOver]]:
     """(the SnapshotInfo recovery would start from or None, the newer ones passed over,
     newest first). `store` None or empty: (None, []). Reads every chunk of the snapshots it
-    checks (as recovery would), none of their tensors into memory. Never raises on damage."""
+    checks (as recovery would), none of their tensors into memory. Never raises on damage.
+    Beside a live writer, a snapshot pruned while this runs is left out, not called damaged."""
     if store is None:
         return None, []
     passed: list[PassedOver] = []
@@ -48,6 +49,8 @@ def recovery_snapshot(log, store) -> tuple[object | None, list[PassedOver]]:
         report = store.verify(entry.name)
         if report.ok and report.info is not None and history_mismatch(log, report.info) is None:
             return report.info, passed
+        if not report.ok and entry.name not in {e.name for e in store.manifests()}:
+            continue  # pruned meanwhile: not damage
         passed.append(PassedOver(entry.name, str(report), damaged=True))
     return None, passed
 
