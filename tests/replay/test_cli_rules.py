@@ -131,3 +131,20 @@ def test_the_replica_record_url_and_ownership_rule(tmp_path):
     assert ownership(record, Head(1, "zzz", 5, 0, 0.0), "e1") == CLAIMED
     assert ownership(record, Head(1, "zzz", 5, 0, 0.0), "e2") == ANOTHER
     assert ownership(Record("file:///r", None, None), Head(1, "zzz", 5, 0, 0.0), "e1") == ANOTHER
+
+
+def test_replay_stats_prints_the_librarys_estimate_passing_over_another_history(tmp_path, capsys):
+    """`replay stats` used to start its estimate from a sibling run's snapshot, which recovery skips."""
+    from replay.__main__ import main
+
+    log = _log(tmp_path / "j" / "log", 30)
+    store = snapshots.SnapshotStore(tmp_path / "j" / "snapshots", keep_last=10)
+    _save(store, log, 10)
+    _save(store, log, 20, checksum=12345)
+    store.close()
+    log.close()
+    capsys.readouterr()
+    status = main(["stats", str(tmp_path / "j"), "--json"])
+    out = capsys.readouterr().out
+    (estimate,) = [r for r in map(json.loads, out.splitlines()) if r.get("section") == "estimate"]
+    assert status == 0 and estimate["from_snapshot"] == "10-1" and estimate["foreign_snapshots"] == ["20-1"]
