@@ -108,6 +108,7 @@ from .errors import (
     ClosedError,
     CompactedError,
     CorruptEntryError,
+    DamageError,
     DamagedLogError,
     DamagedSegmentError,
     SealedError,
@@ -135,7 +136,7 @@ from .verification import Damage, VerifyReport
 __all__ = [
     "EventLog", "Archive", "SegmentInfo", "writer_pid", "encode_payload", "decode_payload", "Entry", "EntryHeader", "VerifyReport", "Damage", "FORMAT_VERSION",
     "HEADER_SIZE",
-    "LogError", "ClosedError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",
+    "LogError", "DamageError", "ClosedError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",
     "LogPoisonedError", "FormatError", "TruncatedError", "DamagedLogError", "DamagedSegmentError", "SealedError",
     "SegmentDamage", "SegmentRejectedError", "create_from_segments", "segment_bounds",
     "check_segment_header", "max_segment_size", "SEGMENT_HEADER_SIZE", "SEGMENT_TARGET_BYTES", "MERGE_FANOUT", "newest_to_merge",

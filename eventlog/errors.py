@@ -1,11 +1,20 @@
-"""Named errors of the event log. Each is raised in exactly the situation its docstring says."""
+"""Named errors of the event log. Each is raised in exactly the situation its docstring says.
+
+Damage (a file is not what a writer wrote) is every error with the shared base
+`DamageError`; `ClosedError` and `LockedError` have the shared kinds of the same names as
+extra bases (torch_eventlog.errors; the table is in replay/INVARIANTS.md).
+"""
+
+from torch_eventlog import errors as kinds
+
+DamageError = kinds.DamageError
 
 
 class LogError(Exception):
     """Base class of every error the event log raises on purpose."""
 
 
-class CorruptEntryError(LogError):
+class CorruptEntryError(LogError, kinds.DamageError):
     """A stored entry failed its checksum, its chain link or its framing; `index` names it."""
 
     def __init__(self, index: int, reason: str):
@@ -69,11 +78,11 @@ class TruncatedError(LogError):
         )
 
 
-class ClosedError(LogError):
+class ClosedError(LogError, kinds.ClosedError):
     """The object was used after close()."""
 
 
-class LockedError(LogError):
+class LockedError(LogError, kinds.LockedError):
     """Another live process holds the log's writer lock."""
 
 
@@ -81,15 +90,18 @@ class LogPoisonedError(LogError):
     """An earlier write or sync failed, so the log refuses all further work until reopened."""
 
 
-class DamagedLogError(LogError):
+class DamagedLogError(LogError, kinds.DamageError):
     """The log's files are damaged as a whole (e.g. data.mdb cut short, or its page structure corrupt); names the file."""
 
 
-class FormatError(LogError):
-    """The path is not an event log, or was written by a newer, unknown format version."""
+class FormatError(LogError, kinds.DamageError):
+    """The path is not an event log, or was written by a newer, unknown format version.
+
+    Damage, by design: once a path holds a ``data.mdb``, a damaged ``format`` or ``term``
+    record reads exactly like a file that is not a log (replay.audit.is_damage)."""
 
 
-class SegmentDamage(LogError):
+class SegmentDamage(LogError, kinds.DamageError):
     """A sealed segment (a file, or bytes handed in) is not what a writer sealed; the message says how."""
 
 

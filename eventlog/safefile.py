@@ -16,15 +16,14 @@ import errno
 import os
 import stat
 
+# The shared kind (one class in every package; it is damage): torch_eventlog.errors.
+from torch_eventlog.errors import UnsafeFileError
+
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _KINDS = (
     (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
     (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
 )
-
-
-class UnsafeFileError(Exception):
-    """The file is not a regular file or is larger than its reader allows; the message says which."""
 
 
 def open_regular(path: str, limit: int) -> tuple[int, int]:

@@ -35,6 +35,7 @@ from .data import DataCursor
 from .determinism import state_digest
 from . import environment
 from .errors import (
+    DamageError,
     DivergenceError,
     EnvironmentMismatchError,
     PreemptedError,
@@ -74,7 +75,7 @@ __all__ = [
     "ReplayNeededError", "entries", "JournalEntry",
     "state_digest", "truncate", "fork", "ForkReport", "ForkError", "ForkIndexError", "verify_journal", "JournalReport", "state_at",
     "ReplayError", "UnknownOpError", "PayloadRejectedError", "HandlerError", "VersionMismatchError",
-    "EnvelopeError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "ClosedError", "ConcurrentUseError",
+    "EnvelopeError", "DamageError", "DivergenceError", "RecoveryError", "JournalPoisonedError", "ClosedError", "ConcurrentUseError",
     "PreemptedError", "EnvironmentMismatchError", "RankFailureError", "RankBehindError", "WorldSizeError",
     "RankDivergenceError",
     "ReplicaError", "ReplicaFencedError", "ReplicaUnavailableError", "ReplicaDamageError", "ReplicaLagError",

@@ -33,9 +33,9 @@ from typing import Any, Callable, Mapping
 
 import lmdb
 import snapshots
-from eventlog import CorruptEntryError, DamagedLogError, EventLog, FormatError, LogError
+from eventlog import EventLog, LogError
 
-from .errors import DivergenceError
+from .errors import DamageError
 from .ops import Ops
 from .progress import ReplayProgress
 from .recovery import RecoveryReport, Replayer, journal_index
@@ -44,30 +44,30 @@ from .recovery import RecoveryReport, Replayer, journal_index
 # snapshots faster than they can be verified (what is left is said to be unchecked).
 LISTING_ROUNDS = 3
 
-# LMDB's own words for a damaged file: eventlog turns these into DamagedLogError /
-# CorruptEntryError on its read paths; a raw one that still escapes is damage, not a bug.
-_LMDB_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.PanicError,
-                lmdb.IncompatibleError, lmdb.BadChecksumError, lmdb.BadValsizeError, lmdb.ProblemError,
-                lmdb.DiskError)
-_DAMAGE = (CorruptEntryError, DamagedLogError, FormatError, snapshots.CorruptSnapshotError, DivergenceError,
-           *_LMDB_DAMAGE,
-           struct.error)  # only eventlog unpacks stored bytes with struct: a short record is damage
+# Not the vocabulary: what a library failed to translate into it. LMDB's own words for a
+# damaged file (eventlog turns them into DamagedLogError / CorruptEntryError on its read
+# paths; a raw one that still escapes is damage, not a bug), and struct.error (only
+# eventlog unpacks stored bytes with struct: a short record is damage).
+_UNTRANSLATED = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.PanicError,
+                 lmdb.IncompatibleError, lmdb.BadChecksumError, lmdb.BadValsizeError, lmdb.ProblemError,
+                 lmdb.DiskError, struct.error)
 
 
 def is_damage(exc: BaseException) -> bool:
-    """Whether `exc` reports damage to a journal's files rather than bad input or a bug.
+    """Whether `exc` reports damage to a journal's files (or a replica's objects) rather
+    than bad input or a bug: ``isinstance(exc, DamageError)``, the one marker every package's
+    damage errors share (the table: replay/INVARIANTS.md, "One error vocabulary").
 
-    Design choice: once a path holds a ``data.mdb``, anything that keeps it from being
-    read as a log is damage, FormatError included, since a damaged ``format`` or
-    ``term`` record reads exactly like a file that is not a log. EIO is damage too: the
-    disk could not return what the file holds.
+    FormatError is damage by design: once a path holds a ``data.mdb``, a damaged
+    ``format`` or ``term`` record reads exactly like a file that is not a log. Beyond the
+    vocabulary, what a library let escape untranslated is damage too: a raw LMDB
+    structural error or struct.error, EIO (the disk could not return what the file holds),
+    and eventlog's LogError("cannot open ...") raised from an LMDB damage error.
     """
-    if isinstance(exc, _DAMAGE):
+    if isinstance(exc, DamageError):
         return True
-    if isinstance(exc, OSError) and exc.errno == errno.EIO:
-        return True
-    # eventlog wraps an LMDB failure to open as LogError("cannot open ...") from it.
-    return isinstance(exc, LogError) and isinstance(exc.__cause__, _LMDB_DAMAGE)
+    return (isinstance(exc, _UNTRANSLATED) or (isinstance(exc, OSError) and exc.errno == errno.EIO)
+            or (isinstance(exc, LogError) and isinstance(exc.__cause__, _UNTRANSLATED)))
 
 
 def locate(path: str | os.PathLike) -> tuple[Path, Path | None]:

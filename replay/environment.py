@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from . import jsonfile, layout
-from .errors import ReplayError
+from .errors import DamageError, ReplayError
 
 FILE = layout.ENVIRONMENT_FILE
 FORMAT = 1
@@ -57,7 +57,7 @@ PROCESS_SETTINGS = frozenset({"threads", "deterministic_algorithms", "determinis
                               "cudnn_benchmark", "cublas_workspace_config"})
 
 
-class EnvironmentFileError(ReplayError):
+class EnvironmentFileError(ReplayError, DamageError):
     """A journal's environment.json is unreadable or is not a fingerprint (damaged or hostile); names the path."""
 
 

@@ -2,9 +2,17 @@
 
 Checksum failures are not wrapped: they surface as eventlog's ``CorruptEntryError``,
 whose ``index`` names the damaged entry (the op of a damaged entry cannot be trusted).
+
+Damage is every error with the shared base `DamageError` (one class for eventlog,
+snapshots and replay: torch_eventlog.errors); `ClosedError` has the shared kind as an
+extra base. The table of every package's errors is in replay/INVARIANTS.md.
 """
 
 from __future__ import annotations
+
+from torch_eventlog import errors as kinds
+
+DamageError = kinds.DamageError
 
 
 class ReplayError(Exception):
@@ -70,7 +78,7 @@ class EnvelopeError(ReplayError):
         super().__init__(f"log entry {index} (op {op!r}) is not a replay entry: {reason}")
 
 
-class DivergenceError(ReplayError):
+class DivergenceError(ReplayError, kinds.DamageError):
     """Replay recomputed a state digest that differs from the digest entry at `index`.
 
     A digest checks only the entries before it: the state after `last_good` (the previous
@@ -118,7 +126,7 @@ class ConcurrentUseError(ReplayError):
             "a Journal is used from one thread at a time (hand it over only between calls)")
 
 
-class ClosedError(ReplayError):
+class ClosedError(ReplayError, kinds.ClosedError):
     """The object was used after close()."""
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 from . import failpoints
 from .errors import JournalPoisonedError
 from .recovery import snapshot_meta
+from .retention import keep_oldest_snapshot
 
 
 class Snapshotter:
@@ -53,6 +54,7 @@ class Snapshotter:
         self._guarded = guarded
         self._keep_log = keep_log
         self._archived = archived  # the log archives what it compacts (else compaction deletes)
+        self._oldest: int | None = None  # index of the oldest snapshot the last prune left (None: not listed yet)
         self.asynchronous = asynchronous  # False: policy snapshots block the apply that triggers them
         self._pending: tuple[int, Future] | None = None
         self._follow_up: ThreadPoolExecutor | None = None
@@ -161,10 +163,16 @@ class Snapshotter:
         deletes), only through the oldest retained snapshot, which keeps that way back
         in LMDB itself."""
         protected = self.protected
+        if self._oldest is None:
+            retained = self._store.list()
+            self._oldest = retained[0].index if retained else None
+        self._store.keep_oldest = keep_oldest_snapshot(
+            self._log, self._oldest, compaction_deletes=not (self._archived or self._keep_log))
         self._store.prune(protect=() if protected is None else (protected,))
+        retained = self._store.list()
+        self._oldest = retained[0].index if retained else None
         if self._keep_log:
             return
-        retained = self._store.list()
         if retained:
             through = max(i.index for i in retained) if self._archived else min(i.index for i in retained)
             if protected is not None:

@@ -1,6 +1,15 @@
-"""Errors raised by the snapshot store, one sentence each on when."""
+"""Errors raised by the snapshot store, one sentence each on when.
+
+Damage (a file is not what a writer wrote) is every error with the shared base
+`DamageError`; `ClosedError` and `LockedError` have the shared kinds of the same names as
+extra bases (torch_eventlog.errors; the table is in replay/INVARIANTS.md).
+"""
 
 from __future__ import annotations
+
+from torch_eventlog import errors as kinds
+
+DamageError = kinds.DamageError
 
 
 class SnapshotError(Exception):
@@ -12,7 +21,7 @@ class SnapshotNotFoundError(SnapshotError, LookupError):
     (never saved, or deleted by `prune`)."""
 
 
-class CorruptSnapshotError(SnapshotError):
+class CorruptSnapshotError(SnapshotError, kinds.DamageError):
     """Raised when loading a snapshot whose manifest or one of whose chunks fails a check
     (checksum, schema, length, hash); `manifest` names the snapshot and `chunk` the
     chunk id (None when the manifest itself is bad)."""
@@ -48,12 +57,12 @@ class ComponentNotFoundError(SnapshotError, LookupError):
         return self.args[0]
 
 
-class LockedError(SnapshotError):
+class LockedError(SnapshotError, kinds.LockedError):
     """Raised when another live process (or another open store in this one) holds the
     store's writer lock, by the first write (`save`, `save_async`, `prune`)."""
 
 
-class ClosedError(SnapshotError):
+class ClosedError(SnapshotError, kinds.ClosedError):
     """Raised when a store is used after `close()`."""
 
 

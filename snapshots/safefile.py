@@ -18,16 +18,14 @@ import errno
 import os
 import stat
 
+# The shared kind (one class in every package; it is damage): torch_eventlog.errors.
+from torch_eventlog.errors import UnsafeFileError
+
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _KINDS = (
     (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
     (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"),
 )
-
-
-class UnsafeFileError(Exception):
-    """A store file is not a regular file (symlink, FIFO, device, directory, socket) or is
-    larger than the bound its reader allows; the message says which."""
 
 
 def open_regular(path: str, limit: int) -> tuple[int, int]:

@@ -11,9 +11,9 @@ Exit statuses (every subcommand):
   3  an unexpected internal error (a bug): one line naming the exception; `--debug`
      shows the traceback
 
-Which failures are damage is the library's rule (`replay.audit.is_damage`: once the path
-holds a ``data.mdb``, anything that keeps it from being read as a log, FormatError
-included). Exit 2 is kept for what the user can fix on the command line.
+Which failures are damage is the library's rule, `replay.audit.is_damage` (the shared
+`DamageError` of every package, replica objects included; the table is in
+replay/INVARIANTS.md). Exit 2 is kept for what the user can fix on the command line.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import snapshots
 from eventlog import LogError
 from replay.audit import is_damage as files_damaged
 from replay.errors import ReplayError
+from torch_eventlog import errors as kinds
 
 EXIT_OK, EXIT_DAMAGE, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
-_BAD_INPUT = (LogError, snapshots.SnapshotError, ReplayError, IndexError, KeyError, ValueError, TypeError,
-              OSError)
+_BAD_INPUT = (LogError, snapshots.SnapshotError, ReplayError, kinds.LockedError, kinds.ClosedError, IndexError,
+              KeyError, ValueError, TypeError, OSError)
 
 
 class CliError(Exception):
@@ -49,10 +50,6 @@ def exit_status(exc: BaseException) -> int:
     """The exit status for an exception that ended a subcommand (see the module doc)."""
     if isinstance(exc, CliError):
         return exc.status
-    from replay.replica.errors import ReplicaDamageError
-
-    if isinstance(exc, ReplicaDamageError):  # a replica object that is not what a writer wrote
-        return EXIT_DAMAGE
     if is_damage(exc):
         return EXIT_DAMAGE
     if isinstance(exc, _BAD_INPUT):

@@ -112,11 +112,14 @@ def run_prune(args, out: Output) -> int:
                        "journal itself, which keeps the one every rank holds")
     from eventlog import EventLog
 
-    with EventLog.open(directory, readonly=True) as log:
-        whole_history = log.first_index == 1  # the oldest snapshot is still the base of a full replay
+    from replay.retention import keep_oldest_snapshot
+
     store = snapshots.SnapshotStore(directory.parent / "snapshots", keep_last=args.keep_last,
-                                    keep_every=args.keep_every, keep_oldest=whole_history, workers=4)
+                                    keep_every=args.keep_every, workers=4)
     try:
+        retained = store.list()
+        with EventLog.open(directory, readonly=True) as log:
+            store.keep_oldest = keep_oldest_snapshot(log, retained[0].index if retained else None)
         report = store.prune()
     except snapshots.LockedError as exc:
         raise CliError(f"{exc}; close the journal first") from exc

@@ -1,12 +1,11 @@
 """`replay stats DIR`: entries, bytes, ops histogram, terms (each restart), snapshots, and an
 estimate of how long recovery would replay from the newest sound snapshot.
 
-The estimate uses only what the log records: the writer's median time between
-consecutive entries of one term, times the entries after the newest snapshot that
-verifies (the one recovery would load; damaged newer ones are named and passed over,
-which is why this reads that snapshot's chunks). It is the pace the run wrote at
-(forward, backward and data loading included), so replay, which skips waiting for data,
-is usually no slower. Snapshot sizes use the vocabulary of `replay snapshots`.
+The estimate is the library's (replay/estimate.py): the writer's median time between
+consecutive entries of one term, times the entries after the snapshot recovery would
+load (it verifies and belongs to the log's history; damaged or foreign newer ones are
+named and passed over, which is why this reads that snapshot's chunks). Snapshot sizes
+use the vocabulary of `replay snapshots`.
 
 A multi-rank journal DIR gets a row per rank and the global picture: the recorded world
 size, the cut, entries above it, the common snapshot, rank 0's global records
@@ -15,9 +14,7 @@ size, the cut, entries above it, the common snapshot, rank 0's global records
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from eventlog import HEADER_SIZE
 
 from replay import environment
 from replay.audit import human_bytes
+from replay.estimate import WriterPace, estimate_replay
 
 from .entries import rows as entry_rows
 from .errors import EXIT_DAMAGE, EXIT_OK
@@ -55,14 +53,13 @@ def run(args, out: Output) -> int:
         first, last, live_first = log.first_index, log.last_index, log.live_first_index
         counts, op_bytes = Counter(), Counter()
         terms: dict[int, dict] = {}
-        gaps: list[int] = []
-        previous = None
+        pace = WriterPace()
         damaged = []
         payload_total = header_total = 0
         for row in entry_rows(log, None, None, summaries=False):
             if row.damaged is not None:
                 damaged.append(row.index)
-                previous = None
+                pace.broken()
                 continue
             counts[row.op] += 1
             op_bytes[row.op] += row.payload_bytes
@@ -71,17 +68,14 @@ def run(args, out: Output) -> int:
             term = terms.setdefault(row.term, {"term": row.term, "first_index": row.index,
                                                "time_ns": row.time_ns, "entries": 0})
             term["entries"] += 1
-            if previous is not None and previous.term == row.term and row.time_ns >= previous.time_ns:
-                gaps.append(row.time_ns - previous.time_ns)
-            previous = row
+            pace.add(row.term, row.time_ns)
         snaps = snapshot_rows(src.store) if src.store is not None else []
-        sound, damaged_snaps = src.store.latest_verified() if src.store is not None else (None, [])
+        estimate = estimate_replay(log, src.store, pace, last).as_record()
     data_file = src.log_path / "data.mdb"
     summary = {"section": "log", "path": str(src.log_path), "first_index": first, "live_first_index": live_first,
                "last_index": last,
                "entries": sum(counts.values()), "payload_bytes": payload_total, "header_bytes": header_total,
                "file_bytes": os.path.getsize(data_file), "damaged": damaged}
-    estimate = _estimate(sound, [r.manifest_id for r in damaged_snaps], bool(snaps), last, gaps)
     env = _environment(src.root) if src.store is not None else None
     shipped = _replica(src.root, last, args) if src.store is not None else None
     runs = _runs(src.root) if src.store is not None else None
@@ -163,17 +157,15 @@ def _replica(root, last: int, args) -> dict | None:
     """Where the journal replicates (DIR/replica.json) and how far its replica's head is
     behind the local log; None for a journal without a replica. The head is read from the
     store (``--replica-option`` gives S3 options); an unreachable one is said, not raised."""
-    from replay.replica.head import RECORD_FILE, read_head, read_record
+    from replay.replica.head import ownership, read_head, read_record, recorded_url
     from replay.replica.objects import open_store
 
-    if not (Path(root) / RECORD_FILE).exists():
-        return None
     try:
-        url = json.loads((Path(root) / RECORD_FILE).read_bytes()[:65536]).get("url")
-    except (OSError, ValueError, AttributeError):
-        return {"url": None, "error": f"{Path(root) / RECORD_FILE} is not a replica record"}
-    if not isinstance(url, str):
-        return {"url": None, "error": f"{Path(root) / RECORD_FILE} names no replica URL"}
+        url = recorded_url(Path(root))
+    except ValueError as exc:
+        return {"url": None, "error": str(exc)}
+    if url is None:
+        return None
     record = read_record(Path(root), url)
     try:
         with open_store(url, replica_options(args), readonly=True) as store:  # a reader creates nothing
@@ -183,7 +175,7 @@ def _replica(root, last: int, args) -> dict | None:
     if found is None:
         return {"url": url, "head_index": None, "lag_entries": last, "owned": False}
     head, etag = found
-    holder = "this" if head.owner == record.owner else ("claimed" if record.claim == etag else "another")
+    holder = ownership(record, head, etag)
     return {"url": url, "head_index": head.index, "head_term": head.term, "lag_entries": max(0, last - head.index),
             "head_time": head.time, "writer": holder}
 
@@ -200,29 +192,6 @@ def _show_replica(shipped: dict, out: Output) -> None:
         out.line(f"replica {shipped['url']}: head at index {shipped['head_index']} (term {shipped['head_term']}, "
                  f"written {local_time(int(shipped['head_time'] * 1e9))}), {shipped['lag_entries']} entries behind "
                  f"the local log; {owner}")
-
-
-def _estimate(sound, damaged: list[str], any_snapshot: bool, last: int, gaps: list[int]) -> dict:
-    """The replay estimate from `sound` (the newest snapshot that verifies, or None),
-    naming the damaged newer snapshots passed over."""
-    base = sound.index if sound is not None else 0
-    pending = max(last - base, 0)
-    per_entry = statistics.median(gaps) / 1e9 if gaps else None
-    seconds = pending * per_entry if per_entry is not None else None
-    if sound is not None:
-        source = f"snapshot {sound.manifest_id} (index {base})"
-    else:
-        source = "the start of the log" + (" (no snapshot verifies)" if any_snapshot else "")
-    if damaged:
-        source += f", passing over damaged snapshot(s) {', '.join(damaged)}"
-    if seconds is None:
-        text = f"replay from {source}: {pending} entries (no timing to estimate from)"
-    else:
-        text = (f"estimated replay from {source}: {pending} entries, ~{_duration(seconds)} "
-                f"(at the writer's median {per_entry * 1e3:.2f} ms per entry)")
-    return {"from_index": base, "from_snapshot": sound.manifest_id if sound is not None else None,
-            "damaged_snapshots": damaged, "entries": pending, "seconds_per_entry": per_entry, "seconds": seconds,
-            "text": text}
 
 
 def _environment(root) -> dict:
@@ -262,7 +231,3 @@ def _show_environment(env: dict, out: Output) -> None:
         out.line("this machine matches it")
     out.line("(threads and determinism flags are the training process's own: Journal.open compares those "
              "when the run resumes)")
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.1f} s"

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import jsonfile, layout as paths
-from ..errors import RecoveryError, ReplayError
+from ..errors import DamageError, RecoveryError, ReplayError
 
 FORMAT = 1
 RANK_FILE = paths.RANK_FILE  # re-exported: the names live in replay/layout.py
@@ -50,7 +50,7 @@ RECORD_LIMIT = 64 * 1024  # a record names one manifest per rank: kilobytes, nev
 _RECORD = re.compile(r"([0-9]{20})\.json")
 
 
-class RankRecordError(ReplayError):
+class RankRecordError(ReplayError, DamageError):
     """A multi-rank record (rank.json, a global snapshot record) is damaged or hostile; names the path."""
 
 

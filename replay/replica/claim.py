@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PreconditionFailedError, ReplicaError, ReplicaFencedError
-from .head import HEAD_KEY, Head, Record, new_owner, read_head, read_record, take_over, write_record
+from .head import (CLAIMED, HEAD_KEY, THIS, Head, Record, new_owner, ownership, read_head, read_record, take_over,
+                   write_record)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def claim(store, root: Path, term: int, last_index) -> Claimed:
             write_record(root, Record(store.url, owner, None))
         return Claimed(owner, None, None)
     head, etag = current
-    if head.owner == record.owner:
+    if ownership(record, head, etag) == THIS:
         if head.term > term:
             raise refusal(store, root, record, last_index, f"has log term {term}, older than head.json's: a newer "
                                                            "writer of this lineage wrote it", head)
@@ -62,7 +63,7 @@ def claim(store, root: Path, term: int, last_index) -> Claimed:
     restored = ("was restored from an earlier head.json, and its writer has written it since: that writer is still "
                 "shipping (this directory holds only that restore: once the writer has stopped, remove it and open "
                 "again)")
-    if record.claim is not None and record.claim == etag:
+    if ownership(record, head, etag) == CLAIMED:
         owner = new_owner()
         write_record(root, Record(store.url, owner, etag))  # first: a crash retries the claim
         try:

@@ -6,7 +6,7 @@ can find the object with the store's own tools.
 
 from __future__ import annotations
 
-from ..errors import ReplayError
+from ..errors import DamageError, ReplayError
 
 
 def _where(url: str | None, key: str | None) -> str:
@@ -75,7 +75,7 @@ class ReplicaFencedError(ReplicaError):
         super().__init__(f"replica {url} is held by another writer: {detail}")
 
 
-class ReplicaDamageError(ReplicaError):
+class ReplicaDamageError(ReplicaError, DamageError):
     """An object is not what a writer wrote (wrong bytes, not a regular file, a symlink): names the key."""
 
     def __init__(self, key: str, reason: str, url: str | None = None):

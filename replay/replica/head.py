@@ -153,3 +153,35 @@ def write_record(root: Path, record: Record) -> None:
     os.makedirs(root, exist_ok=True)
     jsonfile.write_durably(Path(root) / RECORD_FILE,
                            {"format": 1, "url": record.url, "owner": record.owner, "claim": record.claim})
+
+
+def recorded_url(root: Path) -> str | None:
+    """The replica URL DIR/replica.json names (the journal replicates there); None when the
+    file is missing. ValueError naming the file when it is not a replica record or names no
+    URL (a reader reports it; `read_record` treats such a file as missing)."""
+    path = Path(root) / RECORD_FILE
+    if not path.exists():
+        return None
+    try:
+        doc = jsonfile.read_small(path, 64 << 10)
+    except jsonfile.JsonFileError:
+        raise ValueError(f"{path} is not a replica record") from None
+    url = doc.get("url") if isinstance(doc, dict) else None
+    if not isinstance(url, str):
+        raise ValueError(f"{path} names no replica URL")
+    return url
+
+
+THIS, CLAIMED, ANOTHER = "this", "claimed", "another"
+
+
+def ownership(record: Record, head: Head, etag: str) -> str:
+    """Who may write the replica whose head.json is `head` (read with `etag`), for the journal
+    whose DIR/replica.json is `record`: THIS journal writes it (the head names its owner);
+    CLAIMED (the journal was restored from exactly that head and takes it over when it
+    opens); else ANOTHER writer holds it (the journal is fenced). The rule `claim` acts on."""
+    if head.owner == record.owner:
+        return THIS
+    if record.claim is not None and record.claim == etag:
+        return CLAIMED
+    return ANOTHER
