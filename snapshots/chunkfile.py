@@ -138,6 +138,12 @@ class ChunkCodec:
             setattr(self._local, name, scratch)
         return scratch[:n]
 
+    def scratch(self, n: int, name: str) -> torch.Tensor:
+        """This thread's reusable uint8 buffer `name` of `n` bytes (contents undefined),
+        for callers that decode a chunk before copying parts of it out; valid until this
+        thread asks for `name` again. Names used here: "scratch", "shift", "payload"."""
+        return self._scratch(n, name)
+
     def encode(self, raw: torch.Tensor, width: int) -> list:
         """The chunk file for `raw` (flat uint8) as a list of buffers to write in order."""
         n = raw.numel()
@@ -225,7 +231,10 @@ class ChunkCodec:
                 raise ChunkDecodeError(f"unknown stream codec {codec}")
             offset += length
         if width > 1:
-            ungroup(target, width, out)
+            if out.data_ptr() % width:  # a live view at an odd offset: no wide words there
+                out.copy_(ungroup(target, width, self._scratch(n, "shift")))
+            else:
+                ungroup(target, width, out)
 
     def _decompress(self, payload: memoryview, view: memoryview) -> None:
         n = len(view)

@@ -327,7 +327,12 @@ class SnapshotStore:
           in common is StateMismatchError too.
         - strict=True (the default): the whole snapshot; the live state must match it.
 
-        Only the chunks of the restored tensors are read and decompressed.
+        Only the chunks of the restored tensors are read and decompressed. When every
+        one of them is a chunk this store wrote or hash-checked before (a reload in the
+        same process), they decode straight into the contiguous CPU live tensors, with
+        no fresh memory and no second copy (`StoreReader.read_tensors`); each is still
+        hash-checked, but a chunk damaged on disk since that earlier check is then
+        caught after the tensors decoded before it were overwritten.
         """
         self._check_open()
         with self._reader.shared_lock():
@@ -339,7 +344,7 @@ class SnapshotStore:
             else:
                 chosen = selection.everything(manifest.tree, len(manifest.tensors))
             plan = inplace.plan_restore(chosen.node, live, manifest.tensors, chosen.partial)
-            tensors = self._reader.read_tensors(manifest, chosen.tensors)
+            tensors = self._reader.read_tensors(manifest, chosen.tensors, into=plan.targets())
         plan.apply(tensors.__getitem__)
         return SnapshotInfo.from_manifest(manifest)
 
