@@ -10,6 +10,7 @@ import os
 import struct
 import threading
 
+import numpy as np
 import torch
 import xxhash
 import zstandard
@@ -49,45 +50,52 @@ def chunk_id(raw: torch.Tensor) -> str:
     return xxhash.xxh3_128_hexdigest(buffer(raw))
 
 
-# Integer dtypes whose shifts group and ungroup a whole chunk in a few vectorized passes.
-_SHIFT_TYPES = {2: torch.int16, 4: torch.int32}
+# Unsigned word types whose shifts group and ungroup a whole chunk in a few vectorized passes.
+_WORDS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+# Why numpy, not torch, for these passes: they run on the store's worker threads, several
+# at once, and each torch op there forks its own OpenMP team over the same cores (a load
+# spent most of its CPU spinning in libgomp, measured with py-spy). numpy's loops are
+# single-threaded and release the GIL, so the parallelism is the pool's, one chunk per
+# thread. Shift-and-or passes over whole words are SIMD; a strided byte copy (a transpose)
+# measured 10-30x slower.
 
 
 def group(raw: torch.Tensor, width: int, out: torch.Tensor, tmp: torch.Tensor | None = None) -> torch.Tensor:
     """Write byte `j` of every `width`-byte element of `raw` into the j-th run of `out`.
     `tmp`, if given, is scratch space of at least `raw`'s size (else one is allocated)."""
-    rows = out.view(width, -1)
-    if width in _SHIFT_TYPES:
-        # Byte j of a little-endian integer is (x >> 8j) narrowed to uint8 (a narrowing copy
-        # keeps the low byte), which torch vectorizes: 2-3x faster than strided byte copies.
-        words = raw.view(_SHIFT_TYPES[width])
-        shifted = (tmp[:raw.numel()] if tmp is not None else torch.empty_like(raw)).view(words.dtype)
-        rows[0].copy_(words)
+    rows = out.numpy().reshape(width, -1)
+    if width in _WORDS:
+        # Byte j of a little-endian word is (x >> 8j) narrowed to uint8 (an unsafe cast keeps
+        # the low byte).
+        words = raw.numpy().view(_WORDS[width])
+        shifted = (tmp[:raw.numel()] if tmp is not None else torch.empty_like(raw)).numpy().view(words.dtype)
+        np.copyto(rows[0], words, casting="unsafe")
         for j in range(1, width):
-            torch.bitwise_right_shift(words, 8 * j, out=shifted)
-            rows[j].copy_(shifted)
+            np.right_shift(words, 8 * j, out=shifted)
+            np.copyto(rows[j], shifted, casting="unsafe")
         return out
-    elements = raw.view(-1, width)
+    elements = raw.numpy().reshape(-1, width)
     for j in range(width):
-        # One strided copy per byte position is several times faster than .t().contiguous().
-        rows[j].copy_(elements[:, j])
+        rows[j] = elements[:, j]
     return out
 
 
 def ungroup(grouped: torch.Tensor, width: int, out: torch.Tensor) -> torch.Tensor:
-    """Invert `group`: interleave the `width` runs of `grouped` back into `out`."""
-    rows = grouped.view(width, -1)
-    if width in _SHIFT_TYPES:
+    """Invert `group`: interleave the `width` runs of `grouped` back into `out`, writing
+    nothing else (`out` may be a live tensor's bytes, at any alignment)."""
+    rows = grouped.numpy().reshape(width, -1)
+    if width in _WORDS:
         # Horner over the bytes, most significant first: x = (x << 8) | byte, in place.
-        words = out.view(_SHIFT_TYPES[width])
-        words.copy_(rows[width - 1])
+        words = out.numpy().view(_WORDS[width])
+        np.copyto(words, rows[width - 1])
         for j in range(width - 2, -1, -1):
-            words.bitwise_left_shift_(8)
-            words.bitwise_or_(rows[j])
+            np.left_shift(words, 8, out=words)
+            np.bitwise_or(words, rows[j], out=words)
         return out
-    elements = out.view(-1, width)
+    elements = out.numpy().reshape(-1, width)
     for j in range(width):
-        elements[:, j].copy_(rows[j])
+        elements[:, j] = rows[j]
     return out
 
 
@@ -231,10 +239,7 @@ class ChunkCodec:
                 raise ChunkDecodeError(f"unknown stream codec {codec}")
             offset += length
         if width > 1:
-            if out.data_ptr() % width:  # a live view at an odd offset: no wide words there
-                out.copy_(ungroup(target, width, self._scratch(n, "shift")))
-            else:
-                ungroup(target, width, out)
+            ungroup(target, width, out)
 
     def _decompress(self, payload: memoryview, view: memoryview) -> None:
         n = len(view)
