@@ -28,7 +28,8 @@ Ours is `load_into` from a store that wrote the snapshot (its chunks are known g
 they decode straight into the live tensors); the peer is safetensors `load_file` with
 `copy_` into the same live tensors. Rounds alternate the two; the row reports the median
 of the per-round ratios and their spread, plus each side's median wall and CPU time. It
-is written under the key "hot_load_into" of the results file, the rest kept.
+is written under the key "hot_load_into" of the results file ("hot_load_into_none" with
+`--compression none`), the rest kept.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from pathlib import Path
 import torch
 
 import snapshots
+from snapshots.chunkfile import COMPRESSIONS
 
 from ._common import Workdir, finish, machine_info
 
@@ -173,6 +175,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--change", type=float, default=0.02, help="fraction of tensors changed for the incremental save")
     p.add_argument("--out", default=str(RESULTS), help="JSON results path")
     p.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help=f"interleaved rounds; rows report the median (default {DEFAULT_REPEAT})")
+    p.add_argument("--compression", default="zstd", choices=COMPRESSIONS, help="the store's compression (--hot)")
     p.add_argument("--hot", action="store_true", help="only the hot load_into row (merged into the results file)")
     args = p.parse_args(argv)
     args.repeat = max(1, args.repeat)
@@ -356,7 +359,7 @@ def hot_main(args) -> int:
     hot["elapsed_s"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"benchmark": "snapshots"}
-    results["hot_load_into"] = hot
+    results["hot_load_into" if args.compression == "zstd" else f"hot_load_into_{args.compression}"] = hot
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {out} (key hot_load_into)")
@@ -374,7 +377,7 @@ def hot_load_into(args, work: Workdir) -> dict:
     st_path = str(work.new("model.safetensors"))
     save_file(flat, st_path)
     chunk = int(args.chunk_mb * 2**20) // 64 * 64
-    store = snapshots.SnapshotStore(str(work.new("store")), chunk_size=chunk, level=args.level)
+    store = snapshots.SnapshotStore(str(work.new("store")), chunk_size=chunk, level=args.level, compression=args.compression)
     info = store.save(state, index=1, term=1)
     del state, flat
     live = build_state(args.mb, seed=1)
@@ -412,7 +415,7 @@ def hot_load_into(args, work: Workdir) -> dict:
                "cpu_median": statistics.median(cpu_ratios)}
     print(f"  ours / peer, per round: median {summary['median']:.2f} (spread {summary['min']:.2f}-{summary['max']:.2f}),"
           f" CPU {summary['cpu_median']:.2f}; load average {os.getloadavg()[0]:.1f}")
-    return {"config": {"mb": args.mb, "logical_bytes": logical, "chunk_size": chunk, "level": args.level,
+    return {"config": {"mb": args.mb, "logical_bytes": logical, "chunk_size": chunk, "level": args.level, "compression": args.compression,
                        "repeat": args.repeat, "workers": store.workers, "bytes_stored": info.bytes_stored,
                        "timing": "interleaved rounds into the same live tensors; ratio = median of per-round ratios"},
             "rows": rows, "ours_over_peer": summary}

@@ -40,6 +40,12 @@ SAMPLE_MIN = 4 * SAMPLE_PIECES * SAMPLE_PIECE
 SAMPLE_UNLESS_SAVES = 64
 
 
+# What a writer does to new chunks (writer policy; readers decode any chunk file):
+# "zstd" groups and compresses where it pays (FORMAT.md, "Raw flag"), "none" stores every
+# chunk raw, so loading it is one read and a hash.
+COMPRESSIONS = ("zstd", "none")
+
+
 class ChunkDecodeError(Exception):
     """A chunk file failed a check; the message says which (caught and re-raised by the
     store as CorruptSnapshotError with the snapshot's name)."""
@@ -102,15 +108,18 @@ def ungroup(grouped: torch.Tensor, width: int, out: torch.Tensor) -> torch.Tenso
 class ChunkCodec:
     """Encodes and decodes chunk files with per-thread zstd contexts.
 
-    `level` is the zstd level. At level 1 and below, byte-grouped float chunks use tuned
+    `level` is the zstd level; `compression` ("zstd" or "none") is what `encode` does. At level 1 and below, byte-grouped float chunks use tuned
     parameters (tiny hash table, long minimum match): grouped float bytes have few
     repeats, so nearly all the gain is entropy coding, and searching for matches only
     costs time (measured: ratio 0.34 vs 0.37 on bf16 exponent bytes, at twice the speed;
     the smallest hash table, 2**6 entries, is another 25% faster at the same ratio).
     """
 
-    def __init__(self, level: int = 1):
+    def __init__(self, level: int = 1, compression: str = "zstd"):
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(map(repr, COMPRESSIONS))}, not {compression!r}")
         self.level = level
+        self.compression = compression
         self._local = threading.local()
         self._float_params = (
             zstandard.ZstdCompressionParameters(
@@ -157,6 +166,8 @@ class ChunkCodec:
         n = raw.numel()
         if n > MAX_RAW_LEN:
             raise ValueError(f"chunk of {n} bytes exceeds the format's limit of {MAX_RAW_LEN}")
+        if self.compression == "none":
+            return [HEADER.pack(MAGIC, VERSION, CODEC_RAW, 1, 0, n), buffer(raw)]
         if width > 1 and n % width:
             width = 1
         grouped = group(raw, width, self._scratch(n), self._scratch(n, "shift")) if width > 1 else raw

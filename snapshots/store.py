@@ -80,6 +80,14 @@ class SnapshotStore:
         workers: threads that hash, compress, write and read chunks (default: twice the
             CPU count, at least 4, as workers also wait on fsync).
         failpoint: crash testing only (below); None calls nothing.
+        compression: what new chunks are: "zstd" (the default) byte-groups floating
+            point data and zstd-compresses each stream where that saves at least 1/32 of
+            it (FORMAT.md, "Raw flag"): 24% fewer bytes than the tensors' on the
+            benchmark's state, at the price of decompressing on load. "none" stores every
+            chunk raw: more bytes, and a load is a read and a hash per chunk, at the
+            speed of safetensors (bench/results/snapshots.json, "hot_load_into"). Either
+            store reads both kinds, and chunk names are the same (the hash of the raw
+            bytes), so a chunk another setting already wrote is reused as it is.
 
     Example::
 
@@ -133,6 +141,7 @@ class SnapshotStore:
         level: int = 1,
         workers: int | None = None,
         failpoint: Callable[[str], None] | None = None,
+        compression: str = "zstd",
     ):
         if sys.byteorder != "little":
             raise UnsupportedPlatformError("snapshot stores need a little-endian host")
@@ -152,7 +161,7 @@ class SnapshotStore:
         self._failpoint = failpoint or _no_failpoint
         self._known = KnownFiles()
         self._pool = WorkerPool(self.workers)
-        codec = ChunkCodec(level)
+        codec = ChunkCodec(level, compression)
         self._reader = StoreReader(self._layout, codec, self._pool, self._known)
         self._chunks = ChunkWriter(self._layout, codec, self._pool, self._known, self._reader, chunk_size, self._failpoint)
         self._stager = Stager()

@@ -127,3 +127,35 @@ def test_damage_after_a_check_is_caught_and_the_next_load_leaves_live_untouched(
     store.save(saved, index=2, term=1)
     store.load_into(store.list()[-1], live)
     assert_same(live, saved)
+
+
+def _chunk_codecs(root) -> set[int]:
+    out = set()
+    for d, _, files in os.walk(os.path.join(root, "chunks")):
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                out.add(fh.read(8)[5])  # the codec byte (FORMAT.md, "Chunk file")
+    return out
+
+
+def test_compression_none_writes_raw_chunks_and_stores_mix_both(open_store, tmp_path):
+    saved = _state(0)
+    with open_store(tmp_path / "s", compression="none") as raw_store:
+        raw_info = raw_store.save(saved, index=1, term=1)
+    assert _chunk_codecs(tmp_path / "s") == {0}
+    assert raw_info.bytes_stored >= raw_info.bytes_logical
+    changed = {**saved, "fp32": saved["fp32"] * 2}
+    zstd_store = open_store(tmp_path / "s")  # the default compresses what it adds
+    info = zstd_store.save(changed, index=2, term=1)
+    assert _chunk_codecs(tmp_path / "s") == {0, 1}
+    for store, (i, state) in ((zstd_store, (raw_info, saved)), (zstd_store, (info, changed))):
+        live = _state(3)
+        store.load_into(i, live)
+        assert_same(live, state)
+        assert_same(store.load(i), state)
+        assert store.verify(i).ok
+
+
+def test_compression_must_be_a_known_name(tmp_path):
+    with pytest.raises(ValueError, match="compression"):
+        snapshots.SnapshotStore(tmp_path / "s", compression="lz4")
