@@ -29,7 +29,10 @@ they decode straight into the live tensors); the peer is safetensors `load_file`
 `copy_` into the same live tensors. Rounds alternate the two; the row reports the median
 of the per-round ratios and their spread, plus each side's median wall and CPU time. It
 is written under the key "hot_load_into" of the results file ("hot_load_into_none" with
-`--compression none`), the rest kept.
+`--compression none`), the rest kept. On a busy 2-core machine run it with
+OMP_NUM_THREADS=1: the peer's `copy_` otherwise splits across two OpenMP threads that
+spin-wait for a core, and its time jumps between ~25 and ~200 ms from one process to
+the next (measured); one thread gives the peer its best, steady time.
 """
 
 from __future__ import annotations
@@ -417,6 +420,7 @@ def hot_load_into(args, work: Workdir) -> dict:
           f" CPU {summary['cpu_median']:.2f}; load average {os.getloadavg()[0]:.1f}")
     return {"config": {"mb": args.mb, "logical_bytes": logical, "chunk_size": chunk, "level": args.level, "compression": args.compression,
                        "repeat": args.repeat, "workers": store.workers, "bytes_stored": info.bytes_stored,
+                       "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                        "timing": "interleaved rounds into the same live tensors; ratio = median of per-round ratios"},
             "rows": rows, "ours_over_peer": summary}
 

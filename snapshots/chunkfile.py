@@ -26,6 +26,9 @@ CODEC_RAW = 0  # chunk: payload is the raw bytes; stream: stored as is
 CODEC_STREAMS = 1  # chunk: byte-group streams, each raw or zstd, after a stream table
 CODEC_ZSTD = 1  # stream: one zstd frame
 MAX_RAW_LEN = 1 << 30
+# Per-thread scratch buffers up to this size are kept for the next chunk (the default
+# chunk is 4 MiB); larger ones are allocated per use.
+KEEP_SCRATCH = 64 << 20
 # A stream is stored raw unless compression saves at least 1/RAW_UNLESS_SAVES of it.
 RAW_UNLESS_SAVES = 32
 # Before compressing a stream of at least SAMPLE_MIN bytes, compress a sample of it:
@@ -147,19 +150,25 @@ class ChunkCodec:
             dctx = self._local.dctx = zstandard.ZstdDecompressor()
         return dctx
 
-    def _scratch(self, n: int, name: str = "scratch") -> torch.Tensor:
-        """A reusable per-thread uint8 buffer of at least `n` bytes (one per `name`)."""
+    def _scratch(self, n: int, name: str = "scratch", pinned: bool = False) -> torch.Tensor:
+        """A reusable per-thread uint8 buffer of at least `n` bytes (one per `name`).
+        Buffers over KEEP_SCRATCH are not kept: a store of huge chunks (a manifest may
+        declare up to 1 GiB each) must not pin that much memory per worker thread."""
+        if n > KEEP_SCRATCH:
+            return torch.empty(n, dtype=torch.uint8, pin_memory=pinned)
         scratch = getattr(self._local, name, None)
         if scratch is None or scratch.numel() < n:
-            scratch = torch.empty(n, dtype=torch.uint8)
+            scratch = torch.empty(n, dtype=torch.uint8, pin_memory=pinned)
             setattr(self._local, name, scratch)
         return scratch[:n]
 
-    def scratch(self, n: int, name: str) -> torch.Tensor:
+    def scratch(self, n: int, name: str, pinned: bool = False) -> torch.Tensor:
         """This thread's reusable uint8 buffer `name` of `n` bytes (contents undefined),
         for callers that decode a chunk before copying parts of it out; valid until this
-        thread asks for `name` again. Names used here: "scratch", "shift", "payload"."""
-        return self._scratch(n, name)
+        thread asks for `name` again. Names used here: "scratch", "shift", "payload".
+        pinned=True: page-locked host memory (CUDA must be available), from which a copy
+        to a GPU is a DMA without a bounce buffer."""
+        return self._scratch(n, name, pinned)
 
     def encode(self, raw: torch.Tensor, width: int) -> list:
         """The chunk file for `raw` (flat uint8) as a list of buffers to write in order."""

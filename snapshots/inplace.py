@@ -74,13 +74,14 @@ def plan_restore(node: list, live: Any, records: tuple[TensorRecord, ...],
 def decodable_into(targets: dict[int, torch.Tensor], wanted) -> dict[int, torch.Tensor]:
     """The part of `targets` (tensor position -> live tensor, dtype and shape already
     checked) whose bytes a reader may overwrite directly, chunk by chunk, in any order:
-    non-empty, contiguous, plain strided CPU tensors (no conjugate or negative bit) that
-    share no memory with another target. The others, and aliased ones (tied weights:
-    their order of copies decides the result), keep the copy_ of `RestorePlan.apply`."""
+    non-empty, contiguous, plain strided tensors (no conjugate or negative bit) on the
+    CPU or a CUDA GPU (one address space: unified virtual addressing) that share no
+    memory with another target. The others, and aliased ones (tied weights: their order
+    of copies decides the result), keep the copy_ of `RestorePlan.apply`."""
     wanted = set(wanted)
     spans = []  # (start, end, position, direct)
     for i, live in targets.items():
-        if i not in wanted or live.device.type != "cpu" or live.numel() == 0:
+        if i not in wanted or live.device.type not in ("cpu", "cuda") or live.numel() == 0:
             continue
         direct = (live.layout == torch.strided and live.is_contiguous()
                   and not live.is_conj() and not live.is_neg())

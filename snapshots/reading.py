@@ -126,7 +126,7 @@ class StoreReader:
         """Whether the existing chunk file `cid` decodes to its id (a writer reuses it
         only then; a damaged one is rewritten)."""
         try:
-            self.read_chunk("<dedup check>", ChunkRef(cid, raw_len, size), torch.empty(raw_len, dtype=torch.uint8))
+            self.read_chunk("<dedup check>", ChunkRef(cid, raw_len, size), self._codec.scratch(raw_len, "chunk"))
             return True
         except (CorruptSnapshotError, OSError):
             log.warning("chunk %s exists but is damaged; rewriting it", cid)
@@ -142,8 +142,10 @@ class StoreReader:
         no second copy: position i's result is then the live tensor itself, already
         holding the snapshot's bytes. This happens only when every chunk the load needs is
         one this process wrote or hash-checked (`KnownFiles`), and only for live tensors
-        that are contiguous, on the CPU and overlap no other destination; otherwise the
-        result is a fresh tensor as without `into`. Every chunk's hash is still checked
+        that are contiguous, on the CPU or a CUDA GPU, and overlap no other destination;
+        otherwise the result is a fresh CPU tensor as without `into`. A GPU tensor is
+        filled chunk by chunk from a reusable page-locked buffer per worker thread (no
+        host copy of the whole state), the copies of the threads overlapping. Every chunk's hash is still checked
         after decoding; what in-place decoding gives up is atomicity in one case only: a
         chunk damaged on disk after this process checked it is caught, but the live
         tensors decoded before it already hold the snapshot's bytes. A chunk that fails
@@ -186,10 +188,14 @@ class StoreReader:
         def fill(c: int) -> None:
             ref, targets = manifest.chunks[c], uses[c]
             off, n, t, at = targets[0]
-            if len(targets) == 1 and off == 0 and n == ref.raw_len:
+            if len(targets) == 1 and off == 0 and n == ref.raw_len and raws[t].device.type == "cpu":
                 self.read_chunk(manifest.name, ref, raws[t][at:at + n])  # straight into the tensor
                 return
-            scratch = codec.scratch(ref.raw_len, "chunk")
+            # Several tensors share the chunk, or it goes to a GPU: decode and check it in
+            # this thread's buffer (page-locked for a GPU), then copy the pieces out. A
+            # copy from the host is synchronous, so the buffer is free again after it.
+            pinned = any(raws[t].device.type == "cuda" for _, _, t, _ in targets)
+            scratch = codec.scratch(ref.raw_len, "pinned" if pinned else "chunk", pinned=pinned)
             self.read_chunk(manifest.name, ref, scratch)
             for off, n, t, at in targets:
                 raws[t][at:at + n].copy_(scratch[off:off + n])
@@ -211,7 +217,7 @@ class StoreReader:
 
             def check(ref: ChunkRef) -> Damage | None:
                 try:
-                    self.read_chunk(name, ref, torch.empty(ref.raw_len, dtype=torch.uint8))
+                    self.read_chunk(name, ref, self._codec.scratch(ref.raw_len, "chunk"))
                     return None
                 except CorruptSnapshotError as e:
                     return Damage(ref.id, e.reason)

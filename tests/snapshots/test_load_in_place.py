@@ -159,3 +159,16 @@ def test_compression_none_writes_raw_chunks_and_stores_mix_both(open_store, tmp_
 def test_compression_must_be_a_known_name(tmp_path):
     with pytest.raises(ValueError, match="compression"):
         snapshots.SnapshotStore(tmp_path / "s", compression="lz4")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_reload_into_gpu_tensors_goes_through_pinned_buffers(store, monkeypatch):
+    saved = _state(0)
+    info = store.save(saved, index=1, term=1)
+    live = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in _state(1).items()}
+    ptrs = {k: v.data_ptr() for k, v in live.items() if isinstance(v, torch.Tensor)}
+    counts = _decoded_in_place(monkeypatch)
+    store.load_into(info, live)
+    assert counts == [6]
+    assert all(live[k].data_ptr() == p for k, p in ptrs.items())
+    assert_same({k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in live.items()}, saved)
