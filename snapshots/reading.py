@@ -145,12 +145,13 @@ class StoreReader:
         that are contiguous, on the CPU or a CUDA GPU, and overlap no other destination;
         otherwise the result is a fresh CPU tensor as without `into`. A GPU tensor is
         filled chunk by chunk from a reusable page-locked buffer per worker thread (no
-        host copy of the whole state), the copies of the threads overlapping. Every chunk's hash is still checked
-        after decoding; what in-place decoding gives up is atomicity in one case only: a
-        chunk damaged on disk after this process checked it is caught, but the live
-        tensors decoded before it already hold the snapshot's bytes. A chunk that fails
-        a check is forgotten as known, so the next load of it decodes into fresh memory
-        and leaves the live state untouched on failure.
+        host copy of the whole state; the threads' copies overlap), each chunk checked
+        before it is copied. Every chunk's hash is still checked after decoding; what
+        in-place decoding gives up is atomicity in one case only: a chunk damaged on disk
+        after this process checked it is caught, but the live tensors decoded before it
+        already hold the snapshot's bytes. A chunk that fails a check is forgotten as
+        known, so the next load of it decodes into fresh memory and leaves the live
+        state untouched on failure.
 
         The manifest's sizes are consistent (decode checked them), but they may still
         describe more memory than this process can have: a chunk may be referenced by

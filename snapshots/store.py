@@ -340,10 +340,11 @@ class SnapshotStore:
 
         Only the chunks of the restored tensors are read and decompressed. When every
         one of them is a chunk this store wrote or hash-checked before (a reload in the
-        same process), they decode straight into the contiguous CPU live tensors, with
-        no fresh memory and no second copy (`StoreReader.read_tensors`); each is still
-        hash-checked, but a chunk damaged on disk since that earlier check is then
-        caught after the tensors decoded before it were overwritten.
+        same process), they decode straight into the contiguous live tensors (a GPU's
+        through a pinned buffer per worker), with no fresh host memory and no second
+        copy (`StoreReader.read_tensors`); each is still hash-checked, but a chunk
+        damaged on disk since that earlier check is then caught after the tensors
+        decoded before it were overwritten.
         """
         self._check_open()
         with self._reader.shared_lock():
