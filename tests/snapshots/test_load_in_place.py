@@ -96,7 +96,7 @@ def test_decodable_into_takes_only_plain_unshared_cpu_tensors():
     assert sorted(inplace.decodable_into({1: flat[:50], 2: flat[50:]}, [1, 2])) == [1, 2]  # adjacent, disjoint
 
 
-def _flip_a_chunk_of(root: str, info: snapshots.SnapshotInfo, key_bytes: int) -> None:
+def _flip_a_chunk_of(root: str) -> None:
     """Flip one bit in the middle of the largest chunk file the snapshot uses."""
     chunks = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, "chunks")) for f in fs]
     path = max(chunks, key=os.path.getsize)
@@ -111,7 +111,7 @@ def test_damage_after_a_check_is_caught_and_the_next_load_leaves_live_untouched(
     g = torch.Generator().manual_seed(0)
     saved = {"w": torch.randn(8192, generator=g), "step": 1}
     info = store.save(saved, index=1, term=1)
-    _flip_a_chunk_of(str(tmp_path / "snap"), info, 0)
+    _flip_a_chunk_of(str(tmp_path / "snap"))
     live = {"w": torch.zeros(8192), "step": 0}
     # This store wrote the chunk, so it decodes in place: still hash-checked and refused,
     # but the tensors decoded before the damaged chunk already hold the snapshot's bytes.
