@@ -10,6 +10,7 @@ import os
 import struct
 import threading
 
+import numpy as np
 import torch
 import xxhash
 import zstandard
@@ -25,6 +26,9 @@ CODEC_RAW = 0  # chunk: payload is the raw bytes; stream: stored as is
 CODEC_STREAMS = 1  # chunk: byte-group streams, each raw or zstd, after a stream table
 CODEC_ZSTD = 1  # stream: one zstd frame
 MAX_RAW_LEN = 1 << 30
+# Per-thread scratch buffers up to this size are kept for the next chunk (the default
+# chunk is 4 MiB); larger ones are allocated per use.
+KEEP_SCRATCH = 64 << 20
 # A stream is stored raw unless compression saves at least 1/RAW_UNLESS_SAVES of it.
 RAW_UNLESS_SAVES = 32
 # Before compressing a stream of at least SAMPLE_MIN bytes, compress a sample of it:
@@ -39,6 +43,12 @@ SAMPLE_MIN = 4 * SAMPLE_PIECES * SAMPLE_PIECE
 SAMPLE_UNLESS_SAVES = 64
 
 
+# What a writer does to new chunks (writer policy; readers decode any chunk file):
+# "zstd" groups and compresses where it pays (FORMAT.md, "Raw flag"), "none" stores every
+# chunk raw, so loading it is one read and a hash.
+COMPRESSIONS = ("zstd", "none")
+
+
 class ChunkDecodeError(Exception):
     """A chunk file failed a check; the message says which (caught and re-raised by the
     store as CorruptSnapshotError with the snapshot's name)."""
@@ -49,8 +59,19 @@ def chunk_id(raw: torch.Tensor) -> str:
     return xxhash.xxh3_128_hexdigest(buffer(raw))
 
 
-# Integer dtypes whose shifts group and ungroup a whole chunk in a few vectorized passes.
+# Integer dtypes whose shifts group a whole chunk in a few vectorized torch passes (save).
 _SHIFT_TYPES = {2: torch.int16, 4: torch.int32}
+# Unsigned word types whose shifts ungroup a whole chunk in a few numpy passes (load).
+_WORDS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+# Why numpy, not torch, to ungroup: it runs on the store's worker threads, several at
+# once, and each torch op there forks its own OpenMP team over the same cores (a hot
+# load_into spent most of its CPU spinning in libgomp, measured with py-spy: 375 ms of
+# CPU for 256 MiB with torch, 175 ms with numpy). numpy's loops are single-threaded and
+# release the GIL, so the parallelism is the pool's, one chunk per thread. Shift-and-or
+# passes over whole words are SIMD; a strided byte copy (a transpose) measured 10-30x
+# slower. `group` (the save side) keeps torch: its cost there is small next to zstd
+# (equal CPU measured either way), and saves are another change's to tune.
 
 
 def group(raw: torch.Tensor, width: int, out: torch.Tensor, tmp: torch.Tensor | None = None) -> torch.Tensor:
@@ -75,34 +96,38 @@ def group(raw: torch.Tensor, width: int, out: torch.Tensor, tmp: torch.Tensor | 
 
 
 def ungroup(grouped: torch.Tensor, width: int, out: torch.Tensor) -> torch.Tensor:
-    """Invert `group`: interleave the `width` runs of `grouped` back into `out`."""
-    rows = grouped.view(width, -1)
-    if width in _SHIFT_TYPES:
+    """Invert `group`: interleave the `width` runs of `grouped` back into `out`, writing
+    nothing else (`out` may be a live tensor's bytes, at any alignment)."""
+    rows = grouped.numpy().reshape(width, -1)
+    if width in _WORDS:
         # Horner over the bytes, most significant first: x = (x << 8) | byte, in place.
-        words = out.view(_SHIFT_TYPES[width])
-        words.copy_(rows[width - 1])
+        words = out.numpy().view(_WORDS[width])
+        np.copyto(words, rows[width - 1])
         for j in range(width - 2, -1, -1):
-            words.bitwise_left_shift_(8)
-            words.bitwise_or_(rows[j])
+            np.left_shift(words, 8, out=words)
+            np.bitwise_or(words, rows[j], out=words)
         return out
-    elements = out.view(-1, width)
+    elements = out.numpy().reshape(-1, width)
     for j in range(width):
-        elements[:, j].copy_(rows[j])
+        elements[:, j] = rows[j]
     return out
 
 
 class ChunkCodec:
     """Encodes and decodes chunk files with per-thread zstd contexts.
 
-    `level` is the zstd level. At level 1 and below, byte-grouped float chunks use tuned
+    `level` is the zstd level; `compression` ("zstd" or "none") is what `encode` does. At level 1 and below, byte-grouped float chunks use tuned
     parameters (tiny hash table, long minimum match): grouped float bytes have few
     repeats, so nearly all the gain is entropy coding, and searching for matches only
     costs time (measured: ratio 0.34 vs 0.37 on bf16 exponent bytes, at twice the speed;
     the smallest hash table, 2**6 entries, is another 25% faster at the same ratio).
     """
 
-    def __init__(self, level: int = 1):
+    def __init__(self, level: int = 1, compression: str = "zstd"):
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(map(repr, COMPRESSIONS))}, not {compression!r}")
         self.level = level
+        self.compression = compression
         self._local = threading.local()
         self._float_params = (
             zstandard.ZstdCompressionParameters(
@@ -130,19 +155,33 @@ class ChunkCodec:
             dctx = self._local.dctx = zstandard.ZstdDecompressor()
         return dctx
 
-    def _scratch(self, n: int, name: str = "scratch") -> torch.Tensor:
-        """A reusable per-thread uint8 buffer of at least `n` bytes (one per `name`)."""
+    def _scratch(self, n: int, name: str = "scratch", pinned: bool = False) -> torch.Tensor:
+        """A reusable per-thread uint8 buffer of at least `n` bytes (one per `name`).
+        Buffers over KEEP_SCRATCH are not kept: a store of huge chunks (a manifest may
+        declare up to 1 GiB each) must not pin that much memory per worker thread."""
+        if n > KEEP_SCRATCH:
+            return torch.empty(n, dtype=torch.uint8, pin_memory=pinned)
         scratch = getattr(self._local, name, None)
         if scratch is None or scratch.numel() < n:
-            scratch = torch.empty(n, dtype=torch.uint8)
+            scratch = torch.empty(n, dtype=torch.uint8, pin_memory=pinned)
             setattr(self._local, name, scratch)
         return scratch[:n]
+
+    def scratch(self, n: int, name: str, pinned: bool = False) -> torch.Tensor:
+        """This thread's reusable uint8 buffer `name` of `n` bytes (contents undefined),
+        for callers that decode a chunk before copying parts of it out; valid until this
+        thread asks for `name` again. Names used here: "scratch", "shift", "payload".
+        pinned=True: page-locked host memory (CUDA must be available), from which a copy
+        to a GPU is a DMA without a bounce buffer."""
+        return self._scratch(n, name, pinned)
 
     def encode(self, raw: torch.Tensor, width: int) -> list:
         """The chunk file for `raw` (flat uint8) as a list of buffers to write in order."""
         n = raw.numel()
         if n > MAX_RAW_LEN:
             raise ValueError(f"chunk of {n} bytes exceeds the format's limit of {MAX_RAW_LEN}")
+        if self.compression == "none":
+            return [HEADER.pack(MAGIC, VERSION, CODEC_RAW, 1, 0, n), buffer(raw)]
         if width > 1 and n % width:
             width = 1
         grouped = group(raw, width, self._scratch(n), self._scratch(n, "shift")) if width > 1 else raw

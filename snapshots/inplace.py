@@ -40,11 +40,21 @@ class RestorePlan:
     assigns: list[tuple[Any, Any, list]] = field(default_factory=list)  # (container, key, node)
     deletes: list[tuple[MutableMapping, Any]] = field(default_factory=list)
 
+    def targets(self) -> dict[int, torch.Tensor]:
+        """Tensor position -> the live tensor it is restored into (`decodable_into`)."""
+        return {i: live for live, i in self.copies}
+
     def apply(self, tensor: Callable[[int], torch.Tensor]) -> None:
-        """Execute the plan; `tensor(i)` gives loaded, verified tensor leaf i."""
+        """Execute the plan; `tensor(i)` gives loaded, verified tensor leaf i. A leaf that
+        is the live tensor itself was decoded into it in place: nothing to copy, but its
+        autograd version is bumped as copy_ would have."""
         with torch.no_grad():
             for live, i in self.copies:
-                live.copy_(tensor(i))
+                loaded = tensor(i)
+                if loaded is live:
+                    torch.autograd.graph.increment_version(live)
+                else:
+                    live.copy_(loaded)
         for container, key, node in self.assigns:
             container[key] = tree.build(node, tensor)
         for mapping, key in self.deletes:
@@ -59,6 +69,38 @@ def plan_restore(node: list, live: Any, records: tuple[TensorRecord, ...],
     plan = RestorePlan()
     _visit(node, live, (), records, plan, partial)
     return plan
+
+
+def decodable_into(targets: dict[int, torch.Tensor], wanted) -> dict[int, torch.Tensor]:
+    """The part of `targets` (tensor position -> live tensor, dtype and shape already
+    checked) whose bytes a reader may overwrite directly, chunk by chunk, in any order:
+    non-empty, contiguous, plain strided tensors (no conjugate or negative bit) on the
+    CPU or a CUDA GPU (one address space: unified virtual addressing) that share no
+    memory with another target. The others, and aliased ones (tied weights: their order
+    of copies decides the result), keep the copy_ of `RestorePlan.apply`."""
+    wanted = set(wanted)
+    spans = []  # (start, end, position, direct)
+    for i, live in targets.items():
+        if i not in wanted or live.device.type not in ("cpu", "cuda") or live.numel() == 0:
+            continue
+        direct = (live.layout == torch.strided and live.is_contiguous()
+                  and not live.is_conj() and not live.is_neg())
+        if direct:
+            start = live.data_ptr()
+            end = start + live.numel() * live.element_size()
+        else:  # whatever it spans lies in its storage
+            storage = live.untyped_storage()
+            start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+        spans.append((start, end, i, direct))
+    spans.sort()
+    out: dict[int, torch.Tensor] = {}
+    reach = -1  # the furthest end among the spans before
+    for k, (start, end, i, direct) in enumerate(spans):
+        overlaps_next = k + 1 < len(spans) and spans[k + 1][0] < end
+        if direct and start >= reach and not overlaps_next:
+            out[i] = targets[i]
+        reach = max(reach, end)
+    return out
 
 
 def check_layout(node: list, records: tuple[TensorRecord, ...], like: Any, *, strict: bool = True,

@@ -113,6 +113,7 @@ class StoreReader:
         try:
             self._codec.read(self.layout.chunk_path(ref.id), ref.raw_len, ref.stored_len, out)
         except FileNotFoundError:
+            self._known.forget(ref.id)
             if parse_manifest_name(name) is not None and not os.path.lexists(self.layout.manifest_path(name)):
                 # A prune deletes a snapshot's manifest before its chunks, so this one was
                 # pruned while it was read: absence, not damage. Only a reader that could not
@@ -122,10 +123,14 @@ class StoreReader:
                     "could not take the store's READERS lock, which makes a pruner wait)") from None
             raise CorruptSnapshotError(name, ref.id, "chunk file is missing") from None
         except ChunkDecodeError as e:
+            self._known.forget(ref.id)
             raise CorruptSnapshotError(name, ref.id, str(e)) from None
         except OSError as e:
+            self._known.forget(ref.id)
             raise CorruptSnapshotError(name, ref.id, f"chunk file unreadable: {e}") from None
         if chunk_id(out) != ref.id:
+            # No longer trusted: the next save rewrites it, and no load decodes it in place.
+            self._known.forget(ref.id)
             raise CorruptSnapshotError(name, ref.id, "content hash mismatch")
         self._known.add_good([ref.id])
 
@@ -133,15 +138,32 @@ class StoreReader:
         """Whether the existing chunk file `cid` decodes to its id (a writer reuses it
         only then; a damaged one is rewritten)."""
         try:
-            self.read_chunk("<dedup check>", ChunkRef(cid, raw_len, size), torch.empty(raw_len, dtype=torch.uint8))
+            self.read_chunk("<dedup check>", ChunkRef(cid, raw_len, size), self._codec.scratch(raw_len, "chunk"))
             return True
         except (CorruptSnapshotError, OSError):
             log.warning("chunk %s exists but is damaged; rewriting it", cid)
             return False
 
-    def read_tensors(self, manifest: Manifest, only: frozenset[int] | None = None) -> list[torch.Tensor | None]:
+    def read_tensors(self, manifest: Manifest, only: frozenset[int] | None = None,
+                     into: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor | None]:
         """Fresh CPU tensors for every tensor record (or only the positions in `only`, the
         others None), each chunk those need read once, in parallel; no other chunk is read.
+
+        `into` (load_into's plan: tensor position -> live tensor of that record's dtype and
+        shape) lets chunks decode straight into the live tensors, with no fresh memory and
+        no second copy: position i's result is then the live tensor itself, already
+        holding the snapshot's bytes. This happens only when every chunk the load needs is
+        one this process wrote or hash-checked (`KnownFiles`), and only for live tensors
+        that are contiguous, on the CPU or a CUDA GPU, and overlap no other destination;
+        otherwise the result is a fresh CPU tensor as without `into`. A GPU tensor is
+        filled chunk by chunk from a reusable page-locked buffer per worker thread (no
+        host copy of the whole state; the threads' copies overlap), each chunk checked
+        before it is copied. Every chunk's hash is still checked after decoding; what
+        in-place decoding gives up is atomicity in one case only: a chunk damaged on disk
+        after this process checked it is caught, but the live tensors decoded before it
+        already hold the snapshot's bytes. A chunk that fails a check is forgotten as
+        known, so the next load of it decodes into fresh memory and leaves the live
+        state untouched on failure.
 
         The manifest's sizes are consistent (decode checked them), but they may still
         describe more memory than this process can have: a chunk may be referenced by
@@ -150,33 +172,43 @@ class StoreReader:
         is reported as CorruptSnapshotError, so `load_newest` skips the snapshot like
         damage; callers that know the state's layout pass `like` to refuse it earlier."""
         try:
-            return self._read_tensors(manifest, only)
+            return self._read_tensors(manifest, only, into or {})
         except (MemoryError, RuntimeError) as e:
             wanted = range(len(manifest.tensors)) if only is None else only
             size = sum(manifest.tensors[i].nbytes for i in wanted)
             raise CorruptSnapshotError(
                 manifest.name, None, f"cannot allocate its {size} bytes of tensors: {e}"[:500]) from None
 
-    def _read_tensors(self, manifest: Manifest, only: frozenset[int] | None) -> list[torch.Tensor | None]:
-        outs = [torch.empty(r.shape, dtype=DTYPES[r.dtype]) if only is None or t in only else None
-                for t, r in enumerate(manifest.tensors)]
-        raws = [byte_view(o) if o is not None else None for o in outs]
+    def _read_tensors(self, manifest: Manifest, only: frozenset[int] | None,
+                      into: dict[int, torch.Tensor]) -> list[torch.Tensor | None]:
+        wanted = [t for t in range(len(manifest.tensors)) if only is None or t in only]
         uses: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
-        for t, record in enumerate(manifest.tensors):
-            if outs[t] is None:
-                continue
+        for t in wanted:
             at = 0
-            for c, off, n in record.segments:
+            for c, off, n in manifest.tensors[t].segments:
                 uses[c].append((off, n, t, at))
                 at += n
+        live = inplace.decodable_into(into, wanted)
+        if live and not all(self._known.is_good(manifest.chunks[c].id) for c in uses):
+            live = {}  # untrusted chunks: decode into fresh memory, the live state untouched on failure
+        outs: list[torch.Tensor | None] = [None] * len(manifest.tensors)
+        for t in wanted:
+            r = manifest.tensors[t]
+            outs[t] = live[t] if t in live else torch.empty(r.shape, dtype=DTYPES[r.dtype])
+        raws = [byte_view(o) if o is not None else None for o in outs]
+        codec = self._codec
 
         def fill(c: int) -> None:
             ref, targets = manifest.chunks[c], uses[c]
             off, n, t, at = targets[0]
-            if len(targets) == 1 and off == 0 and n == ref.raw_len:
+            if len(targets) == 1 and off == 0 and n == ref.raw_len and raws[t].device.type == "cpu":
                 self.read_chunk(manifest.name, ref, raws[t][at:at + n])  # straight into the tensor
                 return
-            scratch = torch.empty(ref.raw_len, dtype=torch.uint8)
+            # Several tensors share the chunk, or it goes to a GPU: decode and check it in
+            # this thread's buffer (page-locked for a GPU), then copy the pieces out. A
+            # copy from the host is synchronous, so the buffer is free again after it.
+            pinned = any(raws[t].device.type == "cuda" for _, _, t, _ in targets)
+            scratch = codec.scratch(ref.raw_len, "pinned" if pinned else "chunk", pinned=pinned)
             self.read_chunk(manifest.name, ref, scratch)
             for off, n, t, at in targets:
                 raws[t][at:at + n].copy_(scratch[off:off + n])
@@ -198,7 +230,7 @@ class StoreReader:
 
             def check(ref: ChunkRef) -> Damage | None:
                 try:
-                    self.read_chunk(name, ref, torch.empty(ref.raw_len, dtype=torch.uint8))
+                    self.read_chunk(name, ref, self._codec.scratch(ref.raw_len, "chunk"))
                     return None
                 except CorruptSnapshotError as e:
                     return Damage(ref.id, e.reason)

@@ -80,6 +80,16 @@ class SnapshotStore:
         workers: threads that hash, compress, write and read chunks (default: twice the
             CPU count, at least 4, as workers also wait on fsync).
         failpoint: crash testing only (below); None calls nothing.
+        compression: what new chunks are: "zstd" (the default) byte-groups floating
+            point data and zstd-compresses each stream where that saves at least 1/32 of
+            it (FORMAT.md, "Raw flag"): 24% fewer bytes than the tensors on the
+            benchmark's bf16+fp32 state, at the price of decompressing and un-grouping
+            on load (a hot `load_into` about 3-5x safetensors' time on 2 busy cores).
+            "none" stores every chunk raw: a load is a read and a hash per chunk (about
+            1.3-1.4x safetensors `load_file` + `copy_` there; bench/results/snapshots.json,
+            "hot_load_into*"). Either store reads both kinds, and chunk names are the
+            same (the hash of the raw bytes), so a chunk already written with the other
+            setting is reused as it is.
 
     Example::
 
@@ -133,6 +143,7 @@ class SnapshotStore:
         level: int = 1,
         workers: int | None = None,
         failpoint: Callable[[str], None] | None = None,
+        compression: str = "zstd",
     ):
         if sys.byteorder != "little":
             raise UnsupportedPlatformError("snapshot stores need a little-endian host")
@@ -152,7 +163,7 @@ class SnapshotStore:
         self._failpoint = failpoint or _no_failpoint
         self._known = KnownFiles()
         self._pool = WorkerPool(self.workers)
-        codec = ChunkCodec(level)
+        codec = ChunkCodec(level, compression)
         self._reader = StoreReader(self._layout, codec, self._pool, self._known)
         self._chunks = ChunkWriter(self._layout, codec, self._pool, self._known, self._reader, chunk_size, self._failpoint)
         self._stager = Stager()
@@ -327,7 +338,13 @@ class SnapshotStore:
           in common is StateMismatchError too.
         - strict=True (the default): the whole snapshot; the live state must match it.
 
-        Only the chunks of the restored tensors are read and decompressed.
+        Only the chunks of the restored tensors are read and decompressed. When every
+        one of them is a chunk this store wrote or hash-checked before (a reload in the
+        same process), they decode straight into the contiguous live tensors (a GPU's
+        through a pinned buffer per worker), with no fresh host memory and no second
+        copy (`StoreReader.read_tensors`); each is still hash-checked, but a chunk
+        damaged on disk since that earlier check is then caught after the tensors
+        decoded before it were overwritten.
         """
         self._check_open()
         with self._reader.shared_lock():
@@ -339,7 +356,7 @@ class SnapshotStore:
             else:
                 chosen = selection.everything(manifest.tree, len(manifest.tensors))
             plan = inplace.plan_restore(chosen.node, live, manifest.tensors, chosen.partial)
-            tensors = self._reader.read_tensors(manifest, chosen.tensors)
+            tensors = self._reader.read_tensors(manifest, chosen.tensors, into=plan.targets())
         plan.apply(tensors.__getitem__)
         return SnapshotInfo.from_manifest(manifest)
 
