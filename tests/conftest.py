@@ -1,12 +1,17 @@
 """Suite-wide: the order pytest-xdist hands tests out in.
 
 The suite runs in parallel (`pytest -n 4`, README "On a fresh machine"). xdist's `load`
-scheduler deals tests to the workers in collection order, round robin, and each worker
-runs its share in that order; so a minute-long test collected last ends the run a minute
-after everything else. Here each worker (the order must be the same on every worker)
-moves the long tests to the front, longest first, and leaves the rest in their usual
-order: the long tests overlap each other and the short ones fill the gaps after them
+scheduler hands tests to the workers in collection order, and each worker runs its share
+in that order; so a minute-long test collected last ends the run a minute after
+everything else. Here each worker (the order must be the same on every worker) moves the
+long tests to the front, longest first, and leaves the rest in their usual order: the
+long tests overlap each other and the short ones fill the gaps after them
 (longest-processing-time-first scheduling).
+
+By default `load` would hand each worker a first block of ~90 consecutive tests (all the
+long ones to the first worker); `pytest_configure` below makes it deal them out one at a
+time instead (`--maxschedchunk 1`, unless given), so each worker keeps about two tests
+queued and the long ones spread over every worker.
 
 The seconds are one measured run on a loaded 2-core machine under `-n 4` (only the
 order matters; a test missing here just keeps its place). Without xdist nothing is
@@ -79,3 +84,8 @@ def pytest_collection_modifyitems(config, items):
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
     items.sort(key=lambda item: -_seconds(item.nodeid))  # stable: the rest keep their order
+
+
+def pytest_configure(config):
+    if getattr(config.option, "maxschedchunk", "absent") is None:  # xdist installed, option not given
+        config.option.maxschedchunk = 1
