@@ -64,6 +64,11 @@ def cli(*argv, tty: bool = False, prepare=None, timeout: float = 60) -> Ran:
         try:
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
+            if tty:
+                # The terminal is the pty and its size is the pty's: a COLUMNS/LINES inherited
+                # from the parent describes another terminal (pytest-xdist workers set 80x24).
+                os.environ.pop("COLUMNS", None)
+                os.environ.pop("LINES", None)
             for fd in (out_r, err_r, out_w, err_w):
                 os.close(fd)
             sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)
