@@ -28,7 +28,7 @@ DAMAGE = {
     "torch_eventlog.errors": ["DamageError", "UnsafeFileError"],
     "eventlog.errors": ["CorruptEntryError", "DamagedSegmentError", "DamagedLogError", "FormatError",
                         "SegmentDamage", "SegmentRejectedError"],
-    "snapshots.errors": ["CorruptSnapshotError"],
+    "snapshots.errors": ["CorruptSnapshotError", "CorruptFileError"],
     "replay.errors": ["DivergenceError", "RankDivergenceError"],
     "replay.replica.errors": ["ReplicaDamageError"],
     "replay.environment": ["EnvironmentFileError"],
