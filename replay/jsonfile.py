@@ -22,12 +22,18 @@ class JsonFileError(ValueError):
 
 def write_durably(path: str | os.PathLike, document: Any) -> None:
     """Write `document` as JSON to `path`: temp file, fsync, rename, directory fsync."""
-    path = Path(path)
+    replace_durably(Path(path), json.dumps(document, sort_keys=True, allow_nan=False).encode())
+
+
+def replace_durably(path: Path, data: bytes) -> None:
+    """Make `data` the contents of `path` so a crash leaves the old file or the new one:
+    temp file, fsync, rename, directory fsync."""
     temp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    data = json.dumps(document, sort_keys=True, allow_nan=False).encode()
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -120,7 +120,7 @@ def write_acknowledged(rank_root: str | os.PathLike, index: int) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:  # missing, a link, or something a writer cannot open
-        _replace_durably(path, data)
+        jsonfile.replace_durably(path, data)
         return
     try:
         st = os.fstat(fd)
@@ -131,23 +131,7 @@ def write_acknowledged(rank_root: str | os.PathLike, index: int) -> None:
     finally:
         os.close(fd)
     if not in_place:
-        _replace_durably(path, data)
-
-
-def _replace_durably(path: Path, data: bytes) -> None:
-    temp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        jsonfile.replace_durably(path, data)
 
 
 def read_acknowledged(rank_root: str | os.PathLike) -> int | None:
