@@ -4,7 +4,7 @@ Subcommands:
   demo        train (or run inference) under a Journal, kill -9 it repeatedly, resume,
               and check the result is bit-identical to an uninterrupted run (replay/demo.py).
   run         keep a job alive: restart it when a restart can help (replay/supervisor/).
-  log, show, verify, stats, tail, snapshots, prune, state, diff, export, truncate
+  log, show, verify, stats, tail, snapshots, prune, state, diff, export, truncate, fork, runs
               the audit CLI (replay/cli/): read a journal without disturbing its writer.
 """
 
