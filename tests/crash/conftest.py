@@ -37,6 +37,7 @@ ROWS = {
     "fault_dataloader": "row 18: a multi-worker DataLoader under a journal, SIGKILLed: the resumed run is bit-identical",
     "fault_ranks": "row 19: multi-rank journals: random ranks SIGKILLed, kills at every protocol step, damaged snapshots",
     "fault_replica": "row 20: replicas: the writer SIGKILLed and its directory deleted; restore reproduces the replica index",
+    "fault_supervisor": "row 21: replay run: jobs SIGKILLed, hung, failing, preempted; restarts end bit-identical",
 }
 
 STRACE = shutil.which("strace")

@@ -15,7 +15,7 @@ import pytest
 
 from .test_run import ROOT, attempts, env
 
-pytestmark = [pytest.mark.crash, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.crash, pytest.mark.fault_supervisor, pytest.mark.timeout(400)]
 
 JOB = Path(__file__).with_name("ddp_job.py")
 STEPS = 24
