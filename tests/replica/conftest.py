@@ -29,6 +29,43 @@ try:
 except ImportError:  # pragma: no cover - CI installs moto[server]
     ThreadedMotoServer = None
 
+class _AtomicWrites:
+    """WSGI middleware: one mutating request (PUT, POST, DELETE) at a time.
+
+    S3 applies a conditional write (If-None-Match, If-Match) atomically; moto checks the
+    condition and then writes, so two racing creators can both win under load (seen in
+    tests/replica/test_objects.py::test_concurrent_creators_exactly_one_wins on a loaded
+    2-core machine). Serialising mutations gives the test server S3's semantics; reads
+    stay concurrent. Our code sends each conditional write as one request, so this hides
+    nothing of ours."""
+
+    def __init__(self, app):
+        import threading
+
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") in ("PUT", "POST", "DELETE"):
+            with self.lock:
+                return list(self.app(environ, start_response))
+        return self.app(environ, start_response)
+
+
+if ThreadedMotoServer is not None:
+    class _AtomicMotoServer(ThreadedMotoServer):
+        """ThreadedMotoServer whose app is wrapped in _AtomicWrites (same server otherwise)."""
+
+        def _server_entry(self) -> None:
+            from moto.server import DomainDispatcherApplication, create_backend_app
+            from moto.moto_server.werkzeug_app import MotoRequestHandler
+            from werkzeug.serving import make_server
+
+            app = _AtomicWrites(DomainDispatcherApplication(create_backend_app))
+            self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
 NO_MOTO = "moto[server] is not installed (pip install 'moto[server]'): no local S3 endpoint"
 if os.environ.get("CI"):
     # CI installs the test extras: a replica test must never skip there silently.
@@ -61,7 +98,7 @@ class MotoEndpoint:
 
     def start(self) -> "MotoEndpoint":
         assert self._server is None, "already running"
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        server = _AtomicMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         server.start()
         self.port = server.get_host_and_port()[1]
         self._server = server
