@@ -20,6 +20,7 @@ from .errors import DamagedSegmentError, LogError
 from .segment import Segment, SegmentDamage, SegmentName
 
 ARCHIVE_DIR = "archive"
+RELISTS = 4  # listings of the directory before an index in the archive's range counts as missing
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,12 @@ class ArchiveDir:
         cached = self._cached
         if cached is not None and cached.first <= index <= cached.last:
             return cached
-        for relist in (False, True):
+        # A merge (sealing.py) renames the merged segment in and then unlinks the ones it
+        # replaces; a directory listing that runs across both may see neither (readdir
+        # beside renames and unlinks is unspecified). A listing started after the unlink
+        # sees the merged file, so a file that vanished is listed again a few times before
+        # the index counts as missing.
+        for relist in (False,) + (True,) * RELISTS:
             name = self.find(index, relist)
             if name is None:
                 continue
@@ -253,7 +259,7 @@ class ArchiveDir:
             f"{following.name} chains from"))
 
     def _starting_at(self, index: int) -> SegmentName | None:
-        for relist in (False, True):
+        for relist in (False,) + (True,) * RELISTS:
             found = self.find(index, relist)
             if found is not None and found.first == index:
                 return found
