@@ -79,6 +79,7 @@ class _Watch:
         self.beats: dict[Path, tuple[Beat, float]] = {}  # path -> (last beat, when its sequence last changed)
         self.intervals: list[float] = []
         self.opened = False
+        self.last_durable: int | None = None  # the durable index when a stale heartbeat was last checked
 
     def observe(self, paths: list[Path], now: float) -> None:
         for path in paths:
@@ -206,12 +207,11 @@ class Supervisor:
         return env
 
     def _attempt(self, attempt: int, last_class: str) -> tuple[Outcome, str | None]:
-        for kind in ("heartbeat",):
-            for path in self.records.glob(f"{kind}-a*"):
-                try:
-                    path.unlink()
-                except OSError:
-                    pass
+        for path in self.records.glob("heartbeat-a*"):  # liveness of earlier attempts, not records
+            try:
+                path.unlink()
+            except OSError:
+                pass
         index_start = durable_index(self.journal_dir)
         oom_before = oom_kills()
         started = time.monotonic()
@@ -290,7 +290,7 @@ class Supervisor:
         """Whether the durable index moved since the stale heartbeat last changed (then it is
         not a hang: e.g. a long snapshot or a writer busy outside the journal's thread)."""
         current = durable_index(self.journal_dir)
-        moved = current > getattr(watch, "last_durable", index_start)
+        moved = current > (index_start if watch.last_durable is None else watch.last_durable)
         watch.last_durable = current
         if moved:
             now = time.monotonic()
