@@ -1,8 +1,12 @@
 """Journal: the event-sourced state a user touches — apply ops write-ahead, snapshot, recover.
 
-A Journal is used from one thread at a time and never across fork(). Its snapshots are
-taken by a `Snapshotter` (replay/snapshotter.py), whose follow-up thread commits, prunes
-and compacts while training goes on; when is decided by its `Cadence` (replay/cadence.py).
+A Journal is used from one thread at a time and never across fork(). It holds its parts
+and delegates, each part with one job: the apply path with its rollback and digest
+entries is its `Applier` (replay/applier.py), how it ends (close, a preemption's stop,
+abandon, the release) its `Closer` (replay/closer.py), its usability (one thread,
+closed, poisoned) its `Guards` (replay/guards.py). Its snapshots are taken by a
+`Snapshotter` (replay/snapshotter.py), whose follow-up thread commits, prunes and
+compacts while training goes on; when is decided by its `Cadence` (replay/cadence.py).
 What the ranks must agree on goes through its `Group` (replay/group.py), the replica
 through its link (replay/replica/link.py), and it is built by replay/assembly.py. The
 numbered invariants cited here are in replay/INVARIANTS.md.
@@ -10,35 +14,30 @@ numbered invariants cited here are in replay/INVARIANTS.md.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
-import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Mapping
 
 import snapshots
-from eventlog import Archive, EventLog, decode_payload, encode_payload
+from eventlog import Archive, EventLog
 
-from . import assembly, components
+from . import assembly
+from .applier import Applier
 from .cadence import Cadence
+from .closer import Closer
 from .counting import StepCounter
-from .determinism import state_digest
-from .envelope import DIGEST_OP, unwrap, wrap
-from .errors import JournalPoisonedError, ReplayError
+from .errors import ReplayError
 from .group import Group
 from .guards import Guards
 from .ops import Ops
-from .policies import Every, PolicyClock
+from .policies import Every
 from .preemption import Preemption
 from .recovery import RecoveryReport, Replayer
-from .rng_check import GlobalRngCheck
 from .snapshotter import Snapshotter
-from .supervisor.link import NoSupervisor, supervised_open
+from .supervisor.link import supervised_open
 
 DEFAULT_POLICY = Every(entries=1000, seconds=600)
-
 
 class Journal:
     """Event-sourced state: ``apply`` appends an op to the log, then applies it to the live state.
@@ -69,6 +68,7 @@ class Journal:
 
     @classmethod
     @supervised_open
+    @assembly.keywords_documented  # the Args section (replay/assembly.py) joins this docstring
     def open(
         cls,
         path: str | os.PathLike,
@@ -100,92 +100,9 @@ class Journal:
     ) -> "Journal":
         """Open (creating if needed) the journal at directory `path` and recover `state` in place.
 
-        Args:
-            path: the journal directory (created with its parents when missing).
-            state: str -> component (a state_dict object, a tensor or a plain dict); the
-                live objects are restored in place, so references to them stay valid.
-                TypeError otherwise. For a new directory, `state` as given is the initial
-                state; it is snapshotted at index 0 before open returns, so replays never
-                depend on how it was built.
-            ops: the registered handlers (`replay.Ops`).
-            snapshot: the `Every` policy for automatic snapshots.
-            durability: the eventlog mode ("group" by default: apply overlaps the fsync).
-            deterministic: torch.use_deterministic_algorithms(True) while open (warns
-                about CUBLAS_WORKSPACE_CONFIG on CUDA).
-            digest_every: after every user entry whose index is a multiple of N, append a
-                digest entry that replay re-checks.
-            keep_last: snapshots retained (plus the oldest, the initial state, while the
-                log keeps its history: with an archive or keep_log).
-            keep_log: never compact the log: every entry stays in LMDB.
-            archive: where compaction moves the log's entries (passed to EventLog.open).
-                An `eventlog.Archive` (the default keeps everything): the log is compacted
-                through the newest snapshot, its history sealed into archive segments that
-                recovery and every reader still read, so a damaged newest snapshot is passed
-                over by replaying archived entries. None: compaction deletes entries, so it
-                goes only through the oldest retained snapshot (invariant 4).
-            preemption: a `replay.Preemption` catches SIGTERM/SIGUSR1: the apply in progress
-                finishes, then snapshot, flush, close, and exit (status 128 + signum) or
-                raise PreemptedError, within its grace period (replay/preemption.py). Only
-                from the main thread (ValueError otherwise); the previous handlers come
-                back on close. None (default): signals are left alone.
-            environment: the journal records its environment when created
-                (replay.environment); on recovery, "warn" puts the differences in
-                ``journal.recovery.environment`` and warns, "strict" refuses with
-                EnvironmentMismatchError before anything is written, "ignore" skips it.
-            async_snapshots: False makes policy snapshots block the apply that triggers them.
-            rng_check: "warn" (default) warns once per op when a handler draws from the
-                global RNG outside seeded_rng (a resume would not be exact), "strict"
-                raises UnseededDrawError from that apply (its entry rolled back), "off"
-                skips the check; costs and what is compared: replay/rng_check.py.
-            progress: a replay progress bar (None: only for long replays on a TTY).
-            device: where payload tensors go before a handler sees them (default: the
-                device of the first tensor in the state).
-            takeover: passed to EventLog.open (fence a hung writer).
-            snapshot_on_close: `close()` snapshots the last index (incremental; skipped when
-                a snapshot exists there), so a run's final state is a snapshot and the next
-                open replays nothing. `abandon()` never does.
-            group: None (default), a single-process journal. A torch.distributed process
-                group (e.g. ``torch.distributed.group.WORLD``): a multi-rank journal
-                (replay.ranks). Every rank calls open, apply, flush, snapshot and close in
-                the same order with the same ops (SPMD), its payloads its own; each rank
-                owns ``path/rank-<r>/`` and never reads another rank's files. Open recovers
-                the group to a common cut and replays in lockstep (replay/ranks/recovery.py)
-                and returns on every rank once all have opened; ``flush()`` returns the
-                global durable index. WorldSizeError when `path` was created by a group of
-                another size; RankFailureError when another rank failed to open (its error
-                is quoted) or a peer died. Not with `preemption` (ValueError).
-            replica: None (default), or a replica URL (``s3://bucket/prefix``,
-                ``file:///mnt/shared/run1``; replay.replica): the journal is replicated
-                there in the background (replay/replica/FORMAT.md), never blocking
-                `apply`: snapshot chunks and manifests, and the settled log as sealed
-                segments every `ship_interval` seconds. A missing or empty `path` with a
-                replica that holds a journal is first restored from it (a new machine):
-                the journal then recovers the state at the replica index and goes on
-                writing. Opening decides the claim on the replica before it returns
-                (FORMAT.md, "Fencing"): the journal that last wrote it, or a directory
-                just restored from its current head, takes it for this writer's term (a
-                stale writer elsewhere is fenced); anyone else gets ReplicaFencedError
-                naming the replica's owner and index and this copy's. A journal fenced
-                while open raises ReplicaFencedError from `apply` (before appending) and
-                `flush(replica=True)`. A multi-rank journal replicates rank r under
-                ``URL/rank-<r>``. The local journal stays the source of truth: an
-                unreachable replica only grows the lag (`replica_status`), and at the
-                open of an existing journal it gives a RuntimeWarning after at most
-                replication.CLAIM_TIMEOUT seconds, the claim being retried in the
-                background.
-            replica_options: options for the replica's store (S3: endpoint_url, region,
-                access_key_id, secret_access_key, timeouts; replay.replica.objects).
-            ship_interval: seconds between shipping rounds (counted from the end of one):
-                the loss window when the machine is lost is about this plus one round.
-            max_replica_lag: None, or seconds: `apply` raises ReplicaLagError (before
-                appending) while the replica lags more than that.
-            replica_keep_extra: the replica keeps the snapshots local retention keeps (and
-                the log segments a restore from them needs) plus this many older ones; the
-                rest is garbage-collected by the shipper (replay/replica/FORMAT.md).
-            replicated: names of components identical on every rank; DDP modules are
-                included automatically. With ``digest_every``, their digest is compared
-                across ranks at each digest entry, live and on replay
-                (RankDivergenceError, a DivergenceError, naming the ranks that differ).
+        Args: every keyword's contract is written beside the code that checks and
+        assembles the keywords (replay/assembly.py, `open_journal`); help(Journal.open)
+        shows it here, in full.
 
         Returns:
             The open Journal. ``journal.recovery`` says which snapshot was loaded (damaged
@@ -220,14 +137,12 @@ class Journal:
             max_replica_lag=max_replica_lag, replica_keep_extra=replica_keep_extra, rng_check=rng_check)
 
     def __init__(self, root: Path, replayer: Replayer, log: EventLog, store: snapshots.SnapshotStore,
-                 recovery: RecoveryReport, resources: contextlib.ExitStack, *, group: Group, replica,
-                 policy: Every, digest_every: int | None, keep_log: bool, async_snapshots: bool,
-                 snapshot_on_close: bool = True, archived: bool = True):
-        """Use `Journal.open` (replay/assembly.py builds the parts). Takes over the opened `log`
-        and `store` (`resources` releases them and the determinism guard) with `state` already
-        recovered per `recovery`; `group` (replay.group) is what the ranks agree through,
-        `replica` the replica link (replay.replica.link: a ReplicaLink or NoReplica), started
-        once the journal is built."""
+                 recovery: RecoveryReport, *, guards: Guards, steps: StepCounter, snapshotter: Snapshotter,
+                 cadence: Cadence, group: Group, replica, applier: Applier, closer: Closer):
+        """Use `Journal.open`: replay/assembly.py opens the `log` and the `store`, recovers the
+        state per `recovery` and builds the parts (`journal_parts`), each with its one job
+        (module doc). The journal holds them, answers from them and delegates to them; it
+        never asks which `group` (replay.group) or `replica` (replay.replica.link) it holds."""
         self.path = root
         self.state = replayer.state
         self.ops = replayer.ops
@@ -235,27 +150,25 @@ class Journal:
         self.snapshots = store
         self.recovery = recovery
         self._replayer = replayer
-        self._guards = Guards(root)  # closed, poisoned, one thread, preemption (replay/guards.py)
-        self._resources = resources
-        self._digest_every = digest_every
-        self._snapshot_on_close = snapshot_on_close
-        self._index = recovery.replayed.stop - 1 if len(recovery.replayed) else recovery.snapshot_index
-        clock = PolicyClock(policy)
-        clock.add(len(recovery.replayed), 0, recovery.replay_seconds)
-        self._steps = StepCounter(recovery.counts, recovery.uncounted)
-        self._snapshotter = Snapshotter(
-            root, log, store, lambda: components.capture(self.state, replayer.kinds), self._guards.guarded,
-            keep_log=keep_log, asynchronous=async_snapshots, counts=self._steps.by_op, archived=archived)
-        if recovery.snapshot is not None:
-            self._snapshotter.covered = recovery.snapshot_index
-            self._snapshotter.committed = (recovery.snapshot.index, recovery.snapshot.term)
+        self._guards = guards
+        self._steps = steps
+        self._snapshotter = snapshotter
+        self._cadence = cadence
         self._group = group
-        group.attach(self._snapshotter)
-        self._cadence = Cadence(self._snapshotter, store, group, clock, self._guards.collective)
         self._replica = replica
-        self._link = NoSupervisor()  # replay run's heartbeat and crash records (set by open when supervised)
-        self._handler_failed = False  # whether the exception leaving apply is the handler's (or its payload's)
-        self._rng_check = GlobalRngCheck("off")  # open sets the one asked for
+        self._applier = applier
+        self._closer = closer
+
+    @property
+    def _link(self):
+        """replay run's heartbeat and crash records (replay.supervisor.link), which the apply
+        path and the closing report to; `supervised_open` sets it once the journal is open."""
+        return self._applier.link
+
+    @_link.setter
+    def _link(self, link) -> None:
+        self._applier.link = link
+        self._closer.link = link
 
     # ------------------------------------------------------------------ properties
 
@@ -263,7 +176,7 @@ class Journal:
     def index(self) -> int:
         """Index of the last applied log entry (0 before the first). Engine entries (digests,
         truncation records) have indexes too: count steps with `count()`, not this."""
-        return self._index
+        return self._applier.index
 
     def count(self, op: str | None = None) -> int:
         """User entries applied so far: overall (op=None) or of op `op` (0 for an op never applied).
@@ -292,10 +205,6 @@ class Journal:
         """The replica's state (replay.replica.status.ReplicaStatus: index, lag in entries and
         seconds, fenced, last error, uploads); None without a replica."""
         return self._replica.status()
-
-    def _settled(self) -> int:
-        """What may ship: applied and durable (read by the shipper's thread)."""
-        return min(self.log.durable_index, self._index)
 
     @property
     def rank(self) -> int:
@@ -380,85 +289,7 @@ class Journal:
             >>> journal.close()
         """
         with self._guards.entered("apply"):
-            try:
-                return self._apply(op, inputs, payload)
-            except BaseException as exc:
-                # replay run's crash record: a handler that raised (or a payload it refused) is
-                # the job's own failure; a fenced replica or a failed disk is not
-                self._link.failed("applying", op, self._index + 1, exc, handler=self._handler_failed)
-                raise
-            finally:
-                self._handler_failed = False
-
-    def _apply(self, op: str, inputs: Any, payload: dict) -> Any:
-        self._guards.check_usable()
-        self._replica.gate(self.path, op, self._index)  # lag, fenced: refused before appending
-        self._handler_failed = True  # until the entry is appended: a payload its op refuses
-        spec = self.ops.check_payload(op, payload)
-        if inputs is not None and not spec.takes_inputs:
-            raise TypeError(f"op {op!r}: inputs= was given but its handler has no 'inputs' parameter "
-                            "(inputs are handed to the handler, never logged)")
-        # The handler gets what the log will give replay, decoded from the very bytes
-        # appended: a numpy float32 arrives as the float replay reads, a payload tensor
-        # is a fresh one (never an alias of the caller's reused buffer), a tuple a list.
-        encoded = encode_payload(wrap(spec.version, payload))
-        replayed = components.to_device(unwrap(self._index + 1, op, decode_payload(encoded))[1], self.device)
-        inputs = spec.inputs_for(replayed, inputs)  # before appending: a failing rebuild leaves no entry
-        self._handler_failed = False
-        self._snapshotter.collect(block=False)
-        index = self._guards.guarded(self._append_encoded, op, encoded)
-        self._link.applying(op, index)
-        started = time.perf_counter()
-        try:
-            drawn = self._rng_check.before()
-            result = spec.call(self.state, replayed, inputs)
-            self._rng_check.after(op, drawn)  # strict: raises, and the entry is rolled back
-        except BaseException as exc:
-            self._handler_failed = True
-            self._roll_back(index, exc)
-            raise
-        self._index = index
-        self._link.applied(index)
-        self._steps.add(op)
-        self._cadence.clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
-        if self._digest_every is not None and index % self._digest_every == 0:
-            self._append_digest()
-        self._cadence.after_entry(self._index)
-        return result
-
-    def _append_encoded(self, op: str, encoded: bytes) -> int:
-        return self.log.append(op, encoded=encoded)
-
-    def _append_digest(self) -> None:
-        started = time.perf_counter()
-        digest = state_digest(self.state)
-        self._index = self._guards.guarded(self.log.append, DIGEST_OP, wrap(1, {"digest": digest}))
-        self._cadence.clock.add_entry(self.log.bytes_appended, time.perf_counter() - started)
-        self._guards.collective(self._group.check_replicated, self._index)
-
-    def _roll_back(self, index: int, cause: BaseException) -> None:
-        """Undo entry `index` whose handler raised: drop it from the log, rebuild the state at index - 1.
-
-        The log is truncated first, then the in-flight snapshot is waited for (invariant 8):
-        its follow-up compacts only through snapshots, which never cover `index`. The
-        rebuild restores a snapshot, which drops the failed handler's gradients first
-        (components.forget_transient), so it replays on what a cold reopen would have
-        (invariant 15).
-
-        Whether the state is rebuilt is the group's call (Group.after_handler_error):
-        multi-rank, the entry is dropped but the journal poisoned instead, as the rebuild's
-        replay needs every rank (invariant 11); the handler's exception is re-raised."""
-        try:
-            self.log.truncate_after(index - 1)
-            self._snapshotter.collect(block=True)
-            self._guards.poison = self._group.after_handler_error(index, cause, functools.partial(
-                self._replayer.recover, self.log, self.snapshots, at=index - 1, progress=False))
-        except BaseException as exc:
-            self._guards.poison = exc
-            raise JournalPoisonedError(
-                f"{self.path}: the handler of entry {index} raised ({type(cause).__name__}: {cause}) and rolling "
-                f"back failed ({type(exc).__name__}: {exc}); the live state is not trustworthy. Reopen the journal."
-            ) from exc
+            return self._applier.apply(op, inputs, payload)
 
     # ------------------------------------------------------------------ durability and snapshots
 
@@ -477,16 +308,14 @@ class Journal:
         if replica:
             self._replica.check_waitable(self.path)
         with self._guards.entered("flush"):
-            durable = self._flush()
+            self._guards.check_usable()
+            self._guards.guarded(self.log.flush)
+            self._snapshotter.collect(block=False)
+            durable = self._guards.collective(self._group.flush, self.log.durable_index)
             if replica:
-                self._replica.wait(self._index, timeout)
+                self._replica.wait(self._applier.index, timeout)
             return durable
 
-    def _flush(self) -> int:
-        self._guards.check_usable()
-        self._guards.guarded(self.log.flush)
-        self._snapshotter.collect(block=False)
-        return self._guards.collective(self._group.flush, self.log.durable_index)
 
     def snapshot(self, *, wait: bool = False) -> Future:
         """Snapshot the state at the current index; return a future of its SnapshotInfo.
@@ -503,7 +332,7 @@ class Journal:
         """
         with self._guards.entered("snapshot"):
             self._guards.check_usable()
-            return self._cadence.take(self._index, wait)
+            return self._cadence.take(self._applier.index, wait)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -528,32 +357,7 @@ class Journal:
         if self._guards.closed:
             return
         with self._guards.entered("close"):
-            self._link.phase("closing", self._index)
-            self._close(snapshot, strict=snapshot is True)
-
-    def _close(self, snapshot: bool | None, strict: bool, together: bool = True,
-               deadline: float | None = None, grace: float | None = None) -> None:
-        """`strict`: a failing snapshot raises (after the release) instead of being reported.
-        `together`: a multi-rank journal confirms its final snapshot with the other ranks
-        (False when an exception is unwinding: the others may be anywhere). `deadline`
-        (monotonic seconds, from a preemption's `grace`): the replica's last round gets what
-        is left of it (replay.replica.link.final_round_timeout), never more."""
-        if self._guards.closed:
-            return
-        try:
-            if self._guards.poison is None:
-                self._cadence.final(self._index, self._snapshot_on_close if snapshot is None else snapshot, strict)
-                self._guards.guarded(self.log.flush)
-                if together:
-                    self._guards.collective(self._group.flush, self.log.durable_index)
-                self._replica.close(deadline, grace)  # one last round: the final snapshot too
-        finally:
-            self._release()
-
-    def _stop_for_preemption(self) -> None:
-        """A preemption signal's clean stop (replay/preemption.py): snapshot the last index, flush, release."""
-        preemption = self._guards.preemption
-        self._close(True, strict=False, deadline=preemption.deadline, grace=preemption.grace)
+            self._closer.close(snapshot, strict=snapshot is True)
 
     def abandon(self) -> None:
         """Drop the journal as a killed process would: no flush, no final snapshot. Idempotent.
@@ -566,22 +370,7 @@ class Journal:
         if self._guards.closed:
             return
         with self._guards.one_thread.entered("abandon"):
-            self._snapshotter.abandon()
-            self._release()
-
-    def _release(self) -> None:
-        """Stop the follow-up thread, then close the store, the log and the determinism guard.
-        The first failure is raised unless the journal is already poisoned."""
-        self._guards.closed = True
-        self._link.close()
-        self._guards.preemption.closed()  # the previous signal handlers come back
-        self._replica.release()  # before the log closes under it (idempotent after close's round)
-        self._snapshotter.close()
-        try:
-            self._resources.close()
-        except Exception:
-            if self._guards.poison is None:
-                raise
+            self._closer.abandon()
 
     def __enter__(self) -> "Journal":
         return self
@@ -595,11 +384,10 @@ class Journal:
         # The other ranks may be anywhere (in a collective of their own, or dead): close
         # locally, with no collective that could pair with the wrong one.
         with self._guards.entered("close"):
-            self._link.phase("closing", self._index)
-            self._close(None, strict=False, together=False)
+            self._closer.close(None, strict=False, together=False)
 
     def __repr__(self) -> str:
-        state = "closed" if self._guards.closed else ("poisoned" if self._guards.poison else f"index {self._index}")
+        state = "closed" if self._guards.closed else ("poisoned" if self._guards.poison else f"index {self.index}")
         return f"<Journal {self.path} {state}>"
 
 

@@ -18,7 +18,7 @@ import snapshots
 import torch
 from eventlog import Archive, EventLog, FormatError
 
-from . import components, environment, failpoints
+from . import components, environment, failpoints, layout
 from .determinism import DeterministicGuard
 from .errors import EnvironmentMismatchError, RecoveryError
 from .operator import refuse_live_writer
@@ -90,16 +90,17 @@ def _open_parts(opened: contextlib.ExitStack, root: Path, replayer: Replayer, *,
     # A log that keeps its history (archived, or never compacted) can replay from the
     # initial snapshot when every newer one is damaged, and recovery never replays onto
     # a state built anew: so retention keeps that oldest snapshot too.
-    store = snapshots.SnapshotStore(root / "snapshots", keep_last=keep_last, failpoint=failpoints.hit,
+    store = snapshots.SnapshotStore(layout.snapshots_dir(root), keep_last=keep_last, failpoint=failpoints.hit,
                                     keep_oldest=archive is not None or keep_log)
     opened.callback(store.close)
+    log_dir = layout.log_dir(root)
     if preflight:
-        loaded = _preflight(root / "log", store, replayer, takeover)
+        loaded = _preflight(log_dir, store, replayer, takeover)
     else:
         loaded = None
         if not takeover:
-            refuse_live_writer(root / "log", "close it there first, or open with takeover=True to fence a hung writer")
-    log = EventLog.open(root / "log", durability=durability, takeover=takeover, archive=archive)
+            refuse_live_writer(log_dir, "close it there first, or open with takeover=True to fence a hung writer")
+    log = EventLog.open(log_dir, durability=durability, takeover=takeover, archive=archive)
     opened.callback(log.close)
     if created is None and log.last_index == 0:
         # A new journal (or one whose creation never got past its first entry): its
@@ -121,7 +122,7 @@ def compare_environment(root: Path, current: dict, policy: str) -> tuple[list[st
     except environment.EnvironmentFileError as exc:
         if policy == "strict":
             raise
-        changed, created = [f"environment.json: {exc}"], {}
+        changed, created = [f"{layout.ENVIRONMENT_FILE}: {exc}"], {}
     else:
         changed = environment.differences(created, current)
     if changed and policy == "strict":
@@ -151,10 +152,10 @@ def refuse_to_reinitialise(root: Path) -> None:
     discarding every entry of the run; a log lost this way is damage to report, not a
     journal to re-create.
     """
-    manifests = root / "snapshots" / "manifests"
+    manifests = layout.manifests_dir(root)
     if not manifests.is_dir() or not any(manifests.iterdir()):
         return
-    data = root / "log" / "data.mdb"
+    data = layout.log_data_file(root)
     size = data.stat().st_size if data.exists() else None
     if size is None or size == 0:
         what = "missing" if size is None else "empty (0 bytes)"

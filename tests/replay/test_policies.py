@@ -45,8 +45,9 @@ def test_log_bytes_counts_appended_payload_bytes(tmp_path):
 
 
 class _HandlerClock:
-    """Stands in for the journal's `time` module: perf_counter advances only when a handler
-    says it spent time, so the policy sees exact apply costs however loaded the machine is."""
+    """Stands in for the apply path's `time` module (replay.applier): perf_counter advances
+    only when a handler says it spent time, so the policy sees exact apply costs however
+    loaded the machine is."""
 
     def __init__(self):
         self.now = 0.0
@@ -56,10 +57,10 @@ class _HandlerClock:
 
 
 def test_replay_seconds_uses_measured_apply_cost(tmp_path, monkeypatch):
-    import replay.journal
+    import replay.applier
 
     clock = _HandlerClock()
-    monkeypatch.setattr(replay.journal, "time", clock)
+    monkeypatch.setattr(replay.applier, "time", clock)
     ops = make_ops()
 
     @ops.op
