@@ -39,6 +39,7 @@ from .supervisor.link import supervised_open
 
 DEFAULT_POLICY = Every(entries=1000, seconds=600)
 
+
 class Journal:
     """Event-sourced state: ``apply`` appends an op to the log, then applies it to the live state.
 
@@ -315,7 +316,6 @@ class Journal:
             if replica:
                 self._replica.wait(self._applier.index, timeout)
             return durable
-
 
     def snapshot(self, *, wait: bool = False) -> Future:
         """Snapshot the state at the current index; return a future of its SnapshotInfo.
