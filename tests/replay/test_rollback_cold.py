@@ -1,9 +1,10 @@
 """Invariant 15 (replay/INVARIANTS.md): a rollback is indistinguishable from a crash and a cold reopen.
 
 A handler that raises after ``backward()`` leaves gradients behind; a cold process has
-none. The rollback (``Journal._roll_back`` -> recovery at index - 1) must replay on the
-state a cold reopen would have, so the rolled-back state, and everything trained after
-it, equals an uninterrupted run's bit for bit, whatever the handler's shape.
+none. The rollback (``replay.applier.Applier._roll_back`` -> recovery at index - 1)
+must replay on the state a cold reopen would have, so the rolled-back state, and
+everything trained after it, equals an uninterrupted run's bit for bit, whatever the
+handler's shape.
 """
 
 from __future__ import annotations
