@@ -32,6 +32,7 @@ from .chunkfile import ChunkCodec, chunk_id
 from .durable import fsync_dir, write_durably
 from .known import KnownFiles
 from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, TensorRecord
+from .loose import LooseWriter
 from .packfile import PackWriter
 from .paths import StoreLayout
 from .pool import WorkerPool
@@ -76,11 +77,12 @@ class ChunkWriter:
     reader: StoreReader
     chunk_size: int
     failpoint: Callable[[str], None]
+    packs: bool = True  # new chunks go into one pack per save (else one loose file each)
 
 
 def commit(w: ChunkWriter, job: SaveJob) -> SnapshotInfo:
     """Steps 1 to 6 for `job`; the snapshot's info once its manifest is durable."""
-    pack = PackWriter(w.layout.packs, w.failpoint)
+    pack = PackWriter(w.layout.packs, w.failpoint) if w.packs else LooseWriter(w.layout, w.pool, w.failpoint)
     try:
         try:
             views = wait_for_staging(job)
@@ -122,7 +124,7 @@ def component_groups(node: list) -> list:
 
 
 def store_chunks(w: ChunkWriter, views: list[torch.Tensor], dtypes: list[torch.dtype], groups: list | None,
-                 pack: PackWriter) -> tuple[list[StoredChunk], list]:
+                 pack: PackWriter | LooseWriter) -> tuple[list[StoredChunk], list]:
     """Step 2: (a StoredChunk per planned chunk, each tensor's segments over them); new
     chunks are appended to `pack`."""
     planned, segments = chunking.plan(views, [group_width(d) for d in dtypes], w.chunk_size, groups)
@@ -130,7 +132,7 @@ def store_chunks(w: ChunkWriter, views: list[torch.Tensor], dtypes: list[torch.d
     return w.pool.map_all(lambda pc: _store_chunk(w, pc, claims, pack), planned), segments
 
 
-def _store_chunk(w: ChunkWriter, pc: chunking.PlannedChunk, claims: "_Claims", pack: PackWriter) -> StoredChunk:
+def _store_chunk(w: ChunkWriter, pc: chunking.PlannedChunk, claims: "_Claims", pack: PackWriter | LooseWriter) -> StoredChunk:
     raw = pc.materialize()
     cid = chunk_id(raw)
     n = raw.numel()
@@ -141,10 +143,10 @@ def _store_chunk(w: ChunkWriter, pc: chunking.PlannedChunk, claims: "_Claims", p
         return StoredChunk(cid, n, copy.stored_len, 0, copy.directory)
     # New, or every existing copy fails its check: the pack gets a fresh one, which
     # readers try first (the newest pack) and prune keeps while a manifest names it.
-    if pack.empty:
+    if w.packs and pack.empty:
         w.layout.ensure_dir(w.layout.packs)
-    entry = pack.append(cid, n, w.codec.encode(raw, pc.width))
-    return StoredChunk(cid, n, entry.stored_len, entry.stored_len)
+    size = pack.append(cid, n, w.codec.encode(raw, pc.width))
+    return StoredChunk(cid, n, size, size)
 
 
 class _Claims:
@@ -163,13 +165,14 @@ class _Claims:
             return True
 
 
-def finish_pack(w: ChunkWriter, pack: PackWriter) -> None:
+def finish_pack(w: ChunkWriter, pack: PackWriter | LooseWriter) -> None:
     """Step 3: index, trailer, fsync and name the pack (nothing when no chunk was new);
-    readers of this process find its chunks from now on."""
-    entries = pack.finish()
-    if entries:
-        w.reader.locator.add(pack.name, entries)
-        w.known.add_good(e.id for e in entries)
+    readers of this process find its chunks from now on. Loose: fsync and name each."""
+    done = pack.finish()
+    if isinstance(pack, PackWriter) and done:
+        w.reader.locator.add(pack.name, done)
+        done = [e.id for e in done]
+    w.known.add_good(done)
 
 
 def build_tables(stored: list[StoredChunk], segments: list, job: SaveJob
@@ -189,13 +192,15 @@ def build_tables(stored: list[StoredChunk], segments: list, job: SaveJob
     return tuple(chunks), records
 
 
-def fsync_dirs(w: ChunkWriter, stored: list[StoredChunk], pack: PackWriter) -> None:
+def fsync_dirs(w: ChunkWriter, stored: list[StoredChunk], pack: PackWriter | LooseWriter) -> None:
     """Step 5: fsync packs/ when this save named a pack, and every directory holding a
     reused copy that this process has not fsynced (a crashed writer may have renamed
     without syncing the directory)."""
     dirs = w.known.unsynced({s.home for s in stored if s.home})
     if pack.name is not None:
         dirs.add(w.layout.packs)
+    if isinstance(pack, LooseWriter):
+        dirs |= pack.directories
     w.pool.map_all(fsync_dir, sorted(dirs))
     w.known.mark_synced(dirs)
 

@@ -144,8 +144,8 @@ class PackWriter:
     def empty(self) -> bool:
         return not self._entries
 
-    def append(self, cid: str, raw_len: int, parts: list) -> PackEntry:
-        """Write one chunk file (`parts`, buffers in order) into the pack; its entry.
+    def append(self, cid: str, raw_len: int, parts: list) -> int:
+        """Write one chunk file (`parts`, buffers in order) into the pack; its size.
         Thread-safe: the offset is reserved under the lock, the bytes written outside it."""
         views = [memoryview(p).cast("B") for p in parts]
         size = sum(len(v) for v in views)
@@ -159,7 +159,7 @@ class PackWriter:
             fd = self._fd
         _pwrite_all(fd, views, offset)
         start_writeback(fd, offset, size)  # the kernel writes back while others encode
-        return entry
+        return size
 
     def _open(self) -> None:
         self._tmp = os.path.join(self.directory, f"{TMP_PREFIX}pack.{os.getpid()}.{secrets.token_hex(8)}")

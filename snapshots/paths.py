@@ -46,17 +46,23 @@ class StoreLayout:
             fsync_dir(self.root)
             fsync_dir(os.path.dirname(self.root))
 
-    def ensure_dir(self, path: str) -> None:
+    def ensure_dir(self, path: str, sync: bool = True) -> set[str]:
         """Create `path` (packs/, chunks/ or chunks/ab under this store) if missing, with
-        its parents up to the store directory, each made durable (its parent fsynced)
-        before this returns. Idempotent; a racing creator is fine."""
+        its parents up to the store directory. With `sync` each creation is made durable
+        (its parent fsynced) before this returns, and the result is empty; without, the
+        parents to fsync before anything inside is relied on are returned (an importer
+        creating many directories fsyncs each parent once). Idempotent; a racing creator
+        is fine."""
         if os.path.isdir(path):
-            return
+            return set()
         parent = os.path.dirname(path)
-        if parent != self.root:
-            self.ensure_dir(parent)
+        todo = self.ensure_dir(parent, sync) if parent != self.root else set()
         if _mkdir(path):
-            fsync_dir(parent)
+            if sync:
+                fsync_dir(parent)
+            else:
+                todo.add(parent)
+        return todo
 
 
 def _mkdir(path: str) -> bool:

@@ -90,6 +90,12 @@ class SnapshotStore:
             "hot_load_into*"). Either store reads both kinds, and chunk names are the
             same (the hash of the raw bytes), so a chunk already written with the other
             setting is reused as it is.
+        packs: where a save puts its new chunks. True: into one pack file per save
+            (FORMAT.md, "Pack file"): one fsync per save whatever its number of chunks,
+            about safetensors' time for a full save (bench/results/saves.json). False
+            (the default, for now): one loose file per chunk, each fsynced and renamed.
+            Either store reads both forms, and a chunk already stored in either is
+            reused as it is; prune reclaims both.
 
     Example::
 
@@ -125,7 +131,8 @@ class SnapshotStore:
 
     `failpoint` is called with a point's name at each step of the commit protocol and of
     prune, on whichever thread reaches it: ``snapshot.before_chunk_fsync``,
-    ``snapshot.before_chunk_rename`` (every new chunk), ``snapshot.before_manifest_fsync``,
+    ``snapshot.before_chunk_rename`` (every new loose chunk), ``snapshot.before_pack_fsync``,
+    ``snapshot.before_pack_rename`` (a save's pack), ``snapshot.before_manifest_fsync``,
     ``snapshot.before_manifest_rename``, ``snapshot.after_manifest_rename`` (before
     manifests/ is fsynced), ``snapshot.prune.before_delete`` (retention decided, nothing
     deleted) and ``snapshot.prune.before_sweep`` (old manifests deleted, chunks not yet
@@ -144,6 +151,7 @@ class SnapshotStore:
         workers: int | None = None,
         failpoint: Callable[[str], None] | None = None,
         compression: str = "zstd",
+        packs: bool = False,
     ):
         if sys.byteorder != "little":
             raise UnsupportedPlatformError("snapshot stores need a little-endian host")
@@ -165,7 +173,8 @@ class SnapshotStore:
         self._pool = WorkerPool(self.workers)
         codec = ChunkCodec(level, compression)
         self._reader = StoreReader(self._layout, codec, self._pool, self._known)
-        self._chunks = ChunkWriter(self._layout, codec, self._pool, self._known, self._reader, chunk_size, self._failpoint)
+        self._chunks = ChunkWriter(self._layout, codec, self._pool, self._known, self._reader, chunk_size,
+                                   self._failpoint, packs)
         self._stager = Stager()
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="snapshots-commit")
         self._lock = Lock()  # guards the two fields below
