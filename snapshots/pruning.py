@@ -16,6 +16,7 @@ from typing import Callable
 
 from . import retention
 from .durable import TMP_PREFIX, fsync_dir
+from .locating import ChunkLocator
 from .packfile import PackEntry, PackWriter
 from .safefile import UnsafeFileError, open_regular
 from .errors import CorruptSnapshotError, SnapshotNotFoundError
@@ -207,13 +208,17 @@ def sweep_packs(reader: StoreReader, known: KnownFiles, marked: set[str], sweep:
             size = _unlink(layout.pack_path(name))
             out.temp_files_deleted += size is not None
             changed |= size is not None
-    locator.refresh()
-    out.damage += [f"packs/{name} is damaged ({why}); left alone" for name, why in sorted(locator.damaged().items())]
+    # Every pack's index is read afresh (not the reader's cache): a pack is deleted or
+    # rewritten only on what its file says now, and one damaged since it was cached is
+    # reported rather than trusted.
+    fresh = ChunkLocator(layout)
+    fresh.refresh()
+    out.damage += [f"packs/{name} is damaged ({why}); left alone" for name, why in sorted(fresh.damaged().items())]
     if not sweep:
         if changed:
             fsync_dir(layout.packs)
         return
-    for name, entries in sorted(locator.packs().items()):
+    for name, entries in sorted(fresh.packs().items()):
         live = [e for e in entries.values() if e.id in marked]
         dead = [e for e in entries.values() if e.id not in marked]
         if not dead:
@@ -233,6 +238,7 @@ def sweep_packs(reader: StoreReader, known: KnownFiles, marked: set[str], sweep:
             known.forget(e.id)
     if changed:
         fsync_dir(layout.packs)
+    locator.refresh()
 
 
 def _rewrite_pack(layout, locator, name: str, live: list[PackEntry], out: Swept) -> bool:
