@@ -50,6 +50,7 @@ def _cross_package_imports(path: Path, own: str) -> list[str]:
                 continue
             if module != root or (name or "").startswith("_"):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+                break  # one line per import statement
     return found
 
 
