@@ -115,8 +115,10 @@ class SnapshotStore:
        prunes one at a time in submission order: a prune never runs beside a save of
        this process, and two saves never race on a chunk.
     3. The commit thread runs the write pipeline (`commit`): it waits for the staging
-       copies, the worker pool hashes, compresses and writes the new chunks, and the
-       manifest is committed last (FORMAT.md, "Commit protocol").
+       copies, the worker pool hashes, compresses and writes the new chunks (into the
+       save's pack, at offsets reserved per chunk, with packs=True; the commit thread
+       itself for a small state), and the manifest is committed last (FORMAT.md,
+       "Commit protocol").
     4. `save` returns the SnapshotInfo once the manifest is durable. `save_async`
        returned a PendingSnapshot after step 1; its `result()` gives the info or raises
        the write's error, and the caller may mutate its tensors at once.

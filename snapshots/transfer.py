@@ -12,8 +12,11 @@ copies a store's committed files elsewhere and back without knowing their format
   against its name. So a caller never ships damage.
 - Checking bytes from elsewhere: `decode_manifest(name, data)` (the counterpart of
   ``segment_bounds``), `check_chunk_file(path, ...)` for a chunk written to a file.
+- Chunks are addressed by id wherever they live (a loose file, or a range of a pack:
+  FORMAT.md, "Finding a chunk"); `read_chunk` hands out the chunk file's bytes either way.
 - Putting back (`StoreImport`): chunks downloaded are staged under temp names in the new
-  store, fsynced and checked, and named only at `commit`, which writes the manifest last
+  store, fsynced and checked (or hard-linked from another store, `StoreFiles.link_into`:
+  a loose file or a whole pack), and named only at `commit`, which writes the manifest last
   (temp name, fsync, rename, directory fsync): the store's own commit protocol, so a
   crash anywhere leaves no manifest naming a chunk that is not durable.
 
