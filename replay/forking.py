@@ -45,17 +45,13 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import snapshots
 from eventlog import EventLog, create_from_segments
-from snapshots.chunkfile import ChunkCodec, ChunkDecodeError
-from snapshots.durable import fsync_dir
-from snapshots.manifest import parse_manifest_name
-from snapshots.paths import StoreLayout
-from snapshots.safefile import UnsafeFileError, read_regular
 
-from . import environment, failpoints, layout
+from . import environment, failpoints, jsonfile, layout
 from .envelope import FORK_OP, wrap
 from .errors import ReplayError
-from .replica.snapfiles import LocalFileError, LocalStore, check_chunk_file
+from .replica.snapfiles import LocalFileError, LocalStore, fsync_dir, read_small_file
 
 logger = logging.getLogger("replay")
 
@@ -220,7 +216,7 @@ class _Fork:
     def __init__(self, src: Path, target: Path, staging: Path, log: EventLog, at: int, reason: str):
         self.src, self.target, self.staging, self.log, self.at, self.reason = src, target, staging, log, at, reason
         self.store = LocalStore(layout.snapshots_dir(src))
-        self.codec = ChunkCodec()
+        self.files = snapshots.StoreFiles(layout.snapshots_dir(src))
         self.damaged: list[str] = []  # manifests at or below `at` that do not decode
 
     def run(self) -> ForkReport:
@@ -252,7 +248,7 @@ class _Fork:
             except FileNotFoundError:
                 continue  # pruned since the listing
             except LocalFileError as exc:
-                index = (parse_manifest_name(name) or (-1, 0))[0]
+                index = (snapshots.parse_manifest_name(name) or (-1, 0))[0]
                 if first - 1 <= index <= self.at:  # one the fork would have copied: say why it did not
                     self.damaged.append(f"snapshot {name}: {exc}")
                 continue
@@ -319,44 +315,36 @@ class _Fork:
     def _copy_snapshots(self, manifests: list, first: int, report: ForkReport) -> None:
         if not manifests:
             return  # a history from 1 rebuilds from the initial state (else _check_range refused)
-        store_layout = StoreLayout(str(layout.snapshots_dir(self.staging)))
-        store_layout.create()
+        into = snapshots.StoreImport(layout.snapshots_dir(self.staging))
         done: set[str] = set()
-        named_dirs: set[str] = set()
         for mf in manifests:
             refs = [ref for ref in mf.manifest.chunks if ref.id not in done]
+            linked = 0
             try:
-                for ref in refs:
-                    source = os.path.join(self.store.root, "chunks", ref.id[:2], ref.id)
-                    check_chunk_file(self.codec, source, ref.id, ref.raw_len, ref.stored_len)
-            except (FileNotFoundError, UnsafeFileError, ChunkDecodeError, OSError) as exc:
+                for ref in refs:  # each checked, then linked (loose file or whole pack) or copied
+                    linked += self.files.link_into(ref.id, ref.raw_len, ref.stored_len, into)
+            except (FileNotFoundError, snapshots.CorruptFileError, OSError) as exc:
+                into.discard()
                 report.skipped.append(f"snapshot {mf.name}: chunk {ref.id}: {exc}")
                 continue
-            for ref in refs:
-                source = os.path.join(self.store.root, "chunks", ref.id[:2], ref.id)
-                linked = _link_or_copy(source, store_layout.chunk_path(ref.id))
-                report.linked += linked
-                report.copied += not linked
-                named_dirs.add(store_layout.chunk_dir(ref.id))
-                done.add(ref.id)
-            _write_file(Path(store_layout.manifest_path(mf.name)), mf.data)
+            into.commit(mf.name, mf.data)  # chunks named and durable, then the manifest
+            report.linked += linked
+            report.copied += len(refs) - linked
+            done.update(ref.id for ref in refs)
             report.snapshots.append(mf.name)
-        for directory in sorted(named_dirs):
-            fsync_dir(directory)
-        fsync_dir(store_layout.manifests)
         if first > 1 and not report.snapshots:
             raise ForkError(f"fork at {self.at}: every snapshot that could rebuild it is damaged, and the "
                             f"source's history starts at {first}: " + "; ".join(report.skipped))
 
     def _carry_files(self) -> None:
         for name in CARRIED_FILES:
-            try:
-                data = read_regular(str(self.src / name), _MAX_CARRIED_BYTES)
-            except FileNotFoundError:
+            path = self.src / name
+            data = read_small_file(path, _MAX_CARRIED_BYTES)
+            if data is None:
+                if os.path.lexists(path):
+                    raise ForkError(f"{path}: not a regular file of at most {_MAX_CARRIED_BYTES} bytes")
                 continue
-            except UnsafeFileError as exc:
-                raise ForkError(f"{self.src / name}: {exc}") from None
-            _write_file(self.staging / name, data)
+            jsonfile.replace_durably(self.staging / name, data)
 
 
 class _MappedFiles:
@@ -400,24 +388,6 @@ class _MappedFiles:
         self._views, self._maps = [], []
 
 
-def _link_or_copy(source: str, dest: str) -> bool:
-    """Give `dest` the bytes of the immutable file `source`: a hard link (True) when the
-    filesystem allows it, else a copy fsynced before it is named (False)."""
-    try:
-        os.link(source, dest, follow_symlinks=False)
-        return True
-    except OSError as exc:
-        if exc.errno not in _NO_LINK:
-            raise
-    temp = f"{dest}.forking"
-    with open(source, "rb") as fin, open(temp, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 1 << 20)
-        fout.flush()
-        os.fsync(fout.fileno())
-    os.rename(temp, dest)
-    return False
-
-
 def _share(source: Path, dest: Path) -> bool:
     """Replace `dest`, a copy of the immutable file `source`, with a hard link to `source`
     (True); leave the copy (False) where the filesystem refuses links. The rename is atomic:
@@ -431,15 +401,3 @@ def _share(source: Path, dest: Path) -> bool:
         return False
     os.rename(temp, dest)
     return True
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    """Write a new file and fsync it (the caller fsyncs its directory before the rename that publishes it)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -35,7 +35,11 @@ its format (snapshots.transfer; the counterpart of eventlog's segment API):
     mf = snapshots.decode_manifest(name, data)               # bytes from elsewhere, checked
     into = snapshots.StoreImport("elsewhere/snapshots")     # put back: chunks staged and checked,
     into.add_chunk(cid, blob, raw_len, stored_len)           # ... then the manifest written last
+    files.link_into(cid, raw_len, stored_len, into)          # or: hard-link its file (loose, or its pack)
     into.commit(name, data)
+
+A store opened with ``packs=True`` writes each save's new chunks into one pack file (one
+fsync per save); every store reads loose and packed chunks alike (FORMAT.md, "Pack file").
 """
 
 from .errors import (

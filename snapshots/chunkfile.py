@@ -26,6 +26,9 @@ CODEC_RAW = 0  # chunk: payload is the raw bytes; stream: stored as is
 CODEC_STREAMS = 1  # chunk: byte-group streams, each raw or zstd, after a stream table
 CODEC_ZSTD = 1  # stream: one zstd frame
 MAX_RAW_LEN = 1 << 30
+# The largest pack file a reader opens (packfile.py): no real bound, as a save of a huge
+# state is one pack; only a pack's index is ever read whole, and it is bounded there.
+MAX_PACK_BYTES = 1 << 50
 # Per-thread scratch buffers up to this size are kept for the next chunk (the default
 # chunk is 4 MiB); larger ones are allocated per use.
 KEEP_SCRATCH = 64 << 20
@@ -202,22 +205,31 @@ class ChunkCodec:
             return [HEADER.pack(MAGIC, VERSION, CODEC_RAW, 1, 0, n), buffer(raw)]
         return [HEADER.pack(MAGIC, VERSION, CODEC_STREAMS, width, 0, n) + b"".join(table), *payloads]
 
-    def read(self, path: str, raw_len: int, stored_len: int, out: torch.Tensor) -> None:
+    def read(self, path: str, raw_len: int, stored_len: int, out: torch.Tensor, offset: int | None = None) -> None:
         """Decode the chunk file at `path` into `out` (flat uint8 of `raw_len` bytes).
 
-        Raises ChunkDecodeError on any mismatch (size, header, frame size, length) or if
-        the file is not a regular file (a symlink, FIFO or device: never followed, waited
-        on or read), and FileNotFoundError if the file is missing. Never reads more than
-        `stored_len` bytes nor decompresses past `raw_len`. The caller checks the hash.
+        `offset` None: the whole file is the chunk file and must be `stored_len` bytes.
+        An offset: the chunk file is bytes [offset, offset + stored_len) of a pack, which
+        must hold them. Raises ChunkDecodeError on any mismatch (size, header, frame size,
+        length) or if the file is not a regular file (a symlink, FIFO or device: never
+        followed, waited on or read), and FileNotFoundError if the file is missing. Never
+        reads outside the chunk's `stored_len` bytes nor decompresses past `raw_len`. The
+        caller checks the hash.
         """
         try:
-            fd, size = open_regular(path, stored_len)
+            fd, size = open_regular(path, stored_len if offset is None else MAX_PACK_BYTES)
         except UnsafeFileError as e:
-            raise ChunkDecodeError(f"chunk file {e}") from None
+            raise ChunkDecodeError(f"{'chunk' if offset is None else 'pack'} file {e}") from None
         try:
-            if size != stored_len:
-                raise ChunkDecodeError(f"file is {size} bytes, manifest says {stored_len}")
-            header = os.pread(fd, HEADER.size, 0)
+            if offset is None:
+                if size != stored_len:
+                    raise ChunkDecodeError(f"file is {size} bytes, manifest says {stored_len}")
+                base = 0
+            else:
+                if offset + stored_len > size:
+                    raise ChunkDecodeError(f"pack is {size} bytes, the chunk's range ends at {offset + stored_len}")
+                base = offset
+            header = os.pread(fd, HEADER.size, base)
             if len(header) != HEADER.size:
                 raise ChunkDecodeError("shorter than its header")
             magic, version, codec, width, _, n = HEADER.unpack(header)
@@ -226,21 +238,21 @@ class ChunkCodec:
             if n != raw_len:
                 raise ChunkDecodeError(f"header says {n} raw bytes, manifest says {raw_len}")
             if codec == CODEC_RAW:
-                if width != 1 or size - HEADER.size != n:
+                if width != 1 or stored_len - HEADER.size != n:
                     raise ChunkDecodeError("raw chunk with grouping or wrong payload length")
-                _pread_exact(fd, buffer(out), HEADER.size)
+                _pread_exact(fd, buffer(out), base + HEADER.size)
             elif codec == CODEC_STREAMS:
-                self._read_streams(fd, size, n, width, out)
+                self._read_streams(fd, base, stored_len, n, width, out)
             else:
                 raise ChunkDecodeError(f"unknown codec {codec}")
         finally:
             os.close(fd)
 
-    def _read_streams(self, fd: int, size: int, n: int, width: int, out: torch.Tensor) -> None:
+    def _read_streams(self, fd: int, base: int, size: int, n: int, width: int, out: torch.Tensor) -> None:
         if width < 1 or n % width:
             raise ChunkDecodeError(f"group width {width} does not divide {n}")
         table_len = STREAM.size * width
-        table = os.pread(fd, table_len, HEADER.size)
+        table = os.pread(fd, table_len, base + HEADER.size)
         if len(table) != table_len:
             raise ChunkDecodeError("stream table cut short")
         streams = [STREAM.unpack_from(table, j * STREAM.size) for j in range(width)]
@@ -248,7 +260,7 @@ class ChunkCodec:
             raise ChunkDecodeError("stream lengths do not add up to the file size")
         stream_len = n // width
         target = self._scratch(n) if width > 1 else out
-        offset = HEADER.size + table_len
+        offset = base + HEADER.size + table_len
         for j, (codec, length) in enumerate(streams):
             view = buffer(target[j * stream_len:(j + 1) * stream_len])
             if codec == CODEC_RAW:

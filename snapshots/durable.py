@@ -65,7 +65,7 @@ class PendingWrite:
                 os.close(fd)
             os.rename(self.tmp, os.path.join(self.directory, self.name))
         except BaseException:
-            _unlink_quietly(self.tmp)
+            unlink_quietly(self.tmp)
             raise
         self.done = True
         return self.written
@@ -76,7 +76,7 @@ class PendingWrite:
             os.close(self._fd)
             self._fd = None
         if not self.done:
-            _unlink_quietly(self.tmp)
+            unlink_quietly(self.tmp)
 
 
 def start_durable_write(directory: str, name: str, parts: list, failpoint=None, what: str = "chunk",
@@ -96,12 +96,12 @@ def start_durable_write(directory: str, name: str, parts: list, failpoint=None, 
                 total += k
                 view = view[k:]
         if not keep_open:
-            _start_writeback(fd)
+            start_writeback(fd)
         if failpoint is not None:
             failpoint(f"snapshot.before_{what}_fsync")
     except BaseException:
         os.close(fd)
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     if not keep_open:
         os.close(fd)
@@ -125,15 +125,18 @@ _sync_file_range = _load_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing the file's dirty pages back now, without waiting
-    (sync_file_range(SYNC_FILE_RANGE_WRITE), Linux). Only a hint: durability comes
-    from the fsync in `finish()`; where unavailable or failing, nothing happens."""
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Ask the kernel to start writing bytes [offset, offset + length) of the file (0: to
+    its end) back now, without waiting (sync_file_range(SYNC_FILE_RANGE_WRITE), Linux).
+    Only a hint: durability comes from a later fsync; where unavailable or failing,
+    nothing happens."""
     if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-def _unlink_quietly(path: str) -> None:
+def unlink_quietly(path: str) -> None:
+    """Delete `path`; nothing if it is already gone or cannot be deleted (cleanup after a
+    failure, where the first error is the one to report)."""
     try:
         os.unlink(path)
     except OSError:

@@ -37,7 +37,8 @@ _MAX_INT = 2**63 - 1
 MAX_MANIFEST_BYTES = 64 << 20
 # A chunk file is its header, at most 255 stream-table entries and at most its raw
 # bytes (a stream that would not shrink is stored raw), so this bounds stored_len.
-_MAX_OVERHEAD = CHUNK_HEADER.size + 255 * STREAM.size
+MAX_CHUNK_OVERHEAD = CHUNK_HEADER.size + 255 * STREAM.size
+MIN_STORED_LEN = CHUNK_HEADER.size
 
 
 class ManifestDecodeError(Exception):
@@ -169,7 +170,7 @@ class Manifest:
             cid, raw_len, stored_len = entry
             _check(is_chunk_id(cid), f"{where}.id: malformed chunk id {cid!r:.80}")
             _check(_is_count(raw_len) and 0 < raw_len <= MAX_RAW_LEN, f"{where}.raw_len: {raw_len!r:.40} not in [1, {MAX_RAW_LEN}]")
-            _check(_is_count(stored_len) and CHUNK_HEADER.size <= stored_len <= raw_len + _MAX_OVERHEAD,
+            _check(_is_count(stored_len) and MIN_STORED_LEN <= stored_len <= raw_len + MAX_CHUNK_OVERHEAD,
                    f"{where}.stored_len: {stored_len!r:.40} impossible for raw_len {raw_len}")
             chunks.append(ChunkRef(cid, raw_len, stored_len))
         _check(len({c.id for c in chunks}) == len(chunks), "field 'chunks': a chunk is listed twice")

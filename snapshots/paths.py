@@ -18,6 +18,7 @@ class StoreLayout:
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self.chunks = os.path.join(self.root, "chunks")
+        self.packs = os.path.join(self.root, "packs")
         self.manifests = os.path.join(self.root, "manifests")
         self.lock_file = os.path.join(self.root, "LOCK")
         self.readers_file = os.path.join(self.root, "READERS")
@@ -30,21 +31,38 @@ class StoreLayout:
             raise ValueError(f"not a chunk id: {cid!r}")
         return os.path.join(self.chunks, cid[:2], cid)
 
+    def pack_path(self, name: str) -> str:
+        return os.path.join(self.packs, name)
+
     def manifest_path(self, name: str) -> str:
         return os.path.join(self.manifests, name)
 
     def create(self) -> None:
-        """Create every directory (the 256 chunk fan-out directories included) and make
-        their names durable. Idempotent."""
-        made = False
-        for path in (self.root, self.chunks, self.manifests):
-            made |= _mkdir(path)
-        fanout = [format(i, "02x") for i in range(256)]
-        made_chunk_dirs = [_mkdir(os.path.join(self.chunks, d)) for d in fanout]
-        if made or any(made_chunk_dirs):
-            fsync_dir(self.chunks)
+        """Create the store directory and its manifests/ and make their names durable.
+        Idempotent. The other directories (packs/, chunks/ab) are created when first
+        written to (`ensure_dir`), so opening a new store costs two mkdirs, not 258."""
+        made = _mkdir(self.root)
+        if _mkdir(self.manifests) or made:
             fsync_dir(self.root)
             fsync_dir(os.path.dirname(self.root))
+
+    def ensure_dir(self, path: str, sync: bool = True) -> set[str]:
+        """Create `path` (packs/, chunks/ or chunks/ab under this store) if missing, with
+        its parents up to the store directory. With `sync` each creation is made durable
+        (its parent fsynced) before this returns, and the result is empty; without, the
+        parents to fsync before anything inside is relied on are returned (an importer
+        creating many directories fsyncs each parent once). Idempotent; a racing creator
+        is fine."""
+        if os.path.isdir(path):
+            return set()
+        parent = os.path.dirname(path)
+        todo = self.ensure_dir(parent, sync) if parent != self.root else set()
+        if _mkdir(path):
+            if sync:
+                fsync_dir(parent)
+            else:
+                todo.add(parent)
+        return todo
 
 
 def _mkdir(path: str) -> bool:

@@ -16,6 +16,9 @@ from typing import Callable
 
 from . import retention
 from .durable import TMP_PREFIX, fsync_dir
+from .locating import ChunkLocator
+from .packfile import PackEntry, PackWriter
+from .safefile import UnsafeFileError, open_regular
 from .errors import CorruptSnapshotError, SnapshotNotFoundError
 from .known import KnownFiles
 from .locks import FileLock
@@ -75,6 +78,7 @@ def prune(reader: StoreReader, known: KnownFiles, keep: Retention, failpoint: Ca
             except (CorruptSnapshotError, SnapshotNotFoundError) as e:
                 unreadable = f"manifest {name} is unreadable ({e}); no chunk was deleted"
         swept = sweep_chunks(layout.chunks, known, marked, sweep_chunks=unreadable is None and not damage)
+        sweep_packs(reader, known, marked, unreadable is None and not damage, swept)
         damage += swept.damage
     finally:
         lock.release()
@@ -180,6 +184,89 @@ def _sweep_fanout(fd: int, sub: str, known: KnownFiles, marked: set[str], sweep_
             known.forget(name)
     if changed:
         os.fsync(fd)
+
+
+def sweep_packs(reader: StoreReader, known: KnownFiles, marked: set[str], sweep: bool, out: Swept) -> None:
+    """Reclaim packs (FORMAT.md, "Reclaiming space"), if `sweep`, and delete temp files in
+    packs/ in any case: a pack none of whose chunks is marked is deleted; one whose marked
+    chunks hold less than half of its chunk bytes is rewritten (the marked chunks copied
+    into a new pack, fsynced and named, packs/ fsynced) and then deleted. A pack whose
+    index does not read is reported and left alone. packs/ that is a link or not a
+    directory is reported and not entered."""
+    layout, locator = reader.layout, reader.locator
+    problem = _not_a_directory(layout.packs, "packs/")
+    if problem:
+        out.damage += problem
+        return
+    try:
+        names = os.listdir(layout.packs)
+    except FileNotFoundError:
+        return
+    changed = False
+    for name in names:
+        if name.startswith(TMP_PREFIX):
+            size = _unlink(layout.pack_path(name))
+            out.temp_files_deleted += size is not None
+            changed |= size is not None
+    # Every pack's index is read afresh (not the reader's cache): a pack is deleted or
+    # rewritten only on what its file says now, and one damaged since it was cached is
+    # reported rather than trusted.
+    fresh = ChunkLocator(layout)
+    fresh.refresh()
+    out.damage += [f"packs/{name} is damaged ({why}); left alone" for name, why in sorted(fresh.damaged().items())]
+    if not sweep:
+        if changed:
+            fsync_dir(layout.packs)
+        return
+    for name, entries in sorted(fresh.packs().items()):
+        live = [e for e in entries.values() if e.id in marked]
+        dead = [e for e in entries.values() if e.id not in marked]
+        if not dead:
+            continue
+        if live and 2 * sum(e.stored_len for e in live) >= sum(e.stored_len for e in entries.values()):
+            continue  # mostly live: a rewrite would copy more than it frees
+        if live and not _rewrite_pack(layout, locator, name, live, out):
+            continue
+        size = _unlink(layout.pack_path(name))
+        locator.remove(name)
+        changed = True
+        if size is None:
+            continue
+        out.chunks_deleted += len(dead)
+        out.bytes_freed += size - sum(e.stored_len for e in live)
+        for e in dead:
+            known.forget(e.id)
+    if changed:
+        fsync_dir(layout.packs)
+    locator.refresh()
+
+
+def _rewrite_pack(layout, locator, name: str, live: list[PackEntry], out: Swept) -> bool:
+    """Copy the `live` chunks of pack `name`, byte for byte, into a new durable pack; False
+    (reported, nothing changed) when the old pack cannot be read."""
+    writer = PackWriter(layout.packs)
+    try:
+        fd, _ = open_regular(layout.pack_path(name), 1 << 50)
+    except (OSError, UnsafeFileError) as e:
+        out.damage.append(f"packs/{name} cannot be read to rewrite it ({e}); left alone")
+        return False
+    try:
+        for e in sorted(live, key=lambda e: e.offset):
+            data = os.pread(fd, e.stored_len, e.offset)
+            if len(data) != e.stored_len:
+                out.damage.append(f"packs/{name}: chunk {e.id} is cut short; the pack is left alone")
+                writer.discard()
+                return False
+            writer.append(e.id, e.raw_len, [data])
+        entries = writer.finish()
+    except BaseException:
+        writer.discard()
+        raise
+    finally:
+        os.close(fd)
+    fsync_dir(layout.packs)  # the new pack's name is durable before the old one goes
+    locator.add(writer.name, entries)
+    return True
 
 
 def _unlink(path: str, dir_fd: int | None = None) -> int | None:

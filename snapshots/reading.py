@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -20,6 +22,7 @@ from . import inplace
 from .chunkfile import ChunkCodec, ChunkDecodeError, chunk_id
 from .errors import CorruptSnapshotError, SnapshotNotFoundError
 from .known import KnownFiles
+from .locating import ChunkLocator, Copy
 from .locks import FileLock
 from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, ManifestDecodeError, parse_manifest_name
 from .paths import StoreLayout
@@ -41,6 +44,7 @@ class StoreReader:
 
     def __init__(self, layout: StoreLayout, codec: ChunkCodec, pool: WorkerPool, known: KnownFiles):
         self.layout = layout
+        self.locator = ChunkLocator(layout)
         self._codec = codec
         self._pool = pool
         self._known = known
@@ -109,40 +113,73 @@ class StoreReader:
 
     def read_chunk(self, name: str, ref: ChunkRef, out: torch.Tensor) -> None:
         """Decode chunk `ref` of snapshot `name` into `out` (ref.raw_len uint8) and check
-        its hash; CorruptSnapshotError names what failed, even a missing file."""
-        try:
-            self._codec.read(self.layout.chunk_path(ref.id), ref.raw_len, ref.stored_len, out)
-        except FileNotFoundError:
-            self._known.forget(ref.id)
-            if parse_manifest_name(name) is not None and not os.path.lexists(self.layout.manifest_path(name)):
-                # A prune deletes a snapshot's manifest before its chunks, so this one was
-                # pruned while it was read: absence, not damage. Only a reader that could not
-                # take the READERS lock (a read-only store) can see it; the walks list again.
-                raise SnapshotNotFoundError(
-                    f"snapshot {name} in {self.layout.root} was pruned while it was being read (this reader "
-                    "could not take the store's READERS lock, which makes a pruner wait)") from None
-            raise CorruptSnapshotError(name, ref.id, "chunk file is missing") from None
-        except ChunkDecodeError as e:
-            self._known.forget(ref.id)
-            raise CorruptSnapshotError(name, ref.id, str(e)) from None
-        except OSError as e:
-            self._known.forget(ref.id)
-            raise CorruptSnapshotError(name, ref.id, f"chunk file unreadable: {e}") from None
-        if chunk_id(out) != ref.id:
-            # No longer trusted: the next save rewrites it, and no load decodes it in place.
-            self._known.forget(ref.id)
-            raise CorruptSnapshotError(name, ref.id, "content hash mismatch")
-        self._known.add_good([ref.id])
+        its hash; CorruptSnapshotError names what failed, even a missing file.
 
-    def chunk_is_intact(self, cid: str, raw_len: int, size: int) -> bool:
-        """Whether the existing chunk file `cid` decodes to its id (a writer reuses it
-        only then; a damaged one is rewritten)."""
-        try:
-            self.read_chunk("<dedup check>", ChunkRef(cid, raw_len, size), self._codec.scratch(raw_len, "chunk"))
-            return True
-        except (CorruptSnapshotError, OSError):
-            log.warning("chunk %s exists but is damaged; rewriting it", cid)
-            return False
+        The chunk may be in several files (packs, and a loose file): each copy is tried,
+        newest pack first, until one passes every check; the error is the first copy's
+        damage, or "missing" (naming any pack whose index does not read) when no file
+        holds it. When no copy was where the cached pack indexes said, `packs/` is listed
+        again once (another process's new pack, or one a prune rewrote)."""
+        damage: list[str] = []
+        for attempt in (0, 1):
+            if attempt:
+                self.locator.refresh()
+            for copy in self.locator.copies(ref.id):
+                if copy.stored_len is not None and copy.stored_len != ref.stored_len:
+                    continue  # another encoding of the same bytes: not the one the manifest names
+                try:
+                    self._codec.read(copy.path, ref.raw_len, ref.stored_len, out, copy.offset)
+                except FileNotFoundError:
+                    continue
+                except ChunkDecodeError as e:
+                    damage.append(f"{e}{copy.where()}")
+                    continue
+                except OSError as e:
+                    damage.append(f"chunk file unreadable: {e}{copy.where()}")
+                    continue
+                if chunk_id(out) != ref.id:
+                    damage.append(f"content hash mismatch{copy.where()}")
+                    continue
+                self._known.add_good([ref.id])
+                return
+            if damage:
+                break
+        # No longer trusted: the next save rewrites it, and no load decodes it in place.
+        self._known.forget(ref.id)
+        if damage:
+            raise CorruptSnapshotError(name, ref.id, damage[0])
+        if parse_manifest_name(name) is not None and not os.path.lexists(self.layout.manifest_path(name)):
+            # A prune deletes a snapshot's manifest before its chunks, so this one was
+            # pruned while it was read: absence, not damage. Only a reader that could not
+            # take the READERS lock (a read-only store) can see it; the walks list again.
+            raise SnapshotNotFoundError(
+                f"snapshot {name} in {self.layout.root} was pruned while it was being read (this reader "
+                "could not take the store's READERS lock, which makes a pruner wait)")
+        bad_packs = self.locator.damaged()
+        also = "; damaged pack(s): " + "; ".join(f"{p}: {why}" for p, why in sorted(bad_packs.items())) if bad_packs else ""
+        raise CorruptSnapshotError(name, ref.id, f"chunk file is missing{also}"[:1000])
+
+    def trusted_copy(self, cid: str, raw_len: int) -> Copy | None:
+        """A copy of chunk `cid` a writer may reuse: one this process wrote or checked, or
+        one that decodes to its id now (a damaged copy is passed over, and the chunk is
+        written again). None when the store has no good copy. The copy's stored_len is set."""
+        for copy in self.locator.copies(cid):
+            size = copy.stored_len if copy.pack else _file_size(copy.path)
+            if size is None:
+                continue
+            copy = replace(copy, stored_len=size)
+            if self._known.is_good(cid):
+                return copy
+            scratch = self._codec.scratch(raw_len, "chunk")
+            try:
+                self._codec.read(copy.path, raw_len, size, scratch, copy.offset)
+                if chunk_id(scratch) == cid:
+                    self._known.add_good([cid])
+                    return copy
+            except (ChunkDecodeError, OSError):
+                pass
+            log.warning("chunk %s exists but is damaged%s; writing it again", cid, copy.where())
+        return None
 
     def read_tensors(self, manifest: Manifest, only: frozenset[int] | None = None,
                      into: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor | None]:
@@ -289,3 +326,13 @@ class StoreReader:
         if report is not None and not report.ok:
             return report
         return VerifyReport(error.manifest, 0, 0, (Damage(error.chunk, error.reason),))
+
+
+def _file_size(path: str) -> int | None:
+    """The size of the regular file at `path`; None if there is none (a symlink or FIFO in
+    its place is passed over, and the chunk written again)."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None

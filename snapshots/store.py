@@ -90,6 +90,12 @@ class SnapshotStore:
             "hot_load_into*"). Either store reads both kinds, and chunk names are the
             same (the hash of the raw bytes), so a chunk already written with the other
             setting is reused as it is.
+        packs: where a save puts its new chunks. True: into one pack file per save
+            (FORMAT.md, "Pack file"): one fsync per save whatever its number of chunks,
+            about safetensors' time for a full save (bench/results/saves.json). False
+            (the default, for now): one loose file per chunk, each fsynced and renamed.
+            Either store reads both forms, and a chunk already stored in either is
+            reused as it is; prune reclaims both.
 
     Example::
 
@@ -109,8 +115,10 @@ class SnapshotStore:
        prunes one at a time in submission order: a prune never runs beside a save of
        this process, and two saves never race on a chunk.
     3. The commit thread runs the write pipeline (`commit`): it waits for the staging
-       copies, the worker pool hashes, compresses and writes the new chunks, and the
-       manifest is committed last (FORMAT.md, "Commit protocol").
+       copies, the worker pool hashes, compresses and writes the new chunks (into the
+       save's pack, at offsets reserved per chunk, with packs=True; the commit thread
+       itself for a small state), and the manifest is committed last (FORMAT.md,
+       "Commit protocol").
     4. `save` returns the SnapshotInfo once the manifest is durable. `save_async`
        returned a PendingSnapshot after step 1; its `result()` gives the info or raises
        the write's error, and the caller may mutate its tensors at once.
@@ -125,7 +133,8 @@ class SnapshotStore:
 
     `failpoint` is called with a point's name at each step of the commit protocol and of
     prune, on whichever thread reaches it: ``snapshot.before_chunk_fsync``,
-    ``snapshot.before_chunk_rename`` (every new chunk), ``snapshot.before_manifest_fsync``,
+    ``snapshot.before_chunk_rename`` (every new loose chunk), ``snapshot.before_pack_fsync``,
+    ``snapshot.before_pack_rename`` (a save's pack), ``snapshot.before_manifest_fsync``,
     ``snapshot.before_manifest_rename``, ``snapshot.after_manifest_rename`` (before
     manifests/ is fsynced), ``snapshot.prune.before_delete`` (retention decided, nothing
     deleted) and ``snapshot.prune.before_sweep`` (old manifests deleted, chunks not yet
@@ -144,6 +153,7 @@ class SnapshotStore:
         workers: int | None = None,
         failpoint: Callable[[str], None] | None = None,
         compression: str = "zstd",
+        packs: bool = False,
     ):
         if sys.byteorder != "little":
             raise UnsupportedPlatformError("snapshot stores need a little-endian host")
@@ -165,7 +175,8 @@ class SnapshotStore:
         self._pool = WorkerPool(self.workers)
         codec = ChunkCodec(level, compression)
         self._reader = StoreReader(self._layout, codec, self._pool, self._known)
-        self._chunks = ChunkWriter(self._layout, codec, self._pool, self._known, self._reader, chunk_size, self._failpoint)
+        self._chunks = ChunkWriter(self._layout, codec, self._pool, self._known, self._reader, chunk_size,
+                                   self._failpoint, packs)
         self._stager = Stager()
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="snapshots-commit")
         self._lock = Lock()  # guards the two fields below

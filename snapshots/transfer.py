@@ -12,8 +12,11 @@ copies a store's committed files elsewhere and back without knowing their format
   against its name. So a caller never ships damage.
 - Checking bytes from elsewhere: `decode_manifest(name, data)` (the counterpart of
   ``segment_bounds``), `check_chunk_file(path, ...)` for a chunk written to a file.
+- Chunks are addressed by id wherever they live (a loose file, or a range of a pack:
+  FORMAT.md, "Finding a chunk"); `read_chunk` hands out the chunk file's bytes either way.
 - Putting back (`StoreImport`): chunks downloaded are staged under temp names in the new
-  store, fsynced and checked, and named only at `commit`, which writes the manifest last
+  store, fsynced and checked (or hard-linked from another store, `StoreFiles.link_into`:
+  a loose file or a whole pack), and named only at `commit`, which writes the manifest last
   (temp name, fsync, rename, directory fsync): the store's own commit protocol, so a
   crash anywhere leaves no manifest naming a chunk that is not durable.
 
@@ -24,6 +27,7 @@ OSErrors (EIO, EACCES) propagate. Nothing here changes a format.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from dataclasses import dataclass
@@ -31,12 +35,13 @@ from typing import Any
 
 import torch
 
-from .chunkfile import ChunkCodec, ChunkDecodeError, chunk_id
-from .durable import fsync_dir
+from .chunkfile import MAX_PACK_BYTES, ChunkCodec, ChunkDecodeError, chunk_id
+from .durable import fsync_dir, temp_name
+from .locating import ChunkLocator, Copy
 from .errors import CorruptFileError
 from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, ManifestDecodeError, parse_manifest_name
 from .paths import StoreLayout
-from .safefile import UnsafeFileError, read_regular
+from .safefile import UnsafeFileError, open_regular, read_regular
 
 __all__ = ["MAX_MANIFEST_BYTES", "ChunkRef", "ManifestFile", "StoreFiles", "StoreImport", "check_chunk_file",
            "decode_manifest", "parse_manifest_name"]
@@ -91,10 +96,11 @@ def check_chunk_file(path: str, cid: str, raw_len: int, stored_len: int) -> None
     _check_chunk(ChunkCodec(), path, cid, raw_len, stored_len)
 
 
-def _check_chunk(codec: ChunkCodec, path: str, cid: str, raw_len: int, stored_len: int) -> None:
+def _check_chunk(codec: ChunkCodec, path: str, cid: str, raw_len: int, stored_len: int,
+                 offset: int | None = None) -> None:
     out = torch.empty(raw_len, dtype=torch.uint8)
     try:
-        codec.read(path, raw_len, stored_len, out)
+        codec.read(path, raw_len, stored_len, out, offset)
     except ChunkDecodeError as exc:
         raise _ChunkFileError(None, cid, str(exc)) from None
     if chunk_id(out) != cid:
@@ -112,6 +118,7 @@ class StoreFiles:
         self.root = os.path.abspath(path)
         self._layout = StoreLayout(self.root)
         self._codec = ChunkCodec()
+        self._locator = ChunkLocator(self._layout)
 
     def manifest_names(self) -> list[str]:
         """Every committed manifest's name, oldest first by (index, term); [] when the
@@ -135,41 +142,87 @@ class StoreFiles:
         return decode_manifest(name, data)
 
     def chunk_path(self, cid: str) -> str:
-        """Where chunk `cid` lives in this store (ValueError unless 32 lowercase hex digits)."""
+        """Where chunk `cid` lives in this store as a loose file (ValueError unless 32
+        lowercase hex digits). A chunk written by a save since packs lives in a pack
+        instead (`check_chunk`, `read_chunk` find either)."""
         return self._layout.chunk_path(cid)
 
     def check_chunk(self, cid: str, raw_len: int, stored_len: int) -> None:
-        """`check_chunk_file` on this store's chunk `cid` (FileNotFoundError, CorruptFileError)."""
-        _check_chunk(self._codec, self.chunk_path(cid), cid, raw_len, stored_len)
+        """Check this store's chunk `cid` of those sizes, loose or packed (FileNotFoundError
+        when no file holds it, CorruptFileError when every copy of it is damaged)."""
+        self._checked_copy(cid, raw_len, stored_len)
 
     def read_chunk(self, cid: str, raw_len: int, stored_len: int) -> bytes:
-        """The stored bytes of chunk `cid` (exactly `stored_len` of them), after checking it
+        """The stored bytes of chunk `cid` (exactly `stored_len` of them: a chunk file, as
+        `add_chunk` takes it, whether it is loose or packed here), after checking it
         (`check_chunk`). FileNotFoundError when it is gone; CorruptFileError when damaged."""
-        path = self.chunk_path(cid)
-        _check_chunk(self._codec, path, cid, raw_len, stored_len)
+        copy = self._checked_copy(cid, raw_len, stored_len)
         try:
-            data = read_regular(path, stored_len)
+            fd, size = open_regular(copy.path, MAX_PACK_BYTES if copy.pack else stored_len)
         except UnsafeFileError as exc:  # replaced between the check and the read
-            raise _ChunkFileError(None, cid, str(exc)) from None
+            raise _ChunkFileError(None, cid, f"{exc}{copy.where()}") from None
+        try:
+            data = os.pread(fd, stored_len, copy.offset or 0)
+        finally:
+            os.close(fd)
         if len(data) != stored_len:
-            raise _ChunkFileError(None, cid, f"{len(data)} bytes, its manifest says {stored_len}")
+            raise _ChunkFileError(None, cid, f"{len(data)} bytes, its manifest says {stored_len}{copy.where()}")
         return data
+
+    def link_into(self, cid: str, raw_len: int, stored_len: int, into: "StoreImport") -> bool:
+        """Give the store `into` chunk `cid` (checked here first, as `check_chunk`): a hard
+        link to this store's immutable file that holds it (its loose file, or its whole
+        pack) where the filesystem allows, True; else its bytes staged by `add_chunk`, False.
+        Nothing is named in `into` before its `commit`. FileNotFoundError, CorruptFileError
+        as `check_chunk`."""
+        copy = self._checked_copy(cid, raw_len, stored_len)
+        if into.stage_link(copy.path, copy.pack, cid):
+            return True
+        into.add_chunk(cid, self.read_chunk(cid, raw_len, stored_len), raw_len, stored_len)
+        return False
+
+    def _checked_copy(self, cid: str, raw_len: int, stored_len: int) -> Copy:
+        """The first copy of chunk `cid` that passes every check. FileNotFoundError when no
+        file holds it; CorruptFileError (the first copy's damage) when none passes."""
+        self._layout.chunk_path(cid)  # ValueError for a malformed id, before any path is built
+        damage = []
+        for attempt in (0, 1):
+            if attempt:
+                self._locator.refresh()
+            for copy in self._locator.copies(cid):
+                if copy.stored_len is not None and copy.stored_len != stored_len:
+                    continue
+                try:
+                    _check_chunk(self._codec, copy.path, cid, raw_len, stored_len, copy.offset)
+                    return copy
+                except FileNotFoundError:
+                    continue
+                except CorruptFileError as exc:
+                    damage.append(f"{exc.reason}{copy.where()}")
+            if damage:
+                break
+        if damage:
+            raise _ChunkFileError(None, cid, damage[0])
+        raise FileNotFoundError(errno.ENOENT, f"chunk {cid} is in no file of {self.root}")
 
 
 class StoreImport:
-    """Puts snapshots copied from elsewhere into the store directory `path` (created, with
-    its fan-out directories, if missing), by the store's commit protocol.
+    """Puts snapshots copied from elsewhere into the store directory `path` (created if
+    missing; its chunk directories as chunks arrive), by the store's commit protocol.
 
-    Call sequence: `add_chunk` for every chunk a manifest names that the store lacks
-    (each staged under a temp name, fsynced and checked), then `commit(name, data)`, or
-    `discard()` to drop what was staged. Used by one thread; the store must not be open
-    for writing meanwhile (a writer's prune would delete chunks no manifest names yet)."""
+    Call sequence: `add_chunk` (bytes) or `StoreFiles.link_into` (a hard link to another
+    store's file) for every chunk a manifest names that the store lacks, each staged
+    under a temp name and durable, then `commit(name, data)`, or `discard()` to drop what
+    was staged. Used by one thread; the store must not be open for writing meanwhile (a
+    writer's prune would delete chunks no manifest names yet)."""
 
     def __init__(self, path: str | os.PathLike):
         self._layout = StoreLayout(os.fspath(path))
         self._layout.create()
         self._codec = ChunkCodec()
+        self._locator = ChunkLocator(self._layout)
         self._staged: list[tuple[str, str]] = []  # (temp path, final path)
+        self._new_dirs: set[str] = set()  # parents of directories made, fsynced at commit
 
     def add_chunk(self, cid: str, data: bytes, raw_len: int, stored_len: int) -> None:
         """Stage `data` as chunk `cid`: written beside its final name, fsynced, then checked.
@@ -180,7 +233,8 @@ class StoreImport:
         final = self._layout.chunk_path(cid)
         if len(data) != stored_len:
             raise _ChunkFileError(None, cid, f"{len(data)} bytes, the manifest says {stored_len}")
-        temp = os.path.join(self._layout.chunk_dir(cid), f".tmp.{cid}.{os.getpid()}.{secrets.token_hex(4)}")
+        self._new_dirs |= self._layout.ensure_dir(self._layout.chunk_dir(cid), sync=False)
+        temp = os.path.join(self._layout.chunk_dir(cid), temp_name(cid))
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             try:
@@ -194,6 +248,29 @@ class StoreImport:
             raise
         self._staged.append((temp, final))
 
+    def stage_link(self, source: str, pack: str | None, cid: str) -> bool:
+        """Stage a hard link to `source`, an immutable store file elsewhere: the pack named
+        `pack`, or else the loose file of chunk `cid`; named at `commit`. True when staged
+        or already here; False when the filesystem refuses the link (another device, no
+        links): the caller copies the bytes instead (`add_chunk`). Called by
+        `StoreFiles.link_into`, which checks the chunk first."""
+        if pack is not None:
+            directory, final = self._layout.packs, self._layout.pack_path(pack)
+        else:
+            directory, final = self._layout.chunk_dir(cid), self._layout.chunk_path(cid)
+        if os.path.lexists(final) or any(f == final for _, f in self._staged):
+            return True
+        self._new_dirs |= self._layout.ensure_dir(directory, sync=False)
+        temp = os.path.join(directory, temp_name(os.path.basename(final)))
+        try:
+            os.link(source, temp, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in _NO_LINK:
+                return False
+            raise
+        self._staged.append((temp, final))
+        return True
+
     def discard(self) -> None:
         """Remove every staged chunk (none is named yet). Idempotent."""
         for temp, _ in self._staged:
@@ -206,20 +283,25 @@ class StoreImport:
 
         Edge cases first: `data` not a manifest (`decode_manifest`): CorruptFileError, and
         nothing is named. A chunk the manifest names that is neither staged nor already in
-        the store: CorruptFileError naming it, and the manifest is not written (the staged
-        chunks are named: harmless, a prune removes what no manifest names)."""
+        the store (loose or in a pack): CorruptFileError naming it, and the manifest is not
+        written (the staged chunks are named: harmless, a prune removes what no manifest names)."""
         manifest = decode_manifest(name, data)
         directories = set()
         for temp, final in self._staged:
             os.rename(temp, final)
             directories.add(os.path.dirname(final))
+        directories |= self._new_dirs
+        self._new_dirs = set()
         for directory in sorted(directories):
             fsync_dir(directory)
+        if any(os.path.dirname(final) == self._layout.packs for _, final in self._staged):
+            self._locator.refresh()
         self._staged.clear()
         for ref in manifest.chunks:
-            if not os.path.exists(self._layout.chunk_path(ref.id)):
+            copies = self._locator.copies(ref.id)
+            if not any(c.pack for c in copies) and not os.path.exists(copies[-1].path):
                 raise CorruptFileError(name, None, f"names chunk {ref.id}, which is neither staged nor in the store")
-        temp = os.path.join(self._layout.manifests, f".tmp.{name}.{os.getpid()}.{secrets.token_hex(4)}")
+        temp = os.path.join(self._layout.manifests, temp_name(name))
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             _write_all(fd, manifest.data)
@@ -229,6 +311,10 @@ class StoreImport:
         os.rename(temp, self._layout.manifest_path(name))
         fsync_dir(self._layout.manifests)
         return manifest
+
+
+# A hard link is refused (another filesystem, no links, a link count limit): copy instead.
+_NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES)
 
 
 def _write_all(fd: int, data) -> None:

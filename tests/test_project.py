@@ -22,3 +22,41 @@ def test_readme_main_job_command_is_runnable_module():
     main_job = next(c for c in _readme_commands() if " -m " in c and "pip install torch" not in c)
     module = re.search(r"python -m (\w+)", main_job).group(1)
     assert (ROOT / module / "__main__.py").exists()
+
+
+# The packages of this distribution; each may use another only through its root
+# (`import snapshots`, `from eventlog import EventLog`): the names its __init__ exports.
+# torch_eventlog is the shared vocabulary, imported by every package as torch_eventlog.errors.
+PACKAGES = ("eventlog", "snapshots", "replay")
+SHARED = {"torch_eventlog", "torch_eventlog.errors"}
+
+
+def _cross_package_imports(path: Path, own: str) -> list[str]:
+    """`module: import` for each import in `path` of another package's private part: a
+    submodule (only the root is public) or an underscore name."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [(alias.name, None) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            targets = [(node.module, alias.name) for alias in node.names]
+        else:
+            continue
+        for module, name in targets:
+            root = module.split(".")[0]
+            if root == own or module in SHARED or root not in PACKAGES:
+                continue
+            if module != root or (name or "").startswith("_"):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+                break  # one line per import statement
+    return found
+
+
+def test_no_module_imports_another_packages_private_modules():
+    """Issue 20: every module of replay/, eventlog/ and snapshots/ reaches another package
+    through its public root only, so each package's insides can change freely."""
+    found = [line for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))
+             for line in _cross_package_imports(path, package)]
+    assert not found, "private imports across packages:\n" + "\n".join(found)

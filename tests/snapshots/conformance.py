@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from typing import NamedTuple
 
 import pytest
 import torch
 
 import snapshots
 from snapshots.manifest import Manifest
+from snapshots.packfile import is_pack_name, read_index
 
 from .conftest import assert_same
 
@@ -193,13 +195,9 @@ class StoreContract:
         self.save(store, _state(1), index=1, term=1)
         self.save(store, _state(2), index=2, term=1)
         own = _own_chunks(store, "2-1", "1-1")
-        with open(own, "r+b") as f:
-            f.seek(20)
-            byte = f.read(1)
-            f.seek(20)
-            f.write(bytes([byte[0] ^ 0xFF]))
+        _damage(own)
         report = store.verify("2-1")
-        assert not report.ok and [d.chunk for d in report.damage] == [os.path.basename(own)]
+        assert not report.ok and [d.chunk for d in report.damage] == [own.cid]
         info, skipped = store.latest_verified()
         assert info.manifest_id == "1-1" and [r.manifest_id for r in skipped] == ["2-1"]
         info, state, skipped = store.load_latest()
@@ -207,7 +205,7 @@ class StoreContract:
         assert_same(state, _state(1))
         with pytest.raises(snapshots.CorruptSnapshotError) as e:
             store.load("2-1")
-        assert (e.value.manifest, e.value.chunk) == ("2-1", os.path.basename(own))
+        assert (e.value.manifest, e.value.chunk) == ("2-1", own.cid)
 
     def test_unreadable_manifest_is_listed_with_its_reason_only_by_manifests(self, store):
         self.save(store, _state(1), index=1, term=1)
@@ -276,24 +274,48 @@ def _tensors(state):
             yield from _tensors(v)
 
 
+class Where(NamedTuple):
+    """A copy of chunk `cid`: bytes from `offset` of the file at `path` (loose or a pack)."""
+
+    cid: str
+    path: str
+    offset: int
+
+
 def _chunk_files(root) -> dict[str, int]:
-    out = {}
+    """Every copy of a chunk in the store, loose or packed: id -> stored size."""
+    return {w.cid: size for w, size in _copies(root)}
+
+
+def _copies(root) -> list[tuple[Where, int]]:
+    out = []
     for directory, _, files in os.walk(os.path.join(root, "chunks")):
         for name in files:
-            out[name] = os.path.getsize(os.path.join(directory, name))
+            path = os.path.join(directory, name)
+            out.append((Where(name, path, 0), os.path.getsize(path)))
+    packs = os.path.join(root, "packs")
+    for name in sorted(os.listdir(packs)) if os.path.isdir(packs) else []:
+        if is_pack_name(name):
+            for cid, e in read_index(os.path.join(packs, name)).items():
+                out.append((Where(cid, os.path.join(packs, name), e.offset), e.stored_len))
     return out
 
 
-def _damage(path: str) -> None:
-    with open(path, "r+b") as f:
-        f.seek(20)
+def _where(root, cid: str) -> Where:
+    return next(w for w, _ in _copies(root) if w.cid == cid)
+
+
+def _damage(where: Where) -> None:
+    """Flip a byte inside the chunk's stream data (past its header)."""
+    with open(where.path, "r+b") as f:
+        f.seek(where.offset + 20)
         byte = f.read(1)
-        f.seek(20)
+        f.seek(where.offset + 20)
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-def _chunk_only(store, name: str, component: str, besides: str) -> str:
-    """The path of a chunk that `component`'s tensors use and `besides`'s do not."""
+def _chunk_only(store, name: str, component: str, besides: str) -> Where:
+    """A chunk that `component`'s tensors use and `besides`'s do not."""
     from snapshots import tree
 
     with open(os.path.join(store.path, "manifests", name), "rb") as f:
@@ -301,17 +323,15 @@ def _chunk_only(store, name: str, component: str, besides: str) -> str:
     used: dict[str, set[str]] = {}
     for path, i in tree.tensor_paths(m.tree):
         used.setdefault(path[0], set()).update(m.chunks[c].id for c, _, _ in m.tensors[i].segments)
-    cid = sorted(used[component] - used[besides])[0]
-    return os.path.join(store.path, "chunks", cid[:2], cid)
+    return _where(store.path, sorted(used[component] - used[besides])[0])
 
 
-def _own_chunks(store, name: str, other: str) -> str:
-    """The path of a chunk that snapshot `name` uses and `other` does not."""
+def _own_chunks(store, name: str, other: str) -> Where:
+    """A chunk that snapshot `name` uses and `other` does not."""
 
     def ids(n):
         with open(os.path.join(store.path, "manifests", n), "rb") as f:
             return [c.id for c in Manifest.decode(n, f.read()).chunks]
 
     theirs = set(ids(other))
-    cid = next(c for c in ids(name) if c not in theirs)
-    return os.path.join(store.path, "chunks", cid[:2], cid)
+    return _where(store.path, next(c for c in ids(name) if c not in theirs))

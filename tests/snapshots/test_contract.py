@@ -27,3 +27,14 @@ class TestSaveAsyncLargeChunks(StoreContract):
 
     def save(self, store, state, **kw):
         return store.save_async(state, **kw).result(timeout=60)
+
+
+class TestPacks(StoreContract):
+    options = {"chunk_size": 1024, "workers": 4, "packs": True}
+
+
+class TestPacksLargeChunksAsync(StoreContract):
+    options = {"chunk_size": 1 << 20, "workers": 2, "packs": True}
+
+    def save(self, store, state, **kw):
+        return store.save_async(state, **kw).result(timeout=60)

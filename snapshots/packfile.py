@@ -1,0 +1,210 @@
+"""Pack files: many chunk files in one file, with an index (FORMAT.md, "Pack file").
+
+A save writes its new chunks into one pack (`PackWriter`): worker threads append chunk
+files concurrently, each at an offset reserved under a lock and written with pwrite, so
+hashing and compressing one chunk overlaps writing another; the commit thread then
+appends the index and trailer, fsyncs once and renames the pack to its name. Readers
+get a pack's checked index from `read_index`; a chunk inside a pack is an ordinary chunk
+file at an offset (`ChunkCodec.read`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import struct
+from dataclasses import dataclass
+from threading import Lock
+from typing import Callable
+
+import xxhash
+
+from .chunkfile import MAX_PACK_BYTES, MAX_RAW_LEN
+from .durable import TMP_PREFIX, start_writeback, unlink_quietly
+from .manifest import MAX_CHUNK_OVERHEAD, MIN_STORED_LEN
+from .safefile import UnsafeFileError, open_regular
+
+MAGIC = b"SNPPACK1"
+HEADER_SIZE = 16
+ENTRY = struct.Struct("<16sQQQ")  # chunk id (digest bytes), offset, stored_len, raw_len
+TRAILER = struct.Struct("<QQ16s")  # entry count, index offset, xxh3-128 of the index bytes
+SUFFIX = ".pack"
+# At most this many chunks in one pack: bounds what a hostile trailer can make a reader
+# allocate for the index (40 MiB), as MAX_MANIFEST_BYTES bounds a manifest.
+MAX_PACK_CHUNKS = 1 << 20
+_NAME = re.compile(r"^[0-9a-f]{32}\.pack$")
+
+
+class PackDecodeError(Exception):
+    """A pack's index failed a check; `chunk` names the entry at fault (None: the pack as a whole)."""
+
+    def __init__(self, reason: str, chunk: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.chunk = chunk
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    """Where one chunk file sits in a pack: bytes [offset, offset + stored_len)."""
+
+    id: str
+    offset: int
+    stored_len: int
+    raw_len: int
+
+
+def is_pack_name(name: str) -> bool:
+    """True for exactly 32 lowercase hex digits and ".pack": the only names a pack has."""
+    return _NAME.match(name) is not None
+
+
+def read_index(path: str) -> dict[str, PackEntry]:
+    """The checked index of the pack file at `path`: chunk id -> entry.
+
+    FileNotFoundError if it is gone; PackDecodeError (the reason, and the chunk when one
+    entry is at fault) for anything FORMAT.md's "Pack file" refuses: not a regular file
+    (never followed nor waited on), shorter than a header and trailer, a wrong magic, a
+    count over MAX_PACK_CHUNKS or an index that does not end at the trailer, a digest
+    mismatch, an entry out of range, overlapping another, or listed twice. Reads only the
+    header, the trailer and the index (at most 40 MiB)."""
+    try:
+        fd, size = open_regular(path, MAX_PACK_BYTES)
+    except UnsafeFileError as e:
+        raise PackDecodeError(f"pack file {e}") from None
+    try:
+        if size < HEADER_SIZE + TRAILER.size:
+            raise PackDecodeError(f"pack file is {size} bytes, shorter than a header and trailer")
+        if os.pread(fd, len(MAGIC), 0) != MAGIC:
+            raise PackDecodeError("bad pack magic")
+        count, start, digest = TRAILER.unpack(_pread(fd, TRAILER.size, size - TRAILER.size))
+        if count > MAX_PACK_CHUNKS:
+            raise PackDecodeError(f"trailer declares {count} chunks, more than the {MAX_PACK_CHUNKS} allowed")
+        if start < HEADER_SIZE or start + ENTRY.size * count + TRAILER.size != size:
+            raise PackDecodeError(f"index of {count} entries at offset {start} does not end at the trailer "
+                                  f"of a {size}-byte pack (truncated or extended)")
+        data = _pread(fd, ENTRY.size * count, start)
+    finally:
+        os.close(fd)
+    if xxhash.xxh3_128_digest(data) != digest:
+        raise PackDecodeError("index checksum mismatch")
+    return _entries(data, count, start)
+
+
+def _entries(data: bytes, count: int, end: int) -> dict[str, PackEntry]:
+    entries: dict[str, PackEntry] = {}
+    at = HEADER_SIZE
+    for k in range(count):
+        raw_id, offset, stored_len, raw_len = ENTRY.unpack_from(data, k * ENTRY.size)
+        cid = raw_id.hex()
+        if cid in entries:
+            raise PackDecodeError(f"index entry {k} lists the chunk a second time", cid)
+        if not 0 < raw_len <= MAX_RAW_LEN or not MIN_STORED_LEN <= stored_len <= raw_len + MAX_CHUNK_OVERHEAD:
+            raise PackDecodeError(f"index entry {k}: stored_len {stored_len} impossible for raw_len {raw_len}", cid)
+        if offset < at or offset + stored_len > end:
+            raise PackDecodeError(f"index entry {k}: range [{offset}, {offset + stored_len}) overlaps the previous "
+                                  f"entry or leaves the chunk area [{HEADER_SIZE}, {end})", cid)
+        at = offset + stored_len
+        entries[cid] = PackEntry(cid, offset, stored_len, raw_len)
+    return entries
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        part = os.pread(fd, n - got, offset + got)
+        if not part:
+            raise PackDecodeError("pack file ended early")
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+class PackWriter:
+    """One pack being written into `directory` (which must exist once `append` is called).
+
+    Call sequence: `append` from any number of threads (the first creates the temp file),
+    then `finish()` on one thread (index, trailer, fsync, rename; returns the entries),
+    or `discard()` after a failure. Nothing is named before `finish`. `failpoint` is
+    called with ``snapshot.before_pack_fsync`` and ``snapshot.before_pack_rename``.
+    """
+
+    def __init__(self, directory: str, failpoint: Callable[[str], None] | None = None):
+        self.directory = directory
+        self.name: str | None = None
+        self._failpoint = failpoint
+        self._lock = Lock()
+        self._fd: int | None = None
+        self._tmp: str | None = None
+        self._end = HEADER_SIZE
+        self._entries: list[PackEntry] = []
+
+    @property
+    def empty(self) -> bool:
+        return not self._entries
+
+    def append(self, cid: str, raw_len: int, parts: list) -> int:
+        """Write one chunk file (`parts`, buffers in order) into the pack; its size.
+        Thread-safe: the offset is reserved under the lock, the bytes written outside it."""
+        views = [memoryview(p).cast("B") for p in parts]
+        size = sum(len(v) for v in views)
+        with self._lock:
+            if self._fd is None:
+                self._open()
+            offset = self._end
+            self._end += size
+            entry = PackEntry(cid, offset, size, raw_len)
+            self._entries.append(entry)
+            fd = self._fd
+        _pwrite_all(fd, views, offset)
+        start_writeback(fd, offset, size)  # the kernel writes back while others encode
+        return size
+
+    def _open(self) -> None:
+        self._tmp = os.path.join(self.directory, f"{TMP_PREFIX}pack.{os.getpid()}.{secrets.token_hex(8)}")
+        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        _pwrite_all(self._fd, [memoryview(MAGIC + bytes(HEADER_SIZE - len(MAGIC)))], 0)
+
+    def finish(self) -> list[PackEntry]:
+        """Append the index and trailer, fsync, rename to `<digest>.pack` (sets `name`);
+        the entries, by offset. [] and no file when nothing was appended. The caller
+        fsyncs the directory. On failure the temp file is deleted."""
+        if self._fd is None:
+            return []
+        try:
+            entries = sorted(self._entries, key=lambda e: e.offset)
+            index = b"".join(ENTRY.pack(bytes.fromhex(e.id), e.offset, e.stored_len, e.raw_len) for e in entries)
+            digest = xxhash.xxh3_128_digest(index)
+            _pwrite_all(self._fd, [memoryview(index + TRAILER.pack(len(entries), self._end, digest))], self._end)
+            if self._failpoint is not None:
+                self._failpoint("snapshot.before_pack_fsync")
+            os.fsync(self._fd)
+            if self._failpoint is not None:
+                self._failpoint("snapshot.before_pack_rename")
+            os.close(self._fd)
+            self._fd = None
+            name = digest.hex() + SUFFIX
+            os.rename(self._tmp, os.path.join(self.directory, name))
+        except BaseException:
+            self.discard()
+            raise
+        self.name, self._tmp = name, None
+        return entries
+
+    def discard(self) -> None:
+        """Close and delete the temp file (nothing was named). Idempotent."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._tmp is not None:
+            unlink_quietly(self._tmp)
+            self._tmp = None
+
+
+def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> None:
+    for view in views:
+        while len(view):
+            k = os.pwrite(fd, view, offset)
+            offset += k
+            view = view[k:]
