@@ -20,6 +20,7 @@ from . import meta, record, segment
 from .archive import ARCHIVE_DIR
 from .errors import CompactedError, CorruptEntryError, SegmentDamage, SegmentRejectedError
 from .locking import fsync_directory, refuse_network_filesystem
+from .safefile import UnsafeFileError, open_regular
 from .segment import SegmentName
 
 STAGING_DIR = ".creating"  # create_from_segments builds data.mdb here, then renames it into the log
@@ -90,6 +91,40 @@ def max_segment_size(first: int, last: int) -> int:
     reader refuses a larger one unread (check_segment_header, segment_bounds), so a fetch
     of such an object may be capped at this many bytes."""
     return segment.HEADER_SIZE + segment.stored_bound(segment.raw_limit(first, last))
+
+
+def read_segment_file(path, first: int, last: int) -> bytes:
+    """The bytes of the sealed segment file at `path` (an archive file as `EventLog.segments`
+    lists it) holding entries first..last, as they are on disk and NOT checked: the caller
+    checks them once, with `segment_bounds`, wherever they go.
+
+    Edge cases first: FileNotFoundError when the file is gone (a merge or the retention
+    policy removed it since the listing); SegmentDamage for a symlink, anything but a
+    regular file, or a file larger than a segment of that range may be (refused by its
+    size, unread), or one that shrinks while read. Shipping a file as it is costs one read:
+    no decompression, no re-encoding (the replica's segment objects are the same format).
+    """
+    fd, size = _open_capped(path, max_segment_size(first, last))
+    try:
+        # One read of the size fstat gave: the kernel fills it in one call (no pieces joined
+        # into a second copy); a file cut meanwhile reads short, and a longer one is checked
+        # against its header by the caller.
+        data = os.read(fd, size)
+        while len(data) < size:
+            more = os.read(fd, size - len(data))
+            if not more:
+                raise SegmentDamage(f"segment file {path}: it ended at byte {len(data)} of the {size} it held")
+            data += more
+    finally:
+        os.close(fd)
+    return data
+
+
+def _open_capped(path, limit: int) -> tuple[int, int]:
+    try:
+        return open_regular(str(path), limit)
+    except UnsafeFileError as exc:
+        raise SegmentDamage(f"segment file {path} {exc}") from None
 
 
 def sealed_range(reader, view, first: int, last: int) -> bytes:

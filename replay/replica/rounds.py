@@ -10,6 +10,7 @@ the claim and garbage collection are the shipper's other parts (claim.py, collec
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +22,9 @@ from .head import Head
 from .merging import merge_tail
 from .retention import CHUNKS, Plan
 from .snapfiles import LocalFileError, LocalStore, read_small_file
+from .sources import plan
 from .status import Progress
+from .uploads import Uploads
 
 HEAD_EVERY = 16  # segments uploaded between two head writes while catching up a backlog
 MAX_ENVIRONMENT_BYTES = 1 << 20
@@ -48,6 +51,7 @@ class Shipping:
         self._chunks: set[str] = set()
         self._manifests: dict[str, tuple[int, int]] = {}
         self._refused: set[str] = set()
+        self._sizes: dict[str, int] = {}  # segment key -> bytes, of the segments this shipper stored
 
     # ------------------------------------------------------------------ after the claim
 
@@ -110,25 +114,42 @@ class Shipping:
                 return
 
     def ship_segments(self, settled: int) -> int:
-        """Up to HEAD_EVERY segments of entries after the chain's end, through `settled`; how many."""
-        start, shipped = self.end[0] + 1, 0
-        for first, last in self._log.segment_ranges(start, settled)[:HEAD_EVERY]:
-            data = self._log.sealed_range(first, last)
-            got_first, got_last, prev, last_checksum = segment_bounds(data)
-            if (got_first, got_last) != (first, last):
-                raise ReplicaError(f"sealed_range({first}, {last}) returned entries {got_first}..{got_last}")
-            if prev != self.end[1]:
-                break
-            seg = SegmentKey(first, last, prev, last_checksum)
-            self.put(seg.key, data)
+        """Up to HEAD_EVERY segments of entries after the chain's end, through `settled`; how many
+        were stored (the chain and `end` advance over them, a contiguous prefix, in order).
+
+        Each segment's bytes (an archive file as it is, or sealed from the log: sources.py)
+        are verified once here (`segment_bounds`: the framing, the checksum, every entry's
+        chain) and must continue the chain before they are uploaded; up to IN_FLIGHT uploads
+        run while the next segment is read and verified (uploads.py). A failed upload
+        raises once the ones in flight have ended; the chain then ends before it."""
+        start, count = self.end[0] + 1, [0]
+        expected = self.end[1]
+
+        def stored(seg: SegmentKey, size: int, created: bool) -> None:
             self.chain.append(seg)
-            self.end = (last, last_checksum)
-            shipped += 1
-        return shipped
+            self.end = (seg.last, seg.last_checksum)
+            self._sizes[seg.key] = size
+            if created:
+                self._progress.uploaded(size)
+            count[0] += 1
+
+        with Uploads(self._store) as uploads:
+            for piece in plan(self._log, start, settled, HEAD_EVERY):
+                data = piece.read(self._log)
+                got_first, got_last, prev, last_checksum = segment_bounds(data)
+                if (got_first, got_last) != (piece.first, piece.last):
+                    raise ReplicaError(f"the segment of entries {piece.first}..{piece.last} holds entries "
+                                       f"{got_first}..{got_last}")
+                if prev != expected:
+                    break  # the log changed under this round (a truncation): the next round re-checks
+                seg = SegmentKey(piece.first, piece.last, prev, last_checksum)
+                uploads.submit(seg.key, data, partial(stored, seg, len(data)))
+                expected = last_checksum
+        return count[0]
 
     def merge(self) -> None:
         """Merge the chain's newest segments while eventlog's merge rule says so (merging.py)."""
-        merge_tail(self._log, self.chain, self.put)
+        merge_tail(self._log, self.chain, self.put, self._sizes)
 
     # ------------------------------------------------------------------ snapshots
 
@@ -161,24 +182,32 @@ class Shipping:
                 self._ship_manifest(mf)
 
     def _ship_chunks(self, mf) -> bool:
-        """Every chunk of `mf` on the replica; False when one is gone or damaged locally."""
-        for ref in mf.manifest.chunks:
-            if ref.id in self._chunks:
-                continue
-            try:
-                data = self._local.read_chunk(ref.id, ref.raw_len, ref.stored_len)
-            except FileNotFoundError:
-                if not self._local.has_manifest(mf.name):
-                    return False  # pruned while read: nothing to ship
-                self._refused.add(mf.name)
-                self._progress.last_error = f"local snapshot {mf.name}: chunk {ref.id} is missing"
-                return False
-            except LocalFileError as exc:
-                self._refused.add(mf.name)
-                self._progress.last_error = f"local snapshot {mf.name}: {exc}"
-                return False
-            self.put(chunk_key(ref.id), data)
-            self._chunks.add(ref.id)
+        """Every chunk of `mf` on the replica; False when one is gone or damaged locally. Up to
+        IN_FLIGHT chunk uploads run while the next chunk is read and checked; a chunk counts as
+        on the replica (skipped by later manifests) once its upload is done."""
+
+        def stored(cid: str, size: int, created: bool) -> None:
+            self._chunks.add(cid)
+            if created:
+                self._progress.uploaded(size)
+
+        with Uploads(self._store) as uploads:
+            for ref in mf.manifest.chunks:
+                if ref.id in self._chunks:
+                    continue
+                try:
+                    data = self._local.read_chunk(ref.id, ref.raw_len, ref.stored_len)
+                except FileNotFoundError:
+                    if not self._local.has_manifest(mf.name):
+                        return False  # pruned while read: nothing to ship
+                    self._refused.add(mf.name)
+                    self._progress.last_error = f"local snapshot {mf.name}: chunk {ref.id} is missing"
+                    return False
+                except LocalFileError as exc:
+                    self._refused.add(mf.name)
+                    self._progress.last_error = f"local snapshot {mf.name}: {exc}"
+                    return False
+                uploads.submit(chunk_key(ref.id), data, partial(stored, ref.id, len(data)))
         return True
 
     def _ship_manifest(self, mf) -> None:
