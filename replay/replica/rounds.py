@@ -16,6 +16,7 @@ from typing import Callable
 
 from eventlog import CompactedError, CorruptEntryError, segment_bounds
 
+from .. import layout
 from .chain import ENVIRONMENT_KEY, SEGMENTS, SegmentKey, chunk_key, manifest_key, parse_segment_key, walk_back
 from .errors import ObjectNotFoundError, ReplicaError
 from .head import Head
@@ -43,7 +44,7 @@ class Shipping:
         self._store = store
         self._root = Path(root)
         self._log = log
-        self._local = LocalStore(self._root / "snapshots")
+        self._local = LocalStore(layout.snapshots_dir(self._root))
         self._progress = progress
         self._note = note
         self.chain: list[SegmentKey] = []
@@ -65,7 +66,7 @@ class Shipping:
 
     def load_environment(self) -> None:
         """Upload DIR/environment.json (create-only) when it is a regular file of at most 1 MiB."""
-        data = read_small_file(self._root / "environment.json", MAX_ENVIRONMENT_BYTES)
+        data = read_small_file(layout.environment_file(self._root), MAX_ENVIRONMENT_BYTES)
         if data is not None:
             self.put(ENVIRONMENT_KEY, data)
 
