@@ -45,24 +45,79 @@ class CheckedSegment(NamedTuple):
 def check_segment(data) -> CheckedSegment:
     """Decode and check segment bytes: the file checks of segment.decode, then every entry's
     framing and checksum chained from the header's prev_checksum, and terms never decreasing
-    (from prev_term on). SegmentDamage naming the entry range (when the header gives one)."""
+    (from prev_term on). SegmentDamage naming the entry range (when the header gives one).
+
+    The body is decompressed in 1 MiB pieces and each entry checked as it completes, so
+    about one piece plus one entry is held besides `data`, never the whole body."""
+    view = memoryview(data).cast("B")
     try:
-        seg = segment.decode(data)
-        seed, term = seg.prev_checksum, seg.prev_term
-        for offset, value in enumerate(seg.values):
-            index = seg.first + offset
-            try:
-                _, _, entry_term, _, checksum = record.verify_value(index, value, seed)
-            except CorruptEntryError as exc:
-                raise SegmentDamage(f"entry {index}: {exc.reason}") from None
-            if entry_term < term:
-                raise SegmentDamage(f"entry {index} has term {entry_term}, lower than the term {term} before it")
-            seed, term = checksum, entry_term
+        fields = _checked_header(bytes(view[:segment.HEADER_SIZE]), len(view))
+        hasher = xxhash.xxh3_64(bytes(view[:segment.CHECKED]))
+        hasher.update(view[segment.HEADER_SIZE:])
+        if hasher.intdigest() != fields[11]:
+            raise SegmentDamage("checksum mismatch (the bytes were altered or cut)")
+        first, last, prev_term, prev_checksum, raw_size = fields[4], fields[5], fields[6], fields[7], fields[9]
+        _, term, seed = _check_entries(_ViewSource(view, segment.HEADER_SIZE), first, last, raw_size, prev_term,
+                                       prev_checksum, None)
     except SegmentDamage as exc:
         first, last = _declared_range(data)
         where = f"segment of entries {first}..{last}" if first else "segment"
         raise SegmentDamage(f"{where}: {exc}") from None
-    return CheckedSegment(seg.first, seg.last, seg.prev_term, seg.prev_checksum, term, seed)
+    return CheckedSegment(first, last, prev_term, prev_checksum, term, seed)
+
+
+def _checked_header(head: bytes, size: int) -> tuple:
+    """The header fields of a segment of `size` bytes beginning with `head`, checked as a reader
+    checks a file's (segment.check_header) before anything else is read; SegmentDamage."""
+    if len(head) < segment.HEADER_SIZE:
+        raise SegmentDamage(f"{size} bytes, shorter than the {segment.HEADER_SIZE}-byte segment header")
+    fields = segment.HEADER.unpack(head)
+    first, last = fields[4], fields[5]
+    if not 1 <= first <= last:
+        raise SegmentDamage(f"its header names the impossible range {first}..{last}")
+    segment.check_header(head, SegmentName(first, last), size)
+    return fields
+
+
+class _ViewSource:
+    """A read-only file object over a memoryview from `start`, for the decompressor."""
+
+    def __init__(self, view: memoryview, start: int):
+        self._view, self._at = view, start
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._at + size)
+        data = bytes(self._view[self._at:end])
+        self._at = max(self._at, end)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+def segment_identity(data) -> tuple[int, int, int, int]:
+    """(first, last, prev_checksum, file checksum) of segment bytes, checking the header and the
+    file checksum only: no decompression, no entry. What tells whether bytes are the very
+    segment a full check (`segment_bounds`) already passed, so that a caller checks a
+    segment it meets again (an archive file read twice) without decompressing it twice.
+
+    Edge cases first: SegmentDamage for bytes shorter than a header, a header that is not a
+    segment's or whose sizes are not the bytes', or a checksum mismatch.
+    """
+    view = memoryview(data).cast("B")
+    if len(view) < segment.HEADER_SIZE:
+        raise SegmentDamage(f"{len(view)} bytes, shorter than the {segment.HEADER_SIZE}-byte segment header")
+    head = bytes(view[:segment.HEADER_SIZE])
+    first, last = _declared_range(head)
+    if not first:
+        raise SegmentDamage("its header names no possible range")
+    segment.check_header(head, SegmentName(first, last), len(view))
+    fields = segment.HEADER.unpack(head)
+    hasher = xxhash.xxh3_64(head[:segment.CHECKED])
+    hasher.update(view[segment.HEADER_SIZE:])
+    if hasher.intdigest() != fields[11]:
+        raise SegmentDamage(f"segment of entries {first}..{last}: checksum mismatch (the bytes were altered or cut)")
+    return first, last, fields[7], fields[11]
 
 
 def check_segment_file(path, at: int | None = None) -> tuple[CheckedSegment, int | None]:
@@ -85,13 +140,12 @@ def check_segment_file(path, at: int | None = None) -> tuple[CheckedSegment, int
         first, last = _declared_range(head)
         where = f"segment of entries {first}..{last}" if first else "segment"
         try:
-            if not first:
-                raise SegmentDamage(f"{len(head)} bytes of header, not a segment header naming a range")
-            segment.check_header(head, SegmentName(first, last), size)
-            fields = segment.HEADER.unpack(head)
+            fields = _checked_header(head, size)
             prev_term, prev_checksum, raw_size, checksum = fields[6], fields[7], fields[9], fields[11]
             _check_file_sum(fd, head, size, checksum)
-            found, term, seed = _check_entries(fd, size, first, last, raw_size, prev_term, prev_checksum, at)
+            with os.fdopen(os.dup(fd), "rb", buffering=0) as source:
+                source.seek(segment.HEADER_SIZE)
+                found, term, seed = _check_entries(source, first, last, raw_size, prev_term, prev_checksum, at)
         except SegmentDamage as exc:
             raise SegmentDamage(f"{where}: {exc}") from None
     finally:
@@ -117,23 +171,23 @@ def _check_file_sum(fd: int, head: bytes, size: int, checksum: int) -> None:
         raise SegmentDamage("checksum mismatch (the file was altered or cut)")
 
 
-def _check_entries(fd: int, size: int, first: int, last: int, raw_size: int, prev_term: int, seed: int,
+def _check_entries(source, first: int, last: int, raw_size: int, prev_term: int, seed: int,
                    at: int | None) -> tuple[int | None, int, int]:
-    """Decompress the body in pieces and check each entry as it completes: (checksum of entry
-    `at` if met, the last entry's term, the last entry's checksum)."""
-    source = os.fdopen(os.dup(fd), "rb", buffering=0)
-    source.seek(segment.HEADER_SIZE)
-    buffer, start, total, index, term, found = bytearray(), 0, 0, first, prev_term, None
-    length = None
+    """Decompress the body read from file object `source` in 1 MiB pieces (never more than
+    raw_size + 1 bytes) and check each entry as it completes: its framing, its checksum chained
+    from `seed`, its term never below the one before. (checksum of entry `at` if met, the last
+    entry's term, the last entry's checksum); SegmentDamage saying what failed."""
+    buffer, start, total, consumed = bytearray(), 0, 0, 0
+    index, term, found, length = first, prev_term, None, None
     try:
-        with zstandard.ZstdDecompressor().stream_reader(source, read_size=_PIECE, closefd=True) as reader:
+        with zstandard.ZstdDecompressor().stream_reader(source, read_size=_PIECE, closefd=False) as reader:
             while True:
-                piece = reader.read(min(_PIECE, raw_size + 1 - total)) if total <= raw_size else b""
+                piece = reader.read(min(_PIECE, raw_size + 1 - total))
                 total += len(piece)
                 if total > raw_size:
                     raise SegmentDamage(f"the body decompresses to more than the {raw_size} bytes its header declares")
                 if piece:
-                    del buffer[:start]
+                    del buffer[:start]  # what was checked goes: one piece and one entry at most stay
                     start = 0
                     buffer += piece
                 while True:  # every entry the buffer now holds whole
@@ -141,19 +195,22 @@ def _check_entries(fd: int, size: int, first: int, last: int, raw_size: int, pre
                         if len(buffer) - start < segment.LENGTH.size:
                             break
                         if index > last:
-                            raise SegmentDamage(f"{total - start} bytes follow the last entry")
+                            raise SegmentDamage(f"{raw_size - consumed} bytes follow the last entry")
                         (length,) = segment.LENGTH.unpack_from(buffer, start)
                         start += segment.LENGTH.size
-                        if length > raw_size:
-                            raise SegmentDamage(f"entry {index} declares {length} bytes, more than the body")
+                        consumed += segment.LENGTH.size
+                        if consumed + length > raw_size:
+                            raise SegmentDamage(f"entry {index} declares {length} bytes, past the end of the body")
                     if len(buffer) - start < length:
                         break
-                    value = bytes(memoryview(buffer)[start:start + length])  # the view is gone before a resize
+                    # Checked in place; the views are released before the buffer is resized again.
+                    with memoryview(buffer) as whole, whole[start:start + length] as value:
+                        try:
+                            _, _, entry_term, _, seed = record.verify_value(index, value, seed)
+                        except CorruptEntryError as exc:
+                            raise SegmentDamage(f"entry {index}: {exc.reason}") from None
                     start += length
-                    try:
-                        _, _, entry_term, _, seed = record.verify_value(index, value, seed)
-                    except CorruptEntryError as exc:
-                        raise SegmentDamage(f"entry {index}: {exc.reason}") from None
+                    consumed += length
                     if entry_term < term:
                         raise SegmentDamage(f"entry {index} has term {entry_term}, lower than the term {term} "
                                             "before it")

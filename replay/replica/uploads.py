@@ -69,6 +69,10 @@ class Uploads:
         if self._failed is not None:
             raise self._failed.error
 
+    def __len__(self) -> int:
+        """Puts submitted and not yet counted (running, or finished behind one still running)."""
+        return len(self._pending)
+
     def submit(self, key: str, data, done: Callable[[bool], None]) -> None:
         """Put `data` as `key` unless it exists, on a worker thread; `done(created)` runs on this
         thread once it and every earlier put succeeded. Raises the first failed put's error
