@@ -76,6 +76,12 @@ def parse_args(argv):
     p.add_argument("--rate", type=float, default=100.0, help="loss window: entries per second of the writer")
     p.add_argument("--dir", type=Path, default=None, help="scratch directory (default: .bench-tmp/ in the repo)")
     p.add_argument("--json", type=Path, default=RESULTS)
+    p.add_argument("--perf", action="store_true",
+                   help="only issue 22's rows (catch-up vs copytree+fsync, restore+open vs local recovery, "
+                        "peak memory of a large restore): bench/_replica_perf.py; merged into the results "
+                        "file under 'issue22'")
+    p.add_argument("--rounds", type=int, default=5, help="--perf: interleaved rounds per comparison")
+    p.add_argument("--memory-mib", type=int, default=256, help="--perf: MiB of segments of the memory row (0: skip)")
     p.add_argument("--zygote", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -567,6 +573,8 @@ def main(argv) -> int:
     args = parse_args(argv)
     if args.zygote:
         return zygote()
+    if args.perf:
+        return perf(args)
     import moto
     import obstore
     import torch
@@ -608,6 +616,31 @@ def main(argv) -> int:
         work.close()
     finish(results, args.json, started, pc())
     print_report(results)
+    return 0
+
+
+def perf(args) -> int:
+    """`--perf`: issue 22's rows only (bench/_replica_perf.py), merged into the results file."""
+    import torch
+
+    from . import _replica_perf
+    torch.set_num_threads(1)
+    work = Workdir(args.dir or REPO / ".bench-tmp", "bench-replica-perf-")
+    started = pc()
+    try:
+        res = {"machine": machine_info(work.root, ("replay/replica", "eventlog")),
+               "config": {"rounds": args.rounds, "backlog_mib": args.backlog_mib, "memory_mib": args.memory_mib,
+                          "torch_threads": 1, "replica": "file://"}}
+        res.update(_replica_perf.run(work, args.rounds, args.backlog_mib, args.memory_mib))
+    finally:
+        work.close()
+    res["elapsed_s"] = round(pc() - started, 1)
+    res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    merged = json.loads(args.json.read_text()) if args.json.exists() else {"benchmark": "replica"}
+    merged["issue22"] = res
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(merged, indent=2) + "\n")
+    _replica_perf.print_report(res)
     return 0
 
 

@@ -129,7 +129,9 @@ from .meta import FORMAT_VERSION
 from .record import HEADER_SIZE, Entry, EntryHeader
 from .segment import TARGET_RAW as SEGMENT_TARGET_BYTES
 from .merging import MERGE_FANOUT, newest_to_merge
-from .transfer import check_segment_header, create_from_segments, max_segment_size, segment_bounds
+from .transfer import (CreatedLog, check_segment_file, check_segment_header, create_from_segment_files,
+                       create_from_segments, max_segment_size, read_segment_file, segment_bounds,
+                       segment_identity)
 from .segment import HEADER_SIZE as SEGMENT_HEADER_SIZE
 from .verification import Damage, VerifyReport
 
@@ -138,6 +140,7 @@ __all__ = [
     "HEADER_SIZE",
     "LogError", "DamageError", "ClosedError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",
     "LogPoisonedError", "FormatError", "TruncatedError", "DamagedLogError", "DamagedSegmentError", "SealedError",
-    "SegmentDamage", "SegmentRejectedError", "create_from_segments", "segment_bounds",
+    "SegmentDamage", "SegmentRejectedError", "create_from_segments", "segment_bounds", "read_segment_file",
+    "create_from_segment_files", "check_segment_file", "CreatedLog", "segment_identity",
     "check_segment_header", "max_segment_size", "SEGMENT_HEADER_SIZE", "SEGMENT_TARGET_BYTES", "MERGE_FANOUT", "newest_to_merge",
 ]

@@ -9,21 +9,26 @@ object somewhere else, so one set of checks (segment.decode + the entry chain) c
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
 from typing import NamedTuple
 
 import lmdb
+import xxhash
+import zstandard
 
 from . import meta, record, segment
 from .archive import ARCHIVE_DIR
 from .errors import CompactedError, CorruptEntryError, SegmentDamage, SegmentRejectedError
 from .locking import fsync_directory, refuse_network_filesystem
+from .safefile import UnsafeFileError, open_regular
 from .segment import SegmentName
 
 STAGING_DIR = ".creating"  # create_from_segments builds data.mdb here, then renames it into the log
-_STAGING_MAP_SIZE = 2**20  # the new environment holds only meta records; a writer's open grows the map
+_STAGING_MAP_SIZE = 2**20
+_PIECE = 2**20  # bytes read or decompressed at a time by check_segment_file  # the new environment holds only meta records; a writer's open grows the map
 
 
 class CheckedSegment(NamedTuple):
@@ -40,24 +45,190 @@ class CheckedSegment(NamedTuple):
 def check_segment(data) -> CheckedSegment:
     """Decode and check segment bytes: the file checks of segment.decode, then every entry's
     framing and checksum chained from the header's prev_checksum, and terms never decreasing
-    (from prev_term on). SegmentDamage naming the entry range (when the header gives one)."""
+    (from prev_term on). SegmentDamage naming the entry range (when the header gives one).
+
+    The body is decompressed in 1 MiB pieces and each entry checked as it completes, so
+    about one piece plus one entry is held besides `data`, never the whole body."""
+    view = memoryview(data).cast("B")
     try:
-        seg = segment.decode(data)
-        seed, term = seg.prev_checksum, seg.prev_term
-        for offset, value in enumerate(seg.values):
-            index = seg.first + offset
-            try:
-                _, _, entry_term, _, checksum = record.verify_value(index, value, seed)
-            except CorruptEntryError as exc:
-                raise SegmentDamage(f"entry {index}: {exc.reason}") from None
-            if entry_term < term:
-                raise SegmentDamage(f"entry {index} has term {entry_term}, lower than the term {term} before it")
-            seed, term = checksum, entry_term
+        fields = _checked_header(bytes(view[:segment.HEADER_SIZE]), len(view))
+        hasher = xxhash.xxh3_64(bytes(view[:segment.CHECKED]))
+        hasher.update(view[segment.HEADER_SIZE:])
+        if hasher.intdigest() != fields[11]:
+            raise SegmentDamage("checksum mismatch (the bytes were altered or cut)")
+        first, last, prev_term, prev_checksum, raw_size = fields[4], fields[5], fields[6], fields[7], fields[9]
+        _, term, seed = _check_entries(_ViewSource(view, segment.HEADER_SIZE), first, last, raw_size, prev_term,
+                                       prev_checksum, None)
     except SegmentDamage as exc:
         first, last = _declared_range(data)
         where = f"segment of entries {first}..{last}" if first else "segment"
         raise SegmentDamage(f"{where}: {exc}") from None
-    return CheckedSegment(seg.first, seg.last, seg.prev_term, seg.prev_checksum, term, seed)
+    return CheckedSegment(first, last, prev_term, prev_checksum, term, seed)
+
+
+def _checked_header(head: bytes, size: int) -> tuple:
+    """The header fields of a segment of `size` bytes beginning with `head`, checked as a reader
+    checks a file's (segment.check_header) before anything else is read; SegmentDamage."""
+    if len(head) < segment.HEADER_SIZE:
+        raise SegmentDamage(f"{size} bytes, shorter than the {segment.HEADER_SIZE}-byte segment header")
+    fields = segment.HEADER.unpack(head)
+    first, last = fields[4], fields[5]
+    if not 1 <= first <= last:
+        raise SegmentDamage(f"its header names the impossible range {first}..{last}")
+    segment.check_header(head, SegmentName(first, last), size)
+    return fields
+
+
+class _ViewSource:
+    """A read-only file object over a memoryview from `start`, for the decompressor."""
+
+    def __init__(self, view: memoryview, start: int):
+        self._view, self._at = view, start
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._at + size)
+        data = bytes(self._view[self._at:end])
+        self._at = max(self._at, end)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+def segment_identity(data) -> tuple[int, int, int, int]:
+    """(first, last, prev_checksum, file checksum) of segment bytes, checking the header and the
+    file checksum only: no decompression, no entry. What tells whether bytes are the very
+    segment a full check (`segment_bounds`) already passed, so that a caller checks a
+    segment it meets again (an archive file read twice) without decompressing it twice.
+
+    Edge cases first: SegmentDamage for bytes shorter than a header, a header that is not a
+    segment's or whose sizes are not the bytes', or a checksum mismatch.
+    """
+    view = memoryview(data).cast("B")
+    if len(view) < segment.HEADER_SIZE:
+        raise SegmentDamage(f"{len(view)} bytes, shorter than the {segment.HEADER_SIZE}-byte segment header")
+    head = bytes(view[:segment.HEADER_SIZE])
+    first, last = _declared_range(head)
+    if not first:
+        raise SegmentDamage("its header names no possible range")
+    segment.check_header(head, SegmentName(first, last), len(view))
+    fields = segment.HEADER.unpack(head)
+    hasher = xxhash.xxh3_64(head[:segment.CHECKED])
+    hasher.update(view[segment.HEADER_SIZE:])
+    if hasher.intdigest() != fields[11]:
+        raise SegmentDamage(f"segment of entries {first}..{last}: checksum mismatch (the bytes were altered or cut)")
+    return first, last, fields[7], fields[11]
+
+
+def check_segment_file(path, at: int | None = None) -> tuple[CheckedSegment, int | None]:
+    """Check the segment file at `path` as `check_segment` checks bytes, in bounded memory; and
+    the chained checksum of entry `at` when asked (None otherwise, or when `at` is outside
+    first - 1..last).
+
+    Edge cases first: FileNotFoundError when it is missing; SegmentDamage (naming the range
+    when the header gives one) for a symlink or non-regular file, a header that is not a
+    segment's or declares sizes beyond the format's limits or other than the file's (refused
+    before anything else is read), a checksum mismatch, a body that does not decompress to
+    exactly its declared size, an entry whose framing, checksum link or term is wrong.
+    Memory: the file is hashed in 1 MiB reads, then decompressed in 1 MiB pieces and its
+    entries checked as they come, so at most about one piece plus one entry is held,
+    whatever the segment's size (check_segment holds the whole body).
+    """
+    fd, size = _open_capped(path, _MAX_SEGMENT_FILE)
+    try:
+        head = os.pread(fd, segment.HEADER_SIZE, 0)
+        first, last = _declared_range(head)
+        where = f"segment of entries {first}..{last}" if first else "segment"
+        try:
+            fields = _checked_header(head, size)
+            prev_term, prev_checksum, raw_size, checksum = fields[6], fields[7], fields[9], fields[11]
+            _check_file_sum(fd, head, size, checksum)
+            with os.fdopen(os.dup(fd), "rb", buffering=0) as source:
+                source.seek(segment.HEADER_SIZE)
+                found, term, seed = _check_entries(source, first, last, raw_size, prev_term, prev_checksum, at)
+        except SegmentDamage as exc:
+            raise SegmentDamage(f"{where}: {exc}") from None
+    finally:
+        os.close(fd)
+    if at is not None and at == first - 1:
+        found = prev_checksum
+    return CheckedSegment(first, last, prev_term, prev_checksum, term, seed), found
+
+
+_MAX_SEGMENT_FILE = segment.HEADER_SIZE + segment.stored_bound(segment.MAX_SINGLE_RAW)
+
+
+def _check_file_sum(fd: int, head: bytes, size: int, checksum: int) -> None:
+    hasher = xxhash.xxh3_64(head[:segment.CHECKED])
+    offset = segment.HEADER_SIZE
+    while offset < size:
+        piece = os.pread(fd, min(_PIECE, size - offset), offset)
+        if not piece:
+            raise SegmentDamage(f"the file ended at byte {offset} while {size} were expected")
+        hasher.update(piece)
+        offset += len(piece)
+    if hasher.intdigest() != checksum:
+        raise SegmentDamage("checksum mismatch (the file was altered or cut)")
+
+
+def _check_entries(source, first: int, last: int, raw_size: int, prev_term: int, seed: int,
+                   at: int | None) -> tuple[int | None, int, int]:
+    """Decompress the body read from file object `source` in 1 MiB pieces (never more than
+    raw_size + 1 bytes) and check each entry as it completes: its framing, its checksum chained
+    from `seed`, its term never below the one before. (checksum of entry `at` if met, the last
+    entry's term, the last entry's checksum); SegmentDamage saying what failed."""
+    buffer, start, total, consumed = bytearray(), 0, 0, 0
+    index, term, found, length = first, prev_term, None, None
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(source, read_size=_PIECE, closefd=False) as reader:
+            while True:
+                piece = reader.read(min(_PIECE, raw_size + 1 - total))
+                total += len(piece)
+                if total > raw_size:
+                    raise SegmentDamage(f"the body decompresses to more than the {raw_size} bytes its header declares")
+                if piece:
+                    del buffer[:start]  # what was checked goes: one piece and one entry at most stay
+                    start = 0
+                    buffer += piece
+                while True:  # every entry the buffer now holds whole
+                    if length is None:
+                        if len(buffer) - start < segment.LENGTH.size:
+                            break
+                        if index > last:
+                            raise SegmentDamage(f"{raw_size - consumed} bytes follow the last entry")
+                        (length,) = segment.LENGTH.unpack_from(buffer, start)
+                        start += segment.LENGTH.size
+                        consumed += segment.LENGTH.size
+                        if consumed + length > raw_size:
+                            raise SegmentDamage(f"entry {index} declares {length} bytes, past the end of the body")
+                    if len(buffer) - start < length:
+                        break
+                    # Checked in place; the views are released before the buffer is resized again.
+                    with memoryview(buffer) as whole, whole[start:start + length] as value:
+                        try:
+                            _, _, entry_term, _, seed = record.verify_value(index, value, seed)
+                        except CorruptEntryError as exc:
+                            raise SegmentDamage(f"entry {index}: {exc.reason}") from None
+                    start += length
+                    consumed += length
+                    if entry_term < term:
+                        raise SegmentDamage(f"entry {index} has term {entry_term}, lower than the term {term} "
+                                            "before it")
+                    term = entry_term
+                    if index == at:
+                        found = seed
+                    index, length = index + 1, None
+                if not piece:
+                    break
+    except zstandard.ZstdError as exc:
+        raise SegmentDamage(f"the body does not decompress: {exc}") from None
+    if total < raw_size:
+        raise SegmentDamage(f"the body decompresses to {total} bytes, its header declares {raw_size}")
+    if index <= last:
+        raise SegmentDamage(f"the body ends before entry {index}")
+    if start < len(buffer):
+        raise SegmentDamage(f"{len(buffer) - start} bytes follow the last entry")
+    return found, term, seed
 
 
 def segment_bounds(data) -> tuple[int, int, int, int]:
@@ -90,6 +261,40 @@ def max_segment_size(first: int, last: int) -> int:
     reader refuses a larger one unread (check_segment_header, segment_bounds), so a fetch
     of such an object may be capped at this many bytes."""
     return segment.HEADER_SIZE + segment.stored_bound(segment.raw_limit(first, last))
+
+
+def read_segment_file(path, first: int, last: int) -> bytes:
+    """The bytes of the sealed segment file at `path` (an archive file as `EventLog.segments`
+    lists it) holding entries first..last, as they are on disk and NOT checked: the caller
+    checks them once, with `segment_bounds`, wherever they go.
+
+    Edge cases first: FileNotFoundError when the file is gone (a merge or the retention
+    policy removed it since the listing); SegmentDamage for a symlink, anything but a
+    regular file, or a file larger than a segment of that range may be (refused by its
+    size, unread), or one that shrinks while read. Shipping a file as it is costs one read:
+    no decompression, no re-encoding (the replica's segment objects are the same format).
+    """
+    fd, size = _open_capped(path, max_segment_size(first, last))
+    try:
+        # One read of the size fstat gave: the kernel fills it in one call (no pieces joined
+        # into a second copy); a file cut meanwhile reads short, and a longer one is checked
+        # against its header by the caller.
+        data = os.read(fd, size)
+        while len(data) < size:
+            more = os.read(fd, size - len(data))
+            if not more:
+                raise SegmentDamage(f"segment file {path}: it ended at byte {len(data)} of the {size} it held")
+            data += more
+    finally:
+        os.close(fd)
+    return data
+
+
+def _open_capped(path, limit: int) -> tuple[int, int]:
+    try:
+        return open_regular(str(path), limit)
+    except UnsafeFileError as exc:
+        raise SegmentDamage(f"segment file {path} {exc}") from None
 
 
 def sealed_range(reader, view, first: int, last: int) -> bytes:
@@ -192,7 +397,7 @@ def create_from_segments(path, segments, *, term: int) -> None:
         raise ValueError(f"create_from_segments: term {term} is lower than the term {checked[-1].last_term} "
                          f"of entry {checked[-1].last}, the last entry")
     _check_target(path)
-    _build(path, segments, checked, term)
+    _build(path, segments, checked, term, segment.write_file)
 
 
 def _check_run(segments: list) -> list[CheckedSegment]:
@@ -203,21 +408,110 @@ def _check_run(segments: list) -> list[CheckedSegment]:
             this = check_segment(data)
         except SegmentDamage as exc:
             raise SegmentRejectedError(position, *_declared_range(data), str(exc)) from None
-        if checked:
-            prev = checked[-1]
-            reason = None
-            if this.first <= prev.last:
-                reason = f"it overlaps segment {position - 1} (entries {prev.first}..{prev.last})"
-            elif this.first > prev.last + 1:
-                reason = f"entries {prev.last + 1}..{this.first - 1} are missing after segment {position - 1}"
-            elif (this.prev_term, this.prev_checksum) != (prev.last_term, prev.last_checksum):
-                reason = (f"it chains from checksum {this.prev_checksum:016x} (term {this.prev_term}) but entry "
-                          f"{prev.last} has checksum {prev.last_checksum:016x} (term {prev.last_term}): "
-                          "a chain break (a segment of another log or history)")
-            if reason is not None:
-                raise SegmentRejectedError(position, this.first, this.last, reason)
+        _check_continues(checked, this, position)
         checked.append(this)
     return checked
+
+
+def _check_continues(checked: list[CheckedSegment], this: CheckedSegment, position: int) -> None:
+    """SegmentRejectedError unless `this` (at `position`) continues the last of `checked`."""
+    if not checked:
+        return
+    prev = checked[-1]
+    reason = None
+    if this.first <= prev.last:
+        reason = f"it overlaps segment {position - 1} (entries {prev.first}..{prev.last})"
+    elif this.first > prev.last + 1:
+        reason = f"entries {prev.last + 1}..{this.first - 1} are missing after segment {position - 1}"
+    elif (this.prev_term, this.prev_checksum) != (prev.last_term, prev.last_checksum):
+        reason = (f"it chains from checksum {this.prev_checksum:016x} (term {this.prev_term}) but entry "
+                  f"{prev.last} has checksum {prev.last_checksum:016x} (term {prev.last_term}): "
+                  "a chain break (a segment of another log or history)")
+    if reason is not None:
+        raise SegmentRejectedError(position, this.first, this.last, reason)
+
+
+class CreatedLog(NamedTuple):
+    """What `create_from_segment_files` built: the segments, checked, and the chained checksum of
+    the entry it was asked about (None when not asked, or outside the segments' range)."""
+
+    segments: list
+    checksum_at: int | None
+
+
+def create_from_segment_files(path, files, *, term: int, checksum_at: int | None = None) -> CreatedLog:
+    """Create a NEW log directory at `path` whose history is the segment files `files`, as
+    `create_from_segments` does for bytes (its edge cases, checks, order of writes and
+    outcome are the same), in bounded memory whatever the segments' sizes.
+
+    Differences, edge cases first: an element that is not a path: TypeError; a missing
+    file: FileNotFoundError; a file that fails a check: SegmentRejectedError naming its
+    position (as for bytes). Each file is checked once, streaming (`check_segment_file`:
+    about 1 MiB plus one entry in memory at a time), and then placed into
+    ``path/archive/`` by a hard link when it is on the same filesystem (else copied),
+    after an fsync of its data: the files are left where they were. `checksum_at`: an
+    index whose chained checksum the caller needs (e.g. to place a snapshot on the new
+    history), read during the check instead of from the new log afterwards.
+    """
+    path = Path(path)
+    if isinstance(term, bool) or not isinstance(term, int):
+        raise TypeError(f"create_from_segment_files: term must be an int, got {type(term).__name__}")
+    if not 0 <= term < 2**64 - 1:
+        raise ValueError(f"create_from_segment_files: term must be >= 0, got {term}")
+    if isinstance(files, (str, bytes, os.PathLike)):
+        raise TypeError("create_from_segment_files: files must be a list of paths, not one path")
+    files = list(files)
+    for position, file in enumerate(files):
+        if not isinstance(file, (str, os.PathLike)):
+            raise TypeError(f"create_from_segment_files: file {position} is {type(file).__name__}, not a path")
+    checked: list[CheckedSegment] = []
+    found = None
+    for position, file in enumerate(files):
+        try:
+            this, at = check_segment_file(file, checksum_at)
+        except SegmentDamage as exc:
+            raise SegmentRejectedError(position, *_file_range(file), str(exc)) from None
+        _check_continues(checked, this, position)
+        checked.append(this)
+        found = at if at is not None else found
+    if checked and term < checked[-1].last_term:
+        raise ValueError(f"create_from_segment_files: term {term} is lower than the term {checked[-1].last_term} "
+                         f"of entry {checked[-1].last}, the last entry")
+    _check_target(path)
+    _build(path, [Path(f) for f in files], checked, term, _place_file)
+    return CreatedLog(checked, found)
+
+
+def _place_file(archive: Path, name: SegmentName, source: Path) -> None:
+    """Put the checked segment file `source` into `archive` as `name`, durably once the caller
+    fsyncs `archive`: its data is fsynced, then it is hard-linked (copied across filesystems)."""
+    fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(source, archive / name.name, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        temp = archive / name.temp_name
+        shutil.copyfile(source, temp, follow_symlinks=False)
+        fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, archive / name.name)
+
+
+def _file_range(file) -> tuple[int, int]:
+    """(first, last) as the header of segment file `file` declares them, (0, 0) if it cannot say."""
+    try:
+        with open(file, "rb") as f:
+            return _declared_range(f.read(segment.HEADER_SIZE))
+    except OSError:
+        return 0, 0
 
 
 def _check_target(path: Path) -> None:
@@ -242,8 +536,9 @@ def _check_target(path: Path) -> None:
                           "makes a new log in a missing or empty directory")
 
 
-def _build(path: Path, segments: list, checked: list[CheckedSegment], term: int) -> None:
-    """Write the archive, then the LMDB environment naming it; on any failure remove all of it."""
+def _build(path: Path, segments: list, checked: list[CheckedSegment], term: int, place) -> None:
+    """Write the archive (`place(archive, name, segment)` puts each one there durably once the
+    directory is fsynced), then the LMDB environment naming it; on any failure remove all of it."""
     created = [p for p in (*reversed(path.parents), path) if not p.exists()]
     path.mkdir(parents=True, exist_ok=True)
     staging, archive, data_file = path / STAGING_DIR, path / ARCHIVE_DIR, path / "data.mdb"
@@ -255,7 +550,7 @@ def _build(path: Path, segments: list, checked: list[CheckedSegment], term: int)
         if checked:
             archive.mkdir()
             for data, this in zip(segments, checked):
-                segment.write_file(archive, SegmentName(this.first, this.last), data)
+                place(archive, SegmentName(this.first, this.last), data)
             fsync_directory(archive)
             fsync_directory(path)
         _write_meta(staging, path, checked, term)

@@ -15,14 +15,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import jsonfile
+from .. import jsonfile, layout
 from .errors import (ObjectNotFoundError, ObjectTooLargeError, PreconditionFailedError, ReplicaDamageError,
                      ReplicaFencedError)
 
 HEAD_KEY = "head.json"
 HEAD_FORMAT = 1
 MAX_HEAD_BYTES = 64 << 10
-RECORD_FILE = "replica.json"
+RECORD_FILE = layout.REPLICA_FILE  # DIR/replica.json
 _KEYS = {"format", "term", "owner", "index", "checksum", "time"}
 _MAX_U64 = 2**64 - 1
 
@@ -138,7 +138,7 @@ def read_record(root: Path, url: str) -> Record:
     ReplicaDamageError-free: a damaged record is treated as missing (the shipper is then fenced
     by any foreign head, never wrongly allowed to write)."""
     try:
-        doc = jsonfile.read_small(Path(root) / RECORD_FILE, 64 << 10)
+        doc = jsonfile.read_small(layout.replica_file(root), 64 << 10)
     except jsonfile.JsonFileError:
         doc = None
     if not isinstance(doc, dict) or doc.get("url") != url or doc.get("format") != 1:
@@ -151,7 +151,7 @@ def read_record(root: Path, url: str) -> Record:
 def write_record(root: Path, record: Record) -> None:
     """Write DIR/replica.json durably (temp, fsync, rename, directory fsync)."""
     os.makedirs(root, exist_ok=True)
-    jsonfile.write_durably(Path(root) / RECORD_FILE,
+    jsonfile.write_durably(layout.replica_file(root),
                            {"format": 1, "url": record.url, "owner": record.owner, "claim": record.claim})
 
 
@@ -159,7 +159,7 @@ def recorded_url(root: Path) -> str | None:
     """The replica URL DIR/replica.json names (the journal replicates there); None when the
     file is missing. ValueError naming the file when it is not a replica record or names no
     URL (a reader reports it; `read_record` treats such a file as missing)."""
-    path = Path(root) / RECORD_FILE
+    path = layout.replica_file(root)
     if not path.exists():
         return None
     try:

@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from ..supervisor.layout import SUPERVISOR_DIR
+from ..layout import SUPERVISOR_DIR
 from .errors import ObjectNotFoundError, ReplicaFencedError
 from .objects import ObjectStore, open_store
 from .restore import RestoreReport, restore

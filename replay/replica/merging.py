@@ -15,19 +15,24 @@ from __future__ import annotations
 
 from typing import Callable
 
-from eventlog import CompactedError, newest_to_merge, segment_bounds
+from eventlog import SEGMENT_HEADER_SIZE, SEGMENT_TARGET_BYTES, CompactedError, newest_to_merge, segment_bounds
 
 from .chain import SegmentKey
 from .errors import ReplicaError
 
 
-def merge_tail(log, chain: list[SegmentKey], put: Callable[[str, bytes], object]) -> int:
+def merge_tail(log, chain: list[SegmentKey], put: Callable[[str, bytes], object],
+               sizes: dict[str, int] | None = None) -> int:
     """Merge the chain's newest segments while the rule says so; return how many objects were
     uploaded. `chain` (oldest first, consecutive) is updated in place.
 
     A run is left as it is when the local log no longer holds its first entry (retention
     dropped it), or its body would be larger than what compaction seals in one segment
     (`log.segment_ranges` cuts it in two): those stop merging, as local files do.
+    `sizes` (segment key -> object bytes, for the objects the caller stored; merged ones
+    are added) decides the second case without reading the log when the objects alone
+    are larger than a segment's body may be (a catch-up of whole 16 MiB archive files,
+    whose scan would decompress every one of them only to find they do not fit).
     """
     uploaded = 0
     while True:
@@ -36,6 +41,8 @@ def merge_tail(log, chain: list[SegmentKey], put: Callable[[str, bytes], object]
             return uploaded
         run = chain[-count:]
         first, last = run[0].first, run[-1].last
+        if sizes is not None and _too_large(run, sizes):
+            return uploaded
         try:
             if first < log.first_index or len(log.segment_ranges(first, last)) != 1:
                 return uploaded
@@ -50,5 +57,17 @@ def merge_tail(log, chain: list[SegmentKey], put: Callable[[str, bytes], object]
                                f"{run[0].key} .. {run[-1].key}")
         merged = SegmentKey(first, last, run[0].prev, run[-1].last_checksum)
         put(merged.key, data)
+        if sizes is not None:
+            sizes[merged.key] = len(data)
         chain[-count:] = [merged]
         uploaded += 1
+
+
+def _too_large(run: list[SegmentKey], sizes: dict[str, int]) -> bool:
+    """Whether the stored objects of `run` prove its merged body larger than SEGMENT_TARGET_BYTES.
+
+    An object holds its header, then its compressed body, which zstd makes at most
+    stored_bound(raw) = raw + raw/128 + 4 KiB: so raw >= (object - header - 4 KiB) * 128/129.
+    Unknown sizes (objects shipped before this process) count as 0: never a wrong refusal."""
+    floor = sum(max(0, sizes.get(seg.key, 0) - SEGMENT_HEADER_SIZE - 4096) * 128 // 129 for seg in run)
+    return floor > SEGMENT_TARGET_BYTES

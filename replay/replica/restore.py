@@ -8,17 +8,17 @@ the end, so an interrupted restore leaves no directory that opens as a journal.
 
 from __future__ import annotations
 
-import mmap
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eventlog import (SEGMENT_HEADER_SIZE, EventLog, SegmentDamage, check_segment_header, create_from_segments,
-                      max_segment_size, segment_bounds)
+from eventlog import (SEGMENT_HEADER_SIZE, SegmentDamage, SegmentRejectedError, check_segment_header,
+                      create_from_segment_files, max_segment_size)
 from snapshots import MAX_MANIFEST_BYTES, CorruptFileError, StoreImport
 
+from .. import layout
 from .chain import (ENVIRONMENT_KEY, SEGMENTS, MANIFESTS, chunk_key, parse_manifest_key, parse_segment_key,
                     walk_back)
 from .errors import ObjectNotFoundError, ObjectTooLargeError, ReplicaDamageError, RestoreTargetError
@@ -28,6 +28,7 @@ from .snapfiles import decode_manifest, fsync_dir
 MAX_ENVIRONMENT_BYTES = 1 << 20
 _FETCH = ".fetch"  # segment objects streamed to disk under the staging directory, mapped from there
 _PIECE = 1 << 20
+_LOG_STAGING = f".{layout.LOG_DIR}"  # the log is built here, then renamed to DIR/log with the rest
 
 
 @dataclass
@@ -172,6 +173,17 @@ def _stream_to(path: Path, head: bytes, reader) -> int:
     return total
 
 
+def _needed(path: list, index: int) -> list:
+    """The path's segments a log for a snapshot at `index` needs: those holding entries after it.
+
+    When `index` ends a segment and others follow, that segment is not needed: the next one
+    chains from it (its header's prev_checksum is the checksum at `index`, checked against
+    the snapshot's). At the head itself, the last segment is kept: a log needs one segment
+    to carry the boundary (the checksum and term at `index`)."""
+    after = [seg for seg in path if seg.last > index]
+    return after or [seg for seg in path if seg.last == index][-1:]
+
+
 def _finish(staging: Path, target: Path) -> None:
     fsync_dir(str(staging))
     if target.is_dir():
@@ -189,7 +201,7 @@ class _Restore:
         self.staging = staging
         self.bytes = 0
         self.skipped: list[str] = []
-        self._segments: dict[str, memoryview] = {}
+        self._segments: dict[str, Path] = {}  # segment key -> its fetched file under staging/.fetch
 
     def run(self) -> RestoreReport:
         found = read_head(self.store)
@@ -211,7 +223,7 @@ class _Restore:
         candidates = sorted((parsed, key) for key in self.store.list(MANIFESTS)
                             if (parsed := parse_manifest_key(key)) is not None and low <= parsed[0] <= head.index)
         for (index, _term), key in reversed(candidates):
-            needed = [s for s in path if s.last >= index]
+            needed = _needed(path, index)
             restored = self._try(key, index, needed, known)
             if restored is not None:
                 break
@@ -222,9 +234,9 @@ class _Restore:
         name, data, segments = restored
         writer = self._writer
         writer.commit(name, data)
-        os.rename(self.staging / ".log", self.staging / "log")
-        count, segments, self._segments = len(segments), None, {}  # unmapped once unreferenced
-        shutil.rmtree(self.staging / _FETCH, ignore_errors=True)
+        os.rename(self.staging / _LOG_STAGING, layout.log_dir(self.staging))
+        count, self._segments = len(segments), {}
+        shutil.rmtree(self.staging / _FETCH, ignore_errors=True)  # the log's archive holds links to what it needs
         self._environment()
         write_record(self.staging, Record(self.store.url, None, etag))
         return RestoreReport(self.store.url, head.index, head.term, name, index, count, self.bytes,
@@ -258,7 +270,7 @@ class _Restore:
                 return None
             segments = [self._segment(seg) for seg in needed]
             self._stage_chunks(mf)
-            if not self._build_log(segments, mf):
+            if not self._build_log(needed, segments, mf):
                 self._writer.discard()
                 return None
             return name, mf.data, segments
@@ -273,24 +285,25 @@ class _Restore:
     @property
     def _writer(self) -> StoreImport:
         if not hasattr(self, "_writer_obj"):
-            self._writer_obj = StoreImport(self.staging / "snapshots")
+            self._writer_obj = StoreImport(layout.snapshots_dir(self.staging))
         return self._writer_obj
 
-    def _segment(self, seg) -> memoryview:
-        """The checked bytes of path segment `seg`, mapped from a file under staging/.fetch.
+    def _segment(self, seg) -> Path:
+        """A file under staging/.fetch holding path segment `seg` as fetched, its header checked.
 
         Never more is fetched than the segment's key and header declare: the object is
         refused unread when larger than the most a segment of its range may be; its first
         80 bytes are checked as a segment header for that range, declaring exactly the
         object's size, before any of the body is read; the body is streamed to disk in
-        1 MiB pieces (no copy of the object in memory) and mapped, then checked in full
-        (`segment_bounds`: checksum, decompression bounded by the header, the entry chain)."""
+        1 MiB pieces, so no copy of the object is held in memory. The full check (checksum,
+        decompression bounded by the header, the entry chain) is made once, streaming, when
+        the log is built from these files (`_build_log`)."""
         if seg.key not in self._segments:
             limit = max_segment_size(seg.first, seg.last)
             fetch = self.staging / _FETCH
             if not self._segments:
                 fetch.mkdir(exist_ok=True)
-            path = fetch / f"{seg.first:020d}-{seg.last:020d}.seg"
+            path = fetch / f"{seg.first:020d}-{seg.last:020d}-{seg.prev:016x}.seg"
             try:
                 with self.store.open_reader(seg.key, limit) as reader:
                     head = _read_exactly(reader, SEGMENT_HEADER_SIZE)
@@ -309,17 +322,7 @@ class _Restore:
                 raise ReplicaDamageError(seg.key, f"{written} bytes arrived, the store stated {reader.size}",
                                          self.store.url)
             self.bytes += written
-            with open(path, "rb") as f:
-                data = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-            try:
-                bounds = segment_bounds(data)
-            except SegmentDamage as exc:
-                raise ReplicaDamageError(seg.key, str(exc), self.store.url) from None
-            if bounds != tuple(seg):
-                raise ReplicaDamageError(seg.key, f"holds entries {bounds[0]}..{bounds[1]} chained "
-                                                  f"{bounds[2]:016x}..{bounds[3]:016x}, not what its name says",
-                                         self.store.url)
-            self._segments[seg.key] = data
+            self._segments[seg.key] = path
         return self._segments[seg.key]
 
     def _stage_chunks(self, mf) -> None:
@@ -333,26 +336,39 @@ class _Restore:
             except CorruptFileError as exc:
                 raise ReplicaDamageError(key, f"not the chunk its name says: {exc.reason}", self.store.url) from None
 
-    def _build_log(self, segments: list[bytes], mf) -> bool:
-        """Build the log from `segments` under staging/.log and check the snapshot sits on it."""
-        log_dir = self.staging / ".log"
+    def _build_log(self, needed: list, files: list[Path], mf) -> bool:
+        """Build the log from the fetched segment `files` (of path segments `needed`) under
+        staging/.log and check the snapshot sits on it; False (the reason in `skipped`) when not.
+
+        Each file is checked once, streaming (`create_from_segment_files`), and must hold
+        what its key says; one that does not refuses the restore (ReplicaDamageError naming
+        the key). The log's checksum at the snapshot's index comes from that check."""
+        log_dir = self.staging / _LOG_STAGING
         if log_dir.exists():
             shutil.rmtree(log_dir)
-        create_from_segments(log_dir, segments, term=self.term)
-        with EventLog.open(log_dir, readonly=True) as log:
-            ok = log.checksum_at(mf.index) == mf.log_checksum if mf.index <= log.last_index else False
-        if not ok:
+        try:
+            created = create_from_segment_files(log_dir, files, term=self.term, checksum_at=mf.index)
+        except SegmentRejectedError as exc:
+            key = needed[exc.position].key if 0 <= exc.position < len(needed) else SEGMENTS
+            raise ReplicaDamageError(key, str(exc), self.store.url) from None
+        for seg, checked in zip(needed, created.segments):
+            if (checked.first, checked.last, checked.prev_checksum, checked.last_checksum) != tuple(seg):
+                raise ReplicaDamageError(seg.key, f"holds entries {checked.first}..{checked.last} chained "
+                                                  f"{checked.prev_checksum:016x}..{checked.last_checksum:016x}, "
+                                                  "not what its name says", self.store.url)
+        if created.checksum_at != mf.log_checksum:
             self.skipped.append(f"{MANIFESTS}{mf.name}: its log checksum {mf.log_checksum:016x} is not the "
                                 f"head's history's at index {mf.index}")
             shutil.rmtree(log_dir)
-        return ok
+            return False
+        return True
 
     def _environment(self) -> None:
         try:
             data = self._get(ENVIRONMENT_KEY, MAX_ENVIRONMENT_BYTES)
         except (ObjectNotFoundError, ReplicaDamageError):
             return  # the journal then records this machine's on its first open
-        fd = os.open(self.staging / "environment.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(layout.environment_file(self.staging), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, data)
             os.fsync(fd)

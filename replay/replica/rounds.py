@@ -10,18 +10,22 @@ the claim and garbage collection are the shipper's other parts (claim.py, collec
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from eventlog import CompactedError, CorruptEntryError, segment_bounds
+from eventlog import CompactedError, CorruptEntryError, SegmentDamage
 
+from .. import layout
 from .chain import ENVIRONMENT_KEY, SEGMENTS, SegmentKey, chunk_key, manifest_key, parse_segment_key, walk_back
 from .errors import ObjectNotFoundError, ReplicaError
 from .head import Head
 from .merging import merge_tail
 from .retention import CHUNKS, Plan
 from .snapfiles import LocalFileError, LocalStore, read_small_file
+from .sources import Verified, plan
 from .status import Progress
+from .uploads import Uploads
 
 HEAD_EVERY = 16  # segments uploaded between two head writes while catching up a backlog
 MAX_ENVIRONMENT_BYTES = 1 << 20
@@ -40,7 +44,7 @@ class Shipping:
         self._store = store
         self._root = Path(root)
         self._log = log
-        self._local = LocalStore(self._root / "snapshots")
+        self._local = LocalStore(layout.snapshots_dir(self._root))
         self._progress = progress
         self._note = note
         self.chain: list[SegmentKey] = []
@@ -48,6 +52,8 @@ class Shipping:
         self._chunks: set[str] = set()
         self._manifests: dict[str, tuple[int, int]] = {}
         self._refused: set[str] = set()
+        self._sizes: dict[str, int] = {}  # segment key -> bytes, of the segments this shipper stored
+        self._verified = Verified()
 
     # ------------------------------------------------------------------ after the claim
 
@@ -61,7 +67,7 @@ class Shipping:
 
     def load_environment(self) -> None:
         """Upload DIR/environment.json (create-only) when it is a regular file of at most 1 MiB."""
-        data = read_small_file(self._root / "environment.json", MAX_ENVIRONMENT_BYTES)
+        data = read_small_file(layout.environment_file(self._root), MAX_ENVIRONMENT_BYTES)
         if data is not None:
             self.put(ENVIRONMENT_KEY, data)
 
@@ -73,16 +79,20 @@ class Shipping:
 
     def agrees(self, index: int, checksum: int) -> bool:
         """Whether the local log has `checksum` at `index` (False when it cannot say)."""
-        try:
-            return index <= self._log.last_index and self._log.checksum_at(index) == checksum
-        except (CompactedError, IndexError, CorruptEntryError):
-            return False
+        return self.local_checksum(index) == checksum
 
     def local_checksum(self, index: int) -> int | None:
-        """The local log's checksum at `index`, None when it cannot say (compacted, past its end)."""
+        """The local log's checksum at `index`, None when it cannot say (compacted, past its end).
+        At an archive file's boundary it comes from that file, checked in full once (sources.py)."""
         try:
-            return self._log.checksum_at(index) if index <= self._log.last_index else None
-        except (CompactedError, IndexError, CorruptEntryError):
+            if index > self._log.last_index:
+                return None
+            if index < self._log.live_first_index - 1:
+                known = self._verified.archive_checksum(self._log, index)
+                if known is not None:
+                    return known
+            return self._log.checksum_at(index)
+        except (CompactedError, IndexError, CorruptEntryError, SegmentDamage):
             return None
 
     def check_chain(self) -> None:
@@ -110,25 +120,62 @@ class Shipping:
                 return
 
     def ship_segments(self, settled: int) -> int:
-        """Up to HEAD_EVERY segments of entries after the chain's end, through `settled`; how many."""
-        start, shipped = self.end[0] + 1, 0
-        for first, last in self._log.segment_ranges(start, settled)[:HEAD_EVERY]:
-            data = self._log.sealed_range(first, last)
-            got_first, got_last, prev, last_checksum = segment_bounds(data)
-            if (got_first, got_last) != (first, last):
-                raise ReplicaError(f"sealed_range({first}, {last}) returned entries {got_first}..{got_last}")
-            if prev != self.end[1]:
-                break
-            seg = SegmentKey(first, last, prev, last_checksum)
-            self.put(seg.key, data)
+        """Up to HEAD_EVERY segments of entries after the chain's end, through `settled`; how many
+        were stored (the chain and `end` advance over them, a contiguous prefix, in order).
+
+        Each segment's bytes (an archive file as it is, or sealed from the log: sources.py)
+        are verified once (`segment_bounds`, remembered by `Verified`: the framing, the
+        checksum, every entry's chain) and checked against both neighbours before they are
+        uploaded: they chain from the segment before, and what follows chains from them
+        (the next segment's verified seed, or the local log's checksum at their last entry).
+        Up to IN_FLIGHT uploads run while the next segment is read and verified
+        (uploads.py). A failed upload raises once the ones in flight have ended; the chain
+        then ends before it."""
+        start, count = self.end[0] + 1, [0]
+        expected = self.end[1]
+
+        def stored(seg: SegmentKey, size: int, created: bool) -> None:
             self.chain.append(seg)
-            self.end = (last, last_checksum)
-            shipped += 1
-        return shipped
+            self.end = (seg.last, seg.last_checksum)
+            self._sizes[seg.key] = size
+            if created:
+                self._progress.uploaded(size)
+            count[0] += 1
+
+        waiting = None  # (segment, bytes) verified, its successor not yet checked
+        with Uploads(self._store) as uploads:
+            # One piece more than is shipped: the last one shipped is checked against it.
+            for piece in plan(self._log, start, settled, HEAD_EVERY + 1):
+                data = piece.read(self._log)
+                got_first, got_last, prev, last_checksum = self._verified.bounds(data)
+                if (got_first, got_last) != (piece.first, piece.last):
+                    raise ReplicaError(f"the segment of entries {piece.first}..{piece.last} holds entries "
+                                       f"{got_first}..{got_last}")
+                if prev != expected:
+                    waiting = None  # it does not continue what comes before (or that does not lead here)
+                    break  # the log changed under this round (a truncation): the next round re-checks
+                if waiting is not None:
+                    uploads.submit(waiting[0].key, waiting[1], partial(stored, waiting[0], len(waiting[1])))
+                seg = SegmentKey(piece.first, piece.last, prev, last_checksum)
+                waiting, expected = (seg, data), last_checksum
+                if count[0] + len(uploads) >= HEAD_EVERY:
+                    break
+            if waiting is not None and self._followed(waiting[0]):
+                uploads.submit(waiting[0].key, waiting[1], partial(stored, waiting[0], len(waiting[1])))
+        return count[0]
+
+    def _followed(self, seg: SegmentKey) -> bool:
+        """Whether the local log's checksum at `seg.last` is `seg.last_checksum` (what follows it
+        chains from it), read where it is cheap: the live log's boundary or an entry in LMDB.
+        An archive file's end is left to the next call (False), whose first piece is the next
+        file, checked then against this one's end without decompressing this one again."""
+        if seg.last < self._log.live_first_index - 1 and seg.last < self._log.last_index:
+            return False
+        return self.agrees(seg.last, seg.last_checksum)
 
     def merge(self) -> None:
         """Merge the chain's newest segments while eventlog's merge rule says so (merging.py)."""
-        merge_tail(self._log, self.chain, self.put)
+        merge_tail(self._log, self.chain, self.put, self._sizes)
 
     # ------------------------------------------------------------------ snapshots
 
@@ -161,24 +208,32 @@ class Shipping:
                 self._ship_manifest(mf)
 
     def _ship_chunks(self, mf) -> bool:
-        """Every chunk of `mf` on the replica; False when one is gone or damaged locally."""
-        for ref in mf.manifest.chunks:
-            if ref.id in self._chunks:
-                continue
-            try:
-                data = self._local.read_chunk(ref.id, ref.raw_len, ref.stored_len)
-            except FileNotFoundError:
-                if not self._local.has_manifest(mf.name):
-                    return False  # pruned while read: nothing to ship
-                self._refused.add(mf.name)
-                self._progress.last_error = f"local snapshot {mf.name}: chunk {ref.id} is missing"
-                return False
-            except LocalFileError as exc:
-                self._refused.add(mf.name)
-                self._progress.last_error = f"local snapshot {mf.name}: {exc}"
-                return False
-            self.put(chunk_key(ref.id), data)
-            self._chunks.add(ref.id)
+        """Every chunk of `mf` on the replica; False when one is gone or damaged locally. Up to
+        IN_FLIGHT chunk uploads run while the next chunk is read and checked; a chunk counts as
+        on the replica (skipped by later manifests) once its upload is done."""
+
+        def stored(cid: str, size: int, created: bool) -> None:
+            self._chunks.add(cid)
+            if created:
+                self._progress.uploaded(size)
+
+        with Uploads(self._store) as uploads:
+            for ref in mf.manifest.chunks:
+                if ref.id in self._chunks:
+                    continue
+                try:
+                    data = self._local.read_chunk(ref.id, ref.raw_len, ref.stored_len)
+                except FileNotFoundError:
+                    if not self._local.has_manifest(mf.name):
+                        return False  # pruned while read: nothing to ship
+                    self._refused.add(mf.name)
+                    self._progress.last_error = f"local snapshot {mf.name}: chunk {ref.id} is missing"
+                    return False
+                except LocalFileError as exc:
+                    self._refused.add(mf.name)
+                    self._progress.last_error = f"local snapshot {mf.name}: {exc}"
+                    return False
+                uploads.submit(chunk_key(ref.id), data, partial(stored, ref.id, len(data)))
         return True
 
     def _ship_manifest(self, mf) -> None:

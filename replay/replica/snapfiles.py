@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import snapshots
 
+from .. import layout
 from ..recovery import SNAPSHOT_META_KEY
 
 MAX_MANIFEST_BYTES = snapshots.MAX_MANIFEST_BYTES
@@ -77,7 +78,7 @@ class LocalStore:
 
     def has_manifest(self, name: str) -> bool:
         """Whether the manifest `name` is (still) committed."""
-        return os.path.exists(os.path.join(self.root, "manifests", name))
+        return os.path.exists(os.path.join(self.root, layout.MANIFESTS_DIR, name))
 
     def read_chunk(self, cid: str, raw_len: int, stored_len: int) -> bytes:
         """The bytes of chunk file `cid`, after checking it decodes to raw bytes hashing to `cid`.

@@ -1,0 +1,113 @@
+"""Where each segment object of a shipping round comes from (FORMAT.md beside this file, "Objects").
+
+A replica's segment object and a local archive segment are the same format (eventlog's
+FORMAT.md, "The archive"), so a range the local archive already holds as one sealed file
+is shipped as that file's bytes, unchanged: nothing is decompressed to read it and nothing
+re-encoded to send it. Only entries no archive file covers whole (the live log in LMDB, or
+the part of a file before the chain's start) are sealed by `log.sealed_range`. Either way
+the round verifies the bytes once (`eventlog.segment_bounds`) before they count, and
+`Verified` remembers the outcome, so a file met again (to find the checksum at a
+snapshot's index, then to ship it) is decompressed once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from eventlog import read_segment_file, segment_bounds, segment_identity
+
+REMEMBERED = 4096  # segments whose full check a shipper remembers (a few dozen bytes each)
+
+
+class Piece(NamedTuple):
+    """Entries first..last of one segment object to ship: `path` is the local archive file
+    holding exactly them, or None when `log.sealed_range` seals them."""
+
+    first: int
+    last: int
+    path: Path | None
+
+    def read(self, log) -> bytes:
+        """The segment's bytes (not yet verified). An archive file that vanished (a local merge
+        replaced it, FORMAT.md of eventlog) is sealed from the log instead: same entries."""
+        if self.path is not None:
+            try:
+                return read_segment_file(self.path, self.first, self.last)
+            except FileNotFoundError:
+                pass
+        return log.sealed_range(self.first, self.last)
+
+
+def plan(log, start: int, settled: int, most: int) -> list[Piece]:
+    """At most `most` pieces covering start.. (consecutive, in order, through `settled` at most).
+
+    Edge cases first: [] when start > settled. Whole archive files starting at the next
+    index and ending by `settled` are taken as they are; an archive file the range starts
+    inside is sealed from `start` to its end; the rest (the live log, or an archive the
+    listing does not cover) is cut by `log.segment_ranges`. Reads only the archive's
+    listing and, for the sealed part, entry headers.
+    """
+    if start > settled:
+        return []
+    whole: dict[int, object] = {}
+    inside = None
+    for info in log.segments():
+        if info.last > settled:
+            continue
+        if info.first >= start and (info.first not in whole or info.last > whole[info.first].last):
+            whole[info.first] = info  # after a crash mid-merge both copies are listed: take the larger
+        elif info.first < start <= info.last:
+            inside = info
+    pieces: list[Piece] = []
+    at = start
+    if inside is not None and start not in whole:
+        pieces += [Piece(f, l, None) for f, l in log.segment_ranges(start, inside.last)]
+        at = inside.last + 1
+    while at in whole and len(pieces) < most:
+        info = whole[at]
+        pieces.append(Piece(info.first, info.last, Path(info.path)))
+        at = info.last + 1
+    if at <= settled and len(pieces) < most:
+        pieces += [Piece(f, l, None) for f, l in log.segment_ranges(at, settled)]
+    return pieces[:most]
+
+
+class Verified:
+    """Segments a shipper checked in full, remembered by identity (range, chain seed and file
+    checksum: `eventlog.segment_identity`, which reads no entry), so that bytes met again
+    are checked by their file checksum alone instead of being decompressed again.
+
+    Sound because a segment's file checksum covers its header and every compressed byte:
+    bytes with the identity of a segment that passed `segment_bounds` are that segment."""
+
+    def __init__(self):
+        self._checked: dict[tuple[int, int, int, int], tuple[int, int, int, int]] = {}
+
+    def bounds(self, data) -> tuple[int, int, int, int]:
+        """`eventlog.segment_bounds(data)` (SegmentDamage likewise), decompressing only bytes not
+        checked before."""
+        identity = segment_identity(data)
+        got = self._checked.get(identity)
+        if got is None:
+            got = segment_bounds(data)
+            if len(self._checked) >= REMEMBERED:
+                self._checked.pop(next(iter(self._checked)))  # the oldest: catch-ups move forward
+            self._checked[identity] = got
+        return got
+
+    def archive_checksum(self, log, index: int) -> int | None:
+        """The checksum of entry `index` when it ends a local archive file or comes just before
+        one, from that file checked in full (once); None when no archive file has that
+        boundary (or it vanished meanwhile). Cheaper than `log.checksum_at` on an archived
+        index, which reads that segment and the bodies of every archive file after it."""
+        for info in log.segments():
+            if index not in (info.last, info.first - 1):
+                continue
+            try:
+                data = read_segment_file(info.path, info.first, info.last)
+            except FileNotFoundError:
+                return None
+            _, last, prev, last_checksum = self.bounds(data)
+            return last_checksum if index == last else prev
+        return None
