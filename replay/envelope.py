@@ -45,6 +45,16 @@ def wrap(version: int, payload: dict[str, Any]) -> dict[str, Any]:
 
 def unwrap(index: int, op: str, stored: Any) -> tuple[int, dict[str, Any]]:
     """(version, payload) of a decoded entry payload; EnvelopeError naming index and op if malformed."""
+    # The well-formed case, as msgpack decodes it, checked with exact types first (replay
+    # calls this once per entry); anything else takes the general checks below.
+    if type(stored) is dict and len(stored) == 2:
+        version, payload = stored.get("v"), stored.get("p")
+        if type(version) is int and version >= 1 and type(payload) is dict:
+            for key in payload:
+                if type(key) is not str:
+                    break
+            else:
+                return version, payload
     if not isinstance(stored, dict) or set(stored) != {"v", "p"}:
         raise EnvelopeError(index, op, "payload is not a {'v': version, 'p': payload} map")
     version, payload = stored["v"], stored["p"]

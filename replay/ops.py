@@ -36,6 +36,7 @@ Handler = Callable[..., Any]
 Validator = Callable[[dict], Any]
 Upcaster = Callable[[dict], dict]
 Rebuild = Callable[..., Any]
+BatchHandler = Callable[[Any, list], Any]
 
 INPUTS = "inputs"  # the reserved keyword: handed to handlers, never logged
 
@@ -51,6 +52,7 @@ class OpSpec:
     validate: Validator | None = None
     signature: inspect.Signature | None = field(default=None, compare=False)
     rebuild: Rebuild | None = None
+    replay_batch: BatchHandler | None = None
 
     @property
     def takes_inputs(self) -> bool:
@@ -84,7 +86,8 @@ class Ops:
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
 
     def op(self, fn: Handler | None = None, *, name: str | None = None, version: int = 1,
-           validate: Validator | None = None, inputs: Rebuild | None = None):
+           validate: Validator | None = None, inputs: Rebuild | None = None,
+           replay_batch: BatchHandler | None = None):
         """Register `fn` as the handler of op `name` (default: fn.__name__) at `version` (>= 1).
 
         `validate(payload)` runs before the entry is appended and must be cheap; it
@@ -97,9 +100,23 @@ class Ops:
         (module doc). ValueError when fn cannot take an ``inputs`` keyword although
         `inputs` is given, or requires one (no default) although no `inputs` rebuild is
         given: replay could never call it. TypeError when `inputs` is not callable.
+
+        `replay_batch`: ``fn(state, payloads)`` applying a run of consecutive entries of
+        this op (payloads in log order, at the handler's version, tensors on the state's
+        device) in one call, used on replay only (a live apply always calls fn). It must
+        leave exactly the bytes the handler leaves applying them one by one
+        (`replay.testing.assert_replay_batch_exact` checks it). If it raises, recovery
+        puts the snapshot back and replays sequentially, so a failure is reported at the
+        entry, with the state, that sequential replay gives (replay.recovery). TypeError
+        when not callable; ValueError together with `inputs` (a run's unlogged inputs
+        would have to be rebuilt inside it).
         """
         if inputs is not None and not callable(inputs):
             raise TypeError(f"inputs= must be a callable rebuild(**payload), got {type(inputs).__name__}")
+        if replay_batch is not None and not callable(replay_batch):
+            raise TypeError(f"replay_batch= must be a callable fn(state, payloads), got {type(replay_batch).__name__}")
+        if replay_batch is not None and inputs is not None:
+            raise ValueError("replay_batch= cannot be combined with inputs=: the batched handler gets payloads only")
 
         def register(handler: Handler) -> Handler:
             op_name = handler.__name__ if name is None else name
@@ -112,7 +129,7 @@ class Ops:
                     raise ValueError(f"op {op_name!r}: the handler requires {INPUTS!r} (a reserved keyword, never "
                                      "logged) but no inputs= rebuild is registered, so replay could not call it; "
                                      "register @ops.op(inputs=rebuild) or give the parameter a default")
-            self._add(OpSpec(op_name, version, handler, validate, signature, inputs))
+            self._add(OpSpec(op_name, version, handler, validate, signature, inputs, replay_batch))
             return handler
 
         return register if fn is None else register(fn)

@@ -1,4 +1,10 @@
-"""Read-ahead for replay: a background thread decodes entries and moves their tensors while handlers run."""
+"""Reading entries for replay: verified batches, unwrapped, their tensors on the state's device.
+
+On a CPU state the batches are decoded on the replaying thread: decoding and handlers
+both hold the GIL, so a reader thread would add hand-offs and no overlap. On an
+accelerator a background thread decodes and starts the host-to-device copies while
+handlers run.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from .components import to_device
 from .envelope import ENGINE_OPS, unwrap
 
 _DONE = object()
-BATCH = 32  # entries per queue hand-off
+BATCH = 256  # entries per batch handed to the replayer (and per queue hand-off)
 
 
 class Prepared(NamedTuple):
@@ -25,22 +31,64 @@ class Prepared(NamedTuple):
     payload: dict[str, Any]
 
 
-class ReadAhead:
-    """Iterate Prepared entries of `log` in [start, stop), decoded up to `depth` batches ahead.
+def prepare(entries: list, device: torch.device | None) -> tuple[list[Prepared], BaseException | None]:
+    """Prepared entries of a list of eventlog Entries, in order: (the entries before the
+    first one whose envelope is malformed, that EnvelopeError or None). `device` None:
+    tensors stay where the codec put them (CPU)."""
+    out: list[Prepared] = []
+    append = out.append
+    try:
+        for entry in entries:
+            version, payload = unwrap(entry.index, entry.op, entry.payload)
+            if device is not None and entry.op not in ENGINE_OPS:
+                payload = to_device(payload, device)
+            append(Prepared(entry.index, entry.term, entry.op, version, payload))
+    except Exception as exc:  # noqa: BLE001 - handed to the consumer at this position
+        return out, exc
+    return out, None
 
-    Errors (CorruptEntryError, EnvelopeError, ...) are raised by the iterator at the
-    position of the entry that caused them, never earlier and never dropped. Closing
-    (or leaving the `with` block) stops the thread.
+
+def _batches(log, start: int, stop: int, device) -> Iterator[tuple[list[Prepared], BaseException | None]]:
+    """(prepared batch, error or None) for [start, stop); after an error, nothing more."""
+    chunk: list = []
+    try:
+        for entry in log.entries(start, stop):
+            chunk.append(entry)
+            if len(chunk) == BATCH:
+                prepared, error = prepare(chunk, device)
+                yield prepared, error
+                if error is not None:
+                    return
+                chunk = []
+    except Exception as exc:  # noqa: BLE001 - raised after the entries read before it
+        prepared, error = prepare(chunk, device)
+        yield prepared, error if error is not None else exc
+        return
+    if chunk:
+        yield prepare(chunk, device)
+
+
+class ReadAhead:
+    """Iterate batches of Prepared entries of `log` in [start, stop).
+
+    `batches()` yields (entries, error): entries in order, and the exception
+    (CorruptEntryError, EnvelopeError, ...) of the entry right after them, or None; after
+    an error it yields nothing more. So an error surfaces at the position of the entry
+    that caused it, never earlier and never dropped. On a CPU device the batches are
+    read on the caller's thread; otherwise a background thread decodes up to `depth`
+    batches ahead. Closing (or leaving the `with` block) stops that thread.
     """
 
     def __init__(self, log, start: int, stop: int, device: torch.device, depth: int = 4):
         self._log = log
         self._start, self._stop = start, stop
-        self._device = device
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="replay-readahead", daemon=True)
-        self._thread.start()
+        self._device = None if device.type == "cpu" else device  # decoded tensors are CPU tensors already
+        self._thread = None
+        if self._device is not None:
+            self._queue: queue.Queue = queue.Queue(maxsize=depth)
+            self._stopping = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="replay-readahead", daemon=True)
+            self._thread.start()
 
     def _put(self, item) -> bool:
         while not self._stopping.is_set():
@@ -52,38 +100,38 @@ class ReadAhead:
         return False
 
     def _run(self) -> None:
-        # Entries travel in batches: a queue hand-off per entry costs more than decoding
-        # a small entry, and on CPU (one GIL) the hand-off is pure overhead.
-        batch: list = []
         try:
-            for entry in self._log.entries(self._start, self._stop):
-                version, payload = unwrap(entry.index, entry.op, entry.payload)
-                if entry.op not in ENGINE_OPS:
-                    payload = to_device(payload, self._device)
-                batch.append(Prepared(entry.index, entry.term, entry.op, version, payload))
-                if len(batch) >= BATCH:
-                    if not self._put(batch):
-                        return
-                    batch = []
-            batch.append(_DONE)
-            self._put(batch)
-        except BaseException as exc:  # handed to the consumer at this position
-            batch.append(exc)
-            self._put(batch)
+            for item in _batches(self._log, self._start, self._stop, self._device):
+                if not self._put(item):
+                    return
+            self._put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer at this position
+            self._put(([], exc))
+
+    def batches(self) -> Iterator[tuple[list[Prepared], BaseException | None]]:
+        if self._thread is None:
+            yield from _batches(self._log, self._start, self._stop, None)
+            return
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                return
+            yield item
+            if item[1] is not None:
+                return
 
     def __iter__(self) -> Iterator[Prepared]:
-        while True:
-            for item in self._queue.get():
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+        """The entries one by one; raises each batch's error after its entries."""
+        for prepared, error in self.batches():
+            yield from prepared
+            if error is not None:
+                raise error
 
     def close(self) -> None:
-        """Stop the reader thread and wait for it. Idempotent."""
-        self._stopping.set()
-        self._thread.join()
+        """Stop the reader thread (if any) and wait for it. Idempotent."""
+        if self._thread is not None:
+            self._stopping.set()
+            self._thread.join()
 
     def __enter__(self) -> "ReadAhead":
         return self

@@ -15,7 +15,8 @@ from typing import Any, Mapping
 import torch
 
 from .components import check_layout, check_state, default_device, layout_template, restore
-from .counting import counts_from_log, is_user_op, recorded_counts
+from .applying import Applier, BatchFailed
+from .counting import counts_from_log, recorded_counts
 from .determinism import state_digest
 from .envelope import AUDIT_OPS, DIGEST_OP, ENGINE_OPS
 from . import failpoints
@@ -23,9 +24,11 @@ from .errors import DivergenceError, HandlerError, PayloadRejectedError, Recover
 from .ops import INPUTS, Ops
 from .progress import ReplayProgress
 from .readahead import ReadAhead
+from .supervisor.link import opening_link
 
 SNAPSHOT_META_KEY = "replay"
 SNAPSHOT_FORMAT = 2  # 2: "counts" added (1 lacks it; replay.counting rebuilds it from the log)
+PUBLISH_EVERY = 256  # entries between two heartbeat updates of a supervised recovery (memory writes)
 
 
 @dataclass
@@ -205,7 +208,17 @@ class Replayer:
             raise RecoveryError(f"cannot recover: the log holds entries 1..{last} but no snapshot loads, and the "
                                 f"initial state's snapshot (index 0) is gone or damaged{damaged}; replaying onto the "
                                 "state passed in would not reproduce the run")
-        self.run(log, base + 1, stop, report, progress)
+        # Batched handlers only where the state can be put back: a snapshot was loaded.
+        batched = report.snapshot is not None and store is not None
+        try:
+            self.run(log, base + 1, stop, report, progress, batched=batched)
+        except BatchFailed:
+            # A replay_batch raised part-way through its run: the state holds an unknown
+            # part of it. Put the snapshot back and replay sequentially, so what fails
+            # (and the state it leaves) is exactly what sequential replay gives.
+            self.load_snapshot(store, log, report.snapshot, report)
+            report.replayed, report.digests_checked = range(base + 1, base + 1), 0
+            self.run(log, base + 1, stop, report, progress, batched=False)
         return report
 
     def preflight(self, log, store) -> RecoveryReport:
@@ -225,36 +238,50 @@ class Replayer:
                 raise UnknownOpError(header.op, header.index)
         return report
 
-    def run(self, log, start: int, stop: int, report: RecoveryReport, progress: bool | None = None) -> None:
+    def run(self, log, start: int, stop: int, report: RecoveryReport, progress: bool | None = None, *,
+            batched: bool = False) -> None:
         """Apply every entry in [start, stop) in order, extending report.replayed and its time.
 
         On any error, entries before the failing one have been applied, and the error
         names the failing index; nothing is skipped. Failpoint recovery.mid_replay is hit
-        once half of at least two entries are applied.
+        once half of at least two entries are applied. `batched`: runs of consecutive
+        entries of an op registered with ``replay_batch=`` go to it in one call; if it
+        raises, applying stops at the start of that run with BatchFailed (only `recover`
+        asks for batches: it restores the snapshot and replays sequentially). Inside a
+        supervised `Journal.open`, the heartbeat shows ``recovering k/n``, updated with
+        memory writes every PUBLISH_EVERY entries.
         """
         started = time.perf_counter()
-        applied = start
         midway = start + (stop - start) // 2 if stop - start >= 2 else None
         begun = report.replayed.start if len(report.replayed) else start
-        last_good = start - 1  # the state there is trusted: a snapshot, or entries already replayed
+        total = stop - start
+        link = opening_link()
+        link.recovering(0, total)
+        applier = Applier(self, report, start, batched)
+        published = start
         try:
-            with ReplayProgress(stop - start, progress) as bar, ReadAhead(log, start, stop, self.device) as entries:
-                for prepared in entries:
-                    if prepared.index != applied:
-                        raise RecoveryError(f"log entry {applied} is missing (the next entry read is {prepared.index})")
-                    if self.apply(prepared, last_good):
-                        report.digests_checked += 1
-                        last_good = prepared.index
-                    if is_user_op(prepared.op):
-                        report.counts[prepared.op] = report.counts.get(prepared.op, 0) + 1
-                    applied += 1
-                    bar.advance()
-                    if applied == midway:
-                        failpoints.hit("recovery.mid_replay")
-            if applied != stop:
-                raise RecoveryError(f"log entries {applied}..{stop - 1} disappeared during replay")
+            with ReplayProgress(total, progress) as bar, ReadAhead(log, start, stop, self.device) as source:
+                for prepared, error in source.batches():
+                    if prepared:
+                        first = prepared[0].index
+                        if midway is not None and first < midway <= first + len(prepared):
+                            cut = midway - first
+                            applier.apply(prepared[:cut])
+                            failpoints.hit("recovery.mid_replay")
+                            applier.apply(prepared[cut:])
+                        else:
+                            applier.apply(prepared)
+                        bar.advance(len(prepared))
+                        if applier.next - published >= PUBLISH_EVERY:
+                            published = applier.next
+                            link.recovering(published - start, total)
+                    if error is not None:
+                        raise error
+            if applier.next != stop:
+                raise RecoveryError(f"log entries {applier.next}..{stop - 1} disappeared during replay")
+            link.recovering(total, total)
         finally:
-            report.replayed = range(begun, applied)
+            report.replayed = range(begun, applier.next)
             report.replay_seconds += time.perf_counter() - started
 
     def apply(self, prepared, last_good: int | None = None) -> bool:

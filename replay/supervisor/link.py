@@ -14,6 +14,7 @@ py-spy is not installed.
 
 from __future__ import annotations
 
+import contextvars
 import faulthandler
 import functools
 import os
@@ -109,6 +110,16 @@ class SupervisorLink(NoSupervisor):
             self._dump = None
 
 
+# The link of the `Journal.open` running in this context, so recovery (deep inside it)
+# can publish `recovering k/n` without every layer in between passing the link along.
+_OPENING: contextvars.ContextVar = contextvars.ContextVar("replay_supervisor_opening")
+
+
+def opening_link() -> NoSupervisor:
+    """The link of the `Journal.open` in progress in this thread; NoSupervisor outside one."""
+    return _OPENING.get(None) or NoSupervisor()
+
+
 def link_for(path) -> NoSupervisor:
     """The link for a journal opened at `path`: a SupervisorLink when ``replay run`` watches
     that directory (and its records directory exists), else NoSupervisor."""
@@ -153,6 +164,7 @@ def supervised_open(open_function):
     def wrapper(cls, path, *args, **kwargs):
         link = link_for(path)
         link.phase("opening")
+        token = _OPENING.set(link)
         try:
             journal = open_function(cls, path, *args, **kwargs)
         except BaseException as exc:
@@ -162,6 +174,8 @@ def supervised_open(open_function):
                             index if isinstance(index, int) and not isinstance(index, bool) else None, exc)
             link.close()
             raise
+        finally:
+            _OPENING.reset(token)
         journal._link = link
         link.phase("idle", journal.index)
         return journal
