@@ -27,6 +27,7 @@ from .preemption import PreemptionHandler
 from .ranks import layout as ranks_layout
 from .ranks.collectives import Collectives
 from .ranks.coordinator import Coordinator, compare_replicated, join, replicated_components, warn_about_bucket_rebuild
+from .recorded import NoRecorder, Recorder
 from .recovery import Replayer
 from .replica.link import NoReplica, ReplicaLink
 from .rng_check import GlobalRngCheck
@@ -55,20 +56,25 @@ def open_journal(cls, path, *, state, ops, snapshot, durability, deterministic, 
                                                                None if ranks is None else ranks.rank)
     restored = link.restore_if_empty(root if ranks is None else ranks_layout.rank_dir(root, ranks.rank))
     replayer = Replayer(ops, state, torch.device(device) if device is not None else None, kinds)
+    recorder = NoRecorder()
     try:
         if ranks is not None:
             root = join(ranks, root)
             replayer.on_digest = functools.partial(compare_replicated, ranks, state, replicated)  # invariant 13
         refuse_to_reinitialise(root)
         root.mkdir(parents=True, exist_ok=True)
+        recorder = Recorder(root)  # replay.recorded: each rank records its own, in its directory
+        replayer.on_result = recorder.replayed
         log, store, recovery, resources = open_and_recover(
             root, replayer, keep_last=keep_last, durability=durability, takeover=takeover,
             deterministic=deterministic, progress=progress, archive=archive, environment_policy=environment,
             keep_log=keep_log, ranks=ranks)
     except BaseException:
         link.release()
+        recorder.close()
         raise
     recovery.restored = restored
+    replayer.on_result = None  # a later rollback replays entries whose values are already recorded
     if ranks is None:
         agreed = Solo()
     else:
@@ -79,6 +85,7 @@ def open_journal(cls, path, *, state, ops, snapshot, durability, deterministic, 
                   digest_every=digest_every, keep_log=keep_log, async_snapshots=async_snapshots,
                   snapshot_on_close=snapshot_on_close, archived=archive is not None)
     journal._rng_check = rng
+    journal._recorder = recorder
     if recovery.uncounted:
         warnings.warn(f"{root}: {recovery.uncounted} entries under a snapshot that predates step counts are no "
                       "longer in the log; journal.count() counts them as user entries (replay.counting)",

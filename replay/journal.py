@@ -32,6 +32,7 @@ from .guards import Guards
 from .ops import Ops
 from .policies import Every, PolicyClock
 from .preemption import Preemption
+from .recorded import NoRecorder
 from .recovery import RecoveryReport, Replayer
 from .rng_check import GlobalRngCheck
 from .snapshotter import Snapshotter
@@ -244,7 +245,7 @@ class Journal:
         clock.add(len(recovery.replayed), 0, recovery.replay_seconds)
         self._steps = StepCounter(recovery.counts, recovery.uncounted)
         self._snapshotter = Snapshotter(
-            root, log, store, lambda: components.capture(self.state, replayer.kinds), self._guards.guarded,
+            root, log, store, self._capture, self._guards.guarded,
             keep_log=keep_log, asynchronous=async_snapshots, counts=self._steps.by_op, archived=archived)
         if recovery.snapshot is not None:
             self._snapshotter.covered = recovery.snapshot_index
@@ -256,6 +257,13 @@ class Journal:
         self._link = NoSupervisor()  # replay run's heartbeat and crash records (set by open when supervised)
         self._handler_failed = False  # whether the exception leaving apply is the handler's (or its payload's)
         self._rng_check = GlobalRngCheck("off")  # open sets the one asked for
+        self._recorder = NoRecorder()  # recorded scalars (replay.recorded); open sets a Recorder
+
+    def _capture(self):
+        """Stage the state for a snapshot; the recorded values of the entries it covers are made
+        durable first, as replay from it will not recompute them (replay.recorded)."""
+        self._recorder.write(sync=True)
+        return components.capture(self.state, self._replayer.kinds)
 
     # ------------------------------------------------------------------ properties
 
@@ -413,6 +421,7 @@ class Journal:
             drawn = self._rng_check.before()
             result = spec.call(self.state, replayed, inputs)
             self._rng_check.after(op, drawn)  # strict: raises, and the entry is rolled back
+            self._recorder.add(self.log.term, index, spec, result)  # a bad value: rolled back too
         except BaseException as exc:
             self._handler_failed = True
             self._roll_back(index, exc)
@@ -485,6 +494,7 @@ class Journal:
     def _flush(self) -> int:
         self._guards.check_usable()
         self._guards.guarded(self.log.flush)
+        self._recorder.write(sync=True)
         self._snapshotter.collect(block=False)
         return self._guards.collective(self._group.flush, self.log.durable_index)
 
@@ -544,6 +554,7 @@ class Journal:
             if self._guards.poison is None:
                 self._cadence.final(self._index, self._snapshot_on_close if snapshot is None else snapshot, strict)
                 self._guards.guarded(self.log.flush)
+                self._recorder.write(sync=True)
                 if together:
                     self._guards.collective(self._group.flush, self.log.durable_index)
                 self._replica.close(deadline, grace)  # one last round: the final snapshot too
@@ -576,6 +587,7 @@ class Journal:
         self._link.close()
         self._guards.preemption.closed()  # the previous signal handlers come back
         self._replica.release()  # before the log closes under it (idempotent after close's round)
+        self._recorder.close()  # what close did not write is lost, as in a crash: replay recomputes it
         self._snapshotter.close()
         try:
             self._resources.close()
