@@ -26,6 +26,8 @@ import torch
 
 import replay
 from replay.supervisor import layout
+from replay.ops import OpSpec
+from replay.recorded import Recorder
 from replay.supervisor.link import SupervisorLink
 
 from ._common import REPO, Workdir, finish, machine_info
@@ -93,7 +95,20 @@ def main(argv: list[str]) -> int:
             update_us = _per_call_us(lambda: (link.applying("noop", 7), link.applied(7)), args.n * 10)
         finally:
             link.close()
+        recorder = Recorder(work.new("recorded"))
+        recorder.path.parent.mkdir()
+        spec = OpSpec("step", 1, lambda state: None, record=("loss",))
+        indexes = iter(range(1, 10**9))
+        tensor, number = torch.tensor(0.25), 0.25
+        try:  # the recorder alone: the check, .item(), the buffered row and a share of one write per 1024
+            record_tensor_us = _per_call_us(lambda: recorder.add(1, next(indexes), spec, tensor), args.n * 10)
+            record_float_us = _per_call_us(lambda: recorder.add(1, next(indexes), spec, {"loss": number}),
+                                           args.n * 10)
+        finally:
+            recorder.close()
         results.update({
+            "recorder_add_us_tensor": round(record_tensor_us, 3),
+            "recorder_add_us_float_in_mapping": round(record_float_us, 3),
             "apply_us_without_supervisor": round(statistics.median(plain), 2),
             "apply_us_with_supervisor": round(statistics.median(linked), 2),
             "median_ratio": round(statistics.median(ratios), 3),
@@ -107,7 +122,8 @@ def main(argv: list[str]) -> int:
               f"{results['apply_us_with_supervisor']} us: median ratio {results['median_ratio']} "
               f"(rounds {results['ratios']}); the two heartbeat updates alone {update_us:.2f} us")
         print(f"apply with record=('loss',) (a 0-d tensor) {results['apply_us_with_record']} us: median ratio "
-              f"{results['record_median_ratio']} (rounds {results['record_ratios']})")
+              f"{results['record_median_ratio']} (rounds {results['record_ratios']}); the recorder alone "
+              f"{record_tensor_us:.2f} us per 0-d tensor, {record_float_us:.2f} us per float in a mapping")
     finally:
         work.close()
     finish(results, REPO / "bench" / "results" / "supervisor.json", started, time.time())

@@ -421,7 +421,8 @@ class Journal:
             drawn = self._rng_check.before()
             result = spec.call(self.state, replayed, inputs)
             self._rng_check.after(op, drawn)  # strict: raises, and the entry is rolled back
-            self._recorder.add(self.log.term, index, spec, result)  # a bad value: rolled back too
+            if spec.record:  # replay.recorded; a bad value is rolled back like the handler's exception
+                self._recorder.add(self.log.term, index, spec, result)
         except BaseException as exc:
             self._handler_failed = True
             self._roll_back(index, exc)
