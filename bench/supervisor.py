@@ -1,10 +1,15 @@
-"""The cost of `replay run`'s heartbeat on `Journal.apply`.
+"""The cost of `replay run`'s heartbeat, and of recorded scalars, on `Journal.apply`.
 
 A journal opened under `replay run` updates a mapped heartbeat file twice per apply (the
 op being applied, then the index applied): memory writes, no system call. This measures
 a no-op handler's apply in group mode with and without the link, in interleaved rounds
-in one process, and reports the median of per-round ratios; the link alone (two
-updates) is timed too.
+in one process, and reports the median of per-round ratios (and their spread); the link
+alone (two updates) is timed too.
+
+Recorded scalars (``@ops.op(record=("loss",))``, replay/recorded.py): the same no-op
+handler returning a 0-d tensor that is recorded, against the plain no-op, in the same
+rounds: the value's check and ``.item()``, the buffered row, and a share of one ``write``
+per 1024 entries.
 
 Run: ``python -m bench supervisor [--n N] [--rounds R]``. Results: bench/results/supervisor.json.
 """
@@ -21,6 +26,8 @@ import torch
 
 import replay
 from replay.supervisor import layout
+from replay.ops import OpSpec
+from replay.recorded import Recorder
 from replay.supervisor.link import SupervisorLink
 
 from ._common import REPO, Workdir, finish, machine_info
@@ -33,12 +40,13 @@ def _per_call_us(fn, n: int) -> float:
     return (time.perf_counter() - started) / n * 1e6
 
 
-def _apply_us(work: Workdir, supervised: bool, n: int) -> float:
+def _apply_us(work: Workdir, supervised: bool, n: int, record: bool = False) -> float:
     ops = replay.Ops()
+    loss = torch.tensor(0.25)
 
-    @ops.op
+    @ops.op(record=("loss",) if record else None)
     def noop(state, *, step):
-        pass
+        return loss if record else None
 
     path = work.new("journal")
     saved = {k: os.environ.get(k) for k in (layout.ENV_JOURNAL, layout.ENV_ATTEMPT)}
@@ -70,13 +78,16 @@ def main(argv: list[str]) -> int:
     work = Workdir(args.dir, "supervisor-")
     results = {"machine": machine_info(args.dir, ("replay",), torch=torch.__version__)}
     try:
-        plain, linked, ratios = [], [], []
+        plain, linked, recording, ratios, record_ratios = [], [], [], [], []
+        variants = ["plain", "supervised", "record"]
         for r in range(args.rounds):
-            order = (False, True) if r % 2 == 0 else (True, False)
-            got = {s: _apply_us(work, s, args.n) for s in order}
-            plain.append(got[False])
-            linked.append(got[True])
-            ratios.append(got[True] / got[False])
+            order = variants[r % 3:] + variants[:r % 3]  # each variant goes first in turn
+            got = {v: _apply_us(work, v == "supervised", args.n, record=v == "record") for v in order}
+            plain.append(got["plain"])
+            linked.append(got["supervised"])
+            recording.append(got["record"])
+            ratios.append(got["supervised"] / got["plain"])
+            record_ratios.append(got["record"] / got["plain"])
         records = work.new("records")
         records.mkdir()
         link = SupervisorLink(records, 1)
@@ -84,16 +95,35 @@ def main(argv: list[str]) -> int:
             update_us = _per_call_us(lambda: (link.applying("noop", 7), link.applied(7)), args.n * 10)
         finally:
             link.close()
+        recorder = Recorder(work.new("recorded"))
+        recorder.path.parent.mkdir()
+        spec = OpSpec("step", 1, lambda state: None, record=("loss",))
+        indexes = iter(range(1, 10**9))
+        tensor, number = torch.tensor(0.25), 0.25
+        try:  # the recorder alone: the check, .item(), the buffered row and a share of one write per 1024
+            record_tensor_us = _per_call_us(lambda: recorder.add(1, next(indexes), spec, tensor), args.n * 10)
+            record_float_us = _per_call_us(lambda: recorder.add(1, next(indexes), spec, {"loss": number}),
+                                           args.n * 10)
+        finally:
+            recorder.close()
         results.update({
+            "recorder_add_us_tensor": round(record_tensor_us, 3),
+            "recorder_add_us_float_in_mapping": round(record_float_us, 3),
             "apply_us_without_supervisor": round(statistics.median(plain), 2),
             "apply_us_with_supervisor": round(statistics.median(linked), 2),
             "median_ratio": round(statistics.median(ratios), 3),
             "ratios": [round(x, 3) for x in ratios],
             "heartbeat_updates_per_apply_us": round(update_us, 3),
+            "apply_us_with_record": round(statistics.median(recording), 2),
+            "record_median_ratio": round(statistics.median(record_ratios), 3),
+            "record_ratios": [round(x, 3) for x in record_ratios],
         })
         print(f"apply without supervisor {results['apply_us_without_supervisor']} us, with "
               f"{results['apply_us_with_supervisor']} us: median ratio {results['median_ratio']} "
               f"(rounds {results['ratios']}); the two heartbeat updates alone {update_us:.2f} us")
+        print(f"apply with record=('loss',) (a 0-d tensor) {results['apply_us_with_record']} us: median ratio "
+              f"{results['record_median_ratio']} (rounds {results['record_ratios']}); the recorder alone "
+              f"{record_tensor_us:.2f} us per 0-d tensor, {record_float_us:.2f} us per float in a mapping")
     finally:
         work.close()
     finish(results, REPO / "bench" / "results" / "supervisor.json", started, time.time())

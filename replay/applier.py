@@ -43,7 +43,7 @@ class Applier:
     collaborator is the journal's, handed over as the journal is built (replay.journal)."""
 
     def __init__(self, path, replayer, log, store, *, guards, snapshotter, cadence, group, replica, steps,
-                 rng_check, digest_every: int | None, index: int):
+                 rng_check, recorder, digest_every: int | None, index: int):
         self.path = path
         self.index = index  # the last applied entry (0 before the first)
         self.link = NoSupervisor()  # replay run's heartbeat and crash records (set by open when supervised)
@@ -59,6 +59,7 @@ class Applier:
         self._replica = replica
         self._steps = steps
         self._rng_check = rng_check
+        self.recorder = recorder  # recorded scalars (replay.recorded); the closing writes it too
         self._digest_every = digest_every
 
     def apply(self, op: str, inputs, payload: dict):
@@ -88,6 +89,8 @@ class Applier:
                 drawn = self._rng_check.before()
                 result = spec.call(self._state, replayed, inputs)
                 self._rng_check.after(op, drawn)  # strict: raises, and the entry is rolled back
+                if spec.record:  # replay.recorded; a bad value is rolled back like the handler's exception
+                    self.recorder.add(self._log.term, index, spec, result)
             except BaseException as exc:
                 handler_failed = True
                 self._roll_back(index, exc)

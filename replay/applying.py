@@ -78,7 +78,9 @@ class Applier:
             if INPUTS in payload:
                 raise PayloadRejectedError(op, f"{INPUTS!r} is reserved for unlogged inputs but the entry "
                                            "logs it as a payload key", entry.index)
-            if self._batched and spec.replay_batch is not None:
+            # A recording op's values are re-recorded entry by entry (replay.recorded), which
+            # a batched handler cannot give back: such an op replays one entry at a time.
+            if self._batched and spec.replay_batch is not None and not (spec.record and self._replayer.on_result):
                 # The run: following entries of the op, contiguous, at the handler's
                 # version and clean. Whatever ends it goes through the per-entry path
                 # below, which raises what sequential replay raises, after the run.
@@ -100,13 +102,15 @@ class Applier:
                     continue
             try:
                 if spec.rebuild is None:
-                    spec.handler(self._state, **payload)
+                    result = spec.handler(self._state, **payload)
                 else:
                     # Unlogged inputs are rebuilt from the payload (replay.ops): a rebuild
                     # that fails is as much this entry's failure as the handler's own.
-                    spec.call(self._state, payload, spec.inputs_for(payload))
+                    result = spec.call(self._state, payload, spec.inputs_for(payload))
             except Exception as exc:
                 raise HandlerError(entry.index, op, exc) from exc
+            if spec.record and self._replayer.on_result is not None:
+                self._replayer.on_result(entry.term, entry.index, spec, result)  # never fed back
             self._count(op, 1)
             self.next += 1
             i += 1

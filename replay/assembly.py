@@ -42,6 +42,7 @@ from .ranks.collectives import Collectives
 from .ranks.coordinator import Coordinator, compare_replicated, join, replicated_components, warn_about_bucket_rebuild
 from .recovery import Replayer
 from .replica.link import NoReplica, ReplicaLink
+from .recorded import NoRecorder, Recorder
 from .rng_check import GlobalRngCheck
 from .snapshotter import Snapshotter
 
@@ -159,20 +160,25 @@ def open_journal(cls, path, *, state, ops, snapshot, durability, deterministic, 
                                                                None if ranks is None else ranks.rank)
     restored = link.restore_if_empty(root if ranks is None else layout.rank_dir(root, ranks.rank))
     replayer = Replayer(ops, state, torch.device(device) if device is not None else None, kinds)
+    recorder = NoRecorder()
     try:
         if ranks is not None:
             root = join(ranks, root)
             replayer.on_digest = functools.partial(compare_replicated, ranks, state, replicated)  # invariant 13
         refuse_to_reinitialise(root)
         root.mkdir(parents=True, exist_ok=True)
+        recorder = Recorder(root)  # replay.recorded: each rank records its own, in its directory
+        replayer.on_result = recorder.replayed
         log, store, recovery, resources = open_and_recover(
             root, replayer, keep_last=keep_last, durability=durability, takeover=takeover,
             deterministic=deterministic, progress=progress, archive=archive, environment_policy=environment,
             keep_log=keep_log, ranks=ranks)
     except BaseException:
         link.release()
+        recorder.close()
         raise
     recovery.restored = restored
+    replayer.on_result = None  # a later rollback replays entries whose values are already recorded
     if ranks is None:
         agreed = Solo()
     else:
@@ -182,7 +188,7 @@ def open_journal(cls, path, *, state, ops, snapshot, durability, deterministic, 
     journal = cls(root, replayer, log, store, recovery, **journal_parts(
         root, replayer, log, store, recovery, resources, group=agreed, replica=link, policy=snapshot,
         digest_every=digest_every, keep_log=keep_log, async_snapshots=async_snapshots,
-        snapshot_on_close=snapshot_on_close, archived=archive is not None, rng_check=rng))
+        snapshot_on_close=snapshot_on_close, archived=archive is not None, rng_check=rng, recorder=recorder))
     if recovery.uncounted:
         warnings.warn(f"{root}: {recovery.uncounted} entries under a snapshot that predates step counts are no "
                       "longer in the log; journal.count() counts them as user entries (replay.counting)",
@@ -216,17 +222,27 @@ def open_journal(cls, path, *, state, ops, snapshot, durability, deterministic, 
 
 
 def journal_parts(root, replayer, log, store, recovery, resources, *, group, replica, policy, digest_every: int | None,
-                  keep_log: bool, async_snapshots: bool, snapshot_on_close: bool, archived: bool, rng_check) -> dict:
+                  keep_log: bool, async_snapshots: bool, snapshot_on_close: bool, archived: bool, rng_check,
+                  recorder=None) -> dict:
     """The Journal's parts (its keyword arguments), wired to each other: the opened `log` and
     `store` (`resources` releases them and the determinism guard) with the state already
     recovered per `recovery`; `group` is what the ranks agree through (replay.group),
-    `replica` the replica link (NoReplica or ReplicaLink), started once the journal is built."""
+    `replica` the replica link (NoReplica or ReplicaLink), started once the journal is built;
+    `recorder` keeps the scalars recording ops return (replay.recorded; None: nothing kept)."""
+    recorder = NoRecorder() if recorder is None else recorder
     guards = Guards(root)  # closed, poisoned, one thread, preemption
     clock = PolicyClock(policy)
     clock.add(len(recovery.replayed), 0, recovery.replay_seconds)
     steps = StepCounter(recovery.counts, recovery.uncounted)
+
+    def capture():
+        # The recorded values of the entries a snapshot covers are made durable first, as
+        # replay from it will not recompute them (replay.recorded).
+        recorder.write(sync=True)
+        return components.capture(replayer.state, replayer.kinds)
+
     snapshotter = Snapshotter(
-        root, log, store, lambda: components.capture(replayer.state, replayer.kinds), guards.guarded,
+        root, log, store, capture, guards.guarded,
         keep_log=keep_log, asynchronous=async_snapshots, counts=steps.by_op, archived=archived)
     if recovery.snapshot is not None:
         snapshotter.covered = recovery.snapshot_index
@@ -234,7 +250,7 @@ def journal_parts(root, replayer, log, store, recovery, resources, *, group, rep
     group.attach(snapshotter)
     cadence = Cadence(snapshotter, store, group, clock, guards.collective)
     applier = Applier(root, replayer, log, store, guards=guards, snapshotter=snapshotter, cadence=cadence,
-                      group=group, replica=replica, steps=steps, rng_check=rng_check, digest_every=digest_every,
+                      group=group, replica=replica, steps=steps, rng_check=rng_check, recorder=recorder, digest_every=digest_every,
                       index=recovery.replayed.stop - 1 if len(recovery.replayed) else recovery.snapshot_index)
     closer = Closer(guards=guards, applier=applier, cadence=cadence, snapshotter=snapshotter, group=group,
                     replica=replica, log=log, resources=resources, snapshot_on_close=snapshot_on_close)

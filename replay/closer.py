@@ -68,6 +68,7 @@ class Closer:
             if self._guards.poison is None:
                 self._cadence.final(index, self._snapshot_on_close if snapshot is None else snapshot, strict)
                 self._guards.guarded(self._log.flush)
+                self._applier.recorder.write(sync=True)
                 if together:
                     self._guards.collective(self._group.flush, self._log.durable_index)
                 self._replica.close(deadline, grace)  # one last round: the final snapshot too
@@ -91,6 +92,7 @@ class Closer:
         self.link.close()
         self._guards.preemption.closed()  # the previous signal handlers come back
         self._replica.release()  # before the log closes under it (idempotent after close's round)
+        self._applier.recorder.close()  # what close did not write is lost, as in a crash: replay recomputes it
         self._snapshotter.close()
         try:
             self._resources.close()

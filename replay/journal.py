@@ -311,6 +311,7 @@ class Journal:
         with self._guards.entered("flush"):
             self._guards.check_usable()
             self._guards.guarded(self.log.flush)
+            self._applier.recorder.write(sync=True)
             self._snapshotter.collect(block=False)
             durable = self._guards.collective(self._group.flush, self.log.durable_index)
             if replica:

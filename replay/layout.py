@@ -16,6 +16,7 @@ replay/supervisor/layout.py)::
       environment.json            the machine fingerprint written at creation (environment_file)
       replica.json                who this journal writes the replica's head.json as (replica_file)
       supervisor/                 `replay run`'s records (supervisor_dir)
+      recorded.jsonl              values the ops' handlers return, for stats and report (recorded_file)
 
     DIR/                          a multi-rank journal directory (group root)
       rank-<r>/                   rank r's journal: a journal directory as above (rank_dir), plus
@@ -42,6 +43,7 @@ MANIFESTS_DIR = "manifests"  # snapshots/FORMAT.md
 ENVIRONMENT_FILE = "environment.json"
 REPLICA_FILE = "replica.json"
 SUPERVISOR_DIR = "supervisor"
+RECORDED_FILE = "recorded.jsonl"  # replay/recorded.py
 RANK_FILE = "rank.json"
 ACK_FILE = "acknowledged.json"
 GROUP_DIR = "group"
@@ -82,6 +84,11 @@ def replica_file(journal_dir: str | os.PathLike) -> Path:
 def supervisor_dir(journal_dir: str | os.PathLike) -> Path:
     """DIR/supervisor: `replay run`'s records (replay/supervisor/layout.py)."""
     return Path(journal_dir) / SUPERVISOR_DIR
+
+
+def recorded_file(journal_dir: str | os.PathLike) -> Path:
+    """DIR/recorded.jsonl: the values ops record (replay/recorded.py)."""
+    return Path(journal_dir) / RECORDED_FILE
 
 
 def rank_dir(root: str | os.PathLike, rank: int) -> Path:

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from .envelope import RESERVED_PREFIX
 from .errors import PayloadRejectedError, UnknownOpError, VersionMismatchError
+from .recorded import record_names
 
 Handler = Callable[..., Any]
 Validator = Callable[[dict], Any]
@@ -53,6 +54,7 @@ class OpSpec:
     signature: inspect.Signature | None = field(default=None, compare=False)
     rebuild: Rebuild | None = None
     replay_batch: BatchHandler | None = None
+    record: tuple[str, ...] = ()  # names of the scalars the handler returns, recorded beside the log
 
     @property
     def takes_inputs(self) -> bool:
@@ -87,7 +89,7 @@ class Ops:
 
     def op(self, fn: Handler | None = None, *, name: str | None = None, version: int = 1,
            validate: Validator | None = None, inputs: Rebuild | None = None,
-           replay_batch: BatchHandler | None = None):
+           replay_batch: BatchHandler | None = None, record=None):
         """Register `fn` as the handler of op `name` (default: fn.__name__) at `version` (>= 1).
 
         `validate(payload)` runs before the entry is appended and must be cheap; it
@@ -110,7 +112,17 @@ class Ops:
         entry, with the state, that sequential replay gives (replay.recovery). TypeError
         when not callable; ValueError together with `inputs` (a run's unlogged inputs
         would have to be rebuilt inside it).
+
+        `record`: a name or a tuple of names of scalars the handler returns, stored beside
+        the entry (replay/recorded.py) for ``replay stats`` and ``replay report``, never
+        fed back into the state. The handler returns a mapping holding every name (other
+        keys ignored), or, with exactly one name, the value itself; a value is a real
+        number (not bool) or a 0-d tensor, finite or NaN. Otherwise the live apply raises
+        RecordedValueError naming op, index and field, and the entry is rolled back like a
+        handler's exception; on replay such a value is skipped with a warning. ValueError /
+        TypeError for bad names (replay.recorded.record_names).
         """
+        recorded = record_names(record)
         if inputs is not None and not callable(inputs):
             raise TypeError(f"inputs= must be a callable rebuild(**payload), got {type(inputs).__name__}")
         if replay_batch is not None and not callable(replay_batch):
@@ -129,7 +141,7 @@ class Ops:
                     raise ValueError(f"op {op_name!r}: the handler requires {INPUTS!r} (a reserved keyword, never "
                                      "logged) but no inputs= rebuild is registered, so replay could not call it; "
                                      "register @ops.op(inputs=rebuild) or give the parameter a default")
-            self._add(OpSpec(op_name, version, handler, validate, signature, inputs, replay_batch))
+            self._add(OpSpec(op_name, version, handler, validate, signature, inputs, replay_batch, recorded))
             return handler
 
         return register if fn is None else register(fn)

@@ -155,6 +155,9 @@ class Replayer:
         # Called with the index after each digest entry that matched (a multi-rank journal
         # compares its replicated components across ranks there: replay.ranks.coordinator).
         self.on_digest = None
+        # Called with (term, index, spec, result) after each replayed entry whose op records
+        # scalars (replay.recorded: recovery re-records what a crash lost; never fed back).
+        self.on_result = None
 
     def recover(self, log, store, *, at: int | None = None, progress: bool | None = None,
                 loaded: RecoveryReport | None = None) -> RecoveryReport:
@@ -307,9 +310,11 @@ class Replayer:
         try:
             # Unlogged inputs are rebuilt from the payload (replay.ops): a rebuild that
             # fails is as much this entry's failure as the handler's own.
-            spec.call(self.state, payload, spec.inputs_for(payload))
+            result = spec.call(self.state, payload, spec.inputs_for(payload))
         except Exception as exc:
             raise HandlerError(prepared.index, prepared.op, exc) from exc
+        if spec.record and self.on_result is not None:
+            self.on_result(prepared.term, prepared.index, spec, result)
         return False
 
     def _load_newest_snapshot(self, store, log, report: RecoveryReport, at: int | None) -> None:

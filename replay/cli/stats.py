@@ -71,6 +71,7 @@ def run(args, out: Output) -> int:
             pace.add(row.term, row.time_ns)
         snaps = snapshot_rows(src.store) if src.store is not None else []
         estimate = estimate_replay(log, src.store, pace, last).as_record()
+        recorded = _recorded(src.root, log) if src.store is not None else None
     data_file = src.log_path / "data.mdb"
     summary = {"section": "log", "path": str(src.log_path), "first_index": first, "live_first_index": live_first,
                "last_index": last,
@@ -94,6 +95,8 @@ def run(args, out: Output) -> int:
             out.record({"section": "replica", **shipped})
         if runs is not None:
             out.record({"section": "runs", **runs})
+        for metric in recorded["metrics"] if recorded is not None else ():
+            out.record({"section": "recorded", **metric})
         out.record({"section": "estimate", **estimate})
         return status
 
@@ -123,8 +126,43 @@ def run(args, out: Output) -> int:
         _show_replica(shipped, out)
     if runs is not None:
         _show_runs(runs, out)
+    if recorded is not None:
+        _show_recorded(recorded, out)
     out.line(estimate["text"])
     return status
+
+
+# ---- recorded scalars (replay/recorded.py): per metric count, first, last, min, max ----
+
+def _recorded(root, log) -> dict | None:
+    """The summary of the values ops recorded (None when none ever were); a file of another
+    format is reported, not raised."""
+    from replay.recorded import RecordedFileError, read_recorded
+
+    try:
+        found = read_recorded(root, log)
+    except RecordedFileError as exc:
+        return {"metrics": [], "skipped": 0, "stale": 0, "error": str(exc)}
+    if not found.series and not found.stale:
+        return None
+    metrics = [{k: (None if isinstance(v, float) and v != v else v) for k, v in m.items()} for m in found.summary()]
+    return {"metrics": metrics, "skipped": found.skipped, "stale": found.stale, "error": None}
+
+
+def _show_recorded(recorded: dict, out: Output) -> None:
+    if recorded["error"]:
+        out.line(f"recorded values: cannot be read: {recorded['error']}", style="bold red")
+        return
+    value = lambda v: "nan" if v is None else f"{v:.6g}"  # noqa: E731
+    out.table([Column("metric", "metric"), Column("count", "count", right=True),
+               Column("first", "first", value, right=True), Column("last", "last", value, right=True),
+               Column("min", "min", value, right=True), Column("max", "max", value, right=True),
+               Column("last_index", "last index", right=True)],
+              recorded["metrics"], title="recorded values (ops' record=; `replay report` plots them)")
+    dropped = [f"{recorded['stale']} of entries no longer in the log"] if recorded["stale"] else []
+    dropped += [f"{recorded['skipped']} unreadable line(s)"] if recorded["skipped"] else []
+    if dropped:
+        out.line(f"recorded values not shown: {', '.join(dropped)}")
 
 
 def _runs(root) -> dict | None:

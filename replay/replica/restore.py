@@ -24,6 +24,7 @@ from .chain import (ENVIRONMENT_KEY, SEGMENTS, MANIFESTS, chunk_key, parse_manif
 from .errors import ObjectNotFoundError, ObjectTooLargeError, ReplicaDamageError, RestoreTargetError
 from .head import HEAD_KEY, Record, read_head, write_record
 from .snapfiles import decode_manifest, fsync_dir
+from ..layout import SUPERVISOR_DIR
 
 MAX_ENVIRONMENT_BYTES = 1 << 20
 _FETCH = ".fetch"  # segment objects streamed to disk under the staging directory, mapped from there
@@ -131,7 +132,9 @@ def _check_target(directory) -> tuple[Path, Path, RestoreTargetError | None]:
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise RestoreTargetError(target, f"{target} exists and is not a directory: restore makes a new journal "
                                          "directory (name a missing or empty one)")
-    if target.is_dir() and any(target.iterdir()):
+    # `replay run DIR` creates DIR/supervisor/ before its job's Journal.open restores DIR on a
+    # new machine: its records alone do not make a journal, and they move into the restore.
+    if target.is_dir() and any(p.name != SUPERVISOR_DIR for p in target.iterdir()):
         raise RestoreTargetError(target, f"{target} is not empty: restore makes a new journal directory (it never "
                                          "overwrites a journal; name a missing or empty one)")
     staging = staging_dir(target)
@@ -187,6 +190,8 @@ def _needed(path: list, index: int) -> list:
 def _finish(staging: Path, target: Path) -> None:
     fsync_dir(str(staging))
     if target.is_dir():
+        if (target / SUPERVISOR_DIR).is_dir():  # replay run's records (checked: nothing else is there)
+            os.rename(target / SUPERVISOR_DIR, staging / SUPERVISOR_DIR)
         target.rmdir()  # empty (checked); a rename replaces an empty directory, but say so plainly
     os.rename(staging, target)
     fsync_dir(str(target.parent))

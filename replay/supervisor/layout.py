@@ -6,6 +6,8 @@
   removed when the next attempt starts (liveness, not a record).
 - ``crash-a<attempt>-p<pid>.json``: a crash record (records.py), written by the journal.
 - ``dump-a<attempt>-p<pid>.txt``: every thread's stack, written on the dump signal.
+- ``replica-a<attempt>-p<pid>.json``: a journal's replica lag, for ``--metrics``
+  (replica_status.py); removed when the next attempt starts (liveness, not a record).
 
 A child gets the environment variables below; `Journal.open` on the directory named by
 ``REPLAY_RUN_JOURNAL`` links itself to the supervisor (link.py). The job may read
@@ -44,8 +46,12 @@ def dump_path(records: Path, attempt: int, pid: int) -> Path:
     return records / f"dump-a{attempt}-p{pid}.txt"
 
 
+def replica_status_path(records: Path, attempt: int, pid: int) -> Path:
+    return records / f"replica-a{attempt}-p{pid}.json"
+
+
 def of_attempt(records: Path, kind: str, attempt: int) -> list[Path]:
-    """The `kind` ("heartbeat", "crash", "dump") files of `attempt`, in name order."""
+    """The `kind` ("heartbeat", "crash", "dump", "replica") files of `attempt`, in name order."""
     try:
         names = os.listdir(records)
     except FileNotFoundError:

@@ -24,6 +24,7 @@ from pathlib import Path
 from . import layout
 from .heartbeat import HeartbeatWriter
 from .records import write_crash
+from .replica_status import ReplicaStatusWriter
 
 DUMP_SIGNAL = signal.SIGRTMIN + 2 if hasattr(signal, "SIGRTMIN") else signal.SIGUSR2
 
@@ -47,6 +48,9 @@ class NoSupervisor:
                handler: bool = True) -> None:
         pass
 
+    def watch_replica(self, status) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -60,6 +64,8 @@ class SupervisorLink(NoSupervisor):
     def __init__(self, records: Path, attempt: int):
         pid = os.getpid()
         self._pid = pid
+        self._records, self._attempt = records, attempt
+        self._replica: ReplicaStatusWriter | None = None
         self._crash = layout.crash_path(records, attempt, pid)
         self._crash_written = False
         self._beat = HeartbeatWriter(layout.heartbeat_path(records, attempt, pid))
@@ -98,7 +104,15 @@ class SupervisorLink(NoSupervisor):
         except (OSError, ValueError, TypeError):
             pass
 
+    def watch_replica(self, status) -> None:
+        """Publish the replica's lag (`status()`: a ReplicaStatus) for the supervisor's --metrics."""
+        self._replica = ReplicaStatusWriter(layout.replica_status_path(self._records, self._attempt, self._pid),
+                                            status)
+
     def close(self) -> None:
+        if self._replica is not None:
+            self._replica.close()  # the journal's last shipping round is done: its final lag
+            self._replica = None
         self._beat.update("closed", 0)
         self._beat.close()
         if self._dump is not None and os.getpid() == self._pid:
@@ -177,6 +191,8 @@ def supervised_open(open_function):
         finally:
             _OPENING.reset(token)
         journal._link = link
+        if journal.replica_status is not None:
+            link.watch_replica(lambda: journal.replica_status)
         link.phase("idle", journal.index)
         return journal
 

@@ -39,6 +39,7 @@ from . import layout, records
 from .child import Child, dump_stacks, oom_kills
 from .heartbeat import Beat, read as read_heartbeat
 from .metrics import REFRESH as _REFRESH, MetricsFile
+from .replica_status import read as read_replica_status
 from .policy import Decision, Options, Outcome, backoff_delay, classify, decide
 from .vocabulary import FailureClass
 
@@ -142,6 +143,7 @@ class Supervisor:
         self._child: Child | None = None
         self._started_wall = time.time()
         self._metrics = MetricsFile(metrics) if metrics is not None else None  # ValueError without prometheus_client
+        self._attempt_number = 0  # the attempt running or just ended (whose replica status --metrics reads)
 
     def say(self, line: str) -> None:
         print(f"replay run: {line}", file=self._err, flush=True)
@@ -207,7 +209,8 @@ class Supervisor:
         return env
 
     def _attempt(self, attempt: int, last_class: str) -> tuple[Outcome, str | None]:
-        for path in self.records.glob("heartbeat-a*"):  # liveness of earlier attempts, not records
+        self._attempt_number = attempt
+        for path in [*self.records.glob("heartbeat-a*"), *self.records.glob("replica-a*")]:  # liveness, not records
             try:
                 path.unlink()
             except OSError:
@@ -281,8 +284,10 @@ class Supervisor:
             if not kw.get("force") and time.monotonic() - self._metrics._written < metrics_refresh():
                 return  # the durable index is read only when the file is due
             index = durable_index(self.journal_dir)
+        replica = [s for p in layout.of_attempt(self.records, "replica", self._attempt_number)
+                   if (s := read_replica_status(p)) is not None]
         try:
-            self._metrics.update(index=index, running=running, **kw)
+            self._metrics.update(index=index, running=running, replica=replica, **kw)
         except OSError as exc:
             self.say(f"cannot write --metrics {self._metrics.path}: {exc.strerror or exc}")
 

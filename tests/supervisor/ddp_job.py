@@ -41,13 +41,15 @@ def main():
     optim = torch.optim.SGD(model.parameters(), lr=0.05)
     ops = replay.Ops()
 
-    @ops.op
+    @ops.op(record=("loss",))  # each rank records its own loss, in its rank directory
     def train_step(state, *, seed):
         with replay.seeded_rng(seed):
             x = torch.randn(4, 8)
         state["optim"].zero_grad()
-        torch.nn.functional.mse_loss(state["model"](x), x.sum(1, keepdim=True)).backward()
+        loss = torch.nn.functional.mse_loss(state["model"](x), x.sum(1, keepdim=True))
+        loss.backward()
         state["optim"].step()
+        return loss.detach()
 
     try:
         with replay.Journal.open(directory, state={"model": model, "optim": optim}, ops=ops, group=dist.group.WORLD,

@@ -1,7 +1,7 @@
 """A small training job for tests/supervisor: run under `replay run`, misbehaving on purpose.
 
     python job.py DIR STEPS [--kill A:N ...] [--hang A:N] [--raise-at N] [--oom A:N]
-                            [--exit-after-open] [--preemption]
+                            [--exit-after-open] [--preemption] [--replica URL] [--step-seconds S]
 
 A:N means "on attempt A (REPLAY_RUN_ATTEMPT), at step N". At the end it writes
 DIR/final.json with the state's bytes (hex), and prints the recovery report.
@@ -59,6 +59,8 @@ def main():
     p.add_argument("--preemption", action="store_true")
     p.add_argument("--ready", default=None, help="a file to create once step READY_AT is applied")
     p.add_argument("--ready-at", type=int, default=3)
+    p.add_argument("--replica", default=None, help="a replica URL (file://...)")
+    p.add_argument("--step-seconds", type=float, default=0.0, help="sleep after each step")
     args = p.parse_args()
     attempt = int(os.environ.get("REPLAY_RUN_ATTEMPT", "0"))
     print(f"job: attempt {attempt} last-class {os.environ.get('REPLAY_RUN_LAST_CLASS', '')!r} "
@@ -66,7 +68,8 @@ def main():
     state = {"w": torch.zeros(16)}
     preemption = replay.Preemption() if args.preemption else None
     with replay.Journal.open(args.dir, state=state, ops=ops, snapshot=replay.Every(entries=4), durability="sync",
-                             environment="ignore", preemption=preemption) as journal:
+                             environment="ignore", preemption=preemption, replica=args.replica,
+                             ship_interval=0.2) as journal:
         print(f"job: replayed {journal.recovery.entries_replayed} from index {journal.index}", flush=True)
         if args.exit_after_open:
             sys.exit(3)
@@ -79,6 +82,8 @@ def main():
             journal.apply("step", seed=n, raise_here=args.raise_at == n, oom_here=attempt_step(args.oom, attempt, n))
             if args.ready and n == args.ready_at:
                 open(args.ready, "w").close()
+            if args.step_seconds:
+                time.sleep(args.step_seconds)
             if args.preemption:
                 time.sleep(0.05)  # a step that takes a while: the preemption lands between steps
     with open(os.path.join(args.dir, "final.json"), "w") as f:

@@ -62,6 +62,7 @@ def test_sigkilled_job_is_restarted_and_ends_bit_identical(tmp_path):
     assert 'replay_run_attempts_total{class="crashed"} 2.0' in text, text
     assert 'replay_run_attempts_total{class="finished"} 1.0' in text and "replay_run_up 0.0" in text
     assert "replay_run_durable_index 2" in text  # 20 steps plus digests/snapshot records: at least 20
+    assert "replay_run_replica" not in text  # no replica configured: no replica gauges
     assert final(tmp_path / "j") == reference(20)
     got = attempts(tmp_path / "j")
     assert [a["class"] for a in got] == ["crashed", "crashed", "finished"]

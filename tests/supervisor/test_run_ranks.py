@@ -50,6 +50,25 @@ def test_a_killed_rank_restarts_the_group_and_it_ends_bit_identical(tmp_path, un
     got = attempts(tmp_path / "j")
     assert [a["class"] for a in got] == ["crashed", "finished"], got
     assert got[0]["index_end"] > 0  # the group's durable index (min over ranks) moved before the kill
+    # Each rank recorded its own losses (seeds differ by rank), every step once in the log's
+    # view, the killed rank's lost tail recomputed by the restarted group's replay.
+    from eventlog import EventLog
+    from replay import layout
+    from replay.recorded import read_recorded
+
+    losses = []
+    for rank in (0, 1):
+        rank_dir = layout.rank_dir(tmp_path / "j", rank)
+        with EventLog.open(layout.log_dir(rank_dir), readonly=True) as log:
+            headers = [h.index for h in log.headers(verify=False) if h.op == "train_step"]
+            series = read_recorded(rank_dir, log).series["loss"]
+        assert [i for i, _ in series] == headers and len(headers) == STEPS
+        losses.append([v for _, v in series])
+    assert losses[0] != losses[1]
+    page = subprocess.run([sys.executable, "-m", "replay", "report", str(tmp_path / "j"), "--rank", "1", "--out",
+                           str(tmp_path / "r.html")], capture_output=True, text=True, timeout=120, env=env(), cwd=ROOT)
+    assert page.returncode == 0, page.stderr
+    assert "(rank 1)" in (tmp_path / "r.html").read_text() and 'alt="metric loss"' in (tmp_path / "r.html").read_text()
 
 
 def test_a_hung_rank_is_dumped_and_the_group_restarted(tmp_path, uninterrupted):
