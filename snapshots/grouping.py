@@ -4,12 +4,18 @@ This is the transform FORMAT.md ("Chunk file", CODEC_STREAMS) describes: a chunk
 bytes with group width w is stored as w runs of n/w bytes, run j holding byte j (little
 endian significance) of every element. Grouping puts the exponent bytes of floats side
 by side, which is what makes them compressible. `group` runs on save, `ungroup` on load.
+
+Both use c-blosc2's SIMD shuffle when the optional blosc2 distribution is installed
+(`blosc.native`: one GIL-free call per chunk, 2.4-3.3x less CPU to ungroup than numpy),
+else the torch and numpy passes below. The bytes are the same either way.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from .blosc import MAX_CALL, native
 
 
 # Integer dtypes whose shifts group a whole chunk in a few vectorized torch passes (save).
@@ -29,7 +35,11 @@ _WORDS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 def group(raw: torch.Tensor, width: int, out: torch.Tensor, tmp: torch.Tensor | None = None) -> torch.Tensor:
     """Write byte `j` of every `width`-byte element of `raw` into the j-th run of `out`.
-    `tmp`, if given, is scratch space of at least `raw`'s size (else one is allocated)."""
+    `tmp`, if given, is scratch space of at least `raw`'s size (else one is allocated).
+    `raw` and `out` are contiguous uint8 CPU tensors of equal size, a multiple of `width`."""
+    if _native_fits(raw, width, out):
+        native().shuffle(width, raw.numel(), raw.data_ptr(), out.data_ptr())
+        return out
     rows = out.view(width, -1)
     if width in _SHIFT_TYPES:
         # Byte j of a little-endian integer is (x >> 8j) narrowed to uint8 (a narrowing copy
@@ -50,7 +60,11 @@ def group(raw: torch.Tensor, width: int, out: torch.Tensor, tmp: torch.Tensor | 
 
 def ungroup(grouped: torch.Tensor, width: int, out: torch.Tensor) -> torch.Tensor:
     """Invert `group`: interleave the `width` runs of `grouped` back into `out`, writing
-    nothing else (`out` may be a live tensor's bytes, at any alignment)."""
+    nothing else (`out` may be a live tensor's bytes, at any alignment). Both are uint8
+    CPU tensors of equal size, a multiple of `width`; `grouped` is contiguous."""
+    if _native_fits(grouped, width, out):
+        native().unshuffle(width, grouped.numel(), grouped.data_ptr(), out.data_ptr())
+        return out
     rows = grouped.numpy().reshape(width, -1)
     if width in _WORDS:
         # Horner over the bytes, most significant first: x = (x << 8) | byte, in place.
@@ -64,3 +78,10 @@ def ungroup(grouped: torch.Tensor, width: int, out: torch.Tensor) -> torch.Tenso
     for j in range(width):
         elements[:, j] = rows[j]
     return out
+
+
+def _native_fits(src: torch.Tensor, width: int, dst: torch.Tensor) -> bool:
+    """Whether blosc2's shuffle is installed and takes this call: both buffers contiguous
+    on the CPU, a width it groups by, a size within its int32 bound."""
+    return (width > 1 and 0 < src.numel() < MAX_CALL and src.device.type == dst.device.type == "cpu"
+            and src.is_contiguous() and dst.is_contiguous() and native() is not None)
