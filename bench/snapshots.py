@@ -2,6 +2,7 @@
 
     python -m bench snapshots [--mb 256] [--dir DIR] [--chunk-mb 4] [--level 1] [--out PATH]
     python -m bench snapshots --hot [--mb 256] [--repeat 9]   # the hot load_into row only
+    python -m bench snapshots --cold [--mb 1024] [--repeat 5] # the same, files evicted first
 
 One process, one state, every peer in the same run. The state is transformer-like:
 bf16 weight matrices, fp32 weight matrices (as master weights) and their fp32 Adam
@@ -33,6 +34,12 @@ is written under the key "hot_load_into" of the results file ("hot_load_into_non
 OMP_NUM_THREADS=1: the peer's `copy_` otherwise splits across two OpenMP threads that
 spin-wait for a core, and its time jumps between ~25 and ~200 ms from one process to
 the next (measured); one thread gives the peer its best, steady time.
+
+`--cold` is the same row with the files read from the disk: before every timed call,
+the snapshot's chunk files and the safetensors file are evicted from the page cache
+(fsync, then posix_fadvise(POSIX_FADV_DONTNEED) on each), so each side reads its bytes
+from the device, as a process restarting after its cache was recycled would. Written
+under "cold_load_into" ("cold_load_into_none" with `--compression none`).
 """
 
 from __future__ import annotations
@@ -180,9 +187,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help=f"interleaved rounds; rows report the median (default {DEFAULT_REPEAT})")
     p.add_argument("--compression", default="zstd", choices=COMPRESSIONS, help="the store's compression (--hot)")
     p.add_argument("--hot", action="store_true", help="only the hot load_into row (merged into the results file)")
+    p.add_argument("--cold", action="store_true", help="only the load_into row with the files evicted before each call")
     args = p.parse_args(argv)
     args.repeat = max(1, args.repeat)
-    if args.hot:
+    if args.hot or args.cold:
         return hot_main(args)
 
     started = time.perf_counter()
@@ -352,7 +360,7 @@ def run(args, work: Workdir) -> dict:
 
 def hot_main(args) -> int:
     started = time.perf_counter()
-    work = Workdir(args.dir or tempfile.gettempdir(), "bench-snapshots-hot-")
+    work = Workdir(args.dir or tempfile.gettempdir(), "bench-snapshots-cold-" if args.cold else "bench-snapshots-hot-")
     try:
         machine = machine_info(work.root, ("snapshots",), torch=torch.__version__)
         hot = hot_load_into(args, work)
@@ -362,15 +370,61 @@ def hot_main(args) -> int:
     hot["elapsed_s"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"benchmark": "snapshots"}
-    results["hot_load_into" if args.compression == "zstd" else f"hot_load_into_{args.compression}"] = hot
+    key = ("cold" if args.cold else "hot") + "_load_into" + ("" if args.compression == "zstd" else f"_{args.compression}")
+    results[key] = hot
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out} (key hot_load_into)")
+    print(f"\nwrote {out} (key {key})")
     return 0
 
 
+def evict(paths: list[str]) -> None:
+    """Drop the files' pages from the page cache (written back first: DONTNEED skips dirty pages)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def cached_fraction(paths: list[str]) -> float:
+    """The share of the files' pages in the page cache (mincore over a read-only mapping)."""
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    total = cached = 0
+    for path in paths:
+        size = os.path.getsize(path)
+        if size == 0:
+            continue
+        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vec = (ctypes.c_ubyte * pages)()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            if addr in (None, ctypes.c_void_p(-1).value):
+                return float("nan")
+            try:
+                if libc.mincore(addr, size, vec) != 0:
+                    return float("nan")
+            finally:
+                libc.munmap(addr, size)
+        finally:
+            os.close(fd)
+        total += pages
+        cached += sum(v & 1 for v in bytes(vec))
+    return cached / total if total else 0.0
+
+
 def hot_load_into(args, work: Workdir) -> dict:
-    """Reload a snapshot into the same live tensors, against safetensors into the same."""
+    """Reload a snapshot into the same live tensors, against safetensors into the same
+    (args.cold: with both sides' files evicted from the page cache before each call)."""
     from safetensors.torch import load_file, save_file
 
     print(f"building a ~{args.mb} MiB transformer-like state ...", flush=True)
@@ -394,34 +448,46 @@ def hot_load_into(args, work: Workdir) -> dict:
     def ours():
         store.load_into(info, live)
 
-    cases = [("safetensors load_file + copy_ into live", peer), ("ours: load_into (hot)", ours)]
-    wall: dict[str, list[float]] = {name: [] for name, _ in cases}
-    cpu: dict[str, list[float]] = {name: [] for name, _ in cases}
+    mine = "ours: load_into (cold)" if args.cold else "ours: load_into (hot)"
+    theirs = "safetensors load_file + copy_ into live"
+    files = [st_path] + [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(store.path, "chunks")) for f in fs]
+    cases = [(theirs, peer, [st_path]), (mine, ours, files[1:])]
+    wall: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+    cpu: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+    left_cached: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+    loads: list[float] = []
     peer()  # warm both: the page cache, and first-touch of anything lazily allocated
     ours()
     for _ in range(args.repeat):
-        for name, fn in cases:
+        loads.append(os.getloadavg()[0])
+        for name, fn, own in cases:
+            if args.cold:
+                evict(files)  # both sides' files, so neither evicts the other's mid-round
+                left_cached[name].append(cached_fraction(own))
             malloc_trim()
             c, t = time.process_time(), time.perf_counter()
             fn()
             wall[name].append(time.perf_counter() - t)
             cpu[name].append(time.process_time() - c)
     store.close()
-    ratios = [o / p for o, p in zip(wall["ours: load_into (hot)"], wall["safetensors load_file + copy_ into live"])]
-    cpu_ratios = [o / p for o, p in zip(cpu["ours: load_into (hot)"], cpu["safetensors load_file + copy_ into live"])]
+    ratios = [o / p for o, p in zip(wall[mine], wall[theirs])]
+    cpu_ratios = [o / p for o, p in zip(cpu[mine], cpu[theirs])]
     rows = {name: {"seconds": statistics.median(wall[name]), "cpu_seconds": statistics.median(cpu[name]),
-                   "mib_per_s": logical / statistics.median(wall[name]) / 2**20, "runs": wall[name], "cpu_runs": cpu[name]}
-            for name, _ in cases}
+                   "mib_per_s": logical / statistics.median(wall[name]) / 2**20, "runs": wall[name], "cpu_runs": cpu[name],
+                   **({"cached_after_evict": left_cached[name]} if args.cold else {})}
+            for name, _, _ in cases}
     for name, row in rows.items():
         print(f"  {name:<42} {row['seconds'] * 1e3:7.1f} ms wall, {row['cpu_seconds'] * 1e3:7.1f} ms CPU (medians of {args.repeat})")
     summary = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-               "cpu_median": statistics.median(cpu_ratios)}
+               "cpu_median": statistics.median(cpu_ratios), "loadavg_per_round": [round(x, 2) for x in loads]}
     print(f"  ours / peer, per round: median {summary['median']:.2f} (spread {summary['min']:.2f}-{summary['max']:.2f}),"
           f" CPU {summary['cpu_median']:.2f}; load average {os.getloadavg()[0]:.1f}")
     return {"config": {"mb": args.mb, "logical_bytes": logical, "chunk_size": chunk, "level": args.level, "compression": args.compression,
                        "repeat": args.repeat, "workers": store.workers, "bytes_stored": info.bytes_stored,
                        "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-                       "timing": "interleaved rounds into the same live tensors; ratio = median of per-round ratios"},
+                       "cold": args.cold,
+                       "timing": "interleaved rounds into the same live tensors; ratio = median of per-round ratios"
+                                 + ("; every file evicted (fsync + POSIX_FADV_DONTNEED) before each call" if args.cold else "")},
             "rows": rows, "ours_over_peer": summary}
 
 

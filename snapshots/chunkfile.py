@@ -1,4 +1,4 @@
-"""Chunk files: byte grouping, zstd, the raw flag, and hash-checked bounded decoding.
+"""Chunk files: byte grouping (`grouping`), zstd, the raw flag, and hash-checked bounded decoding.
 
 The byte layout is in FORMAT.md ("Chunk file"). A `ChunkCodec` is shared by the worker
 threads of one store; zstd contexts are not thread-safe, so each thread gets its own.
@@ -10,11 +10,11 @@ import os
 import struct
 import threading
 
-import numpy as np
 import torch
 import xxhash
 import zstandard
 
+from .grouping import group, ungroup
 from .safefile import UnsafeFileError, open_regular
 from .tensorbytes import buffer
 
@@ -60,60 +60,6 @@ class ChunkDecodeError(Exception):
 def chunk_id(raw: torch.Tensor) -> str:
     """xxh3-128 of a chunk's raw bytes (a flat uint8 CPU tensor) as 32 hex digits."""
     return xxhash.xxh3_128_hexdigest(buffer(raw))
-
-
-# Integer dtypes whose shifts group a whole chunk in a few vectorized torch passes (save).
-_SHIFT_TYPES = {2: torch.int16, 4: torch.int32}
-# Unsigned word types whose shifts ungroup a whole chunk in a few numpy passes (load).
-_WORDS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-
-# Why numpy, not torch, to ungroup: it runs on the store's worker threads, several at
-# once, and each torch op there forks its own OpenMP team over the same cores (a hot
-# load_into spent most of its CPU spinning in libgomp, measured with py-spy: 375 ms of
-# CPU for 256 MiB with torch, 175 ms with numpy). numpy's loops are single-threaded and
-# release the GIL, so the parallelism is the pool's, one chunk per thread. Shift-and-or
-# passes over whole words are SIMD; a strided byte copy (a transpose) measured 10-30x
-# slower. `group` (the save side) keeps torch: its cost there is small next to zstd
-# (equal CPU measured either way), and saves are another change's to tune.
-
-
-def group(raw: torch.Tensor, width: int, out: torch.Tensor, tmp: torch.Tensor | None = None) -> torch.Tensor:
-    """Write byte `j` of every `width`-byte element of `raw` into the j-th run of `out`.
-    `tmp`, if given, is scratch space of at least `raw`'s size (else one is allocated)."""
-    rows = out.view(width, -1)
-    if width in _SHIFT_TYPES:
-        # Byte j of a little-endian integer is (x >> 8j) narrowed to uint8 (a narrowing copy
-        # keeps the low byte), which torch vectorizes: 2-3x faster than strided byte copies.
-        words = raw.view(_SHIFT_TYPES[width])
-        shifted = (tmp[:raw.numel()] if tmp is not None else torch.empty_like(raw)).view(words.dtype)
-        rows[0].copy_(words)
-        for j in range(1, width):
-            torch.bitwise_right_shift(words, 8 * j, out=shifted)
-            rows[j].copy_(shifted)
-        return out
-    elements = raw.view(-1, width)
-    for j in range(width):
-        # One strided copy per byte position is several times faster than .t().contiguous().
-        rows[j].copy_(elements[:, j])
-    return out
-
-
-def ungroup(grouped: torch.Tensor, width: int, out: torch.Tensor) -> torch.Tensor:
-    """Invert `group`: interleave the `width` runs of `grouped` back into `out`, writing
-    nothing else (`out` may be a live tensor's bytes, at any alignment)."""
-    rows = grouped.numpy().reshape(width, -1)
-    if width in _WORDS:
-        # Horner over the bytes, most significant first: x = (x << 8) | byte, in place.
-        words = out.numpy().view(_WORDS[width])
-        np.copyto(words, rows[width - 1])
-        for j in range(width - 2, -1, -1):
-            np.left_shift(words, 8, out=words)
-            np.bitwise_or(words, rows[j], out=words)
-        return out
-    elements = out.numpy().reshape(-1, width)
-    for j in range(width):
-        elements[:, j] = rows[j]
-    return out
 
 
 class ChunkCodec:
