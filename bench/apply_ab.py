@@ -10,6 +10,8 @@ warm-up, `--blocks` blocks of `--n` applies, the fastest block's per-call time k
 (the least disturbed by the other load on the machine). Each round gives a ratio per
 kind (this tree / baseline); the report is the median ratio over rounds and its spread
 (min, max), with the median per-call times and the load average around each round.
+It also counts the Python-level calls per apply (sys.setprofile over 100 applies): a
+count, not a time, so it compares the two apply paths however loaded the machine is.
 
 Run: ``python -m bench apply_ab --baseline COMMIT [--rounds R] [--n N]``.
 Results: bench/results/apply_ab.json.
@@ -48,7 +50,13 @@ ops = replay.Ops()
 def noop(state, **_):
     pass
 
-out = {"replay_file": replay.__file__, "us": {}}
+out = {"replay_file": replay.__file__, "us": {}, "calls": {}}
+calls = [0]
+
+def count(frame, event, arg):
+    if event == "call":  # Python-level calls only: the call layers the apply path walks through
+        calls[0] += 1
+
 for kind in kinds:
     payload = payloads[kind]()
     with tempfile.TemporaryDirectory(dir=sys.argv[4]) as path:
@@ -63,6 +71,12 @@ for kind in kinds:
                     journal.apply("noop", **payload)
                 per_call = (time.perf_counter() - started) / n * 1e6
                 best = per_call if best is None else min(best, per_call)
+            calls[0] = 0
+            sys.setprofile(count)
+            for _ in range(100):
+                journal.apply("noop", **payload)
+            sys.setprofile(None)
+            out["calls"][kind] = calls[0] / 100
     out["us"][kind] = round(best, 3)
 print(json.dumps(out))
 """
@@ -89,7 +103,7 @@ def _run(tree: Path, n: int, blocks: int, scratch: Path) -> dict:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if not Path(result["replay_file"]).resolve().is_relative_to(tree.resolve()):
         raise RuntimeError(f"the child imported {result['replay_file']}, not the tree {tree}")
-    return result["us"]
+    return result
 
 
 def main(argv: list[str]) -> int:
@@ -113,23 +127,29 @@ def main(argv: list[str]) -> int:
             load = os.getloadavg()[0]
             row = {"order": list(order), "loadavg_1m_before": round(load, 2)}
             for name in order:
-                row[name] = _run(trees[name], args.n, args.blocks, Path(scratch))
+                measured = _run(trees[name], args.n, args.blocks, Path(scratch))
+                row[name] = measured["us"]
+                row[f"{name}_py_calls_per_apply"] = measured["calls"]
             row["ratio"] = {k: round(row["this"][k] / row["baseline"][k], 4) for k in KINDS}
             row["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
             results["rounds"].append(row)
             print(f"round {r + 1}/{args.rounds} load {load:.1f}: "
                   + "  ".join(f"{k} {row['this'][k]:.1f}/{row['baseline'][k]:.1f} us" for k in KINDS), flush=True)
     summary = {}
-    print(f"{'payload':<14} {'this us':>9} {'base us':>9} {'ratio (median)':>15} {'min':>7} {'max':>7}")
+    print(f"{'payload':<14} {'this us':>9} {'base us':>9} {'ratio (median)':>15} {'min':>7} {'max':>7} "
+          f"{'py calls/apply this, base':>26}")
     for kind in KINDS:
         ratios = [row["ratio"][kind] for row in results["rounds"]]
         summary[kind] = {"this_us_median": statistics.median(row["this"][kind] for row in results["rounds"]),
                          "baseline_us_median": statistics.median(row["baseline"][kind] for row in results["rounds"]),
                          "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
-                         "ratio_max": max(ratios)}
+                         "ratio_max": max(ratios),
+                         "this_py_calls_per_apply": results["rounds"][-1]["this_py_calls_per_apply"][kind],
+                         "baseline_py_calls_per_apply": results["rounds"][-1]["baseline_py_calls_per_apply"][kind]}
         s = summary[kind]
         print(f"{kind:<14} {s['this_us_median']:>9.1f} {s['baseline_us_median']:>9.1f} {s['ratio_median']:>15.3f} "
-              f"{s['ratio_min']:>7.3f} {s['ratio_max']:>7.3f}")
+              f"{s['ratio_min']:>7.3f} {s['ratio_max']:>7.3f} "
+              f"{s['this_py_calls_per_apply']:>14.1f}, {s['baseline_py_calls_per_apply']:.1f}")
     results["summary"] = summary
     finish(results, REPO / "bench" / "results" / "apply_ab.json", started, time.time())
     return 0
