@@ -29,6 +29,7 @@ class Prepared(NamedTuple):
     op: str
     version: int
     payload: dict[str, Any]
+    checksum: int = 0  # the entry's chained checksum (eventlog)
 
 
 def prepare(entries: list, device: torch.device | None) -> tuple[list[Prepared], BaseException | None]:
@@ -42,7 +43,7 @@ def prepare(entries: list, device: torch.device | None) -> tuple[list[Prepared],
             version, payload = unwrap(entry.index, entry.op, entry.payload)
             if device is not None and entry.op not in ENGINE_OPS:
                 payload = to_device(payload, device)
-            append(Prepared(entry.index, entry.term, entry.op, version, payload))
+            append(Prepared(entry.index, entry.term, entry.op, version, payload, entry.checksum))
     except Exception as exc:  # noqa: BLE001 - handed to the consumer at this position
         return out, exc
     return out, None
