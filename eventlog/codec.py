@@ -30,6 +30,7 @@ _DTYPE_NAMES = {
 }
 
 _SHAPE_DIM = struct.Struct(">Q")
+_SHAPES = tuple(struct.Struct(f">{n}Q") for n in range(MAX_NDIM + 1))  # a tensor's whole shape in one unpack
 
 if sys.byteorder != "little":  # pragma: no cover - no big-endian torch builds in use
     raise ImportError("eventlog stores tensors little-endian and supports little-endian hosts only")
@@ -41,6 +42,7 @@ class _DtypeTables:
     torch = None
     code_of: dict = {}
     dtype_of: dict = {}
+    itemsize_of: dict = {}  # code -> bytes per element
 
     @classmethod
     def load(cls):
@@ -52,6 +54,7 @@ class _DtypeTables:
                 if dtype is not None:
                     cls.code_of[dtype] = code
                     cls.dtype_of[code] = dtype
+                    cls.itemsize_of[code] = dtype.itemsize
             cls.torch = torch
         return cls.torch
 
@@ -86,7 +89,7 @@ def encode_tensor(t) -> bytes:
 
 def decode_tensor(body: bytes):
     """A fresh, writable CPU tensor from an ext-1 body. ValueError names what is malformed."""
-    torch = _DtypeTables.load()
+    torch = _DtypeTables.torch or _DtypeTables.load()
     if len(body) < 3:
         raise ValueError("tensor ext is shorter than its 3-byte header")
     version, code, ndim = body[0], body[1], body[2]
@@ -100,17 +103,16 @@ def decode_tensor(body: bytes):
     data_at = 3 + 8 * ndim
     if len(body) < data_at:
         raise ValueError("tensor ext is shorter than its shape")
-    shape = [_SHAPE_DIM.unpack_from(body, 3 + 8 * k)[0] for k in range(ndim)]
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    expected = math.prod(shape) * itemsize
+    shape = _SHAPES[ndim].unpack_from(body, 3)
+    expected = math.prod(shape) * _DtypeTables.itemsize_of[code]
     if expected != len(body) - data_at:
         # Checked before allocating: a hostile shape cannot make us allocate more than
         # the value actually holds.
         raise ValueError(f"tensor of shape {shape} and dtype {dtype} needs {expected} bytes, ext holds {len(body) - data_at}")
     if expected == 0:
         return torch.empty(shape, dtype=dtype)
-    buf = bytearray(memoryview(body)[data_at:])
-    return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(shape)
+    buf = bytearray(memoryview(body)[data_at:])  # writable and owned by the tensor
+    return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
 def _default(obj: Any):

@@ -18,7 +18,7 @@ from .components import to_device
 from .envelope import ENGINE_OPS, unwrap
 
 _DONE = object()
-BATCH = 256  # entries per batch handed to the replayer (and per queue hand-off)
+BATCH = 64  # entries per batch handed to the replayer (and per queue hand-off); few, so they die young
 
 
 class Prepared(NamedTuple):
