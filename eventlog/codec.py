@@ -30,6 +30,7 @@ _DTYPE_NAMES = {
 }
 
 _SHAPE_DIM = struct.Struct(">Q")
+_SHAPES = tuple(struct.Struct(f">{n}Q") for n in range(MAX_NDIM + 1))  # a tensor's whole shape in one unpack
 
 if sys.byteorder != "little":  # pragma: no cover - no big-endian torch builds in use
     raise ImportError("eventlog stores tensors little-endian and supports little-endian hosts only")
@@ -41,6 +42,7 @@ class _DtypeTables:
     torch = None
     code_of: dict = {}
     dtype_of: dict = {}
+    itemsize_of: dict = {}  # code -> bytes per element
 
     @classmethod
     def load(cls):
@@ -52,6 +54,7 @@ class _DtypeTables:
                 if dtype is not None:
                     cls.code_of[dtype] = code
                     cls.dtype_of[code] = dtype
+                    cls.itemsize_of[code] = dtype.itemsize
             cls.torch = torch
         return cls.torch
 
@@ -86,7 +89,7 @@ def encode_tensor(t) -> bytes:
 
 def decode_tensor(body: bytes):
     """A fresh, writable CPU tensor from an ext-1 body. ValueError names what is malformed."""
-    torch = _DtypeTables.load()
+    torch = _DtypeTables.torch or _DtypeTables.load()
     if len(body) < 3:
         raise ValueError("tensor ext is shorter than its 3-byte header")
     version, code, ndim = body[0], body[1], body[2]
@@ -100,17 +103,16 @@ def decode_tensor(body: bytes):
     data_at = 3 + 8 * ndim
     if len(body) < data_at:
         raise ValueError("tensor ext is shorter than its shape")
-    shape = [_SHAPE_DIM.unpack_from(body, 3 + 8 * k)[0] for k in range(ndim)]
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    expected = math.prod(shape) * itemsize
+    shape = _SHAPES[ndim].unpack_from(body, 3)
+    expected = math.prod(shape) * _DtypeTables.itemsize_of[code]
     if expected != len(body) - data_at:
         # Checked before allocating: a hostile shape cannot make us allocate more than
         # the value actually holds.
         raise ValueError(f"tensor of shape {shape} and dtype {dtype} needs {expected} bytes, ext holds {len(body) - data_at}")
     if expected == 0:
         return torch.empty(shape, dtype=dtype)
-    buf = bytearray(memoryview(body)[data_at:])
-    return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(shape)
+    buf = bytearray(memoryview(body)[data_at:])  # writable and owned by the tensor
+    return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
 def _default(obj: Any):
@@ -167,46 +169,16 @@ def decode_payload(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook, use_list=True)
 
 
-class PayloadDecoder:
-    """`decode_payload` for many payloads in a row: one msgpack.Unpacker, fed each payload.
-
-    Same values and the same errors class by class as `decode_payload` (a payload with
-    bytes after its document, or cut short, raises ValueError or msgpack's error and the
-    unpacker is replaced, so one bad payload never leaks into the next). Payloads over
-    REUSE_LIMIT go to `decode_payload` (no unpacker buffer grows to their size). Not
-    thread-safe: one per reading loop.
-    """
-
-    REUSE_LIMIT = 2**20
-
-    def __init__(self):
-        self._renew()
-
-    def _renew(self) -> None:
-        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_ext_hook, use_list=True,
-                                          max_buffer_size=2 * self.REUSE_LIMIT)
-        self._fed = 0
-
-    def __call__(self, data) -> Any:
-        if len(data) > self.REUSE_LIMIT:
-            return decode_payload(data)
-        unpacker = self._unpacker
-        unpacker.feed(data)
-        self._fed += len(data)
-        try:
-            value = unpacker.unpack()
-        except BaseException:
-            self._renew()
-            raise
-        if unpacker.tell() != self._fed:
-            self._renew()
-            raise ValueError("payload has bytes after its msgpack document")
-        return value
+REUSE_LIMIT = 2**20  # payloads up to this size may go through one reused Unpacker
 
 
-def payload_decoder() -> PayloadDecoder:
-    """A fresh PayloadDecoder (one per batch or per reading loop)."""
-    return PayloadDecoder()
+def payload_unpacker() -> msgpack.Unpacker:
+    """An Unpacker decoding as `decode_payload` does, for a loop that feeds it one payload at
+    a time (each at most REUSE_LIMIT bytes) and checks that `tell()` advanced by exactly
+    that payload's size: one decoder for many payloads costs a fraction of `unpackb`'s
+    setup per call. After any error it must be replaced (it may hold the bad bytes)."""
+    return msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_ext_hook, use_list=True,
+                            max_buffer_size=2 * REUSE_LIMIT)
 
 
 _SCALARS = (type(None), bool, float, str, bytes, bytearray)

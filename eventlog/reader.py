@@ -16,6 +16,7 @@ from .storage import Storage
 
 READ_BATCH = 1024  # entries per read transaction: readers never pin pages for long
 READ_BATCH_BYTES = 4 * 2**20  # ... and at most this many bytes copied out of the map
+DECODE_CHUNK = 64  # entries decoded ahead of the consumer
 
 
 class View(Protocol):
@@ -189,10 +190,15 @@ class Reader:
             if decode is _decode_entry:
                 # The whole batch in one tight loop (record.decode_entries): the same
                 # checks and errors, a fraction of the calls per entry.
-                entries, error = record.decode_entries(batch, seed)
-                yield from entries
-                if error is not None:
-                    raise error
+                # A few at a time: the entries a consumer holds at once stay young, so the
+                # garbage collector's passes stay short (decoding a whole batch before
+                # yielding the first made the collector promote and rescan thousands).
+                for at in range(0, len(batch), DECODE_CHUNK):
+                    entries, error = record.decode_entries(batch[at:at + DECODE_CHUNK], seed)
+                    yield from entries
+                    if error is not None:
+                        raise error
+                    seed = entries[-1].checksum
             elif decode is _decode_header_unverified:
                 heads, error = record.decode_heads(batch)
                 yield from heads

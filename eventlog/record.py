@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import xxhash
 
-from .codec import decode_payload, payload_decoder
+from .codec import REUSE_LIMIT, decode_payload, payload_unpacker
 from .errors import CorruptEntryError
 
 ENTRY_VERSION = 1
@@ -202,7 +202,9 @@ def decode_entries(batch, seed: int) -> tuple[list[Entry], BaseException | None]
     unpack = HEADER.unpack_from
     pack_key = KEY.pack
     ops = _OP_TEXT
-    decode = payload_decoder()
+    new = tuple.__new__  # Entry's own __new__ is a Python function: one call more per entry
+    unpacker = payload_unpacker()
+    fed = 0
     for index, value, _ in batch:
         if isinstance(value, BaseException):
             return out, value
@@ -211,7 +213,7 @@ def decode_entries(batch, seed: int) -> tuple[list[Entry], BaseException | None]
             start = HEADER_SIZE + op_len
             if version != ENTRY_VERSION or flags or len(value) != start + payload_len:
                 raise _Slow
-            if len(value) <= _HASH_COPY_LIMIT:
+            if payload_len <= _HASH_COPY_LIMIT:
                 if _xxh3_64(pack_key(index) + value[:CHECKSUM_AT] + value[HEADER_SIZE:], seed) != checksum:
                     raise _Slow
             else:
@@ -221,10 +223,18 @@ def decode_entries(batch, seed: int) -> tuple[list[Entry], BaseException | None]
                 op = _op_text(index, value, op_len)
                 if len(ops) < _OP_CACHE_LIMIT:
                     ops[bytes(value[HEADER_SIZE:start])] = op
-            payload = decode(value[start:])
+            if payload_len > REUSE_LIMIT:
+                payload = decode_payload(value[start:])
+            else:
+                unpacker.feed(value[start:])
+                fed += payload_len
+                payload = unpacker.unpack()
+                if unpacker.tell() != fed:
+                    raise _Slow  # bytes after the document
         except CorruptEntryError as exc:
             return out, exc
         except Exception:  # noqa: BLE001 - the per-entry path names what is wrong (a short value, bad msgpack...)
+            unpacker, fed = payload_unpacker(), 0  # it may hold a bad payload's bytes
             try:
                 entry = decode_entry(index, value, seed)
             except CorruptEntryError as exc:
@@ -232,7 +242,7 @@ def decode_entries(batch, seed: int) -> tuple[list[Entry], BaseException | None]
             append(entry)
             seed = entry.checksum
             continue
-        append(Entry(index, term, op, payload, time_ns, checksum))
+        append(new(Entry, (index, term, op, payload, time_ns, checksum)))
         seed = checksum
     return out, None
 

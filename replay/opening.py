@@ -59,7 +59,8 @@ def open_and_recover(root: Path, replayer: Replayer, *, keep_last: int, durabili
             log, store, loaded, changed = _open_parts(opened, root, replayer, keep_last=keep_last,
                                                       durability=durability, takeover=takeover,
                                                       deterministic=deterministic, archive=archive,
-                                                      environment_policy=environment_policy, keep_log=keep_log)
+                                                      environment_policy=environment_policy, keep_log=keep_log,
+                                                      progress=progress)
             recovery = replayer.recover(log, store, progress=progress, loaded=loaded)
         else:
             error = None
@@ -79,7 +80,7 @@ def open_and_recover(root: Path, replayer: Replayer, *, keep_last: int, durabili
 
 def _open_parts(opened: contextlib.ExitStack, root: Path, replayer: Replayer, *, keep_last: int, durability: str,
                 takeover: bool, deterministic: bool, archive: Archive | None, environment_policy: str,
-                keep_log: bool, preflight: bool = True):
+                keep_log: bool, preflight: bool = True, progress: bool | None = None):
     """(log, store, the preflight's report or None, environment differences), each registered on `opened`."""
     if deterministic:
         guard = DeterministicGuard(any(isinstance(t, torch.Tensor) and t.is_cuda
@@ -95,7 +96,7 @@ def _open_parts(opened: contextlib.ExitStack, root: Path, replayer: Replayer, *,
     opened.callback(store.close)
     log_dir = layout.log_dir(root)
     if preflight:
-        loaded = _preflight(log_dir, store, replayer, takeover)
+        loaded = _preflight(log_dir, store, replayer, takeover, progress)
     else:
         loaded = None
         if not takeover:
@@ -133,7 +134,8 @@ def compare_environment(root: Path, current: dict, policy: str) -> tuple[list[st
     return changed, created
 
 
-def _preflight(log_dir: Path, store, replayer: Replayer, takeover: bool) -> RecoveryReport | None:
+def _preflight(log_dir: Path, store, replayer: Replayer, takeover: bool,
+               progress: bool | None = None) -> RecoveryReport | None:
     """Recovery's checks against a readonly view of an existing log (invariant 7); None for a new journal."""
     if not takeover:
         refuse_live_writer(log_dir, "close it there first, or open with takeover=True to fence a hung writer")
@@ -142,7 +144,7 @@ def _preflight(log_dir: Path, store, replayer: Replayer, takeover: bool) -> Reco
     except FormatError:
         return None  # no log yet, or its creation never completed: nothing was ever written
     with reader:
-        return replayer.preflight(reader, store)
+        return replayer.preflight(reader, store, progress)
 
 
 def refuse_to_reinitialise(root: Path) -> None:

@@ -18,7 +18,7 @@ from .components import to_device
 from .envelope import ENGINE_OPS, unwrap
 
 _DONE = object()
-BATCH = 256  # entries per batch handed to the replayer (and per queue hand-off)
+BATCH = 64  # entries per batch handed to the replayer (and per queue hand-off); few, so they die young
 
 
 class Prepared(NamedTuple):
@@ -29,6 +29,7 @@ class Prepared(NamedTuple):
     op: str
     version: int
     payload: dict[str, Any]
+    checksum: int = 0  # the entry's chained checksum (eventlog)
 
 
 def prepare(entries: list, device: torch.device | None) -> tuple[list[Prepared], BaseException | None]:
@@ -37,12 +38,13 @@ def prepare(entries: list, device: torch.device | None) -> tuple[list[Prepared],
     tensors stay where the codec put them (CPU)."""
     out: list[Prepared] = []
     append = out.append
+    new = tuple.__new__  # Prepared's own __new__ is a Python function: one call more per entry
     try:
-        for entry in entries:
-            version, payload = unwrap(entry.index, entry.op, entry.payload)
-            if device is not None and entry.op not in ENGINE_OPS:
+        for index, term, op, stored, _, checksum in entries:
+            version, payload = unwrap(index, op, stored)
+            if device is not None and op not in ENGINE_OPS:
                 payload = to_device(payload, device)
-            append(Prepared(entry.index, entry.term, entry.op, version, payload))
+            append(new(Prepared, (index, term, op, version, payload, checksum)))
     except Exception as exc:  # noqa: BLE001 - handed to the consumer at this position
         return out, exc
     return out, None

@@ -48,7 +48,9 @@ class RecoveryReport:
     durable on every rank; replay.ranks.recovery), None for a single-rank journal.
     truncated: (index, op) of this rank's entries above the cut, dropped by recovery.
     restored: the replay.replica RestoreReport when open first restored the directory
-    from its replica (a new machine), else None.
+    from its replica (a new machine), else None. through: (index, chained checksum) of
+    the log entry the recovered state ends at (None before recovery), which is how a
+    recovery resumes a preflight's (equal checksums: the same history up to there).
     """
 
     snapshot: Any = None
@@ -64,6 +66,7 @@ class RecoveryReport:
     counts: dict[str, int] = field(default_factory=dict)
     uncounted: int = 0
     environment: list[str] = field(default_factory=list)
+    through: tuple[int, int] | None = field(default=None, repr=False)
 
     @property
     def entries_replayed(self) -> int:
@@ -173,22 +176,24 @@ class Replayer:
         every loadable snapshot, or the newest is ahead of the log). Snapshots after `at`
         are passed over, not reported as damaged. Failpoint recovery.after_snapshot_load is
         hit once the snapshot is in the live state (also when none loaded), before any
-        entry is replayed.
+        entry is replayed (not again when resuming a preflight, which hit it).
 
-        `loaded`: the report of `preflight` against a readonly view of the same log; its
-        snapshot (already in the state) is reused when it still belongs to `log`'s
-        history, so it is not read twice.
+        `loaded`: the report of `preflight` against a readonly view of the same log: the
+        state already holds everything it replayed. When `log` still holds that history
+        (the chained checksum of the last entry it replayed is the same here, so every
+        entry up to it is), only the entries after it are replayed; otherwise recovery
+        starts again from the newest snapshot.
         """
         last = log.last_index
         if at is not None and at > last:
             raise RecoveryError(f"log index {at} is past the end: the last entry is {last}")
-        if loaded is not None and at is None and (
-                loaded.snapshot is None or history_mismatch(log, loaded.snapshot) is None):
+        resume = self._resumable(log, loaded) if loaded is not None and at is None else None
+        if resume is not None:
             report = loaded
         else:
             report = RecoveryReport()
             self._load_newest_snapshot(store, log, report, at)
-        failpoints.hit("recovery.after_snapshot_load")
+            failpoints.hit("recovery.after_snapshot_load")
         base, first = report.snapshot_index, log.first_index
         stop = last + 1 if at is None else at + 1
         if base < first - 1:
@@ -214,7 +219,7 @@ class Replayer:
         # Batched handlers only where the state can be put back: a snapshot was loaded.
         batched = report.snapshot is not None and store is not None
         try:
-            self.run(log, base + 1, stop, report, progress, batched=batched)
+            self.run(log, base + 1 if resume is None else resume + 1, stop, report, progress, batched=batched)
         except BatchFailed:
             # A replay_batch raised part-way through its run: the state holds an unknown
             # part of it. Put the snapshot back and replay sequentially, so what fails
@@ -222,24 +227,37 @@ class Replayer:
             self.load_snapshot(store, log, report.snapshot, report)
             report.replayed, report.digests_checked = range(base + 1, base + 1), 0
             self.run(log, base + 1, stop, report, progress, batched=False)
+        if report.through is None or report.through[0] != stop - 1:
+            # Nothing replayed: the state is the snapshot's, at the log's entry stop - 1.
+            report.through = (stop - 1, log.checksum_at(stop - 1))
         return report
 
-    def preflight(self, log, store) -> RecoveryReport:
+    @staticmethod
+    def _resumable(log, loaded: RecoveryReport) -> int | None:
+        """The index through which `loaded` (a preflight's report) already holds `log`'s
+        history, or None when that history changed since (truncated, rewritten, compacted
+        past): equal chained checksums at an index mean equal entries up to it."""
+        if loaded.through is None:
+            return None
+        index, checksum = loaded.through
+        if not log.first_index - 1 <= index <= log.last_index:
+            return None
+        return index if log.checksum_at(index) == checksum else None
+
+    def preflight(self, log, store, progress: bool | None = None) -> RecoveryReport:
         """Everything recovery can check before the caller becomes the log's writer (invariant 7).
 
-        With `log` open readonly: load the newest usable snapshot into the state (its
-        layout checked first: StateMismatchError), and check that every op the log holds
-        after it is registered (UnknownOpError naming the index), from the entries'
-        headers alone. Raises what `recover` would, so a journal that cannot be opened is
-        refused before its term is bumped. Returns the report for `recover(loaded=...)`.
+        With `log` open readonly: the whole recovery (`recover`) against that view: the
+        newest usable snapshot loaded into the state (its layout checked first:
+        StateMismatchError), then every entry after it replayed, each op's registration
+        checked as it comes (UnknownOpError naming the index) and every entry verified.
+        So whatever recovery would raise (an unknown op, a handler's failure, damage)
+        is raised before the term is bumped, and the log is read once. The state has
+        then changed in memory only: a refused open leaves it partly recovered, as the
+        snapshot load always did. Returns the report for `recover(loaded=...)`, which
+        replays only what the writer appended since.
         """
-        report = RecoveryReport()
-        self._load_newest_snapshot(store, log, report, None)
-        start = max(report.snapshot_index + 1, log.first_index)
-        for header in log.headers(start, verify=False):
-            if header.op not in ENGINE_OPS and header.op not in self.ops:
-                raise UnknownOpError(header.op, header.index)
-        return report
+        return self.recover(log, store, progress=progress)
 
     def run(self, log, start: int, stop: int, report: RecoveryReport, progress: bool | None = None, *,
             batched: bool = False) -> None:
@@ -261,7 +279,7 @@ class Replayer:
         link = opening_link()
         link.recovering(0, total)
         applier = Applier(self, report, start, batched)
-        published = start
+        published, through = start, None
         try:
             with ReplayProgress(total, progress) as bar, ReadAhead(log, start, stop, self.device) as source:
                 for prepared, error in source.batches():
@@ -274,6 +292,7 @@ class Replayer:
                             applier.apply(prepared[cut:])
                         else:
                             applier.apply(prepared)
+                        through = (prepared[-1].index, prepared[-1].checksum)
                         bar.advance(len(prepared))
                         if applier.next - published >= PUBLISH_EVERY:
                             published = applier.next
@@ -283,6 +302,8 @@ class Replayer:
             if applier.next != stop:
                 raise RecoveryError(f"log entries {applier.next}..{stop - 1} disappeared during replay")
             link.recovering(total, total)
+            if through is not None:
+                report.through = through
         finally:
             report.replayed = range(begun, applier.next)
             report.replay_seconds += time.perf_counter() - started

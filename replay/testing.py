@@ -37,6 +37,9 @@ Contracts:
   shape, bytes or value differ (NaN payloads compare by bits).
 - `fingerprint(state)`: {key path: (dtype, shape, bytes) or value}, comparable with ==.
 - `op_calls(op_strategies, state=None)`: a strategy of (op, payload) pairs.
+- `assert_replay_batch_exact(state_factory, ops, calls)`: the ops' ``replay_batch=``
+  functions leave the bytes of the sequential fold (AssertionError naming the path).
+  The machine checks it too, through every recovery it compares with the reference.
 
 The SIGKILL rule forks (POSIX only): the parent must not hold the journal at that moment
 (the machine releases it first), and the child applies ops, flushes, and is killed.
@@ -55,12 +58,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from eventlog import decode_payload, encode_payload
+
 from .determinism import fingerprint
 from .journal import Journal
 from .ops import Ops
 from .policies import Every
 
-__all__ = ["RecoveryMachine", "recovery_machine", "assert_states_equal", "fingerprint", "op_calls"]
+__all__ = ["RecoveryMachine", "recovery_machine", "assert_states_equal", "assert_replay_batch_exact", "fingerprint",
+           "op_calls"]
 
 
 def assert_states_equal(actual: Any, expected: Any, what: str = "state") -> None:
@@ -72,6 +78,41 @@ def assert_states_equal(actual: Any, expected: Any, what: str = "state") -> None
         if a[path] != b[path]:
             raise AssertionError(f"{what} differs from the reference fold at {path}: replay is not deterministic "
                                  "(does a handler read anything besides its state and payload?)")
+
+
+def assert_replay_batch_exact(state_factory: Callable[[], Mapping[str, Any]], ops: Ops,
+                              calls: list[tuple[str, dict]]) -> None:
+    """Check the ``replay_batch=`` functions of `ops` against the sequential fold.
+
+    ValueError when no op in `calls` has a replay_batch (nothing would be checked).
+    Otherwise `calls` ((op, payload) pairs, in log order) are applied to two fresh
+    states from `state_factory`: one by one through each op's handler, and as replay
+    applies them, each run of consecutive calls of an op with a replay_batch in one call
+    to it (a run of one goes to the handler). Each state gets its own copy of every
+    payload, as the log's codec gives it back. AssertionError naming the first key path
+    whose bytes differ (assert_states_equal).
+    """
+    if not any(ops.spec(op).replay_batch is not None for op, _ in calls):
+        raise ValueError("no call in `calls` is of an op registered with replay_batch=: nothing to check")
+    sequential, batched = state_factory(), state_factory()
+    for op, payload in calls:
+        spec, logged = ops.spec(op), decode_payload(encode_payload(payload))
+        spec.call(sequential, logged, spec.inputs_for(logged))
+    at = 0
+    while at < len(calls):
+        op = calls[at][0]
+        stop = at + 1
+        while stop < len(calls) and calls[stop][0] == op:
+            stop += 1
+        spec = ops.spec(op)
+        payloads = [decode_payload(encode_payload(payload)) for _, payload in calls[at:stop]]
+        if spec.replay_batch is not None and len(payloads) >= 2:
+            spec.replay_batch(batched, payloads)
+        else:
+            for logged in payloads:
+                spec.call(batched, logged, spec.inputs_for(logged))
+        at = stop
+    assert_states_equal(batched, sequential, "the state replay_batch left")
 
 
 def _strategy_for(entry, state):
