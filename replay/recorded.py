@@ -36,6 +36,11 @@ flushes, stages a snapshot (so a snapshot never covers entries whose values only
 replay from before it could recompute) and closes. Memory is bounded by BUFFERED rows.
 The file grows by one line (about 60 bytes plus the names) per recorded entry and
 re-recorded entry; it is never rewritten.
+
+Not carried: the replica does not ship this file, and ``replay fork`` does not copy it. A
+journal restored from a replica, or forked, has the values of the entries its recovery
+replays after its starting snapshot and of what it applies next, not of the history
+before that snapshot (the source's file still has them).
 """
 
 from __future__ import annotations

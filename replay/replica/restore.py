@@ -60,7 +60,9 @@ def restore(url_or_store, directory, options: dict | None = None) -> RestoreRepo
 
     Edge cases first, checked before anything is read from the replica:
     RestoreTargetError (a FileExistsError) naming the path and the remedy when
-    `directory` is the filesystem root, a file or symlink, or a non-empty directory, or
+    `directory` is the filesystem root, a file or symlink, or a non-empty directory (one
+    holding only ``replay run``'s supervisor/ records counts as empty: they move into the
+    restored journal), or
     when its staging name ``.<name>.restoring`` beside it is a file or a symlink (an
     interrupted restore leaves only a directory there, removed and redone; anything else
     is left alone). The current directory (restore renames its work into place, which it
