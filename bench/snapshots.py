@@ -39,7 +39,8 @@ the next (measured); one thread gives the peer its best, steady time.
 the snapshot's chunk files and the safetensors file are evicted from the page cache
 (fsync, then posix_fadvise(POSIX_FADV_DONTNEED) on each), so each side reads its bytes
 from the device, as a process restarting after its cache was recycled would. Written
-under "cold_load_into" ("cold_load_into_none" with `--compression none`).
+under "cold_load_into" ("cold_load_into_none" with `--compression none`); a size other
+than 256 MiB adds "_<mb>mib" to the key (for --hot too).
 """
 
 from __future__ import annotations
@@ -371,6 +372,8 @@ def hot_main(args) -> int:
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"benchmark": "snapshots"}
     key = ("cold" if args.cold else "hot") + "_load_into" + ("" if args.compression == "zstd" else f"_{args.compression}")
+    if args.mb != 256:
+        key += f"_{args.mb}mib"  # other sizes beside the 256 MiB row, not over it
     results[key] = hot
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
