@@ -86,7 +86,7 @@ def test_write_errors_surface_in_result_and_commit_nothing(open_store, monkeypat
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(commit_module, "write_durably", full_disk)
+    monkeypatch.setattr(commit_module, "start_durable_write", full_disk)  # the manifest's write
     pending = store.save_async({"a": torch.randn(5000)}, index=2, term=1)
     with pytest.raises(OSError) as e:
         pending.result(timeout=60)
