@@ -12,7 +12,8 @@ worker pool:
 4. `build_tables`: the manifest's chunk table and tensor records.
 5. `fsync_dirs`: make every name the manifest will rely on durable (packs/ when a pack
    was named, the directories of reused copies this process has not fsynced).
-6. `commit_manifest`: write the manifest durably (temp, fsync, rename, fsync manifests/).
+6. `commit_manifest`: name the manifest, written and fsynced under a temp name beside
+   step 3 (`encode_manifest`), and fsync manifests/.
 
 Every name a manifest points at is durable before the manifest's own name exists. A save
 costs two file fsyncs and at most a few directory fsyncs, whatever its number of chunks.
@@ -29,7 +30,7 @@ import torch
 
 from . import chunking, tree
 from .chunkfile import ChunkCodec, chunk_id
-from .durable import fsync_dir, write_durably
+from .durable import PendingWrite, fsync_dir, start_durable_write
 from .known import KnownFiles
 from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, TensorRecord
 from .loose import LooseWriter
@@ -89,7 +90,11 @@ class ChunkWriter:
 
 
 def commit(w: ChunkWriter, job: SaveJob) -> SnapshotInfo:
-    """Steps 1 to 6 for `job`; the snapshot's info once its manifest is durable."""
+    """Steps 1 to 6 for `job`; the snapshot's info once its manifest is durable.
+
+    The manifest's bytes depend only on step 2, so its temp file is written and fsynced
+    on a worker while this thread fsyncs and names the pack (step 3): the two fsyncs
+    overlap, and the manifest's name still appears only after every chunk's (step 6)."""
     pack = PackWriter(w.layout.packs, w.failpoint) if w.packs else LooseWriter(w.layout, w.pool, w.failpoint)
     try:
         try:
@@ -98,18 +103,30 @@ def commit(w: ChunkWriter, job: SaveJob) -> SnapshotInfo:
             logical = sum(v.numel() for v in views)
         finally:
             job.staged.release()
-        finish_pack(w, pack)
+        chunks, records = build_tables(stored, segments, job)
+        manifest = Manifest(
+            index=job.index, term=job.term, created=time.time(), meta=job.meta, tree=job.node,
+            tensors=records, chunks=chunks, bytes_logical=logical,
+            chunk_bytes_written=sum(s.written for s in stored), chunk_bytes_stored=sum(c.stored_len for c in chunks),
+        )
+        data = encode_manifest(manifest)
+        pending = start_durable_write(w.layout.manifests, manifest.name, [data], w.failpoint, "manifest",
+                                      keep_open=True)
+        synced = None
+        try:
+            synced = w.pool.submit(pending.sync) if not pack.empty else None
+            finish_pack(w, pack)
+            synced.result() if synced is not None else pending.sync()
+            fsync_dirs(w, stored, pack)
+        except BaseException:
+            if synced is not None:
+                synced.exception()  # wait: the temp file is the worker's until then
+            pending.discard()
+            raise
     except BaseException:
         pack.discard()
         raise
-    chunks, records = build_tables(stored, segments, job)
-    fsync_dirs(w, stored, pack)
-    manifest = Manifest(
-        index=job.index, term=job.term, created=time.time(), meta=job.meta, tree=job.node,
-        tensors=records, chunks=chunks, bytes_logical=logical,
-        chunk_bytes_written=sum(s.written for s in stored), chunk_bytes_stored=sum(c.stored_len for c in chunks),
-    )
-    return commit_manifest(w, manifest)
+    return commit_manifest(w, manifest, pending)
 
 
 def wait_for_staging(job: SaveJob) -> list[torch.Tensor]:
@@ -213,17 +230,27 @@ def fsync_dirs(w: ChunkWriter, stored: list[StoredChunk], pack: PackWriter | Loo
         dirs.add(w.layout.packs)
     if isinstance(pack, LooseWriter):
         dirs |= pack.directories
-    w.pool.map_all(fsync_dir, sorted(dirs))
+    if len(dirs) > 1:
+        w.pool.map_all(fsync_dir, sorted(dirs))
+    else:
+        for directory in dirs:  # one: a hand-off to a worker would cost more than it saves
+            fsync_dir(directory)
     w.known.mark_synced(dirs)
 
 
-def commit_manifest(w: ChunkWriter, manifest: Manifest) -> SnapshotInfo:
-    """Step 6: write the manifest durably; its name appears by the atomic rename."""
+def encode_manifest(manifest: Manifest) -> bytes:
+    """The manifest file's bytes; ValueError when they exceed the format's bound."""
     data = manifest.encode()
     if len(data) > MAX_MANIFEST_BYTES:
         raise ValueError(f"manifest of {len(data)} bytes exceeds the format's {MAX_MANIFEST_BYTES} "
                          f"({len(manifest.chunks)} chunks): save with a larger chunk_size")
-    write_durably(w.layout.manifests, manifest.name, [data], w.failpoint, "manifest")
+    return data
+
+
+def commit_manifest(w: ChunkWriter, manifest: Manifest, pending: PendingWrite) -> SnapshotInfo:
+    """Step 6: name the fsynced manifest (its name appears by the atomic rename), then
+    fsync manifests/."""
+    pending.publish()
     w.failpoint("snapshot.after_manifest_rename")
     fsync_dir(w.layout.manifests)
-    return SnapshotInfo.from_manifest(replace(manifest, file_size=len(data)))
+    return SnapshotInfo.from_manifest(replace(manifest, file_size=pending.written))

@@ -52,6 +52,12 @@ class PendingWrite:
 
     def finish(self) -> int:
         """fsync the temp file, then rename it to its name. Returns the bytes written."""
+        self.sync()
+        self.publish()
+        return self.written
+
+    def sync(self) -> None:
+        """finish's first half: fsync the temp file (still unnamed). On failure it is deleted."""
         try:
             fd = self._fd if self._fd is not None else os.open(self.tmp, os.O_RDONLY)
             self._fd = None
@@ -63,12 +69,18 @@ class PendingWrite:
                     self._failpoint(f"snapshot.before_{self._what}_rename")
             finally:
                 os.close(fd)
+        except BaseException:
+            unlink_quietly(self.tmp)
+            raise
+
+    def publish(self) -> None:
+        """finish's second half, after `sync`: rename the temp file to its name."""
+        try:
             os.rename(self.tmp, os.path.join(self.directory, self.name))
         except BaseException:
             unlink_quietly(self.tmp)
             raise
         self.done = True
-        return self.written
 
     def discard(self) -> None:
         """Delete the temp file (after a failure elsewhere); a no-op once finished."""

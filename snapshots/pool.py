@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable
 
 
@@ -34,6 +34,10 @@ class WorkerPool:
                     f.exception()  # wait for it
             raise error
         return results
+
+    def submit(self, fn: Callable) -> Future:
+        """fn() on the pool; its Future (the caller waits for it before going on)."""
+        return self._executor.submit(fn)
 
     def shutdown(self) -> None:
         """Wait for running tasks and stop the threads."""

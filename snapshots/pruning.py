@@ -1,6 +1,11 @@
 """Prune: apply retention, then sweep the chunks and temp files nothing names any more.
 
-Runs on the store's commit thread (so never beside a save of this process), deletes
+Loose chunk files no retained manifest names are deleted; packs are deleted when none
+of their chunks is named, and rewritten (the named chunks copied to a new pack, made
+durable before the old one goes) when the named ones are less than half of their bytes
+(FORMAT.md, "Reclaiming space").
+
+Runs one at a time with saves (so never beside a save of this process), deletes
 only while holding the READERS lock exclusively (so never under a reader of any
 process), and never follows a symbolic link inside the store.
 """
@@ -44,8 +49,8 @@ class Retention:
 
 def prune(reader: StoreReader, known: KnownFiles, keep: Retention, failpoint: Callable[[str], None]) -> PruneReport:
     """Find the newest snapshot that verifies, delete the manifests retention allows
-    (never that one or anything newer), then every chunk no remaining manifest names and
-    every temp file a crashed writer left. A retained manifest that does not read back
+    (never that one or anything newer), then every chunk no remaining manifest names
+    (loose files; packs as `sweep_packs` says) and every temp file a crashed writer left. A retained manifest that does not read back
     stops the chunk sweep (its chunks cannot be told apart); a manifests/ that is a link
     or not a directory stops every deletion there."""
     layout = reader.layout

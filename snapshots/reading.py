@@ -126,7 +126,10 @@ class StoreReader:
                 self.locator.refresh()
             for copy in self.locator.copies(ref.id):
                 if copy.stored_len is not None and copy.stored_len != ref.stored_len:
-                    continue  # another encoding of the same bytes: not the one the manifest names
+                    # Another encoding of the same bytes, or a lying index: damage only if no copy reads.
+                    damage.append(f"holds the chunk as {copy.stored_len} bytes, the manifest says "
+                                  f"{ref.stored_len}{copy.where()}")
+                    continue
                 try:
                     self._codec.read(copy.path, ref.raw_len, ref.stored_len, out, copy.offset)
                 except FileNotFoundError:

@@ -113,7 +113,9 @@ class SnapshotStore:
        `save` only those it cannot read in place; CUDA copies go on a side stream.
     2. The staged job is queued for the store's one commit thread, which runs saves and
        prunes one at a time in submission order: a prune never runs beside a save of
-       this process, and two saves never race on a chunk.
+       this process, and two saves never race on a chunk. A blocking `save` with nothing
+       queued runs the next step on its caller's thread instead (under the same lock, so
+       still one at a time: a save_async or prune submitted meanwhile waits for it).
     3. The commit thread runs the write pipeline (`commit`): it waits for the staging
        copies, the worker pool hashes, compresses and writes the new chunks (into the
        save's pack, at offsets reserved per chunk, with packs=True; the commit thread
@@ -179,9 +181,11 @@ class SnapshotStore:
                                    self._failpoint, packs)
         self._stager = Stager()
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="snapshots-commit")
-        self._lock = Lock()  # guards the two fields below
+        self._lock = Lock()  # guards the three fields below
         self._writer_lock: FileLock | None = None
         self._closed = False
+        self._queued = 0  # saves and prunes submitted and not finished
+        self._commit_lock = Lock()  # held by the one save or prune running (commit thread or a blocking save)
 
     # -- writing ---------------------------------------------------------------------
 
@@ -194,14 +198,40 @@ class SnapshotStore:
         not be mutated until this returns. Re-saving an existing (index, term) replaces it.
         """
         job = self._prepare(state, index, term, meta, copy_all=False)
-        return self._committer.submit(commit, self._chunks, job).result()
+        with self._lock:
+            idle = self._queued == 0
+            self._queued += idle  # claimed: a save_async or prune from now on queues behind it
+        if not idle:
+            return self._serially(commit, self._chunks, job).result()
+        try:
+            with self._commit_lock:  # nothing queued: no hand-off to the commit thread and back
+                return commit(self._chunks, job)
+        finally:
+            with self._lock:
+                self._queued -= 1
 
     def save_async(self, state: Any, *, index: int, term: int, meta: Any = None) -> PendingSnapshot:
         """Like `save`, but return as soon as the state is staged into host buffers: the
         caller may mutate its tensors at once, and no later change reaches the snapshot.
         Bad input still raises here; write errors are raised by `result()`."""
         job = self._prepare(state, index, term, meta, copy_all=True)
-        return PendingSnapshot(self._committer.submit(commit, self._chunks, job), index, term)
+        return PendingSnapshot(self._serially(commit, self._chunks, job), index, term)
+
+    def _serially(self, fn: Callable, *args) -> Future:
+        """fn(*args) on the commit thread, after everything submitted before it (a blocking
+        save running on its caller's thread included)."""
+        with self._lock:
+            self._queued += 1
+
+        def run():
+            try:
+                with self._commit_lock:
+                    return fn(*args)
+            finally:
+                with self._lock:
+                    self._queued -= 1
+
+        return self._committer.submit(run)
 
     def _prepare(self, state: Any, index: int, term: int, meta: Any, copy_all: bool) -> SaveJob:
         self._check_open()
@@ -398,7 +428,7 @@ class SnapshotStore:
         self._check_open()
         self._ensure_writer()
         keep = Retention(self.keep_last, self.keep_every, self.keep_oldest, frozenset(protect))
-        return self._committer.submit(prune, self._reader, self._known, keep, self._failpoint).result()
+        return self._serially(prune, self._reader, self._known, keep, self._failpoint).result()
 
     def discard_after(self, index: int) -> list[str]:
         """Delete every snapshot whose index is greater than `index`; return their manifest ids.
@@ -409,7 +439,7 @@ class SnapshotStore:
         at the next `prune`. Waits for saves in flight and for readers in other processes."""
         self._check_open()
         self._ensure_writer()
-        return self._committer.submit(discard_after, self._reader, index).result()
+        return self._serially(discard_after, self._reader, index).result()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -421,6 +451,8 @@ class SnapshotStore:
                 return
             self._closed = True
         self._committer.shutdown(wait=True)
+        with self._commit_lock:  # a blocking save running on its caller's thread finishes first
+            pass
         self._pool.shutdown()
         self._stager.clear()
         with self._lock:

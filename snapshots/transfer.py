@@ -191,6 +191,8 @@ class StoreFiles:
                 self._locator.refresh()
             for copy in self._locator.copies(cid):
                 if copy.stored_len is not None and copy.stored_len != stored_len:
+                    damage.append(f"holds the chunk as {copy.stored_len} bytes, the manifest says "
+                                  f"{stored_len}{copy.where()}")
                     continue
                 try:
                     _check_chunk(self._codec, copy.path, cid, raw_len, stored_len, copy.offset)

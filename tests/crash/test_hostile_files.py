@@ -212,6 +212,7 @@ def test_prune_never_deletes_through_a_symlink(tmp_path, link):
     for name in bait:
         (outside / name).write_bytes(b"not yours")
     chunks = os.path.join(root, "chunks")
+    os.makedirs(os.path.join(chunks, "ab"), exist_ok=True)  # fan-out directories are made when first used
     if link == "fanout_dir":
         shutil.rmtree(os.path.join(chunks, "ab"))
         os.symlink(outside, os.path.join(chunks, "ab"))

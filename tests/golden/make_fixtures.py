@@ -10,6 +10,8 @@ public API with the ops and state of tests/golden/recipe.py:
 - eventlog.tar.gz  ``eventlog/``: a bare EventLog (two terms, a tensor payload, compacted
                    into its archive)
 - store.tar.gz     ``store/``: a SnapshotStore with two incremental snapshots
+- mixed_store.tar.gz  ``mixed_store/``: the same two snapshots, the first written with
+                   loose chunk files, the second with a pack (snapshots' packs=True)
 - replica.tar.gz   ``replica/``: a file:// replica a journal shipped to
 - ranks.tar.gz     ``ranks/``: a multi-rank journal (rank-0/, rank-1/, group/) written by
                    two processes over gloo on 127.0.0.1
@@ -90,6 +92,12 @@ def write_store(path: Path) -> None:
             store.save(state, index=index, term=term, meta={"golden": index})
 
 
+def write_mixed_store(path: Path) -> None:
+    for (index, term), state, packs in zip([(3, 1), (9, 2)], store_states(), (False, True)):
+        with snapshots.SnapshotStore(path, keep_last=3, packs=packs) as store:
+            store.save(state, index=index, term=term, meta={"golden": index})
+
+
 def write_replica(path: Path, scratch: Path) -> None:
     with replay.Journal.open(scratch / "shipping", replica=path.as_uri(), ship_interval=0.05,
                              **journal_options()) as journal:
@@ -142,14 +150,18 @@ def _without_locks(info: tarfile.TarInfo) -> tarfile.TarInfo:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "data"))
+    parser.add_argument("--only", action="append", help="write only this fixture (repeatable)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="golden-") as tmp:
         tmp = Path(tmp)
         writers = {"journal": write_journal, "eventlog": write_eventlog, "store": write_store,
-                   "replica": lambda p: write_replica(p, tmp), "ranks": write_ranks}
+                   "mixed_store": write_mixed_store, "replica": lambda p: write_replica(p, tmp),
+                   "ranks": write_ranks}
         for name, write in writers.items():
+            if args.only and name not in args.only:
+                continue
             write(tmp / name)
             target = pack(tmp / name, name, out)
             print(f"{target}: {target.stat().st_size} bytes", file=sys.stderr)

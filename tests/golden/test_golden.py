@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -152,6 +153,24 @@ def test_store_loads_both_snapshots(tmp_path):
     assert torch.equal(second["model"]["w"][:4], torch.zeros(4))
     assert torch.equal(second["model"]["w"][4:], first["model"]["w"][4:])
     assert torch.equal(second["model"]["h"], first["model"]["h"])
+    got = {("model", k): _sha(v) for k, v in second["model"].items()}
+    got[("opt", 0)] = _sha(second["opt"][0])
+    assert got == STORE_SHA256
+
+
+def test_mixed_store_loads_loose_and_packed_chunks(tmp_path):
+    """The store fixture's two snapshots, the first with loose chunk files, the second
+    with its new chunks in a pack (FORMAT.md, "Pack file"): the same values load."""
+    root = unpack("mixed_store", tmp_path)
+    assert os.listdir(root / "packs") and os.listdir(root / "chunks")
+    with snapshots.SnapshotStore(root) as store:
+        infos = store.list()
+        assert [(i.manifest_id, i.meta, i.tensors, i.chunks) for i in infos] == [
+            ("3-1", {"golden": 3}, 4, 4), ("9-2", {"golden": 9}, 4, 4)]
+        assert all(store.verify(i).ok for i in infos)
+        second = store.load("9-2")
+        first = store.load("3-1")
+    assert torch.equal(second["model"]["w"][4:], first["model"]["w"][4:])
     got = {("model", k): _sha(v) for k, v in second["model"].items()}
     got[("opt", 0)] = _sha(second["opt"][0])
     assert got == STORE_SHA256

@@ -86,7 +86,7 @@ def test_write_errors_surface_in_result_and_commit_nothing(open_store, monkeypat
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(commit_module, "write_durably", full_disk)
+    monkeypatch.setattr(commit_module, "start_durable_write", full_disk)  # the manifest's write
     pending = store.save_async({"a": torch.randn(5000)}, index=2, term=1)
     with pytest.raises(OSError) as e:
         pending.result(timeout=60)
@@ -147,3 +147,36 @@ def test_cuda_staging_is_fenced_against_later_in_place_updates(open_store):
     assert all(t.is_cuda for t in back.values())
     store.load_into(info, state)
     assert_same({k: v.cpu() for k, v in state.items()}, expected)
+
+
+def test_a_blocking_save_runs_on_its_caller_only_when_nothing_is_queued(open_store, tmp_path):
+    """Saves commit one at a time in submission order: a blocking save behind a queued
+    save_async waits for it on the commit thread; with nothing queued it commits on the
+    caller's thread (no hand-off)."""
+    import os
+    import threading
+
+    reached, release = threading.Event(), threading.Event()
+    committed: list[tuple[str, list[str]]] = []
+    root = tmp_path / "ordered"
+
+    def failpoint(name):
+        if name == "snapshot.before_manifest_fsync" and not release.is_set():
+            reached.set()
+            assert release.wait(60)
+        if name == "snapshot.after_manifest_rename":
+            committed.append((threading.current_thread().name, sorted(os.listdir(root / "manifests"))))
+
+    store = open_store(root, failpoint=failpoint)
+    pending = store.save_async({"a": torch.zeros(10)}, index=1, term=1)
+    assert reached.wait(60)
+    behind = threading.Thread(target=store.save, args=({"a": torch.ones(10)},), kwargs={"index": 2, "term": 1})
+    behind.start()
+    release.set()
+    behind.join(60)
+    assert pending.result(timeout=60).index == 1 and not behind.is_alive()
+    store.save({"a": torch.full((10,), 2.0)}, index=3, term=1)
+    assert [names for _, names in committed] == [["1-1"], ["1-1", "2-1"], ["1-1", "2-1", "3-1"]]
+    # The middle save commits on the commit thread if it found the first queued (or on
+    # its own thread if it came after): either way after it. The last found nothing queued.
+    assert committed[0][0].startswith("snapshots-commit") and committed[2][0] == "MainThread"
