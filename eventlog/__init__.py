@@ -129,9 +129,9 @@ from .meta import FORMAT_VERSION
 from .record import HEADER_SIZE, Entry, EntryHeader
 from .segment import TARGET_RAW as SEGMENT_TARGET_BYTES
 from .merging import MERGE_FANOUT, newest_to_merge
-from .transfer import (CreatedLog, check_segment_file, check_segment_header, create_from_segment_files,
-                       create_from_segments, max_segment_size, read_segment_file, segment_bounds,
-                       segment_identity)
+from .segment_checks import (check_segment_file, check_segment_header, max_segment_size, segment_bounds,
+                             segment_identity)
+from .transfer import CreatedLog, create_from_segment_files, create_from_segments, read_segment_file
 from .segment import HEADER_SIZE as SEGMENT_HEADER_SIZE
 from .verification import Damage, VerifyReport
 
