@@ -22,8 +22,8 @@ from . import meta, record, segment
 from .archive import ARCHIVE_DIR
 from .errors import CompactedError, SegmentDamage, SegmentRejectedError
 from .locking import fsync_directory, refuse_network_filesystem
-from .segment_checks import (CheckedSegment, check_segment, check_segment_file, declared_range, max_segment_size,
-                             open_segment_file)
+from .segment_checks import (CheckedSegment, check_segment, check_segment_file, check_segment_header,
+                             declared_range, max_segment_size, open_segment_file)
 from .segment import SegmentName
 
 STAGING_DIR = ".creating"  # create_from_segments builds data.mdb here, then renames it into the log
@@ -55,6 +55,26 @@ def read_segment_file(path, first: int, last: int) -> bytes:
     finally:
         os.close(fd)
     return data
+
+
+def read_segment_seed(path, first: int, last: int) -> tuple[int, int]:
+    """(prev_term, prev_checksum) from the header of the segment file at `path` (entries
+    first..last): the term and chained checksum of entry first - 1, read from 80 bytes.
+
+    Edge cases first: FileNotFoundError when it is gone; SegmentDamage for a symlink or a
+    non-regular file, a header that is not a segment's for that range or whose sizes are
+    not the file's. Only the header is checked (not the file checksum, not the entries):
+    an answer for planning, which the full check of the file (`segment_bounds`) confirms
+    before anything is built on it.
+    """
+    fd, size = open_segment_file(path, max_segment_size(first, last))
+    try:
+        head = os.pread(fd, segment.HEADER_SIZE, 0)
+    finally:
+        os.close(fd)
+    check_segment_header(head, size, first, last)
+    fields = segment.HEADER.unpack(head)
+    return fields[6], fields[7]
 
 
 def sealed_range(reader, view, first: int, last: int) -> bytes:
