@@ -129,9 +129,10 @@ from .meta import FORMAT_VERSION
 from .record import HEADER_SIZE, Entry, EntryHeader
 from .segment import TARGET_RAW as SEGMENT_TARGET_BYTES
 from .merging import MERGE_FANOUT, newest_to_merge
-from .transfer import (CreatedLog, check_segment_file, check_segment_header, create_from_segment_files,
-                       create_from_segments, max_segment_size, read_segment_file, segment_bounds,
-                       segment_identity)
+from .segment_checks import (check_segment_file, check_segment_header, max_segment_size, segment_bounds,
+                             segment_identity)
+from .transfer import (CreatedLog, create_from_segment_files, create_from_segments, read_segment_file,
+                       read_segment_seed)
 from .segment import HEADER_SIZE as SEGMENT_HEADER_SIZE
 from .verification import Damage, VerifyReport
 
@@ -142,5 +143,6 @@ __all__ = [
     "LogPoisonedError", "FormatError", "TruncatedError", "DamagedLogError", "DamagedSegmentError", "SealedError",
     "SegmentDamage", "SegmentRejectedError", "create_from_segments", "segment_bounds", "read_segment_file",
     "create_from_segment_files", "check_segment_file", "CreatedLog", "segment_identity",
+    "read_segment_seed",
     "check_segment_header", "max_segment_size", "SEGMENT_HEADER_SIZE", "SEGMENT_TARGET_BYTES", "MERGE_FANOUT", "newest_to_merge",
 ]

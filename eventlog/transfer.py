@@ -1,10 +1,11 @@
 """Shipping and restoring sealed segments (FORMAT.md, "Shipping and restoring segments").
 
 `sealed_range` turns entries of a log, archived or live, into the bytes of one sealed
-segment, copied as stored; `segment_bounds` checks such bytes and says where they sit in
-a chain; `create_from_segments` builds a new log directory whose history is a run of
-them. A segment's bytes are the same whether they are a file in ``<log>/archive/`` or an
-object somewhere else, so one set of checks (segment.decode + the entry chain) covers both.
+segment, copied as stored; `read_segment_file` gives an archive file's bytes as they are;
+`create_from_segments` (bytes) and `create_from_segment_files` (files, in bounded memory)
+build a new log directory whose history is a run of them. A segment's bytes are the same
+whether they are a file in ``<log>/archive/`` or an object somewhere else, so one set of
+checks (segment_checks.py) covers both.
 """
 
 from __future__ import annotations
@@ -16,251 +17,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 import lmdb
-import xxhash
-import zstandard
 
 from . import meta, record, segment
 from .archive import ARCHIVE_DIR
-from .errors import CompactedError, CorruptEntryError, SegmentDamage, SegmentRejectedError
+from .errors import CompactedError, SegmentDamage, SegmentRejectedError
 from .locking import fsync_directory, refuse_network_filesystem
-from .safefile import UnsafeFileError, open_regular
+from .segment_checks import (CheckedSegment, check_segment, check_segment_file, check_segment_header,
+                             declared_range, max_segment_size, open_segment_file)
 from .segment import SegmentName
 
 STAGING_DIR = ".creating"  # create_from_segments builds data.mdb here, then renames it into the log
-_STAGING_MAP_SIZE = 2**20
-_PIECE = 2**20  # bytes read or decompressed at a time by check_segment_file  # the new environment holds only meta records; a writer's open grows the map
-
-
-class CheckedSegment(NamedTuple):
-    """A segment whose bytes and entry chain checked out: where it sits in its log's chain."""
-
-    first: int
-    last: int
-    prev_term: int
-    prev_checksum: int
-    last_term: int
-    last_checksum: int
-
-
-def check_segment(data) -> CheckedSegment:
-    """Decode and check segment bytes: the file checks of segment.decode, then every entry's
-    framing and checksum chained from the header's prev_checksum, and terms never decreasing
-    (from prev_term on). SegmentDamage naming the entry range (when the header gives one).
-
-    The body is decompressed in 1 MiB pieces and each entry checked as it completes, so
-    about one piece plus one entry is held besides `data`, never the whole body."""
-    view = memoryview(data).cast("B")
-    try:
-        fields = _checked_header(bytes(view[:segment.HEADER_SIZE]), len(view))
-        hasher = xxhash.xxh3_64(bytes(view[:segment.CHECKED]))
-        hasher.update(view[segment.HEADER_SIZE:])
-        if hasher.intdigest() != fields[11]:
-            raise SegmentDamage("checksum mismatch (the bytes were altered or cut)")
-        first, last, prev_term, prev_checksum, raw_size = fields[4], fields[5], fields[6], fields[7], fields[9]
-        _, term, seed = _check_entries(_ViewSource(view, segment.HEADER_SIZE), first, last, raw_size, prev_term,
-                                       prev_checksum, None)
-    except SegmentDamage as exc:
-        first, last = _declared_range(data)
-        where = f"segment of entries {first}..{last}" if first else "segment"
-        raise SegmentDamage(f"{where}: {exc}") from None
-    return CheckedSegment(first, last, prev_term, prev_checksum, term, seed)
-
-
-def _checked_header(head: bytes, size: int) -> tuple:
-    """The header fields of a segment of `size` bytes beginning with `head`, checked as a reader
-    checks a file's (segment.check_header) before anything else is read; SegmentDamage."""
-    if len(head) < segment.HEADER_SIZE:
-        raise SegmentDamage(f"{size} bytes, shorter than the {segment.HEADER_SIZE}-byte segment header")
-    fields = segment.HEADER.unpack(head)
-    first, last = fields[4], fields[5]
-    if not 1 <= first <= last:
-        raise SegmentDamage(f"its header names the impossible range {first}..{last}")
-    segment.check_header(head, SegmentName(first, last), size)
-    return fields
-
-
-class _ViewSource:
-    """A read-only file object over a memoryview from `start`, for the decompressor."""
-
-    def __init__(self, view: memoryview, start: int):
-        self._view, self._at = view, start
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._at + size)
-        data = bytes(self._view[self._at:end])
-        self._at = max(self._at, end)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-
-def segment_identity(data) -> tuple[int, int, int, int]:
-    """(first, last, prev_checksum, file checksum) of segment bytes, checking the header and the
-    file checksum only: no decompression, no entry. What tells whether bytes are the very
-    segment a full check (`segment_bounds`) already passed, so that a caller checks a
-    segment it meets again (an archive file read twice) without decompressing it twice.
-
-    Edge cases first: SegmentDamage for bytes shorter than a header, a header that is not a
-    segment's or whose sizes are not the bytes', or a checksum mismatch.
-    """
-    view = memoryview(data).cast("B")
-    if len(view) < segment.HEADER_SIZE:
-        raise SegmentDamage(f"{len(view)} bytes, shorter than the {segment.HEADER_SIZE}-byte segment header")
-    head = bytes(view[:segment.HEADER_SIZE])
-    first, last = _declared_range(head)
-    if not first:
-        raise SegmentDamage("its header names no possible range")
-    segment.check_header(head, SegmentName(first, last), len(view))
-    fields = segment.HEADER.unpack(head)
-    hasher = xxhash.xxh3_64(head[:segment.CHECKED])
-    hasher.update(view[segment.HEADER_SIZE:])
-    if hasher.intdigest() != fields[11]:
-        raise SegmentDamage(f"segment of entries {first}..{last}: checksum mismatch (the bytes were altered or cut)")
-    return first, last, fields[7], fields[11]
-
-
-def check_segment_file(path, at: int | None = None) -> tuple[CheckedSegment, int | None]:
-    """Check the segment file at `path` as `check_segment` checks bytes, in bounded memory; and
-    the chained checksum of entry `at` when asked (None otherwise, or when `at` is outside
-    first - 1..last).
-
-    Edge cases first: FileNotFoundError when it is missing; SegmentDamage (naming the range
-    when the header gives one) for a symlink or non-regular file, a header that is not a
-    segment's or declares sizes beyond the format's limits or other than the file's (refused
-    before anything else is read), a checksum mismatch, a body that does not decompress to
-    exactly its declared size, an entry whose framing, checksum link or term is wrong.
-    Memory: the file is hashed in 1 MiB reads, then decompressed in 1 MiB pieces and its
-    entries checked as they come, so at most about one piece plus one entry is held,
-    whatever the segment's size (check_segment holds the whole body).
-    """
-    fd, size = _open_capped(path, _MAX_SEGMENT_FILE)
-    try:
-        head = os.pread(fd, segment.HEADER_SIZE, 0)
-        first, last = _declared_range(head)
-        where = f"segment of entries {first}..{last}" if first else "segment"
-        try:
-            fields = _checked_header(head, size)
-            prev_term, prev_checksum, raw_size, checksum = fields[6], fields[7], fields[9], fields[11]
-            _check_file_sum(fd, head, size, checksum)
-            with os.fdopen(os.dup(fd), "rb", buffering=0) as source:
-                source.seek(segment.HEADER_SIZE)
-                found, term, seed = _check_entries(source, first, last, raw_size, prev_term, prev_checksum, at)
-        except SegmentDamage as exc:
-            raise SegmentDamage(f"{where}: {exc}") from None
-    finally:
-        os.close(fd)
-    if at is not None and at == first - 1:
-        found = prev_checksum
-    return CheckedSegment(first, last, prev_term, prev_checksum, term, seed), found
-
-
-_MAX_SEGMENT_FILE = segment.HEADER_SIZE + segment.stored_bound(segment.MAX_SINGLE_RAW)
-
-
-def _check_file_sum(fd: int, head: bytes, size: int, checksum: int) -> None:
-    hasher = xxhash.xxh3_64(head[:segment.CHECKED])
-    offset = segment.HEADER_SIZE
-    while offset < size:
-        piece = os.pread(fd, min(_PIECE, size - offset), offset)
-        if not piece:
-            raise SegmentDamage(f"the file ended at byte {offset} while {size} were expected")
-        hasher.update(piece)
-        offset += len(piece)
-    if hasher.intdigest() != checksum:
-        raise SegmentDamage("checksum mismatch (the file was altered or cut)")
-
-
-def _check_entries(source, first: int, last: int, raw_size: int, prev_term: int, seed: int,
-                   at: int | None) -> tuple[int | None, int, int]:
-    """Decompress the body read from file object `source` in 1 MiB pieces (never more than
-    raw_size + 1 bytes) and check each entry as it completes: its framing, its checksum chained
-    from `seed`, its term never below the one before. (checksum of entry `at` if met, the last
-    entry's term, the last entry's checksum); SegmentDamage saying what failed."""
-    buffer, start, total, consumed = bytearray(), 0, 0, 0
-    index, term, found, length = first, prev_term, None, None
-    try:
-        with zstandard.ZstdDecompressor().stream_reader(source, read_size=_PIECE, closefd=False) as reader:
-            while True:
-                piece = reader.read(min(_PIECE, raw_size + 1 - total))
-                total += len(piece)
-                if total > raw_size:
-                    raise SegmentDamage(f"the body decompresses to more than the {raw_size} bytes its header declares")
-                if piece:
-                    del buffer[:start]  # what was checked goes: one piece and one entry at most stay
-                    start = 0
-                    buffer += piece
-                while True:  # every entry the buffer now holds whole
-                    if length is None:
-                        if len(buffer) - start < segment.LENGTH.size:
-                            break
-                        if index > last:
-                            raise SegmentDamage(f"{raw_size - consumed} bytes follow the last entry")
-                        (length,) = segment.LENGTH.unpack_from(buffer, start)
-                        start += segment.LENGTH.size
-                        consumed += segment.LENGTH.size
-                        if consumed + length > raw_size:
-                            raise SegmentDamage(f"entry {index} declares {length} bytes, past the end of the body")
-                    if len(buffer) - start < length:
-                        break
-                    # Checked in place; the views are released before the buffer is resized again.
-                    with memoryview(buffer) as whole, whole[start:start + length] as value:
-                        try:
-                            _, _, entry_term, _, seed = record.verify_value(index, value, seed)
-                        except CorruptEntryError as exc:
-                            raise SegmentDamage(f"entry {index}: {exc.reason}") from None
-                    start += length
-                    consumed += length
-                    if entry_term < term:
-                        raise SegmentDamage(f"entry {index} has term {entry_term}, lower than the term {term} "
-                                            "before it")
-                    term = entry_term
-                    if index == at:
-                        found = seed
-                    index, length = index + 1, None
-                if not piece:
-                    break
-    except zstandard.ZstdError as exc:
-        raise SegmentDamage(f"the body does not decompress: {exc}") from None
-    if total < raw_size:
-        raise SegmentDamage(f"the body decompresses to {total} bytes, its header declares {raw_size}")
-    if index <= last:
-        raise SegmentDamage(f"the body ends before entry {index}")
-    if start < len(buffer):
-        raise SegmentDamage(f"{len(buffer) - start} bytes follow the last entry")
-    return found, term, seed
-
-
-def segment_bounds(data) -> tuple[int, int, int, int]:
-    """(first, last, prev_checksum, last_checksum) of segment bytes, after checking all of them.
-
-    Edge cases first: bytes shorter than a header, a header declaring sizes beyond the
-    format's limits (refused before any allocation), a checksum mismatch, a body that
-    does not decompress to exactly its declared size, an entry whose framing, checksum
-    link or term is wrong: SegmentDamage naming the entry range (when the header gives
-    one) and what failed. prev_checksum is the chain seed of entry `first` (the checksum
-    of entry first - 1), last_checksum the checksum of entry `last`: a segment continues
-    another exactly when its first is the other's last + 1 and its prev_checksum the
-    other's last_checksum.
-    """
-    checked = check_segment(data)
-    return checked.first, checked.last, checked.prev_checksum, checked.last_checksum
-
-
-def check_segment_header(head: bytes, size: int, first: int, last: int) -> None:
-    """Check the first HEADER_SIZE (80) bytes of a segment object of `size` bytes that should
-    hold entries first..last, before its body is fetched: magic, version, codec, the range,
-    and sizes within the format's limits that add up to exactly `size`. SegmentDamage saying
-    what failed. This bounds what a reader must fetch by what the header and the range
-    declare; the body's checksum and entries are checked by `segment_bounds` afterwards."""
-    segment.check_header(head, SegmentName(first, last), size)
-
-
-def max_segment_size(first: int, last: int) -> int:
-    """The most bytes a sealed segment of entries first..last may be, its header included: a
-    reader refuses a larger one unread (check_segment_header, segment_bounds), so a fetch
-    of such an object may be capped at this many bytes."""
-    return segment.HEADER_SIZE + segment.stored_bound(segment.raw_limit(first, last))
+_STAGING_MAP_SIZE = 2**20  # the new environment holds only meta records; a writer's open grows the map
 
 
 def read_segment_file(path, first: int, last: int) -> bytes:
@@ -274,7 +41,7 @@ def read_segment_file(path, first: int, last: int) -> bytes:
     size, unread), or one that shrinks while read. Shipping a file as it is costs one read:
     no decompression, no re-encoding (the replica's segment objects are the same format).
     """
-    fd, size = _open_capped(path, max_segment_size(first, last))
+    fd, size = open_segment_file(path, max_segment_size(first, last))
     try:
         # One read of the size fstat gave: the kernel fills it in one call (no pieces joined
         # into a second copy); a file cut meanwhile reads short, and a longer one is checked
@@ -290,11 +57,24 @@ def read_segment_file(path, first: int, last: int) -> bytes:
     return data
 
 
-def _open_capped(path, limit: int) -> tuple[int, int]:
+def read_segment_seed(path, first: int, last: int) -> tuple[int, int]:
+    """(prev_term, prev_checksum) from the header of the segment file at `path` (entries
+    first..last): the term and chained checksum of entry first - 1, read from 80 bytes.
+
+    Edge cases first: FileNotFoundError when it is gone; SegmentDamage for a symlink or a
+    non-regular file, a header that is not a segment's for that range or whose sizes are
+    not the file's. Only the header is checked (not the file checksum, not the entries):
+    an answer for planning, which the full check of the file (`segment_bounds`) confirms
+    before anything is built on it.
+    """
+    fd, size = open_segment_file(path, max_segment_size(first, last))
     try:
-        return open_regular(str(path), limit)
-    except UnsafeFileError as exc:
-        raise SegmentDamage(f"segment file {path} {exc}") from None
+        head = os.pread(fd, segment.HEADER_SIZE, 0)
+    finally:
+        os.close(fd)
+    check_segment_header(head, size, first, last)
+    fields = segment.HEADER.unpack(head)
+    return fields[6], fields[7]
 
 
 def sealed_range(reader, view, first: int, last: int) -> bytes:
@@ -407,7 +187,7 @@ def _check_run(segments: list) -> list[CheckedSegment]:
         try:
             this = check_segment(data)
         except SegmentDamage as exc:
-            raise SegmentRejectedError(position, *_declared_range(data), str(exc)) from None
+            raise SegmentRejectedError(position, *declared_range(data), str(exc)) from None
         _check_continues(checked, this, position)
         checked.append(this)
     return checked
@@ -509,7 +289,7 @@ def _file_range(file) -> tuple[int, int]:
     """(first, last) as the header of segment file `file` declares them, (0, 0) if it cannot say."""
     try:
         with open(file, "rb") as f:
-            return _declared_range(f.read(segment.HEADER_SIZE))
+            return declared_range(f.read(segment.HEADER_SIZE))
     except OSError:
         return 0, 0
 
@@ -596,12 +376,3 @@ def _remove_all(path: Path, created: list[Path], names: tuple[Path, ...]) -> Non
             directory.rmdir()
         except OSError:
             break
-
-
-def _declared_range(data) -> tuple[int, int]:
-    """(first, last) as the header of segment bytes declares them, (0, 0) if it cannot say."""
-    try:
-        first, last = segment.HEADER.unpack_from(memoryview(data).cast("B"))[4:6]
-    except Exception:  # too short, or not a buffer: the range is simply unknown
-        return 0, 0
-    return (first, last) if 1 <= first <= last else (0, 0)

@@ -5,11 +5,14 @@ every replica operation raises are in ``replay.replica.errors``.
 
 Modules, one job each (the formats are FORMAT.md's):
 
-    objects     ObjectStore: a directory or S3 behind one interface (s3options: S3's settings)
+    objects     open_store, and every object-store name: store (the interface, key rules),
+                capped (the one capped read), filestore (a directory), s3store (S3; s3options:
+                its settings)
     chain       object keys, and the walk from head.json back along segment keys
     head        head.json and DIR/replica.json (who writes the replica)
     claim       claim and fencing: the claim, and every conditional head.json write (HeadOwner)
-    rounds      shipping rounds: manifests and chunks, then segments (merging: small ones merged)
+    rounds      shipping rounds: manifests and chunks, then segments (merging: small ones merged;
+                sources: archive files as they are, checked once; uploads: puts in flight)
     retention   what garbage collection keeps and deletes (plan, Collector)
     collecting  when it runs (CollectionSchedule)
     status      waiting and status (Progress, ReplicaStatus, ReplicaLagError)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+# Object keys of the replica's format (FORMAT.md, "Objects"), not paths of a journal directory
+# (those are spelled once, in replay/layout.py): a replica keeps these names whatever the local layout.
 SEGMENTS = "segments/"
 MANIFESTS = "manifests/"
 CHUNKS = "chunks/"

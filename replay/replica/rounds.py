@@ -83,7 +83,7 @@ class Shipping:
 
     def local_checksum(self, index: int) -> int | None:
         """The local log's checksum at `index`, None when it cannot say (compacted, past its end).
-        At an archive file's boundary it comes from that file, checked in full once (sources.py)."""
+        Just before a local archive file it is that file's seed, from its header (sources.py)."""
         try:
             if index > self._log.last_index:
                 return None

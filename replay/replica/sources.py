@@ -6,8 +6,8 @@ is shipped as that file's bytes, unchanged: nothing is decompressed to read it a
 re-encoded to send it. Only entries no archive file covers whole (the live log in LMDB, or
 the part of a file before the chain's start) are sealed by `log.sealed_range`. Either way
 the round verifies the bytes once (`eventlog.segment_bounds`) before they count, and
-`Verified` remembers the outcome, so a file met again (to find the checksum at a
-snapshot's index, then to ship it) is decompressed once.
+`Verified` remembers the outcome, so a file met again (read for one round and shipped in
+the next) is decompressed once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from eventlog import read_segment_file, segment_bounds, segment_identity
+from eventlog import SegmentDamage, read_segment_file, read_segment_seed, segment_bounds, segment_identity
 
 REMEMBERED = 4096  # segments whose full check a shipper remembers (a few dozen bytes each)
 
@@ -97,17 +97,20 @@ class Verified:
         return got
 
     def archive_checksum(self, log, index: int) -> int | None:
-        """The checksum of entry `index` when it ends a local archive file or comes just before
-        one, from that file checked in full (once); None when no archive file has that
-        boundary (or it vanished meanwhile). Cheaper than `log.checksum_at` on an archived
-        index, which reads that segment and the bodies of every archive file after it."""
+        """The checksum of entry `index` when a local archive file starts right after it: that
+        file's chain seed, from its 80-byte header (`eventlog.read_segment_seed`); None when no
+        archive file starts at index + 1 (or it vanished, or its header is damaged).
+
+        Cheaper than `log.checksum_at` on an archived index, which decompresses that segment
+        and the body of every archive file after it. A planning answer (which manifests to
+        ship, where a chain starts): nothing counts on the replica before the file is
+        checked in full and against its neighbours (Shipping.ship_segments), and a restore
+        checks every manifest against the log its segments build."""
         for info in log.segments():
-            if index not in (info.last, info.first - 1):
+            if info.first - 1 != index:
                 continue
             try:
-                data = read_segment_file(info.path, info.first, info.last)
-            except FileNotFoundError:
+                return read_segment_seed(info.path, info.first, info.last)[1]
+            except (FileNotFoundError, SegmentDamage):
                 return None
-            _, last, prev, last_checksum = self.bounds(data)
-            return last_checksum if index == last else prev
         return None

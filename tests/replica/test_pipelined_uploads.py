@@ -7,6 +7,8 @@ in flight fails the round with the head still naming a chain whose every object 
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 
 import pytest
@@ -156,3 +158,43 @@ def _start(journal, store):
                       term=journal.log.term)
     shipper.start()
     return shipper
+
+
+def test_an_archive_file_of_another_history_is_never_counted(tmp_path):
+    # A's archive file 6..10 is swapped for B's: B shares A's history through 5, then
+    # diverges. The file is self-consistent and chains from A's entry 5, but what follows it
+    # in A does not chain from it: a head must never name it (nor anything after it).
+    a = open_journal(tmp_path / "a", every=1000)
+    apply_n(a, 5)
+    a.snapshot()
+    a.close()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    with open_journal(tmp_path / "b", every=1000) as b:
+        for _ in range(5):
+            b.apply("add", value=1234.5)
+        b.snapshot()
+    a = open_journal(tmp_path / "a", every=1000)
+    for _ in range(2):
+        apply_n(a, 5)
+        a.snapshot()
+    apply_n(a, 5)
+    a.flush()
+    names = sorted(p.name for p in (tmp_path / "a" / "log" / "archive").iterdir())
+    foreign = tmp_path / "b" / "log" / "archive" / names[1]
+    assert names[1].startswith("00000000000000000006-00000000000000000010") and foreign.exists()
+    os.replace(foreign, tmp_path / "a" / "log" / "archive" / names[1])
+    store = FileObjectStore(tmp_path / "replica")
+    shipper = _start(a, store)
+    try:
+        assert shipper.wait(5, timeout=60) >= 5
+    finally:
+        shipper.close(30)  # one last round: it still stops before the foreign file
+    a.close()
+    with FileObjectStore(tmp_path / "replica", readonly=True) as reader:
+        head = parse_head(reader.get(HEAD_KEY, 1 << 16)[0])
+    assert head.index == 5
+    report = restore(store.url, tmp_path / "restored")
+    assert report.head_index == 5
+    state, restored = restored_state(tmp_path / "restored")
+    assert_state(state, 5)
+    restored.close()
