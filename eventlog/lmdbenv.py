@@ -100,7 +100,9 @@ class SharedEnv:
                 try:
                     env = lmdb.open(
                         str(path), subdir=True, max_dbs=2, map_size=map_size, readonly=readonly,
-                        sync=True, metasync=durability != "os", lock=locked,
+                        # Only sync mode syncs the meta page in the commit; group and os
+                        # let the next commit's data sync carry it (Writer.meta_synced).
+                        sync=True, metasync=durability == "sync", lock=locked,
                         readahead=False, meminit=False, max_spare_txns=2,
                     )
                 except STRUCTURAL_ERRORS as exc:
