@@ -121,11 +121,16 @@ class GroupFlusher:
             if self._stopping or tail.blocked or pending >= self.max_batch:
                 due = now
             else:
+                # A missing arrival time (entries a truncation re-buffered) counts from now.
+                if pending and self._oldest_at is None:
+                    self._oldest_at = now
+                if unsynced and self._unsynced_at is None:
+                    self._unsynced_at = now
                 due = float("inf")
                 if pending:
-                    due = (self._oldest_at if self._oldest_at is not None else now) + self._window / 2
+                    due = self._oldest_at + self._window / 2
                 if unsynced:
-                    due = min(due, (self._unsynced_at if self._unsynced_at is not None else now) + self._window)
+                    due = min(due, self._unsynced_at + self._window)
             if due <= now:
                 return "commit" if pending else "sync"
             self._work.wait(due - now)  # woken by appends and by waiters; re-check
@@ -143,13 +148,20 @@ class GroupFlusher:
                     self._oldest_at = time.monotonic() if tail.pending > self.max_batch else None
             try:
                 if step == "commit":
+                    started = time.monotonic()
                     # The writer takes the batch itself, under its commit lock, so a concurrent
                     # truncate_after can never drop entries this commit is writing.
                     committer.commit_pending(self.max_batch)
                     with self._work:
                         self._unsynced_at = batch_since  # the previous batch is durable now
+                        if tail.pending and self._oldest_at is None:
+                            # Appends during the commit saw the old batch still pending and did
+                            # not notify: they arrived after the commit started.
+                            self._oldest_at = started
                 else:
                     committer.sync_committed()
+                    with self._work:
+                        self._unsynced_at = None
             except BaseException as exc:  # poison: every later call raises, waiters wake
                 committer.poison(exc)
                 return
