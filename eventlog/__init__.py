@@ -36,10 +36,14 @@ Durability modes, and exactly what a crash can lose:
 - ``sync``: `append` returns only after LMDB's commit fdatasynced it. A process crash
   or power loss loses nothing that `append` returned; `durable_index == last_index`.
 - ``group``: `append` returns at once. A background flusher commits the waiting
-  entries in one fsynced transaction, at most `group_window` seconds (default 2 ms)
-  after the oldest of them arrived. A crash (process or power) loses exactly the entries
-  after `durable_index`, never one at or before it; `wait_durable(i)`/`flush()` block
-  until i is safe. A failed flush (EIO, ENOSPC) poisons the log: the unflushed entries
+  entries in one transaction with one fdatasync every half `group_window` (default
+  100 ms) and makes each entry durable at most `group_window` after its append (plus
+  that fdatasync): a commit's data sync also syncs the previous commit's meta page (as
+  in ``os``), and a last batch gets its own sync (durability.py). A crash (process or
+  power) loses exactly the entries after `durable_index`, never one at or before it: a
+  power loss, at most the last `group_window` of appends; a process crash, those not
+  yet committed (at most the last half window). `wait_durable(i)`/`flush()` block
+  until i is safe, without waiting for the window. A failed flush (EIO, ENOSPC) poisons the log: the unflushed entries
   are reported lost and every later call raises LogPoisonedError (no silent retry:
   after a failed fsync the kernel may have dropped the dirty pages).
 - ``os``: `append` returns after LMDB's commit fdatasynced the entry's data pages but

@@ -3,6 +3,20 @@
 What each durability mode can lose in a crash is documented in the package docstring;
 these classes are how `group` and `os` keep those promises. They see the writer only
 through `Committer` and its tail only through the tail's methods.
+
+One sync per commit, and why the lag is safe. Group and os mode open LMDB with
+MDB_NOMETASYNC: a commit writes its data pages, fdatasyncs them, then writes the meta
+page that makes them current without syncing it. That meta page reaches the disk with
+the next fdatasync of the file, which the next commit does first thing (or
+`Storage.sync`). Until then a power loss may undo the commit, and LMDB opens at the
+previous meta page, whose tree is intact: LMDB never reuses the pages of the two newest
+trees, and that previous meta was synced by this commit's data sync. So the writer
+acknowledges as durable only what was committed before the latest fdatasync
+(Writer.commit_pending / sync_committed), never a commit's own entries from that
+commit's return. Under steady appends every commit pays one fdatasync and makes the
+previous batch durable; a trailing `sync_committed` covers the last batch. Proven by the
+crash images of fault row 11 (tests/crash/test_power_loss.py), which also show that
+acknowledging at commit return would lose entries.
 """
 
 from __future__ import annotations
@@ -24,7 +38,12 @@ class Committer(Protocol):
         """Fenced or poisoned: nothing more may be committed."""
 
     def commit_pending(self, max_batch: int) -> None:
-        """Commit the oldest (at most `max_batch`) tail entries in one durable transaction."""
+        """Commit the oldest (at most `max_batch`) tail entries in one transaction with one
+        fdatasync; what was committed before it becomes durable (its own entries too if
+        LMDB synced the meta page)."""
+
+    def sync_committed(self) -> None:
+        """fdatasync: every committed entry becomes durable."""
 
     def sync(self) -> None:
         """fsync the storage: every committed transaction becomes durable."""
@@ -37,14 +56,22 @@ class Committer(Protocol):
 
 
 class GroupFlusher:
-    """Commits the writer's tail in batches, one fsynced transaction each.
+    """Commits the writer's tail in batches, one fdatasync each, so that every entry is
+    durable at most `window` seconds after its append (plus the time of that fdatasync).
 
-    An entry waits at most `window` seconds (measured from the oldest uncommitted entry)
-    before the commit that covers it starts; a batch starts early once `max_batch`
-    entries are waiting, or at once when a thread blocks in `wait_durable`/`flush`.
-    Entries arriving while a commit runs form the next batch, so under load the batch
-    grows with the fsync latency (natural group commit). A failed commit poisons the
-    log and the thread stops: nothing is retried.
+    Two deadlines drive it (all times from the monotonic clock):
+
+    - commit: the oldest uncommitted entry arrived ``window / 2`` ago. The commit makes
+      the previous commit durable and leaves its own batch waiting for a sync.
+    - sync: the oldest committed but not yet durable entry arrived ``window`` ago. If
+      entries wait to be committed then, they are committed (that commit's fdatasync
+      syncs the earlier batch, so a steady stream pays one fdatasync per half window);
+      otherwise a bare fdatasync makes the last batch durable.
+
+    Both fire at once when a thread blocks in `wait_durable`/`flush`, when `max_batch`
+    entries wait, and at `stop`. Entries arriving while a commit runs join the next
+    batch, so under load the batch grows with the fsync latency (natural group commit).
+    A failed commit or sync poisons the log and the thread stops: nothing is retried.
 
     Threads: appenders call `notify_locked` holding the tail's lock; the flusher thread
     runs `_run`; `stop` is called once, by close.
@@ -59,7 +86,8 @@ class GroupFlusher:
         self.max_batch = max_batch
         self._work = threading.Condition(tail.lock)
         self._stopping = False
-        self._oldest_at: float | None = None
+        self._oldest_at: float | None = None  # arrival of the oldest uncommitted entry
+        self._unsynced_at: float | None = None  # arrival of the oldest committed, not durable entry
         self._thread = threading.Thread(target=self._run, name=f"eventlog-flusher:{name}", daemon=True)
         self._thread.start()
 
@@ -70,31 +98,70 @@ class GroupFlusher:
         self._work.notify()
 
     def stop(self) -> None:
-        """Commit whatever is still waiting, then end the thread. Idempotent."""
+        """Commit and sync whatever is still waiting, then end the thread. Idempotent."""
         with self._work:
             self._stopping = True
             self._work.notify()
         self._thread.join()
 
+    def _next_step(self) -> str | None:
+        """Under the lock: wait until there is work and it is due; "commit", "sync" or None (end)."""
+        committer, tail = self._committer, self._tail
+        while True:
+            if committer.failed:
+                return None
+            pending = tail.pending
+            unsynced = tail.committed_index > tail.durable_index
+            if not pending and not unsynced:
+                if self._stopping:
+                    return None
+                self._work.wait()
+                continue
+            now = time.monotonic()
+            if self._stopping or tail.blocked or pending >= self.max_batch:
+                due = now
+            else:
+                # A missing arrival time (entries a truncation re-buffered) counts from now.
+                if pending and self._oldest_at is None:
+                    self._oldest_at = now
+                if unsynced and self._unsynced_at is None:
+                    self._unsynced_at = now
+                due = float("inf")
+                if pending:
+                    due = self._oldest_at + self._window / 2
+                if unsynced:
+                    due = min(due, self._unsynced_at + self._window)
+            if due <= now:
+                return "commit" if pending else "sync"
+            self._work.wait(due - now)  # woken by appends and by waiters; re-check
+
     def _run(self) -> None:
         committer, tail = self._committer, self._tail
         while True:
             with self._work:
-                while not tail.pending and not self._stopping and not committer.failed:
-                    self._work.wait()
-                if committer.failed or (self._stopping and not tail.pending):
+                step = self._next_step()
+                if step is None:
                     return
-                while (not self._stopping and not tail.blocked and self._oldest_at is not None
-                       and tail.pending < self.max_batch):
-                    linger = self._window - (time.monotonic() - self._oldest_at)
-                    if linger <= 0:
-                        break
-                    self._work.wait(linger)  # woken by appends and by waiters; re-check
-                self._oldest_at = time.monotonic() if tail.pending > self.max_batch else None
+                batch_since = self._oldest_at
+                if step == "commit":
+                    # What is left after a full batch arrived later than this batch's oldest.
+                    self._oldest_at = time.monotonic() if tail.pending > self.max_batch else None
             try:
-                # The writer takes the batch itself, under its commit lock, so a concurrent
-                # truncate_after can never drop entries this commit is writing.
-                committer.commit_pending(self.max_batch)
+                if step == "commit":
+                    started = time.monotonic()
+                    # The writer takes the batch itself, under its commit lock, so a concurrent
+                    # truncate_after can never drop entries this commit is writing.
+                    committer.commit_pending(self.max_batch)
+                    with self._work:
+                        self._unsynced_at = batch_since  # the previous batch is durable now
+                        if tail.pending and self._oldest_at is None:
+                            # Appends during the commit saw the old batch still pending and did
+                            # not notify: they arrived after the commit started.
+                            self._oldest_at = started
+                else:
+                    committer.sync_committed()
+                    with self._work:
+                        self._unsynced_at = None
             except BaseException as exc:  # poison: every later call raises, waiters wake
                 committer.poison(exc)
                 return

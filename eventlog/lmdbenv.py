@@ -21,34 +21,50 @@ class TxnGate:
     """Shared/exclusive gate around LMDB transactions of this process.
 
     LMDB forbids `set_mapsize` while any transaction of the process is open; growing the
-    map takes the gate exclusively, every transaction takes it shared.
+    map takes the gate exclusively, every transaction takes it shared. Every commit
+    passes it twice, so the shared path is one plain lock round trip each way and
+    notifies only when a map growth waits.
     """
 
     def __init__(self):
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._active = 0
         self._exclusive = False
+        self._waiting = 0  # threads in run_exclusive, or shared entrants waiting behind one
 
     def __enter__(self):
-        with self._cond:
-            while self._exclusive:
-                self._cond.wait()
+        with self._lock:
+            if not self._exclusive:
+                self._active += 1
+                return
+            self._waiting += 1
+            try:
+                while self._exclusive:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
             self._active += 1
 
     def __exit__(self, *exc):
-        with self._cond:
+        with self._lock:
             self._active -= 1
-            self._cond.notify_all()
+            if self._waiting:
+                self._cond.notify_all()
 
     def run_exclusive(self, fn):
-        with self._cond:
-            while self._exclusive or self._active:
-                self._cond.wait()
+        with self._lock:
+            self._waiting += 1
+            try:
+                while self._exclusive or self._active:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
             self._exclusive = True
         try:
             return fn()
         finally:
-            with self._cond:
+            with self._lock:
                 self._exclusive = False
                 self._cond.notify_all()
 
@@ -100,7 +116,9 @@ class SharedEnv:
                 try:
                     env = lmdb.open(
                         str(path), subdir=True, max_dbs=2, map_size=map_size, readonly=readonly,
-                        sync=True, metasync=durability != "os", lock=locked,
+                        # Only sync mode syncs the meta page in the commit; group and os
+                        # let the next commit's data sync carry it (Writer.meta_synced).
+                        sync=True, metasync=durability == "sync", lock=locked,
                         readahead=False, meminit=False, max_spare_txns=2,
                     )
                 except STRUCTURAL_ERRORS as exc:

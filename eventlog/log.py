@@ -51,7 +51,7 @@ class EventLog:
         readonly: bool = False,
         *,
         map_size: int = DEFAULT_MAP_SIZE,
-        group_window: float = 0.002,
+        group_window: float = 0.1,
         group_max_batch: int = 8192,
         os_sync_interval: float = 1.0,
         takeover: bool = False,
@@ -74,6 +74,12 @@ class EventLog:
           ``writer.lock`` as soon as it is free (see locking.WriterLock), so while it
           lives a plain open gets LockedError and `eventlog.writer_pid` names it.
         - durability is "sync", "group" or "os" (see the package docs for what each loses).
+        - group_window (group mode, seconds, >= 0): the bound on how long an appended entry
+          may stay not durable, not counting the one fdatasync that ends it. The flusher
+          commits what waits every half window (one fdatasync per commit, which also makes
+          the previous batch durable) and syncs a last batch by the window's end, so 5-50 ms
+          training steps share commits. `wait_durable`/`flush` never wait for it. 0 commits
+          and syncs every entry at once. group_max_batch: entries per commit at most.
         - map_size is the initial LMDB map; it doubles whenever it fills.
         - A path on a network filesystem, a non-log directory or file, or a log of a
           newer format version raises LogError/FormatError naming it.

@@ -34,6 +34,9 @@ class Storage:
         self.path = path
         self._shared = SharedEnv.acquire(path, readonly, map_size, durability)
         self.env, self._gate = self._shared.env, self._shared.gate
+        # Whether LMDB syncs the meta page inside each commit (MDB_NOMETASYNC off). The
+        # environment is shared per process, so its first opener's mode decides it, not ours.
+        self.meta_synced = bool(self.env.flags()["metasync"])
         try:
             if readonly:
                 try:
@@ -160,6 +163,11 @@ class Storage:
             except lmdb.MapResizedError:
                 self._gate.run_exclusive(lambda: self.env.set_mapsize(0))
 
+    def put_one(self, txn, index: int, value: bytes) -> None:
+        """In `txn`: append entry `index` after the last key (put_all for one entry, the sync hot path)."""
+        if not txn.put(record.key(index), value, append=True, db=self._entries_db):
+            raise LogError(f"index {index} collides with an existing entry; the log changed under this writer")
+
     def put_all(self, txn, framed: list[tuple[int, bytes]]) -> None:
         """In `txn`: append framed (index, value) pairs after the last key."""
         # putmulti keeps the whole batch in C: faster, and fewer points where the GIL can
@@ -201,7 +209,8 @@ class Storage:
         self._gate.run_exclusive(lambda: self.env.set_mapsize(self.env.info()["map_size"] * 2))
 
     def sync(self) -> None:
-        """fsync the environment (os mode: makes every committed transaction durable)."""
+        """fdatasync the environment: every committed transaction becomes durable, its meta
+        page included (which a commit leaves unsynced unless `meta_synced`)."""
         self.env.sync(True)
 
     def reader_check(self) -> None:

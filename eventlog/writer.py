@@ -5,6 +5,14 @@ LMDB write transactions (commits, truncation, compaction); the writer's bookkeep
 (first index, last checksum, health) and the tail are guarded by the tail's lock. In
 group mode the flusher thread commits the tail; in os mode a syncer thread fsyncs
 (durability.py). Both drive this class through its `Committer` methods only.
+
+One sync per commit: unless the environment syncs meta pages (`Storage.meta_synced`,
+sync mode), a commit's fdatasync makes its data pages durable but not the meta page
+naming them, which LMDB writes after that sync. So a commit is not durable when it
+returns; it becomes durable at the next fdatasync of the file (the next commit's, or an
+explicit `Storage.sync`), which flushes the meta page too. `durable_index` therefore
+advances to what was committed *before* a commit started, never to that commit's own
+entries (durability.py, "Why the lag is safe").
 """
 
 from __future__ import annotations
@@ -55,13 +63,15 @@ class Writer:
         self.tail = Tail(bounds.last_index)
         self._state = self.tail.lock
         self.committing = threading.Lock()  # one LMDB write transaction at a time
+        # True only when LMDB syncs each commit's meta page itself (sync mode's environment).
+        self.meta_synced = storage.meta_synced
         self.health = WriterHealth(storage.path, damage)
         self.bytes_appended = 0  # stored bytes framed since open; truncation does not subtract
         self._background: GroupFlusher | PeriodicSyncer | None = None
         self._compacting = threading.Lock()  # one compaction (seal, drop, retention) at a time
         self._sealer = Sealer(storage, archive)
         self._sealer.clean(bounds)  # what a crash inside a compaction left behind
-        if durability == "os":
+        if not self.meta_synced:
             storage.sync()  # the term bump must not be lost behind later entries
 
     def start_background(self, group_window: float, group_max_batch: int, os_sync_interval: float) -> None:
@@ -101,6 +111,8 @@ class Writer:
 
     def append_one(self, op_bytes: bytes, payload_bytes: bytes) -> int:
         """Append one checked entry; return its index."""
+        if self._durability == "sync":
+            return self._commit_one(op_bytes, payload_bytes)
         if self._durability != "group":
             return self.append_encoded([(op_bytes, payload_bytes)]).start
         # The group-mode hot path: one entry, no batch bookkeeping. Under one GIL the
@@ -116,6 +128,31 @@ class Writer:
             tail.append_one(index, value)
             if tail.pending == 1 or tail.pending >= self._background.max_batch:
                 self._background.notify_locked()  # otherwise the flusher is already due to run
+        return index
+
+    def _commit_one(self, op_bytes: bytes, payload_bytes: bytes) -> int:
+        """Sync mode's one-entry append: append_encoded without the batch bookkeeping.
+
+        Every call here is paid once per fdatasync'd commit, so it stays flat: one frame,
+        one put, one commit, one tail update (the regression issue 22 measured was the
+        general batch path's closures, generator, cursor and repeated checks).
+        """
+        with self.committing, self._state:
+            if not self.health.usable or self._generation != SharedEnv.generation:
+                self.check_writable()
+            tail = self.tail
+            index = tail.last_index + 1
+            value, checksum = record.frame(index, self.term, op_bytes, payload_bytes, time.time_ns(),
+                                           self._last_checksum)
+            storage = self._storage
+            self._write(lambda txn: storage.put_one(txn, index, value))
+            self._last_checksum = checksum
+            self.bytes_appended += len(value)
+            if self.meta_synced:
+                tail.mark_committed(index, durable=True)
+            else:  # an environment shared with an earlier group/os writer: sync the meta too
+                tail.mark_committed(index, durable=False)
+                self._sync_committed()
         return index
 
     def append_encoded(self, encoded: list[tuple[bytes, bytes]]) -> range:
@@ -137,9 +174,11 @@ class Writer:
                 synced_before = tail.committed_index
                 self._write(lambda txn: self._storage.put_all(txn, framed))
                 self._last_checksum = last_checksum
-                tail.mark_committed(framed[-1][0], durable=self._durability == "sync")
-                # os: this commit's fdatasync also flushed the previous commit's meta page
-                tail.mark_durable(synced_before)
+                tail.mark_committed(framed[-1][0], durable=self.meta_synced)
+                if self._durability == "sync":
+                    self._sync_committed()  # no-op unless the shared environment skips meta syncs
+                else:  # os: this commit's fdatasync also flushed the previous commit's meta page
+                    tail.mark_durable(synced_before)
             return range(tail.last_index + 1 - len(framed), tail.last_index + 1)
 
     def _frame(self, encoded) -> tuple[list[tuple[int, bytes]], int]:
@@ -171,19 +210,46 @@ class Writer:
     # ------------------------------------------------------------------ Committer (durability.py)
 
     def commit_pending(self, max_batch: int) -> None:
-        """Group mode: commit the oldest (at most `max_batch`) tail entries durably.
+        """Group mode: commit the oldest (at most `max_batch`) tail entries with one fdatasync.
 
-        The batch is taken from the tail while holding `committing`, so a truncation
-        (which takes it too) runs wholly before or wholly after this commit: it can
-        never drop entries from the tail while a batch holding them is on its way to the disk.
+        What becomes durable: everything committed before this commit (its data sync
+        flushed the previous commit's meta page), and this batch too only if the
+        environment syncs meta pages. The rest waits for the next commit or
+        `sync_committed`. The batch is taken from the tail while holding `committing`, so
+        a truncation (which takes it too) runs wholly before or wholly after this commit:
+        it can never drop entries from the tail while a batch holding them is on its way
+        to the disk.
         """
         with self.committing:
-            batch = self.tail.take(max_batch)
+            tail = self.tail
+            batch = tail.take(max_batch)
             if batch:
+                synced_before = tail.committed_index
                 self._write(lambda txn: self._storage.put_all(txn, batch))
-                self.tail.mark_committed(batch[-1][0], durable=True)
-                if self._on_commit is not None:
-                    self._on_commit(range(batch[0][0], batch[-1][0] + 1))
+                tail.mark_committed(batch[-1][0], durable=False)
+                self._advance_durable(batch[-1][0] if self.meta_synced else synced_before)
+
+    def sync_committed(self) -> None:
+        """Group mode: fdatasync so that every committed entry is durable (its meta page with it)."""
+        with self.committing:
+            self._sync_committed()
+
+    def _sync_committed(self) -> None:
+        """Under `committing`: fdatasync if any committed entry is not durable yet, then say so."""
+        target = self.tail.committed_index
+        if target > self.tail.durable_index:
+            self._storage.sync()
+            self._advance_durable(target)
+
+    def _advance_durable(self, index: int) -> None:
+        """Entries through `index` (committed) survive a power loss now; tell on_commit what moved."""
+        tail = self.tail
+        with self._state:
+            before = tail.durable_index
+            tail.mark_durable(index)
+            after = tail.durable_index
+        if after > before and self._on_commit is not None:
+            self._on_commit(range(before + 1, after + 1))
 
     def sync(self) -> None:
         """os mode: fsync the environment."""
@@ -277,8 +343,9 @@ class Writer:
                     tail.append(framed)
                     self._background.notify_locked()
                 else:
-                    tail.mark_committed(index + 1, durable=self._durability != "os")
-            if self._durability == "os":
+                    tail.mark_committed(index + 1, durable=self.meta_synced)
+            if not self.meta_synced:
+                # The rewrite is durable on return, as documented: its meta page too.
                 self._storage.sync()
                 tail.mark_durable(tail.committed_index)
             return index + 1 if framed else None
@@ -337,8 +404,8 @@ class Writer:
                 self._first_index = index + 1
                 if new_archive is not None:
                     self._archive_first = new_archive.first
-            if self._durability == "os":
-                self._storage.sync()
+            if not self.meta_synced:
+                self._storage.sync()  # the new boundary's meta page, before any segment goes
         self._sealer.remove(doomed)  # only now that the new archive boundary is durable
         with self._state:
             archive_first = self._archive_first
@@ -362,8 +429,9 @@ class Writer:
         try:
             if self._background is not None:
                 self._background.stop()
-            if not self.health.failed and self._durability == "os":
-                self._storage.sync()
+            if not self.health.failed and not self.meta_synced:
+                with self.committing:
+                    self._sync_committed()
         except BaseException as exc:  # the caller still releases the environment and the lock
             error = exc
         finally:
@@ -374,7 +442,11 @@ class Writer:
 
     def lost_entries(self):
         """The error for appended entries a failure kept from the disk, or None."""
-        return self.health.lost_entries(self.tail.pending)
+        tail = self.tail
+        # group: committed entries whose meta page was never synced count too; they were
+        # never acknowledged, and after a failed sync the kernel may have dropped their pages.
+        unsynced = tail.committed_index - tail.durable_index if self._durability == "group" else 0
+        return self.health.lost_entries(tail.pending + unsynced)
 
     def describe(self) -> str:
         return f"term {self.term}, {self._durability}"
