@@ -35,6 +35,7 @@ import lmdb
 import snapshots
 from eventlog import EventLog, LogError
 
+from . import layout
 from .errors import DamageError
 from .ops import Ops
 from .progress import ReplayProgress
@@ -79,9 +80,9 @@ def locate(path: str | os.PathLike) -> tuple[Path, Path | None]:
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist")
-    if (root / "log" / "data.mdb").is_file():
-        return root / "log", root / "snapshots"
-    if (root / "data.mdb").is_file():
+    if layout.log_data_file(root).is_file():
+        return layout.log_dir(root), layout.snapshots_dir(root)
+    if layout.lmdb_file(root).is_file():
         return root, None
     raise FileNotFoundError(f"{root} is not a journal (no log/data.mdb) or an event log (no data.mdb)")
 
@@ -144,7 +145,7 @@ def verify_journal(path: str | os.PathLike, *, progress: bool | None = None) -> 
     FileNotFoundError when `path` is neither (`locate`); bugs propagate.
     """
     log_dir, store_dir = locate(path)
-    found = _Findings(log_dir / "data.mdb")
+    found = _Findings(layout.lmdb_file(log_dir))
     log = found.guard(lambda: EventLog.open(log_dir, readonly=True))
     try:
         first = _verify_log(log, found) if log is not None else None

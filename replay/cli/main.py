@@ -96,7 +96,7 @@ def _damaged_file(exc: BaseException, args) -> str | None:
     if isinstance(exc, (snapshots.SnapshotError, ReplayError)) or not getattr(args, "dir", None):
         return None  # snapshot errors name their snapshot; a divergence is not a file's damage
     try:
-        return str(log_dir(args.dir) / layout.LOG_DATA_FILE)
+        return str(layout.lmdb_file(log_dir(args.dir)))
     except CliError:
         return str(Path(args.dir))
 

@@ -8,13 +8,13 @@ snapshot fail.
 
 from __future__ import annotations
 
+from replay.layout import rank_file
 from replay.operator import refuse_live_writer
-from replay.ranks.layout import RANK_FILE
 from replay.audit import human_bytes
 
 from .errors import CliError, EXIT_OK
 from .output import Column, Output
-from .source import log_dir, open_source
+from .source import locate_journal, open_source
 from .summary import iso_time, local_time
 
 LIST_HELP = "list snapshots: index, term, sizes (logical, stored, written), compression ratio"
@@ -102,19 +102,19 @@ def run_list(args, out: Output) -> int:
 def run_prune(args, out: Output) -> int:
     import snapshots
 
-    directory = log_dir(args.dir)
-    if directory.name != "log":
+    directory, store_dir = locate_journal(args.dir)
+    if store_dir is None:
         raise CliError(f"{args.dir} is a bare event log; it has no snapshots to prune")
     refuse_live_writer(directory, "the journal prunes its own snapshots. Close it first")
-    if (directory.parent / RANK_FILE).exists():
+    if rank_file(args.dir).exists():
         # Pruning one rank alone can delete the snapshot every rank holds in common.
-        raise CliError(f"{directory.parent} is one rank of a multi-rank journal: its snapshots are pruned by the "
+        raise CliError(f"{args.dir} is one rank of a multi-rank journal: its snapshots are pruned by the "
                        "journal itself, which keeps the one every rank holds")
     from eventlog import EventLog
 
     from replay.retention import keep_oldest_snapshot
 
-    store = snapshots.SnapshotStore(directory.parent / "snapshots", keep_last=args.keep_last,
+    store = snapshots.SnapshotStore(store_dir, keep_last=args.keep_last,
                                     keep_every=args.keep_every, workers=4)
     try:
         retained = store.list()

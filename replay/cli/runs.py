@@ -25,7 +25,7 @@ def run(args, out: Output) -> int:
     try:
         attempts, skipped = read_attempts(records)
     except JsonFileError as exc:
-        raise CliError(f"{records / layout.ATTEMPTS}: {exc}") from None
+        raise CliError(f"{layout.attempts_path(records)}: {exc}") from None
     if not attempts and not records.is_dir():
         raise CliError(f"{args.dir}: no attempts recorded (no {layout.SUPERVISOR_DIR}/ directory: "
                        "was it run under `replay run`?)")

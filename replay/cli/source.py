@@ -49,8 +49,14 @@ def log_dir(path: str | os.PathLike) -> Path:
     CliError when `path` is neither (missing, a file, a directory without data.mdb); for a
     multi-rank journal directory it names a rank's directory to use instead.
     """
+    return locate_journal(path)[0]
+
+
+def locate_journal(path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """(log directory, snapshot store directory) of the journal at `path`; the store is None
+    for a bare event log (replay.audit.locate). CliError as for `log_dir`."""
     try:
-        return locate(path)[0]
+        return locate(path)
     except FileNotFoundError as exc:
         if layout.is_multirank(path):
             # `log`, `stats` and `verify` read the group; every other command reads one rank.

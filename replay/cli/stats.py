@@ -20,7 +20,7 @@ from pathlib import Path
 
 from eventlog import HEADER_SIZE
 
-from replay import environment
+from replay import environment, layout
 from replay.audit import human_bytes
 from replay.estimate import WriterPace, estimate_replay
 
@@ -72,7 +72,7 @@ def run(args, out: Output) -> int:
         snaps = snapshot_rows(src.store) if src.store is not None else []
         estimate = estimate_replay(log, src.store, pace, last).as_record()
         recorded = _recorded(src.root, log) if src.store is not None else None
-    data_file = src.log_path / "data.mdb"
+    data_file = layout.lmdb_file(src.log_path)
     summary = {"section": "log", "path": str(src.log_path), "first_index": first, "live_first_index": live_first,
                "last_index": last,
                "entries": sum(counts.values()), "payload_bytes": payload_total, "header_bytes": header_total,
@@ -168,11 +168,10 @@ def _show_recorded(recorded: dict, out: Output) -> None:
 def _runs(root) -> dict | None:
     """`replay run`'s attempts under root/supervisor/: the count per class and the last one (None without any)."""
     from replay.jsonfile import JsonFileError
-    from replay.supervisor import layout
     from replay.supervisor.records import read_attempts
 
     try:
-        attempts, skipped = read_attempts(layout.records_dir(root))
+        attempts, skipped = read_attempts(layout.supervisor_dir(root))
     except JsonFileError as exc:
         return {"attempts": 0, "classes": {}, "last": None, "skipped": 0, "error": str(exc)}
     if not attempts:

@@ -10,14 +10,13 @@ logs a warning. `--dry-run` shows what would go without changing anything.
 from __future__ import annotations
 
 import replay
-from replay import layout
 from replay.operator import refuse_live_writer
 
 from .args import check_entry_index, index_arg
 from .entries import print_row, rows
 from .errors import CliError, EXIT_OK
 from .output import Output
-from .source import log_dir, open_source
+from .source import locate_journal, open_source
 
 HELP = "drop every entry after I (a poison entry left by a crash); logged in the log itself"
 
@@ -32,8 +31,8 @@ def add_parser(sub, parents) -> None:
 
 
 def run(args, out: Output) -> int:
-    directory = log_dir(args.dir)
-    if directory.name != layout.LOG_DIR:
+    directory, store_dir = locate_journal(args.dir)
+    if store_dir is None:
         raise CliError(f"{args.dir} is a bare event log, not a journal; truncate works on journals")
     refuse_live_writer(directory, "close the journal first")
     with open_source(args.dir) as src:

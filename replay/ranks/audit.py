@@ -249,7 +249,7 @@ def _open_log(view: RankView, problems: list[Problem]) -> EventLog | None:
     except FileNotFoundError as exc:
         problems.append(Problem("log", f"rank {view.rank}: {exc}", view.rank, str(view.path)))
         return None
-    data = log_dir / paths.LOG_DATA_FILE
+    data = paths.lmdb_file(log_dir)
     try:
         log = EventLog.open(log_dir, readonly=True)
     except Exception as exc:  # noqa: BLE001 - classified: damage is a finding, anything else a bug

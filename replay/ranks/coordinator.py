@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 
 from eventlog import EventLog, FormatError
 
-from .. import failpoints
+from .. import failpoints, layout as paths
 from ..opening import refuse_to_reinitialise
 from ..determinism import state_digest
 from ..errors import RankDivergenceError, RecoveryError, WorldSizeError
@@ -54,7 +54,7 @@ def join(ranks: Collectives, root: Path) -> Path:
     mine = layout.rank_dir(root, ranks.rank)
     error, recorded, entries, snapshotted = None, None, False, False
     try:
-        if (root / "log").exists():
+        if paths.log_dir(root).exists():
             raise RecoveryError(f"{root} is a single-process journal (it holds log/); open it without group=")
         record = layout.read_rank_record(mine)
         # Journal.open checks this again after join, on this rank alone: checked here, the
@@ -63,8 +63,8 @@ def join(ranks: Collectives, root: Path) -> Path:
         if record is not None and record["rank"] != ranks.rank:
             raise WorldSizeError(mine, record["world_size"], ranks.size)
         recorded = record["world_size"] if record else None
-        entries = _holds_entries(mine / "log")
-        manifests = mine / "snapshots" / "manifests"
+        entries = _holds_entries(paths.log_dir(mine))
+        manifests = paths.manifests_dir(mine)
         snapshotted = manifests.is_dir() and any(manifests.iterdir())
     except Exception as exc:  # noqa: BLE001 - every rank must hear of it before any collective it would miss
         error = exc
@@ -154,7 +154,7 @@ def compare_replicated(ranks: Collectives, state: Mapping[str, Any], replicated:
 
 def _holds_entries(log_dir: Path) -> bool:
     """Whether the log at `log_dir` exists and has ever held an entry (read only)."""
-    data = log_dir / "data.mdb"
+    data = paths.lmdb_file(log_dir)
     if not data.exists() or data.stat().st_size == 0:
         return False
     try:
@@ -255,7 +255,7 @@ class Coordinator:
             layout.write_acknowledged(self._rank_root, index)
         except OSError as exc:
             warnings.warn(f"rank {self.ranks.rank}: could not record the acknowledged index {index} in "
-                          f"{self._rank_root / layout.ACK_FILE}: {exc}", RuntimeWarning, stacklevel=4)
+                          f"{paths.acknowledged_file(self._rank_root)}: {exc}", RuntimeWarning, stacklevel=4)
             return
         self.acknowledged = index
 

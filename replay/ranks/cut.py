@@ -65,7 +65,7 @@ def known_acknowledged(rank_root: Path, rank: int) -> tuple[int, int]:
     if own is not None:
         index, source = own, FROM_OWN_RECORD
     if rank == 0:
-        group = layout.newest_global_record(Path(rank_root).parent)
+        group = layout.newest_global_record(paths.group_root_of(rank_root))
         if group is not None and group >= index:
             source = (source if group == index else 0) | FROM_GROUP_RECORD
             index = group
@@ -139,7 +139,7 @@ def decide(positions: list[Position]) -> Cut:
 
 
 def _behind_text(cut: Cut, root: Path) -> str:
-    ranks = ", ".join(f"rank {r}'s log ends at index {last} ({layout.rank_dir(root, r) / 'log'})"
+    ranks = ", ".join(f"rank {r}'s log ends at index {last} ({paths.log_dir(layout.rank_dir(root, r))})"
                       for r, last in cut.behind)
     lowest = min(last for _, last in cut.behind)
     where = "; ".join(_record_paths(root, r, source, cut.acknowledged) for r, source in cut.acknowledged_by)
@@ -157,15 +157,15 @@ def _record_paths(root: Path, rank: int, source: int, index: int) -> str:
     if source & FROM_OWN_RECORD:
         files.append(str(paths.acknowledged_file(paths.rank_dir(root, rank))))
     if source & FROM_GROUP_RECORD:
-        files.append(str(paths.group_snapshots_dir(root) / f"{index:020d}.json"))
+        files.append(str(paths.global_record_file(root, index)))
     return f"rank {rank} records it in {' and '.join(files) or 'its files'}"
 
 
 def _blocked_text(cut: Cut, root: Path) -> str:
     sealed = ", ".join(f"rank {r}'s entries through {through} are sealed in its archive "
-                       f"({layout.rank_dir(root, r) / 'log'})" for r, through in cut.blocked)
+                       f"({paths.log_dir(layout.rank_dir(root, r))})" for r, through in cut.blocked)
     need = max(through for _, through in cut.blocked)
-    lagging = ", ".join(f"rank {r}'s ({layout.rank_dir(root, r) / 'log'})" for r in cut.lagging)
+    lagging = ", ".join(f"rank {r}'s ({paths.log_dir(layout.rank_dir(root, r))})" for r in cut.lagging)
     dirs = ", ".join(str(layout.rank_dir(root, r)) for r in cut.lagging)
     return (f"{root}: the cut is index {cut.index}, where {lagging} log ends, but {sealed}: sealed history is "
             "never truncated, so a log that ends below it was put back from an older copy or lost entries. "

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 import time
 from dataclasses import dataclass
@@ -47,7 +46,6 @@ ACK_FILE = paths.ACK_FILE
 ACK_WIDTH = 64  # bytes of acknowledged.json: fixed, so it is overwritten in place (write_acknowledged)
 GROUP_DIR = paths.GROUP_DIR
 RECORD_LIMIT = 64 * 1024  # a record names one manifest per rank: kilobytes, never more
-_RECORD = re.compile(r"([0-9]{20})\.json")
 
 
 class RankRecordError(ReplayError, DamageError):
@@ -81,8 +79,8 @@ def refuse_single_process(root: str | os.PathLike) -> None:
     if is_multirank(root):
         raise RecoveryError(f"{root} is a multi-rank journal (ranks {ranks_on_disk(root)}): open it with group= "
                             "on every rank of a process group of its size")
-    if (root / RANK_FILE).exists():
-        raise RecoveryError(f"{root} is one rank's directory of a multi-rank journal ({root / RANK_FILE}): open "
+    if paths.rank_file(root).exists():
+        raise RecoveryError(f"{root} is one rank's directory of a multi-rank journal ({paths.rank_file(root)}): open "
                             f"{root.parent} with group= on every rank (read it with replay.entries or the CLI)")
 
 
@@ -159,9 +157,8 @@ def newest_global_record(root: str | os.PathLike) -> int | None:
 
 def write_global_record(root: str | os.PathLike, index: int, manifests: list[str]) -> Path:
     """Record durably that every rank committed its snapshot at `index` (`manifests`, by rank)."""
-    directory = paths.group_snapshots_dir(root)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{index:020d}.json"
+    path = paths.global_record_file(root, index)
+    path.parent.mkdir(parents=True, exist_ok=True)
     jsonfile.write_durably(path, {"format": FORMAT, "index": index, "world_size": len(manifests),
                                   "manifests": list(manifests), "time": time.time()})
     return path
@@ -175,8 +172,8 @@ def remove_global_records(root: str | os.PathLike, keep: set[int]) -> None:
     except (FileNotFoundError, NotADirectoryError):
         return
     for name in names:
-        m = _RECORD.fullmatch(name)
-        if m and int(m.group(1)) not in keep:
+        index = paths.global_record_index(name)
+        if index is not None and index not in keep:
             try:
                 os.unlink(directory / name)
             except FileNotFoundError:
@@ -196,13 +193,13 @@ def read_global_records(root: str | os.PathLike) -> tuple[list[GlobalRecord], li
         return [], []
     records, damaged = [], []
     for name in names:
-        m = _RECORD.fullmatch(name)
-        if not m:
+        index = paths.global_record_index(name)
+        if index is None:
             continue
         path = directory / name
         try:
             doc = _read(path)
-            records.append(_record(path, int(m.group(1)), doc))
+            records.append(_record(path, index, doc))
         except RankRecordError as exc:
             damaged.append((path, str(exc).removeprefix(f"{path}: ")))
     return records, damaged

@@ -40,11 +40,9 @@ same state: only step 4 writes, and it only ever brings the logs closer to the c
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..envelope import TRUNCATE_OP, wrap
 from ..errors import RecoveryError
-from .. import failpoints
+from .. import failpoints, layout as paths
 from ..recovery import RecoveryReport, Replayer, history_mismatch
 from .collectives import Collectives
 from .cut import Position, decide, known_acknowledged
@@ -64,7 +62,7 @@ def recover(ranks: Collectives, replayer: Replayer, log, store, progress: bool |
     an op is unknown).
     """
     report = RecoveryReport()
-    rank_root = Path(log.path).parent
+    rank_root = paths.journal_of_log(log.path)
     error = None
     try:
         acknowledged, source = known_acknowledged(rank_root, ranks.rank)
@@ -80,7 +78,7 @@ def recover(ranks: Collectives, replayer: Replayer, log, store, progress: bool |
     held = ranks.gather_lists([i for i in mine if i <= cut.index], "recovery's exchange")
     common = sorted(set.intersection(*(set(h) for h in held)), reverse=True)
     failpoints.hit("group.after_exchange")
-    refusal = cut.refusal(rank_root.parent)
+    refusal = cut.refusal(paths.group_root_of(rank_root))
     if refusal is not None:
         raise refusal  # the same on every rank (decided from the same rows), nothing changed yet
 

@@ -1,7 +1,10 @@
-"""Where the supervisor's records live under a journal directory, and what a child is told.
+"""What the supervisor's records under a journal directory are, and what a child is told.
 
-``DIR/supervisor/``:
-- ``attempts.jsonl``: one JSON object per finished attempt, appended and fsynced.
+The names live in replay/layout.py (every path under a journal directory is spelled
+there); this module re-exports the ones the supervisor uses, under the names its
+modules call, and owns the child's environment variables. ``DIR/supervisor/``:
+
+- ``attempts.jsonl``: one JSON object per finished attempt, appended and fsynced (records.py).
 - ``heartbeat-a<attempt>-p<pid>``: one process's heartbeat in an attempt (heartbeat.py);
   removed when the next attempt starts (liveness, not a record).
 - ``crash-a<attempt>-p<pid>.json``: a crash record (records.py), written by the journal.
@@ -17,44 +20,20 @@ an ``oom``; the batch size must then be a payload field, so replay stays exact).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from .. import layout
 
 SUPERVISOR_DIR = layout.SUPERVISOR_DIR  # re-exported: the names live in replay/layout.py
-ATTEMPTS = "attempts.jsonl"
+ATTEMPTS = layout.ATTEMPTS_FILE
 
 ENV_JOURNAL = "REPLAY_RUN_JOURNAL"   # the journal directory the supervisor watches (absolute)
 ENV_ATTEMPT = "REPLAY_RUN_ATTEMPT"   # 1, 2, ...
 ENV_LAST_CLASS = "REPLAY_RUN_LAST_CLASS"  # the previous attempt's class ("" on the first)
 
-
-def records_dir(journal_dir: str | os.PathLike) -> Path:
-    return layout.supervisor_dir(journal_dir)
-
-
-def heartbeat_path(records: Path, attempt: int, pid: int) -> Path:
-    return records / f"heartbeat-a{attempt}-p{pid}"
-
-
-def crash_path(records: Path, attempt: int, pid: int) -> Path:
-    return records / f"crash-a{attempt}-p{pid}.json"
-
-
-def dump_path(records: Path, attempt: int, pid: int) -> Path:
-    return records / f"dump-a{attempt}-p{pid}.txt"
-
-
-def replica_status_path(records: Path, attempt: int, pid: int) -> Path:
-    return records / f"replica-a{attempt}-p{pid}.json"
-
-
-def of_attempt(records: Path, kind: str, attempt: int) -> list[Path]:
-    """The `kind` ("heartbeat", "crash", "dump", "replica") files of `attempt`, in name order."""
-    try:
-        names = os.listdir(records)
-    except FileNotFoundError:
-        return []
-    prefix = f"{kind}-a{attempt}-p"
-    return [records / n for n in sorted(names) if n.startswith(prefix)]
+# Re-exported from replay/layout.py, whose docstrings hold their contracts.
+records_dir = layout.supervisor_dir  # DIR/supervisor
+attempts_path = layout.attempts_file  # SUP/attempts.jsonl
+heartbeat_path = layout.heartbeat_file  # SUP/heartbeat-a<attempt>-p<pid>
+crash_path = layout.crash_file  # SUP/crash-a<attempt>-p<pid>.json
+dump_path = layout.dump_file  # SUP/dump-a<attempt>-p<pid>.txt
+replica_status_path = layout.replica_status_file  # SUP/replica-a<attempt>-p<pid>.json
+of_attempt = layout.attempt_files  # the files of one kind of one attempt, in name order
