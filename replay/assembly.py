@@ -261,7 +261,10 @@ def journal_parts(root, replayer, log, store, recovery, resources, *, group, rep
 def keywords_documented(open_function):
     """`open_function` (`Journal.open`) with its docstring's Args paragraph (a pointer here)
     replaced by `open_journal`'s Args section, so help(Journal.open) tells every keyword.
-    ValueError at import when either docstring has lost the section this relies on."""
+    ValueError at import when either docstring has lost the section this relies on. Under
+    ``python -OO`` (no docstrings) `open_function` is returned as it is."""
+    if open_function.__doc__ is None or open_journal.__doc__ is None:
+        return open_function
     own = inspect.cleandoc(open_function.__doc__)
     ours = inspect.cleandoc(open_journal.__doc__)
     pointer = own.find("\nArgs: ")

@@ -9,6 +9,8 @@ import ast
 import importlib
 import inspect
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,14 @@ def test_keywords_documented_refuses_a_docstring_without_its_args_pointer():
 
     with pytest.raises(ValueError, match="'Args: ' paragraph before 'Returns:'"):
         keywords_documented(open_)
+
+
+def test_replay_imports_without_docstrings():
+    """``python -OO`` strips docstrings: Journal.open is left as it is, and replay still imports."""
+    root = Path(__file__).resolve().parents[2]  # `-c` puts the working directory first on sys.path
+    done = subprocess.run([sys.executable, "-OO", "-c", "import replay; print(replay.Journal.open.__doc__)"],
+                          cwd=root, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr
 
 
 class _Recording(NoSupervisor):
