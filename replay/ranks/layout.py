@@ -26,6 +26,10 @@ ranks must agree on they agree through collectives (replay.ranks.collectives). T
 records here exist so that an operator (``replay verify DIR``) can see which snapshots
 were complete across ranks, and so that a rank directory opened with the wrong world
 size is refused. Every file is read back as untrusted input (replay.jsonfile).
+
+This module owns the records' formats (writing them, reading them back, checking them);
+where each one lives is replay/layout.py's (rank_dir, rank_file, acknowledged_file,
+global_record_file), so the names here are re-exports kept for their callers.
 """
 
 from __future__ import annotations
