@@ -18,9 +18,9 @@ from .components import check_layout, check_state, default_device, layout_templa
 from .applying import Applier, BatchFailed
 from .counting import counts_from_log, recorded_counts
 from .determinism import state_digest
-from .envelope import AUDIT_OPS, DIGEST_OP, ENGINE_OPS
+from .envelope import AUDIT_OPS, DIGEST_OP
 from . import failpoints
-from .errors import DivergenceError, HandlerError, PayloadRejectedError, RecoveryError, UnknownOpError
+from .errors import DivergenceError, HandlerError, PayloadRejectedError, RecoveryError
 from .ops import INPUTS, Ops
 from .progress import ReplayProgress
 from .readahead import ReadAhead
