@@ -28,7 +28,8 @@ from .supervisor.link import opening_link
 
 SNAPSHOT_META_KEY = "replay"
 SNAPSHOT_FORMAT = 2  # 2: "counts" added (1 lacks it; replay.counting rebuilds it from the log)
-PUBLISH_EVERY = 256  # entries between two heartbeat updates of a supervised recovery (memory writes)
+PUBLISH_EVERY = 256  # entries between two heartbeat updates of a supervised recovery (memory writes) ...
+PUBLISH_SECONDS = 1.0  # ... or this long, checked once per batch of entries (slow handlers)
 
 
 @dataclass
@@ -267,7 +268,8 @@ class Replayer:
         raises, applying stops at the start of that run with BatchFailed (only `recover`
         asks for batches: it restores the snapshot and replays sequentially). Inside a
         supervised `Journal.open`, the heartbeat shows ``recovering k/n``, updated with
-        memory writes every PUBLISH_EVERY entries.
+        memory writes every PUBLISH_EVERY entries or PUBLISH_SECONDS, whichever comes first
+        (checked after each batch of readahead.BATCH entries).
         """
         started = time.perf_counter()
         midway = start + (stop - start) // 2 if stop - start >= 2 else None
@@ -277,6 +279,7 @@ class Replayer:
         link.recovering(0, total)
         applier = Applier(self, report, start, batched)
         published, through = start, None
+        publish_at = time.monotonic() + PUBLISH_SECONDS
         try:
             with ReplayProgress(total, progress) as bar, ReadAhead(log, start, stop, self.device) as source:
                 for prepared, error in source.batches():
@@ -291,8 +294,8 @@ class Replayer:
                             applier.apply(prepared)
                         through = (prepared[-1].index, prepared[-1].checksum)
                         bar.advance(len(prepared))
-                        if applier.next - published >= PUBLISH_EVERY:
-                            published = applier.next
+                        if applier.next - published >= PUBLISH_EVERY or time.monotonic() >= publish_at:
+                            published, publish_at = applier.next, time.monotonic() + PUBLISH_SECONDS
                             link.recovering(published - start, total)
                     if error is not None:
                         raise error
