@@ -19,8 +19,11 @@ reading a page-cache-hot log:
 
 Reported: the median of per-round ratios (a/b, c/b, d/scan_raw) of entries per
 process CPU second, with their min and max (the same from wall time, for information),
-the rates, and the load average at every round (the machine is shared, so wall time
-mostly measures the wait for a core). Every
+the rates, and the load average at every round. CPU time, because on a shared machine
+(load average 10-17 on 2 cores while this was written) wall time mostly measures the
+wait for a core, and it favours whichever arm runs more threads: the scheduler gives a
+two-thread process more of the queue (the replay of commit 0fa8010, with its read-ahead
+thread, came out 1.45x the raw loop in wall time and 0.75x in CPU time in one run). Every
 replay's final state is compared bit for bit with the state that wrote the log.
 Results go to ``bench/results/replay_rate.json``. A benchmark, not a test: nothing
 asserts time.

@@ -18,9 +18,9 @@ from .components import check_layout, check_state, default_device, layout_templa
 from .applying import Applier, BatchFailed
 from .counting import counts_from_log, recorded_counts
 from .determinism import state_digest
-from .envelope import AUDIT_OPS, DIGEST_OP, ENGINE_OPS
+from .envelope import AUDIT_OPS, DIGEST_OP
 from . import failpoints
-from .errors import DivergenceError, HandlerError, PayloadRejectedError, RecoveryError, UnknownOpError
+from .errors import DivergenceError, HandlerError, PayloadRejectedError, RecoveryError
 from .ops import INPUTS, Ops
 from .progress import ReplayProgress
 from .readahead import ReadAhead
@@ -28,7 +28,8 @@ from .supervisor.link import opening_link
 
 SNAPSHOT_META_KEY = "replay"
 SNAPSHOT_FORMAT = 2  # 2: "counts" added (1 lacks it; replay.counting rebuilds it from the log)
-PUBLISH_EVERY = 256  # entries between two heartbeat updates of a supervised recovery (memory writes)
+PUBLISH_EVERY = 256  # entries between two heartbeat updates of a supervised recovery (memory writes) ...
+PUBLISH_SECONDS = 1.0  # ... or this long, checked once per batch of entries (slow handlers)
 
 
 @dataclass
@@ -270,7 +271,8 @@ class Replayer:
         raises, applying stops at the start of that run with BatchFailed (only `recover`
         asks for batches: it restores the snapshot and replays sequentially). Inside a
         supervised `Journal.open`, the heartbeat shows ``recovering k/n``, updated with
-        memory writes every PUBLISH_EVERY entries.
+        memory writes every PUBLISH_EVERY entries or PUBLISH_SECONDS, whichever comes first
+        (checked after each batch of readahead.BATCH entries).
         """
         started = time.perf_counter()
         midway = start + (stop - start) // 2 if stop - start >= 2 else None
@@ -280,6 +282,7 @@ class Replayer:
         link.recovering(0, total)
         applier = Applier(self, report, start, batched)
         published, through = start, None
+        publish_at = time.monotonic() + PUBLISH_SECONDS
         try:
             with ReplayProgress(total, progress) as bar, ReadAhead(log, start, stop, self.device) as source:
                 for prepared, error in source.batches():
@@ -294,8 +297,8 @@ class Replayer:
                             applier.apply(prepared)
                         through = (prepared[-1].index, prepared[-1].checksum)
                         bar.advance(len(prepared))
-                        if applier.next - published >= PUBLISH_EVERY:
-                            published = applier.next
+                        if applier.next - published >= PUBLISH_EVERY or time.monotonic() >= publish_at:
+                            published, publish_at = applier.next, time.monotonic() + PUBLISH_SECONDS
                             link.recovering(published - start, total)
                     if error is not None:
                         raise error
