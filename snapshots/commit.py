@@ -95,7 +95,8 @@ def commit(w: ChunkWriter, job: SaveJob) -> SnapshotInfo:
     The manifest's bytes depend only on step 2, so its temp file is written and fsynced
     on a worker while this thread fsyncs and names the pack (step 3): the two fsyncs
     overlap, and the manifest's name still appears only after every chunk's (step 6)."""
-    pack = PackWriter(w.layout.packs, w.failpoint) if w.packs else LooseWriter(w.layout, w.pool, w.failpoint)
+    pack = (PackWriter(w.layout.packs, w.failpoint, writeback=w.codec.compression != "none") if w.packs
+            else LooseWriter(w.layout, w.pool, w.failpoint))
     try:
         try:
             views = wait_for_staging(job)

@@ -128,10 +128,18 @@ class PackWriter:
     then `finish()` on one thread (index, trailer, fsync, rename; returns the entries),
     or `discard()` after a failure. Nothing is named before `finish`. `failpoint` is
     called with ``snapshot.before_pack_fsync`` and ``snapshot.before_pack_rename``.
+
+    `writeback`: ask the kernel to start writing each chunk back as soon as it is
+    appended (`durable.start_writeback`), so the final fsync finds little left to do.
+    It pays when chunks take CPU to make (compression overlaps the disk); for raw
+    chunks on a busy disk it made saves slower (the hint blocks the appending thread
+    on a full device queue): measured on 2 busy cores, median per-round ratios with/
+    without 0.88-0.94 with zstd, 1.29-1.75 without compression (54 and 256 MiB).
     """
 
-    def __init__(self, directory: str, failpoint: Callable[[str], None] | None = None):
+    def __init__(self, directory: str, failpoint: Callable[[str], None] | None = None, writeback: bool = True):
         self.directory = directory
+        self._writeback = writeback
         self.name: str | None = None
         self._failpoint = failpoint
         self._lock = Lock()
@@ -158,7 +166,8 @@ class PackWriter:
             self._entries.append(entry)
             fd = self._fd
         _pwrite_all(fd, views, offset)
-        start_writeback(fd, offset, size)  # the kernel writes back while others encode
+        if self._writeback:
+            start_writeback(fd, offset, size)  # the kernel writes back while others encode
         return size
 
     def _open(self) -> None:
