@@ -231,7 +231,8 @@ def create_from_segment_files(path, files, *, term: int, checksum_at: int | None
     ``path/archive/`` by a hard link when it is on the same filesystem (else copied),
     after an fsync of its data: the files are left where they were. `checksum_at`: an
     index whose chained checksum the caller needs (e.g. to place a snapshot on the new
-    history), read during the check instead of from the new log afterwards.
+    history), read during the check instead of from the new log afterwards (with no
+    files, the empty log answers for index 0: checksum 0).
     """
     path = Path(path)
     if isinstance(term, bool) or not isinstance(term, int):
@@ -254,6 +255,8 @@ def create_from_segment_files(path, files, *, term: int, checksum_at: int | None
         _check_continues(checked, this, position)
         checked.append(this)
         found = at if at is not None else found
+    if not checked and checksum_at == 0:
+        found = 0  # an empty log: entry 0 is the boundary, whose checksum seeds entry 1
     if checked and term < checked[-1].last_term:
         raise ValueError(f"create_from_segment_files: term {term} is lower than the term {checked[-1].last_term} "
                          f"of entry {checked[-1].last}, the last entry")

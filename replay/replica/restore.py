@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,33 @@ def _stream_to(path: Path, head: bytes, reader) -> int:
     return total
 
 
+class _Side:
+    """`job(*args)` on its own thread, started at once: `wait()` for it to end, `result()` for
+    its return value (re-raising what it raised)."""
+
+    def __init__(self, job, *args):
+        self._outcome: list = []
+        self._thread = threading.Thread(target=self._run, args=(job, args), name="replay-restore-chunks",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, job, args) -> None:
+        try:
+            self._outcome.append((True, job(*args)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the restoring thread by result()
+            self._outcome.append((False, exc))
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self):
+        self.wait()
+        ok, value = self._outcome[0]
+        if not ok:
+            raise value
+        return value
+
+
 def _needed(path: list, index: int) -> list:
     """The path's segments a log for a snapshot at `index` needs: those holding entries after it.
 
@@ -275,9 +303,19 @@ class _Restore:
                 self.skipped.append(f"{key}: of another history (log checksum {mf.log_checksum:016x}, the head's "
                                     f"history has {known[index]:016x} at index {index})")
                 return None
-            segments = [self._segment(seg) for seg in needed]
-            self._stage_chunks(mf)
-            if not self._build_log(needed, segments, mf):
+            # The snapshot's chunks are fetched and staged on a second thread while the segments
+            # are fetched and the log is built: separate directories, and each side mostly waits
+            # on the store and on fsync, so their waits overlap. A segment's failure wins (it
+            # refuses the restore); the chunk side has always ended before anything returns.
+            chunks = _Side(self._stage_chunks, mf)
+            try:
+                segments = [self._segment(seg) for seg in needed]
+                built = self._build_log(needed, segments, mf)
+            except BaseException:
+                chunks.wait()
+                raise
+            self.bytes += chunks.result()
+            if not built:
                 self._writer.discard()
                 return None
             return name, mf.data, segments
@@ -332,16 +370,24 @@ class _Restore:
             self._segments[seg.key] = path
         return self._segments[seg.key]
 
-    def _stage_chunks(self, mf) -> None:
+    def _stage_chunks(self, mf) -> int:
+        """Fetch and stage every chunk `mf` names (on `_Side`'s thread); the bytes read.
+        ReplicaDamageError naming the chunk for one missing, too large or not what its name says."""
+        total = 0
         for ref in mf.manifest.chunks:
             key = chunk_key(ref.id)
             try:
-                data = self._get(key, ref.stored_len)
+                data, _ = self.store.get(key, ref.stored_len)
+                total += len(data)
                 self._writer.add_chunk(ref.id, data, ref.raw_len, ref.stored_len)
+            except ObjectTooLargeError:
+                raise ReplicaDamageError(key, f"larger than the {ref.stored_len} bytes allowed",
+                                         self.store.url) from None
             except ObjectNotFoundError:
                 raise ReplicaDamageError(key, f"missing (named by manifest {mf.name})", self.store.url) from None
             except CorruptFileError as exc:
                 raise ReplicaDamageError(key, f"not the chunk its name says: {exc.reason}", self.store.url) from None
+        return total
 
     def _build_log(self, needed: list, files: list[Path], mf) -> bool:
         """Build the log from the fetched segment `files` (of path segments `needed`) under

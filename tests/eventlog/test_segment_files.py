@@ -136,3 +136,10 @@ def test_read_segment_file_refuses_what_a_segment_of_its_range_cannot_be(tmp_pat
         read_segment_file(big, 7, 9)
     with pytest.raises(FileNotFoundError):
         read_segment_file(tmp_path / "missing.seg", first, last)
+
+
+def test_no_files_make_an_empty_log_whose_checksum_at_0_is_0(tmp_path):
+    created = create_from_segment_files(tmp_path / "empty", [], term=2, checksum_at=0)
+    assert created == ([], 0)
+    with EventLog.open(tmp_path / "empty", readonly=True) as log:
+        assert (log.first_index, log.last_index, log.checksum_at(0)) == (1, 0, 0)
