@@ -126,7 +126,7 @@ class Writer:
                 index, self.term, op_bytes, payload_bytes, time.time_ns(), self._last_checksum)
             self.bytes_appended += len(value)
             tail.append_one(index, value)
-            if tail.pending == 1 or tail.pending >= self._background.max_batch:
+            if tail.pending == 1 or tail.pending >= self._background.eager_batch:
                 self._background.notify_locked()  # otherwise the flusher is already due to run
         return index
 
