@@ -93,9 +93,11 @@ def framed_value_size(payload):
 
 
 class CountingLog:
-    """A group-mode EventLog plus the record of every group commit: (first index, last
-    index, done time), taken through the log's `on_commit` hook after each commit made
-    its batch durable. Everything else is the log's own.
+    """A group-mode EventLog plus the record of every advance of durable_index: (first
+    index, last index, done time), taken through the log's `on_commit` hook (since the
+    one-sync commit, a commit makes the batch before it durable, and a trailing sync the
+    last one: advances, not LMDB transactions; `lmdb_txns` counts those). Everything else
+    is the log's own.
     """
 
     def __init__(self, path, **kwargs):
