@@ -93,9 +93,11 @@ def framed_value_size(payload):
 
 
 class CountingLog:
-    """A group-mode EventLog plus the record of every group commit: (first index, last
-    index, done time), taken through the log's `on_commit` hook after each commit made
-    its batch durable. Everything else is the log's own.
+    """A group-mode EventLog plus the record of every advance of durable_index: (first
+    index, last index, done time), taken through the log's `on_commit` hook (since the
+    one-sync commit, a commit makes the batch before it durable, and a trailing sync the
+    last one: advances, not LMDB transactions; `lmdb_txns` counts those). Everything else
+    is the log's own.
     """
 
     def __init__(self, path, **kwargs):
@@ -778,6 +780,42 @@ def commit_rows(work, size, sync_n, sync_rounds, burst_n, burst_rounds):
     return out
 
 
+def paced_cpu(work, steps, gap, rounds):
+    """A training loop's view of group commit: one append every `gap` seconds (a sleep stands
+    in for the compute step), against the same loop without the log. Per round and arm: the
+    process's CPU time per step (every thread: the flusher's commits and fsyncs included;
+    the figure a loaded machine disturbs least) and the LMDB transactions it took."""
+    payload = {"seed": 0, "lr": 0.1}
+    cpu = {"bare": [], "group": []}
+    txns = []
+    for r in range(rounds):
+        for arm in (("bare", "group") if r % 2 == 0 else ("group", "bare")):
+            path = work.new(f"paced-{arm}")
+            log = EventLog.open(path, durability="group")
+            try:
+                log.append(OP, payload)
+                log.flush()
+                t0 = last_txnid(path)
+                c = time.process_time()
+                for k in range(steps):
+                    if arm == "group":
+                        log.append(OP, payload)
+                    time.sleep(gap)
+                while log.durable_index < log.last_index:  # idle until the window made them durable
+                    time.sleep(0.005)
+                cpu[arm].append((time.process_time() - c) / steps * 1e6)
+                if arm == "group":
+                    txns.append(last_txnid(path) - t0)
+            finally:
+                log.close()
+                work.drop(path)
+    extra = [g - b for g, b in zip(cpu["group"], cpu["bare"])]
+    return {"steps": steps, "gap_ms": gap * 1e3, "rounds": rounds,
+            "bare_cpu_us_per_step": round(statistics.median(cpu["bare"]), 1),
+            "group_cpu_us_per_step": round(statistics.median(cpu["group"]), 1),
+            "group_extra_cpu_us_per_step": _spread(extra), "lmdb_txns_per_round": txns}
+
+
 def main_commit(argv) -> int:
     """``python -m bench log --commit``: only the issue-22 commit rows (bench/results/log_commit.json)."""
     p = argparse.ArgumentParser(prog="python -m bench log --commit")
@@ -787,6 +825,8 @@ def main_commit(argv) -> int:
     p.add_argument("--sync-rounds", type=int, default=20)
     p.add_argument("--burst-n", type=int, default=30000)
     p.add_argument("--burst-rounds", type=int, default=5)
+    p.add_argument("--paced-steps", type=int, default=300, help="appends per paced round (0: skip)")
+    p.add_argument("--paced-rounds", type=int, default=4)
     p.add_argument("--dir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=RESULTS.with_name("log_commit.json"))
     args = p.parse_args(argv)
@@ -798,7 +838,7 @@ def main_commit(argv) -> int:
                "sizes": {}}
     t_start = pc()
     try:
-        for size in (int(x) for x in args.sizes.split(",")):
+        for size in (int(x) for x in args.sizes.split(",") if args.sync_rounds and args.burst_rounds):
             r = commit_rows(work, size, args.sync_n, args.sync_rounds, args.burst_n, args.burst_rounds)
             results["sizes"][str(size)] = r
             s, g = r["sync_vs_raw_lmdb"], r["group_burst_vs_sqlite"]
@@ -807,6 +847,12 @@ def main_commit(argv) -> int:
             print(f"[{size} B] group burst / SQLite WAL FULL @ batch: median {g['median']} (q1 {g['q1']}, q3 {g['q3']}, "
                   f"{g['rounds']} rounds; ours {g['ours_per_s']}/s, sqlite {g['sqlite_per_s']}/s, batches "
                   f"{g['avg_batch']}; load {g['loadavg_1min']})")
+        if args.paced_steps:
+            paced = results["paced_5ms"] = paced_cpu(work, args.paced_steps, 0.005, args.paced_rounds)
+            e = paced["group_extra_cpu_us_per_step"]
+            print(f"paced 5 ms: group append costs {e['median']} us CPU per step over the bare loop (q1 {e['q1']}, "
+                  f"q3 {e['q3']}; bare {paced['bare_cpu_us_per_step']} us); LMDB txns per {args.paced_steps} steps: "
+                  f"{paced['lmdb_txns_per_round']}; load {os.getloadavg()[0]:.2f}")
     finally:
         work.close()
     finish(results, args.json, t_start, pc())

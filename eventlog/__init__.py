@@ -40,10 +40,10 @@ Durability modes, and exactly what a crash can lose:
   100 ms) and makes each entry durable at most `group_window` after its append (plus
   that fdatasync): a commit's data sync also syncs the previous commit's meta page (as
   in ``os``), and a last batch gets its own sync (durability.py). A crash (process or
-  power) loses exactly the entries after `durable_index`, never one at or before it: a
-  power loss, at most the last `group_window` of appends; a process crash, those not
-  yet committed (at most the last half window). `wait_durable(i)`/`flush()` block
-  until i is safe, without waiting for the window. A failed flush (EIO, ENOSPC) poisons the log: the unflushed entries
+  power) never loses an entry at or before `durable_index`; it may lose those after
+  it: a power loss, at most the last `group_window` of appends; a process crash, only
+  those not yet committed (at most the last half window). `wait_durable(i)`/`flush()`
+  block until i is safe, without waiting for the window. A failed flush (EIO, ENOSPC) poisons the log: the unflushed entries
   are reported lost and every later call raises LogPoisonedError (no silent retry:
   after a failed fsync the kernel may have dropped the dirty pages).
 - ``os``: `append` returns after LMDB's commit fdatasynced the entry's data pages but

@@ -29,6 +29,11 @@ from .tail import Tail
 
 DURABILITY_MODES = {"sync", "group", "os"}
 
+# Waiting entries that make a group commit due at once, window or not: a producer this
+# fast (a burst, many threads) is served best by back-to-back commits, each of which also
+# syncs the one before; a training loop (a few entries per window) never gets here.
+EAGER_BATCH = 256
+
 
 class Committer(Protocol):
     """What a durability worker needs from the writer."""
@@ -68,9 +73,10 @@ class GroupFlusher:
       syncs the earlier batch, so a steady stream pays one fdatasync per half window);
       otherwise a bare fdatasync makes the last batch durable.
 
-    Both fire at once when a thread blocks in `wait_durable`/`flush`, when `max_batch`
-    entries wait, and at `stop`. Entries arriving while a commit runs join the next
-    batch, so under load the batch grows with the fsync latency (natural group commit).
+    Both fire at once when a thread blocks in `wait_durable`/`flush`, when
+    `eager_batch` (EAGER_BATCH, or max_batch if smaller) entries wait, and at `stop`.
+    Entries arriving while a commit runs join the next batch, so under load the batch
+    grows with the fsync latency (natural group commit).
     A failed commit or sync poisons the log and the thread stops: nothing is retried.
 
     Threads: appenders call `notify_locked` holding the tail's lock; the flusher thread
@@ -84,6 +90,7 @@ class GroupFlusher:
         self._tail = tail
         self._window = window
         self.max_batch = max_batch
+        self.eager_batch = min(max_batch, EAGER_BATCH)
         self._work = threading.Condition(tail.lock)
         self._stopping = False
         self._oldest_at: float | None = None  # arrival of the oldest uncommitted entry
@@ -118,7 +125,7 @@ class GroupFlusher:
                 self._work.wait()
                 continue
             now = time.monotonic()
-            if self._stopping or tail.blocked or pending >= self.max_batch:
+            if self._stopping or tail.blocked or pending >= self.eager_batch:
                 due = now
             else:
                 # A missing arrival time (entries a truncation re-buffered) counts from now.

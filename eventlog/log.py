@@ -83,9 +83,10 @@ class EventLog:
         - map_size is the initial LMDB map; it doubles whenever it fills.
         - A path on a network filesystem, a non-log directory or file, or a log of a
           newer format version raises LogError/FormatError naming it.
-        - on_commit: group mode, called on the flusher thread with the range of indexes
-          each batch commit has just made durable (for metrics and benchmarks; it must
-          return quickly and must not call the log).
+        - on_commit: called with each range of indexes that has just become durable (group
+          mode: on the flusher thread, once per commit or sync that moved durable_index;
+          a commit makes the batch before it durable). For metrics and benchmarks; it must
+          return quickly and must not call the log.
         - archive: where `compact_through` puts the entries it drops. An `Archive` (the
           default keeps everything) seals them into immutable segments under
           ``path/archive/`` first, and they stay readable; None deletes them (format

@@ -126,7 +126,7 @@ class Writer:
                 index, self.term, op_bytes, payload_bytes, time.time_ns(), self._last_checksum)
             self.bytes_appended += len(value)
             tail.append_one(index, value)
-            if tail.pending == 1 or tail.pending >= self._background.max_batch:
+            if tail.pending == 1 or tail.pending >= self._background.eager_batch:
                 self._background.notify_locked()  # otherwise the flusher is already due to run
         return index
 
@@ -330,7 +330,8 @@ class Writer:
                 value, after_checksum = record.frame(index + 1, self.term, *extra, time.time_ns(), checksum)
                 framed = [(index + 1, value)]
             buffered = self._durability == "group" and index >= committed
-            if index < committed or (framed and not buffered):
+            wrote = index < committed or (framed and not buffered)
+            if wrote:
                 # One transaction: the committed suffix goes and the new entry comes together.
                 self._write(lambda txn: self._replace_after(txn, index, committed, framed))
             tail.drop_after(index)
@@ -344,8 +345,9 @@ class Writer:
                     self._background.notify_locked()
                 else:
                     tail.mark_committed(index + 1, durable=self.meta_synced)
-            if not self.meta_synced:
-                # The rewrite is durable on return, as documented: its meta page too.
+            if wrote and not self.meta_synced:
+                # The rewrite is durable on return, as documented: its meta page too. (A
+                # group rollback of buffered entries wrote nothing and pays no sync.)
                 self._storage.sync()
                 tail.mark_durable(tail.committed_index)
             return index + 1 if framed else None
