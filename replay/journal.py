@@ -98,6 +98,8 @@ class Journal:
         max_replica_lag: float | None = None,
         replica_keep_extra: int = 0,
         rng_check: str = "warn",
+        snapshot_compression: str = "zstd",
+        snapshot_packs: bool = False,
     ) -> "Journal":
         """Open (creating if needed) the journal at directory `path` and recover `state` in place.
 
@@ -135,7 +137,8 @@ class Journal:
             progress=progress, device=device, takeover=takeover, snapshot_on_close=snapshot_on_close,
             archive=archive, preemption=preemption, environment=environment, group=group, replicated=replicated,
             replica=replica, replica_options=replica_options, ship_interval=ship_interval,
-            max_replica_lag=max_replica_lag, replica_keep_extra=replica_keep_extra, rng_check=rng_check)
+            max_replica_lag=max_replica_lag, replica_keep_extra=replica_keep_extra, rng_check=rng_check,
+            snapshot_compression=snapshot_compression, snapshot_packs=snapshot_packs)
 
     def __init__(self, root: Path, replayer: Replayer, log: EventLog, store: snapshots.SnapshotStore,
                  recovery: RecoveryReport, *, guards: Guards, steps: StepCounter, snapshotter: Snapshotter,

@@ -44,7 +44,7 @@ def check_options(*, snapshot, digest_every, preemption, environment_policy) -> 
 
 def open_and_recover(root: Path, replayer: Replayer, *, keep_last: int, durability: str, takeover: bool,
                      deterministic: bool, progress: bool | None, archive: Archive | None, environment_policy: str,
-                     keep_log: bool = False, ranks=None):
+                     keep_log: bool = False, ranks=None, store_options: dict | None = None):
     """(log, store, recovery report, the ExitStack that releases them): the store opened,
     the environment compared, the preflight passed, the log opened as writer, the state
     recovered; a new journal's environment recorded. On any failure everything opened so
@@ -60,7 +60,7 @@ def open_and_recover(root: Path, replayer: Replayer, *, keep_last: int, durabili
                                                       durability=durability, takeover=takeover,
                                                       deterministic=deterministic, archive=archive,
                                                       environment_policy=environment_policy, keep_log=keep_log,
-                                                      progress=progress)
+                                                      progress=progress, store_options=store_options)
             recovery = replayer.recover(log, store, progress=progress, loaded=loaded)
         else:
             error = None
@@ -69,7 +69,7 @@ def open_and_recover(root: Path, replayer: Replayer, *, keep_last: int, durabili
                                                      durability=durability, takeover=takeover,
                                                      deterministic=deterministic, archive=archive,
                                                      environment_policy=environment_policy, keep_log=keep_log,
-                                                     preflight=False)
+                                                     preflight=False, store_options=store_options)
             except Exception as exc:  # noqa: BLE001 - the other ranks must not wait for this one
                 error = exc
             ranks.agree(error, "opening the rank's log and snapshots")
@@ -80,7 +80,8 @@ def open_and_recover(root: Path, replayer: Replayer, *, keep_last: int, durabili
 
 def _open_parts(opened: contextlib.ExitStack, root: Path, replayer: Replayer, *, keep_last: int, durability: str,
                 takeover: bool, deterministic: bool, archive: Archive | None, environment_policy: str,
-                keep_log: bool, preflight: bool = True, progress: bool | None = None):
+                keep_log: bool, preflight: bool = True, progress: bool | None = None,
+                store_options: dict | None = None):
     """(log, store, the preflight's report or None, environment differences), each registered on `opened`."""
     if deterministic:
         guard = DeterministicGuard(any(isinstance(t, torch.Tensor) and t.is_cuda
@@ -92,7 +93,7 @@ def _open_parts(opened: contextlib.ExitStack, root: Path, replayer: Replayer, *,
     # initial snapshot when every newer one is damaged, and recovery never replays onto
     # a state built anew: so retention keeps that oldest snapshot too.
     store = snapshots.SnapshotStore(layout.snapshots_dir(root), keep_last=keep_last, failpoint=failpoints.hit,
-                                    keep_oldest=archive is not None or keep_log)
+                                    keep_oldest=archive is not None or keep_log, **(store_options or {}))
     opened.callback(store.close)
     log_dir = layout.log_dir(root)
     if preflight:
