@@ -267,7 +267,7 @@ def decode(data) -> Segment:
     hasher.update(view[HEADER_SIZE:])
     if hasher.intdigest() != checksum:
         raise SegmentDamage("checksum mismatch (the bytes were altered or cut)")
-    body = _decompress_from(_View(view, HEADER_SIZE), raw_size)
+    body = _decompress_from(MemoryReader(view, HEADER_SIZE), raw_size)
     values = _split(body, first, last)
     return Segment(first, last, prev_term, prev_checksum, last_time, len(view), values)
 
@@ -363,8 +363,9 @@ class _Region:
         return True
 
 
-class _View:
-    """A read-only file object over a memoryview from `start` (no copy of the compressed bytes)."""
+class MemoryReader:
+    """A read-only file object over a memoryview from `start`, for a decompressor (no copy
+    of the compressed bytes; segment_checks streams a mapped segment through it too)."""
 
     def __init__(self, view: memoryview, start: int):
         self._view, self._at = view, start

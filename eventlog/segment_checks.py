@@ -51,7 +51,7 @@ def check_segment(data) -> CheckedSegment:
         if hasher.intdigest() != fields[11]:
             raise SegmentDamage("checksum mismatch (the bytes were altered or cut)")
         first, last, prev_term, prev_checksum, raw_size = fields[4], fields[5], fields[6], fields[7], fields[9]
-        _, term, seed = _check_entries(_ViewSource(view, segment.HEADER_SIZE), first, last, raw_size, prev_term,
+        _, term, seed = _check_entries(segment.MemoryReader(view, segment.HEADER_SIZE), first, last, raw_size, prev_term,
                                        prev_checksum, None)
     except SegmentDamage as exc:
         first, last = declared_range(data)
@@ -71,22 +71,6 @@ def _checked_header(head: bytes, size: int) -> tuple:
         raise SegmentDamage(f"its header names the impossible range {first}..{last}")
     segment.check_header(head, SegmentName(first, last), size)
     return fields
-
-
-class _ViewSource:
-    """A read-only file object over a memoryview from `start`, for the decompressor."""
-
-    def __init__(self, view: memoryview, start: int):
-        self._view, self._at = view, start
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._at + size)
-        data = bytes(self._view[self._at:end])
-        self._at = max(self._at, end)
-        return data
-
-    def readable(self) -> bool:
-        return True
 
 
 def segment_identity(data) -> tuple[int, int, int, int]:
