@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from .components import check_layout, check_state, default_device, layout_template, restore
-from .applying import Applier, BatchFailed
+from .replaying import BatchFailed, ReplayLoop
 from .counting import counts_from_log, recorded_counts
 from .determinism import state_digest
 from .envelope import AUDIT_OPS, DIGEST_OP
@@ -280,7 +280,7 @@ class Replayer:
         total = stop - start
         link = opening_link()
         link.recovering(0, total)
-        applier = Applier(self, report, start, batched)
+        loop = ReplayLoop(self, report, start, batched)
         published, through = start, None
         publish_at = time.monotonic() + PUBLISH_SECONDS
         try:
@@ -290,25 +290,25 @@ class Replayer:
                         first = prepared[0].index
                         if midway is not None and first < midway <= first + len(prepared):
                             cut = midway - first
-                            applier.apply(prepared[:cut])
+                            loop.apply(prepared[:cut])
                             failpoints.hit("recovery.mid_replay")
-                            applier.apply(prepared[cut:])
+                            loop.apply(prepared[cut:])
                         else:
-                            applier.apply(prepared)
+                            loop.apply(prepared)
                         through = (prepared[-1].index, prepared[-1].checksum)
                         bar.advance(len(prepared))
-                        if applier.next - published >= PUBLISH_EVERY or time.monotonic() >= publish_at:
-                            published, publish_at = applier.next, time.monotonic() + PUBLISH_SECONDS
+                        if loop.next - published >= PUBLISH_EVERY or time.monotonic() >= publish_at:
+                            published, publish_at = loop.next, time.monotonic() + PUBLISH_SECONDS
                             link.recovering(published - start, total)
                     if error is not None:
                         raise error
-            if applier.next != stop:
-                raise RecoveryError(f"log entries {applier.next}..{stop - 1} disappeared during replay")
+            if loop.next != stop:
+                raise RecoveryError(f"log entries {loop.next}..{stop - 1} disappeared during replay")
             link.recovering(total, total)
             if through is not None:
                 report.through = through
         finally:
-            report.replayed = range(begun, applier.next)
+            report.replayed = range(begun, loop.next)
             report.replay_seconds += time.perf_counter() - started
 
     def apply(self, prepared, last_good: int | None = None) -> bool:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 from dataclasses import dataclass
 from typing import Any
 

@@ -1,4 +1,5 @@
-"""Applying replayed entries to the live state, a batch at a time: the replay loop's inside.
+"""The replay loop: replayed entries applied to the live state, a batch at a time
+(the live apply path is replay.applier).
 
 Per entry it does what `Replayer.apply` does (upcast, the reserved ``inputs`` check, the
 handler, errors naming the index), with each op's spec resolved once per run rather than
@@ -27,7 +28,7 @@ class BatchFailed(Exception):
         super().__init__(f"replay_batch of op {op!r} failed on the run from entry {index}: {cause!r}")
 
 
-class Applier:
+class ReplayLoop:
     """Applies Prepared entries in index order to `replayer.state`, counting into `report`.
 
     `next` is the index the next entry must have (entries applied so far end before it);
