@@ -16,9 +16,12 @@ forward the signal to the job's process group):
 Hang rule: a heartbeat is stale when its sequence has not changed for longer than its
 phase's allowance, and the attempt is hung when one is stale and the durable index has
 not moved meanwhile. Before the first heartbeat the allowance is `startup_timeout`
-(start-up, then opening and recovery); applying and idle: `hang_timeout`, or by default
-HANG_MULTIPLE x the p99 of the intervals seen between updates, at least HANG_FLOOR;
-snapshotting and closing: SLOW_PHASE_MULTIPLE x that. A hung job's stacks are dumped
+(start-up, then opening); applying and idle: `hang_timeout`, or by default HANG_MULTIPLE
+x the p99 of the intervals seen between updates (over every attempt so far), at least
+HANG_FLOOR; recovering (which publishes "recovering k/n" at least once per REPLAY_BATCH
+entries): REPLAY_BATCH x that, at least `startup_timeout`, so a replay that progresses is
+never a hang however long, and a stuck one is; snapshotting and closing:
+SLOW_PHASE_MULTIPLE x the apply allowance. A hung job's stacks are dumped
 (child.dump_stacks) before it is stopped.
 """
 
@@ -47,6 +50,7 @@ POLL = 0.2
 HANG_FLOOR = 120.0
 HANG_MULTIPLE = 20.0
 SLOW_PHASE_MULTIPLE = 10.0
+REPLAY_BATCH = 64  # entries recovery may replay between two progress updates (replay.readahead.BATCH)
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
@@ -75,10 +79,12 @@ def durable_index(journal_dir: Path) -> int:
 class _Watch:
     """What the supervisor learns from one attempt's heartbeats."""
 
-    def __init__(self, options: Options):
+    def __init__(self, options: Options, intervals: list[float] | None = None):
         self.options = options
         self.beats: dict[Path, tuple[Beat, float]] = {}  # path -> (last beat, when its sequence last changed)
-        self.intervals: list[float] = []
+        # Seconds per apply, learnt across attempts (the supervisor hands the list on): the
+        # next attempt's recovery replays the same ops at about the same cost.
+        self.intervals: list[float] = [] if intervals is None else intervals
         self.opened = False
         self.last_durable: int | None = None  # the durable index when a stale heartbeat was last checked
 
@@ -106,6 +112,15 @@ class _Watch:
         p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
         return max(HANG_FLOOR, HANG_MULTIPLE * p99)
 
+    def recovery_allowance(self) -> float:
+        """How long a recovering heartbeat may stand still: recovery publishes its progress
+        once per batch of replayed entries at the least (replay.recovery), so a batch of
+        entries as slow as the applies seen so far must fit, and never less than the
+        start-up allowance."""
+        if not self.intervals:
+            return self.options.startup_timeout
+        return max(self.options.startup_timeout, REPLAY_BATCH * self.apply_allowance())
+
     def stale(self, now: float, started: float) -> tuple[Beat | None, float] | None:
         """(the stale beat or None before any, seconds stale) when past its allowance, else None."""
         if not self.beats:
@@ -114,8 +129,10 @@ class _Watch:
         for beat, changed in self.beats.values():
             if beat.phase == "closed":
                 continue
-            if beat.phase in ("opening", "recovering"):
+            if beat.phase == "opening":
                 allowance = self.options.startup_timeout
+            elif beat.phase == "recovering":
+                allowance = self.recovery_allowance()
             elif beat.phase in ("snapshotting", "closing"):
                 allowance = SLOW_PHASE_MULTIPLE * self.apply_allowance()
             else:
@@ -138,6 +155,7 @@ class Supervisor:
         self.options = options
         self._err = err if err is not None else sys.stderr
         self._rng = rng or random.Random()
+        self._intervals: list[float] = []  # seconds per apply, over every attempt (_Watch)
         self._preempted: int | None = None
         self._preempted_at: float | None = None
         self._child: Child | None = None
@@ -220,7 +238,7 @@ class Supervisor:
         started = time.monotonic()
         self._started_wall = time.time()
         self.say(f"attempt {attempt}: {' '.join(self.command)} (durable index {index_start})")
-        watch = _Watch(self.options)
+        watch = _Watch(self.options, self._intervals)
         hung, dump, opened_after = False, None, None
         try:
             self._child = child = Child(self.command, self._environment(attempt, last_class))

@@ -153,3 +153,22 @@ def test_an_apply_the_journal_refused_is_not_a_user_error():
     crash = {"phase": "applying", "oom": False, "handler": False}
     assert classify(returncode=1, crash=crash, **base) is C.CRASHED
     assert classify(returncode=1, crash={**crash, "handler": True}, **base) is C.USER_ERROR
+
+
+def test_a_recovering_heartbeat_may_stand_still_for_a_batch_of_applies_as_slow_as_those_seen():
+    """The recovering allowance: the start-up allowance until applies have been timed; then a
+    replay batch of entries at the apply allowance, never less than start-up's."""
+    from replay.supervisor.runner import REPLAY_BATCH, _Watch
+
+    options = Options(startup_timeout=100.0, hang_timeout=None)
+    learnt: list[float] = []
+    watch = _Watch(options, learnt)
+    assert watch.recovery_allowance() == 100.0
+    learnt.extend([30.0] * 10)  # an earlier attempt's applies took 30 s each
+    assert watch.recovery_allowance() == REPLAY_BATCH * watch.apply_allowance() > 100.0
+    assert _Watch(options, learnt).recovery_allowance() == watch.recovery_allowance()  # kept across attempts
+
+    fast = _Watch(Options(startup_timeout=100.0, hang_timeout=1.0))
+    assert fast.recovery_allowance() == 100.0  # no applies timed yet
+    fast.intervals.append(0.01)
+    assert fast.recovery_allowance() == max(100.0, REPLAY_BATCH * 1.0)
