@@ -126,8 +126,11 @@ class Writer:
                 index, self.term, op_bytes, payload_bytes, time.time_ns(), self._last_checksum)
             self.bytes_appended += len(value)
             tail.append_one(index, value)
-            if tail.pending == 1 or tail.pending >= self._background.eager_batch:
-                self._background.notify_locked()  # otherwise the flusher is already due to run
+            pending = tail.pending
+            if pending == 1 or pending == self._background.eager_batch:
+                # Otherwise the flusher already knows: it re-checks the count after every
+                # commit, so one notify when the count crosses a threshold is enough.
+                self._background.notify_locked()
         return index
 
     def _commit_one(self, op_bytes: bytes, payload_bytes: bytes) -> int:
