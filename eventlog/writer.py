@@ -180,7 +180,7 @@ class Writer:
                 self._last_checksum = last_checksum
                 tail.mark_committed(framed[-1][0], durable=self.meta_synced)
                 if self._durability == "sync":
-                    self.commits.sync_committed_locked()  # no-op unless the shared environment skips meta syncs
+                    self.commits.sync_committed_locked()  # no-op unless the shared env skips meta syncs
                 else:  # os: this commit's fdatasync also flushed the previous commit's meta page
                     tail.mark_durable(synced_before)
             return range(tail.last_index + 1 - len(framed), tail.last_index + 1)
