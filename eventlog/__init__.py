@@ -66,12 +66,14 @@ Encoding once: ``encode_payload(payload) -> bytes`` is the payload codec the log
 those exact bytes without encoding again, so a caller can give its consumer
 ``decode_payload(encoded)`` -- exactly what a later reader of the entry decodes.
 
-Layout: ``log.EventLog`` states the contract and holds the pieces. ``storage.Storage``
-is the committed log on LMDB (``meta``: its format, term and boundary records;
-``record``: entry framing and the checksum chain; ``codec``: payloads). A writer
-(``writer.Writer``) owns its uncommitted ``tail.Tail``, its ``health.WriterHealth`` and
-the background workers of ``durability``; ``reader.Reader`` reads the tail, then
-storage; ``verification.verify`` checks committed storage without any writer.
+Layout: ``log.EventLog`` states the contract and holds the pieces (its read methods
+are in its base class ``queries.LogQueries``). ``storage.Storage`` is the committed log
+on LMDB (``meta``: its format, term and boundary records; ``record``: entry framing and
+the checksum chain; ``codec``: payloads). A writer (``writer.Writer``) owns its
+uncommitted ``tail.Tail``, its ``health.WriterHealth``, its ``commits.Commits`` (what the
+background workers of ``durability`` drive) and its ``compaction.Compactor``;
+``reader.Reader`` reads the tail, then storage; ``verification.verify`` checks committed
+storage without any writer.
 
 Operational facts (LMDB):
 

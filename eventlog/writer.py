@@ -4,7 +4,8 @@ Threads: any thread may append, wait, truncate and compact. `committing` seriali
 LMDB write transactions (commits, truncation, compaction); the writer's bookkeeping
 (first index, last checksum, health) and the tail are guarded by the tail's lock. In
 group mode the flusher thread commits the tail; in os mode a syncer thread fsyncs
-(durability.py). Both drive this class through its `Committer` methods only.
+(durability.py). Both drive the writer's `commits.Commits` (its `Committer`) only.
+Compaction (seal, drop, retention) is `compaction.Compactor`'s.
 
 One sync per commit: unless the environment syncs meta pages (`Storage.meta_synced`,
 sync mode), a commit's fdatasync makes its data pages durable but not the meta page
@@ -28,11 +29,12 @@ from .codec import encode_payload
 from .durability import GroupFlusher, PeriodicSyncer
 from .lmdbenv import SharedEnv, check_same_process
 from .archive import Archive
+from .commits import Commits
+from .compaction import Compactor
 from .errors import CompactedError, FencedError, SealedError
 from .health import WriterHealth
 from .locking import WriterLock
-from .sealing import Sealer
-from .storage import PrefixChanged, Storage
+from .storage import Storage
 from .tail import Tail, Waiter
 
 
@@ -43,8 +45,8 @@ class Writer:
     1. ``Writer(...)`` on the opening thread stores term + 1 (storage.start_term).
     2. ``start_background(...)`` starts the group flusher or os syncer thread.
     3. Any thread: append_one / append_encoded / wait_durable / flush / truncate_after /
-       compact_through. The worker thread: commit_pending (group) or sync (os), and
-       poison when either fails.
+       compact_through. The worker thread: `commits`' commit_pending (group) or sync
+       (os), and poison when either fails.
     4. ``close()`` once, on the closing thread: the worker commits what waits and ends;
        then ``lost_entries()`` says what a failure kept from the disk.
     """
@@ -55,7 +57,6 @@ class Writer:
         self._lock = lock
         self._durability = durability
         self._pid = pid
-        self._on_commit = on_commit
         self._generation = SharedEnv.generation
         self.term, bounds, self._last_checksum, damage = storage.start_term()
         self._first_index = bounds.first_index  # live: the first entry in LMDB
@@ -68,9 +69,9 @@ class Writer:
         self.health = WriterHealth(storage.path, damage)
         self.bytes_appended = 0  # stored bytes framed since open; truncation does not subtract
         self._background: GroupFlusher | PeriodicSyncer | None = None
-        self._compacting = threading.Lock()  # one compaction (seal, drop, retention) at a time
-        self._sealer = Sealer(storage, archive)
-        self._sealer.clean(bounds)  # what a crash inside a compaction left behind
+        self.commits = Commits(storage, self.tail, self.committing, self.health, self.meta_synced, on_commit,
+                               self.write)
+        self._compactor = Compactor(self, storage, archive, bounds)
         if not self.meta_synced:
             storage.sync()  # the term bump must not be lost behind later entries
 
@@ -78,9 +79,9 @@ class Writer:
         """Start the group flusher or the os syncer (none in sync mode)."""
         name = str(self._storage.path)
         if self._durability == "group":
-            self._background = GroupFlusher(self, self.tail, group_window, group_max_batch, name)
+            self._background = GroupFlusher(self.commits, self.tail, group_window, group_max_batch, name)
         elif self._durability == "os":
-            self._background = PeriodicSyncer(self, self.tail, os_sync_interval, name)
+            self._background = PeriodicSyncer(self.commits, self.tail, os_sync_interval, name)
 
     # ------------------------------------------------------------------ the view readers see
 
@@ -148,14 +149,14 @@ class Writer:
             value, checksum = record.frame(index, self.term, op_bytes, payload_bytes, time.time_ns(),
                                            self._last_checksum)
             storage = self._storage
-            self._write(lambda txn: storage.put_one(txn, index, value))
+            self.write(lambda txn: storage.put_one(txn, index, value))
             self._last_checksum = checksum
             self.bytes_appended += len(value)
             if self.meta_synced:
                 tail.mark_committed(index, durable=True)
             else:  # an environment shared with an earlier group/os writer: sync the meta too
                 tail.mark_committed(index, durable=False)
-                self._sync_committed()
+                self.commits.sync_committed_locked()
         return index
 
     def append_encoded(self, encoded: list[tuple[bytes, bytes]]) -> range:
@@ -175,11 +176,11 @@ class Writer:
             framed, last_checksum = self._frame(encoded)
             if framed:
                 synced_before = tail.committed_index
-                self._write(lambda txn: self._storage.put_all(txn, framed))
+                self.write(lambda txn: self._storage.put_all(txn, framed))
                 self._last_checksum = last_checksum
                 tail.mark_committed(framed[-1][0], durable=self.meta_synced)
                 if self._durability == "sync":
-                    self._sync_committed()  # no-op unless the shared environment skips meta syncs
+                    self.commits.sync_committed_locked()  # no-op unless the shared env skips meta syncs
                 else:  # os: this commit's fdatasync also flushed the previous commit's meta page
                     tail.mark_durable(synced_before)
             return range(tail.last_index + 1 - len(framed), tail.last_index + 1)
@@ -196,8 +197,8 @@ class Writer:
             self.bytes_appended += len(value)
         return framed, checksum
 
-    def _write(self, body) -> None:
-        """One fenced write transaction. A fenced writer drops its lock; any LMDB failure
+    def write(self, body) -> None:
+        """One fenced write transaction (`body(txn)`). A fenced writer drops its lock; any LMDB failure
         poisons the log: after a failed write or fsync we cannot know what reached the
         disk, so nothing is retried silently."""
         try:
@@ -210,62 +211,9 @@ class Writer:
             self.poison(exc)
             raise self.health.write_failed() from exc
 
-    # ------------------------------------------------------------------ Committer (durability.py)
-
-    def commit_pending(self, max_batch: int) -> None:
-        """Group mode: commit the oldest (at most `max_batch`) tail entries with one fdatasync.
-
-        What becomes durable: everything committed before this commit (its data sync
-        flushed the previous commit's meta page), and this batch too only if the
-        environment syncs meta pages. The rest waits for the next commit or
-        `sync_committed`. The batch is taken from the tail while holding `committing`, so
-        a truncation (which takes it too) runs wholly before or wholly after this commit:
-        it can never drop entries from the tail while a batch holding them is on its way
-        to the disk.
-        """
-        with self.committing:
-            tail = self.tail
-            batch = tail.take(max_batch)
-            if batch:
-                synced_before = tail.committed_index
-                self._write(lambda txn: self._storage.put_all(txn, batch))
-                tail.mark_committed(batch[-1][0], durable=False)
-                self._advance_durable(batch[-1][0] if self.meta_synced else synced_before)
-
-    def sync_committed(self) -> None:
-        """Group mode: fdatasync so that every committed entry is durable (its meta page with it)."""
-        with self.committing:
-            self._sync_committed()
-
-    def _sync_committed(self) -> None:
-        """Under `committing`: fdatasync if any committed entry is not durable yet, then say so."""
-        target = self.tail.committed_index
-        if target > self.tail.durable_index:
-            self._storage.sync()
-            self._advance_durable(target)
-
-    def _advance_durable(self, index: int) -> None:
-        """Entries through `index` (committed) survive a power loss now; tell on_commit what moved."""
-        tail = self.tail
-        with self._state:
-            before = tail.durable_index
-            tail.mark_durable(index)
-            after = tail.durable_index
-        if after > before and self._on_commit is not None:
-            self._on_commit(range(before + 1, after + 1))
-
-    def sync(self) -> None:
-        """os mode: fsync the environment."""
-        self._storage.sync()
-
     def poison(self, exc: BaseException) -> None:
         """A write or sync failed with `exc`: every later call raises; waiters wake."""
-        with self._state:
-            self.health.set_poison(exc)
-            self.tail.wake_all()
-
-    def raise_if_failed(self) -> None:
-        self.health.raise_if_failed()
+        self.commits.poison(exc)
 
     @property
     def failed(self) -> bool:
@@ -336,7 +284,7 @@ class Writer:
             wrote = index < committed or (framed and not buffered)
             if wrote:
                 # One transaction: the committed suffix goes and the new entry comes together.
-                self._write(lambda txn: self._replace_after(txn, index, committed, framed))
+                self.write(lambda txn: self._replace_after(txn, index, committed, framed))
             tail.drop_after(index)
             self._last_checksum = checksum
             self.health.clear_tail_damage()
@@ -363,59 +311,16 @@ class Writer:
 
     def compact_through(self, index: int) -> None:
         """Seal entries live_first..index into the archive (unless archive=None), then drop
-        them from LMDB and apply retention, in the order FORMAT.md ("Sealing") gives."""
-        self.check_writable()
-        # Only the entries it drops must be committed (they are read from storage);
-        # waiting for the whole log would wait on entries a concurrent truncation may be removing.
-        with self._state:
-            needed = min(index, self.tail.last_index)
-        if needed >= self._first_index:
-            self.wait_durable(needed, None)
-        # A reader killed inside a read transaction keeps its slot, and the old pages it
-        # pinned can never be reused: the file would grow for as long as this writer runs.
-        self._storage.reader_check()
-        with self._compacting:
-            while not self._compact_once(index):
-                pass  # entry `index` was rewritten under the seal: seal again
+        them from LMDB and apply retention (compaction.py)."""
+        self._compactor.compact_through(index)
 
-    def _compact_once(self, index: int) -> bool:
-        """One attempt; False if a concurrent truncation rewrote the entries being sealed."""
+    def moved_first(self, live_first: int, archive_first: int | None) -> None:
+        """Compaction dropped the entries below `live_first` from LMDB, and the archive's
+        first entry is now `archive_first` (None: unchanged)."""
         with self._state:
-            if index < self._first_index:
-                return True
-            if index > self.tail.last_index:
-                raise IndexError(f"compact_through({index}): last_index is {self.tail.last_index}")
-            first = self._first_index
-        with self._storage.read_txn() as txn:
-            bounds = self._storage.bounds(txn)
-        # Sealing reads committed entries and writes files under the compaction lock only:
-        # appends and group commits go on meanwhile.
-        sealed = self._sealer.prepare(bounds, index)
-        # Only the commit lock is held through the transaction: group-mode appends (which
-        # take the state lock alone) go on while a background thread compacts.
-        with self.committing:
-            # Under the commit lock nothing commits between this read and the drop below.
-            decided = self._sealer.decide(bounds, index, sealed, self._storage.term_and_checksum(index))
-            if decided is None:
-                return False
-            new_archive, doomed = decided
-            try:
-                self._write(lambda txn: self._storage.drop_prefix(
-                    txn, first, index, sealed.last_checksum if sealed else None, new_archive))
-            except PrefixChanged:
-                self._sealer.discard(sealed)
-                return False
-            with self._state:
-                self._first_index = index + 1
-                if new_archive is not None:
-                    self._archive_first = new_archive.first
-            if not self.meta_synced:
-                self._storage.sync()  # the new boundary's meta page, before any segment goes
-        self._sealer.remove(doomed)  # only now that the new archive boundary is durable
-        with self._state:
-            archive_first = self._archive_first
-        self._sealer.merge(archive_first, index + 1)  # keeps the number of files bounded
-        return True
+            self._first_index = live_first
+            if archive_first is not None:
+                self._archive_first = archive_first
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -436,7 +341,7 @@ class Writer:
                 self._background.stop()
             if not self.health.failed and not self.meta_synced:
                 with self.committing:
-                    self._sync_committed()
+                    self.commits.sync_committed_locked()
         except BaseException as exc:  # the caller still releases the environment and the lock
             error = exc
         finally:

@@ -1,6 +1,7 @@
 """SnapshotStore: the public face of a snapshot directory (save, load, verify, prune).
 
-The work is done by modules with one job each: `commit` (the write pipeline),
+The work is done by modules with one job each: `saving` (checking, staging and
+queueing saves and prunes, one at a time), `commit` (the write pipeline),
 `reading` (checked reads and the newest-good walks), `pruning` (retention and the
 sweep), `paths`, `durable` and `locks` (the directory, durable writes, flocks).
 
@@ -16,54 +17,27 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
-from threading import Lock
 from typing import Any, Callable, Iterable
 
-import msgpack
 import torch
 
 from . import inplace, selection, tree
 from .chunkfile import ChunkCodec
-from .commit import ChunkWriter, SaveJob, commit
-from .errors import ClosedError, CorruptSnapshotError, SnapshotNotFoundError, UnsupportedPlatformError
+from .commit import ChunkWriter
+from .errors import CorruptSnapshotError, SnapshotNotFoundError, UnsupportedPlatformError
 from .known import KnownFiles
-from .locks import FileLock, acquire_writer_lock
 from .manifest import Manifest, parse_manifest_name
 from .paths import StoreLayout
 from .pool import WorkerPool
 from .pruning import discard_after, Retention, prune
 from .reading import Accept, StoreReader
 from .reports import ManifestEntry, PruneReport, SnapshotInfo, VerifyReport
+from .saving import PendingSnapshot, SaveQueue
 from .staging import Stager
-from .tensorbytes import DTYPE_NAMES
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 4 << 20
-_MAX_INDEX = 2**63 - 1
-
-
-class PendingSnapshot:
-    """A save in flight, returned by `save_async`; like a concurrent.futures.Future."""
-
-    def __init__(self, future: Future, index: int, term: int):
-        self._future = future
-        self.index = index
-        self.term = term
-
-    def result(self, timeout: float | None = None) -> SnapshotInfo:
-        """Block until the snapshot commits and return its info, or raise the save's error
-        (TimeoutError if `timeout` seconds pass first)."""
-        return self._future.result(timeout)
-
-    def done(self) -> bool:
-        """True once the save has committed or failed."""
-        return self._future.done()
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        """The save's error, None if it committed (blocks like `result`)."""
-        return self._future.exception(timeout)
 
 
 class SnapshotStore:
@@ -180,12 +154,7 @@ class SnapshotStore:
         self._chunks = ChunkWriter(self._layout, codec, self._pool, self._known, self._reader, chunk_size,
                                    self._failpoint, packs)
         self._stager = Stager()
-        self._committer = ThreadPoolExecutor(1, thread_name_prefix="snapshots-commit")
-        self._lock = Lock()  # guards the three fields below
-        self._writer_lock: FileLock | None = None
-        self._closed = False
-        self._queued = 0  # saves and prunes submitted and not finished
-        self._commit_lock = Lock()  # held by the one save or prune running (commit thread or a blocking save)
+        self._saving = SaveQueue(self.path, self._layout, self._chunks, self._stager)
 
     # -- writing ---------------------------------------------------------------------
 
@@ -197,65 +166,13 @@ class SnapshotStore:
         written. `meta` is any msgpack value, returned in SnapshotInfo.meta. The state must
         not be mutated until this returns. Re-saving an existing (index, term) replaces it.
         """
-        job = self._prepare(state, index, term, meta, copy_all=False)
-        with self._lock:
-            idle = self._queued == 0
-            self._queued += idle  # claimed: a save_async or prune from now on queues behind it
-        if not idle:
-            return self._serially(commit, self._chunks, job).result()
-        try:
-            with self._commit_lock:  # nothing queued: no hand-off to the commit thread and back
-                return commit(self._chunks, job)
-        finally:
-            with self._lock:
-                self._queued -= 1
+        return self._saving.save(state, index, term, meta)
 
     def save_async(self, state: Any, *, index: int, term: int, meta: Any = None) -> PendingSnapshot:
         """Like `save`, but return as soon as the state is staged into host buffers: the
         caller may mutate its tensors at once, and no later change reaches the snapshot.
         Bad input still raises here; write errors are raised by `result()`."""
-        job = self._prepare(state, index, term, meta, copy_all=True)
-        return PendingSnapshot(self._serially(commit, self._chunks, job), index, term)
-
-    def _serially(self, fn: Callable, *args) -> Future:
-        """fn(*args) on the commit thread, after everything submitted before it (a blocking
-        save running on its caller's thread included)."""
-        with self._lock:
-            self._queued += 1
-
-        def run():
-            try:
-                with self._commit_lock:
-                    return fn(*args)
-            finally:
-                with self._lock:
-                    self._queued -= 1
-
-        return self._committer.submit(run)
-
-    def _prepare(self, state: Any, index: int, term: int, meta: Any, copy_all: bool) -> SaveJob:
-        self._check_open()
-        for name, value in (("index", index), ("term", term)):
-            if type(value) is not int or not 0 <= value <= _MAX_INDEX:
-                raise ValueError(f"{name} must be an int in [0, 2**63), got {value!r}")
-        try:
-            msgpack.packb(meta, use_bin_type=True)
-        except (TypeError, ValueError, OverflowError) as e:
-            raise TypeError(f"meta must be a msgpack value: {e}") from None
-        node, leaves = tree.flatten(state)
-        for path, t in leaves:
-            _check_leaf(path, t)
-        self._ensure_writer()
-        tensors = [t for _, t in leaves]
-        staged = self._stager.stage(tensors, copy_all=copy_all)
-        return SaveJob(index, term, meta, node, [t.dtype for t in tensors], [tuple(t.shape) for t in tensors], staged)
-
-    def _ensure_writer(self) -> None:
-        with self._lock:
-            if self._writer_lock is None:
-                os.makedirs(self.path, exist_ok=True)
-                self._writer_lock = acquire_writer_lock(self._layout.lock_file, self._layout.root)
-                self._layout.create()
+        return self._saving.save_async(state, index, term, meta)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -390,12 +307,7 @@ class SnapshotStore:
         self._check_open()
         with self._reader.shared_lock():
             manifest = self._reader.read_manifest(_name_of(info))
-            if only is not None:
-                chosen = selection.select(manifest.tree, only)
-            elif not strict:
-                chosen = selection.common(manifest.tree, live)
-            else:
-                chosen = selection.everything(manifest.tree, len(manifest.tensors))
+            chosen = _selection(manifest, only, live=None if strict else live)
             plan = inplace.plan_restore(chosen.node, live, manifest.tensors, chosen.partial)
             tensors = self._reader.read_tensors(manifest, chosen.tensors, into=plan.targets())
         plan.apply(tensors.__getitem__)
@@ -426,9 +338,9 @@ class SnapshotStore:
         after a write is what it is for); deletion waits for readers in other processes to
         finish their current load or verify."""
         self._check_open()
-        self._ensure_writer()
+        self._saving.ensure_writer()
         keep = Retention(self.keep_last, self.keep_every, self.keep_oldest, frozenset(protect))
-        return self._serially(prune, self._reader, self._known, keep, self._failpoint).result()
+        return self._saving.serially(prune, self._reader, self._known, keep, self._failpoint).result()
 
     def discard_after(self, index: int) -> list[str]:
         """Delete every snapshot whose index is greater than `index`; return their manifest ids.
@@ -438,27 +350,19 @@ class SnapshotStore:
         entries that no longer exist. The manifests are removed durably; their chunks go
         at the next `prune`. Waits for saves in flight and for readers in other processes."""
         self._check_open()
-        self._ensure_writer()
-        return self._serially(discard_after, self._reader, index).result()
+        self._saving.ensure_writer()
+        return self._saving.serially(discard_after, self._reader, index).result()
 
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
         """Wait for saves in flight, stop the threads, release the writer lock. Idempotent;
         every later call raises ClosedError."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._committer.shutdown(wait=True)
-        with self._commit_lock:  # a blocking save running on its caller's thread finishes first
-            pass
+        if not self._saving.stop():
+            return
         self._pool.shutdown()
         self._stager.clear()
-        with self._lock:
-            if self._writer_lock is not None:
-                self._writer_lock.release()
-                self._writer_lock = None
+        self._saving.release_writer()
 
     def __enter__(self) -> "SnapshotStore":
         return self
@@ -467,8 +371,7 @@ class SnapshotStore:
         self.close()
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError(f"snapshot store {self.path} is closed")
+        self._saving.check_open()
 
     def __repr__(self) -> str:
         return (f"SnapshotStore({self.path!r}, keep_last={self.keep_last}, keep_every={self.keep_every}, "
@@ -486,10 +389,14 @@ def _name_of(info: SnapshotInfo | str) -> str:
     return name
 
 
-def _selection(manifest: Manifest, only) -> selection.Selected:
-    if only is None:
-        return selection.everything(manifest.tree, len(manifest.tensors))
-    return selection.select(manifest.tree, only)
+def _selection(manifest: Manifest, only, live: Any = None) -> selection.Selected:
+    """What a load reads: the `only` selectors' subtrees, else (given a live state, for a
+    non-strict load_into) the top-level components both have, else everything."""
+    if only is not None:
+        return selection.select(manifest.tree, only)
+    if live is not None:
+        return selection.common(manifest.tree, live)
+    return selection.everything(manifest.tree, len(manifest.tensors))
 
 
 def _build(node: list, tensors: list[torch.Tensor | None], map_location) -> Any:
@@ -497,15 +404,3 @@ def _build(node: list, tensors: list[torch.Tensor | None], map_location) -> Any:
     if device.type != "cpu":
         tensors = [t.to(device) if t is not None else None for t in tensors]
     return tree.build(node, tensors.__getitem__)
-
-
-def _check_leaf(path: tree.KeyPath, t: torch.Tensor) -> None:
-    where = tree.format_path(path)
-    if t.layout != torch.strided:
-        raise TypeError(f"unsupported tensor layout {t.layout} at {where}")
-    if t.dtype not in DTYPE_NAMES:
-        raise TypeError(f"unsupported tensor dtype {t.dtype} at {where}")
-    if t.device.type == "meta":
-        raise TypeError(f"meta tensor (no data) at {where}")
-    if t.is_nested or t.is_quantized:
-        raise TypeError(f"unsupported nested or quantized tensor at {where}")

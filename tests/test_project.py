@@ -60,3 +60,24 @@ def test_no_module_imports_another_packages_private_modules():
     found = [line for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))
              for line in _cross_package_imports(path, package)]
     assert not found, "private imports across packages:\n" + "\n".join(found)
+
+
+MAX_CLASS_LINES = 350
+
+
+def _long_classes(path: Path) -> list[str]:
+    """`module:line Class: N lines` for each class in `path` longer than MAX_CLASS_LINES,
+    counted from its `class` line to its last line, docstrings and comments included."""
+    import ast
+
+    return [f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+            for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES]
+
+
+def test_no_product_class_is_longer_than_the_limit():
+    """Issue 20: no class in replay/, eventlog/ or snapshots/ is over 350 lines; a class
+    that grows past it is split by job into collaborators in modules of their own."""
+    found = [line for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))
+             for line in _long_classes(path)]
+    assert not found, "classes over the limit:\n" + "\n".join(found)
