@@ -131,14 +131,9 @@ class Journal:
             ...     print(journal.recovery.snapshot_index, journal.count(), journal.state["w"].tolist())
             1 1 [1.5, 1.5]
         """
-        return assembly.open_journal(
-            cls, path, state=state, ops=ops, snapshot=snapshot, durability=durability, deterministic=deterministic,
-            digest_every=digest_every, keep_last=keep_last, keep_log=keep_log, async_snapshots=async_snapshots,
-            progress=progress, device=device, takeover=takeover, snapshot_on_close=snapshot_on_close,
-            archive=archive, preemption=preemption, environment=environment, group=group, replicated=replicated,
-            replica=replica, replica_options=replica_options, ship_interval=ship_interval,
-            max_replica_lag=max_replica_lag, replica_keep_extra=replica_keep_extra, rng_check=rng_check,
-            snapshot_compression=snapshot_compression, snapshot_packs=snapshot_packs)
+        keywords = dict(locals())  # exactly this signature's parameters: open_journal takes each by name
+        del keywords["cls"], keywords["path"]
+        return assembly.open_journal(cls, path, **keywords)
 
     def __init__(self, root: Path, replayer: Replayer, log: EventLog, store: snapshots.SnapshotStore,
                  recovery: RecoveryReport, *, guards: Guards, steps: StepCounter, snapshotter: Snapshotter,
