@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,9 +125,22 @@ def trainer(root, out_fd: int, plain: bool = False, detach_workers: str | None =
 
 
 def _detach(out_fd: int, pids: str, worker_id: int) -> None:
-    """In a worker: record the pid in `pids`; close the report and stderr pipes (stderr to /dev/null)."""
+    """In a worker: record the pid in `pids`; close the report and stderr pipes (stderr to /dev/null);
+    and stay alive after the trainer dies until `pids`.release exists (at most 120 s): a
+    non-daemon thread that the worker's exit waits for, so the orphans outlive the test's
+    check however slow the machine is, instead of for PyTorch's 5 s watchdog interval."""
+    import threading
+    import time
+
     with open(pids, "a") as f:
         f.write(f"{os.getpid()}\n")
+
+    def hold() -> None:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(pids + ".release") and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    threading.Thread(target=hold, name="test-hold-orphan").start()
     pipes = {os.fstat(out_fd).st_ino, os.fstat(2).st_ino}
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
@@ -208,8 +222,9 @@ def test_sigkilled_dataloader_training_resumes_bit_identical(tmp_path):
 
 def test_a_killed_trainers_orphaned_workers_do_not_lock_the_next_run_out(tmp_path):
     """The snapshot store's writer lock is not inherited by the DataLoader workers (snapshots/locks.py
-    closes it in forked children): a SIGKILLed trainer's orphaned workers, alive for up to 5 s more
-    (their watchdog interval), do not make the next run's snapshots fail with LockedError."""
+    closes it in forked children): a SIGKILLed trainer's orphaned workers, still alive (left alone
+    they live up to PyTorch's 5 s watchdog interval; here they are held until the check is done),
+    do not make the next run's snapshots fail with LockedError."""
     def alive(pid: int) -> bool:
         try:
             os.kill(pid, 0)
@@ -217,20 +232,19 @@ def test_a_killed_trainers_orphaned_workers_do_not_lock_the_next_run_out(tmp_pat
         except ProcessLookupError:
             return False
 
-    for attempt in range(3):
-        root, pids = tmp_path / f"journal{attempt}", tmp_path / f"pids{attempt}"
-        run = run_forked(trainer, root, detach_workers=str(pids),
-                         kill_on=lambda messages: sum(m[0] == "ack" for m in messages) >= 3)
-        assert run.killed and len(_acks(run)) >= 3, run.stderr_tail()
-        workers = [int(line) for line in pids.read_text().split()]
-        # The trainer is dead; its workers notice within 5 s. Open and snapshot meanwhile.
+    root, pids = tmp_path / "journal", tmp_path / "pids"
+    run = run_forked(trainer, root, detach_workers=str(pids),
+                     kill_on=lambda messages: sum(m[0] == "ack" for m in messages) >= 3)
+    assert run.killed and len(_acks(run)) >= 3, run.stderr_tail()
+    workers = [int(line) for line in pids.read_text().split()]
+    try:
+        # The trainer is dead; its workers are held alive (_detach). Open and snapshot meanwhile.
         check = run_forked(snapshot_now, root)
-        if not any(alive(pid) for pid in workers):
-            continue  # they were gone before the check ended: it proved nothing; again
-        outcome = [m for m in check.messages if m[0] in ("snapshot", "error")]
-        # The check must get as far as the snapshot: a LockedError is the lock-out this test is about.
-        if not outcome or (outcome[0][0] == "error" and outcome[0][1] != "LockedError"):
-            raise RuntimeError(f"the check did not get as far as the snapshot: {outcome} {check.stderr_tail()}")
-        assert outcome[0][0] == "snapshot", outcome
-        return
-    pytest.fail("the orphaned workers never outlived the check; the scenario did not happen")
+        assert any(alive(pid) for pid in workers), "the orphaned workers did not outlive the check"
+    finally:
+        Path(f"{pids}.release").touch()
+    outcome = [m for m in check.messages if m[0] in ("snapshot", "error")]
+    # The check must get as far as the snapshot: a LockedError is the lock-out this test is about.
+    if not outcome or (outcome[0][0] == "error" and outcome[0][1] != "LockedError"):
+        raise RuntimeError(f"the check did not get as far as the snapshot: {outcome} {check.stderr_tail()}")
+    assert outcome[0][0] == "snapshot", outcome
