@@ -194,7 +194,7 @@ def read_segment(path: Path, name: SegmentName) -> Segment:
         head = os.pread(fd, HEADER_SIZE, 0)
         (_, _, _, _, first, last, prev_term, prev_checksum, last_time, raw_size, stored_size,
          checksum) = _header(head, name, size)
-        _check_sum(fd, head, size, checksum)
+        check_file_checksum(fd, head, size, checksum)
         body = _decompress(fd, size, raw_size)
     finally:
         os.close(fd)
@@ -213,7 +213,7 @@ def read_last_value(path: Path, name: SegmentName):
     try:
         head = os.pread(fd, HEADER_SIZE, 0)
         fields = _header(head, name, size)
-        _check_sum(fd, head, size, fields[11])
+        check_file_checksum(fd, head, size, fields[11])
         body = _decompress(fd, size, fields[9])
     finally:
         os.close(fd)
@@ -231,7 +231,7 @@ def read_last_value(path: Path, name: SegmentName):
     return view[start:at]
 
 
-def _check_sum(fd: int, head: bytes, size: int, checksum: int) -> None:
+def check_file_checksum(fd: int, head: bytes, size: int, checksum: int) -> None:
     """SegmentDamage unless the file's checksum (header up to itself, then the body, read in
     bounded chunks) is `checksum`."""
     hasher = xxhash.xxh3_64(head[:CHECKED])

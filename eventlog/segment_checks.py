@@ -120,7 +120,7 @@ def check_segment_file(path, at: int | None = None) -> tuple[CheckedSegment, int
         try:
             fields = _checked_header(head, size)
             prev_term, prev_checksum, raw_size, checksum = fields[6], fields[7], fields[9], fields[11]
-            _check_file_sum(fd, head, size, checksum)
+            segment.check_file_checksum(fd, head, size, checksum)
             with os.fdopen(os.dup(fd), "rb", buffering=0) as source:
                 source.seek(segment.HEADER_SIZE)
                 found, term, seed = _check_entries(source, first, last, raw_size, prev_term, prev_checksum, at)
@@ -134,19 +134,6 @@ def check_segment_file(path, at: int | None = None) -> tuple[CheckedSegment, int
 
 
 _MAX_SEGMENT_FILE = segment.HEADER_SIZE + segment.stored_bound(segment.MAX_SINGLE_RAW)
-
-
-def _check_file_sum(fd: int, head: bytes, size: int, checksum: int) -> None:
-    hasher = xxhash.xxh3_64(head[:segment.CHECKED])
-    offset = segment.HEADER_SIZE
-    while offset < size:
-        piece = os.pread(fd, min(_PIECE, size - offset), offset)
-        if not piece:
-            raise SegmentDamage(f"the file ended at byte {offset} while {size} were expected")
-        hasher.update(piece)
-        offset += len(piece)
-    if hasher.intdigest() != checksum:
-        raise SegmentDamage("checksum mismatch (the file was altered or cut)")
 
 
 def _check_entries(source, first: int, last: int, raw_size: int, prev_term: int, seed: int,
