@@ -157,7 +157,7 @@ def _check_source(src: Path) -> None:
         raise ForkError(f"{src} is one rank's directory of a multi-rank journal: forking one rank alone would "
                         "misalign the ranks' logs, and forking a multi-rank journal is not supported")
     if not layout.log_data_file(src).is_file():
-        if src.is_dir() and any(p.name.startswith("rank-") and p.is_dir() for p in src.iterdir()):
+        if layout.ranks_on_disk(src):
             raise ForkError(f"{src} is a multi-rank journal (rank-*/ directories): forking a multi-rank "
                             "journal is not supported")
         raise ForkError(f"{src} is not a journal directory (no log/data.mdb)")

@@ -42,11 +42,7 @@ PREFIXES = frozenset({layout.RANK_DIR_PREFIX, "heartbeat-a", "crash-a", "dump-a"
 # do not grow the list): path -> what is left there.
 PENDING = {
     "replay/layout.py": "the one place the names are spelled",
-    "replay/opening.py": "log/, snapshots/, snapshots/manifests, log/data.mdb (helper arch-journal)",
-    "replay/forking.py": "rank- prefix, log/archive, snapshots' chunks/ (forking item of issue 20)",
-    "replay/replica/rounds.py": "snapshots/ and environment.json of the journal (helper perf-replica)",
-    "replay/replica/restore.py": "log/, snapshots/, environment.json of the staged journal (helper perf-replica)",
-    "replay/replica/snapfiles.py": "manifests/ of a snapshot store (helper perf-replica)",
+    "replay/forking.py": "log/archive: eventlog's own directory name, which replay.layout does not name",
 }
 
 
