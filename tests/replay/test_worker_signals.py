@@ -4,6 +4,7 @@ whole group, run the user's worker_init_fn, and still end when their parent ends
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 from pathlib import Path
@@ -32,10 +33,29 @@ def _blocked(pid: int) -> int:
     return int(next(line.split()[1] for line in text.splitlines() if line.startswith("SigBlk:")), 16)
 
 
+def _threads() -> list[tuple[int, str, str, bool]]:
+    """Every thread of this process: (tid, Python name or "", kernel name, blocks SIGTERM)."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    found = []
+    for tid in sorted(int(t) for t in os.listdir("/proc/self/task")):
+        try:
+            status = Path(f"/proc/self/task/{tid}/status").read_text()
+        except FileNotFoundError:
+            continue  # ended meanwhile
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        blocked = int(fields["SigBlk"], 16) >> (signal.SIGTERM - 1) & 1
+        found.append((tid, names.get(tid, ""), fields["Name"].strip(), bool(blocked)))
+    return found
+
+
 def _probe(path: str, worker_id: int) -> None:
-    """In a worker after DeferSignals: record the blocked-signal mask, then signal ourselves
-    as a sender other than the parent (the worker itself): it must be ignored."""
+    """In a worker after DeferSignals: record the blocked-signal mask and every thread,
+    then signal ourselves as a sender other than the parent (the worker itself): it must
+    be ignored."""
     Path(path, f"mask-{worker_id}").write_text(str(_blocked(os.getpid())))
+    Path(path, f"threads-{worker_id}").write_text(repr(_threads()))
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -60,11 +80,21 @@ def test_a_worker_defers_the_preemption_signals_and_survives_one_from_elsewhere(
     loader = replay.JournaledLoader(Echo(), cursor, batch_size=2, num_workers=2, worker_signals=[signal.SIGUSR2],
                                     worker_init_fn=functools.partial(_probe, str(tmp_path)))
     seen = []
-    for batch in loader:
-        cursor.consume(batch.ids)
-        seen.extend(batch.ids)
+    try:
+        for batch in loader:
+            cursor.consume(batch.ids)
+            seen.extend(batch.ids)
+    except RuntimeError as error:
+        threads = {p.name: p.read_text() for p in tmp_path.glob("threads-*")}
+        raise AssertionError(f"a worker did not survive: {error}; its threads at the signal "
+                             f"(tid, name, kernel name, blocks SIGTERM): {threads}") from error
     assert sorted(seen) == list(range(8))
     for worker in (0, 1):
+        # Every thread but the deferral one (in sigwaitinfo, which unblocks what it waits
+        # for) blocks the signal: a thread that does not would take a group's SIGTERM.
+        threads = ast.literal_eval((tmp_path / f"threads-{worker}").read_text())
+        exposed = [t for t in threads if not t[3] and t[1] != "replay-worker-signals"]
+        assert not exposed, f"worker {worker}: threads that take SIGTERM: {exposed}"
         mask = int((tmp_path / f"mask-{worker}").read_text())
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
             assert mask >> (signum - 1) & 1, f"worker {worker} does not defer {signal.Signals(signum).name}"
