@@ -419,11 +419,15 @@ def make_hostile_state():
 
 
 def _write_hostile(path: str) -> None:
+    # Snapshots at 2 and 4 exactly, so entry 5 stays truncatable (a policy snapshot that is
+    # still in flight at 4 would move to 5 under load).
     with replay.Journal.open(path, state=make_hostile_state(), ops=hostile_ops, durability="sync",
-                             snapshot=replay.Every(entries=2), keep_last=10, keep_log=True,
-                             snapshot_on_close=False) as journal:  # entry 5 stays truncatable
-        for _ in range(5):
+                             snapshot=replay.Every(), keep_last=10, keep_log=True,
+                             snapshot_on_close=False) as journal:
+        for index in range(1, 6):
             journal.apply(HOSTILE_OP, note=HOSTILE_TEXT, **{HOSTILE_TEXT: 1})
+            if index in (2, 4):
+                journal.snapshot(wait=True)
 
 
 def assert_no_raw_controls(ran: Ran, tty: bool = False) -> None:
