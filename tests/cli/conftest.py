@@ -10,13 +10,21 @@ from pathlib import Path
 import pytest
 
 from tests.cli import tinyjob
+from tests.warm import run_replay
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ["--ops", "tests.cli.tinyjob:ops", "--state", "tests.cli.tinyjob:make_state"]
 
 
 def cli(*args, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run `python -m replay ARGS` from the repository root (so --ops can import tests.cli.tinyjob)."""
+    """`python -m replay ARGS` from the repository root (so --ops can import tests.cli.tinyjob),
+    in a child process that starts warm (tests/warm.py)."""
+    return run_replay(args, cwd=ROOT, timeout=timeout)
+
+
+def cli_process(*args, timeout: float = 60) -> subprocess.CompletedProcess:
+    """A real `python -m replay ARGS` interpreter, for what a warm child would not show
+    (the entry point itself, which modules a fresh interpreter imports)."""
     return subprocess.run([sys.executable, "-m", "replay", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
