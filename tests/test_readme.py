@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.warm import run_replay
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 TAGGED_BLOCK = re.compile(r"<!-- recipe: ([a-z0-9-]+) -->\s*\n```python\n(.*?)\n```", re.S)
 TORCHRUN_BLOCK = re.compile(r"<!-- recipe-torchrun: ([a-z0-9-]+) -->\s*\n```python\n(.*?)\n```\s*\n```console\n\$ (.*?)\n```",
@@ -90,16 +92,14 @@ def test_the_dataloader_recipe_is_importable_by_the_cli(tmp_path):
                             env=env)
     assert result.returncode == 0, result.stderr
     user_code = ["--ops", "recipe:make_ops", "--state", "recipe:make_state"]
-    result = subprocess.run([sys.executable, "-m", "replay", "state", "run", "--at", "9", *user_code,
-                             "--out", "state9.st", "--json"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=200, env=env)
+    result = run_replay(["state", "run", "--at", "9", *user_code, "--out", "state9.st", "--json"], cwd=tmp_path,
+                        timeout=200, env=env)
     assert result.returncode == 0, result.stderr
     from safetensors.torch import load_file
     import torch
 
     rebuilt, straight = load_file(str(tmp_path / "state9.st")), load_file(str(tmp_path / "at9.st"))
     assert straight and all(torch.equal(rebuilt[f"model.{k}"], v) for k, v in straight.items())
-    result = subprocess.run([sys.executable, "-m", "replay", "diff", "run", "9", "13", *user_code, "--top", "2"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=200, env=env)
+    result = run_replay(["diff", "run", "9", "13", *user_code, "--top", "2"], cwd=tmp_path, timeout=200, env=env)
     assert result.returncode == 0, result.stderr
     assert "changed between index 9 and 13" in result.stdout

@@ -57,7 +57,9 @@ def _child(argv: list[str], cwd: str, env: dict, out: str, err: str) -> None:
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
-    sys.path.insert(0, cwd)  # what `python -m` puts first
+    # What a fresh interpreter's sys.path starts with: `python -m`'s working directory,
+    # then the environment's PYTHONPATH.
+    sys.path[:0] = [cwd, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     sys.argv = [str(Path(cwd, "replay", "__main__.py")), *argv]
     for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
                             (2, err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):

@@ -4,10 +4,11 @@ when imported is refused with exit 2 and the hint, and --help says what the modu
 from __future__ import annotations
 
 import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from tests.warm import run_replay
 
 from tests.cli.conftest import ROOT
 
@@ -42,8 +43,7 @@ SCRIPTS = {
 
 
 def run_cli(cwd, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "replay", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=60)
+    return run_replay(args, cwd=cwd)  # a fresh process that imports the user module first
 
 
 COMMANDS = {"state": ["state", "{j}", "--at", 5, "--out", "o.st"],

@@ -15,11 +15,11 @@ import os
 import resource
 import shutil
 import stat
-import subprocess
-import sys
 
 import msgpack
 import pytest
+
+from tests.warm import run_replay
 import torch
 import xxhash
 
@@ -178,8 +178,7 @@ def test_journal_recovery_and_replay_verify_skip_a_fifo_manifest(tmp_path):
     os.mkfifo(newest)
     summary = recovered_in_fresh_process(root)
     assert summary["steps"] == 20
-    cli = subprocess.run([sys.executable, "-m", "replay", "verify", root], capture_output=True, timeout=60,
-                         text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    cli = run_replay(["verify", root], cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert cli.returncode == 1, (cli.returncode, cli.stdout[-2000:], cli.stderr[-2000:])
     assert "FIFO" in cli.stdout + cli.stderr and "Traceback" not in cli.stderr
 

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.warm import run_replay
 import torch
 from PIL import Image
 
@@ -42,8 +44,7 @@ def pixels_of(image: Image.Image, colour: str, tolerance: int = 12) -> list[tupl
 
 
 def report(directory, out, *extra) -> str:
-    done = subprocess.run([sys.executable, "-m", "replay", "report", str(directory), "--out", str(out), *extra],
-                          capture_output=True, text=True, timeout=120, env=env(), cwd=ROOT)
+    done = run_replay(["report", directory, "--out", out, *extra], cwd=ROOT, timeout=120, env=env())
     assert done.returncode == 0, done.stderr
     return Path(out).read_text()
 

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.warm import run_replay
 import torch
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_supervisor, pytest.mark.timeout(240)]
@@ -36,8 +38,7 @@ def supervise(directory, *job_args, options=(), timeout=200):
 
 
 def attempts(directory) -> list[dict]:
-    done = subprocess.run([sys.executable, "-m", "replay", "runs", str(directory), "--json"], capture_output=True,
-                          text=True, timeout=60, env=env(), cwd=ROOT)
+    done = run_replay(["runs", directory, "--json"], cwd=ROOT, env=env())
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
 
@@ -92,8 +93,7 @@ def test_a_handler_failing_at_the_same_entry_stops_with_65_after_one_confirmatio
     assert entry["op"] == "step" and entry["index"] >= 6
     assert "bad batch at seed 6" in got[-1]["message"]
     assert f"entry {entry['index']} (op 'step')" in run.stderr and "replay truncate" in run.stderr
-    stats = subprocess.run([sys.executable, "-m", "replay", "stats", str(tmp_path / "j")], capture_output=True,
-                           text=True, timeout=60, env=env(), cwd=ROOT)
+    stats = run_replay(["stats", tmp_path / "j"], cwd=ROOT, env=env())
     assert "replay run: 2 attempt(s): 2 user-error" in stats.stdout, stats.stdout + stats.stderr
 
 
