@@ -31,9 +31,10 @@ import pytest
 import xxhash
 import zstandard
 
-from eventlog import CorruptEntryError, DamagedSegmentError, EventLog, LogError, reader as reader_module, segment
+from eventlog import DamagedSegmentError, EventLog, LogError, reader as reader_module, segment
 from eventlog import lmdbenv
 from eventlog.archive import list_segments
+from tests.crash.checker.tracing import injecting
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_archive]
 
@@ -71,7 +72,7 @@ def payload(i: int) -> dict:
 def run_writer(path, strace=None, inject=None, count=12, every=4, target=800, mode="sync", timeout=60):
     cmd = [sys.executable, "-c", WRITER, str(ROOT), str(path), str(count), str(every), str(target), mode]
     if strace is not None:
-        cmd = [strace, "-f", "-qq", "-o", "/dev/null", "-e", f"inject={inject}", *cmd]
+        cmd = [*injecting(strace, inject), *cmd]
     done = subprocess.run(cmd, capture_output=True, timeout=timeout)
     lines = [line.split() for line in done.stdout.decode().splitlines(keepends=True) if line.endswith("\n")]
     acks = [(int(t), int(i)) for kind, *rest in lines if kind == "ack" for t, i in [rest]]

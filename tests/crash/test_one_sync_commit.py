@@ -62,7 +62,7 @@ STEADY_WRITER = textwrap.dedent("""
 
 def _trace(strace, tmp_path, script, *args):
     trace_file = tmp_path / "trace"
-    done = subprocess.run([strace, "-f", "-qq", "-y", "-xx", "-s", "1048576", "-o", str(trace_file),
+    done = subprocess.run([strace, "-f", "-qq", "--seccomp-bpf", "-y", "-xx", "-s", "1048576", "-o", str(trace_file),
                            "-e", "trace=openat,lseek,pwrite64,pwritev,writev,write,fdatasync,fsync",
                            sys.executable, "-c", script, *map(str, args)],
                           check=True, timeout=120, capture_output=True, text=True)

@@ -159,7 +159,7 @@ def test_crash_images_keep_every_durable_entry(strace, tmp_path, mode):
         log.append_many([("seed", None)] * SEEDED)
     base = (path / "data.mdb").read_bytes()
     trace_file = tmp_path / "trace"
-    subprocess.run([strace, "-f", "-qq", "-y", "-xx", "-s", "1048576", "-o", str(trace_file),
+    subprocess.run([strace, "-f", "-qq", "--seccomp-bpf", "-y", "-xx", "-s", "1048576", "-o", str(trace_file),
                     "-e", "trace=openat,lseek,pwrite64,pwritev,writev,write,fdatasync,fsync",
                     sys.executable, "-c", WRITER, str(path), mode], check=True, timeout=120, capture_output=True)
     events = parse_trace(trace_file.read_text(), str((path / "data.mdb").resolve()))
@@ -203,7 +203,7 @@ def test_new_log_directory_and_parents_are_fsynced(strace, tmp_path):
     parent's parent."""
     path = tmp_path / "new" / "log"
     trace_file = tmp_path / "trace"
-    subprocess.run([strace, "-f", "-qq", "-y", "-o", str(trace_file), "-e", "trace=openat,fsync,fdatasync",
+    subprocess.run([strace, "-f", "-qq", "--seccomp-bpf", "-y", "-o", str(trace_file), "-e", "trace=openat,fsync,fdatasync",
                     sys.executable, "-c", FSYNC_WRITER, str(path)], check=True, timeout=60, capture_output=True)
     lines = trace_file.read_text().splitlines()
     created = next(n for n, line in enumerate(lines) if "data.mdb" in line and "O_CREAT" in line)

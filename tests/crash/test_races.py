@@ -18,6 +18,7 @@ import pytest
 
 import replay
 
+from tests.crash.checker.tracing import injecting
 from tests.replay.models import assert_same, make_ops, make_state
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_race]
@@ -157,8 +158,7 @@ def test_group_rollback_never_makes_the_doomed_entry_durable(strace, tmp_path):
     killed_at = []
     for when in range(1, 20):
         path = tmp_path / f"log{when}"
-        run = subprocess.run([strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=fdatasync",
-                              "-e", f"inject=fdatasync:signal=KILL:when={when}",
+        run = subprocess.run([*injecting(strace, f"fdatasync:signal=KILL:when={when}"),
                               sys.executable, "-c", _ROLLBACK_CHILD, str(path)],
                              capture_output=True, text=True, timeout=60)
         try:

@@ -16,6 +16,7 @@ import pytest
 
 from eventlog import EventLog
 from replay.envelope import TRUNCATE_OP
+from tests.crash.checker.tracing import injecting
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_audit]
 
@@ -45,7 +46,7 @@ def test_killed_truncate_keeps_both_or_neither(strace, tmp_path, syscall):
     for when in range(1, 40):
         root = tmp_path / f"run{syscall}{when}"
         shutil.copytree(source, root)
-        cmd = [strace, "-f", "-qq", "-o", "/dev/null", "-e", f"inject={syscall}:signal=KILL:when={when}",
+        cmd = [*injecting(strace, f"{syscall}:signal=KILL:when={when}"),
                sys.executable, "-c", OPERATOR, str(root), str(AFTER)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         after = _state(root)
@@ -89,7 +90,7 @@ def test_disk_full_in_group_mode_says_the_disk_is_full(strace, tmp_path, fault):
     disk is full, naming the log's path and the free bytes (not "Input/output error")."""
     path = tmp_path / "log"
     EventLog.open(path).close()
-    proc = subprocess.run([strace, "-f", "-qq", "-o", "/dev/null", "-e", f"inject={fault}",
+    proc = subprocess.run([*injecting(strace, fault),
                            sys.executable, "-c", DISK_FULL_WRITER, str(path)], capture_output=True, text=True,
                           timeout=100)
     errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR")]

@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from eventlog import EventLog
+from tests.crash.checker.tracing import injecting
 
 pytestmark = pytest.mark.crash
 
@@ -45,7 +46,7 @@ WRITER = textwrap.dedent("""
 
 
 def run_writer(path, mode, inject):
-    cmd = [STRACE, "-f", "-qq", "-o", "/dev/null", "-e", f"inject={inject}", sys.executable, "-c", WRITER, str(path), mode]
+    cmd = [*injecting(STRACE, inject), sys.executable, "-c", WRITER, str(path), mode]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 

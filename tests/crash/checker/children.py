@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .framing import frames
+from .tracing import injecting
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -127,7 +128,7 @@ def popen_child(argv: list[str], strace: str | None = None, inject: str | None =
     r, w = os.pipe()
     cmd = [sys.executable, str(ROOT / "tests" / "crash" / "child.py"), argv[0], argv[1], str(w), *argv[2:]]
     if strace is not None:
-        cmd = [strace, "-f", "-qq", "-o", "/dev/null", "-e", f"inject={inject}", *cmd]
+        cmd = [*injecting(strace, inject), *cmd]
     proc = subprocess.Popen(cmd, pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             preexec_fn=preexec)
     os.close(w)
