@@ -26,7 +26,7 @@ def kills_and_resumes(stdout: str) -> list[tuple[int, int, int, str]]:
     return [(p, d, int(r), rest) for (p, d), (r, rest) in zip(kills, recoveries)]
 
 
-@pytest.mark.parametrize("task, extra", [("train", ["--steps", "300"]), ("inference", [])])
+@pytest.mark.parametrize("task, extra", [("train", ["--steps", "150"]), ("inference", [])])
 def test_demo_survives_kills_bit_identically(tmp_path, task, extra):
     result = run_demo(tmp_path, "--task", task, *extra)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -43,7 +43,7 @@ def test_demo_survives_kills_bit_identically(tmp_path, task, extra):
 def test_the_demo_says_what_was_durable_and_explains_the_lost_tail(tmp_path):
     """durability=group (the default) acknowledges an apply before its commit: a kill may
     lose printed steps, never durable ones, and the report names both for every kill."""
-    result = run_demo(tmp_path, "--steps", "300")
+    result = run_demo(tmp_path, "--steps", "150")
     assert result.returncode == 0, result.stdout + result.stderr
     for printed, durable, resumed, explained in kills_and_resumes(result.stdout):
         assert durable <= printed and durable <= resumed, result.stdout
