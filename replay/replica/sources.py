@@ -12,31 +12,24 @@ the next) is decompressed once.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
-from eventlog import SegmentDamage, read_segment_file, read_segment_seed, segment_bounds, segment_identity
+from eventlog import SegmentDamage, read_segment_seed, segment_bounds, segment_identity
 
 REMEMBERED = 4096  # segments whose full check a shipper remembers (a few dozen bytes each)
 
 
 class Piece(NamedTuple):
     """Entries first..last of one segment object to ship: `path` is the local archive file
-    holding exactly them, or None when `log.sealed_range` seals them."""
+    holding exactly them, or None when `log.sealed_range` seals them. An archive file that
+    vanished once listed (a local merge replaced it, eventlog's FORMAT.md) is sealed from
+    the log instead: the same entries (prepared.Prepared reads pieces)."""
 
     first: int
     last: int
     path: Path | None
-
-    def read(self, log) -> bytes:
-        """The segment's bytes (not yet verified). An archive file that vanished (a local merge
-        replaced it, FORMAT.md of eventlog) is sealed from the log instead: same entries."""
-        if self.path is not None:
-            try:
-                return read_segment_file(self.path, self.first, self.last)
-            except FileNotFoundError:
-                pass
-        return log.sealed_range(self.first, self.last)
 
 
 def plan(log, start: int, settled: int, most: int) -> list[Piece]:
@@ -83,17 +76,20 @@ class Verified:
 
     def __init__(self):
         self._checked: dict[tuple[int, int, int, int], tuple[int, int, int, int]] = {}
+        self._lock = threading.Lock()  # bounds runs on several threads at once (prepared.py)
 
     def bounds(self, data) -> tuple[int, int, int, int]:
         """`eventlog.segment_bounds(data)` (SegmentDamage likewise), decompressing only bytes not
-        checked before."""
+        checked before. Safe to call from several threads at once (the check runs unlocked)."""
         identity = segment_identity(data)
-        got = self._checked.get(identity)
+        with self._lock:
+            got = self._checked.get(identity)
         if got is None:
             got = segment_bounds(data)
-            if len(self._checked) >= REMEMBERED:
-                self._checked.pop(next(iter(self._checked)))  # the oldest: catch-ups move forward
-            self._checked[identity] = got
+            with self._lock:
+                if len(self._checked) >= REMEMBERED:
+                    self._checked.pop(next(iter(self._checked)))  # the oldest: catch-ups move forward
+                self._checked[identity] = got
         return got
 
     def archive_checksum(self, log, index: int) -> int | None:
