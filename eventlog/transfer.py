@@ -357,12 +357,17 @@ def _build(path: Path, segments: list, checked: list[CheckedSegment], term: int,
 
 def _write_meta(staging: Path, path: Path, checked: list[CheckedSegment], term: int) -> None:
     """A durable LMDB environment in `staging` whose meta records name the archive as the whole log."""
-    env = lmdb.open(str(staging), subdir=True, max_dbs=2, map_size=_STAGING_MAP_SIZE, sync=True,
-                    metasync=True, lock=True, readahead=False)
+    # One write transaction creates both databases and the records, unsynced; one forced
+    # sync then makes all of it durable (data and meta pages) before data.mdb is renamed into
+    # the log. Until that rename nothing here is read, so the order of the writes within
+    # the environment does not matter, only that they are all on disk first: one fdatasync
+    # instead of one per database created and per commit.
+    env = lmdb.open(str(staging), subdir=True, max_dbs=2, map_size=_STAGING_MAP_SIZE, sync=False,
+                    metasync=False, lock=True, readahead=False)
     try:
-        entries_db = env.open_db(b"entries")
-        meta_db = env.open_db(b"meta")
         with env.begin(write=True) as txn:
+            entries_db = env.open_db(b"entries", txn=txn)
+            meta_db = env.open_db(b"meta", txn=txn)
             meta.initialise(txn, meta_db, entries_db, path)
             meta.write_term(txn, meta_db, term)
             if checked:
