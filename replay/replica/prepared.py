@@ -26,7 +26,7 @@ from eventlog import read_segment_file
 
 from .sources import Piece, Verified
 
-AHEAD = 2  # pieces read and checked at once (one per core here); memory: AHEAD segments, 16 MiB bodies at most
+AHEAD = 2  # pieces read and checked at once (one per core here); memory: AHEAD + 1 segments, 16 MiB bodies
 
 
 class _Job:
@@ -51,8 +51,10 @@ class Prepared:
     1. S: ``with Prepared(log, verified, pieces) as prepared:``.
     2. S: ``for piece, data, bounds in prepared:``: the next pieces are handed to W
        threads until AHEAD are being prepared, that piece among them (a piece sealed from
-       the log is sealed on S first). Each yield waits for that piece's W; its error
-       (SegmentDamage, OSError) is raised on S at its turn, after every earlier piece.
+       the log is sealed on S first; and when S would wait for a W and the next piece is
+       one to seal, S seals it meanwhile: AHEAD + 1 pieces at most). Each yield waits for
+       that piece's W; its error (SegmentDamage, OSError, or the sealing's) is raised on S
+       at its turn, after every earlier piece.
     3. S: leaving the block (the loop ended or broke) waits for the W threads still
        running, so nothing of the round is read or held afterwards.
     """
@@ -78,7 +80,13 @@ class Prepared:
         while self._todo or self._running:
             while self._todo and len(self._running) < self._ahead:
                 self._start(self._todo.popleft())
-            job = self._running.popleft()
+            job = self._running[0]
+            if not job.finished.is_set() and self._todo and self._todo[0].path is None \
+                    and len(self._running) <= self._ahead:
+                # S would only wait for a worker here: it seals the next piece (from the log) now,
+                # one piece beyond the window at most, instead of after this one is taken.
+                self._start(self._todo.popleft())
+            self._running.popleft()
             job.finished.wait()
             if job.gone:  # sealed here instead: the log is read on S only
                 job.data, job.bounds = self._seal(job.piece)
