@@ -4,10 +4,22 @@ A replica's segment object and a local archive segment are the same format (even
 FORMAT.md, "The archive"), so a range the local archive already holds as one sealed file
 is shipped as that file's bytes, unchanged: nothing is decompressed to read it and nothing
 re-encoded to send it. Only entries no archive file covers whole (the live log in LMDB, or
-the part of a file before the chain's start) are sealed by `log.sealed_range`. Either way
-the round verifies the bytes once (`eventlog.segment_bounds`) before they count, and
-`Verified` remembers the outcome, so a file met again (read for one round and shipped in
-the next) is decompressed once.
+the part of a file before the chain's start) are sealed, by `log.sealed_segment`, which
+verifies every entry against the chain as it copies it and says where the bytes end: those
+bytes are not decompressed again. An archive file is verified once (`eventlog.segment_bounds`)
+before it counts, and `Verified` remembers the outcome, so a file met again (read for one
+round and shipped in the next) is decompressed once per shipper.
+
+Why an archive file whose file checksum verifies is still decompressed once: the checksum
+(header and every compressed byte) proves the bytes are what a sealer wrote, and its header
+gives the seed it chains from, but not the checksum of its last entry, which is what the
+next segment must chain from. Only the body says that. Taking it from the next file's seed
+instead would count an archive file of another history that starts at the same entry
+(tests/replica/test_pipelined_uploads.py); and an entry damaged in LMDB before it was
+sealed sits under a valid file checksum. Both are caught here, by the entry chain, and
+never counted (replica FORMAT.md, "Order of uploads", has the table of what is caught
+where). A sealer-written record of each file's end would remove this decompression; it
+would be an addition to eventlog's on-disk format, not made here.
 """
 
 from __future__ import annotations
