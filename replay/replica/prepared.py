@@ -32,9 +32,9 @@ AHEAD = 2  # pieces read and checked at once (one per core here); memory: AHEAD 
 class _Job:
     """One piece being prepared on a worker thread: its bytes and bounds, or the error."""
 
-    def __init__(self, piece: Piece, data):
+    def __init__(self, piece: Piece):
         self.piece = piece
-        self.data = data  # None until read (an archive file is read by the worker)
+        self.data = None  # the segment's bytes, once read (a worker reads an archive file, S seals)
         self.bounds: tuple[int, int, int, int] | None = None
         self.error: BaseException | None = None
         self.gone = False  # the archive file vanished (a local merge replaced it): seal it instead
@@ -96,7 +96,7 @@ class Prepared:
             yield job.piece, data, job.bounds
 
     def _start(self, piece: Piece) -> None:
-        job = _Job(piece, None)
+        job = _Job(piece)
         self._running.append(job)
         if piece.path is None:
             try:
@@ -115,12 +115,11 @@ class Prepared:
 
     def _prepare(self, job: _Job) -> None:
         try:
-            if job.data is None:
-                try:
-                    job.data = read_segment_file(job.piece.path, job.piece.first, job.piece.last)
-                except FileNotFoundError:
-                    job.gone = True
-                    return
+            try:
+                job.data = read_segment_file(job.piece.path, job.piece.first, job.piece.last)
+            except FileNotFoundError:
+                job.gone = True
+                return
             job.bounds = self._verified.bounds(job.data)
         except BaseException as exc:  # noqa: BLE001 - raised on the shipper's thread at this piece's turn
             job.error = exc

@@ -6,7 +6,6 @@ count: an archive file damaged on disk, or holding an entry damaged before it wa
 
 from __future__ import annotations
 
-import shutil
 import threading
 
 import pytest
