@@ -16,6 +16,7 @@ from typing import Iterator
 from . import record, transfer, verification
 from .archive import ARCHIVE_DIR, SegmentInfo, segment_infos
 from .reader import Reader, View
+from .segment_checks import CheckedSegment
 from .storage import Storage
 from .verification import VerifyReport
 
@@ -98,6 +99,14 @@ class LogQueries:
         """
         self._check_open()
         return transfer.sealed_range(self._reader, self._view, first, last)
+
+    def sealed_segment(self, first: int, last: int) -> tuple[bytes, CheckedSegment]:
+        """`sealed_range(first, last)` (the same bytes, the same errors) and a CheckedSegment
+        (first, last, prev_term, prev_checksum, last_term, last_checksum) as sealing them
+        verified every entry: what `check_segment` of the bytes would say, without a second
+        decompression (a shipper uploads them at once)."""
+        self._check_open()
+        return transfer.seal_range(self._reader, self._view, first, last)
 
     def segment_ranges(self, first: int, last: int, target: int | None = None) -> list[tuple[int, int]]:
         """Consecutive (first, last) ranges covering first..last for `sealed_range`, each body at

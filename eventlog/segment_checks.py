@@ -51,8 +51,9 @@ def check_segment(data) -> CheckedSegment:
         if hasher.intdigest() != fields[11]:
             raise SegmentDamage("checksum mismatch (the bytes were altered or cut)")
         first, last, prev_term, prev_checksum, raw_size = fields[4], fields[5], fields[6], fields[7], fields[9]
-        _, term, seed = _check_entries(segment.MemoryReader(view, segment.HEADER_SIZE), first, last, raw_size, prev_term,
-                                       prev_checksum, None)
+        # The body's view is the decompressor's source as it is: zstd reads a buffer in place.
+        _, term, seed = _check_entries(view[segment.HEADER_SIZE:], first, last, raw_size, prev_term, prev_checksum,
+                                       None)
     except SegmentDamage as exc:
         first, last = declared_range(data)
         where = f"segment of entries {first}..{last}" if first else "segment"
@@ -138,23 +139,30 @@ _MAX_SEGMENT_FILE = segment.HEADER_SIZE + segment.stored_bound(segment.MAX_SINGL
 
 def _check_entries(source, first: int, last: int, raw_size: int, prev_term: int, seed: int,
                    at: int | None) -> tuple[int | None, int, int]:
-    """Decompress the body read from file object `source` in 1 MiB pieces (never more than
-    raw_size + 1 bytes) and check each entry as it completes: its framing, its checksum chained
-    from `seed`, its term never below the one before. (checksum of entry `at` if met, the last
-    entry's term, the last entry's checksum); SegmentDamage saying what failed."""
+    """Decompress the body read from `source` (a file object, or a buffer read in place) in
+    1 MiB pieces (never more than raw_size + 1 bytes) and check each entry as it completes:
+    its framing, its checksum chained from `seed`, its term never below the one before.
+    (checksum of entry `at` if met, the last entry's term, the last entry's checksum);
+    SegmentDamage saying what failed.
+
+    Every piece is decompressed into the same scratch buffer (a fresh 1 MiB object per piece
+    costs its page faults again: about a third of the CPU of a check), then appended to the
+    entries' buffer, whose space is reused as checked entries leave it."""
     buffer, start, total, consumed = bytearray(), 0, 0, 0
     index, term, found, length = first, prev_term, None, None
+    scratch = bytearray(_PIECE)
     try:
-        with zstandard.ZstdDecompressor().stream_reader(source, read_size=_PIECE, closefd=False) as reader:
+        with zstandard.ZstdDecompressor().stream_reader(source, read_size=_PIECE, closefd=False) as reader, \
+                memoryview(scratch) as into:
             while True:
-                piece = reader.read(min(_PIECE, raw_size + 1 - total))
-                total += len(piece)
+                got = reader.readinto(into[:min(_PIECE, raw_size + 1 - total)])
+                total += got
                 if total > raw_size:
                     raise SegmentDamage(f"the body decompresses to more than the {raw_size} bytes its header declares")
-                if piece:
+                if got:
                     del buffer[:start]  # what was checked goes: one piece and one entry at most stay
                     start = 0
-                    buffer += piece
+                    buffer += into[:got]
                 while True:  # every entry the buffer now holds whole
                     if length is None:
                         if len(buffer) - start < segment.LENGTH.size:
@@ -183,7 +191,7 @@ def _check_entries(source, first: int, last: int, raw_size: int, prev_term: int,
                     if index == at:
                         found = seed
                     index, length = index + 1, None
-                if not piece:
+                if not got:
                     break
     except zstandard.ZstdError as exc:
         raise SegmentDamage(f"the body does not decompress: {exc}") from None

@@ -1,7 +1,8 @@
 """Shipping and restoring sealed segments (FORMAT.md, "Shipping and restoring segments").
 
 `sealed_range` turns entries of a log, archived or live, into the bytes of one sealed
-segment, copied as stored; `read_segment_file` gives an archive file's bytes as they are;
+segment, copied as stored (`seal_range` also says where they sit in the chain, as the
+copy verified it); `read_segment_file` gives an archive file's bytes as they are;
 `create_from_segments` (bytes) and `create_from_segment_files` (files, in bounded memory)
 build a new log directory whose history is a run of them. A segment's bytes are the same
 whether they are a file in ``<log>/archive/`` or an object somewhere else, so one set of
@@ -79,6 +80,14 @@ def read_segment_seed(path, first: int, last: int) -> tuple[int, int]:
 
 def sealed_range(reader, view, first: int, last: int) -> bytes:
     """The bytes of one sealed segment holding entries first..last of a log (see EventLog.sealed_range)."""
+    return seal_range(reader, view, first, last)[0]
+
+
+def seal_range(reader, view, first: int, last: int) -> tuple[bytes, CheckedSegment]:
+    """`sealed_range`'s bytes and where they sit in the log's chain, as sealing them verified
+    it (see EventLog.sealed_segment): every entry was checked against the chain from entry
+    first - 1 while it was copied, so the CheckedSegment is what `check_segment` of the
+    bytes would say, without decompressing them again."""
     for name, value in (("first", first), ("last", last)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"sealed_range: {name} must be an int, got {type(value).__name__}")
@@ -95,19 +104,20 @@ def sealed_range(reader, view, first: int, last: int) -> bytes:
     prev_term = reader.term_at(first - 1)
     prev_checksum = reader.checksum_at(first - 1)
     limit = segment.raw_limit(first, last)
-    values, total, seed = [], 0, prev_checksum
+    values, total, seed, term = [], 0, prev_checksum, prev_term
     for index, value in reader.stored_values(first, last + 1):
         total += segment.LENGTH.size + len(value)
         if total > limit:
             raise ValueError(f"sealed_range({first}, {last}): the body would exceed {limit} bytes at entry "
                              f"{index}, more than one segment may hold; split the range (EventLog.segment_ranges)")
         # Verified against the chain from entry first - 1, so the segment never carries damage.
-        seed = record.verify_value(index, value, seed)[4]
+        _, _, term, _, seed = record.verify_value(index, value, seed)
         values.append(value)
     if len(values) != last - first + 1:
         raise IndexError(f"sealed_range({first}, {last}): entries after {first + len(values) - 1} "
                          "were truncated meanwhile")
-    return segment.encode(first, values, prev_term, prev_checksum)
+    return (segment.encode(first, values, prev_term, prev_checksum),
+            CheckedSegment(first, last, prev_term, prev_checksum, term, seed))
 
 
 def segment_ranges(reader, first: int, last: int, target: int | None) -> list[tuple[int, int]]:
@@ -347,12 +357,17 @@ def _build(path: Path, segments: list, checked: list[CheckedSegment], term: int,
 
 def _write_meta(staging: Path, path: Path, checked: list[CheckedSegment], term: int) -> None:
     """A durable LMDB environment in `staging` whose meta records name the archive as the whole log."""
-    env = lmdb.open(str(staging), subdir=True, max_dbs=2, map_size=_STAGING_MAP_SIZE, sync=True,
-                    metasync=True, lock=True, readahead=False)
+    # One write transaction creates both databases and the records, unsynced; one forced
+    # sync then makes all of it durable (data and meta pages) before data.mdb is renamed into
+    # the log. Until that rename nothing here is read, so the order of the writes within
+    # the environment does not matter, only that they are all on disk first: one fdatasync
+    # instead of one per database created and per commit.
+    env = lmdb.open(str(staging), subdir=True, max_dbs=2, map_size=_STAGING_MAP_SIZE, sync=False,
+                    metasync=False, lock=True, readahead=False)
     try:
-        entries_db = env.open_db(b"entries")
-        meta_db = env.open_db(b"meta")
         with env.begin(write=True) as txn:
+            entries_db = env.open_db(b"entries", txn=txn)
+            meta_db = env.open_db(b"meta", txn=txn)
             meta.initialise(txn, meta_db, entries_db, path)
             meta.write_term(txn, meta_db, term)
             if checked:

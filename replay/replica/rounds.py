@@ -23,6 +23,7 @@ from .head import Head
 from .merging import merge_tail
 from .retention import CHUNKS, Plan
 from .snapfiles import LocalFileError, LocalStore, read_small_file
+from .prepared import Prepared
 from .sources import Verified, plan
 from .status import Progress
 from .uploads import Uploads
@@ -125,43 +126,59 @@ class Shipping:
 
         Each segment's bytes (an archive file as it is, or sealed from the log: sources.py)
         are verified once (`segment_bounds`, remembered by `Verified`: the framing, the
-        checksum, every entry's chain) and checked against both neighbours before they are
-        uploaded: they chain from the segment before, and what follows chains from them
-        (the next segment's verified seed, or the local log's checksum at their last entry).
-        Up to IN_FLIGHT uploads run while the next segment is read and verified
-        (uploads.py). A failed upload raises once the ones in flight have ended; the chain
-        then ends before it."""
-        start, count = self.end[0] + 1, [0]
+        checksum, every entry's chain) and checked against both neighbours before they
+        count: they chain from the segment before, and what follows chains from them (the
+        next segment's verified seed, or the local log's checksum at their last entry).
+        A segment is uploaded as soon as its own check and its link to the one before pass
+        (its key names its verified range and end: the object is what its key says), and
+        counts (joins the chain a head may name) once its upload and every earlier one
+        succeeded and what follows it is known to chain from it; one that turns out not to
+        be followed (an archive file of another history) stays an object nothing names,
+        which retention removes. Up to IN_FLIGHT uploads run while the next segments are
+        read and verified on worker threads (uploads.py, prepared.py). A failed upload
+        raises once the ones in flight have ended; the chain then ends before it."""
         expected = self.end[1]
+        count, followed, done = [0], [0], []  # segments counted; submitted ones known followed; uploads done
+
+        def count_ready() -> None:
+            while count[0] < min(followed[0], len(done)):
+                seg, size, created = done[count[0]]
+                self.chain.append(seg)
+                self.end = (seg.last, seg.last_checksum)
+                self._sizes[seg.key] = size
+                if created:
+                    self._progress.uploaded(size)
+                count[0] += 1
 
         def stored(seg: SegmentKey, size: int, created: bool) -> None:
-            self.chain.append(seg)
-            self.end = (seg.last, seg.last_checksum)
-            self._sizes[seg.key] = size
-            if created:
-                self._progress.uploaded(size)
-            count[0] += 1
+            done.append((seg, size, created))
+            count_ready()
 
-        waiting = None  # (segment, bytes) verified, its successor not yet checked
-        with Uploads(self._store) as uploads:
-            # One piece more than is shipped: the last one shipped is checked against it.
-            for piece in plan(self._log, start, settled, HEAD_EVERY + 1):
-                data = piece.read(self._log)
-                got_first, got_last, prev, last_checksum = self._verified.bounds(data)
+        submitted, waiting = 0, None  # waiting: the plan's last piece, shipped only when followed
+        # One piece more than is shipped: the last one shipped is checked against it.
+        pieces = plan(self._log, self.end[0] + 1, settled, HEAD_EVERY + 1)
+        with Uploads(self._store) as uploads, Prepared(self._log, self._verified, pieces) as prepared:
+            for position, (piece, data, (got_first, got_last, prev, last_checksum)) in enumerate(prepared):
                 if (got_first, got_last) != (piece.first, piece.last):
                     raise ReplicaError(f"the segment of entries {piece.first}..{piece.last} holds entries "
                                        f"{got_first}..{got_last}")
                 if prev != expected:
-                    waiting = None  # it does not continue what comes before (or that does not lead here)
-                    break  # the log changed under this round (a truncation): the next round re-checks
-                if waiting is not None:
-                    uploads.submit(waiting[0].key, waiting[1], partial(stored, waiting[0], len(waiting[1])))
+                    break  # the log changed under this round (a truncation), or the one before is not of
+                    # this history: it stays uncounted, and the next round re-checks
+                followed[0] = submitted  # every segment submitted so far is followed by this one
+                count_ready()
                 seg = SegmentKey(piece.first, piece.last, prev, last_checksum)
-                waiting, expected = (seg, data), last_checksum
-                if count[0] + len(uploads) >= HEAD_EVERY:
+                expected = last_checksum
+                if position == len(pieces) - 1:
+                    waiting = (seg, data)
                     break
+                uploads.submit(seg.key, data, partial(stored, seg, len(data)))
+                submitted += 1
             if waiting is not None and self._followed(waiting[0]):
                 uploads.submit(waiting[0].key, waiting[1], partial(stored, waiting[0], len(waiting[1])))
+                submitted += 1
+                followed[0] = submitted
+                count_ready()
         return count[0]
 
     def _followed(self, seg: SegmentKey) -> bool:
@@ -184,7 +201,13 @@ class Shipping:
         return set(self._local.manifest_names())
 
     def ship_manifests(self, settled: int) -> None:
-        """Every local manifest at or below `settled` on the log's history, its chunks first."""
+        """Every local manifest at or below `settled` on the log's history, its chunks first.
+
+        Two batches of pipelined uploads (uploads.py): the chunks of every such manifest,
+        then, once every one of them is stored, the manifests whose chunks all are: a
+        manifest object never exists on the replica before its chunks (FORMAT.md), and a
+        round with several new snapshots waits for two batches, not two per snapshot."""
+        ready = []
         for name in self._local.manifest_names():
             if name in self._manifests or name in self._refused:
                 continue
@@ -204,41 +227,52 @@ class Shipping:
             if not self.agrees(mf.index, mf.log_checksum):
                 self._refused.add(name)  # of another history, or too old to start a chain from
                 continue
-            if self._ship_chunks(mf):
-                self._ship_manifest(mf)
+            ready.append(mf)
+        if not ready:
+            return
+        with Uploads(self._store) as uploads:
+            queued: set[str] = set()
+            ready = [mf for mf in ready if self._ship_chunks(uploads, mf, queued)]
+        with Uploads(self._store) as uploads:
+            for mf in ready:
+                uploads.submit(manifest_key(mf.name), mf.data, partial(self._manifest_stored, mf))
 
-    def _ship_chunks(self, mf) -> bool:
-        """Every chunk of `mf` on the replica; False when one is gone or damaged locally. Up to
-        IN_FLIGHT chunk uploads run while the next chunk is read and checked; a chunk counts as
-        on the replica (skipped by later manifests) once its upload is done."""
+    def _ship_chunks(self, uploads: Uploads, mf, queued: set[str]) -> bool:
+        """Submit to `uploads` every chunk of `mf` not on the replica nor in `queued` (added to
+        it); False when one is gone or damaged locally (the manifest is not shipped). A chunk
+        counts as on the replica (skipped by later rounds) once its upload is done."""
 
         def stored(cid: str, size: int, created: bool) -> None:
             self._chunks.add(cid)
             if created:
                 self._progress.uploaded(size)
 
-        with Uploads(self._store) as uploads:
-            for ref in mf.manifest.chunks:
-                if ref.id in self._chunks:
-                    continue
-                try:
-                    data = self._local.read_chunk(ref.id, ref.raw_len, ref.stored_len)
-                except FileNotFoundError:
-                    if not self._local.has_manifest(mf.name):
-                        return False  # pruned while read: nothing to ship
-                    self._refused.add(mf.name)
-                    self._progress.last_error = f"local snapshot {mf.name}: chunk {ref.id} is missing"
-                    return False
-                except LocalFileError as exc:
-                    self._refused.add(mf.name)
-                    self._progress.last_error = f"local snapshot {mf.name}: {exc}"
-                    return False
-                uploads.submit(chunk_key(ref.id), data, partial(stored, ref.id, len(data)))
+        for ref in mf.manifest.chunks:
+            if ref.id in self._chunks or ref.id in queued:
+                continue
+            try:
+                data = self._local.read_chunk(ref.id, ref.raw_len, ref.stored_len)
+            except FileNotFoundError:
+                if not self._local.has_manifest(mf.name):
+                    return False  # pruned while read: nothing to ship
+                self._refused.add(mf.name)
+                self._progress.last_error = f"local snapshot {mf.name}: chunk {ref.id} is missing"
+                return False
+            except LocalFileError as exc:
+                self._refused.add(mf.name)
+                self._progress.last_error = f"local snapshot {mf.name}: {exc}"
+                return False
+            queued.add(ref.id)
+            uploads.submit(chunk_key(ref.id), data, partial(stored, ref.id, len(data)))
         return True
 
-    def _ship_manifest(self, mf) -> None:
+    def _manifest_stored(self, mf, created: bool) -> None:
+        """After the create-only put of `mf`: recorded as on the replica, unless the key held
+        other bytes (another history's snapshot under the same name: refused)."""
         key = manifest_key(mf.name)
-        if not self.put(key, mf.data):
+        if created:
+            self._progress.uploaded(len(mf.data))
+        else:
             try:
                 existing, _ = self._store.get(key, len(mf.data))
             except (ObjectNotFoundError, ReplicaError):

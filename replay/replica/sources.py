@@ -4,39 +4,44 @@ A replica's segment object and a local archive segment are the same format (even
 FORMAT.md, "The archive"), so a range the local archive already holds as one sealed file
 is shipped as that file's bytes, unchanged: nothing is decompressed to read it and nothing
 re-encoded to send it. Only entries no archive file covers whole (the live log in LMDB, or
-the part of a file before the chain's start) are sealed by `log.sealed_range`. Either way
-the round verifies the bytes once (`eventlog.segment_bounds`) before they count, and
-`Verified` remembers the outcome, so a file met again (read for one round and shipped in
-the next) is decompressed once.
+the part of a file before the chain's start) are sealed, by `log.sealed_segment`, which
+verifies every entry against the chain as it copies it and says where the bytes end: those
+bytes are not decompressed again. An archive file is verified once (`eventlog.segment_bounds`)
+before it counts, and `Verified` remembers the outcome, so a file met again (read for one
+round and shipped in the next) is decompressed once per shipper.
+
+Why an archive file whose file checksum verifies is still decompressed once: the checksum
+(header and every compressed byte) proves the bytes are what a sealer wrote, and its header
+gives the seed it chains from, but not the checksum of its last entry, which is what the
+next segment must chain from. Only the body says that. Taking it from the next file's seed
+instead would count an archive file of another history that starts at the same entry
+(tests/replica/test_pipelined_uploads.py); and an entry damaged in LMDB before it was
+sealed sits under a valid file checksum. Both are caught here, by the entry chain, and
+never counted (replica FORMAT.md, "Order of uploads", has the table of what is caught
+where). A sealer-written record of each file's end would remove this decompression; it
+would be an addition to eventlog's on-disk format, not made here.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
-from eventlog import SegmentDamage, read_segment_file, read_segment_seed, segment_bounds, segment_identity
+from eventlog import SegmentDamage, read_segment_seed, segment_bounds, segment_identity
 
 REMEMBERED = 4096  # segments whose full check a shipper remembers (a few dozen bytes each)
 
 
 class Piece(NamedTuple):
     """Entries first..last of one segment object to ship: `path` is the local archive file
-    holding exactly them, or None when `log.sealed_range` seals them."""
+    holding exactly them, or None when `log.sealed_range` seals them. An archive file that
+    vanished once listed (a local merge replaced it, eventlog's FORMAT.md) is sealed from
+    the log instead: the same entries (prepared.Prepared reads pieces)."""
 
     first: int
     last: int
     path: Path | None
-
-    def read(self, log) -> bytes:
-        """The segment's bytes (not yet verified). An archive file that vanished (a local merge
-        replaced it, FORMAT.md of eventlog) is sealed from the log instead: same entries."""
-        if self.path is not None:
-            try:
-                return read_segment_file(self.path, self.first, self.last)
-            except FileNotFoundError:
-                pass
-        return log.sealed_range(self.first, self.last)
 
 
 def plan(log, start: int, settled: int, most: int) -> list[Piece]:
@@ -83,17 +88,20 @@ class Verified:
 
     def __init__(self):
         self._checked: dict[tuple[int, int, int, int], tuple[int, int, int, int]] = {}
+        self._lock = threading.Lock()  # bounds runs on several threads at once (prepared.py)
 
     def bounds(self, data) -> tuple[int, int, int, int]:
         """`eventlog.segment_bounds(data)` (SegmentDamage likewise), decompressing only bytes not
-        checked before."""
+        checked before. Safe to call from several threads at once (the check runs unlocked)."""
         identity = segment_identity(data)
-        got = self._checked.get(identity)
+        with self._lock:
+            got = self._checked.get(identity)
         if got is None:
             got = segment_bounds(data)
-            if len(self._checked) >= REMEMBERED:
-                self._checked.pop(next(iter(self._checked)))  # the oldest: catch-ups move forward
-            self._checked[identity] = got
+            with self._lock:
+                if len(self._checked) >= REMEMBERED:
+                    self._checked.pop(next(iter(self._checked)))  # the oldest: catch-ups move forward
+                self._checked[identity] = got
         return got
 
     def archive_checksum(self, log, index: int) -> int | None:

@@ -10,6 +10,7 @@ contiguous prefix of completed uploads (FORMAT.md beside this file, "Order of up
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import deque
 from typing import Callable
@@ -30,8 +31,10 @@ class _Put:
 class Uploads:
     """Create-only puts to `store`, at most `in_flight` at once, counted in submission order.
 
-    Call sequence (S: the thread that owns this object, the shipper's; W: one short-lived
-    daemon thread per put, which only calls ``store.put_if_absent`` and records its outcome):
+    Call sequence (S: the thread that owns this object, the shipper's; W: up to `in_flight`
+    daemon worker threads, started as puts are submitted and reused for the batch's later
+    puts (a thread start is milliseconds on a loaded machine, a put of a small chunk less),
+    which only call ``store.put_if_absent`` and record the outcome; they end with the batch):
 
     1. S: ``with Uploads(store) as uploads:`` (one batch of a round).
     2. S: ``submit(key, data, done)``: when `in_flight` puts are running it first waits for
@@ -40,8 +43,9 @@ class Uploads:
        and stopping at the first one still running, is settled: `done(created)` runs on S.
        A failed put stops settling for good: neither its `done` nor any later put's runs.
     4. S: leaving the block waits for every put still running (nothing of this batch is in
-       flight afterwards), settles the rest, then raises the first failure, if any (an
-       exception raised inside the block wins: it is re-raised after the wait, unchanged).
+       flight afterwards) and tells the W threads to end, settles the rest, then raises the
+       first failure, if any (an exception raised inside the block wins: it is re-raised
+       after the wait, unchanged).
 
     A failed put in flight therefore fails the batch cleanly: objects put after it may
     exist on the replica (create-only, harmless, found again by the next round), but no
@@ -56,6 +60,8 @@ class Uploads:
         self._limit = in_flight
         self._pending: deque[_Put] = deque()
         self._failed: _Put | None = None
+        self._work: queue.SimpleQueue = queue.SimpleQueue()  # (put, data), or None: a W ends
+        self._workers = 0
 
     def __enter__(self) -> "Uploads":
         return self
@@ -63,6 +69,9 @@ class Uploads:
     def __exit__(self, exc_type, exc, tb) -> None:
         for put in self._pending:
             put.finished.wait()
+        for _ in range(self._workers):
+            self._work.put(None)
+        self._workers = 0
         if exc_type is not None:
             return  # the block's own error propagates; nothing more is counted
         self._settle(block=True)
@@ -86,15 +95,28 @@ class Uploads:
             raise self._failed.error
         put = _Put(key, len(data), done)
         self._pending.append(put)
-        threading.Thread(target=self._run, args=(put, data), name="replay-replica-put", daemon=True).start()
+        # Fewer W threads than puts in flight (each of them busy): one more. Otherwise one is
+        # idle, or about to be (its put finished), and takes this put from the queue.
+        if self._workers < self._limit and self._workers < len(self._pending):
+            threading.Thread(target=self._serve, name="replay-replica-put", daemon=True).start()
+            self._workers += 1
+        self._work.put((put, data))
 
-    def _run(self, put: _Put, data) -> None:
-        try:
-            put.created = self._store.put_if_absent(put.key, data)
-        except BaseException as exc:  # noqa: BLE001 - handed to the owning thread, which raises it
-            put.error = exc
-        finally:
-            put.finished.set()
+    def _serve(self) -> None:
+        """A W thread: run the puts handed to it until told to end (None)."""
+        while True:
+            job = self._work.get()
+            if job is None:
+                return
+            put, data = job
+            del job
+            try:
+                put.created = self._store.put_if_absent(put.key, data)
+            except BaseException as exc:  # noqa: BLE001 - handed to the owning thread, which raises it
+                put.error = exc
+            finally:
+                del data  # the bytes go with the put, not with the idle thread
+                put.finished.set()
 
     def _settle(self, block: bool) -> None:
         """Run `done` for the finished prefix of pending puts, in order, up to the first failure."""
