@@ -127,10 +127,12 @@ class Writer:
                 index, self.term, op_bytes, payload_bytes, time.time_ns(), self._last_checksum)
             self.bytes_appended += len(value)
             pending = tail.append_one(record.key(index), value)
-            if pending == 1 or pending == self._background.eager_batch:
-                # Otherwise the flusher already knows: it re-checks the count after every
-                # commit, so one notify when the count crosses a threshold is enough.
+            # Otherwise the flusher already knows: it re-checks the count after every
+            # commit, so telling it when the count crosses a threshold is enough.
+            if pending == self._background.eager_batch:  # may be 1 (group_max_batch=1): at once
                 self._background.notify_locked()
+            elif pending == 1:
+                self._background.entry_arrived_locked()
         return index
 
     def _commit_one(self, op_bytes: bytes, payload_bytes: bytes) -> int:
