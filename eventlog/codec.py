@@ -10,6 +10,7 @@ import ctypes
 import math
 import struct
 import sys
+import threading
 from typing import Any
 
 import msgpack
@@ -142,10 +143,34 @@ def encode_payload(payload: Any) -> bytes:
     """
     try:
         _check_map_keys(payload, 0)
-        return msgpack.packb(payload, default=_default, use_bin_type=True, datetime=False)
+        return _pack(payload)
     except (TypeError, ValueError, OverflowError, UnicodeEncodeError, RecursionError) as exc:
         path, reason = _find_unencodable(payload, "payload", depth=0)
         raise TypeError(f"{path}: {reason}" if path else f"payload cannot be encoded: {exc}") from None
+
+
+class _ThreadPackers(threading.local):
+    """One reusable msgpack Packer per thread. ``msgpack.packb`` builds a Packer per call,
+    most of the cost of packing a small payload; a Packer is not thread-safe, hence one
+    per thread. It resets itself after a pack that raised (autoreset), so a refused
+    payload leaves nothing behind for the next one."""
+
+    packer: msgpack.Packer | None = None
+
+
+_PACKERS = _ThreadPackers()
+_KEEP_PACKER_BELOW = 1 << 20  # a Packer keeps its grown buffer: drop it after a large payload
+
+
+def _pack(payload: Any) -> bytes:
+    """``msgpack.packb(payload, ...)`` with this thread's Packer (the same bytes)."""
+    packer = _PACKERS.packer
+    if packer is None:
+        packer = _PACKERS.packer = msgpack.Packer(default=_default, use_bin_type=True, datetime=False)
+    data = packer.pack(payload)
+    if len(data) >= _KEEP_PACKER_BELOW:
+        _PACKERS.packer = None
+    return data
 
 
 _KEY_TYPES = (str, int, bytes, float, type(None))

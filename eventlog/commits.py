@@ -53,9 +53,12 @@ class Commits:
             batch = tail.take(max_batch)
             if batch:
                 synced_before = tail.committed_index
-                self._write(lambda txn: self._storage.put_all(txn, batch))
-                tail.mark_committed(batch[-1][0], durable=False)
-                self.advance_durable(batch[-1][0] if self._meta_synced else synced_before)
+                # The batch is entries synced_before + 1 ..: only a commit (this lock) moves
+                # committed_index, so it still names the entry before the batch here.
+                last = synced_before + len(batch)
+                self._write(self._storage.put_all, batch)
+                tail.mark_committed(last, durable=False)
+                self.advance_durable(last if self._meta_synced else synced_before)
 
     def sync_committed(self) -> None:
         """Group mode: fdatasync so that every committed entry is durable (its meta page with it)."""

@@ -79,8 +79,14 @@ class GroupFlusher:
     grows with the fsync latency (natural group commit).
     A failed commit or sync poisons the log and the thread stops: nothing is retried.
 
-    Threads: appenders call `notify_locked` holding the tail's lock; the flusher thread
+    Threads: appenders call `entry_arrived_locked` (the first waiting entry) or
+    `notify_locked` (eager batch, waiters) holding the tail's lock; the flusher thread
     runs `_run`; `stop` is called once, by close.
+
+    A first entry wakes the flusher only if it sleeps past that entry's commit deadline
+    (``_asleep_until``): under a steady stream it already sleeps until the previous
+    batch's sync deadline, which comes first, and then commits what waits. So a paced
+    producer pays one flusher wake-up per commit, not two.
     """
 
     def __init__(self, committer: Committer, tail: Tail, window: float, max_batch: int, name: str):
@@ -95,6 +101,9 @@ class GroupFlusher:
         self._stopping = False
         self._oldest_at: float | None = None  # arrival of the oldest uncommitted entry
         self._unsynced_at: float | None = None  # arrival of the oldest committed, not durable entry
+        # When the flusher's current sleep ends (inf: until notified); 0 while it is awake,
+        # which means it re-checks the tail under the lock before it sleeps again.
+        self._asleep_until = 0.0
         self._thread = threading.Thread(target=self._run, name=f"eventlog-flusher:{name}", daemon=True)
         self._thread.start()
 
@@ -103,6 +112,17 @@ class GroupFlusher:
         if self._oldest_at is None:
             self._oldest_at = time.monotonic()
         self._work.notify()
+
+    def entry_arrived_locked(self) -> None:
+        """The first entry waits to be committed (the tail held none); caller holds the tail's lock.
+
+        Wakes the flusher only if it would otherwise sleep past the entry's commit
+        deadline (arrival + window / 2): awake, it re-checks the tail before sleeping;
+        asleep until an earlier deadline, it finds the entry then (class doc)."""
+        if self._oldest_at is None:
+            self._oldest_at = time.monotonic()
+        if self._asleep_until > self._oldest_at + self._window / 2:
+            self._work.notify()
 
     def stop(self) -> None:
         """Commit and sync whatever is still waiting, then end the thread. Idempotent."""
@@ -122,7 +142,7 @@ class GroupFlusher:
             if not pending and not unsynced:
                 if self._stopping:
                     return None
-                self._work.wait()
+                self._sleep(None)
                 continue
             now = time.monotonic()
             if self._stopping or tail.blocked or pending >= self.eager_batch:
@@ -140,7 +160,15 @@ class GroupFlusher:
                     due = min(due, self._unsynced_at + self._window)
             if due <= now:
                 return "commit" if pending else "sync"
-            self._work.wait(due - now)  # woken by appends and by waiters; re-check
+            self._sleep(due)  # woken by appends and by waiters; re-check
+
+    def _sleep(self, until: float | None) -> None:
+        """Under the lock: wait until monotonic time `until` (None: until notified)."""
+        self._asleep_until = float("inf") if until is None else until
+        try:
+            self._work.wait(None if until is None else until - time.monotonic())
+        finally:
+            self._asleep_until = 0.0
 
     def _run(self) -> None:
         committer, tail = self._committer, self._tail

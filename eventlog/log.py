@@ -230,10 +230,18 @@ class EventLog(LogQueries):
           TypeError.
         """
         op_bytes = record.check_op(op)
-        payload_bytes = encode_payload(payload) if encoded is None else _given_encoding(payload, encoded)
+        if encoded is None:
+            payload_bytes = encode_payload(payload)
+        elif payload is None and type(encoded) is bytes:  # the journal's path: checked inline
+            payload_bytes = encoded
+        else:
+            payload_bytes = _given_encoding(payload, encoded)
         if len(payload_bytes) > record.MAX_PAYLOAD_LEN:
             raise ValueError(f"{op!r}: payload of {len(payload_bytes)} bytes exceeds 4 GiB")
-        return self._writing().append_one(op_bytes, payload_bytes)
+        writer = self._writer
+        if writer is None:
+            writer = self._writing()  # raises the readonly (or closed) error
+        return writer.append_one(op_bytes, payload_bytes)
 
     def append_many(self, items: Iterable[tuple[str, Any]]) -> range:
         """Append several entries in one transaction; return their range of indexes.

@@ -101,6 +101,11 @@ def read_u64(txn, meta_db, name: bytes, path: Path) -> int:
     return _U64.unpack(raw)[0]
 
 
+def pack_u64(value: int) -> bytes:
+    """A u64 record's stored bytes (for a caller that compares a record without decoding it)."""
+    return _U64.pack(value)
+
+
 def write_term(txn, meta_db, term: int) -> None:
     txn.put(TERM, _U64.pack(term), db=meta_db)
 

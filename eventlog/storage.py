@@ -34,6 +34,7 @@ class Storage:
         self.path = path
         self._shared = SharedEnv.acquire(path, readonly, map_size, durability)
         self.env, self._gate = self._shared.env, self._shared.gate
+        self._fence_term, self._fence_raw = None, b""  # `write`'s term and its stored bytes
         # Whether LMDB syncs the meta page inside each commit (MDB_NOMETASYNC off). The
         # environment is shared per process, so its first opener's mode decides it, not ours.
         self.meta_synced = bool(self.env.flags()["metasync"])
@@ -137,22 +138,29 @@ class Storage:
 
         return self._with_map_growth(body)
 
-    def write(self, term: int, body: Callable[[object], None]) -> None:
-        """Run `body(txn)` in one write transaction and commit it, if `term` is still current.
+    def write(self, term: int, body: Callable[..., None], *args) -> None:
+        """Run `body(txn, *args)` in one write transaction and commit it, if `term` is still current.
 
-        FencedError (nothing written) if another writer's term is current. A full map is
-        grown and the transaction run again; any other LMDB error propagates (the
-        caller cannot know what reached the disk).
+        FencedError (nothing written) if another writer's term is current;
+        DamagedLogError if the term record is damaged. A full map is grown and the
+        transaction run again; any other LMDB error propagates (the caller cannot know
+        what reached the disk).
         """
+        if term != self._fence_term:
+            self._fence_term, self._fence_raw = term, meta.pack_u64(term)
         while True:
             try:
                 with self._gate:
                     txn = self.env.begin(write=True, db=self._entries_db)
                     try:
-                        current = self.current_term(txn)
-                        if current != term:
-                            raise FencedError(term, current)
-                        body(txn)
+                        # The fence: the stored term record must still be this writer's,
+                        # byte for byte (one get and one compare on every commit; anything
+                        # else is read properly, which names damage or the newer term).
+                        if txn.get(meta.TERM, db=self._meta_db) != self._fence_raw:
+                            current = self.current_term(txn)
+                            if current != term:
+                                raise FencedError(term, current)
+                        body(txn, *args)
                         txn.commit()
                     except BaseException:
                         txn.abort()
@@ -163,20 +171,22 @@ class Storage:
             except lmdb.MapResizedError:
                 self._gate.run_exclusive(lambda: self.env.set_mapsize(0))
 
-    def put_one(self, txn, index: int, value: bytes) -> None:
-        """In `txn`: append entry `index` after the last key (put_all for one entry, the sync hot path)."""
-        if not txn.put(record.key(index), value, append=True, db=self._entries_db):
-            raise LogError(f"index {index} collides with an existing entry; the log changed under this writer")
-
-    def put_all(self, txn, framed: list[tuple[int, bytes]]) -> None:
-        """In `txn`: append framed (index, value) pairs after the last key."""
-        # putmulti keeps the whole batch in C: faster, and fewer points where the GIL can
-        # switch away from the flusher in the middle of a commit.
-        cursor = txn.cursor(db=self._entries_db)
-        consumed, added = cursor.putmulti(((record.key(i), v) for i, v in framed), append=True)
-        if added != len(framed):
-            raise LogError(f"indexes {framed[0][0]}..{framed[-1][0]} collide with existing entries; "
+    def put_one(self, txn, key: bytes, value: bytes) -> None:
+        """In `txn`: append one entry (its `record.key`, its framed value) after the last key
+        (put_all for one entry, the sync hot path)."""
+        if not txn.put(key, value, append=True, db=self._entries_db):
+            raise LogError(f"index {record.index_of(key)} collides with an existing entry; "
                            "the log changed under this writer")
+
+    def put_all(self, txn, framed: list[tuple[bytes, bytes]]) -> None:
+        """In `txn`: append framed (key, value) pairs (keys from `record.key`) after the last key."""
+        # putmulti walks the list in C: no Python call per entry, and fewer points where
+        # the GIL can switch away from the flusher in the middle of a commit.
+        cursor = txn.cursor(db=self._entries_db)
+        consumed, added = cursor.putmulti(framed, append=True)
+        if added != len(framed):
+            raise LogError(f"indexes {record.index_of(framed[0][0])}..{record.index_of(framed[-1][0])} collide "
+                           "with existing entries; the log changed under this writer")
 
     def delete_range(self, txn, lo: int, hi: int) -> None:
         """In `txn`: delete entries [lo, hi)."""

@@ -33,12 +33,17 @@ class Tail:
     Invariants: last_index == committed_index + len(pending entries) and durable_index <=
     committed_index. Callers hold `lock` around any sequence of calls that must see one
     state; each method takes it too, so a single call is always consistent.
+
+    Entries are held as (LMDB key, framed value) pairs, oldest first: the key is the
+    entry's index as `record.key` packs it, so a commit hands a batch to LMDB as it is
+    (no per-entry Python call on the flusher) and the index of the k-th pending entry
+    is committed_index + 1 + k.
     """
 
     def __init__(self, committed_index: int):
         self.lock = threading.RLock()
         self._durable_changed = threading.Condition(self.lock)
-        self._entries: list[tuple[int, bytes]] = []
+        self._entries: list[tuple[bytes, bytes]] = []
         self._committed = self._durable = committed_index
         self._waiters: set[Waiter] = set()
         self._blocked = 0  # threads inside wait_until
@@ -87,17 +92,21 @@ class Tail:
 
     # ------------------------------------------------------------------ changes
 
-    def append(self, framed: list[tuple[int, bytes]]) -> None:
-        """Buffer framed entries; their indexes continue last_index."""
+    def append(self, framed: list[tuple[bytes, bytes]]) -> None:
+        """Buffer framed (key, value) entries; their indexes continue last_index."""
         with self.lock:
             self._entries.extend(framed)
 
-    def append_one(self, index: int, value: bytes) -> None:
-        """`append` for one entry, by a caller that holds `lock` (the group-mode hot path)."""
-        self._entries.append((index, value))
+    def append_one(self, key: bytes, value: bytes) -> int:
+        """`append` for one entry, by a caller that holds `lock` (the group-mode hot path);
+        returns how many entries wait now (`pending`), which the caller's next step needs."""
+        entries = self._entries
+        entries.append((key, value))
+        return len(entries)
 
-    def take(self, max_batch: int) -> list[tuple[int, bytes]]:
-        """A copy of the oldest (at most `max_batch`) uncommitted entries; they stay until mark_committed."""
+    def take(self, max_batch: int) -> list[tuple[bytes, bytes]]:
+        """A copy of the oldest (at most `max_batch`) uncommitted (key, value) entries, entry
+        committed_index + 1 first; they stay until mark_committed."""
         with self.lock:
             return self._entries[:max_batch]
 
@@ -108,12 +117,22 @@ class Tail:
             self._committed = last
             if durable:
                 self._durable = last
-            self._durable_changed.notify_all()
+                self._wake_waiters()
 
     def mark_durable(self, index: int) -> None:
         """Every committed entry through `index` survives a power loss now."""
         with self.lock:
-            self._durable = max(self._durable, min(index, self._committed))
+            durable = max(self._durable, min(index, self._committed))
+            if durable != self._durable:
+                self._durable = durable
+                self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        # Only `wait_until` waits on this condition, and it counts itself in `_blocked`
+        # under the lock before it first checks: with nobody counted there is nobody to
+        # wake, and a sync append (one commit per call) skips Condition.notify_all's
+        # Python-level bookkeeping.
+        if self._blocked:
             self._durable_changed.notify_all()
 
     def drop_after(self, index: int) -> None:

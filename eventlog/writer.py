@@ -126,12 +126,13 @@ class Writer:
             value, self._last_checksum = record.frame(
                 index, self.term, op_bytes, payload_bytes, time.time_ns(), self._last_checksum)
             self.bytes_appended += len(value)
-            tail.append_one(index, value)
-            pending = tail.pending
-            if pending == 1 or pending == self._background.eager_batch:
-                # Otherwise the flusher already knows: it re-checks the count after every
-                # commit, so one notify when the count crosses a threshold is enough.
+            pending = tail.append_one(record.key(index), value)
+            # Otherwise the flusher already knows: it re-checks the count after every
+            # commit, so telling it when the count crosses a threshold is enough.
+            if pending == self._background.eager_batch:  # may be 1 (group_max_batch=1): at once
                 self._background.notify_locked()
+            elif pending == 1:
+                self._background.entry_arrived_locked()
         return index
 
     def _commit_one(self, op_bytes: bytes, payload_bytes: bytes) -> int:
@@ -139,7 +140,8 @@ class Writer:
 
         Every call here is paid once per fdatasync'd commit, so it stays flat: one frame,
         one put, one commit, one tail update (the regression issue 22 measured was the
-        general batch path's closures, generator, cursor and repeated checks).
+        general batch path's closures, generator, cursor and repeated checks). The put is
+        handed to the transaction as (function, arguments): no closure per append.
         """
         with self.committing, self._state:
             if not self.health.usable or self._generation != SharedEnv.generation:
@@ -148,8 +150,7 @@ class Writer:
             index = tail.last_index + 1
             value, checksum = record.frame(index, self.term, op_bytes, payload_bytes, time.time_ns(),
                                            self._last_checksum)
-            storage = self._storage
-            self.write(lambda txn: storage.put_one(txn, index, value))
+            self.write(self._storage.put_one, record.key(index), value)
             self._last_checksum = checksum
             self.bytes_appended += len(value)
             if self.meta_synced:
@@ -176,16 +177,17 @@ class Writer:
             framed, last_checksum = self._frame(encoded)
             if framed:
                 synced_before = tail.committed_index
-                self.write(lambda txn: self._storage.put_all(txn, framed))
+                self.write(self._storage.put_all, framed)
                 self._last_checksum = last_checksum
-                tail.mark_committed(framed[-1][0], durable=self.meta_synced)
+                tail.mark_committed(tail.committed_index + len(framed), durable=self.meta_synced)
                 if self._durability == "sync":
                     self.commits.sync_committed_locked()  # no-op unless the shared env skips meta syncs
                 else:  # os: this commit's fdatasync also flushed the previous commit's meta page
                     tail.mark_durable(synced_before)
             return range(tail.last_index + 1 - len(framed), tail.last_index + 1)
 
-    def _frame(self, encoded) -> tuple[list[tuple[int, bytes]], int]:
+    def _frame(self, encoded) -> tuple[list[tuple[bytes, bytes]], int]:
+        """(key, value) pairs of `encoded` framed after last_index, and the last checksum."""
         now = time.time_ns()
         checksum = self._last_checksum
         framed = []
@@ -193,16 +195,16 @@ class Writer:
         for op_bytes, payload_bytes in encoded:
             index += 1
             value, checksum = record.frame(index, self.term, op_bytes, payload_bytes, now, checksum)
-            framed.append((index, value))
+            framed.append((record.key(index), value))
             self.bytes_appended += len(value)
         return framed, checksum
 
-    def write(self, body) -> None:
-        """One fenced write transaction (`body(txn)`). A fenced writer drops its lock; any LMDB failure
-        poisons the log: after a failed write or fsync we cannot know what reached the
-        disk, so nothing is retried silently."""
+    def write(self, body, *args) -> None:
+        """One fenced write transaction (`body(txn, *args)`). A fenced writer drops its lock; any LMDB
+        failure poisons the log: after a failed write or fsync we cannot know what reached
+        the disk, so nothing is retried silently."""
         try:
-            self._storage.write(self.term, body)
+            self._storage.write(self.term, body, *args)
         except FencedError as exc:
             self.health.fence(exc)
             self._lock.release()  # no longer the writer: let the takeover writer hold the lock now
@@ -279,12 +281,12 @@ class Writer:
             framed = []
             if extra is not None:
                 value, after_checksum = record.frame(index + 1, self.term, *extra, time.time_ns(), checksum)
-                framed = [(index + 1, value)]
+                framed = [(record.key(index + 1), value)]
             buffered = self._durability == "group" and index >= committed
             wrote = index < committed or (framed and not buffered)
             if wrote:
                 # One transaction: the committed suffix goes and the new entry comes together.
-                self.write(lambda txn: self._replace_after(txn, index, committed, framed))
+                self.write(self._replace_after, index, committed, framed)
             tail.drop_after(index)
             self._last_checksum = checksum
             self.health.clear_tail_damage()

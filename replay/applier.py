@@ -29,6 +29,8 @@ from __future__ import annotations
 import functools
 import time
 
+import torch
+
 from eventlog import decode_payload, encode_payload
 
 from . import components
@@ -61,6 +63,12 @@ class Applier:
         self._rng_check = rng_check
         self.recorder = recorder  # recorded scalars (replay.recorded); the closing writes it too
         self._digest_every = digest_every
+        # Fixed for the journal's life, so looked up once here rather than on every apply:
+        # where payload tensors go (None: nowhere, since decoded tensors are CPU tensors and
+        # a CPU journal's handler takes them as they are), and the policy clock.
+        device = replayer.device
+        self._device = None if device is None or torch.device(device).type == "cpu" else device
+        self._clock = cadence.clock
 
     def apply(self, op: str, inputs, payload: dict):
         """``Journal.apply`` inside its guard (its docstring is the contract): the handler's result."""
@@ -77,18 +85,20 @@ class Applier:
             # appended: a numpy float32 arrives as the float replay reads, a payload tensor
             # is a fresh one (never an alias of the caller's reused buffer), a tuple a list.
             encoded = encode_payload(wrap(spec.version, payload))
-            replayed = components.to_device(unwrap(self.index + 1, op, decode_payload(encoded))[1],
-                                            self._replayer.device)
+            replayed = unwrap(self.index + 1, op, decode_payload(encoded))[1]
+            if self._device is not None:
+                replayed = components.to_device(replayed, self._device)
             inputs = spec.inputs_for(replayed, inputs)  # before appending: a failing rebuild leaves no entry
             handler_failed = False
             self._snapshotter.collect(block=False)
             index = self._guards.guarded(self._append_encoded, op, encoded)
             self.link.applying(op, index)
+            rng_check = self._rng_check
             started = time.perf_counter()
             try:
-                drawn = self._rng_check.before()
+                drawn = rng_check.before()
                 result = spec.call(self._state, replayed, inputs)
-                self._rng_check.after(op, drawn)  # strict: raises, and the entry is rolled back
+                rng_check.after(op, drawn)  # strict: raises, and the entry is rolled back
                 if spec.record:  # replay.recorded; a bad value is rolled back like the handler's exception
                     self.recorder.add(self._log.term, index, spec, result)
             except BaseException as exc:
@@ -100,7 +110,7 @@ class Applier:
             self.index = index
             self.link.applied(index)
             self._steps.add(op)
-            self._cadence.clock.add_entry(self._log.bytes_appended, time.perf_counter() - started)
+            self._clock.add_entry(self._log.bytes_appended, time.perf_counter() - started)
             if self._digest_every is not None and index % self._digest_every == 0:
                 self._append_digest()
             self._cadence.after_entry(self.index)
@@ -122,7 +132,7 @@ class Applier:
         started = time.perf_counter()
         digest = state_digest(self._state)
         self.index = self._guards.guarded(self._log.append, DIGEST_OP, wrap(1, {"digest": digest}))
-        self._cadence.clock.add_entry(self._log.bytes_appended, time.perf_counter() - started)
+        self._clock.add_entry(self._log.bytes_appended, time.perf_counter() - started)
         self._guards.collective(self._group.check_replicated, self.index)
 
     def _roll_back(self, index: int, cause: BaseException) -> None:

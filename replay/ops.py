@@ -86,6 +86,7 @@ class Ops:
     def __init__(self):
         self._specs: dict[str, OpSpec] = {}
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
+        self._keywords: dict[str, tuple[frozenset, frozenset] | None] = {}  # check_payload's fast path
 
     def op(self, fn: Handler | None = None, *, name: str | None = None, version: int = 1,
            validate: Validator | None = None, inputs: Rebuild | None = None,
@@ -184,7 +185,12 @@ class Ops:
         spec = self.spec(name)
         if INPUTS in payload:
             raise PayloadRejectedError(name, f"{INPUTS!r} is reserved for unlogged inputs and cannot be a payload key")
-        if spec.signature is not None:
+        if name not in self._keywords:
+            self._keywords[name] = _keyword_binding(spec)
+        keywords = self._keywords[name]
+        if keywords is not None and keywords[1] <= payload.keys() <= keywords[0]:
+            pass  # binds: every required keyword is there and every keyword is a parameter
+        elif spec.signature is not None:
             try:
                 if spec.takes_inputs and _has_parameter(spec.signature, INPUTS):
                     spec.signature.bind(None, **payload, inputs=None)
@@ -230,6 +236,31 @@ class Ops:
         if spec.name in self._specs:
             raise ValueError(f"op {spec.name!r} is already registered")
         self._specs[spec.name] = spec
+
+
+def _keyword_binding(spec: OpSpec) -> tuple[frozenset, frozenset] | None:
+    """(accepted, required) keyword names such that check_payload's signature bind of a
+    payload succeeds exactly when required <= payload keys <= accepted; None when the
+    signature is not that simple (no signature, **kwargs, positional-only parameters
+    after the state), and then every payload is bound. Binding costs microseconds on
+    every apply; a subset test is one C call."""
+    signature = spec.signature
+    parameters = list(signature.parameters.values()) if signature is not None else []
+    if not parameters or parameters[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                                    inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        return None
+    accepted, required = set(), set()
+    for parameter in parameters[1:]:
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            continue  # nothing positional is passed after the state
+        if parameter.kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            return None
+        accepted.add(parameter.name)
+        if parameter.default is inspect.Parameter.empty:
+            required.add(parameter.name)
+    if spec.takes_inputs and _has_parameter(signature, INPUTS):
+        required.discard(INPUTS)  # the bind passes inputs=None itself
+    return frozenset(accepted), frozenset(required)
 
 
 def _has_parameter(signature: inspect.Signature, name: str) -> bool:

@@ -30,6 +30,7 @@ the global RNG while a handler runs is reported as the handler's draw.
 
 from __future__ import annotations
 
+import ctypes
 import random
 import sys
 import warnings
@@ -73,12 +74,12 @@ class GlobalRngCheck:
         """The generators' states now (None when off)."""
         if self.mode == "off":
             return None
-        cuda = ([(d, torch.cuda.default_generators[d].get_state()) for d in range(torch.cuda.device_count())]
+        cuda = ([(d, _state_bytes(torch.cuda.default_generators[d])) for d in range(torch.cuda.device_count())]
                 if torch.cuda.is_initialized() else [])
         if self.mode != "strict":
-            return torch.default_generator.get_state(), cuda, None, None
+            return _state_bytes(torch.default_generator), cuda, None, None
         numpy = sys.modules.get("numpy")
-        return (torch.default_generator.get_state(), cuda, random.getstate(),
+        return (_state_bytes(torch.default_generator), cuda, random.getstate(),
                 numpy.random.get_state() if numpy is not None else None)
 
     def after(self, op: str, before: Any) -> None:
@@ -87,10 +88,10 @@ class GlobalRngCheck:
             return
         cpu, cuda, python, numpy_state = before
         moved = []
-        if not torch.equal(cpu, torch.default_generator.get_state()):
+        if cpu != _state_bytes(torch.default_generator):
             moved.append("torch (cpu)")
         for device, state in cuda:
-            if not torch.equal(state, torch.cuda.default_generators[device].get_state()):
+            if state != _state_bytes(torch.cuda.default_generators[device]):
                 moved.append(f"torch (cuda:{device})")
         if python is not None and python != random.getstate():
             moved.append("python random")
@@ -104,6 +105,15 @@ class GlobalRngCheck:
             self._warned.add(op)
             warnings.warn(_message(op, moved, self.where) + " (reported once per op; rng_check='strict' raises)",
                           UnseededDrawWarning, stacklevel=4)
+
+
+def _state_bytes(generator: torch.Generator) -> bytes:
+    """A copy of `generator`'s state as bytes (its state tensor is a fresh CPU byte tensor).
+
+    Compared with ``==`` (one memcmp) instead of ``torch.equal``, whose dispatch cost
+    more than the rest of the check on every apply (5 us of ~8)."""
+    state = generator.get_state()
+    return ctypes.string_at(state.data_ptr(), state.nbytes)
 
 
 def _same_numpy(a: tuple, b: tuple) -> bool:
