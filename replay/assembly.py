@@ -50,7 +50,7 @@ from .snapshotter import Snapshotter
 def open_journal(cls, path, *, state, ops, snapshot, durability, deterministic, digest_every, keep_last, keep_log,
                  async_snapshots, progress, device, takeover, snapshot_on_close, archive, preemption, environment,
                  group, replicated, replica, replica_options, ship_interval, max_replica_lag, replica_keep_extra,
-                 rng_check, snapshot_compression="zstd", snapshot_packs=False):
+                 rng_check, snapshot_compression="zstd", snapshot_packs=True):
     """`Journal.open`'s work: a `cls` instance, open and recovered. `Journal.open`'s docstring
     is the contract, and its Args section is this one (`keywords_documented`), kept here,
     beside the code that checks and assembles the keywords.

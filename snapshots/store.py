@@ -129,7 +129,7 @@ class SnapshotStore:
         workers: int | None = None,
         failpoint: Callable[[str], None] | None = None,
         compression: str = "zstd",
-        packs: bool = False,
+        packs: bool = True,
     ):
         if sys.byteorder != "little":
             raise UnsupportedPlatformError("snapshot stores need a little-endian host")
