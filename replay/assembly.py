@@ -97,9 +97,10 @@ def open_journal(cls, path, *, state, ops, snapshot, durability, deterministic, 
             weights) or "none" (raw: a load is a read and a hash into the live tensor,
             1.35x safetensors against 2.9x, README "Performance"). A store mixes both;
             ValueError for another value.
-        snapshot_packs: True writes each snapshot's new chunks into one pack file with
-            one fsync (snapshots/FORMAT.md), instead of one file and fsync per chunk;
-            readers take both forms, so it can be switched either way on a journal.
+        snapshot_packs: True (the default) writes each snapshot's new chunks into one
+            pack file with one fsync (snapshots/FORMAT.md); False writes one file, fsync
+            and rename per chunk, as journals before packs did. Readers take both forms,
+            so it can be switched either way on a journal.
         progress: a replay progress bar (None: only for long replays on a TTY).
         device: where payload tensors go before a handler sees them (default: the
             device of the first tensor in the state).
