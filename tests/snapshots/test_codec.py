@@ -4,8 +4,6 @@ compression ratios on trained-like float data stay within the targets."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 

@@ -208,7 +208,7 @@ def test_leftover_temp_manifest_is_ignored_and_pruned(scene):
 def test_leftover_temp_chunk_is_ignored_and_pruned(scene):
     # A save killed mid-write leaves a temp file beside the name it would have had.
     where = scene.region
-    tmp = os.path.join(os.path.dirname(where.path), ".tmp." + (f"pack.1.ab" if where.pack else f"{scene.bad_chunk}.1.ab"))
+    tmp = os.path.join(os.path.dirname(where.path), ".tmp." + ("pack.1.ab" if where.pack else f"{scene.bad_chunk}.1.ab"))
     with open(tmp, "wb") as f:
         f.write(b"partial")
     assert scene.store.verify(scene.bad).ok

@@ -7,8 +7,6 @@ chunk damaged on disk is named and leaves a live state that never checked it as 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 

@@ -4,8 +4,6 @@ awkward live tensors, and what a damaged chunk leaves behind in either mode."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
