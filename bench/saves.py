@@ -23,7 +23,7 @@ The fixed cost of a save is counted too, where strace is installed: one save of 
 fsyncs, renames, mkdirs and writeback hints between two markers are counted per case
 (``syscalls_per_save``; the protocol's floor is 2 file + 2 directory fsyncs, 2 renames).
 
-The machine is shared, so rounds interleave every case in the same order; a row reports
+The machine is shared, so rounds interleave every case, the order rotating; a row reports
 the median time over rounds, and a ratio is the median of the per-round ratios with its
 spread (min-max). The load average is recorded at the start and end of each size.
 Results go to bench/results/saves.json. Benchmarks are not tests: nothing here asserts.
@@ -113,8 +113,10 @@ def measure(label: str, state: dict, rounds: int, work: Workdir) -> dict:
         fn()
     times: dict[str, list[float]] = {name: [] for name, _ in cases}
     load_start = os.getloadavg()
-    for _ in range(rounds):
-        for name, fn in cases:
+    for r in range(rounds):
+        # The order rotates each round: a case never always follows the same one (whose
+        # prune, outside the clock, still leaves the disk busy for a while).
+        for name, fn in cases[r % len(cases):] + cases[:r % len(cases)]:
             change(state)
             t = time.perf_counter()
             fn()
