@@ -13,12 +13,17 @@ clock), so every chunk is new each time, as in training between snapshots:
 Peers, each made durable before its clock stops as ours is: safetensors ``save_file``
 then fsync of the file and its directory; ``torch.save`` then the same fsyncs. Ours:
 ``SnapshotStore.save`` into a store that already holds the previous snapshots (a prune
-after each save, outside the clock, keeps two), with ``packs=True`` (one pack file per
-save), with the default compression (zstd level 1 where it pays) and with
+after each save, outside the clock, keeps two), with packs (the default: one pack
+file per save), with the default compression (zstd level 1 where it pays) and with
 ``compression="none"`` (chunks stored raw: hashing and writing only, as the peers do no
 compression), and, as the before row, ``packs=False`` (one loose file per chunk, zstd).
 
-The machine is shared, so rounds interleave every case in the same order; a row reports
+The fixed cost of a save is counted too, where strace is installed: one save of the
+2.3 MiB state into an existing store runs in a child under ``strace -f`` and the
+fsyncs, renames, mkdirs and writeback hints between two markers are counted per case
+(``syscalls_per_save``; the protocol's floor is 2 file + 2 directory fsyncs, 2 renames).
+
+The machine is shared, so rounds interleave every case, the order rotating; a row reports
 the median time over rounds, and a ratio is the median of the per-round ratios with its
 spread (min-max). The load average is recorded at the start and end of each size.
 Results go to bench/results/saves.json. Benchmarks are not tests: nothing here asserts.
@@ -108,8 +113,10 @@ def measure(label: str, state: dict, rounds: int, work: Workdir) -> dict:
         fn()
     times: dict[str, list[float]] = {name: [] for name, _ in cases}
     load_start = os.getloadavg()
-    for _ in range(rounds):
-        for name, fn in cases:
+    for r in range(rounds):
+        # The order rotates each round: a case never always follows the same one (whose
+        # prune, outside the clock, still leaves the disk busy for a while).
+        for name, fn in cases[r % len(cases):] + cases[:r % len(cases)]:
             change(state)
             t = time.perf_counter()
             fn()
@@ -134,6 +141,55 @@ def measure(label: str, state: dict, rounds: int, work: Workdir) -> dict:
             "rows": rows, "ratios": ratios}
 
 
+_COUNTED = ("fsync", "fdatasync", "rename", "renameat", "renameat2", "mkdir", "mkdirat", "sync_file_range")
+# The child: warm a store with two saves and a prune, then one more save between two
+# sched_yield markers (a call nothing else in the save makes).
+_CHILD = """
+import os, sys, tempfile
+import snapshots
+from bench.saves import change, mlp_state
+state = mlp_state()
+with tempfile.TemporaryDirectory(dir=sys.argv[1]) as d:
+    store = snapshots.SnapshotStore(os.path.join(d, "s"), keep_last=2, **eval(sys.argv[2]))
+    for i in (1, 2):
+        change(state)
+        store.save(state, index=i, term=1)
+    store.prune()
+    change(state)
+    os.sched_yield()
+    store.save(state, index=3, term=1)
+    os.sched_yield()
+    store.close()
+"""
+
+
+def count_syscalls(work: Workdir) -> dict | None:
+    """{case: {syscall: count}} for one save of the MLP state into an existing store, per
+    case of OURS; None without strace."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("strace") is None:
+        return None
+    out = {}
+    for name, options in OURS.items():
+        trace = work.new("strace.txt")
+        subprocess.run(["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=" + ",".join(_COUNTED + ("sched_yield",)),
+                        sys.executable, "-c", _CHILD, str(work.root), repr(options)],
+                       check=True, cwd=Path(__file__).resolve().parent.parent, capture_output=True)
+        counts, inside = {}, 0
+        for line in trace.read_text().splitlines():
+            call = line.split(None, 1)[-1]
+            if call.startswith("sched_yield"):
+                inside += 1
+            elif inside == 1 and not call.startswith("<..."):  # a resumed call was counted where it began
+                syscall = call.split("(", 1)[0]
+                counts[syscall] = counts.get(syscall, 0) + 1
+        out[name] = dict(sorted(counts.items()))
+    return out
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench saves", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="mlp,54,256", help="comma-separated: 'mlp' or a size in MiB")
@@ -149,6 +205,9 @@ def main(argv: list[str]) -> int:
                                        safetensors=safetensors.__version__),
                "sizes": {}}
     try:
+        results["syscalls_per_save"] = count_syscalls(work)
+        for name, counts in (results["syscalls_per_save"] or {}).items():
+            print(f"  one 2.3 MiB save, {name}: {counts}", flush=True)
         for size in args.sizes.split(","):
             state = mlp_state() if size == "mlp" else build_state(int(size))
             label = "mlp_adamw" if size == "mlp" else f"{size}mib"

@@ -50,7 +50,7 @@ from .snapshotter import Snapshotter
 def open_journal(cls, path, *, state, ops, snapshot, durability, deterministic, digest_every, keep_last, keep_log,
                  async_snapshots, progress, device, takeover, snapshot_on_close, archive, preemption, environment,
                  group, replicated, replica, replica_options, ship_interval, max_replica_lag, replica_keep_extra,
-                 rng_check, snapshot_compression="zstd", snapshot_packs=False):
+                 rng_check, snapshot_compression="zstd", snapshot_packs=True):
     """`Journal.open`'s work: a `cls` instance, open and recovered. `Journal.open`'s docstring
     is the contract, and its Args section is this one (`keywords_documented`), kept here,
     beside the code that checks and assembles the keywords.
@@ -97,9 +97,10 @@ def open_journal(cls, path, *, state, ops, snapshot, durability, deterministic, 
             weights) or "none" (raw: a load is a read and a hash into the live tensor,
             1.35x safetensors against 2.9x, README "Performance"). A store mixes both;
             ValueError for another value.
-        snapshot_packs: True writes each snapshot's new chunks into one pack file with
-            one fsync (snapshots/FORMAT.md), instead of one file and fsync per chunk;
-            readers take both forms, so it can be switched either way on a journal.
+        snapshot_packs: True (the default) writes each snapshot's new chunks into one
+            pack file with one fsync (snapshots/FORMAT.md); False writes one file, fsync
+            and rename per chunk, as journals before packs did. Readers take both forms,
+            so it can be switched either way on a journal.
         progress: a replay progress bar (None: only for long replays on a TTY).
         device: where payload tensors go before a handler sees them (default: the
             device of the first tensor in the state).

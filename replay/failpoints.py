@@ -16,7 +16,10 @@ The named points (each is where a crash is most likely to expose a missing fsync
 wrong ordering); every one of them must recover to either the old snapshot plus the
 full log or the new snapshot plus the log after it:
 
-    snapshot.before_chunk_fsync      a new chunk's bytes are written to its temp file
+    snapshot.before_pack_fsync       a save's new chunks, index and trailer are written to its temp pack
+    snapshot.before_pack_rename      ... fsynced, not yet renamed to its name
+    snapshot.before_chunk_fsync      a new loose chunk's bytes are written to its temp file
+                                     (a store written with snapshot_packs=False)
     snapshot.before_chunk_rename     ... fsynced, not yet renamed to its name
     snapshot.before_manifest_fsync   the manifest's bytes are written to its temp file
     snapshot.before_manifest_rename  ... fsynced, not yet renamed: the snapshot does not exist
@@ -60,6 +63,8 @@ ENV = "REPLAY_FAILPOINTS"
 _KILLING = threading.Lock()  # held by the thread that SIGKILLs the process (never released)
 ACTIONS = ("kill", "raise")
 POINTS = (
+    "snapshot.before_pack_fsync",
+    "snapshot.before_pack_rename",
     "snapshot.before_chunk_fsync",
     "snapshot.before_chunk_rename",
     "snapshot.before_manifest_fsync",

@@ -99,7 +99,7 @@ class Journal:
         replica_keep_extra: int = 0,
         rng_check: str = "warn",
         snapshot_compression: str = "zstd",
-        snapshot_packs: bool = False,
+        snapshot_packs: bool = True,
     ) -> "Journal":
         """Open (creating if needed) the journal at directory `path` and recover `state` in place.
 

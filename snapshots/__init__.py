@@ -38,8 +38,9 @@ its format (snapshots.transfer; the counterpart of eventlog's segment API):
     files.link_into(cid, raw_len, stored_len, into)          # or: hard-link its file (loose, or its pack)
     into.commit(name, data)
 
-A store opened with ``packs=True`` writes each save's new chunks into one pack file (one
-fsync per save); every store reads loose and packed chunks alike (FORMAT.md, "Pack file").
+A save writes its new chunks into one pack file (one fsync per save); ``packs=False``
+writes one loose file per chunk, as stores before packs were written. Every store reads
+loose and packed chunks alike (FORMAT.md, "Pack file").
 """
 
 from .errors import (

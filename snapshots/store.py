@@ -64,12 +64,14 @@ class SnapshotStore:
             "hot_load_into*"). Either store reads both kinds, and chunk names are the
             same (the hash of the raw bytes), so a chunk already written with the other
             setting is reused as it is.
-        packs: where a save puts its new chunks. True: into one pack file per save
-            (FORMAT.md, "Pack file"): one fsync per save whatever its number of chunks,
-            about safetensors' time for a full save (bench/results/saves.json). False
-            (the default, for now): one loose file per chunk, each fsynced and renamed.
-            Either store reads both forms, and a chunk already stored in either is
-            reused as it is; prune reclaims both.
+        packs: where a save puts its new chunks. True (the default): into one pack
+            file per save (FORMAT.md, "Pack file"): one fsync per save whatever its
+            number of chunks, and no fan-out directory (bench/results/saves.json). False:
+            one loose file per chunk, each fsynced and renamed into chunks/ab/, as every
+            store before packs was written. Either store reads both forms, and a chunk
+            already stored in either is reused as it is; prune reclaims both (a pack
+            goes once none of its chunks is named, and is rewritten once less than half
+            of its bytes is: FORMAT.md, "Reclaiming space").
 
     Example::
 
@@ -92,7 +94,7 @@ class SnapshotStore:
        still one at a time: a save_async or prune submitted meanwhile waits for it).
     3. The commit thread runs the write pipeline (`commit`): it waits for the staging
        copies, the worker pool hashes, compresses and writes the new chunks (into the
-       save's pack, at offsets reserved per chunk, with packs=True; the commit thread
+       save's pack, at offsets reserved per chunk (or one loose file each, packs=False); the commit thread
        itself for a small state), and the manifest is committed last (FORMAT.md,
        "Commit protocol").
     4. `save` returns the SnapshotInfo once the manifest is durable. `save_async`
@@ -129,7 +131,7 @@ class SnapshotStore:
         workers: int | None = None,
         failpoint: Callable[[str], None] | None = None,
         compression: str = "zstd",
-        packs: bool = False,
+        packs: bool = True,
     ):
         if sys.byteorder != "little":
             raise UnsupportedPlatformError("snapshot stores need a little-endian host")

@@ -20,6 +20,7 @@ import pytest
 from replay.ranks import layout
 from snapshots.manifest import Manifest
 
+from tests.chunkcopies import region
 from tests.cli import ranksjob
 
 pytestmark = pytest.mark.timeout(120)
@@ -277,10 +278,8 @@ def test_damaged_newest_snapshot_on_one_rank_falls_back(cli_here, two_ranks):
     newest = [c.id for c in Manifest.decode("20-1", (store / "manifests" / "20-1").read_bytes()).chunks
               if c.id not in older]
     assert newest, "snapshot 20 shares every chunk with older ones: the fixture changed"
-    (chunk,) = [p for p in (store / "chunks").rglob(newest[0] + "*") if p.is_file()]
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(data))
+    chunk = region(store, newest[0])  # its loose file, or its range in a pack
+    chunk.flip(chunk.size // 2)
 
     status, out, err = cli_here("stats", two_ranks, "--json")
     (group,) = section(records(out), "group")

@@ -11,6 +11,7 @@ import pytest
 import snapshots
 from replay.audit import human_bytes
 from snapshots.manifest import Manifest
+from tests.chunkcopies import region
 from tests.cli.conftest import OPS
 
 SIZES = ("bytes_logical", "bytes_stored", "bytes_written")
@@ -32,10 +33,8 @@ def damage_newest_own_chunk(journal) -> None:
     decoded = {n: Manifest.decode(n, (manifests / n).read_bytes()) for n in names}
     older = {c.id for n in names[:-1] for c in decoded[n].chunks}
     cid = next(c.id for c in decoded[names[-1]].chunks if c.id not in older)
-    chunk = journal / "snapshots" / "chunks" / cid[:2] / cid
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(data))
+    chunk = region(journal / "snapshots", cid)  # its loose file, or its range in a pack
+    chunk.flip(chunk.size // 2)
 
 
 def infos(journal) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lmdb
 
+from tests.chunkcopies import all_regions
 from tests.cli.conftest import cli
 
 DAMAGED_INDEX = 17
@@ -29,12 +30,10 @@ def flip_entry_byte(journal: Path, index: int) -> None:
 
 
 def corrupt_one_chunk(journal: Path) -> str:
-    """Flip a byte in the middle of one chunk file; return its chunk id."""
-    chunk = sorted(p for p in (journal / "snapshots" / "chunks").rglob("*") if p.is_file() and not p.name.startswith("."))[0]
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(data))
-    return chunk.name
+    """Flip a byte in the middle of one chunk (loose, or its range in a pack); return its id."""
+    chunk = min(all_regions(journal / "snapshots"), key=lambda r: r.cid)
+    chunk.flip(chunk.size // 2)
+    return chunk.cid
 
 
 # lock.mdb is LMDB's reader table: every reader registers in it by design (that is how a

@@ -12,6 +12,7 @@ import pytest
 
 from eventlog import EventLog
 from snapshots.manifest import Manifest
+from tests.chunkcopies import Region, region
 
 from .checker import (
     Tally, assert_error_names, check_journal, finish_child, journal_writer, popen_child, recovered_in_fresh_process,
@@ -65,40 +66,50 @@ def test_io_errors_poison_the_journal_and_lose_nothing_acknowledged(strace, tmp_
 
 
 def _newest_manifest_and_own_chunks(root):
+    """(newest manifest's path, the regions of the chunks only it uses: loose files, or
+    ranges of the packs holding them)."""
     manifests = os.path.join(root, "snapshots", "manifests")
     names = sorted((n for n in os.listdir(manifests) if "-" in n and not n.startswith(".")),
                    key=lambda n: tuple(map(int, n.split("-"))))
     decoded = {n: Manifest.decode(n, open(os.path.join(manifests, n), "rb").read()) for n in names}
     older = {c.id for n in names[:-1] for c in decoded[n].chunks}
     own = [c.id for c in decoded[names[-1]].chunks if c.id not in older]
-    return os.path.join(manifests, names[-1]), [os.path.join(root, "snapshots", "chunks", c[:2], c) for c in own]
+    return os.path.join(manifests, names[-1]), [region(os.path.join(root, "snapshots"), c) for c in own]
 
 
 def _damages(manifest, chunks):
+    """(what, region, how): damage to the manifest file, then to up to two chunks. A chunk's
+    truncation cuts the file that holds it at that byte of the chunk (for a pack: the
+    chunk, the rest and the index); zeroing and garbage stay inside the chunk's bytes."""
     rng = random.Random(5)
     size = os.path.getsize(manifest)
+    whole = Region("", manifest, 0, size, None)
     for at in sorted({0, 1, 8, 16, 31, 32, 33, size // 2, size - 1}):
-        yield f"manifest truncated at {at}", manifest, ("truncate", at)
-    yield "manifest sector zeroed", manifest, ("zero", 0)
-    yield "manifest garbage", manifest, ("garbage", rng.randrange(1 << 30))
+        yield f"manifest truncated at {at}", whole, ("truncate", at)
+    yield "manifest sector zeroed", whole, ("zero", 0)
+    yield "manifest garbage", whole, ("garbage", rng.randrange(1 << 30))
     for chunk in chunks[:2]:
-        size = os.path.getsize(chunk)
+        size = chunk.size
         for at in sorted({0, 7, 16, 24, size // 3, size - 1}):
             yield f"chunk truncated at {at}", chunk, ("truncate", at)
         yield "chunk sector zeroed", chunk, ("zero", 512 * (size // 1024))
         yield "chunk garbage", chunk, ("garbage", rng.randrange(1 << 30))
 
 
-def _apply(path, how):
+def _apply(path, where: Region, how):
+    """Damage bytes [where.offset, where.offset + where.size) of the file at `path` (a copy
+    of `where.path`)."""
     kind, arg = how
+    lo, hi = where.offset, where.offset + where.size
     os.chmod(path, 0o644)
     data = bytearray(open(path, "rb").read())
     if kind == "truncate":
-        data = data[:arg]
+        data = data[:lo + arg]
     elif kind == "zero":
-        data[arg:arg + 512] = bytes(len(data[arg:arg + 512]))
+        end = min(lo + arg + 512, hi)
+        data[lo + arg:end] = bytes(end - lo - arg)
     else:
-        data = bytearray(random.Random(arg).randbytes(len(data)))
+        data[lo:hi] = random.Random(arg).randbytes(where.size)
     with open(path, "wb") as f:
         f.write(data)
 
@@ -110,10 +121,10 @@ def test_damaged_newest_snapshot_falls_back_to_the_previous_and_replays(tmp_path
     assert chunks, "the newest snapshot shares every chunk: nothing to damage"
     newest_index = int(os.path.basename(manifest).split("-")[0])
     tally = Tally("5 torn/zeroed/garbage snapshot")
-    for n, (what, path, how) in enumerate(_damages(manifest, chunks)):
+    for n, (what, where, how) in enumerate(_damages(manifest, chunks)):
         root = str(tmp_path / f"d{n}")
         shutil.copytree(source, root)
-        _apply(os.path.join(root, os.path.relpath(path, source)), how)
+        _apply(os.path.join(root, os.path.relpath(where.path, source)), where, how)
         summary = recovered_in_fresh_process(root)
         tally.runs += 1
         check_journal(summary, acks, tally)

@@ -130,8 +130,9 @@ def test_a_snapshot_of_a_sibling_run_is_skipped(tmp_path):
             journal.apply("add", row=1, value=value)
             runs[name] = fingerprint(state)
     # Restore b's snapshot at index 4 over a's: same index, same term, other history.
-    for sub in ("chunks", "manifests"):
-        shutil.copytree(tmp_path / "b" / "snapshots" / sub, tmp_path / "a" / "snapshots" / sub, dirs_exist_ok=True)
+    for sub in ("chunks", "packs", "manifests"):  # chunks are loose or packed: copy whichever b has
+        if (tmp_path / "b" / "snapshots" / sub).exists():
+            shutil.copytree(tmp_path / "b" / "snapshots" / sub, tmp_path / "a" / "snapshots" / sub, dirs_exist_ok=True)
     recovered = make_state(seed=5)
     with replay.Journal.open(tmp_path / "a", state=recovered, ops=ops) as journal:
         assert journal.recovery.snapshot_index == 0

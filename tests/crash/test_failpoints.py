@@ -20,6 +20,13 @@ WRITE_POINTS = [p for p in failpoints.POINTS if not p.startswith(("recovery.", "
 RECOVERY_POINTS = [p for p in failpoints.POINTS if p.startswith("recovery.")]
 
 
+def _store_form(point: str) -> dict:
+    """The chunk points are reached only by loose chunk files: the journal writes them
+    with snapshot_packs=False (as journals before packs did); every other point with the
+    default (packs)."""
+    return {"snapshot_packs": False} if point.startswith("snapshot.before_chunk_") else {}
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A journal with snapshots and a compacted log, then 5 entries no snapshot covers."""
@@ -45,7 +52,8 @@ def test_kill_at_write_failpoint(tmp_path, base, point):
     root = str(tmp_path / "j")
     shutil.copytree(source, root)
     tally = Tally(f"7 failpoint {point}=kill")
-    run = run_forked(journal_writer, root, steps=12, snapshot_every=3, env={failpoints.ENV: f"{point}=kill"})
+    run = run_forked(journal_writer, root, steps=12, snapshot_every=3, env={failpoints.ENV: f"{point}=kill"},
+                     **_store_form(point))
     assert run.killed and f"failpoint {point}: kill" in run.stderr.decode(), run.stderr_tail()
     tally.runs += 1
     _check(root, acks + run.acks, old_snapshot, tally)
@@ -67,14 +75,14 @@ def test_kill_at_recovery_failpoint_then_recover_twice(tmp_path, base, point):
     tally.report()
 
 
-@pytest.mark.parametrize("point", ["snapshot.before_chunk_fsync", "snapshot.before_manifest_rename",
-                                   "snapshot.prune.before_sweep"])
+@pytest.mark.parametrize("point", ["snapshot.before_pack_fsync", "snapshot.before_chunk_fsync",
+                                   "snapshot.before_manifest_rename", "snapshot.prune.before_sweep"])
 def test_raise_at_snapshot_failpoint_fails_the_snapshot_not_the_journal(tmp_path, base, point):
     source, acks, old_snapshot = base
     root = str(tmp_path / "j")
     shutil.copytree(source, root)
     run = run_forked(journal_writer, root, steps=8, snapshot_every=3, async_snapshots=False,
-                     env={failpoints.ENV: f"{point}=raise"})
+                     env={failpoints.ENV: f"{point}=raise"}, **_store_form(point))
     # A failing snapshot fails the snapshot, not the applies that triggered it (they are
     # applied and logged): the run completes, the journal reports the failure naming the
     # failpoint, and nothing acknowledged is lost.

@@ -26,6 +26,8 @@ import xxhash
 import snapshots
 from snapshots.manifest import MAX_MANIFEST_BYTES
 
+from tests.chunkcopies import region
+
 from .checker import journal_writer, recovered_in_fresh_process, run_forked, send
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_hostile_files]
@@ -50,12 +52,13 @@ def _bad_state():
     return {"w": torch.arange(2048, dtype=torch.float32) * 3, "step": 2}
 
 
-@pytest.fixture
-def scene(tmp_path):
+def _scene(tmp_path, target: str) -> dict:
     """A store with a good snapshot (10-1) and a newer one (20-1) to be made hostile; the
-    path of 20-1's manifest and of a chunk only 20-1 uses."""
+    path of the `target` file: 20-1's manifest, a loose chunk only 20-1 uses (a store
+    written with packs=False, as before packs), or the pack holding such a chunk (the
+    default: 20-1's pack holds only chunks of 20-1)."""
     root = str(tmp_path / "snap")
-    with snapshots.SnapshotStore(root, chunk_size=4096, workers=2) as store:
+    with snapshots.SnapshotStore(root, chunk_size=4096, workers=2, packs=target == "pack") as store:
         good = store.save(_good_state(), index=10, term=1)
         bad = store.save(_bad_state(), index=20, term=1)
         good_ids = {c.id for c in store._reader.read_manifest(good.manifest_id).chunks}
@@ -63,9 +66,16 @@ def scene(tmp_path):
     return {
         "root": root,
         "manifest": os.path.join(root, "manifests", bad.manifest_id),
-        "chunk": os.path.join(root, "chunks", only[:2], only),
+        "chunk": region(root, only).path,
+        "pack": region(root, only).path,
         "outside": str(tmp_path / "outside"),
     }
+
+
+@pytest.fixture
+def scene(tmp_path):
+    """The scene of a store written with the default (packs)."""
+    return _scene(tmp_path, "pack")
 
 
 def _fifo(path, outside):
@@ -115,6 +125,9 @@ KINDS = {
     "sparse_64GiB": (_sparse, "bytes, more than"),
     "device_node": (_device, "character device"),
 }
+# A pack has no size bound of its own (one save of a huge state is one pack): a sparse
+# giant is refused by its first 8 bytes, the magic, and only its index is ever read whole.
+PACK_WORDS = {"sparse_64GiB": "bad pack magic"}
 
 
 def _load_everything(root, bad_id, out_fd):
@@ -130,10 +143,13 @@ def _load_everything(root, bad_id, out_fd):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("target", ["manifest", "chunk"])
+@pytest.mark.parametrize("target", ["manifest", "chunk", "pack"])
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_hostile_file_is_a_skipped_damaged_snapshot(scene, kind, target):
+def test_hostile_file_is_a_skipped_damaged_snapshot(tmp_path, kind, target):
+    scene = _scene(tmp_path, target)
     make, words = KINDS[kind]
+    words = PACK_WORDS.get(kind, words) if target == "pack" else words
+    assert os.path.basename(scene[target]).endswith(".pack") == (target == "pack")
     make(scene[target], scene["outside"])
     outside_before = _tree_bytes(scene["outside"])
     run = run_forked(_load_everything, scene["root"], "20-1", timeout=60)
@@ -196,13 +212,14 @@ def _prune_in_child(root, out_fd):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("link", ["fanout_dir", "chunk_entry", "chunks_dir", "manifests_dir"])
+@pytest.mark.parametrize("link", ["fanout_dir", "chunk_entry", "chunks_dir", "manifests_dir", "packs_dir"])
 def test_prune_never_deletes_through_a_symlink(tmp_path, link):
-    """chunks/ab (or a chunk, or chunks/, or manifests/) is a symlink to an outside
-    directory holding files named like chunks, temp files and manifests: prune deletes
-    none of them, reports the link as damage, and the store still loads."""
+    """chunks/ab (or a chunk, or chunks/, or manifests/, or packs/) is a symlink to an
+    outside directory holding files named like chunks, temp files and manifests: prune
+    deletes none of them, reports the link as damage, and the store still loads. The
+    loose-layout cases write loose chunks (packs=False); packs_dir writes packs."""
     root = str(tmp_path / "snap")
-    with snapshots.SnapshotStore(root, chunk_size=4096, workers=2) as store:
+    with snapshots.SnapshotStore(root, chunk_size=4096, workers=2, packs=link in ("manifests_dir", "packs_dir")) as store:
         for i in range(1, 4):  # three snapshots of different tensors: the two old ones are prunable
             store.save({"w": torch.full((2048,), float(i)), "step": i}, index=i, term=1)
     outside = tmp_path / "outside"
@@ -223,6 +240,13 @@ def test_prune_never_deletes_through_a_symlink(tmp_path, link):
         os.rename(chunks, str(outside / "real_chunks"))  # the chunks stay readable through the link
         os.symlink(outside / "real_chunks", chunks)
         expect = "chunks/ is not a directory of this store"
+    elif link == "packs_dir":
+        packs = os.path.join(root, "packs")
+        for name in bait[:3]:  # named like packs and a temp pack too
+            (outside / (name + ".pack")).write_bytes(b"not yours")
+        os.rename(packs, str(outside / "real_packs"))  # the packs stay readable through the link
+        os.symlink(outside / "real_packs", packs)
+        expect = "packs/ is a symbolic link"
     else:
         manifests = os.path.join(root, "manifests")
         os.rename(manifests, str(outside / "real_manifests"))

@@ -21,6 +21,7 @@ import pytest
 
 from replay.ranks import layout
 from snapshots.manifest import Manifest
+from tests.chunkcopies import region
 
 from .harness import Launcher
 from .scenario import Scenario
@@ -31,14 +32,15 @@ pytestmark = [pytest.mark.crash, pytest.mark.fault_ranks, pytest.mark.timeout(90
 STEPS = 14
 
 
-def newest_snapshot_and_own_chunks(rank_root: Path) -> tuple[int, list[Path]]:
-    """The newest snapshot's index in a rank's store, and the chunk files no older snapshot uses."""
+def newest_snapshot_and_own_chunks(rank_root: Path) -> tuple[int, list]:
+    """The newest snapshot's index in a rank's store, and where the chunks no older snapshot
+    uses are (`tests.chunkcopies.Region`: a loose file, or a range of a pack)."""
     store = rank_root / "snapshots"
     names = sorted((p.name for p in (store / "manifests").iterdir() if "-" in p.name and not p.name.startswith(".")),
                    key=lambda n: tuple(map(int, n.split("-"))))
     decoded = {n: Manifest.decode(n, (store / "manifests" / n).read_bytes()) for n in names}
     older = {c.id for n in names[:-1] for c in decoded[n].chunks}
-    own = [store / "chunks" / c.id[:2] / c.id for c in decoded[names[-1]].chunks if c.id not in older]
+    own = [region(store, c.id) for c in decoded[names[-1]].chunks if c.id not in older]
     return int(names[-1].split("-")[0]), own
 
 
@@ -48,10 +50,7 @@ def test_one_ranks_damaged_newest_snapshot_moves_every_rank_to_the_older_common_
         newest = [newest_snapshot_and_own_chunks(layout.rank_dir(scenario.root, rank)) for rank in range(2)]
         assert newest[0][0] == newest[1][0] and newest[1][1], f"no common newest snapshot to damage: {newest}"
         chunk = newest[1][1][0]
-        data = bytearray(chunk.read_bytes())
-        data[len(data) // 2] ^= 0x10
-        chunk.chmod(0o644)
-        chunk.write_bytes(bytes(data))
+        chunk.flip(chunk.size // 2, 0x10)
         scenario.finish()
         counts = scenario.check(references.get(2, STEPS))
         reopened = [scenario.opens(rank)[-1] for rank in range(2)]

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.crash, pytest.mark.fault_ranks, pytest.mark.timeout(90
 
 STEPS = 14
 SNAPSHOT = [
-    "snapshot.before_chunk_rename",
+    "snapshot.before_pack_rename",
     "snapshot.before_manifest_rename",
     "snapshot.after_manifest_rename",
     "snapshot.prune.before_delete",

@@ -18,6 +18,7 @@ from eventlog import EventLog
 from replay.loadstate import LoadStateError, ReplayNeededError, load_state
 from snapshots import tree
 from snapshots.manifest import Manifest
+from tests.chunkcopies import region
 from tests.cli import tinyjob
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,10 +113,8 @@ def test_damage_in_another_component_does_not_stop_a_model_load(run, tmp_path):
     for path, i in tree.tensor_paths(manifest.tree):
         used.setdefault(path[0], set()).update(manifest.chunks[c].id for c, _, _ in manifest.tensors[i].segments)
     (cid,) = used["table"] - used["model"]  # the bare tensor packs apart from the model's state dict
-    chunk = copy / "snapshots" / "chunks" / cid[:2] / cid
-    data = bytearray(chunk.read_bytes())
-    data[-1] ^= 0xFF
-    chunk.write_bytes(bytes(data))
+    chunk = region(copy / "snapshots", cid)  # its loose file, or its range in a pack
+    chunk.flip(chunk.size - 1)
 
     model = fresh_model()
     assert load_state(copy, into={"model": model}, at=30).snapshot == "30-2"

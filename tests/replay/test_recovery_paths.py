@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 import replay
 from snapshots import StateMismatchError
+from tests.chunkcopies import chunk_ids, region
 
 from .harness import damage_snapshot, open_journal
 from .models import assert_same, fingerprint, make_ops, make_state
@@ -171,7 +170,8 @@ def test_payload_tensors_reach_handlers_on_the_state_device_live_and_in_replay(t
 
 
 def _chunk_files(root):
-    return {p for p in (root / "snapshots" / "chunks").rglob("*") if p.is_file()}
+    """The ids of every chunk the journal's store holds, loose or packed."""
+    return chunk_ids(root / "snapshots")
 
 
 def test_damaged_newest_snapshot_after_lmdb_compaction_falls_back_to_an_older_one_through_the_archive(tmp_path):
@@ -196,11 +196,8 @@ def test_damaged_newest_snapshot_after_lmdb_compaction_falls_back_to_an_older_on
         journal.abandon()  # no closing snapshot: the newest stays the one at newest.index
     only_newest = sorted(_chunk_files(tmp_path) - before)
     assert only_newest and older.index < newest.index
-    chunk = only_newest[0]
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0x10
-    os.chmod(chunk, 0o644)
-    chunk.write_bytes(bytes(data))
+    chunk = region(tmp_path / "snapshots", only_newest[0])  # its loose file, or its range in a pack
+    chunk.flip(chunk.size // 2, 0x10)
     again = make_state(seed=77)
     with open_journal(tmp_path, again, ops, keep_last=3) as journal:
         report = journal.recovery

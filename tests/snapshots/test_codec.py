@@ -4,8 +4,6 @@ compression ratios on trained-like float data stay within the targets."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -22,6 +20,8 @@ from snapshots.chunkfile import (
     ungroup,
 )
 from snapshots.tensorbytes import byte_view
+
+from tests.chunkcopies import all_regions
 
 from .conftest import assert_same
 
@@ -103,15 +103,15 @@ def test_chunks_with_raw_streams_round_trip_and_verify(open_store, tmp_path, dty
     live = {"w": torch.empty_like(state["w"]), "zeros": torch.ones_like(state["zeros"])}
     store.load_into(info, live)
     assert_same(live, state)
-    # Every chunk file decodes, by itself, to bytes that hash to its name.
-    root = tmp_path / "snap" / "chunks"
-    for sub in os.listdir(root):
-        for name in os.listdir(root / sub):
-            path = str(root / sub / name)
-            raw_len = HEADER.unpack(open(path, "rb").read(HEADER.size))[5]
-            out = torch.empty(raw_len, dtype=torch.uint8)
-            ChunkCodec().read(path, raw_len, os.path.getsize(path), out)
-            assert chunk_id(out) == name
+    # Every chunk file (loose, or its range in a pack) decodes, by itself, to bytes that
+    # hash to its name.
+    copies = all_regions(tmp_path / "snap")
+    assert len(copies) == info.chunks
+    for where in copies:
+        raw_len = HEADER.unpack(where.read()[:HEADER.size])[5]
+        out = torch.empty(raw_len, dtype=torch.uint8)
+        ChunkCodec().read(where.path, raw_len, where.size, out, where.offset if where.pack else None)
+        assert chunk_id(out) == where.cid
 
 
 @pytest.mark.parametrize("dtype,target", [(torch.bfloat16, 0.70), (torch.float32, 0.87)])

@@ -7,12 +7,12 @@ chunk damaged on disk is named and leaves a live state that never checked it as 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 import snapshots
+
+from tests.chunkcopies import all_regions
 
 from .conftest import assert_same
 
@@ -91,17 +91,12 @@ def test_a_store_that_never_checked_the_chunks_loads_onto_the_device_bit_exact(o
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_damaged_chunk_is_named_and_a_live_state_that_never_checked_it_is_untouched(open_store, tmp_path, device):
     info = open_store(chunk_size=1024).save(_state(0, device), index=1, term=1)
-    chunks = sorted(os.path.join(root, f) for root, _, files in os.walk(tmp_path / "snap" / "chunks") for f in files)
-    victim = max(chunks, key=os.path.getsize)
-    with open(victim, "r+b") as f:  # flip one bit of the last byte: the hash must catch it
-        f.seek(-1, os.SEEK_END)
-        last = f.read(1)[0]
-        f.seek(-1, os.SEEK_END)
-        f.write(bytes([last ^ 1]))
+    victim = max(all_regions(tmp_path / "snap"), key=lambda r: (r.size, r.cid))  # loose or packed
+    victim.flip(victim.size - 1, 1)  # one bit of the chunk's last byte: the hash must catch it
     live = _state(1, device)
     before = _on_cpu(live)
     reader = open_store(chunk_size=1024)
     with pytest.raises(snapshots.CorruptSnapshotError) as caught:
         reader.load_into(info, live)
-    assert caught.value.chunk == os.path.basename(victim)
+    assert caught.value.chunk == victim.cid
     assert_same(_on_cpu(live), before)

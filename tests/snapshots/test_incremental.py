@@ -6,16 +6,16 @@ import os
 
 import torch
 
+from tests.chunkcopies import all_regions, chunk_files
+
 from .conftest import assert_same
 
 
-def _chunk_files(root) -> dict[str, float]:
-    chunks = os.path.join(root, "chunks")
-    return {
-        name: os.stat(os.path.join(chunks, d, name)).st_mtime_ns
-        for d in os.listdir(chunks)
-        for name in os.listdir(os.path.join(chunks, d))
-    }
+def _chunk_files(root) -> dict[str, int]:
+    """Every file holding chunks (loose files and packs) with its mtime."""
+    files = chunk_files(root)
+    assert files
+    return files
 
 
 def _layers(n=8, size=64 * 1024):
@@ -88,7 +88,6 @@ def test_floats_are_compressed_and_incompressible_bytes_stored_raw(open_store, t
     info2 = store.save({"n": noise}, index=2, term=1)
     from snapshots.chunkfile import CODEC_RAW, HEADER
 
-    files = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "snap" / "chunks") for f in fs]
-    codecs = {HEADER.unpack(open(f, "rb").read(HEADER.size))[2] for f in files}
+    codecs = {HEADER.unpack(r.read()[:HEADER.size])[2] for r in all_regions(tmp_path / "snap")}
     assert CODEC_RAW in codecs
     assert info2.bytes_stored >= info2.bytes_logical  # raw: no gain, no loss beyond headers

@@ -4,13 +4,13 @@ awkward live tensors, and what a damaged chunk leaves behind in either mode."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 import snapshots
 from snapshots import inplace
+
+from tests.chunkcopies import all_regions
 
 from .conftest import assert_same
 
@@ -97,14 +97,9 @@ def test_decodable_into_takes_only_plain_unshared_cpu_tensors():
 
 
 def _flip_a_chunk_of(root: str) -> None:
-    """Flip one bit in the middle of the largest chunk file the snapshot uses."""
-    chunks = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, "chunks")) for f in fs]
-    path = max(chunks, key=os.path.getsize)
-    with open(path, "r+b") as f:
-        f.seek(os.path.getsize(path) // 2)
-        byte = f.read(1)[0]
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte ^ 1]))
+    """Flip one bit in the middle of the largest chunk the snapshot uses (loose or packed)."""
+    victim = max(all_regions(root), key=lambda r: (r.size, r.cid))
+    victim.flip(victim.size // 2, 1)
 
 
 def test_damage_after_a_check_is_caught_and_the_next_load_leaves_live_untouched(store, tmp_path):
@@ -130,12 +125,7 @@ def test_damage_after_a_check_is_caught_and_the_next_load_leaves_live_untouched(
 
 
 def _chunk_codecs(root) -> set[int]:
-    out = set()
-    for d, _, files in os.walk(os.path.join(root, "chunks")):
-        for f in files:
-            with open(os.path.join(d, f), "rb") as fh:
-                out.add(fh.read(8)[5])  # the codec byte (FORMAT.md, "Chunk file")
-    return out
+    return {r.read()[5] for r in all_regions(root)}  # the codec byte (FORMAT.md, "Chunk file")
 
 
 def test_compression_none_writes_raw_chunks_and_stores_mix_both(open_store, tmp_path):

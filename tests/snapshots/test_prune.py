@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import snapshots
+from snapshots.chunkfile import chunk_id
 from snapshots.retention import to_delete
+from tests.chunkcopies import chunk_ids
 
 from .conftest import assert_same
 from .forking import fork_child, read_all
@@ -36,23 +38,30 @@ def test_retention_rule(snaps, newest_verified, keep_last, keep_every, deleted):
     assert to_delete(snaps, newest_verified, keep_last, keep_every) == deleted
 
 
-def _chunk_count(root) -> int:
-    return sum(len(fs) for _, _, fs in os.walk(os.path.join(root, "chunks")))
-
-
-def test_prune_deletes_old_snapshots_and_only_their_own_chunks(open_store, tmp_path):
-    store = open_store(keep_last=2, chunk_size=4096)
+@pytest.mark.parametrize("packs", [False, True], ids=["loose", "packed"])
+def test_prune_deletes_old_snapshots_and_only_their_own_chunks(open_store, tmp_path, packs):
+    store = open_store(keep_last=2, chunk_size=4096, packs=packs)
     frozen = torch.randn(8192)  # shared by every snapshot
     states = []
     for i in range(1, 6):
         states.append({"frozen": frozen, "moving": torch.full((4096,), float(i))})
         store.save(states[-1], index=i, term=1)
-    before = _chunk_count(tmp_path / "snap")
+    before = chunk_ids(tmp_path / "snap")
+    moving = [chunk_id(torch.full((1024,), float(i)).view(torch.uint8)) for i in range(1, 6)]
     report = store.prune()
     assert report.deleted == ("1-1", "2-1", "3-1")
     assert report.kept == ("4-1", "5-1")
-    assert report.chunks_deleted == 3 and report.bytes_freed > 0
-    assert _chunk_count(tmp_path / "snap") == before - 3
+    after = chunk_ids(tmp_path / "snap")
+    if not packs:  # each unreferenced loose file goes
+        assert report.chunks_deleted == 3 and report.bytes_freed > 0
+        assert before - after == set(moving[:3])
+    else:
+        # The packs of saves 2 and 3 held only their moving chunk: deleted. Save 1's pack
+        # is mostly the frozen chunks, still named: it stays whole, its dead chunk with it
+        # (FORMAT.md, "Reclaiming space": rewritten only once under half of it is live).
+        assert report.chunks_deleted == 2 and report.bytes_freed > 0
+        assert before - after == set(moving[1:3]) and moving[0] in after
+        assert len(os.listdir(tmp_path / "snap" / "packs")) == 3
     assert [i.index for i in store.list()] == [4, 5]
     for info, state in zip(store.list(), states[3:]):
         assert store.verify(info).ok

@@ -14,6 +14,8 @@ import torch
 
 import snapshots
 
+from tests.chunkcopies import region
+
 from .conftest import assert_same
 
 
@@ -86,17 +88,16 @@ class TransferContract:
     def test_a_damaged_chunk_is_never_handed_out(self, saved):
         store, files = saved
         ref = files.read_manifest("1-1").chunks[0]
-        path = files.chunk_path(ref.id)
-        data = bytearray(open(path, "rb").read())
-        data[-1] ^= 0xFF
-        os.chmod(path, 0o644)
-        with open(path, "wb") as f:
-            f.write(bytes(data))
+        where = region(store.path, ref.id)  # its loose file, or its range in a pack
+        where.flip(where.size - 1)
         with pytest.raises(snapshots.CorruptFileError) as info:
             files.read_chunk(ref.id, ref.raw_len, ref.stored_len)
         assert info.value.chunk == ref.id
+        alone = os.path.join(store.path, "damaged-copy")  # the chunk file by itself, as a replica holds it
+        with open(alone, "wb") as f:
+            f.write(where.read())
         with pytest.raises(snapshots.CorruptFileError):
-            snapshots.check_chunk_file(path, ref.id, ref.raw_len, ref.stored_len)
+            snapshots.check_chunk_file(alone, ref.id, ref.raw_len, ref.stored_len)
 
     def test_a_chunk_of_other_sizes_than_declared(self, saved):
         store, files = saved
@@ -109,7 +110,7 @@ class TransferContract:
     def test_a_missing_chunk_is_file_not_found(self, saved):
         store, files = saved
         ref = files.read_manifest("1-1").chunks[0]
-        os.unlink(files.chunk_path(ref.id))
+        os.unlink(region(store.path, ref.id).path)  # the loose file, or the whole pack
         with pytest.raises(FileNotFoundError):
             files.read_chunk(ref.id, ref.raw_len, ref.stored_len)
 
@@ -174,3 +175,9 @@ class TestSmallChunks(TransferContract):
 
 class TestLargeChunksLevel3(TransferContract):
     options = {"chunk_size": 1 << 20, "workers": 1, "level": 3}
+
+
+class TestLooseChunks(TransferContract):
+    """A store written before packs (or with packs=False): one file per chunk."""
+
+    options = {"chunk_size": 1024, "workers": 2, "packs": False}
