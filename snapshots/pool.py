@@ -40,12 +40,13 @@ class WorkerPool:
 
     def drain(self, items: Iterable, fn: Callable[[Any, Any], None], threads: int,
               context: Callable[[], AbstractContextManager] | None = None) -> None:
-        """fn(item, ctx) for every item, on at most `threads` pool threads that each take
-        the next item from one shared queue (a thread the OS delays holds up one item,
-        not a fixed share), `ctx` being what that thread's `context()` entered (None
-        without one; entered once per thread, exited when it stops). Nothing runs for no
-        items. The first error stops every thread before its next item and is raised once
-        all have stopped (none touches the store after this returns).
+        """fn(item, ctx) for every item, on at most `threads` threads (the caller's and
+        `threads - 1` of the pool's; at least the caller's) that each take the next item
+        from one shared queue (a thread the OS delays holds up one item, not a fixed
+        share), `ctx` being what that thread's `context()` entered (None without one;
+        entered once per thread, exited when it stops). Nothing runs for no items. The
+        first error stops every thread before its next item and is raised once all have
+        stopped (none touches the store after this returns).
 
         One task per thread instead of one per item: a load of a hundred chunks makes a
         few thread hand-offs, not a few hundred (each one a GIL round trip and a futex)."""
@@ -66,9 +67,16 @@ class WorkerPool:
 
         if not queue:
             return
-        futures = [self._executor.submit(run) for _ in range(max(1, min(threads, len(queue))))]
+        # The calling thread is one of them: it is running already (a pool thread must be
+        # woken first), and it would only wait otherwise.
+        futures = [self._executor.submit(run) for _ in range(min(threads, len(queue)) - 1)]
+        run()
         for f in futures:
-            f.result()  # wait for every thread (run() itself never raises)
+            # The queue is empty (or a thread failed) once the caller's run returns: a task
+            # not started yet has nothing to do, so it is cancelled, never waited for (and a
+            # caller that is itself a pool thread cannot wait on tasks queued behind it).
+            if not f.cancel():
+                f.result()  # a started one: wait for it (run() itself never raises)
         if failed:
             raise failed[0]
 
