@@ -253,16 +253,20 @@ class StoreReader:
             except CorruptSnapshotError as e:
                 return VerifyReport.of_manifest(name, e.reason), None
 
-            def check(ref: ChunkRef) -> Damage | None:
+            found: dict[int, Damage] = {}  # chunk number -> its damage
+
+            def check(k: int, _) -> None:
+                ref = manifest.chunks[k]
                 try:
                     self.read_chunk(name, ref, self._codec.scratch(ref.raw_len, "chunk"))
-                    return None
                 except CorruptSnapshotError as e:
-                    return Damage(ref.id, e.reason)
+                    found[k] = Damage(ref.id, e.reason)
                 except (MemoryError, RuntimeError) as e:  # a 1 GiB scratch under a memory cap
-                    return Damage(ref.id, f"cannot allocate {ref.raw_len} bytes to check it: {e}")
+                    found[k] = Damage(ref.id, f"cannot allocate {ref.raw_len} bytes to check it: {e}")
 
-            damage = tuple(d for d in self._pool.map_all(check, manifest.chunks) if d is not None)
+            # As a load: a few threads, each keeping its packs open (loading.fill).
+            self._pool.drain(range(len(manifest.chunks)), check, self._pool.workers, self._codec.packs_kept_open)
+            damage = tuple(found[k] for k in sorted(found))
         report = VerifyReport(name, len(manifest.chunks), sum(c.raw_len for c in manifest.chunks), damage,
                               SnapshotInfo.from_manifest(manifest))
         return report, (None if damage else manifest)
