@@ -53,8 +53,11 @@ def fill(manifest: Manifest, uses: dict[int, list[Use]], raws: list[torch.Tensor
     def one(c: int, _) -> None:
         ref, targets = manifest.chunks[c], uses[c]
         off, n, t, at = targets[0]
-        if len(targets) == 1 and off == 0 and n == ref.raw_len and raws[t].device.type == "cpu":
-            read_chunk(manifest.name, ref, raws[t][at:at + n])  # straight into the tensor
+        raw = raws[t]
+        if len(targets) == 1 and off == 0 and n == ref.raw_len and raw.device.type == "cpu":
+            # Straight into the tensor (a view only when the chunk is part of it: making
+            # one costs more than the rest of this function).
+            read_chunk(manifest.name, ref, raw if at == 0 and n == raw.numel() else raw[at:at + n])
             return
         # Several tensors share the chunk, or it goes to a GPU: decode and check it in
         # this thread's buffer (page-locked for a GPU), then copy the pieces out. A copy
