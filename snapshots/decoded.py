@@ -18,15 +18,19 @@ from threading import Lock
 
 from .manifest import Manifest
 
-# How many manifests are kept (the most recently read): a reload reads the newest few.
-KEEP = 8
+# How many manifests are kept (the most recently read: a reload reads the newest few),
+# and how many of their bytes at most: a decoded manifest takes several times its file's
+# size in Python objects, and a state of a million tensors has a manifest of tens of MiB.
+KEEP = 4
+KEEP_BYTES = 8 << 20
 
 
 class DecodedManifests:
     """A bounded cache of decoded manifests, by name and bytes. Thread-safe."""
 
-    def __init__(self, keep: int = KEEP):
+    def __init__(self, keep: int = KEEP, keep_bytes: int = KEEP_BYTES):
         self._keep = keep
+        self._keep_bytes = keep_bytes
         self._lock = Lock()
         self._by_name: OrderedDict[str, tuple[bytes, Manifest]] = OrderedDict()
 
@@ -46,11 +50,16 @@ class DecodedManifests:
 
     def put(self, name: str, data: bytes, manifest: Manifest) -> None:
         """Remember `manifest`, decoded from `data` read from `name` (its meta is copied,
-        so a caller that changes the meta of the one it got does not change this one)."""
+        so a caller that changes the meta of the one it got does not change this one).
+        The oldest are forgotten beyond KEEP manifests or KEEP_BYTES of their files; one
+        larger than KEEP_BYTES alone is not kept."""
+        if len(data) > self._keep_bytes:
+            return
         if isinstance(manifest.meta, (dict, list)):
             manifest = replace(manifest, meta=copy.deepcopy(manifest.meta))
         with self._lock:
             self._by_name[name] = (data, manifest)
             self._by_name.move_to_end(name)
-            while len(self._by_name) > self._keep:
+            while (len(self._by_name) > self._keep
+                   or sum(len(d) for d, _ in self._by_name.values()) > self._keep_bytes):
                 self._by_name.popitem(last=False)

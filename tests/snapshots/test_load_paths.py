@@ -272,3 +272,20 @@ def test_a_callers_change_to_a_snapshots_meta_is_not_seen_by_later_reads(store):
     again = store.load_into(info, {"w": torch.empty(4)})
     assert again.meta == {"tags": ["a"], "n": {"k": 1}}
     assert store.list()[0].meta == {"tags": ["a"], "n": {"k": 1}}
+
+
+def test_decoded_manifests_are_bounded_by_count_and_bytes():
+    from snapshots.decoded import DecodedManifests
+
+    class M:  # what the cache reads of a manifest
+        meta = None
+
+    cache = DecodedManifests(keep=2, keep_bytes=100)
+    cache.put("1-1", b"a" * 40, M())
+    cache.put("2-1", b"b" * 40, M())
+    assert cache.get("1-1", b"a" * 40) is not None
+    cache.put("3-1", b"c" * 40, M())  # three would be over both bounds: the least recent goes
+    assert cache.get("2-1", b"b" * 40) is None and cache.get("1-1", b"a" * 40) is not None
+    cache.put("4-1", b"d" * 101, M())  # larger than the byte bound alone: never kept
+    assert cache.get("4-1", b"d" * 101) is None
+    assert cache.get("1-1", b"x" * 40) is None, "other bytes under the same name must not hit"
