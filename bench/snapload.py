@@ -1,6 +1,6 @@
 """Hot `load_into` of this tree and of a baseline commit against safetensors, in one process.
 
-    python -m bench snapload [--baseline COMMIT] [--rounds 15] [--mb 256] [--configs zstd,none,zstd+packs,none+packs]
+    python -m bench snapload [--baseline COMMIT] [--rounds 15] [--mb 256] [--configs zstd+loose,none+loose,zstd+packs,none+packs]
 
 Issue 22's first row, for a change to the load path: the same 256 MiB transformer-like
 state (bench.snapshots.build_state) is saved once into a store of each tree, then loaded
@@ -10,8 +10,8 @@ that commit's `snapshots` package, extracted with `git archive` and imported und
 another name (`snapshots_baseline`), so both trees run in the same process, on the
 same live state, at the same load; without it only this tree runs.
 
-Each config (a compression, and `+packs` for a store that writes one pack per save) is
-one set of stores. Rounds interleave every case: the peer first, then the two trees in
+Each config (a compression, then `+packs` for a store that writes one pack per save or
+`+loose` for one file per chunk; neither: each tree's default) is one set of stores. Rounds interleave every case: the peer first, then the two trees in
 an order that alternates each round (whichever runs right after the peer is measured
 under slightly different cache and scheduler conditions). A row reports the median
 wall and CPU time (process CPU, all threads), and the median of the per-round ratios to
@@ -65,7 +65,8 @@ def _baseline(commit: str, into: Path):
 def run_config(config: str, args, work: Workdir, baseline) -> dict:
     from safetensors.torch import load_file, save_file
 
-    compression, _, packs = config.partition("+")
+    compression, _, kind = config.partition("+")
+    options = {"compression": compression} | ({"packs": kind == "packs"} if kind else {})
     state = build_state(args.mb)
     flat = dict(tensors_of(state))
     logical = sum(t.numel() * t.element_size() for t in flat.values())
@@ -74,7 +75,7 @@ def run_config(config: str, args, work: Workdir, baseline) -> dict:
     trees = {THIS: snapshots} | ({BASE: baseline} if baseline is not None else {})
     stores = {}
     for name, module in trees.items():
-        store = module.SnapshotStore(str(work.new("store")), compression=compression, packs=bool(packs))
+        store = module.SnapshotStore(str(work.new("store")), **options)
         stores[name] = (store, store.save(state, index=1, term=1))
     del state, flat
     live = build_state(args.mb, seed=1)
@@ -126,8 +127,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--baseline", default=None, help="a commit whose snapshots package is measured beside this tree's")
     p.add_argument("--rounds", type=int, default=15, help="interleaved rounds per config (default 15)")
     p.add_argument("--mb", type=int, default=256, help="approximate state size in MiB (default 256)")
-    p.add_argument("--configs", default="zstd,none,zstd+packs,none+packs",
-                   help="comma-separated: a compression, '+packs' for a store that writes packs")
+    p.add_argument("--configs", default="zstd+loose,none+loose,zstd+packs,none+packs",
+                   help="comma-separated: a compression, then '+packs' or '+loose' (neither: each tree's default)")
     p.add_argument("--dir", default=None, help="where the scratch directory goes (default: the system temp dir)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)

@@ -30,8 +30,9 @@ they decode straight into the live tensors); the peer is safetensors `load_file`
 `copy_` into the same live tensors. Rounds alternate the two; the row reports the median
 of the per-round ratios and their spread, plus each side's median wall and CPU time. It
 is written under the key "hot_load_into" of the results file ("hot_load_into_none" with
-`--compression none`, and "_packs" added with `--packs`: a store that writes one pack
-file per save), the rest kept. On a busy 2-core machine run it with
+`--compression none`; "_packs" added with `--packs`, a store that writes one pack file
+per save, "_loose" with `--loose`, one file per chunk; neither: the store's default),
+the rest kept. On a busy 2-core machine run it with
 OMP_NUM_THREADS=1: the peer's `copy_` otherwise splits across two OpenMP threads that
 spin-wait for a core, and its time jumps between ~25 and ~200 ms from one process to
 the next (measured); one thread gives the peer its best, steady time.
@@ -188,7 +189,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default=str(RESULTS), help="JSON results path")
     p.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help=f"interleaved rounds; rows report the median (default {DEFAULT_REPEAT})")
     p.add_argument("--compression", default="zstd", choices=COMPRESSIONS, help="the store's compression (--hot)")
-    p.add_argument("--packs", action="store_true", help="the store writes packs, one file per save (--hot, --cold)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--packs", dest="packs", action="store_const", const=True, default=None,
+                      help="the store writes packs, one file per save (--hot, --cold; default: the store's default)")
+    kind.add_argument("--loose", dest="packs", action="store_const", const=False, help="the store writes loose chunk files")
     p.add_argument("--hot", action="store_true", help="only the hot load_into row (merged into the results file)")
     p.add_argument("--cold", action="store_true", help="only the load_into row with the files evicted before each call")
     args = p.parse_args(argv)
@@ -374,7 +378,7 @@ def hot_main(args) -> int:
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"benchmark": "snapshots"}
     key = ("cold" if args.cold else "hot") + "_load_into" + ("" if args.compression == "zstd" else f"_{args.compression}")
-    key += "_packs" if args.packs else ""
+    key += {None: "", True: "_packs", False: "_loose"}[args.packs]
     if args.mb != 256:
         key += f"_{args.mb}mib"  # other sizes beside the 256 MiB row, not over it
     results[key] = hot
@@ -440,8 +444,9 @@ def hot_load_into(args, work: Workdir) -> dict:
     st_path = str(work.new("model.safetensors"))
     save_file(flat, st_path)
     chunk = int(args.chunk_mb * 2**20) // 64 * 64
+    kind = {} if args.packs is None else {"packs": args.packs}
     store = snapshots.SnapshotStore(str(work.new("store")), chunk_size=chunk, level=args.level, compression=args.compression,
-                                    packs=args.packs)
+                                    **kind)
     info = store.save(state, index=1, term=1)
     del state, flat
     live = build_state(args.mb, seed=1)
