@@ -11,8 +11,9 @@ another name (`snapshots_baseline`), so both trees run in the same process, on t
 same live state, at the same load; without it only this tree runs.
 
 Each config (a compression, then `+packs` for a store that writes one pack per save or
-`+loose` for one file per chunk; neither: each tree's default) is one set of stores. Rounds interleave every case: the peer first, then the two trees in
-an order that alternates each round (whichever runs right after the peer is measured
+`+loose` for one file per chunk; neither: each tree's default) is one set of stores.
+Rounds interleave every case: the peer first, then the two trees in an order that
+alternates each round (whichever runs right after the peer is measured
 under slightly different cache and scheduler conditions). A row reports the median
 wall and CPU time (process CPU, all threads), and the median of the per-round ratios to
 the peer with its spread (min-max); the load average is recorded per round, the bytes
