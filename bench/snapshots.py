@@ -30,7 +30,9 @@ they decode straight into the live tensors); the peer is safetensors `load_file`
 `copy_` into the same live tensors. Rounds alternate the two; the row reports the median
 of the per-round ratios and their spread, plus each side's median wall and CPU time. It
 is written under the key "hot_load_into" of the results file ("hot_load_into_none" with
-`--compression none`), the rest kept. On a busy 2-core machine run it with
+`--compression none`; "_packs" added with `--packs`, a store that writes one pack file
+per save, "_loose" with `--loose`, one file per chunk; neither: the store's default),
+the rest kept. On a busy 2-core machine run it with
 OMP_NUM_THREADS=1: the peer's `copy_` otherwise splits across two OpenMP threads that
 spin-wait for a core, and its time jumps between ~25 and ~200 ms from one process to
 the next (measured); one thread gives the peer its best, steady time.
@@ -187,6 +189,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default=str(RESULTS), help="JSON results path")
     p.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help=f"interleaved rounds; rows report the median (default {DEFAULT_REPEAT})")
     p.add_argument("--compression", default="zstd", choices=COMPRESSIONS, help="the store's compression (--hot)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--packs", dest="packs", action="store_const", const=True, default=None,
+                      help="the store writes packs, one file per save (--hot, --cold; default: the store's default)")
+    kind.add_argument("--loose", dest="packs", action="store_const", const=False, help="the store writes loose chunk files")
     p.add_argument("--hot", action="store_true", help="only the hot load_into row (merged into the results file)")
     p.add_argument("--cold", action="store_true", help="only the load_into row with the files evicted before each call")
     args = p.parse_args(argv)
@@ -372,6 +378,7 @@ def hot_main(args) -> int:
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"benchmark": "snapshots"}
     key = ("cold" if args.cold else "hot") + "_load_into" + ("" if args.compression == "zstd" else f"_{args.compression}")
+    key += {None: "", True: "_packs", False: "_loose"}[args.packs]
     if args.mb != 256:
         key += f"_{args.mb}mib"  # other sizes beside the 256 MiB row, not over it
     results[key] = hot
@@ -437,7 +444,9 @@ def hot_load_into(args, work: Workdir) -> dict:
     st_path = str(work.new("model.safetensors"))
     save_file(flat, st_path)
     chunk = int(args.chunk_mb * 2**20) // 64 * 64
-    store = snapshots.SnapshotStore(str(work.new("store")), chunk_size=chunk, level=args.level, compression=args.compression)
+    kind = {} if args.packs is None else {"packs": args.packs}
+    store = snapshots.SnapshotStore(str(work.new("store")), chunk_size=chunk, level=args.level, compression=args.compression,
+                                    **kind)
     info = store.save(state, index=1, term=1)
     del state, flat
     live = build_state(args.mb, seed=1)
@@ -453,7 +462,8 @@ def hot_load_into(args, work: Workdir) -> dict:
 
     mine = "ours: load_into (cold)" if args.cold else "ours: load_into (hot)"
     theirs = "safetensors load_file + copy_ into live"
-    files = [st_path] + [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(store.path, "chunks")) for f in fs]
+    files = [st_path] + [os.path.join(r, f) for kind in ("chunks", "packs")
+                         for r, _, fs in os.walk(os.path.join(store.path, kind)) for f in fs]
     cases = [(theirs, peer, [st_path]), (mine, ours, files[1:])]
     wall: dict[str, list[float]] = {name: [] for name, _, _ in cases}
     cpu: dict[str, list[float]] = {name: [] for name, _, _ in cases}
@@ -486,6 +496,7 @@ def hot_load_into(args, work: Workdir) -> dict:
     print(f"  ours / peer, per round: median {summary['median']:.2f} (spread {summary['min']:.2f}-{summary['max']:.2f}),"
           f" CPU {summary['cpu_median']:.2f}; load average {os.getloadavg()[0]:.1f}")
     return {"config": {"mb": args.mb, "logical_bytes": logical, "chunk_size": chunk, "level": args.level, "compression": args.compression,
+                       "packs": args.packs,
                        "repeat": args.repeat, "workers": store.workers, "bytes_stored": info.bytes_stored,
                        "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                        "cold": args.cold,

@@ -98,7 +98,7 @@ class Journal:
         max_replica_lag: float | None = None,
         replica_keep_extra: int = 0,
         rng_check: str = "warn",
-        snapshot_compression: str = "zstd",
+        snapshot_compression: str = "none",
         snapshot_packs: bool = True,
     ) -> "Journal":
         """Open (creating if needed) the journal at directory `path` and recover `state` in place.

@@ -44,6 +44,9 @@ SAMPLE_PIECES = 8
 SAMPLE_PIECE = 4096
 SAMPLE_MIN = 4 * SAMPLE_PIECES * SAMPLE_PIECE
 SAMPLE_UNLESS_SAVES = 64
+# Stream table entries read with a chunk's header (one read for widths up to 8, which is
+# every width a writer uses: a float's component size); a wider table is read after it.
+TABLE_GUESS = 8 * STREAM.size
 
 
 # What a writer does to new chunks (writer policy; readers decode any chunk file):
@@ -59,7 +62,11 @@ class ChunkDecodeError(Exception):
 
 def chunk_id(raw: torch.Tensor) -> str:
     """xxh3-128 of a chunk's raw bytes (a flat uint8 CPU tensor) as 32 hex digits."""
-    return xxhash.xxh3_128_hexdigest(buffer(raw))
+    # The hasher object's update releases the GIL (xxhash's one-shot functions hold it),
+    # so the worker threads hash their chunks in parallel; same digest either way.
+    hasher = xxhash.xxh3_128()
+    hasher.update(buffer(raw))
+    return hasher.hexdigest()
 
 
 class ChunkCodec:
@@ -160,67 +167,110 @@ class ChunkCodec:
         length) or if the file is not a regular file (a symlink, FIFO or device: never
         followed, waited on or read), and FileNotFoundError if the file is missing. Never
         reads outside the chunk's `stored_len` bytes nor decompresses past `raw_len`. The
-        caller checks the hash.
+        caller checks the hash. (`open_file` and `read_open` are its two halves, for a
+        reader that keeps a pack open across the chunks it holds.)
         """
+        kept = getattr(self._local, "packs", None) if offset is not None else None
+        if kept is not None:
+            fd, size = kept.open(path)
+            self.read_open(fd, size, raw_len, stored_len, out, offset)
+            return
+        fd, size = self.open_file(path, stored_len if offset is None else None)
         try:
-            fd, size = open_regular(path, stored_len if offset is None else MAX_PACK_BYTES)
-        except UnsafeFileError as e:
-            raise ChunkDecodeError(f"{'chunk' if offset is None else 'pack'} file {e}") from None
-        try:
-            if offset is None:
-                if size != stored_len:
-                    raise ChunkDecodeError(f"file is {size} bytes, manifest says {stored_len}")
-                base = 0
-            else:
-                if offset + stored_len > size:
-                    raise ChunkDecodeError(f"pack is {size} bytes, the chunk's range ends at {offset + stored_len}")
-                base = offset
-            header = os.pread(fd, HEADER.size, base)
-            if len(header) != HEADER.size:
-                raise ChunkDecodeError("shorter than its header")
-            magic, version, codec, width, _, n = HEADER.unpack(header)
-            if magic != MAGIC or version != VERSION:
-                raise ChunkDecodeError(f"bad magic or version {magic!r}/{version}")
-            if n != raw_len:
-                raise ChunkDecodeError(f"header says {n} raw bytes, manifest says {raw_len}")
-            if codec == CODEC_RAW:
-                if width != 1 or stored_len - HEADER.size != n:
-                    raise ChunkDecodeError("raw chunk with grouping or wrong payload length")
-                _pread_exact(fd, buffer(out), base + HEADER.size)
-            elif codec == CODEC_STREAMS:
-                self._read_streams(fd, base, stored_len, n, width, out)
-            else:
-                raise ChunkDecodeError(f"unknown codec {codec}")
+            self.read_open(fd, size, raw_len, stored_len, out, offset)
         finally:
             os.close(fd)
 
-    def _read_streams(self, fd: int, base: int, size: int, n: int, width: int, out: torch.Tensor) -> None:
+    def packs_kept_open(self) -> "OpenPacks":
+        """A context manager: until it exits, `read` on this thread keeps every pack it
+        opens open for the next chunk in it (a load reads many chunks of one pack), and
+        closes them all at exit. Only for callers that hold the store's shared lock meanwhile
+        (a prune deletes no pack under it; an open pack keeps its bytes anyway)."""
+        return OpenPacks(self._local)
+
+    @staticmethod
+    def open_file(path: str, stored_len: int | None) -> tuple[int, int]:
+        """(descriptor, size) of a loose chunk file (`stored_len` its bound) or of a pack
+        (None); the caller closes it. ChunkDecodeError if it is not a regular file within
+        the bound, FileNotFoundError if it is missing."""
+        try:
+            return open_regular(path, MAX_PACK_BYTES if stored_len is None else stored_len)
+        except UnsafeFileError as e:
+            raise ChunkDecodeError(f"{'pack' if stored_len is None else 'chunk'} file {e}") from None
+
+    def read_open(self, fd: int, size: int, raw_len: int, stored_len: int, out: torch.Tensor,
+                  offset: int | None = None) -> None:
+        """`read` from a descriptor of `open_file` (`size` as it returned): the same checks,
+        the same errors but FileNotFoundError. `out` may hold anything afterwards if it
+        raises (a raw read goes straight into it before its header is checked)."""
+        if offset is None:
+            if size != stored_len:
+                raise ChunkDecodeError(f"file is {size} bytes, manifest says {stored_len}")
+            base = 0
+        else:
+            if offset + stored_len > size:
+                raise ChunkDecodeError(f"pack is {size} bytes, the chunk's range ends at {offset + stored_len}")
+            base = offset
+        if stored_len == HEADER.size + raw_len:
+            # Most likely a raw chunk: header and payload in one read, the payload straight
+            # into `out`. A stream chunk can have this size too: it is decoded over it below.
+            head = bytearray(HEADER.size)
+            got = os.preadv(fd, [head, buffer(out)], base)
+            header = bytes(head) if got >= HEADER.size else b""
+        else:
+            got = 0
+            header = os.pread(fd, min(stored_len, HEADER.size + TABLE_GUESS), base)
+        if len(header) < HEADER.size:
+            raise ChunkDecodeError("shorter than its header")
+        magic, version, codec, width, _, n = HEADER.unpack_from(header)
+        if magic != MAGIC or version != VERSION:
+            raise ChunkDecodeError(f"bad magic or version {magic!r}/{version}")
+        if n != raw_len:
+            raise ChunkDecodeError(f"header says {n} raw bytes, manifest says {raw_len}")
+        if codec == CODEC_RAW:
+            if width != 1 or stored_len - HEADER.size != n:
+                raise ChunkDecodeError("raw chunk with grouping or wrong payload length")
+            done = max(0, got - HEADER.size)
+            if done < n:  # a first read cut short, or none yet
+                _pread_exact(fd, buffer(out[done:]), base + HEADER.size + done)
+        elif codec == CODEC_STREAMS:
+            self._read_streams(fd, base, stored_len, n, width, out, header[HEADER.size:])
+        else:
+            raise ChunkDecodeError(f"unknown codec {codec}")
+
+    def _read_streams(self, fd: int, base: int, size: int, n: int, width: int, out: torch.Tensor, table: bytes) -> None:
+        """Decode a CODEC_STREAMS chunk; `table` holds whatever of its stream table was read with the header."""
         if width < 1 or n % width:
             raise ChunkDecodeError(f"group width {width} does not divide {n}")
         table_len = STREAM.size * width
-        table = os.pread(fd, table_len, base + HEADER.size)
-        if len(table) != table_len:
-            raise ChunkDecodeError("stream table cut short")
+        if len(table) < table_len:
+            table = os.pread(fd, table_len, base + HEADER.size)
+            if len(table) != table_len:
+                raise ChunkDecodeError("stream table cut short")
         streams = [STREAM.unpack_from(table, j * STREAM.size) for j in range(width)]
         if HEADER.size + table_len + sum(length for _, length in streams) != size:
             raise ChunkDecodeError("stream lengths do not add up to the file size")
         stream_len = n // width
         target = self._scratch(n) if width > 1 else out
-        offset = base + HEADER.size + table_len
+        packed = sum(length for codec, length in streams if codec == CODEC_ZSTD)
+        payload = buffer(self._scratch(packed, "payload")) if packed else None
+        # Every stream in one read: raw ones straight into place, zstd frames into `payload`.
+        views, frames, at = [], [], 0
         for j, (codec, length) in enumerate(streams):
-            view = buffer(target[j * stream_len:(j + 1) * stream_len])
             if codec == CODEC_RAW:
                 if length != stream_len:
                     raise ChunkDecodeError(f"raw stream {j} is {length} bytes, expected {stream_len}")
-                _pread_exact(fd, view, offset)
+                views.append(buffer(target[j * stream_len:(j + 1) * stream_len]))
             elif codec == CODEC_ZSTD:
                 # length <= size (checked above), itself the manifest's stored_len.
-                payload = buffer(self._scratch(length, "payload"))
-                _pread_exact(fd, payload, offset)
-                self._decompress(payload, view)
+                views.append(payload[at:at + length])
+                frames.append((j, at, length))
+                at += length
             else:
                 raise ChunkDecodeError(f"unknown stream codec {codec}")
-            offset += length
+        _preadv_exact(fd, views, base + HEADER.size + table_len)
+        for j, at, length in frames:
+            self._decompress(payload[at:at + length], buffer(target[j * stream_len:(j + 1) * stream_len]))
         if width > 1:
             ungroup(target, width, out)
 
@@ -248,6 +298,34 @@ class ChunkCodec:
             raise ChunkDecodeError(f"decompressed to {'more' if extra else got} bytes, expected {n}")
 
 
+class OpenPacks:
+    """The packs one thread keeps open (`ChunkCodec.packs_kept_open`); entered and exited
+    on that thread, which is the only one that uses it."""
+
+    def __init__(self, local: threading.local):
+        self._local = local
+        self._files: dict[str, tuple[int, int]] = {}
+
+    def open(self, path: str) -> tuple[int, int]:
+        """(descriptor, size) of the pack at `path`, opened and checked on first use
+        (`ChunkCodec.open_file`: its errors, FileNotFoundError for a missing pack, are
+        raised again on every use, as nothing is kept for it)."""
+        found = self._files.get(path)
+        if found is None:
+            found = self._files[path] = ChunkCodec.open_file(path, None)
+        return found
+
+    def __enter__(self) -> "OpenPacks":
+        self._local.packs = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._local.packs = None
+        files, self._files = self._files, {}
+        for fd, _ in files.values():
+            os.close(fd)
+
+
 def _worth_trying(cctx: zstandard.ZstdCompressor, stream: memoryview) -> bool:
     """Whether a sample of `stream` compresses enough to be worth compressing it all."""
     size = len(stream)
@@ -259,9 +337,19 @@ def _worth_trying(cctx: zstandard.ZstdCompressor, stream: memoryview) -> bool:
 
 
 def _pread_exact(fd: int, view: memoryview, offset: int) -> None:
-    got = 0
-    while got < len(view):
-        k = os.preadv(fd, [view[got:]], offset + got)
+    _preadv_exact(fd, [view], offset)
+
+
+def _preadv_exact(fd: int, views: list[memoryview], offset: int) -> None:
+    """Fill `views`, in order, from the bytes at `offset` (one system call unless cut short)."""
+    views = [v for v in views if len(v)]
+    while views:
+        k = os.preadv(fd, views, offset)
         if k == 0:
             raise ChunkDecodeError("file ended early")
-        got += k
+        offset += k
+        while views and k >= len(views[0]):
+            k -= len(views[0])
+            views.pop(0)
+        if views and k:
+            views[0] = views[0][k:]

@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections import defaultdict
 from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 import torch
 
-from . import inplace
+from . import inplace, loading
 from .chunkfile import ChunkCodec, ChunkDecodeError, chunk_id
+from .decoded import DecodedManifests
 from .errors import CorruptSnapshotError, SnapshotNotFoundError
 from .known import KnownFiles
 from .locating import ChunkLocator, Copy
@@ -48,6 +48,7 @@ class StoreReader:
         self._codec = codec
         self._pool = pool
         self._known = known
+        self._decoded = DecodedManifests()
 
     def shared_lock(self) -> FileLock:
         """The store's READERS lock, held shared; release it (or use `with`) when done.
@@ -97,7 +98,8 @@ class StoreReader:
     def read_manifest(self, name: str) -> Manifest:
         """The checked manifest `name`. SnapshotNotFoundError if there is none;
         CorruptSnapshotError if it is not a regular file, too large, unreadable or fails
-        a check (the reason names the field)."""
+        a check (the reason names the field). The file is read every time; bytes this
+        reader decoded before are not decoded again (`decoded.DecodedManifests`)."""
         try:
             data = read_regular(self.layout.manifest_path(name), MAX_MANIFEST_BYTES)
         except FileNotFoundError:
@@ -106,10 +108,15 @@ class StoreReader:
             raise CorruptSnapshotError(name, None, f"manifest file {e}") from None
         except OSError as e:
             raise CorruptSnapshotError(name, None, f"manifest file unreadable: {e}") from None
+        manifest = self._decoded.get(name, data)
+        if manifest is not None:
+            return manifest
         try:
-            return Manifest.decode(name, data)
+            manifest = Manifest.decode(name, data)
         except ManifestDecodeError as e:
             raise CorruptSnapshotError(name, None, str(e)) from None
+        self._decoded.put(name, data, manifest)
+        return manifest
 
     def read_chunk(self, name: str, ref: ChunkRef, out: torch.Tensor) -> None:
         """Decode chunk `ref` of snapshot `name` into `out` (ref.raw_len uint8) and check
@@ -222,12 +229,7 @@ class StoreReader:
     def _read_tensors(self, manifest: Manifest, only: frozenset[int] | None,
                       into: dict[int, torch.Tensor]) -> list[torch.Tensor | None]:
         wanted = [t for t in range(len(manifest.tensors)) if only is None or t in only]
-        uses: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
-        for t in wanted:
-            at = 0
-            for c, off, n in manifest.tensors[t].segments:
-                uses[c].append((off, n, t, at))
-                at += n
+        uses = loading.chunk_uses(manifest, wanted)
         live = inplace.decodable_into(into, wanted)
         if live and not all(self._known.is_good(manifest.chunks[c].id) for c in uses):
             live = {}  # untrusted chunks: decode into fresh memory, the live state untouched on failure
@@ -236,24 +238,7 @@ class StoreReader:
             r = manifest.tensors[t]
             outs[t] = live[t] if t in live else torch.empty(r.shape, dtype=DTYPES[r.dtype])
         raws = [byte_view(o) if o is not None else None for o in outs]
-        codec = self._codec
-
-        def fill(c: int) -> None:
-            ref, targets = manifest.chunks[c], uses[c]
-            off, n, t, at = targets[0]
-            if len(targets) == 1 and off == 0 and n == ref.raw_len and raws[t].device.type == "cpu":
-                self.read_chunk(manifest.name, ref, raws[t][at:at + n])  # straight into the tensor
-                return
-            # Several tensors share the chunk, or it goes to a GPU: decode and check it in
-            # this thread's buffer (page-locked for a GPU), then copy the pieces out. A
-            # copy from the host is synchronous, so the buffer is free again after it.
-            pinned = any(raws[t].device.type == "cuda" for _, _, t, _ in targets)
-            scratch = codec.scratch(ref.raw_len, "pinned" if pinned else "chunk", pinned=pinned)
-            self.read_chunk(manifest.name, ref, scratch)
-            for off, n, t, at in targets:
-                raws[t][at:at + n].copy_(scratch[off:off + n])
-
-        self._pool.map_all(fill, sorted(uses))
+        loading.fill(manifest, uses, raws, self.read_chunk, self._codec, self._pool)
         return outs
 
     # -- checks and walks ------------------------------------------------------------
@@ -268,16 +253,20 @@ class StoreReader:
             except CorruptSnapshotError as e:
                 return VerifyReport.of_manifest(name, e.reason), None
 
-            def check(ref: ChunkRef) -> Damage | None:
+            found: dict[int, Damage] = {}  # chunk number -> its damage
+
+            def check(k: int, _) -> None:
+                ref = manifest.chunks[k]
                 try:
                     self.read_chunk(name, ref, self._codec.scratch(ref.raw_len, "chunk"))
-                    return None
                 except CorruptSnapshotError as e:
-                    return Damage(ref.id, e.reason)
+                    found[k] = Damage(ref.id, e.reason)
                 except (MemoryError, RuntimeError) as e:  # a 1 GiB scratch under a memory cap
-                    return Damage(ref.id, f"cannot allocate {ref.raw_len} bytes to check it: {e}")
+                    found[k] = Damage(ref.id, f"cannot allocate {ref.raw_len} bytes to check it: {e}")
 
-            damage = tuple(d for d in self._pool.map_all(check, manifest.chunks) if d is not None)
+            # As a load: a few threads, each keeping its packs open (loading.fill).
+            self._pool.drain(range(len(manifest.chunks)), check, self._pool.workers, self._codec.packs_kept_open)
+            damage = tuple(found[k] for k in sorted(found))
         report = VerifyReport(name, len(manifest.chunks), sum(c.raw_len for c in manifest.chunks), damage,
                               SnapshotInfo.from_manifest(manifest))
         return report, (None if damage else manifest)

@@ -54,16 +54,18 @@ class SnapshotStore:
         workers: threads that hash, compress, write and read chunks (default: twice the
             CPU count, at least 4, as workers also wait on fsync).
         failpoint: crash testing only (below); None calls nothing.
-        compression: what new chunks are: "zstd" (the default) byte-groups floating
-            point data and zstd-compresses each stream where that saves at least 1/32 of
-            it (FORMAT.md, "Raw flag"): 24% fewer bytes than the tensors on the
-            benchmark's bf16+fp32 state, at the price of decompressing and un-grouping
-            on load (a hot `load_into` about 3-5x safetensors' time on 2 busy cores).
-            "none" stores every chunk raw: a load is a read and a hash per chunk (about
-            1.3-1.4x safetensors `load_file` + `copy_` there; bench/results/snapshots.json,
-            "hot_load_into*"). Either store reads both kinds, and chunk names are the
-            same (the hash of the raw bytes), so a chunk already written with the other
-            setting is reused as it is.
+        compression: what new chunks are. "none" (the default) stores every chunk raw:
+            a load is a read and a hash per chunk, 1.0-1.3x safetensors `load_file` +
+            `copy_` on 2 busy cores, and a save writes the bytes as they are
+            (bench/results/snapload.json, saves.json). "zstd" byte-groups floating point
+            data and zstd-compresses each stream where that saves at least 1/32 of it
+            (FORMAT.md, "Raw flag"): 24% fewer bytes on the benchmark's bf16+fp32 state
+            (43-53% on optimizer-heavy states), at the price of decompressing and
+            un-grouping on load (about 3x safetensors' time). Chosen by measurement:
+            the time a job waits on a save or a load is what a checkpoint costs it, disk
+            is cheaper. Either store reads both kinds, and chunk names are the same (the
+            hash of the raw bytes), so a chunk already written with the other setting is
+            reused as it is.
         packs: where a save puts its new chunks. True (the default): into one pack
             file per save (FORMAT.md, "Pack file"): one fsync per save whatever its
             number of chunks, and no fan-out directory (bench/results/saves.json). False:
@@ -130,7 +132,7 @@ class SnapshotStore:
         level: int = 1,
         workers: int | None = None,
         failpoint: Callable[[str], None] | None = None,
-        compression: str = "zstd",
+        compression: str = "none",
         packs: bool = True,
     ):
         if sys.byteorder != "little":

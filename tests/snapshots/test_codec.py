@@ -37,6 +37,17 @@ def _table(parts: list) -> tuple[int, int, list[int]]:
     return codec, width, [STREAM.unpack_from(data, HEADER.size + j * STREAM.size)[0] for j in range(width)]
 
 
+@pytest.fixture
+def open_store(open_store):
+    """The stores of this module compress (the codec under test); the default stores raw."""
+
+    def make(path=None, **options):
+        options.setdefault("compression", "zstd")
+        return open_store(path, **options)
+
+    return make
+
+
 @pytest.mark.parametrize("width", [1, 2, 4, 8])
 def test_group_and_ungroup_are_exact_inverses_for_every_byte_value(width):
     values = torch.arange(256, dtype=torch.uint8)

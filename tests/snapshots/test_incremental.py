@@ -79,7 +79,7 @@ def test_small_tensors_are_packed_and_a_change_rewrites_one_pack(open_store):
 
 
 def test_floats_are_compressed_and_incompressible_bytes_stored_raw(open_store, tmp_path):
-    store = open_store(chunk_size=64 * 1024)
+    store = open_store(chunk_size=64 * 1024, compression="zstd")
     g = torch.Generator().manual_seed(0)
     weights = (torch.randn(256 * 1024, generator=g) * 0.02).to(torch.bfloat16)
     info = store.save({"w": weights}, index=1, term=1)

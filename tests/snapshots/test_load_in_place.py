@@ -135,7 +135,7 @@ def test_compression_none_writes_raw_chunks_and_stores_mix_both(open_store, tmp_
     assert _chunk_codecs(tmp_path / "s") == {0}
     assert raw_info.bytes_stored >= raw_info.bytes_logical
     changed = {**saved, "fp32": saved["fp32"] * 2}
-    zstd_store = open_store(tmp_path / "s")  # the default compresses what it adds
+    zstd_store = open_store(tmp_path / "s", compression="zstd")  # a zstd store adds compressed chunks
     info = zstd_store.save(changed, index=2, term=1)
     assert _chunk_codecs(tmp_path / "s") == {0, 1}
     for store, (i, state) in ((zstd_store, (raw_info, saved)), (zstd_store, (info, changed))):

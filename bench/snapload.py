@@ -1,0 +1,152 @@
+"""Hot `load_into` of this tree and of a baseline commit against safetensors, in one process.
+
+    python -m bench snapload [--baseline COMMIT] [--rounds 15] [--mb 256] [--configs zstd+loose,none+loose,zstd+packs,none+packs]
+
+Issue 22's first row, for a change to the load path: the same 256 MiB transformer-like
+state (bench.snapshots.build_state) is saved once into a store of each tree, then loaded
+again and again into the same live tensors (a trainer rolling back), against the peer:
+safetensors `load_file` + `copy_` into those live tensors. `--baseline` (a commit) adds
+that commit's `snapshots` package, extracted with `git archive` and imported under
+another name (`snapshots_baseline`), so both trees run in the same process, on the
+same live state, at the same load; without it only this tree runs.
+
+Each config (a compression, then `+packs` for a store that writes one pack per save or
+`+loose` for one file per chunk; neither: each tree's default) is one set of stores.
+Rounds interleave every case: the peer first, then the two trees in an order that
+alternates each round (whichever runs right after the peer is measured
+under slightly different cache and scheduler conditions). A row reports the median
+wall and CPU time (process CPU, all threads), and the median of the per-round ratios to
+the peer with its spread (min-max); the load average is recorded per round, the bytes
+each store holds once. Run it with OMP_NUM_THREADS=1 on a busy machine (the peer's
+`copy_` is steadiest on one thread; see bench.snapshots). Results go to
+bench/results/snapload.json. Benchmarks are not tests: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import snapshots
+
+from ._common import REPO, Workdir, finish, machine_info
+from .snapshots import build_state, malloc_trim, tensors_of
+
+RESULTS = Path(__file__).parent / "results" / "snapload.json"
+PEER = "safetensors load_file + copy_ into live"
+THIS, BASE = "this tree: load_into", "baseline: load_into"
+
+
+def _baseline(commit: str, into: Path):
+    """`commit`'s snapshots package, imported as `snapshots_baseline`; (module, full commit id)."""
+    full = subprocess.run(["git", "rev-parse", "--verify", f"{commit}^{{commit}}"], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    archive = subprocess.run(["git", "archive", "--format=tar", full, "snapshots"], cwd=REPO, check=True,
+                             capture_output=True).stdout
+    with tempfile.TemporaryFile() as tar_file:
+        tar_file.write(archive)
+        tar_file.seek(0)
+        with tarfile.open(fileobj=tar_file) as tar:
+            tar.extractall(into, filter="data")
+    (into / "snapshots").rename(into / "snapshots_baseline")  # its imports are relative
+    sys.path.insert(0, str(into))
+    return importlib.import_module("snapshots_baseline"), full
+
+
+def run_config(config: str, args, work: Workdir, baseline) -> dict:
+    from safetensors.torch import load_file, save_file
+
+    compression, _, kind = config.partition("+")
+    options = {"compression": compression} | ({"packs": kind == "packs"} if kind else {})
+    state = build_state(args.mb)
+    flat = dict(tensors_of(state))
+    logical = sum(t.numel() * t.element_size() for t in flat.values())
+    st_path = str(work.new("model.safetensors"))
+    save_file(flat, st_path)
+    trees = {THIS: snapshots} | ({BASE: baseline} if baseline is not None else {})
+    stores = {}
+    for name, module in trees.items():
+        store = module.SnapshotStore(str(work.new("store")), **options)
+        stores[name] = (store, store.save(state, index=1, term=1))
+    del state, flat
+    live = build_state(args.mb, seed=1)
+    live_flat = dict(tensors_of(live))
+
+    def peer():
+        with torch.no_grad():
+            for k, v in load_file(st_path).items():
+                live_flat[k].copy_(v)
+
+    cases = {PEER: peer} | {name: (lambda s=s, i=i: s.load_into(i, live)) for name, (s, i) in stores.items()}
+    for fn in cases.values():
+        fn()  # warm: the page cache, first touch, the stores' known chunks
+    wall = {name: [] for name in cases}
+    cpu = {name: [] for name in cases}
+    loads = []
+    for r in range(args.rounds):
+        loads.append(round(os.getloadavg()[0], 2))
+        ours = [n for n in cases if n != PEER]
+        for name in [PEER] + (ours if r % 2 == 0 else ours[::-1]):
+            malloc_trim()
+            c, t = time.process_time(), time.perf_counter()
+            cases[name]()
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+    rows = {}
+    for name in cases:
+        ratios = [a / b for a, b in zip(wall[name], wall[PEER])]
+        cpu_ratios = [a / b for a, b in zip(cpu[name], cpu[PEER])]
+        rows[name] = {"ms": round(statistics.median(wall[name]) * 1e3, 1), "cpu_ms": round(statistics.median(cpu[name]) * 1e3, 1),
+                      "over_peer": {"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3),
+                                    "max": round(max(ratios), 3), "cpu_median": round(statistics.median(cpu_ratios), 3)},
+                      "runs_ms": [round(x * 1e3, 1) for x in wall[name]]}
+        if name in stores:
+            rows[name]["bytes_stored"] = stores[name][1].bytes_stored
+            rows[name]["workers"] = stores[name][0].workers
+    for store, _ in stores.values():
+        store.close()
+    print(f"{config} (load {min(loads)}-{max(loads)}):")
+    for name, row in rows.items():
+        o = row["over_peer"]
+        print(f"  {name:<42} {row['ms']:7.1f} ms wall {row['cpu_ms']:7.1f} ms CPU   / peer {o['median']:.2f} "
+              f"({o['min']:.2f}-{o['max']:.2f}), CPU {o['cpu_median']:.2f}", flush=True)
+    return {"logical_bytes": logical, "loadavg_per_round": loads, "rows": rows}
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench snapload", description=__doc__.split("\n\n")[0])
+    p.add_argument("--baseline", default=None, help="a commit whose snapshots package is measured beside this tree's")
+    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds per config (default 15)")
+    p.add_argument("--mb", type=int, default=256, help="approximate state size in MiB (default 256)")
+    p.add_argument("--configs", default="zstd+loose,none+loose,zstd+packs,none+packs",
+                   help="comma-separated: a compression, then '+packs' or '+loose' (neither: each tree's default)")
+    p.add_argument("--dir", default=None, help="where the scratch directory goes (default: the system temp dir)")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    args.rounds = max(1, args.rounds)
+    started = time.perf_counter()
+    work = Workdir(args.dir or tempfile.gettempdir(), "bench-snapload-")
+    try:
+        results = {"benchmark": "snapload", "machine": machine_info(work.root, ("snapshots",), torch=torch.__version__),
+                   "config": {"mb": args.mb, "rounds": args.rounds, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                              "timing": "interleaved rounds into the same live tensors; ratio = median of per-round "
+                                        "ratios to the peer; the two trees alternate order each round"}}
+        baseline = None
+        if args.baseline:
+            baseline, results["baseline_commit"] = _baseline(args.baseline, work.root / "baseline")
+        results["configs"] = {c: run_config(c, args, work, baseline) for c in args.configs.split(",") if c}
+    finally:
+        work.close()
+    finish(results, Path(args.out), started, time.perf_counter())
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,76 @@
+"""Filling a load's tensors from its chunks on the store's worker threads.
+
+`StoreReader.read_tensors` decides where each chunk's bytes go (a live tensor, or fresh
+memory) and hands the work here: `chunk_uses` maps every chunk the load needs to the
+tensor ranges it fills, and `fill` reads each chunk once through the reader's checked
+`read_chunk` (every copy tried, the hash checked) on a few threads that pull chunks from
+one queue. A chunk that is exactly one CPU tensor's range is decoded straight into it;
+one shared by several tensors, or bound for a GPU, goes through the thread's reusable
+buffer (page-locked for a GPU) and is copied out.
+
+Each thread keeps the packs it reads open until the load ends (`ChunkCodec.packs_kept_open`):
+a pack holds many chunks, and opening and checking it once per chunk costs three system
+calls. Holding them is safe because the caller holds the store's shared lock, so a prune
+deletes no pack under it (and an open file keeps its bytes anyway: packs are immutable).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable
+
+import torch
+
+from .chunkfile import ChunkCodec
+from .manifest import ChunkRef, Manifest
+from .pool import WorkerPool
+from .tensorbytes import buffer
+
+# (offset in the chunk, length, tensor position, offset in that tensor's bytes)
+Use = tuple[int, int, int, int]
+# read_chunk(snapshot name, ref, out): decode and check chunk `ref` into `out` (StoreReader.read_chunk).
+ReadChunk = Callable[[str, ChunkRef, torch.Tensor], None]
+
+
+def chunk_uses(manifest: Manifest, wanted: list[int]) -> dict[int, list[Use]]:
+    """Chunk number -> the ranges of the `wanted` tensors it fills, for every chunk they use."""
+    uses: dict[int, list[Use]] = defaultdict(list)
+    for t in wanted:
+        at = 0
+        for c, off, n in manifest.tensors[t].segments:
+            uses[c].append((off, n, t, at))
+            at += n
+    return uses
+
+
+def fill(manifest: Manifest, uses: dict[int, list[Use]], raws: list[torch.Tensor | None], read_chunk: ReadChunk,
+         codec: ChunkCodec, pool: WorkerPool) -> None:
+    """Decode every chunk of `uses` into the byte views `raws` (tensor position -> flat
+    uint8 view of that tensor, CPU or CUDA) on the pool's threads, in chunk order, each
+    thread keeping its packs open (`ChunkCodec.packs_kept_open`); the first error
+    (read_chunk's CorruptSnapshotError, an allocation failure) stops the others and is
+    raised once they have stopped."""
+
+    def one(c: int, _) -> None:
+        ref, targets = manifest.chunks[c], uses[c]
+        off, n, t, at = targets[0]
+        raw = raws[t]
+        if len(targets) == 1 and off == 0 and n == ref.raw_len and raw.device.type == "cpu":
+            # Straight into the tensor (a view only when the chunk is part of it: making
+            # one costs more than the rest of this function).
+            read_chunk(manifest.name, ref, raw if at == 0 and n == raw.numel() else raw[at:at + n])
+            return
+        # Several tensors share the chunk, or it goes to a GPU: decode and check it in
+        # this thread's buffer (page-locked for a GPU), then copy the pieces out. A copy
+        # from the host is synchronous, so the buffer is free again after it.
+        pinned = any(raws[t].device.type == "cuda" for _, _, t, _ in targets)
+        scratch = codec.scratch(ref.raw_len, "pinned" if pinned else "chunk", pinned=pinned)
+        read_chunk(manifest.name, ref, scratch)
+        source = None if pinned else buffer(scratch)
+        for off, n, t, at in targets:
+            if source is None:
+                raws[t][at:at + n].copy_(scratch[off:off + n])
+            else:  # a plain memory copy: many small tensors share a chunk, and torch's
+                buffer(raws[t])[at:at + n] = source[off:off + n]  # slice + copy_ cost ~10 us each
+
+    pool.drain(sorted(uses), one, pool.workers, codec.packs_kept_open)
