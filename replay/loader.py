@@ -244,8 +244,11 @@ class JournaledLoader:
     def __iter__(self) -> Iterator[Batch]:
         # The plan reads the cursor's position when the DataLoader's iterator starts, i.e. now.
         # An abandoned pass (break) releases that iterator with this generator, which
-        # shuts its workers down.
-        for batch in self.dataloader:
+        # shuts its workers down. The workers start here, forked with the preemption signals
+        # already blocked (replay/worker_signals.py, step 1).
+        with self.dataloader.worker_init_fn.inherited():
+            batches = iter(self.dataloader)
+        for batch in batches:
             if batch.start != self.cursor.consumed:
                 raise StaleBatchError(_stale_message(batch, self.cursor))
             yield batch

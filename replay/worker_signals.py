@@ -8,8 +8,17 @@ handler of the entry being applied, which a preemption must never interrupt
 (replay/INVARIANTS.md, invariant 9). So a JournaledLoader's workers run `DeferSignals`
 first (a ``worker_init_fn`` wrapper that then calls the user's own):
 
-1. In the worker's main thread (the only thread a fresh worker has), the preemption
-   signals are blocked: a signal sent to the group stays pending in the worker.
+1. The preemption signals are blocked in every thread of the worker. A thread's signal
+   mask is inherited from the thread that created it, and PyTorch's worker setup may
+   start native threads (thread pools re-created in the child) before any
+   ``worker_init_fn`` runs, so blocking them in the worker would come too late for
+   those: a group's SIGTERM could land on one of them and kill the worker (seen under
+   load, about one run in five of a 2,200-test suite). So the loader blocks them in its
+   own thread while its DataLoader forks the workers (`DeferSignals.inherited`), and
+   the worker's main thread blocks them again in case it was started another way. With
+   the "forkserver" start method the workers are forked from the server, not from the
+   loader's thread: there, threads PyTorch starts before ``worker_init_fn`` can still
+   take the signal.
 2. A daemon thread takes them with ``sigwaitinfo``, which says who sent each one. From
    the worker's parent (DataLoader's ``terminate()`` of a worker that does not stop at
    shutdown, multiprocessing's at exit) it ends the worker at once with status 0, as
@@ -30,10 +39,11 @@ there (``preexec_fn``) if it must die of them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from .preemption import installed_signals
 
@@ -55,8 +65,24 @@ class DeferSignals:
         self.init = init
         self.signals = extra
 
+    def deferred(self) -> set[int]:
+        """The signals deferred: the defaults, `signals`, and those a Preemption catches now."""
+        return set(DEFAULT_SIGNALS) | set(self.signals) | set(installed_signals())
+
+    @contextlib.contextmanager
+    def inherited(self) -> Iterator[None]:
+        """Within: the deferred signals blocked in the calling thread, so workers forked now
+        (DataLoader's iterator starting) and every thread they start inherit the block.
+        The calling thread's mask is restored on the way out; a signal that arrived
+        meanwhile is delivered then."""
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, self.deferred())
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
     def __call__(self, worker_id: int) -> None:
-        signals = set(DEFAULT_SIGNALS) | set(self.signals) | set(installed_signals())
+        signals = self.deferred()
         parent = os.getppid()
         # Blocked before the thread starts, so it inherits the mask too: only sigwaitinfo
         # ever takes these signals in this process.

@@ -130,3 +130,44 @@ def _defer_then_wait(ready) -> None:
 def test_sigkill_cannot_be_deferred():
     with pytest.raises(ValueError, match="SIGKILL"):
         DeferSignals(signals=[signal.SIGKILL])
+
+
+# A thread started in the worker before any worker_init_fn runs, as PyTorch's own worker
+# setup may start native pool threads there. os.register_at_fork cannot be undone, so the
+# hook is registered once and does something only while a test arms it.
+_EARLY_THREAD = {"armed": False}
+
+
+def _start_early_thread() -> None:
+    if _EARLY_THREAD["armed"]:
+        import threading
+
+        threading.Thread(target=threading.Event().wait, name="started-at-fork", daemon=True).start()
+
+
+os.register_at_fork(after_in_child=_start_early_thread)
+
+
+def test_threads_the_worker_starts_before_the_init_fn_block_the_signals_too(tmp_path):
+    """The failure seen under load: a thread started before DeferSignals ran (in the
+    child, right after the fork) took the group's SIGTERM and the worker died. The loader
+    forks its workers with the signals already blocked, so such threads inherit the block."""
+    import functools
+
+    cursor = replay.DataCursor(8, seed=0)
+    loader = replay.JournaledLoader(Echo(), cursor, batch_size=2, num_workers=2,
+                                    worker_init_fn=functools.partial(_probe, str(tmp_path)))
+    _EARLY_THREAD["armed"] = True
+    seen = []
+    try:
+        for batch in loader:
+            cursor.consume(batch.ids)
+            seen.extend(batch.ids)
+    finally:
+        _EARLY_THREAD["armed"] = False
+    assert sorted(seen) == list(range(8))
+    for worker in (0, 1):
+        threads = ast.literal_eval((tmp_path / f"threads-{worker}").read_text())
+        assert any(t[1] == "started-at-fork" for t in threads), threads  # the scenario happened
+        exposed = [t for t in threads if not t[3] and t[1] != "replay-worker-signals"]
+        assert not exposed, f"worker {worker}: threads that take SIGTERM: {exposed}"
