@@ -1,9 +1,9 @@
-"""snapshots: content-addressed, compressed, verified snapshots of nested PyTorch state.
+"""snapshots: content-addressed, verified snapshots of nested PyTorch state.
 
 A snapshot captures a state (mappings, lists and tuples whose leaves are tensors of any
 dtype and device, or msgpack scalars) at a log index and term. Tensors are cut into
-chunks named by the xxh3-128 of their bytes, byte-grouped and zstd-compressed, and
-stored once, so a snapshot writes only the chunks that changed since any snapshot
+chunks named by the xxh3-128 of their bytes (stored raw by default, or byte-grouped and
+zstd-compressed with compression="zstd"), and stored once, so a snapshot writes only the chunks that changed since any snapshot
 still in the store. A manifest, committed last by atomic rename, names them all.
 Loading checks every chunk's hash; `load_latest()` and `latest_verified()` skip damaged
 snapshots and report them.
