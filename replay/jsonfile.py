@@ -25,16 +25,21 @@ def write_durably(path: str | os.PathLike, document: Any) -> None:
     replace_durably(Path(path), json.dumps(document, sort_keys=True, allow_nan=False).encode())
 
 
+def write_all_and_sync(fd: int, data) -> None:
+    """Write every byte of `data` to `fd` (os.write may write less than asked), then fsync it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
 def replace_durably(path: Path, data: bytes) -> None:
     """Make `data` the contents of `path` so a crash leaves the old file or the new one:
     temp file, fsync, rename, directory fsync."""
     temp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        write_all_and_sync(fd, data)
     finally:
         os.close(fd)
     os.replace(temp, path)

@@ -185,8 +185,6 @@ class Ops:
         spec = self.spec(name)
         if INPUTS in payload:
             raise PayloadRejectedError(name, f"{INPUTS!r} is reserved for unlogged inputs and cannot be a payload key")
-        if name not in self._keywords:
-            self._keywords[name] = _keyword_binding(spec)
         keywords = self._keywords[name]
         if keywords is not None and keywords[1] <= payload.keys() <= keywords[0]:
             pass  # binds: every required keyword is there and every keyword is a parameter
@@ -236,6 +234,7 @@ class Ops:
         if spec.name in self._specs:
             raise ValueError(f"op {spec.name!r} is already registered")
         self._specs[spec.name] = spec
+        self._keywords[spec.name] = _keyword_binding(spec)  # once: an op is never registered twice
 
 
 def _keyword_binding(spec: OpSpec) -> tuple[frozenset, frozenset] | None:

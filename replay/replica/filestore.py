@@ -9,6 +9,7 @@ import stat
 import uuid
 from pathlib import Path
 
+from ..jsonfile import write_all_and_sync
 from .capped import CappedReader, read_all
 from .errors import (
     ObjectNotFoundError,
@@ -94,10 +95,7 @@ class FileObjectStore(ObjectStore):
         name = f"{uuid.uuid4().hex}.tmp"
         fd = os.open(f".tmp/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=self._root_fd)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            write_all_and_sync(fd, data)
         finally:
             os.close(fd)
         return name
