@@ -127,7 +127,7 @@ from .errors import (
     LogPoisonedError,
     TruncatedError,
 )
-from .archive import Archive, SegmentInfo
+from .archive import ARCHIVE_DIR, Archive, SegmentInfo
 from .codec import decode_payload, encode_payload
 from .locking import writer_pid
 from .log import EventLog
@@ -143,6 +143,7 @@ from .segment import HEADER_SIZE as SEGMENT_HEADER_SIZE
 from .verification import Damage, VerifyReport
 
 __all__ = [
+    "ARCHIVE_DIR",
     "EventLog", "Archive", "SegmentInfo", "writer_pid", "encode_payload", "decode_payload", "Entry", "EntryHeader", "VerifyReport", "Damage", "FORMAT_VERSION",
     "HEADER_SIZE",
     "LogError", "DamageError", "ClosedError", "CorruptEntryError", "CompactedError", "FencedError", "LockedError",

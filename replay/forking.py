@@ -295,7 +295,7 @@ class _Fork:
         with _MappedFiles(parts) as views:
             create_from_segments(layout.log_dir(self.staging), views, term=term)
         shutil.rmtree(sealed_dir)
-        archive = layout.log_dir(self.staging) / "archive"
+        archive = layout.archive_dir(self.staging)
         copied = [path for path in parts if path.parent != sealed_dir]
         # The source's segment files were written byte for byte: share them instead (immutable files).
         report.segments_linked = sum(_share(path, archive / path.name) for path in copied)

@@ -73,6 +73,13 @@ def log_dir(journal_dir: str | os.PathLike) -> Path:
     return Path(journal_dir) / LOG_DIR
 
 
+def archive_dir(journal_dir: str | os.PathLike) -> Path:
+    """DIR/log/archive: the log's sealed segment files (eventlog names it: eventlog.ARCHIVE_DIR)."""
+    from eventlog import ARCHIVE_DIR
+
+    return log_dir(journal_dir) / ARCHIVE_DIR
+
+
 def log_data_file(journal_dir: str | os.PathLike) -> Path:
     """DIR/log/data.mdb: present once a journal has been created there."""
     return Path(journal_dir) / LOG_DIR / LOG_DATA_FILE
