@@ -10,27 +10,26 @@ reach the commit thread's manifest and directory syncs. The points between indiv
 chunk writes are covered deterministically by row 7's failpoints and by
 tests/snapshots/test_crash.py's every-I/O-call sweep.
 
-Journal runs (torch import: ~2 s each) start from a copy of one base journal and run two
-at a time; bare-log runs (0.1 s each) sweep every pwrite64 and fdatasync of 10 sync appends.
+Journal runs are forked from the test process with strace attached to them
+(checker/traced.py: no torch import under strace), start from a copy of one base journal and
+run two at a time; bare-log runs (a fresh interpreter importing eventlog only, 0.1 s each)
+sweep every pwrite64 and fdatasync of 10 sync appends.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 
-from .checker import (
-    Tally, check_journal, check_log, finish_child, journal_writer, popen_child, recovered_in_fresh_process, run_child,
-    run_forked,
-)
+from .checker import Tally, check_journal, check_log, journal_writer, recovered_in_fresh_process, run_child, run_forked
+from .checker.traced import TracedChild
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_syncpoint]
 
 # The journal run: 6 ops on an existing journal with a snapshot every 2 entries, so the
 # sweep crosses appends, group commits, two snapshot commits, prunes and compactions.
-RUN = ["6", json.dumps({"snapshot_every": 2, "flush_every": 1})]
+RUN = {"steps": 6, "snapshot_every": 2, "flush_every": 1}
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +51,10 @@ def test_journal_killed_at_every_sync_point(strace, tmp_path, base_journal, sysc
         for when in (n, n + stride):  # two children at once: one per core
             root = str(tmp_path / f"{syscall}-{when}")
             shutil.copytree(base, root)
-            batch.append((root, popen_child(["journal", root, *RUN], strace, f"{syscall}:signal=KILL:when={when}")))
-        for root, (proc, r) in batch:
-            run = finish_child(proc, r)
+            batch.append((root, TracedChild(journal_writer, root, strace=strace,
+                                            inject=f"{syscall}:signal=KILL:when={when}", **RUN)))
+        for root, child in batch:
+            run = child.finish()
             tally.runs += 1
             completed |= run.done
             killed += not run.done

@@ -1,6 +1,7 @@
 """Row 15 (audit path). Item 18: `replay truncate` drops entries and writes its audit record in one
-transaction. The operator command runs in a child SIGKILLed by strace at its 1st, 2nd,
-... fdatasync (and, separately, pwrite64) until a run completes; after every kill the log holds either the
+transaction. The operator command (`replay.operator.truncate`, what `replay truncate` runs)
+runs in a forked child SIGKILLed by strace at its 1st, 2nd, ... fdatasync (and,
+separately, pwrite64) until a run completes; after every kill the log holds either the
 original entries untouched or the truncation together with its `replay.truncate` record.
 Item 21 (first part): a full disk in group mode is reported as a full disk.
 """
@@ -16,17 +17,18 @@ import pytest
 
 from eventlog import EventLog
 from replay.envelope import TRUNCATE_OP
+from tests.crash.checker.traced import TracedChild
 from tests.crash.checker.tracing import injecting
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_audit]
 
 ENTRIES, AFTER = 12, 8
 
-OPERATOR = textwrap.dedent("""
-    import sys
+def operator_truncate(root, after, out_fd):
+    """The operator's truncate, in a child traced by strace (checker/traced.py)."""
     from replay.operator import truncate
-    print(truncate(sys.argv[1], after=int(sys.argv[2]), reason="poison entry"), flush=True)
-""")
+
+    truncate(str(root), after=after, reason="poison entry")
 
 
 def _state(root):
@@ -46,9 +48,9 @@ def test_killed_truncate_keeps_both_or_neither(strace, tmp_path, syscall):
     for when in range(1, 40):
         root = tmp_path / f"run{syscall}{when}"
         shutil.copytree(source, root)
-        cmd = [*injecting(strace, f"{syscall}:signal=KILL:when={when}"),
-               sys.executable, "-c", OPERATOR, str(root), str(AFTER)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        run = TracedChild(operator_truncate, root, AFTER, strace=strace,
+                          inject=f"{syscall}:signal=KILL:when={when}").finish(timeout=120)
+        assert run.status == 0 or run.killed, (run.status, run.stderr_tail())
         after = _state(root)
         if after == original:
             outcomes["untouched"] += 1
@@ -61,7 +63,7 @@ def test_killed_truncate_keeps_both_or_neither(strace, tmp_path, syscall):
                 range(AFTER + 1, ENTRIES + 1))
             outcomes["truncated with record"] += 1
         shutil.rmtree(root)
-        if proc.returncode == 0:  # the command finished: every sync point before it was tried
+        if run.status == 0:  # the command finished: every sync point before it was tried
             break
     else:
         pytest.fail(f"the truncate command never completed under {syscall} kills")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.once import once_per_run
+
 from .test_run import ROOT, attempts, env
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_supervisor, pytest.mark.timeout(400)]
@@ -35,12 +37,15 @@ def finals(directory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ddp") / "clean"
-    run = supervise_group(directory)
-    assert run.returncode == 0, run.stdout + run.stderr
-    got = finals(directory)
-    assert got[0] == got[1]
-    return got[0]
+    def run_it():
+        directory = tmp_path_factory.mktemp("ddp") / "clean"
+        run = supervise_group(directory)
+        assert run.returncode == 0, run.stdout + run.stderr
+        got = finals(directory)
+        assert got[0] == got[1]
+        return got[0]
+
+    return once_per_run(tmp_path_factory, "supervisor-ranks-uninterrupted", run_it)
 
 
 def test_a_killed_rank_restarts_the_group_and_it_ends_bit_identical(tmp_path, uninterrupted):

@@ -87,6 +87,14 @@ def run_forked(fn: Callable, *args, kill_after: float | None = None, kill_on: Ca
             os._exit(code)
     os.close(w)
     os.close(ew)
+    return collect(pid, r, er, timeout=timeout, kill_after=kill_after, kill_on=kill_on)
+
+
+def collect(pid: int, r: int, er: int, *, timeout: float = 120, kill_after: float | None = None,
+            kill_on: Callable[[list], bool] | None = None) -> Run:
+    """The Run of forked child `pid`: its frames from `r`, its stderr from `er` (both closed
+    here), its wait status. SIGKILLs it `kill_after` seconds from now, or once
+    `kill_on(messages)` is true, or when `timeout` passes (a kill then gets `timeout` more)."""
     run = Run()
     data, err = bytearray(), bytearray()
     started = time.monotonic()
