@@ -1,4 +1,4 @@
-"""Suite-wide: the order pytest-xdist hands tests out in.
+"""Suite-wide: one torch thread per process (below), and the order pytest-xdist hands tests out in.
 
 The suite runs in parallel (`pytest -n 4`, README "On a fresh machine"). xdist's `load`
 scheduler hands tests to the workers in collection order, and each worker runs its share
@@ -21,6 +21,13 @@ reordered.
 from __future__ import annotations
 
 import os
+
+# One torch intra-op thread per process, inherited by every child a test starts (recipes,
+# demos, supervised jobs, ranks). The suite runs 4 workers on 2 cores; torch's default of
+# one OpenMP thread per core makes every process spin-wait for cores the others hold: the
+# quickstart recipe took 10.6 CPU-seconds with 2 threads against 3.7 with 1 at load 4.
+# A test about threads sets them itself (torch.set_num_threads wins over this).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # "path::function" (every parametrization) or "path::function[param]": seconds.
 LONG_TESTS = {
