@@ -65,22 +65,14 @@ def prepare(entries: list, device: torch.device | None) -> tuple[list[Prepared],
 
 def _batches(log, start: int, stop: int, device) -> Iterator[tuple[list[Prepared], BaseException | None]]:
     """(prepared batch, error or None) for [start, stop); after an error, nothing more."""
-    chunk: list = []
     try:
-        for entry in log.entries(start, stop):
-            chunk.append(entry)
-            if len(chunk) == BATCH:
-                prepared, error = prepare(chunk, device)
-                yield prepared, error
-                if error is not None:
-                    return
-                chunk = []
+        for entries in log.entry_batches(start, stop, size=BATCH):
+            prepared, error = prepare(entries, device)
+            yield prepared, error
+            if error is not None:
+                return
     except Exception as exc:  # noqa: BLE001 - raised after the entries read before it
-        prepared, error = prepare(chunk, device)
-        yield prepared, error if error is not None else exc
-        return
-    if chunk:
-        yield prepare(chunk, device)
+        yield [], exc
 
 
 class ReadAhead:
