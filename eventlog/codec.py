@@ -67,7 +67,7 @@ class _DtypeTables:
         # Only dtypes numpy has under the same name and that torch.from_numpy gives back
         # as exactly that dtype (bf16 and float8 have no numpy twin: they stay on frombuffer).
         try:
-            twin = numpy.dtype(name if name != "bool" else "bool").newbyteorder("<")
+            twin = numpy.dtype(name).newbyteorder("<")
             if twin.itemsize == dtype.itemsize and torch.from_numpy(numpy.zeros(1, twin)).dtype == dtype:
                 cls.numpy_of[dtype] = twin
         except (TypeError, ValueError, RuntimeError):
@@ -230,13 +230,16 @@ class _LayoutCache:
     """Tensor ext decoding for one stream of payloads, remembering the layouts it has checked.
 
     A log's tensors come in few layouts (a replay sees the same dtype and shape entry
-    after entry), and `decode_tensor` spends most of a small tensor's cost re-checking
-    its header. Here a header (version, dtype code, ndim and shape, byte for byte) that
-    `decode_tensor` has accepted once maps to its dtype, shape and byte count, so the next
-    body with those header bytes only checks its length. Anything else (a new layout, an
-    empty tensor, a short or malformed body) goes through `decode_tensor`, which raises
-    what it always raised. Bounded: after LIMIT layouts, new ones are decoded but not kept.
-    Per Unpacker (not module state), so it lives and dies with the stream it serves.
+    after entry). Here a header (version, dtype code, ndim and shape, byte for byte) that
+    `decode_tensor` has accepted once maps to its dtype, shape, byte count and numpy twin,
+    so the next body with those header bytes only has its length checked, and is built
+    as one shaped numpy array over a copy of its bytes, handed to torch.from_numpy (for a
+    4x64 fp32 tensor about 1.1 us of CPU against 2.7 us for decode_tensor's frombuffer +
+    view and checks; dtypes numpy lacks, bf16 and float8, keep frombuffer). Anything else
+    (a new layout, an empty tensor, a short or malformed body) goes through
+    `decode_tensor`, which raises what it always raised. Bounded: after LIMIT layouts, new
+    ones are decoded but not kept. Per Unpacker (not module state), so it lives and dies
+    with the stream it serves.
     """
 
     LIMIT = 64

@@ -100,6 +100,7 @@ class Reader:
         return self._iter_decoded(start, stop, _decode_entry)
 
     def entry_batches(self, start: int | None, stop: int | None, size: int) -> Iterator[list[record.Entry]]:
+        """`entries` in lists of at most `size` (LogQueries.entry_batches); ValueError if size < 1."""
         if size < 1:
             raise ValueError(f"entry batch size must be at least 1, got {size}")
         return self._iter_decoded(start, stop, _decode_entry, chunk=size)
