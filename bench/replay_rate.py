@@ -17,6 +17,12 @@ reading a page-cache-hot log:
 (d) ``scan``: ``EventLog.entries()`` over N entries of a 256-byte msgpack payload, vs
     ``scan_raw``: the raw cursor + xxh3 + msgpack over the same log.
 
+With ``--baseline DIR`` (a checkout of another commit, e.g. a worktree at main), every
+round also runs (a), (c) and (d) from that tree as ``base_replay``, ``base_replay_batch``
+and ``base_scan``: each in a child process importing DIR's packages and DIR's own copy of
+this module, warmed up by one untimed run of the arm, timed inside the child the same way,
+on the same files and in the same rotation of arms, so before/after figures share a run.
+
 Reported: the median of per-round ratios (a/b, c/b, d/scan_raw) of entries per
 process CPU second, with their min and max (the same from wall time, for information),
 the rates, and the load average at every round. CPU time, because on a shared machine
@@ -33,7 +39,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
+import json
 import os
+import subprocess
 import statistics
 import struct
 import sys
@@ -201,6 +210,45 @@ def arm_scan_raw(path: Path, n: int) -> Timed:
     return clock
 
 
+# Runs in a child process under the baseline tree (its packages, its bench/replay_rate.py):
+# one untimed run first, so imports and first-use setup are not counted, then the timed one.
+_BASELINE_CHILD = """
+import hashlib, json, sys
+from pathlib import Path
+import torch
+arm, path, n, seed, threads = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+torch.set_num_threads(threads)
+from bench import replay_rate as rr
+from replay.determinism import fingerprint
+def run():
+    if arm == "scan":
+        return rr.arm_scan(path, n), None
+    return rr.arm_replay(path, n, seed, arm == "replay_batch")
+run()
+clock, state = run()
+digest = None if state is None else hashlib.sha256(repr(sorted(fingerprint(state).items())).encode()).hexdigest()
+print(json.dumps({"cpu": clock.cpu, "wall": clock.wall, "digest": digest}))
+"""
+
+
+def state_digest_hex(state) -> str:
+    """A digest of `fingerprint(state)` (what a baseline child prints for its final state)."""
+    return hashlib.sha256(repr(sorted(fingerprint(state).items())).encode()).hexdigest()
+
+
+def arm_baseline(baseline: Path, arm: str, path: Path, n: int, seed: int, threads: int) -> tuple[Timed, str | None]:
+    """`arm` (replay, replay_batch or scan) run by the baseline tree in a child process."""
+    env = dict(os.environ, PYTHONPATH=str(baseline))
+    done = subprocess.run([sys.executable, "-c", _BASELINE_CHILD, arm, str(path), str(n), str(seed), str(threads)],
+                          cwd=baseline, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"baseline arm {arm} failed in {baseline}:\n{done.stderr[-4000:]}")
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    clock = Timed()
+    clock.wall, clock.cpu = got["wall"], got["cpu"]
+    return clock, got["digest"]
+
+
 class Timed:
     """Wall and process CPU seconds from construction to `stop`. The ratios use CPU time:
     on a machine shared with other tenants (load average far above its core count) wall
@@ -229,6 +277,8 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--arms", default="replay,raw,replay_batch,scan,scan_raw")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="a checkout of another commit: also run replay, replay_batch and scan from it")
     p.add_argument("--json", type=Path, default=RESULTS)
     p.add_argument("--dir", type=Path, default=REPO / ".bench-tmp")
     a = p.parse_args(argv)
@@ -242,16 +292,22 @@ def main(argv) -> int:
     torch.set_num_threads(args.threads)
     work = Workdir(args.dir, "bench-replay-rate-")
     arms = [a for a in args.arms.split(",") if a]
+    if args.baseline is not None:
+        arms += [f"base_{a}" for a in ("replay", "replay_batch", "scan") if a in arms]
     results = {"benchmark": "replay_rate",
                "machine": machine_info(work.root, ("eventlog", "replay", "bench/replay_rate.py"),
                                        torch=torch.__version__, torch_threads=torch.get_num_threads()),
                "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    if args.baseline is not None:
+        head = subprocess.run(["git", "-C", str(args.baseline), "rev-parse", "HEAD"], capture_output=True, text=True)
+        results["baseline"] = {"dir": str(args.baseline), "git_commit": head.stdout.strip() or None}
     t0 = pc()
     n = args.entries
     try:
         journal_dir, scan_dir = work.new("journal"), work.new("scan")
         say(f"writing {n} update_rows entries and {n} scan entries")
-        live = fingerprint(write_journal(journal_dir, n))
+        live_state = write_journal(journal_dir, n)
+        live, live_hex = fingerprint(live_state), state_digest_hex(live_state)
         write_scan_log(scan_dir, n)
         rounds = []
         for r in range(args.rounds):
@@ -268,6 +324,12 @@ def main(argv) -> int:
                     seconds[arm] = arm_scan(scan_dir, n)
                 elif arm == "scan_raw":
                     seconds[arm] = arm_scan_raw(scan_dir, n)
+                elif arm.startswith("base_"):
+                    what = arm[len("base_"):]
+                    seconds[arm], digest = arm_baseline(args.baseline, what, scan_dir if what == "scan" else journal_dir,
+                                                        n, 1 + r, args.threads)
+                    if digest is not None:
+                        identical[arm] = digest == live_hex
             rounds.append({"order": order, "loadavg": [round(x, 2) for x in os.getloadavg()],
                            "entries_per_cpu_s": {a: round(n / s.cpu) for a, s in seconds.items()},
                            "entries_per_wall_s": {a: round(n / s.wall) for a, s in seconds.items()},
@@ -277,7 +339,13 @@ def main(argv) -> int:
         ratios = {}
         for name, (num, den) in {"replay_over_raw": ("replay", "raw"),
                                  "replay_batch_over_raw": ("replay_batch", "raw"),
-                                 "scan_over_raw": ("scan", "scan_raw")}.items():
+                                 "scan_over_raw": ("scan", "scan_raw"),
+                                 "base_replay_over_raw": ("base_replay", "raw"),
+                                 "base_replay_batch_over_raw": ("base_replay_batch", "raw"),
+                                 "base_scan_over_raw": ("base_scan", "scan_raw"),
+                                 "replay_over_base": ("replay", "base_replay"),
+                                 "replay_batch_over_base": ("replay_batch", "base_replay_batch"),
+                                 "scan_over_base": ("scan", "base_scan")}.items():
             if num in arms and den in arms:
                 ratios[name] = spread([x["entries_per_cpu_s"][num] / x["entries_per_cpu_s"][den] for x in rounds])
                 ratios[name + "_wall"] = spread([x["entries_per_wall_s"][num] / x["entries_per_wall_s"][den]

@@ -44,10 +44,12 @@ class _DtypeTables:
     code_of: dict = {}
     dtype_of: dict = {}
     itemsize_of: dict = {}  # code -> bytes per element
+    numpy_of: dict = {}  # torch dtype -> little-endian numpy dtype, where torch.from_numpy maps it back
 
     @classmethod
     def load(cls):
         if cls.torch is None:
+            import numpy
             import torch
 
             for code, name in _DTYPE_NAMES.items():
@@ -56,8 +58,20 @@ class _DtypeTables:
                     cls.code_of[dtype] = code
                     cls.dtype_of[code] = dtype
                     cls.itemsize_of[code] = dtype.itemsize
+                    cls._learn_numpy(numpy, torch, name, dtype)
             cls.torch = torch
         return cls.torch
+
+    @classmethod
+    def _learn_numpy(cls, numpy, torch, name: str, dtype) -> None:
+        # Only dtypes numpy has under the same name and that torch.from_numpy gives back
+        # as exactly that dtype (bf16 and float8 have no numpy twin: they stay on frombuffer).
+        try:
+            twin = numpy.dtype(name).newbyteorder("<")
+            if twin.itemsize == dtype.itemsize and torch.from_numpy(numpy.zeros(1, twin)).dtype == dtype:
+                cls.numpy_of[dtype] = twin
+        except (TypeError, ValueError, RuntimeError):
+            pass
 
 
 def _is_tensor(obj: Any) -> bool:
@@ -205,9 +219,62 @@ def payload_unpacker() -> msgpack.Unpacker:
     """An Unpacker decoding as `decode_payload` does, for a loop that feeds it one payload at
     a time (each at most REUSE_LIMIT bytes) and checks that `tell()` advanced by exactly
     that payload's size: one decoder for many payloads costs a fraction of `unpackb`'s
-    setup per call. After any error it must be replaced (it may hold the bad bytes)."""
-    return msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_ext_hook, use_list=True,
+    setup per call. After any error it must be replaced (it may hold the bad bytes).
+    Its tensors decode through a `_LayoutCache` of its own (the same tensors as
+    `decode_tensor`, fewer checks for a layout already seen)."""
+    return msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_LayoutCache().ext_hook, use_list=True,
                             max_buffer_size=2 * REUSE_LIMIT)
+
+
+class _LayoutCache:
+    """Tensor ext decoding for one stream of payloads, remembering the layouts it has checked.
+
+    A log's tensors come in few layouts (a replay sees the same dtype and shape entry
+    after entry). Here a header (version, dtype code, ndim and shape, byte for byte) that
+    `decode_tensor` has accepted once maps to its dtype, shape, byte count and numpy twin,
+    so the next body with those header bytes only has its length checked, and is built
+    as one shaped numpy array over a copy of its bytes, handed to torch.from_numpy (for a
+    4x64 fp32 tensor about 1.1 us of CPU against 2.7 us for decode_tensor's frombuffer +
+    view and checks; dtypes numpy lacks, bf16 and float8, keep frombuffer). Anything else
+    (a new layout, an empty tensor, a short or malformed body) goes through
+    `decode_tensor`, which raises what it always raised. Bounded: after LIMIT layouts, new
+    ones are decoded but not kept. Per Unpacker (not module state), so it lives and dies
+    with the stream it serves.
+    """
+
+    LIMIT = 64
+
+    def __init__(self):
+        # header bytes -> (numpy dtype or None, torch dtype, shape, byte count)
+        self._layouts: dict[bytes, tuple[Any, Any, tuple, int]] = {}
+
+    def ext_hook(self, code: int, data: bytes):
+        """The tensor of ext `code` with body `data`, as `decode_tensor(data)` gives it;
+        ValueError for another ext code or a malformed body."""
+        if code != TENSOR_EXT:
+            raise ValueError(f"unknown msgpack ext type {code}")
+        if len(data) >= 3:
+            data_at = 3 + 8 * data[2]
+            known = self._layouts.get(data[:data_at])
+            if known is not None and len(data) - data_at == known[3]:
+                twin, dtype, shape, _ = known
+                owned = bytearray(data[data_at:])  # writable and owned by the tensor
+                if twin is not None:
+                    # Through a shaped numpy array: about a third of frombuffer + view per
+                    # small tensor. The tensor shares the bytearray's memory, as frombuffer's does.
+                    return self._from_numpy(self._ndarray(shape, twin, owned))
+                flat = _DtypeTables.torch.frombuffer(owned, dtype=dtype)
+                return flat.view(shape) if len(shape) != 1 else flat
+        tensor = decode_tensor(data)
+        nbytes = tensor.numel() * tensor.element_size()
+        if nbytes and len(self._layouts) < self.LIMIT:
+            if not self._layouts:  # torch and numpy are loaded now (decode_tensor loaded the tables)
+                import numpy
+
+                self._from_numpy, self._ndarray = _DtypeTables.torch.from_numpy, numpy.ndarray
+            self._layouts[bytes(data[:3 + 8 * tensor.ndim])] = (
+                _DtypeTables.numpy_of.get(tensor.dtype), tensor.dtype, tuple(tensor.shape), nbytes)
+        return tensor
 
 
 _SCALARS = (type(None), bool, float, str, bytes, bytearray)

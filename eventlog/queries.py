@@ -52,6 +52,14 @@ class LogQueries:
         self._check_open()
         return self._reader.entries(start, stop)
 
+    def entry_batches(self, start: int | None = None, stop: int | None = None, *, size: int = 64
+                      ) -> Iterator[list[record.Entry]]:
+        """`entries(start, stop)` in lists of at most `size` (>= 1), for consumers that work
+        a batch at a time (replay): the same entries, checks and errors (raised after the
+        list of the entries before the damaged one), one generator step per list."""
+        self._check_open()
+        return self._reader.entry_batches(start, stop, size)
+
     def headers(self, start: int | None = None, stop: int | None = None, *, verify: bool = True
                 ) -> Iterator[record.EntryHeader]:
         """Like `entries` but yields EntryHeader without decoding payloads (fast audit scans).

@@ -99,6 +99,12 @@ class Reader:
     def entries(self, start: int | None, stop: int | None) -> Iterator[record.Entry]:
         return self._iter_decoded(start, stop, _decode_entry)
 
+    def entry_batches(self, start: int | None, stop: int | None, size: int) -> Iterator[list[record.Entry]]:
+        """`entries` in lists of at most `size` (LogQueries.entry_batches); ValueError if size < 1."""
+        if size < 1:
+            raise ValueError(f"entry batch size must be at least 1, got {size}")
+        return self._iter_decoded(start, stop, _decode_entry, chunk=size)
+
     def headers(self, start: int | None, stop: int | None, verify: bool) -> Iterator[record.EntryHeader]:
         if verify:
             return self._iter_decoded(start, stop, _decode_header)
@@ -160,11 +166,12 @@ class Reader:
                 raise CompactedError(index, now.archive_first) from None
             raise
 
-    def _iter_decoded(self, start, stop, decode: Callable, *, strict=False, head_only=False):
+    def _iter_decoded(self, start, stop, decode: Callable, *, strict=False, head_only=False, chunk=None):
         """Yield decode(index, value, stored length, seed) for [start, stop), batch by batch.
 
         `decode` returns (item, checksum); each checksum seeds the next entry's check.
-        The range is checked now; entries are read as the caller iterates.
+        The range is checked now; entries are read as the caller iterates. `chunk` (entries
+        only): yield lists of at most that many entries instead of single entries.
         """
         first, last = self._view.first_index, self._view.last_index
         lo = first if start is None else start
@@ -175,9 +182,9 @@ class Reader:
             raise CompactedError(lo, first)
         if strict and lo > last:
             raise IndexError(f"log index {lo} is out of range {first}..{last}")
-        return self._generate(lo, hi, decode, head_only)
+        return self._generate(lo, hi, decode, head_only, chunk)
 
-    def _generate(self, lo, hi, decode, head_only):
+    def _generate(self, lo, hi, decode, head_only, chunk=None):
         index = lo
         while index < hi:
             batch, seed = self._read_batch(index, min(hi, index + READ_BATCH), head_only)
@@ -193,9 +200,13 @@ class Reader:
                 # A few at a time: the entries a consumer holds at once stay young, so the
                 # garbage collector's passes stay short (decoding a whole batch before
                 # yielding the first made the collector promote and rescan thousands).
-                for at in range(0, len(batch), DECODE_CHUNK):
-                    entries, error = record.decode_entries(batch[at:at + DECODE_CHUNK], seed)
-                    yield from entries
+                step = DECODE_CHUNK if chunk is None else chunk
+                for at in range(0, len(batch), step):
+                    entries, error = record.decode_entries(batch[at:at + step], seed)
+                    if chunk is None:
+                        yield from entries
+                    elif entries:
+                        yield entries
                     if error is not None:
                         raise error
                     seed = entries[-1].checksum

@@ -41,7 +41,20 @@ def prepare(entries: list, device: torch.device | None) -> tuple[list[Prepared],
     new = tuple.__new__  # Prepared's own __new__ is a Python function: one call more per entry
     try:
         for index, term, op, stored, _, checksum in entries:
-            version, payload = unwrap(index, op, stored)
+            # envelope.unwrap's well-formed case inline (one call less per entry); anything
+            # else goes to unwrap, which accepts or names what is malformed.
+            if type(stored) is dict and len(stored) == 2:
+                version = stored.get("v")
+                payload = stored.get("p")
+                if type(version) is not int or version < 1 or type(payload) is not dict:
+                    version, payload = unwrap(index, op, stored)
+                else:
+                    for key in payload:
+                        if type(key) is not str:
+                            version, payload = unwrap(index, op, stored)
+                            break
+            else:
+                version, payload = unwrap(index, op, stored)
             if device is not None and op not in ENGINE_OPS:
                 payload = to_device(payload, device)
             append(new(Prepared, (index, term, op, version, payload, checksum)))
@@ -52,22 +65,14 @@ def prepare(entries: list, device: torch.device | None) -> tuple[list[Prepared],
 
 def _batches(log, start: int, stop: int, device) -> Iterator[tuple[list[Prepared], BaseException | None]]:
     """(prepared batch, error or None) for [start, stop); after an error, nothing more."""
-    chunk: list = []
     try:
-        for entry in log.entries(start, stop):
-            chunk.append(entry)
-            if len(chunk) == BATCH:
-                prepared, error = prepare(chunk, device)
-                yield prepared, error
-                if error is not None:
-                    return
-                chunk = []
+        for entries in log.entry_batches(start, stop, size=BATCH):
+            prepared, error = prepare(entries, device)
+            yield prepared, error
+            if error is not None:
+                return
     except Exception as exc:  # noqa: BLE001 - raised after the entries read before it
-        prepared, error = prepare(chunk, device)
-        yield prepared, error if error is not None else exc
-        return
-    if chunk:
-        yield prepare(chunk, device)
+        yield [], exc
 
 
 class ReadAhead:
