@@ -85,7 +85,7 @@ import replay
 
 work, modes, step_ms, block, rounds = sys.argv[1], sys.argv[2].split(","), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(1)
-pc = time.perf_counter
+pc, tt, cpu = time.perf_counter, time.thread_time, time.process_time
 
 def sized(n):
     return torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
@@ -93,55 +93,55 @@ def sized(n):
 n = 64
 while True:  # the matrix size whose mm takes step_ms here and now
     A, B, C = sized(n)
-    t = time.thread_time()  # CPU time: on a loaded machine wall time would size the step to the load
+    t = tt()  # CPU time: on a loaded machine wall time would size the step to the load
     for _ in range(5):
         torch.mm(A, B, out=C)
-    took = (time.thread_time() - t) / 5 * 1e3
+    took = (tt() - t) / 5 * 1e3
     if took >= step_ms or n >= 4096:
         break
     n = int(n * max(1.05, min(2.0, (step_ms / max(took, 1e-3)) ** (1 / 3))))
 
 ops = replay.Ops()
+inside = [0.0]  # the handler's own thread CPU, summed: what a step costs without any journal
 
 def step(state, *, seed):
+    t = tt()
     torch.mm(A, B, out=C)
     state["w"].add_(C[0, :4])
+    inside[0] += tt() - t
 
 ops.op(step)
 state = {"w": torch.zeros(4)}
 journals = {m: replay.Journal.open(f"{work}/{m}", state=state, ops=ops, durability=m, snapshot=replay.Every(),
                                    keep_log=True) for m in modes}
 
-cpu = time.process_time  # every thread of the process: the flusher's commits and fsyncs included
+def timed(body, k):
+    # wall, process CPU (every thread: the flusher's commits and fsyncs included), this
+    # thread's CPU, and the handler's own CPU inside that
+    inside[0] = 0.0
+    t, c, m = pc(), cpu(), tt()
+    body(k)
+    return pc() - t, cpu() - c, tt() - m, inside[0]
 
 def bare(k):
-    t, c = pc(), cpu()
     for i in range(k):
         step(state, seed=i)
-    return pc() - t, cpu() - c
 
-def journaled(j, k):
-    t, c = pc(), cpu()
-    for i in range(k):
-        j.apply("step", seed=i)
-    wall = pc() - t
-    # The flusher's work for this block is charged to it: wait (idle, no flush that would
-    # add a sync) until the window has made the block durable.
-    for _ in range(100):
-        if j.durable_index >= j.index:
-            break
-        time.sleep(0.005)
-    return wall, cpu() - c
+def journaled(j):
+    def body(k):
+        for i in range(k):
+            j.apply("step", seed=i)
+    return body
 
 for m in modes:  # warm-up
-    bare(block // 4 or 1); journaled(journals[m], block // 4 or 1)
+    timed(bare, block // 4 or 1); timed(journaled(journals[m]), block // 4 or 1)
 out = {"matrix_n": n, "rounds": []}
 for r in range(rounds):
     times = {}
     arms = ["bare", *modes]
     arms = arms[r % len(arms):] + arms[:r % len(arms)]
     for arm in arms:
-        times[arm] = bare(block) if arm == "bare" else journaled(journals[arm], block)
+        times[arm] = timed(bare, block) if arm == "bare" else timed(journaled(journals[arm]), block)
     out["rounds"].append(times)
 for j in journals.values():
     j.close()
@@ -160,39 +160,87 @@ def _step_child(tree: str, work: Path, modes: list[str], step_ms: float, block: 
     return json.loads(line[len("RESULT "):])
 
 
+KINDS = ("wall", "cpu", "cpu_net")
+STEP_NOTE = (
+    "Per round, one block of `block_steps` steps per arm (bare first or not in turn). wall, cpu: journal block / "
+    "bare block - 1 (cpu = the process's CPU time, every thread: the flusher's commits and fsyncs too). "
+    "cpu_net, the figure that decides: the CPU the journal adds per step, in every thread, over the handler's own "
+    "CPU per step, where each arm's handler CPU (its thread CPU inside the handler, timed the same way in both "
+    "arms) is subtracted from that arm's process CPU first. So the compute step's own variance, which the load of "
+    "a shared machine makes several percent per block, cancels; the flusher's work is charged to the round that "
+    "caused it (the bare block that follows a journal block pays some of its commits in process CPU, so both "
+    "arms' non-handler CPU count: journal - bare). handler_slowdown: journal arm's handler CPU / bare arm's - 1 "
+    "(a cache effect of the journal on the step itself would show here; it is noise-bound and not in cpu_net).")
+
+
+def _round_figures(times: dict, mode: str, block: int) -> dict:
+    """One round's overheads for `mode` (fractions) and its per-step figures (us)."""
+    bw, bc, bt, bh = times["bare"]
+    jw, jc, jt, jh = times[mode]
+    handler_us = bh / block * 1e6
+    # Non-handler CPU of each arm (all threads); the journal's extra is their difference.
+    extra_us = ((jc - jh) - (bc - bh)) / block * 1e6
+    return {"wall": jw / bw - 1, "cpu": jc / bc - 1, "cpu_net": extra_us / handler_us,
+            "extra_cpu_us": extra_us, "handler_us": handler_us,
+            "caller_extra_us": ((jt - jh) - (bt - bh)) / block * 1e6,
+            "other_threads_us": ((jc - jt) - (bc - bt)) / block * 1e6,
+            "handler_slowdown": jh / bh - 1}
+
+
+def _spread(values: list[float], scale: float = 1.0, digits: int = 2) -> dict:
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return {"median": round(statistics.median(values) * scale, digits), "q1": round(q[0] * scale, digits),
+            "q3": round(q[2] * scale, digits), "rounds": len(values)}
+
+
 def bench_steps(work: Workdir, trees: dict[str, str], modes: list[str], step_ms: float, block: int,
                 rounds: int, runs: int) -> dict:
-    """Per tree and mode: median and spread of per-round overheads (journal / bare - 1)."""
-    kinds = ("wall", "cpu")
-    per = {tree: {m: {k: [] for k in kinds} for m in modes} for tree in trees}
+    """Per tree and mode: median and quartiles of per-round overheads (STEP_NOTE says which is which)."""
+    figures = ("wall", "cpu", "cpu_net", "extra_cpu_us", "handler_us", "caller_extra_us", "other_threads_us",
+               "handler_slowdown")
+    per = {tree: {m: {k: [] for k in figures} for m in modes} for tree in trees}
     load = []
-    step_real = {tree: {k: [] for k in kinds} for tree in trees}
+    step_real = {tree: {k: [] for k in ("wall", "cpu")} for tree in trees}
     for run in range(runs):
         order = list(trees) if run % 2 == 0 else list(trees)[::-1]
         for tree in order:
             load.append(round(os.getloadavg()[0], 2))
             got = _step_child(trees[tree], work.new(f"steps-{tree}"), modes, step_ms, block, rounds)
             for times in got["rounds"]:
-                for x, kind in enumerate(kinds):
-                    step_real[tree][kind].append(times["bare"][x] / block * 1e3)
-                    for m in modes:
-                        per[tree][m][kind].append(times[m][x] / times["bare"][x] - 1)
+                step_real[tree]["wall"].append(times["bare"][0] / block * 1e3)
+                step_real[tree]["cpu"].append(times["bare"][1] / block * 1e3)
+                for m in modes:
+                    for k, v in _round_figures(times, m, block).items():
+                        per[tree][m][k].append(v)
     out = {"step_ms_target": step_ms, "block_steps": block, "loadavg_1min_per_run": load, "trees": {},
-           "note": "overhead = journal block / bare block - 1 per round; wall is what the loop waits, "
-                   "cpu is the process's CPU time (all threads: the flusher's commits and fsyncs too), "
-                   "the figure that a loaded machine disturbs least"}
+           "note": STEP_NOTE}
     for tree, by_mode in per.items():
         row = {"tree": trees[tree],
                "bare_step_ms_median": {k: round(statistics.median(v), 3) for k, v in step_real[tree].items()}}
-        for m, by_kind in by_mode.items():
+        for m, by in by_mode.items():
             row[m] = {}
-            for kind, ratios in by_kind.items():
-                q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-                row[m][kind] = {"overhead_median_pct": round(statistics.median(ratios) * 100, 2),
-                                "overhead_q1_pct": round(q[0] * 100, 2), "overhead_q3_pct": round(q[2] * 100, 2),
-                                "rounds": len(ratios)}
+            for kind in KINDS:
+                s = _spread(by[kind], 100)
+                row[m][kind] = {"overhead_median_pct": s["median"], "overhead_q1_pct": s["q1"],
+                                "overhead_q3_pct": s["q3"], "rounds": s["rounds"]}
+            row[m]["per_step_us"] = {k: _spread(by[k], 1, 1) for k in
+                                     ("extra_cpu_us", "caller_extra_us", "other_threads_us", "handler_us")}
+            row[m]["handler_slowdown_pct"] = _spread(by["handler_slowdown"], 100)
         out["trees"][tree] = row
     return out
+
+
+def say_step_rows(tree: str, mode: str, row: dict) -> None:
+    """Print one tree's rows for `mode` (bench_steps' figures)."""
+    for kind in KINDS:
+        r = row[mode][kind]
+        print(f"  {tree:<9} {mode:<6} {kind:<8} {r['overhead_median_pct']:+7.2f}% median (q1 {r['overhead_q1_pct']:+.2f}%, "
+              f"q3 {r['overhead_q3_pct']:+.2f}%, {r['rounds']} rounds)")
+    us = row[mode]["per_step_us"]
+    print(f"  {tree:<9} {mode:<6} per step: journal adds {us['extra_cpu_us']['median']} us CPU (q1 "
+          f"{us['extra_cpu_us']['q1']}, q3 {us['extra_cpu_us']['q3']}): caller {us['caller_extra_us']['median']}, other "
+          f"threads {us['other_threads_us']['median']}; handler {us['handler_us']['median']} us, slowed "
+          f"{row[mode]['handler_slowdown_pct']['median']:+.2f}%; bare step {row['bare_step_ms_median']} ms")
 
 
 def main(argv: list[str]) -> int:
@@ -223,10 +271,7 @@ def main(argv: list[str]) -> int:
         print(f"apply overhead around a {args.step_ms:g} ms compute step (load {steps['loadavg_1min_per_run']}):")
         for tree, row in steps["trees"].items():
             for m in args.modes.split(","):
-                for kind, r in row[m].items():
-                    print(f"  {tree:<9} {m:<6} {kind:<5} {r['overhead_median_pct']:+7.2f}% median "
-                          f"(q1 {r['overhead_q1_pct']:+.2f}%, q3 {r['overhead_q3_pct']:+.2f}%, {r['rounds']} rounds; "
-                          f"bare step {row['bare_step_ms_median'][kind]} ms)")
+                say_step_rows(tree, m, row)
         finish(results, REPO / "bench" / "results" / "apply_steps.json", started, time.time())
         return 0
     try:

@@ -36,7 +36,7 @@ from pathlib import Path
 import lmdb
 
 from ._common import REPO, Workdir, finish, machine_info
-from .apply import bench_steps
+from .apply import bench_steps, say_step_rows
 from .log import GROUP_VS_SQLITE_TARGET, SYNC_TARGET, commit_rows, default_dir
 
 RESULTS = Path(__file__).parent / "results" / "commit.json"
@@ -123,12 +123,10 @@ def main(argv: list[str]) -> int:
         steps = bench_steps(work, {k: str(v) for k, v in trees.items()}, ["group"], args.step_ms, args.block,
                             args.step_rounds, args.runs)
         results["apply_steps"] = steps
-        print(f"journal.apply around a {args.step_ms:g} ms step, group (load per child {steps['loadavg_1min_per_run']}):")
+        print(f"journal.apply around a {args.step_ms:g} ms step, group (load per child {steps['loadavg_1min_per_run']}; "
+              f"target <= {APPLY_TARGET_PCT}%, cpu_net decides):")
         for name, row in steps["trees"].items():
-            for kind, r in row["group"].items():
-                print(f"  {name:<9} {kind:<5} {r['overhead_median_pct']:+7.2f}% median (q1 {r['overhead_q1_pct']:+.2f}%, "
-                      f"q3 {r['overhead_q3_pct']:+.2f}%, {r['rounds']} rounds; bare step "
-                      f"{row['bare_step_ms_median'][kind]} ms; target <= {APPLY_TARGET_PCT}%)")
+            say_step_rows(name, "group", row)
     finally:
         work.close()
     results["uptime_at_end"] = _uptime()
