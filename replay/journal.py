@@ -287,8 +287,7 @@ class Journal:
             (6.0, 1, [2.0, 2.0, 2.0])
             >>> journal.close()
         """
-        with self._guards.entered("apply"):
-            return self._applier.apply(op, inputs, payload)
+        return self._guards.run("apply", self._applier.apply, op, inputs, payload)
 
     # ------------------------------------------------------------------ durability and snapshots
 
