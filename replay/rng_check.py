@@ -110,8 +110,9 @@ class GlobalRngCheck:
             raise UnseededDrawError(op, moved, self.where)
         if op not in self._warned:
             self._warned.add(op)
+            # stacklevel: the line that called Journal.apply (after, Applier.apply, Guards.run between)
             warnings.warn(_message(op, moved, self.where) + " (reported once per op; rng_check='strict' raises)",
-                          UnseededDrawWarning, stacklevel=4)
+                          UnseededDrawWarning, stacklevel=5)
 
 
 def _same_state(before: torch.Tensor | torch.Generator, generator: torch.Generator) -> bool:

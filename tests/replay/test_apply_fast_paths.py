@@ -87,8 +87,9 @@ def _drawing_ops():
 
 def test_warn_mode_reports_each_op_once_and_keeps_checking_the_others(tmp_path):
     with open_journal(tmp_path, {"w": torch.zeros(1)}, _drawing_ops()) as journal:
-        with pytest.warns(replay.UnseededDrawWarning, match="'draws'"):
+        with pytest.warns(replay.UnseededDrawWarning, match="'draws'") as caught:
             journal.apply("draws", seed=1)
+        assert caught[0].filename == __file__  # it points at the line that called apply
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             journal.apply("draws", seed=2)  # reported already: not checked again
