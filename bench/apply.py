@@ -90,6 +90,8 @@ STEP_CHILD = r"""
 import json, sys, time
 import torch
 import replay
+from replay.layout import log_dir
+from eventlog.lmdbfile import last_txnid  # LMDB's transaction id, read from the file: commits since
 
 work, modes, step_ms, block, rounds = sys.argv[1], sys.argv[2].split(","), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(1)
@@ -144,12 +146,15 @@ def journaled(j):
 for m in modes:  # warm-up
     timed(bare, block // 4 or 1); timed(journaled(journals[m]), block // 4 or 1)
 out = {"matrix_n": n, "rounds": []}
+logs = {m: log_dir(f"{work}/{m}") for m in modes}
 for r in range(rounds):
     times = {}
     arms = ["bare", *modes]
     arms = arms[r % len(arms):] + arms[:r % len(arms)]
+    txn = {m: last_txnid(logs[m]) for m in modes}
     for arm in arms:
         times[arm] = timed(bare, block) if arm == "bare" else timed(journaled(journals[arm]), block)
+    times["commits"] = {m: last_txnid(logs[m]) - txn[m] for m in modes}
     out["rounds"].append(times)
 for j in journals.values():
     j.close()
@@ -178,7 +183,10 @@ STEP_NOTE = (
     "a shared machine makes several percent per block, cancels; the flusher's work is charged to the round that "
     "caused it (a commit of a journal block's last entries may run during the bare block after it, so the other "
     "threads' CPU of both blocks counts; the caller's is journal - bare). Meant for one mode at a time (--modes "
-    "group): with two, one mode's flusher would be charged to the other too. handler_slowdown: journal arm's handler CPU / bare arm's - 1 "
+    "group): with two, one mode's flusher would be charged to the other too. commits_per_step: LMDB transactions per "
+    "journal step in the round (the group flusher commits by the clock, so on a loaded machine, where a step takes "
+    "longer in wall time, it commits more often per step); other_threads_us_per_commit: the flusher's CPU per "
+    "commit. handler_slowdown: journal arm's handler CPU / bare arm's - 1 "
     "(a cache effect of the journal on the step itself would show here; it is noise-bound and not in cpu_net).")
 
 
@@ -193,9 +201,12 @@ def _round_figures(times: dict, mode: str, block: int) -> dict:
     # block's last entries may land in the next block, a bare one: both blocks' count.
     other_us = ((jc - jt) + (bc - bt)) / block * 1e6
     extra_us = caller_us + other_us
+    commits = times.get("commits", {}).get(mode)  # LMDB transactions in the round (None: not counted)
     return {"wall": jw / bw - 1, "cpu": jc / bc - 1, "cpu_net": extra_us / handler_us,
             "extra_cpu_us": extra_us, "handler_us": handler_us, "caller_extra_us": caller_us,
-            "other_threads_us": other_us, "handler_slowdown": jh / bh - 1}
+            "other_threads_us": other_us, "handler_slowdown": jh / bh - 1,
+            "commits_per_step": None if commits is None else commits / block,
+            "other_threads_us_per_commit": other_us * block / commits if commits else None}
 
 
 def _spread(values: list[float], scale: float = 1.0, digits: int = 2) -> dict:
@@ -208,7 +219,7 @@ def bench_steps(work: Workdir, trees: dict[str, str], modes: list[str], step_ms:
                 rounds: int, runs: int) -> dict:
     """Per tree and mode: median and quartiles of per-round overheads (STEP_NOTE says which is which)."""
     figures = ("wall", "cpu", "cpu_net", "extra_cpu_us", "handler_us", "caller_extra_us", "other_threads_us",
-               "handler_slowdown")
+               "handler_slowdown", "commits_per_step", "other_threads_us_per_commit")
     per = {tree: {m: {k: [] for k in figures} for m in modes} for tree in trees}
     load = []
     step_real = {tree: {k: [] for k in ("wall", "cpu")} for tree in trees}
@@ -222,7 +233,8 @@ def bench_steps(work: Workdir, trees: dict[str, str], modes: list[str], step_ms:
                 step_real[tree]["cpu"].append(times["bare"][1] / block * 1e3)
                 for m in modes:
                     for k, v in _round_figures(times, m, block).items():
-                        per[tree][m][k].append(v)
+                        if v is not None:
+                            per[tree][m][k].append(v)
     out = {"step_ms_target": step_ms, "block_steps": block, "loadavg_1min_per_run": load, "trees": {},
            "note": STEP_NOTE}
     for tree, by_mode in per.items():
@@ -237,6 +249,9 @@ def bench_steps(work: Workdir, trees: dict[str, str], modes: list[str], step_ms:
             row[m]["per_step_us"] = {k: _spread(by[k], 1, 1) for k in
                                      ("extra_cpu_us", "caller_extra_us", "other_threads_us", "handler_us")}
             row[m]["handler_slowdown_pct"] = _spread(by["handler_slowdown"], 100)
+            if by["other_threads_us_per_commit"]:
+                row[m]["commits_per_step"] = _spread(by["commits_per_step"], 1, 3)
+                row[m]["other_threads_us_per_commit"] = _spread(by["other_threads_us_per_commit"], 1, 1)
         out["trees"][tree] = row
     return out
 
@@ -252,6 +267,9 @@ def say_step_rows(tree: str, mode: str, row: dict) -> None:
           f"{us['extra_cpu_us']['q1']}, q3 {us['extra_cpu_us']['q3']}): caller {us['caller_extra_us']['median']}, other "
           f"threads {us['other_threads_us']['median']}; handler {us['handler_us']['median']} us, slowed "
           f"{row[mode]['handler_slowdown_pct']['median']:+.2f}%; bare step {row['bare_step_ms_median']} ms")
+    if "commits_per_step" in row[mode]:
+        print(f"  {tree:<9} {mode:<6} commits per step {row[mode]['commits_per_step']['median']} (the flusher's pace "
+              f"follows wall time), other threads' CPU per commit {row[mode]['other_threads_us_per_commit']['median']} us")
 
 
 def main(argv: list[str]) -> int:
