@@ -11,8 +11,12 @@ average (1 min) at every round, because this machine is shared and its load move
   against SQLite WAL ``synchronous=FULL`` inserting the same rows in transactions of the
   batch size our burst reached (``executemany``), per round. Target >= 1.0.
 - **journal.apply around a 5 ms compute step** (group): a child process alternates a bare
-  block of steps and a journaled block (bench/apply.py, `bench_steps`); overhead =
-  journal block / bare block - 1, in wall time and in process CPU time. Target <= 2%.
+  block of steps and a journaled block (bench/apply.py, `bench_steps`). Deciding figure:
+  ``cpu_net``, the CPU the journal adds per step in every thread over the handler's own
+  CPU per step (bench/apply.py's STEP_NOTE); journal block / bare block - 1 in wall and
+  process CPU time are reported too. Also commits per step and the flusher's CPU per
+  commit: the flusher commits by the clock, so its share per step grows with the wall
+  time a step takes on a loaded machine. Target <= 2%.
 
 - **sync append / raw py-lmdb, block-interleaved** (the figure that decides the sync row):
   a child process per tree alternates blocks of ``--sync-block`` appends (ours) and the
