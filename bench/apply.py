@@ -10,14 +10,22 @@ measures, per payload kind, the time of one apply of a no-op handler in group mo
 - ``decode``: the decode step alone, the price of the guarantee.
 
 Part 2, ``--steps``: the overhead of ``journal.apply`` around a compute step (issue 22).
-A handler runs a ``torch.mm`` sized to take ``--step-ms`` (5 ms by default, one thread);
-the bare loop calls that handler directly, the journal loop calls ``journal.apply``.
-Each child process alternates a bare block and a journal block of ``--block`` steps
-(one round); the overhead of a round is journal block time / bare block time - 1, and
-the median and spread over rounds is reported per durability mode. With ``--baseline
-TREE`` (a checkout such as /work/main) the same child runs against that tree's code in
-alternation with this one, so before and after share the machine's load. Children run
-a script given with ``-c`` that uses only the public API, so either tree can run it.
+A handler runs a ``torch.mm`` sized to take ``--step-ms`` of CPU (5 ms by default, one
+thread); the bare loop calls that handler directly, the journal loop calls
+``journal.apply``. Each child process alternates a bare block and a journal block of
+``--block`` steps (one round). The figure that decides is ``cpu_net``: the CPU time the
+journal adds per step, on the caller's thread and on every other (the group flusher's
+commits and fsyncs), over the handler's own CPU time per step. The handler times its own
+thread CPU in both arms, and each arm's handler time is subtracted from that arm's CPU
+before comparing, so the step's own variance cancels (on this shared machine one block's
+mm takes several percent more or less CPU than the next, which swamped the plain ratios
+``cpu`` = journal block CPU / bare block CPU - 1 and ``wall``, still reported). Note that
+on the caller's thread the journal runs right after the step's mm, with its code and data
+out of the CPU caches: that, not the warm per-call cost (``python -m bench apply``, part
+1), is what a training loop pays. With ``--baseline TREE`` (a checkout such as
+/work/main) the same child runs against that tree's code in alternation with this one, so
+before and after share the machine's load. Children run a script given with ``-c`` that
+uses only the public API, so either tree can run it.
 
 Run: ``python -m bench apply [--n N] [--rounds R] [--steps [--baseline TREE]]``.
 Results: bench/results/apply.json.
@@ -82,10 +90,12 @@ STEP_CHILD = r"""
 import json, sys, time
 import torch
 import replay
+from replay.layout import log_dir
+from eventlog.lmdbfile import last_txnid  # LMDB's transaction id, read from the file: commits since
 
 work, modes, step_ms, block, rounds = sys.argv[1], sys.argv[2].split(","), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(1)
-pc = time.perf_counter
+pc, tt, cpu = time.perf_counter, time.thread_time, time.process_time
 
 def sized(n):
     return torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
@@ -93,55 +103,58 @@ def sized(n):
 n = 64
 while True:  # the matrix size whose mm takes step_ms here and now
     A, B, C = sized(n)
-    t = time.thread_time()  # CPU time: on a loaded machine wall time would size the step to the load
+    t = tt()  # CPU time: on a loaded machine wall time would size the step to the load
     for _ in range(5):
         torch.mm(A, B, out=C)
-    took = (time.thread_time() - t) / 5 * 1e3
+    took = (tt() - t) / 5 * 1e3
     if took >= step_ms or n >= 4096:
         break
     n = int(n * max(1.05, min(2.0, (step_ms / max(took, 1e-3)) ** (1 / 3))))
 
 ops = replay.Ops()
+inside = [0.0]  # the handler's own thread CPU, summed: what a step costs without any journal
 
 def step(state, *, seed):
+    t = tt()
     torch.mm(A, B, out=C)
     state["w"].add_(C[0, :4])
+    inside[0] += tt() - t
 
 ops.op(step)
 state = {"w": torch.zeros(4)}
 journals = {m: replay.Journal.open(f"{work}/{m}", state=state, ops=ops, durability=m, snapshot=replay.Every(),
                                    keep_log=True) for m in modes}
 
-cpu = time.process_time  # every thread of the process: the flusher's commits and fsyncs included
+def timed(body, k):
+    # wall, process CPU (every thread: the flusher's commits and fsyncs included), this
+    # thread's CPU, and the handler's own CPU inside that
+    inside[0] = 0.0
+    t, c, m = pc(), cpu(), tt()
+    body(k)
+    return pc() - t, cpu() - c, tt() - m, inside[0]
 
 def bare(k):
-    t, c = pc(), cpu()
     for i in range(k):
         step(state, seed=i)
-    return pc() - t, cpu() - c
 
-def journaled(j, k):
-    t, c = pc(), cpu()
-    for i in range(k):
-        j.apply("step", seed=i)
-    wall = pc() - t
-    # The flusher's work for this block is charged to it: wait (idle, no flush that would
-    # add a sync) until the window has made the block durable.
-    for _ in range(100):
-        if j.durable_index >= j.index:
-            break
-        time.sleep(0.005)
-    return wall, cpu() - c
+def journaled(j):
+    def body(k):
+        for i in range(k):
+            j.apply("step", seed=i)
+    return body
 
 for m in modes:  # warm-up
-    bare(block // 4 or 1); journaled(journals[m], block // 4 or 1)
+    timed(bare, block // 4 or 1); timed(journaled(journals[m]), block // 4 or 1)
 out = {"matrix_n": n, "rounds": []}
+logs = {m: log_dir(f"{work}/{m}") for m in modes}
 for r in range(rounds):
     times = {}
     arms = ["bare", *modes]
     arms = arms[r % len(arms):] + arms[:r % len(arms)]
+    txn = {m: last_txnid(logs[m]) for m in modes}
     for arm in arms:
-        times[arm] = bare(block) if arm == "bare" else journaled(journals[arm], block)
+        times[arm] = timed(bare, block) if arm == "bare" else timed(journaled(journals[arm]), block)
+    times["commits"] = {m: last_txnid(logs[m]) - txn[m] for m in modes}
     out["rounds"].append(times)
 for j in journals.values():
     j.close()
@@ -160,39 +173,103 @@ def _step_child(tree: str, work: Path, modes: list[str], step_ms: float, block: 
     return json.loads(line[len("RESULT "):])
 
 
+KINDS = ("wall", "cpu", "cpu_net")
+STEP_NOTE = (
+    "Per round, one block of `block_steps` steps per arm (bare first or not in turn). wall, cpu: journal block / "
+    "bare block - 1 (cpu = the process's CPU time, every thread: the flusher's commits and fsyncs too). "
+    "cpu_net, the figure that decides: the CPU the journal adds per step, in every thread, over the handler's own "
+    "CPU per step, where each arm's handler CPU (its thread CPU inside the handler, timed the same way in both "
+    "arms) is subtracted from that arm's process CPU first. So the compute step's own variance, which the load of "
+    "a shared machine makes several percent per block, cancels; the flusher's work is charged to the round that "
+    "caused it (a commit of a journal block's last entries may run during the bare block after it, so the other "
+    "threads' CPU of both blocks counts; the caller's is journal - bare). Meant for one mode at a time (--modes "
+    "group): with two, one mode's flusher would be charged to the other too. commits_per_step: LMDB transactions per "
+    "journal step in the round (the group flusher commits by the clock, so on a loaded machine, where a step takes "
+    "longer in wall time, it commits more often per step); other_threads_us_per_commit: the flusher's CPU per "
+    "commit. handler_slowdown: journal arm's handler CPU / bare arm's - 1 "
+    "(a cache effect of the journal on the step itself would show here; it is noise-bound and not in cpu_net).")
+
+
+def _round_figures(times: dict, mode: str, block: int) -> dict:
+    """One round's overheads for `mode` (fractions) and its per-step figures (us)."""
+    bw, bc, bt, bh = times["bare"]
+    jw, jc, jt, jh = times[mode]
+    handler_us = bh / block * 1e6
+    # The caller's extra: each arm's own-thread CPU outside the handler, journal - bare.
+    caller_us = ((jt - jh) - (bt - bh)) / block * 1e6
+    # Other threads (the flusher) work only for the journal, but a commit of the journal
+    # block's last entries may land in the next block, a bare one: both blocks' count.
+    other_us = ((jc - jt) + (bc - bt)) / block * 1e6
+    extra_us = caller_us + other_us
+    commits = times.get("commits", {}).get(mode)  # LMDB transactions in the round (None: not counted)
+    return {"wall": jw / bw - 1, "cpu": jc / bc - 1, "cpu_net": extra_us / handler_us,
+            "extra_cpu_us": extra_us, "handler_us": handler_us, "caller_extra_us": caller_us,
+            "other_threads_us": other_us, "handler_slowdown": jh / bh - 1,
+            "commits_per_step": None if commits is None else commits / block,
+            "other_threads_us_per_commit": other_us * block / commits if commits else None}
+
+
+def _spread(values: list[float], scale: float = 1.0, digits: int = 2) -> dict:
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return {"median": round(statistics.median(values) * scale, digits), "q1": round(q[0] * scale, digits),
+            "q3": round(q[2] * scale, digits), "rounds": len(values)}
+
+
 def bench_steps(work: Workdir, trees: dict[str, str], modes: list[str], step_ms: float, block: int,
                 rounds: int, runs: int) -> dict:
-    """Per tree and mode: median and spread of per-round overheads (journal / bare - 1)."""
-    kinds = ("wall", "cpu")
-    per = {tree: {m: {k: [] for k in kinds} for m in modes} for tree in trees}
+    """Per tree and mode: median and quartiles of per-round overheads (STEP_NOTE says which is which)."""
+    figures = ("wall", "cpu", "cpu_net", "extra_cpu_us", "handler_us", "caller_extra_us", "other_threads_us",
+               "handler_slowdown", "commits_per_step", "other_threads_us_per_commit")
+    per = {tree: {m: {k: [] for k in figures} for m in modes} for tree in trees}
     load = []
-    step_real = {tree: {k: [] for k in kinds} for tree in trees}
+    step_real = {tree: {k: [] for k in ("wall", "cpu")} for tree in trees}
     for run in range(runs):
         order = list(trees) if run % 2 == 0 else list(trees)[::-1]
         for tree in order:
             load.append(round(os.getloadavg()[0], 2))
             got = _step_child(trees[tree], work.new(f"steps-{tree}"), modes, step_ms, block, rounds)
             for times in got["rounds"]:
-                for x, kind in enumerate(kinds):
-                    step_real[tree][kind].append(times["bare"][x] / block * 1e3)
-                    for m in modes:
-                        per[tree][m][kind].append(times[m][x] / times["bare"][x] - 1)
+                step_real[tree]["wall"].append(times["bare"][0] / block * 1e3)
+                step_real[tree]["cpu"].append(times["bare"][1] / block * 1e3)
+                for m in modes:
+                    for k, v in _round_figures(times, m, block).items():
+                        if v is not None:
+                            per[tree][m][k].append(v)
     out = {"step_ms_target": step_ms, "block_steps": block, "loadavg_1min_per_run": load, "trees": {},
-           "note": "overhead = journal block / bare block - 1 per round; wall is what the loop waits, "
-                   "cpu is the process's CPU time (all threads: the flusher's commits and fsyncs too), "
-                   "the figure that a loaded machine disturbs least"}
+           "note": STEP_NOTE}
     for tree, by_mode in per.items():
         row = {"tree": trees[tree],
                "bare_step_ms_median": {k: round(statistics.median(v), 3) for k, v in step_real[tree].items()}}
-        for m, by_kind in by_mode.items():
+        for m, by in by_mode.items():
             row[m] = {}
-            for kind, ratios in by_kind.items():
-                q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-                row[m][kind] = {"overhead_median_pct": round(statistics.median(ratios) * 100, 2),
-                                "overhead_q1_pct": round(q[0] * 100, 2), "overhead_q3_pct": round(q[2] * 100, 2),
-                                "rounds": len(ratios)}
+            for kind in KINDS:
+                s = _spread(by[kind], 100)
+                row[m][kind] = {"overhead_median_pct": s["median"], "overhead_q1_pct": s["q1"],
+                                "overhead_q3_pct": s["q3"], "rounds": s["rounds"]}
+            row[m]["per_step_us"] = {k: _spread(by[k], 1, 1) for k in
+                                     ("extra_cpu_us", "caller_extra_us", "other_threads_us", "handler_us")}
+            row[m]["handler_slowdown_pct"] = _spread(by["handler_slowdown"], 100)
+            if by["other_threads_us_per_commit"]:
+                row[m]["commits_per_step"] = _spread(by["commits_per_step"], 1, 3)
+                row[m]["other_threads_us_per_commit"] = _spread(by["other_threads_us_per_commit"], 1, 1)
         out["trees"][tree] = row
     return out
+
+
+def say_step_rows(tree: str, mode: str, row: dict) -> None:
+    """Print one tree's rows for `mode` (bench_steps' figures)."""
+    for kind in KINDS:
+        r = row[mode][kind]
+        print(f"  {tree:<9} {mode:<6} {kind:<8} {r['overhead_median_pct']:+7.2f}% median (q1 {r['overhead_q1_pct']:+.2f}%, "
+              f"q3 {r['overhead_q3_pct']:+.2f}%, {r['rounds']} rounds)")
+    us = row[mode]["per_step_us"]
+    print(f"  {tree:<9} {mode:<6} per step: journal adds {us['extra_cpu_us']['median']} us CPU (q1 "
+          f"{us['extra_cpu_us']['q1']}, q3 {us['extra_cpu_us']['q3']}): caller {us['caller_extra_us']['median']}, other "
+          f"threads {us['other_threads_us']['median']}; handler {us['handler_us']['median']} us, slowed "
+          f"{row[mode]['handler_slowdown_pct']['median']:+.2f}%; bare step {row['bare_step_ms_median']} ms")
+    if "commits_per_step" in row[mode]:
+        print(f"  {tree:<9} {mode:<6} commits per step {row[mode]['commits_per_step']['median']} (the flusher's pace "
+              f"follows wall time), other threads' CPU per commit {row[mode]['other_threads_us_per_commit']['median']} us")
 
 
 def main(argv: list[str]) -> int:
@@ -206,7 +283,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--block", type=int, default=40, help="part 2: steps per block (a round = one block per arm)")
     parser.add_argument("--step-rounds", type=int, default=8, help="part 2: rounds per child process")
     parser.add_argument("--runs", type=int, default=2, help="part 2: child processes per tree")
-    parser.add_argument("--modes", default="group,sync", help="part 2: durability modes, comma-separated")
+    parser.add_argument("--modes", default="group", help="part 2: durability modes, comma-separated (cpu_net "
+                        "is exact for one: see STEP_NOTE)")
     args = parser.parse_args(argv)
     started = time.time()
     work = Workdir(args.dir, "apply-")
@@ -223,10 +301,7 @@ def main(argv: list[str]) -> int:
         print(f"apply overhead around a {args.step_ms:g} ms compute step (load {steps['loadavg_1min_per_run']}):")
         for tree, row in steps["trees"].items():
             for m in args.modes.split(","):
-                for kind, r in row[m].items():
-                    print(f"  {tree:<9} {m:<6} {kind:<5} {r['overhead_median_pct']:+7.2f}% median "
-                          f"(q1 {r['overhead_q1_pct']:+.2f}%, q3 {r['overhead_q3_pct']:+.2f}%, {r['rounds']} rounds; "
-                          f"bare step {row['bare_step_ms_median'][kind]} ms)")
+                say_step_rows(tree, m, row)
         finish(results, REPO / "bench" / "results" / "apply_steps.json", started, time.time())
         return 0
     try:

@@ -85,9 +85,12 @@ class Applier:
             # appended: a numpy float32 arrives as the float replay reads, a payload tensor
             # is a fresh one (never an alias of the caller's reused buffer), a tuple a list.
             encoded = encode_payload(wrap(spec.version, payload))
-            replayed = unwrap(self.index + 1, op, decode_payload(encoded))[1]
-            if self._device is not None:
-                replayed = components.to_device(replayed, self._device)
+            if _plain(payload):
+                replayed = payload  # what decoding `encoded` would give, value for value and type for type
+            else:
+                replayed = unwrap(self.index + 1, op, decode_payload(encoded))[1]
+                if self._device is not None:
+                    replayed = components.to_device(replayed, self._device)
             inputs = spec.inputs_for(replayed, inputs)  # before appending: a failing rebuild leaves no entry
             handler_failed = False
             self._snapshotter.collect(block=False)
@@ -96,7 +99,7 @@ class Applier:
             rng_check = self._rng_check
             started = time.perf_counter()
             try:
-                drawn = rng_check.before()
+                drawn = rng_check.before(op)
                 result = spec.call(self._state, replayed, inputs)
                 rng_check.after(op, drawn)  # strict: raises, and the entry is rolled back
                 if spec.record:  # replay.recorded; a bad value is rolled back like the handler's exception
@@ -158,3 +161,20 @@ class Applier:
                 f"{self.path}: the handler of entry {index} raised ({type(cause).__name__}: {cause}) and rolling "
                 f"back failed ({type(exc).__name__}: {exc}); the live state is not trustworthy. Reopen the journal."
             ) from exc
+
+
+# Values the log gives back as they went in, the same value of the same type (msgpack's
+# nil, bool, int, float64, str); a subclass (an IntEnum, a numpy scalar) is not one of them.
+_PLAIN_TYPES = frozenset({type(None), bool, int, float, str})
+
+
+def _plain(payload: dict) -> bool:
+    """Whether every value of `payload` is one of _PLAIN_TYPES, so that the handler may be
+    handed `payload` itself (a fresh dict: Journal.apply's keywords) instead of
+    ``decode(encode(payload))``, which equals it: a training step's usual payload (a seed,
+    a step, a learning rate) then skips the decode. Anything else (a list, a tensor, a
+    float32) is decoded from the appended bytes, as replay will."""
+    for value in payload.values():
+        if type(value) not in _PLAIN_TYPES:
+            return False
+    return True

@@ -272,7 +272,9 @@ class Journal:
 
         The handler gets the payload with its tensors on the journal's device, decoded
         from the very bytes appended, as replay will give it (sequences come back as
-        lists, so accept either). A policy snapshot it triggers never fails it.
+        lists, so accept either); a payload of plain scalars (None, bool, int, float,
+        str) decodes to itself and is handed over as given. A policy snapshot it
+        triggers never fails it.
 
         Example::
 
@@ -287,8 +289,7 @@ class Journal:
             (6.0, 1, [2.0, 2.0, 2.0])
             >>> journal.close()
         """
-        with self._guards.entered("apply"):
-            return self._applier.apply(op, inputs, payload)
+        return self._guards.run("apply", self._applier.apply, op, inputs, payload)
 
     # ------------------------------------------------------------------ durability and snapshots
 

@@ -30,7 +30,6 @@ the global RNG while a handler runs is reported as the handler's draw.
 
 from __future__ import annotations
 
-import ctypes
 import random
 import sys
 import warnings
@@ -69,17 +68,25 @@ class GlobalRngCheck:
         self.mode = mode
         self.where = where
         self._warned: set[str] = set()
+        # Looked up once: before() runs after the caller's compute step, when little of this
+        # is in the CPU's caches, and every lookup there costs (bench/apply.py --steps).
+        self._cpu = torch.default_generator
+        self._cuda_initialized = torch.cuda.is_initialized
+        # The CPU state before a handler as a clone of the generator where torch has one
+        # (2.4+): half the cost of get_state's tensor there (_same_state reads it after).
+        self._copy_cpu = getattr(self._cpu, "clone_state", self._cpu.get_state)
 
-    def before(self) -> Any:
-        """The generators' states now (None when off)."""
-        if self.mode == "off":
+    def before(self, op: str | None = None) -> Any:
+        """The generators' states now; None when off, and in warn mode for an `op` already
+        reported (warned once per op: checking it again could only find what was said)."""
+        if self.mode == "off" or op in self._warned:
             return None
-        cuda = ([(d, _state_bytes(torch.cuda.default_generators[d])) for d in range(torch.cuda.device_count())]
-                if torch.cuda.is_initialized() else [])
+        cuda = ([(d, torch.cuda.default_generators[d].get_state()) for d in range(torch.cuda.device_count())]
+                if self._cuda_initialized() else [])
         if self.mode != "strict":
-            return _state_bytes(torch.default_generator), cuda, None, None
+            return self._copy_cpu(), cuda, None, None
         numpy = sys.modules.get("numpy")
-        return (_state_bytes(torch.default_generator), cuda, random.getstate(),
+        return (self._copy_cpu(), cuda, random.getstate(),
                 numpy.random.get_state() if numpy is not None else None)
 
     def after(self, op: str, before: Any) -> None:
@@ -88,10 +95,10 @@ class GlobalRngCheck:
             return
         cpu, cuda, python, numpy_state = before
         moved = []
-        if cpu != _state_bytes(torch.default_generator):
+        if not _same_state(cpu, self._cpu):
             moved.append("torch (cpu)")
         for device, state in cuda:
-            if state != _state_bytes(torch.cuda.default_generators[device]):
+            if not _same_state(state, torch.cuda.default_generators[device]):
                 moved.append(f"torch (cuda:{device})")
         if python is not None and python != random.getstate():
             moved.append("python random")
@@ -103,17 +110,23 @@ class GlobalRngCheck:
             raise UnseededDrawError(op, moved, self.where)
         if op not in self._warned:
             self._warned.add(op)
+            # stacklevel: the line that called Journal.apply (after, Applier.apply, Guards.run between)
             warnings.warn(_message(op, moved, self.where) + " (reported once per op; rng_check='strict' raises)",
-                          UnseededDrawWarning, stacklevel=4)
+                          UnseededDrawWarning, stacklevel=5)
 
 
-def _state_bytes(generator: torch.Generator) -> bytes:
-    """A copy of `generator`'s state as bytes (its state tensor is a fresh CPU byte tensor).
+def _same_state(before: torch.Tensor | torch.Generator, generator: torch.Generator) -> bool:
+    """Whether `generator`'s state is still `before`: a state tensor its get_state returned, or
+    a generator its clone_state returned (whose state is then read only here).
 
-    Compared with ``==`` (one memcmp) instead of ``torch.equal``, whose dispatch cost
-    more than the rest of the check on every apply (5 us of ~8)."""
-    state = generator.get_state()
-    return ctypes.string_at(state.data_ptr(), state.nbytes)
+    States are compared as the tensors get_state returns, with ``torch.equal``: right after
+    the caller's compute step (the cache cold) that costs half of turning each state into
+    bytes first (ctypes.string_at, the earlier way; that was a few microseconds less only in
+    a tight loop of applies with no work between them). A CUDA generator's state is a CPU
+    tensor too."""
+    if isinstance(before, torch.Generator):
+        before = before.get_state()
+    return torch.equal(before, generator.get_state())
 
 
 def _same_numpy(a: tuple, b: tuple) -> bool:

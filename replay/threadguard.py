@@ -19,20 +19,33 @@ class OneThreadAtATime:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._holder: str | None = None
+        # Who is inside, (thread, what): named only when a second thread is refused, so the
+        # name is not formatted on every call.
+        self._inside: tuple[threading.Thread, str] | None = None
 
     def busy(self) -> bool:
         """Whether some thread is inside a guarded call right now (a preemption signal waits for it)."""
         return self._lock.locked()
 
+    def enter(self, what: str) -> None:
+        """Become the one thread inside `what` (then `leave()` exactly once); ConcurrentUseError
+        (naming both threads) otherwise, and nothing is held."""
+        if not self._lock.acquire(blocking=False):
+            inside = self._inside
+            holder = f"{inside[0].name} ({inside[1]})" if inside is not None else None
+            raise ConcurrentUseError(what, holder, threading.current_thread().name)
+        self._inside = (threading.current_thread(), what)
+
+    def leave(self) -> None:
+        """The thread inside (after `enter`) has left."""
+        self._inside = None
+        self._lock.release()
+
     @contextlib.contextmanager
     def entered(self, what: str):
         """Run the body as the one thread inside; ConcurrentUseError (naming both threads) otherwise."""
-        if not self._lock.acquire(blocking=False):
-            raise ConcurrentUseError(what, self._holder, threading.current_thread().name)
-        self._holder = f"{threading.current_thread().name} ({what})"
+        self.enter(what)
         try:
             yield
         finally:
-            self._holder = None
-            self._lock.release()
+            self.leave()
