@@ -3,7 +3,9 @@
 A save writes its new chunks into one pack (`PackWriter`): worker threads append chunk
 files concurrently, each at an offset reserved under a lock and written with pwrite, so
 hashing and compressing one chunk overlaps writing another; the commit thread then
-appends the index and trailer, fsyncs once and renames the pack to its name. Readers
+appends the index and trailer and names the pack, fsyncing it before the rename
+(`finish`: prune, importers) or after it, alongside its directory and the manifest
+(`seal` and `sync`: a save, whose manifest is named only after both). Readers
 get a pack's checked index from `read_index`; a chunk inside a pack is an ordinary chunk
 file at an offset (`ChunkCodec.read`).
 """
@@ -125,9 +127,11 @@ class PackWriter:
     """One pack being written into `directory` (which must exist once `append` is called).
 
     Call sequence: `append` from any number of threads (the first creates the temp file),
-    then `finish()` on one thread (index, trailer, fsync, rename; returns the entries),
-    or `discard()` after a failure. Nothing is named before `finish`. `failpoint` is
-    called with ``snapshot.before_pack_fsync`` and ``snapshot.before_pack_rename``.
+    then on one thread either `finish()` (index, trailer, fsync, rename; returns the
+    entries) or, for a save, `seal()` (index, trailer, rename) and then `sync()` (fsync;
+    the caller fsyncs the directory alongside), or `discard()` after a failure. Nothing
+    is named before `finish` or `seal`. `failpoint` is called with
+    ``snapshot.before_pack_fsync`` and ``snapshot.before_pack_rename``.
 
     `writeback`: ask the kernel to start writing each chunk back as soon as it is
     appended (`durable.start_writeback`), so the final fsync finds little left to do.
@@ -151,6 +155,12 @@ class PackWriter:
     @property
     def empty(self) -> bool:
         return not self._entries
+
+    @property
+    def entries(self) -> list[PackEntry]:
+        """The chunks appended so far, by offset (after `seal`: the pack's index)."""
+        with self._lock:
+            return sorted(self._entries, key=lambda e: e.offset)
 
     def append(self, cid: str, raw_len: int, parts: list) -> int:
         """Write one chunk file (`parts`, buffers in order) into the pack; its size.
@@ -178,14 +188,12 @@ class PackWriter:
     def finish(self) -> list[PackEntry]:
         """Append the index and trailer, fsync, rename to `<digest>.pack` (sets `name`);
         the entries, by offset. [] and no file when nothing was appended. The caller
-        fsyncs the directory. On failure the temp file is deleted."""
+        fsyncs the directory. On failure the temp file is deleted. (A save names its pack
+        before the fsync instead: `seal`, then `sync`.)"""
         if self._fd is None:
             return []
         try:
-            entries = sorted(self._entries, key=lambda e: e.offset)
-            index = b"".join(ENTRY.pack(bytes.fromhex(e.id), e.offset, e.stored_len, e.raw_len) for e in entries)
-            digest = xxhash.xxh3_128_digest(index)
-            _pwrite_all(self._fd, [memoryview(index + TRAILER.pack(len(entries), self._end, digest))], self._end)
+            entries, name = self._write_index()
             if self._failpoint is not None:
                 self._failpoint("snapshot.before_pack_fsync")
             os.fsync(self._fd)
@@ -193,7 +201,6 @@ class PackWriter:
                 self._failpoint("snapshot.before_pack_rename")
             os.close(self._fd)
             self._fd = None
-            name = digest.hex() + SUFFIX
             os.rename(self._tmp, os.path.join(self.directory, name))
         except BaseException:
             self.discard()
@@ -201,8 +208,55 @@ class PackWriter:
         self.name, self._tmp = name, None
         return entries
 
+    def seal(self) -> list[PackEntry]:
+        """`finish` less its fsync, for a save (FORMAT.md, "Commit protocol", step 1):
+        append the index and trailer and rename to `<digest>.pack` (sets `name`), the
+        file still open and not durable; the entries, by offset. [] and no file when
+        nothing was appended. Nothing may rely on the pack (no manifest may name its
+        chunks) until `sync` has returned and the directory has been fsynced; the two may
+        run concurrently. On failure the temp file is deleted. `failpoint` is called with
+        ``snapshot.before_pack_rename`` once the index is written and with
+        ``snapshot.before_pack_fsync`` once the pack is named."""
+        if self._fd is None:
+            return []
+        try:
+            entries, name = self._write_index()
+            if self._failpoint is not None:
+                self._failpoint("snapshot.before_pack_rename")
+            os.rename(self._tmp, os.path.join(self.directory, name))
+        except BaseException:
+            self.discard()
+            raise
+        self.name, self._tmp = name, os.path.join(self.directory, name)
+        return entries
+
+    def sync(self) -> None:
+        """After `seal`: fsync the named pack and close it. On failure (or a raising
+        failpoint) the pack is deleted: its bytes are not known to be on the disk, and
+        nothing names its chunks yet. A no-op when nothing was sealed."""
+        if self._fd is None:
+            return
+        try:
+            if self._failpoint is not None:
+                self._failpoint("snapshot.before_pack_fsync")
+            os.fsync(self._fd)
+        except BaseException:
+            self.name = None
+            self.discard()
+            raise
+        os.close(self._fd)
+        self._fd, self._tmp = None, None
+
+    def _write_index(self) -> tuple[list[PackEntry], str]:
+        entries = sorted(self._entries, key=lambda e: e.offset)
+        index = b"".join(ENTRY.pack(bytes.fromhex(e.id), e.offset, e.stored_len, e.raw_len) for e in entries)
+        digest = xxhash.xxh3_128_digest(index)
+        _pwrite_all(self._fd, [memoryview(index + TRAILER.pack(len(entries), self._end, digest))], self._end)
+        return entries, digest.hex() + SUFFIX
+
     def discard(self) -> None:
-        """Close and delete the temp file (nothing was named). Idempotent."""
+        """Close and delete the file: the temp file, or the pack `seal` named and `sync`
+        has not made durable (nothing relies on it yet). Idempotent; nothing once synced."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -175,15 +175,25 @@ def _check(root: str, new_acknowledged: bool) -> None:
             assert_same(store.load(name), _state(int(name.split("-")[0])))
 
 
-def test_crash_images_of_a_packed_save_and_prune_keep_every_durable_snapshot(tmp_path, monkeypatch):
+@pytest.mark.parametrize("writer", ["fresh", "warm"])
+def test_crash_images_of_a_packed_save_and_prune_keep_every_durable_snapshot(tmp_path, monkeypatch, writer):
+    """`fresh`: the save runs in a store opened on the old snapshot, so it fsyncs packs/
+    for the chunk it reuses from the old pack anyway; `warm`: the same store wrote the old
+    snapshot (and fsynced packs/ then), so only the new pack's own need makes the save
+    fsync packs/ again (a save that forgot it fails here)."""
     base = str(tmp_path / "base")
-    with snapshots.SnapshotStore(base, packs=True, chunk_size=8192, keep_last=1) as store:
-        store.save(_state(1), index=1, term=1)
     live = str(tmp_path / "live")
-    shutil.copytree(base, live)
+    if writer == "fresh":
+        with snapshots.SnapshotStore(base, packs=True, chunk_size=8192, keep_last=1) as store:
+            store.save(_state(1), index=1, term=1)
+        shutil.copytree(base, live)
+        store = snapshots.SnapshotStore(live, packs=True, chunk_size=8192, keep_last=1, workers=2)
+        store.list()
+    else:
+        store = snapshots.SnapshotStore(live, packs=True, chunk_size=8192, keep_last=1, workers=2)
+        store.save(_state(1), index=1, term=1)  # returned: every file of it is durable
+        shutil.copytree(live, base)
     recorder = Recorder(os.path.abspath(live))
-    store = snapshots.SnapshotStore(live, packs=True, chunk_size=8192, keep_last=1, workers=2)
-    store.list()
     with monkeypatch.context() as patch:
         recorder.install(patch)
         store.save(_state(2), index=2, term=1)
