@@ -11,7 +11,8 @@ land in 4 KiB pieces, each or not, and each undurable name change may or may not
 happened. For every crash point and several such subsets the image is built from the
 store as it was before the save, and then: every snapshot it lists verifies and loads
 bit for bit, the snapshot saved before is there until the new save returned, and the
-new one from then on (the prune after it deletes the old one and reclaims its pack).
+new one from then on (the prune after it deletes the old one and reclaims its pack); and
+a prune of the image deletes what the crash left and nothing a snapshot needs.
 """
 
 from __future__ import annotations
@@ -173,6 +174,14 @@ def _check(root: str, new_acknowledged: bool) -> None:
         for name in names:
             assert store.verify(name).ok, (name, store.verify(name))
             assert_same(store.load(name), _state(int(name.split("-")[0])))
+        # The restarted writer's prune deletes whatever the crash left (a temp pack, a
+        # named pack torn before its fsync) and nothing a snapshot needs.
+        report = store.prune()
+        assert all("deleted" in d for d in report.damage), report.damage
+        for info in store.list():
+            assert_same(store.load(info), _state(info.index))
+        packs = os.path.join(root, "packs")
+        assert not [n for n in os.listdir(packs) if n.startswith(".tmp.")]
 
 
 @pytest.mark.parametrize("writer", ["fresh", "warm"])
