@@ -12,7 +12,9 @@ clock), so every chunk is new each time, as in training between snapshots:
   matrices, fp32 Adam moments, small norms, biases and step counters).
 
 Peers, each made durable before its clock stops as ours is: safetensors ``save_file``
-then fsync of the file and its directory; ``torch.save`` then the same fsyncs. Ours:
+then fsync of the file and its directory; ``torch.save`` then the same fsyncs. Each
+peer keeps two files as our stores keep two snapshots: a save writes a new file, and
+the one before is deleted before the next save's clock starts. Ours:
 ``SnapshotStore.save`` into a store that already holds the previous snapshots (a prune
 after each save, outside the clock, keeps two), with packs and raw chunks (the defaults:
 one pack file per save, hashing and writing only, as the peers do no compression), with
@@ -86,6 +88,14 @@ def change(state) -> None:
                 t.add_(1)
 
 
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync(path: str) -> None:
     for target, flags in ((path, os.O_RDONLY), (os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)):
         fd = os.open(target, flags)
@@ -120,33 +130,58 @@ def measure(label: str, state: dict, rounds: int, work: Workdir, cases_wanted: s
               for name, (module, options) in ours.items()}
     index = {name: 0 for name in ours}
 
-    def peer_safetensors(path):
+    # A peer keeps two files, as our stores keep two snapshots: each save writes a new
+    # file, and the one before the previous is deleted outside the clock (as our prune
+    # deletes outside it). Overwriting one file in place would charge the freeing of the
+    # old file's blocks to the peer's clock (its directory fsync waits for the journal
+    # commit that frees them: 76-180 ms for 256 MiB on this disk, mounted with discard).
+    written = {name: 0 for name in PEERS}
+
+    def peer_path(name: str, ext: str) -> str:
+        return str(peer_dir / f"model.{written[name] % 2}.{ext}")
+
+    def retire(name: str, ext: str) -> None:  # outside the clock
+        path = peer_path(name, ext)
+        if os.path.exists(path):
+            os.unlink(path)
+            _fsync_dir(str(peer_dir))
+
+    def peer_safetensors():
+        path = peer_path(PEERS[0], "safetensors")
         save_file(flat, path)
         _fsync(path)
+        written[PEERS[0]] += 1
 
-    def peer_torch(path):
+    def peer_torch():
+        path = peer_path(PEERS[1], "pt")
         torch.save(flat, path)
         _fsync(path)
+        written[PEERS[1]] += 1
 
     def save(name):
         index[name] += 1
         stores[name].save(state, index=index[name], term=1)
 
-    cases = [(name, fn) for name, fn in ((PEERS[0], lambda: peer_safetensors(str(peer_dir / "model.safetensors"))),
-                                         (PEERS[1], lambda: peer_torch(str(peer_dir / "model.pt"))))
-             if name in cases_wanted]
-    cases += [(name, lambda name=name: save(name)) for name in ours]
-    for _, fn in cases:  # warm: the store exists and holds a snapshot, the peers' files exist
+    # (name, before the clock, the timed save, after the clock)
+    cases = [case for case in ((PEERS[0], lambda: retire(PEERS[0], "safetensors"), peer_safetensors, None),
+                               (PEERS[1], lambda: retire(PEERS[1], "pt"), peer_torch, None))
+             if case[0] in cases_wanted]
+    cases += [(name, None, lambda name=name: save(name), stores[name].prune) for name in ours]
+    for _, before, fn, _ in cases:  # warm: the store exists and holds a snapshot, the peers' files exist
+        if before is not None:
+            before()
         fn()
-    times: dict[str, list[float]] = {name: [] for name, _ in cases}
-    cpu: dict[str, list[float]] = {name: [] for name, _ in cases}
-    dirty: dict[str, list[int | None]] = {name: [] for name, _ in cases}
+    times: dict[str, list[float]] = {case[0]: [] for case in cases}
+    cpu: dict[str, list[float]] = {case[0]: [] for case in cases}
+    dirty: dict[str, list[int | None]] = {case[0]: [] for case in cases}
     load_start = os.getloadavg()
     for r in range(rounds):
         # The order rotates each round: a case never always follows the same one (whose
         # prune, outside the clock, still leaves the disk busy for a while).
-        for name, fn in cases[r % len(cases):] + cases[:r % len(cases)]:
+        for name, before, fn, after in cases[r % len(cases):] + cases[:r % len(cases)]:
             change(state)
+            if before is not None:
+                before()
             if settle:
                 os.sync()  # outside the clock, before every case alike
             dirty[name].append(_dirty_kib())
@@ -154,8 +189,8 @@ def measure(label: str, state: dict, rounds: int, work: Workdir, cases_wanted: s
             fn()
             times[name].append(time.perf_counter() - t)
             cpu[name].append(time.process_time() - c)
-            if name in stores:
-                stores[name].prune()  # outside the clock: the store keeps two snapshots
+            if after is not None:
+                after()  # outside the clock: the store keeps two snapshots
     load_end = os.getloadavg()
     sizes = {name: stores[name].list()[-1].bytes_written for name in ours}
     for store in stores.values():
