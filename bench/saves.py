@@ -34,7 +34,8 @@ online discard here, and the next journal commit pays for freed blocks).
 The fixed cost of a save is counted too, where strace is installed: one save of the
 2.3 MiB state into an existing store runs in a child under ``strace -f`` and the
 fsyncs, renames, mkdirs and writeback hints between two markers are counted per case
-(``syscalls_per_save``; the protocol's floor is 2 file + 2 directory fsyncs, 2 renames).
+(``syscalls_per_save``; the protocol's floor is 2 file + 2 directory fsyncs, 2 renames, waited
+for in two rounds: the pack, packs/ and the manifest's temp file together, then manifests/).
 
 The machine is shared, so rounds interleave every case, the order rotating; a row reports
 the median time over rounds, and a ratio is the median of the per-round ratios with its
