@@ -195,11 +195,9 @@ class _Claims:
 
 def name_pack(w: ChunkWriter, pack: PackWriter | LooseWriter) -> None:
     """Step 3: the pack's index and trailer, and its name (not yet durable: step 5);
-    nothing when no chunk was new. Loose: fsync and name each new chunk file."""
+    nothing when no chunk was new. Loose chunk files are fsynced and named in step 5."""
     if isinstance(pack, PackWriter):
         pack.seal()
-    else:
-        w.known.add_good(pack.finish())
 
 
 def build_tables(stored: list[StoredChunk], segments: list, job: SaveJob
@@ -232,17 +230,36 @@ def sync_all(w: ChunkWriter, stored: list[StoredChunk], pack: PackWriter | Loose
     Why concurrently: each fsync waits for the disk; issued one after another they wait
     in turn (three rounds on a journaling filesystem), issued together they share the
     journal's commits. This thread fsyncs the pack (or the manifest when there is no
-    pack), the pool the rest."""
+    pack), the pool the rest. Loose chunk files (``packs=False``) keep the older order
+    (each fsynced, then named, then its directory fsynced): two rounds before the
+    manifest's rename, the manifest's temp file fsynced during the first."""
     dirs = w.known.unsynced({s.home for s in stored if s.home})
     if pack.name is not None:
         dirs.add(w.layout.packs)
     if isinstance(pack, LooseWriter):
         dirs |= pack.directories
-    here: Callable[[], None] = pending.sync
-    others: list[Callable[[], None]] = [partial(fsync_dir, d) for d in sorted(dirs)]
-    if isinstance(pack, PackWriter) and pack.name is not None:
-        here, others = pack.sync, [pending.sync, *others]
-    futures = [w.pool.submit(fn) for fn in others]
+        # The older form (FORMAT.md): each chunk file is fsynced before its rename and its
+        # directory after it, so the manifest's fsync overlaps the first round only.
+        _together(w.pool, lambda: w.known.add_good(pack.finish()), [pending.sync])
+        _together(w.pool, None, [partial(fsync_dir, d) for d in sorted(dirs)])
+    elif pack.name is None:
+        _together(w.pool, pending.sync, [partial(fsync_dir, d) for d in sorted(dirs)])
+    else:
+        _together(w.pool, pack.sync, [pending.sync, *(partial(fsync_dir, d) for d in sorted(dirs))])
+        entries = pack.entries
+        w.reader.locator.add(pack.name, entries)
+        w.known.add_good(e.id for e in entries)
+    w.known.mark_synced(dirs)
+
+
+def _together(pool: WorkerPool, here: Callable[[], None] | None, others: list[Callable[[], None]]) -> None:
+    """`here()` on this thread (when None: the first of `others`) while the pool runs the
+    rest; returns once all have returned, else raises the first error once all have."""
+    if here is None:
+        if not others:
+            return
+        here, others = others[0], others[1:]
+    futures = [pool.submit(fn) for fn in others]
     error: BaseException | None = None
     try:
         here()
@@ -253,11 +270,6 @@ def sync_all(w: ChunkWriter, stored: list[StoredChunk], pack: PackWriter | Loose
         error = error or e
     if error is not None:
         raise error
-    w.known.mark_synced(dirs)
-    if isinstance(pack, PackWriter) and pack.name is not None:
-        entries = pack.entries
-        w.reader.locator.add(pack.name, entries)
-        w.known.add_good(e.id for e in entries)
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
