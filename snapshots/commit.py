@@ -98,7 +98,10 @@ def commit(w: ChunkWriter, job: SaveJob) -> SnapshotInfo:
     pack is named (step 3), and then every fsync the manifest's name waits for (the pack,
     its directory, the manifest's temp file: step 5) runs at once; the manifest's name
     still appears only after all of them have returned (step 6)."""
-    pack = (PackWriter(w.layout.packs, w.failpoint, writeback=w.codec.compression != "none") if w.packs
+    # Raw chunks cost no CPU to make, so an inline writeback hint would make a worker
+    # wait on the device queue; a pack's own thread gives the hints instead (PackWriter).
+    writeback = "inline" if w.codec.compression != "none" else "background"
+    pack = (PackWriter(w.layout.packs, w.failpoint, writeback=writeback) if w.packs
             else LooseWriter(w.layout, w.pool, w.failpoint))
     try:
         try:

@@ -125,6 +125,31 @@ def test_a_new_save_heals_a_damaged_packed_chunk(open_store):
 # --- hostile packs --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("writeback", [None, "inline", "background"])
+def test_a_pack_writer_hints_writeback_without_changing_a_byte_and_leaves_no_thread(tmp_path, writeback):
+    import threading
+
+    from snapshots.packfile import BACKGROUND_AFTER, PackWriter
+
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    n = BACKGROUND_AFTER // len(chunk) + 3  # past the background threshold
+    writer = PackWriter(str(tmp_path), writeback=writeback)
+    ids = [f"{k:032x}" for k in range(n)]
+    for cid in ids:
+        writer.append(cid, len(chunk), [chunk])
+    entries = writer.seal()
+    assert not [t for t in threading.enumerate() if t.name.startswith("snapshots-writeback")]
+    writer.sync()
+    index = read_index(str(tmp_path / writer.name))
+    assert sorted(index) == ids and [e.offset for e in entries] == sorted(e.offset for e in index.values())
+    with open(tmp_path / writer.name, "rb") as f:
+        for e in entries:
+            f.seek(e.offset)
+            assert f.read(e.stored_len) == chunk
+    with pytest.raises(ValueError, match="writeback must be"):
+        PackWriter(str(tmp_path), writeback="later")
+
+
 def _tear(kind: str, path: str) -> None:
     """What a power loss can leave of a pack named before its fsync (FORMAT.md, "Commit
     protocol"): nothing of it, its chunks but not its end, or its index over lost chunks."""
