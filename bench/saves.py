@@ -1,6 +1,7 @@
 """Full saves of a changed state into an existing store vs safetensors and torch.save (issue 22, the save rows).
 
-    python -m bench saves [--sizes mlp,54,256] [--rounds N] [--dir DIR] [--out PATH]
+    python -m bench saves [--sizes mlp,54,256] [--rounds N] [--cases ...] [--baseline COMMIT]
+                          [--settle] [--dir DIR] [--out PATH]
 
 Each size is one state, saved again and again after every tensor changed (each round
 adds a small constant to every floating tensor and 1 to every integer one, outside the
@@ -11,21 +12,34 @@ clock), so every chunk is new each time, as in training between snapshots:
   matrices, fp32 Adam moments, small norms, biases and step counters).
 
 Peers, each made durable before its clock stops as ours is: safetensors ``save_file``
-then fsync of the file and its directory; ``torch.save`` then the same fsyncs. Ours:
+then fsync of the file and its directory; ``torch.save`` then the same fsyncs. Each
+peer keeps two files as our stores keep two snapshots: a save writes a new file, and
+the one before is deleted before the next save's clock starts. Ours:
 ``SnapshotStore.save`` into a store that already holds the previous snapshots (a prune
-after each save, outside the clock, keeps two), with packs (the default: one pack
-file per save), with the default compression (zstd level 1 where it pays) and with
-``compression="none"`` (chunks stored raw: hashing and writing only, as the peers do no
-compression), and, as the before row, ``packs=False`` (one loose file per chunk, zstd).
+after each save, outside the clock, keeps two), with packs and raw chunks (the defaults:
+one pack file per save, hashing and writing only, as the peers do no compression), with
+packs and ``compression="zstd"`` (level 1 where it pays), and, as the before row,
+``packs=False`` (one loose file per chunk, zstd). ``--baseline COMMIT`` adds that
+commit's ``snapshots`` package with its defaults (imported under another name, as
+bench.snapload does), so a change to the save path is compared in the same run;
+``--cases`` picks cases by key (st, torch, packs, zstd, loose, baseline).
+
+Each case's row has its wall time and its process CPU time (all threads; far less
+sensitive to the shared machine's load than wall time) per save, and the dirty page
+cache (/proc/meminfo Dirty) when its clock started. ``--settle`` runs ``sync`` before
+every case, outside the clock and the same for every case, so no case's clock pays for
+writing back what an earlier one left dirty (or deleted: the disk is mounted with
+online discard here, and the next journal commit pays for freed blocks).
 
 The fixed cost of a save is counted too, where strace is installed: one save of the
 2.3 MiB state into an existing store runs in a child under ``strace -f`` and the
 fsyncs, renames, mkdirs and writeback hints between two markers are counted per case
-(``syscalls_per_save``; the protocol's floor is 2 file + 2 directory fsyncs, 2 renames).
+(``syscalls_per_save``; the protocol's floor is 2 file + 2 directory fsyncs, 2 renames, waited
+for in two rounds: the pack, packs/ and the manifest's temp file together, then manifests/).
 
 The machine is shared, so rounds interleave every case, the order rotating; a row reports
 the median time over rounds, and a ratio is the median of the per-round ratios with its
-spread (min-max). The load average is recorded at the start and end of each size.
+spread (min-max), for wall and for CPU time. The load average is recorded at the start and end of each size.
 Results go to bench/results/saves.json. Benchmarks are not tests: nothing here asserts.
 """
 
@@ -49,8 +63,10 @@ from .snapshots import build_state, tensors_of
 RESULTS = Path(__file__).parent / "results" / "saves.json"
 PEERS = ("safetensors save_file + fsync", "torch.save + fsync")
 # Our cases: the store options of each (every one into its own existing store).
-OURS = {"ours: packs, zstd": {"packs": True}, "ours: packs, no compression": {"packs": True, "compression": "none"},
-        "ours: loose chunks, zstd (before)": {"packs": False}}
+OURS = {"ours: packs, raw chunks (defaults)": {}, "ours: packs, zstd": {"compression": "zstd"},
+        "ours: loose chunks, zstd (before)": {"packs": False, "compression": "zstd"}}
+CASE_KEYS = {"st": PEERS[0], "torch": PEERS[1], "packs": "ours: packs, raw chunks (defaults)",
+             "zstd": "ours: packs, zstd", "loose": "ours: loose chunks, zstd (before)", "baseline": None}
 
 
 def mlp_state() -> dict:
@@ -73,6 +89,14 @@ def change(state) -> None:
                 t.add_(1)
 
 
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync(path: str) -> None:
     for target, flags in ((path, os.O_RDONLY), (os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)):
         fd = os.open(target, flags)
@@ -82,63 +106,116 @@ def _fsync(path: str) -> None:
             os.close(fd)
 
 
-def measure(label: str, state: dict, rounds: int, work: Workdir) -> dict:
-    """Interleaved rounds of every case on `state`; the row per case and the ratios."""
+def _dirty_kib() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Dirty:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def measure(label: str, state: dict, rounds: int, work: Workdir, cases_wanted: set[str], baseline=None,
+            settle: bool = False) -> dict:
+    """Interleaved rounds of every case on `state`; the row per case and the ratios.
+    `baseline`: (a case name, its snapshots module) compared with its own defaults."""
     from safetensors.torch import save_file
 
     flat = {k: v for k, v in tensors_of(state)}
     logical = sum(t.numel() * t.element_size() for t in flat.values())
     peer_dir = work.new(f"{label}-peers")
     peer_dir.mkdir()
-    stores = {name: snapshots.SnapshotStore(work.new(f"{label}-store"), keep_last=2, **options)
-              for name, options in OURS.items()}
-    index = {name: 0 for name in OURS}
+    ours = {name: (snapshots, options) for name, options in OURS.items() if name in cases_wanted}
+    if baseline is not None:
+        ours[baseline[0]] = (baseline[1], {})
+    stores = {name: module.SnapshotStore(work.new(f"{label}-store"), keep_last=2, **options)
+              for name, (module, options) in ours.items()}
+    index = {name: 0 for name in ours}
 
-    def peer_safetensors(path):
+    # A peer keeps two files, as our stores keep two snapshots: each save writes a new
+    # file, and the one before the previous is deleted outside the clock (as our prune
+    # deletes outside it). Overwriting one file in place would charge the freeing of the
+    # old file's blocks to the peer's clock (its directory fsync waits for the journal
+    # commit that frees them: 76-180 ms for 256 MiB on this disk, mounted with discard).
+    written = {name: 0 for name in PEERS}
+
+    def peer_path(name: str, ext: str) -> str:
+        return str(peer_dir / f"model.{written[name] % 2}.{ext}")
+
+    def retire(name: str, ext: str) -> None:  # outside the clock
+        path = peer_path(name, ext)
+        if os.path.exists(path):
+            os.unlink(path)
+            _fsync_dir(str(peer_dir))
+
+    def peer_safetensors():
+        path = peer_path(PEERS[0], "safetensors")
         save_file(flat, path)
         _fsync(path)
+        written[PEERS[0]] += 1
 
-    def peer_torch(path):
+    def peer_torch():
+        path = peer_path(PEERS[1], "pt")
         torch.save(flat, path)
         _fsync(path)
+        written[PEERS[1]] += 1
 
-    def ours(name):
+    def save(name):
         index[name] += 1
         stores[name].save(state, index=index[name], term=1)
 
-    cases = [(PEERS[0], lambda: peer_safetensors(str(peer_dir / "model.safetensors"))),
-             (PEERS[1], lambda: peer_torch(str(peer_dir / "model.pt"))),
-             *[(name, lambda name=name: ours(name)) for name in OURS]]
-    for _, fn in cases:  # warm: the store exists and holds a snapshot, the peers' files exist
+    # (name, before the clock, the timed save, after the clock)
+    cases = [case for case in ((PEERS[0], lambda: retire(PEERS[0], "safetensors"), peer_safetensors, None),
+                               (PEERS[1], lambda: retire(PEERS[1], "pt"), peer_torch, None))
+             if case[0] in cases_wanted]
+    cases += [(name, None, lambda name=name: save(name), stores[name].prune) for name in ours]
+    for _, before, fn, _ in cases:  # warm: the store exists and holds a snapshot, the peers' files exist
+        if before is not None:
+            before()
         fn()
-    times: dict[str, list[float]] = {name: [] for name, _ in cases}
+    times: dict[str, list[float]] = {case[0]: [] for case in cases}
+    cpu: dict[str, list[float]] = {case[0]: [] for case in cases}
+    dirty: dict[str, list[int | None]] = {case[0]: [] for case in cases}
     load_start = os.getloadavg()
     for r in range(rounds):
         # The order rotates each round: a case never always follows the same one (whose
         # prune, outside the clock, still leaves the disk busy for a while).
-        for name, fn in cases[r % len(cases):] + cases[:r % len(cases)]:
+        for name, before, fn, after in cases[r % len(cases):] + cases[:r % len(cases)]:
             change(state)
-            t = time.perf_counter()
+            if before is not None:
+                before()
+            if settle:
+                os.sync()  # outside the clock, before every case alike
+            dirty[name].append(_dirty_kib())
+            c, t = time.process_time(), time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-            if name in stores:
-                stores[name].prune()  # outside the clock: the store keeps two snapshots
+            cpu[name].append(time.process_time() - c)
+            if after is not None:
+                after()  # outside the clock: the store keeps two snapshots
     load_end = os.getloadavg()
-    sizes = {name: stores[name].list()[-1].bytes_written for name in OURS}
+    sizes = {name: stores[name].list()[-1].bytes_written for name in ours}
     for store in stores.values():
         store.close()
     rows = {name: {"median_ms": round(statistics.median(ts) * 1e3, 2), "min_ms": round(min(ts) * 1e3, 2),
-                   "max_ms": round(max(ts) * 1e3, 2), "runs_ms": [round(t * 1e3, 2) for t in ts]}
+                   "max_ms": round(max(ts) * 1e3, 2), "cpu_median_ms": round(statistics.median(cpu[name]) * 1e3, 2),
+                   "runs_ms": [round(t * 1e3, 2) for t in ts], "cpu_runs_ms": [round(t * 1e3, 2) for t in cpu[name]],
+                   "dirty_kib_at_start": dirty[name]}
             for name, ts in times.items()}
     ratios = {}
-    for ours_name in OURS:
-        for peer in PEERS:
-            per_round = [o / p for o, p in zip(times[ours_name], times[peer])]
-            ratios[f"{ours_name} / {peer}"] = {"median": round(statistics.median(per_round), 3),
-                                               "min": round(min(per_round), 3), "max": round(max(per_round), 3)}
-    return {"logical_bytes": logical, "tensors": len(flat), "rounds": rounds, "bytes_written": sizes,
-            "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in load_end],
-            "rows": rows, "ratios": ratios}
+    peers = [p for p in PEERS if p in times] + ([baseline[0]] if baseline is not None else [])
+    for ours_name in ours:
+        for peer in peers:
+            if peer == ours_name:
+                continue
+            for kind, series in (("wall", times), ("cpu", cpu)):
+                per_round = [o / p for o, p in zip(series[ours_name], series[peer]) if p > 0]
+                if per_round:
+                    ratios[f"{ours_name} / {peer} ({kind})"] = {
+                        "median": round(statistics.median(per_round), 3),
+                        "min": round(min(per_round), 3), "max": round(max(per_round), 3)}
+    return {"logical_bytes": logical, "tensors": len(flat), "rounds": rounds, "settle": settle,
+            "bytes_written": sizes, "loadavg_start": [round(x, 2) for x in load_start],
+            "loadavg_end": [round(x, 2) for x in load_end], "rows": rows, "ratios": ratios}
 
 
 _COUNTED = ("fsync", "fdatasync", "rename", "renameat", "renameat2", "mkdir", "mkdirat", "sync_file_range")
@@ -194,9 +271,19 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench saves", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="mlp,54,256", help="comma-separated: 'mlp' or a size in MiB")
     parser.add_argument("--rounds", type=int, default=0, help="rounds per size (default: by size)")
+    parser.add_argument("--cases", default="st,torch,packs,zstd,loose,baseline",
+                        help="comma-separated keys: " + ",".join(CASE_KEYS) + " (baseline needs --baseline)")
+    parser.add_argument("--baseline", help="a commit whose snapshots package (its defaults) is compared too")
+    parser.add_argument("--settle", action="store_true", help="sync before every case, outside the clock")
+    parser.add_argument("--no-strace", action="store_true", help="skip the syscall count")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where stores and files are written")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
+    keys = args.cases.split(",")
+    unknown = [k for k in keys if k not in CASE_KEYS]
+    if unknown:
+        parser.error(f"unknown case {unknown[0]!r}; known: {', '.join(CASE_KEYS)}")
+    wanted = {CASE_KEYS[k] for k in keys if CASE_KEYS[k] is not None}
     work = Workdir(args.dir, "bench-saves-")
     import safetensors
 
@@ -205,22 +292,31 @@ def main(argv: list[str]) -> int:
                                        safetensors=safetensors.__version__),
                "sizes": {}}
     try:
-        results["syscalls_per_save"] = count_syscalls(work)
-        for name, counts in (results["syscalls_per_save"] or {}).items():
+        baseline = None
+        if args.baseline and "baseline" in keys:
+            from .snapload import _baseline  # one way to import another commit's package
+
+            module, full = _baseline(args.baseline, work.root / "baseline")
+            results["baseline_commit"] = full
+            baseline = (f"baseline {full[:7]}: packs, raw chunks (its defaults)", module)
+        if not args.no_strace:
+            results["syscalls_per_save"] = count_syscalls(work)
+        for name, counts in (results.get("syscalls_per_save") or {}).items():
             print(f"  one 2.3 MiB save, {name}: {counts}", flush=True)
         for size in args.sizes.split(","):
             state = mlp_state() if size == "mlp" else build_state(int(size))
             label = "mlp_adamw" if size == "mlp" else f"{size}mib"
             rounds = args.rounds or (15 if size == "mlp" else 9 if int(size) <= 64 else 5)
-            result = measure(label, state, rounds, work)
+            result = measure(label, state, rounds, work, wanted, baseline, args.settle)
             results["sizes"][label] = result
             mib = result["logical_bytes"] / 2**20
-            print(f"{label}: {mib:.1f} MiB, {rounds} rounds, load {result['loadavg_start'][0]:.1f} -> "
-                  f"{result['loadavg_end'][0]:.1f}", flush=True)
+            print(f"{label}: {mib:.1f} MiB, {rounds} rounds{', settled' if args.settle else ''}, load "
+                  f"{result['loadavg_start'][0]:.1f} -> {result['loadavg_end'][0]:.1f}", flush=True)
             for name, row in result["rows"].items():
-                print(f"  {name:<34} median {row['median_ms']:8.1f} ms ({row['min_ms']:.1f}-{row['max_ms']:.1f})")
+                print(f"  {name:<48} median {row['median_ms']:8.1f} ms ({row['min_ms']:.1f}-{row['max_ms']:.1f}), "
+                      f"cpu {row['cpu_median_ms']:.1f} ms")
             for name, r in result["ratios"].items():
-                print(f"  {name:<70} {r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})")
+                print(f"  {name:<100} {r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})")
             del state
     finally:
         work.close()

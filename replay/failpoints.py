@@ -16,8 +16,8 @@ The named points (each is where a crash is most likely to expose a missing fsync
 wrong ordering); every one of them must recover to either the old snapshot plus the
 full log or the new snapshot plus the log after it:
 
-    snapshot.before_pack_fsync       a save's new chunks, index and trailer are written to its temp pack
-    snapshot.before_pack_rename      ... fsynced, not yet renamed to its name
+    snapshot.before_pack_rename      a save's new chunks, index and trailer are written to its temp pack
+    snapshot.before_pack_fsync       ... renamed to its name, not yet fsynced (no manifest names it)
     snapshot.before_chunk_fsync      a new loose chunk's bytes are written to its temp file
                                      (a store written with snapshot_packs=False)
     snapshot.before_chunk_rename     ... fsynced, not yet renamed to its name

@@ -8,15 +8,16 @@ worker pool:
    lacks to the save's one pack (`PackWriter`: workers write at reserved offsets, so one
    chunk is written while the next is hashed and compressed); the staging arena is
    released after.
-3. `finish_pack`: the pack's index and trailer, one fsync, the rename to its name.
-4. `build_tables`: the manifest's chunk table and tensor records.
-5. `fsync_dirs`: make every name the manifest will rely on durable (packs/ when a pack
-   was named, the directories of reused copies this process has not fsynced).
-6. `commit_manifest`: name the manifest, written and fsynced under a temp name beside
-   step 3 (`encode_manifest`), and fsync manifests/.
+3. `name_pack`: the pack's index and trailer, and the rename to its name (not yet
+   durable); meanwhile the manifest's bytes are encoded and written to a temp file.
+4. `build_tables`: the manifest's chunk table and tensor records (before step 3).
+5. `sync_all`: one round of fsyncs, issued together: the pack, packs/ when a pack was
+   named, the directories of reused copies this process has not fsynced, and the
+   manifest's temp file.
+6. `commit_manifest`: name the manifest and fsync manifests/.
 
 Every name a manifest points at is durable before the manifest's own name exists. A save
-costs two file fsyncs and at most a few directory fsyncs, whatever its number of chunks.
+waits for two rounds of fsyncs (step 5's, then manifests/), whatever its number of chunks.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from threading import Lock
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -92,10 +94,14 @@ class ChunkWriter:
 def commit(w: ChunkWriter, job: SaveJob) -> SnapshotInfo:
     """Steps 1 to 6 for `job`; the snapshot's info once its manifest is durable.
 
-    The manifest's bytes depend only on step 2, so its temp file is written and fsynced
-    on a worker while this thread fsyncs and names the pack (step 3): the two fsyncs
-    overlap, and the manifest's name still appears only after every chunk's (step 6)."""
-    pack = (PackWriter(w.layout.packs, w.failpoint, writeback=w.codec.compression != "none") if w.packs
+    The manifest's bytes depend only on step 2, so its temp file is written before the
+    pack is named (step 3), and then every fsync the manifest's name waits for (the pack,
+    its directory, the manifest's temp file: step 5) runs at once; the manifest's name
+    still appears only after all of them have returned (step 6)."""
+    # Raw chunks cost no CPU to make, so an inline writeback hint would make a worker
+    # wait on the device queue; a pack's own thread gives the hints instead (PackWriter).
+    writeback = "inline" if w.codec.compression != "none" else "background"
+    pack = (PackWriter(w.layout.packs, w.failpoint, writeback=writeback) if w.packs
             else LooseWriter(w.layout, w.pool, w.failpoint))
     try:
         try:
@@ -113,15 +119,10 @@ def commit(w: ChunkWriter, job: SaveJob) -> SnapshotInfo:
         data = encode_manifest(manifest)
         pending = start_durable_write(w.layout.manifests, manifest.name, [data], w.failpoint, "manifest",
                                       keep_open=True)
-        synced = None
         try:
-            synced = w.pool.submit(pending.sync) if not pack.empty else None
-            finish_pack(w, pack)
-            synced.result() if synced is not None else pending.sync()
-            fsync_dirs(w, stored, pack)
+            name_pack(w, pack)
+            sync_all(w, stored, pack, pending)
         except BaseException:
-            if synced is not None:
-                synced.exception()  # wait: the temp file is the worker's until then
             pending.discard()
             raise
     except BaseException:
@@ -195,14 +196,11 @@ class _Claims:
             return True
 
 
-def finish_pack(w: ChunkWriter, pack: PackWriter | LooseWriter) -> None:
-    """Step 3: index, trailer, fsync and name the pack (nothing when no chunk was new);
-    readers of this process find its chunks from now on. Loose: fsync and name each."""
-    done = pack.finish()
-    if isinstance(pack, PackWriter) and done:
-        w.reader.locator.add(pack.name, done)
-        done = [e.id for e in done]
-    w.known.add_good(done)
+def name_pack(w: ChunkWriter, pack: PackWriter | LooseWriter) -> None:
+    """Step 3: the pack's index and trailer, and its name (not yet durable: step 5);
+    nothing when no chunk was new. Loose chunk files are fsynced and named in step 5."""
+    if isinstance(pack, PackWriter):
+        pack.seal()
 
 
 def build_tables(stored: list[StoredChunk], segments: list, job: SaveJob
@@ -222,21 +220,59 @@ def build_tables(stored: list[StoredChunk], segments: list, job: SaveJob
     return tuple(chunks), records
 
 
-def fsync_dirs(w: ChunkWriter, stored: list[StoredChunk], pack: PackWriter | LooseWriter) -> None:
-    """Step 5: fsync packs/ when this save named a pack, and every directory holding a
+def sync_all(w: ChunkWriter, stored: list[StoredChunk], pack: PackWriter | LooseWriter,
+             pending: PendingWrite) -> None:
+    """Step 5, the one round of fsyncs the manifest's name waits for, issued together:
+    the pack named in step 3, packs/ when a pack was named, every directory holding a
     reused copy that this process has not fsynced (a crashed writer may have renamed
-    without syncing the directory)."""
+    without syncing the directory), and the manifest's temp file. Returns once every one
+    has returned; the first error is raised after all have (the pack is deleted then,
+    the caller deletes the manifest's temp file). The pack's chunks are known to this
+    process's readers (and trusted by its writer) from here on.
+
+    Why concurrently: each fsync waits for the disk; issued one after another they wait
+    in turn (three rounds on a journaling filesystem), issued together they share the
+    journal's commits. This thread fsyncs the pack (or the manifest when there is no
+    pack), the pool the rest. Loose chunk files (``packs=False``) keep the older order
+    (each fsynced, then named, then its directory fsynced): two rounds before the
+    manifest's rename, the manifest's temp file fsynced during the first."""
     dirs = w.known.unsynced({s.home for s in stored if s.home})
     if pack.name is not None:
         dirs.add(w.layout.packs)
     if isinstance(pack, LooseWriter):
         dirs |= pack.directories
-    if len(dirs) > 1:
-        w.pool.map_all(fsync_dir, sorted(dirs))
+        # The older form (FORMAT.md): each chunk file is fsynced before its rename and its
+        # directory after it, so the manifest's fsync overlaps the first round only.
+        _together(w.pool, lambda: w.known.add_good(pack.finish()), [pending.sync])
+        _together(w.pool, None, [partial(fsync_dir, d) for d in sorted(dirs)])
+    elif pack.name is None:
+        _together(w.pool, pending.sync, [partial(fsync_dir, d) for d in sorted(dirs)])
     else:
-        for directory in dirs:  # one: a hand-off to a worker would cost more than it saves
-            fsync_dir(directory)
+        _together(w.pool, pack.sync, [pending.sync, *(partial(fsync_dir, d) for d in sorted(dirs))])
+        entries = pack.entries
+        w.reader.locator.add(pack.name, entries)
+        w.known.add_good(e.id for e in entries)
     w.known.mark_synced(dirs)
+
+
+def _together(pool: WorkerPool, here: Callable[[], None] | None, others: list[Callable[[], None]]) -> None:
+    """`here()` on this thread (when None: the first of `others`) while the pool runs the
+    rest; returns once all have returned, else raises the first error once all have."""
+    if here is None:
+        if not others:
+            return
+        here, others = others[0], others[1:]
+    futures = [pool.submit(fn) for fn in others]
+    error: BaseException | None = None
+    try:
+        here()
+    except BaseException as e:  # noqa: BLE001 - raised below, once the workers are done
+        error = e
+    for f in futures:
+        e = f.exception()  # wait for every one: the files are the workers' until then
+        error = error or e
+    if error is not None:
+        raise error
 
 
 def encode_manifest(manifest: Manifest) -> bytes:

@@ -25,7 +25,7 @@ class LooseWriter:
         self._layout, self._pool, self._failpoint = layout, pool, failpoint
         self._lock = Lock()
         self._pending: list[tuple[str, PendingWrite]] = []
-        self.name = None  # no pack: FORMAT.md's step 2 syncs `directories` instead
+        self.name = None  # no pack: FORMAT.md's step 3 syncs `directories` instead
         self.directories: set[str] = set()  # chunk directories that get a new name
 
     @property

@@ -196,8 +196,10 @@ def sweep_packs(reader: StoreReader, known: KnownFiles, marked: set[str], sweep:
     packs/ in any case: a pack none of whose chunks is marked is deleted; one whose marked
     chunks hold less than half of its chunk bytes is rewritten (the marked chunks copied
     into a new pack, fsynced and named, packs/ fsynced) and then deleted. A pack whose
-    index does not read is reported and left alone. packs/ that is a link or not a
-    directory is reported and not entered."""
+    index does not read is reported, and deleted only if `sweep` and every marked chunk
+    has a copy in a readable pack or a loose file (a save's pack torn by a crash before
+    its fsync holds nothing a snapshot needs), else left alone. packs/ that is a link or
+    not a directory is reported and not entered."""
     layout, locator = reader.layout, reader.locator
     problem = _not_a_directory(layout.packs, "packs/")
     if problem:
@@ -218,7 +220,11 @@ def sweep_packs(reader: StoreReader, known: KnownFiles, marked: set[str], sweep:
     # reported rather than trusted.
     fresh = ChunkLocator(layout)
     fresh.refresh()
-    out.damage += [f"packs/{name} is damaged ({why}); left alone" for name, why in sorted(fresh.damaged().items())]
+    damaged = fresh.damaged()
+    if sweep and damaged and not _marked_elsewhere_missing(layout, fresh, marked):
+        changed |= _delete_damaged_packs(layout, damaged, out)
+    else:
+        out.damage += [f"packs/{name} is damaged ({why}); left alone" for name, why in sorted(damaged.items())]
     if not sweep:
         if changed:
             fsync_dir(layout.packs)
@@ -244,6 +250,41 @@ def sweep_packs(reader: StoreReader, known: KnownFiles, marked: set[str], sweep:
     if changed:
         fsync_dir(layout.packs)
     locator.refresh()
+
+
+def _marked_elsewhere_missing(layout, fresh: ChunkLocator, marked: set[str]) -> bool:
+    """True if some marked chunk is in no readable pack and has no loose file: a damaged
+    pack might be where it is, so none may be deleted."""
+    packed: set[str] = set()
+    for entries in fresh.packs().values():
+        packed.update(entries)
+    return any(cid not in packed and not _is_regular(layout.chunk_path(cid)) for cid in marked)
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _delete_damaged_packs(layout, damaged: dict[str, str], out: Swept) -> bool:
+    """Delete the damaged packs (every marked chunk has a copy elsewhere: FORMAT.md,
+    "Commit protocol", a save's pack torn by a crash before its fsync), each reported;
+    True if any was deleted. One that cannot be deleted (a directory) is left alone."""
+    changed = False
+    for name, why in sorted(damaged.items()):
+        try:
+            size = _unlink(layout.pack_path(name))
+        except OSError as e:
+            out.damage.append(f"packs/{name} is damaged ({why}) and cannot be deleted ({e}); left alone")
+            continue
+        out.damage.append(f"packs/{name} was damaged ({why}) and held no chunk a retained snapshot lacks "
+                          f"elsewhere; deleted")
+        if size is not None:
+            out.bytes_freed += size
+            changed = True
+    return changed
 
 
 def _rewrite_pack(layout, locator, name: str, live: list[PackEntry], out: Swept) -> bool:

@@ -11,7 +11,8 @@ land in 4 KiB pieces, each or not, and each undurable name change may or may not
 happened. For every crash point and several such subsets the image is built from the
 store as it was before the save, and then: every snapshot it lists verifies and loads
 bit for bit, the snapshot saved before is there until the new save returned, and the
-new one from then on (the prune after it deletes the old one and reclaims its pack).
+new one from then on (the prune after it deletes the old one and reclaims its pack); and
+a prune of the image deletes what the crash left and nothing a snapshot needs.
 """
 
 from __future__ import annotations
@@ -173,17 +174,35 @@ def _check(root: str, new_acknowledged: bool) -> None:
         for name in names:
             assert store.verify(name).ok, (name, store.verify(name))
             assert_same(store.load(name), _state(int(name.split("-")[0])))
+        # The restarted writer's prune deletes whatever the crash left (a temp pack, a
+        # named pack torn before its fsync) and nothing a snapshot needs.
+        report = store.prune()
+        assert all("deleted" in d for d in report.damage), report.damage
+        for info in store.list():
+            assert_same(store.load(info), _state(info.index))
+        packs = os.path.join(root, "packs")
+        assert not [n for n in os.listdir(packs) if n.startswith(".tmp.")]
 
 
-def test_crash_images_of_a_packed_save_and_prune_keep_every_durable_snapshot(tmp_path, monkeypatch):
+@pytest.mark.parametrize("writer", ["fresh", "warm"])
+def test_crash_images_of_a_packed_save_and_prune_keep_every_durable_snapshot(tmp_path, monkeypatch, writer):
+    """`fresh`: the save runs in a store opened on the old snapshot, so it fsyncs packs/
+    for the chunk it reuses from the old pack anyway; `warm`: the same store wrote the old
+    snapshot (and fsynced packs/ then), so only the new pack's own need makes the save
+    fsync packs/ again (a save that forgot it fails here)."""
     base = str(tmp_path / "base")
-    with snapshots.SnapshotStore(base, packs=True, chunk_size=8192, keep_last=1) as store:
-        store.save(_state(1), index=1, term=1)
     live = str(tmp_path / "live")
-    shutil.copytree(base, live)
+    if writer == "fresh":
+        with snapshots.SnapshotStore(base, packs=True, chunk_size=8192, keep_last=1) as store:
+            store.save(_state(1), index=1, term=1)
+        shutil.copytree(base, live)
+        store = snapshots.SnapshotStore(live, packs=True, chunk_size=8192, keep_last=1, workers=2)
+        store.list()
+    else:
+        store = snapshots.SnapshotStore(live, packs=True, chunk_size=8192, keep_last=1, workers=2)
+        store.save(_state(1), index=1, term=1)  # returned: every file of it is durable
+        shutil.copytree(live, base)
     recorder = Recorder(os.path.abspath(live))
-    store = snapshots.SnapshotStore(live, packs=True, chunk_size=8192, keep_last=1, workers=2)
-    store.list()
     with monkeypatch.context() as patch:
         recorder.install(patch)
         store.save(_state(2), index=2, term=1)

@@ -125,6 +125,80 @@ def test_a_new_save_heals_a_damaged_packed_chunk(open_store):
 # --- hostile packs --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("writeback", [None, "inline", "background"])
+def test_a_pack_writer_hints_writeback_without_changing_a_byte_and_leaves_no_thread(tmp_path, writeback):
+    import threading
+
+    from snapshots.packfile import BACKGROUND_AFTER, PackWriter
+
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    n = BACKGROUND_AFTER // len(chunk) + 3  # past the background threshold
+    writer = PackWriter(str(tmp_path), writeback=writeback)
+    ids = [f"{k:032x}" for k in range(n)]
+    for cid in ids:
+        writer.append(cid, len(chunk), [chunk])
+    entries = writer.seal()
+    assert not [t for t in threading.enumerate() if t.name.startswith("snapshots-writeback")]
+    writer.sync()
+    index = read_index(str(tmp_path / writer.name))
+    assert sorted(index) == ids and [e.offset for e in entries] == sorted(e.offset for e in index.values())
+    with open(tmp_path / writer.name, "rb") as f:
+        for e in entries:
+            f.seek(e.offset)
+            assert f.read(e.stored_len) == chunk
+    with pytest.raises(ValueError, match="writeback must be"):
+        PackWriter(str(tmp_path), writeback="later")
+
+
+def _tear(kind: str, path: str) -> None:
+    """What a power loss can leave of a pack named before its fsync (FORMAT.md, "Commit
+    protocol"): nothing of it, its chunks but not its end, or its index over lost chunks."""
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        if kind == "empty":
+            f.truncate(0)
+        elif kind == "no_trailer":
+            f.truncate(size - 4096 if size > 8192 else size // 2)
+        else:  # "lost_chunks": the index and trailer landed, the chunk bytes did not
+            index_at = TRAILER.unpack(os.pread(f.fileno(), TRAILER.size, size - TRAILER.size))[1]
+            f.seek(16)
+            f.write(bytes(index_at - 16))
+
+
+@pytest.mark.parametrize("kind", ["empty", "no_trailer", "lost_chunks"])
+@pytest.mark.parametrize("resave", [False, True])
+def test_a_pack_torn_by_a_crash_before_its_fsync_is_never_trusted_and_prune_deletes_it(open_store, kind, resave):
+    store = open_store(packs=True, chunk_size=4096)
+    store.save(_state(1), index=1, term=1)
+    first = set(_packs(store.path))
+    store.save(_state(2), index=2, term=1)
+    [pack] = set(_packs(store.path)) - first
+    store.close()
+    # The crash image: the pack's name survived, the manifest's rename did not.
+    os.unlink(os.path.join(store.path, "manifests", "2-1"))
+    _tear(kind, _pack_path(store.path, pack))
+    reader = open_store(store.path)  # the process after the restart: nothing cached, nothing trusted
+    assert [i.manifest_id for i in reader.list()] == ["1-1"]
+    assert reader.verify("1-1").ok
+    assert_same(reader.load_latest()[1], _state(1))
+    if resave:  # recovery saves the same state again: every torn copy is written anew
+        reader.save(_state(2), index=2, term=1)
+        assert reader.verify("2-1").ok
+        assert_same(open_store(store.path).load("2-1"), _state(2))
+    report = reader.prune()
+    if not resave:
+        assert pack not in _packs(store.path), report
+        if kind != "lost_chunks":  # its index did not read: reported as it goes
+            assert any(pack in d and "deleted" in d for d in report.damage), report.damage
+    # else the same chunks at the same offsets: the new pack took the torn one's name
+    reader.close()
+    fresh = open_store(store.path)
+    for info in fresh.list():
+        assert fresh.verify(info).ok, fresh.verify(info)
+        assert_same(fresh.load(info), _state(info.index))
+    assert not fresh.prune().damage
+
+
 def _rewrite_index(path: str, edit) -> None:
     """Apply `edit(list of [raw_id, offset, stored_len, raw_len])` to a pack's index and
     write it back with a valid digest (a hostile writer, not a bit flip)."""
