@@ -3,7 +3,8 @@ and gets SIGTERM or SIGUSR1 at random moments (inside a handler, between applies
 exit as documented (status 128 + signum, or PreemptedError with then="raise"), and the next
 open replays nothing and holds the bytes of an uninterrupted fold of the same entries.
 
-Run as a script, this file is the child:  python test_preemption.py DIR STEPS THEN GRACE
+The child is forked from the test process (`_Forked`); run as a script, this file is the
+child too:  python test_preemption.py DIR STEPS THEN GRACE SLOW_FLAG
 """
 
 from __future__ import annotations
@@ -82,9 +83,79 @@ def child(root: str, steps: int, then: str, grace: float, slow_flag: str | None)
     print("done", flush=True)
 
 
-def _start(root, then="exit", grace=20.0, slow_flag=None):
-    args = [sys.executable, __file__, str(root), str(STEPS), then, str(grace), str(slow_flag or "")]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+class _Forked:
+    """`child(...)` in a process forked from the test (torch is already imported), with the
+    parts of a subprocess.Popen these tests use: text `stdout` and `stderr` pipes,
+    `send_signal`, `communicate`, `poll`, `kill`, `wait` and `returncode` (negative for a
+    signal). Its exit status is what the interpreter would give: SystemExit's code, 1 after
+    an uncaught exception, or the signal that ended it."""
+
+    def __init__(self, *args):
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(out_r)
+                os.close(err_r)
+                os.dup2(out_w, 1)
+                os.dup2(err_w, 2)
+                sys.stdout = open(1, "w", buffering=1, closefd=False)
+                sys.stderr = open(2, "w", buffering=1, closefd=False)
+                child(*args)
+                code = 0
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            except BaseException:  # noqa: BLE001 - as the interpreter does with an uncaught exception
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(out_w)
+        os.close(err_w)
+        self.pid, self.returncode = pid, None
+        self.stdout, self.stderr = open(out_r, encoding="utf-8"), open(err_r, encoding="utf-8")
+
+    def send_signal(self, signum) -> None:
+        os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"forked child {self.pid}", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+    def communicate(self, timeout: float = 120):
+        out, err = self.stdout.read(), self.stderr.read()  # to EOF: the child has exited or closed them
+        self.stdout.close()
+        self.stderr.close()
+        self.wait(timeout)
+        return out, err
+
+
+def _start(root, then="exit", grace=20.0, slow_flag=None, fresh=False):
+    """The child, forked; `fresh`: a real interpreter running this file (its exit then goes
+    through the interpreter's own shutdown: atexit, thread joins), at ~2 CPU-seconds more."""
+    if fresh:
+        args = [sys.executable, __file__, str(root), str(STEPS), then, str(grace), str(slow_flag or "")]
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _Forked(str(root), STEPS, then, grace, str(slow_flag) if slow_flag else None)
 
 
 def _wait_for(proc, prefix: str, count: int = 1) -> list[str]:
@@ -115,7 +186,7 @@ def test_sigterm_or_sigusr1_at_random_moments_exits_as_documented_and_the_next_o
     for run in range(runs):
         signum = rng.choice([signal.SIGTERM, signal.SIGUSR1])
         then = "raise" if run % 4 == 3 else "exit"
-        proc = _start(root, then)
+        proc = _start(root, then, fresh=run in (0, 3))  # one exit and one raise in a real interpreter
         try:
             _wait_for(proc, "ready")
             _wait_for(proc, "applied", rng.randint(1, 6))

@@ -2,41 +2,30 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from .models import assert_same
+from tests.crash.checker import run_forked
 
-CHILD = Path(__file__).with_name("sigkill_child.py")
+from .models import assert_same
+from .sigkill_child import train
+
 STEPS = 120  # the seeded kills land after 4+15+14+16+26 = 75 new steps, the last run trains on
 KILLS = 5
 
 
 def _run(root, mode, out, kill_after=None):
-    """Run the child; with kill_after, SIGKILL it after that many newly applied steps. True if it finished."""
-    proc = subprocess.Popen([sys.executable, str(CHILD), str(root), str(STEPS), mode, str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    applied = 0
-    for line in proc.stdout:
-        if line.startswith("applied"):
-            applied += 1
-            if kill_after is not None and applied >= kill_after:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-    proc.wait()
-    stderr = proc.stderr.read()
-    proc.stdout.close()
-    proc.stderr.close()
-    if proc.returncode == -signal.SIGKILL:
+    """Run the child (forked: torch is already imported); with kill_after, SIGKILL it after
+    that many newly applied steps. True if it finished."""
+    def enough(messages):
+        return kill_after is not None and sum(m[0] == "applied" for m in messages) >= kill_after
+
+    run = run_forked(train, root, STEPS, mode, out, kill_on=enough, timeout=200)
+    if run.killed:
         return False
-    assert proc.returncode == 0, (mode, kill_after, applied, stderr[-3000:])
+    assert run.status == 0, (mode, kill_after, run.stderr_tail())
     return True
 
 
