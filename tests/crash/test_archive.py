@@ -34,35 +34,28 @@ import zstandard
 from eventlog import DamagedSegmentError, EventLog, LogError, reader as reader_module, segment
 from eventlog import lmdbenv
 from eventlog.archive import list_segments
-from tests.crash.checker.tracing import injecting
+from tests.crash.checker import run_forked, send
+from tests.crash.checker.traced import TracedChild
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_archive]
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The writer child: sync appends, a compaction every `every` appends through two entries
-# before the last, segments of at most `target` body bytes (so one compaction seals
-# several). It prints "ack TERM INDEX" once append returned (sync: durable).
-WRITER = r"""
-import sys
-sys.path.insert(0, sys.argv[1])
-from eventlog import EventLog, segment
-path, count, every, target, mode = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-segment.TARGET_RAW = target
-
-def payload(i):
-    return {"i": i, "pad": bytes([i % 251]) * (150 + i * 37 % 300)}
-
-with EventLog.open(path, durability=mode) as log:
-    for n in range(count):
-        i = log.append("step", payload(log.last_index + 1))
-        if mode != "sync":
-            log.wait_durable(i)
-        print("ack", log.term, i, flush=True)
-        if i % every == 0:
-            log.compact_through(i - 2)
-print("done", flush=True)
-"""
+# The writer child (forked from the test; under strace attached to it when faults are
+# injected, checker/traced.py): sync appends, a compaction every `every` appends through
+# two entries before the last, segments of at most `target` body bytes (so one compaction
+# seals several). It reports ("ack", TERM, INDEX) once append returned (sync: durable).
+def archive_writer(path, count, every, target, mode, out_fd):
+    segment.TARGET_RAW = target  # the child's own copy of the module
+    with EventLog.open(path, durability=mode) as log:
+        for _ in range(count):
+            i = log.append("step", payload(log.last_index + 1))
+            if mode != "sync":
+                log.wait_durable(i)
+            send(out_fd, ("ack", log.term, i))
+            if i % every == 0:
+                log.compact_through(i - 2)
+    send(out_fd, ("done",))
 
 
 def payload(i: int) -> dict:
@@ -70,14 +63,14 @@ def payload(i: int) -> dict:
 
 
 def run_writer(path, strace=None, inject=None, count=12, every=4, target=800, mode="sync", timeout=60):
-    cmd = [sys.executable, "-c", WRITER, str(ROOT), str(path), str(count), str(every), str(target), mode]
+    """(acks as (term, index), finished, wait status, stderr) of one writer child."""
+    args = (str(path), count, every, target, mode)
     if strace is not None:
-        cmd = [*injecting(strace, inject), *cmd]
-    done = subprocess.run(cmd, capture_output=True, timeout=timeout)
-    lines = [line.split() for line in done.stdout.decode().splitlines(keepends=True) if line.endswith("\n")]
-    acks = [(int(t), int(i)) for kind, *rest in lines if kind == "ack" for t, i in [rest]]
-    finished = any(kind == "done" for kind, *_ in lines)
-    return acks, finished, done.returncode, done.stderr.decode(errors="replace")[-2000:]
+        run = TracedChild(archive_writer, *args, strace=strace, inject=inject).finish(timeout)
+    else:
+        run = run_forked(archive_writer, *args, timeout=timeout)
+    acks = [(term, index) for _, term, index in (m for m in run.messages if m[0] == "ack")]
+    return acks, run.done, run.status, run.stderr.decode(errors="replace")[-2000:]
 
 
 def check_log(path: Path, acks: dict[int, int]) -> dict:
