@@ -1,5 +1,7 @@
 """The README's recipes run as a user would run them: each block tagged ``<!-- recipe: NAME -->``
-is written to a file in an empty directory and executed there with this interpreter.
+is written to a file in an empty directory and executed there with this interpreter, as
+`python SCRIPT` started warm (tests/warm.run_script: forked from a server that imported
+torch once; the recipe's own subprocesses are real interpreters).
 
 A recipe that stops working fails here, so the documentation cannot drift from the code.
 Recipes print what they prove and must exit 0; a recipe may assert.
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.warm import run_replay
+from tests.warm import run_replay, run_script
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TAGGED_BLOCK = re.compile(r"<!-- recipe: ([a-z0-9-]+) -->\s*\n```python\n(.*?)\n```", re.S)
@@ -40,8 +42,7 @@ def test_the_readme_has_its_recipes():
 def test_recipe_runs(tmp_path, name):
     script = tmp_path / f"recipe_{name.replace('-', '_')}.py"
     script.write_text(recipes()[name] + "\n")
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=220)
+    result = run_script(script, cwd=tmp_path, timeout=220)  # `python SCRIPT`, started warm (tests/warm.py)
     assert result.returncode == 0, f"recipe {name!r} failed:\n{result.stdout}\n{result.stderr}"
     # What a user sees is what the recipe prints: no request log of a test server (moto's werkzeug)
     requests = [line for line in result.stderr.splitlines() if REQUEST_LOG.search(line)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -51,9 +50,8 @@ def report(directory, out, *extra) -> str:
 
 def test_a_supervised_run_with_killed_attempts_is_drawn(tmp_path):
     journal = tmp_path / "j"
-    run = subprocess.run([sys.executable, "-m", "replay", "run", str(journal), "--backoff", "0", "--",
-                          sys.executable, str(LOSS_JOB), str(journal), "40", "--kill", "1:15"],
-                         capture_output=True, text=True, timeout=200, env=env(), cwd=ROOT)
+    run = run_replay(["run", str(journal), "--backoff", "0", "--", sys.executable, str(LOSS_JOB), str(journal), "40",
+                      "--kill", "1:15"], cwd=ROOT, timeout=200, env=env())
     assert run.returncode == 0, run.stderr
     page = report(journal, tmp_path / "run.html")
     assert "<script" not in page and "http" not in page.split("<body>")[1]  # self-contained

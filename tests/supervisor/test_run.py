@@ -32,9 +32,12 @@ def env() -> dict:
 
 
 def supervise(directory, *job_args, options=(), timeout=200):
-    cmd = [sys.executable, "-m", "replay", "run", str(directory), "--backoff", "0", *map(str, options), "--",
-           sys.executable, str(JOB), str(directory), *map(str, job_args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env(), cwd=ROOT)
+    """`replay run DIRECTORY ... -- python job.py DIRECTORY ARGS`. The supervisor starts warm
+    (tests/warm.py: forked from a server that imported torch once); every job it starts is
+    a real interpreter, as in production."""
+    args = ["run", str(directory), "--backoff", "0", *map(str, options), "--",
+            sys.executable, str(JOB), str(directory), *map(str, job_args)]
+    return run_replay(args, cwd=ROOT, timeout=timeout, env=env())
 
 
 def attempts(directory) -> list[dict]:
@@ -99,9 +102,8 @@ def test_a_handler_failing_at_the_same_entry_stops_with_65_after_one_confirmatio
 
 def test_a_command_that_cannot_start_stops_with_78_at_once(tmp_path):
     started = time.monotonic()
-    cmd = [sys.executable, "-m", "replay", "run", str(tmp_path / "j"), "--backoff", "0", "--",
-           sys.executable, "-c", "import no_such_module_here"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env(), cwd=ROOT)
+    run = run_replay(["run", str(tmp_path / "j"), "--backoff", "0", "--", sys.executable, "-c",
+                      "import no_such_module_here"], cwd=ROOT, timeout=120, env=env())
     assert run.returncode == 78, run.stderr
     assert "No module named 'no_such_module_here'" in run.stderr  # the job's stderr passes through
     got = attempts(tmp_path / "j")

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from tests.once import once_per_run
+from tests.warm import run_replay
 
 from .test_run import ROOT, attempts, env
 
@@ -24,11 +24,11 @@ STEPS = 24
 
 
 def supervise_group(directory, *job_args, options=()):
-    cmd = [sys.executable, "-m", "replay", "run", str(directory), "--backoff", "0", *map(str, options), "--",
+    cmd = ["run", str(directory), "--backoff", "0", *map(str, options), "--",
            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts",
            "0", str(JOB), str(directory), str(STEPS), *map(str, job_args)]
     environment = {**env(), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=350, env=environment, cwd=ROOT)
+    return run_replay(cmd, cwd=ROOT, timeout=350, env=environment)  # a warm supervisor, real torchrun and ranks
 
 
 def finals(directory) -> list[str]:
@@ -70,8 +70,8 @@ def test_a_killed_rank_restarts_the_group_and_it_ends_bit_identical(tmp_path, un
         assert [i for i, _ in series] == headers and len(headers) == STEPS
         losses.append([v for _, v in series])
     assert losses[0] != losses[1]
-    page = subprocess.run([sys.executable, "-m", "replay", "report", str(tmp_path / "j"), "--rank", "1", "--out",
-                           str(tmp_path / "r.html")], capture_output=True, text=True, timeout=120, env=env(), cwd=ROOT)
+    page = run_replay(["report", str(tmp_path / "j"), "--rank", "1", "--out", str(tmp_path / "r.html")], cwd=ROOT,
+                      timeout=120, env=env())
     assert page.returncode == 0, page.stderr
     assert "(rank 1)" in (tmp_path / "r.html").read_text() and 'alt="metric loss"' in (tmp_path / "r.html").read_text()
 
