@@ -67,6 +67,15 @@ def run_forked(fn: Callable, *args, kill_after: float | None = None, kill_on: Ca
     or as soon as `kill_on(messages)` is true. Forking (not exec) keeps a child cheap:
     torch is already imported. The caller must hold no open log or store.
     """
+    pid, r, er = fork_child(fn, *args, env=env, **kwargs)
+    return collect(pid, r, er, timeout=timeout, kill_after=kill_after, kill_on=kill_on)
+
+
+def fork_child(fn: Callable, *args, env: dict | None = None, before: Callable[[], None] | None = None,
+               **kwargs) -> tuple[int, int, int]:
+    """Fork a child that runs `before()` then fn(*args, out_fd, **kwargs) and exits (0, or 1
+    after printing an exception); its stderr goes to a pipe. Returns (pid, the read end of
+    its frame pipe, the read end of its stderr), for `collect`."""
     r, w = os.pipe()
     er, ew = os.pipe()
     pid = os.fork()
@@ -79,6 +88,8 @@ def run_forked(fn: Callable, *args, kill_after: float | None = None, kill_on: Ca
             sys.stderr = os.fdopen(2, "w", buffering=1)
             if env:
                 os.environ.update(env)
+            if before is not None:
+                before()
             fn(*args, w, **kwargs)
             code = 0
         except BaseException:  # noqa: BLE001 - report and exit, never return into pytest
@@ -87,7 +98,7 @@ def run_forked(fn: Callable, *args, kill_after: float | None = None, kill_on: Ca
             os._exit(code)
     os.close(w)
     os.close(ew)
-    return collect(pid, r, er, timeout=timeout, kill_after=kill_after, kill_on=kill_on)
+    return pid, r, er
 
 
 def collect(pid: int, r: int, er: int, *, timeout: float = 120, kill_after: float | None = None,

@@ -20,10 +20,9 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 from typing import Callable
 
-from .children import Run, collect
+from .children import Run, collect, fork_child
 
 ATTACHED = 1 << 30  # above any pid_max (at most 2**22): getppid returns it only through strace
 NEVER_ATTACHED = 97  # the child's exit status when strace never attached within its deadline
@@ -34,30 +33,16 @@ class TracedChild:
 
     def __init__(self, fn: Callable, *args, strace: str, inject: str, attach_timeout: float = 60, **kwargs):
         syscall = inject.split(":", 1)[0]
-        r, w = os.pipe()
-        er, ew = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(r)
-                os.close(er)
-                os.dup2(ew, 2)
-                sys.stderr = os.fdopen(2, "w", buffering=1)
-                deadline = time.monotonic() + attach_timeout
-                while os.getppid() != ATTACHED:
-                    if time.monotonic() > deadline:
-                        print(f"strace never attached within {attach_timeout} s", file=sys.stderr)
-                        os._exit(NEVER_ATTACHED)
-                    os.sched_yield()
-                fn(*args, w, **kwargs)
-                code = 0
-            except BaseException:  # noqa: BLE001 - report and exit, never return into pytest
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        os.close(w)
-        os.close(ew)
+
+        def wait_for_strace():
+            deadline = time.monotonic() + attach_timeout
+            while os.getppid() != ATTACHED:
+                if time.monotonic() > deadline:
+                    print(f"strace never attached within {attach_timeout} s", file=sys.stderr)
+                    os._exit(NEVER_ATTACHED)
+                os.sched_yield()
+
+        pid, r, er = fork_child(fn, *args, before=wait_for_strace, **kwargs)
         self.pid, self._pipes = pid, (r, er)
         self._strace = subprocess.Popen(
             [strace, "-f", "-qq", "-o", "/dev/null", "-e", f"trace={syscall},getppid", "-e", f"inject={inject}",
