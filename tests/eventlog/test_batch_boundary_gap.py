@@ -103,19 +103,22 @@ def test_a_missing_entry_at_a_batch_start_is_named_by_every_reader(master, tmp_p
         assert not report.ok and report.damage[0].index == missing, str(report)
 
 
-@pytest.mark.parametrize("missing", [1025, 2049])
+@pytest.mark.parametrize("missing", [1025, 2049, 1026])
 def test_a_missing_entry_at_a_batch_start_is_damage_in_replay_log(master, tmp_path, missing):
     """`replay log DIR` lists the gap as a damaged row naming its index, goes on with the
-    rest of the log (it used to end the listing there) and exits 1."""
+    rest of the log and exits 1. At a batch start the listing used to end at the gap (one
+    row 'entries K..N are missing'); inside a batch (1026) it left out the entries before
+    the gap in that batch (1025), and listed the gap twice."""
     path = _copy_without(master, tmp_path, missing)
     ran = run_replay(["log", path, "--json"], cwd=ROOT, timeout=120)
     assert ran.returncode == 1, ran
     rows = [json.loads(line) for line in ran.stdout.splitlines()]
     damaged = [r for r in rows if "damaged" in r]
     assert [r["index"] for r in damaged[:1]] == [missing] and MISSING_REASON in damaged[0]["damaged"], damaged
-    listed = [r["index"] for r in rows]
-    assert listed[:missing] == list(range(1, missing + 1))
-    assert listed[-1] == N, "the listing stopped at the gap instead of covering the rest of the log"
+    assert [r["index"] for r in rows] == list(range(1, N + 1)), "the listing stopped at the gap"
+    # The entry after the gap is listed as unverifiable (its chain seed is the missing entry).
+    assert [r["index"] for r in damaged] == [missing, missing + 1], damaged
+    assert f"its link to entry {missing} cannot be checked" in damaged[1]["damaged"], damaged
 
 
 @pytest.mark.parametrize("read_batch", [7, 1024])
