@@ -285,8 +285,10 @@ class Reader:
                     raise CorruptEntryError(lo, MISSING)
         if archived:
             return self._archived_batch(lo, min(hi, first), bounds)
-        ended = not batch or not isinstance(batch[-1][1], BaseException)
-        if ended and len(batch) < hi - lo and copied < READ_BATCH_BYTES:
+        # The writer's tail continues the committed entries only where LMDB ran out of
+        # them, never after damage (the batch then ends at the damage, raised in place).
+        at_damage = bool(batch) and isinstance(batch[-1][1], BaseException)
+        if not at_damage and len(batch) < hi - lo and copied < READ_BATCH_BYTES:
             start = lo + len(batch)
             batch.extend((i, value, len(value)) for i, value in enumerate(self._view.pending_values(start, hi), start))
         if batch and seed is None:

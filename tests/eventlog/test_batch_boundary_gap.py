@@ -22,8 +22,10 @@ from pathlib import Path
 import lmdb
 import pytest
 
+import replay
 from eventlog import CorruptEntryError, EventLog
 from eventlog import reader as reader_module
+from tests.cli import tinyjob
 from tests.warm import run_replay
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,3 +165,20 @@ def test_a_batch_that_starts_past_a_truncation_ends_the_read(tmp_path, monkeypat
             if entry.index == 14:
                 writer.truncate_after(3)
         assert seen == list(range(1, 15))
+
+
+def test_recovery_names_a_missing_entry_at_a_batch_start(tmp_path, monkeypatch):
+    """Replay reads with entry_batches: a gap where a read batch starts stops recovery with
+    CorruptEntryError naming it (it was 'log entries 15..30 disappeared during replay')."""
+    monkeypatch.setattr(reader_module, "READ_BATCH", 7)  # batches start at 1, 8, 15, ...
+    journal = tmp_path / "run"
+    tinyjob.write(journal, 30, snapshot_every=1000)  # no snapshot: recovery replays from 1
+    env = lmdb.open(str(journal / "log"), max_dbs=4, subdir=True)
+    try:
+        with env.begin(write=True, db=env.open_db(b"entries", create=False)) as txn:
+            assert txn.delete(struct.pack(">Q", 15))
+    finally:
+        env.close()
+    with pytest.raises(CorruptEntryError) as raised:
+        replay.Journal.open(journal, state=tinyjob.make_state(), ops=tinyjob.ops).close()
+    assert raised.value.index == 15 and MISSING_REASON in str(raised.value)
