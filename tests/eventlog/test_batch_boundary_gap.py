@@ -182,3 +182,18 @@ def test_recovery_names_a_missing_entry_at_a_batch_start(tmp_path, monkeypatch):
     with pytest.raises(CorruptEntryError) as raised:
         replay.Journal.open(journal, state=tinyjob.make_state(), ops=tinyjob.ops).close()
     assert raised.value.index == 15 and MISSING_REASON in str(raised.value)
+
+
+def test_a_writers_own_reads_name_the_gap_and_still_see_its_tail(master, tmp_path):
+    """A writer's view (committed entries plus its group-commit tail): the gap is damage as
+    for a reader, and the entries it appended since are read past it. (On a writer the
+    empty batch used to be retried as a group commit in flight, forever: still_appended
+    is true for every index up to the writer's last.)"""
+    path = _copy_without(master, tmp_path, 1025)
+    with EventLog.open(path, durability="group") as log:
+        log.append_many([("put", {"i": i}) for i in range(N + 1, N + 6)])
+        seen, error = _read_until_error(log.entries())
+        assert (seen, error.index) == (list(range(1, 1025)), 1025)
+        seen, error = _read_until_error(log.headers(1000, verify=False))
+        assert (seen, error.index) == (list(range(1000, 1025)), 1025)
+        assert [e.payload["i"] for e in log.entries(N - 1)] == list(range(N - 1, N + 6))
