@@ -62,33 +62,32 @@ def _read_until_error(iterator):
     """(indexes yielded, the CorruptEntryError raised); fails if the iterator ends cleanly."""
     seen = []
     with pytest.raises(CorruptEntryError) as raised:
-        for item in iterator:
-            seen.extend(e.index for e in item) if isinstance(item, list) else seen.append(item.index)
+        for item in iterator:  # entries and headers one at a time, entry_batches in lists
+            if isinstance(item, list):
+                seen.extend(e.index for e in item)
+            else:
+                seen.append(item.index)
     return seen, raised.value
 
 
-# 1: the very first batch's first entry (seeded from the boundary); 1025, 2049: later
-# batch starts; 1026: inside a batch (always raised), for contrast.
+# 1: the first batch's first entry (seeded from the boundary); 1025, 2049: later batch
+# starts; 1026: inside a batch (raised before, but before yielding that batch's 1025).
 @pytest.mark.parametrize("missing", [1, 1025, 2049, 1026])
 def test_a_missing_entry_at_a_batch_start_is_named_by_every_reader(master, tmp_path, missing):
     path = _copy_without(master, tmp_path, missing)
     with EventLog.open(path, readonly=True) as log:
         assert log.last_index == N
         readers = {
-            "entries": lambda: log.entries(),
-            "headers": lambda: log.headers(verify=True),
-            "headers-unverified": lambda: log.headers(verify=False),
-            "entry_batches": lambda: log.entry_batches(size=64),
+            "entries": lambda start=None: log.entries(start),
+            "headers": lambda start=None: log.headers(start, verify=True),
+            "headers-unverified": lambda start=None: log.headers(start, verify=False),
+            "entry_batches": lambda start=None: log.entry_batches(start, size=64),
         }
         for name, read in readers.items():
             seen, error = _read_until_error(read())
             assert error.index == missing and MISSING_REASON in str(error), (name, error)
             assert seen == list(range(1, missing)), name
-            # A read that starts at the missing entry raises at once.
-            start = {"entries": lambda: log.entries(missing), "headers": lambda: log.headers(missing),
-                     "headers-unverified": lambda: log.headers(missing, verify=False),
-                     "entry_batches": lambda: log.entry_batches(missing, size=64)}[name]
-            seen, error = _read_until_error(start())
+            seen, error = _read_until_error(read(missing))  # a read that starts at the gap raises at once
             assert (seen, error.index) == ([], missing), name
         with pytest.raises(CorruptEntryError) as raised:
             log.entry(missing)
@@ -126,9 +125,8 @@ def test_a_missing_entry_at_a_batch_start_is_damage_in_replay_log(master, tmp_pa
 @pytest.mark.parametrize("read_batch", [7, 1024])
 def test_a_reader_ends_cleanly_where_every_reader_says_the_log_ends(tmp_path, monkeypatch, read_batch):
     """A missing last entry is indistinguishable from a truncation (nothing records the old
-    last index), so every reader agrees the log ends before it: no phantom damage.
-    With batches of 7 the end falls on a batch start (N - 1 = 2099 = 7 * 299 + 6; N = 2100
-    is 7 * 300, so entry 2094 starts the batch that ends at 2100)."""
+    last index), so every reader agrees the log ends before it: no phantom damage, with
+    small batches and the default alike."""
     monkeypatch.setattr(reader_module, "READ_BATCH", read_batch)
     original = tmp_path / "original"
     with EventLog.open(original, durability="os") as log:
