@@ -47,7 +47,13 @@ class LogQueries:
         start defaults to first_index; stop defaults to last_index + 1 as of the call and
         is clamped to it. CompactedError if start < first_index. Each batch is read in
         its own short read transaction, so a slow consumer never pins the writer's pages.
-        Raises CorruptEntryError(index) at the first damaged entry.
+        Raises CorruptEntryError(index) at the first damaged entry, after the entries
+        before it; an entry missing while entries after it are committed is damaged too
+        (wherever a read batch starts), and so is the entry right after a missing one, if
+        the read starts there (its chain seed is gone: the error names the missing one).
+        The iterator ends early, without error, only where the log itself ends before
+        `stop`: a writer truncated it meanwhile. A missing last entry is such an end
+        (last_index is the last entry stored; nothing else records it).
         """
         self._check_open()
         return self._reader.entries(start, stop)

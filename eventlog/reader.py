@@ -17,6 +17,7 @@ from .storage import Storage
 READ_BATCH = 1024  # entries per read transaction: readers never pin pages for long
 READ_BATCH_BYTES = 4 * 2**20  # ... and at most this many bytes copied out of the map
 DECODE_CHUNK = 64  # entries decoded ahead of the consumer
+MISSING = "entry is missing from the log"  # CorruptEntryError's reason for a key absent inside the bounds
 
 
 class View(Protocol):
@@ -129,7 +130,7 @@ class Reader:
                     raise IndexError(f"term_at({index}): last_index is {bounds.last_index}")
                 value = self._storage.value(txn, index)
                 if value is None:
-                    raise CorruptEntryError(index, "entry is missing from the log")
+                    raise CorruptEntryError(index, MISSING)
                 return record.parse_header(index, value)[2]
         if index == bounds.first_index - 1:
             return bounds.boundary_term
@@ -189,11 +190,13 @@ class Reader:
         while index < hi:
             batch, seed = self._read_batch(index, min(hi, index + READ_BATCH), head_only)
             if not batch:
+                # _read_batch found neither `index` nor anything after it in the log's
+                # bounds (a gap raises there, from the same read transaction).
                 if self._view.still_appended(index):
                     # The group flusher committed `index` between the LMDB read (it was
                     # not there yet) and the tail read (it had left): read it again.
                     continue
-                return  # truncated concurrently by the writer
+                return  # the log ends before `index`: truncated by the writer since the range was set
             if decode is _decode_entry:
                 # The whole batch in one tight loop (record.decode_entries): the same
                 # checks and errors, a fraction of the calls per entry.
@@ -229,6 +232,12 @@ class Reader:
 
         A batch also ends after READ_BATCH_BYTES of values. head_only copies just the
         header and op of each value (the payload stays in the map).
+
+        [] if the log ends before lo (no entry lo committed or in the writer's tail).
+        CorruptEntryError(lo) if lo is missing from LMDB although the bounds read in the
+        same transaction reach past it (a gap, never the end of the log); an entry missing
+        after lo ends the batch with its CorruptEntryError in place of its value (the
+        entries before it are yielded first, as for a damaged value).
         """
         batch: list[tuple[int, bytes, int]] = []
         copied = 0
@@ -252,7 +261,8 @@ class Reader:
                     if index >= hi or copied >= READ_BATCH_BYTES:
                         break
                     if index != expected:
-                        raise CorruptEntryError(expected, "entry is missing from the log")
+                        append((expected, CorruptEntryError(expected, MISSING), 0))
+                        break  # raised when the reader gets there
                     expected += 1
                     # The framing is checked before anything is copied (see record.copy_framed):
                     # inline for a sound value, through copy_framed (which names the damage) otherwise.
@@ -269,15 +279,22 @@ class Reader:
                     copy = bytes(value[:record.HEADER_SIZE + op_len]) if head_only else bytes(value)
                     append((index, copy, length))
                     copied += len(copy)
+                if not batch and lo <= bounds.last_index:
+                    # Entries after lo are committed in this same snapshot, so lo was not
+                    # truncated away (a truncation drops the whole suffix in one commit).
+                    raise CorruptEntryError(lo, MISSING)
         if archived:
             return self._archived_batch(lo, min(hi, first), bounds)
-        if len(batch) < hi - lo and copied < READ_BATCH_BYTES:
+        # The writer's tail continues the committed entries only where LMDB ran out of
+        # them, never after damage (the batch then ends at the damage, raised in place).
+        at_damage = bool(batch) and isinstance(batch[-1][1], BaseException)
+        if not at_damage and len(batch) < hi - lo and copied < READ_BATCH_BYTES:
             start = lo + len(batch)
             batch.extend((i, value, len(value)) for i, value in enumerate(self._view.pending_values(start, hi), start))
         if batch and seed is None:
             prev = self._view.pending_values(lo - 1, lo)
             if not prev:
-                raise CorruptEntryError(lo - 1, "entry is missing from the log")
+                raise CorruptEntryError(lo - 1, MISSING)
             seed = record.stored_checksum(lo - 1, prev[0])
         return batch, seed
 

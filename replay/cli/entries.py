@@ -53,10 +53,12 @@ def rows(log: EventLog, start: int | None, stop: int | None, keep: HeaderFilter 
     writer removed or replaced the entry between the two reads (a rollback), the listing
     ends there: its header and payload would come from two different histories.
 
+    An entry missing from the log is a damaged row naming it (the reader tells a gap from
+    the log's end); the entry after it, whose chain link cannot be checked, is one too.
     A scan that ends before the log's last index is read once more from where it
     stopped (a live rollback ends a scan the same way); if it still cannot go on, the
-    entries from there to the last index are missing (a damaged key), and one damaged row
-    says so instead of a listing that silently looks complete.
+    entries from there to the last index are reported missing, one damaged row, instead of
+    a listing that silently looks complete.
     """
     lo = start
     retried_at = None
@@ -82,6 +84,12 @@ def rows(log: EventLog, start: int | None, stop: int | None, keep: HeaderFilter 
                 yield Row(header.index, header.term, header.time_ns, header.op, header.payload_size, summary,
                           checksum=header.checksum)
         except CorruptEntryError as exc:
+            if lo is not None and exc.index < lo:
+                # The entry before lo, already listed as damaged, is missing or unreadable:
+                # lo's chain link cannot be checked. Say so once, on lo, and go on after it.
+                yield Row(lo, damaged=f"its link to entry {exc.index} cannot be checked ({exc.reason})")
+                lo += 1
+                continue
             yield Row(exc.index, damaged=exc.reason)
             lo = max(exc.index, lo if lo is not None else 0) + 1
             continue

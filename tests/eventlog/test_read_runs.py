@@ -2,8 +2,7 @@
 end of the log, with the default batch and with batches of 7): `entries()` and verified
 `headers()` raise CorruptEntryError naming exactly that index, having yielded only entries
 before it (in order, none under another's index), and verify() reports the log damaged.
-(A gap exactly where a read batch starts reads as the end of the log instead: see the
-report of h/perf-rb; not pinned here.)"""
+(A gap exactly where a read batch starts: tests/eventlog/test_batch_boundary_gap.py.)"""
 
 from __future__ import annotations
 
