@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import threading
 
 import pytest
@@ -179,7 +180,13 @@ def test_an_archive_file_of_another_history_is_never_counted(tmp_path):
         a.snapshot()
     apply_n(a, 5)
     a.flush()
-    names = sorted(p.name for p in (tmp_path / "a" / "log" / "archive").iterdir())
+    # The compaction that follows a snapshot runs in the background: under load its temp file
+    # (".<first>-<last>.seg.tmp") may still be there and 6..10 not yet sealed. Wait for it.
+    archive, deadline = tmp_path / "a" / "log" / "archive", time.monotonic() + 60
+    while not any(p.name.startswith("00000000000000000006-00000000000000000010") for p in archive.iterdir()):
+        assert time.monotonic() < deadline, sorted(p.name for p in archive.iterdir())
+        time.sleep(0.01)
+    names = sorted(p.name for p in archive.iterdir() if not p.name.startswith("."))
     foreign = tmp_path / "b" / "log" / "archive" / names[1]
     assert names[1].startswith("00000000000000000006-00000000000000000010") and foreign.exists()
     os.replace(foreign, tmp_path / "a" / "log" / "archive" / names[1])
