@@ -161,6 +161,18 @@ def _start(journal, store):
     return shipper
 
 
+def sealed_through_10(archive) -> list[str]:
+    """The sealed archive file names, oldest first, once the file of entries 6..10 is among them.
+
+    The compaction that follows a snapshot runs in the background: under load its temp file
+    (".<first>-<last>.seg.tmp") may still be there and 6..10 not yet sealed."""
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith("00000000000000000006-00000000000000000010") for p in archive.iterdir()):
+        assert time.monotonic() < deadline, sorted(p.name for p in archive.iterdir())
+        time.sleep(0.01)
+    return sorted(p.name for p in archive.iterdir() if not p.name.startswith("."))
+
+
 def test_an_archive_file_of_another_history_is_never_counted(tmp_path):
     # A's archive file 6..10 is swapped for B's: B shares A's history through 5, then
     # diverges. The file is self-consistent and chains from A's entry 5, but what follows it
@@ -180,13 +192,7 @@ def test_an_archive_file_of_another_history_is_never_counted(tmp_path):
         a.snapshot()
     apply_n(a, 5)
     a.flush()
-    # The compaction that follows a snapshot runs in the background: under load its temp file
-    # (".<first>-<last>.seg.tmp") may still be there and 6..10 not yet sealed. Wait for it.
-    archive, deadline = tmp_path / "a" / "log" / "archive", time.monotonic() + 60
-    while not any(p.name.startswith("00000000000000000006-00000000000000000010") for p in archive.iterdir()):
-        assert time.monotonic() < deadline, sorted(p.name for p in archive.iterdir())
-        time.sleep(0.01)
-    names = sorted(p.name for p in archive.iterdir() if not p.name.startswith("."))
+    names = sealed_through_10(tmp_path / "a" / "log" / "archive")
     foreign = tmp_path / "b" / "log" / "archive" / names[1]
     assert names[1].startswith("00000000000000000006-00000000000000000010") and foreign.exists()
     os.replace(foreign, tmp_path / "a" / "log" / "archive" / names[1])

@@ -18,7 +18,7 @@ from replay.replica.prepared import Prepared
 from replay.replica.restore import restore
 from replay.replica.sources import Verified, plan
 
-from .test_pipelined_uploads import _start
+from .test_pipelined_uploads import _start, sealed_through_10
 from .test_shipping import apply_n, assert_state, open_journal, restored_state
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,7 +37,7 @@ def _journal_with_archive(tmp_path):
         a.snapshot()
     apply_n(a, 5)
     a.flush()
-    names = sorted(p.name for p in (tmp_path / "a" / "log" / "archive").iterdir())
+    names = sealed_through_10(tmp_path / "a" / "log" / "archive")
     assert names[1].startswith("00000000000000000006-00000000000000000010"), names
     return a, names
 
