@@ -12,8 +12,8 @@ tests/snapshots/test_crash.py's every-I/O-call sweep.
 
 Journal runs are forked from the test process with strace attached to them
 (checker/traced.py: no torch import under strace), start from a copy of one base journal and
-run two at a time; bare-log runs (a fresh interpreter importing eventlog only, 0.1 s each)
-sweep every pwrite64 and fdatasync of 10 sync appends.
+run two at a time; bare-log runs (forked and traced the same way) sweep every pwrite64 and
+fdatasync of 10 sync appends.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import shutil
 
 import pytest
 
-from .checker import Tally, check_journal, check_log, journal_writer, recovered_in_fresh_process, run_child, run_forked
+from .checker import Tally, check_journal, check_log, journal_writer, log_writer, recovered_in_fresh_process, run_forked
 from .checker.traced import TracedChild
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_syncpoint]
@@ -71,7 +71,8 @@ def test_bare_log_killed_at_every_sync_point(strace, tmp_path, syscall):
     tally = Tally(f"2 eventlog kill at {syscall}")
     acks, n = [], 1
     while True:
-        run = run_child(["log", path, "sync", "10"], strace, f"{syscall}:signal=KILL:when={n}")
+        run = TracedChild(log_writer, path, "sync", strace=strace, inject=f"{syscall}:signal=KILL:when={n}",
+                          count=10).finish()
         tally.runs += 1
         acks += run.acks
         check_log(path, acks, tally)
