@@ -81,6 +81,8 @@ def test_a_hung_rank_is_dumped_and_the_group_restarted(tmp_path, uninterrupted):
     assert run.returncode == 0, run.stdout + run.stderr
     assert finals(tmp_path / "j") == [uninterrupted, uninterrupted]
     got = attempts(tmp_path / "j")
-    assert [a["class"] for a in got] == ["hang", "finished"], got
+    # The job's own output (each rank prints why it exits 1) is in the supervisor's: an extra
+    # attempt is diagnosable from the failure alone.
+    assert [a["class"] for a in got] == ["hang", "finished"], (got, run.stdout[-3000:], run.stderr[-3000:])
     dumps = [Path(p) for p in got[0]["dump"].split(os.pathsep)]
     assert any("stuck_in_collective" in p.read_text() for p in dumps), [p.read_text()[:500] for p in dumps]
