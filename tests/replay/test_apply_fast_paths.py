@@ -61,7 +61,7 @@ def test_a_plain_payload_reaches_the_handler_as_replay_will_give_it(tmp_path, pa
 
 def test_a_payload_that_is_not_plain_is_still_decoded_from_the_appended_bytes(tmp_path):
     seen = []
-    numpy = pytest.importorskip("numpy")
+    import numpy  # a dependency of the package (pyproject.toml): never skipped
     with open_journal(tmp_path, {"w": torch.zeros(1)}, _recording_ops(seen), snapshot_on_close=False) as journal:
         journal.apply("record", colour=Colour.RED, pair=(1, 2), half=numpy.float32(0.1), ids=[1, 2])
     got = seen[0]
