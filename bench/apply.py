@@ -143,8 +143,9 @@ def journaled(j):
             j.apply("step", seed=i)
     return body
 
-for m in modes:  # warm-up
-    timed(bare, block // 4 or 1); timed(journaled(journals[m]), block // 4 or 1)
+for m in modes:  # warm-up, past the rng check's first full comparisons of an op (replay/rng_check.py
+    # FULL_CHECKS, 32): what a long job's steps cost; each of those first applies costs ~60 us more
+    timed(bare, block // 4 or 1); timed(journaled(journals[m]), max(block // 4, 40))
 out = {"matrix_n": n, "rounds": []}
 logs = {m: log_dir(f"{work}/{m}") for m in modes}
 for r in range(rounds):

@@ -84,10 +84,12 @@ class Applier:
             # The handler gets what the log will give replay, decoded from the very bytes
             # appended: a numpy float32 arrives as the float replay reads, a payload tensor
             # is a fresh one (never an alias of the caller's reused buffer), a tuple a list.
-            encoded = encode_payload(wrap(spec.version, payload))
             if _plain(payload):
+                # Keyword arguments with plain values: str keys throughout (the envelope's too)
+                encoded = encode_payload(wrap(spec.version, payload), str_keys=True)
                 replayed = payload  # what decoding `encoded` would give, value for value and type for type
             else:
+                encoded = encode_payload(wrap(spec.version, payload))
                 replayed = unwrap(self.index + 1, op, decode_payload(encoded))[1]
                 if self._device is not None:
                     replayed = components.to_device(replayed, self._device)

@@ -89,9 +89,11 @@ def open_journal(cls, path, *, state, ops, snapshot, durability, deterministic, 
             EnvironmentMismatchError before anything is written, "ignore" skips it.
         async_snapshots: False makes policy snapshots block the apply that triggers them.
         rng_check: "warn" (default) warns once per op when a handler draws from the
-            global RNG outside seeded_rng (a resume would not be exact), "strict"
-            raises UnseededDrawError from that apply (its entry rolled back), "off"
-            skips the check; costs and what is compared: replay/rng_check.py.
+            global RNG outside seeded_rng (a resume would not be exact), comparing
+            the first applies of each op and then a random sample of them; "strict"
+            compares every apply and raises UnseededDrawError from it (its entry
+            rolled back), "off" skips the check; costs, sampling and what is
+            compared: replay/rng_check.py.
         snapshot_compression: how new snapshot chunks are stored: "none" (default:
             raw, a load is a read and a hash into the live tensor, 1.0-1.3x safetensors
             against about 3x) or "zstd" (byte-grouped and compressed, about a quarter

@@ -12,15 +12,23 @@ before it, the handler drew from it outside ``seeded_rng`` (or seeded it itself)
 journal compares around every live apply:
 
 - torch's global CPU generator always, and each CUDA device's when CUDA is initialised
-  (a few microseconds: the CPU state is 5 KB, a CUDA one 16 bytes);
+  (the CPU state is 5 KB, a CUDA one 16 bytes);
 - with ``rng_check="strict"`` also Python's ``random`` and, when numpy is imported,
   numpy's legacy global RNG (tens of microseconds more, so not by default).
 
-``"warn"`` (default): an `UnseededDrawWarning` once per op and journal. ``"strict"``:
-`UnseededDrawError` from the apply, whose entry is then rolled back like any handler
-failure (replay/INVARIANTS.md, invariant 6). ``"off"``: nothing is compared. Replay
-itself is not checked (the live apply already was, and a log written before the check
-existed must still recover).
+``"warn"`` (default): an `UnseededDrawWarning` once per op and journal. It compares
+every apply of an op until the op has been compared FULL_CHECKS times, then one apply
+in SAMPLE_ODDS, chosen at random by a private generator (never the global ones). Why:
+right after a training step's compute, the CPU's caches hold none of torch's code, and
+the comparison's two state copies cost 50-80 us there, 1-1.5% of a 5 ms step on this
+project's 2-core test machine (bench/apply.py --steps); sampled, about a tenth of that.
+A handler that draws on every apply is still reported at its first; one that draws on a
+fraction f of its applies, after about SAMPLE_ODDS / f more of them, and a schedule
+(every other step) cannot hide from a random choice. ``"strict"`` compares every apply
+and raises `UnseededDrawError` from it, whose entry is then rolled back like any
+handler failure (replay/INVARIANTS.md, invariant 6). ``"off"``: nothing is compared.
+Replay itself is not checked (the live apply already was, and a log written before the
+check existed must still recover).
 
 A handler that seeds the global RNG from its payload itself (``torch.manual_seed(seed)``)
 is reproducible but still changes the generator the rest of the program draws from, and
@@ -40,6 +48,8 @@ import torch
 from .errors import ReplayError
 
 MODES = ("warn", "strict", "off")
+FULL_CHECKS = 32  # warn mode: applies of an op compared every time before sampling starts
+SAMPLE_ODDS = 8  # warn mode, after FULL_CHECKS: one apply in this many is compared (a power of two)
 
 
 class UnseededDrawWarning(RuntimeWarning):
@@ -68,6 +78,12 @@ class GlobalRngCheck:
         self.mode = mode
         self.where = where
         self._warned: set[str] = set()
+        # warn mode: how often each op has been compared (-1 once reported), and the private
+        # generator that picks the sampled applies (seeded from the OS: a journal's choice
+        # must not follow the program's seeds, or a seeded schedule could line up with it)
+        self._compared: dict[str | None, int] = {}
+        self._sampler = random.Random()
+        self._sample_bits = SAMPLE_ODDS.bit_length() - 1
         # Looked up once: before() runs after the caller's compute step, when little of this
         # is in the CPU's caches, and every lookup there costs (bench/apply.py --steps).
         self._cpu = torch.default_generator
@@ -77,9 +93,16 @@ class GlobalRngCheck:
         self._copy_cpu = getattr(self._cpu, "clone_state", self._cpu.get_state)
 
     def before(self, op: str | None = None) -> Any:
-        """The generators' states now; None when off, and in warn mode for an `op` already
-        reported (warned once per op: checking it again could only find what was said)."""
-        if self.mode == "off" or op in self._warned:
+        """The generators' states now, or None: always when off; in warn mode for an `op`
+        already reported (warned once per op: checking it again could only find what was
+        said) and for an apply the sampling skips (module doc). Strict: every call."""
+        mode = self.mode
+        if mode == "warn":
+            compared = self._compared.get(op, 0)
+            if compared < 0 or (compared >= FULL_CHECKS and self._sampler.getrandbits(self._sample_bits)):
+                return None
+            self._compared[op] = compared + 1
+        elif mode == "off":
             return None
         cuda = ([(d, torch.cuda.default_generators[d].get_state()) for d in range(torch.cuda.device_count())]
                 if self._cuda_initialized() else [])
@@ -110,6 +133,7 @@ class GlobalRngCheck:
             raise UnseededDrawError(op, moved, self.where)
         if op not in self._warned:
             self._warned.add(op)
+            self._compared[op] = -1  # before() skips it from now on
             # stacklevel: the line that called Journal.apply (after, Applier.apply, Guards.run between)
             warnings.warn(_message(op, moved, self.where) + " (reported once per op; rng_check='strict' raises)",
                           UnseededDrawWarning, stacklevel=5)

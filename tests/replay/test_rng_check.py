@@ -123,3 +123,67 @@ def test_an_unseeded_draw_on_a_cuda_device_is_caught_and_a_seeded_one_is_not(tmp
             journal.apply("drop", seed=1, seeded=True)
         with pytest.warns(replay.UnseededDrawWarning, match=r"torch \(cuda:0\)"):
             journal.apply("drop", seed=2, seeded=False)
+
+
+def _late_drawing_ops(draws_from: int, every: int):
+    """An op that leaves the global RNG alone for its first `draws_from` applies, then draws on
+    every `every`-th one: past the warn mode's full checks, only the sampling can catch it."""
+    ops = replay.Ops()
+    calls = [0]
+
+    @ops.op
+    def late(state, *, seed):
+        calls[0] += 1
+        if calls[0] > draws_from and calls[0] % every == 0:
+            state["w"].add_(torch.rand(3))
+        else:
+            state["w"].add_(1.0)
+
+    return ops
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_warn_still_catches_a_handler_that_starts_drawing_after_the_full_checks(tmp_path, every):
+    """Sampled at one apply in SAMPLE_ODDS (module doc): 400 applies that draw on every
+    `every`-th one are missed with probability (7/8)^(400/every), below 1e-11."""
+    from replay.rng_check import FULL_CHECKS
+
+    with open_journal(tmp_path, _state(), _late_drawing_ops(FULL_CHECKS + 10, every),
+                      snapshot_on_close=False) as journal:
+        with pytest.warns(replay.UnseededDrawWarning, match="op 'late'"):
+            for i in range(FULL_CHECKS + 10 + 800):
+                journal.apply("late", seed=i)
+
+
+def _counting(check: GlobalRngCheck) -> list:
+    compared = []
+    before = check.before
+
+    def counted(op=None):
+        got = before(op)
+        compared.append(got is not None)
+        return got
+
+    check.before = counted
+    return compared
+
+
+def test_warn_compares_every_apply_first_then_a_sample_and_strict_every_apply():
+    from replay.rng_check import FULL_CHECKS, SAMPLE_ODDS
+
+    warn, strict = GlobalRngCheck("warn"), GlobalRngCheck("strict")
+    by_mode = {}
+    for check in (warn, strict):
+        compared = _counting(check)
+        for _ in range(FULL_CHECKS + 800):
+            check.after("op", check.before("op"))
+        by_mode[check.mode] = compared
+    assert all(by_mode["strict"])
+    assert all(by_mode["warn"][:FULL_CHECKS])
+    sampled = sum(by_mode["warn"][FULL_CHECKS:])
+    # 800 Bernoulli(1/8) draws: mean 100, sd ~9.4; the bounds are ~6 sd away
+    assert 800 // SAMPLE_ODDS - 55 <= sampled <= 800 // SAMPLE_ODDS + 55
+    # another op starts its own full checks
+    compared = by_mode["warn"]
+    warn.after("other", warn.before("other"))
+    assert compared[-1] is True
