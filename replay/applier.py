@@ -103,7 +103,8 @@ class Applier:
             try:
                 drawn = rng_check.before(op)
                 result = spec.call(self._state, replayed, inputs)
-                rng_check.after(op, drawn)  # strict: raises, and the entry is rolled back
+                if drawn is not None:  # None: not compared this time (off, reported, or not sampled)
+                    rng_check.after(op, drawn)  # strict: raises, and the entry is rolled back
                 if spec.record:  # replay.recorded; a bad value is rolled back like the handler's exception
                     self.recorder.add(self._log.term, index, spec, result)
             except BaseException as exc:
