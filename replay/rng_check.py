@@ -20,7 +20,7 @@ journal compares around every live apply:
 every apply of an op until the op has been compared FULL_CHECKS times, then one apply
 in SAMPLE_ODDS, chosen at random by a private generator (never the global ones). Why:
 right after a training step's compute, the CPU's caches hold none of torch's code, and
-the comparison's two state copies cost 50-80 us there, 1-1.5% of a 5 ms step on this
+the comparison's two state copies cost 30-80 us there, up to 1.5% of a 5 ms step on this
 project's 2-core test machine (bench/apply.py --steps); sampled, about a tenth of that.
 A handler that draws on every apply is still reported at its first; one that draws on a
 fraction f of its applies, after about SAMPLE_ODDS / f more of them, and a schedule
