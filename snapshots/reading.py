@@ -30,7 +30,7 @@ from .paths import StoreLayout
 from .pool import WorkerPool
 from .reports import Damage, SnapshotInfo, VerifyReport
 from .safefile import UnsafeFileError, read_regular
-from .tensorbytes import DTYPES, byte_view
+from .tensorbytes import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +253,7 @@ class StoreReader:
         for t in wanted:
             r = manifest.tensors[t]
             outs[t] = live[t] if t in live else torch.empty(r.shape, dtype=DTYPES[r.dtype])
-        raws = [byte_view(o) if o is not None else None for o in outs]
-        loading.fill(manifest, uses, raws, self.read_chunk, self._codec, self._pool)
+        loading.fill(manifest, uses, outs, self.read_chunk, self._codec, self._pool)
         return outs
 
     # -- checks and walks ------------------------------------------------------------
