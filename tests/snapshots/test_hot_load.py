@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+import xxhash
 
 import snapshots
 from snapshots import chunkfile
@@ -47,6 +48,7 @@ def _sized_state(piece: int, chunk_size: int, seed: int) -> dict:
 @pytest.mark.parametrize("piece", [64, 4096, chunkfile.HASH_PIECE], ids=["64B", "4KiB", "default"])
 def test_chunks_of_every_size_around_the_piece_load_bit_identically(open_store, monkeypatch, packs, piece):
     monkeypatch.setattr(chunkfile, "HASH_PIECE", piece)
+    monkeypatch.setattr(chunkfile, "SHIFT_MIN", 0)  # every chunk of 32 bytes or more may be read shifted
     chunk_size = 4 * piece  # every tensor above but the tiny ones is >= chunk_size / 16: its own chunks
     store = open_store(packs=packs, compression="none", chunk_size=chunk_size)
     saved = _sized_state(piece, chunk_size, seed=1)
@@ -187,6 +189,54 @@ def test_read_returns_the_digest_of_what_it_decoded(tmp_path, monkeypatch, compr
     view = memoryview(bytearray(len(raw)))  # a memoryview is as good a destination
     assert codec.read(str(tmp_path / "c"), len(raw), len(data), view) == chunk_id(raw)
     assert bytes(view) == bytes(raw.numpy())
+
+
+@pytest.mark.parametrize("piece", [4096, 5000])
+@pytest.mark.parametrize("size", [32, 33, 4095, 4096, 3 * 4096 + 17])
+def test_a_raw_chunk_reads_exactly_at_every_alignment_of_its_destination(tmp_path, monkeypatch, piece, size):
+    # The destination's offset against the payload's alignment in the file decides the
+    # shift (0 to 31 bytes, chunkfile.SHIFT_ALIGN): every one reads the same bytes.
+    monkeypatch.setattr(chunkfile, "HASH_PIECE", piece)
+    monkeypatch.setattr(chunkfile, "SHIFT_MIN", 0)
+    raw = os.urandom(size)
+    data = _raw_chunk(raw)
+    (tmp_path / "p").write_bytes(b"x" * 7 + data + b"y" * 40)  # a pack-like range at an odd offset
+    shifts = set()
+    real = chunkfile._read_hashing
+
+    def spy(fd, view, offset, done, shift=0):
+        shifts.add(shift)
+        return real(fd, view, offset, done, shift)
+
+    monkeypatch.setattr(chunkfile, "_read_hashing", spy)
+    room = bytearray(size + 64 + 64)
+    for lead in range(64):
+        room[:] = b"\xee" * len(room)
+        out = memoryview(room)[lead:lead + size]
+        assert ChunkCodec().read(str(tmp_path / "p"), size, len(data), out, offset=7) == xxhash.xxh3_128_hexdigest(raw)
+        assert bytes(out) == raw
+        assert room[:lead] == b"\xee" * lead and room[lead + size:] == b"\xee" * (len(room) - lead - size), \
+            "a read wrote outside its destination"
+    assert shifts == set(range(32)), "every shift should have been taken"
+
+
+def test_loose_chunks_are_read_shifted_into_aligned_live_tensors(open_store, monkeypatch):
+    store = open_store(packs=False, compression="none", chunk_size=4 * MIB)
+    saved = _big_state(1)
+    info = store.save(saved, index=1, term=1)
+    shifts = []
+    real = chunkfile._read_hashing
+
+    def spy(fd, view, offset, done, shift=0):
+        shifts.append(shift)
+        return real(fd, view, offset, done, shift)
+
+    monkeypatch.setattr(chunkfile, "_read_hashing", spy)
+    live = _big_state(2)
+    store.load_into(info, live)
+    assert_same(live, saved)
+    # The 3.5 MiB tensor starts on a 64-byte boundary; its payload is 16 bytes into its file.
+    assert 16 in shifts
 
 
 @pytest.mark.parametrize("cut", [HEADER.size + 4096 + 1, HEADER.size + 3 * 4096])
