@@ -2,6 +2,12 @@
 
 The byte layout is in FORMAT.md ("Chunk file"). A `ChunkCodec` is shared by the worker
 threads of one store; zstd contexts are not thread-safe, so each thread gets its own.
+
+Reading returns the xxh3-128 of what was decoded, so the caller checks it against the
+chunk's id before trusting a byte. A raw chunk (every chunk of a store written with
+compression="none") is read and hashed piece by piece (HASH_PIECE), each piece hashed
+while it is in cache, and read shifted into alignment when its payload's file offset and
+its destination differ modulo SHIFT_ALIGN (FORMAT.md, "Raw flag", says why).
 """
 
 from __future__ import annotations
