@@ -1,7 +1,7 @@
 """Hot `load_into` of this tree and of a baseline commit against safetensors, in one process.
 
     python -m bench snapload [--baseline COMMIT] [--rounds 15] [--mb 256] [--configs zstd+loose,none+loose,zstd+packs,none+packs]
-                             [--cold]
+                             [--cold] [--cpus N]
 
 Issue 22's first row, for a change to the load path: the same 256 MiB transformer-like
 state (bench.snapshots.build_state) is saved once into a store of each tree, then loaded
@@ -21,6 +21,11 @@ the peer with its spread (min-max); the load average is recorded per round, the 
 each store holds once. Run it with OMP_NUM_THREADS=1 on a busy machine (the peer's
 `copy_` is steadiest on one thread; see bench.snapshots). Results go to
 bench/results/snapload.json. Benchmarks are not tests: nothing here asserts.
+
+`--cpus N` pins the process to N of the CPUs it may use (sched_setaffinity) before
+anything runs: with one, every case gets one core, as each does on a machine busy with
+other work, so the ratios are those of the CPU each side spends (and steadier), not of
+how many idle cores the threads of `load_into` happened to find that round.
 
 `--cold` reads every side's bytes from the device instead: before every timed call the
 safetensors file and every store's chunk and pack files are evicted from the page cache
@@ -153,16 +158,22 @@ def main(argv: list[str]) -> int:
                    help="comma-separated: a compression, then '+packs' or '+loose' (neither: each tree's default)")
     p.add_argument("--dir", default=None, help="where the scratch directory goes (default: the system temp dir)")
     p.add_argument("--cold", action="store_true", help="evict every file from the page cache before each timed call")
+    p.add_argument("--cpus", type=int, default=None, help="pin the process to this many CPUs (1: as on a busy machine)")
     p.add_argument("--out", default=None, help=f"results file (default {RESULTS}, or {COLD_RESULTS} with --cold)")
     args = p.parse_args(argv)
     args.out = args.out or str(COLD_RESULTS if args.cold else RESULTS)
     args.rounds = max(1, args.rounds)
+    if args.cpus is not None:
+        allowed = sorted(os.sched_getaffinity(0))
+        if not 1 <= args.cpus <= len(allowed):
+            p.error(f"--cpus must be between 1 and {len(allowed)}, the CPUs this process may use")
+        os.sched_setaffinity(0, allowed[-args.cpus:])  # the last ones: CPU 0 takes more interrupts
     started = time.perf_counter()
     work = Workdir(args.dir or tempfile.gettempdir(), "bench-snapload-")
     try:
         results = {"benchmark": "snapload", "machine": machine_info(work.root, ("snapshots",), torch=torch.__version__),
                    "config": {"mb": args.mb, "rounds": args.rounds, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-                              "cold": args.cold,
+                              "cold": args.cold, "cpus": sorted(os.sched_getaffinity(0)) if args.cpus else None,
                               "timing": "interleaved rounds into the same live tensors; ratio = median of per-round "
                                         "ratios to the peer; the two trees alternate order each round"}}
         baseline = None
