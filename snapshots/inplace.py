@@ -48,13 +48,16 @@ class RestorePlan:
         """Execute the plan; `tensor(i)` gives loaded, verified tensor leaf i. A leaf that
         is the live tensor itself was decoded into it in place: nothing to copy, but its
         autograd version is bumped as copy_ would have."""
+        decoded = []  # bumped in one call: one per tensor costs a few us each
         with torch.no_grad():
             for live, i in self.copies:
                 loaded = tensor(i)
                 if loaded is live:
-                    torch.autograd.graph.increment_version(live)
+                    decoded.append(live)
                 else:
                     live.copy_(loaded)
+        if decoded:
+            torch.autograd.graph.increment_version(decoded)
         for container, key, node in self.assigns:
             container[key] = tree.build(node, tensor)
         for mapping, key in self.deletes:
@@ -80,18 +83,18 @@ def decodable_into(targets: dict[int, torch.Tensor], wanted) -> dict[int, torch.
     of copies decides the result), keep the copy_ of `RestorePlan.apply`."""
     wanted = set(wanted)
     spans = []  # (start, end, position, direct)
+    # A hot reload runs this for every tensor of the state: the cheapest torch accessors
+    # (is_cpu, not device.type, which builds a device object) keep it near 1 us each.
+    strided = torch.strided
     for i, live in targets.items():
-        if i not in wanted or live.device.type not in ("cpu", "cuda") or live.numel() == 0:
+        if i not in wanted or not (live.is_cpu or live.is_cuda) or live.numel() == 0:
             continue
-        direct = (live.layout == torch.strided and live.is_contiguous()
-                  and not live.is_conj() and not live.is_neg())
-        if direct:
+        if live.layout == strided and live.is_contiguous() and not live.is_conj() and not live.is_neg():
             start = live.data_ptr()
-            end = start + live.numel() * live.element_size()
+            spans.append((start, start + live.nbytes, i, True))
         else:  # whatever it spans lies in its storage
             storage = live.untyped_storage()
-            start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
-        spans.append((start, end, i, direct))
+            spans.append((storage.data_ptr(), storage.data_ptr() + storage.nbytes(), i, False))
     spans.sort()
     out: dict[int, torch.Tensor] = {}
     reach = -1  # the furthest end among the spans before

@@ -24,12 +24,13 @@ import torch
 from .chunkfile import ChunkCodec
 from .manifest import ChunkRef, Manifest
 from .pool import WorkerPool
-from .tensorbytes import buffer
+from .tensorbytes import buffer, byte_view
 
 # (offset in the chunk, length, tensor position, offset in that tensor's bytes)
 Use = tuple[int, int, int, int]
-# read_chunk(snapshot name, ref, out): decode and check chunk `ref` into `out` (StoreReader.read_chunk).
-ReadChunk = Callable[[str, ChunkRef, torch.Tensor], None]
+# read_chunk(snapshot name, ref, out): decode and check chunk `ref` into `out`, a flat
+# uint8 tensor or a writable memoryview (StoreReader.read_chunk).
+ReadChunk = Callable[[str, ChunkRef, "torch.Tensor | memoryview"], None]
 
 
 def chunk_uses(manifest: Manifest, wanted: list[int]) -> dict[int, list[Use]]:
@@ -43,34 +44,37 @@ def chunk_uses(manifest: Manifest, wanted: list[int]) -> dict[int, list[Use]]:
     return uses
 
 
-def fill(manifest: Manifest, uses: dict[int, list[Use]], raws: list[torch.Tensor | None], read_chunk: ReadChunk,
+def fill(manifest: Manifest, uses: dict[int, list[Use]], outs: list[torch.Tensor | None], read_chunk: ReadChunk,
          codec: ChunkCodec, pool: WorkerPool) -> None:
-    """Decode every chunk of `uses` into the byte views `raws` (tensor position -> flat
-    uint8 view of that tensor, CPU or CUDA) on the pool's threads, in chunk order, each
-    thread keeping its packs open (`ChunkCodec.packs_kept_open`); the first error
-    (read_chunk's CorruptSnapshotError, an allocation failure) stops the others and is
-    raised once they have stopped."""
+    """Decode every chunk of `uses` into the bytes of the tensors `outs` (tensor position
+    -> a contiguous tensor, CPU or CUDA, or None where no chunk goes) on the pool's
+    threads, in chunk order, each thread keeping its packs open
+    (`ChunkCodec.packs_kept_open`); the first error (read_chunk's CorruptSnapshotError, an
+    allocation failure) stops the others and is raised once they have stopped."""
+    name = manifest.name
+    # Byte views of the CPU tensors, made once per load: slicing a memoryview per chunk
+    # costs a tenth of slicing a tensor and wrapping it again.
+    views = [buffer(o) if o is not None and o.is_cpu else None for o in outs]
 
     def one(c: int, _) -> None:
         ref, targets = manifest.chunks[c], uses[c]
         off, n, t, at = targets[0]
-        raw = raws[t]
-        if len(targets) == 1 and off == 0 and n == ref.raw_len and raw.device.type == "cpu":
-            # Straight into the tensor (a view only when the chunk is part of it: making
-            # one costs more than the rest of this function).
-            read_chunk(manifest.name, ref, raw if at == 0 and n == raw.numel() else raw[at:at + n])
+        view = views[t]
+        if len(targets) == 1 and off == 0 and n == ref.raw_len and view is not None:
+            # Straight into the tensor, read and hashed piece by piece (ChunkCodec.read).
+            read_chunk(name, ref, view if at == 0 and n == len(view) else view[at:at + n])
             return
         # Several tensors share the chunk, or it goes to a GPU: decode and check it in
         # this thread's buffer (page-locked for a GPU), then copy the pieces out. A copy
         # from the host is synchronous, so the buffer is free again after it.
-        pinned = any(raws[t].device.type == "cuda" for _, _, t, _ in targets)
+        pinned = any(views[t] is None for _, _, t, _ in targets)  # a CUDA tensor
         scratch = codec.scratch(ref.raw_len, "pinned" if pinned else "chunk", pinned=pinned)
-        read_chunk(manifest.name, ref, scratch)
-        source = None if pinned else buffer(scratch)
+        read_chunk(name, ref, scratch)
+        source = buffer(scratch)
         for off, n, t, at in targets:
-            if source is None:
-                raws[t][at:at + n].copy_(scratch[off:off + n])
+            if views[t] is None:
+                byte_view(outs[t])[at:at + n].copy_(scratch[off:off + n])
             else:  # a plain memory copy: many small tensors share a chunk, and torch's
-                buffer(raws[t])[at:at + n] = source[off:off + n]  # slice + copy_ cost ~10 us each
+                views[t][at:at + n] = source[off:off + n]  # slice + copy_ cost ~10 us each
 
     pool.drain(sorted(uses), one, pool.workers, codec.packs_kept_open)

@@ -18,10 +18,11 @@ from typing import Any, Callable, Iterator
 import torch
 
 from . import inplace, loading
-from .chunkfile import ChunkCodec, ChunkDecodeError, chunk_id
+from .chunkfile import ChunkCodec, ChunkDecodeError
 from .decoded import DecodedManifests
 from .errors import CorruptSnapshotError, SnapshotNotFoundError
 from .known import KnownFiles
+from .lastcopy import LastGoodCopies
 from .locating import ChunkLocator, Copy
 from .locks import FileLock
 from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, ManifestDecodeError, parse_manifest_name
@@ -29,7 +30,7 @@ from .paths import StoreLayout
 from .pool import WorkerPool
 from .reports import Damage, SnapshotInfo, VerifyReport
 from .safefile import UnsafeFileError, read_regular
-from .tensorbytes import DTYPES, byte_view
+from .tensorbytes import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class StoreReader:
         self._pool = pool
         self._known = known
         self._decoded = DecodedManifests()
+        self._last_good = LastGoodCopies()
 
     def shared_lock(self) -> FileLock:
         """The store's READERS lock, held shared; release it (or use `with`) when done.
@@ -118,44 +120,41 @@ class StoreReader:
         self._decoded.put(name, data, manifest)
         return manifest
 
-    def read_chunk(self, name: str, ref: ChunkRef, out: torch.Tensor) -> None:
-        """Decode chunk `ref` of snapshot `name` into `out` (ref.raw_len uint8) and check
-        its hash; CorruptSnapshotError names what failed, even a missing file.
+    def read_chunk(self, name: str, ref: ChunkRef, out: "torch.Tensor | memoryview") -> None:
+        """Decode chunk `ref` of snapshot `name` into `out` (ref.raw_len bytes: a flat
+        uint8 tensor or a writable memoryview) and check its hash; CorruptSnapshotError
+        names what failed, even a missing file.
 
-        The chunk may be in several files (packs, and a loose file): each copy is tried,
-        newest pack first, until one passes every check; the error is the first copy's
-        damage, or "missing" (naming any pack whose index does not read) when no file
-        holds it. When no copy was where the cached pack indexes said, `packs/` is listed
-        again once (another process's new pack, or one a prune rewrote)."""
+        The chunk may be in several files (packs, and a loose file): the copy that last
+        passed every check in this process is tried first, then each copy, newest pack
+        first, until one passes; the error is the first failing copy's damage, or
+        "missing" (naming any pack whose index does not read) when no file holds it. When
+        no copy was where the cached pack indexes said, `packs/` is listed again once
+        (another process's new pack, or one a prune rewrote). `out` holds the last copy's
+        bytes when it raises."""
+        last = self._last_good.get(ref.id)
+        if last is not None:
+            if self._read_copy(last, ref, out) is None:
+                self._known.add_good([ref.id])
+                return  # the usual reload: no walk over the copies
+            self._last_good.forget(ref.id)
         damage: list[str] = []
         for attempt in (0, 1):
             if attempt:
                 self.locator.refresh()
             for copy in self.locator.copies(ref.id):
-                if copy.stored_len is not None and copy.stored_len != ref.stored_len:
-                    # Another encoding of the same bytes, or a lying index: damage only if no copy reads.
-                    damage.append(f"holds the chunk as {copy.stored_len} bytes, the manifest says "
-                                  f"{ref.stored_len}{copy.where()}")
-                    continue
-                try:
-                    self._codec.read(copy.path, ref.raw_len, ref.stored_len, out, copy.offset)
-                except FileNotFoundError:
-                    continue
-                except ChunkDecodeError as e:
-                    damage.append(f"{e}{copy.where()}")
-                    continue
-                except OSError as e:
-                    damage.append(f"chunk file unreadable: {e}{copy.where()}")
-                    continue
-                if chunk_id(out) != ref.id:
-                    damage.append(f"content hash mismatch{copy.where()}")
-                    continue
-                self._known.add_good([ref.id])
-                return
+                why = self._read_copy(copy, ref, out)
+                if why is None:
+                    self._known.add_good([ref.id])
+                    self._last_good.put(ref.id, copy)
+                    return
+                if why:
+                    damage.append(why)
             if damage:
                 break
         # No longer trusted: the next save rewrites it, and no load decodes it in place.
         self._known.forget(ref.id)
+        self._last_good.forget(ref.id)
         if damage:
             raise CorruptSnapshotError(name, ref.id, damage[0])
         if parse_manifest_name(name) is not None and not os.path.lexists(self.layout.manifest_path(name)):
@@ -168,6 +167,24 @@ class StoreReader:
         bad_packs = self.locator.damaged()
         also = "; damaged pack(s): " + "; ".join(f"{p}: {why}" for p, why in sorted(bad_packs.items())) if bad_packs else ""
         raise CorruptSnapshotError(name, ref.id, f"chunk file is missing{also}"[:1000])
+
+    def _read_copy(self, copy: Copy, ref: ChunkRef, out: "torch.Tensor | memoryview") -> str | None:
+        """Decode `copy` of chunk `ref` into `out`: None if it passed every check, "" if
+        the file is not there, else why it is damage (for the report)."""
+        if copy.stored_len is not None and copy.stored_len != ref.stored_len:
+            # Another encoding of the same bytes, or a lying index: damage only if no copy reads.
+            return f"holds the chunk as {copy.stored_len} bytes, the manifest says {ref.stored_len}{copy.where()}"
+        try:
+            digest = self._codec.read(copy.path, ref.raw_len, ref.stored_len, out, copy.offset)
+        except FileNotFoundError:
+            return ""
+        except ChunkDecodeError as e:
+            return f"{e}{copy.where()}"
+        except OSError as e:
+            return f"chunk file unreadable: {e}{copy.where()}"
+        if digest != ref.id:
+            return f"content hash mismatch{copy.where()}"
+        return None
 
     def trusted_copy(self, cid: str, raw_len: int) -> Copy | None:
         """A copy of chunk `cid` a writer may reuse: one this process wrote or checked, or
@@ -182,8 +199,7 @@ class StoreReader:
                 return copy
             scratch = self._codec.scratch(raw_len, "chunk")
             try:
-                self._codec.read(copy.path, raw_len, size, scratch, copy.offset)
-                if chunk_id(scratch) == cid:
+                if self._codec.read(copy.path, raw_len, size, scratch, copy.offset) == cid:
                     self._known.add_good([cid])
                     return copy
             except (ChunkDecodeError, OSError):
@@ -237,8 +253,7 @@ class StoreReader:
         for t in wanted:
             r = manifest.tensors[t]
             outs[t] = live[t] if t in live else torch.empty(r.shape, dtype=DTYPES[r.dtype])
-        raws = [byte_view(o) if o is not None else None for o in outs]
-        loading.fill(manifest, uses, raws, self.read_chunk, self._codec, self._pool)
+        loading.fill(manifest, uses, outs, self.read_chunk, self._codec, self._pool)
         return outs
 
     # -- checks and walks ------------------------------------------------------------

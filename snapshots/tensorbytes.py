@@ -41,8 +41,9 @@ def byte_view(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def buffer(raw: torch.Tensor) -> memoryview:
-    """A writable memoryview over a contiguous uint8 CPU tensor, without copying."""
-    n = raw.numel()
+    """A writable byte memoryview over a contiguous CPU tensor (usually uint8; of any
+    dtype, its bytes, as `byte_view` would give them), without copying."""
+    n = raw.nbytes
     if n == 0:
         return memoryview(bytearray())
     array = (ctypes.c_char * n).from_address(raw.data_ptr())
