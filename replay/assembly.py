@@ -95,7 +95,7 @@ def open_journal(cls, path, *, state, ops, snapshot, durability, deterministic, 
             rolled back), "off" skips the check; costs, sampling and what is
             compared: replay/rng_check.py.
         snapshot_compression: how new snapshot chunks are stored: "none" (default:
-            raw, a load is a read and a hash into the live tensor, 1.0-1.3x safetensors
+            raw, a load is a read and a hash into the live tensor, 0.9-1.2x safetensors
             against about 3x) or "zstd" (byte-grouped and compressed, about a quarter
             fewer bytes for trained weights, half for optimizer-heavy states; README
             "Performance"). A store mixes both; ValueError for another value.

@@ -55,7 +55,7 @@ class SnapshotStore:
             CPU count, at least 4, as workers also wait on fsync).
         failpoint: crash testing only (below); None calls nothing.
         compression: what new chunks are. "none" (the default) stores every chunk raw:
-            a load is a read and a hash per chunk, 1.0-1.3x safetensors `load_file` +
+            a load is a read and a hash per chunk, 0.9-1.2x safetensors `load_file` +
             `copy_` on 2 busy cores, and a save writes the bytes as they are
             (bench/results/snapload.json, saves.json). "zstd" byte-groups floating point
             data and zstd-compresses each stream where that saves at least 1/32 of it
