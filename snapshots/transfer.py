@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .chunkfile import MAX_PACK_BYTES, ChunkCodec, ChunkDecodeError, chunk_id
+from .chunkfile import MAX_PACK_BYTES, ChunkCodec, ChunkDecodeError
 from .durable import fsync_dir, temp_name
 from .locating import ChunkLocator, Copy
 from .errors import CorruptFileError
@@ -99,10 +99,10 @@ def _check_chunk(codec: ChunkCodec, path: str, cid: str, raw_len: int, stored_le
                  offset: int | None = None) -> None:
     out = torch.empty(raw_len, dtype=torch.uint8)
     try:
-        codec.read(path, raw_len, stored_len, out, offset)
+        digest = codec.read(path, raw_len, stored_len, out, offset)  # the xxh3-128 of what it decoded
     except ChunkDecodeError as exc:
         raise _ChunkFileError(None, cid, str(exc)) from None
-    if chunk_id(out) != cid:
+    if digest != cid:
         raise _ChunkFileError(None, cid, "content hash mismatch: the raw bytes do not hash to the chunk's name")
 
 
