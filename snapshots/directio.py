@@ -59,7 +59,9 @@ class StagingBuffers:
     for 32 MiB here), on every save. Thread-safe; `take` makes a new mapping when the
     kept one is lent out."""
 
-    def __init__(self, window: int = WINDOW, windows: int = WINDOWS):
+    def __init__(self, window: int | None = None, windows: int | None = None):
+        window = WINDOW if window is None else window
+        windows = WINDOWS if windows is None else windows
         if window % ALIGN or window <= 0 or windows < 2:
             # Two buffers at least: one may wait for the bytes of a range not yet given.
             raise ValueError(f"window must be a positive multiple of {ALIGN} and windows >= 2, "
@@ -105,20 +107,29 @@ def disable_direct(fd: int) -> None:
 class WindowedWriter:
     """Writes a new file's bytes [0, end), each exactly once, through aligned windows.
 
-    Edge cases first: `write` of no bytes does nothing; a byte written twice, or a gap
-    left at `finish`, raises RuntimeError (a caller bug, never silent); after a failed
-    window write every later `write` and `finish` raise that error (nothing is retried:
-    the file's content is unknown, the caller deletes it); `close` is idempotent and
-    drops what was not yet written. `direct` says whether O_DIRECT is still in use (False
-    after the first write was refused and the windows went through the page cache).
+    Edge cases first: `write` of no bytes does nothing; a byte written into a window
+    that is already full (or written), or a gap left at `finish`, raises RuntimeError (a
+    caller bug, never silent; two writes of one byte inside a window still filling are
+    not seen); after a failed window write every later `write` and `finish` raise that
+    error (nothing is retried: the file's content is unknown, the caller deletes it);
+    `close` is idempotent and drops what was not yet written. `direct` says whether
+    O_DIRECT is still in use (False after the first write was refused and the windows
+    went through the page cache).
+
+    Ranges must start in file order: a `write` may wait for a buffer until the windows
+    before it are written, so every range before it must already be given (or be given
+    by a thread that is not waiting on this one). A PackWriter's ranges are: each
+    append reserves its offset, in order, and writes at once. (Out of order needs a
+    buffer per window in between.)
 
     Threads: `write` from any number of threads; `finish` and `close` on one thread,
-    after every `write` has returned; the writer's own thread ("snapshots-direct")
-    writes full windows in the order they fill, started by the first full window.
+    after every `write` has returned; WRITERS threads of the writer's own
+    ("snapshots-direct", started by the first full window) write full windows in the
+    order they fill.
     """
 
     def __init__(self, fd: int, buffers: StagingBuffers | None = None, direct: bool = True,
-                 writers: int = WRITERS):
+                 writers: int | None = None):
         self.direct = direct
         self._fd = fd
         self._staging = buffers if buffers is not None else StagingBuffers()
@@ -137,7 +148,7 @@ class WindowedWriter:
         self._wrote_any = False
         self._error: BaseException | None = None
         self._stopping = False
-        self._writers = writers
+        self._writers = WRITERS if writers is None else writers
         self._threads: list[threading.Thread] = []
 
     def write(self, parts: list[memoryview], offset: int) -> None:
