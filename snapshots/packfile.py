@@ -152,6 +152,16 @@ class PackWriter:
     interleaved rounds at load 4-7: wall per-round median 0.80x without (spread
     0.38-1.18), CPU 1.24x (the hints' own kernel work); 1 GiB, 4 rounds at load ~7.5:
     wall 0.54-0.76x in three rounds, 2.45x in one, CPU 1.4-2x. None: no hints.
+
+    `direct`: write around the page cache where the filesystem allows (`directio`): the
+    file gets O_DIRECT at its creation, every append (and the header, index and trailer)
+    is copied into the aligned windows of a `directio.WindowedWriter` (memory from
+    `staging`, kept by the caller between packs), whose own threads write them, and
+    `seal`/`finish` write the last window and cut the file to its size before naming it;
+    `writeback` is then moot (no dirty pages). Where O_DIRECT is refused at creation the
+    pack is written as without `direct`. The bytes on disk are the same either way. A
+    save asks for it for states of commit.DIRECT_AFTER bytes or more: copying into the
+    page cache is what a large buffered save pays for, in CPU on a busy machine.
     """
 
     def __init__(self, directory: str, failpoint: Callable[[str], None] | None = None,
