@@ -46,11 +46,27 @@ WINDOWS = 8
 # Threads writing windows: two keep a write queued at the device while the other thread
 # waits for the GIL to pick up the next window.
 WRITERS = 2
-# The file is grown (ftruncate, a hole: no block allocated) this far past the window
-# being written: ext4 serves a direct write past the end of the file with a journal
-# handle and the inode lock held, waiting for the I/O, where one inside the file's size
-# just fills a hole. The last ftruncate cuts the file to its size.
+# Before a window is written, its blocks are allocated (fallocate, up to the end of
+# the bytes given so far: never past the file's final size, so nothing is freed, and
+# discarded, afterwards): ext4 serves a direct write past the end of the file, or into
+# a hole, under the inode lock held exclusively until the I/O is done, and one into
+# allocated blocks under a shared lock, so two writer threads overlap. Where fallocate
+# is not supported the file is grown this far past the window instead (ftruncate: a
+# hole, nothing allocated), which at least spares each write the extending path.
 GROW_AHEAD = 64 << 20
+
+
+def _load_fallocate():
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_fallocate = _load_fallocate()
 
 
 class StagingBuffers:
@@ -138,8 +154,10 @@ class WindowedWriter:
         self._base = ctypes.addressof(ctypes.c_char.from_buffer(self._buffers))
         self._cond = threading.Condition()
         self._free = list(range(self._staging.windows))
-        self._file_size = 0  # what the writer threads have grown the file to (GROW_AHEAD)
-        self._size_lock = threading.Lock()
+        self._size_lock = threading.Lock()  # guards the three fields below
+        self._file_size = 0  # what the writer threads have allocated or grown the file to
+        self._given = 0  # the end of the furthest range given to `write`
+        self._allocate = _fallocate is not None  # False once fallocate is refused: grow with holes
         self._slots: dict[int, int] = {}  # window number -> buffer number
         self._filled: dict[int, int] = {}  # window number -> bytes copied into it
         self._next = 0  # the next window number to get a buffer (they get them in order)
@@ -155,6 +173,8 @@ class WindowedWriter:
         """Copy `parts` (byte buffers, in order) to the file's bytes from `offset` on.
         Returns once they are copied (not yet written); blocks while every buffer holds a
         window that is not yet full or not yet written. RuntimeError after `close`."""
+        with self._size_lock:
+            self._given = max(self._given, offset + sum(len(v) for v in parts))
         for view in parts:
             n = len(view)
             address = _address(view) if n else None
@@ -183,7 +203,7 @@ class WindowedWriter:
         finally:
             self.close()
         self._raise_if_failed()
-        os.ftruncate(self._fd, end)  # the padding and the hole grown ahead
+        os.ftruncate(self._fd, end)  # the padding (and a hole grown ahead without fallocate)
 
     def _flush(self, end: int) -> None:
         with self._cond:
@@ -294,12 +314,23 @@ class WindowedWriter:
                 self._cond.notify_all()
 
     def _grow(self, end: int) -> None:
-        """Make the file at least `end` bytes long (GROW_AHEAD more), never shorter: a
-        writer thread that grew it further meanwhile is not undone."""
+        """Make the file's first `end` bytes allocated blocks (up to the furthest byte
+        given, aligned down; or, without fallocate, grow the file GROW_AHEAD past `end`),
+        never shorter: a writer thread that went further meanwhile is not undone."""
         with self._size_lock:
-            if end > self._file_size:
-                os.ftruncate(self._fd, end + GROW_AHEAD)
-                self._file_size = end + GROW_AHEAD
+            if end <= self._file_size:
+                return
+            if self._allocate:
+                target = max(end, self._given // ALIGN * ALIGN)
+                if _fallocate(self._fd, 0, self._file_size, target - self._file_size) == 0:
+                    self._file_size = target
+                    return
+                code = ctypes.get_errno()
+                if code not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise OSError(code, f"fallocate: {os.strerror(code)}")
+                self._allocate = False
+            os.ftruncate(self._fd, end + GROW_AHEAD)
+            self._file_size = end + GROW_AHEAD
 
     def _write_window(self, buffer: int, length: int, offset: int) -> None:
         self._grow(offset + length)
