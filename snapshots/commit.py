@@ -53,14 +53,17 @@ from .tensorbytes import DTYPE_NAMES, group_width
 # (11 vs 22 ms: compression is real work, and two threads get two cores' share).
 INLINE_BYTES = {"none": 8 << 20, "zstd": 256 << 10}
 # States of at least this many bytes, saved raw (compression "none", the default),
-# write their pack with O_DIRECT (`directio`): the copy into the page cache, not the
-# fsync, is what a large raw save pays for, in CPU a busy machine lacks (see
-# PackWriter). Below it a save stays as it was: a small pack's buffered write is cheap,
-# and the staging windows and their threads would cost more than they save. zstd saves
-# keep the buffered path: compressing is their cost, and the inline writeback hints
-# already overlap it with the disk (direct/buffered, interleaved rounds at load ~3.5:
-# 1.03 at 54 MiB, 1.21 at 256 MiB, wall; no gain to take).
-DIRECT_AFTER = 8 << 20
+# write their pack with O_DIRECT (`directio`; PackWriter's `direct`): no copy into the
+# page cache, so about half the CPU (0.49-0.76x, interleaved A/B in one process), a
+# narrower spread, and no gigabyte of dirty pages left to compete with the log's
+# fdatasync. What it costs: the disk then sees at most WINDOWS * WINDOW bytes in flight,
+# where writeback from the page cache goes deeper, so on an idle machine buffered saves
+# were faster up to a few hundred MiB (direct/buffered wall at load 2-3: 54 MiB 1.29-1.50,
+# 128 MiB 1.18-1.61, 256 MiB 0.89-1.33, 1 GiB 0.41-1.03). Hence the threshold: small and
+# mid-sized saves keep the buffered path they had. zstd saves keep it too: compressing
+# is their cost, and the inline writeback hints already overlap it with the disk
+# (direct/buffered 1.03 at 54 MiB, 1.21 at 256 MiB).
+DIRECT_AFTER = 192 << 20
 
 
 @dataclass

@@ -1,9 +1,13 @@
 """Writing a new file around the page cache (O_DIRECT) through aligned staging windows.
 
-Why: a large save's cost is not its fsync but the copy into the page cache (page
-allocation, dirty accounting, and later writeback of every page). Measured on this
-project's machine (ext4 on a virtio disk): 256 MiB with `dd bs=8M conv=fsync` took
-0.78 s (0.64 s system CPU), with `oflag=direct` 0.18 s (0.02 s system). O_DIRECT needs
+Why: a large buffered save pays for the copy into the page cache (page allocation,
+dirty accounting, writeback of every page) in CPU, which a busy machine lacks: on this
+project's machine (ext4 on a virtio disk), 256 MiB with `dd bs=8M conv=fsync` took
+0.78 s (0.64 s system CPU) at a busy moment, with `oflag=direct` 0.18 s (0.02 s system);
+on an idle one both took 0.18-0.31 s (buffered 0.07-0.15 s system, direct 0.07-0.09 s).
+So a direct save costs about half the CPU and varies less, but the disk's writeback
+from the page cache can go deeper than our windows in flight (see commit.DIRECT_AFTER
+for where each wins). O_DIRECT needs
 every write's file offset, length and memory address aligned (ALIGN covers the logical
 block size of every common device), which a pack's bytes are not (a chunk file starts
 wherever the previous one ended), so `WindowedWriter` stages them:
@@ -13,10 +17,10 @@ wherever the previous one ended), so `WindowedWriter` stages them:
    in parallel) into the staging window(s) of WINDOW bytes that cover it. Windows get
    buffers in file order from a fixed set of WINDOWS (a writer thread far ahead waits
    for a buffer; it never holds one another thread needs: see `_slot`).
-2. A window whose WINDOW bytes are all copied is handed to the writer's own thread,
-   which writes it with one aligned `os.pwrite` (the GIL is released while the device
-   works) and gives the buffer back, so the disk writes one window while the callers
-   hash and copy the next ones.
+2. A window whose WINDOW bytes are all copied is handed to the writer's own threads
+   (WRITERS), one of which allocates its blocks and writes it with one aligned
+   `os.pwrite` (the GIL is released while the device works) and gives the buffer back,
+   so the disk writes several windows while the callers hash and copy the next ones.
 3. `finish(end)` pads the last, partial window with zeros to ALIGN, writes it, waits
    for every write, and truncates the file to `end`. Durability is still the caller's
    fsync: it persists the size and the extents and flushes the device's cache.
@@ -39,18 +43,21 @@ import threading
 from collections import deque
 
 ALIGN = 4096
-# Window size and count, chosen by measurement (bench saves, 256 MiB and 1 GiB): a few
-# windows in flight let the copies of four workers run ahead of the disk.
-WINDOW = 4 << 20
-WINDOWS = 8
-# Threads writing windows: two keep a write queued at the device while the other thread
-# waits for the GIL to pick up the next window.
-WRITERS = 2
+# Window size, count (the staging memory a store keeps: 48 MiB) and writer threads,
+# chosen by interleaved A/B saves in one process at load 2-3 (per-round median ratios
+# against 4 MiB x 8 with 2 writers): 2 MiB x 24 with 6 writers 0.85 at 128 MiB and 0.91
+# at 256 MiB, 2 MiB x 32 with 8 writers 0.89 at 256 MiB, 2 MiB x 16 with 4 writers 1.05.
+# The disk takes more bytes in flight well (a raw 256 MiB direct write + fsync: 194 ms
+# with two 4 MiB writes in flight, 164-167 ms with four or eight), and the windows let
+# the workers' copies run ahead of it.
+WINDOW = 2 << 20
+WINDOWS = 24
+WRITERS = 6
 # Before a window is written, its blocks are allocated (fallocate, up to the end of
 # the bytes given so far: never past the file's final size, so nothing is freed, and
 # discarded, afterwards): ext4 serves a direct write past the end of the file, or into
 # a hole, under the inode lock held exclusively until the I/O is done, and one into
-# allocated blocks under a shared lock, so two writer threads overlap. Where fallocate
+# allocated blocks under a shared lock, so the writer threads overlap. Where fallocate
 # is not supported the file is grown this far past the window instead (ftruncate: a
 # hole, nothing allocated), which at least spares each write the extending path.
 GROW_AHEAD = 64 << 20
@@ -72,7 +79,7 @@ _fallocate = _load_fallocate()
 class StagingBuffers:
     """Page-aligned memory for the windows of one WindowedWriter at a time, kept for the
     next one: a new mapping costs a page fault per 4 KiB on its first use (about 20 ms
-    for 32 MiB here), on every save. Thread-safe; `take` makes a new mapping when the
+    for 32 MiB here), on every save. The memory stays mapped for the owner's lifetime. Thread-safe; `take` makes a new mapping when the
     kept one is lent out."""
 
     def __init__(self, window: int | None = None, windows: int | None = None):
