@@ -293,7 +293,8 @@ class WindowedWriter:
             self._cond.notify_all()
 
     def _start_thread(self) -> None:  # under the lock
-        if len(self._threads) < min(self._writers, len(self._queue) + self._writing) and not self._stopping:
+        if (len(self._threads) < min(self._writers, len(self._queue) + self._writing) and not self._stopping
+                and self._error is None):
             thread = threading.Thread(target=self._run, name="snapshots-direct", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -301,10 +302,10 @@ class WindowedWriter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
+                while not self._queue and not self._stopping and self._error is None:
                     self._cond.wait()
-                if not self._queue:
-                    return
+                if not self._queue or self._error is not None:
+                    return  # stopped, or another window failed: the file is thrown away
                 window, buffer, length = self._queue.popleft()
                 self._writing += 1
             try:
