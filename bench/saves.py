@@ -18,7 +18,7 @@ the one before is deleted before the next save's clock starts. Ours:
 ``SnapshotStore.save`` into a store that already holds the previous snapshots (a prune
 after each save, outside the clock, keeps two), with packs and raw chunks (the defaults:
 one pack file per save, hashing and writing only, as the peers do no compression; a
-state of commit.DIRECT_AFTER bytes or more, here the 256 MiB and 1 GiB ones, writes its
+state of commit.DIRECT_AFTER bytes or more (512 MiB), here the 1 GiB one, writes its
 pack with O_DIRECT: snapshots/directio.py), with
 packs and ``compression="zstd"`` (level 1 where it pays), and, as the before row,
 ``packs=False`` (one loose file per chunk, zstd). ``--baseline COMMIT`` adds that

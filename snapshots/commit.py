@@ -59,11 +59,13 @@ INLINE_BYTES = {"none": 8 << 20, "zstd": 256 << 10}
 # fdatasync. What it costs: the disk then sees at most WINDOWS * WINDOW bytes in flight,
 # where writeback from the page cache goes deeper, so on an idle machine buffered saves
 # were faster up to a few hundred MiB (direct/buffered wall at load 2-3: 54 MiB 1.29-1.50,
-# 128 MiB 1.18-1.61, 256 MiB 0.89-1.33, 1 GiB 0.41-1.03). Hence the threshold: small and
-# mid-sized saves keep the buffered path they had. zstd saves keep it too: compressing
+# 128 MiB 1.18-1.61, 256 MiB 0.89-1.33, 1 GiB 0.41-1.03). Hence the threshold, above the
+# sizes where buffered won or tied: small and mid-sized saves keep the buffered path
+# they had (a 256 MiB save through it was 0.57-0.68x torch.save + fsync in the same runs,
+# direct 0.61-0.81x; at 1 GiB buffered was 1.3-1.5x, direct 0.66-0.79x). zstd saves keep it too: compressing
 # is their cost, and the inline writeback hints already overlap it with the disk
 # (direct/buffered 1.03 at 54 MiB, 1.21 at 256 MiB).
-DIRECT_AFTER = 192 << 20
+DIRECT_AFTER = 512 << 20
 
 
 @dataclass
