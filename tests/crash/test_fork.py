@@ -18,6 +18,7 @@ from replay import failpoints
 from replay.determinism import fingerprint
 from tests.replay.models import assert_same, make_ops, make_state
 from tests.replay.test_fork import run, tree_digest
+from tests.crash.checker.children import kill_at_call
 from tests.snapshots.forking import read_all
 
 pytestmark = [pytest.mark.crash, pytest.mark.fault_failpoint, pytest.mark.fault_sigkill]
@@ -56,18 +57,7 @@ def _fork_in_child(source, dest, env: dict, kill_at: int | None, count_fd: int |
             os.dup2(w, 2)
             sys.stderr = open(2, "w", closefd=False)  # pytest's capture is not fd 2: failpoints write here
             os.environ.update(env)
-            calls = [0]
-
-            def counted(real):
-                def call(*args, **kwargs):
-                    calls[0] += 1
-                    if calls[0] == kill_at:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    return real(*args, **kwargs)
-                return call
-
-            for name in IO_CALLS:
-                setattr(os, name, counted(getattr(os, name)))
+            calls = kill_at_call(IO_CALLS, kill_at)
             replay.fork(source, at=AT, dest=dest)
             if count_fd is not None:
                 os.write(count_fd, struct.pack("<q", calls[0]))

@@ -21,6 +21,8 @@ from snapshots.directio import StagingBuffers, WindowedWriter
 from snapshots.packfile import PackWriter, read_index
 
 from .conftest import assert_same
+from tests.crash.checker.children import kill_at_call
+
 from .forking import fork_child, read_all
 
 WINDOW = 2 * directio.ALIGN  # small windows: a test state spans many of them
@@ -306,19 +308,7 @@ def _direct_writer(root: str, ack_fd: int, kill_at: int) -> None:
     if not store.list():
         store.save(_state(1), index=1, term=1)
     os.write(ack_fd, b"1")
-    calls = [0]
-
-    def counted(real):
-        def call(*args, **kwargs):
-            calls[0] += 1
-            if calls[0] == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real(*args, **kwargs)
-
-        return call
-
-    for name in ("pwrite", "ftruncate", "fsync", "rename", "unlink"):
-        setattr(os, name, counted(getattr(os, name)))
+    kill_at_call(("pwrite", "ftruncate", "fsync", "rename", "unlink"), kill_at)
     store.save(_state(2), index=2, term=1)
     os.write(ack_fd, b"2")
     store.close()

@@ -59,6 +59,28 @@ class Run:
         return self.stderr.decode(errors="replace")[-3000:]
 
 
+
+def kill_at_call(names, kill_at: int, module=os) -> list[int]:
+    """In a child about to crash: SIGKILL this process at the `kill_at`-th call (1-based,
+    counted over all of them) of the functions `names` of `module`, just before it runs, so
+    a sweep over `kill_at` stops a workload at every one of its writes, syncs and renames.
+    Returns the counter, a one-element list: how many calls were made so far (a run that
+    was not killed tells the sweep how far it has to go)."""
+    calls = [0]
+
+    def counted(real):
+        def call(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in names:
+        setattr(module, name, counted(getattr(module, name)))
+    return calls
+
 def run_forked(fn: Callable, *args, kill_after: float | None = None, kill_on: Callable[[list], bool] | None = None,
                env: dict | None = None, timeout: float = 120, **kwargs) -> Run:
     """Fork; the child runs fn(*args, out_fd, **kwargs) and exits (1 on an exception).
