@@ -170,7 +170,7 @@ class WindowedWriter:
         self._next = 0  # the next window number to get a buffer (they get them in order)
         self._queue: deque[tuple[int, int, int]] = deque()  # (window, buffer, length) to write
         self._writing = 0  # windows taken by the writer thread and not yet written
-        self._wrote_any = False
+        self._wrote_direct = False  # a write succeeded with O_DIRECT on
         self._error: BaseException | None = None
         self._stopping = False
         self._writers = WRITERS if writers is None else writers
@@ -346,21 +346,26 @@ class WindowedWriter:
         retried = False
         try:
             while len(view):
+                direct = self.direct
                 try:
                     k = os.pwrite(self._fd, view, offset)
                 except OSError as e:
-                    if e.errno != errno.EINVAL or self._wrote_any or retried:
+                    if e.errno != errno.EINVAL or self._wrote_direct or retried:
                         raise
                     # The filesystem took O_DIRECT at fcntl but refuses the write: the
-                    # same bytes go through the page cache from here on (another writer
-                    # thread refused at the same time does the same).
+                    # same bytes go through the page cache from here on. Another writer
+                    # thread refused at the same time does the same, even when this one's
+                    # retry has already succeeded (buffered): only a write that succeeded
+                    # while O_DIRECT was on (`_wrote_direct`) shows the refusal means
+                    # something else.
                     disable_direct(self._fd)
                     self.direct = False
                     retried = True
                     continue
                 if k <= 0:
                     raise OSError(errno.EIO, f"pwrite wrote nothing at offset {offset}")
-                self._wrote_any = True
+                if direct and self.direct:  # O_DIRECT was on before and after: a direct write
+                    self._wrote_direct = True
                 offset += k
                 view = view[k:]
         finally:

@@ -23,6 +23,7 @@ from typing import Callable
 
 import xxhash
 
+from .chunkfile import HEADER as CHUNK_HEADER
 from .chunkfile import MAX_PACK_BYTES, MAX_RAW_LEN
 from .directio import StagingBuffers, WindowedWriter, enable_direct
 from .durable import TMP_PREFIX, start_writeback, unlink_quietly
@@ -128,6 +129,13 @@ def _pread(fd: int, n: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
+# Each chunk file's payload (the bytes after its header) starts on a multiple of this in
+# the pack, after zero padding: the page cache copies aligned reads into the live tensors
+# at full speed (FORMAT.md, "Pack file"; measured in snapshots/chunkfile.py's SHIFT_ALIGN).
+PAYLOAD_ALIGN = 64
+_ZEROS = memoryview(bytes(PAYLOAD_ALIGN))
+
+
 class PackWriter:
     """One pack being written into `directory` (which must exist once `append` is called).
 
@@ -194,21 +202,28 @@ class PackWriter:
 
     def append(self, cid: str, raw_len: int, parts: list) -> int:
         """Write one chunk file (`parts`, buffers in order) into the pack; its size.
-        Thread-safe: the offset is reserved under the lock, the bytes written outside it."""
+        Thread-safe: the offset is reserved under the lock, the bytes written outside it.
+        The chunk file starts where its payload lands on a PAYLOAD_ALIGN boundary, after
+        zero padding (FORMAT.md, "Pack file"), which is written with it."""
         views = [memoryview(p).cast("B") for p in parts]
         size = sum(len(v) for v in views)
         with self._lock:
             if self._fd is None:
                 self._open()
-            offset = self._end
-            self._end += size
+            padding = -(self._end + CHUNK_HEADER.size) % PAYLOAD_ALIGN
+            offset = self._end + padding
+            self._end = offset + size
             entry = PackEntry(cid, offset, size, raw_len)
             self._entries.append(entry)
             fd = self._fd
             windows = self._windows
+        if padding:
+            views.insert(0, _ZEROS[:padding])
+            offset -= padding
+            size += padding
         if windows is not None:
             windows.write(views, offset)  # no page cache, so no writeback to hint
-            return size
+            return size - padding
         _pwrite_all(fd, views, offset)
         if self._writeback == "inline":
             start_writeback(fd, offset, size)  # the kernel writes back while others encode
@@ -217,7 +232,7 @@ class PackWriter:
                 if self._hints is None:
                     self._hints = ThreadPoolExecutor(1, thread_name_prefix="snapshots-writeback")
                 self._hints.submit(start_writeback, fd, offset, size)
-        return size
+        return size - padding
 
     def _stop_hints(self) -> None:
         """Drop the hints not yet given and wait for the one being given: none may run

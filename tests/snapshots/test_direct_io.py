@@ -344,3 +344,40 @@ def test_a_direct_save_killed_at_every_write_truncate_fsync_or_rename_loses_noth
             break
         assert os.WTERMSIG(status) == signal.SIGKILL
     assert kill_at > 10  # the sweep crossed the windows of the second save
+
+
+def test_two_writer_threads_refused_at_once_both_fall_back(tmp_path, monkeypatch):
+    """A filesystem that takes O_DIRECT at fcntl but refuses the writes: two writer threads
+    hold a refused direct write at once, and the second learns of its refusal only after the
+    first one's buffered retry has succeeded. Both fall back; the bytes are whole."""
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    if not directio.enable_direct(fd):
+        os.close(fd)
+        pytest.skip("this filesystem refuses O_DIRECT at fcntl")
+    real = os.pwrite
+    both_refused = threading.Barrier(2, timeout=30)
+    first_retry_done = threading.Event()
+    refusals = []
+
+    def pwrite(fd_, data, offset):
+        if fcntl.fcntl(fd_, fcntl.F_GETFL) & os.O_DIRECT:
+            refusals.append(offset)
+            both_refused.wait()  # both threads are inside a direct write
+            if len(refusals) == 2 and offset == max(refusals):
+                first_retry_done.wait(30)  # the later window: refused after the other's retry wrote
+            raise OSError(errno.EINVAL, "Invalid argument")
+        done = real(fd_, data, offset)
+        first_retry_done.set()
+        return done
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    data = random.Random(5).randbytes(2 * WINDOW + 100)
+    try:
+        writer = WindowedWriter(fd, StagingBuffers(WINDOW, 3), writers=2)
+        writer.write([memoryview(data)], 0)  # two full windows: one for each writer thread
+        writer.finish(len(data))
+        assert not writer.direct and len(refusals) >= 2
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == data
+    assert _no_direct_threads()

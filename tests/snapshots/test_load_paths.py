@@ -18,6 +18,7 @@ import zstandard
 import snapshots
 from snapshots.chunkfile import CODEC_RAW, CODEC_STREAMS, CODEC_ZSTD, HEADER, MAGIC, STREAM, VERSION, ChunkCodec, \
     ChunkDecodeError, chunk_id
+from snapshots.packfile import read_index
 from snapshots.pool import WorkerPool
 
 from .conftest import assert_same
@@ -227,8 +228,9 @@ def test_a_load_that_hits_a_damaged_packed_chunk_closes_its_packs_and_leaves_liv
     saved = _big_state(1)
     info = writer.save(saved, index=1, term=1)
     (pack,) = [os.path.join(writer.path, "packs", n) for n in os.listdir(os.path.join(writer.path, "packs"))]
+    first = min(e.offset for e in read_index(pack).values())  # after the pack's header and padding
     with open(pack, "r+b") as f:  # one byte of the first chunk's payload
-        f.seek(16 + HEADER.size + 5)
+        f.seek(first + HEADER.size + 5)
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))
