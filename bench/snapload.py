@@ -168,6 +168,10 @@ def main(argv: list[str]) -> int:
         if not 1 <= args.cpus <= len(allowed):
             p.error(f"--cpus must be between 1 and {len(allowed)}, the CPUs this process may use")
         os.sched_setaffinity(0, allowed[-args.cpus:])  # the last ones: CPU 0 takes more interrupts
+        # torch sizes its thread pool from the CPUs it saw at import: more threads than the
+        # pinned CPUs spin-wait for each other in every copy_ (the peer took 1 s, not 38 ms,
+        # pinned to one CPU with two threads)
+        torch.set_num_threads(min(torch.get_num_threads(), args.cpus))
     started = time.perf_counter()
     work = Workdir(args.dir or tempfile.gettempdir(), "bench-snapload-")
     try:
