@@ -77,7 +77,6 @@ class GlobalRngCheck:
             raise ValueError(f"rng_check must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.where = where
-        self._warned: set[str] = set()
         # warn mode: how often each op has been compared (-1 once reported), and the private
         # generator that picks the sampled applies (seeded from the OS: a journal's choice
         # must not follow the program's seeds, or a seeded schedule could line up with it)
@@ -131,9 +130,8 @@ class GlobalRngCheck:
             return
         if self.mode == "strict":
             raise UnseededDrawError(op, moved, self.where)
-        if op not in self._warned:
-            self._warned.add(op)
-            self._compared[op] = -1  # before() skips it from now on
+        if self._compared.get(op) != -1:
+            self._compared[op] = -1  # reported: before() skips it from now on
             # stacklevel: the line that called Journal.apply (after, Applier.apply, Guards.run between)
             warnings.warn(_message(op, moved, self.where) + " (reported once per op; rng_check='strict' raises)",
                           UnseededDrawWarning, stacklevel=5)

@@ -16,16 +16,15 @@ the log ends at N - 1; that case is pinned too, so a change to it is a decision.
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
-import lmdb
 import pytest
 
 import replay
 from eventlog import CorruptEntryError, EventLog
 from eventlog import reader as reader_module
 from tests.cli import tinyjob
+from tests.eventlog.raw import delete_entry
 from tests.warm import run_replay
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,13 +47,7 @@ def _copy_without(master: Path, tmp_path: Path, index: int) -> Path:
     for name in ("data.mdb", "lock.mdb"):
         if (master / name).exists():
             (path / name).write_bytes((master / name).read_bytes())
-    env = lmdb.open(str(path), max_dbs=4, subdir=True)
-    try:
-        db = env.open_db(b"entries", create=False)
-        with env.begin(write=True, db=db) as txn:
-            assert txn.delete(struct.pack(">Q", index))
-    finally:
-        env.close()
+    delete_entry(path, index)
     return path
 
 
@@ -171,12 +164,7 @@ def test_recovery_names_a_missing_entry_at_a_batch_start(tmp_path, monkeypatch):
     monkeypatch.setattr(reader_module, "READ_BATCH", 7)  # batches start at 1, 8, 15, ...
     journal = tmp_path / "run"
     tinyjob.write(journal, 30, snapshot_every=1000)  # no snapshot: recovery replays from 1
-    env = lmdb.open(str(journal / "log"), max_dbs=4, subdir=True)
-    try:
-        with env.begin(write=True, db=env.open_db(b"entries", create=False)) as txn:
-            assert txn.delete(struct.pack(">Q", 15))
-    finally:
-        env.close()
+    delete_entry(journal / "log", 15)
     with pytest.raises(CorruptEntryError) as raised:
         replay.Journal.open(journal, state=tinyjob.make_state(), ops=tinyjob.ops).close()
     assert raised.value.index == 15 and MISSING_REASON in str(raised.value)

@@ -4,15 +4,13 @@ before it, naming the damaged index, exactly as `entries()` raises it."""
 
 from __future__ import annotations
 
-import struct
-
-import lmdb
 import pytest
 
 from eventlog import CorruptEntryError, EventLog
 from eventlog import reader as reader_module
 
-from .test_read_runs import _drop, _log
+from .raw import delete_entry, flip_byte
+from .test_read_runs import _log
 
 N = 40
 
@@ -32,7 +30,7 @@ def test_the_same_entries_in_lists_of_at_most_size(tmp_path, monkeypatch, size, 
 
 def test_damage_is_raised_after_the_entries_before_it(tmp_path):
     path = _log(tmp_path / "log", N)
-    _drop(path, 23)  # inside the first read batch: the entries before it come first, then the error
+    delete_entry(path, 23)  # inside the first read batch: the entries before it come first, then the error
     with EventLog.open(path, readonly=True) as log:
         with pytest.raises(CorruptEntryError) as by_entries:
             list(log.entries())
@@ -48,16 +46,7 @@ def test_a_bad_checksum_ends_the_lists_at_the_entry_before_it(tmp_path):
     path = _log(tmp_path / "log", N)
     with EventLog.open(path, durability="os") as log:
         log.append("put", {"i": 41})
-    env = lmdb.open(str(path), max_dbs=4, subdir=True)
-    try:
-        db = env.open_db(b"entries", create=False)
-        with env.begin(write=True, db=db) as txn:
-            key = struct.pack(">Q", 30)
-            value = bytearray(txn.get(key))
-            value[-1] ^= 0x01  # the payload's last byte: the checksum no longer matches
-            txn.put(key, bytes(value))
-    finally:
-        env.close()
+    flip_byte(path, 30)  # the payload's last byte: the checksum no longer matches
     with EventLog.open(path, readonly=True) as log:
         got = []
         with pytest.raises(CorruptEntryError) as raised:

@@ -8,7 +8,6 @@ import os
 import random
 import shutil
 
-import pytest
 
 from eventlog import Archive, EventLog, segment
 from eventlog import merging, sealing

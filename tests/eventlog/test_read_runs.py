@@ -6,13 +6,11 @@ before it (in order, none under another's index), and verify() reports the log d
 
 from __future__ import annotations
 
-import struct
-
-import lmdb
 import pytest
 
 from eventlog import CorruptEntryError, EventLog
 from eventlog import reader as reader_module
+from tests.eventlog.raw import delete_entry
 
 N = 40
 
@@ -21,17 +19,6 @@ def _log(path, n=N):
     with EventLog.open(path, durability="os") as log:
         log.append_many([("put", {"i": i}) for i in range(1, n + 1)])
     return path
-
-
-def _drop(path, index):
-    """Delete entry `index` from the LMDB environment behind the log's back."""
-    env = lmdb.open(str(path), max_dbs=4, subdir=True)
-    try:
-        db = env.open_db(b"entries", create=False)
-        with env.begin(write=True, db=db) as txn:
-            assert txn.delete(struct.pack(">Q", index))
-    finally:
-        env.close()
 
 
 @pytest.fixture(params=[None, 7], ids=["one-run", "runs-of-7"])
@@ -59,7 +46,7 @@ def test_a_missing_entry_is_named_by_every_reader(tmp_path, read_batch, missing)
 
 def _drop_from(tmp_path, missing):
     path = _log(tmp_path / "log")
-    _drop(path, missing)
+    delete_entry(path, missing)
     return path
 
 
