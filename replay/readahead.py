@@ -41,20 +41,7 @@ def prepare(entries: list, device: torch.device | None) -> tuple[list[Prepared],
     new = tuple.__new__  # Prepared's own __new__ is a Python function: one call more per entry
     try:
         for index, term, op, stored, _, checksum in entries:
-            # envelope.unwrap's well-formed case inline (one call less per entry); anything
-            # else goes to unwrap, which accepts or names what is malformed.
-            if type(stored) is dict and len(stored) == 2:
-                version = stored.get("v")
-                payload = stored.get("p")
-                if type(version) is not int or version < 1 or type(payload) is not dict:
-                    version, payload = unwrap(index, op, stored)
-                else:
-                    for key in payload:
-                        if type(key) is not str:
-                            version, payload = unwrap(index, op, stored)
-                            break
-            else:
-                version, payload = unwrap(index, op, stored)
+            version, payload = unwrap(index, op, stored)
             if device is not None and op not in ENGINE_OPS:
                 payload = to_device(payload, device)
             append(new(Prepared, (index, term, op, version, payload, checksum)))
