@@ -19,7 +19,7 @@ the one before is deleted before the next save's clock starts. Ours:
 after each save, outside the clock, keeps two), with packs and raw chunks (the defaults:
 one pack file per save, hashing and writing only, as the peers do no compression; a
 state of commit.DIRECT_AFTER bytes or more (512 MiB), here the 1 GiB one, writes its
-pack with O_DIRECT: snapshots/directio.py), with
+pack past commit.DIRECT_FROM (64 MiB) with O_DIRECT: snapshots/directio.py), with
 packs and ``compression="zstd"`` (level 1 where it pays), and, as the before row,
 ``packs=False`` (one loose file per chunk, zstd). ``--baseline COMMIT`` adds that
 commit's ``snapshots`` package with its defaults (imported under another name, as
@@ -117,9 +117,10 @@ def _dirty_kib() -> int | None:
 
 
 def measure(label: str, state: dict, rounds: int, work: Workdir, cases_wanted: set[str], baseline=None,
-            settle: bool = False) -> dict:
+            settle: bool = False, changing: dict | None = None) -> dict:
     """Interleaved rounds of every case on `state`; the row per case and the ratios.
-    `baseline`: (a case name, its snapshots module) compared with its own defaults."""
+    `baseline`: (a case name, its snapshots module) compared with its own defaults.
+    `changing`: the part of `state` each round changes (default: all of it)."""
     from safetensors.torch import save_file
 
     flat = {k: v for k, v in tensors_of(state)}
@@ -182,7 +183,7 @@ def measure(label: str, state: dict, rounds: int, work: Workdir, cases_wanted: s
         # The order rotates each round: a case never always follows the same one (whose
         # prune, outside the clock, still leaves the disk busy for a while).
         for name, before, fn, after in cases[r % len(cases):] + cases[:r % len(cases)]:
-            change(state)
+            change(state if changing is None else changing)
             if before is not None:
                 before()
             if settle:
@@ -271,7 +272,9 @@ def count_syscalls(work: Workdir) -> dict | None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench saves", description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="mlp,54,256", help="comma-separated: 'mlp' or a size in MiB")
+    parser.add_argument("--sizes", default="mlp,54,256",
+                        help="comma-separated: 'mlp', a size in MiB, or frozenB+C (a B MiB part no save "
+                             "changes, a C MiB part every save changes: a fine-tune with a frozen base)")
     parser.add_argument("--rounds", type=int, default=0, help="rounds per size (default: by size)")
     parser.add_argument("--cases", default="st,torch,packs,zstd,loose,baseline",
                         help="comma-separated keys: " + ",".join(CASE_KEYS) + " (baseline needs --baseline)")
@@ -306,10 +309,17 @@ def main(argv: list[str]) -> int:
         for name, counts in (results.get("syscalls_per_save") or {}).items():
             print(f"  one 2.3 MiB save, {name}: {counts}", flush=True)
         for size in args.sizes.split(","):
-            state = mlp_state() if size == "mlp" else build_state(int(size))
-            label = "mlp_adamw" if size == "mlp" else f"{size}mib"
-            rounds = args.rounds or (15 if size == "mlp" else 9 if int(size) <= 64 else 5)
-            result = measure(label, state, rounds, work, wanted, baseline, args.settle)
+            changing = None
+            if size == "mlp":
+                state, label, rounds = mlp_state(), "mlp_adamw", 15
+            elif size.startswith("frozen"):  # frozenB+C: a B MiB base no round changes, C MiB that each does
+                base, _, changed = size[len("frozen"):].partition("+")
+                changing = build_state(int(changed), seed=1)
+                state, label, rounds = {"base": build_state(int(base)), "adapter": changing}, f"{size}mib", 5
+            else:
+                state, label, rounds = build_state(int(size)), f"{size}mib", 9 if int(size) <= 64 else 5
+            rounds = args.rounds or rounds
+            result = measure(label, state, rounds, work, wanted, baseline, args.settle, changing)
             results["sizes"][label] = result
             mib = result["logical_bytes"] / 2**20
             print(f"{label}: {mib:.1f} MiB, {rounds} rounds{', settled' if args.settle else ''}, load "
