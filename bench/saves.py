@@ -19,7 +19,7 @@ the one before is deleted before the next save's clock starts. Ours:
 after each save, outside the clock, keeps two), with packs and raw chunks (the defaults:
 one pack file per save, hashing and writing only, as the peers do no compression; a
 state of commit.DIRECT_AFTER bytes or more (512 MiB), here the 1 GiB one, writes its
-pack past commit.DIRECT_FROM (64 MiB) with O_DIRECT: snapshots/directio.py), with
+pack with O_DIRECT: snapshots/directio.py), with
 packs and ``compression="zstd"`` (level 1 where it pays), and, as the before row,
 ``packs=False`` (one loose file per chunk, zstd). ``--baseline COMMIT`` adds that
 commit's ``snapshots`` package with its defaults (imported under another name, as

@@ -128,11 +128,7 @@ def disable_direct(fd: int) -> None:
 
 
 class WindowedWriter:
-    """Writes a new file's bytes [start, end), each exactly once, through aligned windows.
-
-    `start` (0 by default) must be a multiple of the window size; the bytes before it
-    are not this writer's (a PackWriter writes a pack's first bytes through the page
-    cache, on another descriptor) and `write` refuses them (RuntimeError).
+    """Writes a new file's bytes [0, end), each exactly once, through aligned windows.
 
     Edge cases first: `write` of no bytes does nothing; a byte written into a window
     that is already full (or written), or a gap left at `finish`, raises RuntimeError (a
@@ -156,28 +152,22 @@ class WindowedWriter:
     """
 
     def __init__(self, fd: int, buffers: StagingBuffers | None = None, direct: bool = True,
-                 writers: int | None = None, start: int = 0):
-        staging = buffers if buffers is not None else StagingBuffers()
-        if start < 0 or start % staging.window:
-            raise ValueError(f"start must be a multiple of the window size {staging.window}, got {start}")
+                 writers: int | None = None):
         self.direct = direct
         self._fd = fd
-        self._staging = staging
-        self._size = staging.window
-        self._start = start
+        self._staging = buffers if buffers is not None else StagingBuffers()
+        self._size = self._staging.window
         self._buffers: mmap.mmap | None = self._staging.take()
         self._base = ctypes.addressof(ctypes.c_char.from_buffer(self._buffers))
         self._cond = threading.Condition()
         self._free = list(range(self._staging.windows))
         self._size_lock = threading.Lock()  # guards the three fields below
-        # What the writer threads have allocated or grown the file to: the bytes before
-        # `start` are another writer's, whose own writes allocate them.
-        self._file_size = start
-        self._given = start  # the end of the furthest range given to `write`
+        self._file_size = 0  # what the writer threads have allocated or grown the file to
+        self._given = 0  # the end of the furthest range given to `write`
         self._allocate = _fallocate is not None  # False once fallocate is refused: grow with holes
         self._slots: dict[int, int] = {}  # window number -> buffer number
         self._filled: dict[int, int] = {}  # window number -> bytes copied into it
-        self._next = start // self._size  # the next window number to get a buffer (they get them in order)
+        self._next = 0  # the next window number to get a buffer (they get them in order)
         self._queue: deque[tuple[int, int, int]] = deque()  # (window, buffer, length) to write
         self._writing = 0  # windows taken by the writer thread and not yet written
         self._wrote_direct = False  # a write succeeded with O_DIRECT on
@@ -189,10 +179,7 @@ class WindowedWriter:
     def write(self, parts: list[memoryview], offset: int) -> None:
         """Copy `parts` (byte buffers, in order) to the file's bytes from `offset` on.
         Returns once they are copied (not yet written); blocks while every buffer holds a
-        window that is not yet full or not yet written. RuntimeError after `close`, or
-        for bytes before `start`."""
-        if offset < self._start and any(len(v) for v in parts):
-            raise RuntimeError(f"file bytes at offset {offset} are before this writer's start {self._start}")
+        window that is not yet full or not yet written. RuntimeError after `close`."""
         with self._size_lock:
             self._given = max(self._given, offset + sum(len(v) for v in parts))
         for view in parts:
@@ -217,11 +204,7 @@ class WindowedWriter:
         """Write the last window (padded with zeros to ALIGN), wait for every window to be
         written, stop the writer thread and truncate the file to `end` bytes. Raises the
         first write error, or RuntimeError if any byte of [0, end) was never written.
-        The writer thread is stopped whatever happens. RuntimeError (nothing truncated)
-        if `end` is before `start`."""
-        if end < self._start:
-            self.close()
-            raise RuntimeError(f"finish({end}) before this writer's start {self._start}")
+        The writer thread is stopped whatever happens."""
         try:
             self._flush(end)
         finally:

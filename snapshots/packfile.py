@@ -161,41 +161,26 @@ class PackWriter:
     0.38-1.18), CPU 1.24x (the hints' own kernel work); 1 GiB, 4 rounds at load ~7.5:
     wall 0.54-0.76x in three rounds, 2.45x in one, CPU 1.4-2x. None: no hints.
 
-    `direct`: write the pack's bytes from `direct_from` on (rounded up to the staging
-    window size; 0: every byte) around the page cache where the filesystem allows
-    (`directio`). Bytes before that point are written as without `direct`. Once a
-    reservation reaches it, a second descriptor of the temp file gets O_DIRECT, and
-    every byte from there on (chunk files, a chunk's part past the point, the index and
-    trailer) is copied into the aligned windows of a `directio.WindowedWriter` (memory
-    from `staging`, kept by the caller between packs), whose own threads write them;
-    `seal`/`finish` write the last window and cut the file to its size before naming
-    it. A pack that never reaches the point is an ordinary buffered pack (and maps no
-    staging memory). Where O_DIRECT is refused the rest is written as without
-    `direct`. The bytes on disk are the same either way. A save asks for it for states
-    of commit.DIRECT_AFTER bytes or more, from commit.DIRECT_FROM on: copying into the
-    page cache is what a large buffered save pays for, in CPU on a busy machine, and a
-    save that writes few new bytes of a large state keeps the buffered path that is
-    faster for small packs.
+    `direct`: write around the page cache where the filesystem allows (`directio`): the
+    file gets O_DIRECT at its creation, every append (and the header, index and trailer)
+    is copied into the aligned windows of a `directio.WindowedWriter` (memory from
+    `staging`, kept by the caller between packs), whose own threads write them, and
+    `seal`/`finish` write the last window and cut the file to its size before naming it;
+    `writeback` is then moot (no dirty pages). Where O_DIRECT is refused at creation the
+    pack is written as without `direct`. The bytes on disk are the same either way. A
+    save asks for it for states of commit.DIRECT_AFTER bytes or more: copying into the
+    page cache is what a large buffered save pays for, in CPU on a busy machine.
     """
 
     def __init__(self, directory: str, failpoint: Callable[[str], None] | None = None,
-                 writeback: str | None = "inline", direct: bool = False, staging: StagingBuffers | None = None,
-                 direct_from: int = 0):
+                 writeback: str | None = "inline", direct: bool = False, staging: StagingBuffers | None = None):
         if writeback not in (None, "inline", "background"):
             raise ValueError(f"writeback must be None, 'inline' or 'background', got {writeback!r}")
-        if direct_from < 0:
-            raise ValueError(f"direct_from must be >= 0, got {direct_from}")
         self.directory = directory
         self._writeback = writeback
-        self._staging = staging if staging is not None or not direct else StagingBuffers()
-        # The offset from which bytes go around the page cache (a window boundary, as the
-        # windows need); None: never (not asked, or O_DIRECT refused).
-        self._direct_at: int | None = None
-        if direct:
-            window = self._staging.window
-            self._direct_at = -(-direct_from // window) * window
-        self._direct_fd: int | None = None  # the temp file again, with O_DIRECT
-        self._windows: WindowedWriter | None = None  # set once a reservation reaches _direct_at
+        self._want_direct = direct
+        self._staging = staging
+        self._windows: WindowedWriter | None = None  # direct: set by _open where O_DIRECT is taken
         self._hints: ThreadPoolExecutor | None = None  # "background": created once past BACKGROUND_AFTER
         self.name: str | None = None
         self._failpoint = failpoint
@@ -230,18 +215,15 @@ class PackWriter:
             self._end = offset + size
             entry = PackEntry(cid, offset, size, raw_len)
             self._entries.append(entry)
-            self._reached_locked(self._end)
             fd = self._fd
             windows = self._windows
-        stored = size
         if padding:
             views.insert(0, _ZEROS[:padding])
             offset -= padding
+            size += padding
         if windows is not None:
-            views, offset = self._write_direct(windows, views, offset)
-            if not views:
-                return stored  # no page cache, so no writeback to hint
-        size = sum(len(v) for v in views)  # what goes through the page cache
+            windows.write(views, offset)  # no page cache, so no writeback to hint
+            return size - padding
         _pwrite_all(fd, views, offset)
         if self._writeback == "inline":
             start_writeback(fd, offset, size)  # the kernel writes back while others encode
@@ -250,7 +232,7 @@ class PackWriter:
                 if self._hints is None:
                     self._hints = ThreadPoolExecutor(1, thread_name_prefix="snapshots-writeback")
                 self._hints.submit(start_writeback, fd, offset, size)
-        return stored
+        return size - padding
 
     def _stop_hints(self) -> None:
         """Drop the hints not yet given and wait for the one being given: none may run
@@ -263,47 +245,14 @@ class PackWriter:
     def _open(self) -> None:
         self._tmp = os.path.join(self.directory, f"{TMP_PREFIX}pack.{os.getpid()}.{secrets.token_hex(8)}")
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        self._reached_locked(HEADER_SIZE)
+        if self._want_direct and enable_direct(self._fd):
+            self._windows = WindowedWriter(self._fd, self._staging)
         self._write([memoryview(MAGIC + bytes(HEADER_SIZE - len(MAGIC)))], 0)
 
-    def _reached_locked(self, end: int) -> None:
-        """Under the lock (or on the sealing thread): the pack's bytes now reach `end`;
-        start the direct windows if that passes the point where they begin."""
-        if self._windows is not None or self._direct_at is None or end <= self._direct_at:
-            return
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CLOEXEC)
-        if not enable_direct(fd):
-            os.close(fd)
-            self._direct_at = None  # refused here: every byte goes through the page cache
-            return
-        self._direct_fd = fd
-        self._windows = WindowedWriter(fd, self._staging, start=self._direct_at)
-
-    def _write_direct(self, windows: WindowedWriter, views: list[memoryview], offset: int
-                      ) -> tuple[list[memoryview], int]:
-        """Hand the bytes of `views` (at `offset`) from the direct point on to `windows`;
-        the views (and offset) of what comes before it, for the page cache."""
-        at = self._direct_at
-        if offset >= at:
-            windows.write(views, offset)
-            return [], offset
-        keep, before = [], at - offset
-        for k, view in enumerate(views):
-            if before >= len(view):
-                keep.append(view)
-                before -= len(view)
-                continue
-            if before:
-                keep.append(view[:before])
-            windows.write([view[before:], *views[k + 1:]], at)
-            break
-        return keep, offset
-
     def _write(self, views: list[memoryview], offset: int) -> None:
-        windows = self._windows
-        if windows is not None:
-            views, offset = self._write_direct(windows, views, offset)
-        if views:
+        if self._windows is not None:
+            self._windows.write(views, offset)
+        else:
             _pwrite_all(self._fd, views, offset)
 
     def finish(self) -> list[PackEntry]:
@@ -374,14 +323,10 @@ class PackWriter:
         index = b"".join(ENTRY.pack(bytes.fromhex(e.id), e.offset, e.stored_len, e.raw_len) for e in entries)
         digest = xxhash.xxh3_128_digest(index)
         tail = index + TRAILER.pack(len(entries), self._end, digest)
-        with self._lock:
-            self._reached_locked(self._end + len(tail))
         self._write([memoryview(tail)], self._end)
         if self._windows is not None:
             windows, self._windows = self._windows, None
             windows.finish(self._end + len(tail))  # every byte written, the file cut to its size
-            fd, self._direct_fd = self._direct_fd, None
-            os.close(fd)
         return entries, digest.hex() + SUFFIX
 
     def discard(self) -> None:
@@ -391,9 +336,6 @@ class PackWriter:
         if self._windows is not None:
             self._windows.close()
             self._windows = None
-        if self._direct_fd is not None:
-            os.close(self._direct_fd)
-            self._direct_fd = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

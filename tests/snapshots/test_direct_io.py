@@ -35,7 +35,6 @@ def small_windows(monkeypatch):
     monkeypatch.setattr(directio, "WINDOW", WINDOW)
     monkeypatch.setattr(directio, "WINDOWS", 3)
     monkeypatch.setattr(commit, "DIRECT_AFTER", 0)
-    monkeypatch.setattr(commit, "DIRECT_FROM", 0)
     made: list[WindowedWriter] = []
     real = WindowedWriter.__init__
 
@@ -105,89 +104,6 @@ def test_a_pool_save_through_the_direct_path_loads_bit_identical_and_reuses_its_
         assert_same(reopened.load(reopened.list()[-1]), _state(3))
     finally:
         reopened.close()
-
-
-@pytest.mark.parametrize("inline", [True, False])
-def test_a_pack_past_direct_from_writes_its_head_buffered_and_the_rest_direct_the_same_bytes(
-        open_store, tmp_path, small_windows, monkeypatch, inline):
-    """The direct writes begin at DIRECT_FROM (rounded up to a window): the bytes before
-    it go through the page cache, a chunk straddling it is split, and the pack is byte for
-    byte a buffered save's (inline: appended in order; else by the worker pool, whose
-    chunks may straddle the point from any thread)."""
-    if not inline:
-        monkeypatch.setattr(commit, "INLINE_BYTES", {"none": 0, "zstd": 0})
-    monkeypatch.setattr(commit, "DIRECT_FROM", 5 * WINDOW - 100)  # rounded up to 5 windows
-    state = _state(11)
-    store = open_store(tmp_path / "split")
-    info = store.save(state, index=1, term=1)
-    (writer,) = small_windows
-    assert writer._start == 5 * WINDOW and writer.direct
-    assert store.verify(info).ok
-    assert_same(store.load(info), state)
-    if inline:  # the same chunks at the same offsets as a buffered save's
-        monkeypatch.setattr(commit, "DIRECT_AFTER", 1 << 62)
-        buffered = open_store(tmp_path / "buffered")
-        buffered.save(state, index=1, term=1)
-        assert _pack_files(store.path) == _pack_files(buffered.path)
-    else:
-        (name, data), = _pack_files(store.path).items()
-        entries = read_index(os.path.join(store.path, "packs", name))
-        assert any(e.offset < 5 * WINDOW < e.offset + e.stored_len for e in entries.values())
-    assert _no_direct_threads()
-
-
-def test_a_large_state_that_writes_a_small_pack_keeps_the_buffered_path(open_store, small_windows, monkeypatch):
-    """The state's size makes a save a candidate for the direct path; only a pack that
-    reaches DIRECT_FROM takes it: a save that reuses almost every chunk maps no staging."""
-    monkeypatch.setattr(commit, "DIRECT_FROM", 8 * WINDOW)
-    store = open_store()
-    state = _state(12)
-    store.save(state, index=1, term=1)
-    assert len(small_windows) == 1  # the first save's pack is large: the direct path
-    state["model"]["b"] += 1  # one small tensor changes: one new chunk
-    info = store.save(state, index=2, term=1)
-    assert len(small_windows) == 1  # no second writer: the small pack went through the page cache
-    assert store.verify(info).ok
-    assert_same(store.load(info), state)
-
-
-def test_a_pack_whose_index_alone_reaches_direct_from_writes_the_index_direct(tmp_path, small_windows):
-    from snapshots.chunkfile import ChunkCodec, chunk_id
-
-    codec = ChunkCodec(compression="none")
-    writer = PackWriter(str(tmp_path), direct=True, staging=StagingBuffers(WINDOW, 2), direct_from=WINDOW)
-    # The pack's header, 48 bytes of padding, then a chunk file (16-byte header, payload)
-    # that ends 50 bytes before the point: the index and trailer (72 bytes) cross it.
-    raw = torch.arange(WINDOW - 114, dtype=torch.int64).to(torch.uint8)
-    writer.append(chunk_id(raw), raw.numel(), codec.encode(raw, 1))
-    assert writer._windows is None and WINDOW - writer._end == 50
-    entries = writer.seal()
-    assert len(small_windows) == 1 and small_windows[0]._start == WINDOW  # made by the seal
-    writer.sync()
-    path = os.path.join(tmp_path, writer.name)
-    assert os.path.getsize(path) == WINDOW + 22
-    assert list(read_index(path)) == [e.id for e in entries]
-    out = torch.empty(raw.numel(), dtype=torch.uint8)
-    codec.read(path, raw.numel(), entries[0].stored_len, out, entries[0].offset)
-    assert torch.equal(out, raw)
-    assert _no_direct_threads()
-
-
-def test_a_windowed_writer_refuses_bytes_before_its_start(tmp_path):
-    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with pytest.raises(ValueError, match="multiple of the window size"):
-            WindowedWriter(fd, StagingBuffers(WINDOW, 2), start=WINDOW + 1)
-        writer = WindowedWriter(fd, StagingBuffers(WINDOW, 2), direct=False, start=WINDOW)
-        with pytest.raises(RuntimeError, match="before this writer's start"):
-            writer.write([memoryview(b"abc")], WINDOW - 1)
-        writer.write([], 0)  # nothing to write: nothing refused
-        with pytest.raises(RuntimeError, match="before this writer's start"):
-            writer.finish(WINDOW - 1)
-        assert os.fstat(fd).st_size == 0  # nothing truncated or written
-    finally:
-        os.close(fd)
-    assert _no_direct_threads()
 
 
 def test_zstd_saves_keep_the_buffered_path(open_store, small_windows):
@@ -383,11 +299,10 @@ def test_a_discarded_direct_pack_leaves_no_file_and_no_thread(tmp_path):
     assert _no_direct_threads()
 
 
-def _direct_writer(root: str, ack_fd: int, kill_at: int, direct_from: int) -> None:
-    """Child: small windows, the direct path for every save from `direct_from` on; save 1,
-    then save 2 with a SIGKILL at this process's `kill_at`-th pwrite, ftruncate, fsync,
-    rename or unlink."""
-    directio.WINDOW, directio.WINDOWS, commit.DIRECT_AFTER, commit.DIRECT_FROM = WINDOW, 3, 0, direct_from
+def _direct_writer(root: str, ack_fd: int, kill_at: int) -> None:
+    """Child: small windows, the direct path for every save; save 1, then save 2 with a
+    SIGKILL at this process's `kill_at`-th pwrite, ftruncate, fsync, rename or unlink."""
+    directio.WINDOW, directio.WINDOWS, commit.DIRECT_AFTER = WINDOW, 3, 0
     commit.INLINE_BYTES = {"none": 0, "zstd": 0}  # the worker pool writes the windows' bytes
     store = snapshots.SnapshotStore(root, keep_last=2, chunk_size=4096, workers=2)
     if not store.list():
@@ -400,20 +315,18 @@ def _direct_writer(root: str, ack_fd: int, kill_at: int, direct_from: int) -> No
 
 
 @pytest.mark.crash
-@pytest.mark.parametrize("direct_from", [0, 5 * WINDOW])
-def test_a_direct_save_killed_at_every_write_truncate_fsync_or_rename_loses_nothing_acknowledged(tmp_path,
-                                                                                                direct_from):
-    """Every crash point of a direct save (a process crash: what was written stays), its
-    pack direct from the first byte or from a point midway: afterwards the store opens,
-    every snapshot it lists verifies and loads bit for bit, the first is there, the second
-    once acknowledged, and a prune leaves a store that still verifies."""
+def test_a_direct_save_killed_at_every_write_truncate_fsync_or_rename_loses_nothing_acknowledged(tmp_path):
+    """Every crash point of a direct save (a process crash: what was written stays):
+    afterwards the store opens, every snapshot it lists verifies and loads bit for bit,
+    the first is there, the second once acknowledged, and a prune leaves a store that
+    still verifies."""
     kill_at = 0
     while True:
         kill_at += 1
         assert kill_at < 400, "the save never ran to its end"
         root = str(tmp_path / f"run{kill_at}")
         r, w = os.pipe()
-        pid = fork_child(_direct_writer, root, w, kill_at, direct_from)
+        pid = fork_child(_direct_writer, root, w, kill_at)
         os.close(w)
         _, status = os.waitpid(pid, 0)
         acked = read_all(r)
