@@ -135,7 +135,8 @@ class WindowedWriter:
     caller bug, never silent; two writes of one byte inside a window still filling are
     not seen); after a failed window write every later `write` and `finish` raise that
     error (nothing is retried: the file's content is unknown, the caller deletes it);
-    `close` is idempotent and drops what was not yet written. `direct` says whether
+    `close` is idempotent and drops what was not yet written, and a `write` or `finish`
+    after it raises RuntimeError (its staging memory is no longer its own). `direct` says whether
     O_DIRECT is still in use (False after the first write was refused and the windows
     went through the page cache).
 
@@ -215,6 +216,12 @@ class WindowedWriter:
     def _flush(self, end: int) -> None:
         with self._cond:
             self._raise_if_failed()
+            if self._stopping:
+                # Closed: the staging memory went back to its StagingBuffers (another
+                # writer may be using it, or it may be unmapped) and no writer thread may
+                # start, so padding the last window would write into memory that is no
+                # longer ours and waiting for it to be written would never end.
+                raise RuntimeError("finish after the windowed writer was closed")
             last, used = divmod(end, self._size)
             if used == 0:
                 last, used = last - 1, self._size
@@ -330,10 +337,17 @@ class WindowedWriter:
                 return
             if self._allocate:
                 target = max(end, self._given // ALIGN * ALIGN)
-                if _fallocate(self._fd, 0, self._file_size, target - self._file_size) == 0:
-                    self._file_size = target
-                    return
-                code = ctypes.get_errno()
+                while True:
+                    if _fallocate(self._fd, 0, self._file_size, target - self._file_size) == 0:
+                        self._file_size = target
+                        return
+                    code = ctypes.get_errno()
+                    # A signal with a handler (a trainer's SIGTERM, an itimer) arriving
+                    # meanwhile: tmpfs and others give up with EINTR. A ctypes call gets
+                    # no automatic retry (PEP 475 covers os.* only), so it is retried here;
+                    # nothing was changed (or only blocks allocated, which a retry keeps).
+                    if code != errno.EINTR:
+                        break
                 if code not in (errno.EOPNOTSUPP, errno.ENOSYS):
                     raise OSError(code, f"fallocate: {os.strerror(code)}")
                 self._allocate = False
