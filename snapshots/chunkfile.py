@@ -251,10 +251,17 @@ class ChunkCodec:
             shift = _shift(view, base + HEADER.size) if raw_len >= max(SHIFT_MIN, SHIFT_ALIGN) else 0
             head = bytearray(HEADER.size)
             got = os.preadv(fd, [head, view[shift:shift + min(HASH_PIECE, raw_len - shift)]], base)
+            if got < HEADER.size:
+                # A read may return less than asked before the end of the file (POSIX;
+                # only 0 bytes means the end), so the rest of the header is read before
+                # the file is called short. The piece is then read by _read_hashing.
+                rest = _pread_upto(fd, HEADER.size - got, base + got)
+                head[got:got + len(rest)] = rest
+                got += len(rest)
             header = bytes(head) if got >= HEADER.size else b""
         else:
             got = 0
-            header = os.pread(fd, min(stored_len, HEADER.size + TABLE_GUESS), base)
+            header = _pread_upto(fd, min(stored_len, HEADER.size + TABLE_GUESS), base)
         if len(header) < HEADER.size:
             raise ChunkDecodeError("shorter than its header")
         magic, version, codec, width, _, n = HEADER.unpack_from(header)
@@ -280,7 +287,7 @@ class ChunkCodec:
             raise ChunkDecodeError(f"group width {width} does not divide {n}")
         table_len = STREAM.size * width
         if len(table) < table_len:
-            table = os.pread(fd, table_len, base + HEADER.size)
+            table = _pread_upto(fd, table_len, base + HEADER.size)
             if len(table) != table_len:
                 raise ChunkDecodeError("stream table cut short")
         streams = [STREAM.unpack_from(table, j * STREAM.size) for j in range(width)]
@@ -408,6 +415,19 @@ def _read_hashing(fd: int, view: memoryview, offset: int, done: int, shift: int 
         _pread_exact(fd, view[at:n], offset + at)
         hasher.update(view[at:n])
     return hasher.hexdigest()
+
+
+def _pread_upto(fd: int, n: int, offset: int) -> bytes:
+    """The `n` bytes at `offset`, fewer only where the file ends (a read that returns
+    less than asked is not the end: only one that returns nothing is)."""
+    parts, got = [], 0
+    while got < n:
+        part = os.pread(fd, n - got, offset + got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _pread_exact(fd: int, view: memoryview, offset: int) -> None:

@@ -84,7 +84,7 @@ def read_index(path: str) -> dict[str, PackEntry]:
     try:
         if size < HEADER_SIZE + TRAILER.size:
             raise PackDecodeError(f"pack file is {size} bytes, shorter than a header and trailer")
-        if os.pread(fd, len(MAGIC), 0) != MAGIC:
+        if _pread(fd, len(MAGIC), 0) != MAGIC:  # a short read is not a wrong magic
             raise PackDecodeError("bad pack magic")
         count, start, digest = TRAILER.unpack(_pread(fd, TRAILER.size, size - TRAILER.size))
         if count > MAX_PACK_CHUNKS:
