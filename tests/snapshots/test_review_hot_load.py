@@ -26,10 +26,8 @@ import xxhash
 
 import snapshots
 from snapshots import chunkfile
-from snapshots.chunkfile import CODEC_RAW, HEADER, MAGIC, VERSION, ChunkCodec, chunk_id
+from snapshots.chunkfile import CODEC_RAW, HEADER, MAGIC, VERSION, ChunkCodec
 from snapshots.packfile import ENTRY, TRAILER, read_index
-
-from tests.chunkcopies import region
 
 from .conftest import assert_same
 
@@ -90,3 +88,239 @@ def test_reads_that_return_less_than_asked_are_not_damage(open_store, tmp_path, 
     live = _state(2)
     reader.load_into(info, live)  # known good now: straight into the live tensors, shifted
     assert_same(live, saved)
+
+
+# -- the digest is always that of the bytes left in the destination -----------------------
+
+def _raw_chunk(raw: bytes) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, CODEC_RAW, 1, 0, len(raw)) + raw
+
+
+@pytest.mark.parametrize("lead", [0, 1, 16, 31, 33, 63])
+def test_the_digest_read_returns_is_of_the_bytes_it_leaves_whatever_changes_in_the_file(tmp_path, monkeypatch,
+                                                                                       lead):
+    """A byte of the payload changes just before the k-th read system call (the first
+    read with the header, each piece, a piece's retry, the in-place tail): whatever the
+    destination ends up holding, the digest returned is that of exactly those bytes, so
+    the caller's comparison with the chunk id can never pass over bytes other than the
+    ones loaded."""
+    monkeypatch.setattr(chunkfile, "HASH_PIECE", 4096)
+    monkeypatch.setattr(chunkfile, "SHIFT_MIN", 0)
+    n = 3 * 4096 + 40
+    raw = os.urandom(n)
+    path = tmp_path / "p"
+    real = os.preadv
+    calls = []
+    for k in range(8):
+        for at in (0, 4095, 4096 + 7, n - 20, n - 1):  # first piece, a boundary, the tail
+            path.write_bytes(b"z" * 7 + _raw_chunk(raw))  # a pack-like range at an odd offset
+            calls.clear()
+
+            def preadv(fd, buffers, offset, *flags):
+                if len(calls) == k:
+                    with open(path, "r+b") as f:  # another writer, between two reads
+                        f.seek(7 + HEADER.size + at)
+                        f.write(bytes([raw[at] ^ 0x41]))
+                calls.append(offset)
+                return real(fd, buffers, offset, *flags)
+
+            monkeypatch.setattr(os, "preadv", preadv)
+            room = bytearray(b"\xee" * (n + 128))
+            out = memoryview(room)[lead:lead + n]
+            digest = ChunkCodec().read(str(path), n, HEADER.size + n, out, offset=7)
+            monkeypatch.setattr(os, "preadv", real)
+            assert digest == xxhash.xxh3_128_hexdigest(bytes(out)), (k, at)
+            assert (digest == xxhash.xxh3_128_hexdigest(raw)) == (bytes(out) == raw)
+            assert room[:lead] == b"\xee" * lead and room[lead + n:] == b"\xee" * (len(room) - lead - n)
+    assert len(calls) >= 4  # the read took several calls: each k changed the file before one of them
+
+
+# -- the real thresholds, into views of one storage ------------------------------------
+
+SIZES = {
+    # SHIFT_MIN: the smallest chunk read shifted; chunk_size // 16 <= 65535, so each is a chunk of its own
+    "threshold": ([chunkfile.SHIFT_MIN - 1, chunkfile.SHIFT_MIN, chunkfile.SHIFT_MIN + 1], MIB - 64),
+    # HASH_PIECE: one piece, and one byte either side (a 1-byte last piece)
+    "piece": ([chunkfile.HASH_PIECE - 1, chunkfile.HASH_PIECE, chunkfile.HASH_PIECE + 1], 4 * MIB),
+}
+
+
+@pytest.mark.parametrize("packs", [True, False], ids=["packs", "loose"])
+@pytest.mark.parametrize("sizes", sorted(SIZES))
+def test_chunks_at_the_real_thresholds_load_into_views_of_one_storage_and_nothing_beside_them(
+        open_store, tmp_path, monkeypatch, packs, sizes):
+    lengths, chunk_size = SIZES[sizes]
+    saved = {f"t{k}": _bytes(n, 10 + k) for k, n in enumerate(lengths)}
+    store = open_store(tmp_path / "s", packs=packs, compression="none", chunk_size=chunk_size, workers=4)
+    info = store.save(saved, index=1, term=1)
+    shifts = []
+    real = chunkfile._read_hashing
+
+    def spy(fd, view, offset, done, shift=0):
+        shifts.append(shift)
+        return real(fd, view, offset, done, shift)
+
+    monkeypatch.setattr(chunkfile, "_read_hashing", spy)
+    for reader in (store, open_store(tmp_path / "s", workers=4)):  # known good; checked in fresh memory first
+        for lead in (1, 17, 40):
+            # Each live tensor a view at an odd offset of one storage, with a few bytes
+            # between them that belong to nobody: decoded side by side, in place.
+            base = torch.full((sum(lengths) + 64 * len(lengths) + lead,), 0xEE, dtype=torch.uint8)
+            live, at = {}, lead
+            for k, n in enumerate(lengths):
+                live[f"t{k}"] = base[at:at + n]
+                at += n + 3 + k
+            reader.load_into(info, live)
+            assert_same(live, saved)
+            owned = torch.zeros(len(base), dtype=torch.bool)
+            for t in live.values():
+                owned[t.storage_offset():t.storage_offset() + t.numel()] = True
+            assert bool((base[~owned] == 0xEE).all()), "a read wrote outside its destination"
+    assert any(shifts), "some chunk should have been read shifted"
+    assert reader.verify(info).ok
+
+
+# -- remembered copies ---------------------------------------------------------------------
+
+def _packs(root) -> list[str]:
+    return sorted(os.listdir(os.path.join(root, "packs")))
+
+
+def test_two_stores_in_one_process_never_read_each_others_remembered_copies(open_store, tmp_path):
+    saved = _state(3)
+    a = open_store(tmp_path / "a", compression="none", chunk_size=2 * MIB)
+    b = open_store(tmp_path / "b", compression="none", chunk_size=2 * MIB)
+    info = a.save(saved, index=1, term=1)
+    b.save(saved, index=1, term=1)  # the same chunk ids, in a pack of b's own
+    for store in (a, b):
+        live = _state(4)
+        store.load_into(info, live)
+        store.load_into(info, live)  # from the remembered copies
+    for name in _packs(b.path):
+        os.unlink(os.path.join(b.path, "packs", name))
+    live = _state(5)
+    with pytest.raises(snapshots.CorruptSnapshotError, match="missing"):
+        b.load_into(info.manifest_id, live)  # a's copies hold the same bytes, but they are not b's
+    live = _state(5)
+    a.load_into(info, live)
+    assert_same(live, saved)
+
+
+def test_a_remembered_pack_replaced_by_a_hostile_file_of_its_name_and_size_is_damage_naming_it(open_store,
+                                                                                                tmp_path):
+    saved = _state(6)
+    store = open_store(tmp_path / "s", compression="none", chunk_size=2 * MIB)
+    info = store.save(saved, index=1, term=1)
+    live = _state(7)
+    store.load_into(info, live)  # every chunk's pack copy remembered
+    [name] = _packs(store.path)
+    path = os.path.join(store.path, "packs", name)
+    hostile = path + ".hostile"
+    with open(hostile, "wb") as f:
+        f.write(os.urandom(os.path.getsize(path)))
+    os.rename(hostile, path)  # a new file under the old name: nothing cached about it is true
+    for reader in (store, open_store(tmp_path / "s")):  # remembered, and a fresh process's view
+        with pytest.raises(snapshots.CorruptSnapshotError) as raised:
+            reader.load_into(info, _state(8))
+        # Remembered: read where the cached index says, refused by its header or hash "(in
+        # pack P at offset O)"; fresh: the index does not read, "missing; damaged pack(s): P".
+        assert raised.value.chunk and name in raised.value.reason, raised.value
+        report = reader.verify(info)
+        assert not report.ok and all(d.chunk for d in report.damage)
+        assert all(name in d.reason for d in report.damage), [d.reason for d in report.damage]
+
+
+def test_concurrent_reloads_from_several_threads_each_get_the_snapshots_bytes(open_store, tmp_path):
+    saved = _state(9)
+    store = open_store(tmp_path / "s", compression="none", chunk_size=256 << 10, workers=4)
+    info = store.save(saved, index=1, term=1)
+    start = threading.Barrier(4, timeout=60)
+    failed = []
+
+    def reload(seed: int) -> None:
+        try:
+            start.wait()
+            for k in range(3):
+                live = _state(100 + 10 * seed + k)
+                store.load_into(info, live)
+                assert_same(live, saved)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            failed.append(e)
+
+    threads = [threading.Thread(target=reload, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failed, failed[0]
+
+
+# -- pack gaps -------------------------------------------------------------------------
+
+def _edit_pack(path: str, edit_rows=None, fill_gaps: int | None = None) -> None:
+    """Rewrite a pack's index (rows [raw_id, offset, stored_len, raw_len]) with a valid
+    digest, and/or fill every gap between chunk files with `fill_gaps`."""
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    count, start, _ = TRAILER.unpack_from(data, len(data) - TRAILER.size)
+    rows = [list(ENTRY.unpack_from(data, start + k * ENTRY.size)) for k in range(count)]
+    if fill_gaps is not None:
+        at = 16
+        for _, offset, stored_len, _ in sorted(rows, key=lambda r: r[1]):
+            data[at:offset] = bytes([fill_gaps]) * (offset - at)
+            at = offset + stored_len
+    if edit_rows is not None:
+        edit_rows(rows)
+    index = b"".join(ENTRY.pack(*r) for r in rows)
+    with open(path, "wb") as f:
+        f.write(bytes(data[:start]) + index + TRAILER.pack(len(rows), start, xxhash.xxh3_128_digest(index)))
+
+
+def _gap_state() -> dict:
+    # Odd sizes: every chunk file after the first follows a gap of padding.
+    return {"a": _bytes(70001, 1), "b": _bytes(3001, 2), "c": torch.randn(777, generator=torch.Generator().manual_seed(4)), "d": _bytes(65599, 3)}
+
+
+def test_gaps_that_are_not_zeros_are_never_read(open_store, tmp_path):
+    saved = _gap_state()
+    store = open_store(tmp_path / "s", compression="none", chunk_size=2 * MIB)
+    info = store.save(saved, index=1, term=1)
+    [name] = _packs(store.path)
+    entries = sorted(read_index(os.path.join(store.path, "packs", name)).values(), key=lambda e: e.offset)
+    assert any(e.offset > p.offset + p.stored_len for p, e in zip(entries, entries[1:])), "no gap to fill"
+    _edit_pack(os.path.join(store.path, "packs", name), fill_gaps=0xA5)
+    reader = open_store(tmp_path / "s")
+    assert reader.verify(info).ok
+    live = _gap_state()
+    for v in live.values():
+        v.zero_()
+    reader.load_into(info, live)
+    reader.load_into(info, live)  # in place, remembered copies
+    assert_same(live, saved)
+
+
+def test_an_index_entry_moved_into_the_padding_before_its_chunk_is_damage_naming_that_chunk(open_store, tmp_path):
+    saved = _gap_state()
+    store = open_store(tmp_path / "s", compression="none", chunk_size=2 * MIB)
+    info = store.save(saved, index=1, term=1)
+    [name] = _packs(store.path)
+    path = os.path.join(store.path, "packs", name)
+    entries = sorted(read_index(path).values(), key=lambda e: e.offset)
+    victim = next(e for p, e in zip(entries, entries[1:]) if e.offset > p.offset + p.stored_len)
+
+    def into_padding(rows):
+        for r in rows:
+            if r[0].hex() == victim.id:
+                r[1] -= 1  # still after the previous chunk file: the index reads
+    _edit_pack(path, edit_rows=into_padding)
+    reader = open_store(tmp_path / "s")
+    assert victim.id in read_index(path)
+    report = reader.verify(info)
+    assert [d.chunk for d in report.damage] == [victim.id]
+    assert name in report.damage[0].reason
+    untouched = _gap_state()
+    live = _gap_state()
+    with pytest.raises(snapshots.CorruptSnapshotError) as raised:
+        reader.load_into(info, live)
+    assert raised.value.chunk == victim.id
+    assert_same(live, untouched)  # nothing known good here: checked in fresh memory, live untouched
