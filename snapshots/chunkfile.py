@@ -207,6 +207,22 @@ class ChunkCodec:
         finally:
             os.close(fd)
 
+    def read_bytes(self, data: "bytes | bytearray | memoryview", raw_len: int,
+                   out: "torch.Tensor | memoryview") -> str:
+        """`read` of a chunk file held in memory (`data`, all of it, as `stored_len`):
+        the same checks, errors (but FileNotFoundError) and digest. For a caller that hands
+        out the bytes it checked: a second read of the file could see other bytes."""
+        # Decoded through a memory file, so one decoder (read_open) serves both: nothing
+        # here touches the disk, and the copy costs what the bytes' size does.
+        fd = os.memfd_create("snapshots-chunk", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(data).cast("B")
+            while len(view):
+                view = view[os.write(fd, view):]
+            return self.read_open(fd, len(data), raw_len, len(data), out)
+        finally:
+            os.close(fd)
+
     def packs_kept_open(self) -> "OpenPacks":
         """A context manager: until it exits, `read` on this thread keeps every pack it
         opens open for the next chunk in it (a load reads many chunks of one pack), and

@@ -106,6 +106,41 @@ def _check_chunk(codec: ChunkCodec, path: str, cid: str, raw_len: int, stored_le
         raise _ChunkFileError(None, cid, "content hash mismatch: the raw bytes do not hash to the chunk's name")
 
 
+def _check_chunk_bytes(codec: ChunkCodec, data: bytes, cid: str, raw_len: int) -> None:
+    """`_check_chunk` of a chunk file's bytes held in memory."""
+    out = torch.empty(raw_len, dtype=torch.uint8)
+    try:
+        digest = codec.read_bytes(data, raw_len, out)
+    except ChunkDecodeError as exc:
+        raise _ChunkFileError(None, cid, str(exc)) from None
+    if digest != cid:
+        raise _ChunkFileError(None, cid, "content hash mismatch: the raw bytes do not hash to the chunk's name")
+
+
+def _read_range(copy: Copy, cid: str, stored_len: int) -> bytes:
+    """The `stored_len` bytes of `copy` (a loose file of exactly that size, or its range
+    of a pack). FileNotFoundError when it is gone; CorruptFileError when it is not a
+    regular file, of another size, or ends early."""
+    try:
+        fd, size = open_regular(copy.path, MAX_PACK_BYTES if copy.pack else stored_len)
+    except UnsafeFileError as exc:
+        raise _ChunkFileError(None, cid, f"{'pack' if copy.pack else 'chunk'} file {exc}") from None
+    try:
+        start = copy.offset or 0
+        if (size != stored_len) if copy.pack is None else (start + stored_len > size):
+            raise _ChunkFileError(None, cid, f"file is {size} bytes, its range is [{start}, {start + stored_len})")
+        parts, got = [], 0
+        while got < stored_len:  # a read may return less than asked before the end
+            part = os.pread(fd, stored_len - got, start + got)
+            if not part:
+                raise _ChunkFileError(None, cid, f"{got} bytes, its manifest says {stored_len}")
+            parts.append(part)
+            got += len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+    finally:
+        os.close(fd)
+
+
 class StoreFiles:
     """Read-only, lock-free access to the committed files of the store directory `path`.
 
@@ -154,19 +189,10 @@ class StoreFiles:
     def read_chunk(self, cid: str, raw_len: int, stored_len: int) -> bytes:
         """The stored bytes of chunk `cid` (exactly `stored_len` of them: a chunk file, as
         `add_chunk` takes it, whether it is loose or packed here), after checking it
-        (`check_chunk`). FileNotFoundError when it is gone; CorruptFileError when damaged."""
-        copy = self._checked_copy(cid, raw_len, stored_len)
-        try:
-            fd, size = open_regular(copy.path, MAX_PACK_BYTES if copy.pack else stored_len)
-        except UnsafeFileError as exc:  # replaced between the check and the read
-            raise _ChunkFileError(None, cid, f"{exc}{copy.where()}") from None
-        try:
-            data = os.pread(fd, stored_len, copy.offset or 0)
-        finally:
-            os.close(fd)
-        if len(data) != stored_len:
-            raise _ChunkFileError(None, cid, f"{len(data)} bytes, its manifest says {stored_len}{copy.where()}")
-        return data
+        (`check_chunk`): the bytes returned are the very bytes checked (read once, then
+        decoded and hashed in memory), so a file changed after the check is never handed
+        out. FileNotFoundError when it is gone; CorruptFileError when damaged."""
+        return self._checked_copy(cid, raw_len, stored_len, read=True)[1]
 
     def link_into(self, cid: str, raw_len: int, stored_len: int, into: "StoreImport") -> bool:
         """Give the store `into` chunk `cid` (checked here first, as `check_chunk`): a hard
@@ -174,15 +200,16 @@ class StoreFiles:
         pack) where the filesystem allows, True; else its bytes staged by `add_chunk`, False.
         Nothing is named in `into` before its `commit`. FileNotFoundError, CorruptFileError
         as `check_chunk`."""
-        copy = self._checked_copy(cid, raw_len, stored_len)
+        copy, _ = self._checked_copy(cid, raw_len, stored_len)
         if into.stage_link(copy.path, copy.pack, cid):
             return True
         into.add_chunk(cid, self.read_chunk(cid, raw_len, stored_len), raw_len, stored_len)
         return False
 
-    def _checked_copy(self, cid: str, raw_len: int, stored_len: int) -> Copy:
-        """The first copy of chunk `cid` that passes every check. FileNotFoundError when no
-        file holds it; CorruptFileError (the first copy's damage) when none passes."""
+    def _checked_copy(self, cid: str, raw_len: int, stored_len: int, read: bool = False) -> tuple[Copy, bytes]:
+        """(the first copy of chunk `cid` that passes every check, its bytes if `read` else
+        b""). FileNotFoundError when no file holds it; CorruptFileError (the first copy's
+        damage) when none passes."""
         self._layout.chunk_path(cid)  # ValueError for a malformed id, before any path is built
         damage = []
         for attempt in (0, 1):
@@ -194,8 +221,12 @@ class StoreFiles:
                                   f"{stored_len}{copy.where()}")
                     continue
                 try:
-                    _check_chunk(self._codec, copy.path, cid, raw_len, stored_len, copy.offset)
-                    return copy
+                    if not read:
+                        _check_chunk(self._codec, copy.path, cid, raw_len, stored_len, copy.offset)
+                        return copy, b""
+                    data = _read_range(copy, cid, stored_len)
+                    _check_chunk_bytes(self._codec, data, cid, raw_len)
+                    return copy, data
                 except FileNotFoundError:
                     continue
                 except CorruptFileError as exc:

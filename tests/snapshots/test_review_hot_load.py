@@ -278,7 +278,8 @@ def _edit_pack(path: str, edit_rows=None, fill_gaps: int | None = None) -> None:
 
 def _gap_state() -> dict:
     # Odd sizes: every chunk file after the first follows a gap of padding.
-    return {"a": _bytes(70001, 1), "b": _bytes(3001, 2), "c": torch.randn(777, generator=torch.Generator().manual_seed(4)), "d": _bytes(65599, 3)}
+    g = torch.Generator().manual_seed(4)
+    return {"a": _bytes(70001, 1), "b": _bytes(3001, 2), "c": torch.randn(777, generator=g), "d": _bytes(65599, 3)}
 
 
 def test_gaps_that_are_not_zeros_are_never_read(open_store, tmp_path):
