@@ -243,7 +243,8 @@ class ChunkCodec:
     def read_open(self, fd: int, size: int, raw_len: int, stored_len: int, out: "torch.Tensor | memoryview",
                   offset: int | None = None) -> str:
         """`read` from a descriptor of `open_file` (`size` as it returned): the same checks,
-        the same errors but FileNotFoundError, the same digest returned. `out` may hold
+        the same errors but FileNotFoundError, the same digest returned. ValueError, before
+        anything is read, when `out` is not `raw_len` contiguous bytes. `out` may hold
         anything afterwards if it raises (a raw read goes straight into it before its
         header is checked), and holds the bytes read if the digest is not the chunk's.
 
@@ -258,7 +259,16 @@ class ChunkCodec:
             if offset + stored_len > size:
                 raise ChunkDecodeError(f"pack is {size} bytes, the chunk's range ends at {offset + stored_len}")
             base = offset
-        view = out if isinstance(out, memoryview) else buffer(out)
+        if isinstance(out, memoryview):
+            view = out
+        elif out.is_contiguous():
+            view = buffer(out)
+        else:
+            # buffer() would span the tensor's nbytes from its first element: other
+            # tensors' bytes, for a strided view (a caller bug, never silent).
+            raise ValueError(f"destination of {out.numel()} elements with strides {out.stride()} is not contiguous")
+        if len(view) != raw_len:
+            raise ValueError(f"destination is {len(view)} bytes, the chunk's raw length is {raw_len}")
         shift = 0
         if stored_len == HEADER.size + raw_len:
             # Most likely a raw chunk: header and first piece in one read, the piece

@@ -325,3 +325,52 @@ def test_an_index_entry_moved_into_the_padding_before_its_chunk_is_damage_naming
         reader.load_into(info, live)
     assert raised.value.chunk == victim.id
     assert_same(live, untouched)  # nothing known good here: checked in fresh memory, live untouched
+
+
+# -- a file cut short between its size check and its reads ----------------------------------
+
+@pytest.mark.parametrize("lead", [0, 1, 16, 31])
+def test_a_raw_chunk_cut_at_any_boundary_of_a_shifted_read_is_damage_and_writes_nothing_beside(tmp_path,
+                                                                                               monkeypatch, lead):
+    """The pack is cut after its size was taken (a stale size, as OpenPacks keeps one for a
+    whole load): inside the header, at its end, inside the first piece, at the end of a
+    shifted piece and one byte after, inside a later piece, at the start of the in-place
+    tail and inside it. Each is ChunkDecodeError, and no byte outside the destination is
+    written. (test_hot_load.py cuts an unshifted chunk in a later piece only.)"""
+    monkeypatch.setattr(chunkfile, "HASH_PIECE", 4096)
+    monkeypatch.setattr(chunkfile, "SHIFT_MIN", 0)
+    n = 3 * 4096 + 40
+    data = _raw_chunk(os.urandom(n))
+    room = bytearray(n + 128)
+    out = memoryview(room)[lead:lead + n]
+    shift = chunkfile._shift(out, 7 + HEADER.size)
+    h = HEADER.size
+    cuts = {5, h, h + 100, h + 4096 - shift, h + 4096 - shift + 1, h + 2 * 4096 + 9, h + n - shift,
+            h + n - shift + 1, h + n - 1}
+    for cut in sorted(cuts):
+        path = tmp_path / "p"
+        path.write_bytes(b"z" * 7 + data)
+        codec = ChunkCodec()
+        fd, size = codec.open_file(str(path), None)
+        try:
+            os.truncate(path, 7 + cut)
+            room[:] = b"\xee" * len(room)
+            with pytest.raises(chunkfile.ChunkDecodeError, match="ended early|shorter than its header"):
+                codec.read_open(fd, size, n, len(data), out, 7)
+        finally:
+            os.close(fd)
+        assert room[:lead] == b"\xee" * lead and room[lead + n:] == b"\xee" * (len(room) - lead - n), cut
+
+
+@pytest.mark.parametrize("make", ["strided", "short", "long"])
+def test_a_destination_that_is_not_raw_len_contiguous_bytes_is_refused_before_a_byte_is_written(tmp_path, make):
+    """ChunkCodec.read's contract: `out` is raw_len bytes. A strided uint8 view was wrapped
+    as nbytes contiguous bytes from its first element, so the read wrote the bytes between
+    its elements (another tensor's); a wrong length read or hashed another range."""
+    n = 70001
+    (tmp_path / "c").write_bytes(_raw_chunk(os.urandom(n)))
+    base = torch.full((2 * n + 2,), 0xEE, dtype=torch.uint8)
+    out = {"strided": base[::2][:n], "short": base[:n - 1], "long": base[:n + 1]}[make]
+    with pytest.raises(ValueError, match="contiguous|bytes"):
+        ChunkCodec().read(str(tmp_path / "c"), n, HEADER.size + n, out)
+    assert bool((base == 0xEE).all())
