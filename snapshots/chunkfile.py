@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+import tempfile
 import threading
 
 import torch
@@ -213,8 +214,13 @@ class ChunkCodec:
         the same checks, errors (but FileNotFoundError) and digest. For a caller that hands
         out the bytes it checked: a second read of the file could see other bytes."""
         # Decoded through a memory file, so one decoder (read_open) serves both: nothing
-        # here touches the disk, and the copy costs what the bytes' size does.
-        fd = os.memfd_create("snapshots-chunk", os.MFD_CLOEXEC)
+        # here touches the disk, and the copy costs what the bytes' size does. (Where
+        # there is no memfd_create, an unnamed temporary file does the same.)
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("snapshots-chunk", os.MFD_CLOEXEC)
+        else:
+            with tempfile.TemporaryFile() as f:
+                fd = os.dup(f.fileno())
         try:
             view = memoryview(data).cast("B")
             while len(view):
