@@ -141,7 +141,7 @@ class StoreReader:
         damage: list[str] = []
         for attempt in (0, 1):
             if attempt:
-                self.locator.refresh()
+                relist(self.locator)
             for copy in self.locator.copies(ref.id):
                 why = self._read_copy(copy, ref, out)
                 if why is None:
@@ -333,6 +333,17 @@ class StoreReader:
         if report is not None and not report.ok:
             return report
         return VerifyReport(error.manifest, 0, 0, (Damage(error.chunk, error.reason),))
+
+
+def relist(locator: ChunkLocator) -> None:
+    """List `packs/` again, reading anew the index of every pack found damaged before: a
+    pack's name may since hold a good pack (a save's pack is named before its fsync; when
+    a crash tore it, recovery saves the same chunks at the same offsets under the same
+    name, FORMAT.md "Commit protocol"), which a reader that remembered the damage would
+    never read (its chunks "missing" until the process restarts)."""
+    for name in locator.damaged():
+        locator.remove(name)
+    locator.refresh()
 
 
 def _file_size(path: str) -> int | None:

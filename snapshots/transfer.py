@@ -40,6 +40,7 @@ from .locating import ChunkLocator, Copy
 from .errors import CorruptFileError
 from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, ManifestDecodeError, parse_manifest_name
 from .paths import StoreLayout
+from .reading import relist
 from .safefile import UnsafeFileError, open_regular, read_regular
 
 __all__ = ["MAX_MANIFEST_BYTES", "ChunkRef", "ManifestFile", "StoreFiles", "StoreImport", "check_chunk_file",
@@ -214,7 +215,7 @@ class StoreFiles:
         damage = []
         for attempt in (0, 1):
             if attempt:
-                self._locator.refresh()
+                relist(self._locator)  # damaged packs too: a torn pack's name may hold a good one now
             for copy in self._locator.copies(cid):
                 if copy.stored_len is not None and copy.stored_len != stored_len:
                     damage.append(f"holds the chunk as {copy.stored_len} bytes, the manifest says "
