@@ -51,6 +51,7 @@ class StoreReader:
         self._known = known
         self._decoded = DecodedManifests()
         self._last_good = LastGoodCopies()
+        self._damaged_seen: dict[str, tuple] = {}  # damaged pack -> its file then (`relist`)
 
     def shared_lock(self) -> FileLock:
         """The store's READERS lock, held shared; release it (or use `with`) when done.
@@ -141,7 +142,7 @@ class StoreReader:
         damage: list[str] = []
         for attempt in (0, 1):
             if attempt:
-                relist(self.locator)
+                relist(self.locator, self._damaged_seen)
             for copy in self.locator.copies(ref.id):
                 why = self._read_copy(copy, ref, out)
                 if why is None:
@@ -335,15 +336,33 @@ class StoreReader:
         return VerifyReport(error.manifest, 0, 0, (Damage(error.chunk, error.reason),))
 
 
-def relist(locator: ChunkLocator) -> None:
-    """List `packs/` again, reading anew the index of every pack found damaged before: a
-    pack's name may since hold a good pack (a save's pack is named before its fsync; when
-    a crash tore it, recovery saves the same chunks at the same offsets under the same
-    name, FORMAT.md "Commit protocol"), which a reader that remembered the damage would
-    never read (its chunks "missing" until the process restarts)."""
+def relist(locator: ChunkLocator, seen: dict[str, tuple]) -> None:
+    """List `packs/` again, and read anew the index of every pack found damaged whose file
+    changed since (`seen`: pack name -> its file's identity then, kept by the caller from
+    call to call). A pack's name may come to hold a good pack: a save's pack is named
+    before its fsync, and when a crash tore it, recovery saves the same chunks at the
+    same offsets under the same name (FORMAT.md, "Commit protocol"); a reader that kept
+    the damage would find that snapshot's chunks "missing" until it restarted. A damaged
+    pack that did not change is not read again (nor logged again)."""
     for name in locator.damaged():
-        locator.remove(name)
+        identity = _identity(os.path.join(locator.layout.packs, name))
+        if identity != seen.get(name):
+            locator.remove(name)  # forgotten: refresh reads it as a pack it never saw
+            seen[name] = identity
     locator.refresh()
+    # The load's threads may do this at once: each step on `seen` is atomic (a race costs
+    # one more read of a pack, never a missed one).
+    for name in set(seen) - set(locator.damaged()):
+        seen.pop(name, None)
+
+
+def _identity(path: str) -> tuple | None:
+    """What changes when a file is replaced or written: inode, size, times (None: gone)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _file_size(path: str) -> int | None:

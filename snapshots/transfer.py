@@ -154,6 +154,7 @@ class StoreFiles:
         self._layout = StoreLayout(self.root)
         self._codec = ChunkCodec()
         self._locator = ChunkLocator(self._layout)
+        self._damaged_seen: dict[str, tuple] = {}  # damaged pack -> its file then (`reading.relist`)
 
     def manifest_names(self) -> list[str]:
         """Every committed manifest's name, oldest first by (index, term); [] when the
@@ -215,7 +216,7 @@ class StoreFiles:
         damage = []
         for attempt in (0, 1):
             if attempt:
-                relist(self._locator)  # damaged packs too: a torn pack's name may hold a good one now
+                relist(self._locator, self._damaged_seen)  # a torn pack's name may hold a good one now
             for copy in self._locator.copies(cid):
                 if copy.stored_len is not None and copy.stored_len != stored_len:
                     damage.append(f"holds the chunk as {copy.stored_len} bytes, the manifest says "

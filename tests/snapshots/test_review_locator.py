@@ -49,3 +49,29 @@ def test_a_reader_that_saw_a_torn_pack_reads_the_good_pack_saved_again_under_its
     for ref in files.read_manifest("2-1").chunks:
         files.check_chunk(ref.id, ref.raw_len, ref.stored_len)
         files.read_chunk(ref.id, ref.raw_len, ref.stored_len)
+
+
+def test_a_damaged_pack_that_does_not_change_is_not_read_again_for_every_missing_chunk(open_store, tmp_path,
+                                                                                       monkeypatch):
+    from snapshots import locating
+
+    root = tmp_path / "s"
+    writer = open_store(root, packs=True, chunk_size=4096)
+    writer.save(_state(1), index=1, term=1)
+    [first] = _packs(root)
+    writer.save(_state(2), index=2, term=1)
+    [torn] = set(_packs(root)) - {first}
+    writer.close()
+    _tear("empty", os.path.join(root, "packs", torn))
+    os.unlink(os.path.join(root, "packs", first))  # every chunk of 1-1 missing: a relist each
+    reads = []
+    real = locating.read_index
+
+    def read_index(path):
+        reads.append(os.path.basename(path))
+        return real(path)
+
+    monkeypatch.setattr(locating, "read_index", read_index)
+    report = open_store(root).verify("1-1")
+    assert len(report.damage) > 3 and all("missing" in d.reason for d in report.damage)
+    assert reads.count(torn) <= 2, reads  # listed, then read once more: not once per missing chunk
