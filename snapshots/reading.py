@@ -131,8 +131,8 @@ class StoreReader:
         first, until one passes; the error is the first failing copy's damage, or
         "missing" (naming any pack whose index does not read) when no file holds it. When
         no copy was where the cached pack indexes said, `packs/` is listed again once
-        (another process's new pack, or one a prune rewrote). `out` holds the last copy's
-        bytes when it raises."""
+        (another process's new pack, one a prune rewrote, or a damaged pack's file replaced
+        since: `relist`). `out` holds the last copy's bytes when it raises."""
         last = self._last_good.get(ref.id)
         if last is not None:
             if self._read_copy(last, ref, out) is None:
