@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 from dataclasses import replace
+from threading import Lock
 from typing import Any, Callable, Iterator
 
 import torch
@@ -51,7 +52,7 @@ class StoreReader:
         self._known = known
         self._decoded = DecodedManifests()
         self._last_good = LastGoodCopies()
-        self._damaged_seen: dict[str, tuple] = {}  # damaged pack -> its file then (`relist`)
+        self._relist = Relister(self.locator)
 
     def shared_lock(self) -> FileLock:
         """The store's READERS lock, held shared; release it (or use `with`) when done.
@@ -132,7 +133,7 @@ class StoreReader:
         "missing" (naming any pack whose index does not read) when no file holds it. When
         no copy was where the cached pack indexes said, `packs/` is listed again once
         (another process's new pack, one a prune rewrote, or a damaged pack's file replaced
-        since: `relist`). `out` holds the last copy's bytes when it raises."""
+        since: `Relister`). `out` holds the last copy's bytes when it raises."""
         last = self._last_good.get(ref.id)
         if last is not None:
             if self._read_copy(last, ref, out) is None:
@@ -142,7 +143,7 @@ class StoreReader:
         damage: list[str] = []
         for attempt in (0, 1):
             if attempt:
-                relist(self.locator, self._damaged_seen)
+                self._relist()
             for copy in self.locator.copies(ref.id):
                 why = self._read_copy(copy, ref, out)
                 if why is None:
@@ -336,24 +337,34 @@ class StoreReader:
         return VerifyReport(error.manifest, 0, 0, (Damage(error.chunk, error.reason),))
 
 
-def relist(locator: ChunkLocator, seen: dict[str, tuple]) -> None:
-    """List `packs/` again, and read anew the index of every pack found damaged whose file
-    changed since (`seen`: pack name -> its file's identity then, kept by the caller from
-    call to call). A pack's name may come to hold a good pack: a save's pack is named
+class Relister:
+    """Lists `packs/` again for a reader that found no copy of a chunk where its cached
+    pack indexes said, reading anew the index of every pack found damaged whose file has
+    changed since. Why: a pack's name may come to hold a good pack (a save's pack is named
     before its fsync, and when a crash tore it, recovery saves the same chunks at the
-    same offsets under the same name (FORMAT.md, "Commit protocol"); a reader that kept
+    same offsets under the same name: FORMAT.md, "Commit protocol"); a reader that kept
     the damage would find that snapshot's chunks "missing" until it restarted. A damaged
-    pack that did not change is not read again (nor logged again)."""
-    for name in locator.damaged():
-        identity = _identity(os.path.join(locator.layout.packs, name))
-        if identity != seen.get(name):
-            locator.remove(name)  # forgotten: refresh reads it as a pack it never saw
-            seen[name] = identity
-    locator.refresh()
-    # The load's threads may do this at once: each step on `seen` is atomic (a race costs
-    # one more read of a pack, never a missed one).
-    for name in set(seen) - set(locator.damaged()):
-        seen.pop(name, None)
+    pack whose file did not change is not read again (nor logged again). Thread-safe: a
+    load's threads that miss at once relist one after the other, and the later ones find
+    nothing changed."""
+
+    def __init__(self, locator: ChunkLocator):
+        self._locator = locator
+        self._lock = Lock()
+        self._seen: dict[str, tuple | None] = {}  # damaged pack -> its file's identity when last read
+
+    def __call__(self) -> None:
+        locator = self._locator
+        with self._lock:
+            for name in locator.damaged():
+                identity = _identity(os.path.join(locator.layout.packs, name))
+                if name not in self._seen or identity != self._seen[name]:
+                    locator.remove(name)  # forgotten: refresh reads it as a pack it never saw
+                    self._seen[name] = identity
+            locator.refresh()
+            damaged = locator.damaged()
+            for name in set(self._seen) - set(damaged):
+                del self._seen[name]
 
 
 def _identity(path: str) -> tuple | None:
