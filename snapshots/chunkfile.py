@@ -287,13 +287,13 @@ class ChunkCodec:
                 # A read may return less than asked before the end of the file (POSIX;
                 # only 0 bytes means the end), so the rest of the header is read before
                 # the file is called short. The piece is then read by _read_hashing.
-                rest = _pread_upto(fd, HEADER.size - got, base + got)
+                rest = pread_upto(fd, HEADER.size - got, base + got)
                 head[got:got + len(rest)] = rest
                 got += len(rest)
             header = bytes(head) if got >= HEADER.size else b""
         else:
             got = 0
-            header = _pread_upto(fd, min(stored_len, HEADER.size + TABLE_GUESS), base)
+            header = pread_upto(fd, min(stored_len, HEADER.size + TABLE_GUESS), base)
         if len(header) < HEADER.size:
             raise ChunkDecodeError("shorter than its header")
         magic, version, codec, width, _, n = HEADER.unpack_from(header)
@@ -319,7 +319,7 @@ class ChunkCodec:
             raise ChunkDecodeError(f"group width {width} does not divide {n}")
         table_len = STREAM.size * width
         if len(table) < table_len:
-            table = _pread_upto(fd, table_len, base + HEADER.size)
+            table = pread_upto(fd, table_len, base + HEADER.size)
             if len(table) != table_len:
                 raise ChunkDecodeError("stream table cut short")
         streams = [STREAM.unpack_from(table, j * STREAM.size) for j in range(width)]
@@ -449,9 +449,10 @@ def _read_hashing(fd: int, view: memoryview, offset: int, done: int, shift: int 
     return hasher.hexdigest()
 
 
-def _pread_upto(fd: int, n: int, offset: int) -> bytes:
+def pread_upto(fd: int, n: int, offset: int) -> bytes:
     """The `n` bytes at `offset`, fewer only where the file ends (a read that returns
-    less than asked is not the end: only one that returns nothing is)."""
+    less than asked is not the end: only one that returns nothing is). Every reader of
+    a chunk or pack range reads through this."""
     parts, got = [], 0
     while got < n:
         part = os.pread(fd, n - got, offset + got)

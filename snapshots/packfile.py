@@ -24,7 +24,7 @@ from typing import Callable
 import xxhash
 
 from .chunkfile import HEADER as CHUNK_HEADER
-from .chunkfile import MAX_PACK_BYTES, MAX_RAW_LEN
+from .chunkfile import MAX_PACK_BYTES, MAX_RAW_LEN, pread_upto
 from .directio import StagingBuffers, WindowedWriter, enable_direct
 from .durable import TMP_PREFIX, start_writeback, unlink_quietly
 from .manifest import MAX_CHUNK_OVERHEAD, MIN_STORED_LEN
@@ -119,14 +119,10 @@ def _entries(data: bytes, count: int, end: int) -> dict[str, PackEntry]:
 
 
 def _pread(fd: int, n: int, offset: int) -> bytes:
-    parts, got = [], 0
-    while got < n:
-        part = os.pread(fd, n - got, offset + got)
-        if not part:
-            raise PackDecodeError("pack file ended early")
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
+    data = pread_upto(fd, n, offset)
+    if len(data) < n:
+        raise PackDecodeError("pack file ended early")
+    return data
 
 
 # Each chunk file's payload (the bytes after its header) starts on a multiple of this in

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import retention
+from .chunkfile import pread_upto
 from .durable import TMP_PREFIX, fsync_dir
 from .locating import ChunkLocator
 from .packfile import PackEntry, PackWriter
@@ -298,7 +299,7 @@ def _rewrite_pack(layout, locator, name: str, live: list[PackEntry], out: Swept)
         return False
     try:
         for e in sorted(live, key=lambda e: e.offset):
-            data = os.pread(fd, e.stored_len, e.offset)
+            data = pread_upto(fd, e.stored_len, e.offset)  # a short read is not the end
             if len(data) != e.stored_len:
                 out.damage.append(f"packs/{name}: chunk {e.id} is cut short; the pack is left alone")
                 writer.discard()

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .chunkfile import MAX_PACK_BYTES, ChunkCodec, ChunkDecodeError
+from .chunkfile import MAX_PACK_BYTES, ChunkCodec, ChunkDecodeError, pread_upto
 from .durable import fsync_dir, temp_name
 from .locating import ChunkLocator, Copy
 from .errors import CorruptFileError
@@ -130,14 +130,10 @@ def _read_range(copy: Copy, cid: str, stored_len: int) -> bytes:
         start = copy.offset or 0
         if (size != stored_len) if copy.pack is None else (start + stored_len > size):
             raise _ChunkFileError(None, cid, f"file is {size} bytes, its range is [{start}, {start + stored_len})")
-        parts, got = [], 0
-        while got < stored_len:  # a read may return less than asked before the end
-            part = os.pread(fd, stored_len - got, start + got)
-            if not part:
-                raise _ChunkFileError(None, cid, f"{got} bytes, its manifest says {stored_len}")
-            parts.append(part)
-            got += len(part)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        data = pread_upto(fd, stored_len, start)
+        if len(data) < stored_len:
+            raise _ChunkFileError(None, cid, f"{len(data)} bytes, its manifest says {stored_len}")
+        return data
     finally:
         os.close(fd)
 

@@ -90,6 +90,28 @@ def test_reads_that_return_less_than_asked_are_not_damage(open_store, tmp_path, 
     assert_same(live, saved)
 
 
+def test_a_prune_rewriting_a_pack_through_short_reads_copies_every_chunk(open_store, tmp_path, monkeypatch):
+    # Before: the rewrite took one pread per chunk, so a short one left the pack "cut short"
+    # and not rewritten (space never reclaimed), a good pack reported as damage.
+    store = open_store(tmp_path / "s", packs=True, compression="none", chunk_size=4096, keep_last=1)
+    frozen = _bytes(3000, 9)
+
+    def state(seed: int) -> dict:  # the first pack is mostly moving bytes: prune rewrites it
+        return {"frozen": frozen, "moving": _bytes(40000, seed)}
+
+    for i in (1, 2, 3):
+        store.save(state(i), index=i, term=1)
+    packs_before = set(os.listdir(tmp_path / "s" / "packs"))
+    _short_reads(monkeypatch)
+    report = store.prune()
+    assert report.deleted == ("1-1", "2-1") and not report.damage, report.damage
+    assert set(os.listdir(tmp_path / "s" / "packs")) - packs_before  # a rewritten pack
+    monkeypatch.undo()
+    reader = open_store(tmp_path / "s")
+    assert reader.verify("3-1").ok
+    assert_same(reader.load("3-1"), state(3))
+
+
 # -- the digest is always that of the bytes left in the destination -----------------------
 
 def _raw_chunk(raw: bytes) -> bytes:
