@@ -61,8 +61,14 @@ class WorkerPool:
                             item = queue.popleft()  # deque's pops are atomic across threads
                         except IndexError:
                             return
-                        fn(item, ctx)
-            except BaseException as e:  # noqa: BLE001 - raised in the caller's thread below
+                        try:
+                            fn(item, ctx)
+                        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread below
+                            # Recorded before this thread's context exits, which may take a
+                            # while (closing packs): the other threads stop at their next item.
+                            failed.append(e)
+                            return
+            except BaseException as e:  # noqa: BLE001 - the context's own enter or exit failed
                 failed.append(e)
 
         if not queue:

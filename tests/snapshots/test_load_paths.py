@@ -76,18 +76,27 @@ def test_drain_of_nothing_runs_nothing(pool):
 
 def test_drain_stops_at_the_first_error_and_raises_it_after_every_thread_stopped(pool):
     done, log, lock = [], [], threading.Lock()
-    failing = threading.Event()
+    failing_thread = []
+    recorded = threading.Event()
+
+    class Context(_Counted):
+        def __exit__(self, *exc):
+            super().__exit__(*exc)
+            if failing_thread == [threading.get_ident()]:
+                recorded.set()  # drain recorded the failure before this thread's context exits
 
     def fn(item, ctx):
         if item == 3:  # the fourth thread's first item: the other three hold items 0-2
-            failing.set()
+            failing_thread.append(threading.get_ident())
             raise KeyError("item 3")
-        assert failing.wait(timeout=60), "item 3 never ran"
+        # Held until the failure is recorded (not merely raised), so none of these three
+        # can have taken its next item before drain knew.
+        assert recorded.wait(timeout=60), "item 3 never ran"
         with lock:
             done.append(item)
 
     with pytest.raises(KeyError, match="item 3"):
-        pool.drain(range(1000), fn, 4, lambda: _Counted(log))
+        pool.drain(range(1000), fn, 4, lambda: Context(log))
     assert sorted(done) == [0, 1, 2], "a thread took another item after the failure"
     assert sorted(t for w, t in log if w == "enter") == sorted(t for w, t in log if w == "exit")
 
