@@ -79,8 +79,9 @@ _fallocate = _load_fallocate()
 class StagingBuffers:
     """Page-aligned memory for the windows of one WindowedWriter at a time, kept for the
     next one: a new mapping costs a page fault per 4 KiB on its first use (about 20 ms
-    for 32 MiB here), on every save. The memory stays mapped for the owner's lifetime. Thread-safe; `take` makes a new mapping when the
-    kept one is lent out."""
+    for 32 MiB here), on every save. The memory stays mapped until the owner calls
+    `release` (a store's close). Thread-safe; `take` makes a new mapping when the kept
+    one is lent out."""
 
     def __init__(self, window: int | None = None, windows: int | None = None):
         window = WINDOW if window is None else window
@@ -103,6 +104,17 @@ class StagingBuffers:
         """Keep `memory` for the next `take` (once nothing reads or writes it any more)."""
         with self._lock:
             self._kept = memory
+
+    def release(self) -> None:
+        """Unmap the kept memory now (its owner closes); memory lent out is not touched and
+        is kept when given back. Idempotent; a later `take` maps anew."""
+        with self._lock:
+            kept, self._kept = self._kept, None
+        if kept is not None:
+            try:
+                kept.close()
+            except BufferError:  # still exported somewhere: unmapped once that goes
+                pass
 
 
 def enable_direct(fd: int) -> bool:

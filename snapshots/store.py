@@ -366,6 +366,7 @@ class SnapshotStore:
             return
         self._pool.shutdown()
         self._stager.clear()
+        self._chunks.staging.release()  # a large save's direct-write windows (48 MiB)
         self._saving.release_writer()
 
     def __enter__(self) -> "SnapshotStore":

@@ -106,6 +106,15 @@ def test_a_pool_save_through_the_direct_path_loads_bit_identical_and_reuses_its_
         reopened.close()
 
 
+def test_closing_the_store_unmaps_its_staging_memory(open_store, small_windows):
+    store = open_store()
+    store.save(_state(10), index=1, term=1)
+    kept = store._chunks.staging._kept
+    assert kept is not None and not kept.closed  # kept for the next large save
+    store.close()
+    assert kept.closed and store._chunks.staging._kept is None
+
+
 def test_zstd_saves_keep_the_buffered_path(open_store, small_windows):
     store = open_store(compression="zstd")
     state = _state(4)
