@@ -119,6 +119,15 @@ class Tail:
                 self._durable = last
                 self._wake_waiters()
 
+    def mark_one_committed(self, index: int, durable: bool) -> None:
+        """`mark_committed(index, durable)` for the one entry after committed_index, by a
+        caller that holds `lock` and buffers nothing (sync mode's per-commit path)."""
+        self._committed = index
+        if durable:
+            self._durable = index
+            if self._blocked:  # as _wake_waiters, without its call
+                self._durable_changed.notify_all()
+
     def mark_durable(self, index: int) -> None:
         """Every committed entry through `index` survives a power loss now."""
         with self.lock:

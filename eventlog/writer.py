@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import lmdb
 
@@ -69,6 +69,11 @@ class Writer:
         self.health = WriterHealth(storage.path, damage)
         self.bytes_appended = 0  # stored bytes framed since open; truncation does not subtract
         self._background: GroupFlusher | PeriodicSyncer | None = None
+        self._eager_batch = 0  # the flusher's eager batch (group mode), read per append
+        if durability == "sync":
+            self.append_one = self._commit_one  # per mode, once: no dispatch per append
+        elif durability == "group":
+            self.append_one = self._buffer_one
         self.commits = Commits(storage, self.tail, self.committing, self.health, self.meta_synced, on_commit,
                                self.write)
         self._compactor = Compactor(self, storage, archive, bounds)
@@ -80,6 +85,7 @@ class Writer:
         name = str(self._storage.path)
         if self._durability == "group":
             self._background = GroupFlusher(self.commits, self.tail, group_window, group_max_batch, name)
+            self._eager_batch = self._background.eager_batch
         elif self._durability == "os":
             self._background = PeriodicSyncer(self.commits, self.tail, os_sync_interval, name)
 
@@ -111,13 +117,19 @@ class Writer:
     # ------------------------------------------------------------------ appending
 
     def append_one(self, op_bytes: bytes, payload_bytes: bytes) -> int:
-        """Append one checked entry; return its index."""
-        if self._durability == "sync":
-            return self._commit_one(op_bytes, payload_bytes)
-        if self._durability != "group":
-            return self.append_encoded([(op_bytes, payload_bytes)]).start
-        # The group-mode hot path: one entry, no batch bookkeeping. Under one GIL the
-        # producer's per-entry cost is what the flusher competes with.
+        """Append one checked entry; return its index.
+
+        Bound per durability mode when the writer is made (``__init__``): EventLog.append
+        calls the mode's own path directly, without a dispatch per entry.
+        """
+        return self.append_encoded([(op_bytes, payload_bytes)]).start
+
+    def _buffer_one(self, op_bytes: bytes, payload_bytes: bytes) -> int:
+        """Group mode's append_one: frame the entry into the tail; the flusher commits it.
+
+        Under one GIL the producer's per-entry cost is what the flusher competes with, so
+        this is one entry with no batch bookkeeping.
+        """
         with self._state:
             if not self.health.usable or self._generation != SharedEnv.generation:
                 self.check_writable()
@@ -129,19 +141,20 @@ class Writer:
             pending = tail.append_one(record.key(index), value)
             # Otherwise the flusher already knows: it re-checks the count after every
             # commit, so telling it when the count crosses a threshold is enough.
-            if pending == self._background.eager_batch:  # may be 1 (group_max_batch=1): at once
+            if pending == self._eager_batch:  # may be 1 (group_max_batch=1): at once
                 self._background.notify_locked()
             elif pending == 1:
                 self._background.entry_arrived_locked()
         return index
 
     def _commit_one(self, op_bytes: bytes, payload_bytes: bytes) -> int:
-        """Sync mode's one-entry append: append_encoded without the batch bookkeeping.
+        """Sync mode's append_one: append_encoded without the batch bookkeeping.
 
-        Every call here is paid once per fdatasync'd commit, so it stays flat: one frame,
-        one put, one commit, one tail update (the regression issue 22 measured was the
-        general batch path's closures, generator, cursor and repeated checks). The put is
-        handed to the transaction as (function, arguments): no closure per append.
+        Every call here is paid once per fdatasync'd commit, and after that fdatasync the
+        CPU runs cold (measured: the same Python work costs about three times its
+        warm-cache CPU between two commits to disk), so it stays flat: one frame, one
+        `Storage.append_one` (the put inside the fenced transaction, no callback), one
+        tail update.
         """
         with self.committing, self._state:
             if not self.health.usable or self._generation != SharedEnv.generation:
@@ -150,13 +163,16 @@ class Writer:
             index = tail.last_index + 1
             value, checksum = record.frame(index, self.term, op_bytes, payload_bytes, time.time_ns(),
                                            self._last_checksum)
-            self.write(self._storage.put_one, record.key(index), value)
+            try:
+                self._storage.append_one(self.term, record.key(index), value)
+            except (FencedError, lmdb.Error) as exc:
+                self._write_failed(exc)
             self._last_checksum = checksum
             self.bytes_appended += len(value)
             if self.meta_synced:
-                tail.mark_committed(index, durable=True)
+                tail.mark_one_committed(index, durable=True)
             else:  # an environment shared with an earlier group/os writer: sync the meta too
-                tail.mark_committed(index, durable=False)
+                tail.mark_one_committed(index, durable=False)
                 self.commits.sync_committed_locked()
         return index
 
@@ -205,13 +221,19 @@ class Writer:
         the disk, so nothing is retried silently."""
         try:
             self._storage.write(self.term, body, *args)
-        except FencedError as exc:
+        except (FencedError, lmdb.Error) as exc:
+            self._write_failed(exc)
+
+    def _write_failed(self, exc: FencedError | lmdb.Error) -> NoReturn:
+        """Raise for a write transaction that failed with `exc` (write's rule, shared with
+        the sync path): FencedError as it is, once the lock is dropped; an LMDB error
+        poisons the log and raises LogPoisonedError."""
+        if isinstance(exc, FencedError):
             self.health.fence(exc)
             self._lock.release()  # no longer the writer: let the takeover writer hold the lock now
-            raise
-        except lmdb.Error as exc:
-            self.poison(exc)
-            raise self.health.write_failed() from exc
+            raise exc
+        self.poison(exc)
+        raise self.health.write_failed() from exc
 
     def poison(self, exc: BaseException) -> None:
         """A write or sync failed with `exc`: every later call raises; waiters wake."""

@@ -1,0 +1,103 @@
+"""The write paths' own guarantees: the map-resize gate keeps a growth away from write
+transactions and readers alike (lmdbenv.TxnGate), and sync mode's one-frame append
+(Storage.append_one) keeps `write`'s fence, collision check and map growth."""
+
+import threading
+
+import pytest
+
+from eventlog import EventLog, FencedError, LogError, record
+from eventlog.lmdbenv import TxnGate
+
+
+def _grow_in_thread(gate):
+    """Start a thread that runs an exclusive section; returns (thread, event set inside it)."""
+    ran = threading.Event()
+    thread = threading.Thread(target=gate.run_exclusive, args=(ran.set,), daemon=True)
+    thread.start()
+    return thread, ran
+
+
+def test_growth_waits_for_a_write_transaction_of_another_thread():
+    gate = TxnGate()
+    holding, release = threading.Event(), threading.Event()
+
+    def writer():
+        with gate.writing:
+            holding.set()
+            release.wait(30)
+
+    w = threading.Thread(target=writer, daemon=True)
+    w.start()
+    assert holding.wait(30)
+    grower, ran = _grow_in_thread(gate)
+    assert not ran.wait(0.2)  # the writer's transaction is open: no resize under it
+    release.set()
+    assert ran.wait(30)
+    grower.join(30)
+    w.join(30)
+
+
+def test_growth_waits_for_readers_and_readers_wait_for_growth():
+    gate = TxnGate()
+    gate.__enter__()  # a read transaction of this thread
+    grower, ran = _grow_in_thread(gate)
+    assert not ran.wait(0.2)
+    gate.__exit__(None, None, None)
+    assert ran.wait(30)
+    grower.join(30)
+    # Exclusive: a reader arriving during the growth waits for it to end.
+    inside, leave, entered = threading.Event(), threading.Event(), threading.Event()
+
+    def grow():
+        inside.set()
+        leave.wait(30)
+
+    g = threading.Thread(target=gate.run_exclusive, args=(grow,), daemon=True)
+    g.start()
+    assert inside.wait(30)
+
+    def read():
+        with gate:
+            entered.set()
+
+    r = threading.Thread(target=read, daemon=True)
+    r.start()
+    assert not entered.wait(0.2)
+    leave.set()
+    assert entered.wait(30)
+    g.join(30)
+    r.join(30)
+
+
+def test_the_writing_thread_may_grow_the_map_between_its_transactions():
+    gate = TxnGate()
+    with gate.writing:  # re-entrant: a writer's own growth does not wait for itself
+        assert gate.run_exclusive(lambda: "grown") == "grown"
+
+
+def test_sync_append_refuses_a_colliding_key_and_writes_nothing(tmp_path):
+    with EventLog.open(tmp_path / "log", durability="sync") as log:
+        log.append("a", 1)
+        log.append("b", 2)
+        storage = log._storage
+        with pytest.raises(LogError, match="index 1 collides"):
+            storage.append_one(log.term, record.key(1), b"not an entry")
+        assert [(e.op, e.payload) for e in log.entries()] == [("a", 1), ("b", 2)]
+        assert log.verify().ok
+        assert log.append("c", 3) == 3
+
+
+def test_sync_append_is_fenced_before_it_writes(tmp_path):
+    path = tmp_path / "log"
+    old = EventLog.open(path, durability="sync")
+    old.append("old", 1)
+    new = EventLog.open(path, takeover=True)
+    with pytest.raises(FencedError):
+        old._storage.append_one(old.term, record.key(2), b"zombie")  # the fence, not the writer's checks
+    with pytest.raises(FencedError):
+        old.append("zombie", 2)
+    assert [e.payload for e in new.entries()] == [1]
+    assert new.append("new", 2) == 2
+    new.close()
+    old.close()
