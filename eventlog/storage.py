@@ -176,20 +176,27 @@ class Storage:
         path (paid on every fdatasync'd append). The same fence, map growth and errors as
         `write`; LogError (nothing written) if `key` is not after the last key."""
         fence = self._fence_raw if term == self._fence_term else self._fence_for(term)
+        writing = self._writing
         while True:
             try:
-                with self._writing:
-                    txn = self.env.begin(write=True, db=self._entries_db)
+                # acquire/release and positional arguments, not `with` and keywords: the
+                # bound methods `with` makes and the keyword dicts py-lmdb's calls take are
+                # most of this function's own cost.
+                writing.acquire()
+                try:
+                    txn = self.env.begin(self._entries_db, None, True)  # db, parent, write
                     try:
-                        if txn.get(meta.TERM, db=self._meta_db) != fence:  # the fence, as in write
+                        if txn.get(meta.TERM, None, self._meta_db) != fence:  # key, default, db: the fence
                             self._refuse_other_term(txn, term)
-                        if not txn.put(key, value, append=True):
+                        if not txn.put(key, value, True, True, True):  # dupdata, overwrite, append=True
                             raise LogError(f"index {record.index_of(key)} collides with an existing entry; "
                                            "the log changed under this writer")
                         txn.commit()
                     except BaseException:
                         txn.abort()
                         raise
+                finally:
+                    writing.release()
                 return
             except lmdb.MapFullError:
                 self.grow_map()

@@ -117,63 +117,66 @@ class Writer:
     # ------------------------------------------------------------------ appending
 
     def append_one(self, op_bytes: bytes, payload_bytes: bytes) -> int:
-        """Append one checked entry; return its index.
-
-        Bound per durability mode when the writer is made (``__init__``): EventLog.append
-        calls the mode's own path directly, without a dispatch per entry.
-        """
+        """Append one checked entry; return its index. (Sync and group mode replace it in
+        ``__init__`` with their own path: no dispatch per entry.)"""
         return self.append_encoded([(op_bytes, payload_bytes)]).start
 
     def _buffer_one(self, op_bytes: bytes, payload_bytes: bytes) -> int:
-        """Group mode's append_one: frame the entry into the tail; the flusher commits it.
-
-        Under one GIL the producer's per-entry cost is what the flusher competes with, so
-        this is one entry with no batch bookkeeping.
-        """
-        with self._state:
+        """Group mode's append_one: frame the entry into the tail; the flusher commits it. Under
+        one GIL the flusher competes with this per-entry cost: no batch bookkeeping, and the
+        lock taken with acquire/release (``with`` builds two bound methods per entry)."""
+        state = self._state
+        state.acquire()
+        try:
             if not self.health.usable or self._generation != SharedEnv.generation:
                 self.check_writable()
             tail = self.tail
             index = tail.last_index + 1
-            value, self._last_checksum = record.frame(
+            key, value, self._last_checksum = record.frame_entry(
                 index, self.term, op_bytes, payload_bytes, time.time_ns(), self._last_checksum)
             self.bytes_appended += len(value)
-            pending = tail.append_one(record.key(index), value)
+            pending = tail.append_one(key, value)
             # Otherwise the flusher already knows: it re-checks the count after every
             # commit, so telling it when the count crosses a threshold is enough.
             if pending == self._eager_batch:  # may be 1 (group_max_batch=1): at once
                 self._background.notify_locked()
             elif pending == 1:
                 self._background.entry_arrived_locked()
+        finally:
+            state.release()
         return index
 
     def _commit_one(self, op_bytes: bytes, payload_bytes: bytes) -> int:
-        """Sync mode's append_one: append_encoded without the batch bookkeeping.
-
-        Every call here is paid once per fdatasync'd commit, and after that fdatasync the
-        CPU runs cold (measured: the same Python work costs about three times its
-        warm-cache CPU between two commits to disk), so it stays flat: one frame, one
-        `Storage.append_one` (the put inside the fenced transaction, no callback), one
-        tail update.
-        """
-        with self.committing, self._state:
-            if not self.health.usable or self._generation != SharedEnv.generation:
-                self.check_writable()
-            tail = self.tail
-            index = tail.last_index + 1
-            value, checksum = record.frame(index, self.term, op_bytes, payload_bytes, time.time_ns(),
-                                           self._last_checksum)
+        """Sync mode's append_one: append_encoded without the batch bookkeeping. Paid once per
+        fdatasync'd commit, after which the CPU runs cold (the same Python work measured
+        about 3x its warm CPU between commits to disk): one frame, one fenced
+        `Storage.append_one` (no callback), one tail update, locks as in _buffer_one."""
+        committing, state = self.committing, self._state
+        committing.acquire()
+        try:
+            state.acquire()
             try:
-                self._storage.append_one(self.term, record.key(index), value)
-            except (FencedError, lmdb.Error) as exc:
-                self._write_failed(exc)
-            self._last_checksum = checksum
-            self.bytes_appended += len(value)
-            if self.meta_synced:
-                tail.mark_one_committed(index, durable=True)
-            else:  # an environment shared with an earlier group/os writer: sync the meta too
-                tail.mark_one_committed(index, durable=False)
-                self.commits.sync_committed_locked()
+                if not self.health.usable or self._generation != SharedEnv.generation:
+                    self.check_writable()
+                tail = self.tail
+                index = tail.last_index + 1
+                key, value, checksum = record.frame_entry(index, self.term, op_bytes, payload_bytes,
+                                                          time.time_ns(), self._last_checksum)
+                try:
+                    self._storage.append_one(self.term, key, value)
+                except (FencedError, lmdb.Error) as exc:
+                    self._write_failed(exc)
+                self._last_checksum = checksum
+                self.bytes_appended += len(value)
+                if self.meta_synced:
+                    tail.mark_one_committed(index, durable=True)
+                else:  # an environment shared with an earlier group/os writer: sync the meta too
+                    tail.mark_one_committed(index, durable=False)
+                    self.commits.sync_committed_locked()
+            finally:
+                state.release()
+        finally:
+            committing.release()
         return index
 
     def append_encoded(self, encoded: list[tuple[bytes, bytes]]) -> range:
@@ -225,9 +228,8 @@ class Writer:
             self._write_failed(exc)
 
     def _write_failed(self, exc: FencedError | lmdb.Error) -> NoReturn:
-        """Raise for a write transaction that failed with `exc` (write's rule, shared with
-        the sync path): FencedError as it is, once the lock is dropped; an LMDB error
-        poisons the log and raises LogPoisonedError."""
+        """Raise for a write that failed with `exc` (write's rule, shared with the sync path):
+        FencedError once the lock is dropped; an LMDB error poisons, LogPoisonedError."""
         if isinstance(exc, FencedError):
             self.health.fence(exc)
             self._lock.release()  # no longer the writer: let the takeover writer hold the lock now
