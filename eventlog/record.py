@@ -83,6 +83,9 @@ def frame_entry(index: int, term: int, op_bytes: bytes, payload: bytes, time_ns:
 
 _OP_CACHE: dict[str, bytes] = {}  # op names are few and hot; bounded below
 _OP_CACHE_LIMIT = 4096
+# known_op_bytes(op): the bytes of a str op name check_op has accepted before, else None.
+# A dict lookup in C, for EventLog.append's per-entry path (check_op for anything else).
+known_op_bytes = _OP_CACHE.get
 
 
 def check_op(op: str) -> bytes:

@@ -101,3 +101,22 @@ def test_sync_append_is_fenced_before_it_writes(tmp_path):
     assert new.append("new", 2) == 2
     new.close()
     old.close()
+
+
+class OpName(str):
+    pass
+
+
+@pytest.mark.parametrize("mode", ["sync", "group"])
+def test_op_names_are_checked_whether_or_not_seen_before(tmp_path, mode):
+    with EventLog.open(tmp_path / "log", durability=mode) as log:
+        assert log.append("seen", 1) == 1
+        assert log.append("seen", 2) == 2  # the cached name
+        assert log.append(OpName("seen"), 3) == 3  # a str subclass takes check_op: the same bytes
+        for bad, error in ((b"seen", TypeError), (["seen"], TypeError), (None, TypeError),
+                           ("", ValueError), ("x" * 1025, ValueError), ("\ud800", UnicodeEncodeError)):
+            with pytest.raises(error):
+                log.append(bad, 4)
+        assert log.append("é" * 512, 4) == 4  # 1024 bytes of UTF-8: the longest name
+        log.flush()
+        assert [e.op for e in log.entries()] == ["seen", "seen", "seen", "é" * 512]
