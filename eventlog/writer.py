@@ -213,8 +213,8 @@ class Writer:
         index = self.tail.last_index
         for op_bytes, payload_bytes in encoded:
             index += 1
-            value, checksum = record.frame(index, self.term, op_bytes, payload_bytes, now, checksum)
-            framed.append((record.key(index), value))
+            key, value, checksum = record.frame_entry(index, self.term, op_bytes, payload_bytes, now, checksum)
+            framed.append((key, value))
             self.bytes_appended += len(value)
         return framed, checksum
 
