@@ -179,9 +179,9 @@ class Storage:
         writing = self._writing
         while True:
             try:
-                # acquire/release and positional arguments, not `with` and keywords: the
-                # bound methods `with` makes and the keyword dicts py-lmdb's calls take are
-                # most of this function's own cost.
+                # acquire/release and positional arguments, not `with` and keywords: `with`
+                # makes two bound methods, and each keyword call to py-lmdb a dict (about
+                # 0.1 us each, per append).
                 writing.acquire()
                 try:
                     txn = self.env.begin(self._entries_db, None, True)  # db, parent, write
