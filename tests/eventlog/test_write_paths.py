@@ -120,3 +120,22 @@ def test_op_names_are_checked_whether_or_not_seen_before(tmp_path, mode):
         assert log.append("é" * 512, 4) == 4  # 1024 bytes of UTF-8: the longest name
         log.flush()
         assert [e.op for e in log.entries()] == ["seen", "seen", "seen", "é" * 512]
+
+
+def test_sync_append_on_an_environment_without_meta_syncs_is_durable_on_return(tmp_path):
+    """A sync writer that takes over from a group writer of the same process shares its
+    environment, opened without LMDB's per-commit meta sync: each sync append then syncs
+    once more before it returns."""
+    path = tmp_path / "log"
+    old = EventLog.open(path, durability="group")
+    try:
+        with EventLog.open(path, durability="sync", takeover=True) as log:
+            assert not log._writer.meta_synced
+            for n in range(1, 4):
+                assert log.append("step", n) == n
+                assert log.durable_index == log.last_index == n
+            assert [e.payload for e in log.entries()] == [1, 2, 3]
+    finally:
+        old.close()
+    with EventLog.open(path, readonly=True) as reader:
+        assert [e.payload for e in reader.entries()] == [1, 2, 3] and reader.verify().ok
