@@ -32,7 +32,7 @@ class TxnGate:
 
     `run_exclusive` takes `writing` first (re-entrant: a writer thread may grow the map
     between its own transactions), then waits for the shared count to drain. A thread
-    that holds a read transaction must not call it (it would wait for itself), as before.
+    that holds a read transaction must not call it (it would wait for itself).
     """
 
     def __init__(self):
