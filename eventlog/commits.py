@@ -24,7 +24,8 @@ class Commits:
     committed beyond durable_index syncs nothing; `on_commit` is called only when
     durable_index moved. `write` is the writer's fenced write transaction (it poisons the
     log through `poison` on an LMDB failure). `committing` is the writer's commit lock;
-    the tail's lock guards durable_index and the health.
+    the tail's lock guards durable_index and the health, and is held (inside
+    `committing`) while a group commit puts its batch, never across its fdatasync.
     """
 
     def __init__(self, storage: Storage, tail: Tail, committing: threading.Lock, health: WriterHealth,
