@@ -163,11 +163,32 @@ def encode_payload(payload: Any, *, str_keys: bool = False) -> bytes:
     """
     try:
         if not str_keys:
-            _check_map_keys(payload, 0)
-        return _pack(payload)
+            if type(payload) is dict:
+                # The walk's top level, inline (a payload is a dict nearly always): a str
+                # key and a leaf value, the common case, cost one type check each; only
+                # values that may hold keys are walked.
+                for key, value in payload.items():
+                    if type(key) is not str and not isinstance(key, _KEY_TYPES):
+                        raise TypeError("map key")
+                    if type(value) not in _LEAF_TYPES and isinstance(value, (dict, list, tuple)):
+                        _check_map_keys(value, 1)
+            elif type(payload) not in _LEAF_TYPES:
+                _check_map_keys(payload, 0)
+        packer = _PACKERS.packer  # _pack, inline: once per append
+        if packer is None:
+            packer = _PACKERS.packer = _new_packer()
+        data = packer.pack(payload)
+        if len(data) >= _KEEP_PACKER_BELOW:
+            _PACKERS.packer = None
+        return data
     except (TypeError, ValueError, OverflowError, UnicodeEncodeError, RecursionError) as exc:
         path, reason = _find_unencodable(payload, "payload", depth=0)
         raise TypeError(f"{path}: {reason}" if path else f"payload cannot be encoded: {exc}") from None
+
+
+# Exact types of values that hold no map key (anything else, subclasses included, is
+# checked as the walk checks it).
+_LEAF_TYPES = frozenset((str, bytes, int, float, bool, type(None)))
 
 
 class _ThreadPackers(threading.local):
@@ -183,15 +204,9 @@ _PACKERS = _ThreadPackers()
 _KEEP_PACKER_BELOW = 1 << 20  # a Packer keeps its grown buffer: drop it after a large payload
 
 
-def _pack(payload: Any) -> bytes:
-    """``msgpack.packb(payload, ...)`` with this thread's Packer (the same bytes)."""
-    packer = _PACKERS.packer
-    if packer is None:
-        packer = _PACKERS.packer = msgpack.Packer(default=_default, use_bin_type=True, datetime=False)
-    data = packer.pack(payload)
-    if len(data) >= _KEEP_PACKER_BELOW:
-        _PACKERS.packer = None
-    return data
+def _new_packer() -> msgpack.Packer:
+    """A Packer that encodes as ``msgpack.packb(payload, ...)`` with our options does."""
+    return msgpack.Packer(default=_default, use_bin_type=True, datetime=False)
 
 
 _KEY_TYPES = (str, int, bytes, float, type(None))

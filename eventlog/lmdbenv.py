@@ -21,9 +21,18 @@ class TxnGate:
     """Shared/exclusive gate around LMDB transactions of this process.
 
     LMDB forbids `set_mapsize` while any transaction of the process is open; growing the
-    map takes the gate exclusively, every transaction takes it shared. Every commit
-    passes it twice, so the shared path is one plain lock round trip each way and
-    notifies only when a map growth waits.
+    map (`run_exclusive`) must wait until none is. Two kinds of holder keep it out:
+
+    - read transactions take the gate shared (``with gate:``): one plain lock round trip
+      each way, a notify only when a map growth waits;
+    - write transactions hold `writing` (``with gate.writing:``), a re-entrant lock taken
+      in C: no Python frame, no counter. LMDB runs one write transaction at a time
+      anyway, so holding a lock across it costs writers nothing; and it is the
+      per-commit path of sync mode, paid on every fdatasync'd append.
+
+    `run_exclusive` takes `writing` first (re-entrant: a writer thread may grow the map
+    between its own transactions), then waits for the shared count to drain. A thread
+    that holds a read transaction must not call it (it would wait for itself).
     """
 
     def __init__(self):
@@ -32,6 +41,7 @@ class TxnGate:
         self._active = 0
         self._exclusive = False
         self._waiting = 0  # threads in run_exclusive, or shared entrants waiting behind one
+        self.writing = threading.RLock()
 
     def __enter__(self):
         with self._lock:
@@ -53,20 +63,23 @@ class TxnGate:
                 self._cond.notify_all()
 
     def run_exclusive(self, fn):
-        with self._lock:
-            self._waiting += 1
-            try:
-                while self._exclusive or self._active:
-                    self._cond.wait()
-            finally:
-                self._waiting -= 1
-            self._exclusive = True
-        try:
-            return fn()
-        finally:
+        """Run `fn()` while no transaction of this process is open (no writer inside
+        `writing`, no reader inside the gate); returns what fn returns."""
+        with self.writing:
             with self._lock:
-                self._exclusive = False
-                self._cond.notify_all()
+                self._waiting += 1
+                try:
+                    while self._exclusive or self._active:
+                        self._cond.wait()
+                finally:
+                    self._waiting -= 1
+                self._exclusive = True
+            try:
+                return fn()
+            finally:
+                with self._lock:
+                    self._exclusive = False
+                    self._cond.notify_all()
 
 
 def can_lock(path: Path) -> bool:

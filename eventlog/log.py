@@ -229,7 +229,9 @@ class EventLog(LogQueries):
           payload fails to decode on read (CorruptEntryError); a non-bytes value raises
           TypeError.
         """
-        op_bytes = record.check_op(op)
+        op_bytes = record.known_op_bytes(op) if type(op) is str else None
+        if op_bytes is None:
+            op_bytes = record.check_op(op)
         if encoded is None:
             payload_bytes = encode_payload(payload)
         elif payload is None and type(encoded) is bytes:  # the journal's path: checked inline

@@ -64,14 +64,28 @@ def index_of(key_bytes: bytes) -> int:
 
 def frame(index: int, term: int, op_bytes: bytes, payload: bytes, time_ns: int, prev_checksum: int) -> tuple[bytes, int]:
     """(value bytes, checksum) of the entry at `index`, chained from `prev_checksum`."""
+    _, value, checksum = frame_entry(index, term, op_bytes, payload, time_ns, prev_checksum)
+    return value, checksum
+
+
+def frame_entry(index: int, term: int, op_bytes: bytes, payload: bytes, time_ns: int,
+                prev_checksum: int) -> tuple[bytes, bytes, int]:
+    """(LMDB key, value bytes, checksum) of the entry at `index`, chained from `prev_checksum`.
+
+    The appenders' one call per entry: the key is the first 8 bytes of the hashed head
+    (the index, big-endian, as `key` packs it), so it costs a slice, not a pack.
+    """
     head = _HASHED_HEAD.pack(index, ENTRY_VERSION, 0, len(op_bytes), len(payload), term, time_ns)
     tail = op_bytes + payload
     checksum = _xxh3_64(head + tail, prev_checksum)
-    return b"".join((head[8:], KEY.pack(checksum), tail)), checksum
+    return head[:8], b"".join((head[8:], KEY.pack(checksum), tail)), checksum
 
 
 _OP_CACHE: dict[str, bytes] = {}  # op names are few and hot; bounded below
 _OP_CACHE_LIMIT = 4096
+# known_op_bytes(op): the bytes of a str op name check_op has accepted before, else None.
+# A dict lookup in C, for EventLog.append's per-entry path (check_op for anything else).
+known_op_bytes = _OP_CACHE.get
 
 
 def check_op(op: str) -> bytes:

@@ -34,6 +34,7 @@ class Storage:
         self.path = path
         self._shared = SharedEnv.acquire(path, readonly, map_size, durability)
         self.env, self._gate = self._shared.env, self._shared.gate
+        self._writing = self._gate.writing  # held across every write transaction (lmdbenv.TxnGate)
         self._fence_term, self._fence_raw = None, b""  # `write`'s term and its stored bytes
         # Whether LMDB syncs the meta page inside each commit (MDB_NOMETASYNC off). The
         # environment is shared per process, so its first opener's mode decides it, not ours.
@@ -55,8 +56,9 @@ class Storage:
             raise
 
     def _open_databases(self) -> None:
-        self._entries_db = self.env.open_db(b"entries")
-        self._meta_db = self.env.open_db(b"meta")
+        with self._writing:  # open_db runs a write transaction of its own
+            self._entries_db = self.env.open_db(b"entries")
+            self._meta_db = self.env.open_db(b"meta")
 
     def release(self) -> None:
         """Drop this handle's share of the environment (closed with the last one)."""
@@ -122,7 +124,7 @@ class Storage:
         the CorruptEntryError of a last entry whose framing is damaged, else None).
         """
         def body():
-            with self.env.begin(write=True) as txn:
+            with self._writing, self.env.begin(write=True) as txn:
                 meta.initialise(txn, self._meta_db, self._entries_db, self.path)
                 meta.check_format(txn, self._meta_db, self.path)
                 meta.upgrade(txn, self._meta_db, self.path)
@@ -146,20 +148,17 @@ class Storage:
         transaction run again; any other LMDB error propagates (the caller cannot know
         what reached the disk).
         """
-        if term != self._fence_term:
-            self._fence_term, self._fence_raw = term, meta.pack_u64(term)
+        fence = self._fence_raw if term == self._fence_term else self._fence_for(term)
         while True:
             try:
-                with self._gate:
+                with self._writing:
                     txn = self.env.begin(write=True, db=self._entries_db)
                     try:
                         # The fence: the stored term record must still be this writer's,
                         # byte for byte (one get and one compare on every commit; anything
                         # else is read properly, which names damage or the newer term).
-                        if txn.get(meta.TERM, db=self._meta_db) != self._fence_raw:
-                            current = self.current_term(txn)
-                            if current != term:
-                                raise FencedError(term, current)
+                        if txn.get(meta.TERM, db=self._meta_db) != fence:
+                            self._refuse_other_term(txn, term)
                         body(txn, *args)
                         txn.commit()
                     except BaseException:
@@ -171,12 +170,51 @@ class Storage:
             except lmdb.MapResizedError:
                 self._gate.run_exclusive(lambda: self.env.set_mapsize(0))
 
-    def put_one(self, txn, key: bytes, value: bytes) -> None:
-        """In `txn`: append one entry (its `record.key`, its framed value) after the last key
-        (put_all for one entry, the sync hot path)."""
-        if not txn.put(key, value, append=True, db=self._entries_db):
-            raise LogError(f"index {record.index_of(key)} collides with an existing entry; "
-                           "the log changed under this writer")
+    def append_one(self, term: int, key: bytes, value: bytes) -> None:
+        """Append one entry (its `record.key`, its framed value) after the last key in its own
+        transaction: `write` with the put inline, in one Python frame, for sync mode's
+        path (paid on every fdatasync'd append). The same fence, map growth and errors as
+        `write`; LogError (nothing written) if `key` is not after the last key."""
+        fence = self._fence_raw if term == self._fence_term else self._fence_for(term)
+        writing = self._writing
+        while True:
+            try:
+                # acquire/release and positional arguments, not `with` and keywords: `with`
+                # makes two bound methods, and each keyword call to py-lmdb a dict (about
+                # 0.1 us each, per append).
+                writing.acquire()
+                try:
+                    txn = self.env.begin(self._entries_db, None, True)  # db, parent, write
+                    try:
+                        if txn.get(meta.TERM, None, self._meta_db) != fence:  # key, default, db: the fence
+                            self._refuse_other_term(txn, term)
+                        if not txn.put(key, value, True, True, True):  # dupdata, overwrite, append=True
+                            raise LogError(f"index {record.index_of(key)} collides with an existing entry; "
+                                           "the log changed under this writer")
+                        txn.commit()
+                    except BaseException:
+                        txn.abort()
+                        raise
+                finally:
+                    writing.release()
+                return
+            except lmdb.MapFullError:
+                self.grow_map()
+            except lmdb.MapResizedError:
+                self._gate.run_exclusive(lambda: self.env.set_mapsize(0))
+
+    def _fence_for(self, term: int) -> bytes:
+        """The stored bytes of term record `term` (remembered: a writer asks for its own term only)."""
+        self._fence_term, self._fence_raw = term, meta.pack_u64(term)
+        return self._fence_raw
+
+    def _refuse_other_term(self, txn, term: int) -> None:
+        """The term record in `txn` is not `term`'s bytes: FencedError naming the current term,
+        or DamagedLogError for a damaged record (read_u64 names it); returns if it is `term`
+        after all."""
+        current = self.current_term(txn)
+        if current != term:
+            raise FencedError(term, current)
 
     def put_all(self, txn, framed: list[tuple[bytes, bytes]]) -> None:
         """In `txn`: append framed (key, value) pairs (keys from `record.key`) after the last key."""

@@ -45,15 +45,14 @@ class Tail:
         self._durable_changed = threading.Condition(self.lock)
         self._entries: list[tuple[bytes, bytes]] = []
         self._committed = self._durable = committed_index
+        # Newest appended index, committed or not (always committed_index + len(_entries)).
+        # A plain attribute, not a property: the appenders read it once per entry, and a
+        # property is a Python call each time. Only this class assigns it.
+        self.last_index = committed_index
         self._waiters: set[Waiter] = set()
         self._blocked = 0  # threads inside wait_until
 
     # ------------------------------------------------------------------ state
-
-    @property
-    def last_index(self) -> int:
-        """Newest appended index, committed or not."""
-        return self._committed + len(self._entries)
 
     @property
     def committed_index(self) -> int:
@@ -96,12 +95,14 @@ class Tail:
         """Buffer framed (key, value) entries; their indexes continue last_index."""
         with self.lock:
             self._entries.extend(framed)
+            self.last_index += len(framed)
 
     def append_one(self, key: bytes, value: bytes) -> int:
         """`append` for one entry, by a caller that holds `lock` (the group-mode hot path);
         returns how many entries wait now (`pending`), which the caller's next step needs."""
         entries = self._entries
         entries.append((key, value))
+        self.last_index += 1
         return len(entries)
 
     def take(self, max_batch: int) -> list[tuple[bytes, bytes]]:
@@ -115,9 +116,19 @@ class Tail:
         with self.lock:
             del self._entries[: max(0, last - self._committed)]
             self._committed = last
+            self.last_index = last + len(self._entries)  # entries committed unbuffered extend it
             if durable:
                 self._durable = last
                 self._wake_waiters()
+
+    def mark_one_committed(self, index: int, durable: bool) -> None:
+        """`mark_committed(index, durable)` for the one entry after committed_index, by a
+        caller that holds `lock` and buffers nothing (sync mode's per-commit path)."""
+        self._committed = self.last_index = index
+        if durable:
+            self._durable = index
+            if self._blocked:  # as _wake_waiters, without its call
+                self._durable_changed.notify_all()
 
     def mark_durable(self, index: int) -> None:
         """Every committed entry through `index` survives a power loss now."""
@@ -143,6 +154,7 @@ class Tail:
         with self.lock:
             del self._entries[max(0, index - self._committed):]
             self._committed = min(self._committed, index)
+            self.last_index = self._committed + len(self._entries)
             self._durable = min(self._durable, index)
             for waiter in self._waiters:
                 if waiter.index > index:
