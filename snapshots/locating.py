@@ -3,8 +3,9 @@
 `ChunkLocator` caches the checked indexes of a store's packs (a pack never changes once
 named) and answers `copies(cid)`: the packed copies it knows, then the loose file's
 path. The cache is filled on first use and re-listed by `refresh()`, which a reader calls
-when no copy of a chunk was where the cache said (a new pack of another process, or a
-pack a prune deleted or rewrote). The writer adds its own packs as it names them.
+when no copy of a chunk was where the cache said (a new pack of another process, a pack
+a prune deleted or rewrote, or a damaged pack's name now holding a good pack). The
+writer adds its own packs as it names them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from threading import Lock
+from typing import Optional
 
 from .packfile import PackDecodeError, PackEntry, is_pack_name, read_index
 from .paths import StoreLayout
@@ -43,9 +45,11 @@ class ChunkLocator:
     def __init__(self, layout: StoreLayout):
         self.layout = layout
         self._lock = Lock()
+        self._listing = Lock()  # one refresh at a time: threads that miss at once read a pack once
         self._packs: dict[str, dict[str, PackEntry]] = {}  # pack name -> its index
         self._where: dict[str, list[str]] = {}  # chunk id -> names of the packs holding it
         self._damaged: dict[str, str] = {}  # pack name -> why its index does not read
+        self._damaged_as: dict[str, Optional[tuple]] = {}  # damaged pack -> its file's identity then
         self._listed = False
 
     def copies(self, cid: str) -> list[Copy]:
@@ -75,32 +79,48 @@ class ChunkLocator:
     def refresh(self) -> None:
         """List `packs/` again: read the index of every pack not yet known, forget the
         packs that are gone. A pack whose index fails a check is remembered as damaged
-        (logged once) and its chunks are not found through it."""
-        try:
-            names = {n for n in os.listdir(self.layout.packs) if is_pack_name(n)}
-        except (FileNotFoundError, NotADirectoryError):
-            names = set()
-        with self._lock:
-            known = set(self._packs) | set(self._damaged)
-        fresh: dict[str, dict[str, PackEntry]] = {}
-        damaged: dict[str, str] = {}
-        for name in sorted(names - known):
+        (logged once) and its chunks are not found through it, until its file changes
+        (inode, size or times): then it is read again, since one name may come to hold a
+        good pack (a save's pack is named before its fsync; when a crash tore it, a later
+        save of the same chunks writes them under the same name: FORMAT.md, "Finding a
+        chunk"). One refresh runs at a time; a thread that waited for another's reads
+        only what changed since."""
+        with self._listing:
             try:
-                fresh[name] = read_index(os.path.join(self.layout.packs, name))
-            except FileNotFoundError:
-                continue
-            except PackDecodeError as e:
-                damaged[name] = e.reason if e.chunk is None else f"chunk {e.chunk}: {e.reason}"
-                log.warning("pack %s in %s is damaged: %s", name, self.layout.root, damaged[name])
-            except OSError as e:
-                damaged[name] = f"unreadable: {e}"
-        with self._lock:
-            for name in (set(self._packs) | set(self._damaged)) - names:
-                self._drop(name)
-            for name, entries in fresh.items():
-                self._add(name, entries)
-            self._damaged.update(damaged)
-            self._listed = True
+                names = {n for n in os.listdir(self.layout.packs) if is_pack_name(n)}
+            except (FileNotFoundError, NotADirectoryError):
+                names = set()
+            with self._lock:
+                known = set(self._packs)
+                damaged_as = dict(self._damaged_as)
+            changed = {n for n, was in damaged_as.items() if n in names and _identity(self._path(n)) != was}
+            fresh: dict[str, dict[str, PackEntry]] = {}
+            damaged: dict[str, str] = {}
+            identities: dict[str, Optional[tuple]] = {}
+            for name in sorted(names - known - (set(damaged_as) - changed)):
+                identity = _identity(self._path(name))  # before the read: a change during it shows next time
+                try:
+                    fresh[name] = read_index(self._path(name))
+                except FileNotFoundError:
+                    continue
+                except PackDecodeError as e:
+                    damaged[name] = e.reason if e.chunk is None else f"chunk {e.chunk}: {e.reason}"
+                    log.warning("pack %s in %s is damaged: %s", name, self.layout.root, damaged[name])
+                except OSError as e:
+                    damaged[name] = f"unreadable: {e}"
+                if name in damaged:
+                    identities[name] = identity
+            with self._lock:
+                for name in ((set(self._packs) | set(self._damaged)) - names) | changed:
+                    self._drop(name)
+                for name, entries in fresh.items():
+                    self._add(name, entries)
+                self._damaged.update(damaged)
+                self._damaged_as.update(identities)
+                self._listed = True
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.layout.packs, name)
 
     def add(self, name: str, entries: list[PackEntry]) -> None:
         """Record a pack this process just named (its entries as written)."""
@@ -121,6 +141,7 @@ class ChunkLocator:
 
     def _drop(self, name: str) -> None:
         self._damaged.pop(name, None)
+        self._damaged_as.pop(name, None)
         entries = self._packs.pop(name, None) or {}
         for cid in entries:
             holders = self._where.get(cid, [])
@@ -128,3 +149,12 @@ class ChunkLocator:
                 holders.remove(name)
             if not holders:
                 self._where.pop(cid, None)
+
+
+def _identity(path: str) -> Optional[tuple]:
+    """What changes when a file is replaced or written: inode, size, times (None: gone)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns

@@ -13,7 +13,6 @@ import logging
 import os
 import stat
 from dataclasses import replace
-from threading import Lock
 from typing import Any, Callable, Iterator
 
 import torch
@@ -52,7 +51,6 @@ class StoreReader:
         self._known = known
         self._decoded = DecodedManifests()
         self._last_good = LastGoodCopies()
-        self._relist = Relister(self.locator)
 
     def shared_lock(self) -> FileLock:
         """The store's READERS lock, held shared; release it (or use `with`) when done.
@@ -133,7 +131,7 @@ class StoreReader:
         "missing" (naming any pack whose index does not read) when no file holds it. When
         no copy was where the cached pack indexes said, `packs/` is listed again once
         (another process's new pack, one a prune rewrote, or a damaged pack's file replaced
-        since: `Relister`). `out` holds the last copy's bytes when it raises."""
+        since: `ChunkLocator.refresh`). `out` holds the last copy's bytes when it raises."""
         last = self._last_good.get(ref.id)
         if last is not None:
             if self._read_copy(last, ref, out) is None:
@@ -143,7 +141,7 @@ class StoreReader:
         damage: list[str] = []
         for attempt in (0, 1):
             if attempt:
-                self._relist()
+                self.locator.refresh()
             for copy in self.locator.copies(ref.id):
                 why = self._read_copy(copy, ref, out)
                 if why is None:
@@ -335,45 +333,6 @@ class StoreReader:
         if report is not None and not report.ok:
             return report
         return VerifyReport(error.manifest, 0, 0, (Damage(error.chunk, error.reason),))
-
-
-class Relister:
-    """Lists `packs/` again for a reader that found no copy of a chunk where its cached
-    pack indexes said, reading anew the index of every pack found damaged whose file has
-    changed since. Why: a pack's name may come to hold a good pack (a save's pack is named
-    before its fsync, and when a crash tore it, recovery saves the same chunks at the
-    same offsets under the same name: FORMAT.md, "Commit protocol"); a reader that kept
-    the damage would find that snapshot's chunks "missing" until it restarted. A damaged
-    pack whose file did not change is not read again (nor logged again). Thread-safe: a
-    load's threads that miss at once relist one after the other, and the later ones find
-    nothing changed."""
-
-    def __init__(self, locator: ChunkLocator):
-        self._locator = locator
-        self._lock = Lock()
-        self._seen: dict[str, tuple | None] = {}  # damaged pack -> its file's identity when last read
-
-    def __call__(self) -> None:
-        locator = self._locator
-        with self._lock:
-            for name in locator.damaged():
-                identity = _identity(os.path.join(locator.layout.packs, name))
-                if name not in self._seen or identity != self._seen[name]:
-                    locator.remove(name)  # forgotten: refresh reads it as a pack it never saw
-                    self._seen[name] = identity
-            locator.refresh()
-            damaged = locator.damaged()
-            for name in set(self._seen) - set(damaged):
-                del self._seen[name]
-
-
-def _identity(path: str) -> tuple | None:
-    """What changes when a file is replaced or written: inode, size, times (None: gone)."""
-    try:
-        st = os.stat(path, follow_symlinks=False)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _file_size(path: str) -> int | None:

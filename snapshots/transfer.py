@@ -40,7 +40,6 @@ from .locating import ChunkLocator, Copy
 from .errors import CorruptFileError
 from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, ManifestDecodeError, parse_manifest_name
 from .paths import StoreLayout
-from .reading import Relister
 from .safefile import UnsafeFileError, open_regular, read_regular
 
 __all__ = ["MAX_MANIFEST_BYTES", "ChunkRef", "ManifestFile", "StoreFiles", "StoreImport", "check_chunk_file",
@@ -150,7 +149,6 @@ class StoreFiles:
         self._layout = StoreLayout(self.root)
         self._codec = ChunkCodec()
         self._locator = ChunkLocator(self._layout)
-        self._relist = Relister(self._locator)
 
     def manifest_names(self) -> list[str]:
         """Every committed manifest's name, oldest first by (index, term); [] when the
@@ -212,7 +210,7 @@ class StoreFiles:
         damage = []
         for attempt in (0, 1):
             if attempt:
-                self._relist()  # damaged packs too, where replaced: a torn pack's name may hold a good one now
+                self._locator.refresh()  # damaged packs too, where replaced: a torn pack's name may hold a good one now
             for copy in self._locator.copies(cid):
                 if copy.stored_len is not None and copy.stored_len != stored_len:
                     damage.append(f"holds the chunk as {copy.stored_len} bytes, the manifest says "
