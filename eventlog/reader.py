@@ -233,7 +233,9 @@ class Reader:
         A batch also ends after READ_BATCH_BYTES of values. head_only copies just the
         header and op of each value (the payload stays in the map).
 
-        [] if the log ends before lo (no entry lo committed or in the writer's tail).
+        [] if the log ends before lo (no entry lo committed or in the writer's tail), or
+        when the writer's flusher committed lo - 1 between this transaction and the tail
+        read (the caller asks `still_appended` and reads again).
         CorruptEntryError(lo) if lo is missing from LMDB although the bounds read in the
         same transaction reach past it (a gap, never the end of the log); an entry missing
         after lo ends the batch with its CorruptEntryError in place of its value (the
@@ -289,6 +291,17 @@ class Reader:
         # them, never after damage (the batch then ends at the damage, raised in place).
         at_damage = bool(batch) and isinstance(batch[-1][1], BaseException)
         if not at_damage and len(batch) < hi - lo and copied < READ_BATCH_BYTES:
+            if not batch and seed is None:
+                # Neither lo - 1 nor lo was committed when the transaction began: both come
+                # from the tail, in one read, so the flusher cannot commit lo - 1 between
+                # the two (lo's seed gone from the tail, lo still in it). [] when it has
+                # committed lo - 1 since: the caller reads again (still_appended).
+                values = self._view.pending_values(lo - 1, hi)
+                if not values:
+                    return [], None
+                seed = record.stored_checksum(lo - 1, values[0])
+                batch.extend((i, value, len(value)) for i, value in enumerate(values[1:], lo))
+                return batch, seed
             start = lo + len(batch)
             batch.extend((i, value, len(value)) for i, value in enumerate(self._view.pending_values(start, hi), start))
         if batch and seed is None:
