@@ -19,7 +19,8 @@ from snapshots import commit, directio
 from snapshots.directio import StagingBuffers, WindowedWriter
 
 from .conftest import assert_same
-from .test_direct_io import WINDOW, _no_direct_threads, _pack_files, _state, small_windows  # noqa: F401
+from .test_direct_io import (WINDOW, _no_direct_threads, _pack_files, _state, assert_failed_save_left_nothing,  # noqa: F401
+                             small_windows)
 
 
 def _fake_fallocate(monkeypatch, answers: list[int]) -> list[int]:
@@ -86,14 +87,8 @@ def test_a_fallocate_failing_otherwise_fails_the_save_and_leaves_nothing_behind(
     with pytest.raises(OSError) as raised:
         store.save(_state(14), index=2, term=1)
     assert raised.value.errno == code and "fallocate" in str(raised.value)
-    assert _no_direct_threads()
-    assert [i.index for i in store.list()] == [1]
-    assert _pack_files(store.path) == packs_before  # the temp pack is gone
     monkeypatch.setattr(directio, "_fallocate", directio._load_fallocate())
-    after = _state(15)
-    info = store.save(after, index=2, term=1)  # the store goes on
-    assert store.verify(info).ok
-    assert_same(store.load(info), after)
+    assert_failed_save_left_nothing(store, packs_before, before, goes_on_with=_state(15))
 
 
 def test_an_ftruncate_failing_at_finish_fails_the_save_and_leaves_nothing_behind(open_store, small_windows,
@@ -116,10 +111,7 @@ def test_an_ftruncate_failing_at_finish_fails_the_save_and_leaves_nothing_behind
         store.save(_state(17), index=2, term=1)
     monkeypatch.setattr(os, "ftruncate", real)
     assert raised.value.errno == errno.ENOSPC and cut
-    assert _no_direct_threads()
-    assert [i.index for i in store.list()] == [1]
-    assert _pack_files(store.path) == packs_before
-    assert_same(store.load(store.list()[0]), before)
+    assert_failed_save_left_nothing(store, packs_before, before)
 
 
 def test_finish_after_close_raises_and_touches_no_memory_the_writer_gave_back(tmp_path):

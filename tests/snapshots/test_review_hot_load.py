@@ -30,6 +30,7 @@ from snapshots.chunkfile import CODEC_RAW, HEADER, MAGIC, VERSION, ChunkCodec
 from snapshots.packfile import ENTRY, TRAILER, read_index
 
 from .conftest import assert_same
+from .test_hot_load import record_shifts
 
 MIB = 1 << 20
 
@@ -175,14 +176,7 @@ def test_chunks_at_the_real_thresholds_load_into_views_of_one_storage_and_nothin
     saved = {f"t{k}": _bytes(n, 10 + k) for k, n in enumerate(lengths)}
     store = open_store(tmp_path / "s", packs=packs, compression="none", chunk_size=chunk_size, workers=4)
     info = store.save(saved, index=1, term=1)
-    shifts = []
-    real = chunkfile._read_hashing
-
-    def spy(fd, view, offset, done, shift=0):
-        shifts.append(shift)
-        return real(fd, view, offset, done, shift)
-
-    monkeypatch.setattr(chunkfile, "_read_hashing", spy)
+    shifts = record_shifts(monkeypatch)
     for reader in (store, open_store(tmp_path / "s", workers=4)):  # known good; checked in fresh memory first
         for lead in (1, 17, 40):
             # Each live tensor a view at an odd offset of one storage, with a few bytes
