@@ -132,7 +132,7 @@ class _Walk:
             while True:
                 with (contextlib.nullcontext(held) if one_txn else storage.read_txn()) as txn:
                     bounds = storage.bounds(txn)
-                    first, last, bsum = bounds.first_index, bounds.last_index, bounds.boundary_checksum
+                    first, last = bounds.first_index, bounds.last_index
                     self.live_first_index = first
                     if expected is None or expected < bounds.archive_first:
                         # The start, or history deleted since the last batch (archive=None,

@@ -370,6 +370,7 @@ class WindowedWriter:
         self._grow(offset + length)
         view = memoryview(self._buffers)[buffer * self._size:buffer * self._size + length]
         retried = False
+        short_unaligned = False  # the last direct write stopped short of the first boundary
         try:
             while len(view):
                 direct = self.direct
@@ -392,6 +393,21 @@ class WindowedWriter:
                     raise OSError(errno.EIO, f"pwrite wrote nothing at offset {offset}")
                 if direct and self.direct:  # O_DIRECT was on before and after: a direct write
                     self._wrote_direct = True
+                    if k % ALIGN:
+                        # A short direct write (a device nearly full) that stops off the
+                        # 4 KiB grid: going on from there would be an unaligned write, which
+                        # O_DIRECT refuses with EINVAL, hiding the real cause. The bytes past
+                        # the last boundary are written again, from there, with the rest:
+                        # the same bytes, so rewriting them is harmless, and the next write
+                        # reports what the device really says (ENOSPC).
+                        k -= k % ALIGN
+                        if not k:
+                            if short_unaligned:
+                                raise OSError(errno.EIO, f"O_DIRECT pwrite at offset {offset} wrote less than "
+                                                         f"{ALIGN} bytes twice")
+                            short_unaligned = True
+                            continue
+                short_unaligned = False
                 offset += k
                 view = view[k:]
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import random
 import threading
@@ -172,3 +173,54 @@ def test_one_staging_buffers_lent_to_two_writers_at_once_gives_each_its_own_memo
     for k, data in enumerate(datas):
         assert (tmp_path / f"f{k}").read_bytes() == data
     assert staging.take() is not None and _no_direct_threads()
+
+
+@pytest.mark.parametrize("short", [100, 4096 + 100])
+def test_a_short_direct_write_off_the_4k_grid_is_continued_from_the_last_boundary(open_store, tmp_path, small_windows,
+                                                                                monkeypatch, short):
+    """A direct pwrite may write fewer bytes than asked (a device nearly full). Going on
+    from a count off the 4 KiB grid would be an unaligned O_DIRECT write, refused with
+    EINVAL (the real cause hidden); the writer goes on from the last boundary instead, and
+    the pack holds exactly a buffered save's bytes. Here the kernel writes everything but
+    the first direct write reports `short` bytes."""
+    real = os.pwrite
+    shortened = []
+
+    def pwrite(fd, data, offset):
+        wrote = real(fd, data, offset)
+        if not shortened and wrote > short and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            shortened.append(offset)
+            return short
+        return wrote
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    state = _state(12)
+    store = open_store(tmp_path / "direct")
+    info = store.save(state, index=1, term=1)
+    assert shortened and any(w._wrote_direct for w in small_windows)
+    monkeypatch.setattr(os, "pwrite", real)
+    assert _pack_files(store.path) == _buffered_packs(open_store, tmp_path, monkeypatch, state)
+    assert store.verify(info).ok
+
+
+def test_a_direct_write_that_twice_writes_under_4k_fails_the_save_with_eio(open_store, tmp_path, small_windows,
+                                                                           monkeypatch):
+    """A device that keeps writing less than one 4 KiB block makes no progress: the save
+    fails with EIO naming the offset (not EINVAL, not a loop) and leaves nothing behind."""
+    real = os.pwrite
+
+    def pwrite(fd, data, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            return 100
+        return real(fd, data, offset)
+
+    store = open_store()
+    before = _state(13)
+    store.save(before, index=1, term=1)
+    packs_before = _pack_files(store.path)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    with pytest.raises(OSError, match="wrote less than 4096 bytes twice") as raised:
+        store.save(_state(14), index=2, term=1)
+    assert raised.value.errno == errno.EIO
+    monkeypatch.setattr(os, "pwrite", real)
+    assert_failed_save_left_nothing(store, packs_before, before, goes_on_with=_state(15))
