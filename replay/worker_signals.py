@@ -35,13 +35,23 @@ as it would without it. SIGKILL cannot be deferred: a scheduler's final SIGKILL 
 everything, as it must. A process a worker starts (``subprocess`` from a dataset)
 inherits the blocked signals, as every exec'd child inherits a signal mask: unblock them
 there (``preexec_fn``) if it must die of them.
+
+A worker that dies of SIGSEGV, SIGBUS or SIGFPE says only PyTorch's "Unexpected
+segmentation fault encountered in worker": PyTorch's worker setup replaces the fault
+handlers with its own, which print that line and die of the signal again. Where
+faulthandler is on in the trainer (pytest, ``python -X faulthandler``,
+``PYTHONFAULTHANDLER``), `DeferSignals` puts it back in front of PyTorch's handler, so
+the worker's stderr also holds every thread's Python stack (`_stacks_on_faults`); the
+worker still ends as before, and PyTorch still reports it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
+import sys
 import threading
 from typing import Callable, Iterable, Iterator
 
@@ -82,6 +92,7 @@ class DeferSignals:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def __call__(self, worker_id: int) -> None:
+        _stacks_on_faults()
         signals = self.deferred()
         parent = os.getppid()
         # Blocked before the thread starts, so it inherits the mask too: only sigwaitinfo
@@ -91,6 +102,31 @@ class DeferSignals:
                          name="replay-worker-signals").start()
         if self.init is not None:
             self.init(worker_id)
+
+
+def _stacks_on_faults() -> None:
+    """In a DataLoader worker whose parent had faulthandler on: a fatal signal dumps every
+    thread's Python stack to stderr, then PyTorch's worker handler runs as before (module doc).
+
+    faulthandler's "enabled" flag is inherited over fork while its handlers were replaced
+    by PyTorch's, so ``faulthandler.enable()`` alone would do nothing. Disabling it puts
+    back the handlers it saved in the parent; PyTorch's are then installed again, and
+    enabling faulthandler saves them as the ones to chain to after its dump. Nothing
+    changes where faulthandler is off, outside a DataLoader worker, or where stderr has
+    no file descriptor to write to."""
+    from torch.utils.data import get_worker_info
+    from torch.utils.data._utils import signal_handling
+
+    if not faulthandler.is_enabled() or get_worker_info() is None:
+        return
+    stderr = sys.__stderr__
+    try:
+        stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # no descriptor (closed, or replaced by an object without one): keep PyTorch's line
+    faulthandler.disable()
+    signal_handling._set_worker_signal_handlers()
+    faulthandler.enable(file=stderr, all_threads=True)
 
 
 def _answer(signals: frozenset, parent: int) -> None:

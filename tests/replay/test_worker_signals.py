@@ -171,3 +171,62 @@ def test_threads_the_worker_starts_before_the_init_fn_block_the_signals_too(tmp_
         assert any(t[1] == "started-at-fork" for t in threads), threads  # the scenario happened
         exposed = [t for t in threads if not t[3] and t[1] != "replay-worker-signals"]
         assert not exposed, f"worker {worker}: threads that take SIGTERM: {exposed}"
+
+
+class Faulting(torch.utils.data.Dataset):
+    """Sample 0 dies of SIGSEGV in the worker, as a crash in native code would (the first:
+    a batch already sent would have its tensors fetched from the dying worker)."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        if i == 0:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return torch.tensor([float(i)])
+
+
+def _iterate_faulting_loader(conn) -> None:
+    """In a forked child, so the deliberate segfault and PyTorch's SIGCHLD watch of the
+    dead worker stay out of the test process: send what the DataLoader reported."""
+    import faulthandler
+    import resource
+
+    # The worker dies of the signal: no core file in the working directory where cores are on.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    faulthandler.enable()  # pytest's plugin has it on already; the test must not depend on that
+    cursor = replay.DataCursor(8, seed=0, shuffle=False)
+    loader = replay.JournaledLoader(Faulting(), cursor, batch_size=2, num_workers=1)
+    try:
+        for batch in loader:
+            cursor.consume(batch.ids)
+        conn.send("no error")
+    except Exception as error:  # sent whatever it is, so that the test says it
+        conn.send(f"{type(error).__name__}: {error}")
+
+
+def test_a_worker_killed_by_a_fault_leaves_its_python_stack_where_faulthandler_is_on(capfd):
+    """PyTorch's worker handler prints one line and no stack (a segfault seen once in CI
+    could not be diagnosed). With faulthandler on in the trainer, as pytest has it, the
+    worker's stderr holds its threads' stacks before that line, and the worker still dies
+    of the signal as PyTorch reports it."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_iterate_faulting_loader, args=(send,))
+    child.start()
+    try:
+        assert receive.poll(60), "the loader neither failed nor finished"
+        reported = receive.recv()
+    finally:
+        child.join(60)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    assert reported.startswith("RuntimeError: DataLoader worker"), reported
+    err = capfd.readouterr().err.replace("\0", "")  # PyTorch's handler writes its line's NUL too
+    assert "Fatal Python error: Segmentation fault" in err, err
+    assert "Current thread" in err and "in __getitem__" in err, err  # the faulting sample's frame
+    # PyTorch's own handler still runs after the dump: its line and the parent's report are unchanged.
+    assert err.index("Fatal Python error") < err.index("Unexpected segmentation fault encountered in worker"), err
