@@ -117,7 +117,10 @@ def _stacks_on_faults() -> None:
     from torch.utils.data import get_worker_info
     from torch.utils.data._utils import signal_handling
 
-    if not faulthandler.is_enabled() or get_worker_info() is None:
+    # PyTorch's own setter (private, so looked up rather than assumed: a release without
+    # it keeps PyTorch's line and nothing more)
+    set_torch_handlers = getattr(signal_handling, "_set_worker_signal_handlers", None)
+    if set_torch_handlers is None or not faulthandler.is_enabled() or get_worker_info() is None:
         return
     stderr = sys.__stderr__
     try:
@@ -125,7 +128,7 @@ def _stacks_on_faults() -> None:
     except (AttributeError, OSError, ValueError):
         return  # no descriptor (closed, or replaced by an object without one): keep PyTorch's line
     faulthandler.disable()
-    signal_handling._set_worker_signal_handlers()
+    set_torch_handlers()
     faulthandler.enable(file=stderr, all_threads=True)
 
 
