@@ -97,6 +97,12 @@ class Scenario:
                 return gen
         raise AssertionError(f"no clean generation in {tries} tries:\n{gen.describe()}")
 
+    def trained(self) -> int:
+        """The next step to train: one past the newest step rank 0 acknowledged (0 before any)."""
+        path = self.out / "acks-rank-0.txt"
+        lines = path.read_text().split("\n") if path.exists() else []
+        return max((int(line.split()[3]) + 1 for line in lines if line.strip()), default=0)
+
     def fired(self, gen: Generation) -> list[str]:
         return [name for exit_ in gen.exits for name in FIRED.findall(exit_.log)]
 

@@ -45,18 +45,32 @@ def test_random_sigkills_of_random_ranks_end_bit_identical(tmp_path, references,
         # The first generation dies at a step, after the journal exists on every rank (a kill
         # inside the very first open restarts from another init: test_damage_and_size's case).
         scenario.run(die_at_step=rng.randrange(1, 8), die_rank=rng.randrange(world_size))
+        missed = False
         while scenario.counts.kills < kills and scenario.counts.generations < 3 * kills:
+            trained = scenario.trained()
+            if trained >= steps:
+                break  # the job is done: a kill missed the last steps
             victim = rng.randrange(world_size)
-            env, after = None, rng.uniform(0.0, 0.7)  # an open takes ~0.15-0.4 s: recovery, then training
-            if rng.random() < 0.5:
-                point, armed = rng.choice(POINTS)
-                armed = victim if armed is None else armed
-                env = {armed: {"REPLAY_FAILPOINTS": f"{point}=kill"}}
-                # The timed kill is a backstop for a failpoint this generation never reaches.
-                after = rng.uniform(0.7, 1.3)
-            gen = scenario.run(kill=Kill(victim, after), env=env)
-            if gen.clean:
-                break  # trained to the end before any kill landed
+            # A generation trains at most a quarter of what is left (8 steps at least), then
+            # closes cleanly: on a fast machine a kill that comes too late must not end the
+            # job before the kills are spent (it did: 5 of 12 landed, then a generation
+            # trained to the end).
+            cap = min(steps, trained + max(8, (steps - trained) // 4))
+            if missed:
+                # The last generation's timed kill came after its training ended: this one
+                # dies right after a step's apply (it reaches it unless recovery restored the
+                # unacknowledged step `trained` and that was the one drawn: then it misses too).
+                gen = scenario.run(die_at_step=rng.randrange(trained, cap), die_rank=victim, steps=cap)
+            else:
+                env, after = None, rng.uniform(0.0, 0.7)  # an open takes ~0.15-0.4 s: recovery, then training
+                if rng.random() < 0.5:
+                    point, armed = rng.choice(POINTS)
+                    armed = victim if armed is None else armed
+                    env = {armed: {"REPLAY_FAILPOINTS": f"{point}=kill"}}
+                    # The timed kill is a backstop for a failpoint this generation never reaches.
+                    after = rng.uniform(0.7, 1.3)
+                gen = scenario.run(kill=Kill(victim, after), env=env, steps=cap)
+            missed = gen.clean
         scenario.finish()
         counts = scenario.check(reference)
     print(f"\n{world_size} ranks, seed {seed}: {counts}")
