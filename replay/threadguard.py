@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from threading import get_ident
 
 from .errors import ConcurrentUseError
 
@@ -21,7 +22,7 @@ class OneThreadAtATime:
         self._lock = threading.Lock()
         # Who is inside, (thread, what): named only when a second thread is refused, so the
         # name is not formatted on every call.
-        self._inside: tuple[threading.Thread, str] | None = None
+        self._inside: tuple[int, str] | None = None
 
     def busy(self) -> bool:
         """Whether some thread is inside a guarded call right now (a preemption signal waits for it)."""
@@ -32,9 +33,10 @@ class OneThreadAtATime:
         (naming both threads) otherwise, and nothing is held."""
         if not self._lock.acquire(blocking=False):
             inside = self._inside
-            holder = f"{inside[0].name} ({inside[1]})" if inside is not None else None
+            holder = f"{_thread_name(inside[0])} ({inside[1]})" if inside is not None else None
             raise ConcurrentUseError(what, holder, threading.current_thread().name)
-        self._inside = (threading.current_thread(), what)
+        # The thread's id (a C call), not its Thread object: only a refusal names it
+        self._inside = (get_ident(), what)
 
     def leave(self) -> None:
         """The thread inside (after `enter`) has left."""
@@ -49,3 +51,11 @@ class OneThreadAtATime:
             yield
         finally:
             self.leave()
+
+
+def _thread_name(ident: int) -> str:
+    """The name of the live thread with id `ident` (its id where it has ended meanwhile)."""
+    for thread in threading.enumerate():
+        if thread.ident == ident:
+            return thread.name
+    return f"thread {ident}"
