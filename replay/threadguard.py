@@ -20,7 +20,7 @@ class OneThreadAtATime:
 
     def __init__(self):
         self._lock = threading.Lock()
-        # Who is inside, (thread, what): named only when a second thread is refused, so the
+        # Who is inside, (thread id, what): named only when a second thread is refused, so the
         # name is not formatted on every call.
         self._inside: tuple[int, str] | None = None
 
