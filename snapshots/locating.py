@@ -48,8 +48,8 @@ class ChunkLocator:
         self._listing = Lock()  # one refresh at a time: threads that miss at once read a pack once
         self._packs: dict[str, dict[str, PackEntry]] = {}  # pack name -> its index
         self._where: dict[str, list[str]] = {}  # chunk id -> names of the packs holding it
-        self._damaged: dict[str, str] = {}  # pack name -> why its index does not read
-        self._damaged_as: dict[str, Optional[tuple]] = {}  # damaged pack -> its file's identity then
+        # pack name -> (why its index does not read, its file's identity then)
+        self._damaged: dict[str, tuple[str, Optional[tuple]]] = {}
         self._listed = False
 
     def copies(self, cid: str) -> list[Copy]:
@@ -69,7 +69,7 @@ class ChunkLocator:
     def damaged(self) -> dict[str, str]:
         """Packs whose index did not read at the last listing: name -> why."""
         with self._lock:
-            return dict(self._damaged)
+            return {name: why for name, (why, _) in self._damaged.items()}
 
     def packs(self) -> dict[str, dict[str, PackEntry]]:
         """Every readable pack at the last listing (call `refresh` first for a fresh view)."""
@@ -92,11 +92,10 @@ class ChunkLocator:
                 names = set()
             with self._lock:
                 known = set(self._packs)
-                damaged_as = dict(self._damaged_as)
+                damaged_as = {name: was for name, (_, was) in self._damaged.items()}
             changed = {n for n, was in damaged_as.items() if n in names and _identity(self._path(n)) != was}
             fresh: dict[str, dict[str, PackEntry]] = {}
-            damaged: dict[str, str] = {}
-            identities: dict[str, Optional[tuple]] = {}
+            damaged: dict[str, tuple[str, Optional[tuple]]] = {}
             for name in sorted(names - known - (set(damaged_as) - changed)):
                 identity = _identity(self._path(name))  # before the read: a change during it shows next time
                 try:
@@ -104,19 +103,17 @@ class ChunkLocator:
                 except FileNotFoundError:
                     continue
                 except PackDecodeError as e:
-                    damaged[name] = e.reason if e.chunk is None else f"chunk {e.chunk}: {e.reason}"
-                    log.warning("pack %s in %s is damaged: %s", name, self.layout.root, damaged[name])
+                    why = e.reason if e.chunk is None else f"chunk {e.chunk}: {e.reason}"
+                    log.warning("pack %s in %s is damaged: %s", name, self.layout.root, why)
+                    damaged[name] = why, identity
                 except OSError as e:
-                    damaged[name] = f"unreadable: {e}"
-                if name in damaged:
-                    identities[name] = identity
+                    damaged[name] = f"unreadable: {e}", identity
             with self._lock:
                 for name in ((set(self._packs) | set(self._damaged)) - names) | changed:
                     self._drop(name)
                 for name, entries in fresh.items():
                     self._add(name, entries)
                 self._damaged.update(damaged)
-                self._damaged_as.update(identities)
                 self._listed = True
 
     def _path(self, name: str) -> str:
@@ -141,7 +138,6 @@ class ChunkLocator:
 
     def _drop(self, name: str) -> None:
         self._damaged.pop(name, None)
-        self._damaged_as.pop(name, None)
         entries = self._packs.pop(name, None) or {}
         for cid in entries:
             holders = self._where.get(cid, [])

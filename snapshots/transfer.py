@@ -97,20 +97,20 @@ def check_chunk_file(path: str, cid: str, raw_len: int, stored_len: int) -> None
 
 def _check_chunk(codec: ChunkCodec, path: str, cid: str, raw_len: int, stored_len: int,
                  offset: int | None = None) -> None:
-    out = torch.empty(raw_len, dtype=torch.uint8)
-    try:
-        digest = codec.read(path, raw_len, stored_len, out, offset)  # the xxh3-128 of what it decoded
-    except ChunkDecodeError as exc:
-        raise _ChunkFileError(None, cid, str(exc)) from None
-    if digest != cid:
-        raise _ChunkFileError(None, cid, "content hash mismatch: the raw bytes do not hash to the chunk's name")
+    _check_decoded(cid, raw_len, lambda out: codec.read(path, raw_len, stored_len, out, offset))
 
 
 def _check_chunk_bytes(codec: ChunkCodec, data: bytes, cid: str, raw_len: int) -> None:
     """`_check_chunk` of a chunk file's bytes held in memory."""
+    _check_decoded(cid, raw_len, lambda out: codec.read_bytes(data, raw_len, out))
+
+
+def _check_decoded(cid: str, raw_len: int, decode) -> None:
+    """CorruptFileError naming chunk `cid` unless `decode(out)` (a ChunkCodec read into `out`,
+    returning the xxh3-128 of what it decoded) decodes without error to bytes hashing to `cid`."""
     out = torch.empty(raw_len, dtype=torch.uint8)
     try:
-        digest = codec.read_bytes(data, raw_len, out)
+        digest = decode(out)
     except ChunkDecodeError as exc:
         raise _ChunkFileError(None, cid, str(exc)) from None
     if digest != cid:
@@ -196,9 +196,10 @@ class StoreFiles:
         pack) where the filesystem allows, True; else its bytes staged by `add_chunk`, False.
         Nothing is named in `into` before its `commit`. FileNotFoundError, CorruptFileError
         as `check_chunk`."""
-        copy, _ = self._checked_copy(cid, raw_len, stored_len)
-        if into.stage_link(copy.path, copy.pack, cid):
-            return True
+        if into.can_link:  # else the copy below is checked where it is read, once
+            copy, _ = self._checked_copy(cid, raw_len, stored_len)
+            if into.stage_link(copy.path, copy.pack, cid):
+                return True
         into.add_chunk(cid, self.read_chunk(cid, raw_len, stored_len), raw_len, stored_len)
         return False
 
@@ -251,6 +252,9 @@ class StoreImport:
         self._locator = ChunkLocator(self._layout)
         self._staged: list[tuple[str, str]] = []  # (temp path, final path)
         self._new_dirs: set[str] = set()  # parents of directories made, fsynced at commit
+        # False once a link was refused for every file (another filesystem, none with links):
+        # StoreFiles.link_into then copies at once instead of checking a file it cannot link
+        self.can_link = True
 
     def add_chunk(self, cid: str, data: bytes, raw_len: int, stored_len: int) -> None:
         """Stage `data` as chunk `cid`: written beside its final name, fsynced, then checked.
@@ -294,6 +298,8 @@ class StoreImport:
             os.link(source, temp, follow_symlinks=False)
         except OSError as exc:
             if exc.errno in _NO_LINK:
+                if exc.errno in _NEVER_LINKS:
+                    self.can_link = False
                 return False
             raise
         self._staged.append((temp, final))
@@ -343,6 +349,8 @@ class StoreImport:
 
 # A hard link is refused (another filesystem, no links, a link count limit): copy instead.
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES)
+# Of those, the refusals that hold for every file of this store (the others may be one file's)
+_NEVER_LINKS = (errno.EXDEV, errno.ENOTSUP)
 
 
 def _write_all(fd: int, data) -> None:

@@ -60,6 +60,15 @@ def _pack_files(root) -> dict[str, bytes]:
     return {name: open(os.path.join(packs, name), "rb").read() for name in sorted(os.listdir(packs))}
 
 
+def store_with_one_snapshot(open_store, seed: int):
+    """(a store holding snapshot 1 of `_state(seed)`, that state, its pack files): what
+    assert_failed_save_left_nothing compares a failed save of snapshot 2 against."""
+    store = open_store()
+    before = _state(seed)
+    store.save(before, index=1, term=1)
+    return store, before, _pack_files(store.path)
+
+
 def assert_failed_save_left_nothing(store, packs_before: dict, before: dict, goes_on_with: dict | None = None) -> None:
     """After a save that raised: no writer thread, only snapshot 1 (still `before`), the
     packs as they were (the failed save's pack gone, temp name and all), no temp
@@ -205,10 +214,7 @@ def test_a_filesystem_refusing_the_first_direct_write_gets_the_same_bytes_buffer
 @pytest.mark.parametrize("failing_write", [1, 4])
 def test_a_direct_write_failing_midway_leaves_no_snapshot_no_pack_and_no_thread(open_store, small_windows,
                                                                                 monkeypatch, failing_write):
-    store = open_store()
-    before = _state(7)
-    store.save(before, index=1, term=1)
-    packs_before = _pack_files(store.path)
+    store, before, packs_before = store_with_one_snapshot(open_store, 7)
     real = os.pwrite
     windows = []
 

@@ -21,7 +21,7 @@ from snapshots.directio import StagingBuffers, WindowedWriter
 
 from .conftest import assert_same
 from .test_direct_io import (WINDOW, _no_direct_threads, _pack_files, _state, assert_failed_save_left_nothing,  # noqa: F401
-                             small_windows)
+                             small_windows, store_with_one_snapshot)
 
 
 def _fake_fallocate(monkeypatch, answers: list[int]) -> list[int]:
@@ -80,10 +80,7 @@ def test_a_fallocate_without_support_grows_the_file_with_holes_and_cuts_it_to_si
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EINVAL])
 def test_a_fallocate_failing_otherwise_fails_the_save_and_leaves_nothing_behind(open_store, small_windows,
                                                                                 monkeypatch, code):
-    store = open_store()
-    before = _state(13)
-    store.save(before, index=1, term=1)
-    packs_before = _pack_files(store.path)
+    store, before, packs_before = store_with_one_snapshot(open_store, 13)
     _fake_fallocate(monkeypatch, [0, code])  # the second window's allocation fails
     with pytest.raises(OSError) as raised:
         store.save(_state(14), index=2, term=1)
@@ -94,10 +91,7 @@ def test_a_fallocate_failing_otherwise_fails_the_save_and_leaves_nothing_behind(
 
 def test_an_ftruncate_failing_at_finish_fails_the_save_and_leaves_nothing_behind(open_store, small_windows,
                                                                                  monkeypatch):
-    store = open_store()
-    before = _state(16)
-    store.save(before, index=1, term=1)
-    packs_before = _pack_files(store.path)
+    store, before, packs_before = store_with_one_snapshot(open_store, 16)
     real = os.ftruncate
     cut = []
 
@@ -214,10 +208,7 @@ def test_a_direct_write_that_twice_writes_under_4k_fails_the_save_with_eio(open_
             return 100
         return real(fd, data, offset)
 
-    store = open_store()
-    before = _state(13)
-    store.save(before, index=1, term=1)
-    packs_before = _pack_files(store.path)
+    store, before, packs_before = store_with_one_snapshot(open_store, 13)
     monkeypatch.setattr(os, "pwrite", pwrite)
     with pytest.raises(OSError, match="wrote less than 4096 bytes twice") as raised:
         store.save(_state(14), index=2, term=1)
