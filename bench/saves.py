@@ -142,8 +142,8 @@ def measure(label: str, state: dict, rounds: int, work: Workdir, cases_wanted: s
     # A peer keeps two files, as our stores keep two snapshots while they save (the
     # previous one and the new one): each save writes a new file, and the one before the
     # previous is deleted right before the clock (as our prune with keep_last=1 deletes
-    # our snapshot from two saves ago). Overwriting one file in place would charge the freeing of the
-    # old file's blocks to the peer's clock (its directory fsync waits for the journal
+    # our snapshot from two saves ago). Overwriting one file in place would charge the
+    # freeing of the old file's blocks to the peer's clock (its directory fsync waits for the journal
     # commit that frees them: 76-180 ms for 256 MiB on this disk, mounted with discard).
     written = {name: 0 for name in PEERS}
 
@@ -168,13 +168,15 @@ def measure(label: str, state: dict, rounds: int, work: Workdir, cases_wanted: s
         _fsync(path)
         written[PEERS[1]] += 1
 
+    # The tensors change in place between rounds, so views made once see every round's bytes.
+    byte_views = [memoryview(t.view(-1).view(torch.uint8).numpy()) for t in flat.values()]
+
     def peer_bytes():
         path = peer_path(PEERS[2], "bin")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            views = [memoryview(t.contiguous().view(-1).view(torch.uint8).numpy()) for t in flat.values()]
-            for k in range(0, len(views), _IOV_BATCH):
-                batch = views[k:k + _IOV_BATCH]
+            for k in range(0, len(byte_views), _IOV_BATCH):
+                batch = byte_views[k:k + _IOV_BATCH]
                 if os.writev(fd, batch) != sum(len(v) for v in batch):
                     raise OSError(f"short writev into {path}")  # a full disk: the bench stops here
         finally:
