@@ -3,7 +3,10 @@
 On a CPU state the batches are decoded on the replaying thread: decoding and handlers
 both hold the GIL, so a reader thread would add hand-offs and no overlap. On an
 accelerator a background thread decodes and starts the host-to-device copies while
-handlers run.
+handlers run, on the CUDA stream that was current in the replaying thread when replay
+began: the handlers' kernels on that stream are then ordered after the copies, and the
+caching allocator ties the copies' memory to the stream that uses it (the thread's own
+default stream would be neither, for a replay run inside ``torch.cuda.stream(s)``).
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ class ReadAhead:
         self._start, self._stop = start, stop
         self._device = None if device.type == "cpu" else device  # decoded tensors are CPU tensors already
         self._thread = None
+        # The replaying thread's current stream, on which the reader thread copies (module doc).
+        self._stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
         if self._device is not None:
             self._queue: queue.Queue = queue.Queue(maxsize=depth)
             self._stopping = threading.Event()
@@ -95,12 +100,19 @@ class ReadAhead:
 
     def _run(self) -> None:
         try:
-            for item in _batches(self._log, self._start, self._stop, self._device):
-                if not self._put(item):
-                    return
-            self._put(_DONE)
+            if self._stream is not None:
+                with torch.cuda.stream(self._stream):
+                    self._read_all()
+            else:
+                self._read_all()
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer at this position
             self._put(([], exc))
+
+    def _read_all(self) -> None:
+        for item in _batches(self._log, self._start, self._stop, self._device):
+            if not self._put(item):
+                return
+        self._put(_DONE)
 
     def batches(self) -> Iterator[tuple[list[Prepared], BaseException | None]]:
         if self._thread is None:

@@ -55,6 +55,11 @@ def fill(manifest: Manifest, uses: dict[int, list[Use]], outs: list[torch.Tensor
     # Byte views of the CPU tensors, made once per load: slicing a memoryview per chunk
     # costs a tenth of slicing a tensor and wrapping it again.
     views = [buffer(o) if o is not None and o.is_cpu else None for o in outs]
+    # A GPU tensor is written on the stream current in the caller's thread for its device,
+    # not on the worker thread's own (the device's default stream): so each copy is
+    # ordered after the work the caller queued there before the load, which may still
+    # read or write that tensor, as a copy made on the caller's own thread would be.
+    streams = {o.device: torch.cuda.current_stream(o.device) for o in outs if o is not None and o.is_cuda}
 
     def one(c: int, _) -> None:
         ref, targets = manifest.chunks[c], uses[c]
@@ -73,7 +78,8 @@ def fill(manifest: Manifest, uses: dict[int, list[Use]], outs: list[torch.Tensor
         source = buffer(scratch)
         for off, n, t, at in targets:
             if views[t] is None:
-                byte_view(outs[t])[at:at + n].copy_(scratch[off:off + n])
+                with torch.cuda.stream(streams[outs[t].device]):
+                    byte_view(outs[t])[at:at + n].copy_(scratch[off:off + n])
             else:  # a plain memory copy: many small tensors share a chunk, and torch's
                 views[t][at:at + n] = source[off:off + n]  # slice + copy_ cost ~10 us each
 

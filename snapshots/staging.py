@@ -43,8 +43,11 @@ class Staged:
         self.events = []
 
     def release(self) -> None:
-        """Give the arena back for reuse; the views must not be used afterwards."""
-        if self.stager is not None and self.arena is not None:
+        """Give the arena back for reuse; the views must not be used afterwards. An arena
+        whose copies were not all waited for (`wait` raised, or was never called) is
+        dropped instead: a copy may still be writing into it, and the next save must not
+        stage into the same bytes."""
+        if self.stager is not None and self.arena is not None and not self.events:
             self.stager.give_back(self.arena)
         self.arena = None
         self.stager = None
@@ -79,11 +82,13 @@ class Stager:
                 views.append(byte_view(t))
                 continue
             nbytes = t.numel() * t.element_size()
+            if nbytes == 0:
+                # No bytes to copy, and no arena at all when every copied tensor is empty.
+                views.append(torch.empty(0, dtype=torch.uint8))
+                continue
             raw = arena[offset:offset + nbytes]
             offset += _aligned(nbytes)
             views.append(raw)
-            if nbytes == 0:
-                continue
             dst = raw.view(t.dtype).view(t.shape)
             if t.device.type == "cuda":
                 cuda_copies.append((dst, t))

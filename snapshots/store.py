@@ -175,7 +175,12 @@ class SnapshotStore:
     def save_async(self, state: Any, *, index: int, term: int, meta: Any = None) -> PendingSnapshot:
         """Like `save`, but return as soon as the state is staged into host buffers: the
         caller may mutate its tensors at once, and no later change reaches the snapshot.
-        Bad input still raises here; write errors are raised by `result()`."""
+        Bad input still raises here; write errors are raised by `result()`.
+
+        GPU tensors are copied on a side stream that first waits for the caller's current
+        stream on their device, and that stream then waits for the copies: so the snapshot
+        holds every update queued on that stream before the call and none queued after.
+        Updates queued on other streams are not waited for; synchronize them first."""
         return self._saving.save_async(state, index, term, meta)
 
     # -- reading ---------------------------------------------------------------------
@@ -307,6 +312,10 @@ class SnapshotStore:
         copy (`StoreReader.read_tensors`); each is still hash-checked, but a chunk
         damaged on disk since that earlier check is then caught after the tensors
         decoded before it were overwritten.
+
+        GPU tensors are written on the caller's current stream for their device, so the
+        copies are ordered after the work already queued there, and are complete when
+        this returns (called inside ``torch.cuda.stream(s)``, that stream is s).
         """
         self._check_open()
         with self._reader.shared_lock():

@@ -54,6 +54,16 @@ def test_mutating_live_tensors_right_after_save_async_does_not_leak(open_store):
         assert_same(store.load(info), exp)
 
 
+@pytest.mark.parametrize("state", [
+    {"a": torch.empty(0)},  # every tensor to stage is empty: no staging arena at all
+    {"a": torch.empty(0, 3), "b": torch.arange(5.0), "c": torch.empty(0, dtype=torch.bfloat16)},
+], ids=["only-empty", "empty-beside-full"])
+def test_save_async_of_empty_tensors_round_trips(open_store, state):
+    store = open_store()
+    info = store.save_async(state, index=1, term=1).result(timeout=60)
+    assert_same(store.load(info), state)
+
+
 def test_model_and_optimizer_stepping_during_save_async(open_store):
     store = open_store(chunk_size=8 * 1024)
     model, optim = small_model_and_optimizer()
@@ -77,6 +87,27 @@ def test_staging_buffers_are_reused_across_saves(open_store):
     assert store._stager.arenas_allocated == 1
     store.save(state, index=9, term=1)  # contiguous CPU tensors are not copied by save()
     assert store._stager.arenas_allocated == 1
+
+
+def test_an_arena_whose_copies_were_not_waited_for_is_never_reused():
+    """A failed wait (a device error in the copy's event) leaves the copy possibly still
+    writing into the arena: release drops it instead of handing it to the next save."""
+    from snapshots.staging import Staged, Stager
+
+    class FailingEvent:
+        def synchronize(self):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    stager = Stager()
+    arena = stager._take(1024, pinned=False)
+    staged = Staged(views=[arena[:16]], arena=arena, events=[FailingEvent()], stager=stager)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        staged.wait()
+    staged.release()
+    assert stager._take(1024, pinned=False) is not arena
+    waited = Staged(views=[], arena=arena, events=[], stager=stager)
+    waited.release()  # copies all waited for: kept for the next save
+    assert stager._take(1024, pinned=False) is arena
 
 
 def test_write_errors_surface_in_result_and_commit_nothing(open_store, monkeypatch):

@@ -3,7 +3,8 @@
 memory and device and restores the bytes through every path of the reader (a chunk
 straight into a tensor, a chunk shared by packed tensors, a tensor over many chunks,
 tied and non-contiguous tensors); load(map_location) gives the bytes on the device; a
-chunk damaged on disk is named and leaves a live state that never checked it as it was."""
+chunk damaged on disk is named and leaves a live state that never checked it as it was;
+on CUDA, a load inside ``torch.cuda.stream(s)`` is ordered after the work queued on s."""
 
 from __future__ import annotations
 
@@ -100,3 +101,24 @@ def test_a_damaged_chunk_is_named_and_a_live_state_that_never_checked_it_is_unto
         reader.load_into(info, live)
     assert caught.value.chunk == victim.cid
     assert_same(_on_cpu(live), before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_load_into_on_a_side_stream_is_ordered_after_the_work_queued_there(open_store):
+    """The reader's worker threads write live GPU tensors on the caller's current stream:
+    a fill queued on it behind a long kernel, before the load, must run before the load's
+    copies, never after them (on the workers' default stream it would overwrite them)."""
+    store = open_store(chunk_size=1024)
+    saved = _state(0, "cuda")
+    info = store.save(saved, index=1, term=1)
+    live = _state(1, "cuda")
+    store.load_into(info, live)  # checks every chunk: the next load decodes into the live tensors
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(200_000_000)  # about 0.1 s of GPU time queued before the fills
+        for _, t in _leaves(live):
+            t.fill_(7)
+        store.load_into(info, live)
+    torch.cuda.synchronize()
+    assert_same(_on_cpu(live), _on_cpu(saved))
