@@ -3,6 +3,7 @@
 # H100; every step has its own time limit, 8 minutes in all):
 #
 #   bash bench/gpu_check.sh            # PYTHON=/path/to/python to choose the interpreter
+#                                      # (default: python, else python3)
 #
 # 1. the CUDA tests (every test that needs a GPU; a CUDA test that is skipped fails the
 #    check, since skipping is what they do without one), then
@@ -14,7 +15,7 @@
 # Exit status: 0 all passed, 1 a test or check failed, 2 no CUDA device here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3 || echo python)}
 
 if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     echo "gpu_check: no CUDA device visible to $PY (torch.cuda.is_available() is False); nothing run" >&2
