@@ -33,7 +33,9 @@ bench.snapload does), so a change to the save path is compared in the same run;
 
 Each case's row has its wall time and its process CPU time (all threads; far less
 sensitive to the shared machine's load than wall time) per save, and the dirty page
-cache (/proc/meminfo Dirty) when its clock started. ``--settle`` runs ``sync`` before
+cache (/proc/meminfo Dirty) when its clock started, and the memory a VM handed back to its
+host from the case's deletion to the end of its save (``reported_mib_during``; where the
+kernel does virtio free page reporting). ``--settle`` runs ``sync`` before
 every case, outside the clock and the same for every case, so no case's clock pays for
 writing back what an earlier one left dirty (or deleted: the disk is mounted with
 online discard here, and the next journal commit pays for freed blocks).
@@ -118,6 +120,19 @@ def _dirty_kib() -> int | None:
         with open("/proc/meminfo") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("Dirty:"))
     except (OSError, StopIteration, ValueError):
+        return None
+
+
+_REPORTED = "/sys/module/page_reporting/parameters/reported_kib"
+
+
+def _reported_kib() -> int | None:
+    """KiB of freed memory this VM has handed back to its host so far (virtio free page
+    reporting; measure's comment says why it matters), None where the kernel reports none."""
+    try:
+        with open(_REPORTED) as f:
+            return int(f.read())
+    except (OSError, ValueError):
         return None
 
 
@@ -207,12 +222,14 @@ def measure(label: str, state: dict, rounds: int, work: Workdir, cases_wanted: s
     times: dict[str, list[float]] = {case[0]: [] for case in cases}
     cpu: dict[str, list[float]] = {case[0]: [] for case in cases}
     dirty: dict[str, list[int | None]] = {case[0]: [] for case in cases}
+    reported: dict[str, list[int | None]] = {case[0]: [] for case in cases}
     load_start = os.getloadavg()
     for r in range(rounds):
         # The order rotates each round: a case never always follows the same one (whose
         # writeback may still keep the disk busy for a while).
         for name, before, fn in cases[r % len(cases):] + cases[:r % len(cases)]:
             change(state if changing is None else changing)
+            reported_before = _reported_kib()
             before()
             if settle:
                 os.sync()  # outside the clock, before every case alike
@@ -221,6 +238,9 @@ def measure(label: str, state: dict, rounds: int, work: Workdir, cases_wanted: s
             fn()
             times[name].append(time.perf_counter() - t)
             cpu[name].append(time.process_time() - c)
+            reported_after = _reported_kib()
+            reported[name].append(None if reported_before is None or reported_after is None
+                                  else (reported_after - reported_before) // 1024)
     load_end = os.getloadavg()
     sizes = {name: stores[name].list()[-1].bytes_written for name in ours}
     for store in stores.values():
@@ -228,7 +248,10 @@ def measure(label: str, state: dict, rounds: int, work: Workdir, cases_wanted: s
     rows = {name: {"median_ms": round(statistics.median(ts) * 1e3, 2), "min_ms": round(min(ts) * 1e3, 2),
                    "max_ms": round(max(ts) * 1e3, 2), "cpu_median_ms": round(statistics.median(cpu[name]) * 1e3, 2),
                    "runs_ms": [round(t * 1e3, 2) for t in ts], "cpu_runs_ms": [round(t * 1e3, 2) for t in cpu[name]],
-                   "dirty_kib_at_start": dirty[name]}
+                   "dirty_kib_at_start": dirty[name],
+                   # MiB handed back to the host from the deletion before the clock to the
+                   # end of the save: a round with some wrote onto pages the host took back
+                   "reported_mib_during": reported[name]}
             for name, ts in times.items()}
     ratios = {}
     peers = [p for p in PEERS if p in times] + ([baseline[0]] if baseline is not None else [])
