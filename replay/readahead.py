@@ -11,6 +11,7 @@ default stream would be neither, for a replay run inside ``torch.cuda.stream(s)`
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from typing import Any, Iterator, NamedTuple
@@ -100,19 +101,13 @@ class ReadAhead:
 
     def _run(self) -> None:
         try:
-            if self._stream is not None:
-                with torch.cuda.stream(self._stream):
-                    self._read_all()
-            else:
-                self._read_all()
+            with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
+                for item in _batches(self._log, self._start, self._stop, self._device):
+                    if not self._put(item):
+                        return
+                self._put(_DONE)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer at this position
             self._put(([], exc))
-
-    def _read_all(self) -> None:
-        for item in _batches(self._log, self._start, self._stop, self._device):
-            if not self._put(item):
-                return
-        self._put(_DONE)
 
     def batches(self) -> Iterator[tuple[list[Prepared], BaseException | None]]:
         if self._thread is None:

@@ -55,11 +55,12 @@ def fill(manifest: Manifest, uses: dict[int, list[Use]], outs: list[torch.Tensor
     # Byte views of the CPU tensors, made once per load: slicing a memoryview per chunk
     # costs a tenth of slicing a tensor and wrapping it again.
     views = [buffer(o) if o is not None and o.is_cpu else None for o in outs]
-    # A GPU tensor is written on the stream current in the caller's thread for its device,
-    # not on the worker thread's own (the device's default stream): so each copy is
-    # ordered after the work the caller queued there before the load, which may still
-    # read or write that tensor, as a copy made on the caller's own thread would be.
-    streams = {o.device: torch.cuda.current_stream(o.device) for o in outs if o is not None and o.is_cuda}
+    # A GPU tensor (an out without a byte view: `inplace` admits CPU and CUDA tensors only)
+    # is written on the stream current in the caller's thread for its device, not on the
+    # worker thread's own (the device's default stream): so each copy is ordered after the
+    # work the caller queued there before the load, which may still read or write that
+    # tensor, as a copy made on the caller's own thread would be.
+    streams = {o.device: torch.cuda.current_stream(o.device) for o, v in zip(outs, views) if v is None and o is not None}
 
     def one(c: int, _) -> None:
         ref, targets = manifest.chunks[c], uses[c]
